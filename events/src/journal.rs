@@ -1,0 +1,582 @@
+//! The journal: the one writer in front of an [`EventLog`].
+//!
+//! ```text
+//!  append() ──▶ queue ──▶ writer thread: take everything queued ─▶ assign seqs ─▶ encode
+//!                              │                                                  │
+//!                              ▼                                                  ▼
+//!   ack each caller ◀── publish seq ◀── commit (one durable txn) ◀── fold into projection
+//!                                                                   (+ snapshot when due)
+//! ```
+//!
+//! Invariants:
+//! - Sequence numbers are assigned only by the writer thread, so the log is gapless.
+//! - A caller is acknowledged only after the transaction holding its events is durable.
+//! - Concurrent appends share one transaction (group commit): throughput grows with the number
+//!   of writers while each commit still costs one durable write.
+//! - The projection (`F`) is updated under its write lock, and that lock is held until the
+//!   commit returns: a reader never sees an event that is not durable. If a commit fails the
+//!   projection is rebuilt from what is durable and the journal becomes read-only.
+//! - After corruption is found the journal refuses appends (read-only) and never modifies or
+//!   truncates the stored log.
+//! - Subscribers read from the log by sequence number, never from a channel of events, so a
+//!   subscription can neither skip nor repeat an event when it switches from catch-up to live.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{oneshot, watch};
+
+use crate::event::{Envelope, Event, SCHEMA_VERSION};
+use crate::frame;
+use crate::ids::{EventId, IdGenerator, OpId, Seq};
+use crate::log::{EventLog, LogError, SnapshotRecord};
+
+/// Something folded from the events, kept current by the journal and snapshotted beside the
+/// log. `apply` must be pure: the same events in the same order give the same state.
+pub trait Fold: Default + Send + Sync + 'static {
+    /// Layout version of [`Fold::encode_snapshot`]. A stored snapshot of another format is
+    /// ignored (the log is replayed instead), so bump it whenever the layout changes.
+    const SNAPSHOT_FORMAT: u32;
+
+    fn apply(&mut self, envelope: &Envelope);
+
+    fn encode_snapshot(&self) -> Vec<u8>;
+
+    /// `None` when the bytes do not decode; the journal then replays from the start.
+    fn decode_snapshot(bytes: &[u8]) -> Option<Self>;
+}
+
+/// A fold that keeps nothing, for tools that only read or write events.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct NoFold;
+
+impl Fold for NoFold {
+    const SNAPSHOT_FORMAT: u32 = 0;
+    fn apply(&mut self, _: &Envelope) {}
+    fn encode_snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn decode_snapshot(_: &[u8]) -> Option<Self> {
+        Some(NoFold)
+    }
+}
+
+/// An event to append; the journal fills in the rest of the envelope.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    pub op_id: Option<OpId>,
+    pub cause: Option<Seq>,
+    pub event: Event,
+}
+
+impl NewEvent {
+    pub fn new(event: Event) -> Self {
+        NewEvent {
+            op_id: None,
+            cause: None,
+            event,
+        }
+    }
+
+    pub fn in_op(op_id: OpId, event: Event) -> Self {
+        NewEvent {
+            op_id: Some(op_id),
+            cause: None,
+            event,
+        }
+    }
+
+    pub fn caused_by(mut self, cause: Seq) -> Self {
+        self.cause = Some(cause);
+        self
+    }
+}
+
+/// Whether the journal accepts appends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    Writable,
+    ReadOnly { reason: String },
+}
+
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Knobs of a journal.
+#[derive(Clone)]
+pub struct JournalOptions {
+    /// A snapshot of the projection is written with the first commit after this many events.
+    pub snapshot_every_events: u64,
+    /// Most events one group commit takes; more queued appends wait for the next commit.
+    pub max_batch_events: usize,
+    /// Milliseconds since the epoch, stamped on each event.
+    pub clock: Clock,
+    /// Seed of the event-id generator (None: random). Tests and replays pin it.
+    pub id_seed: Option<u64>,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions {
+            snapshot_every_events: 4096,
+            max_batch_events: 8192,
+            clock: Arc::new(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0)
+            }),
+            id_seed: None,
+        }
+    }
+}
+
+/// How opening went: useful to print and to benchmark.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenReport {
+    pub last_seq: Seq,
+    /// The snapshot the projection started from, if one was usable.
+    pub snapshot_seq: Option<Seq>,
+    /// Events replayed on top of the snapshot.
+    pub replayed: u64,
+}
+
+struct Shared<F> {
+    log: Arc<dyn EventLog>,
+    fold: RwLock<F>,
+    health: Mutex<Health>,
+    committed: watch::Sender<Seq>,
+}
+
+impl<F> Shared<F> {
+    fn set_read_only(&self, reason: String) {
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        if *health == Health::Writable {
+            tracing::error!(%reason, "event log switched to read-only");
+            *health = Health::ReadOnly { reason };
+        }
+    }
+
+    fn health(&self) -> Health {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+enum Request {
+    Append {
+        events: Vec<NewEvent>,
+        reply: oneshot::Sender<Result<Vec<Envelope>, LogError>>,
+    },
+}
+
+/// The single writer, the projection it keeps current, and the subscriptions it feeds.
+pub struct Journal<F: Fold> {
+    shared: Arc<Shared<F>>,
+    queue: Option<mpsc::Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
+    report: OpenReport,
+}
+
+impl<F: Fold> Journal<F> {
+    /// Opens a journal over `log`: loads the newest usable snapshot, replays the events after
+    /// it, checks that the stored sequence has no gap, and starts the writer.
+    ///
+    /// Corruption does not fail the open: the journal opens read-only with the projection of
+    /// everything before the bad record, and [`Journal::health`] says why. An event kind this
+    /// build does not know does fail the open.
+    pub fn open(log: Arc<dyn EventLog>, options: JournalOptions) -> Result<Self, LogError> {
+        let last_seq = log.last_seq()?;
+        let stored = log.len()?;
+        let mut health = Health::Writable;
+        let mut fold = F::default();
+        let mut snapshot_seq = None;
+        let mut from = Seq(1);
+        if let Some(snapshot) = log.latest_snapshot()? {
+            if snapshot.format == F::SNAPSHOT_FORMAT && snapshot.seq <= last_seq {
+                if let Some(state) = F::decode_snapshot(&snapshot.bytes) {
+                    fold = state;
+                    snapshot_seq = Some(snapshot.seq);
+                    from = snapshot.seq.next();
+                }
+            }
+        }
+        let mut replayed = 0u64;
+        let mut applied_to = from.0.saturating_sub(1);
+        // A gap anywhere shows as fewer stored events than the last key says.
+        if stored != last_seq.0 {
+            let gap = find_gap(log.as_ref(), last_seq)?;
+            health = Health::ReadOnly {
+                reason: LogError::Corrupt {
+                    seq: gap,
+                    detail: "missing from the sequence".into(),
+                }
+                .to_string(),
+            };
+        }
+        while Seq(applied_to) < last_seq {
+            match log.read(Seq(applied_to + 1), last_seq, 4096) {
+                Ok(batch) => {
+                    for envelope in &batch {
+                        fold.apply(envelope);
+                    }
+                    replayed += batch.len() as u64;
+                    applied_to += batch.len() as u64;
+                }
+                Err(error @ (LogError::UnknownKind { .. } | LogError::NewerSchema { .. })) => {
+                    return Err(error);
+                }
+                Err(error @ LogError::Corrupt { .. }) => {
+                    health = Health::ReadOnly {
+                        reason: error.to_string(),
+                    };
+                    break;
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        let visible = Seq(applied_to);
+        let (committed, _) = watch::channel(visible);
+        let shared = Arc::new(Shared {
+            log,
+            fold: RwLock::new(fold),
+            health: Mutex::new(health),
+            committed,
+        });
+        let (queue, requests) = mpsc::channel();
+        let ids = match options.id_seed {
+            Some(seed) => IdGenerator::seeded(seed),
+            None => IdGenerator::new(),
+        };
+        let writer_state = Writer {
+            shared: shared.clone(),
+            requests,
+            options,
+            next_seq: last_seq.next(),
+            since_snapshot: AtomicU64::new(replayed),
+            instance: ids.next_u64(),
+        };
+        let writer = std::thread::Builder::new()
+            .name("banger-log-writer".into())
+            .spawn(move || writer_state.run())
+            .map_err(|e| LogError::Storage(format!("cannot start the log writer thread: {e}")))?;
+        Ok(Journal {
+            shared,
+            queue: Some(queue),
+            writer: Some(writer),
+            report: OpenReport {
+                last_seq: visible,
+                snapshot_seq,
+                replayed,
+            },
+        })
+    }
+
+    pub fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    /// Appends `events` as one atomic batch (consecutive sequence numbers). Resolves once they
+    /// are durable and folded into the projection.
+    pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Envelope>, LogError> {
+        self.submit(events)?.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// [`Journal::append`] for callers outside an async runtime.
+    pub fn append_blocking(&self, events: Vec<NewEvent>) -> Result<Vec<Envelope>, LogError> {
+        self.submit(events)?
+            .blocking_recv()
+            .map_err(|_| LogError::Closed)?
+    }
+
+    fn submit(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<oneshot::Receiver<Result<Vec<Envelope>, LogError>>, LogError> {
+        if let Health::ReadOnly { reason } = self.shared.health() {
+            return Err(LogError::ReadOnly { reason });
+        }
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .as_ref()
+            .ok_or(LogError::Closed)?
+            .send(Request::Append { events, reply })
+            .map_err(|_| LogError::Closed)?;
+        Ok(answer)
+    }
+
+    /// Checked events in `from..=to` (at most `limit`). Finding corruption makes the journal
+    /// read-only.
+    pub fn read(&self, from: Seq, to: Seq, limit: usize) -> Result<Vec<Envelope>, LogError> {
+        let to = to.min(self.last_seq());
+        self.shared.log.read(from, to, limit).inspect_err(|error| {
+            if error.is_corruption() {
+                self.shared.set_read_only(error.to_string());
+            }
+        })
+    }
+
+    /// Reads every stored event and checks it; the first bad one makes the journal read-only
+    /// and is returned. Opening only checks the events after the snapshot, so the daemon runs
+    /// this once in the background.
+    pub fn verify_all(&self) -> Result<u64, LogError> {
+        let last = self.last_seq();
+        let mut next = Seq(1);
+        let mut checked = 0;
+        while next <= last {
+            let batch = self.read(next, last, 8192)?;
+            if batch.is_empty() {
+                break;
+            }
+            checked += batch.len() as u64;
+            next = Seq(next.0 + batch.len() as u64);
+        }
+        Ok(checked)
+    }
+
+    /// Highest sequence number that is durable (and visible to readers).
+    pub fn last_seq(&self) -> Seq {
+        *self.shared.committed.borrow()
+    }
+
+    pub fn health(&self) -> Health {
+        self.shared.health()
+    }
+
+    /// Read access to the projection, consistent with [`Journal::last_seq`] at the moment the
+    /// guard is taken.
+    pub fn view(&self) -> RwLockReadGuard<'_, F> {
+        self.shared.fold.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Follows the log from the event after `after`: first every stored event, then each new
+    /// one as it commits.
+    pub fn subscribe(&self, after: Seq) -> Subscription {
+        Subscription {
+            log: self.shared.log.clone(),
+            committed: self.shared.committed.subscribe(),
+            next: after.next(),
+            buffer: VecDeque::new(),
+        }
+    }
+
+    /// Stops taking appends, lets the writer commit everything already queued, and waits for
+    /// it. Dropping the journal does the same.
+    pub fn close(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.queue.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl<F: Fold> Drop for Journal<F> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn find_gap(log: &dyn EventLog, last: Seq) -> Result<Seq, LogError> {
+    let mut expected = Seq(1);
+    while expected <= last {
+        let frames = log.read_frames(expected, last, 65_536)?;
+        for (key, _) in &frames {
+            if *key != expected {
+                return Ok(expected);
+            }
+            expected = expected.next();
+        }
+        if frames.is_empty() {
+            return Ok(expected);
+        }
+    }
+    Ok(expected)
+}
+
+struct Writer<F: Fold> {
+    shared: Arc<Shared<F>>,
+    requests: mpsc::Receiver<Request>,
+    options: JournalOptions,
+    next_seq: Seq,
+    since_snapshot: AtomicU64,
+    instance: u64,
+}
+
+impl<F: Fold> Writer<F> {
+    fn run(mut self) {
+        while let Ok(first) = self.requests.recv() {
+            let mut batch = vec![first];
+            let mut events = batch_len(&batch[0]);
+            while events < self.options.max_batch_events {
+                match self.requests.try_recv() {
+                    Ok(request) => {
+                        events += batch_len(&request);
+                        batch.push(request);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(batch);
+        }
+    }
+
+    fn commit_batch(&mut self, batch: Vec<Request>) {
+        if let Health::ReadOnly { reason } = self.shared.health() {
+            for Request::Append { reply, .. } in batch {
+                let _ = reply.send(Err(LogError::ReadOnly {
+                    reason: reason.clone(),
+                }));
+            }
+            return;
+        }
+        let now = (self.options.clock)();
+        let first_seq = self.next_seq;
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut frames = Vec::new();
+        let mut envelopes_per_request = Vec::with_capacity(batch.len());
+        for Request::Append { events, reply } in batch {
+            let mut envelopes = Vec::with_capacity(events.len());
+            for new in events {
+                let seq = self.next_seq;
+                self.next_seq = seq.next();
+                let envelope = Envelope {
+                    seq,
+                    event_id: EventId(((self.instance as u128) << 64) | seq.0 as u128),
+                    op_id: new.op_id,
+                    cause: new.cause,
+                    at_unix_ms: now,
+                    schema_version: SCHEMA_VERSION,
+                    event: new.event,
+                };
+                frames.push((seq, frame::encode(&envelope)));
+                envelopes.push(envelope);
+            }
+            envelopes_per_request.push(envelopes);
+            replies.push(reply);
+        }
+        if frames.is_empty() {
+            for reply in replies {
+                let _ = reply.send(Ok(Vec::new()));
+            }
+            return;
+        }
+        let last_seq = Seq(self.next_seq.0 - 1);
+        let result = {
+            let mut fold = self.shared.fold.write().unwrap_or_else(|e| e.into_inner());
+            for envelope in envelopes_per_request.iter().flatten() {
+                fold.apply(envelope);
+            }
+            let pending = self
+                .since_snapshot
+                .fetch_add(frames.len() as u64, Ordering::Relaxed)
+                + frames.len() as u64;
+            let snapshot =
+                (pending >= self.options.snapshot_every_events).then(|| SnapshotRecord {
+                    seq: last_seq,
+                    format: F::SNAPSHOT_FORMAT,
+                    bytes: fold.encode_snapshot(),
+                });
+            let result = self.shared.log.commit(&frames, snapshot.as_ref());
+            match &result {
+                Ok(()) if snapshot.is_some() => self.since_snapshot.store(0, Ordering::Relaxed),
+                Ok(()) => {}
+                Err(_) => {
+                    // The projection already holds events that are not durable: rebuild it from
+                    // what is, before any reader can see it.
+                    self.next_seq = first_seq;
+                    *fold = rebuild::<F>(self.shared.log.as_ref()).unwrap_or_default();
+                }
+            }
+            result
+        };
+        match result {
+            Ok(()) => {
+                self.shared.committed.send_replace(last_seq);
+                for (reply, envelopes) in replies.into_iter().zip(envelopes_per_request) {
+                    let _ = reply.send(Ok(envelopes));
+                }
+            }
+            Err(error) => {
+                self.shared
+                    .set_read_only(format!("a commit failed: {error}"));
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn batch_len(request: &Request) -> usize {
+    match request {
+        Request::Append { events, .. } => events.len(),
+    }
+}
+
+/// Folds every stored event from scratch.
+pub fn rebuild<F: Fold>(log: &dyn EventLog) -> Result<F, LogError> {
+    let last = log.last_seq()?;
+    let mut fold = F::default();
+    let mut next = Seq(1);
+    while next <= last {
+        let batch = log.read(next, last, 8192)?;
+        if batch.is_empty() {
+            break;
+        }
+        for envelope in &batch {
+            fold.apply(envelope);
+        }
+        next = Seq(next.0 + batch.len() as u64);
+    }
+    Ok(fold)
+}
+
+/// A live follower of the log. See [`Journal::subscribe`].
+pub struct Subscription {
+    log: Arc<dyn EventLog>,
+    committed: watch::Receiver<Seq>,
+    next: Seq,
+    buffer: VecDeque<Envelope>,
+}
+
+impl Subscription {
+    /// The next event, waiting for it to be committed if need be. `Err(Closed)` once the
+    /// journal is gone and every committed event was delivered.
+    pub async fn next(&mut self) -> Result<Envelope, LogError> {
+        loop {
+            if let Some(envelope) = self.buffer.pop_front() {
+                return Ok(envelope);
+            }
+            let committed = *self.committed.borrow_and_update();
+            if committed >= self.next {
+                let batch = self.log.read(self.next, committed, 1024)?;
+                self.next = batch.last().map(|e| e.seq.next()).unwrap_or(self.next);
+                if batch.is_empty() {
+                    return Err(LogError::Corrupt {
+                        seq: self.next,
+                        detail: "missing from the sequence".into(),
+                    });
+                }
+                self.buffer.extend(batch);
+                continue;
+            }
+            if self.committed.changed().await.is_err() {
+                return Err(LogError::Closed);
+            }
+        }
+    }
+
+    /// The sequence number the next delivered event will have.
+    pub fn position(&self) -> Seq {
+        self.next
+    }
+}

@@ -1,0 +1,30 @@
+//! banger's event log.
+//!
+//! Every step of every operation, and every fact about VMs, images, kernels and host handles,
+//! is a typed [`Event`] appended to an append-only log. This crate owns:
+//! - the event types and their [`Envelope`] ([`event`]),
+//! - the stored frame format with its crc32 ([`frame`]),
+//! - the [`EventLog`] storage trait with a redb implementation ([`RedbLog`]) and an in-memory
+//!   one ([`MemoryLog`]),
+//! - the [`Journal`]: the single group-committing writer, the projection it keeps current and
+//!   snapshots, and live [`Subscription`]s.
+//!
+//! It depends on no other banger crate and does no IO besides the log file.
+
+pub mod event;
+pub mod frame;
+pub mod ids;
+pub mod journal;
+pub mod log;
+pub mod memory;
+pub mod redb_log;
+
+pub use event::*;
+pub use ids::{EventId, IdGenerator, OpId, ParseIdError, Seq, VmId};
+pub use journal::{
+    Clock, Fold, Health, Journal, JournalOptions, NewEvent, NoFold, OpenReport, Subscription,
+    rebuild,
+};
+pub use log::{EventLog, LogError, SnapshotRecord, decode_checked};
+pub use memory::MemoryLog;
+pub use redb_log::{RedbLog, RedbOptions};

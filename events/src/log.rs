@@ -1,0 +1,119 @@
+//! The storage trait under the journal, and the errors every log speaks.
+
+use crate::event::Envelope;
+use crate::frame::{self, FrameError};
+use crate::ids::Seq;
+
+/// A projection snapshot as stored beside the events: the state after `seq`, in the layout
+/// `format` of whoever wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    pub seq: Seq,
+    pub format: u32,
+    pub bytes: Vec<u8>,
+}
+
+/// Where events live. Implementations store encoded frames under their sequence number and
+/// commit a batch (and, with it, an optional snapshot) in one durable transaction. They do not
+/// assign sequence numbers or decide anything: the [`Journal`](crate::Journal) does, through
+/// its single writer.
+pub trait EventLog: Send + Sync + 'static {
+    /// Highest stored sequence number, `Seq(0)` when empty.
+    fn last_seq(&self) -> Result<Seq, LogError>;
+
+    /// How many events are stored. Equal to `last_seq` in a gapless log.
+    fn len(&self) -> Result<u64, LogError>;
+
+    /// True when no event is stored.
+    fn is_empty(&self) -> Result<bool, LogError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Stored frames with keys in `from..=to`, in order, at most `limit` of them.
+    fn read_frames(
+        &self,
+        from: Seq,
+        to: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Seq, Vec<u8>)>, LogError>;
+
+    /// Stores `frames` (consecutive keys following `last_seq`) and, when given, `snapshot`
+    /// replacing the previous one, in one transaction that is durable when this returns.
+    fn commit(
+        &self,
+        frames: &[(Seq, Vec<u8>)],
+        snapshot: Option<&SnapshotRecord>,
+    ) -> Result<(), LogError>;
+
+    /// The most recent snapshot, if any.
+    fn latest_snapshot(&self) -> Result<Option<SnapshotRecord>, LogError>;
+
+    /// Decoded events in `from..=to`, at most `limit`, each checked (crc, kind, seq matches
+    /// key, no gap). The first bad record ends the read with an error naming its sequence
+    /// number.
+    fn read(&self, from: Seq, to: Seq, limit: usize) -> Result<Vec<Envelope>, LogError> {
+        let frames = self.read_frames(from, to, limit)?;
+        let mut out = Vec::with_capacity(frames.len());
+        let mut expected = from;
+        for (key, bytes) in frames {
+            if key != expected {
+                return Err(LogError::Corrupt {
+                    seq: expected,
+                    detail: format!("missing (next stored is {key})"),
+                });
+            }
+            out.push(decode_checked(key, &bytes)?);
+            expected = key.next();
+        }
+        Ok(out)
+    }
+}
+
+/// Decodes one stored frame into an envelope, or names the sequence number that is bad.
+pub fn decode_checked(key: Seq, bytes: &[u8]) -> Result<Envelope, LogError> {
+    frame::decode_at(key, bytes).map_err(|error| match error {
+        FrameError::Damaged(detail) => LogError::Corrupt { seq: key, detail },
+        FrameError::UnknownKind { kind } => LogError::UnknownKind { seq: key, kind },
+        FrameError::NewerSchema { found } => LogError::NewerSchema { seq: key, found },
+    })
+}
+
+/// Everything that can go wrong with a log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    #[error(
+        "event log is corrupt at seq {seq}: {detail}; the log is now read-only and has not been modified — keep a copy of it and run `banger events replay --log FILE --until {prev}` to inspect what is intact",
+        prev = seq.0.saturating_sub(1)
+    )]
+    Corrupt { seq: Seq, detail: String },
+    #[error(
+        "event at seq {seq} has kind {kind}, which this build of banger does not know: a newer banger wrote this log; upgrade banger"
+    )]
+    UnknownKind { seq: Seq, kind: u16 },
+    #[error(
+        "event at seq {seq} uses schema version {found}, newer than this build understands; upgrade banger"
+    )]
+    NewerSchema { seq: Seq, found: u16 },
+    #[error(
+        "the log file was written by a newer banger (log schema {found}, this build reads up to {supported}); upgrade banger"
+    )]
+    NewerLog { found: u16, supported: u16 },
+    #[error("the event log is read-only: {reason}")]
+    ReadOnly { reason: String },
+    #[error(
+        "the event log is open in another process (only one bangerd may use a state directory)"
+    )]
+    Locked,
+    #[error("event log storage failed: {0}")]
+    Storage(String),
+    #[error("the event log is closed")]
+    Closed,
+}
+
+impl LogError {
+    /// True for the errors that mean the stored bytes are bad (as opposed to "this build is too
+    /// old" or "the disk failed").
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, LogError::Corrupt { .. })
+    }
+}

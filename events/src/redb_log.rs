@@ -1,0 +1,211 @@
+//! The event log in a redb file.
+//!
+//! Tables:
+//! - `events`: seq → frame (see [`crate::frame`]);
+//! - `snapshots`: seq → format (u32 le) ‖ crc32 (u32 le) ‖ projection bytes; only the newest is
+//!   kept, replaced in the same transaction as the events it covers;
+//! - `meta`: `schema` → the highest envelope schema version that ever wrote to this file.
+//!
+//! redb takes an exclusive lock on the file, so only one process can have a log open; a second
+//! gets [`LogError::Locked`].
+
+use std::path::{Path, PathBuf};
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+
+use crate::event::SCHEMA_VERSION;
+use crate::ids::Seq;
+use crate::log::{EventLog, LogError, SnapshotRecord};
+
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const META_SCHEMA: &str = "schema";
+
+/// How a [`RedbLog`] commits.
+#[derive(Clone, Copy, Debug)]
+pub struct RedbOptions {
+    /// redb's quick-repair: every commit also saves the allocator state (and uses a two-phase
+    /// commit), so that opening the file after a crash does not walk the whole database. Costs a
+    /// second fsync per commit.
+    pub quick_repair: bool,
+    /// redb page cache size in bytes.
+    pub cache_bytes: usize,
+}
+
+impl Default for RedbOptions {
+    fn default() -> Self {
+        RedbOptions {
+            quick_repair: true,
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+pub struct RedbLog {
+    db: Database,
+    path: PathBuf,
+    options: RedbOptions,
+}
+
+impl RedbLog {
+    /// Opens the log at `path`, creating it when absent.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, LogError> {
+        Self::open_with(path, RedbOptions::default())
+    }
+
+    pub fn open_with(path: impl AsRef<Path>, options: RedbOptions) -> Result<Self, LogError> {
+        let path = path.as_ref().to_path_buf();
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create(&path)
+            .map_err(|error| match error {
+                redb::DatabaseError::DatabaseAlreadyOpen => LogError::Locked,
+                other => LogError::Storage(format!("cannot open {}: {other}", path.display())),
+            })?;
+        let log = RedbLog { db, path, options };
+        log.check_and_stamp_schema()?;
+        Ok(log)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Refuses a file that a newer schema wrote; creates the tables and stamps the schema on a
+    /// fresh file, so that readers never meet a missing table.
+    fn check_and_stamp_schema(&self) -> Result<(), LogError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            let stored = meta.get(META_SCHEMA).map_err(storage)?.map(|value| {
+                let bytes = value.value();
+                if bytes.len() == 2 {
+                    u16::from_le_bytes([bytes[0], bytes[1]])
+                } else {
+                    u16::MAX
+                }
+            });
+            match stored {
+                Some(found) if found > SCHEMA_VERSION => {
+                    return Err(LogError::NewerLog {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert(META_SCHEMA, SCHEMA_VERSION.to_le_bytes().as_slice())
+                        .map_err(storage)?;
+                }
+            }
+            txn.open_table(EVENTS).map_err(storage)?;
+            txn.open_table(SNAPSHOTS).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+}
+
+fn storage(error: impl std::fmt::Display) -> LogError {
+    LogError::Storage(error.to_string())
+}
+
+impl EventLog for RedbLog {
+    fn last_seq(&self) -> Result<Seq, LogError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(EVENTS).map_err(storage)?;
+        let last = table
+            .last()
+            .map_err(storage)?
+            .map(|(key, _)| key.value())
+            .unwrap_or(0);
+        Ok(Seq(last))
+    }
+
+    fn len(&self) -> Result<u64, LogError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(EVENTS).map_err(storage)?;
+        table.len().map_err(storage)
+    }
+
+    fn read_frames(
+        &self,
+        from: Seq,
+        to: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Seq, Vec<u8>)>, LogError> {
+        if from > to || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(EVENTS).map_err(storage)?;
+        let mut out = Vec::with_capacity(limit.min(4096));
+        for entry in table.range(from.0..=to.0).map_err(storage)?.take(limit) {
+            let (key, value) = entry.map_err(storage)?;
+            out.push((Seq(key.value()), value.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn commit(
+        &self,
+        frames: &[(Seq, Vec<u8>)],
+        snapshot: Option<&SnapshotRecord>,
+    ) -> Result<(), LogError> {
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        txn.set_durability(Durability::Immediate).map_err(storage)?;
+        txn.set_quick_repair(self.options.quick_repair);
+        {
+            let mut events = txn.open_table(EVENTS).map_err(storage)?;
+            for (seq, frame) in frames {
+                events.insert(seq.0, frame.as_slice()).map_err(storage)?;
+            }
+        }
+        if let Some(snapshot) = snapshot {
+            let mut snapshots = txn.open_table(SNAPSHOTS).map_err(storage)?;
+            snapshots.retain(|_, _| false).map_err(storage)?;
+            snapshots
+                .insert(snapshot.seq.0, encode_snapshot(snapshot).as_slice())
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    fn latest_snapshot(&self) -> Result<Option<SnapshotRecord>, LogError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
+        let Some((key, value)) = table.last().map_err(storage)? else {
+            return Ok(None);
+        };
+        // A damaged snapshot is only a lost shortcut: the events are still there to replay.
+        Ok(decode_snapshot(Seq(key.value()), value.value()))
+    }
+}
+
+fn encode_snapshot(snapshot: &SnapshotRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + snapshot.bytes.len());
+    out.extend_from_slice(&snapshot.format.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&snapshot.bytes).to_le_bytes());
+    out.extend_from_slice(&snapshot.bytes);
+    out
+}
+
+fn decode_snapshot(seq: Seq, stored: &[u8]) -> Option<SnapshotRecord> {
+    if stored.len() < 8 {
+        return None;
+    }
+    let format = u32::from_le_bytes(stored[0..4].try_into().ok()?);
+    let crc = u32::from_le_bytes(stored[4..8].try_into().ok()?);
+    let bytes = &stored[8..];
+    if crc32fast::hash(bytes) != crc {
+        tracing::warn!(%seq, "projection snapshot fails its checksum; replaying the log instead");
+        return None;
+    }
+    Some(SnapshotRecord {
+        seq,
+        format,
+        bytes: bytes.to_vec(),
+    })
+}

@@ -1,0 +1,1 @@
+//! Projections: placeholder until written.
