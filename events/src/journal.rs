@@ -197,14 +197,16 @@ impl<F: Fold> Journal<F> {
         let mut fold = F::default();
         let mut snapshot_seq = None;
         let mut from = Seq(1);
-        if let Some(snapshot) = log.latest_snapshot()? {
-            if snapshot.format == F::SNAPSHOT_FORMAT && snapshot.seq <= last_seq {
-                if let Some(state) = F::decode_snapshot(&snapshot.bytes) {
-                    fold = state;
-                    snapshot_seq = Some(snapshot.seq);
-                    from = snapshot.seq.next();
-                }
-            }
+        let usable = log
+            .latest_snapshot()?
+            .filter(|snapshot| snapshot.format == F::SNAPSHOT_FORMAT && snapshot.seq <= last_seq)
+            .and_then(|snapshot| {
+                F::decode_snapshot(&snapshot.bytes).map(|state| (snapshot.seq, state))
+            });
+        if let Some((seq, state)) = usable {
+            fold = state;
+            snapshot_seq = Some(seq);
+            from = seq.next();
         }
         let mut replayed = 0u64;
         let mut applied_to = from.0.saturating_sub(1);
@@ -220,24 +222,22 @@ impl<F: Fold> Journal<F> {
             };
         }
         while Seq(applied_to) < last_seq {
-            match log.read(Seq(applied_to + 1), last_seq, 4096) {
-                Ok(batch) => {
-                    for envelope in &batch {
-                        fold.apply(envelope);
-                    }
-                    replayed += batch.len() as u64;
-                    applied_to += batch.len() as u64;
-                }
-                Err(error @ (LogError::UnknownKind { .. } | LogError::NewerSchema { .. })) => {
-                    return Err(error);
-                }
-                Err(error @ LogError::Corrupt { .. }) => {
+            let (batch, error) = log.read_prefix(Seq(applied_to + 1), last_seq, 4096);
+            for envelope in &batch {
+                fold.apply(envelope);
+            }
+            replayed += batch.len() as u64;
+            applied_to += batch.len() as u64;
+            match error {
+                None if batch.is_empty() => break,
+                None => {}
+                Some(error @ LogError::Corrupt { .. }) => {
                     health = Health::ReadOnly {
                         reason: error.to_string(),
                     };
                     break;
                 }
-                Err(other) => return Err(other),
+                Some(other) => return Err(other),
             }
         }
         let visible = Seq(applied_to);
@@ -310,8 +310,8 @@ impl<F: Fold> Journal<F> {
         Ok(answer)
     }
 
-    /// Checked events in `from..=to` (at most `limit`). Finding corruption makes the journal
-    /// read-only.
+    /// Checked events in `from..=to` (at most `limit`), never past [`Journal::last_seq`].
+    /// Finding corruption makes the journal read-only.
     pub fn read(&self, from: Seq, to: Seq, limit: usize) -> Result<Vec<Envelope>, LogError> {
         let to = to.min(self.last_seq());
         self.shared.log.read(from, to, limit).inspect_err(|error| {
@@ -325,11 +325,20 @@ impl<F: Fold> Journal<F> {
     /// and is returned. Opening only checks the events after the snapshot, so the daemon runs
     /// this once in the background.
     pub fn verify_all(&self) -> Result<u64, LogError> {
-        let last = self.last_seq();
+        // The stored end, not the visible one: after corruption the visible end stops short.
+        let last = self.shared.log.last_seq()?;
         let mut next = Seq(1);
         let mut checked = 0;
         while next <= last {
-            let batch = self.read(next, last, 8192)?;
+            let batch = self
+                .shared
+                .log
+                .read(next, last, 8192)
+                .inspect_err(|error| {
+                    if error.is_corruption() {
+                        self.shared.set_read_only(error.to_string());
+                    }
+                })?;
             if batch.is_empty() {
                 break;
             }

@@ -52,20 +52,36 @@ pub trait EventLog: Send + Sync + 'static {
     /// key, no gap). The first bad record ends the read with an error naming its sequence
     /// number.
     fn read(&self, from: Seq, to: Seq, limit: usize) -> Result<Vec<Envelope>, LogError> {
-        let frames = self.read_frames(from, to, limit)?;
+        match self.read_prefix(from, to, limit) {
+            (_, Some(error)) => Err(error),
+            (envelopes, None) => Ok(envelopes),
+        }
+    }
+
+    /// Like [`EventLog::read`], but keeps the good events in front of a bad record: returns
+    /// them together with the error that stopped the read, if any.
+    fn read_prefix(&self, from: Seq, to: Seq, limit: usize) -> (Vec<Envelope>, Option<LogError>) {
+        let frames = match self.read_frames(from, to, limit) {
+            Ok(frames) => frames,
+            Err(error) => return (Vec::new(), Some(error)),
+        };
         let mut out = Vec::with_capacity(frames.len());
         let mut expected = from;
         for (key, bytes) in frames {
             if key != expected {
-                return Err(LogError::Corrupt {
+                let error = LogError::Corrupt {
                     seq: expected,
                     detail: format!("missing (next stored is {key})"),
-                });
+                };
+                return (out, Some(error));
             }
-            out.push(decode_checked(key, &bytes)?);
+            match decode_checked(key, &bytes) {
+                Ok(envelope) => out.push(envelope),
+                Err(error) => return (out, Some(error)),
+            }
             expected = key.next();
         }
-        Ok(out)
+        (out, None)
     }
 }
 
