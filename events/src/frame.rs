@@ -22,8 +22,10 @@ pub const HEADER_LEN: usize = 16;
 /// No event is anywhere near this; a larger length field means corruption, not a big event.
 pub const MAX_BODY_LEN: usize = 16 * 1024 * 1024;
 
+/// bincode's limit stops a damaged length prefix inside a body from asking for a huge
+/// allocation before the decode fails.
 fn config() -> impl bincode::config::Config {
-    bincode::config::standard()
+    bincode::config::standard().with_limit::<MAX_BODY_LEN>()
 }
 
 /// Why a frame could not be turned back into an envelope.

@@ -22,7 +22,6 @@
 //!   subscription can neither skip nor repeat an event when it switches from catch-up to live.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
@@ -258,7 +257,8 @@ impl<F: Fold> Journal<F> {
             requests,
             options,
             next_seq: last_seq.next(),
-            since_snapshot: AtomicU64::new(replayed),
+            since_snapshot: replayed,
+            last_snapshot_bytes: 0,
             instance: ids.next_u64(),
         };
         let writer = std::thread::Builder::new()
@@ -416,7 +416,9 @@ struct Writer<F: Fold> {
     requests: mpsc::Receiver<Request>,
     options: JournalOptions,
     next_seq: Seq,
-    since_snapshot: AtomicU64,
+    /// Events committed since the last snapshot.
+    since_snapshot: u64,
+    last_snapshot_bytes: u64,
     instance: u64,
 }
 
@@ -484,20 +486,26 @@ impl<F: Fold> Writer<F> {
             for envelope in envelopes_per_request.iter().flatten() {
                 fold.apply(envelope);
             }
-            let pending = self
-                .since_snapshot
-                .fetch_add(frames.len() as u64, Ordering::Relaxed)
-                + frames.len() as u64;
-            let snapshot =
-                (pending >= self.options.snapshot_every_events).then(|| SnapshotRecord {
-                    seq: last_seq,
-                    format: F::SNAPSHOT_FORMAT,
-                    bytes: fold.encode_snapshot(),
-                });
+            self.since_snapshot += frames.len() as u64;
+            // A snapshot costs time in proportion to its size while appends wait, so a big
+            // state is snapshotted less often: at least one event per 256 snapshot bytes.
+            let interval = self
+                .options
+                .snapshot_every_events
+                .max(self.last_snapshot_bytes / 256);
+            let snapshot = (self.since_snapshot >= interval).then(|| SnapshotRecord {
+                seq: last_seq,
+                format: F::SNAPSHOT_FORMAT,
+                bytes: fold.encode_snapshot(),
+            });
             let result = self.shared.log.commit(&frames, snapshot.as_ref());
             match &result {
-                Ok(()) if snapshot.is_some() => self.since_snapshot.store(0, Ordering::Relaxed),
-                Ok(()) => {}
+                Ok(()) => {
+                    if let Some(snapshot) = &snapshot {
+                        self.since_snapshot = 0;
+                        self.last_snapshot_bytes = snapshot.bytes.len() as u64;
+                    }
+                }
                 Err(_) => {
                     // The projection already holds events that are not durable: rebuild it from
                     // what is, before any reader can see it.
