@@ -23,7 +23,7 @@ pub use event::*;
 pub use ids::{EventId, IdGenerator, OpId, ParseIdError, Seq, VmId};
 pub use journal::{
     Clock, Fold, Health, Journal, JournalOptions, NewEvent, NoFold, OpenReport, Subscription,
-    rebuild,
+    rebuild, replay_into,
 };
 pub use log::{EventLog, LogError, SnapshotRecord, decode_checked};
 pub use memory::MemoryLog;

@@ -65,23 +65,64 @@ pub trait EventLog: Send + Sync + 'static {
             Ok(frames) => frames,
             Err(error) => return (Vec::new(), Some(error)),
         };
-        let mut out = Vec::with_capacity(frames.len());
-        let mut expected = from;
-        for (key, bytes) in frames {
-            if key != expected {
-                let error = LogError::Corrupt {
-                    seq: expected,
-                    detail: format!("missing (next stored is {key})"),
-                };
-                return (out, Some(error));
+        let mut run = CheckedRun::new(from, frames.len());
+        for (key, bytes) in &frames {
+            if !run.push(*key, bytes) {
+                break;
             }
-            match decode_checked(key, &bytes) {
-                Ok(envelope) => out.push(envelope),
-                Err(error) => return (out, Some(error)),
-            }
-            expected = key.next();
         }
-        (out, None)
+        run.finish()
+    }
+}
+
+/// Decodes a run of stored frames that must hold consecutive sequence numbers from a given
+/// start, stopping at the first gap or bad frame. Backends that can lend frame bytes without
+/// copying them feed those straight in.
+pub struct CheckedRun {
+    expected: Seq,
+    envelopes: Vec<Envelope>,
+    error: Option<LogError>,
+}
+
+impl CheckedRun {
+    pub fn new(from: Seq, capacity: usize) -> Self {
+        CheckedRun {
+            expected: from,
+            envelopes: Vec::with_capacity(capacity),
+            error: None,
+        }
+    }
+
+    /// Takes the frame stored under `key`; false once the run has stopped.
+    pub fn push(&mut self, key: Seq, bytes: &[u8]) -> bool {
+        if self.error.is_some() {
+            return false;
+        }
+        if key != self.expected {
+            self.error = Some(LogError::Corrupt {
+                seq: self.expected,
+                detail: format!("missing (next stored is {key})"),
+            });
+            return false;
+        }
+        match decode_checked(key, bytes) {
+            Ok(envelope) => self.envelopes.push(envelope),
+            Err(error) => {
+                self.error = Some(error);
+                return false;
+            }
+        }
+        self.expected = key.next();
+        true
+    }
+
+    /// Records an error from the backend itself.
+    pub fn fail(&mut self, error: LogError) {
+        self.error.get_or_insert(error);
+    }
+
+    pub fn finish(self) -> (Vec<Envelope>, Option<LogError>) {
+        (self.envelopes, self.error)
     }
 }
 
