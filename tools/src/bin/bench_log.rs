@@ -177,12 +177,15 @@ fn single_appends(dir: &Path, count: usize) {
     let mut appended = RawFile::new(dir, count, record_len, true);
     let default = journal_at(&dir.join("single.redb"), false);
     let quick = journal_at(&dir.join("single-quick-repair.redb"), true);
-    let (mut raw_samples, mut default_samples, mut quick_samples) =
-        (Vec::new(), Vec::new(), Vec::new());
+    let (mut raw_samples, mut append_samples) = (Vec::new(), Vec::new());
+    let (mut default_samples, mut quick_samples) = (Vec::new(), Vec::new());
     for n in 0..count as u64 {
         let start = Instant::now();
         raw.durable_write();
         raw_samples.push(start.elapsed());
+        let start = Instant::now();
+        appended.durable_write();
+        append_samples.push(start.elapsed());
         let start = Instant::now();
         default.append_blocking(vec![one_event(n)]).expect("append");
         default_samples.push(start.elapsed());
