@@ -192,7 +192,10 @@ impl<F: Fold> Journal<F> {
     pub fn open(log: Arc<dyn EventLog>, options: JournalOptions) -> Result<Self, LogError> {
         let last_seq = log.last_seq()?;
         let stored = log.len()?;
-        let mut health = Health::Writable;
+        let mut health = match log.read_only_reason() {
+            Some(reason) => Health::ReadOnly { reason },
+            None => Health::Writable,
+        };
         let mut fold = F::default();
         let mut snapshot_seq = None;
         let mut from = Seq(1);

@@ -45,6 +45,12 @@ pub trait EventLog: Send + Sync + 'static {
         snapshot: Option<&SnapshotRecord>,
     ) -> Result<(), LogError>;
 
+    /// `Some(why)` when this log can only be read (it was found damaged on open): commits
+    /// fail, and the journal opens read-only.
+    fn read_only_reason(&self) -> Option<String> {
+        None
+    }
+
     /// The most recent snapshot, if any.
     fn latest_snapshot(&self) -> Result<Option<SnapshotRecord>, LogError>;
 
@@ -161,6 +167,10 @@ pub enum LogError {
         "the event log is open in another process (only one bangerd may use a state directory)"
     )]
     Locked,
+    #[error(
+        "the event log {path} is empty: a log is never empty once created, so it was probably truncated; keep a copy for inspection and move it away to start a new log"
+    )]
+    EmptyFile { path: String },
     #[error("event log storage failed: {0}")]
     Storage(String),
     #[error("the event log is closed")]
@@ -171,6 +181,6 @@ impl LogError {
     /// True for the errors that mean the stored bytes are bad (as opposed to "this build is too
     /// old" or "the disk failed").
     pub fn is_corruption(&self) -> bool {
-        matches!(self, LogError::Corrupt { .. })
+        matches!(self, LogError::Corrupt { .. } | LogError::EmptyFile { .. })
     }
 }

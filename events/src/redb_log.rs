@@ -12,7 +12,8 @@
 use std::path::{Path, PathBuf};
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    Database, Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
 };
 
 use crate::event::Envelope;
@@ -47,9 +48,20 @@ impl Default for RedbOptions {
 }
 
 pub struct RedbLog {
-    db: Database,
+    store: Store,
     path: PathBuf,
     options: RedbOptions,
+}
+
+/// An existing log is first opened read-only and checked; it is opened for writing only when
+/// nothing is wrong with it, so that a damaged file is left exactly as it was found (redb in
+/// write mode rewrites its own header and may shrink the file, even when nothing is written).
+enum Store {
+    Writable(Database),
+    ReadOnly {
+        db: ReadOnlyDatabase,
+        reason: String,
+    },
 }
 
 impl RedbLog {
@@ -58,17 +70,87 @@ impl RedbLog {
         Self::open_with(path, RedbOptions::default())
     }
 
+    /// Opens the log at `path`, creating it when absent.
+    ///
+    /// - An empty existing file is refused: it is a truncated log, not a new one, and taking it
+    ///   for new would silently forget every VM, image and handle.
+    /// - A file whose stored sequence has a gap, or whose events after the last snapshot do not
+    ///   all decode, opens read-only and is never modified ([`EventLog::read_only_reason`]).
+    /// - A file that was not closed cleanly (its writer was killed) is repaired by redb first;
+    ///   repair restores redb's own bookkeeping and never touches committed events.
     pub fn open_with(path: impl AsRef<Path>, options: RedbOptions) -> Result<Self, LogError> {
         let path = path.as_ref().to_path_buf();
+        match std::fs::metadata(&path) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let db = Database::builder()
+                    .set_cache_size(options.cache_bytes)
+                    .create(&path)
+                    .map_err(|error| cannot_open(&path, error))?;
+                let log = RedbLog {
+                    store: Store::Writable(db),
+                    path,
+                    options,
+                };
+                log.stamp_schema()?;
+                return Ok(log);
+            }
+            Err(error) => {
+                return Err(LogError::Storage(format!(
+                    "cannot open {}: {error}",
+                    path.display()
+                )));
+            }
+            Ok(meta) if meta.len() == 0 => {
+                return Err(LogError::EmptyFile {
+                    path: path.display().to_string(),
+                });
+            }
+            Ok(_) => {}
+        }
+        match redb::Builder::new()
+            .set_cache_size(options.cache_bytes)
+            .open_read_only(&path)
+        {
+            Ok(db) => {
+                let mut log = RedbLog {
+                    store: Store::ReadOnly {
+                        db,
+                        reason: String::new(),
+                    },
+                    path,
+                    options,
+                };
+                log.check_schema()?;
+                if let Some(damage) = log.damage_after_snapshot()? {
+                    if let Store::ReadOnly { reason, .. } = &mut log.store {
+                        *reason = damage.to_string();
+                    }
+                    return Ok(log);
+                }
+                // Sound: reopen for writing (the read-only handle's lock goes with it).
+                let RedbLog { store, path, options } = log;
+                drop(store);
+                Self::open_writable(path, options)
+            }
+            // Not closed cleanly: only a writable open may repair it.
+            Err(redb::DatabaseError::RepairAborted) => Self::open_writable(path, options),
+            Err(other) => Err(cannot_open(&path, other)),
+        }
+    }
+
+    fn open_writable(path: PathBuf, options: RedbOptions) -> Result<Self, LogError> {
         let db = Database::builder()
             .set_cache_size(options.cache_bytes)
-            .create(&path)
-            .map_err(|error| match error {
-                redb::DatabaseError::DatabaseAlreadyOpen => LogError::Locked,
-                other => LogError::Storage(format!("cannot open {}: {other}", path.display())),
-            })?;
-        let log = RedbLog { db, path, options };
-        log.check_and_stamp_schema()?;
+            .open(&path)
+            .map_err(|error| cannot_open(&path, error))?;
+        let log = RedbLog {
+            store: Store::Writable(db),
+            path,
+            options,
+        };
+        if log.check_schema()?.is_none() {
+            log.stamp_schema()?;
+        }
         Ok(log)
     }
 
@@ -76,37 +158,88 @@ impl RedbLog {
         &self.path
     }
 
-    /// Refuses a file that a newer schema wrote; creates the tables and stamps the schema on a
-    /// fresh file, so that readers never meet a missing table.
-    fn check_and_stamp_schema(&self) -> Result<(), LogError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+    fn begin_read(&self) -> Result<redb::ReadTransaction, LogError> {
+        match &self.store {
+            Store::Writable(db) => db.begin_read().map_err(storage),
+            Store::ReadOnly { db, .. } => db.begin_read().map_err(storage),
+        }
+    }
+
+    /// The schema version stamped in the file (`None` when unstamped); refuses a newer one.
+    fn check_schema(&self) -> Result<Option<u16>, LogError> {
+        let txn = self.begin_read()?;
+        let meta = match txn.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(error) => return Err(storage(error)),
+        };
+        let stored = meta
+            .get(META_SCHEMA)
+            .map_err(storage)?
+            .map(|value| match value.value() {
+                [low, high] => u16::from_le_bytes([*low, *high]),
+                _ => u16::MAX,
+            });
+        match stored {
+            Some(found) if found > SCHEMA_VERSION => Err(LogError::NewerLog {
+                found,
+                supported: SCHEMA_VERSION,
+            }),
+            other => Ok(other),
+        }
+    }
+
+    /// Creates the tables and stamps the schema, so that readers never meet a missing table.
+    fn stamp_schema(&self) -> Result<(), LogError> {
+        let Store::Writable(db) = &self.store else {
+            return Err(self.read_only_error());
+        };
+        let txn = db.begin_write().map_err(storage)?;
         {
             let mut meta = txn.open_table(META).map_err(storage)?;
-            let stored = meta.get(META_SCHEMA).map_err(storage)?.map(|value| {
-                let bytes = value.value();
-                if bytes.len() == 2 {
-                    u16::from_le_bytes([bytes[0], bytes[1]])
-                } else {
-                    u16::MAX
-                }
-            });
-            match stored {
-                Some(found) if found > SCHEMA_VERSION => {
-                    return Err(LogError::NewerLog {
-                        found,
-                        supported: SCHEMA_VERSION,
-                    });
-                }
-                Some(_) => {}
-                None => {
-                    meta.insert(META_SCHEMA, SCHEMA_VERSION.to_le_bytes().as_slice())
-                        .map_err(storage)?;
-                }
-            }
+            meta.insert(META_SCHEMA, SCHEMA_VERSION.to_le_bytes().as_slice())
+                .map_err(storage)?;
             txn.open_table(EVENTS).map_err(storage)?;
             txn.open_table(SNAPSHOTS).map_err(storage)?;
         }
         txn.commit().map_err(storage)
+    }
+
+    /// What the journal will read on open, checked without writing: no gap in the sequence,
+    /// and every event after the latest snapshot decodes.
+    fn damage_after_snapshot(&self) -> Result<Option<LogError>, LogError> {
+        let last = self.last_seq()?;
+        if self.len()? != last.0 {
+            return Ok(Some(LogError::Corrupt {
+                seq: last,
+                detail: "the stored sequence has a gap".into(),
+            }));
+        }
+        let mut next = self
+            .latest_snapshot()?
+            .map(|snapshot| snapshot.seq.next())
+            .unwrap_or(Seq(1));
+        while next <= last {
+            match self.read_prefix(next, last, 8192) {
+                (_, Some(error)) => return Ok(Some(error)),
+                (batch, None) if batch.is_empty() => break,
+                (batch, None) => next = Seq(next.0 + batch.len() as u64),
+            }
+        }
+        Ok(None)
+    }
+
+    fn read_only_error(&self) -> LogError {
+        LogError::ReadOnly {
+            reason: self.read_only_reason().unwrap_or_default(),
+        }
+    }
+}
+
+fn cannot_open(path: &Path, error: redb::DatabaseError) -> LogError {
+    match error {
+        redb::DatabaseError::DatabaseAlreadyOpen => LogError::Locked,
+        other => LogError::Storage(format!("cannot open {}: {other}", path.display())),
     }
 }
 
@@ -116,7 +249,7 @@ fn storage(error: impl std::fmt::Display) -> LogError {
 
 impl EventLog for RedbLog {
     fn last_seq(&self) -> Result<Seq, LogError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(EVENTS).map_err(storage)?;
         let last = table
             .last()
@@ -127,7 +260,7 @@ impl EventLog for RedbLog {
     }
 
     fn len(&self) -> Result<u64, LogError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(EVENTS).map_err(storage)?;
         table.len().map_err(storage)
     }
@@ -141,7 +274,7 @@ impl EventLog for RedbLog {
         if from > to || limit == 0 {
             return Ok(Vec::new());
         }
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(EVENTS).map_err(storage)?;
         let mut out = Vec::with_capacity(limit.min(4096));
         for entry in table.range(from.0..=to.0).map_err(storage)?.take(limit) {
@@ -159,9 +292,7 @@ impl EventLog for RedbLog {
             return run.finish();
         }
         let range = self
-            .db
             .begin_read()
-            .map_err(storage)
             .and_then(|txn| txn.open_table(EVENTS).map_err(storage))
             .and_then(|table| table.range(from.0..=to.0).map_err(storage));
         match range {
@@ -190,7 +321,10 @@ impl EventLog for RedbLog {
         frames: &[(Seq, Vec<u8>)],
         snapshot: Option<&SnapshotRecord>,
     ) -> Result<(), LogError> {
-        let mut txn = self.db.begin_write().map_err(storage)?;
+        let Store::Writable(db) = &self.store else {
+            return Err(self.read_only_error());
+        };
+        let mut txn = db.begin_write().map_err(storage)?;
         txn.set_durability(Durability::Immediate).map_err(storage)?;
         txn.set_quick_repair(self.options.quick_repair);
         {
@@ -209,8 +343,15 @@ impl EventLog for RedbLog {
         txn.commit().map_err(storage)
     }
 
+    fn read_only_reason(&self) -> Option<String> {
+        match &self.store {
+            Store::Writable(_) => None,
+            Store::ReadOnly { reason, .. } => Some(reason.clone()),
+        }
+    }
+
     fn latest_snapshot(&self) -> Result<Option<SnapshotRecord>, LogError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
         let Some((key, value)) = table.last().map_err(storage)? else {
             return Ok(None);

@@ -1,0 +1,577 @@
+//! The stories behind the golden logs, written with [`Scenario`].
+//!
+//! These functions are only run when the golden files are blessed (`BANGER_BLESS=1`); the
+//! normal test reads the checked-in bytes and never calls them. Changing a story therefore
+//! changes nothing until someone blesses on purpose — and a bless that changes the expected
+//! projection of an *unchanged* frame file is exactly what review must catch.
+
+use banger_events::*;
+
+use crate::*;
+
+/// A golden story: its file stem in `golden/`, what it is about, and its log.
+pub struct Story {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub log: Scenario,
+}
+
+/// Every golden story, in a stable order.
+pub fn all() -> Vec<Story> {
+    vec![
+        Story {
+            name: "vm-lifecycle",
+            about: "vm create → start → stop → set → a failed start rolled back → delete, plus \
+                    a second VM whose VMM is killed and restarted; daemon stopped cleanly",
+            log: vm_lifecycle(),
+        },
+        Story {
+            name: "images-and-kernels",
+            about: "image register in the old ImageRegisteredV1 layout, kernel import and a \
+                    failed kernel pull, image pull, image delete, cache prune, and a pull whose \
+                    undo failed (stuck)",
+            log: images_and_kernels(),
+        },
+        Story {
+            name: "crash-mid-create",
+            about: "a crash recovered after a host reboot, then a second crash that leaves a vm \
+                    create, an image pull, a vm stop and a half-undone vm start unfinished, and \
+                    one stuck operation",
+            log: crash_mid_create(),
+        },
+    ]
+}
+
+const WEB: VmId = VmId(0x57eb_0001);
+const DB: VmId = VmId(0xdb00_0002);
+const API: VmId = VmId(0xa91_0003);
+
+fn vm_dir(vm: VmId) -> String {
+    format!("/var/lib/banger/vms/{vm}")
+}
+
+fn api_socket(vm: VmId) -> Handle {
+    socket(&format!("/run/user/1000/banger/vms/{vm}/firecracker.sock"))
+}
+
+struct Net {
+    tap: Handle,
+    ip: Handle,
+    mac: Handle,
+    cid: Handle,
+}
+
+impl Net {
+    fn new(n: u8) -> Net {
+        Net {
+            tap: tap(&format!("bgtap{n}")),
+            ip: ip([10, 77, 0, 2 + n]),
+            mac: mac([0x06, 0xbe, 0x60, 0, 0, n]),
+            cid: cid(3 + u32::from(n)),
+        }
+    }
+
+    fn all(&self) -> Vec<Handle> {
+        vec![
+            self.tap.clone(),
+            self.ip.clone(),
+            self.mac.clone(),
+            self.cid.clone(),
+        ]
+    }
+}
+
+/// A whole successful `vm.create`: defined, disks, network, stopped.
+fn create_vm(s: &mut Scenario, op: OpId, vm: VmId, name: &str, net: &Net) {
+    s.start_op(
+        op,
+        OpKind::VmCreate,
+        vm_target(vm, name),
+        &format!(r#"{{"name":"{name}","image":"debian-12","kernel":"6.1","vcpus":2}}"#),
+    );
+    s.vm_defined(Some(op), vm, name, spec("debian-12", "6.1"));
+    let root = file(&format!("{}/root.ext4", vm_dir(vm)));
+    let work = file(&format!("{}/work.ext4", vm_dir(vm)));
+    s.step(op, "prepare-rootfs", vec![root.clone()]);
+    s.acquire(Some(op), Owner::Vm(vm), root);
+    s.step(op, "prepare-work-disk", vec![work.clone()]);
+    s.acquire(Some(op), Owner::Vm(vm), work);
+    s.step(op, "network", net.all());
+    for handle in net.all() {
+        s.acquire(Some(op), Owner::Vm(vm), handle);
+    }
+    s.vm_state(Some(op), vm, VmState::Creating, VmState::Stopped);
+    s.succeed(op);
+}
+
+/// A whole successful `vm.start`, launching `pid`.
+fn start_vm(s: &mut Scenario, op: OpId, vm: VmId, name: &str, pid: Handle) {
+    s.start_op(
+        op,
+        OpKind::VmStart,
+        vm_target(vm, name),
+        &format!(r#"{{"name":"{name}"}}"#),
+    );
+    s.vm_state(Some(op), vm, VmState::Stopped, VmState::Starting);
+    s.step_started(op, "launch-vmm", vec![api_socket(vm)]);
+    s.step_succeeded(op, "launch-vmm", vec![api_socket(vm), pid.clone()]);
+    s.acquire(Some(op), Owner::Vm(vm), pid);
+    s.step(op, "wait-for-agent", vec![]);
+    s.vm_state(Some(op), vm, VmState::Starting, VmState::Running);
+    s.succeed(op);
+}
+
+fn vm_lifecycle() -> Scenario {
+    let mut s = Scenario::new();
+    s.daemon_started("4f1c2a9e-0b7d-4e55-9a43-1f2e3d4c5b6a", 812);
+    s.acquire(
+        None,
+        Owner::Daemon,
+        socket("/run/user/1000/banger/bangerd.sock"),
+    );
+    let web_net = Net::new(0);
+    let db_net = Net::new(1);
+
+    create_vm(&mut s, OpId(0x0c01), WEB, "web", &web_net);
+    let first_vmm = process(23_811, 1_048_576);
+    start_vm(&mut s, OpId(0x0c02), WEB, "web", first_vmm.clone());
+
+    // Stop: graceful shutdown, the VMM exits, the process handle goes with it.
+    let stop = OpId(0x0c03);
+    s.start_op(
+        stop,
+        OpKind::VmStop,
+        vm_target(WEB, "web"),
+        r#"{"name":"web"}"#,
+    );
+    s.vm_state(Some(stop), WEB, VmState::Running, VmState::Stopping);
+    s.step(stop, "sync-workspace", vec![]);
+    s.step(stop, "shutdown", vec![]);
+    s.release(Some(stop), first_vmm);
+    s.vm_state(Some(stop), WEB, VmState::Stopping, VmState::Stopped);
+    s.succeed(stop);
+
+    // Resize the stopped VM.
+    let set = OpId(0x0c0a);
+    s.start_op(
+        set,
+        OpKind::VmSet,
+        vm_target(WEB, "web"),
+        r#"{"name":"web","vcpus":4,"memory_mib":2048,"root_disk_mib":8192}"#,
+    );
+    s.step(
+        set,
+        "resize-root-disk",
+        vec![file(&format!("{}/root.ext4", vm_dir(WEB)))],
+    );
+    s.in_op(
+        set,
+        Event::VmChanged(VmChanged {
+            vm_id: WEB,
+            spec: VmSpec {
+                vcpus: 4,
+                memory_mib: 2048,
+                root_disk_mib: 8192,
+                ..spec("debian-12", "6.1")
+            },
+        }),
+    );
+    s.succeed(set);
+
+    // A second start whose guest agent never answers: rolled back, the VMM killed.
+    let second_vmm = process(24_007, 1_049_900);
+    let retry = OpId(0x0c04);
+    s.start_op(
+        retry,
+        OpKind::VmStart,
+        vm_target(WEB, "web"),
+        r#"{"name":"web"}"#,
+    );
+    s.vm_state(Some(retry), WEB, VmState::Stopped, VmState::Starting);
+    s.step_started(retry, "launch-vmm", vec![api_socket(WEB)]);
+    s.step_succeeded(
+        retry,
+        "launch-vmm",
+        vec![api_socket(WEB), second_vmm.clone()],
+    );
+    s.acquire(Some(retry), Owner::Vm(WEB), second_vmm.clone());
+    s.step_started(retry, "wait-for-agent", vec![]);
+    s.step_failed(
+        retry,
+        "wait-for-agent",
+        "guest agent did not answer within 30000 ms",
+    );
+    s.undo(retry, "wait-for-agent");
+    s.undo_started(retry, "launch-vmm");
+    s.release(Some(retry), second_vmm);
+    s.undo_succeeded(retry, "launch-vmm");
+    s.vm_state(Some(retry), WEB, VmState::Starting, VmState::Stopped);
+    s.roll_back(retry, "step wait-for-agent failed");
+
+    // A second VM, created and left running.
+    create_vm(&mut s, OpId(0x0c05), DB, "db", &db_net);
+    start_vm(&mut s, OpId(0x0c06), DB, "db", process(24_100, 1_050_000));
+
+    // Delete web: disks, then network, then the record.
+    let delete = OpId(0x0c07);
+    s.start_op(
+        delete,
+        OpKind::VmDelete,
+        vm_target(WEB, "web"),
+        r#"{"name":"web"}"#,
+    );
+    s.vm_state(Some(delete), WEB, VmState::Stopped, VmState::Deleting);
+    let disks = vec![
+        file(&format!("{}/root.ext4", vm_dir(WEB))),
+        file(&format!("{}/work.ext4", vm_dir(WEB))),
+    ];
+    s.step_started(delete, "remove-disks", disks.clone());
+    s.step_succeeded(delete, "remove-disks", vec![]);
+    for disk in disks {
+        s.release(Some(delete), disk);
+    }
+    s.step_started(delete, "release-network", web_net.all());
+    s.step_succeeded(delete, "release-network", vec![]);
+    for handle in web_net.all() {
+        s.release(Some(delete), handle);
+    }
+    s.vm_removed(Some(delete), WEB);
+    s.succeed(delete);
+
+    // The db VM's VMM dies on its own; the user restarts nothing. Then a clean shutdown.
+    s.fact(Event::VmExited(VmExited {
+        vm_id: DB,
+        pid: 24_100,
+        exit_code: None,
+        signal: Some(9),
+        console_tail: "[   42.000000] Out of memory: Killed process 1 (systemd)".into(),
+    }));
+    s.vm_state(None, DB, VmState::Running, VmState::Stopped);
+    start_vm(&mut s, OpId(0x0c08), DB, "db", process(25_000, 1_060_000));
+    s.daemon_stopped("SIGTERM");
+    s
+}
+
+fn images_and_kernels() -> Scenario {
+    let mut s = Scenario::new();
+    s.daemon_started("9d8c7b6a-5f4e-4d3c-8b2a-0f1e2d3c4b5a", 640);
+
+    // image.register, recorded in the layout older logs used (kind 40).
+    let register = OpId(0x1a01);
+    let alpine = "/var/lib/banger/images/alpine-3.20.ext4";
+    s.start_op(
+        register,
+        OpKind::ImageRegister,
+        Target::Image {
+            name: "alpine-3.20".into(),
+        },
+        r#"{"name":"alpine-3.20","path":"/home/dev/alpine.ext4"}"#,
+    );
+    s.step(register, "copy-rootfs", vec![file(alpine)]);
+    s.in_op(
+        register,
+        Event::ImageRegisteredV1(ImageRegisteredV1 {
+            name: "alpine-3.20".into(),
+            rootfs_path: alpine.into(),
+            size_bytes: 268_435_456,
+        }),
+    );
+    s.succeed(register);
+
+    // kernel.import.
+    let import = OpId(0x1a02);
+    s.start_op(
+        import,
+        OpKind::KernelImport,
+        Target::Kernel { name: "6.1".into() },
+        r#"{"from":"/home/dev/kernels/6.1"}"#,
+    );
+    s.step(
+        import,
+        "copy-kernel",
+        vec![dir("/var/lib/banger/kernels/6.1")],
+    );
+    s.in_op(
+        import,
+        Event::KernelRegistered(KernelRegistered {
+            name: "6.1".into(),
+            kernel_path: "/var/lib/banger/kernels/6.1/vmlinux".into(),
+            initrd_path: Some("/var/lib/banger/kernels/6.1/initrd.img".into()),
+            version: "6.1.0-31-cloud-amd64".into(),
+            sha256: "5e".repeat(32),
+            source: "import:/home/dev/kernels/6.1".into(),
+        }),
+    );
+    s.succeed(import);
+
+    // kernel.pull whose download fails its checksum: rolled back.
+    let pull_kernel = OpId(0x1a03);
+    let part = file("/var/lib/banger/kernels/6.6.tar.zst.part");
+    s.start_op(
+        pull_kernel,
+        OpKind::KernelPull,
+        Target::Kernel { name: "6.6".into() },
+        r#"{"name":"6.6"}"#,
+    );
+    s.step_started(pull_kernel, "download", vec![part.clone()]);
+    s.step_failed(
+        pull_kernel,
+        "download",
+        "sha256 mismatch: expected 0f3a…, got 77c1…",
+    );
+    s.undo(pull_kernel, "download");
+    s.roll_back(pull_kernel, "step download failed");
+
+    // image.pull from an OCI registry.
+    let pull = OpId(0x1a04);
+    let debian = "/var/lib/banger/images/debian-12.ext4";
+    s.start_op(
+        pull,
+        OpKind::ImagePull,
+        Target::Image {
+            name: "debian-12".into(),
+        },
+        r#"{"ref":"127.0.0.1:5000/debian:12"}"#,
+    );
+    s.step(pull, "resolve-manifest", vec![]);
+    s.step(
+        pull,
+        "fetch-layers",
+        vec![dir("/var/cache/banger/oci/blobs/sha256")],
+    );
+    s.step_started(pull, "build-rootfs", vec![file(debian)]);
+    s.step_succeeded(
+        pull,
+        "build-rootfs",
+        vec![file(debian), loop_device("/dev/loop7")],
+    );
+    s.in_op(
+        pull,
+        Event::ImageRegistered(ImageRegistered {
+            name: "debian-12".into(),
+            rootfs_path: debian.into(),
+            kernel: Some("6.1".into()),
+            size_bytes: 1_073_741_824,
+            sha256: "d3".repeat(32),
+            source: format!("oci:127.0.0.1:5000/debian:12@sha256:{}", "a1".repeat(32)),
+        }),
+    );
+    s.succeed(pull);
+
+    // image.delete (rolls forward) and image.cache.prune.
+    let delete = OpId(0x1a05);
+    s.start_op(
+        delete,
+        OpKind::ImageDelete,
+        Target::Image {
+            name: "alpine-3.20".into(),
+        },
+        r#"{"name":"alpine-3.20"}"#,
+    );
+    s.step(delete, "remove-rootfs", vec![]);
+    s.in_op(
+        delete,
+        Event::ImageRemoved(ImageRemoved {
+            name: "alpine-3.20".into(),
+        }),
+    );
+    s.succeed(delete);
+
+    let prune = OpId(0x1a06);
+    let aside = dir("/var/cache/banger/oci/blobs.prune-1a06");
+    s.start_op(
+        prune,
+        OpKind::ImageCachePrune,
+        Target::Host,
+        r#"{"dry_run":false}"#,
+    );
+    s.step(prune, "rename-aside", vec![aside]);
+    s.step(prune, "delete-aside", vec![]);
+    s.succeed(prune);
+
+    // An image pull whose build fails and whose undo cannot detach the loop device: stuck.
+    let stuck = OpId(0x1a07);
+    let fedora = "/var/lib/banger/images/fedora-40.ext4";
+    s.start_op(
+        stuck,
+        OpKind::ImagePull,
+        Target::Image {
+            name: "fedora-40".into(),
+        },
+        r#"{"ref":"127.0.0.1:5000/fedora:40"}"#,
+    );
+    s.step(stuck, "resolve-manifest", vec![]);
+    s.step_started(
+        stuck,
+        "build-rootfs",
+        vec![file(fedora), loop_device("/dev/loop9")],
+    );
+    s.step_failed(stuck, "build-rootfs", "mkfs.ext4 exited with status 1");
+    s.undo_started(stuck, "build-rootfs");
+    s.undo_failed(
+        stuck,
+        "build-rootfs",
+        "losetup -d /dev/loop9: device or resource busy",
+    );
+    s.stuck(
+        stuck,
+        "build-rootfs",
+        "losetup -d /dev/loop9: device or resource busy",
+    );
+
+    // A kernel removed, and an orphan tap found and removed.
+    let remove = OpId(0x1a08);
+    s.start_op(
+        remove,
+        OpKind::KernelRemove,
+        Target::Kernel { name: "6.1".into() },
+        r#"{"name":"6.1"}"#,
+    );
+    s.step(remove, "remove-files", vec![]);
+    s.in_op(
+        remove,
+        Event::KernelRemoved(KernelRemoved { name: "6.1".into() }),
+    );
+    s.succeed(remove);
+    s.fact(Event::OrphanFound(OrphanFound {
+        handle: tap("bgtap9"),
+        action: "removed".into(),
+    }));
+    s
+}
+
+fn crash_mid_create() -> Scenario {
+    let mut s = Scenario::new();
+    s.daemon_started("00000000-1111-4222-8333-444444444444", 501);
+    let web_net = Net::new(0);
+    let db_net = Net::new(1);
+    let api_net = Net::new(2);
+    create_vm(&mut s, OpId(0x2c01), WEB, "web", &web_net);
+    create_vm(&mut s, OpId(0x2c02), DB, "db", &db_net);
+    start_vm(&mut s, OpId(0x2c03), WEB, "web", process(31_000, 2_000_000));
+
+    // First crash: a db start had launched its VMM; the host rebooted.
+    let db_start = OpId(0x2c04);
+    let lost_vmm = process(31_500, 2_100_000);
+    s.start_op(
+        db_start,
+        OpKind::VmStart,
+        vm_target(DB, "db"),
+        r#"{"name":"db"}"#,
+    );
+    s.vm_state(Some(db_start), DB, VmState::Stopped, VmState::Starting);
+    s.step_started(db_start, "launch-vmm", vec![api_socket(DB)]);
+    s.step_succeeded(
+        db_start,
+        "launch-vmm",
+        vec![api_socket(DB), lost_vmm.clone()],
+    );
+    s.step_started(db_start, "wait-for-agent", vec![]);
+    // --- crash; host reboot ---
+    s.daemon_started("55555555-6666-4777-8888-999999999999", 498);
+    s.fact(Event::VmFoundDead(VmFoundDead {
+        vm_id: WEB,
+        pid: 31_000,
+        start_time_ticks: 2_000_000,
+    }));
+    s.vm_state(None, WEB, VmState::Running, VmState::Stopped);
+    s.recovery_decided(
+        db_start,
+        RecoveryDecision::RollBack,
+        "daemon restarted with vm.start in flight",
+    );
+    s.undo(db_start, "wait-for-agent");
+    s.undo_started(db_start, "launch-vmm");
+    s.release(Some(db_start), lost_vmm);
+    s.undo_succeeded(db_start, "launch-vmm");
+    s.vm_state(Some(db_start), DB, VmState::Starting, VmState::Stopped);
+    s.roll_back(db_start, "recovered after a crash");
+
+    // Start web again, so that a stop can be interrupted.
+    start_vm(&mut s, OpId(0x2c05), WEB, "web", process(1_200, 4_000));
+
+    // An earlier kernel pull that got stuck stays stuck across everything.
+    let stuck = OpId(0x2c06);
+    s.start_op(
+        stuck,
+        OpKind::KernelPull,
+        Target::Kernel {
+            name: "6.12".into(),
+        },
+        r#"{"name":"6.12"}"#,
+    );
+    s.step_started(stuck, "extract", vec![dir("/var/lib/banger/kernels/6.12")]);
+    s.step_failed(
+        stuck,
+        "extract",
+        "unsafe symlink in bundle: vmlinux -> /etc/shadow",
+    );
+    s.undo_started(stuck, "extract");
+    s.undo_failed(stuck, "extract", "rmdir: directory not empty");
+    s.stuck(stuck, "extract", "rmdir: directory not empty");
+
+    // Four operations interleave, then the daemon dies.
+    let create = OpId(0x2c07);
+    let pull = OpId(0x2c08);
+    let stop = OpId(0x2c09);
+    let start_db = OpId(0x2c0a);
+    s.start_op(
+        create,
+        OpKind::VmCreate,
+        vm_target(API, "api"),
+        r#"{"name":"api","image":"debian-12","kernel":"6.1","vcpus":4}"#,
+    );
+    s.vm_defined(Some(create), API, "api", spec("debian-12", "6.1"));
+    s.start_op(
+        pull,
+        OpKind::ImagePull,
+        Target::Image {
+            name: "alpine-3.20".into(),
+        },
+        r#"{"ref":"127.0.0.1:5000/alpine:3.20"}"#,
+    );
+    let api_root = file(&format!("{}/root.ext4", vm_dir(API)));
+    let api_work = file(&format!("{}/work.ext4", vm_dir(API)));
+    s.step(create, "prepare-rootfs", vec![api_root.clone()]);
+    s.acquire(Some(create), Owner::Vm(API), api_root);
+    s.step(pull, "resolve-manifest", vec![]);
+    s.start_op(
+        stop,
+        OpKind::VmStop,
+        vm_target(WEB, "web"),
+        r#"{"name":"web"}"#,
+    );
+    s.vm_state(Some(stop), WEB, VmState::Running, VmState::Stopping);
+    s.step(create, "prepare-work-disk", vec![api_work.clone()]);
+    s.acquire(Some(create), Owner::Vm(API), api_work);
+    s.step_started(
+        pull,
+        "fetch-layers",
+        vec![dir("/var/cache/banger/oci/blobs/sha256")],
+    );
+    s.step(stop, "sync-workspace", vec![]);
+    // A db start that failed and was half-way through its undo.
+    let db_vmm = process(1_300, 4_400);
+    s.start_op(
+        start_db,
+        OpKind::VmStart,
+        vm_target(DB, "db"),
+        r#"{"name":"db"}"#,
+    );
+    s.vm_state(Some(start_db), DB, VmState::Stopped, VmState::Starting);
+    s.step_started(start_db, "launch-vmm", vec![api_socket(DB)]);
+    s.step_succeeded(start_db, "launch-vmm", vec![api_socket(DB), db_vmm.clone()]);
+    s.acquire(Some(start_db), Owner::Vm(DB), db_vmm);
+    s.step_started(start_db, "wait-for-agent", vec![]);
+    s.step_failed(
+        start_db,
+        "wait-for-agent",
+        "guest agent did not answer within 30000 ms",
+    );
+    s.undo(start_db, "wait-for-agent");
+    s.undo_started(start_db, "launch-vmm");
+    s.step_started(stop, "shutdown", vec![]);
+    s.step_started(create, "network", api_net.all());
+    // --- crash: nothing after this ---
+    s
+}

@@ -1,0 +1,285 @@
+//! Golden logs: logs written by an earlier build, checked in, that every later build must
+//! decode and project exactly as recorded.
+//!
+//! Per story `NAME` in `replay-tests/golden/`:
+//! - `NAME.frames`: the stored frames in the dump container (see the crate docs);
+//! - `NAME.redb`: the same frames in a real redb file (with a projection snapshot half-way),
+//!   when it is small;
+//! - `NAME.projections.json`: the projections after the last event, pretty JSON;
+//! - `NAME.plan.json`: `plan_recovery` of that state, pretty JSON.
+//!
+//! The test only reads these. `BANGER_BLESS=1` rewrites them from the stories in
+//! `src/stories.rs` first (see the README): an explicit act whose diff a reviewer reads.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use banger_events::*;
+use banger_projections::{Projections, plan_recovery};
+use banger_replay_tests::*;
+
+use crate::common::*;
+
+/// A redb file larger than this is not checked in; the frame dump still is.
+const MAX_REDB_BYTES: usize = 300 * 1024;
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("golden")
+}
+
+fn blessing() -> bool {
+    std::env::var("BANGER_BLESS").is_ok_and(|v| v == "1")
+}
+
+fn pretty<T: serde::Serialize>(value: &T) -> String {
+    let mut json = serde_json::to_string_pretty(value).expect("serializes");
+    json.push('\n');
+    json
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read golden file {}: {e}\n(golden files are created with \
+             `BANGER_BLESS=1 cargo test -p banger-replay-tests golden`; see replay-tests/README.md)",
+            path.display()
+        )
+    })
+}
+
+/// Rewrites the golden files of `story` from its current definition.
+fn bless(story: &stories::Story) {
+    let dir = golden_dir();
+    std::fs::create_dir_all(&dir).expect("golden dir");
+    let frames = story.log.frames();
+    let state: Projections = fold(story.log.envelopes());
+    std::fs::write(
+        dir.join(format!("{}.frames", story.name)),
+        write_dump(&frames),
+    )
+    .expect("write frames");
+    std::fs::write(
+        dir.join(format!("{}.projections.json", story.name)),
+        pretty(&state),
+    )
+    .expect("write projections");
+    std::fs::write(
+        dir.join(format!("{}.plan.json", story.name)),
+        pretty(&plan_recovery(&state)),
+    )
+    .expect("write plan");
+
+    // The redb file: the first half of the events with a snapshot of the state after them,
+    // then the rest, as two transactions.
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let path = scratch.path().join("log.redb");
+    {
+        let log = RedbLog::open(&path).expect("create redb");
+        let half = frames.len() / 2;
+        let head: Projections = fold(&story.log.envelopes()[..half]);
+        let snapshot = SnapshotRecord {
+            seq: Seq(half as u64),
+            format: <Projections as Fold>::SNAPSHOT_FORMAT,
+            bytes: head.encode_snapshot(),
+        };
+        log.commit(&frames[..half], Some(&snapshot))
+            .expect("commit head");
+        log.commit(&frames[half..], None).expect("commit tail");
+    }
+    let bytes = std::fs::read(&path).expect("read redb");
+    let target = dir.join(format!("{}.redb", story.name));
+    if bytes.len() <= MAX_REDB_BYTES {
+        std::fs::write(&target, bytes).expect("write redb");
+    } else if target.exists() {
+        std::fs::remove_file(&target).expect("remove stale redb");
+    }
+    println!("blessed golden/{}.*", story.name);
+}
+
+/// Decodes a golden dump with today's decoder: every frame must be accepted, under keys
+/// 1, 2, 3…
+fn decode_dump(name: &str, frames: &[(Seq, Vec<u8>)]) -> Vec<Envelope> {
+    frames
+        .iter()
+        .enumerate()
+        .map(|(i, (seq, bytes))| {
+            assert_eq!(*seq, Seq(i as u64 + 1), "{name}: keys are not gapless");
+            decode_checked(*seq, bytes)
+                .unwrap_or_else(|e| panic!("{name}: golden frame {seq} no longer decodes: {e}"))
+        })
+        .collect()
+}
+
+/// Every golden log decodes, projects and plans exactly as recorded, from the frame dump,
+/// through a journal over an in-memory log, and from the checked-in redb file (whose
+/// snapshot must be either used correctly or ignored).
+#[test]
+fn golden_logs_decode_and_project_exactly_as_recorded() {
+    let stories = stories::all();
+    if blessing() {
+        for story in &stories {
+            bless(story);
+        }
+    }
+    let dir = golden_dir();
+    for story in &stories {
+        let name = story.name;
+        let frames = read_dump(&read(&dir.join(format!("{name}.frames"))))
+            .unwrap_or_else(|e| panic!("{name}.frames: {e}"));
+        assert!(!frames.is_empty(), "{name}: empty golden log");
+        let envelopes = decode_dump(name, &frames);
+        let state: Projections = fold(&envelopes);
+
+        let expected_json =
+            String::from_utf8(read(&dir.join(format!("{name}.projections.json")))).unwrap();
+        assert_eq!(
+            pretty(&state),
+            expected_json,
+            "{name}: the projections of a golden log changed"
+        );
+        let expected_plan =
+            String::from_utf8(read(&dir.join(format!("{name}.plan.json")))).unwrap();
+        assert_eq!(
+            pretty(&plan_recovery(&state)),
+            expected_plan,
+            "{name}: the recovery plan of a golden log changed"
+        );
+        let from_json: Projections =
+            serde_json::from_str(&expected_json).expect("golden projections JSON reads back");
+        assert_eq!(
+            from_json, state,
+            "{name}: JSON does not read back to the state"
+        );
+
+        // Through the journal, over the same frames in memory.
+        let memory = Arc::new(MemoryLog::from_frames(frames.clone()));
+        let journal = open_journal(memory, 1 << 20);
+        assert_eq!(journal.health(), Health::Writable, "{name}");
+        assert_eq!(*journal.view(), state, "{name}: journal view");
+        assert_eq!(journal.verify_all(), Ok(frames.len() as u64));
+        journal.close();
+
+        // From the real redb file, copied first: opening a redb file writes to it.
+        let redb_path = dir.join(format!("{name}.redb"));
+        if redb_path.exists() {
+            let scratch = tempfile::tempdir().unwrap();
+            let copy = scratch.path().join("log.redb");
+            std::fs::copy(&redb_path, &copy).unwrap();
+            let log = RedbLog::open(&copy).unwrap_or_else(|e| panic!("{name}.redb: {e}"));
+            let stored = log
+                .read_frames(Seq(1), Seq(u64::MAX), usize::MAX)
+                .expect("read frames");
+            assert_eq!(
+                stored, frames,
+                "{name}.redb holds other frames than {name}.frames"
+            );
+            assert_eq!(
+                rebuild::<Projections>(&log).expect("rebuild"),
+                state,
+                "{name}.redb"
+            );
+            let journal = open_journal(Arc::new(log), 1 << 20);
+            assert_eq!(journal.health(), Health::Writable, "{name}.redb");
+            assert_eq!(*journal.view(), state, "{name}.redb: view after open");
+            assert_eq!(journal.verify_all(), Ok(frames.len() as u64));
+            println!(
+                "{name}.redb opened with snapshot {:?}",
+                journal.open_report().snapshot_seq
+            );
+        } else {
+            assert!(
+                std::fs::metadata(dir.join(format!("{name}.frames")))
+                    .map(|m| m.len() as usize > MAX_REDB_BYTES / 2)
+                    .unwrap_or(false),
+                "{name}: a small golden log should also be checked in as {name}.redb"
+            );
+        }
+    }
+}
+
+/// The golden logs keep covering the old payload layout: the image story stores an
+/// `ImageRegisteredV1` frame (kind 40) that decodes into today's `ImageRegistered`.
+#[test]
+fn golden_logs_keep_an_old_layout_event() {
+    let name = "images-and-kernels";
+    let frames = read_dump(&read(&golden_dir().join(format!("{name}.frames")))).unwrap();
+    let old: Vec<&(Seq, Vec<u8>)> = frames
+        .iter()
+        .filter(|(_, f)| f.get(6..8) == Some(&40u16.to_le_bytes()[..]))
+        .collect();
+    assert_eq!(old.len(), 1, "{name} should hold one kind-40 frame");
+    let (seq, bytes) = old[0];
+    let envelope = decode_checked(*seq, bytes).expect("decodes");
+    let Event::ImageRegistered(image) = envelope.event else {
+        panic!(
+            "kind 40 decoded to {:?}, not an upgraded ImageRegistered",
+            envelope.event
+        );
+    };
+    assert_eq!(image.kernel, None);
+    assert_eq!(image.sha256, "");
+    assert_eq!(image.source, format!("register:{}", image.rootfs_path));
+}
+
+/// Every event kind this build knows is stored, in its current layout, in some golden log: a
+/// kind added later must be added to a story and blessed, so that its layout is frozen too.
+#[test]
+fn golden_logs_cover_every_event_kind() {
+    let mut seen = std::collections::BTreeSet::new();
+    for story in stories::all() {
+        let frames = read_dump(&read(&golden_dir().join(format!("{}.frames", story.name))))
+            .expect("dump reads");
+        for (_, frame) in frames {
+            if let Some(kind) = frame.get(6..8) {
+                seen.insert(u16::from_le_bytes([kind[0], kind[1]]));
+            }
+        }
+    }
+    let missing: Vec<&str> = Event::KNOWN_KINDS
+        .iter()
+        .filter(|kind| !seen.contains(kind))
+        .filter_map(|kind| Event::kind_name(*kind))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "event kinds no golden log stores: {missing:?} — add them to a story in \
+         src/stories.rs and bless"
+    );
+}
+
+#[test]
+fn frame_dumps_round_trip_and_reject_damage() {
+    let frames = stories::all().remove(0).log.frames();
+    let dump = write_dump(&frames);
+    assert_eq!(read_dump(&dump), Ok(frames.clone()));
+    assert_eq!(read_dump(&write_dump(&[])), Ok(Vec::new()));
+    for len in [0, 7, 11, 13, 20, dump.len() - 1] {
+        assert!(
+            read_dump(&dump[..len]).is_err(),
+            "a dump cut at {len} bytes"
+        );
+    }
+    let mut other_version = dump.clone();
+    other_version[8] = 2;
+    assert!(read_dump(&other_version).is_err());
+}
+
+/// golden/ holds only what the stories bless: a stray file means a story was renamed or
+/// removed without its files, which would then silently stop being checked.
+#[test]
+fn golden_dir_holds_only_known_files() {
+    let mut expected = std::collections::BTreeSet::new();
+    for story in stories::all() {
+        for ext in ["frames", "redb", "projections.json", "plan.json"] {
+            expected.insert(format!("{}.{ext}", story.name));
+        }
+    }
+    for entry in std::fs::read_dir(golden_dir()).expect("golden dir exists") {
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        assert!(expected.contains(&name), "unexpected file golden/{name}");
+    }
+}

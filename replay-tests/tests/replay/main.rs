@@ -1,0 +1,20 @@
+//! banger's replay tests, in one binary.
+//!
+//! - [`golden`]: checked-in logs (frame dumps and real redb files) must keep decoding and
+//!   projecting exactly as recorded, in every later version.
+//! - [`properties`]: seeded property tests of the fold, its snapshots and the journal.
+//! - [`recovery`]: `plan_recovery` finishes every open operation, even when recovery itself
+//!   is interrupted at any point.
+//! - [`corruption`]: bit flips in a real redb file, truncation, missing and duplicated sequence
+//!   numbers, unknown event kinds and damaged snapshots.
+//!
+//! Randomness is seeded and printed (`BANGER_PROPTEST_SEED`, see `common`); nothing sleeps;
+//! every test works in its own temporary directory, so they run in parallel in any order.
+//! Nothing here writes outside a temporary directory unless `BANGER_BLESS=1` is set (see
+//! `replay-tests/README.md`).
+
+mod common;
+mod corruption;
+mod golden;
+mod properties;
+mod recovery;
