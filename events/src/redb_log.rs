@@ -128,7 +128,11 @@ impl RedbLog {
                     return Ok(log);
                 }
                 // Sound: reopen for writing (the read-only handle's lock goes with it).
-                let RedbLog { store, path, options } = log;
+                let RedbLog {
+                    store,
+                    path,
+                    options,
+                } = log;
                 drop(store);
                 Self::open_writable(path, options)
             }

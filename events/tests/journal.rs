@@ -108,11 +108,8 @@ fn op_id_and_cause_are_kept() {
 fn concurrent_writers_share_commits_and_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.redb");
-    let commits = Arc::new(AtomicUsize::new(0));
-    let log = Arc::new(CountingLog {
-        inner: RedbLog::open(&path).unwrap(),
-        commits: commits.clone(),
-    });
+    let log = Arc::new(InstrumentedLog::new(RedbLog::open(&path).unwrap()));
+    let commits = log.commits.clone();
     let journal = Arc::new(Journal::<Tally>::open(log, options()).unwrap());
     let writers = 16;
     let per_writer = 50;
@@ -151,13 +148,25 @@ fn concurrent_writers_share_commits_and_lose_nothing() {
     println!("{total} events in {commits} commits");
 }
 
-/// Counts commits, to observe group commit from outside.
-struct CountingLog {
-    inner: RedbLog,
+/// Wraps a log to count its commits (to observe group commit from outside) and, optionally,
+/// to make one chosen commit fail as a full disk would.
+struct InstrumentedLog<L> {
+    inner: L,
     commits: Arc<AtomicUsize>,
+    fail_on_commit: Option<usize>,
 }
 
-impl EventLog for CountingLog {
+impl<L> InstrumentedLog<L> {
+    fn new(inner: L) -> Self {
+        InstrumentedLog {
+            inner,
+            commits: Arc::default(),
+            fail_on_commit: None,
+        }
+    }
+}
+
+impl<L: EventLog> EventLog for InstrumentedLog<L> {
     fn last_seq(&self) -> Result<Seq, LogError> {
         self.inner.last_seq()
     }
@@ -177,7 +186,10 @@ impl EventLog for CountingLog {
         frames: &[(Seq, Vec<u8>)],
         snapshot: Option<&SnapshotRecord>,
     ) -> Result<(), LogError> {
-        self.commits.fetch_add(1, Ordering::SeqCst);
+        let number = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fail_on_commit == Some(number) {
+            return Err(LogError::Storage("disk full".into()));
+        }
         self.inner.commit(frames, snapshot)
     }
     fn latest_snapshot(&self) -> Result<Option<SnapshotRecord>, LogError> {
@@ -446,49 +458,11 @@ fn a_second_open_of_the_same_file_is_refused() {
     assert_eq!(RedbLog::open(&path).err(), Some(LogError::Locked));
 }
 
-/// A log whose disk fails on one chosen commit.
-struct FailingLog {
-    inner: MemoryLog,
-    fail_on_commit: usize,
-    commits: AtomicUsize,
-}
-
-impl EventLog for FailingLog {
-    fn last_seq(&self) -> Result<Seq, LogError> {
-        self.inner.last_seq()
-    }
-    fn len(&self) -> Result<u64, LogError> {
-        self.inner.len()
-    }
-    fn read_frames(
-        &self,
-        from: Seq,
-        to: Seq,
-        limit: usize,
-    ) -> Result<Vec<(Seq, Vec<u8>)>, LogError> {
-        self.inner.read_frames(from, to, limit)
-    }
-    fn commit(
-        &self,
-        frames: &[(Seq, Vec<u8>)],
-        snapshot: Option<&SnapshotRecord>,
-    ) -> Result<(), LogError> {
-        if self.commits.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_on_commit {
-            return Err(LogError::Storage("disk full".into()));
-        }
-        self.inner.commit(frames, snapshot)
-    }
-    fn latest_snapshot(&self) -> Result<Option<SnapshotRecord>, LogError> {
-        self.inner.latest_snapshot()
-    }
-}
-
 #[test]
 fn a_failed_commit_is_not_acknowledged_not_visible_and_stops_writes() {
-    let log = Arc::new(FailingLog {
-        inner: MemoryLog::new(),
-        fail_on_commit: 3,
-        commits: AtomicUsize::new(0),
+    let log = Arc::new(InstrumentedLog {
+        fail_on_commit: Some(3),
+        ..InstrumentedLog::new(MemoryLog::new())
     });
     let journal: Journal<Tally> = Journal::open(log.clone(), options()).unwrap();
     journal.append_blocking(vec![event(1)]).unwrap();
