@@ -40,23 +40,39 @@ pub struct Envelope {
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Encode, Decode,
 )]
-#[serde(rename_all = "snake_case")]
+/// In JSON, the name users see (`vm.create`), the same as [`OpKind::as_str`].
 pub enum OpKind {
+    #[serde(rename = "vm.create")]
     VmCreate,
+    #[serde(rename = "vm.start")]
     VmStart,
+    #[serde(rename = "vm.stop")]
     VmStop,
+    #[serde(rename = "vm.restart")]
     VmRestart,
+    #[serde(rename = "vm.kill")]
     VmKill,
+    #[serde(rename = "vm.delete")]
     VmDelete,
+    #[serde(rename = "vm.set")]
     VmSet,
+    #[serde(rename = "image.register")]
     ImageRegister,
+    #[serde(rename = "image.pull")]
     ImagePull,
+    #[serde(rename = "image.delete")]
     ImageDelete,
+    #[serde(rename = "image.promote")]
     ImagePromote,
+    #[serde(rename = "image.cache.prune")]
     ImageCachePrune,
+    #[serde(rename = "kernel.import")]
     KernelImport,
+    #[serde(rename = "kernel.pull")]
     KernelPull,
+    #[serde(rename = "kernel.remove")]
     KernelRemove,
+    #[serde(rename = "teardown")]
     Teardown,
 }
 
@@ -616,6 +632,13 @@ mod tests {
         assert_eq!(Event::kind_name(1), Some("operation_started"));
         assert_eq!(Event::kind_name(41), Some("image_registered"));
         assert_eq!(Event::kind_name(999), None);
+    }
+
+    #[test]
+    fn op_kinds_print_as_users_type_them() {
+        for kind in OpKind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
     }
 
     #[test]

@@ -550,7 +550,7 @@ mod tests {
         let state = interrupted(OpKind::VmDelete, vec![]);
         let json = serde_json::to_value(plan_recovery(&state)).unwrap();
         assert_eq!(json["actions"][0]["action"], "roll_forward");
-        assert_eq!(json["actions"][0]["kind"], "vm_delete");
+        assert_eq!(json["actions"][0]["kind"], "vm.delete");
         let back: RecoveryPlan = serde_json::from_value(json).unwrap();
         assert_eq!(back, plan_recovery(&state));
     }

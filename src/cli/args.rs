@@ -1,0 +1,838 @@
+//! The command tree, with the help text people and coding agents read.
+//!
+//! Every group's landing page (`banger GROUP --help`) answers three questions in a few lines:
+//! what is this for, what is the 80% command, what comes next, with commands that run as
+//! typed. Near-twin verbs (start / stop / restart / kill / delete) carry one-line summaries
+//! that tell them apart at a glance in the subcommand index.
+//!
+//! Verbs whose work belongs to later milestones are here already, with their arguments and
+//! help, so that the surface can be read and scripted against; running one says "not
+//! implemented yet" and exits with status 2 (see `cli::future`). Their arguments are still
+//! parsed and validated, so a bad VM name or size is reported the same way it will be later.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use super::size::Size;
+use crate::api::VmName;
+
+const ROOT_ABOUT: &str = "Disposable Firecracker microVMs for developers and coding agents";
+
+const ROOT_LONG: &str = "\
+banger gives you disposable, hardware-isolated Linux machines (Firecracker microVMs) on your own \
+Linux host, with your git checkout inside, reachable over ssh and through a guest agent. Every \
+step banger takes is recorded in an append-only event log: `banger events` shows it, `banger ops` \
+shows what is in flight.
+
+bangerd, the daemon that does the work, is started for you in user mode when it is not running \
+(set BANGER_NO_AUTOSTART=1 to turn that off). BANGER_ROOT=DIR keeps all of banger's state under \
+DIR.";
+
+const ROOT_AFTER: &str = "\
+The 80% command:
+  banger vm run                      create a VM, wait until it answers, open a shell in it
+  banger vm run -- make test         run one command in a fresh VM; exit with its status
+
+What comes next:
+  banger vm list                     your VMs and their state
+  banger vm exec dev -- uname -a     run a command in a running VM
+  banger vm delete dev               throw a VM away (irreversible)
+  banger events --follow             watch everything banger does, as it happens
+  banger ops                         what is in flight right now
+
+Works today: version, vm list/show, image list/show/register/delete, kernel list/show/import/rm, \
+events (and events replay), ops. The other verbs print \"not implemented yet\" and exit 2.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "banger",
+    version,
+    about = ROOT_ABOUT,
+    long_about = ROOT_LONG,
+    after_help = ROOT_AFTER,
+    arg_required_else_help = true,
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, run, inspect and throw away microVMs
+    #[command(
+        subcommand,
+        long_about = VM_LONG,
+        after_help = VM_AFTER,
+        arg_required_else_help = true
+    )]
+    Vm(VmCommand),
+    /// Root filesystem images VMs boot from: list, register, pull, delete
+    #[command(
+        subcommand,
+        long_about = IMAGE_LONG,
+        after_help = IMAGE_AFTER,
+        arg_required_else_help = true
+    )]
+    Image(ImageCommand),
+    /// Guest kernels VMs boot with: list, import, pull, remove
+    #[command(
+        subcommand,
+        long_about = KERNEL_LONG,
+        after_help = KERNEL_AFTER,
+        arg_required_else_help = true
+    )]
+    Kernel(KernelCommand),
+    /// Show or follow the event log: everything banger did, in order
+    #[command(long_about = EVENTS_LONG, after_help = EVENTS_AFTER, args_conflicts_with_subcommands = true)]
+    Events(EventsArgs),
+    /// List operations in flight (and stuck), with their current step
+    #[command(long_about = OPS_LONG, after_help = OPS_AFTER)]
+    Ops(OpsArgs),
+    /// Run bangerd and its root helper as systemd services
+    #[command(
+        subcommand,
+        long_about = SYSTEM_LONG,
+        after_help = SYSTEM_AFTER,
+        arg_required_else_help = true
+    )]
+    System(SystemCommand),
+    /// Check that this host can run VMs, with a fix for each problem
+    #[command(long_about = DOCTOR_LONG, after_help = DOCTOR_AFTER)]
+    Doctor(DoctorArgs),
+    /// Update banger to the latest signed release
+    #[command(long_about = UPDATE_LONG, after_help = UPDATE_AFTER)]
+    Update(UpdateArgs),
+    /// Write ssh client entries so that `ssh NAME.vm` reaches your VMs
+    #[command(name = "ssh-config", long_about = SSH_CONFIG_LONG, after_help = SSH_CONFIG_AFTER)]
+    SshConfig(SshConfigArgs),
+    /// Print the versions of banger and of the running bangerd
+    Version(VersionArgs),
+}
+
+// ---- vm ---------------------------------------------------------------------------------------
+
+const VM_LONG: &str = "\
+Create, run, inspect and throw away microVMs. A VM boots from an image (its root filesystem) \
+and a kernel, gets its own IP address and a work disk for your checkout, and answers through a \
+guest agent. VM names are DNS labels (lowercase letters, digits and '-', at most 63 \
+characters): a VM called dev is reachable as dev.vm.";
+
+const VM_AFTER: &str = "\
+The 80% command:
+  banger vm run                      create a VM from the default image, open a shell in it
+  banger vm run -- cargo test        run one command in a fresh VM; exit with its status
+
+What comes next:
+  banger vm list                     all VMs and their state
+  banger vm show dev                 one VM: spec, state, host resources, its operations
+  banger vm exec dev -- uname -a     run a command in a running VM
+  banger vm stop dev                 graceful stop (Ctrl-Alt-Del, then force after a timeout)
+  banger vm delete dev               stop it and remove its disks (irreversible)
+
+stop, kill and delete told apart:
+  stop     Stop a running VM gracefully
+  kill     Force-kill a VM (use when 'vm stop' hangs)
+  delete   Stop a VM and remove its disks (irreversible)
+
+Works today: vm list, vm show. The lifecycle verbs arrive with VM lifecycle on Firecracker.";
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Create a VM, wait until it answers, then open a shell (or run a command) in it
+    #[command(after_help = "\
+Examples:
+  banger vm run                              default image and kernel, generated name
+  banger vm run --name dev --memory 4G       a named VM with 4 GiB of memory
+  banger vm run -- make test                 run one command; exit with its status")]
+    Run(VmRunArgs),
+    /// Create a VM (asynchronous; shows its stages unless --no-wait)
+    #[command(after_help = "\
+Examples:
+  banger vm create dev
+  banger vm create dev --image debian-bookworm --cpus 4 --memory 8G --disk 20G
+  banger vm create dev --no-wait && banger ops      watch it being created")]
+    Create(VmCreateArgs),
+    /// List VMs: name, state, image, cpus, memory, age
+    #[command(after_help = "\
+Examples:
+  banger vm list
+  banger vm list --json | jq -r '.[].name'")]
+    List(ListArgs),
+    /// Show one VM: spec, state, host resources it holds, operations on it
+    #[command(after_help = "\
+Examples:
+  banger vm show dev
+  banger vm show dev --json")]
+    Show(NameJsonArgs),
+    /// Start a stopped VM
+    Start(VmNameArgs),
+    /// Stop a running VM gracefully
+    #[command(long_about = "\
+Stop a running VM gracefully: the guest gets Ctrl-Alt-Del and is waited for; after the timeout \
+it is forced off. The VM and its disks stay; `banger vm start` brings it back.")]
+    Stop(VmStopArgs),
+    /// Stop then start a VM
+    Restart(VmNameArgs),
+    /// Force-kill a VM (use when 'vm stop' hangs)
+    #[command(long_about = "\
+Force-kill a VM's Firecracker process at once, without asking the guest. Unsynced writes in the \
+guest are lost. The VM and its disks stay; `banger vm start` brings it back.")]
+    Kill(VmNameArgs),
+    /// Stop a VM and remove its disks (irreversible)
+    #[command(long_about = "\
+Stop a VM if it runs, then remove it and its disks. This cannot be undone: export anything you \
+need first (`banger vm workspace export NAME`).")]
+    Delete(VmNameArgs),
+    /// Change cpus, memory or work-disk size of a stopped VM
+    #[command(after_help = "\
+Examples:
+  banger vm set dev --cpus 4 --memory 8G
+  banger vm set dev --disk 40G                 grow the work disk")]
+    Set(VmSetArgs),
+    /// Run a command in a running VM; exits with the command's status
+    #[command(after_help = "\
+Examples:
+  banger vm exec dev -- uname -a
+  banger vm exec dev -- sh -c 'cd /work && cargo test'")]
+    Exec(VmExecArgs),
+    /// Open an ssh session in a running VM
+    #[command(after_help = "\
+Examples:
+  banger vm ssh dev
+  banger vm ssh dev -- -L 8080:localhost:8080    extra arguments go to ssh")]
+    Ssh(VmSshArgs),
+    /// Show a VM's serial console (-f to follow it)
+    #[command(after_help = "\
+Examples:
+  banger vm logs dev
+  banger vm logs dev -f")]
+    Logs(VmLogsArgs),
+    /// Show a running VM's cpu, memory, disk and uptime
+    Stats(NameJsonArgs),
+    /// List listening ports in a VM, with http/https detection
+    Ports(NameJsonArgs),
+    /// Ask a VM's guest agent whether it is healthy
+    Health(NameJsonArgs),
+    /// Measure the round trip to a VM's guest agent
+    Ping(NameJsonArgs),
+    /// Copy a git checkout into a VM's work disk and back
+    #[command(
+        subcommand,
+        arg_required_else_help = true,
+        after_help = "\
+Examples:
+  banger vm workspace import dev               copy this checkout into dev
+  banger vm workspace status dev               is the VM's copy older than the host's?
+  banger vm workspace export dev               copy the VM's changes back"
+    )]
+    Workspace(WorkspaceCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON (an array) instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NameJsonArgs {
+    /// The VM's name
+    pub name: VmName,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VmNameArgs {
+    /// The VM's name
+    pub name: VmName,
+}
+
+#[derive(Debug, Args)]
+pub struct VmShape {
+    /// Image to boot from (default: the configured default image)
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Kernel to boot with (default: the image's kernel)
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// Number of vCPUs
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Memory, like 2G or 512M (a bare number means MiB)
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<Size>,
+    /// Work disk size, like 20G (a bare number means MiB)
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<Size>,
+}
+
+#[derive(Debug, Args)]
+pub struct VmRunArgs {
+    /// Name of the VM (default: a generated one)
+    #[arg(long)]
+    pub name: Option<VmName>,
+    #[command(flatten)]
+    pub shape: VmShape,
+    /// Leave the VM running after the shell or command ends (default: it is deleted)
+    #[arg(long)]
+    pub keep: bool,
+    /// Command to run instead of a shell, after `--`
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VmCreateArgs {
+    /// Name of the VM (default: a generated one)
+    pub name: Option<VmName>,
+    #[command(flatten)]
+    pub shape: VmShape,
+    /// Return as soon as the operation is accepted; follow it with `banger ops`
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VmStopArgs {
+    /// The VM's name
+    pub name: VmName,
+    /// Seconds to wait for the guest before forcing it off
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct VmSetArgs {
+    /// The VM's name
+    pub name: VmName,
+    /// Number of vCPUs
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Memory, like 2G or 512M (a bare number means MiB)
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<Size>,
+    /// Work disk size, like 20G; disks only grow
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<Size>,
+}
+
+#[derive(Debug, Args)]
+pub struct VmExecArgs {
+    /// The VM's name
+    pub name: VmName,
+    /// The command and its arguments, after `--`
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VmSshArgs {
+    /// The VM's name
+    pub name: VmName,
+    /// Extra arguments for ssh, after `--`
+    #[arg(last = true, value_name = "SSH_ARGS")]
+    pub ssh_args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VmLogsArgs {
+    /// The VM's name
+    pub name: VmName,
+    /// Keep printing new console output until interrupted
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkspaceCommand {
+    /// Copy a git checkout (tracked and untracked, not ignored files) into the VM
+    Import(WorkspaceArgs),
+    /// Copy the VM's workspace back into the checkout
+    Export(WorkspaceArgs),
+    /// Compare the VM's workspace with the checkout
+    Status(WorkspaceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WorkspaceArgs {
+    /// The VM's name
+    pub name: VmName,
+    /// The git checkout on the host (default: the current directory)
+    #[arg(long, value_name = "DIR")]
+    pub path: Option<PathBuf>,
+}
+
+// ---- image ------------------------------------------------------------------------------------
+
+const IMAGE_LONG: &str = "\
+Images are the root filesystems VMs boot from (ext4 files). Register one you built, pull one \
+from the catalog or from any OCI registry, and name the kernel it boots with.";
+
+const IMAGE_AFTER: &str = "\
+The 80% command:
+  banger image list                  what you can boot from
+
+What comes next:
+  banger image register dev-rootfs --rootfs ./rootfs.ext4 --kernel vmlinux-6.1
+  banger image show dev-rootfs       where it lives, its size, sha256 and kernel
+  banger vm create dev --image dev-rootfs
+  banger image delete dev-rootfs     forget it and remove banger's copy
+
+Works today: image list, show, register, delete. pull and cache prune arrive with image \
+pulls, promote with VM lifecycle.";
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// List images: name, size, kernel, source, age
+    #[command(after_help = "\
+Examples:
+  banger image list
+  banger image list --json | jq -r '.[].name'")]
+    List(ListArgs),
+    /// Show one image
+    #[command(after_help = "\
+Examples:
+  banger image show debian
+  banger image show debian --json")]
+    Show(ImageShowArgs),
+    /// Register an ext4 root filesystem file as an image (banger keeps its own copy)
+    #[command(after_help = "\
+Examples:
+  banger image register debian --rootfs ./debian.ext4
+  banger image register debian --rootfs ./debian.ext4 --kernel vmlinux-6.1")]
+    Register(ImageRegisterArgs),
+    /// Forget an image and remove banger's copy of it (VMs made from it keep their disks)
+    Delete(ImageNameArgs),
+    /// Pull an image from the catalog or an OCI registry
+    #[command(after_help = "\
+Examples:
+  banger image pull debian-bookworm                     from banger's catalog
+  banger image pull docker.io/library/debian:12 --name debian12")]
+    Pull(ImagePullArgs),
+    /// Save a stopped VM's root disk as a new image
+    #[command(after_help = "\
+Examples:
+  banger vm stop dev && banger image promote dev --name dev-golden")]
+    Promote(ImagePromoteArgs),
+    /// Manage the download cache of OCI layers
+    #[command(subcommand, arg_required_else_help = true)]
+    Cache(ImageCacheCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ImageShowArgs {
+    /// The image's name
+    pub name: String,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageNameArgs {
+    /// The image's name
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageRegisterArgs {
+    /// Name for the image
+    pub name: String,
+    /// The ext4 root filesystem file; banger copies it into its image store
+    #[arg(long, value_name = "FILE")]
+    pub rootfs: PathBuf,
+    /// Registered kernel the image boots with by default (see `banger kernel list`)
+    #[arg(long)]
+    pub kernel: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagePullArgs {
+    /// Catalog name, or an OCI reference like docker.io/library/debian:12
+    pub reference: String,
+    /// Name to register the image under (default: derived from the reference)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Replace an image of the same name
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagePromoteArgs {
+    /// The stopped VM whose root disk becomes the image
+    pub vm: VmName,
+    /// Name for the new image
+    #[arg(long)]
+    pub name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCacheCommand {
+    /// Delete cached OCI layer blobs; prints `freed 1.2 GiB across 47 blob(s) in DIR`
+    #[command(after_help = "\
+Examples:
+  banger image cache prune --dry-run           what would be freed
+  banger image cache prune")]
+    Prune(CachePruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CachePruneArgs {
+    /// Only say what would be freed
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+// ---- kernel -----------------------------------------------------------------------------------
+
+const KERNEL_LONG: &str = "\
+Kernels are the guest kernels (an uncompressed vmlinux, optionally with an initrd) that VMs boot \
+with. Import one from a directory you built, or pull a bundle from banger's kernel catalog.";
+
+const KERNEL_AFTER: &str = "\
+The 80% command:
+  banger kernel list                 the kernels you can boot with
+
+What comes next:
+  banger kernel import vmlinux-6.1 --from ./build/kernel      a directory with vmlinux (+ initrd.img)
+  banger kernel show vmlinux-6.1     its files, version and sha256
+  banger image register debian --rootfs ./debian.ext4 --kernel vmlinux-6.1
+  banger kernel rm vmlinux-6.1       forget it and remove banger's copy
+
+Works today: kernel list, show, import, rm. pull and list --available arrive with the kernel \
+catalog.";
+
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// List kernels: name, version, initrd, source, age
+    #[command(after_help = "\
+Examples:
+  banger kernel list
+  banger kernel list --json | jq -r '.[].name'")]
+    List(KernelListArgs),
+    /// Show one kernel
+    #[command(after_help = "\
+Examples:
+  banger kernel show vmlinux-6.1
+  banger kernel show vmlinux-6.1 --json")]
+    Show(KernelShowArgs),
+    /// Copy a kernel (vmlinux, optional initrd.img) from a directory into banger's store
+    #[command(after_help = "\
+The directory holds `vmlinux` (or `boot/vmlinux-*`) and optionally `initrd.img` (or \
+`boot/initrd.img-*`).
+
+Examples:
+  banger kernel import vmlinux-6.1 --from ./build/kernel")]
+    Import(KernelImportArgs),
+    /// Forget a kernel and remove banger's copy of it
+    #[command(visible_alias = "remove")]
+    Rm(KernelNameArgs),
+    /// Download a kernel bundle from banger's catalog
+    #[command(after_help = "\
+Examples:
+  banger kernel list --available               what the catalog offers
+  banger kernel pull debian-6.1-amd64")]
+    Pull(KernelPullArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KernelListArgs {
+    /// Print JSON (an array) instead of a table
+    #[arg(long)]
+    pub json: bool,
+    /// List the catalog's kernels, pulled or not
+    #[arg(long)]
+    pub available: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KernelShowArgs {
+    /// The kernel's name
+    pub name: String,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KernelNameArgs {
+    /// The kernel's name
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct KernelImportArgs {
+    /// Name for the kernel
+    pub name: String,
+    /// Directory holding vmlinux (and optionally initrd.img)
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct KernelPullArgs {
+    /// Catalog name of the kernel
+    pub name: String,
+    /// Replace a kernel of the same name
+    #[arg(long)]
+    pub force: bool,
+}
+
+// ---- events and ops ---------------------------------------------------------------------------
+
+const EVENTS_LONG: &str = "\
+Every step banger takes (operations and their steps, VMs, images, kernels, host resources, \
+daemon starts) is a numbered event in an append-only log. `banger events` prints it through \
+bangerd, from any sequence number, without gaps or repeats; --follow keeps printing new events \
+until Ctrl-C. `banger events replay` rebuilds the views from a log file offline, without bangerd.
+
+Each line: SEQ  TIME (UTC)  OP (first 8 hex digits of the operation id)  EVENT  SUMMARY.";
+
+const EVENTS_AFTER: &str = "\
+The 80% command:
+  banger events --follow             watch what banger does, as it happens
+
+What comes next:
+  banger events --since 120          everything after event 120
+  banger events --op 3f2a19c4        one operation's events (an id prefix from `banger ops`)
+  banger events --vm dev --json      one VM's events, one JSON object per line
+  banger events replay --log ./events.redb --until 120      the views as they were at 120";
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(subcommand)]
+    pub command: Option<EventsCommand>,
+    #[command(flatten)]
+    pub filter: EventsFilterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsFilterArgs {
+    /// Keep printing new events until interrupted (Ctrl-C)
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Start after this sequence number (default: from the first event)
+    #[arg(
+        long,
+        value_name = "SEQ",
+        default_value_t = 0,
+        hide_default_value = true
+    )]
+    pub since: u64,
+    /// Only the events of this operation (its id, or a unique prefix of it)
+    #[arg(long, value_name = "ID")]
+    pub op: Option<String>,
+    /// Only the events about the VM of this name
+    #[arg(long, value_name = "NAME")]
+    pub vm: Option<VmName>,
+    /// Print one JSON envelope per line instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Rebuild the views from a log file offline, up to a sequence number
+    #[command(
+        long_about = "\
+Rebuild the VM, image, kernel, handle and operation views from an event log file, offline: no \
+bangerd is involved, so a log copied from another machine, or cut at any event, replays the \
+same way every time. The file must not be open in a running bangerd (redb allows one process \
+per file): replay a copy, or stop bangerd first.",
+        after_help = "\
+Examples:
+  cp ~/.local/state/banger/events.redb /tmp/events.redb
+  banger events replay --log /tmp/events.redb
+  banger events replay --log /tmp/events.redb --until 120 --json"
+    )]
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The redb event log file
+    #[arg(long, value_name = "FILE")]
+    pub log: PathBuf,
+    /// Stop after this sequence number (default: the whole log)
+    #[arg(long, value_name = "SEQ")]
+    pub until: Option<u64>,
+    /// Print one JSON object with every view instead of tables
+    #[arg(long)]
+    pub json: bool,
+}
+
+const OPS_LONG: &str = "\
+Operations are the multi-step things banger does (vm.create, image.register, kernel.import…). \
+`banger ops` lists the ones in flight, and the stuck ones (an undo failed: they need a look), \
+with the step each is on. `banger update` refuses to run while this list is not empty.";
+
+const OPS_AFTER: &str = "\
+The 80% command:
+  banger ops                         what is in flight right now
+
+What comes next:
+  banger ops --all                   finished operations too
+  banger events --op 3f2a19c4        every event of one operation
+  banger ops --json                  for scripts";
+
+#[derive(Debug, Args)]
+pub struct OpsArgs {
+    /// Include finished operations
+    #[arg(long)]
+    pub all: bool,
+    /// Print JSON (an array) instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+// ---- system, doctor, update, ssh-config, version ----------------------------------------------
+
+const SYSTEM_LONG: &str = "\
+Install bangerd (running as you) and banger-helper (a narrow root helper for taps, NAT and \
+Firecracker's jailer) as systemd services, so VMs survive your terminal and no command needs \
+sudo. Without it, banger starts bangerd in user mode on demand.";
+
+const SYSTEM_AFTER: &str = "\
+The 80% command:
+  sudo banger system install         install and start both services
+
+What comes next:
+  banger system status               are the services running, which version
+  sudo banger system restart         after changing the configuration
+  sudo banger system uninstall       remove the services (your VMs and images stay)
+
+Not implemented yet: these arrive with the systemd install.";
+
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// Install and start the bangerd and banger-helper systemd services
+    Install,
+    /// Show whether the services run, and their versions
+    Status,
+    /// Restart the services
+    Restart,
+    /// Stop and remove the services (VMs, images and the event log stay)
+    Uninstall,
+}
+
+const DOCTOR_LONG: &str = "\
+Check everything a VM needs on this host, each with a fix: KVM access, firecracker and jailer \
+(presence and version), the root helper, bridge and NAT, reflink support, device-mapper, DNS for \
+NAME.vm, the default image and kernel, and drift in the security posture (socket permissions, \
+unit hardening).";
+
+const DOCTOR_AFTER: &str = "\
+Examples:
+  banger doctor
+  banger doctor --json
+
+Not implemented yet: arrives with host checks.";
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+const UPDATE_LONG: &str = "\
+Download the latest release, verify its signed manifest against the key built into banger and \
+the tarball's sha256, refuse while any operation is in flight (see `banger ops`), swap the \
+binaries atomically and restart bangerd.";
+
+const UPDATE_AFTER: &str = "\
+Examples:
+  banger update --check              is there a newer release?
+  banger update
+
+Not implemented yet: arrives with signed releases.";
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Only say whether a newer release exists
+    #[arg(long)]
+    pub check: bool,
+}
+
+const SSH_CONFIG_LONG: &str = "\
+Write a Host entry per VM (NAME.vm) into an ssh client config file that banger owns, and \
+include it from ~/.ssh/config, so that `ssh dev.vm`, scp and editors' remote modes reach your \
+VMs.";
+
+const SSH_CONFIG_AFTER: &str = "\
+Examples:
+  banger ssh-config                  write the entries and the Include line
+  banger ssh-config --print          print the entries instead
+
+Not implemented yet: arrives with VM networking.";
+
+#[derive(Debug, Args)]
+pub struct SshConfigArgs {
+    /// Print the entries instead of writing them
+    #[arg(long)]
+    pub print: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        // clap checks its own invariants (conflicting names, bad defaults) in debug_assert.
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn near_twin_verbs_are_told_apart() {
+        let command = Cli::command();
+        let vm = command.find_subcommand("vm").expect("vm group");
+        let about = |name: &str| {
+            vm.find_subcommand(name)
+                .and_then(|c| c.get_about())
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(about("start"), "Start a stopped VM");
+        assert_eq!(about("stop"), "Stop a running VM gracefully");
+        assert_eq!(about("restart"), "Stop then start a VM");
+        assert_eq!(about("kill"), "Force-kill a VM (use when 'vm stop' hangs)");
+        assert_eq!(
+            about("delete"),
+            "Stop a VM and remove its disks (irreversible)"
+        );
+    }
+
+    #[test]
+    fn sizes_and_names_are_validated_while_parsing() {
+        let error = Cli::try_parse_from(["banger", "vm", "create", "dev", "--memory", "4Q"])
+            .expect_err("bad size");
+        assert!(error.to_string().contains("unknown unit"), "{error}");
+        let error =
+            Cli::try_parse_from(["banger", "vm", "show", "Bad_Name"]).expect_err("bad name");
+        assert!(error.to_string().contains("DNS label"), "{error}");
+        let parsed = Cli::try_parse_from(["banger", "vm", "create", "dev", "--memory", "4G"])
+            .expect("good size");
+        match parsed.command {
+            Command::Vm(VmCommand::Create(args)) => {
+                assert_eq!(args.shape.memory, Some(Size(4 << 30)))
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}

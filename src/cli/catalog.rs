@@ -1,0 +1,191 @@
+//! `banger image` and `banger kernel`: what VMs boot from and with.
+//!
+//! Paths given on the command line are made absolute here, before they are sent: bangerd runs
+//! in another directory (and perhaps as a service), so a relative path would mean something
+//! else to it. They are also checked for existence here, which gives a quicker and clearer
+//! error than a round trip would.
+
+use std::path::{Path, PathBuf};
+
+use super::args::{
+    ImageCommand, ImageNameArgs, ImageRegisterArgs, ImageShowArgs, KernelCommand, KernelImportArgs,
+    KernelListArgs, KernelNameArgs, KernelShowArgs, ListArgs,
+};
+use super::connect::call;
+use super::error::CliError;
+use super::format::now_unix_ms;
+use super::future;
+use super::output::{json, line, out};
+use super::size::format_bytes;
+use super::views::{When, image_details, image_table, kernel_details, kernel_table};
+use crate::api::{
+    ImageListResult, ImageRegisterParams, ImageView, KernelImportParams, KernelListResult,
+    KernelView, NameParams,
+};
+
+pub async fn image(command: ImageCommand) -> Result<(), CliError> {
+    match command {
+        ImageCommand::List(args) => image_list(args).await,
+        ImageCommand::Show(args) => image_show(args).await,
+        ImageCommand::Register(args) => image_register(args).await,
+        ImageCommand::Delete(args) => image_delete(args).await,
+        ImageCommand::Pull(_) => Err(future::image_pull()),
+        ImageCommand::Promote(_) => Err(future::image_promote()),
+        ImageCommand::Cache(command) => Err(future::image_cache(&command)),
+    }
+}
+
+pub async fn kernel(command: KernelCommand) -> Result<(), CliError> {
+    match command {
+        KernelCommand::List(args) => kernel_list(args).await,
+        KernelCommand::Show(args) => kernel_show(args).await,
+        KernelCommand::Import(args) => kernel_import(args).await,
+        KernelCommand::Rm(args) => kernel_remove(args).await,
+        KernelCommand::Pull(_) => Err(future::kernel_pull()),
+    }
+}
+
+async fn image_list(args: ListArgs) -> Result<(), CliError> {
+    let result: ImageListResult = call("image.list", &serde_json::json!({})).await?;
+    if args.json {
+        return json(&result.images);
+    }
+    if result.images.is_empty() {
+        return line("no images; register one with `banger image register NAME --rootfs FILE`");
+    }
+    out(image_table(
+        &result.images,
+        When::Age {
+            now_unix_ms: now_unix_ms(),
+        },
+    )
+    .render())
+}
+
+async fn image_show(args: ImageShowArgs) -> Result<(), CliError> {
+    let image: ImageView = call("image.show", &NameParams { name: args.name }).await?;
+    if args.json {
+        return json(&image);
+    }
+    out(image_details(&image, now_unix_ms()))
+}
+
+async fn image_register(args: ImageRegisterArgs) -> Result<(), CliError> {
+    let rootfs = absolute(&args.rootfs, "root filesystem file")?;
+    if !rootfs.is_file() {
+        return Err(CliError::Usage(format!(
+            "root filesystem file {} does not exist (or is not a regular file)",
+            rootfs.display()
+        )));
+    }
+    let params = ImageRegisterParams {
+        name: args.name,
+        rootfs: utf8(&rootfs)?,
+        kernel: args.kernel,
+    };
+    let image: ImageView = call("image.register", &params).await?;
+    line(format!(
+        "registered image {} ({}, kernel {}), stored at {}",
+        image.name,
+        format_bytes(image.size_bytes),
+        image.kernel.as_deref().unwrap_or("none"),
+        image.rootfs_path
+    ))
+}
+
+async fn image_delete(args: ImageNameArgs) -> Result<(), CliError> {
+    let _: serde_json::Value = call(
+        "image.delete",
+        &NameParams {
+            name: args.name.clone(),
+        },
+    )
+    .await?;
+    line(format!("deleted image {}", args.name))
+}
+
+async fn kernel_list(args: KernelListArgs) -> Result<(), CliError> {
+    if args.available {
+        return Err(future::kernel_list_available());
+    }
+    let result: KernelListResult = call("kernel.list", &serde_json::json!({})).await?;
+    if args.json {
+        return json(&result.kernels);
+    }
+    if result.kernels.is_empty() {
+        return line("no kernels; import one with `banger kernel import NAME --from DIR`");
+    }
+    out(kernel_table(
+        &result.kernels,
+        When::Age {
+            now_unix_ms: now_unix_ms(),
+        },
+    )
+    .render())
+}
+
+async fn kernel_show(args: KernelShowArgs) -> Result<(), CliError> {
+    let kernel: KernelView = call("kernel.show", &NameParams { name: args.name }).await?;
+    if args.json {
+        return json(&kernel);
+    }
+    out(kernel_details(&kernel, now_unix_ms()))
+}
+
+async fn kernel_import(args: KernelImportArgs) -> Result<(), CliError> {
+    let from = absolute(&args.from, "kernel directory")?;
+    if !from.is_dir() {
+        return Err(CliError::Usage(format!(
+            "kernel directory {} does not exist (or is not a directory)",
+            from.display()
+        )));
+    }
+    let params = KernelImportParams {
+        name: args.name,
+        from: utf8(&from)?,
+    };
+    let kernel: KernelView = call("kernel.import", &params).await?;
+    let version = if kernel.version.is_empty() {
+        "unknown version"
+    } else {
+        kernel.version.as_str()
+    };
+    line(format!(
+        "imported kernel {} ({version}{}), stored at {}",
+        kernel.name,
+        if kernel.initrd_path.is_some() {
+            ", with initrd"
+        } else {
+            ""
+        },
+        kernel.kernel_path
+    ))
+}
+
+async fn kernel_remove(args: KernelNameArgs) -> Result<(), CliError> {
+    let _: serde_json::Value = call(
+        "kernel.remove",
+        &NameParams {
+            name: args.name.clone(),
+        },
+    )
+    .await?;
+    line(format!("removed kernel {}", args.name))
+}
+
+/// `path` made absolute against the current directory (not resolved: symlinks stay as typed).
+fn absolute(path: &Path, what: &str) -> Result<PathBuf, CliError> {
+    std::path::absolute(path).map_err(|error| {
+        CliError::failed(
+            format!("cannot make the {what} path {} absolute", path.display()),
+            error,
+        )
+    })
+}
+
+/// The wire carries paths as JSON strings, so they must be UTF-8.
+fn utf8(path: &Path) -> Result<String, CliError> {
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| CliError::Usage(format!("path {} is not valid UTF-8", path.display())))
+}

@@ -1,0 +1,337 @@
+//! `banger events`: the event log, read through bangerd's `events.follow` stream.
+//!
+//! Reading goes through the daemon because redb lets one process open the file; the daemon
+//! reads by sequence number, so the stream has no gaps or repeats from `--since` on, including
+//! across the switch from catching up to following. Without `--follow` the stream ends once it
+//! has caught up; with it, it runs until Ctrl-C (or SIGTERM), which ends it with status 0.
+//!
+//! Human lines are `SEQ  TIME  OP  EVENT  SUMMARY`, fixed-width up to the summary so that a
+//! column of events reads straight down; `--json` prints each envelope as one JSON line.
+
+use banger_events::{Envelope, Event, OpId};
+
+use super::args::EventsFilterArgs;
+use super::connect::connect;
+use super::error::CliError;
+use super::format::{format_timestamp, short_id};
+use super::output::{json_line, line};
+use super::size::format_bytes;
+use super::views::owner_text;
+use crate::api::{EventsParams, OperationsListParams, OperationsListResult};
+use crate::rpc::{Client, ClientError, ErrorCode, StreamEvent};
+
+pub async fn run(args: EventsFilterArgs) -> Result<(), CliError> {
+    // Installed before anything else, so that Ctrl-C ends the command cleanly at any point,
+    // including while bangerd is being started.
+    let interrupted = interrupted();
+    tokio::select! {
+        () = interrupted => Ok(()),
+        result = print_events(args) => result,
+    }
+}
+
+async fn print_events(args: EventsFilterArgs) -> Result<(), CliError> {
+    // Check the id's spelling before anything is started or asked.
+    let op_text = args.op.as_deref().map(parse_op).transpose()?;
+    let mut client = connect().await?;
+    let op = match op_text {
+        Some(OpText::Full(id)) => Some(id),
+        Some(OpText::Prefix(prefix)) => Some(resolve_prefix(&mut client, &prefix).await?),
+        None => None,
+    };
+    let params = EventsParams {
+        since: banger_events::Seq(args.since),
+        op,
+        vm: args.vm.map(String::from),
+        follow: args.follow,
+    };
+    let mut stream = client.stream("events.follow", &params).await?;
+    let mut last_printed = params.since;
+    loop {
+        let next = match stream.next::<Envelope>().await {
+            Ok(next) => next,
+            // bangerd stopped or restarted under a follower: say where to pick up, so that
+            // nothing is missed or printed twice.
+            Err(ClientError::Closed) => {
+                return Err(CliError::message(format!(
+                    "bangerd closed the event stream (it stopped or restarted) after seq {last_printed}; continue with `banger events --since {last_printed}`"
+                )));
+            }
+            Err(ClientError::Rpc(error)) if error.code == ErrorCode::Unavailable => {
+                return Err(CliError::failed(
+                    format!(
+                        "the event stream ended after seq {last_printed} (continue with `banger events --since {last_printed}`)"
+                    ),
+                    error,
+                ));
+            }
+            Err(other) => return Err(other.into()),
+        };
+        match next {
+            StreamEvent::Item(envelope) => {
+                last_printed = envelope.seq;
+                if args.json {
+                    json_line(&envelope)?;
+                } else {
+                    line(event_line(&envelope))?;
+                }
+            }
+            StreamEvent::End(_) => return Ok(()),
+        }
+    }
+}
+
+/// Resolves when the user asks the command to stop: Ctrl-C (SIGINT), or SIGTERM from a
+/// supervisor. The handlers are installed when this is called, not when it is first polled.
+/// A handler that cannot be installed leaves that signal's default action in place.
+fn interrupted() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt()).ok();
+    let terminate = signal(SignalKind::terminate()).ok();
+    async fn wait(signal: Option<Signal>) {
+        match signal {
+            Some(mut signal) => {
+                signal.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    async move {
+        tokio::select! {
+            () = wait(interrupt) => {},
+            () = wait(terminate) => {},
+        }
+    }
+}
+
+/// An operation id as typed: all 16 hex digits, or a prefix of one (as `banger ops` and the
+/// event lines print them).
+enum OpText {
+    Full(OpId),
+    Prefix(String),
+}
+
+fn parse_op(text: &str) -> Result<OpText, CliError> {
+    let text = text.trim().to_ascii_lowercase();
+    if text.is_empty() || text.len() > 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(CliError::Usage(format!(
+            "{text:?} is not an operation id: expected up to 16 hexadecimal digits, as `banger ops` prints them"
+        )));
+    }
+    if text.len() < 16 {
+        return Ok(OpText::Prefix(text));
+    }
+    text.parse()
+        .map(OpText::Full)
+        .map_err(|error| CliError::Usage(error.to_string()))
+}
+
+/// The one operation whose id starts with `prefix`.
+async fn resolve_prefix(client: &mut Client, prefix: &str) -> Result<OpId, CliError> {
+    let result: OperationsListResult = client
+        .call(
+            "daemon.operations.list",
+            &OperationsListParams { all: true },
+        )
+        .await?;
+    let matches: Vec<OpId> = result
+        .operations
+        .iter()
+        .map(|op| op.op_id)
+        .filter(|id| id.to_string().starts_with(prefix))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(CliError::Usage(format!(
+            "no operation id starts with {prefix}; see `banger ops --all`"
+        ))),
+        several => Err(CliError::Usage(format!(
+            "operation id prefix {prefix} is ambiguous ({} operations match, e.g. {}); give more digits",
+            several.len(),
+            several
+                .iter()
+                .take(3)
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// One human line for an event.
+pub fn event_line(envelope: &Envelope) -> String {
+    let op = envelope
+        .op_id
+        .map_or_else(|| "-".to_owned(), |id| short_id(&id));
+    let summary = summary(&envelope.event);
+    let text = format!(
+        "{:>6}  {}  {:<8}  {:<21}  {}",
+        envelope.seq.0,
+        format_timestamp(envelope.at_unix_ms),
+        op,
+        envelope.event.name(),
+        summary
+    );
+    text.trim_end().to_owned()
+}
+
+/// A short account of what an event says, for people; `--json` has everything.
+pub fn summary(event: &Event) -> String {
+    fn handles(list: &[banger_events::Handle]) -> String {
+        list.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+    fn with_handles(step: &str, arrow: &str, list: &[banger_events::Handle]) -> String {
+        if list.is_empty() {
+            step.to_owned()
+        } else {
+            format!("{step} {arrow} {}", handles(list))
+        }
+    }
+    fn vm(id: banger_events::VmId) -> String {
+        format!("vm {}", short_id(&id))
+    }
+    fn mib(value: u64) -> String {
+        format_bytes(value.saturating_mul(1 << 20))
+    }
+    match event {
+        Event::OperationStarted(e) => format!("{} {}", e.kind, e.target),
+        Event::StepStarted(e) => with_handles(&e.step, "intends", &e.intent),
+        Event::StepSucceeded(e) => with_handles(&e.step, "produced", &e.produced),
+        Event::StepFailed(e) => format!("{}: {}", e.step, e.error),
+        Event::UndoStarted(e) => e.step.clone(),
+        Event::UndoSucceeded(e) => e.step.clone(),
+        Event::UndoFailed(e) => format!("{}: {}", e.step, e.error),
+        Event::OperationSucceeded(_) => String::new(),
+        Event::OperationRolledBack(e) => e.reason.clone(),
+        Event::OperationStuck(e) => format!("{}: {}", e.step, e.error),
+        Event::VmDefined(e) => format!(
+            "vm {} ({}): image {}, kernel {}, {} cpus, {} memory, {} work disk",
+            e.name,
+            short_id(&e.vm_id),
+            e.spec.image,
+            e.spec.kernel,
+            e.spec.vcpus,
+            mib(e.spec.memory_mib),
+            mib(e.spec.work_disk_mib)
+        ),
+        Event::VmChanged(e) => format!(
+            "{}: {} cpus, {} memory, {} work disk",
+            vm(e.vm_id),
+            e.spec.vcpus,
+            mib(e.spec.memory_mib),
+            mib(e.spec.work_disk_mib)
+        ),
+        Event::VmStateChanged(e) => format!("{}: {} -> {}", vm(e.vm_id), e.from, e.to),
+        Event::VmExited(e) => {
+            let how = match (e.exit_code, e.signal) {
+                (_, Some(signal)) => format!("killed by signal {signal}"),
+                (Some(code), None) => format!("exited with status {code}"),
+                (None, None) => "exited".to_owned(),
+            };
+            format!("{}: pid {} {how}", vm(e.vm_id), e.pid)
+        }
+        Event::VmRemoved(e) => vm(e.vm_id),
+        Event::VmFoundDead(e) => format!("{}: pid {} was gone", vm(e.vm_id), e.pid),
+        Event::ImageRegisteredV1(e) => format!("image {} ({})", e.name, format_bytes(e.size_bytes)),
+        Event::ImageRegistered(e) => format!(
+            "image {} ({}, kernel {}) from {}",
+            e.name,
+            format_bytes(e.size_bytes),
+            e.kernel.as_deref().unwrap_or("none"),
+            e.source
+        ),
+        Event::ImageRemoved(e) => format!("image {}", e.name),
+        Event::KernelRegistered(e) => {
+            let version = if e.version.is_empty() {
+                "unknown version"
+            } else {
+                e.version.as_str()
+            };
+            format!("kernel {} ({version}) from {}", e.name, e.source)
+        }
+        Event::KernelRemoved(e) => format!("kernel {}", e.name),
+        Event::HandleAcquired(e) => format!("{} by {}", e.handle, owner_text(e.owner, None)),
+        Event::HandleReleased(e) => e.handle.to_string(),
+        Event::DaemonStarted(e) => format!("bangerd {} pid {}", e.version, e.pid),
+        Event::DaemonStopped(e) => e.reason.clone(),
+        Event::RecoveryDecided(e) => {
+            let decision = match e.decision {
+                banger_events::RecoveryDecision::RollBack => "roll back",
+                banger_events::RecoveryDecision::RollForward => "roll forward",
+                banger_events::RecoveryDecision::ResumeUndo => "resume undo",
+            };
+            format!("op {}: {decision}: {}", short_id(&e.op_id), e.reason)
+        }
+        Event::OrphanFound(e) => format!("{}: {}", e.handle, e.action),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use banger_events::{
+        EventId, Handle, OpKind, OperationStarted, Seq, StepSucceeded, Target, VmId,
+    };
+
+    use super::*;
+
+    fn envelope(seq: u64, op: Option<u64>, event: Event) -> Envelope {
+        Envelope {
+            seq: Seq(seq),
+            event_id: EventId(1),
+            op_id: op.map(OpId),
+            cause: None,
+            at_unix_ms: 1_777_404_777_123,
+            schema_version: 1,
+            event,
+        }
+    }
+
+    #[test]
+    fn lines_have_fixed_columns_and_a_summary() {
+        let started = envelope(
+            42,
+            Some(0x3f2a_19c4_0000_0001),
+            Event::OperationStarted(OperationStarted {
+                kind: OpKind::VmCreate,
+                target: Target::Vm {
+                    vm_id: VmId(7),
+                    name: "dev".into(),
+                },
+                parameters: "{}".into(),
+            }),
+        );
+        assert_eq!(
+            event_line(&started),
+            "    42  2026-04-28T19:32:57.123Z  3f2a19c4  operation_started      vm.create vm dev"
+        );
+        let step = envelope(
+            43,
+            Some(0x3f2a_19c4_0000_0001),
+            Event::StepSucceeded(StepSucceeded {
+                step: "allocate-ip".into(),
+                produced: vec![Handle::Ip {
+                    addr: [10, 0, 0, 2],
+                }],
+            }),
+        );
+        assert!(
+            event_line(&step).ends_with("step_succeeded         allocate-ip produced ip 10.0.0.2")
+        );
+    }
+
+    #[test]
+    fn events_without_an_operation_show_a_dash_and_no_trailing_space() {
+        let done = envelope(
+            1,
+            None,
+            Event::OperationSucceeded(banger_events::OperationSucceeded {}),
+        );
+        assert_eq!(
+            event_line(&done),
+            "     1  2026-04-28T19:32:57.123Z  -         operation_succeeded"
+        );
+    }
+}

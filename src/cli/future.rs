@@ -1,0 +1,97 @@
+//! Verbs that are in the command tree before their work exists.
+//!
+//! Each answers with one line, `banger <verb>: not implemented yet (arrives with <what>)`, and
+//! exit status 2: nothing pretends to work, and a script or agent can tell "not there yet" (2)
+//! from "it failed" (1). When a verb lands, its arm here moves to a real command module.
+
+use super::args::{ImageCacheCommand, SystemCommand, VmCommand, WorkspaceCommand};
+use super::error::CliError;
+
+const LIFECYCLE: &str = "VM lifecycle on Firecracker";
+const AGENT: &str = "the guest agent";
+const NETWORKING: &str = "VM networking";
+const WORKSPACES: &str = "workspaces";
+const PULLS: &str = "image pulls from the catalog and OCI registries";
+const KERNEL_CATALOG: &str = "the kernel catalog";
+const SYSTEMD: &str = "the systemd install";
+
+fn later(verb: &'static str, arrives_with: &'static str) -> CliError {
+    CliError::NotImplemented { verb, arrives_with }
+}
+
+/// The answer of a `vm` verb that does not work yet.
+pub fn vm(command: &VmCommand) -> CliError {
+    match command {
+        // `cli::vm` runs these itself and never sends them here.
+        VmCommand::List(_) | VmCommand::Show(_) => {
+            CliError::message("internal: vm list and vm show are dispatched by cli::vm")
+        }
+        VmCommand::Run(_) => later("vm run", LIFECYCLE),
+        VmCommand::Create(_) => later("vm create", LIFECYCLE),
+        VmCommand::Start(_) => later("vm start", LIFECYCLE),
+        VmCommand::Stop(_) => later("vm stop", LIFECYCLE),
+        VmCommand::Restart(_) => later("vm restart", LIFECYCLE),
+        VmCommand::Kill(_) => later("vm kill", LIFECYCLE),
+        VmCommand::Delete(_) => later("vm delete", LIFECYCLE),
+        VmCommand::Set(_) => later("vm set", LIFECYCLE),
+        VmCommand::Logs(_) => later("vm logs", LIFECYCLE),
+        VmCommand::Exec(_) => later("vm exec", AGENT),
+        VmCommand::Health(_) => later("vm health", AGENT),
+        VmCommand::Ping(_) => later("vm ping", AGENT),
+        VmCommand::Stats(_) => later("vm stats", AGENT),
+        VmCommand::Ports(_) => later("vm ports", AGENT),
+        VmCommand::Ssh(_) => later("vm ssh", NETWORKING),
+        VmCommand::Workspace(WorkspaceCommand::Import(_)) => {
+            later("vm workspace import", WORKSPACES)
+        }
+        VmCommand::Workspace(WorkspaceCommand::Export(_)) => {
+            later("vm workspace export", WORKSPACES)
+        }
+        VmCommand::Workspace(WorkspaceCommand::Status(_)) => {
+            later("vm workspace status", WORKSPACES)
+        }
+    }
+}
+
+pub fn image_pull() -> CliError {
+    later("image pull", PULLS)
+}
+
+pub fn image_promote() -> CliError {
+    later("image promote", LIFECYCLE)
+}
+
+pub fn image_cache(command: &ImageCacheCommand) -> CliError {
+    match command {
+        ImageCacheCommand::Prune(_) => later("image cache prune", PULLS),
+    }
+}
+
+pub fn kernel_pull() -> CliError {
+    later("kernel pull", KERNEL_CATALOG)
+}
+
+pub fn kernel_list_available() -> CliError {
+    later("kernel list --available", KERNEL_CATALOG)
+}
+
+pub fn system(command: &SystemCommand) -> CliError {
+    match command {
+        SystemCommand::Install => later("system install", SYSTEMD),
+        SystemCommand::Status => later("system status", SYSTEMD),
+        SystemCommand::Restart => later("system restart", SYSTEMD),
+        SystemCommand::Uninstall => later("system uninstall", SYSTEMD),
+    }
+}
+
+pub fn doctor() -> CliError {
+    later("doctor", "host checks")
+}
+
+pub fn update() -> CliError {
+    later("update", "signed releases")
+}
+
+pub fn ssh_config() -> CliError {
+    later("ssh-config", NETWORKING)
+}

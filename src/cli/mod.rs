@@ -1,0 +1,100 @@
+//! The `banger` command line.
+//!
+//! `banger` is a thin client: every command that reads or changes state asks bangerd over its
+//! unix socket (starting it in user mode when nothing answers, see [`connect`]), except
+//! `events replay`, which reads a log file offline. Output is tables and `key: value` blocks
+//! for people, `--json` for machines.
+//!
+//! Code map:
+//! - [`args`]: the clap command tree and all help text.
+//! - [`connect`]: reaching bangerd, autostart.
+//! - `vm`, `catalog` (image, kernel), `events`, `ops`, `replay`, `version`: one module per
+//!   group of commands that work; `future`: the verbs that answer "not implemented yet".
+//! - [`views`], [`format`](mod@format), [`size`]: how views, times and sizes read.
+//! - [`error`]: errors, how they print, exit statuses.
+//!
+//! Invariants: nothing here touches the event log except `events replay` (and only a file it is
+//! pointed at); nothing here prints with `println!` (a closed pipe must not panic); user input
+//! is validated before anything is sent (VM names, sizes, paths made absolute).
+
+pub mod args;
+pub mod connect;
+pub mod error;
+pub mod format;
+pub mod size;
+pub mod views;
+
+mod catalog;
+mod events;
+mod future;
+mod ops;
+mod output;
+mod replay;
+mod version;
+mod vm;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+pub use args::Cli;
+pub use error::CliError;
+
+use args::{Command, EventsCommand};
+
+/// Parses the command line. Help and `--version` are printed here (status 0); a usage error is
+/// printed as `banger: error: …` with clap's usage hint, and gives status 2.
+pub fn parse_args() -> Result<Cli, ExitCode> {
+    use clap::error::ErrorKind;
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(error) => {
+            let code = if error.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+            match error.kind() {
+                // Help pages (asked for, or shown because a group was run without a verb) go
+                // out as clap renders them.
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    // Nothing useful can be done if even this write fails.
+                    let _ = error.print();
+                }
+                _ => eprint!("banger: {}", error.render()),
+            }
+            Err(code)
+        }
+    }
+}
+
+/// Runs one parsed command line to completion.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    // One thread is plenty for a client that waits on one socket, and it keeps the CLI's
+    // start-up cost and footprint small.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| CliError::failed("cannot start the async runtime", error))?;
+    runtime.block_on(dispatch(cli.command))
+}
+
+async fn dispatch(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Vm(command) => vm::run(command).await,
+        Command::Image(command) => catalog::image(command).await,
+        Command::Kernel(command) => catalog::kernel(command).await,
+        Command::Events(args) => match args.command {
+            Some(EventsCommand::Replay(replay)) => replay::run(replay),
+            None => events::run(args.filter).await,
+        },
+        Command::Ops(args) => ops::run(args).await,
+        Command::System(command) => Err(future::system(&command)),
+        Command::Doctor(_) => Err(future::doctor()),
+        Command::Update(_) => Err(future::update()),
+        Command::SshConfig(_) => Err(future::ssh_config()),
+        Command::Version(args) => version::run(args).await,
+    }
+}

@@ -1,0 +1,220 @@
+//! The handlers of plain (non-streaming) methods. Reads answer from the projections as they
+//! stand; writes hand the request to its operation in [`crate::operations`], in a task of
+//! its own so that the client hanging up cannot cut an operation between two steps.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use banger_events::{Health, OpId, Owner};
+use banger_projections::{ImageView, KernelView, OperationView};
+
+use super::dispatch::{Cx, op_error};
+use super::{Daemon, VERSION};
+use crate::api::{
+    HandleEntry, ImageListResult, ImageRegisterParams, KernelImportParams, KernelListResult,
+    NameParams, NoParams, OperationsListParams, OperationsListResult, PingResult, RemoveResult,
+    ShutdownResult, VmListResult, VmShowResult,
+};
+use crate::operations::{
+    OpError, Runner, image_delete, image_register, kernel_import, kernel_remove,
+};
+use crate::rpc::protocol::{PROTOCOL_VERSION, RpcError};
+
+pub async fn ping(daemon: Arc<Daemon>, _: Cx, _: NoParams) -> Result<PingResult, RpcError> {
+    Ok(PingResult {
+        version: VERSION.to_owned(),
+        protocol: PROTOCOL_VERSION,
+        pid: std::process::id(),
+        last_seq: daemon.journal.last_seq(),
+        log_health: match daemon.journal.health() {
+            Health::Writable => "writable".to_owned(),
+            Health::ReadOnly { reason } => format!("read-only: {reason}"),
+        },
+        uptime_ms: u64::try_from(daemon.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        state_dir: daemon.layout.state_dir.display().to_string(),
+    })
+}
+
+pub async fn shutdown(daemon: Arc<Daemon>, _: Cx, _: NoParams) -> Result<ShutdownResult, RpcError> {
+    // The answer is still written: the connection finishes the request it is in before it
+    // notices the shutdown.
+    daemon.begin_shutdown("asked by daemon.shutdown");
+    Ok(ShutdownResult {
+        pid: std::process::id(),
+    })
+}
+
+pub async fn operations_list(
+    daemon: Arc<Daemon>,
+    _: Cx,
+    params: OperationsListParams,
+) -> Result<OperationsListResult, RpcError> {
+    let view = daemon.journal.view();
+    let mut operations: Vec<OperationView> = if params.all {
+        view.operations.values().cloned().collect()
+    } else {
+        view.unresolved().cloned().collect()
+    };
+    operations.sort_by_key(|op| (op.started_seq, op.op_id));
+    Ok(OperationsListResult { operations })
+}
+
+pub async fn vm_list(daemon: Arc<Daemon>, _: Cx, _: NoParams) -> Result<VmListResult, RpcError> {
+    let view = daemon.journal.view();
+    Ok(VmListResult {
+        vms: view.vms.values().cloned().collect(),
+    })
+}
+
+pub async fn vm_show(
+    daemon: Arc<Daemon>,
+    _: Cx,
+    params: NameParams,
+) -> Result<VmShowResult, RpcError> {
+    let view = daemon.journal.view();
+    let Some(vm) = view.vm_by_name(&params.name) else {
+        return Err(RpcError::not_found(format!(
+            "no VM named {}; see `banger vm list`",
+            params.name
+        )));
+    };
+    Ok(VmShowResult {
+        vm: vm.clone(),
+        handles: view
+            .handles_of(Owner::Vm(vm.id))
+            .map(|(handle, held)| HandleEntry {
+                handle: handle.clone(),
+                view: held.clone(),
+            })
+            .collect(),
+        operations: view.operations_on_vm(vm.id).cloned().collect(),
+    })
+}
+
+pub async fn image_list(
+    daemon: Arc<Daemon>,
+    _: Cx,
+    _: NoParams,
+) -> Result<ImageListResult, RpcError> {
+    let view = daemon.journal.view();
+    Ok(ImageListResult {
+        images: view.images.values().cloned().collect(),
+    })
+}
+
+pub async fn image_show(
+    daemon: Arc<Daemon>,
+    _: Cx,
+    params: NameParams,
+) -> Result<ImageView, RpcError> {
+    daemon
+        .journal
+        .view()
+        .images
+        .get(&params.name)
+        .cloned()
+        .ok_or_else(|| {
+            RpcError::not_found(format!(
+                "no image named {}; see `banger image list`",
+                params.name
+            ))
+        })
+}
+
+pub async fn kernel_list(
+    daemon: Arc<Daemon>,
+    _: Cx,
+    _: NoParams,
+) -> Result<KernelListResult, RpcError> {
+    let view = daemon.journal.view();
+    Ok(KernelListResult {
+        kernels: view.kernels.values().cloned().collect(),
+    })
+}
+
+pub async fn kernel_show(
+    daemon: Arc<Daemon>,
+    _: Cx,
+    params: NameParams,
+) -> Result<KernelView, RpcError> {
+    daemon
+        .journal
+        .view()
+        .kernels
+        .get(&params.name)
+        .cloned()
+        .ok_or_else(|| {
+            RpcError::not_found(format!(
+                "no kernel named {}; see `banger kernel list`",
+                params.name
+            ))
+        })
+}
+
+pub async fn kernel_import(
+    daemon: Arc<Daemon>,
+    cx: Cx,
+    params: KernelImportParams,
+) -> Result<KernelView, RpcError> {
+    detached(&daemon, &cx, move |runner, op_id| async move {
+        kernel_import::run(&runner, op_id, params).await
+    })
+    .await
+}
+
+pub async fn kernel_remove(
+    daemon: Arc<Daemon>,
+    cx: Cx,
+    params: NameParams,
+) -> Result<RemoveResult, RpcError> {
+    let name = params.name.clone();
+    detached(&daemon, &cx, move |runner, op_id| async move {
+        kernel_remove::run(&runner, op_id, params.name).await
+    })
+    .await?;
+    Ok(RemoveResult { name })
+}
+
+pub async fn image_register(
+    daemon: Arc<Daemon>,
+    cx: Cx,
+    params: ImageRegisterParams,
+) -> Result<ImageView, RpcError> {
+    detached(&daemon, &cx, move |runner, op_id| async move {
+        image_register::run(&runner, op_id, params).await
+    })
+    .await
+}
+
+pub async fn image_delete(
+    daemon: Arc<Daemon>,
+    cx: Cx,
+    params: NameParams,
+) -> Result<RemoveResult, RpcError> {
+    let name = params.name.clone();
+    detached(&daemon, &cx, move |runner, op_id| async move {
+        image_delete::run(&runner, op_id, params.name).await
+    })
+    .await?;
+    Ok(RemoveResult { name })
+}
+
+/// Runs an operation in a task of its own (tracked, so shutdown waits for it) and waits for
+/// its outcome. If the caller goes away, the task runs on to its end.
+async fn detached<T, F, Fut>(daemon: &Daemon, cx: &Cx, operation: F) -> Result<T, RpcError>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<Runner>, OpId) -> Fut,
+    Fut: Future<Output = Result<T, OpError>> + Send + 'static,
+{
+    let task = daemon.ops.spawn(tracing::Instrument::instrument(
+        operation(daemon.runner.clone(), cx.op_id),
+        cx.span.clone(),
+    ));
+    match task.await {
+        Ok(result) => result.map_err(op_error),
+        Err(error) => Err(RpcError::internal(format!(
+            "the operation's task ended abnormally: {error}; see bangerd's log"
+        ))),
+    }
+}

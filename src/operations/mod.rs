@@ -1,0 +1,440 @@
+//! Operations: everything bangerd does to the host, as named steps with undo, recorded in the
+//! event log as they happen.
+//!
+//! This module owns the step runner ([`Runner`]), the per-target claims that keep two
+//! operations off one target, the failpoints that crash tests use, and one file per operation
+//! kind with its step table at the top. It does not own the RPC surface (that is
+//! `crate::daemon`), and it never decides what to recover: `plan_recovery` in the projections
+//! crate does, and [`recovery`] carries the plan out.
+//!
+//! How one operation runs ([`Runner::run`]):
+//! ```text
+//!  claim target ─▶ OperationStarted ─▶ for each step:
+//!                                        StepStarted{intent} ─▶ ensure() ─▶ StepSucceeded{produced}
+//!                                                                   │
+//!                                                                   └─ error ─▶ StepFailed
+//!                                                                                  │
+//!   OperationSucceeded (+ the operation's domain events, in the same commit) ◀─────┼── all done
+//!                                                                                  ▼
+//!          for each started step, newest first: UndoStarted ─▶ undo(handles) ─▶ UndoSucceeded
+//!                                                                     │
+//!                            OperationRolledBack ◀── all undone       └─ error ─▶ UndoFailed
+//!                                                                                  ─▶ OperationStuck
+//! ```
+//!
+//! Invariants (they are what make crash recovery safe; tests pin them):
+//! - A step's `StepStarted` with its intent is durable *before* its side effect begins, and
+//!   the intent names everything the side effect may create. So after a crash at any point the
+//!   log says what may exist, and recovery can undo it from the log alone.
+//! - Host resource names derive from (target, op id) — never from a clock or a counter — so a
+//!   retry or an undo after a crash finds exactly what the crashed attempt made.
+//! - `ensure` is idempotent (running it twice is harmless) and `undo` is idempotent and
+//!   tolerates absence (undoing what never happened succeeds). `undo` sees only the op id, the
+//!   target and the handles the log recorded: nothing from the request that is not in the log.
+//! - A failed step is undone too (with its intent): it may have half-happened.
+//! - A failed undo ends the operation as *stuck*; it then blocks its target until someone
+//!   intervenes, and `banger ops` shows it.
+//! - If the log stops accepting appends in the middle of an operation, the runner stops at
+//!   once without further side effects: whatever it did is covered by a durable intent, and
+//!   recovery at the next start undoes it.
+//! - One operation per target at a time: [`Runner::claim`] refuses a second (`busy`), in this
+//!   process through the claim table and across restarts through the projection (an operation
+//!   that is stuck, or still unresolved, blocks its target).
+
+pub mod failpoints;
+pub mod image_delete;
+pub mod image_register;
+pub mod kernel_import;
+pub mod kernel_remove;
+pub mod names;
+pub mod recovery;
+mod runner;
+pub mod store;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use banger_events::{Event, Handle, LogError, OpId, OpKind, Target};
+
+use crate::paths::Layout;
+
+pub use failpoints::{FailpointError, Failpoints, Point};
+pub use runner::{Claim, Runner, UndoOutcome};
+
+/// A boxed future that can cross threads. Steps return these so that step tables can hold
+/// steps of one operation as trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What every step (and every undo) of an operation sees.
+pub struct OpCx<'a> {
+    pub op_id: OpId,
+    pub kind: OpKind,
+    pub target: &'a Target,
+    pub layout: &'a Layout,
+}
+
+/// One step of an operation whose in-memory state is `S`.
+///
+/// Steps are stateless unit structs listed in a static table; what a run knows lives in `S`
+/// (filled by earlier steps) and in the handles the log recorded.
+pub trait Step<S>: Send + Sync {
+    /// The persisted step name. It is schema: never rename a step that has shipped.
+    fn name(&self) -> &'static str;
+
+    /// The host resources this step is about to create, decided before any side effect and
+    /// recorded in `StepStarted`. If the step fails or the daemon dies in the middle, `undo`
+    /// gets exactly these.
+    fn intent(&self, cx: &OpCx<'_>, state: &S) -> Vec<Handle>;
+
+    /// Does the step's work, idempotently. Returns the handles it produced (recorded in
+    /// `StepSucceeded`; a later `undo` gets these).
+    fn ensure<'a>(
+        &'a self,
+        cx: &'a OpCx<'a>,
+        state: &'a mut S,
+    ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>>;
+
+    /// Removes what the step made, given the handles the log recorded for it. Idempotent,
+    /// succeeds when there is nothing to undo, and touches nothing the handles do not name.
+    fn undo<'a>(
+        &'a self,
+        cx: &'a OpCx<'a>,
+        handles: &'a [Handle],
+    ) -> BoxFuture<'a, Result<(), StepError>>;
+}
+
+/// One kind of operation: its step table and what it records when it succeeds.
+pub trait OperationKind: 'static {
+    const KIND: OpKind;
+
+    /// What a run carries from step to step (validated request, checksums, …).
+    type State: Send + Sync + 'static;
+
+    /// The steps, in order.
+    fn steps() -> &'static [&'static dyn Step<Self::State>];
+
+    /// The domain events that make the result visible (`KernelRegistered`, …). They are
+    /// appended in one commit with `OperationSucceeded`, so the views never show a half-done
+    /// operation as done.
+    fn finish(cx: &OpCx<'_>, state: &Self::State) -> Vec<Event>;
+
+    /// Rebuilds the state of an interrupted run from what the log recorded (its target and
+    /// parameters), so that crash recovery can roll it forward. Kinds that recovery rolls
+    /// back never need it; `None` means "cannot be resumed" and leaves the operation stuck.
+    fn resume_state(_target: &Target, _parameters: &str) -> Option<Self::State> {
+        None
+    }
+}
+
+/// Finds the step called `name` in `K`'s table.
+pub fn find_step<K: OperationKind>(name: &str) -> Option<&'static dyn Step<K::State>> {
+    K::steps().iter().copied().find(|step| step.name() == name)
+}
+
+/// Why a step (or an undo) failed. The message is recorded in the log as it displays.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+    #[error("injected by failpoint {0}")]
+    Failpoint(String),
+}
+
+impl StepError {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        StepError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// Why an operation request did not succeed. Each variant maps to one RPC error code.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{kind} failed at step {step}: {error}; everything it had done was rolled back")]
+    Failed {
+        kind: OpKind,
+        step: String,
+        error: String,
+    },
+    #[error(
+        "{kind} failed at step {step} ({error}), and undoing step {undo_step} failed too: {undo_error}; operation {op_id} is stuck and blocks its target — see `banger ops`"
+    )]
+    Stuck {
+        op_id: OpId,
+        kind: OpKind,
+        step: String,
+        error: String,
+        undo_step: String,
+        undo_error: String,
+    },
+    #[error("cannot record the operation in the event log: {0}")]
+    Log(#[source] LogError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<LogError> for OpError {
+    fn from(error: LogError) -> Self {
+        OpError::Log(error)
+    }
+}
+
+/// Runs blocking filesystem work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, StepError> + Send + 'static,
+) -> Result<T, StepError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| StepError::Other(format!("{what} did not finish: {error}")))?
+}
+
+/// The step invariants, checked on every operation kind against a real directory: running a
+/// step's `ensure` twice is the same as once, undoing twice is the same as once, and undoing
+/// what never happened succeeds and removes nothing.
+#[cfg(test)]
+mod invariant_tests {
+    use std::fs;
+    use std::path::Path;
+
+    use banger_events::{OpId, Target};
+
+    use super::*;
+
+    /// Runs every step of `K` twice, then undoes them all twice in reverse, and checks that
+    /// the store ends as it began.
+    async fn run_twice_undo_twice<K: OperationKind>(
+        layout: &Layout,
+        target: Target,
+        mut state: K::State,
+    ) {
+        let cx = OpCx {
+            op_id: OpId(0xabc),
+            kind: K::KIND,
+            target: &target,
+            layout,
+        };
+        let before = snapshot(&layout.state_dir);
+        let mut done = Vec::new();
+        for step in K::steps() {
+            let first = step
+                .ensure(&cx, &mut state)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", step.name()));
+            let second = step
+                .ensure(&cx, &mut state)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", step.name()));
+            assert_eq!(first, second, "{}: ensure twice differs", step.name());
+            done.push((step, first));
+        }
+        let after = snapshot(&layout.state_dir);
+        assert_ne!(before, after, "the operation did something");
+        for (step, handles) in done.iter().rev() {
+            step.undo(&cx, handles)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", step.name()));
+            step.undo(&cx, handles)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", step.name()));
+        }
+        assert_eq!(snapshot(&layout.state_dir), before, "undo left traces");
+    }
+
+    /// Undoes every step from its intent when nothing happened: nothing fails, nothing
+    /// changes.
+    async fn undo_of_nothing<K: OperationKind>(layout: &Layout, target: Target, state: K::State) {
+        let cx = OpCx {
+            op_id: OpId(0xdef),
+            kind: K::KIND,
+            target: &target,
+            layout,
+        };
+        let before = snapshot(&layout.state_dir);
+        for step in K::steps().iter().rev() {
+            let intent = step.intent(&cx, &state);
+            step.undo(&cx, &intent)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", step.name()));
+        }
+        assert_eq!(snapshot(&layout.state_dir), before);
+    }
+
+    /// Every path under `dir` with its content.
+    fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    out.push((path.display().to_string(), Vec::new()));
+                    stack.push(path);
+                } else {
+                    out.push((
+                        path.display().to_string(),
+                        fs::read(&path).unwrap_or_default(),
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn setup() -> (tempfile::TempDir, Layout, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::rooted(&dir.path().join("root"));
+        fs::create_dir_all(layout.kernels_dir()).unwrap();
+        fs::create_dir_all(layout.images_dir()).unwrap();
+        let source = dir.path().join("source");
+        fs::create_dir_all(&source).unwrap();
+        fs::write(source.join("vmlinux"), b"kernel Linux version 6.1 (x)\0").unwrap();
+        fs::write(source.join("initrd.img"), b"initrd").unwrap();
+        fs::write(source.join("rootfs.ext4"), vec![7u8; 100_000]).unwrap();
+        (dir, layout, source)
+    }
+
+    fn import_state(source: &Path) -> kernel_import::State {
+        kernel_import::State {
+            name: "k".into(),
+            from: source.to_path_buf(),
+            vmlinux: source.join("vmlinux"),
+            initrd: Some(source.join("initrd.img")),
+            version_hint: None,
+            sha256: String::new(),
+            version: String::new(),
+        }
+    }
+
+    fn register_state(source: &Path) -> image_register::State {
+        image_register::State {
+            name: "i".into(),
+            rootfs: source.join("rootfs.ext4"),
+            kernel: None,
+            sha256: String::new(),
+            size_bytes: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn store_operations_are_idempotent_and_their_undo_tolerates_absence() {
+        let (_dir, layout, source) = setup();
+        let kernel = Target::Kernel { name: "k".into() };
+        let image = Target::Image { name: "i".into() };
+        run_twice_undo_twice::<kernel_import::KernelImport>(
+            &layout,
+            kernel.clone(),
+            import_state(&source),
+        )
+        .await;
+        run_twice_undo_twice::<image_register::ImageRegister>(
+            &layout,
+            image.clone(),
+            register_state(&source),
+        )
+        .await;
+        undo_of_nothing::<kernel_import::KernelImport>(
+            &layout,
+            kernel.clone(),
+            import_state(&source),
+        )
+        .await;
+        undo_of_nothing::<image_register::ImageRegister>(
+            &layout,
+            image.clone(),
+            register_state(&source),
+        )
+        .await;
+
+        // Removals: publish something to remove first (outside the snapshot's "before").
+        fs::create_dir_all(layout.kernel_dir("k")).unwrap();
+        fs::write(layout.kernel_dir("k").join("vmlinux"), b"k").unwrap();
+        fs::create_dir_all(layout.image_dir("i")).unwrap();
+        fs::write(layout.image_dir("i").join("rootfs.ext4"), b"i").unwrap();
+        let cx_state = kernel_remove::State { name: "k".into() };
+        let cx = OpCx {
+            op_id: OpId(7),
+            kind: OpKind::KernelRemove,
+            target: &kernel,
+            layout: &layout,
+        };
+        let mut state = cx_state;
+        for step in <kernel_remove::KernelRemove as OperationKind>::steps() {
+            step.ensure(&cx, &mut state).await.unwrap();
+            step.ensure(&cx, &mut state).await.unwrap();
+        }
+        assert!(!layout.kernel_dir("k").exists());
+        assert!(fs::read_dir(layout.kernels_dir()).unwrap().next().is_none());
+        let cx = OpCx {
+            op_id: OpId(8),
+            kind: OpKind::ImageDelete,
+            target: &image,
+            layout: &layout,
+        };
+        let mut state = image_delete::State { name: "i".into() };
+        let steps = <image_delete::ImageDelete as OperationKind>::steps();
+        // Move aside, undo it twice: the image is back where it was.
+        let aside = steps[0].ensure(&cx, &mut state).await.unwrap();
+        assert!(!layout.image_dir("i").exists());
+        steps[0].undo(&cx, &aside).await.unwrap();
+        steps[0].undo(&cx, &aside).await.unwrap();
+        assert_eq!(
+            fs::read(layout.image_dir("i").join("rootfs.ext4")).unwrap(),
+            b"i"
+        );
+        undo_of_nothing::<image_delete::ImageDelete>(
+            &layout,
+            image,
+            image_delete::State { name: "i".into() },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn undo_never_removes_what_another_operation_published() {
+        let (_dir, layout, source) = setup();
+        let kernel = Target::Kernel { name: "k".into() };
+        let mut state = import_state(&source);
+        let mine = OpCx {
+            op_id: OpId(1),
+            kind: OpKind::KernelImport,
+            target: &kernel,
+            layout: &layout,
+        };
+        for step in <kernel_import::KernelImport as OperationKind>::steps() {
+            step.ensure(&mine, &mut state).await.unwrap();
+        }
+        // Another operation's undo, given the same published path (a crash between its intent
+        // and its rename, say), leaves this kernel alone.
+        let theirs = OpCx {
+            op_id: OpId(2),
+            ..mine
+        };
+        let publish = kernel_import::KernelImport::steps()[2];
+        let intent = publish.intent(&theirs, &state);
+        publish.undo(&theirs, &intent).await.unwrap();
+        assert!(layout.kernel_dir("k").join("vmlinux").exists());
+    }
+}

@@ -1,0 +1,286 @@
+//! Crash recovery, carried out. `plan_recovery` (projections) decides, from the log alone,
+//! what to do with every operation that has no terminal event; this module does it through
+//! the operation kinds' step tables, before bangerd takes requests.
+//!
+//! For each action it appends `RecoveryDecided` under the operation's *original* op id, then
+//! the same events a live run would: `UndoStarted`/`UndoSucceeded`/`UndoFailed` and
+//! `OperationRolledBack`/`OperationStuck` for a rollback; `StepStarted`/`StepSucceeded` and
+//! `OperationSucceeded` (with the kind's domain events) for a roll-forward. So `banger events
+//! --op ID` tells the whole story of an interrupted operation, restart included.
+//!
+//! Kinds whose step tables do not exist yet are left alone with a log line: recovering them
+//! without their undo would be guessing.
+
+use banger_events::{
+    Event, Handle, NewEvent, OpId, OpKind, OperationStuck, RecoveryDecided, RecoveryDecision, Seq,
+    UndoFailed,
+};
+use banger_projections::{RecoveryAction, UndoStep, plan_recovery};
+
+use super::image_delete::ImageDelete;
+use super::image_register::ImageRegister;
+use super::kernel_import::KernelImport;
+use super::kernel_remove::KernelRemove;
+use super::{OpCx, OpError, OperationKind, Runner, Step, UndoOutcome, find_step};
+
+/// What recovery did with one operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    pub op_id: OpId,
+    pub kind: OpKind,
+    pub decision: RecoveryDecision,
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    RolledBack,
+    Succeeded,
+    Stuck {
+        step: String,
+        error: String,
+    },
+    /// This build cannot recover the kind yet; the operation stays unresolved.
+    NotImplemented,
+}
+
+/// Carries out the recovery plan of the current log. Stops at the first log error (the log
+/// went read-only: nothing more can be recorded, so nothing more is done).
+pub async fn recover(runner: &Runner) -> Result<Vec<Recovered>, OpError> {
+    let plan = {
+        let view = runner.journal().view();
+        plan_recovery(&view)
+    };
+    for op_id in &plan.stuck {
+        tracing::warn!(%op_id, "operation is stuck from an earlier run; it blocks its target until cleaned up (see `banger ops`)");
+    }
+    let mut report = Vec::with_capacity(plan.actions.len());
+    for action in plan.actions {
+        let (op_id, kind, decision) = (action.op_id(), action.kind(), action.decision());
+        let outcome = recover_one(runner, action).await?;
+        match &outcome {
+            Outcome::NotImplemented => tracing::warn!(
+                %op_id, %kind,
+                "TODO(issue 4): this build cannot recover {kind} operations yet; left unresolved"
+            ),
+            other => {
+                tracing::info!(%op_id, %kind, ?decision, outcome = ?other, "recovered operation")
+            }
+        }
+        report.push(Recovered {
+            op_id,
+            kind,
+            decision,
+            outcome,
+        });
+    }
+    Ok(report)
+}
+
+async fn recover_one(runner: &Runner, action: RecoveryAction) -> Result<Outcome, OpError> {
+    match action.kind() {
+        OpKind::KernelImport => recover_kind::<KernelImport>(runner, action).await,
+        OpKind::KernelRemove => recover_kind::<KernelRemove>(runner, action).await,
+        OpKind::ImageRegister => recover_kind::<ImageRegister>(runner, action).await,
+        OpKind::ImageDelete => recover_kind::<ImageDelete>(runner, action).await,
+        // TODO(issue 4): VM operations, pulls, prune and teardown join here with their tables.
+        _ => Ok(Outcome::NotImplemented),
+    }
+}
+
+async fn recover_kind<K: OperationKind>(
+    runner: &Runner,
+    action: RecoveryAction,
+) -> Result<Outcome, OpError> {
+    let op_id = action.op_id();
+    let (started, parameters, last_step, produced) = {
+        let view = runner.journal().view();
+        let Some(op) = view.operations.get(&op_id) else {
+            return Err(OpError::Internal(format!(
+                "recovery planned operation {op_id}, which the views do not have"
+            )));
+        };
+        let produced: Vec<(String, Vec<Handle>)> = op
+            .steps
+            .iter()
+            .map(|s| (s.name.clone(), s.produced.clone()))
+            .collect();
+        (
+            op.started_seq,
+            op.parameters.clone(),
+            op.steps.last().map(|s| s.name.clone()),
+            produced,
+        )
+    };
+    let decision = action.decision();
+    let reason = match &last_step {
+        Some(step) => format!("bangerd stopped during step {step}"),
+        None => "bangerd stopped before the first step".to_owned(),
+    };
+    let target = action.target().clone();
+    let cx = OpCx {
+        op_id,
+        kind: K::KIND,
+        target: &target,
+        layout: runner.layout(),
+    };
+    runner
+        .journal()
+        .append(vec![
+            NewEvent::in_op(
+                op_id,
+                Event::RecoveryDecided(RecoveryDecided {
+                    op_id,
+                    decision,
+                    reason: reason.clone(),
+                }),
+            )
+            .caused_by(started),
+        ])
+        .await?;
+    match action {
+        RecoveryAction::RollBack { undo, .. } | RecoveryAction::ResumeUndo { undo, .. } => {
+            roll_back::<K>(
+                runner,
+                &cx,
+                started,
+                undo,
+                &format!("{reason}; rolled back at restart"),
+            )
+            .await
+        }
+        RecoveryAction::RollForward {
+            completed,
+            resume_from,
+            ..
+        } => {
+            let Some(state) = K::resume_state(&target, &parameters) else {
+                return stuck(
+                    runner,
+                    &cx,
+                    started,
+                    resume_from.as_deref().unwrap_or("resume"),
+                    "the operation cannot be resumed from what the log recorded",
+                )
+                .await;
+            };
+            let steps = K::steps();
+            let position = |name: &str| steps.iter().position(|s| s.name() == name);
+            let first = match &resume_from {
+                Some(name) => position(name),
+                None => Some(
+                    completed
+                        .last()
+                        .and_then(|name| position(name))
+                        .map_or(0, |i| i + 1),
+                ),
+            };
+            let Some(first) = first else {
+                return stuck(
+                    runner,
+                    &cx,
+                    started,
+                    resume_from.as_deref().unwrap_or("resume"),
+                    "this build of bangerd does not know the step to resume from",
+                )
+                .await;
+            };
+            let mut done: Vec<(&'static dyn Step<K::State>, Vec<Handle>)> = Vec::new();
+            for name in &completed {
+                if let Some(step) = find_step::<K>(name) {
+                    let handles = produced
+                        .iter()
+                        .rev()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, h)| h.clone())
+                        .unwrap_or_default();
+                    done.push((step, handles));
+                }
+            }
+            match runner
+                .roll_forward::<K>(&cx, started, done, first, state)
+                .await
+            {
+                Ok(()) => Ok(Outcome::Succeeded),
+                Err(OpError::Failed { .. }) => Ok(Outcome::RolledBack),
+                Err(OpError::Stuck {
+                    undo_step,
+                    undo_error,
+                    ..
+                }) => Ok(Outcome::Stuck {
+                    step: undo_step,
+                    error: undo_error,
+                }),
+                Err(other) => Err(other),
+            }
+        }
+    }
+}
+
+async fn roll_back<K: OperationKind>(
+    runner: &Runner,
+    cx: &OpCx<'_>,
+    started: Seq,
+    undo: Vec<UndoStep>,
+    reason: &str,
+) -> Result<Outcome, OpError> {
+    let mut steps: Vec<(&'static dyn Step<K::State>, Vec<Handle>)> = Vec::with_capacity(undo.len());
+    for UndoStep { step, handles } in undo {
+        match find_step::<K>(&step) {
+            Some(found) => steps.push((found, handles)),
+            None => {
+                return stuck(
+                    runner,
+                    cx,
+                    started,
+                    &step,
+                    "this build of bangerd does not know the step, so it cannot undo it",
+                )
+                .await;
+            }
+        }
+    }
+    match runner.undo_steps(cx, started, steps, reason).await? {
+        UndoOutcome::RolledBack => Ok(Outcome::RolledBack),
+        UndoOutcome::Stuck { step, error } => Ok(Outcome::Stuck { step, error }),
+    }
+}
+
+/// Ends an operation as stuck at `step` without trying anything.
+async fn stuck(
+    runner: &Runner,
+    cx: &OpCx<'_>,
+    started: Seq,
+    step: &str,
+    error: &str,
+) -> Result<Outcome, OpError> {
+    tracing::error!(op_id = %cx.op_id, step, error, "recovery cannot finish the operation; marking it stuck");
+    runner
+        .record(
+            cx,
+            Some(started),
+            vec![
+                Event::UndoFailed(UndoFailed {
+                    step: step.to_owned(),
+                    error: error.to_owned(),
+                }),
+                Event::OperationStuck(OperationStuck {
+                    step: step.to_owned(),
+                    error: error.to_owned(),
+                }),
+            ],
+        )
+        .await?;
+    Ok(Outcome::Stuck {
+        step: step.to_owned(),
+        error: error.to_owned(),
+    })
+}
+
+/// True when this build can recover operations of `kind` (used in reports and tests).
+pub fn can_recover(kind: OpKind) -> bool {
+    matches!(
+        kind,
+        OpKind::KernelImport | OpKind::KernelRemove | OpKind::ImageRegister | OpKind::ImageDelete
+    )
+}

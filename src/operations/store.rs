@@ -1,0 +1,448 @@
+//! Filesystem primitives of banger's kernel and image stores: staging directories, copies that
+//! clone when the filesystem can, checksums, atomic publication and its undo.
+//!
+//! Every directory an operation creates carries a marker file (`.banger-op`) holding the op
+//! id that made it. Undo removes a published directory only when the marker names the same
+//! operation, so rolling back can never delete something another operation (or a person) put
+//! under the same name. Undo also refuses any path outside the store directory it belongs to,
+//! whatever the log says: the log is trusted to say what was made, not to aim deletions.
+//!
+//! Everything here is blocking; callers run it on the blocking pool.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use banger_events::{Handle, OpId};
+use sha2::{Digest, Sha256};
+
+use super::StepError;
+
+/// Name of the marker file that records which operation made a directory.
+pub const MARKER: &str = ".banger-op";
+
+/// How [`clone_or_copy`] copied a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyMethod {
+    /// A copy-on-write clone (`FICLONE`): instant, shares blocks until written.
+    Reflink,
+    /// Data ranges copied, holes kept as holes.
+    Sparse,
+}
+
+/// Creates `dir` afresh (removing a leftover from an earlier attempt of the same operation)
+/// with the marker of `op_id`.
+pub fn create_marked_dir(dir: &Path, op_id: OpId) -> Result<(), StepError> {
+    remove_dir_if_present(dir)?;
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent)
+            .map_err(|e| StepError::io(format!("cannot create {}", parent.display()), e))?;
+    }
+    fs::create_dir(dir)
+        .map_err(|e| StepError::io(format!("cannot create {}", dir.display()), e))?;
+    fs::write(dir.join(MARKER), format!("{op_id}\n"))
+        .map_err(|e| StepError::io(format!("cannot write the marker in {}", dir.display()), e))
+}
+
+/// The op id recorded in `dir`'s marker; `None` when there is no readable marker.
+pub fn marker_of(dir: &Path) -> Option<OpId> {
+    fs::read_to_string(dir.join(MARKER))
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+}
+
+/// Copies `src` to `dst` (created or truncated, mode 0644): a reflink clone when the
+/// filesystem supports it, else a copy of the data ranges that keeps holes, so a mostly empty
+/// 4 GiB ext4 image costs its used blocks, not 4 GiB. The result is synced to disk.
+pub fn clone_or_copy(src: &Path, dst: &Path) -> Result<CopyMethod, StepError> {
+    let input =
+        File::open(src).map_err(|e| StepError::io(format!("cannot open {}", src.display()), e))?;
+    let output = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(dst)
+        .map_err(|e| StepError::io(format!("cannot create {}", dst.display()), e))?;
+    // SAFETY: FICLONE takes the source descriptor as its argument and touches no memory of
+    // ours; both descriptors stay open for the duration of the call.
+    let cloned = unsafe { libc::ioctl(output.as_raw_fd(), libc::FICLONE, input.as_raw_fd()) } == 0;
+    let method = if cloned {
+        CopyMethod::Reflink
+    } else {
+        sparse_copy(&input, &output).map_err(|e| {
+            StepError::io(
+                format!("cannot copy {} to {}", src.display(), dst.display()),
+                e,
+            )
+        })?;
+        CopyMethod::Sparse
+    };
+    output
+        .sync_all()
+        .map_err(|e| StepError::io(format!("cannot sync {}", dst.display()), e))?;
+    Ok(method)
+}
+
+/// Copies the data ranges of `input` into the (empty) `output`, leaving holes where the input
+/// has them. Falls back to a plain copy where the filesystem cannot say where data is.
+fn sparse_copy(input: &File, output: &File) -> io::Result<()> {
+    use nix::errno::Errno;
+    use nix::unistd::{Whence, lseek};
+
+    let len = input.metadata()?.len();
+    // Setting the length first makes every range not written below a hole.
+    output.set_len(len)?;
+    let end = i64::try_from(len).map_err(|_| io::Error::other("file too large"))?;
+    let mut position: i64 = 0;
+    while position < end {
+        let data = match lseek(input, position, Whence::SeekData) {
+            Ok(offset) => offset,
+            // No data after `position`: the rest is a hole.
+            Err(Errno::ENXIO) => break,
+            // The filesystem cannot report holes: treat everything as data.
+            Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) => position,
+            Err(errno) => return Err(errno.into()),
+        };
+        let hole = match lseek(input, data, Whence::SeekHole) {
+            Ok(offset) => offset.min(end),
+            Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) => end,
+            Err(errno) => return Err(errno.into()),
+        };
+        copy_range(input, output, data, hole)?;
+        position = hole.max(data + 1);
+    }
+    Ok(())
+}
+
+/// Copies bytes `from..to` of `input` to the same offsets of `output`.
+fn copy_range(input: &File, output: &File, from: i64, to: i64) -> io::Result<()> {
+    use nix::errno::Errno;
+    use std::os::unix::fs::FileExt;
+
+    let mut offset_in = from;
+    let mut offset_out = from;
+    while offset_in < to {
+        let want = usize::try_from(to - offset_in)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
+        match nix::fcntl::copy_file_range(
+            input,
+            Some(&mut offset_in),
+            output,
+            Some(&mut offset_out),
+            want,
+        ) {
+            // The input shrank under us: what is left is gone; stop rather than spin.
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            // copy_file_range refuses some pairs of filesystems: copy through a buffer.
+            Err(Errno::EXDEV | Errno::ENOSYS | Errno::EINVAL | Errno::EOPNOTSUPP) => break,
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+    let mut buffer = vec![0u8; 1 << 20];
+    while offset_in < to {
+        let want = usize::try_from(to - offset_in)
+            .unwrap_or(usize::MAX)
+            .min(buffer.len());
+        let offset = u64::try_from(offset_in).map_err(|_| io::Error::other("negative offset"))?;
+        let read = input.read_at(&mut buffer[..want], offset)?;
+        if read == 0 {
+            return Ok(());
+        }
+        output.write_all_at(&buffer[..read], offset)?;
+        offset_in += read as i64;
+    }
+    Ok(())
+}
+
+/// The sha256 (hex) and length of a file.
+pub fn sha256_file(path: &Path) -> Result<(String, u64), StepError> {
+    let (sha, len, _) = sha256_and_find(path, b"")?;
+    Ok((sha, len))
+}
+
+/// The sha256 (hex) and length of a file, and the bytes that follow the first occurrence of
+/// `needle` (up to the next NUL or newline, at most 200 bytes), found in the same single
+/// pass. Used to read the `Linux version …` banner out of a vmlinux while hashing it.
+pub fn sha256_and_find(
+    path: &Path,
+    needle: &[u8],
+) -> Result<(String, u64, Option<String>), StepError> {
+    let what = || format!("cannot read {}", path.display());
+    let mut file = File::open(path).map_err(|e| StepError::io(what(), e))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    // The tail of the previous chunk, so a needle that straddles two chunks is still found.
+    let mut window: Vec<u8> = Vec::new();
+    let mut found: Option<String> = None;
+    loop {
+        let read = file
+            .read(&mut buffer)
+            .map_err(|e| StepError::io(what(), e))?;
+        if read == 0 {
+            break;
+        }
+        let chunk = &buffer[..read];
+        hasher.update(chunk);
+        len += read as u64;
+        if found.is_none() && !needle.is_empty() {
+            window.extend_from_slice(chunk);
+            if let Some(at) = find(&window, needle) {
+                let rest = &window[at + needle.len()..];
+                if rest.len() >= 200 || read < buffer.len() {
+                    found = Some(banner_text(rest));
+                }
+            }
+            if found.is_none() {
+                // Keep enough to complete a needle and its text across the boundary.
+                let keep = needle.len() + 200;
+                if window.len() > keep {
+                    window.drain(..window.len() - keep);
+                }
+            } else {
+                window = Vec::new();
+            }
+        }
+    }
+    if found.is_none()
+        && !needle.is_empty()
+        && let Some(at) = find(&window, needle)
+    {
+        found = Some(banner_text(&window[at + needle.len()..]));
+    }
+    let sha = hasher
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    Ok((sha, len, found))
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+fn banner_text(rest: &[u8]) -> String {
+    let end = rest
+        .iter()
+        .take(200)
+        .position(|b| *b == 0 || *b == b'\n')
+        .unwrap_or(rest.len().min(200));
+    String::from_utf8_lossy(&rest[..end]).into_owned()
+}
+
+/// Publishes `staging` as `published` with one rename, idempotently: when `published`
+/// already carries `op_id`'s marker (an earlier attempt got this far) it is done.
+pub fn publish(staging: &Path, published: &Path, op_id: OpId) -> Result<(), StepError> {
+    if marker_of(published) == Some(op_id) {
+        return Ok(());
+    }
+    match fs::rename(staging, published) {
+        Ok(()) => {}
+        Err(error)
+            if matches!(
+                error.raw_os_error(),
+                Some(libc::ENOTEMPTY) | Some(libc::EEXIST)
+            ) =>
+        {
+            return Err(StepError::Other(format!(
+                "{} already exists on disk but banger has no record of it; move it away or pick another name",
+                published.display()
+            )));
+        }
+        Err(error) => {
+            return Err(StepError::io(
+                format!(
+                    "cannot rename {} to {}",
+                    staging.display(),
+                    published.display()
+                ),
+                error,
+            ));
+        }
+    }
+    sync_parent(published)
+}
+
+/// Moves `published` aside to `aside` (the first half of a removal), idempotently: when it is
+/// already aside, or gone altogether, there is nothing to do.
+pub fn move_aside(published: &Path, aside: &Path) -> Result<(), StepError> {
+    match fs::rename(published, aside) {
+        Ok(()) => sync_parent(aside),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(StepError::io(
+            format!("cannot move {} to {}", published.display(), aside.display()),
+            error,
+        )),
+    }
+}
+
+/// Undoes [`move_aside`]: puts `aside` back at `published` when it is still aside and
+/// nothing took its place.
+pub fn move_back(aside: &Path, published: &Path) -> Result<(), StepError> {
+    if !aside.exists() || published.exists() {
+        return Ok(());
+    }
+    fs::rename(aside, published).map_err(|e| {
+        StepError::io(
+            format!(
+                "cannot move {} back to {}",
+                aside.display(),
+                published.display()
+            ),
+            e,
+        )
+    })?;
+    sync_parent(published)
+}
+
+/// Removes a directory tree; a missing one is fine.
+pub fn remove_dir_if_present(dir: &Path) -> Result<(), StepError> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(StepError::io(
+            format!("cannot remove {}", dir.display()),
+            error,
+        )),
+    }
+}
+
+/// Removes `dir` when its marker says `op_id` made it; leaves anything else alone.
+pub fn remove_if_made_by(dir: &Path, op_id: OpId) -> Result<(), StepError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    if marker_of(dir) != Some(op_id) {
+        tracing::warn!(dir = %dir.display(), %op_id, "not removing a directory this operation did not make");
+        return Ok(());
+    }
+    remove_dir_if_present(dir)
+}
+
+/// The directories among `handles` that lie directly in `store`. Anything else in a handle
+/// list is refused with an error: an undo only ever acts inside its own store.
+pub fn dirs_in_store(handles: &[Handle], store: &Path) -> Result<Vec<PathBuf>, StepError> {
+    let mut dirs = Vec::new();
+    for handle in handles {
+        match handle {
+            Handle::Directory { path } => {
+                let path = PathBuf::from(path);
+                let inside = path.parent() == Some(store)
+                    && path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n != "." && n != "..");
+                if !inside {
+                    return Err(StepError::Other(format!(
+                        "refusing to undo {}: it is not a directory of {}",
+                        path.display(),
+                        store.display()
+                    )));
+                }
+                dirs.push(path);
+            }
+            other => {
+                return Err(StepError::Other(format!(
+                    "unexpected handle {other} for a store step"
+                )));
+            }
+        }
+    }
+    Ok(dirs)
+}
+
+/// Syncs the directory holding `path`, so that a rename into it survives a power cut.
+fn sync_parent(path: &Path) -> Result<(), StepError> {
+    let Some(parent) = path.parent() else {
+        return Ok(());
+    };
+    File::open(parent)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| StepError::io(format!("cannot sync {}", parent.display()), e))
+}
+
+/// A handle for a directory path.
+pub fn dir_handle(path: &Path) -> Handle {
+    Handle::Directory {
+        path: path.display().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, SeekFrom, Write};
+
+    #[test]
+    fn sparse_copy_keeps_content_and_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let mut file = File::create(&src).unwrap();
+        file.write_all(b"head").unwrap();
+        file.seek(SeekFrom::Start(64 << 20)).unwrap();
+        file.write_all(b"tail").unwrap();
+        drop(file);
+        let dst = dir.path().join("dst");
+        clone_or_copy(&src, &dst).unwrap();
+        let copied = fs::read(&dst).unwrap();
+        assert_eq!(copied, fs::read(&src).unwrap());
+        use std::os::unix::fs::MetadataExt;
+        let blocks = fs::metadata(&dst).unwrap().blocks();
+        assert!(
+            blocks * 512 < 8 << 20,
+            "the hole was filled: {blocks} blocks"
+        );
+    }
+
+    #[test]
+    fn hash_and_banner_in_one_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmlinux");
+        let mut bytes = vec![0u8; (1 << 20) - 5];
+        bytes.extend_from_slice(b"Linux version 6.1.0-test (me@host) #1\0more");
+        fs::write(&path, &bytes).unwrap();
+        let (sha, len, banner) = sha256_and_find(&path, b"Linux version ").unwrap();
+        assert_eq!(len, bytes.len() as u64);
+        assert_eq!(sha.len(), 64);
+        assert_eq!(banner.as_deref(), Some("6.1.0-test (me@host) #1"));
+        let (empty_sha, _) = sha256_file(&dir.path().join("vmlinux")).unwrap();
+        assert_eq!(empty_sha, sha);
+    }
+
+    #[test]
+    fn publish_is_idempotent_and_undo_respects_markers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (staging, published) = (dir.path().join(".staging-1"), dir.path().join("k"));
+        create_marked_dir(&staging, OpId(1)).unwrap();
+        publish(&staging, &published, OpId(1)).unwrap();
+        publish(&staging, &published, OpId(1)).unwrap();
+        assert_eq!(marker_of(&published), Some(OpId(1)));
+        remove_if_made_by(&published, OpId(2)).unwrap();
+        assert!(
+            published.exists(),
+            "another operation's directory is left alone"
+        );
+        remove_if_made_by(&published, OpId(1)).unwrap();
+        assert!(!published.exists());
+        remove_if_made_by(&published, OpId(1)).unwrap();
+    }
+
+    #[test]
+    fn undo_refuses_paths_outside_the_store() {
+        let store = Path::new("/state/kernels");
+        let ok = dirs_in_store(&[dir_handle(&store.join(".staging-1"))], store).unwrap();
+        assert_eq!(ok, vec![store.join(".staging-1")]);
+        for bad in ["/", "/state", "/state/kernels/../x", "/elsewhere/kernels/x"] {
+            let handle = Handle::Directory { path: bad.into() };
+            assert!(dirs_in_store(&[handle], store).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The RPC between the CLI and bangerd: wire protocol and client.
+
+pub mod client;
+pub mod protocol;
+
+pub use client::{Client, ClientError, Stream, StreamEvent};
+pub use protocol::{ErrorCode, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Request, Response, RpcError};

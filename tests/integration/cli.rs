@@ -1,0 +1,1025 @@
+//! The `banger` CLI, driven as users and agents drive it: the real binary, with
+//! `BANGER_ROOT` pointing at a fresh temporary directory per test, talking to a real `bangerd`
+//! that the CLI itself starts (autostart). Nothing is mocked.
+//!
+//! Every test owns its directory and its daemon, so tests run in parallel. Waiting is done by
+//! polling with a deadline, never by sleeping a guessed time. A [`Sandbox`] kills the daemon
+//! it started (by the pid in `state/bangerd.pid`) when it is dropped, panics included, so no
+//! bangerd outlives the tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use banger::api::{Envelope, ImageView, KernelView, OperationView, VmView};
+use serde_json::Value;
+
+const BANGER: &str = env!("CARGO_BIN_EXE_banger");
+/// Generous: the machines that run CI have two cores shared by several test processes.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A state directory of its own, and the daemon the CLI starts in it.
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        Sandbox {
+            dir: tempfile::Builder::new()
+                .prefix("banger-cli-")
+                .tempdir()
+                .expect("temporary directory"),
+        }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BANGER);
+        command
+            .args(args)
+            .current_dir(self.root())
+            .env("BANGER_ROOT", self.root())
+            .env_remove("BANGER_NO_AUTOSTART")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs banger to completion.
+    fn run(&self, args: &[&str]) -> Run {
+        let output = self
+            .command(args)
+            .output()
+            .unwrap_or_else(|error| panic!("cannot run banger {args:?}: {error}"));
+        Run {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            output,
+        }
+    }
+
+    /// Runs banger and insists that it succeeds.
+    fn ok(&self, args: &[&str]) -> String {
+        let run = self.run(args);
+        assert!(run.output.status.success(), "{run}");
+        run.stdout()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let stdout = self.ok(args);
+        serde_json::from_str(&stdout).unwrap_or_else(|error| {
+            panic!("banger {args:?} printed invalid JSON ({error}):\n{stdout}")
+        })
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.root().join("state/bangerd.pid")
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.root().join("state/events.redb")
+    }
+
+    /// The pid of the bangerd serving this sandbox, if it ever started.
+    fn daemon_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// A kernel directory with a (fake) vmlinux and an initrd, relative to the sandbox root.
+    fn kernel_dir(&self, name: &str) -> String {
+        let dir = self.root().join(name);
+        std::fs::create_dir_all(&dir).expect("kernel dir");
+        std::fs::write(dir.join("vmlinux"), b"\x7fELF fake kernel").expect("vmlinux");
+        std::fs::write(dir.join("initrd.img"), b"fake initrd").expect("initrd");
+        name.to_owned()
+    }
+
+    /// A (fake) rootfs file, relative to the sandbox root.
+    fn rootfs(&self, name: &str) -> String {
+        std::fs::write(self.root().join(name), vec![0u8; 64 * 1024]).expect("rootfs");
+        name.to_owned()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let Some(pid) = self.daemon_pid() else { return };
+        // The pid file outlives its daemon; make sure the pid is still a bangerd before
+        // signalling it, so that a reused pid is left alone.
+        if !is_bangerd(pid) {
+            return;
+        }
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while is_bangerd(pid.as_raw()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if is_bangerd(pid.as_raw()) {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// True while `pid` is a live (not zombie) bangerd process.
+fn is_bangerd(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Field 2 is "(comm)", field 3 the state; a zombie has exited already.
+    let Some((comm, rest)) = stat.split_once(") ") else {
+        return false;
+    };
+    comm.ends_with("(bangerd") && !rest.starts_with('Z')
+}
+
+/// One finished invocation, printable in assertion messages.
+struct Run {
+    args: Vec<String>,
+    output: Output,
+}
+
+impl Run {
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    fn code(&self) -> Option<i32> {
+        self.output.status.code()
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "banger {:?} exited with {}\n--- stdout\n{}--- stderr\n{}",
+            self.args,
+            self.output.status,
+            self.stdout(),
+            self.stderr()
+        )
+    }
+}
+
+/// Reads a child's stdout lines on a thread, so that the test can wait for them with a
+/// deadline.
+fn line_reader(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+/// Waits for the first line that satisfies `wanted`, failing the test at the deadline.
+fn wait_for_line(
+    lines: &mpsc::Receiver<String>,
+    what: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if wanted(&line) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!(
+                "no line with {what} within {DEADLINE:?}; saw:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}
+
+/// Waits for a child to exit, failing the test at the deadline.
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("child did not exit within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn envelopes(text: &str) -> Vec<Envelope> {
+    text.lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|error| panic!("not an envelope ({error}): {line}"))
+        })
+        .collect()
+}
+
+// ---- help and the command tree ------------------------------------------------------------------
+
+#[test]
+fn every_group_landing_page_shows_runnable_examples() {
+    let sandbox = Sandbox::new();
+    let pages: &[(&[&str], &[&str])] = &[
+        (
+            &["--help"],
+            &[
+                "banger vm run",
+                "banger events --follow",
+                "banger ops",
+                "not implemented yet",
+            ],
+        ),
+        (
+            &["vm", "--help"],
+            &[
+                "banger vm run",
+                "banger vm list",
+                "banger vm exec dev -- uname -a",
+                "Start a stopped VM",
+                "Stop a running VM gracefully",
+                "Stop then start a VM",
+                "Force-kill a VM (use when 'vm stop' hangs)",
+                "Stop a VM and remove its disks (irreversible)",
+            ],
+        ),
+        (
+            &["image", "--help"],
+            &["banger image list", "banger image register", "--rootfs"],
+        ),
+        (
+            &["kernel", "--help"],
+            &["banger kernel list", "banger kernel import", "--from"],
+        ),
+        (
+            &["events", "--help"],
+            &[
+                "banger events --follow",
+                "banger events --since",
+                "banger events replay --log",
+            ],
+        ),
+        (
+            &["events", "replay", "--help"],
+            &["banger events replay --log", "--until"],
+        ),
+        (
+            &["ops", "--help"],
+            &["banger ops --all", "banger events --op"],
+        ),
+        (
+            &["system", "--help"],
+            &["sudo banger system install", "banger system status"],
+        ),
+        (&["doctor", "--help"], &["banger doctor --json"]),
+        (&["update", "--help"], &["banger update --check"]),
+        (&["ssh-config", "--help"], &["banger ssh-config --print"]),
+        (&["version", "--help"], &["--json"]),
+    ];
+    for (args, wanted) in pages {
+        let stdout = sandbox.ok(args);
+        for text in *wanted {
+            assert!(
+                stdout.contains(text),
+                "banger {args:?} does not mention {text:?}:\n{stdout}"
+            );
+        }
+    }
+    assert!(
+        sandbox.daemon_pid().is_none(),
+        "help must not start bangerd"
+    );
+}
+
+#[test]
+fn unimplemented_verbs_say_so_and_exit_2_without_starting_bangerd() {
+    let sandbox = Sandbox::new();
+    let verbs: &[(&[&str], &str)] = &[
+        (&["vm", "run"], "vm run"),
+        (&["vm", "run", "--", "make", "test"], "vm run"),
+        (&["vm", "create", "dev", "--memory", "4G"], "vm create"),
+        (&["vm", "start", "dev"], "vm start"),
+        (&["vm", "stop", "dev"], "vm stop"),
+        (&["vm", "restart", "dev"], "vm restart"),
+        (&["vm", "kill", "dev"], "vm kill"),
+        (&["vm", "delete", "dev"], "vm delete"),
+        (&["vm", "set", "dev", "--cpus", "4"], "vm set"),
+        (&["vm", "logs", "dev", "-f"], "vm logs"),
+        (&["vm", "ssh", "dev"], "vm ssh"),
+        (&["vm", "exec", "dev", "--", "true"], "vm exec"),
+        (&["vm", "stats", "dev"], "vm stats"),
+        (&["vm", "ports", "dev", "--json"], "vm ports"),
+        (&["vm", "health", "dev"], "vm health"),
+        (&["vm", "ping", "dev"], "vm ping"),
+        (&["vm", "workspace", "import", "dev"], "vm workspace import"),
+        (&["vm", "workspace", "export", "dev"], "vm workspace export"),
+        (&["vm", "workspace", "status", "dev"], "vm workspace status"),
+        (&["image", "pull", "debian-bookworm"], "image pull"),
+        (
+            &["image", "promote", "dev", "--name", "golden"],
+            "image promote",
+        ),
+        (
+            &["image", "cache", "prune", "--dry-run"],
+            "image cache prune",
+        ),
+        (&["kernel", "pull", "debian-6.1"], "kernel pull"),
+        (
+            &["kernel", "list", "--available"],
+            "kernel list --available",
+        ),
+        (&["system", "install"], "system install"),
+        (&["system", "status"], "system status"),
+        (&["system", "restart"], "system restart"),
+        (&["system", "uninstall"], "system uninstall"),
+        (&["doctor"], "doctor"),
+        (&["update"], "update"),
+        (&["ssh-config"], "ssh-config"),
+    ];
+    for (args, verb) in verbs {
+        let run = sandbox.run(args);
+        assert_eq!(run.code(), Some(2), "{run}");
+        let prefix = format!("banger {verb}: not implemented yet (arrives with ");
+        assert!(
+            run.stderr().starts_with(&prefix),
+            "expected {prefix:?}\n{run}"
+        );
+        assert_eq!(run.stderr().lines().count(), 1, "one line only\n{run}");
+        assert!(run.stdout().is_empty(), "{run}");
+    }
+    assert!(
+        sandbox.daemon_pid().is_none(),
+        "a verb that does nothing must not start bangerd"
+    );
+}
+
+#[test]
+fn bad_names_sizes_paths_and_ids_get_clear_errors() {
+    let sandbox = Sandbox::new();
+    let cases: &[(&[&str], i32, &[&str])] = &[
+        (
+            &["vm", "show", "Bad_Name"],
+            2,
+            &["invalid VM name", "DNS label"],
+        ),
+        (&["vm", "show", "-dev"], 2, &["unexpected argument"]),
+        (
+            &["vm", "create", "dev", "--memory", "4Q"],
+            2,
+            &["unknown unit \"Q\"", "GiB"],
+        ),
+        (
+            &["vm", "create", "dev", "--memory=-1G"],
+            2,
+            &["is negative"],
+        ),
+        (
+            &["vm", "set", "dev", "--disk", "lots"],
+            2,
+            &["not a number"],
+        ),
+        (
+            &["vm", "create", "dev", "--disk", "99999999999T"],
+            2,
+            &["too large"],
+        ),
+        (&["events", "--vm", "UPPER"], 2, &["invalid VM name"]),
+        (
+            &["events", "--op", "not-hex"],
+            2,
+            &["is not an operation id"],
+        ),
+        (
+            &["kernel", "import", "k1", "--from", "no-such-dir"],
+            2,
+            &["does not exist"],
+        ),
+        (
+            &["image", "register", "i1", "--rootfs", "no-such-file"],
+            2,
+            &["does not exist"],
+        ),
+        (
+            &["events", "replay", "--log", "no-such.redb"],
+            2,
+            &["no event log file"],
+        ),
+        (&["no-such-group"], 2, &["unrecognized subcommand"]),
+    ];
+    for (args, code, wanted) in cases {
+        let run = sandbox.run(args);
+        assert_eq!(run.code(), Some(*code), "{run}");
+        let stderr = run.stderr();
+        assert!(stderr.starts_with("banger: error: "), "{run}");
+        for text in *wanted {
+            assert!(stderr.contains(text), "expected {text:?}\n{run}");
+        }
+    }
+    assert!(
+        sandbox.daemon_pid().is_none(),
+        "rejected input must not start bangerd"
+    );
+}
+
+// ---- reaching the daemon --------------------------------------------------------------------
+
+#[test]
+fn without_autostart_the_cli_says_how_to_start_bangerd() {
+    let sandbox = Sandbox::new();
+    let run = {
+        let mut command = sandbox.command(&["vm", "list"]);
+        command.env("BANGER_NO_AUTOSTART", "1");
+        let output = command.output().expect("run banger");
+        Run {
+            args: vec!["vm".into(), "list".into()],
+            output,
+        }
+    };
+    assert_eq!(run.code(), Some(1), "{run}");
+    let stderr = run.stderr();
+    assert!(
+        stderr.starts_with("banger: error: bangerd is not running"),
+        "{run}"
+    );
+    let root = sandbox.root().display().to_string();
+    assert!(
+        stderr.contains(&format!(
+            "run `BANGER_ROOT={root} bangerd` in another terminal"
+        )),
+        "{run}"
+    );
+    assert!(stderr.contains("banger system install"), "{run}");
+    assert!(sandbox.daemon_pid().is_none(), "{run}");
+
+    // `version` never starts the daemon either, and says it is not running.
+    let stdout = sandbox.ok(&["version"]);
+    assert!(
+        stdout.starts_with(&format!("banger {}", env!("CARGO_PKG_VERSION"))),
+        "{stdout}"
+    );
+    assert!(stdout.contains("bangerd: not running"), "{stdout}");
+    assert!(sandbox.daemon_pid().is_none());
+}
+
+#[test]
+fn the_first_command_starts_bangerd_and_later_ones_reuse_it() {
+    let sandbox = Sandbox::new();
+    assert_eq!(sandbox.ok(&["vm", "list"]).trim(), "no VMs");
+    let pid = sandbox.daemon_pid().expect("bangerd wrote its pid file");
+    assert!(is_bangerd(pid), "pid {pid} is not a running bangerd");
+
+    let versions = sandbox.json(&["version", "--json"]);
+    assert_eq!(versions["banger"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(versions["bangerd"]["pid"], pid, "{versions}");
+    let text = sandbox.ok(&["version"]);
+    assert!(text.contains(&format!("pid {pid}")), "{text}");
+
+    // Another command talks to the same daemon rather than starting a second one.
+    assert_eq!(
+        sandbox.json(&["vm", "list", "--json"]),
+        serde_json::json!([])
+    );
+    assert_eq!(sandbox.daemon_pid(), Some(pid));
+    assert!(
+        sandbox.root().join("state/bangerd.out").exists(),
+        "bangerd's output file"
+    );
+}
+
+// ---- images, kernels, events, ops, replay -----------------------------------------------------
+
+#[test]
+fn kernels_and_images_round_trip_through_tables_json_events_and_replay() {
+    let sandbox = Sandbox::new();
+    // Relative paths: the CLI makes them absolute before bangerd sees them.
+    let kernel_dir = sandbox.kernel_dir("kernel-build");
+    let imported = sandbox.ok(&["kernel", "import", "k1", "--from", &kernel_dir]);
+    assert!(imported.starts_with("imported kernel k1"), "{imported}");
+    let rootfs = sandbox.rootfs("rootfs.ext4");
+    let registered = sandbox.ok(&[
+        "image", "register", "img1", "--rootfs", &rootfs, "--kernel", "k1",
+    ]);
+    assert!(
+        registered.starts_with("registered image img1 (64 KiB, kernel k1)"),
+        "{registered}"
+    );
+
+    // Tables for people.
+    let table = sandbox.ok(&["image", "list"]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "SIZE", "KERNEL", "SOURCE", "AGE"],
+        "{table}"
+    );
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(&row[..4], ["img1", "64", "KiB", "k1"], "{table}");
+    let table = sandbox.ok(&["kernel", "list"]);
+    assert!(table.starts_with("NAME") && table.contains("k1"), "{table}");
+    let details = sandbox.ok(&["kernel", "show", "k1"]);
+    assert!(
+        details.contains("initrd:") && details.contains("initrd.img"),
+        "{details}"
+    );
+    let details = sandbox.ok(&["image", "show", "img1"]);
+    assert!(
+        details.contains("kernel:") && details.contains("sha256:"),
+        "{details}"
+    );
+
+    // JSON for machines, in the projection types themselves.
+    let images: Vec<ImageView> =
+        serde_json::from_value(sandbox.json(&["image", "list", "--json"])).expect("images");
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].name, "img1");
+    assert_eq!(images[0].kernel.as_deref(), Some("k1"));
+    assert_eq!(images[0].size_bytes, 64 * 1024);
+    let source = sandbox.root().join("rootfs.ext4");
+    assert_eq!(
+        images[0].source,
+        format!("register:{}", source.display()),
+        "the path was made absolute"
+    );
+    let image: ImageView =
+        serde_json::from_value(sandbox.json(&["image", "show", "img1", "--json"])).expect("image");
+    assert_eq!(image, images[0]);
+    let kernels: Vec<KernelView> =
+        serde_json::from_value(sandbox.json(&["kernel", "list", "--json"])).expect("kernels");
+    assert_eq!(
+        kernels.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(),
+        ["k1"]
+    );
+    assert!(kernels[0].initrd_path.is_some());
+    let kernel: KernelView =
+        serde_json::from_value(sandbox.json(&["kernel", "show", "k1", "--json"])).expect("kernel");
+    assert_eq!(kernel, kernels[0]);
+
+    // A missing name is an RPC error with its stable code.
+    let run = sandbox.run(&["image", "show", "nope"]);
+    assert_eq!(run.code(), Some(1), "{run}");
+    assert!(
+        run.stderr()
+            .starts_with("banger: error: no image named nope"),
+        "{run}"
+    );
+    assert!(run.stderr().trim_end().ends_with("[not_found]"), "{run}");
+    let run = sandbox.run(&["vm", "show", "ghost"]);
+    assert_eq!(run.code(), Some(1), "{run}");
+    assert!(run.stderr().contains("[not_found]"), "{run}");
+
+    // The log, in order and gapless, through the daemon.
+    let events = envelopes(&sandbox.ok(&["events", "--json"]));
+    for (index, envelope) in events.iter().enumerate() {
+        assert_eq!(envelope.seq.0, index as u64 + 1, "gapless from 1");
+    }
+    let names: Vec<&str> = events.iter().map(|e| e.event.name()).collect();
+    let kernel_at = names
+        .iter()
+        .position(|n| *n == "kernel_registered")
+        .expect("kernel_registered");
+    let image_at = names
+        .iter()
+        .position(|n| *n == "image_registered")
+        .expect("image_registered");
+    assert!(kernel_at < image_at, "{names:?}");
+    let kernel_seq = events[kernel_at].seq.0;
+    let import_op = events[kernel_at]
+        .op_id
+        .expect("kernel_registered belongs to an operation");
+
+    // Human lines carry seq, time, short op id, event name and a summary.
+    let text = sandbox.ok(&["events"]);
+    let line = text
+        .lines()
+        .find(|line| line.contains("kernel_registered"))
+        .unwrap_or_else(|| panic!("no kernel_registered line:\n{text}"));
+    let short = import_op.to_string()[..8].to_owned();
+    assert!(
+        line.trim_start().starts_with(&kernel_seq.to_string()),
+        "{line}"
+    );
+    assert!(
+        line.contains(&short) && line.contains("kernel k1"),
+        "{line}"
+    );
+
+    // --since and --op filter on the daemon's side; an id prefix is resolved.
+    let since = envelopes(&sandbox.ok(&["events", "--json", "--since", &kernel_seq.to_string()]));
+    assert_eq!(since.first().map(|e| e.seq.0), Some(kernel_seq + 1));
+    let of_op = envelopes(&sandbox.ok(&["events", "--json", "--op", &short]));
+    assert!(!of_op.is_empty());
+    assert!(
+        of_op.iter().all(|e| e.op_id == Some(import_op)),
+        "only that operation's events"
+    );
+
+    // ops: nothing in flight now; --all shows both finished operations.
+    assert_eq!(sandbox.ok(&["ops"]).trim(), "no operations in flight");
+    let ops: Vec<OperationView> =
+        serde_json::from_value(sandbox.json(&["ops", "--all", "--json"])).expect("ops");
+    let kinds: Vec<String> = ops.iter().map(|op| op.kind.to_string()).collect();
+    assert!(
+        kinds.contains(&"kernel.import".to_owned()) && kinds.contains(&"image.register".to_owned()),
+        "{kinds:?}"
+    );
+    let table = sandbox.ok(&["ops", "--all"]);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["OP", "KIND", "TARGET", "STATUS", "STEP", "AGE"],
+        "{table}"
+    );
+    assert!(
+        table.contains(&short) && table.contains("succeeded"),
+        "{table}"
+    );
+
+    // The live log is the daemon's: replay says so and how to get around it.
+    let live = sandbox.log_file().display().to_string();
+    let run = sandbox.run(&["events", "replay", "--log", &live]);
+    assert_eq!(run.code(), Some(1), "{run}");
+    assert!(
+        run.stderr().contains("open in a running bangerd") && run.stderr().contains("cp "),
+        "{run}"
+    );
+
+    // Offline replay of a copy shows what the daemon shows.
+    let copy = sandbox.root().join("copy.redb");
+    std::fs::copy(sandbox.log_file(), &copy).expect("copy the log");
+    let copy = copy.display().to_string();
+    let replay = sandbox.json(&["events", "replay", "--log", &copy, "--json"]);
+    let replayed_images: Vec<&str> = replay["images"]
+        .as_object()
+        .expect("images")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let replayed_kernels: Vec<&str> = replay["kernels"]
+        .as_object()
+        .expect("kernels")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        replayed_images,
+        images.iter().map(|i| i.name.as_str()).collect::<Vec<_>>()
+    );
+    assert_eq!(replayed_kernels, ["k1"]);
+    let replayed_image: ImageView =
+        serde_json::from_value(replay["images"]["img1"].clone()).expect("image view");
+    assert_eq!(
+        replayed_image, images[0],
+        "the fold offline equals the fold in bangerd"
+    );
+    let tables = sandbox.ok(&["events", "replay", "--log", &copy]);
+    for section in ["VMs:", "Images:", "Kernels:", "Handles:", "Operations:"] {
+        assert!(tables.contains(section), "{section}\n{tables}");
+    }
+    assert!(tables.contains("img1") && tables.contains("k1"), "{tables}");
+    // Deterministic: the same file prints the same bytes.
+    assert_eq!(tables, sandbox.ok(&["events", "replay", "--log", &copy]));
+
+    // --until an earlier point: the kernel exists, the image does not yet.
+    let until = kernel_seq.to_string();
+    let earlier = sandbox.json(&[
+        "events", "replay", "--log", &copy, "--until", &until, "--json",
+    ]);
+    assert_eq!(earlier["last_seq"], kernel_seq);
+    assert!(
+        earlier["images"].as_object().expect("images").is_empty(),
+        "{earlier}"
+    );
+    assert!(
+        earlier["kernels"]
+            .as_object()
+            .expect("kernels")
+            .contains_key("k1"),
+        "{earlier}"
+    );
+    let earlier_tables = sandbox.ok(&["events", "replay", "--log", &copy, "--until", &until]);
+    assert!(!earlier_tables.contains("img1"), "{earlier_tables}");
+
+    // Removal, through the same verbs.
+    assert_eq!(
+        sandbox.ok(&["image", "delete", "img1"]).trim(),
+        "deleted image img1"
+    );
+    assert_eq!(
+        sandbox.ok(&["kernel", "rm", "k1"]).trim(),
+        "removed kernel k1"
+    );
+    assert_eq!(
+        sandbox.json(&["image", "list", "--json"]),
+        serde_json::json!([])
+    );
+    assert_eq!(
+        sandbox.json(&["kernel", "list", "--json"]),
+        serde_json::json!([])
+    );
+    let vms: Vec<VmView> =
+        serde_json::from_value(sandbox.json(&["vm", "list", "--json"])).expect("vms");
+    assert!(vms.is_empty());
+}
+
+#[test]
+fn events_follow_sees_what_another_invocation_does_and_ends_cleanly_on_ctrl_c() {
+    let sandbox = Sandbox::new();
+    // Start the daemon first so that the follower and the writer share it.
+    sandbox.ok(&["ops"]);
+    let mut follower = sandbox
+        .command(&["events", "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the follower");
+    let lines = line_reader(&mut follower);
+
+    let kernel_dir = sandbox.kernel_dir("kernel-build");
+    sandbox.ok(&["kernel", "import", "followed", "--from", &kernel_dir]);
+    let line = wait_for_line(&lines, "kernel_registered for `followed`", |line| {
+        serde_json::from_str::<Envelope>(line).is_ok_and(|envelope| {
+            matches!(&envelope.event, banger_events::Event::KernelRegistered(e) if e.name == "followed")
+        })
+    });
+    assert!(line.contains("\"seq\""), "{line}");
+
+    // Ctrl-C ends the stream with success.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(follower.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT the follower");
+    let status = wait_exit(&mut follower);
+    assert!(status.success(), "follower exited with {status}");
+}
+
+/// A log with a VM's whole story, written without a daemon (VM operations arrive later), so
+/// that replay's VM, handle and operation views are exercised at every point of it.
+#[test]
+fn replay_shows_vms_handles_and_stuck_operations_at_any_point() {
+    use std::sync::Arc;
+
+    use banger_events::{
+        Event, Handle, HandleAcquired, Journal, JournalOptions, NewEvent, NoFold, OpId, OpKind,
+        OperationStarted, OperationStuck, Owner, RedbLog, StepStarted, StepSucceeded, Target,
+        UndoFailed, UndoStarted, VmDefined, VmId, VmSpec, VmState, VmStateChanged,
+    };
+
+    let sandbox = Sandbox::new();
+    let path = sandbox.root().join("story.redb");
+    let vm_id = VmId(0xabcd);
+    let create = OpId(0x1111_2222_3333_4444);
+    let stop = OpId(0x5555_6666_7777_8888);
+    let target = Target::Vm {
+        vm_id,
+        name: "dev".into(),
+    };
+    let tap = Handle::Tap {
+        name: "bgr-dev0".into(),
+    };
+    let process = Handle::Process {
+        pid: 4242,
+        start_time_ticks: 99,
+    };
+    let story = vec![
+        NewEvent::in_op(
+            create,
+            Event::OperationStarted(OperationStarted {
+                kind: OpKind::VmCreate,
+                target: target.clone(),
+                parameters: "{\"name\":\"dev\"}".into(),
+            }),
+        ),
+        NewEvent::in_op(
+            create,
+            Event::VmDefined(VmDefined {
+                vm_id,
+                name: "dev".into(),
+                spec: VmSpec {
+                    image: "debian".into(),
+                    kernel: "k1".into(),
+                    vcpus: 2,
+                    memory_mib: 2048,
+                    root_disk_mib: 4096,
+                    work_disk_mib: 8192,
+                },
+            }),
+        ),
+        NewEvent::in_op(
+            create,
+            Event::HandleAcquired(HandleAcquired {
+                owner: Owner::Vm(vm_id),
+                handle: tap.clone(),
+            }),
+        ),
+        NewEvent::in_op(
+            create,
+            Event::StepStarted(StepStarted {
+                step: "boot".into(),
+                intent: vec![],
+            }),
+        ),
+        NewEvent::in_op(
+            create,
+            Event::StepSucceeded(StepSucceeded {
+                step: "boot".into(),
+                produced: vec![process.clone()],
+            }),
+        ),
+        NewEvent::in_op(
+            create,
+            Event::VmStateChanged(VmStateChanged {
+                vm_id,
+                from: VmState::Creating,
+                to: VmState::Running,
+            }),
+        ),
+        NewEvent::in_op(
+            create,
+            Event::OperationSucceeded(banger_events::OperationSucceeded {}),
+        ),
+        NewEvent::in_op(
+            stop,
+            Event::OperationStarted(OperationStarted {
+                kind: OpKind::VmStop,
+                target,
+                parameters: "{}".into(),
+            }),
+        ),
+        NewEvent::in_op(
+            stop,
+            Event::StepStarted(StepStarted {
+                step: "release-tap".into(),
+                intent: vec![tap],
+            }),
+        ),
+        NewEvent::in_op(
+            stop,
+            Event::UndoStarted(UndoStarted {
+                step: "release-tap".into(),
+            }),
+        ),
+        NewEvent::in_op(
+            stop,
+            Event::UndoFailed(UndoFailed {
+                step: "release-tap".into(),
+                error: "device busy".into(),
+            }),
+        ),
+        NewEvent::in_op(
+            stop,
+            Event::OperationStuck(OperationStuck {
+                step: "release-tap".into(),
+                error: "device busy".into(),
+            }),
+        ),
+    ];
+    {
+        let log = RedbLog::open(&path).expect("create the log");
+        let options = JournalOptions {
+            clock: Arc::new(|| 1_777_404_777_000),
+            id_seed: Some(7),
+            ..JournalOptions::default()
+        };
+        let journal = Journal::<NoFold>::open(Arc::new(log), options).expect("journal");
+        journal.append_blocking(story).expect("append the story");
+        journal.close();
+    }
+    let log = path.display().to_string();
+
+    let all = sandbox.ok(&["events", "replay", "--log", &log]);
+    assert!(
+        all.starts_with(&format!("replayed events 1..=12 of 12 from {log}\n")),
+        "{all}"
+    );
+    let vm_row = all
+        .lines()
+        .find(|line| line.starts_with("dev "))
+        .unwrap_or_else(|| panic!("no VM row:\n{all}"));
+    let cells: Vec<&str> = vm_row.split_whitespace().collect();
+    assert_eq!(
+        cells,
+        [
+            "dev", "running", "debian", "k1", "2", "2", "GiB", "8", "GiB", "4242", "2"
+        ],
+        "{all}"
+    );
+    assert!(
+        all.contains("tap bgr-dev0") && all.contains("vm dev"),
+        "handles name their VM:\n{all}"
+    );
+    let stuck = all
+        .lines()
+        .find(|line| line.starts_with("55556666"))
+        .unwrap_or_else(|| panic!("no stop operation row:\n{all}"));
+    assert!(
+        stuck.contains("vm.stop")
+            && stuck.contains("stuck")
+            && stuck.contains("release-tap (undo_failed)"),
+        "{stuck}"
+    );
+    // Byte for byte the same on a second run: the fold is pure and no clock is shown.
+    assert_eq!(all, sandbox.ok(&["events", "replay", "--log", &log]));
+
+    // Just after VmDefined: the VM exists, still creating, with no process yet.
+    let early = sandbox.json(&["events", "replay", "--log", &log, "--until", "2", "--json"]);
+    assert_eq!(early["last_seq"], 2);
+    assert_eq!(early["log_last_seq"], 12);
+    let vm: VmView =
+        serde_json::from_value(early["vms"][vm_id.to_string()].clone()).expect("vm view");
+    assert_eq!(
+        (vm.name.as_str(), vm.state, vm.process),
+        ("dev", VmState::Creating, None)
+    );
+    let ops: std::collections::BTreeMap<String, OperationView> =
+        serde_json::from_value(early["operations"].clone()).expect("operations");
+    assert_eq!(ops.len(), 1, "the stop has not started yet");
+    // A point past the end is the end.
+    let past = sandbox.json(&[
+        "events", "replay", "--log", &log, "--until", "999", "--json",
+    ]);
+    assert_eq!(past["last_seq"], 12);
+}
+
+#[test]
+fn a_follower_whose_daemon_stops_says_where_to_resume() {
+    let sandbox = Sandbox::new();
+    let kernel_dir = sandbox.kernel_dir("kernel-build");
+    sandbox.ok(&["kernel", "import", "k1", "--from", &kernel_dir]);
+    let mut follower = sandbox
+        .command(&["events", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the follower");
+    let lines = line_reader(&mut follower);
+    let last = wait_for_line(&lines, "operation_succeeded", |line| {
+        line.contains("operation_succeeded")
+    });
+    let last_seq = last
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+
+    let pid = sandbox.daemon_pid().expect("daemon pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM bangerd");
+    let status = wait_exit(&mut follower);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut follower.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    // Whether the daemon ends the stream with an `unavailable` error or just closes the socket,
+    // the CLI names the last event it printed, so that following again loses nothing.
+    assert!(stderr.starts_with("banger: error: "), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("continue with `banger events --since "),
+        "{stderr}"
+    );
+    let resume: u64 = stderr
+        .split("banger events --since ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .and_then(|seq| seq.parse().ok())
+        .unwrap_or_else(|| panic!("no resume point in {stderr}"));
+    assert!(resume >= last_seq.parse::<u64>().expect("seq"), "{stderr}");
+}

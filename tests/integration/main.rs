@@ -1,0 +1,6 @@
+//! The banger crate's one integration-test binary: drives the real `bangerd` and `banger`
+//! binaries over real sockets in temporary state directories.
+
+mod cli;
+mod daemon;
+mod support;

@@ -1,0 +1,427 @@
+//! Shared test support: real `bangerd` processes in throwaway state directories, clients for
+//! them, and small fixtures (kernel directories, rootfs files).
+//!
+//! Every test gets its own temporary `BANGER_ROOT` ([`TestRoot`]), so tests run in parallel
+//! without sharing a socket, a log or a port. Nothing here sleeps to synchronise: waiting for
+//! a daemon polls for its socket to answer, with a deadline, and fails with the daemon's own
+//! output when it does not.
+//!
+//! Typical use:
+//! ```ignore
+//! let daemon = Bangerd::start();
+//! let mut client = daemon.client().await;
+//! let ping: PingResult = client.call("daemon.ping", &json!({})).await.unwrap();
+//! ```
+//!
+//! For tests that let the CLI start bangerd itself: [`TestRoot::new`], run `banger` with
+//! [`TestRoot::envs`], and dropping the root kills whatever bangerd its pid file names.
+
+#![allow(dead_code)] // Each test file uses its own subset.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use banger::api::{EventsEnd, EventsParams};
+use banger::paths::Layout;
+use banger::rpc::{Client, ClientError, Response, RpcError, StreamEvent};
+use banger_events::Envelope;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+/// How long a daemon may take to answer after it was started (a loaded 2-core CI machine
+/// building other tests is slow; a healthy start takes tens of milliseconds).
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Path of the bangerd binary cargo built for these tests.
+pub fn bangerd_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_bangerd")
+}
+
+/// A temporary `BANGER_ROOT`. Dropping it kills any bangerd that still holds its state
+/// directory (one the CLI started, say) and removes the directory.
+pub struct TestRoot {
+    dir: tempfile::TempDir,
+}
+
+impl TestRoot {
+    pub fn new() -> TestRoot {
+        // Short paths: a unix socket path must fit in 107 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("banger-test-")
+            .tempdir_in("/tmp")
+            .expect("create a temporary BANGER_ROOT");
+        TestRoot { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn layout(&self) -> Layout {
+        Layout::rooted(self.path())
+    }
+
+    /// The environment a `banger` or `bangerd` process needs to use this root.
+    pub fn envs(&self) -> Vec<(&'static str, OsString)> {
+        vec![("BANGER_ROOT", self.path().as_os_str().to_owned())]
+    }
+
+    /// The pid in the state directory's pid file, if any.
+    pub fn recorded_pid(&self) -> Option<u32> {
+        fs::read_to_string(self.layout().daemon_lock_path())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// A scratch directory for test inputs, outside the state directory.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        let dir = self.path().join("scratch").join(name);
+        fs::create_dir_all(&dir).expect("create a scratch directory");
+        dir
+    }
+}
+
+impl Default for TestRoot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestRoot {
+    fn drop(&mut self) {
+        // Only a process that is still a bangerd: the pid may have been reused since.
+        if let Some(pid) = self.recorded_pid() {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("bangerd") {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// A bangerd process this test started, on its own [`TestRoot`]. Dropping it kills the
+/// process.
+pub struct Bangerd {
+    root: TestRoot,
+    child: Option<Child>,
+    starts: usize,
+    env: Vec<(String, String)>,
+}
+
+impl Bangerd {
+    /// Starts bangerd on a fresh root and waits until it answers.
+    pub fn start() -> Bangerd {
+        Self::start_with(&[])
+    }
+
+    /// Starts bangerd on a fresh root with extra environment (`BANGER_FAILPOINT`, …).
+    pub fn start_with(env: &[(&str, &str)]) -> Bangerd {
+        Self::start_on_with(TestRoot::new(), env)
+    }
+
+    /// Starts bangerd on a root the test prepared (a damaged log, say).
+    pub fn start_on(root: TestRoot) -> Bangerd {
+        Self::start_on_with(root, &[])
+    }
+
+    pub fn start_on_with(root: TestRoot, env: &[(&str, &str)]) -> Bangerd {
+        let mut daemon = Bangerd {
+            root,
+            child: None,
+            starts: 0,
+            env: Vec::new(),
+        };
+        daemon.restart_with(env);
+        daemon
+    }
+
+    /// Starts bangerd again on the same root (the previous process must be gone: see
+    /// [`Bangerd::kill`], [`Bangerd::wait`]), with no extra environment.
+    pub fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    /// Starts bangerd again on the same root with extra environment.
+    pub fn restart_with(&mut self, env: &[(&str, &str)]) {
+        assert!(
+            self.child.is_none(),
+            "restart while the previous bangerd still runs"
+        );
+        self.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let child = self.spawn();
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Spawns a bangerd on this root without waiting for it; its stderr goes to
+    /// [`Bangerd::output_path`] of this start.
+    pub fn spawn(&mut self) -> Child {
+        self.starts += 1;
+        let log = fs::File::create(self.output_path()).expect("create bangerd's output file");
+        let mut command = Command::new(bangerd_bin());
+        command
+            .env("BANGER_ROOT", self.root.path())
+            .env("BANGER_LOG", "debug")
+            .env_remove("BANGER_FAILPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        command.spawn().expect("start bangerd")
+    }
+
+    /// Where the current (latest) start's stderr goes.
+    pub fn output_path(&self) -> PathBuf {
+        self.root
+            .path()
+            .join(format!("bangerd-{}.stderr", self.starts))
+    }
+
+    /// What the latest start wrote to stderr.
+    pub fn output(&self) -> String {
+        fs::read_to_string(self.output_path()).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let socket = self.layout().socket_path();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                panic!(
+                    "bangerd exited ({status}) before answering; its output:\n{}",
+                    self.output()
+                );
+            }
+            // A stale socket from a killed daemon refuses connections until the new one
+            // replaces it, so a successful connect means this daemon is listening.
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "bangerd did not answer on {} within {:?}; its output:\n{}",
+                    socket.display(),
+                    START_TIMEOUT,
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn root(&self) -> &TestRoot {
+        &self.root
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.root.layout()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.layout().socket_path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("bangerd is not running").id()
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.socket())
+            .await
+            .expect("connect to bangerd")
+    }
+
+    /// A connection speaking raw lines, for malformed and oversized requests.
+    pub async fn raw(&self) -> RawConn {
+        RawConn::connect(&self.socket()).await
+    }
+
+    /// SIGKILLs the daemon and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends `signal` to the daemon, then waits for it to exit.
+    pub fn signal_and_wait(&mut self, signal: Signal) -> ExitStatus {
+        let pid = Pid::from_raw(self.pid() as i32);
+        kill(pid, signal).expect("signal bangerd");
+        self.wait()
+    }
+
+    /// Waits for the daemon to exit on its own (after `daemon.shutdown`, or a failpoint).
+    pub fn wait(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("bangerd is not running");
+        child.wait().expect("wait for bangerd")
+    }
+}
+
+impl Drop for Bangerd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A connection that writes and reads raw protocol lines.
+pub struct RawConn {
+    reader: BufReader<OwnedReadHalf>,
+    pub writer: OwnedWriteHalf,
+}
+
+impl RawConn {
+    pub async fn connect(socket: &Path) -> RawConn {
+        Self::try_connect(socket).await.expect("connect to bangerd")
+    }
+
+    /// Connects, or `Err` when nothing answers (the daemon is gone).
+    pub async fn try_connect(socket: &Path) -> Result<RawConn, ()> {
+        let stream = UnixStream::connect(socket).await.map_err(drop)?;
+        let (read, writer) = stream.into_split();
+        Ok(RawConn {
+            reader: BufReader::new(read),
+            writer,
+        })
+    }
+
+    /// Writes `bytes` as they are (add the newline yourself).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer
+            .write_all(bytes)
+            .await
+            .expect("write to bangerd");
+    }
+
+    /// Writes one well-formed request line.
+    pub async fn send(&mut self, id: u64, method: &str, params: Value) {
+        self.try_send(id, method, params)
+            .await
+            .expect("write to bangerd");
+    }
+
+    /// Writes one well-formed request line; `Err` when the daemon is gone.
+    pub async fn try_send(&mut self, id: u64, method: &str, params: Value) -> std::io::Result<()> {
+        let line = serde_json::json!({"v": 1, "id": id, "method": method, "params": params});
+        let mut bytes = serde_json::to_vec(&line).expect("encode");
+        bytes.push(b'\n');
+        self.writer.write_all(&bytes).await
+    }
+
+    /// Reads one response line; `None` at end of stream.
+    pub async fn recv(&mut self) -> Option<Response> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line).await {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(serde_json::from_str(&line).unwrap_or_else(|e| {
+                panic!("bangerd sent a line that is not a response ({e}): {line}")
+            })),
+        }
+    }
+
+    /// One request, one response (with its op id, which [`Client::call`] does not show).
+    pub async fn call(&mut self, id: u64, method: &str, params: Value) -> Response {
+        self.send(id, method, params).await;
+        self.recv().await.expect("bangerd closed the connection")
+    }
+}
+
+/// The error of a failed call, or a panic naming what came back instead.
+pub fn rpc_error<T: std::fmt::Debug>(result: Result<T, ClientError>) -> RpcError {
+    match result {
+        Err(ClientError::Rpc(error)) => error,
+        other => panic!("expected an RPC error, got {other:?}"),
+    }
+}
+
+/// Reads a finite `events.follow` stream (follow = false) to its end.
+pub async fn events(socket: &Path, params: EventsParams) -> (Vec<Envelope>, EventsEnd) {
+    assert!(!params.follow, "events() reads a finite stream");
+    let client = Client::connect(socket).await.expect("connect");
+    let mut stream = client
+        .stream("events.follow", &params)
+        .await
+        .expect("start events.follow");
+    let mut items = Vec::new();
+    loop {
+        match stream.next::<Envelope>().await.expect("read the stream") {
+            StreamEvent::Item(envelope) => items.push(envelope),
+            StreamEvent::End(end) => {
+                let end: EventsEnd = serde_json::from_value(end).expect("EventsEnd");
+                return (items, end);
+            }
+        }
+    }
+}
+
+/// Every event in the log, through the daemon.
+pub async fn all_events(socket: &Path) -> Vec<Envelope> {
+    events(socket, EventsParams::default()).await.0
+}
+
+/// Writes a kernel source directory: `vmlinux` (a fake ELF with a Linux version banner), and
+/// an `initrd.img` when asked. Returns the directory.
+pub fn kernel_source(dir: &Path, version: &str, initrd: bool) -> PathBuf {
+    fs::create_dir_all(dir).expect("create the kernel source");
+    let mut vmlinux = b"\x7fELF".to_vec();
+    vmlinux.extend_from_slice(&[0u8; 4096]);
+    vmlinux.extend_from_slice(format!("Linux version {version} (test@banger) #1 SMP\0").as_bytes());
+    vmlinux.extend_from_slice(&[0u8; 1024]);
+    fs::write(dir.join("vmlinux"), vmlinux).expect("write vmlinux");
+    if initrd {
+        fs::write(dir.join("initrd.img"), b"initrd for tests").expect("write initrd");
+    }
+    dir.to_path_buf()
+}
+
+/// Writes a sparse rootfs file of `size` bytes with some data at both ends.
+pub fn rootfs_file(path: &Path, size: u64) -> PathBuf {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = fs::File::create(path).expect("create the rootfs");
+    file.write_all(b"rootfs head").expect("write");
+    file.seek(SeekFrom::Start(size - 11)).expect("seek");
+    file.write_all(b"rootfs tail").expect("write");
+    path.to_path_buf()
+}
+
+/// The names in a directory (empty when it does not exist), sorted.
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_hex(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = fs::read(path).expect("read for sha256");
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
