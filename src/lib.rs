@@ -2,7 +2,10 @@
 
 pub mod api;
 pub mod cli;
+pub mod config;
 pub mod daemon;
+pub mod host;
 pub mod operations;
 pub mod paths;
 pub mod rpc;
+pub mod size;

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use super::size::Size;
 use crate::api::VmName;
+use crate::size::Size;
 
 const ROOT_ABOUT: &str = "Disposable Firecracker microVMs for developers and coding agents";
 

@@ -16,12 +16,12 @@ use super::error::CliError;
 use super::format::now_unix_ms;
 use super::future;
 use super::output::{json, line, out};
-use super::size::format_bytes;
 use super::views::{When, image_details, image_table, kernel_details, kernel_table};
 use crate::api::{
     ImageListResult, ImageRegisterParams, ImageView, KernelImportParams, KernelListResult,
     KernelView, NameParams,
 };
+use crate::size::format_bytes;
 
 pub async fn image(command: ImageCommand) -> Result<(), CliError> {
     match command {

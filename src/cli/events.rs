@@ -15,10 +15,10 @@ use super::connect::connect;
 use super::error::CliError;
 use super::format::{format_timestamp, short_id};
 use super::output::{json_line, line};
-use super::size::format_bytes;
 use super::views::owner_text;
 use crate::api::{EventsParams, OperationsListParams, OperationsListResult};
 use crate::rpc::{Client, ClientError, ErrorCode, StreamEvent};
+use crate::size::format_bytes;
 
 pub async fn run(args: EventsFilterArgs) -> Result<(), CliError> {
     // Installed before anything else, so that Ctrl-C ends the command cleanly at any point,

@@ -10,7 +10,7 @@
 //! - [`connect`]: reaching bangerd, autostart.
 //! - `vm`, `catalog` (image, kernel), `events`, `ops`, `replay`, `version`: one module per
 //!   group of commands that work; `future`: the verbs that answer "not implemented yet".
-//! - [`views`], [`format`](mod@format), [`size`]: how views, times and sizes read.
+//! - [`views`], [`format`](mod@format), [`size`](crate::size): how views, times and sizes read.
 //! - [`error`]: errors, how they print, exit statuses.
 //!
 //! Invariants: nothing here touches the event log except `events replay` (and only a file it is
@@ -21,7 +21,7 @@ pub mod args;
 pub mod connect;
 pub mod error;
 pub mod format;
-pub mod size;
+
 pub mod views;
 
 mod catalog;

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use banger_events::{Handle, Owner, Seq, VmId};
 
 use super::format::{Table, format_age, format_timestamp, or_dash, short_id};
-use super::size::format_bytes;
 use crate::api::{ImageView, KernelView, OperationView, VmView};
+use crate::size::format_bytes;
 
 /// What the "when" column of a table shows.
 #[derive(Clone, Copy, Debug)]

@@ -3,4 +3,5 @@
 
 mod cli;
 mod daemon;
+mod firecracker;
 mod support;

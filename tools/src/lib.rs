@@ -1,5 +1,7 @@
 //! Developer tools for banger: the event-log benchmark (`bench-log`), the log dump
-//! (`log-dump`), and the synthetic workload they share.
+//! (`log-dump`), the synthetic workload they share, and the fake firecracker
+//! (`fake-firecracker`).
 
+pub mod fake_firecracker;
 pub mod stats;
 pub mod workload;

@@ -1,0 +1,337 @@
+//! bangerd's configuration: defaults for new VMs, timeouts, and where the VMM lives.
+//!
+//! Read from `config.toml` in the config directory (see [`crate::paths`]). A missing file means
+//! every default; an unknown key or a bad value is an error that names the file and the key,
+//! because a typo that silently falls back to a default is worse than a refusal.
+//!
+//! ```toml
+//! [vm]
+//! vcpus = 2
+//! memory = "1GiB"          # sizes: "512M", "4GiB", a bare number is MiB
+//! work_disk = "8GiB"
+//! idle_stop_after = "2h"   # durations: "30s", "5m", "2h", "1d", a bare number is seconds; "0" = never
+//!
+//! [timeouts]
+//! boot = "30s"             # InstanceStart until the guest agent answers
+//! stop = "15s"             # Ctrl-Alt-Del until the VMM is killed
+//!
+//! [firecracker]
+//! binary = "/usr/local/bin/firecracker"   # BANGER_FIRECRACKER overrides it
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::size::parse_size;
+
+const MIB: u64 = 1024 * 1024;
+
+/// The effective configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub vm: VmDefaults,
+    pub boot_timeout: Duration,
+    pub stop_timeout: Duration,
+    /// The firecracker binary; `BANGER_FIRECRACKER` wins over the file.
+    pub firecracker: PathBuf,
+}
+
+/// What a new VM gets when the request does not say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmDefaults {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub work_disk_mib: u64,
+    /// Running VMs idle for longer are stopped; `None` never stops them.
+    pub idle_stop_after: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            vm: VmDefaults {
+                vcpus: 2,
+                memory_mib: 1024,
+                work_disk_mib: 8 * 1024,
+                idle_stop_after: None,
+            },
+            boot_timeout: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(15),
+            firecracker: PathBuf::from("firecracker"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not valid: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The file's shape; every field optional, unknown keys refused.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    vm: VmSection,
+    #[serde(default)]
+    timeouts: TimeoutsSection,
+    #[serde(default)]
+    firecracker: FirecrackerSection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct VmSection {
+    vcpus: Option<u32>,
+    memory: Option<SizeText>,
+    work_disk: Option<SizeText>,
+    idle_stop_after: Option<DurationText>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TimeoutsSection {
+    boot: Option<DurationText>,
+    stop: Option<DurationText>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FirecrackerSection {
+    binary: Option<PathBuf>,
+}
+
+/// A size or duration may be written as a string ("4GiB") or a bare integer.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeText {
+    Number(u64),
+    Text(String),
+}
+
+type DurationText = SizeText;
+
+impl Config {
+    /// Reads `path` (absent: defaults), then applies `BANGER_FIRECRACKER`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => Some(text),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let mut config = match text {
+            Some(text) => Config::parse(&text).map_err(|message| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message,
+            })?,
+            None => Config::default(),
+        };
+        if let Some(binary) =
+            std::env::var_os("BANGER_FIRECRACKER").filter(|value| !value.is_empty())
+        {
+            config.firecracker = PathBuf::from(binary);
+        }
+        Ok(config)
+    }
+
+    /// Parses the text of a config file.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let file: File = toml::from_str(text).map_err(|error| error.to_string())?;
+        let mut config = Config::default();
+        if let Some(vcpus) = file.vm.vcpus {
+            if !(1..=32).contains(&vcpus) {
+                return Err(format!("vm.vcpus is {vcpus}; it must be between 1 and 32"));
+            }
+            config.vm.vcpus = vcpus;
+        }
+        if let Some(memory) = file.vm.memory {
+            config.vm.memory_mib = mib("vm.memory", memory, 128)?;
+        }
+        if let Some(work_disk) = file.vm.work_disk {
+            config.vm.work_disk_mib = mib("vm.work_disk", work_disk, 64)?;
+        }
+        if let Some(idle) = file.vm.idle_stop_after {
+            let idle = duration("vm.idle_stop_after", idle)?;
+            config.vm.idle_stop_after = (!idle.is_zero()).then_some(idle);
+        }
+        if let Some(boot) = file.timeouts.boot {
+            config.boot_timeout = nonzero("timeouts.boot", duration("timeouts.boot", boot)?)?;
+        }
+        if let Some(stop) = file.timeouts.stop {
+            config.stop_timeout = nonzero("timeouts.stop", duration("timeouts.stop", stop)?)?;
+        }
+        if let Some(binary) = file.firecracker.binary {
+            config.firecracker = binary;
+        }
+        Ok(config)
+    }
+}
+
+fn mib(key: &str, value: SizeText, minimum_mib: u64) -> Result<u64, String> {
+    let bytes = match value {
+        SizeText::Number(mib) => mib
+            .checked_mul(MIB)
+            .ok_or_else(|| format!("{key} is too large"))?,
+        SizeText::Text(text) => parse_size(&text).map_err(|error| format!("{key}: {error}"))?,
+    };
+    if bytes % MIB != 0 {
+        return Err(format!("{key} must be a whole number of MiB"));
+    }
+    let mib = bytes / MIB;
+    if mib < minimum_mib {
+        return Err(format!(
+            "{key} is {mib} MiB; it must be at least {minimum_mib} MiB"
+        ));
+    }
+    Ok(mib)
+}
+
+fn nonzero(key: &str, value: Duration) -> Result<Duration, String> {
+    if value.is_zero() {
+        return Err(format!("{key} must be longer than 0s"));
+    }
+    Ok(value)
+}
+
+fn duration(key: &str, value: DurationText) -> Result<Duration, String> {
+    match value {
+        SizeText::Number(seconds) => Ok(Duration::from_secs(seconds)),
+        SizeText::Text(text) => parse_duration(&text).map_err(|error| format!("{key}: {error}")),
+    }
+}
+
+/// Parses "90", "30s", "5m", "2h", "1d" (one unit; a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (expected e.g. 30s, 5m, 2h, 1d)"))?;
+    let seconds_per = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {text:?} (use s, m, h or d)"
+            ));
+        }
+    };
+    number
+        .checked_mul(seconds_per)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_means_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let config = Config::parse(
+            r#"
+            [vm]
+            vcpus = 4
+            memory = "2GiB"
+            work_disk = 4096
+            idle_stop_after = "2h"
+            [timeouts]
+            boot = "45s"
+            stop = 20
+            [firecracker]
+            binary = "/opt/fc/firecracker"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.vm.vcpus, 4);
+        assert_eq!(config.vm.memory_mib, 2048);
+        assert_eq!(config.vm.work_disk_mib, 4096);
+        assert_eq!(config.vm.idle_stop_after, Some(Duration::from_secs(7200)));
+        assert_eq!(config.boot_timeout, Duration::from_secs(45));
+        assert_eq!(config.stop_timeout, Duration::from_secs(20));
+        assert_eq!(config.firecracker, PathBuf::from("/opt/fc/firecracker"));
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_the_key_named() {
+        for (text, needle) in [
+            ("[vm]\nvcpu = 2", "unknown field"),
+            ("[vm]\nvcpus = 0", "vm.vcpus"),
+            ("[vm]\nvcpus = 64", "vm.vcpus"),
+            ("[vm]\nmemory = \"lots\"", "vm.memory"),
+            ("[vm]\nmemory = \"64M\"", "at least 128"),
+            ("[vm]\nidle_stop_after = \"5 weeks\"", "vm.idle_stop_after"),
+            ("[timeouts]\nboot = \"0s\"", "timeouts.boot"),
+            ("[vm\n", "expected"),
+        ] {
+            let error = Config::parse(text).unwrap_err();
+            assert!(error.contains(needle), "{text:?} gave {error:?}");
+        }
+    }
+
+    #[test]
+    fn zero_idle_time_means_never() {
+        assert_eq!(
+            Config::parse("[vm]\nidle_stop_after = 0")
+                .unwrap()
+                .vm
+                .idle_stop_after,
+            None
+        );
+    }
+
+    #[test]
+    fn durations_parse() {
+        for (text, seconds) in [
+            ("90", 90),
+            ("30s", 30),
+            ("5m", 300),
+            ("2h", 7200),
+            ("1d", 86_400),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(seconds)),
+                "{text}"
+            );
+        }
+        for bad in ["", "m", "5w", "-3s", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_missing_file_means_defaults_and_a_bad_one_names_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let defaults = Config::load(&path).unwrap();
+        assert_eq!(defaults.vm, Config::default().vm);
+        std::fs::write(&path, "[vm]\nvcpus = \"two\"").unwrap();
+        let error = Config::load(&path).unwrap_err().to_string();
+        assert!(error.contains("config.toml"), "{error}");
+    }
+}
