@@ -1,5 +1,6 @@
 //! bangerd and the banger CLI.
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -1,0 +1,526 @@
+//! The wire protocol between the host and `banger-agent`, shared by both sides.
+//!
+//! # Frames
+//!
+//! Everything on a connection is a frame: a big-endian length, one kind byte, and a payload.
+//!
+//! ```text
+//!  0                   4        5                               4 + len
+//!  +-------------------+--------+--------------------------------+
+//!  | len: u32 (BE)     | kind   | payload: len - 1 bytes         |
+//!  +-------------------+--------+--------------------------------+
+//!  len counts the kind byte and the payload: 1 <= len <= MAX_FRAME_LEN (1 MiB)
+//!
+//!  kind 0x01  message  payload is one JSON object, {"type": "...", ...}
+//!  kind 0x02  stdout   payload is raw bytes a command wrote to its stdout   (agent → host)
+//!  kind 0x03  stderr   payload is raw bytes a command wrote to its stderr   (agent → host)
+//!  kind 0x04  stdin    payload is raw bytes for the command's stdin         (host → agent)
+//! ```
+//!
+//! Control messages are JSON so they stay readable in a packet dump and easy to extend; command
+//! output and input travel as raw bytes so binary data is never mangled or inflated.
+//!
+//! A length is checked against [`MAX_FRAME_LEN`] *before* anything is allocated, so a hostile or
+//! confused peer cannot make either side reserve gigabytes. A length of zero (no kind byte) is
+//! malformed.
+//!
+//! # Conversation
+//!
+//! ```text
+//!  host                                   agent
+//!   | -- hello {protocol: 1, client} -----> |   first frame, always
+//!   | <-- hello {protocol: 1, agent_version} |   or error {code: version_mismatch}, then close
+//!   |                                        |
+//!   | -- health | ping {nonce} | sync -----> |   any number of requests, one at a time
+//!   | <-- health | pong {nonce} | synced --- |   (or error {code, message}; the connection lives on)
+//!   |                                        |
+//!   | -- exec {argv, env, cwd, stdin} -----> |
+//!   | <-- exec_started {pid} --------------- |   or error {code: spawn_failed | bad_request}
+//!   | -- stdin bytes … stdin_close --------> |   only when exec asked for stdin: "pipe"
+//!   | -- signal {signal} ------------------> |   optional, any time while it runs
+//!   | <-- stdout / stderr bytes … ---------- |   as the command writes them
+//!   | <-- exited {status} ------------------ |   after the command exited, both output pipes
+//!   |                                        |   reached end of file, and (with a stdin pipe)
+//!   |                                        |   stdin_close arrived
+//! ```
+//!
+//! Closing the connection while a command runs kills the command's whole process group.
+//!
+//! Errors the agent sends carry a stable [`ErrorCode`]. Malformed JSON, an unknown frame kind or
+//! an unknown request type are answered with an error and the connection stays usable, because
+//! the framing is intact. An oversized length or a missing hello ends the connection after the
+//! error, because nothing after it can be trusted to be a frame boundary.
+
+use std::fmt;
+use std::io;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Version of this protocol. Both sides refuse a peer that speaks another one.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The vsock port the agent listens on inside a guest.
+pub const AGENT_VSOCK_PORT: u32 = 10789;
+
+/// Largest value of a frame's length field (kind byte plus payload).
+pub const MAX_FRAME_LEN: usize = 1024 * 1024;
+
+/// Largest stdout, stderr or stdin payload either side sends. Well below [`MAX_FRAME_LEN`] so a
+/// chunk never has to be split, and small enough that output shows up promptly.
+pub const MAX_CHUNK_LEN: usize = 64 * 1024;
+
+/// The kind byte of a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    Message = 0x01,
+    Stdout = 0x02,
+    Stderr = 0x03,
+    Stdin = 0x04,
+}
+
+impl FrameKind {
+    pub fn from_byte(byte: u8) -> Option<FrameKind> {
+        match byte {
+            0x01 => Some(FrameKind::Message),
+            0x02 => Some(FrameKind::Stdout),
+            0x03 => Some(FrameKind::Stderr),
+            0x04 => Some(FrameKind::Stdin),
+            _ => None,
+        }
+    }
+}
+
+/// One frame as read off the wire. The kind stays a raw byte so that a reader can report an
+/// unknown kind and carry on with the next frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawFrame {
+    pub kind: u8,
+    pub payload: Vec<u8>,
+}
+
+impl RawFrame {
+    pub fn kind(&self) -> Option<FrameKind> {
+        FrameKind::from_byte(self.kind)
+    }
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection error: {0}")]
+    Io(#[from] io::Error),
+    #[error("the peer closed the connection in the middle of a frame")]
+    Truncated,
+    #[error("frame of {len} bytes is larger than the limit of {max} bytes")]
+    TooLarge { len: u64, max: usize },
+    #[error("empty frame (a frame needs at least its kind byte)")]
+    Empty,
+}
+
+/// Reads one frame. `Ok(None)` means the peer closed the connection cleanly between frames.
+///
+/// Not cancel-safe: dropping the future part-way loses the bytes already read. Callers that
+/// need to `select!` on incoming frames read them in a task of their own.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<RawFrame>, FrameError> {
+    let mut header = [0u8; 4];
+    // The first byte tells a clean close (EOF before any byte) from a truncated header.
+    let first = reader.read(&mut header[..1]).await?;
+    if first == 0 {
+        return Ok(None);
+    }
+    read_exact_or_truncated(reader, &mut header[1..]).await?;
+    let len = u32::from_be_bytes(header);
+    if len as u64 > MAX_FRAME_LEN as u64 {
+        return Err(FrameError::TooLarge {
+            len: len.into(),
+            max: MAX_FRAME_LEN,
+        });
+    }
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    let mut kind = [0u8; 1];
+    read_exact_or_truncated(reader, &mut kind).await?;
+    // Safe to allocate: `len` was bounded above.
+    let mut payload = vec![0u8; len as usize - 1];
+    read_exact_or_truncated(reader, &mut payload).await?;
+    Ok(Some(RawFrame {
+        kind: kind[0],
+        payload,
+    }))
+}
+
+async fn read_exact_or_truncated<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut [u8],
+) -> Result<(), FrameError> {
+    match reader.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(FrameError::Truncated),
+        Err(e) => Err(FrameError::Io(e)),
+    }
+}
+
+/// Writes one frame and flushes it. The header and payload go out in one buffer so a frame
+/// is never interleaved with another writer's bytes at the syscall level.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    kind: FrameKind,
+    payload: &[u8],
+) -> Result<(), FrameError> {
+    let len = payload.len() + 1;
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge {
+            len: len as u64,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    let mut buf = Vec::with_capacity(4 + len);
+    // `len <= MAX_FRAME_LEN` fits in a u32.
+    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    buf.push(kind as u8);
+    buf.extend_from_slice(payload);
+    writer.write_all(&buf).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+/// Serialises `message` as JSON and writes it as a message frame.
+pub async fn write_message<W: AsyncWrite + Unpin, M: Serialize>(
+    writer: &mut W,
+    message: &M,
+) -> Result<(), FrameError> {
+    let body = serde_json::to_vec(message)
+        .map_err(|e| FrameError::Io(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+    write_frame(writer, FrameKind::Message, &body).await
+}
+
+/// What the host sends. `stdin_close` and `signal` are only valid while a command runs;
+/// everything else only while none does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    Hello {
+        protocol: u32,
+        /// Who is calling, for the agent's log (e.g. "bangerd 0.1.0").
+        client: String,
+    },
+    Health,
+    Ping {
+        nonce: u64,
+    },
+    Exec(ExecRequest),
+    Sync,
+    /// No more stdin: the agent closes the command's stdin once what was sent is written.
+    StdinClose,
+    /// Sends a signal to the running command's process group.
+    Signal {
+        signal: i32,
+    },
+}
+
+impl ClientMessage {
+    /// Every `type` tag the agent understands, to tell an unknown request from a malformed one.
+    pub const TYPES: &'static [&'static str] = &[
+        "hello",
+        "health",
+        "ping",
+        "exec",
+        "sync",
+        "stdin_close",
+        "signal",
+    ];
+}
+
+/// What the agent sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMessage {
+    Hello {
+        protocol: u32,
+        agent_version: String,
+    },
+    Health(Health),
+    Pong {
+        nonce: u64,
+    },
+    ExecStarted {
+        pid: u32,
+    },
+    Exited {
+        status: ExitStatus,
+    },
+    Synced,
+    Error(AgentErrorBody),
+}
+
+/// Where a command's stdin comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StdinMode {
+    /// `/dev/null`: the command sees end of file at once.
+    #[default]
+    Null,
+    /// A pipe fed by stdin frames; the host must end it with `stdin_close`.
+    Pipe,
+}
+
+/// A command to run in the guest.
+///
+/// The environment is *not* the agent's: the command starts from a small clean base
+/// (`PATH`, `HOME`, `USER`, `LOGNAME` of the user the agent runs as) and `env` is added on top,
+/// overriding the base where names collide. That way a command behaves the same in a real guest
+/// (where the agent's environment is whatever init gave it) and under the fake firecracker
+/// (where the agent would otherwise leak the host's environment), and nothing of the agent's own
+/// configuration (`BANGER_AGENT_CID`, log settings) reaches the command.
+///
+/// `cwd` must be an absolute path to a directory; without it the command runs in `HOME`
+/// (or `/` when `HOME` is not a directory).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub stdin: StdinMode,
+}
+
+impl ExecRequest {
+    /// A request for `argv` with no extra environment, the default directory and no stdin.
+    pub fn new<I, A>(argv: I) -> ExecRequest
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<String>,
+    {
+        ExecRequest {
+            argv: argv.into_iter().map(Into::into).collect(),
+            ..ExecRequest::default()
+        }
+    }
+
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> ExecRequest {
+        self.env.insert(name.into(), value.into());
+        self
+    }
+
+    pub fn cwd(mut self, cwd: impl Into<String>) -> ExecRequest {
+        self.cwd = Some(cwd.into());
+        self
+    }
+
+    pub fn stdin(mut self, mode: StdinMode) -> ExecRequest {
+        self.stdin = mode;
+        self
+    }
+
+    /// Checks what the agent checks before spawning, so a caller can fail early with the same
+    /// message.
+    pub fn validate(&self) -> Result<(), String> {
+        let Some(program) = self.argv.first() else {
+            return Err("exec needs a program: argv is empty".into());
+        };
+        if program.is_empty() {
+            return Err("exec needs a program: argv[0] is empty".into());
+        }
+        if let Some(arg) = self.argv.iter().find(|a| a.contains('\0')) {
+            return Err(format!("argument {arg:?} contains a NUL byte"));
+        }
+        for (name, value) in &self.env {
+            if name.is_empty() || name.contains('=') || name.contains('\0') {
+                return Err(format!("invalid environment variable name {name:?}"));
+            }
+            if value.contains('\0') {
+                return Err(format!("environment variable {name} contains a NUL byte"));
+            }
+        }
+        if let Some(cwd) = &self.cwd
+            && (!cwd.starts_with('/') || cwd.contains('\0'))
+        {
+            return Err(format!(
+                "working directory {cwd:?} must be an absolute path"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How a command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+
+    /// The status a shell would report: the code, or 128 + the signal number.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(code) => code,
+            ExitStatus::Signal(signal) => 128 + signal,
+        }
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitStatus::Code(code) => write!(f, "exit code {code}"),
+            ExitStatus::Signal(signal) => match nix::sys::signal::Signal::try_from(signal) {
+                Ok(name) => write!(f, "killed by signal {signal} ({name})"),
+                Err(_) => write!(f, "killed by signal {signal}"),
+            },
+        }
+    }
+}
+
+/// The agent's answer to `health`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// The agent binary's version (its crate version).
+    pub agent_version: String,
+    pub protocol: u32,
+    pub hostname: String,
+    /// The vsock CID the agent was told it has (`BANGER_AGENT_CID`), if any.
+    pub cid: Option<u32>,
+    /// Time since the agent started.
+    pub agent_uptime_ms: u64,
+    /// Time since the (guest) kernel booted, from `/proc/uptime`.
+    pub system_uptime_ms: u64,
+    /// 1, 5 and 15 minute load averages from `/proc/loadavg`.
+    pub load: [f64; 3],
+    /// `MemTotal` and `MemAvailable` from `/proc/meminfo`.
+    pub mem_total_bytes: u64,
+    pub mem_available_bytes: u64,
+}
+
+/// An error the agent reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Stable error codes: callers match on these, so they never change meaning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The hello carried another protocol version. The connection is closed.
+    VersionMismatch,
+    /// A length over [`MAX_FRAME_LEN`]. The connection is closed.
+    FrameTooLarge,
+    /// An empty frame, an unknown frame kind or a message that is not JSON.
+    BadFrame,
+    /// A well-formed request of a known type with invalid content.
+    BadRequest,
+    /// A message `type` the agent does not know.
+    UnknownRequest,
+    /// A message that is not valid now (no hello first, stdin without a running command…).
+    Unexpected,
+    /// The command could not be started (missing program, bad working directory…).
+    SpawnFailed,
+    /// Something failed inside the agent.
+    Internal,
+    /// A code this side does not know (sent by a newer peer).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::VersionMismatch => "version_mismatch",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownRequest => "unknown_request",
+            ErrorCode::Unexpected => "unexpected",
+            ErrorCode::SpawnFailed => "spawn_failed",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frame_round_trip_and_limits() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, FrameKind::Stdout, &[0, 255, 10])
+            .await
+            .unwrap();
+        assert_eq!(buf, [0, 0, 0, 4, 2, 0, 255, 10]);
+        let mut reader = &buf[..];
+        let frame = read_frame(&mut reader).await.unwrap().unwrap();
+        assert_eq!(
+            frame,
+            RawFrame {
+                kind: 2,
+                payload: vec![0, 255, 10]
+            }
+        );
+        assert!(read_frame(&mut reader).await.unwrap().is_none());
+
+        let mut huge = &u32::MAX.to_be_bytes()[..];
+        assert!(matches!(
+            read_frame(&mut huge).await,
+            Err(FrameError::TooLarge { .. })
+        ));
+        let mut empty = &[0u8, 0, 0, 0][..];
+        assert!(matches!(
+            read_frame(&mut empty).await,
+            Err(FrameError::Empty)
+        ));
+        let mut cut = &[0u8, 0, 0, 9, 1, b'{'][..];
+        assert!(matches!(
+            read_frame(&mut cut).await,
+            Err(FrameError::Truncated)
+        ));
+        let mut cut_header = &[0u8, 0][..];
+        assert!(matches!(
+            read_frame(&mut cut_header).await,
+            Err(FrameError::Truncated)
+        ));
+    }
+
+    #[test]
+    fn messages_have_the_documented_shape() {
+        let exec = ClientMessage::Exec(ExecRequest::new(["true"]));
+        let json = serde_json::to_value(&exec).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"type": "exec", "argv": ["true"], "env": {}, "cwd": null, "stdin": "null"})
+        );
+        let exited = AgentMessage::Exited {
+            status: ExitStatus::Signal(9),
+        };
+        assert_eq!(
+            serde_json::to_string(&exited).unwrap(),
+            r#"{"type":"exited","status":{"signal":9}}"#
+        );
+        let unknown: AgentErrorBody =
+            serde_json::from_str(r#"{"code":"from_the_future","message":"x"}"#).unwrap();
+        assert_eq!(unknown.code, ErrorCode::Unknown);
+    }
+}

@@ -1,0 +1,1057 @@
+//! The guest side: what `banger-agent` does with each connection.
+//!
+//! [`Agent`] holds what every connection shares (start time, the clean base environment for
+//! commands, the process groups of running commands). [`Listener`] accepts connections on a
+//! unix socket (under the fake firecracker) or on AF_VSOCK (in a real guest); each connection is
+//! served by its own task, so one slow command never delays another connection.
+//!
+//! Inside a connection two tasks cooperate:
+//!
+//! ```text
+//!   socket ──read_frames task──▶ channel ──▶ Conn (requests, exec loop) ──▶ socket
+//!                 │                               ▲
+//!                 └──── `gone` token (EOF/error) ─┘  kills the running command's group
+//! ```
+//!
+//! Frames are read in a task of their own because reading a frame is not cancel-safe, and the
+//! exec loop has to `select!` between the client, the command's two output pipes and its exit.
+//! The `gone` token is separate from the channel so that a vanished client is noticed even
+//! while the exec loop has stopped taking frames (it does that when the command is not reading
+//! its stdin: back-pressure instead of unbounded buffering). In that state nobody reads the
+//! socket, so the reader task watches a duplicate of it for the peer's hangup (EPOLLRDHUP)
+//! while it waits for room in the channel.
+//!
+//! A command is over when it exited, both its output pipes reached end of file (a background
+//! process that keeps them open keeps the exec going, as with ssh), and, with a stdin pipe,
+//! the host sent `stdin_close`. Only then does `exited` go out, so no frame of this command
+//! can reach the next request.
+//!
+//! Invariants:
+//! - Every command runs in its own process group, and leaves none behind when its client goes:
+//!   a closed connection, a broken write or a protocol violation during exec kills the whole
+//!   group with SIGKILL and reaps the command before the connection task ends.
+//! - Bad input from the host is answered with an error frame and never panics the agent; only
+//!   an oversized frame, a missing hello, a version mismatch or a violation during exec ends
+//!   the connection, and no input ends the agent.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::Stdio;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::socket::{AddressFamily, Backlog, Shutdown, SockFlag, SockType, VsockAddr};
+use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, Interest, ReadBuf};
+use tokio::net::UnixListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::protocol::{
+    AgentErrorBody, AgentMessage, ClientMessage, ErrorCode, ExecRequest, ExitStatus, FrameError,
+    FrameKind, Health, MAX_CHUNK_LEN, PROTOCOL_VERSION, RawFrame, StdinMode, read_frame,
+    write_frame, write_message,
+};
+
+/// The agent's version, reported in the hello and in health.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// `PATH` of the clean environment commands start from.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where the agent listens: `unix:/path/to/socket` or `vsock:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddr {
+    Unix(PathBuf),
+    Vsock { port: u32 },
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ListenAddr, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a socket path, e.g. unix:/run/banger-agent.sock".into());
+            }
+            Ok(ListenAddr::Unix(PathBuf::from(path)))
+        } else if let Some(port) = s.strip_prefix("vsock:") {
+            let port = port
+                .parse()
+                .map_err(|_| format!("vsock port {port:?} is not a number from 0 to 4294967295"))?;
+            Ok(ListenAddr::Vsock { port })
+        } else {
+            Err(format!(
+                "listen address {s:?} must be unix:PATH or vsock:PORT"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            ListenAddr::Vsock { port } => write!(f, "vsock:{port}"),
+        }
+    }
+}
+
+/// A bound, listening socket.
+pub enum Listener {
+    Unix(UnixListener),
+    Vsock(VsockListener),
+}
+
+impl Listener {
+    /// Binds `addr`. A stale unix socket file (left by an agent that was killed) is replaced;
+    /// any other file at that path is an error, never deleted.
+    pub fn bind(addr: &ListenAddr) -> io::Result<Listener> {
+        match addr {
+            ListenAddr::Unix(path) => {
+                if let Ok(meta) = std::fs::symlink_metadata(path) {
+                    use std::os::unix::fs::FileTypeExt;
+                    if meta.file_type().is_socket() {
+                        std::fs::remove_file(path)?;
+                    }
+                }
+                let listener = UnixListener::bind(path)
+                    .map_err(|e| annotate(e, &format!("bind {}", path.display())))?;
+                Ok(Listener::Unix(listener))
+            }
+            ListenAddr::Vsock { port } => Ok(Listener::Vsock(VsockListener::bind(*port)?)),
+        }
+    }
+}
+
+/// Shared state of a running agent. Cheap to clone.
+#[derive(Clone)]
+pub struct Agent {
+    state: Arc<State>,
+}
+
+struct State {
+    started: Instant,
+    cid: Option<u32>,
+    /// The environment every command starts from (see [`ExecRequest`] for why it is clean).
+    base_env: Vec<(String, String)>,
+    home: PathBuf,
+    /// Process groups of the commands running now, so a shutting-down agent can kill them.
+    running: Mutex<HashSet<i32>>,
+    next_conn: AtomicU64,
+}
+
+impl Agent {
+    /// `cid` is the vsock CID the agent was told it has (the fake passes `BANGER_AGENT_CID`).
+    pub fn new(cid: Option<u32>) -> Agent {
+        let (user, home) = current_user();
+        let mut base_env = vec![
+            ("PATH".to_owned(), DEFAULT_PATH.to_owned()),
+            ("HOME".to_owned(), home.clone()),
+        ];
+        if let Some(user) = user {
+            base_env.push(("USER".to_owned(), user.clone()));
+            base_env.push(("LOGNAME".to_owned(), user));
+        }
+        Agent {
+            state: Arc::new(State {
+                started: Instant::now(),
+                cid,
+                base_env,
+                home: PathBuf::from(home),
+                running: Mutex::new(HashSet::new()),
+                next_conn: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Accepts connections forever, each served in its own task. Returns only when accepting
+    /// fails in a way that retrying cannot fix.
+    pub async fn serve(&self, listener: Listener) -> io::Result<()> {
+        loop {
+            let accepted = match &listener {
+                Listener::Unix(l) => l.accept().await.map(|(stream, _)| {
+                    let agent = self.clone();
+                    tokio::spawn(async move { agent.serve_connection(stream).await });
+                }),
+                Listener::Vsock(l) => l.accept().await.map(|stream| {
+                    let agent = self.clone();
+                    tokio::spawn(async move { agent.serve_connection(stream).await });
+                }),
+            };
+            if let Err(e) = accepted {
+                // Running out of descriptors or memory is transient: the connections that hold
+                // them end eventually. Anything else means the listener itself is broken.
+                match e.raw_os_error() {
+                    Some(
+                        libc::EMFILE
+                        | libc::ENFILE
+                        | libc::ENOBUFS
+                        | libc::ENOMEM
+                        | libc::ECONNABORTED,
+                    ) => {
+                        warn!("accept failed, retrying: {e}");
+                        tokio::task::yield_now().await;
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// Serves one connection until the client closes it or breaks the protocol.
+    pub async fn serve_connection<S>(&self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + AsFd + Send + 'static,
+    {
+        let id = self.state.next_conn.fetch_add(1, Ordering::Relaxed);
+        let hangup = HangupWatch::new(stream.as_fd());
+        let (reader, writer) = tokio::io::split(stream);
+        let (tx, frames) = mpsc::channel(4);
+        let gone = CancellationToken::new();
+        let reader_task = tokio::spawn(read_frames(reader, tx, gone.clone(), hangup));
+        let mut conn = Conn {
+            state: &self.state,
+            frames,
+            gone,
+            writer,
+        };
+        match conn.run().await {
+            Ok(()) => debug!(conn = id, "connection closed"),
+            Err(end) => info!(conn = id, "connection ended: {end}"),
+        }
+        // Close our direction now: the socket itself only closes once the reader task has
+        // dropped its half too, and the client should not wait for that.
+        let _ = conn.writer.shutdown().await;
+        reader_task.abort();
+    }
+
+    /// Kills the process group of every running command (used when the agent shuts down).
+    pub fn kill_running(&self) {
+        let running = self
+            .state
+            .running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for &pgid in running.iter() {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Reads frames off the socket into the channel until EOF or an error; then raises `gone`.
+async fn read_frames<R>(
+    reader: R,
+    tx: mpsc::Sender<Result<RawFrame, FrameError>>,
+    gone: CancellationToken,
+    hangup: HangupWatch,
+) where
+    R: AsyncRead + Unpin,
+{
+    let mut reader = BufReader::new(reader);
+    loop {
+        let item = match read_frame(&mut reader).await {
+            Ok(Some(frame)) => Ok(frame),
+            Ok(None) => break,
+            // An empty frame does not break the framing: the next bytes are the next header.
+            Err(FrameError::Empty) => Err(FrameError::Empty),
+            Err(e) => {
+                // Queue the error before raising `gone`, so the exec loop, which looks in the
+                // queue when it sees `gone`, can tell the client why. If the queue is full (the
+                // exec loop is not taking frames), raise `gone` first: the loop must learn that
+                // the client is done even so.
+                if let Err(mpsc::error::TrySendError::Full(item)) = tx.try_send(Err(e)) {
+                    gone.cancel();
+                    let _ = tx.send(item).await;
+                }
+                break;
+            }
+        };
+        let delivered = match tx.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            // The exec loop is not taking frames (its command is not reading stdin), so nobody
+            // reads the socket and its end of file would go unseen: watch for the hangup
+            // instead, or a command that neither reads nor writes would outlive its client.
+            Err(mpsc::error::TrySendError::Full(item)) => tokio::select! {
+                sent = tx.send(item) => sent.is_ok(),
+                () = hangup.wait() => false,
+            },
+        };
+        if !delivered {
+            break;
+        }
+    }
+    gone.cancel();
+}
+
+/// Notices that the peer closed the connection without reading from it: a duplicate of the
+/// socket registered with the reactor, woken when data arrives (ignored) or when the peer
+/// shuts down its side (EPOLLRDHUP, which unix and vsock sockets both report).
+struct HangupWatch {
+    fd: Option<AsyncFd<OwnedFd>>,
+}
+
+impl HangupWatch {
+    fn new(socket: BorrowedFd<'_>) -> HangupWatch {
+        let fd = socket
+            .try_clone_to_owned()
+            .and_then(|fd| register(fd, Interest::READABLE));
+        if let Err(e) = &fd {
+            warn!("cannot watch the connection for hangups: {e}");
+        }
+        HangupWatch { fd: fd.ok() }
+    }
+
+    async fn wait(&self) {
+        let Some(fd) = &self.fd else {
+            return std::future::pending().await;
+        };
+        loop {
+            match fd.readable().await {
+                Ok(guard) if guard.ready().is_read_closed() => return,
+                // Edge-triggered: this waits for the next arrival, it does not spin.
+                Ok(mut guard) => guard.clear_ready(),
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Why a connection ended early.
+#[derive(Debug)]
+enum End {
+    /// The client went away (EOF, reset, failed write).
+    Gone(String),
+    /// The agent refused to go on after telling the client why.
+    Refused(AgentErrorBody),
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            End::Gone(why) => write!(f, "client gone: {why}"),
+            End::Refused(body) => write!(f, "refused: {} [{}]", body.message, body.code),
+        }
+    }
+}
+
+impl From<FrameError> for End {
+    fn from(e: FrameError) -> End {
+        End::Gone(e.to_string())
+    }
+}
+
+/// A frame from the client, sorted.
+enum Incoming {
+    Message(ClientMessage),
+    Stdin(Vec<u8>),
+    /// Bad input: answer with this error; `fatal` when the connection cannot go on.
+    Refused {
+        body: AgentErrorBody,
+        fatal: bool,
+    },
+}
+
+fn refused(code: ErrorCode, message: impl Into<String>, fatal: bool) -> Incoming {
+    Incoming::Refused {
+        body: AgentErrorBody {
+            code,
+            message: message.into(),
+        },
+        fatal,
+    }
+}
+
+fn classify(frame: Result<RawFrame, FrameError>) -> Result<Incoming, End> {
+    let frame = match frame {
+        Ok(frame) => frame,
+        Err(FrameError::TooLarge { len, max }) => {
+            return Ok(refused(
+                ErrorCode::FrameTooLarge,
+                format!(
+                    "frame of {len} bytes is over the {max}-byte limit; closing the connection"
+                ),
+                true,
+            ));
+        }
+        Err(FrameError::Empty) => {
+            return Ok(refused(
+                ErrorCode::BadFrame,
+                "empty frame (no kind byte)",
+                false,
+            ));
+        }
+        Err(e) => return Err(End::from(e)),
+    };
+    match frame.kind() {
+        Some(FrameKind::Message) => Ok(parse_message(&frame.payload)),
+        Some(FrameKind::Stdin) => Ok(Incoming::Stdin(frame.payload)),
+        Some(kind @ (FrameKind::Stdout | FrameKind::Stderr)) => Ok(refused(
+            ErrorCode::BadFrame,
+            format!("{kind:?} frames only go from the agent to the host"),
+            false,
+        )),
+        None => Ok(refused(
+            ErrorCode::BadFrame,
+            format!("unknown frame kind {:#04x}", frame.kind),
+            false,
+        )),
+    }
+}
+
+/// Parses a message, telling malformed JSON, an unknown type and a bad request apart.
+fn parse_message(payload: &[u8]) -> Incoming {
+    let value: serde_json::Value = match serde_json::from_slice(payload) {
+        Ok(value) => value,
+        Err(e) => {
+            return refused(
+                ErrorCode::BadFrame,
+                format!("message is not valid JSON: {e}"),
+                false,
+            );
+        }
+    };
+    let Some(kind) = value.get("type").and_then(|t| t.as_str()) else {
+        return refused(
+            ErrorCode::BadRequest,
+            "message has no string \"type\" field",
+            false,
+        );
+    };
+    if !ClientMessage::TYPES.contains(&kind) {
+        return refused(
+            ErrorCode::UnknownRequest,
+            format!(
+                "unknown request type {kind:?}; this agent ({AGENT_VERSION}, protocol {PROTOCOL_VERSION}) knows {}",
+                ClientMessage::TYPES.join(", ")
+            ),
+            false,
+        );
+    }
+    let kind = kind.to_owned();
+    match serde_json::from_value(value) {
+        Ok(message) => Incoming::Message(message),
+        Err(e) => refused(
+            ErrorCode::BadRequest,
+            format!("invalid {kind} request: {e}"),
+            false,
+        ),
+    }
+}
+
+struct Conn<'a, W> {
+    state: &'a State,
+    frames: mpsc::Receiver<Result<RawFrame, FrameError>>,
+    gone: CancellationToken,
+    writer: W,
+}
+
+impl<W: AsyncWrite + Unpin> Conn<'_, W> {
+    async fn run(&mut self) -> Result<(), End> {
+        let Some(first) = self.frames.recv().await else {
+            return Ok(());
+        };
+        match classify(first)? {
+            Incoming::Message(ClientMessage::Hello { protocol, client })
+                if protocol == PROTOCOL_VERSION =>
+            {
+                debug!(client, "hello");
+                let hello = AgentMessage::Hello {
+                    protocol: PROTOCOL_VERSION,
+                    agent_version: AGENT_VERSION.to_owned(),
+                };
+                self.send(&hello).await?;
+            }
+            Incoming::Message(ClientMessage::Hello { protocol, client }) => {
+                warn!(
+                    client,
+                    protocol, "refused a client that speaks another protocol version"
+                );
+                return self
+                    .refuse(
+                        ErrorCode::VersionMismatch,
+                        format!(
+                            "this agent ({AGENT_VERSION}) speaks protocol {PROTOCOL_VERSION}, the client ({client}) \
+                             speaks protocol {protocol}"
+                        ),
+                    )
+                    .await;
+            }
+            Incoming::Refused { body, .. } => return self.refuse(body.code, body.message).await,
+            _ => {
+                return self
+                    .refuse(ErrorCode::Unexpected, "the first message must be hello")
+                    .await;
+            }
+        }
+        loop {
+            let Some(frame) = self.frames.recv().await else {
+                return Ok(());
+            };
+            match classify(frame)? {
+                Incoming::Message(message) => self.handle(message).await?,
+                Incoming::Stdin(_) => {
+                    self.error(ErrorCode::Unexpected, "stdin frame while no command runs")
+                        .await?
+                }
+                Incoming::Refused { body, fatal: true } => {
+                    return self.refuse(body.code, body.message).await;
+                }
+                Incoming::Refused { body, fatal: false } => {
+                    self.send(&AgentMessage::Error(body)).await?
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, message: ClientMessage) -> Result<(), End> {
+        match message {
+            ClientMessage::Hello { .. } => {
+                self.error(ErrorCode::Unexpected, "hello was already exchanged")
+                    .await
+            }
+            ClientMessage::Health => match health(self.state) {
+                Ok(health) => self.send(&AgentMessage::Health(health)).await,
+                Err(message) => self.error(ErrorCode::Internal, message).await,
+            },
+            ClientMessage::Ping { nonce } => self.send(&AgentMessage::Pong { nonce }).await,
+            ClientMessage::Sync => match tokio::task::spawn_blocking(nix::unistd::sync).await {
+                Ok(()) => self.send(&AgentMessage::Synced).await,
+                Err(e) => {
+                    self.error(ErrorCode::Internal, format!("sync failed: {e}"))
+                        .await
+                }
+            },
+            ClientMessage::Exec(request) => self.exec(request).await,
+            ClientMessage::StdinClose | ClientMessage::Signal { .. } => {
+                self.error(
+                    ErrorCode::Unexpected,
+                    "no command is running on this connection",
+                )
+                .await
+            }
+        }
+    }
+
+    async fn exec(&mut self, request: ExecRequest) -> Result<(), End> {
+        if let Err(message) = request.validate() {
+            return self.error(ErrorCode::BadRequest, message).await;
+        }
+        let program = &request.argv[0];
+        let cwd = match &request.cwd {
+            Some(cwd) => PathBuf::from(cwd),
+            None if self.state.home.is_dir() => self.state.home.clone(),
+            None => PathBuf::from("/"),
+        };
+        // Checked here because spawn reports a missing directory exactly like a missing
+        // program (ENOENT), and the user needs to know which one it was.
+        if let Err(why) = check_dir(&cwd) {
+            return self
+                .error(
+                    ErrorCode::SpawnFailed,
+                    format!(
+                        "cannot run `{program}`: working directory {}: {why}",
+                        cwd.display()
+                    ),
+                )
+                .await;
+        }
+        let piped = request.stdin == StdinMode::Pipe;
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(&request.argv[1..])
+            .env_clear()
+            .envs(self.state.base_env.iter().map(|(k, v)| (k, v)))
+            .envs(&request.env)
+            .current_dir(&cwd)
+            .stdin(if piped { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so that everything it starts can be killed with it.
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                return self
+                    .error(
+                        ErrorCode::SpawnFailed,
+                        format!("cannot run `{program}`: {e}"),
+                    )
+                    .await;
+            }
+        };
+        let (Some(pid), Some(mut stdout), Some(mut stderr)) =
+            (child.id(), child.stdout.take(), child.stderr.take())
+        else {
+            let _ = child.kill().await;
+            return self
+                .error(
+                    ErrorCode::Internal,
+                    format!("`{program}` started without its pipes"),
+                )
+                .await;
+        };
+        let group = RunningGroup::register(self.state, pid);
+        debug!(pid, ?request.argv, "exec started");
+
+        let mut stdin_tx = match child.stdin.take() {
+            Some(stdin) => {
+                let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
+                tokio::spawn(feed_stdin(stdin, rx));
+                Some(tx)
+            }
+            None => None,
+        };
+        let mut stdin_closed = !piped;
+        // A stdin chunk the command has not taken yet. While one waits, no further frames are
+        // read from the client, which pushes back on a host that writes faster than the
+        // command reads.
+        let mut pending: Option<Vec<u8>> = None;
+        let mut status: Option<std::process::ExitStatus> = None;
+        let (mut out_done, mut err_done) = (false, false);
+        let mut out_buf = vec![0u8; MAX_CHUNK_LEN];
+        let mut err_buf = vec![0u8; MAX_CHUNK_LEN];
+
+        let outcome = match self.send(&AgentMessage::ExecStarted { pid }).await {
+            Err(end) => Err(end),
+            Ok(()) => loop {
+                // Done only when the command exited, its output was forwarded to the end (a
+                // background process that keeps the pipes open keeps the exec going, as with
+                // ssh), and no stdin frame can still be on its way.
+                if status.is_some() && out_done && err_done && stdin_closed {
+                    break Ok(());
+                }
+                if stdin_closed && stdin_tx.is_some() {
+                    // Dropping the sender lets the feeder write what it holds, then close the
+                    // pipe. (Nothing is pending: stdin_close is only read when nothing is.)
+                    stdin_tx = None;
+                }
+                tokio::select! {
+                    _ = self.gone.cancelled() => break Err(self.why_gone()),
+                    read = stdout.read(&mut out_buf), if !out_done => match read {
+                        Ok(0) | Err(_) => out_done = true,
+                        Ok(n) => {
+                            if let Err(e) = write_frame(&mut self.writer, FrameKind::Stdout, &out_buf[..n]).await {
+                                break Err(End::from(e));
+                            }
+                        }
+                    },
+                    read = stderr.read(&mut err_buf), if !err_done => match read {
+                        Ok(0) | Err(_) => err_done = true,
+                        Ok(n) => {
+                            if let Err(e) = write_frame(&mut self.writer, FrameKind::Stderr, &err_buf[..n]).await {
+                                break Err(End::from(e));
+                            }
+                        }
+                    },
+                    exited = child.wait(), if status.is_none() => match exited {
+                        Ok(exited) => status = Some(exited),
+                        Err(e) => break Err(End::Refused(AgentErrorBody {
+                            code: ErrorCode::Internal,
+                            message: format!("waiting for `{program}` failed: {e}"),
+                        })),
+                    },
+                    permit = reserve(&stdin_tx), if pending.is_some() => {
+                        // Without a permit the command closed its stdin (or exited): what it
+                        // did not read is dropped, as a pipe would.
+                        if let (Some(permit), Some(data)) = (permit, pending.take()) {
+                            permit.send(data);
+                        }
+                    }
+                    frame = self.frames.recv(), if pending.is_none() => {
+                        let Some(frame) = frame else {
+                            break Err(End::Gone("closed during exec".into()));
+                        };
+                        match classify(frame) {
+                            Err(end) => break Err(end),
+                            Ok(Incoming::Stdin(data)) if !stdin_closed => {
+                                if stdin_tx.is_some() {
+                                    pending = Some(data);
+                                }
+                            }
+                            Ok(Incoming::Message(ClientMessage::StdinClose)) if !stdin_closed => {
+                                stdin_closed = true;
+                            }
+                            Ok(Incoming::Message(ClientMessage::Signal { signal })) => match Signal::try_from(signal) {
+                                Ok(signal) => {
+                                    let _ = killpg(Pid::from_raw(group.pgid), signal);
+                                }
+                                Err(_) => break Err(End::Refused(AgentErrorBody {
+                                    code: ErrorCode::BadRequest,
+                                    message: format!("{signal} is not a signal number"),
+                                })),
+                            },
+                            Ok(Incoming::Refused { body, .. }) => break Err(End::Refused(body)),
+                            Ok(_) => break Err(End::Refused(AgentErrorBody {
+                                code: ErrorCode::Unexpected,
+                                message: "while a command runs only stdin, stdin_close and signal may be sent \
+                                          (stdin only with stdin: pipe, and not after stdin_close)"
+                                    .into(),
+                            })),
+                        }
+                    },
+                }
+            },
+        };
+
+        match (outcome, status) {
+            (Ok(()), Some(exited)) => {
+                drop(group);
+                let status = match (exited.code(), exited.signal()) {
+                    (Some(code), _) => ExitStatus::Code(code),
+                    (None, Some(signal)) => ExitStatus::Signal(signal),
+                    // wait(2) reports only exits and deaths by signal; stopped children are
+                    // not reported without WUNTRACED.
+                    (None, None) => ExitStatus::Code(-1),
+                };
+                debug!(pid, %status, "exec finished");
+                self.send(&AgentMessage::Exited { status }).await
+            }
+            (outcome, status) => {
+                // Kill the whole group: the command and whatever it started.
+                let _ = killpg(Pid::from_raw(group.pgid), Signal::SIGKILL);
+                if status.is_none() {
+                    let _ = child.wait().await;
+                }
+                drop(group);
+                let end = match outcome {
+                    Err(end) => end,
+                    // Unreachable: the loop only finishes with a status. Keep the agent alive
+                    // and honest about it anyway.
+                    Ok(()) => End::Refused(AgentErrorBody {
+                        code: ErrorCode::Internal,
+                        message: "exec ended without an exit status".into(),
+                    }),
+                };
+                info!(pid, "killed the command's process group: {end}");
+                if let End::Refused(body) = &end {
+                    let _ = self.send(&AgentMessage::Error(body.clone())).await;
+                }
+                Err(end)
+            }
+        }
+    }
+
+    /// Why the client is gone during exec: a frame error it caused (to report), or a close.
+    fn why_gone(&mut self) -> End {
+        while let Ok(item) = self.frames.try_recv() {
+            if item.is_err() {
+                return match classify(item) {
+                    Ok(Incoming::Refused { body, .. }) => End::Refused(body),
+                    Ok(_) => End::Gone("closed during exec".into()),
+                    Err(end) => end,
+                };
+            }
+        }
+        End::Gone("closed during exec".into())
+    }
+
+    async fn send(&mut self, message: &AgentMessage) -> Result<(), End> {
+        write_message(&mut self.writer, message)
+            .await
+            .map_err(End::from)
+    }
+
+    async fn error(&mut self, code: ErrorCode, message: impl Into<String>) -> Result<(), End> {
+        self.send(&AgentMessage::Error(AgentErrorBody {
+            code,
+            message: message.into(),
+        }))
+        .await
+    }
+
+    /// Sends an error and ends the connection.
+    async fn refuse(&mut self, code: ErrorCode, message: impl Into<String>) -> Result<(), End> {
+        let body = AgentErrorBody {
+            code,
+            message: message.into(),
+        };
+        self.send(&AgentMessage::Error(body.clone())).await?;
+        let _ = self.writer.shutdown().await;
+        Err(End::Refused(body))
+    }
+}
+
+/// Waits for room in the stdin channel; `None` when there is no stdin or the feeder is gone.
+async fn reserve(tx: &Option<mpsc::Sender<Vec<u8>>>) -> Option<mpsc::Permit<'_, Vec<u8>>> {
+    match tx {
+        Some(tx) => tx.reserve().await.ok(),
+        None => None,
+    }
+}
+
+/// Writes stdin chunks to the command until the channel closes, then closes its stdin.
+async fn feed_stdin(mut stdin: tokio::process::ChildStdin, mut chunks: mpsc::Receiver<Vec<u8>>) {
+    while let Some(chunk) = chunks.recv().await {
+        if stdin.write_all(&chunk).await.is_err() {
+            // The command closed its end: drop the rest (the exec loop sees the channel close).
+            return;
+        }
+    }
+}
+
+/// A running command's process group, registered with the agent while it lives.
+struct RunningGroup<'a> {
+    state: &'a State,
+    pgid: i32,
+}
+
+impl<'a> RunningGroup<'a> {
+    fn register(state: &'a State, pid: u32) -> RunningGroup<'a> {
+        // Pids fit in i32 (the kernel's pid_max is at most 2^22).
+        let pgid = pid as i32;
+        state
+            .running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(pgid);
+        RunningGroup { state, pgid }
+    }
+}
+
+impl Drop for RunningGroup<'_> {
+    fn drop(&mut self) {
+        self.state
+            .running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.pgid);
+    }
+}
+
+fn check_dir(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err("not a directory".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The user the agent runs as, from `/etc/passwd`: (name, home). Read directly rather than
+/// through getpwuid(3), which a static glibc binary cannot use (NSS needs dlopen).
+fn current_user() -> (Option<String>, String) {
+    let uid = nix::unistd::getuid().as_raw();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    for line in passwd.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() >= 6 && fields[2].parse() == Ok(uid) {
+            return (Some(fields[0].to_owned()), fields[5].to_owned());
+        }
+    }
+    let home = if uid == 0 { "/root" } else { "/" };
+    (None, home.to_owned())
+}
+
+/// Gathers health from /proc. These are small in-memory files, so reading them inline does
+/// not block the runtime in any way that matters.
+fn health(state: &State) -> Result<Health, String> {
+    let read =
+        |path: &str| std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"));
+    let hostname = read("/proc/sys/kernel/hostname")?.trim().to_owned();
+    let uptime = read("/proc/uptime")?;
+    let system_uptime_s: f64 = uptime
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("cannot parse /proc/uptime: {uptime:?}"))?;
+    let loadavg = read("/proc/loadavg")?;
+    let loads: Vec<f64> = loadavg
+        .split_whitespace()
+        .take(3)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let [l1, l5, l15] = loads[..] else {
+        return Err(format!("cannot parse /proc/loadavg: {loadavg:?}"));
+    };
+    let meminfo = read("/proc/meminfo")?;
+    let mem_kib = |name: &str| {
+        meminfo
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(name)?
+                    .strip_prefix(':')?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .ok_or_else(|| format!("/proc/meminfo has no {name}"))
+    };
+    Ok(Health {
+        agent_version: AGENT_VERSION.to_owned(),
+        protocol: PROTOCOL_VERSION,
+        hostname,
+        cid: state.cid,
+        agent_uptime_ms: u64::try_from(state.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        system_uptime_ms: (system_uptime_s * 1000.0) as u64,
+        load: [l1, l5, l15],
+        mem_total_bytes: mem_kib("MemTotal")? * 1024,
+        mem_available_bytes: mem_kib("MemAvailable")? * 1024,
+    })
+}
+
+fn annotate(e: io::Error, what: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// An AF_VSOCK listening socket, for the agent inside a real guest.
+///
+/// tokio has no vsock type, so this is the minimum on top of [`AsyncFd`]: a non-blocking
+/// socket, `accept4`, and a stream whose reads and writes are plain read(2)/write(2).
+/// It cannot be exercised on machines without vhost-vsock; everything above it is tested
+/// through the unix listener, which hands the same server code a stream of the same shape.
+pub struct VsockListener {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl VsockListener {
+    /// Listens on `port` for any CID (the host reaches the guest as CID 3+, itself being 2).
+    pub fn bind(port: u32) -> io::Result<VsockListener> {
+        let fd = nix::sys::socket::socket(
+            AddressFamily::Vsock,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .map_err(|e| {
+            annotate(
+                e.into(),
+                "create a vsock socket (is the vsock driver loaded?)",
+            )
+        })?;
+        nix::sys::socket::bind(fd.as_raw_fd(), &VsockAddr::new(libc::VMADDR_CID_ANY, port))
+            .map_err(|e| annotate(e.into(), &format!("bind vsock port {port}")))?;
+        nix::sys::socket::listen(&fd, Backlog::MAXCONN)
+            .map_err(|e| annotate(e.into(), "listen on vsock"))?;
+        Ok(VsockListener {
+            fd: register(fd, Interest::READABLE | Interest::WRITABLE)?,
+        })
+    }
+
+    pub async fn accept(&self) -> io::Result<VsockStream> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let accepted = guard.try_io(|fd| {
+                nix::sys::socket::accept4(
+                    fd.as_raw_fd(),
+                    SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                )
+                .map_err(io::Error::from)
+            });
+            match accepted {
+                Ok(Ok(raw)) => {
+                    // SAFETY: accept4 just returned this descriptor and nothing else owns it.
+                    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                    return Ok(VsockStream {
+                        fd: register(fd, Interest::READABLE | Interest::WRITABLE)?,
+                    });
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// Registers a non-blocking descriptor with tokio's reactor.
+fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` is open until it is dropped and always reports the same descriptor;
+    // the `AsyncFd` owns it from here on.
+    unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(|e| e.into_parts().1)
+}
+
+/// One accepted vsock connection.
+pub struct VsockStream {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl AsFd for VsockStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.get_ref().as_fd()
+    }
+}
+
+impl AsyncRead for VsockStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match guard.try_io(|fd| {
+                nix::unistd::read(fd.get_ref().as_fd(), unfilled).map_err(io::Error::from)
+            }) {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for VsockStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
+            match guard
+                .try_io(|fd| nix::unistd::write(fd.get_ref().as_fd(), buf).map_err(io::Error::from))
+            {
+                Ok(result) => return Poll::Ready(result),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Writes go straight to the socket; there is no buffer to flush.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(
+            nix::sys::socket::shutdown(self.fd.as_raw_fd(), Shutdown::Write)
+                .map_err(io::Error::from),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_parse() {
+        assert_eq!(
+            "unix:/tmp/a.sock".parse(),
+            Ok(ListenAddr::Unix("/tmp/a.sock".into()))
+        );
+        assert_eq!("vsock:10789".parse(), Ok(ListenAddr::Vsock { port: 10789 }));
+        assert!("vsock:x".parse::<ListenAddr>().is_err());
+        assert!("unix:".parse::<ListenAddr>().is_err());
+        assert!("tcp:1".parse::<ListenAddr>().is_err());
+        assert_eq!(ListenAddr::Vsock { port: 5 }.to_string(), "vsock:5");
+    }
+}
