@@ -142,6 +142,65 @@ pub struct RemoveResult {
     pub name: String,
 }
 
+/// `vm.create`: define a VM from an image and boot it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmCreateParams {
+    pub name: String,
+    pub image: String,
+    /// A registered kernel; default: the image's kernel.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    #[serde(default)]
+    pub work_disk_mib: Option<u64>,
+    /// Answer as soon as the operation has started (the op id and VM id), instead of when the
+    /// VM runs and its agent answers. Follow it with `banger ops` or `banger events --op`.
+    #[serde(default)]
+    pub no_wait: bool,
+}
+
+/// `vm.create`: the operation, and the VM as it stands when the answer is written (running
+/// unless `no_wait` was asked).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmCreateResult {
+    pub op_id: OpId,
+    pub vm_id: VmId,
+    pub name: String,
+    /// `None` only when the VM is not in the views yet (a `no_wait` answer can be that quick).
+    pub vm: Option<VmView>,
+}
+
+/// `vm.set`: change the shape of a stopped VM. Absent fields stay as they are.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSetParams {
+    pub name: String,
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// Grows the work disk (ext4 resized in place); shrinking is refused.
+    #[serde(default)]
+    pub work_disk_mib: Option<u64>,
+}
+
+/// `vm.start`, `vm.stop`, `vm.restart`, `vm.kill`, `vm.set`: the VM after the operation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmResult {
+    pub vm: VmView,
+}
+
+/// `vm.delete`: what was removed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmDeleteResult {
+    pub name: String,
+    pub vm_id: VmId,
+}
+
 /// A VM name: a DNS label, because every VM is reachable as `<name>.vm`. The CLI checks names
 /// with this type before sending them, and the daemon checks them again on arrival.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -259,5 +318,231 @@ mod vm_name_tests {
     fn json_checks_names_too() {
         assert!(serde_json::from_str::<VmName>("\"dev\"").is_ok());
         assert!(serde_json::from_str::<VmName>("\"Not Valid\"").is_err());
+    }
+}
+
+// ---- the guest agent: vm.exec, vm.logs, vm.health, vm.ping ------------------------------------
+//
+// Bytes (command output, console text) cross the JSON wire as standard base64 (RFC 4648, with
+// padding) in fields named `data`: console and command output are arbitrary bytes, and base64
+// costs a third more where a JSON array of numbers would cost three to four times more.
+
+/// `vm.exec`: run a command in a running VM through its guest agent. A stream: items are
+/// [`VmExecItem`]s (output chunks, in the order the agent sent them), the final result a
+/// [`VmExecResult`]. A client that hangs up ends the command: bangerd drops the agent
+/// connection, and the agent kills the command's process group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmExecParams {
+    pub name: VmName,
+    /// The program and its arguments; `argv[0]` is looked up on the guest's `PATH`.
+    pub argv: Vec<String>,
+    /// Added to the command's (clean) environment.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Absolute working directory in the guest (default: the guest user's home).
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+/// Which output stream a chunk came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecStream {
+    Stdout,
+    Stderr,
+}
+
+/// One chunk of a command's output: `{"stream":"stdout","data":"aGkK"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmExecItem {
+    pub stream: ExecStream,
+    #[serde(with = "base64_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// How the command ended: exactly one of `exit_code` and `signal` is set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmExecResult {
+    /// The command's pid in the guest.
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+}
+
+impl VmExecResult {
+    /// The status a shell reports: the exit code, or 128 + the signal number.
+    pub fn shell_code(&self) -> i32 {
+        match (self.exit_code, self.signal) {
+            (Some(code), _) => code,
+            (None, Some(signal)) => 128 + signal,
+            // Neither: a result from a confused peer; report a generic failure.
+            (None, None) => 1,
+        }
+    }
+}
+
+/// `vm.logs`: the VM's serial console. A stream: items are [`VmLogsItem`]s, the final result
+/// a [`VmLogsEnd`]. Without `follow` it ends at the end of the file as it was; with `follow`
+/// it keeps sending what the console appends until the client hangs up or the VM is deleted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmLogsParams {
+    pub name: VmName,
+    #[serde(default)]
+    pub follow: bool,
+    /// Start this many bytes before the end instead of at the beginning.
+    #[serde(default)]
+    pub tail_bytes: Option<u64>,
+}
+
+/// Console bytes starting at `offset` in the console file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmLogsItem {
+    pub offset: u64,
+    #[serde(with = "base64_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// Why a console stream ended, and where.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmLogsEnd {
+    /// The offset after the last byte sent.
+    pub offset: u64,
+    /// True when it ended because the VM was deleted.
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+/// `vm.health`: what the guest agent says about itself, and one round trip's time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmHealthResult {
+    pub name: String,
+    pub health: crate::agent::protocol::Health,
+    pub rtt_us: u64,
+}
+
+/// `vm.ping`: one round trip through the guest agent (the connection is already open, so
+/// this is the agent's answer time, not the connect time).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmPingResult {
+    pub name: String,
+    pub agent_version: String,
+    pub rtt_us: u64,
+}
+
+/// Serde glue for `Vec<u8>` as a standard base64 string (RFC 4648 alphabet, with padding).
+///
+/// Hand-written rather than a dependency: it is forty lines, and the wire format is the
+/// standard one any client library decodes.
+pub mod base64_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub fn encode(bytes: &[u8]) -> String {
+        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                chunk.get(1).copied().unwrap_or(0),
+                chunk.get(2).copied().unwrap_or(0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    /// Decodes padded standard base64; anything else is an error naming the problem.
+    pub fn decode(text: &str) -> Result<Vec<u8>, String> {
+        let text = text.as_bytes();
+        if !text.len().is_multiple_of(4) {
+            return Err(format!(
+                "base64 text of {} characters is not a multiple of 4",
+                text.len()
+            ));
+        }
+        let value = |c: u8| -> Result<u32, String> {
+            match c {
+                b'A'..=b'Z' => Ok(u32::from(c - b'A')),
+                b'a'..=b'z' => Ok(u32::from(c - b'a') + 26),
+                b'0'..=b'9' => Ok(u32::from(c - b'0') + 52),
+                b'+' => Ok(62),
+                b'/' => Ok(63),
+                other => Err(format!("invalid base64 character {:?}", other as char)),
+            }
+        };
+        let mut out = Vec::with_capacity(text.len() / 4 * 3);
+        let quads = text.len() / 4;
+        for (index, quad) in text.chunks(4).enumerate() {
+            let last = index + 1 == quads;
+            let pad = quad.iter().rev().take_while(|c| **c == b'=').count();
+            if pad > 2 || (pad > 0 && !last) {
+                return Err("misplaced base64 padding".into());
+            }
+            let mut n = 0u32;
+            for &c in &quad[..4 - pad] {
+                n = (n << 6) | value(c)?;
+            }
+            n <<= 6 * pad as u32;
+            let bytes = n.to_be_bytes();
+            out.extend_from_slice(&bytes[1..4 - pad]);
+        }
+        Ok(out)
+    }
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        decode(&text).map_err(serde::de::Error::custom)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::{decode, encode};
+
+        #[test]
+        fn round_trips_every_length_and_byte() {
+            let all: Vec<u8> = (0..=255u8).collect();
+            for len in 0..all.len() {
+                let text = encode(&all[..len]);
+                assert_eq!(decode(&text).as_deref(), Ok(&all[..len]), "{len}");
+            }
+        }
+
+        #[test]
+        fn matches_rfc_4648_vectors() {
+            for (plain, coded) in [
+                ("", ""),
+                ("f", "Zg=="),
+                ("fo", "Zm8="),
+                ("foo", "Zm9v"),
+                ("foob", "Zm9vYg=="),
+                ("fooba", "Zm9vYmE="),
+                ("foobar", "Zm9vYmFy"),
+            ] {
+                assert_eq!(encode(plain.as_bytes()), coded);
+                assert_eq!(decode(coded).as_deref(), Ok(plain.as_bytes()));
+            }
+        }
+
+        #[test]
+        fn refuses_malformed_text() {
+            for bad in ["Zg=", "Z===", "Zg==Zg==", "Zm9*", "===="] {
+                assert!(decode(bad).is_err(), "{bad:?}");
+            }
+        }
     }
 }

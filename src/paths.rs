@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use banger_events::OpId;
+use banger_events::{OpId, VmId};
 
 /// Which flavour of layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -157,6 +157,38 @@ impl Layout {
 
     pub fn image_removal_dir(&self, op_id: OpId) -> PathBuf {
         self.images_dir().join(format!(".removing-{op_id}"))
+    }
+
+    /// Everything one VM owns on disk: its disks, its VMM's sockets and its console. Named by
+    /// the VM id (16 hex digits), never by its name, so a retry or an undo after a crash finds
+    /// the directory of exactly that VM, and socket paths stay short.
+    pub fn vm_dir(&self, vm_id: VmId) -> PathBuf {
+        self.vms_dir().join(vm_id.to_string())
+    }
+
+    /// The VM's root disk: a copy-on-write clone (or sparse copy) of its image's rootfs.
+    pub fn vm_root_disk(&self, vm_id: VmId) -> PathBuf {
+        self.vm_dir(vm_id).join("root.ext4")
+    }
+
+    /// The VM's work disk (ext4, label `work`).
+    pub fn vm_work_disk(&self, vm_id: VmId) -> PathBuf {
+        self.vm_dir(vm_id).join("work.ext4")
+    }
+
+    /// The VMM's API socket.
+    pub fn vm_api_socket(&self, vm_id: VmId) -> PathBuf {
+        self.vm_dir(vm_id).join("api.sock")
+    }
+
+    /// The host side of the guest's vsock (Firecracker's `CONNECT <port>` socket).
+    pub fn vm_vsock_socket(&self, vm_id: VmId) -> PathBuf {
+        self.vm_dir(vm_id).join("vsock.sock")
+    }
+
+    /// The guest's serial console, appended to across restarts.
+    pub fn vm_console_log(&self, vm_id: VmId) -> PathBuf {
+        self.vm_dir(vm_id).join("console.log")
     }
 }
 

@@ -41,8 +41,9 @@ What comes next:
   banger events --follow             watch everything banger does, as it happens
   banger ops                         what is in flight right now
 
-Works today: version, vm list/show, image list/show/register/delete, kernel list/show/import/rm, \
-events (and events replay), ops. The other verbs print \"not implemented yet\" and exit 2.";
+Works today: version, vm run -- CMD, vm create/start/stop/restart/kill/delete/set/list/show/logs/\
+exec/health/ping, image list/show/register/delete, kernel list/show/import/rm, events (and events replay), \
+ops. The other verbs print \"not implemented yet\" and exit 2.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -123,9 +124,11 @@ characters): a VM called dev is reachable as dev.vm.";
 const VM_AFTER: &str = "\
 The 80% command:
   banger vm run                      create a VM from the default image, open a shell in it
-  banger vm run -- cargo test        run one command in a fresh VM; exit with its status
+  banger vm run --image debian -- cargo test
+                                     run one command in a fresh VM; exit with its status
 
 What comes next:
+  banger vm create dev --image debian        create a VM and wait until its agent answers
   banger vm list                     all VMs and their state
   banger vm show dev                 one VM: spec, state, host resources, its operations
   banger vm exec dev -- uname -a     run a command in a running VM
@@ -137,23 +140,33 @@ stop, kill and delete told apart:
   kill     Force-kill a VM (use when 'vm stop' hangs)
   delete   Stop a VM and remove its disks (irreversible)
 
-Works today: vm list, vm show. The lifecycle verbs arrive with VM lifecycle on Firecracker.";
+Works today: vm run -- CMD, create, start, stop, restart, kill, delete, set, list, show, logs, \
+exec, health, ping. vm run without a command (a shell), ssh, stats, ports and workspace are not \
+implemented yet.";
 
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
     /// Create a VM, wait until it answers, then open a shell (or run a command) in it
     #[command(after_help = "\
 Examples:
-  banger vm run                              default image and kernel, generated name
-  banger vm run --name dev --memory 4G       a named VM with 4 GiB of memory
-  banger vm run -- make test                 run one command; exit with its status")]
+  banger vm run --image debian -- make test            run one command; exit with its status
+  banger vm run --image debian --keep -- ./setup.sh    keep the VM afterwards
+  banger vm run --image debian --name dev --memory 4G  a shell in a named VM (not implemented yet)
+
+The stages and the VM's fate go to stderr; stdout is the command's. Ctrl-C ends the command \
+and still throws the VM away (unless --keep).")]
     Run(VmRunArgs),
     /// Create a VM (asynchronous; shows its stages unless --no-wait)
     #[command(after_help = "\
 Examples:
   banger vm create dev
-  banger vm create dev --image debian-bookworm --cpus 4 --memory 8G --disk 20G
-  banger vm create dev --no-wait && banger ops      watch it being created")]
+  banger vm create dev --image debian-bookworm
+  banger vm create dev --image debian-bookworm --cpus 4 --memory 8G --work-disk 20G
+  banger vm create dev --image debian-bookworm --no-wait && banger ops
+
+Without --no-wait it prints each stage as it starts (prepare-rootfs, network, boot, \
+wait-for-agent…) and ends with the VM's address once its guest agent answers. Next: \
+`banger vm exec dev -- uname -a`.")]
     Create(VmCreateArgs),
     /// List VMs: name, state, image, cpus, memory, age
     #[command(after_help = "\
@@ -190,13 +203,19 @@ need first (`banger vm workspace export NAME`).")]
     #[command(after_help = "\
 Examples:
   banger vm set dev --cpus 4 --memory 8G
-  banger vm set dev --disk 40G                 grow the work disk")]
+  banger vm set dev --work-disk 40G            grow the work disk
+
+The VM must be stopped: `banger vm stop dev`, set, then `banger vm start dev`.")]
     Set(VmSetArgs),
     /// Run a command in a running VM; exits with the command's status
     #[command(after_help = "\
 Examples:
   banger vm exec dev -- uname -a
-  banger vm exec dev -- sh -c 'cd /work && cargo test'")]
+  banger vm exec dev --cwd /work --env RUST_LOG=debug -- cargo test
+  banger vm exec dev -- sh -c 'make && make check'
+
+stdout and stderr are streamed as the command writes them; banger exits with the command's \
+status (128 + N when signal N killed it). Interrupting banger kills the command in the VM.")]
     Exec(VmExecArgs),
     /// Open an ssh session in a running VM
     #[command(after_help = "\
@@ -208,15 +227,23 @@ Examples:
     #[command(after_help = "\
 Examples:
   banger vm logs dev
-  banger vm logs dev -f")]
+  banger vm logs dev -f                        keep printing until Ctrl-C
+  banger vm logs dev --tail 4K                 only the last 4 KiB")]
     Logs(VmLogsArgs),
     /// Show a running VM's cpu, memory, disk and uptime
     Stats(NameJsonArgs),
     /// List listening ports in a VM, with http/https detection
     Ports(NameJsonArgs),
     /// Ask a VM's guest agent whether it is healthy
+    #[command(after_help = "\
+Examples:
+  banger vm health dev                         agent version, uptime, load, memory, round trip
+  banger vm health dev --json")]
     Health(NameJsonArgs),
     /// Measure the round trip to a VM's guest agent
+    #[command(after_help = "\
+Examples:
+  banger vm ping dev                           prints the round trip, like `dev: 0.21 ms`")]
     Ping(NameJsonArgs),
     /// Copy a git checkout into a VM's work disk and back
     #[command(
@@ -255,7 +282,8 @@ pub struct VmNameArgs {
 
 #[derive(Debug, Args)]
 pub struct VmShape {
-    /// Image to boot from (default: the configured default image)
+    /// Image to boot from (see `banger image list`); required until default images arrive
+    /// with image pulls
     #[arg(long)]
     pub image: Option<String>,
     /// Kernel to boot with (default: the image's kernel)
@@ -268,8 +296,8 @@ pub struct VmShape {
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<Size>,
     /// Work disk size, like 20G (a bare number means MiB)
-    #[arg(long, value_name = "SIZE")]
-    pub disk: Option<Size>,
+    #[arg(long = "work-disk", visible_alias = "disk", value_name = "SIZE")]
+    pub work_disk: Option<Size>,
 }
 
 #[derive(Debug, Args)]
@@ -302,9 +330,10 @@ pub struct VmCreateArgs {
 pub struct VmStopArgs {
     /// The VM's name
     pub name: VmName,
-    /// Seconds to wait for the guest before forcing it off
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
-    pub timeout: u64,
+    /// Seconds to wait for the guest before forcing it off (not implemented yet: the
+    /// configured `timeouts.stop`, 15 s by default, applies)
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -318,14 +347,20 @@ pub struct VmSetArgs {
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<Size>,
     /// Work disk size, like 20G; disks only grow
-    #[arg(long, value_name = "SIZE")]
-    pub disk: Option<Size>,
+    #[arg(long = "work-disk", visible_alias = "disk", value_name = "SIZE")]
+    pub work_disk: Option<Size>,
 }
 
 #[derive(Debug, Args)]
 pub struct VmExecArgs {
     /// The VM's name
     pub name: VmName,
+    /// Set an environment variable for the command (repeatable)
+    #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env_pair)]
+    pub env: Vec<(String, String)>,
+    /// Working directory in the guest (an absolute path; default: the guest user's home)
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
     /// The command and its arguments, after `--`
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -347,6 +382,19 @@ pub struct VmLogsArgs {
     /// Keep printing new console output until interrupted
     #[arg(short, long)]
     pub follow: bool,
+    /// Start this far before the end of the console, like 4K (default: from its start)
+    #[arg(long, value_name = "SIZE")]
+    pub tail: Option<Size>,
+}
+
+/// Parses `--env K=V`: a non-empty name without `=`, and any value.
+fn parse_env_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!(
+            "expected NAME=VALUE (like RUST_LOG=debug), got {text:?}"
+        )),
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -34,6 +34,10 @@ pub enum CliError {
     /// Writing to stdout failed. A closed pipe (`banger events | head`) is not an error.
     #[error("cannot write the output: {0}")]
     Output(#[source] std::io::Error),
+    /// A command run in a VM (`vm exec`) ended unsuccessfully: banger exits with the same
+    /// status (128 + N for signal N), quietly, as a shell would.
+    #[error("the command exited with status {code}")]
+    CommandStatus { code: i32 },
     /// Anything else, with what was being done and why it failed.
     #[error("{context}")]
     Failed {
@@ -79,6 +83,11 @@ impl CliError {
         match self {
             _ if self.is_broken_pipe() => ExitCode::SUCCESS,
             CliError::NotImplemented { .. } | CliError::Usage(_) => ExitCode::from(2),
+            // Statuses outside 1..=255 cannot be an exit status; they still mean failure.
+            CliError::CommandStatus { code } => match u8::try_from(*code) {
+                Ok(status) if status != 0 => ExitCode::from(status),
+                _ => ExitCode::FAILURE,
+            },
             _ => ExitCode::FAILURE,
         }
     }
@@ -87,6 +96,8 @@ impl CliError {
     pub fn report(&self) -> Option<String> {
         match self {
             _ if self.is_broken_pipe() => None,
+            // The command already said what it had to say on its own stderr.
+            CliError::CommandStatus { .. } => None,
             // Its own format, exactly: tools and agents match on it.
             CliError::NotImplemented { .. } => Some(self.to_string()),
             _ => Some(format!("banger: error: {}", chain(self))),

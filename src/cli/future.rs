@@ -23,21 +23,22 @@ fn later(verb: &'static str, arrives_with: &'static str) -> CliError {
 pub fn vm(command: &VmCommand) -> CliError {
     match command {
         // `cli::vm` runs these itself and never sends them here.
-        VmCommand::List(_) | VmCommand::Show(_) => {
-            CliError::message("internal: vm list and vm show are dispatched by cli::vm")
+        VmCommand::List(_)
+        | VmCommand::Show(_)
+        | VmCommand::Create(_)
+        | VmCommand::Start(_)
+        | VmCommand::Stop(_)
+        | VmCommand::Restart(_)
+        | VmCommand::Kill(_)
+        | VmCommand::Delete(_)
+        | VmCommand::Set(_)
+        | VmCommand::Logs(_)
+        | VmCommand::Exec(_)
+        | VmCommand::Health(_)
+        | VmCommand::Ping(_) => {
+            CliError::message("internal: this vm verb is dispatched by cli::vm, not cli::future")
         }
-        VmCommand::Run(_) => later("vm run", LIFECYCLE),
-        VmCommand::Create(_) => later("vm create", LIFECYCLE),
-        VmCommand::Start(_) => later("vm start", LIFECYCLE),
-        VmCommand::Stop(_) => later("vm stop", LIFECYCLE),
-        VmCommand::Restart(_) => later("vm restart", LIFECYCLE),
-        VmCommand::Kill(_) => later("vm kill", LIFECYCLE),
-        VmCommand::Delete(_) => later("vm delete", LIFECYCLE),
-        VmCommand::Set(_) => later("vm set", LIFECYCLE),
-        VmCommand::Logs(_) => later("vm logs", LIFECYCLE),
-        VmCommand::Exec(_) => later("vm exec", AGENT),
-        VmCommand::Health(_) => later("vm health", AGENT),
-        VmCommand::Ping(_) => later("vm ping", AGENT),
+        VmCommand::Run(_) => later("vm run", NETWORKING),
         VmCommand::Stats(_) => later("vm stats", AGENT),
         VmCommand::Ports(_) => later("vm ports", AGENT),
         VmCommand::Ssh(_) => later("vm ssh", NETWORKING),

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use super::server::{Conn, error_response, result_response};
-use super::{Daemon, VERSION, follow, handlers};
+use super::{Daemon, VERSION, follow, guest, handlers, vm};
 use crate::operations::{BoxFuture, OpError};
 use crate::rpc::protocol::{ErrorCode, PROTOCOL_VERSION, Request, Response, RpcError};
 
@@ -64,6 +64,17 @@ pub static METHODS: &[(&str, Handler)] = &[
     ("events.follow", Handler::Stream(follow::handler)),
     ("vm.list", call!(handlers::vm_list)),
     ("vm.show", call!(handlers::vm_show)),
+    ("vm.create", call!(vm::create)),
+    ("vm.start", call!(vm::start)),
+    ("vm.stop", call!(vm::stop)),
+    ("vm.restart", call!(vm::restart)),
+    ("vm.kill", call!(vm::kill)),
+    ("vm.delete", call!(vm::delete)),
+    ("vm.set", call!(vm::set)),
+    ("vm.exec", Handler::Stream(guest::exec_handler)),
+    ("vm.logs", Handler::Stream(guest::logs_handler)),
+    ("vm.health", call!(guest::health)),
+    ("vm.ping", call!(guest::ping)),
     ("image.list", call!(handlers::image_list)),
     ("image.show", call!(handlers::image_show)),
     ("image.register", call!(handlers::image_register)),
@@ -217,6 +228,17 @@ mod tests {
         "events.follow",
         "vm.list",
         "vm.show",
+        "vm.create",
+        "vm.start",
+        "vm.stop",
+        "vm.restart",
+        "vm.kill",
+        "vm.delete",
+        "vm.set",
+        "vm.exec",
+        "vm.logs",
+        "vm.health",
+        "vm.ping",
         "image.list",
         "image.show",
         "image.register",
@@ -247,7 +269,7 @@ mod tests {
             );
             assert!(lookup(name).is_some());
         }
-        assert!(lookup("vm.create").is_none());
+        assert!(lookup("vm.frobnicate").is_none());
     }
 
     #[test]

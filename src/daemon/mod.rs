@@ -7,7 +7,8 @@
 //! [`crate::operations`].
 //!
 //! ```text
-//!  start ─▶ dirs ─▶ pid lock ─▶ open log + journal ─▶ DaemonStarted ─▶ recovery ─▶ bind socket
+//!  start ─▶ config ─▶ dirs ─▶ pid lock ─▶ open log + journal ─▶ DaemonStarted ─▶ recovery
+//!        ─▶ re-adopt running VMs (supervisor) ─▶ bind socket
 //!                                                                                    │
 //!   exit 0 ◀─ remove socket ◀─ close journal ◀─ DaemonStopped ◀─ drain ◀── serve ◀───┘
 //!                                                                  ▲
@@ -18,7 +19,8 @@
 //! - At most one bangerd per state directory: the flock on `bangerd.pid` is taken before the
 //!   log is opened and held until the process exits. Holding it is what makes removing a
 //!   stale socket file safe.
-//! - Recovery runs before the socket exists, so no request ever sees a half-recovered store.
+//! - Recovery runs before the socket exists, so no request ever sees a half-recovered store;
+//!   so does re-adoption, so no request sees a VM as running whose VMM died meanwhile.
 //! - A read-only log (corruption found) does not stop the daemon: reads are served, every
 //!   write is answered `unavailable` with the reason, and `daemon.ping` says why.
 //! - Operations run in tasks of their own, detached from the connection that asked: a client
@@ -27,9 +29,12 @@
 
 pub mod dispatch;
 pub mod follow;
+pub mod guest;
 pub mod handlers;
 mod lock;
 pub mod server;
+pub mod supervisor;
+pub mod vm;
 
 use std::fmt;
 use std::io;
@@ -48,6 +53,9 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::{Config, ConfigError};
+use crate::host::vmm::FirecrackerVmm;
+use crate::operations::vm_common::VmHost;
 use crate::operations::{FailpointError, Failpoints, Runner, recovery};
 use crate::paths::{Layout, PathsError};
 
@@ -71,6 +79,8 @@ pub enum DaemonError {
     Paths(#[from] PathsError),
     #[error(transparent)]
     Failpoints(#[from] FailpointError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("cannot create {}: {source}", path.display())]
     CreateDir {
         path: PathBuf,
@@ -140,9 +150,18 @@ pub struct Daemon {
     stop_reason: Mutex<Option<String>>,
     /// Running operations; shutdown waits for them.
     pub ops: TaskTracker,
+    /// What VM operations run against: the VMM backend, the configuration.
+    pub vms: Arc<VmHost>,
+    /// Watches VMMs; knows when each VM was last used.
+    pub supervisor: Arc<supervisor::Supervisor>,
 }
 
 impl Daemon {
+    /// Records activity on VM `vm_id` (exec, ping, health…): it resets the VM's idle clock.
+    pub fn touch_vm(&self, vm_id: banger_events::VmId) {
+        self.supervisor.touch(vm_id);
+    }
+
     /// Starts shutting down, for `reason` (the first reason given wins).
     pub fn begin_shutdown(&self, reason: &str) {
         {
@@ -215,12 +234,24 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
             "failpoints are set (BANGER_FAILPOINT): this daemon will crash on purpose"
         );
     }
+    let config = Config::load(&layout.config_path())?;
     prepare_dirs(&layout)?;
     let lock = lock::PidLock::acquire(&layout.daemon_lock_path(), &layout.state_dir)?;
 
     let journal = Arc::new(open_journal(&layout.log_path())?);
     let runner = Arc::new(Runner::new(journal.clone(), layout.clone(), failpoints));
     record_start_and_recover(&journal, &runner).await;
+    let vms = Arc::new(VmHost::new(
+        Arc::new(FirecrackerVmm::from_env_or(config.firecracker.clone())),
+        config,
+        journal.clone(),
+        layout.clone(),
+    ));
+    let supervisor = Arc::new(supervisor::Supervisor::new(journal.clone(), layout.clone()));
+    // Before the socket exists: nobody sees a VM as running whose VMM is gone.
+    if journal.health() == Health::Writable {
+        supervisor.readopt().await;
+    }
 
     let socket = layout.socket_path();
     let listener = bind(&socket)?;
@@ -235,8 +266,11 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
         shutdown: CancellationToken::new(),
         stop_reason: Mutex::new(None),
         ops: TaskTracker::new(),
+        vms,
+        supervisor,
     });
     spawn_verify(journal.clone());
+    supervisor::spawn_idle_sweep(daemon.clone());
     let signal_watch = spawn_signal_watch(daemon.clone(), signals);
 
     server::serve(daemon.clone(), listener).await;

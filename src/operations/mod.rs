@@ -22,6 +22,16 @@
 //!                                                                                  ─▶ OperationStuck
 //! ```
 //!
+//! A kind may also put domain events in the commit of `OperationStarted`
+//! ([`OperationKind::start_events`]: a VM being created is listed as `creating` at once) and
+//! in the commit of `OperationRolledBack` ([`OperationKind::rolled_back_events`]: a rolled-back
+//! create removes its VM), so that the views never disagree with the operation's status, in a
+//! live run or in crash recovery.
+//!
+//! VM kinds (`vm_*.rs`) run against a [`vm_common::VmHost`] (the VMM backend, the config, the
+//! network allocator) carried in their state; their undos need nothing but the log's handles,
+//! which is what lets recovery run them.
+//!
 //! Invariants (they are what make crash recovery safe; tests pin them):
 //! - A step's `StepStarted` with its intent is durable *before* its side effect begins, and
 //!   the intent names everything the side effect may create. So after a crash at any point the
@@ -50,6 +60,13 @@ pub mod names;
 pub mod recovery;
 mod runner;
 pub mod store;
+pub mod vm_common;
+pub mod vm_create;
+pub mod vm_delete;
+pub mod vm_kill;
+pub mod vm_set;
+pub mod vm_start;
+pub mod vm_stop;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -117,6 +134,20 @@ pub trait OperationKind: 'static {
     /// appended in one commit with `OperationSucceeded`, so the views never show a half-done
     /// operation as done.
     fn finish(cx: &OpCx<'_>, state: &Self::State) -> Vec<Event>;
+
+    /// Domain events appended in the same commit as `OperationStarted` (a VM being created
+    /// shows up as `creating` at once; a VM being stopped shows as `stopping`). Empty for most
+    /// kinds. They must describe an intention, never a host effect: no step has run yet.
+    fn start_events(_cx: &OpCx<'_>, _state: &Self::State) -> Vec<Event> {
+        Vec::new()
+    }
+
+    /// Domain events appended in the same commit as `OperationRolledBack`, whether the
+    /// rollback happens in the run or in crash recovery, so they may depend on the target
+    /// alone (recovery has no in-memory state). They undo what `start_events` said.
+    fn rolled_back_events(_target: &Target) -> Vec<Event> {
+        Vec::new()
+    }
 
     /// Rebuilds the state of an interrupted run from what the log recorded (its target and
     /// parameters), so that crash recovery can roll it forward. Kinds that recovery rolls

@@ -10,6 +10,11 @@
 //!
 //! Kinds whose step tables do not exist yet are left alone with a log line: recovering them
 //! without their undo would be guessing.
+//!
+//! VM kinds: a rolled-back create also appends `VmRemoved` (its `rolled_back_events`), a
+//! rolled-back start `VmStateChanged` → stopped. What recovery cannot see from the log — a
+//! VM that the log says runs but whose VMM died while bangerd was down — is the daemon's
+//! startup re-adoption pass, after recovery (`crate::daemon::supervisor`).
 
 use banger_events::{
     Event, Handle, NewEvent, OpId, OpKind, OperationStuck, RecoveryDecided, RecoveryDecision, Seq,
@@ -21,6 +26,12 @@ use super::image_delete::ImageDelete;
 use super::image_register::ImageRegister;
 use super::kernel_import::KernelImport;
 use super::kernel_remove::KernelRemove;
+use super::vm_create::VmCreate;
+use super::vm_delete::VmDelete;
+use super::vm_kill::VmKill;
+use super::vm_set::VmSet;
+use super::vm_start::VmStart;
+use super::vm_stop::VmStop;
 use super::{OpCx, OpError, OperationKind, Runner, Step, UndoOutcome, find_step};
 
 /// What recovery did with one operation.
@@ -83,7 +94,17 @@ async fn recover_one(runner: &Runner, action: RecoveryAction) -> Result<Outcome,
         OpKind::KernelRemove => recover_kind::<KernelRemove>(runner, action).await,
         OpKind::ImageRegister => recover_kind::<ImageRegister>(runner, action).await,
         OpKind::ImageDelete => recover_kind::<ImageDelete>(runner, action).await,
-        // TODO(issue 4): VM operations, pulls, prune and teardown join here with their tables.
+        // Creates and starts roll back (undo kills the recorded VMM, removes files); stops,
+        // kills and deletes roll forward from their parameters; sets roll back (nothing to
+        // undo, the spec stays as it was).
+        OpKind::VmCreate => recover_kind::<VmCreate>(runner, action).await,
+        OpKind::VmStart => recover_kind::<VmStart>(runner, action).await,
+        OpKind::VmStop => recover_kind::<VmStop>(runner, action).await,
+        OpKind::VmKill => recover_kind::<VmKill>(runner, action).await,
+        OpKind::VmDelete => recover_kind::<VmDelete>(runner, action).await,
+        OpKind::VmSet => recover_kind::<VmSet>(runner, action).await,
+        // TODO: vm.restart runs as vm.stop + vm.start (two operations) and never records a
+        // restart of its own; pulls, prune and teardown join here with their tables.
         _ => Ok(Outcome::NotImplemented),
     }
 }
@@ -240,7 +261,11 @@ async fn roll_back<K: OperationKind>(
             }
         }
     }
-    match runner.undo_steps(cx, started, steps, reason).await? {
+    let closing = K::rolled_back_events(cx.target);
+    match runner
+        .undo_steps(cx, started, steps, reason, closing)
+        .await?
+    {
         UndoOutcome::RolledBack => Ok(Outcome::RolledBack),
         UndoOutcome::Stuck { step, error } => Ok(Outcome::Stuck { step, error }),
     }
@@ -281,6 +306,15 @@ async fn stuck(
 pub fn can_recover(kind: OpKind) -> bool {
     matches!(
         kind,
-        OpKind::KernelImport | OpKind::KernelRemove | OpKind::ImageRegister | OpKind::ImageDelete
+        OpKind::KernelImport
+            | OpKind::KernelRemove
+            | OpKind::ImageRegister
+            | OpKind::ImageDelete
+            | OpKind::VmCreate
+            | OpKind::VmStart
+            | OpKind::VmStop
+            | OpKind::VmKill
+            | OpKind::VmDelete
+            | OpKind::VmSet
     )
 }

@@ -205,17 +205,13 @@ impl Runner {
             target: &claim.target,
             layout: &self.layout,
         };
-        let started = self
-            .record(
-                &cx,
-                None,
-                vec![Event::OperationStarted(OperationStarted {
-                    kind: K::KIND,
-                    target: claim.target.clone(),
-                    parameters,
-                })],
-            )
-            .await?;
+        let mut opening = vec![Event::OperationStarted(OperationStarted {
+            kind: K::KIND,
+            target: claim.target.clone(),
+            parameters,
+        })];
+        opening.extend(K::start_events(&cx, &state));
+        let started = self.record(&cx, None, opening).await?;
         tracing::info!(kind = %K::KIND, target = %claim.target, "operation started");
         self.run_steps::<K>(&cx, started, &mut state, 0, Vec::new())
             .await?;
@@ -315,7 +311,8 @@ impl Runner {
                         .map(|d| (d.step, d.handles))
                         .collect();
                     let reason = format!("step {name} failed: {error}");
-                    return match self.undo_steps(cx, started, undo, &reason).await? {
+                    let closing = K::rolled_back_events(cx.target);
+                    return match self.undo_steps(cx, started, undo, &reason, closing).await? {
                         UndoOutcome::RolledBack => Err(OpError::Failed {
                             kind: cx.kind,
                             step: name.to_owned(),
@@ -345,13 +342,15 @@ impl Runner {
 
     /// Undoes `steps` in the order given (newest first), recording each undo, then ends the
     /// operation: `OperationRolledBack` with `reason`, or `OperationStuck` at the first undo
-    /// that fails. Shared by in-process rollback and crash recovery.
+    /// that fails. Shared by in-process rollback and crash recovery. `closing` (the kind's
+    /// [`OperationKind::rolled_back_events`]) goes in the commit of `OperationRolledBack`.
     pub async fn undo_steps<S: 'static>(
         &self,
         cx: &OpCx<'_>,
         started: Seq,
         steps: Vec<(&'static dyn Step<S>, Vec<Handle>)>,
         reason: &str,
+        closing: Vec<Event>,
     ) -> Result<UndoOutcome, OpError> {
         for (step, handles) in steps {
             let name = step.name();
@@ -410,14 +409,11 @@ impl Runner {
                 }
             }
         }
-        self.record(
-            cx,
-            Some(started),
-            vec![Event::OperationRolledBack(OperationRolledBack {
-                reason: reason.to_owned(),
-            })],
-        )
-        .await?;
+        let mut events = vec![Event::OperationRolledBack(OperationRolledBack {
+            reason: reason.to_owned(),
+        })];
+        events.extend(closing);
+        self.record(cx, Some(started), events).await?;
         tracing::info!(kind = %cx.kind, target = %cx.target, %reason, "operation rolled back");
         Ok(UndoOutcome::RolledBack)
     }

@@ -5,4 +5,6 @@ mod agent;
 mod cli;
 mod daemon;
 mod firecracker;
+mod guest;
 mod support;
+mod vm;

@@ -105,7 +105,33 @@ impl Drop for TestRoot {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
         }
+        // VMMs (and the fake's guest agents) outlive bangerd by design; everything this test
+        // started names its root on the command line, so nothing leaks past the test.
+        for pid in processes_mentioning(self.dir.path()) {
+            let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
     }
+}
+
+/// Pids whose command line mentions `root` (the VMMs and agents of one test).
+pub fn processes_mentioning(root: &Path) -> Vec<u32> {
+    let needle = root.as_os_str().as_encoded_bytes();
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline.windows(needle.len()).any(|w| w == needle) {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 /// A bangerd process this test started, on its own [`TestRoot`]. Dropping it kills the

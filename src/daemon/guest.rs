@@ -1,0 +1,515 @@
+//! The methods that reach into a running VM or read what it printed: `vm.exec`, `vm.health`
+//! and `vm.ping` talk to the guest agent over the VM's vsock socket (Firecracker's host-side
+//! unix socket, `CONNECT <port>` handshake); `vm.logs` streams the serial console file.
+//!
+//! None of these change anything bangerd owns, so none is an operation and none appends an
+//! event: they read the projection to find the VM and its state, then talk to the guest.
+//!
+//! ```text
+//!  vm.exec ──▶ VM known? ──no──▶ not_found
+//!                 │ yes
+//!                 ▼
+//!            state running? ──no──▶ not_running ("start it with banger vm start NAME")
+//!                 │ yes
+//!                 ▼
+//!   vsock connect + hello ──fail──▶ unavailable (the agent does not answer; see vm logs)
+//!                 │
+//!                 ▼
+//!   exec ──▶ stdout/stderr chunks as items ──▶ exited: result {pid, exit_code | signal}
+//!                 │
+//!        client hangs up ──▶ the agent connection is dropped ──▶ the agent kills the command
+//! ```
+//!
+//! Invariants:
+//! - One agent connection per request, never shared: a command's lifetime is exactly its
+//!   connection's, which is what makes "the client went away" kill the command.
+//! - A console stream never holds the whole file: it reads and sends bounded chunks.
+//! - A followed console stream ends when the client hangs up, when bangerd shuts down, or when
+//!   the VM is deleted (its id leaves the projection); a truncated or replaced console file
+//!   (the VM was started again) is read again from its start.
+
+use std::io::SeekFrom;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use banger_events::{VmId, VmState};
+use banger_projections::VmView;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::net::UnixStream;
+
+use super::Daemon;
+use super::dispatch::{Cx, decode, encode};
+use super::server::Conn;
+use crate::agent::client::{AgentClient, AgentError, ExecEvent};
+use crate::agent::protocol::{AGENT_VSOCK_PORT, ErrorCode as AgentCode, ExecRequest, ExitStatus};
+use crate::api::{
+    ExecStream, NameParams, VmExecItem, VmExecParams, VmExecResult, VmHealthResult, VmLogsEnd,
+    VmLogsItem, VmLogsParams, VmName, VmPingResult,
+};
+use crate::host::firecracker::{VsockError, vsock_connect_timeout};
+use crate::operations::BoxFuture;
+use crate::rpc::protocol::{ErrorCode, PROTOCOL_VERSION, Response, RpcError};
+
+/// How long connecting to the agent (vsock connect, `CONNECT` handshake, hello) may take. A
+/// healthy agent answers in milliseconds; a guest that is still booting should fail fast with
+/// a message rather than hang a terminal.
+const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a followed console stream looks for new bytes. The console is a plain file
+/// written by another process; polling it is simpler and more portable than inotify, and a
+/// quarter second is below what a person notices in a scrolling log.
+const LOGS_POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Largest console chunk one item carries (before base64).
+const LOGS_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The client name the agent logs for bangerd's connections.
+const CLIENT_NAME: &str = "bangerd";
+
+/// Why a guest request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    #[error("no VM named {name}; see `banger vm list`")]
+    NotFound { name: String },
+    #[error("VM {name} is {state}, not running; start it with `banger vm start {name}`")]
+    NotRunning { name: String, state: &'static str },
+    #[error(
+        "cannot reach the guest agent of {name}: {source}; see `banger vm logs {name}` for what the guest printed"
+    )]
+    Connect {
+        name: String,
+        #[source]
+        source: VsockError,
+    },
+    #[error("the guest agent of {name} failed: {source}")]
+    Agent {
+        name: String,
+        #[source]
+        source: AgentError,
+    },
+    #[error("cannot read the console of {name} ({}): {source}", path.display())]
+    Console {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<GuestError> for RpcError {
+    fn from(error: GuestError) -> RpcError {
+        let code = match &error {
+            GuestError::NotFound { .. } => ErrorCode::NotFound,
+            GuestError::NotRunning { .. } => ErrorCode::NotRunning,
+            GuestError::Connect { .. } => ErrorCode::Unavailable,
+            GuestError::Agent { source, .. } => match source.code() {
+                Some(AgentCode::BadRequest) => ErrorCode::InvalidArgument,
+                Some(AgentCode::SpawnFailed) => ErrorCode::OperationFailed,
+                _ => ErrorCode::Unavailable,
+            },
+            GuestError::Console { .. } => ErrorCode::Internal,
+        };
+        RpcError::new(code, error.to_string())
+    }
+}
+
+fn vsock_path(daemon: &Daemon, vm_id: VmId) -> PathBuf {
+    daemon.layout.vm_vsock_socket(vm_id)
+}
+
+fn console_path(daemon: &Daemon, vm_id: VmId) -> PathBuf {
+    daemon.layout.vm_console_log(vm_id)
+}
+
+/// Records that someone used the VM, so auto-stop leaves it alone.
+fn touch(daemon: &Daemon, vm_id: VmId) {
+    daemon.touch_vm(vm_id);
+}
+
+/// The VM called `name`, as the projection has it now.
+fn find_vm(daemon: &Daemon, name: &str) -> Result<VmView, GuestError> {
+    daemon
+        .journal
+        .view()
+        .vm_by_name(name)
+        .cloned()
+        .ok_or_else(|| GuestError::NotFound {
+            name: name.to_owned(),
+        })
+}
+
+/// The running VM called `name`.
+fn running_vm(daemon: &Daemon, name: &str) -> Result<VmView, GuestError> {
+    let vm = find_vm(daemon, name)?;
+    if vm.state != VmState::Running {
+        return Err(GuestError::NotRunning {
+            name: vm.name,
+            state: vm.state.as_str(),
+        });
+    }
+    Ok(vm)
+}
+
+/// A fresh connection to the VM's agent, after the hello.
+async fn connect_agent(
+    daemon: &Daemon,
+    vm: &VmView,
+) -> Result<AgentClient<UnixStream>, GuestError> {
+    let uds = vsock_path(daemon, vm.id);
+    let connect = async {
+        let stream = vsock_connect_timeout(&uds, AGENT_VSOCK_PORT, AGENT_CONNECT_TIMEOUT)
+            .await
+            .map_err(|source| GuestError::Connect {
+                name: vm.name.clone(),
+                source,
+            })?;
+        AgentClient::handshake(stream, CLIENT_NAME)
+            .await
+            .map_err(|source| GuestError::Agent {
+                name: vm.name.clone(),
+                source,
+            })
+    };
+    // The vsock connect has its own deadline; this one also bounds an agent that accepts and
+    // then never says hello.
+    match tokio::time::timeout(AGENT_CONNECT_TIMEOUT * 2, connect).await {
+        Ok(result) => result,
+        Err(_) => Err(GuestError::Agent {
+            name: vm.name.clone(),
+            source: AgentError::Protocol(format!(
+                "no hello within {} s",
+                (AGENT_CONNECT_TIMEOUT * 2).as_secs()
+            )),
+        }),
+    }
+}
+
+fn name_of(params: &NameParams) -> Result<VmName, RpcError> {
+    VmName::parse(&params.name).map_err(|error| RpcError::invalid(error.to_string()))
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+// ---- vm.health, vm.ping -----------------------------------------------------------------------
+
+pub async fn health(
+    daemon: Arc<Daemon>,
+    _: Cx,
+    params: NameParams,
+) -> Result<VmHealthResult, RpcError> {
+    let name = name_of(&params)?;
+    let vm = running_vm(&daemon, name.as_str())?;
+    let mut agent = connect_agent(&daemon, &vm).await?;
+    let agent_error = |source| GuestError::Agent {
+        name: vm.name.clone(),
+        source,
+    };
+    let rtt = agent.ping().await.map_err(agent_error)?;
+    let health = agent.health().await.map_err(agent_error)?;
+    touch(&daemon, vm.id);
+    Ok(VmHealthResult {
+        name: vm.name,
+        health,
+        rtt_us: micros(rtt),
+    })
+}
+
+pub async fn ping(
+    daemon: Arc<Daemon>,
+    _: Cx,
+    params: NameParams,
+) -> Result<VmPingResult, RpcError> {
+    let name = name_of(&params)?;
+    let vm = running_vm(&daemon, name.as_str())?;
+    let mut agent = connect_agent(&daemon, &vm).await?;
+    let rtt = agent.ping().await.map_err(|source| GuestError::Agent {
+        name: vm.name.clone(),
+        source,
+    })?;
+    touch(&daemon, vm.id);
+    Ok(VmPingResult {
+        name: vm.name,
+        agent_version: agent.agent().agent_version.clone(),
+        rtt_us: micros(rtt),
+    })
+}
+
+// ---- streams ----------------------------------------------------------------------------------
+
+/// How a stream's writing loop went on.
+enum Sent {
+    Ok,
+    /// The client hung up, or bangerd is shutting down: end the stream now.
+    Gone,
+}
+
+/// Sends one item of the stream `cx` answers, unless the client hangs up or bangerd shuts
+/// down first.
+async fn send_item<T: Serialize>(
+    daemon: &Daemon,
+    cx: &Cx,
+    conn: &mut Conn,
+    item: &T,
+) -> Result<Sent, RpcError> {
+    let response = Response {
+        v: PROTOCOL_VERSION,
+        id: cx.request_id,
+        op_id: Some(cx.op_id.to_string()),
+        item: Some(encode(item)?),
+        result: None,
+        error: None,
+    };
+    tokio::select! {
+        biased;
+        _ = daemon.shutdown.cancelled() => Ok(Sent::Gone),
+        _ = conn.input.hung_up() => Ok(Sent::Gone),
+        sent = conn.output.send(&response) => Ok(if sent.is_err() { Sent::Gone } else { Sent::Ok }),
+    }
+}
+
+/// The client went away: end the stream without an answer (nobody would read it).
+fn hung_up(conn: &mut Conn) -> Value {
+    conn.output.dead = true;
+    Value::Null
+}
+
+fn shutting_down() -> RpcError {
+    RpcError::new(
+        ErrorCode::Unavailable,
+        "bangerd is shutting down; the stream ended there",
+    )
+}
+
+// ---- vm.exec ----------------------------------------------------------------------------------
+
+/// The dispatch table's entry point for `vm.exec`.
+pub fn exec_handler<'c>(
+    daemon: Arc<Daemon>,
+    cx: Cx,
+    params: Value,
+    conn: &'c mut Conn,
+) -> BoxFuture<'c, Result<Value, RpcError>> {
+    Box::pin(async move {
+        let params: VmExecParams = decode(cx.method, params)?;
+        exec(daemon, cx, params, conn).await
+    })
+}
+
+async fn exec(
+    daemon: Arc<Daemon>,
+    cx: Cx,
+    params: VmExecParams,
+    conn: &mut Conn,
+) -> Result<Value, RpcError> {
+    let request = ExecRequest {
+        argv: params.argv,
+        env: params.env,
+        cwd: params.cwd,
+        stdin: Default::default(),
+    };
+    // Refuse a bad request before touching the VM, with the agent's own wording.
+    request.validate().map_err(RpcError::invalid)?;
+    let vm = running_vm(&daemon, params.name.as_str())?;
+    let mut agent = connect_agent(&daemon, &vm).await?;
+    let agent_error = |source| GuestError::Agent {
+        name: vm.name.clone(),
+        source,
+    };
+    touch(&daemon, vm.id);
+    let mut running = agent.exec(&request).await.map_err(agent_error)?;
+    let pid = running.pid();
+    tracing::debug!(pid, vm = %vm.name, "command started in the guest");
+    let status = loop {
+        // `next` is not cancel-safe, but when another branch wins the command is abandoned
+        // (dropping the connection kills it), so a half-read frame is never resumed.
+        let event = tokio::select! {
+            biased;
+            _ = daemon.shutdown.cancelled() => return Err(shutting_down()),
+            _ = conn.input.hung_up() => {
+                tracing::debug!(pid, "client hung up; dropping the agent connection kills the command");
+                return Ok(hung_up(conn));
+            }
+            event = running.next() => event.map_err(agent_error)?,
+        };
+        // A long command that keeps printing is activity too: auto-stop must not cut it.
+        touch(&daemon, vm.id);
+        let item = match event {
+            ExecEvent::Stdout(data) => VmExecItem {
+                stream: ExecStream::Stdout,
+                data,
+            },
+            ExecEvent::Stderr(data) => VmExecItem {
+                stream: ExecStream::Stderr,
+                data,
+            },
+            ExecEvent::Exited(status) => break status,
+        };
+        match send_item(&daemon, &cx, conn, &item).await? {
+            Sent::Ok => {}
+            Sent::Gone if daemon.shutdown.is_cancelled() => return Err(shutting_down()),
+            Sent::Gone => return Ok(hung_up(conn)),
+        }
+    };
+    touch(&daemon, vm.id);
+    let (exit_code, signal) = match status {
+        ExitStatus::Code(code) => (Some(code), None),
+        ExitStatus::Signal(signal) => (None, Some(signal)),
+    };
+    encode(VmExecResult {
+        pid,
+        exit_code,
+        signal,
+    })
+}
+
+// ---- vm.logs ----------------------------------------------------------------------------------
+
+/// The dispatch table's entry point for `vm.logs`.
+pub fn logs_handler<'c>(
+    daemon: Arc<Daemon>,
+    cx: Cx,
+    params: Value,
+    conn: &'c mut Conn,
+) -> BoxFuture<'c, Result<Value, RpcError>> {
+    Box::pin(async move {
+        let params: VmLogsParams = decode(cx.method, params)?;
+        logs(daemon, cx, params, conn).await
+    })
+}
+
+/// The console file as this stream has it open.
+struct Console {
+    file: tokio::fs::File,
+    /// (device, inode), to notice the file being replaced.
+    identity: (u64, u64),
+    offset: u64,
+}
+
+impl Console {
+    /// Opens the console file; `Ok(None)` when it does not exist (yet).
+    async fn open(path: &std::path::Path) -> std::io::Result<Option<Console>> {
+        use std::os::unix::fs::MetadataExt;
+        let file = match tokio::fs::File::open(path).await {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let meta = file.metadata().await?;
+        Ok(Some(Console {
+            file,
+            identity: (meta.dev(), meta.ino()),
+            offset: 0,
+        }))
+    }
+
+    /// True when the path now names another file, or this one shrank below what was read:
+    /// either way the console started over.
+    async fn restarted(&self, path: &std::path::Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match tokio::fs::metadata(path).await {
+            Ok(meta) => (meta.dev(), meta.ino()) != self.identity || meta.len() < self.offset,
+            Err(_) => false,
+        }
+    }
+
+    /// Reads what is there now, up to one chunk.
+    async fn read_chunk(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; LOGS_CHUNK_BYTES];
+        let read = self.file.read(&mut buf).await?;
+        buf.truncate(read);
+        Ok(buf)
+    }
+}
+
+async fn logs(
+    daemon: Arc<Daemon>,
+    cx: Cx,
+    params: VmLogsParams,
+    conn: &mut Conn,
+) -> Result<Value, RpcError> {
+    let vm = find_vm(&daemon, params.name.as_str())?;
+    let path = console_path(&daemon, vm.id);
+    let console_error = |source| GuestError::Console {
+        name: vm.name.clone(),
+        path: path.clone(),
+        source,
+    };
+    let mut console = Console::open(&path).await.map_err(console_error)?;
+    if let (Some(console), Some(tail)) = (console.as_mut(), params.tail_bytes) {
+        let len = console.file.metadata().await.map_err(console_error)?.len();
+        let start = len.saturating_sub(tail);
+        console.offset = console
+            .file
+            .seek(SeekFrom::Start(start))
+            .await
+            .map_err(console_error)?;
+    }
+    // Without `follow`, the stream ends at the end of the file as it was when asked.
+    let end = match (&console, params.follow) {
+        (Some(console), false) => Some(console.file.metadata().await.map_err(console_error)?.len()),
+        (None, false) => return logs_end(0),
+        (_, true) => None,
+    };
+    loop {
+        if let Some(open) = console.as_mut() {
+            let chunk = open.read_chunk().await.map_err(console_error)?;
+            if !chunk.is_empty() {
+                let offset = open.offset;
+                open.offset += chunk.len() as u64;
+                let item = VmLogsItem {
+                    offset,
+                    data: chunk,
+                };
+                match send_item(&daemon, &cx, conn, &item).await? {
+                    Sent::Ok => {}
+                    Sent::Gone if daemon.shutdown.is_cancelled() => return Err(shutting_down()),
+                    Sent::Gone => return Ok(hung_up(conn)),
+                }
+                if let Some(end) = end
+                    && open.offset >= end
+                {
+                    return logs_end(open.offset);
+                }
+                continue;
+            }
+            if let Some(end) = end {
+                // The file ended before the length it had (truncated meanwhile): done.
+                return logs_end(open.offset.min(end));
+            }
+        }
+        // Caught up, following: wait for more, for the VM to go away, or for the client to.
+        tokio::select! {
+            biased;
+            _ = daemon.shutdown.cancelled() => return Err(shutting_down()),
+            _ = conn.input.hung_up() => return Ok(hung_up(conn)),
+            _ = tokio::time::sleep(LOGS_POLL_INTERVAL) => {}
+        }
+        if !daemon.journal.view().vms.contains_key(&vm.id) {
+            let offset = console.as_ref().map_or(0, |c| c.offset);
+            return encode(VmLogsEnd {
+                offset,
+                deleted: true,
+            });
+        }
+        let reopen = match &console {
+            None => true,
+            Some(open) => open.restarted(&path).await,
+        };
+        if reopen && let Some(fresh) = Console::open(&path).await.map_err(console_error)? {
+            console = Some(fresh);
+        }
+    }
+}
+
+/// The end of a console stream that reached `offset` (the VM still exists).
+fn logs_end(offset: u64) -> Result<Value, RpcError> {
+    encode(VmLogsEnd {
+        offset,
+        deleted: false,
+    })
+}

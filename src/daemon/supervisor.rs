@@ -1,0 +1,288 @@
+//! Supervision of running VMs: noticing a VMM that ends without being asked to, re-adopting
+//! VMMs that outlived a previous bangerd, and stopping VMs that sat idle too long.
+//!
+//! ```text
+//!  launched here ──▶ watch_child: await the child ──┐
+//!                                                   ├─▶ exit ─▶ asked for? (an operation on the VM
+//!  re-adopted ─────▶ watch_adopted: poll pid +      │           is in flight, or the VM no longer
+//!                    start time every 500 ms ───────┘           records this pid) ─▶ nothing
+//!                                                                  │ no
+//!                                                                  ▼
+//!                                VmExited{pid, exit status, console tail} + VmStateChanged → stopped
+//! ```
+//!
+//! Invariants:
+//! - VMM processes run in their own process group (see `crate::host::vmm`), so bangerd's
+//!   death does not take them along; a new bangerd re-adopts them at startup (after crash
+//!   recovery, before the socket exists): alive with the recorded start time and its API
+//!   socket answers → supervised again; otherwise `VmFoundDead` and the VM is stopped.
+//! - The supervisor never signals a process it has not matched by pid *and* start time, and
+//!   after an exit only signals the dead leader's process group (whose id cannot be reused
+//!   while the group has members) to take stragglers such as the fake's guest agent along.
+//! - An exit is reported once: the report names the pid, and the projection ignores a report
+//!   about a pid the VM no longer records.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use banger_events::{
+    Event, Journal, NewEvent, Target, VmExited, VmFoundDead, VmId, VmState, VmStateChanged,
+};
+use banger_projections::{ProcessRef, Projections};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use super::Daemon;
+use crate::host::firecracker::FirecrackerClient;
+use crate::host::process::{self, Liveness};
+use crate::host::vmm::{CONSOLE_TAIL_BYTES, Launched, console_tail};
+use crate::operations::vm_stop;
+use crate::paths::Layout;
+
+/// How often a re-adopted VMM (not our child, so no exit notification) is checked.
+const ADOPTED_POLL: Duration = Duration::from_millis(500);
+
+/// Watches VMMs and remembers when each VM was last used.
+pub struct Supervisor {
+    journal: Arc<Journal<Projections>>,
+    layout: Layout,
+    /// Last activity per VM: its start, and every exec, ping or health through bangerd.
+    activity: Mutex<HashMap<VmId, Instant>>,
+}
+
+impl Supervisor {
+    pub fn new(journal: Arc<Journal<Projections>>, layout: Layout) -> Supervisor {
+        Supervisor {
+            journal,
+            layout,
+            activity: Mutex::default(),
+        }
+    }
+
+    /// Records activity on `vm_id` now (it resets the idle clock of auto-stop).
+    pub fn touch(&self, vm_id: VmId) {
+        self.activity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(vm_id, Instant::now());
+    }
+
+    /// When `vm_id` was last active; a VM never seen counts as active now.
+    fn last_activity(&self, vm_id: VmId) -> Instant {
+        *self
+            .activity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(vm_id)
+            .or_insert_with(Instant::now)
+    }
+
+    /// Supervises a VMM this process spawned: its exit status comes from the child.
+    pub fn watch_child(
+        self: &Arc<Self>,
+        vm_id: VmId,
+        launched: Launched,
+        mut child: tokio::process::Child,
+    ) {
+        self.touch(vm_id);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            take_group_along(launched.pid);
+            let (code, signal) = match status {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    (status.code(), status.signal())
+                }
+                Err(error) => {
+                    tracing::warn!(pid = launched.pid, %error, "cannot read the VMM's exit status");
+                    (None, None)
+                }
+            };
+            this.on_exit(vm_id, launched.pid, code, signal).await;
+        });
+    }
+
+    /// Supervises a VMM a previous bangerd spawned: polled by pid and start time.
+    pub fn watch_adopted(self: &Arc<Self>, vm_id: VmId, process: ProcessRef) {
+        self.touch(vm_id);
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ADOPTED_POLL).await;
+                match process::liveness(process.pid, process.start_time_ticks) {
+                    Ok(Liveness::Alive) => continue,
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::warn!(pid = process.pid, %error, "cannot check a VMM; assuming it runs");
+                        continue;
+                    }
+                }
+            }
+            take_group_along(process.pid);
+            // Not our child: its exit status is not ours to read.
+            this.on_exit(vm_id, process.pid, None, None).await;
+        });
+    }
+
+    /// A watched VMM is gone: report it, unless someone asked for it.
+    async fn on_exit(&self, vm_id: VmId, pid: u32, exit_code: Option<i32>, signal: Option<i32>) {
+        let from = {
+            let view = self.journal.view();
+            let Some(vm) = view.vms.get(&vm_id) else {
+                return;
+            };
+            if vm.process.map(|p| p.pid) != Some(pid) {
+                return;
+            }
+            let target = Target::Vm {
+                vm_id,
+                name: vm.name.clone(),
+            };
+            if view.blocking_op_for(&target).is_some() {
+                // A stop, kill, delete or restart is under way: it asked for this exit.
+                return;
+            }
+            vm.state
+        };
+        let tail = console_tail(&self.layout.vm_console_log(vm_id), CONSOLE_TAIL_BYTES);
+        tracing::warn!(%vm_id, pid, ?exit_code, ?signal, "a VMM exited unexpectedly");
+        let mut events = vec![NewEvent::new(Event::VmExited(VmExited {
+            vm_id,
+            pid,
+            exit_code,
+            signal,
+            console_tail: tail,
+        }))];
+        if from != VmState::Stopped {
+            events.push(NewEvent::new(Event::VmStateChanged(VmStateChanged {
+                vm_id,
+                from,
+                to: VmState::Stopped,
+            })));
+        }
+        if let Err(error) = self.journal.append(events).await {
+            tracing::error!(%vm_id, %error, "cannot record a VMM's exit");
+        }
+    }
+
+    /// At startup, after recovery: re-adopts every VMM the log says runs and that still does;
+    /// reports the others dead and stops their VMs.
+    pub async fn readopt(self: &Arc<Self>) {
+        let vms: Vec<(VmId, String, VmState, Option<ProcessRef>)> = {
+            let view = self.journal.view();
+            view.vms
+                .values()
+                .filter(|vm| {
+                    vm.process.is_some()
+                        || matches!(
+                            vm.state,
+                            VmState::Running | VmState::Starting | VmState::Stopping
+                        )
+                })
+                .map(|vm| (vm.id, vm.name.clone(), vm.state, vm.process))
+                .collect()
+        };
+        for (vm_id, name, state, process) in vms {
+            let mut events = Vec::new();
+            if let Some(p) = process {
+                let liveness = process::liveness(p.pid, p.start_time_ticks).ok();
+                let answers = liveness == Some(Liveness::Alive)
+                    && FirecrackerClient::new(self.layout.vm_api_socket(vm_id))
+                        .with_timeout(Duration::from_secs(2))
+                        .describe_instance()
+                        .await
+                        .is_ok();
+                if answers {
+                    tracing::info!(vm = %name, pid = p.pid, "re-adopted a running VM");
+                    self.watch_adopted(vm_id, p);
+                    continue;
+                }
+                if liveness == Some(Liveness::Alive) {
+                    // Ours (same start time) but deaf: it cannot be driven, so end it.
+                    tracing::warn!(vm = %name, pid = p.pid, "the VMM runs but its API does not answer; killing it");
+                    let _ =
+                        crate::operations::vm_common::kill_process(p.pid, p.start_time_ticks).await;
+                }
+                tracing::warn!(vm = %name, pid = p.pid, "the VM's VMM died while bangerd was down");
+                events.push(NewEvent::new(Event::VmFoundDead(VmFoundDead {
+                    vm_id,
+                    pid: p.pid,
+                    start_time_ticks: p.start_time_ticks,
+                })));
+            }
+            if state != VmState::Stopped {
+                events.push(NewEvent::new(Event::VmStateChanged(VmStateChanged {
+                    vm_id,
+                    from: state,
+                    to: VmState::Stopped,
+                })));
+            }
+            if let Err(error) = self.journal.append(events).await {
+                tracing::error!(vm = %name, %error, "cannot record a VM found dead");
+                return;
+            }
+        }
+    }
+}
+
+/// After a group leader's exit, SIGKILLs what is left of its process group.
+fn take_group_along(pid: u32) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = killpg(Pid::from_raw(raw), Signal::SIGKILL);
+    }
+}
+
+/// Stops VMs idle longer than `idle_stop_after`, as `vm.stop` operations whose parameters say
+/// why. Runs until the daemon shuts down; does nothing when auto-stop is off.
+pub fn spawn_idle_sweep(daemon: Arc<Daemon>) {
+    let Some(idle_after) = daemon.vms.config.vm.idle_stop_after else {
+        return;
+    };
+    let every = (idle_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = daemon.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let idle: Vec<(String, Duration)> = {
+                let view = daemon.journal.view();
+                view.vms
+                    .values()
+                    .filter(|vm| vm.state == VmState::Running)
+                    .filter(|vm| {
+                        view.blocking_op_for(&Target::Vm {
+                            vm_id: vm.id,
+                            name: vm.name.clone(),
+                        })
+                        .is_none()
+                    })
+                    .filter_map(|vm| {
+                        let idle = daemon.supervisor.last_activity(vm.id).elapsed();
+                        (idle > idle_after).then(|| (vm.name.clone(), idle))
+                    })
+                    .collect()
+            };
+            for (name, idle) in idle {
+                let op_id = daemon.ids.op_id();
+                let reason = format!(
+                    "idle for {} s (idle_stop_after is {} s)",
+                    idle.as_secs(),
+                    idle_after.as_secs()
+                );
+                tracing::info!(vm = %name, %reason, "auto-stopping an idle VM");
+                let runner = daemon.runner.clone();
+                let timeout = daemon.vms.config.stop_timeout;
+                daemon.ops.spawn(async move {
+                    if let Err(error) =
+                        vm_stop::run(&runner, op_id, &name, timeout, Some(reason)).await
+                    {
+                        tracing::warn!(vm = %name, %error, "auto-stop failed");
+                    }
+                });
+            }
+        }
+    });
+}

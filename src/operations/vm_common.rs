@@ -1,0 +1,629 @@
+//! What the VM operations share: the services they run against ([`VmHost`]), the boot state
+//! of `vm.create` and `vm.start` ([`BootState`]), the network allocation, and the four boot
+//! steps both kinds run (`launch-firecracker`, `configure`, `instance-start`,
+//! `wait-for-agent`).
+//!
+//! | step                 | intent                      | ensure                                           | undo                                                  |
+//! |----------------------|-----------------------------|--------------------------------------------------|-------------------------------------------------------|
+//! | `launch-firecracker` | socket `api.sock`,          | spawn the VMM (own process group) unless the one | SIGKILL the recorded process (pid + start time), and  |
+//! |                      | socket `vsock.sock`         | recorded in the state still runs; produces       | any process whose `--api-sock` is the intended socket |
+//! |                      |                             | `Process{pid,start_time_ticks}` + both sockets   | (a crash before `StepSucceeded`); remove the sockets  |
+//! | `configure`          | —                           | machine config, boot source (kernel command line | nothing (the VMM dies with `launch-firecracker`'s undo)|
+//! |                      |                             | carries the guest IP), root + work drive, vsock  |                                                       |
+//! | `instance-start`     | —                           | InstanceStart (a started instance is fine)       | nothing                                               |
+//! | `wait-for-agent`     | —                           | vsock CONNECT + hello + health, retried until    | nothing                                               |
+//! |                      |                             | the boot timeout; fails at once if the VMM died   |                                                       |
+//!
+//! Invariants:
+//! - Undo acts only inside the VMs directory (`vms/`): a socket path anywhere else in a
+//!   handle is refused, whatever the log says.
+//! - A process is only ever signalled when its start time matches the record (or, for a crash
+//!   before the pid was recorded, when its command line names this VM's API socket).
+//! - Network allocations are unique among VMs: an address is in use while the ledger holds it
+//!   (a VM owns it), while an unresolved operation's step recorded it, or while an `allocate`
+//!   step of this process has handed it out and not yet seen its operation end.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use banger_events::{Handle, Journal, OpId, VmId, VmSpec};
+use banger_projections::Projections;
+
+use super::{BoxFuture, OpCx, Step, StepError};
+use crate::agent::client::AgentClient;
+use crate::agent::protocol::AGENT_VSOCK_PORT;
+use crate::config::Config;
+use crate::host::firecracker::vsock_connect_timeout;
+use crate::host::process::{self, Liveness};
+use crate::host::vmm::{
+    CONSOLE_TAIL_BYTES, DEFAULT_KILL_TIMEOUT, DriveSpec, LaunchSpec, Launched, Vmm, VsockSpec,
+    console_tail, kill_recorded,
+};
+use crate::paths::Layout;
+
+/// The guest network: 172.30.0.0/24, gateway .1 (the banger bridge, once the root helper
+/// creates it).
+pub const GUEST_NET: [u8; 3] = [172, 30, 0];
+pub const GATEWAY: [u8; 4] = [172, 30, 0, 1];
+/// The first vsock context id a guest may have (0–2 are reserved).
+pub const FIRST_GUEST_CID: u32 = 3;
+
+/// The services VM operations run against, shared by every VM request of one daemon.
+pub struct VmHost {
+    pub vmm: Arc<dyn Vmm>,
+    pub config: Config,
+    pub journal: Arc<Journal<Projections>>,
+    pub layout: Layout,
+    /// Names of VMs whose `vm.create` is between its checks and its end. The claim table keys
+    /// on the whole target (id and name), so two creates of one name would not collide there.
+    creating: Mutex<HashSet<String>>,
+    /// Allocations handed out by `allocate` steps of operations still running here.
+    reserved: Mutex<HashMap<OpId, Allocation>>,
+}
+
+impl VmHost {
+    pub fn new(
+        vmm: Arc<dyn Vmm>,
+        config: Config,
+        journal: Arc<Journal<Projections>>,
+        layout: Layout,
+    ) -> VmHost {
+        VmHost {
+            vmm,
+            config,
+            journal,
+            layout,
+            creating: Mutex::default(),
+            reserved: Mutex::default(),
+        }
+    }
+
+    /// Reserves `name` for a create; `None` when another create of that name is running.
+    pub fn reserve_name(self: &Arc<Self>, name: &str) -> Option<NameReservation> {
+        let mut creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        if !creating.insert(name.to_owned()) {
+            return None;
+        }
+        Some(NameReservation {
+            host: self.clone(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// Forgets the allocation operation `op_id` made: its operation has ended, so the log
+    /// (the ledger after success, nothing after a rollback) now says whether it is in use.
+    pub fn release_reservation(&self, op_id: OpId) {
+        self.reserved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&op_id);
+    }
+
+    /// Picks the lowest free guest IP (with its MAC) and vsock CID, and reserves them for
+    /// `op_id`. Free means: not in the ledger, not recorded by any unresolved operation's
+    /// step, and not reserved by another operation of this process.
+    pub fn allocate(&self, op_id: OpId) -> Result<Allocation, StepError> {
+        let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = reserved.get(&op_id) {
+            return Ok(*existing);
+        }
+        let mut ips = BTreeSet::new();
+        let mut cids = BTreeSet::new();
+        let mut note = |handle: &Handle| match handle {
+            Handle::Ip { addr } => {
+                ips.insert(*addr);
+            }
+            Handle::VsockCid { cid } => {
+                cids.insert(*cid);
+            }
+            _ => {}
+        };
+        {
+            let view = self.journal.view();
+            view.handles.keys().for_each(&mut note);
+            for op in view.unresolved() {
+                for step in &op.steps {
+                    step.produced.iter().chain(&step.intent).for_each(&mut note);
+                }
+            }
+        }
+        for allocation in reserved.values() {
+            ips.insert(allocation.ip);
+            cids.insert(allocation.cid);
+        }
+        let ip = (2u8..=254)
+            .map(|host| [GUEST_NET[0], GUEST_NET[1], GUEST_NET[2], host])
+            .find(|ip| !ips.contains(ip))
+            .ok_or_else(|| {
+                StepError::Other(
+                    "no free guest IP left in 172.30.0.0/24 (253 VMs exist); delete a VM first"
+                        .into(),
+                )
+            })?;
+        let cid = (FIRST_GUEST_CID..)
+            .find(|cid| !cids.contains(cid))
+            .ok_or_else(|| StepError::Other("no free vsock CID".into()))?;
+        let allocation = Allocation {
+            ip,
+            mac: mac_for(ip),
+            cid,
+        };
+        reserved.insert(op_id, allocation);
+        Ok(allocation)
+    }
+}
+
+/// A name held by a running create; dropping it frees the name.
+pub struct NameReservation {
+    host: Arc<VmHost>,
+    name: String,
+}
+
+impl Drop for NameReservation {
+    fn drop(&mut self) {
+        self.host
+            .creating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.name);
+    }
+}
+
+/// A VM's place on the guest network and on vsock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allocation {
+    pub ip: [u8; 4],
+    pub mac: [u8; 6],
+    pub cid: u32,
+}
+
+impl Allocation {
+    pub fn handles(&self) -> Vec<Handle> {
+        vec![
+            Handle::Ip { addr: self.ip },
+            Handle::Mac { addr: self.mac },
+            Handle::VsockCid { cid: self.cid },
+        ]
+    }
+
+    /// The allocation among `handles` (a VM's ledger entries, a step's output).
+    pub fn from_handles<'a>(handles: impl IntoIterator<Item = &'a Handle>) -> Option<Allocation> {
+        let (mut ip, mut mac, mut cid) = (None, None, None);
+        for handle in handles {
+            match handle {
+                Handle::Ip { addr } => ip = Some(*addr),
+                Handle::Mac { addr } => mac = Some(*addr),
+                Handle::VsockCid { cid: c } => cid = Some(*c),
+                _ => {}
+            }
+        }
+        Some(Allocation {
+            ip: ip?,
+            mac: mac?,
+            cid: cid?,
+        })
+    }
+}
+
+/// `02:fc:` (locally administered, unicast) followed by the four bytes of the IP, so the MAC
+/// says which guest it is.
+pub fn mac_for(ip: [u8; 4]) -> [u8; 6] {
+    [0x02, 0xfc, ip[0], ip[1], ip[2], ip[3]]
+}
+
+/// The kernel command line: serial console, reboot on Ctrl-Alt-Del, the guest IP.
+pub fn boot_args(ip: [u8; 4]) -> String {
+    let [a, b, c, d] = ip;
+    let [g0, g1, g2, g3] = GATEWAY;
+    format!(
+        "console=ttyS0 reboot=k panic=1 pci=off ip={a}.{b}.{c}.{d}::{g0}.{g1}.{g2}.{g3}:255.255.255.0::eth0:off"
+    )
+}
+
+/// What `vm.create` and `vm.start` carry from step to step.
+pub struct BootState {
+    pub host: Arc<VmHost>,
+    pub vm_id: VmId,
+    pub name: String,
+    pub spec: VmSpec,
+    /// The image's rootfs (create clones it).
+    pub image_rootfs: PathBuf,
+    pub kernel_path: PathBuf,
+    pub initrd_path: Option<PathBuf>,
+    /// Filled by `allocate` (create), or from the ledger (start).
+    pub allocation: Option<Allocation>,
+    /// Filled by `launch-firecracker`.
+    pub launched: Option<Launched>,
+    /// The VMM child this process spawned: handed to the supervisor when the operation ends
+    /// well, so that its exit status is seen.
+    pub child: Option<tokio::process::Child>,
+}
+
+impl BootState {
+    /// What Firecracker is told to run.
+    pub fn launch_spec(&self, layout: &Layout) -> Result<LaunchSpec, StepError> {
+        let allocation = self
+            .allocation
+            .ok_or_else(|| StepError::Other("the VM has no IP and vsock CID allocated".into()))?;
+        let vcpus = u8::try_from(self.spec.vcpus)
+            .map_err(|_| StepError::Other(format!("{} vCPUs is too many", self.spec.vcpus)))?;
+        let mem_mib = u32::try_from(self.spec.memory_mib).map_err(|_| {
+            StepError::Other(format!(
+                "{} MiB of memory is too much",
+                self.spec.memory_mib
+            ))
+        })?;
+        Ok(LaunchSpec {
+            id: self.vm_id.to_string(),
+            api_socket: layout.vm_api_socket(self.vm_id),
+            console_log: layout.vm_console_log(self.vm_id),
+            vcpus,
+            mem_mib,
+            kernel: self.kernel_path.clone(),
+            initrd: self.initrd_path.clone(),
+            boot_args: boot_args(allocation.ip),
+            drives: vec![
+                DriveSpec {
+                    id: "rootfs".into(),
+                    path: layout.vm_root_disk(self.vm_id),
+                    root: true,
+                    read_only: false,
+                },
+                DriveSpec {
+                    id: "work".into(),
+                    path: layout.vm_work_disk(self.vm_id),
+                    root: false,
+                    read_only: false,
+                },
+            ],
+            // No tap until the root helper exists (see vm_create's module docs).
+            net: None,
+            vsock: Some(VsockSpec {
+                cid: allocation.cid,
+                uds_path: layout.vm_vsock_socket(self.vm_id),
+            }),
+        })
+    }
+
+    fn launched(&self) -> Result<&Launched, StepError> {
+        self.launched
+            .as_ref()
+            .ok_or_else(|| StepError::Other("no VMM process was launched".into()))
+    }
+}
+
+/// The VM a VM operation targets.
+pub fn target_vm(cx: &OpCx<'_>) -> Result<VmId, StepError> {
+    match cx.target {
+        banger_events::Target::Vm { vm_id, .. } => Ok(*vm_id),
+        other => Err(StepError::Other(format!("{other} is not a VM"))),
+    }
+}
+
+pub fn socket_handle(path: &Path) -> Handle {
+    Handle::Socket {
+        path: path.display().to_string(),
+    }
+}
+
+pub fn file_handle(path: &Path) -> Handle {
+    Handle::File {
+        path: path.display().to_string(),
+    }
+}
+
+/// `path` from a handle, when it lies inside the VMs directory; an error otherwise, so that a
+/// damaged log cannot aim an undo elsewhere.
+pub fn path_in_vms(layout: &Layout, path: &str) -> Result<PathBuf, StepError> {
+    let path = PathBuf::from(path);
+    let vms = layout.vms_dir();
+    if path.starts_with(&vms)
+        && path
+            .components()
+            .all(|c| !matches!(c, std::path::Component::ParentDir))
+        && path != vms
+    {
+        Ok(path)
+    } else {
+        Err(StepError::Other(format!(
+            "refusing to touch {}: it is not inside {}",
+            path.display(),
+            vms.display()
+        )))
+    }
+}
+
+/// Removes a file; a missing one is fine.
+pub fn remove_file_if_present(path: &Path) -> Result<(), StepError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(StepError::io(
+            format!("cannot remove {}", path.display()),
+            error,
+        )),
+    }
+}
+
+/// SIGKILLs the recorded process (and its group), waiting until it is gone. Dead or reused
+/// pids are left alone.
+pub async fn kill_process(pid: u32, start_time_ticks: u64) -> Result<(), StepError> {
+    let launched = Launched {
+        pid,
+        start_time_ticks,
+        api_socket: PathBuf::new(),
+    };
+    kill_recorded(&launched, DEFAULT_KILL_TIMEOUT)
+        .await
+        .map(drop)
+        .map_err(|error| StepError::Other(format!("cannot kill VMM process {pid}: {error}")))
+}
+
+/// Processes whose command line passes `--api-sock <api_socket>`: the VMM a crashed
+/// `launch-firecracker` started before its pid reached the log.
+pub fn processes_serving(api_socket: &Path) -> Vec<(u32, u64)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let wanted = api_socket.as_os_str().as_encoded_bytes();
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let serves = args
+            .windows(2)
+            .any(|pair| pair[0] == b"--api-sock" && pair[1] == wanted);
+        if serves && let Ok(ticks) = process::proc_start_time_ticks(pid) {
+            found.push((pid, ticks));
+        }
+    }
+    found
+}
+
+/// Undoes a launch from its handles: kills the recorded process, then any process still
+/// serving a recorded API socket, then removes the sockets.
+pub async fn undo_launch(layout: &Layout, handles: &[Handle]) -> Result<(), StepError> {
+    for handle in handles {
+        if let Handle::Process {
+            pid,
+            start_time_ticks,
+        } = handle
+        {
+            kill_process(*pid, *start_time_ticks).await?;
+        }
+    }
+    for handle in handles {
+        if let Handle::Socket { path } = handle {
+            let path = path_in_vms(layout, path)?;
+            for (pid, ticks) in processes_serving(&path) {
+                kill_process(pid, ticks).await?;
+            }
+            remove_file_if_present(&path)?;
+            // The fake firecracker's guest agent listens beside the vsock socket.
+            let mut guest = path.clone().into_os_string();
+            guest.push(".guest");
+            remove_file_if_present(Path::new(&guest))?;
+        }
+    }
+    Ok(())
+}
+
+pub struct LaunchFirecracker;
+
+impl Step<BootState> for LaunchFirecracker {
+    fn name(&self) -> &'static str {
+        "launch-firecracker"
+    }
+
+    fn intent(&self, cx: &OpCx<'_>, state: &BootState) -> Vec<Handle> {
+        vec![
+            socket_handle(&cx.layout.vm_api_socket(state.vm_id)),
+            socket_handle(&cx.layout.vm_vsock_socket(state.vm_id)),
+        ]
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        cx: &'a OpCx<'a>,
+        state: &'a mut BootState,
+    ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
+        Box::pin(async move {
+            let produced = |launched: &Launched| {
+                let mut handles = vec![Handle::Process {
+                    pid: launched.pid,
+                    start_time_ticks: launched.start_time_ticks,
+                }];
+                handles.extend(self.intent(cx, state));
+                handles
+            };
+            if let Some(launched) = &state.launched
+                && launched.liveness().ok() == Some(Liveness::Alive)
+            {
+                return Ok(produced(launched));
+            }
+            let spec = state.launch_spec(cx.layout)?;
+            let spawned = state
+                .host
+                .vmm
+                .spawn(&spec)
+                .await
+                .map_err(|e| StepError::Other(e.to_string()))?;
+            let handles = produced(&spawned.launched);
+            state.launched = Some(spawned.launched);
+            state.child = Some(spawned.child);
+            Ok(handles)
+        })
+    }
+
+    fn undo<'a>(
+        &'a self,
+        cx: &'a OpCx<'a>,
+        handles: &'a [Handle],
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(undo_launch(cx.layout, handles))
+    }
+}
+
+pub struct Configure;
+
+impl Step<BootState> for Configure {
+    fn name(&self) -> &'static str {
+        "configure"
+    }
+
+    fn intent(&self, _: &OpCx<'_>, _: &BootState) -> Vec<Handle> {
+        Vec::new()
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        cx: &'a OpCx<'a>,
+        state: &'a mut BootState,
+    ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
+        Box::pin(async move {
+            let spec = state.launch_spec(cx.layout)?;
+            let launched = state.launched()?;
+            state
+                .host
+                .vmm
+                .configure(launched, &spec)
+                .await
+                .map_err(|e| StepError::Other(e.to_string()))?;
+            Ok(Vec::new())
+        })
+    }
+
+    fn undo<'a>(
+        &'a self,
+        _: &'a OpCx<'a>,
+        _: &'a [Handle],
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+pub struct InstanceStart;
+
+impl Step<BootState> for InstanceStart {
+    fn name(&self) -> &'static str {
+        "instance-start"
+    }
+
+    fn intent(&self, _: &OpCx<'_>, _: &BootState) -> Vec<Handle> {
+        Vec::new()
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        _: &'a OpCx<'a>,
+        state: &'a mut BootState,
+    ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
+        Box::pin(async move {
+            let launched = state.launched()?;
+            state
+                .host
+                .vmm
+                .start(launched)
+                .await
+                .map_err(|e| StepError::Other(e.to_string()))?;
+            Ok(Vec::new())
+        })
+    }
+
+    fn undo<'a>(
+        &'a self,
+        _: &'a OpCx<'a>,
+        _: &'a [Handle],
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+pub struct WaitForAgent;
+
+impl Step<BootState> for WaitForAgent {
+    fn name(&self) -> &'static str {
+        "wait-for-agent"
+    }
+
+    fn intent(&self, _: &OpCx<'_>, _: &BootState) -> Vec<Handle> {
+        Vec::new()
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        cx: &'a OpCx<'a>,
+        state: &'a mut BootState,
+    ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
+        Box::pin(async move {
+            let launched = state.launched()?.clone();
+            let timeout = state.host.config.boot_timeout;
+            let uds = cx.layout.vm_vsock_socket(state.vm_id);
+            let console = cx.layout.vm_console_log(state.vm_id);
+            wait_for_agent(&launched, &uds, &console, timeout).await?;
+            Ok(Vec::new())
+        })
+    }
+
+    fn undo<'a>(
+        &'a self,
+        _: &'a OpCx<'a>,
+        _: &'a [Handle],
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Polls the guest agent through the vsock socket until it says hello and reports its
+/// health, the VMM dies, or `timeout` passes.
+pub async fn wait_for_agent(
+    launched: &Launched,
+    uds: &Path,
+    console: &Path,
+    timeout: Duration,
+) -> Result<(), StepError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if launched.liveness().map(Liveness::is_dead).unwrap_or(false) {
+            return Err(StepError::Other(format!(
+                "the VMM (pid {}) exited while the guest booted; console tail:\n{}",
+                launched.pid,
+                console_tail(console, CONSOLE_TAIL_BYTES)
+            )));
+        }
+        let attempt = async {
+            let stream = vsock_connect_timeout(uds, AGENT_VSOCK_PORT, Duration::from_secs(2))
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut client = AgentClient::handshake(stream, "bangerd")
+                .await
+                .map_err(|e| e.to_string())?;
+            client.health().await.map_err(|e| e.to_string())
+        };
+        let last_error = match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(_health)) => return Ok(()),
+            Ok(Err(error)) => error,
+            Err(_) => "the agent did not answer within 5 s".to_owned(),
+        };
+        if Instant::now() >= deadline {
+            return Err(StepError::Other(format!(
+                "the guest agent did not answer within {} ms (last error: {last_error}); console tail:\n{}",
+                timeout.as_millis(),
+                console_tail(console, CONSOLE_TAIL_BYTES)
+            )));
+        }
+        // Polling a socket that appears when the guest is up: a short pause between tries.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

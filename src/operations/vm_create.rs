@@ -1,0 +1,669 @@
+//! `vm.create`: defines a VM from an image and a kernel, gives it disks, a network place and a
+//! VMM, and boots it until its guest agent answers.
+//!
+//! | step                 | intent                                  | ensure                                              | undo                                   |
+//! |----------------------|-----------------------------------------|-----------------------------------------------------|----------------------------------------|
+//! | `allocate`           | —                                       | lowest free guest IP in 172.30.0.0/24 (not .0/.1/.255), MAC `02:fc:<ip>`, lowest free vsock CID ≥ 3; produces `Ip`, `Mac`, `VsockCid` | nothing on the host (the ledger only gets them on success) |
+//! | `prepare-rootfs`     | dir `vms/<id>`, file `vms/<id>/root.ext4` | the VM directory (with this op's marker), the image rootfs cloned (reflink) or sparse-copied into it | remove `vms/<id>` if this op's marker is in it |
+//! | `prepare-work-disk`  | file `vms/<id>/work.ext4`               | sparse file of `work_disk_mib`, `mkfs.ext4 -q -F -L work` (lazy init) | remove the file |
+//! | `network`            | —                                       | nothing yet: taps come from the root helper (a later issue); the VM has no network interface | nothing |
+//! | `launch-firecracker` | sockets `api.sock`, `vsock.sock`        | see [`super::vm_common`]                            | kill the VMM, remove the sockets        |
+//! | `configure`          | —                                       | see [`super::vm_common`]                            | nothing                                 |
+//! | `instance-start`     | —                                       | see [`super::vm_common`]                            | nothing                                 |
+//! | `wait-for-agent`     | —                                       | see [`super::vm_common`]                            | nothing                                 |
+//!
+//! Domain events: `VmDefined` (state `creating`) goes in the commit of `OperationStarted`, so
+//! the VM is listed while it is being created and its name is visibly taken; `HandleAcquired`
+//! (IP, MAC, CID, VMM process, VM directory, all owned by the VM) and `VmStateChanged` →
+//! `running` go with `OperationSucceeded`; `VmRemoved` goes with `OperationRolledBack`, in a
+//! live rollback and in crash recovery alike (recovery rolls creates back).
+//!
+//! Networking: until the root helper can create taps, a VM is created without a network
+//! interface (the guest IP is still allocated and on the kernel command line). Acceptable in
+//! tests only; the `network` step is where the tap will be acquired.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use banger_events::{
+    Event, Handle, HandleAcquired, OpId, OpKind, Owner, Target, VmDefined, VmId, VmRemoved, VmSpec,
+    VmState, VmStateChanged,
+};
+
+use super::store::{self, dir_handle};
+use super::vm_common::{
+    BootState, Configure, InstanceStart, LaunchFirecracker, NameReservation, VmHost, WaitForAgent,
+    file_handle, path_in_vms, remove_file_if_present, target_vm,
+};
+use super::{BoxFuture, Claim, OpCx, OpError, OperationKind, Runner, Step, StepError, blocking};
+use crate::api::{VmCreateParams, VmName};
+
+const MIB: u64 = 1024 * 1024;
+
+pub struct VmCreate;
+
+const STEPS: &[&dyn Step<BootState>] = &[
+    &Allocate,
+    &PrepareRootfs,
+    &PrepareWorkDisk,
+    &Network,
+    &LaunchFirecracker,
+    &Configure,
+    &InstanceStart,
+    &WaitForAgent,
+];
+
+impl OperationKind for VmCreate {
+    const KIND: OpKind = OpKind::VmCreate;
+    type State = BootState;
+
+    fn steps() -> &'static [&'static dyn Step<BootState>] {
+        STEPS
+    }
+
+    fn start_events(_: &OpCx<'_>, state: &BootState) -> Vec<Event> {
+        vec![Event::VmDefined(VmDefined {
+            vm_id: state.vm_id,
+            name: state.name.clone(),
+            spec: state.spec.clone(),
+        })]
+    }
+
+    fn finish(cx: &OpCx<'_>, state: &BootState) -> Vec<Event> {
+        let owner = Owner::Vm(state.vm_id);
+        let mut handles = state.allocation.map(|a| a.handles()).unwrap_or_default();
+        handles.push(dir_handle(&cx.layout.vm_dir(state.vm_id)));
+        if let Some(launched) = &state.launched {
+            handles.push(Handle::Process {
+                pid: launched.pid,
+                start_time_ticks: launched.start_time_ticks,
+            });
+        }
+        let mut events: Vec<Event> = handles
+            .into_iter()
+            .map(|handle| Event::HandleAcquired(HandleAcquired { owner, handle }))
+            .collect();
+        events.push(Event::VmStateChanged(VmStateChanged {
+            vm_id: state.vm_id,
+            from: VmState::Creating,
+            to: VmState::Running,
+        }));
+        events
+    }
+
+    fn rolled_back_events(target: &Target) -> Vec<Event> {
+        match target {
+            Target::Vm { vm_id, .. } => vec![Event::VmRemoved(VmRemoved { vm_id: *vm_id })],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A create that passed its checks and holds its target: ready to run.
+pub struct Prepared {
+    pub op_id: OpId,
+    pub vm_id: VmId,
+    pub name: String,
+    claim: Claim,
+    _name: NameReservation,
+    parameters: String,
+    state: BootState,
+}
+
+/// Checks a `vm.create` request and claims its target. Nothing is recorded yet: a refused
+/// request leaves no trace in the log.
+pub fn prepare(
+    runner: &Runner,
+    host: &Arc<VmHost>,
+    op_id: OpId,
+    vm_id: VmId,
+    params: &VmCreateParams,
+) -> Result<Prepared, OpError> {
+    let name = VmName::parse(&params.name)
+        .map_err(|e| OpError::InvalidArgument(e.to_string()))?
+        .to_string();
+    let vcpus = params.vcpus.unwrap_or(host.config.vm.vcpus);
+    let memory_mib = params.memory_mib.unwrap_or(host.config.vm.memory_mib);
+    let work_disk_mib = params.work_disk_mib.unwrap_or(host.config.vm.work_disk_mib);
+    check_shape(vcpus, memory_mib, work_disk_mib)?;
+    let reservation = host.reserve_name(&name).ok_or_else(|| {
+        OpError::AlreadyExists(format!(
+            "a VM named {name} is being created right now; pick another name"
+        ))
+    })?;
+    let target = Target::Vm {
+        vm_id,
+        name: name.clone(),
+    };
+    let claim = runner.claim(op_id, OpKind::VmCreate, target, Vec::new())?;
+    let view = runner.journal().view();
+    if view.vm_by_name(&name).is_some() {
+        return Err(OpError::AlreadyExists(format!(
+            "a VM named {name} already exists; pick another name, or delete it first (`banger vm delete {name}`)"
+        )));
+    }
+    let image = view.images.get(&params.image).ok_or_else(|| {
+        OpError::NotFound(format!(
+            "no image named {}; see `banger image list`, or register one with `banger image register {} --rootfs FILE`",
+            params.image, params.image
+        ))
+    })?;
+    let kernel_name = params
+        .kernel
+        .clone()
+        .or_else(|| image.kernel.clone())
+        .ok_or_else(|| {
+            OpError::InvalidArgument(format!(
+                "image {} names no default kernel; pass one (`--kernel NAME`, see `banger kernel list`)",
+                params.image
+            ))
+        })?;
+    let kernel = view.kernels.get(&kernel_name).ok_or_else(|| {
+        OpError::NotFound(format!(
+            "no kernel named {kernel_name}; see `banger kernel list`, or import one with `banger kernel import {kernel_name} --from DIR`"
+        ))
+    })?;
+    let spec = VmSpec {
+        image: params.image.clone(),
+        kernel: kernel_name.clone(),
+        vcpus,
+        memory_mib,
+        root_disk_mib: image.size_bytes.div_ceil(MIB),
+        work_disk_mib,
+    };
+    let state = BootState {
+        host: host.clone(),
+        vm_id,
+        name: name.clone(),
+        spec,
+        image_rootfs: PathBuf::from(&image.rootfs_path),
+        kernel_path: PathBuf::from(&kernel.kernel_path),
+        initrd_path: kernel.initrd_path.as_ref().map(PathBuf::from),
+        allocation: None,
+        launched: None,
+        child: None,
+    };
+    drop(view);
+    let parameters = serde_json::json!({
+        "vm_id": vm_id,
+        "name": name,
+        "image": params.image,
+        "kernel": kernel_name,
+        "vcpus": vcpus,
+        "memory_mib": memory_mib,
+        "work_disk_mib": work_disk_mib,
+        // Said here so that `banger ops` and the audit log show it: see the module docs.
+        "network": "none: taps need the root helper, which this build does not have",
+    })
+    .to_string();
+    Ok(Prepared {
+        op_id,
+        vm_id,
+        name,
+        claim,
+        _name: reservation,
+        parameters,
+        state,
+    })
+}
+
+/// Runs a prepared create to its end. Returns the final state (its VMM child, for the
+/// supervisor).
+pub async fn execute(runner: &Runner, prepared: Prepared) -> Result<BootState, OpError> {
+    let Prepared {
+        op_id,
+        claim,
+        parameters,
+        state,
+        _name,
+        ..
+    } = prepared;
+    let host = state.host.clone();
+    let result = runner.run::<VmCreate>(&claim, parameters, state).await;
+    host.release_reservation(op_id);
+    result
+}
+
+/// The limits a VM's shape must respect (Firecracker's, and common sense).
+pub fn check_shape(vcpus: u32, memory_mib: u64, work_disk_mib: u64) -> Result<(), OpError> {
+    if vcpus == 0 || vcpus > 32 {
+        return Err(OpError::InvalidArgument(format!(
+            "{vcpus} vCPUs: use 1 to 32"
+        )));
+    }
+    if !(128..=u64::from(u32::MAX)).contains(&memory_mib) {
+        return Err(OpError::InvalidArgument(format!(
+            "{memory_mib} MiB of memory: use at least 128 MiB"
+        )));
+    }
+    if work_disk_mib < 16 {
+        return Err(OpError::InvalidArgument(format!(
+            "a {work_disk_mib} MiB work disk is too small for ext4; use at least 16 MiB"
+        )));
+    }
+    Ok(())
+}
+
+struct Allocate;
+
+impl Step<BootState> for Allocate {
+    fn name(&self) -> &'static str {
+        "allocate"
+    }
+
+    fn intent(&self, _: &OpCx<'_>, _: &BootState) -> Vec<Handle> {
+        Vec::new()
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        cx: &'a OpCx<'a>,
+        state: &'a mut BootState,
+    ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
+        Box::pin(async move {
+            let allocation = match state.allocation {
+                Some(allocation) => allocation,
+                None => state.host.allocate(cx.op_id)?,
+            };
+            state.allocation = Some(allocation);
+            Ok(allocation.handles())
+        })
+    }
+
+    fn undo<'a>(
+        &'a self,
+        _: &'a OpCx<'a>,
+        _: &'a [Handle],
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        // Nothing on the host: the addresses were only ever in this operation's record.
+        Box::pin(async { Ok(()) })
+    }
+}
+
+struct PrepareRootfs;
+
+impl Step<BootState> for PrepareRootfs {
+    fn name(&self) -> &'static str {
+        "prepare-rootfs"
+    }
+
+    fn intent(&self, cx: &OpCx<'_>, state: &BootState) -> Vec<Handle> {
+        vec![
+            dir_handle(&cx.layout.vm_dir(state.vm_id)),
+            file_handle(&cx.layout.vm_root_disk(state.vm_id)),
+        ]
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        cx: &'a OpCx<'a>,
+        state: &'a mut BootState,
+    ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
+        let dir = cx.layout.vm_dir(state.vm_id);
+        let root = cx.layout.vm_root_disk(state.vm_id);
+        let image = state.image_rootfs.clone();
+        let op_id = cx.op_id;
+        let handles = self.intent(cx, state);
+        Box::pin(async move {
+            blocking("cloning the root disk", move || {
+                // The directory is named by a fresh VM id: only this operation ever made it.
+                if store::marker_of(&dir) != Some(op_id) {
+                    store::create_marked_dir(&dir, op_id)?;
+                }
+                store::clone_or_copy(&image, &root).map(drop)
+            })
+            .await?;
+            Ok(handles)
+        })
+    }
+
+    fn undo<'a>(
+        &'a self,
+        cx: &'a OpCx<'a>,
+        handles: &'a [Handle],
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async move {
+            for handle in handles {
+                if let Handle::Directory { path } = handle {
+                    let dir = path_in_vms(cx.layout, path)?;
+                    let op_id = cx.op_id;
+                    blocking("removing the VM directory", move || {
+                        store::remove_if_made_by(&dir, op_id)
+                    })
+                    .await?;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+struct PrepareWorkDisk;
+
+impl Step<BootState> for PrepareWorkDisk {
+    fn name(&self) -> &'static str {
+        "prepare-work-disk"
+    }
+
+    fn intent(&self, cx: &OpCx<'_>, state: &BootState) -> Vec<Handle> {
+        vec![file_handle(&cx.layout.vm_work_disk(state.vm_id))]
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        cx: &'a OpCx<'a>,
+        state: &'a mut BootState,
+    ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
+        let path = cx.layout.vm_work_disk(state.vm_id);
+        let bytes = state.spec.work_disk_mib.saturating_mul(MIB);
+        let handles = self.intent(cx, state);
+        Box::pin(async move {
+            blocking("making the work disk", move || make_work_disk(&path, bytes)).await?;
+            Ok(handles)
+        })
+    }
+
+    fn undo<'a>(
+        &'a self,
+        cx: &'a OpCx<'a>,
+        handles: &'a [Handle],
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async move {
+            for handle in handles {
+                if let Handle::File { path } = handle {
+                    remove_file_if_present(&path_in_vms(cx.layout, path)?)?;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A fresh ext4 filesystem labelled `work` in a sparse file of `bytes` (made again from
+/// scratch when it exists: an earlier attempt's disk was never handed to a guest).
+fn make_work_disk(path: &std::path::Path, bytes: u64) -> Result<(), StepError> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| StepError::io(format!("cannot create {}", path.display()), e))?;
+    file.set_len(bytes)
+        .map_err(|e| StepError::io(format!("cannot size {}", path.display()), e))?;
+    drop(file);
+    run_tool(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-L",
+            "work",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1",
+        ],
+        path,
+    )
+}
+
+/// Runs an e2fsprogs tool on `path`; its stderr is the error when it fails.
+pub(crate) fn run_tool(tool: &str, args: &[&str], path: &std::path::Path) -> Result<(), StepError> {
+    // e2fsprogs lives in /sbin, which an unprivileged user's PATH often lacks.
+    let binary = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .map(|dir| std::path::Path::new(dir).join(tool))
+        .find(|candidate| candidate.exists())
+        .unwrap_or_else(|| PathBuf::from(tool));
+    let output = Command::new(&binary)
+        .args(args)
+        .arg(path)
+        .output()
+        .map_err(|e| {
+            StepError::io(
+                format!("cannot run {tool} (install e2fsprogs: `apt-get install e2fsprogs`)"),
+                e,
+            )
+        })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(StepError::Other(format!(
+            "{tool} {} failed ({}): {}",
+            path.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
+struct Network;
+
+impl Step<BootState> for Network {
+    fn name(&self) -> &'static str {
+        "network"
+    }
+
+    fn intent(&self, _: &OpCx<'_>, _: &BootState) -> Vec<Handle> {
+        Vec::new()
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        cx: &'a OpCx<'a>,
+        _: &'a mut BootState,
+    ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
+        Box::pin(async move {
+            let vm = target_vm(cx)?;
+            // TODO(root helper issue): acquire a tap from the helper's pool here.
+            tracing::info!(%vm, "no network interface: taps need the root helper, which this build does not have yet");
+            Ok(Vec::new())
+        })
+    }
+
+    fn undo<'a>(
+        &'a self,
+        _: &'a OpCx<'a>,
+        _: &'a [Handle],
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// The step invariants of the VM operations, on a real directory: every host-touching step's
+/// `ensure` run twice equals once, every `undo` run twice equals once, and undoing what never
+/// happened (from the intent) succeeds and changes nothing.
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::path::Path;
+
+    use banger_events::{JournalOptions, MemoryLog, OpId, Target, VmSpec};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::host::vmm::FirecrackerVmm;
+    use crate::operations::vm_common::{processes_serving, undo_launch};
+    use crate::operations::vm_stop::{StopState, VmStop};
+    use crate::paths::Layout;
+
+    fn snapshot(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                out.push(path.display().to_string());
+                if path.is_dir() {
+                    stack.push(path);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn boot_state(layout: &Layout, image: &Path) -> BootState {
+        let journal =
+            banger_events::Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default())
+                .expect("a journal in memory");
+        let host = Arc::new(VmHost::new(
+            Arc::new(FirecrackerVmm::new("/nonexistent/firecracker")),
+            Config::default(),
+            Arc::new(journal),
+            layout.clone(),
+        ));
+        BootState {
+            host,
+            vm_id: VmId(0x42),
+            name: "dev".into(),
+            spec: VmSpec {
+                image: "img".into(),
+                kernel: "k".into(),
+                vcpus: 1,
+                memory_mib: 256,
+                root_disk_mib: 1,
+                work_disk_mib: 32,
+            },
+            image_rootfs: image.to_path_buf(),
+            kernel_path: PathBuf::from("/nonexistent/vmlinux"),
+            initrd_path: None,
+            allocation: None,
+            launched: None,
+            child: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn create_steps_before_the_vmm_are_idempotent_and_undo_tolerates_absence() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::rooted(&dir.path().join("root"));
+        fs::create_dir_all(layout.vms_dir()).unwrap();
+        let image = dir.path().join("rootfs.ext4");
+        fs::write(&image, vec![7u8; 64 * 1024]).unwrap();
+        let target = Target::Vm {
+            vm_id: VmId(0x42),
+            name: "dev".into(),
+        };
+        let cx = OpCx {
+            op_id: OpId(0xabc),
+            kind: OpKind::VmCreate,
+            target: &target,
+            layout: &layout,
+        };
+        let mut state = boot_state(&layout, &image);
+        let before = snapshot(&layout.state_dir);
+        let host_steps: [&dyn Step<BootState>; 4] =
+            [&Allocate, &PrepareRootfs, &PrepareWorkDisk, &Network];
+        let mut done = Vec::new();
+        for step in host_steps {
+            let first = step.ensure(&cx, &mut state).await.unwrap();
+            let second = step.ensure(&cx, &mut state).await.unwrap();
+            assert_eq!(first, second, "{}", step.name());
+            done.push((step, first));
+        }
+        assert_eq!(
+            state.allocation.map(|a| a.ip),
+            Some([172, 30, 0, 2]),
+            "the first free address"
+        );
+        assert!(layout.vm_root_disk(VmId(0x42)).exists());
+        let work = layout.vm_work_disk(VmId(0x42));
+        assert_eq!(fs::metadata(&work).unwrap().len(), 32 << 20);
+        run_tool("e2fsck", &["-f", "-n"], &work).expect("a clean ext4 work disk");
+        for (step, handles) in done.iter().rev() {
+            step.undo(&cx, handles).await.unwrap();
+            step.undo(&cx, handles).await.unwrap();
+        }
+        assert_eq!(snapshot(&layout.state_dir), before, "undo left traces");
+        // Undo from the intents alone, when nothing happened.
+        for step in STEPS.iter().rev() {
+            let intent = step.intent(&cx, &state);
+            step.undo(&cx, &intent).await.unwrap();
+        }
+        assert_eq!(snapshot(&layout.state_dir), before);
+        // An undo never reaches outside the VMs directory, whatever the log says.
+        let outside = [Handle::File {
+            path: image.display().to_string(),
+        }];
+        assert!(PrepareWorkDisk.undo(&cx, &outside).await.is_err());
+        assert!(image.exists());
+    }
+
+    #[tokio::test]
+    async fn a_vmm_launched_before_its_pid_was_recorded_is_found_by_its_socket_and_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::rooted(&dir.path().join("r"));
+        let vm_id = VmId(0x43);
+        fs::create_dir_all(layout.vm_dir(vm_id)).unwrap();
+        let api = layout.vm_api_socket(vm_id);
+        fs::write(&api, b"").unwrap();
+        // A stand-in VMM: its command line carries `--api-sock <path>` as firecracker's does.
+        let mut child = tokio::process::Command::new("/bin/sh")
+            // Two commands, so that the shell does not exec sleep and keep its arguments.
+            .args(["-c", "sleep 60; exit 0", "sh", "--api-sock"])
+            .arg(&api)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        // The command line is the shell's once it has exec'd: poll for it, with a deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while processes_serving(&api).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stand-in never ran"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(processes_serving(&api).len(), 1);
+        let intent = [socket(&api), socket(&layout.vm_vsock_socket(vm_id))];
+        undo_launch(&layout, &intent).await.unwrap();
+        undo_launch(&layout, &intent).await.unwrap();
+        let status = child.wait().await.unwrap();
+        assert!(!status.success(), "pid {pid} was killed");
+        assert!(!api.exists());
+        assert!(processes_serving(&api).is_empty());
+    }
+
+    fn socket(path: &Path) -> Handle {
+        Handle::Socket {
+            path: path.display().to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn stop_steps_on_a_vm_without_a_process_do_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::rooted(&dir.path().join("r"));
+        let vm_id = VmId(0x44);
+        fs::create_dir_all(layout.vm_dir(vm_id)).unwrap();
+        fs::write(layout.vm_api_socket(vm_id), b"").unwrap();
+        let target = Target::Vm {
+            vm_id,
+            name: "dev".into(),
+        };
+        let cx = OpCx {
+            op_id: OpId(0x1),
+            kind: OpKind::VmStop,
+            target: &target,
+            layout: &layout,
+        };
+        let state = StopState {
+            vm_id,
+            name: "dev".into(),
+            from: VmState::Running,
+            process: None,
+            stop_timeout_ms: 10,
+            reason: Some("idle".into()),
+        };
+        // Recovery rebuilds the state from the parameters alone.
+        let mut state = VmStop::resume_state(&target, &state.parameters()).expect("resumable");
+        for step in VmStop::steps() {
+            assert!(step.ensure(&cx, &mut state).await.unwrap().is_empty());
+            assert!(step.ensure(&cx, &mut state).await.unwrap().is_empty());
+            step.undo(&cx, &[]).await.unwrap();
+        }
+        assert!(!layout.vm_api_socket(vm_id).exists());
+        assert!(layout.vm_dir(vm_id).exists(), "stop keeps the disks");
+    }
+}

@@ -1,0 +1,109 @@
+//! `vm.delete`: kills a VM's VMM if it runs, removes its directory (disks, sockets, console)
+//! and forgets it. Irreversible.
+//!
+//! | step           | intent      | ensure                                                      | undo    |
+//! |----------------|-------------|-------------------------------------------------------------|---------|
+//! | `kill`         | —           | SIGKILL the recorded process (pid + start time), if any     | nothing |
+//! | `remove-files` | dir `vms/<id>` | remove the VM directory; a missing one is fine           | nothing (irreversible) |
+//!
+//! Recovery rolls deletes forward from the parameters. Domain events: → deleting with
+//! `OperationStarted`; `VmRemoved` (which releases every handle the VM held: IP, MAC, CID,
+//! process, directory) with `OperationSucceeded`; → failed with `OperationRolledBack` (a
+//! directory that cannot be removed; `vm delete` again retries).
+
+use banger_events::{Event, Handle, OpId, OpKind, Target, VmRemoved, VmState, VmStateChanged};
+
+use super::store::{self, dir_handle};
+use super::vm_common::target_vm;
+use super::vm_stop::{KillVmm, StopState, prepare};
+use super::{BoxFuture, OpCx, OpError, OperationKind, Runner, Step, StepError, blocking};
+
+pub struct VmDelete;
+
+const STEPS: &[&dyn Step<StopState>] = &[&KillVmm, &RemoveFiles];
+
+impl OperationKind for VmDelete {
+    const KIND: OpKind = OpKind::VmDelete;
+    type State = StopState;
+
+    fn steps() -> &'static [&'static dyn Step<StopState>] {
+        STEPS
+    }
+
+    fn start_events(_: &OpCx<'_>, state: &StopState) -> Vec<Event> {
+        vec![Event::VmStateChanged(VmStateChanged {
+            vm_id: state.vm_id,
+            from: state.from,
+            to: VmState::Deleting,
+        })]
+    }
+
+    fn finish(_: &OpCx<'_>, state: &StopState) -> Vec<Event> {
+        vec![Event::VmRemoved(VmRemoved { vm_id: state.vm_id })]
+    }
+
+    fn rolled_back_events(target: &Target) -> Vec<Event> {
+        match target {
+            Target::Vm { vm_id, .. } => vec![Event::VmStateChanged(VmStateChanged {
+                vm_id: *vm_id,
+                from: VmState::Deleting,
+                to: VmState::Failed,
+            })],
+            _ => Vec::new(),
+        }
+    }
+
+    fn resume_state(_: &Target, parameters: &str) -> Option<StopState> {
+        StopState::from_parameters(parameters)
+    }
+}
+
+/// Handles `vm.delete`.
+pub async fn run(runner: &Runner, op_id: OpId, name: &str) -> Result<StopState, OpError> {
+    let (claim, state) = prepare(
+        runner,
+        op_id,
+        OpKind::VmDelete,
+        name,
+        std::time::Duration::ZERO,
+        None,
+        true,
+    )?;
+    let parameters = state.parameters();
+    runner.run::<VmDelete>(&claim, parameters, state).await
+}
+
+struct RemoveFiles;
+
+impl Step<StopState> for RemoveFiles {
+    fn name(&self) -> &'static str {
+        "remove-files"
+    }
+
+    fn intent(&self, cx: &OpCx<'_>, state: &StopState) -> Vec<Handle> {
+        vec![dir_handle(&cx.layout.vm_dir(state.vm_id))]
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        cx: &'a OpCx<'a>,
+        _: &'a mut StopState,
+    ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
+        Box::pin(async move {
+            let dir = cx.layout.vm_dir(target_vm(cx)?);
+            blocking("removing the VM directory", move || {
+                store::remove_dir_if_present(&dir)
+            })
+            .await?;
+            Ok(Vec::new())
+        })
+    }
+
+    fn undo<'a>(
+        &'a self,
+        _: &'a OpCx<'a>,
+        _: &'a [Handle],
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async { Ok(()) })
+    }
+}

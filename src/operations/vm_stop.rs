@@ -1,0 +1,380 @@
+//! `vm.stop`: stops a running VM gracefully — the guest syncs its disks, gets Ctrl-Alt-Del,
+//! and has `stop_timeout` to power off before its VMM is killed.
+//!
+//! | step              | intent | ensure                                                            | undo    |
+//! |-------------------|--------|-------------------------------------------------------------------|---------|
+//! | `sync-guest`      | —      | best effort: the guest agent's `sync` (2 s), so no write is lost  | nothing |
+//! | `shutdown`        | —      | Ctrl-Alt-Del through the API, wait up to `stop_timeout` for the   | nothing |
+//! |                   |        | recorded process to be gone, then SIGKILL it (pid + start time)   |         |
+//! | `release-sockets` | —      | remove the VMM's API and vsock socket files                       | nothing |
+//!
+//! Every step is harmless on a VM whose process is already gone, so crash recovery rolls
+//! stops forward: it rebuilds the state from the operation's parameters (which record the
+//! process, the timeout and why) and runs the remaining steps.
+//!
+//! Domain events: running → stopping with `OperationStarted`; `HandleReleased` (the process)
+//! and stopping → stopped with `OperationSucceeded`; stopping → running with
+//! `OperationRolledBack` (only a process that survives SIGKILL gets there).
+
+use std::time::Duration;
+
+use banger_events::{
+    Event, Handle, HandleReleased, OpId, OpKind, Target, VmId, VmState, VmStateChanged,
+};
+use banger_projections::ProcessRef;
+use serde::{Deserialize, Serialize};
+
+use super::vm_common::{kill_process, path_in_vms, remove_file_if_present, target_vm};
+use super::{BoxFuture, Claim, OpCx, OpError, OperationKind, Runner, Step, StepError};
+use crate::agent::client::AgentClient;
+use crate::agent::protocol::AGENT_VSOCK_PORT;
+use crate::host::firecracker::{FirecrackerClient, vsock_connect_timeout};
+use crate::host::process;
+
+pub struct VmStop;
+
+const STEPS: &[&dyn Step<StopState>] = &[&SyncGuest, &Shutdown, &ReleaseSockets];
+
+/// What stop, kill and delete know; recorded whole as the operation's parameters, so that
+/// recovery can finish the operation from the log alone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopState {
+    pub vm_id: VmId,
+    pub name: String,
+    /// The state the VM was in when the operation began.
+    pub from: VmState,
+    /// The VMM process to end, when the VM had one.
+    pub process: Option<ProcessRef>,
+    pub stop_timeout_ms: u64,
+    /// Why (auto-stop says "idle for …"); `None` when a user asked.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl StopState {
+    pub fn parameters(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn from_parameters(parameters: &str) -> Option<StopState> {
+        serde_json::from_str(parameters).ok()
+    }
+}
+
+impl OperationKind for VmStop {
+    const KIND: OpKind = OpKind::VmStop;
+    type State = StopState;
+
+    fn steps() -> &'static [&'static dyn Step<StopState>] {
+        STEPS
+    }
+
+    fn start_events(_: &OpCx<'_>, state: &StopState) -> Vec<Event> {
+        vec![to_stopping(state)]
+    }
+
+    fn finish(_: &OpCx<'_>, state: &StopState) -> Vec<Event> {
+        stopped_events(state)
+    }
+
+    fn rolled_back_events(target: &Target) -> Vec<Event> {
+        back_to_running(target)
+    }
+
+    fn resume_state(_: &Target, parameters: &str) -> Option<StopState> {
+        StopState::from_parameters(parameters)
+    }
+}
+
+pub(crate) fn to_stopping(state: &StopState) -> Event {
+    Event::VmStateChanged(VmStateChanged {
+        vm_id: state.vm_id,
+        from: state.from,
+        to: VmState::Stopping,
+    })
+}
+
+pub(crate) fn stopped_events(state: &StopState) -> Vec<Event> {
+    let mut events = Vec::new();
+    if let Some(process) = state.process {
+        events.push(Event::HandleReleased(HandleReleased {
+            handle: process.handle(),
+        }));
+    }
+    events.push(Event::VmStateChanged(VmStateChanged {
+        vm_id: state.vm_id,
+        from: VmState::Stopping,
+        to: VmState::Stopped,
+    }));
+    events
+}
+
+pub(crate) fn back_to_running(target: &Target) -> Vec<Event> {
+    match target {
+        Target::Vm { vm_id, .. } => vec![Event::VmStateChanged(VmStateChanged {
+            vm_id: *vm_id,
+            from: VmState::Stopping,
+            to: VmState::Running,
+        })],
+        _ => Vec::new(),
+    }
+}
+
+/// The id of the live VM called `name`.
+pub fn vm_id_by_name(runner: &Runner, name: &str) -> Result<VmId, OpError> {
+    runner
+        .journal()
+        .view()
+        .vm_by_name(name)
+        .map(|vm| vm.id)
+        .ok_or_else(|| OpError::NotFound(format!("no VM named {name}; see `banger vm list`")))
+}
+
+/// Claims VM `name` for `kind` and describes it; refuses a VM that has nothing to stop unless
+/// `any_state`.
+pub fn prepare(
+    runner: &Runner,
+    op_id: OpId,
+    kind: OpKind,
+    name: &str,
+    stop_timeout: Duration,
+    reason: Option<String>,
+    any_state: bool,
+) -> Result<(Claim, StopState), OpError> {
+    let vm_id = vm_id_by_name(runner, name)?;
+    let claim = runner.claim(
+        op_id,
+        kind,
+        Target::Vm {
+            vm_id,
+            name: name.to_owned(),
+        },
+        Vec::new(),
+    )?;
+    let view = runner.journal().view();
+    let vm = view
+        .vms
+        .get(&vm_id)
+        .ok_or_else(|| OpError::NotFound(format!("no VM named {name}; see `banger vm list`")))?;
+    if !any_state && vm.state == VmState::Stopped {
+        return Err(OpError::InvalidArgument(format!(
+            "vm {name} is already stopped; start it with `banger vm start {name}`"
+        )));
+    }
+    Ok((
+        claim,
+        StopState {
+            vm_id,
+            name: name.to_owned(),
+            from: vm.state,
+            process: vm.process,
+            stop_timeout_ms: u64::try_from(stop_timeout.as_millis()).unwrap_or(u64::MAX),
+            reason,
+        },
+    ))
+}
+
+/// Handles `vm.stop` (and the auto-stop sweep, which gives a reason).
+pub async fn run(
+    runner: &Runner,
+    op_id: OpId,
+    name: &str,
+    stop_timeout: Duration,
+    reason: Option<String>,
+) -> Result<(), OpError> {
+    let (claim, state) = prepare(
+        runner,
+        op_id,
+        OpKind::VmStop,
+        name,
+        stop_timeout,
+        reason,
+        false,
+    )?;
+    let parameters = state.parameters();
+    runner.run::<VmStop>(&claim, parameters, state).await?;
+    Ok(())
+}
+
+fn alive(process: Option<ProcessRef>) -> Option<ProcessRef> {
+    process.filter(|p| {
+        process::liveness(p.pid, p.start_time_ticks).ok() == Some(process::Liveness::Alive)
+    })
+}
+
+struct SyncGuest;
+
+impl Step<StopState> for SyncGuest {
+    fn name(&self) -> &'static str {
+        "sync-guest"
+    }
+
+    fn intent(&self, _: &OpCx<'_>, _: &StopState) -> Vec<Handle> {
+        Vec::new()
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        cx: &'a OpCx<'a>,
+        state: &'a mut StopState,
+    ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
+        Box::pin(async move {
+            if alive(state.process).is_none() {
+                return Ok(Vec::new());
+            }
+            let uds = cx.layout.vm_vsock_socket(state.vm_id);
+            let sync = async {
+                let stream = vsock_connect_timeout(&uds, AGENT_VSOCK_PORT, Duration::from_secs(2))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut client = AgentClient::handshake(stream, "bangerd")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                client.sync().await.map_err(|e| e.to_string())
+            };
+            // Best effort: a guest that cannot sync is still stopped; its writes since the
+            // last sync may be lost, which the log line says.
+            match tokio::time::timeout(Duration::from_secs(2), sync).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(vm = %state.name, %error, "guest sync failed; stopping anyway")
+                }
+                Err(_) => tracing::warn!(vm = %state.name, "guest sync timed out; stopping anyway"),
+            }
+            Ok(Vec::new())
+        })
+    }
+
+    fn undo<'a>(
+        &'a self,
+        _: &'a OpCx<'a>,
+        _: &'a [Handle],
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+struct Shutdown;
+
+impl Step<StopState> for Shutdown {
+    fn name(&self) -> &'static str {
+        "shutdown"
+    }
+
+    fn intent(&self, _: &OpCx<'_>, _: &StopState) -> Vec<Handle> {
+        Vec::new()
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        cx: &'a OpCx<'a>,
+        state: &'a mut StopState,
+    ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
+        Box::pin(async move {
+            let Some(p) = alive(state.process) else {
+                return Ok(Vec::new());
+            };
+            let client = FirecrackerClient::new(cx.layout.vm_api_socket(state.vm_id))
+                .with_timeout(Duration::from_secs(2));
+            if let Err(error) = client.send_ctrl_alt_del().await {
+                tracing::warn!(vm = %state.name, %error, "Ctrl-Alt-Del failed; killing the VMM");
+            } else {
+                let timeout = Duration::from_millis(state.stop_timeout_ms);
+                let gone = process::wait_dead(p.pid, p.start_time_ticks, timeout)
+                    .await
+                    .map_err(|e| StepError::io(format!("cannot watch process {}", p.pid), e))?;
+                if gone {
+                    return Ok(Vec::new());
+                }
+                tracing::warn!(vm = %state.name, timeout_ms = state.stop_timeout_ms,
+                    "the guest did not power off in time; killing the VMM");
+            }
+            kill_process(p.pid, p.start_time_ticks).await?;
+            Ok(Vec::new())
+        })
+    }
+
+    fn undo<'a>(
+        &'a self,
+        _: &'a OpCx<'a>,
+        _: &'a [Handle],
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Ends the VMM at once: SIGKILL to the recorded process's group. Shared by kill and delete.
+pub(crate) struct KillVmm;
+
+impl Step<StopState> for KillVmm {
+    fn name(&self) -> &'static str {
+        "kill"
+    }
+
+    fn intent(&self, _: &OpCx<'_>, _: &StopState) -> Vec<Handle> {
+        Vec::new()
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        _: &'a OpCx<'a>,
+        state: &'a mut StopState,
+    ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
+        Box::pin(async move {
+            if let Some(p) = state.process {
+                kill_process(p.pid, p.start_time_ticks).await?;
+            }
+            Ok(Vec::new())
+        })
+    }
+
+    fn undo<'a>(
+        &'a self,
+        _: &'a OpCx<'a>,
+        _: &'a [Handle],
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Removes the socket files a dead VMM leaves. Shared by stop and kill.
+pub(crate) struct ReleaseSockets;
+
+impl Step<StopState> for ReleaseSockets {
+    fn name(&self) -> &'static str {
+        "release-sockets"
+    }
+
+    fn intent(&self, _: &OpCx<'_>, _: &StopState) -> Vec<Handle> {
+        Vec::new()
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        cx: &'a OpCx<'a>,
+        _: &'a mut StopState,
+    ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
+        Box::pin(async move {
+            let vm_id = target_vm(cx)?;
+            for socket in [
+                cx.layout.vm_api_socket(vm_id),
+                cx.layout.vm_vsock_socket(vm_id),
+            ] {
+                let socket = path_in_vms(cx.layout, &socket.display().to_string())?;
+                remove_file_if_present(&socket)?;
+                let mut guest = socket.into_os_string();
+                guest.push(".guest");
+                remove_file_if_present(std::path::Path::new(&guest))?;
+            }
+            Ok(Vec::new())
+        })
+    }
+
+    fn undo<'a>(
+        &'a self,
+        _: &'a OpCx<'a>,
+        _: &'a [Handle],
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
