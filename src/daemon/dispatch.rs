@@ -200,6 +200,7 @@ pub fn op_error(error: OpError) -> RpcError {
         OpError::NotFound(_) => ErrorCode::NotFound,
         OpError::AlreadyExists(_) => ErrorCode::AlreadyExists,
         OpError::Busy(_) => ErrorCode::Busy,
+        OpError::NotRunning(_) => ErrorCode::NotRunning,
         OpError::Unavailable(_) | OpError::Log(_) => ErrorCode::Unavailable,
         OpError::Failed { .. } | OpError::Stuck { .. } => ErrorCode::OperationFailed,
         OpError::Internal(_) => ErrorCode::Internal,

@@ -197,6 +197,9 @@ pub enum OpError {
     AlreadyExists(String),
     #[error("{0}")]
     Busy(String),
+    /// The request needs a running VM and this one is not.
+    #[error("{0}")]
+    NotRunning(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{kind} failed at step {step}: {error}; everything it had done was rolled back")]

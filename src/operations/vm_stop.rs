@@ -157,7 +157,7 @@ pub fn prepare(
         .get(&vm_id)
         .ok_or_else(|| OpError::NotFound(format!("no VM named {name}; see `banger vm list`")))?;
     if !any_state && vm.state == VmState::Stopped {
-        return Err(OpError::InvalidArgument(format!(
+        return Err(OpError::NotRunning(format!(
             "vm {name} is already stopped; start it with `banger vm start {name}`"
         )));
     }

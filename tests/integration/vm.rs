@@ -352,10 +352,11 @@ async fn the_whole_lifecycle_create_stop_start_restart_kill_set_delete() {
         console.contains("Ctrl-Alt-Del"),
         "a graceful stop: {console}"
     );
-    let (_, message) = error_of(
+    let (code, message) = error_of(
         lab.call::<VmResult>("vm.stop", json!({"name": "dev"}))
             .await,
     );
+    assert_eq!(code, "NotRunning", "{message}");
     assert!(message.contains("already stopped"), "{message}");
 
     // start again: a new process, same network place.
