@@ -9,8 +9,10 @@
 //! |---------------|----------------------------------------------------------------------|
 //! | `before`      | abort the process after `StepStarted` is durable, before the effect   |
 //! | `after`       | abort after the side effect, before `StepSucceeded`                   |
+//! | `succeeded`   | abort after `StepSucceeded` is durable, before the next step          |
 //! | `error`       | the step fails with an injected error (the operation rolls back)      |
 //! | `undo-before` | abort after `UndoStarted` is durable, before the undo runs            |
+//! | `undo-after`  | abort after the undo ran, before `UndoSucceeded` (recovery redoes it) |
 //! | `undo-error`  | the undo fails with an injected error (the operation becomes stuck)   |
 //!
 //! Aborting (`std::process::abort`) is the closest a process gets to a power cut: no
@@ -24,8 +26,10 @@ use banger_events::OpKind;
 pub enum Point {
     Before,
     After,
+    Succeeded,
     Error,
     UndoBefore,
+    UndoAfter,
     UndoError,
 }
 
@@ -34,8 +38,10 @@ impl Point {
         Some(match text {
             "before" => Point::Before,
             "after" => Point::After,
+            "succeeded" => Point::Succeeded,
             "error" => Point::Error,
             "undo-before" => Point::UndoBefore,
+            "undo-after" => Point::UndoAfter,
             "undo-error" => Point::UndoError,
             _ => return None,
         })
@@ -45,8 +51,10 @@ impl Point {
         match self {
             Point::Before => "before",
             Point::After => "after",
+            Point::Succeeded => "succeeded",
             Point::Error => "error",
             Point::UndoBefore => "undo-before",
+            Point::UndoAfter => "undo-after",
             Point::UndoError => "undo-error",
         }
     }
@@ -54,7 +62,7 @@ impl Point {
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "BANGER_FAILPOINT entry {entry:?} is not KIND:STEP:POINT with a known kind and POINT one of before, after, error, undo-before, undo-error"
+    "BANGER_FAILPOINT entry {entry:?} is not KIND:STEP:POINT with a known kind and POINT one of before, after, succeeded, error, undo-before, undo-after, undo-error"
 )]
 pub struct FailpointError {
     pub entry: String,
@@ -136,11 +144,14 @@ mod tests {
 
     #[test]
     fn parses_lists_and_refuses_junk() {
-        let points =
-            Failpoints::parse("kernel.import:publish:before, image.register:stage:undo-error")
-                .unwrap();
+        let points = Failpoints::parse(
+            "kernel.import:publish:before, image.register:stage:undo-error, vm.stop:shutdown:succeeded, vm.create:network:undo-after",
+        )
+        .unwrap();
         assert!(points.is_set(OpKind::KernelImport, "publish", Point::Before));
         assert!(points.is_set(OpKind::ImageRegister, "stage", Point::UndoError));
+        assert!(points.is_set(OpKind::VmStop, "shutdown", Point::Succeeded));
+        assert!(points.is_set(OpKind::VmCreate, "network", Point::UndoAfter));
         assert!(!points.is_set(OpKind::KernelImport, "publish", Point::After));
         assert!(Failpoints::parse("").unwrap().is_empty());
         for bad in [

@@ -283,6 +283,8 @@ impl Runner {
                     )
                     .await?;
                     tracing::debug!(step = name, ?produced, "step succeeded");
+                    self.failpoints
+                        .crash_if_set(cx.kind, name, Point::Succeeded);
                     done.push(Done {
                         step,
                         handles: produced,
@@ -375,6 +377,8 @@ impl Runner {
             };
             match result {
                 Ok(()) => {
+                    self.failpoints
+                        .crash_if_set(cx.kind, name, Point::UndoAfter);
                     self.record(
                         cx,
                         Some(started),

@@ -5,6 +5,9 @@
 //! - [`properties`]: seeded property tests of the fold, its snapshots and the journal.
 //! - [`recovery`]: `plan_recovery` finishes every open operation, even when recovery itself
 //!   is interrupted at any point.
+//! - [`crash_matrix`]: every operation × step × crash point against the real bangerd and the
+//!   fake firecracker: recovery ends every operation, the views match the host, nothing
+//!   leaks, no acknowledged event is lost.
 //! - [`corruption`]: bit flips in a real redb file, truncation, missing and duplicated sequence
 //!   numbers, unknown event kinds and damaged snapshots.
 //!
@@ -15,6 +18,7 @@
 
 mod common;
 mod corruption;
+mod crash_matrix;
 mod golden;
 mod properties;
 mod recovery;

@@ -1,0 +1,418 @@
+//! The crash matrix's laboratory: the real binaries (built here when missing or stale), a
+//! bangerd on a throwaway `BANGER_ROOT` that can be crashed and restarted, and the fixture
+//! inputs (a kernel directory and a sparse rootfs file) every case of a test shares.
+//!
+//! Nothing here sleeps to synchronise: waiting polls a condition with a deadline and fails
+//! with the daemon's own output when the deadline passes.
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use banger::api::EventsParams;
+use banger::paths::Layout;
+use banger::rpc::{Client, ClientError, StreamEvent};
+use banger_events::Envelope;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// How long anything may take before a case fails (a loaded 2-core machine running several
+/// cases at once is slow; a healthy step takes milliseconds).
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The binaries a case runs.
+pub struct Binaries {
+    pub bangerd: PathBuf,
+    pub agent: PathBuf,
+    pub fake_firecracker: PathBuf,
+}
+
+/// Builds (once per test process) `bangerd`, `banger-agent` and `fake-firecracker` into the
+/// target directory this test binary lives in; cargo rebuilds only what is stale.
+pub fn binaries() -> &'static Binaries {
+    static BINARIES: OnceLock<Binaries> = OnceLock::new();
+    BINARIES.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test binary lives in target/<profile>/deps")
+            .to_path_buf();
+        let target_dir = profile_dir.parent().expect("a target directory");
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_owned();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        for what in [
+            &["-p", "banger", "--bins"][..],
+            &["-p", "banger-tools", "--bin", "fake-firecracker"][..],
+        ] {
+            let mut command = Command::new(&cargo);
+            command
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .args(["build", "--quiet"])
+                .args(what)
+                .arg("--target-dir")
+                .arg(target_dir);
+            match profile.as_str() {
+                "debug" => {}
+                "release" => {
+                    command.arg("--release");
+                }
+                other => {
+                    command.args(["--profile", other]);
+                }
+            }
+            let status = command.status().expect("run cargo build");
+            assert!(status.success(), "cargo build {what:?} failed");
+        }
+        Binaries {
+            bangerd: profile_dir.join("bangerd"),
+            agent: profile_dir.join("banger-agent"),
+            fake_firecracker: profile_dir.join("fake-firecracker"),
+        }
+    })
+}
+
+/// `Some(reason)` when the matrix cannot run here: a real firecracker named by
+/// `BANGER_FIRECRACKER` cannot boot a guest on these hosts, and every VM case needs a boot.
+pub fn skip_reason() -> Option<String> {
+    std::env::var_os("BANGER_FIRECRACKER")
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            format!(
+                "crash matrix skipped: BANGER_FIRECRACKER={} names a real firecracker, and the matrix needs the fake",
+                p.to_string_lossy()
+            )
+        })
+}
+
+/// Inputs shared by the cases of one test: a kernel source directory and a sparse rootfs.
+pub struct Inputs {
+    _dir: tempfile::TempDir,
+    pub kernel_dir: PathBuf,
+    pub rootfs: PathBuf,
+}
+
+impl Inputs {
+    pub fn new() -> Inputs {
+        let dir = tempfile::Builder::new()
+            .prefix("bcm-in-")
+            .tempdir_in("/tmp")
+            .expect("a temporary directory");
+        let kernel_dir = dir.path().join("kernel");
+        std::fs::create_dir_all(&kernel_dir).expect("create the kernel source");
+        let mut vmlinux = b"\x7fELF".to_vec();
+        vmlinux.extend_from_slice(&[0u8; 4096]);
+        vmlinux.extend_from_slice(b"Linux version 6.1.0-test (test@banger) #1 SMP\0");
+        vmlinux.extend_from_slice(&[0u8; 1024]);
+        std::fs::write(kernel_dir.join("vmlinux"), vmlinux).expect("write vmlinux");
+        let rootfs = dir.path().join("rootfs.ext4");
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let size: u64 = 4 << 20;
+            let mut file = std::fs::File::create(&rootfs).expect("create the rootfs");
+            file.write_all(b"rootfs head").expect("write");
+            file.seek(SeekFrom::Start(size - 11)).expect("seek");
+            file.write_all(b"rootfs tail").expect("write");
+        }
+        Inputs {
+            _dir: dir,
+            kernel_dir,
+            rootfs,
+        }
+    }
+}
+
+/// How a start of bangerd ended up.
+#[derive(Debug)]
+pub enum Started {
+    /// It answers on its socket.
+    Ready,
+    /// It exited before answering (a failpoint hit during crash recovery).
+    Exited(ExitStatus),
+}
+
+/// A bangerd on its own `BANGER_ROOT`, started and crashed as a case needs. Dropping it
+/// SIGKILLs the daemon and every process whose command line names the root (VMMs and their
+/// agents outlive bangerd by design), then removes the root.
+pub struct Daemon {
+    root: tempfile::TempDir,
+    child: Option<Child>,
+    starts: usize,
+}
+
+impl Daemon {
+    /// A fresh root with a small config (64 MiB work disks, short timeouts); nothing runs yet.
+    pub fn new() -> Daemon {
+        // Short paths: a unix socket path must fit in 107 bytes.
+        let root = tempfile::Builder::new()
+            .prefix("bcm-")
+            .tempdir_in("/tmp")
+            .expect("a temporary BANGER_ROOT");
+        let layout = Layout::rooted(root.path());
+        std::fs::create_dir_all(&layout.config_dir).expect("create the config dir");
+        std::fs::write(
+            layout.config_dir.join("config.toml"),
+            "[vm]\nvcpus = 1\nmemory = \"256M\"\nwork_disk = \"64M\"\n\n[timeouts]\nboot = \"10s\"\nstop = \"5s\"\n",
+        )
+        .expect("write the config");
+        Daemon {
+            root,
+            child: None,
+            starts: 0,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    pub fn layout(&self) -> Layout {
+        Layout::rooted(self.root.path())
+    }
+
+    /// Starts bangerd with `failpoint` (or none) and waits until it answers or exits.
+    pub fn start(&mut self, failpoint: Option<&str>) -> Started {
+        assert!(self.child.is_none(), "start while a bangerd runs");
+        let bins = binaries();
+        self.starts += 1;
+        let output = std::fs::File::create(self.output_path()).expect("create the output file");
+        let mut command = Command::new(&bins.bangerd);
+        command
+            .env("BANGER_ROOT", self.root.path())
+            .env("BANGER_LOG", "debug")
+            .env("BANGER_FIRECRACKER", &bins.fake_firecracker)
+            .env("BANGER_FAKE_AGENT", &bins.agent)
+            .env_remove("BANGER_FAILPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(output);
+        if let Some(failpoint) = failpoint {
+            command.env("BANGER_FAILPOINT", failpoint);
+        }
+        // SAFETY: setrlimit is async-signal-safe. A failpoint aborts bangerd on purpose;
+        // it must not leave a core file wherever the test runs.
+        unsafe {
+            command.pre_exec(|| {
+                let none = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &none);
+                Ok(())
+            });
+        }
+        self.child = Some(command.spawn().expect("start bangerd"));
+        let socket = self.layout().socket_path();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Started::Exited(status);
+            }
+            // A stale socket of a killed daemon refuses connections until the new one
+            // replaces it, so a successful connect means this daemon listens.
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                return Started::Ready;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bangerd did not answer within {DEADLINE:?}; its output:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Starts bangerd and insists that it answers.
+    pub fn start_ready(&mut self, failpoint: Option<&str>) {
+        match self.start(failpoint) {
+            Started::Ready => {}
+            Started::Exited(status) => panic!(
+                "bangerd exited ({status}) before answering; its output:\n{}",
+                self.output()
+            ),
+        }
+    }
+
+    /// Waits (with the deadline) for bangerd to exit on its own, and reaps it.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        let mut child = self.child.take().expect("bangerd is not running");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for bangerd") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "bangerd did not exit within {DEADLINE:?}; its output:\n{}",
+                    self.output()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Asks bangerd to stop cleanly and waits for it.
+    pub async fn shutdown(&mut self) {
+        let _: Value = self
+            .call("daemon.shutdown", serde_json::json!({}))
+            .await
+            .expect("daemon.shutdown");
+        let status = self.wait_exit().await;
+        assert!(status.success(), "bangerd stopped with {status}");
+    }
+
+    /// SIGKILLs bangerd (if it runs) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn output_path(&self) -> PathBuf {
+        self.root
+            .path()
+            .join(format!("bangerd-{}.stderr", self.starts))
+    }
+
+    /// What every start so far wrote to stderr, the latest last.
+    pub fn output(&self) -> String {
+        let mut all = String::new();
+        for start in 1..=self.starts {
+            let path = self.root.path().join(format!("bangerd-{start}.stderr"));
+            all.push_str(&format!("---- start {start} ----\n"));
+            all.push_str(&std::fs::read_to_string(path).unwrap_or_default());
+        }
+        all
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.layout().socket_path())
+            .await
+            .expect("connect to bangerd")
+    }
+
+    pub async fn call<R: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        params: Value,
+    ) -> Result<R, ClientError> {
+        self.client().await.call(method, &params).await
+    }
+
+    /// Every event in the log, read through the daemon.
+    pub async fn events(&self) -> Vec<Envelope> {
+        let mut stream = self
+            .client()
+            .await
+            .stream("events.follow", &EventsParams::default())
+            .await
+            .expect("start events.follow");
+        let mut items = Vec::new();
+        loop {
+            match stream.next::<Envelope>().await.expect("read events") {
+                StreamEvent::Item(envelope) => items.push(envelope),
+                StreamEvent::End(_) => return items,
+            }
+        }
+    }
+
+    /// Follows the log from after `since - 1` until the daemon goes away, returning the
+    /// envelopes it was sent. Returns once the subscription is live (it has delivered the
+    /// event at `since`), so that nothing appended afterwards can be missed.
+    pub async fn follow_from(&self, since: u64) -> tokio::task::JoinHandle<Vec<Envelope>> {
+        let params = EventsParams {
+            since: banger_events::Seq(since.saturating_sub(1)),
+            follow: true,
+            ..EventsParams::default()
+        };
+        let mut stream = self
+            .client()
+            .await
+            .stream("events.follow", &params)
+            .await
+            .expect("start events.follow");
+        let first = match stream
+            .next::<Envelope>()
+            .await
+            .expect("first followed event")
+        {
+            StreamEvent::Item(envelope) => envelope,
+            StreamEvent::End(end) => panic!("events.follow ended at once: {end}"),
+        };
+        tokio::spawn(async move {
+            let mut items = vec![first];
+            while let Ok(StreamEvent::Item(envelope)) = stream.next::<Envelope>().await {
+                items.push(envelope);
+            }
+            items
+        })
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+        for (pid, _) in processes_mentioning(self.root.path()) {
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Pids (with their process group) of live processes whose command line mentions `path`.
+pub fn processes_mentioning(path: &Path) -> Vec<(u32, i32)> {
+    let needle = path.as_os_str().as_encoded_bytes();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !cmdline.windows(needle.len()).any(|w| w == needle) {
+            continue;
+        }
+        match banger::host::process::proc_stat(pid) {
+            Ok(Some(stat)) if stat.state != 'Z' && stat.state != 'X' => {
+                found.push((pid, stat.pgrp))
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// True when `status` is death by SIGABRT (a failpoint's `abort`).
+pub fn aborted(status: &ExitStatus) -> bool {
+    status.signal() == Some(libc::SIGABRT)
+}
+
+/// The names in a directory (empty when it does not exist), sorted.
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
