@@ -9,9 +9,8 @@
 //! When `BANGER_FIRECRACKER` names a real firecracker these tests are skipped with a printed
 //! reason: a real guest cannot boot on these (PVM) hosts, and every test here needs a boot.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use banger::api::{VmCreateResult, VmDeleteResult, VmListResult, VmResult, VmShowResult};
@@ -22,6 +21,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 
+use crate::firecracker::fake_binary;
 use crate::support::{
     Bangerd, TestRoot, all_events, kernel_source, processes_mentioning, rootfs_file,
 };
@@ -39,52 +39,6 @@ pub const CREATE_STEPS: [&str; 8] = [
     "instance-start",
     "wait-for-agent",
 ];
-
-/// The fake firecracker, built once per test process (see tests/integration/firecracker.rs).
-fn fake_binary() -> &'static Path {
-    static FAKE: OnceLock<PathBuf> = OnceLock::new();
-    FAKE.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test binary's path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test binary lives in target/<profile>/deps")
-            .to_path_buf();
-        let target_dir = profile_dir.parent().expect("a target directory");
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-        let mut command = Command::new(cargo);
-        command
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "banger-tools",
-                "--bin",
-                "fake-firecracker",
-            ])
-            .arg("--target-dir")
-            .arg(target_dir);
-        match profile {
-            "debug" => {}
-            "release" => {
-                command.arg("--release");
-            }
-            other => {
-                command.args(["--profile", other]);
-            }
-        }
-        let status = command
-            .status()
-            .expect("run cargo build for fake-firecracker");
-        assert!(status.success(), "cargo build of fake-firecracker failed");
-        profile_dir.join("fake-firecracker")
-    })
-}
 
 /// `Some(reason)` when these tests cannot run here.
 fn skip_reason() -> Option<String> {
