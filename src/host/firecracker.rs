@@ -570,6 +570,9 @@ fn check_status(endpoint: &str, response: RawResponse) -> Result<RawResponse, Fi
     let fault_message = match serde_json::from_slice::<Fault>(&response.body) {
         Ok(fault) => fault.fault_message,
         Err(_) if response.body.is_empty() => "(no fault_message in the response)".to_string(),
+        // Not every 400 is Firecracker's: micro_http answers a request it cannot parse itself,
+        // with `{ "error": "...\nAll previous unanswered requests will be dropped." }` (a raw
+        // newline in the string, so not JSON; seen from v1.16.1). Kept verbatim.
         Err(_) => String::from_utf8_lossy(&response.body).into_owned(),
     };
     Err(FirecrackerError::Api {
@@ -972,6 +975,17 @@ mod tests {
         let err = check_status("PUT /x", response).unwrap_err();
         assert_eq!(err.fault_message(), Some("nope"));
         assert!(matches!(err, FirecrackerError::Api { status: 400, .. }));
+
+        // micro_http's own parse error, as Firecracker v1.16.1 sends it: not JSON.
+        let micro_http = "{ \"error\": \"Invalid HTTP Method: Unsupported HTTP method.\n\
+                          All previous unanswered requests will be dropped.\" }";
+        let response = RawResponse {
+            status: 400,
+            headers: vec![],
+            body: micro_http.as_bytes().to_vec(),
+        };
+        let err = check_status("POST /x", response).unwrap_err();
+        assert_eq!(err.fault_message(), Some(micro_http));
     }
 
     #[test]

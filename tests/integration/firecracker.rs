@@ -372,6 +372,12 @@ async fn bad_requests_get_400_with_firecrackers_fault_message() {
                 br#"{"drive_id": "b", "path_on_host": "/x", "is_root_device": false}"#,
                 "does not match",
             ),
+            (
+                "/network-interfaces/eth0",
+                br#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "zz"}"#,
+                "The provided MAC address is invalid.",
+            ),
+            ("/logger", br#"{"level": "Loud"}"#, "Invalid LevelFilter"),
         ] {
             let response = client.request(Method::Put, path, Some(body)).await.unwrap();
             assert_eq!(response.status, 400, "{binary}: PUT {path}");
@@ -379,6 +385,37 @@ async fn bad_requests_get_400_with_firecrackers_fault_message() {
             let fault = fault["fault_message"].as_str().unwrap();
             assert!(fault.contains(expect), "{binary}: PUT {path}: {fault}");
         }
+
+        // Drive updates are post-boot calls; the body is still parsed first.
+        let response = client
+            .request(
+                Method::Patch,
+                "/drives/rootfs",
+                Some(br#"{"drive_id": "rootfs", "path_on_host": "/x"}"#),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status, 400, "{binary}: PATCH /drives");
+        let fault: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        let fault = fault["fault_message"].as_str().unwrap();
+        assert!(
+            fault.contains("before starting the microVM"),
+            "{binary}: {fault}"
+        );
+
+        // The deprecated vsock_id is accepted, with a Deprecation header.
+        let body = serde_json::json!({
+            "vsock_id": "vsock0",
+            "guest_cid": 3,
+            "uds_path": dir.path().join("old.sock"),
+        });
+        let body = body.to_string();
+        let response = client
+            .request(Method::Put, "/vsock", Some(body.as_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(response.status, 204, "{binary}: PUT /vsock with vsock_id");
+        assert_eq!(response.header("deprecation"), Some("true"), "{binary}");
 
         // Nothing to start without a kernel (the bad boot source above was not kept).
         let fault = api_fault(client.instance_start().await);
@@ -608,16 +645,20 @@ async fn config_file_boots_at_once_with_and_without_the_api() {
     assert_eq!(info.state, InstanceState::Running);
     child.kill().await.unwrap();
 
-    // A bad config file: Firecracker's exit code 152.
+    // A config file that does not parse fails before any boot, so the real firecracker runs
+    // this part too: it exits 1 (v1.16.1's `GenericError`; 152 is only for a bad `--level`).
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, r#"{"drives": []}"#).unwrap();
-    let status = Command::new(fake_binary())
-        .args(["--no-api", "--config-file"])
-        .arg(&bad)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert_eq!(status.code(), Some(152));
+    for binary in std::iter::once(fake_binary().to_path_buf()).chain(real_binary()) {
+        let status = Command::new(&binary)
+            .args(["--no-api", "--config-file"])
+            .arg(&bad)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(1), "{}", binary.display());
+    }
 }
 
 #[tokio::test]

@@ -61,6 +61,8 @@ pub struct Reply {
     pub status: u16,
     pub body: Option<String>,
     pub effect: Option<Effect>,
+    /// The request used a deprecated field: micro_http's `Deprecation: true` header.
+    pub deprecated: bool,
 }
 
 impl Reply {
@@ -69,6 +71,7 @@ impl Reply {
             status: 204,
             body: None,
             effect: None,
+            deprecated: false,
         }
     }
 
@@ -77,6 +80,7 @@ impl Reply {
             status: 200,
             body: Some(value.to_string()),
             effect: None,
+            deprecated: false,
         }
     }
 
@@ -93,6 +97,7 @@ impl Reply {
             status,
             body: Some(json!({ "fault_message": message.into() }).to_string()),
             effect: None,
+            deprecated: false,
         }
     }
 
@@ -116,13 +121,13 @@ pub enum HugePages {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CpuTemplate {
+    // x86_64's templates, in Firecracker's order (v1.16.1; V1N1 is aarch64's).
     C3,
     T2,
     T2S,
+    None,
     T2CL,
     T2A,
-    V1N1,
-    None,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,11 +258,13 @@ fn mac_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Stri
             .iter()
             .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
     if !valid {
-        return Err(serde::de::Error::custom(format!(
-            "The provided MAC address is invalid: {text}"
-        )));
+        // Firecracker v1.16.1's message names no address.
+        return Err(serde::de::Error::custom(
+            "The provided MAC address is invalid.",
+        ));
     }
-    Ok(Some(text))
+    // Firecracker keeps the six bytes and prints them in lowercase hex.
+    Ok(Some(text.to_ascii_lowercase()))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,12 +276,22 @@ pub struct Vsock {
     pub uds_path: String,
 }
 
+/// Firecracker's `LevelFilter` deserializer: case-insensitive, refused while parsing the body.
+fn log_level<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let level = String::deserialize(deserializer)?;
+    let known = ["error", "warning", "warn", "info", "debug", "trace", "off"];
+    if !known.contains(&level.to_ascii_lowercase().as_str()) {
+        return Err(serde::de::Error::custom("Invalid LevelFilter"));
+    }
+    Ok(Some(level))
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Logger {
     #[serde(default)]
     pub log_path: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "log_level")]
     pub level: Option<String>,
     #[serde(default)]
     pub show_level: Option<bool>,
@@ -358,6 +375,15 @@ fn serde_fault(err: serde_json::Error) -> Reply {
     ))
 }
 
+/// Sets `Reply::deprecated` on either outcome of a request that used a deprecated field.
+fn mark_deprecated(deprecated: bool, result: Result<Reply, Reply>) -> Result<Reply, Reply> {
+    let mark = |reply: Reply| Reply {
+        deprecated: reply.deprecated || deprecated,
+        ..reply
+    };
+    result.map(mark).map_err(mark)
+}
+
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Reply> {
     serde_json::from_slice(body).map_err(serde_fault)
 }
@@ -418,6 +444,11 @@ impl Machine {
             ("PUT", _, None) => Err(Reply::bad("Empty PUT request.")),
             ("PATCH", "machine-config", Some(body)) => self.patch_machine_config(body),
             ("PATCH", "vm", Some(body)) => self.patch_vm(body),
+            // Post-boot drive and interface updates are not modelled; before boot Firecracker
+            // (v1.16.1) parses the body, then refuses with its pre-boot message.
+            ("PATCH", "drives" | "network-interfaces", Some(body)) if !self.started() => {
+                parse::<Value>(body).and_then(|_| Err(Reply::bad(PRE_BOOT)))
+            }
             ("PATCH", _, None) => Err(Reply::bad("Empty PATCH request.")),
             ("DELETE", _, Some(_)) => Err(Reply::bad("Empty Delete request.")),
             (method, resource, _) => Err(Reply::bad(format!(
@@ -444,19 +475,62 @@ impl Machine {
         }))
     }
 
+    /// `GET /vm/config` in Firecracker v1.16.1's shape: every field present (`null` when
+    /// unset), an empty boot source before one is set, a drive's defaults filled in.
     fn full_config(&self) -> Reply {
+        let boot_source = match &self.boot_source {
+            Some(boot) => json!({
+                "kernel_image_path": boot.kernel_image_path,
+                "initrd_path": boot.initrd_path,
+                "boot_args": boot.boot_args,
+            }),
+            None => json!({"kernel_image_path": "", "initrd_path": null, "boot_args": null}),
+        };
+        let drives: Vec<Value> = self
+            .drives
+            .iter()
+            .map(|drive| {
+                json!({
+                    "drive_id": drive.drive_id,
+                    "partuuid": drive.partuuid,
+                    "is_root_device": drive.is_root_device,
+                    "cache_type": drive.cache_type,
+                    "is_read_only": drive.is_read_only.unwrap_or(false),
+                    "path_on_host": drive.path_on_host,
+                    "rate_limiter": drive.rate_limiter,
+                    "io_engine": drive.io_engine.unwrap_or(IoEngine::Sync),
+                    "socket": null,
+                })
+            })
+            .collect();
+        let network_interfaces: Vec<Value> = self
+            .network_interfaces
+            .iter()
+            .map(|iface| {
+                json!({
+                    "iface_id": iface.iface_id,
+                    "host_dev_name": iface.host_dev_name,
+                    "guest_mac": iface.guest_mac,
+                    "mtu": iface.mtu,
+                    "rx_rate_limiter": iface.rx_rate_limiter,
+                    "tx_rate_limiter": iface.tx_rate_limiter,
+                })
+            })
+            .collect();
         Reply::ok(json!({
             "balloon": null,
-            "drives": self.drives,
-            "boot-source": self.boot_source,
+            "drives": drives,
+            "boot-source": boot_source,
             "cpu-config": null,
             "logger": null,
             "machine-config": self.machine_config,
             "metrics": null,
             "mmds-config": null,
-            "network-interfaces": self.network_interfaces,
+            "network-interfaces": network_interfaces,
             "vsock": self.vsock.as_ref().map(|v| &v.config),
             "entropy": null,
+            "pmem": [],
+            "memory-hotplug": null,
         }))
     }
 
@@ -483,8 +557,12 @@ impl Machine {
 
     fn put_machine_config(&mut self, body: &[u8]) -> Result<Reply, Reply> {
         let config: MachineConfig = parse(body)?;
-        self.pre_boot()?;
-        self.update_machine_config(&config.into())
+        // `cpu_template` is deprecated (v1.16.1): `Deprecation: true`, whatever the outcome.
+        let deprecated = config.cpu_template.is_some();
+        let result = self
+            .pre_boot()
+            .and_then(|()| self.update_machine_config(&config.into()));
+        mark_deprecated(deprecated, result)
     }
 
     fn patch_machine_config(&mut self, body: &[u8]) -> Result<Reply, Reply> {
@@ -492,8 +570,11 @@ impl Machine {
         if update == MachineConfigUpdate::default() {
             return Err(Reply::bad("Empty PATCH request."));
         }
-        self.pre_boot()?;
-        self.update_machine_config(&update)
+        let deprecated = update.cpu_template.is_some();
+        let result = self
+            .pre_boot()
+            .and_then(|()| self.update_machine_config(&update));
+        mark_deprecated(deprecated, result)
     }
 
     /// `MachineConfig::update`: the checks in Firecracker's order.
@@ -669,9 +750,20 @@ impl Machine {
             )));
         }
         if iface.host_dev_name.is_empty() || iface.host_dev_name.len() > MAX_TAP_NAME {
+            return Err(Reply::bad(
+                "Network config error: Could not create the network device: Open tap device \
+                 failed: Invalid interface name",
+            ));
+        }
+        // Firecracker opens the tap here, and a tap another interface holds open is busy.
+        if self.network_interfaces.iter().any(|other| {
+            other.iface_id != iface.iface_id && other.host_dev_name == iface.host_dev_name
+        }) {
             return Err(Reply::bad(format!(
                 "Network config error: Could not create the network device: Open tap device \
-                 failed: Invalid interface name: {}",
+                 failed: Error while creating ifreq structure: Device or resource busy (os \
+                 error 16). Invalid TUN/TAP Backend provided by {}. Check our documentation on \
+                 setting up the network devices.",
                 iface.host_dev_name
             )));
         }
@@ -683,8 +775,10 @@ impl Machine {
 
     fn put_vsock(&mut self, body: &[u8]) -> Result<Reply, Reply> {
         let vsock: Vsock = parse(body)?;
-        self.pre_boot()?;
-        self.set_vsock(vsock)
+        // `vsock_id` is deprecated (v1.16.1): `Deprecation: true`, whatever the outcome.
+        let deprecated = vsock.vsock_id.is_some();
+        let result = self.pre_boot().and_then(|()| self.set_vsock(vsock));
+        mark_deprecated(deprecated, result)
     }
 
     /// `VsockBuilder::insert`: drops the old device and its socket, binds the new one.
@@ -715,14 +809,6 @@ impl Machine {
     }
 
     fn set_logger(&mut self, logger: &Logger) -> Result<Reply, Reply> {
-        if let Some(level) = &logger.level {
-            let known = ["error", "warning", "warn", "info", "debug", "trace", "off"];
-            if !known.contains(&level.to_ascii_lowercase().as_str()) {
-                return Err(Reply::bad(format!(
-                    "Logger error: Failed to deserialize the log level: {level}"
-                )));
-            }
-        }
         // Firecracker opens the target without creating it (it is often a named pipe).
         if let Some(path) = &logger.log_path
             && let Err(err) = std::fs::OpenOptions::new().append(true).open(path)
@@ -1041,6 +1127,22 @@ mod tests {
             ))
             .contains("[eth1] does not match the id from the body [eth2]")
         );
+        // eth0 holds tap0 open; MACs are kept in lowercase.
+        let busy = fault(&put(
+            &mut m,
+            "/network-interfaces/eth1",
+            json!({"iface_id": "eth1", "host_dev_name": "tap0"}),
+        ));
+        assert!(busy.contains("Device or resource busy"), "{busy}");
+        assert!(
+            fault(&put(
+                &mut m,
+                "/network-interfaces/eth1",
+                json!({"iface_id": "eth1", "host_dev_name": "tap1",
+                       "guest_mac": "06:00:0A:00:00:02"}),
+            ))
+            .ends_with("already in use: 06:00:0a:00:00:02")
+        );
 
         let uds = dir.path().join("v.sock");
         let vsock = json!({"guest_cid": 3, "uds_path": uds});
@@ -1062,6 +1164,19 @@ mod tests {
             fault(&put(&mut m, "/vsock", json!({"guest_cid": 3})))
                 .contains("missing field `uds_path`")
         );
+        // Deprecated fields are flagged for a `Deprecation: true` header.
+        let vsock = json!({"vsock_id": "v", "guest_cid": 3, "uds_path": uds});
+        assert!(put(&mut m, "/vsock", vsock).deprecated);
+        let config = json!({"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "T2"});
+        assert!(put(&mut m, "/machine-config", config).deprecated);
+        assert!(
+            !put(
+                &mut m,
+                "/machine-config",
+                json!({"vcpu_count": 1, "mem_size_mib": 128})
+            )
+            .deprecated
+        );
     }
 
     #[test]
@@ -1080,6 +1195,10 @@ mod tests {
             "Invalid request method and/or path: PUT nope."
         );
         assert!(fault(&m.handle("PUT", "/drives/x", Some(b"{}"))).starts_with("fault injected"));
+        assert_eq!(
+            fault(&m.handle("PATCH", "/network-interfaces/eth0", Some(b"{}"))),
+            PRE_BOOT
+        );
         assert_eq!(m.handle("GET", "/machine-config", None).status, 200);
     }
 

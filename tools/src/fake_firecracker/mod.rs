@@ -17,21 +17,30 @@
 //!   `--show-log-origin`, `--module`, `--start-time-us`, `--start-time-cpu-us`,
 //!   `--parent-cpu-time-us`, `--http-api-max-payload-size`, `--mmds-size-limit`,
 //!   `--metadata`, `--enable-pci`) are accepted and ignored; any other argument exits 153 as
-//!   Firecracker's argument parser does. An API socket path that already exists exits 1.
+//!   Firecracker's argument parser does. An API socket path that already exists exits 1, and
+//!   so does a `--config-file` that cannot be applied. An invalid `--id` exits 153 here;
+//!   Firecracker v1.16.1 panics on it (SIGABRT), as it does on an unreadable config file.
 //! - HTTP: micro_http's framing — `HTTP/1.1 204 ` with an empty reason phrase, `Server:
-//!   Firecracker API`, keep-alive, `Content-Length` bodies, no chunked requests.
+//!   Firecracker API`, keep-alive, `Content-Length` bodies, no chunked requests. A request
+//!   micro_http cannot parse (an unsupported method or version, a payload over the limit)
+//!   gets its `{ "error": "…" }` body, not a `fault_message`. The fake refuses `Expect` and
+//!   chunked `Transfer-Encoding`, where micro_http answers `100 ` or ignores the encoding.
+//!   A body with a deprecated field (`vsock_id`, `cpu_template`) gets `Deprecation: true`.
 //! - Endpoints: `GET /`, `GET /version`, `GET|PUT|PATCH /machine-config`, `GET /vm/config`,
 //!   `PUT /boot-source`, `PUT /drives/{id}`, `PUT /network-interfaces/{id}`, `PUT /vsock`,
 //!   `PUT /logger`, `PUT /actions` (InstanceStart, SendCtrlAltDel, FlushMetrics),
-//!   `PATCH /vm` (Paused, Resumed). Other paths answer 400 "Invalid request method and/or
-//!   path", which for the endpoints banger never uses (balloon, mmds, snapshots, metrics…) is
-//!   where the fake differs from the real one.
+//!   `PATCH /vm` (Paused, Resumed), and `PATCH /drives/{id}` and `PATCH
+//!   /network-interfaces/{id}` before start only (refused, as Firecracker does; their
+//!   post-boot updates are not modelled). Other paths answer 400 "Invalid request method
+//!   and/or path", which for the endpoints banger never uses (balloon, mmds, snapshots,
+//!   metrics…) is where the fake differs from the real one.
 //! - Validation, with Firecracker's fault messages: bodies parse with the same serde types
 //!   (unknown fields refused, required fields required, `vcpu_count` a u8), ids in paths are
 //!   letters, digits and `_` and must equal the id in the body, vCPUs 1–32 (1 or even with
 //!   SMT), memory above 0 (even with huge pages), the kernel and initrd must open, a drive's
 //!   backing file must open (read-only or read-write as asked), one root drive, a guest MAC
-//!   used once, the vsock `uds_path` is bound at `PUT /vsock` (so an existing file fails).
+//!   used once, a tap name used by one interface (Firecracker holds it open), the vsock
+//!   `uds_path` is bound at `PUT /vsock` (so an existing file fails).
 //! - State rules: configuration (machine-config, boot-source, drives, network-interfaces,
 //!   vsock, logger) and InstanceStart are refused after start ("The requested operation is not
 //!   supported after starting the microVM."); SendCtrlAltDel, FlushMetrics and PATCH /vm before
@@ -93,8 +102,9 @@ pub const VERSION: &str = "1.10.1-fake";
 
 /// Firecracker's exit code for command-line errors.
 const EXIT_ARG_PARSING: u8 = 153;
-/// Firecracker's exit code for a `--config-file` it cannot apply.
-const EXIT_BAD_CONFIGURATION: u8 = 152;
+/// Firecracker's exit code for a `--config-file` it cannot apply: `FcExitCode::GenericError`
+/// (v1.16.1; its 152, `BadConfiguration`, is only for a bad `--level`).
+const EXIT_GENERIC_ERROR: u8 = 1;
 
 const DEFAULT_API_SOCK: &str = "/run/firecracker.socket";
 const DEFAULT_ID: &str = "anonymous-instance";
@@ -180,7 +190,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String
         }
     }
     if parsed.no_api && parsed.config_file.is_none() {
-        return Err("Argument 'no-api' requires 'config-file'.".to_string());
+        return Err("Argument 'config-file' required, but not found.".to_string());
     }
     validate_instance_id(&parsed.id)?;
     Ok(parsed)
@@ -274,14 +284,18 @@ async fn run(args: Args, knobs: Knobs) -> u8 {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(err) => {
+                // Firecracker panics here (an `expect`, so SIGABRT); the fake just fails.
                 eprintln!("Unable to open or read from the configuration file: {err}");
-                return EXIT_BAD_CONFIGURATION;
+                return EXIT_GENERIC_ERROR;
             }
         };
         let applied = lock(&machine).apply_config_json(&text);
         if let Err(message) = applied {
-            eprintln!("Building VMM configured from cmdline json failed: {message}");
-            return EXIT_BAD_CONFIGURATION;
+            eprintln!(
+                "Failed to build MicroVM from Json: Configuration for VMM from one single json \
+                 failed: {message}"
+            );
+            return EXIT_GENERIC_ERROR;
         }
         if guest.knobs.crash_on_boot {
             guest.crash_on_boot();
@@ -316,9 +330,8 @@ async fn serve_connection(mut stream: UnixStream, machine: Arc<Mutex<Machine>>, 
             Ok(Some(request)) => request,
             Ok(None) => return,
             Err(http::BadRequest(message)) => {
-                let reply = machine::Reply::fault(400, message);
-                let _ =
-                    http::write_response(&mut stream, reply.status, reply.body.as_deref()).await;
+                let body = http::parse_error_body(&message);
+                let _ = http::write_response(&mut stream, 400, false, Some(&body)).await;
                 return;
             }
         };
@@ -326,9 +339,14 @@ async fn serve_connection(mut stream: UnixStream, machine: Arc<Mutex<Machine>>, 
         if reply.effect == Some(Effect::Boot) && guest.knobs.crash_on_boot {
             guest.crash_on_boot();
         }
-        if http::write_response(&mut stream, reply.status, reply.body.as_deref())
-            .await
-            .is_err()
+        if http::write_response(
+            &mut stream,
+            reply.status,
+            reply.deprecated,
+            reply.body.as_deref(),
+        )
+        .await
+        .is_err()
         {
             return;
         }
@@ -411,7 +429,7 @@ mod tests {
         assert!(
             args(&["--no-api"])
                 .unwrap_err()
-                .contains("requires 'config-file'")
+                .contains("'config-file' required")
         );
         assert!(args(&["--bogus"]).is_err());
         assert!(args(&["stray"]).is_err());
