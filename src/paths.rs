@@ -190,6 +190,11 @@ impl Layout {
     pub fn vm_console_log(&self, vm_id: VmId) -> PathBuf {
         self.vm_dir(vm_id).join("console.log")
     }
+
+    /// The VMM's own log, kept apart from the serial console.
+    pub fn vm_vmm_log(&self, vm_id: VmId) -> PathBuf {
+        self.vm_dir(vm_id).join("firecracker.log")
+    }
 }
 
 fn env_path(var: &str) -> Option<PathBuf> {

@@ -69,6 +69,10 @@ pub struct LaunchSpec {
     pub api_socket: PathBuf,
     /// Appended to, never truncated: it is the VM's serial console across restarts.
     pub console_log: PathBuf,
+    /// The VMM's own log (Firecracker's `--log-path`). Without it Firecracker logs to its
+    /// stdout, and its lines would mix into the serial console.
+    #[serde(default)]
+    pub vmm_log: Option<PathBuf>,
     pub vcpus: u8,
     pub mem_mib: u32,
     pub kernel: PathBuf,
@@ -378,7 +382,20 @@ impl FirecrackerVmm {
             .arg("--api-sock")
             .arg(&spec.api_socket)
             .arg("--id")
-            .arg(&spec.id)
+            .arg(&spec.id);
+        if let Some(vmm_log) = &spec.vmm_log {
+            // Firecracker opens the log path without creating it.
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(vmm_log)
+                .map_err(|source| VmmError::Prepare {
+                    path: vmm_log.clone(),
+                    source,
+                })?;
+            command.arg("--log-path").arg(vmm_log);
+        }
+        command
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(console))
@@ -725,6 +742,7 @@ mod tests {
             id: "vm-1".into(),
             api_socket: dir.join("api.sock"),
             console_log: dir.join("console.log"),
+            vmm_log: None,
             vcpus: 1,
             mem_mib: 128,
             kernel: dir.join("vmlinux"),

@@ -259,6 +259,7 @@ impl BootState {
             id: self.vm_id.to_string(),
             api_socket: layout.vm_api_socket(self.vm_id),
             console_log: layout.vm_console_log(self.vm_id),
+            vmm_log: Some(layout.vm_vmm_log(self.vm_id)),
             vcpus,
             mem_mib,
             kernel: self.kernel_path.clone(),

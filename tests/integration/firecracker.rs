@@ -131,6 +131,7 @@ fn launch_spec(dir: &Path) -> LaunchSpec {
         id: "test-vm".to_string(),
         api_socket: dir.join("api.sock"),
         console_log: dir.join("console.log"),
+        vmm_log: Some(dir.join("firecracker.log")),
         vcpus: 2,
         mem_mib: 256,
         kernel,
