@@ -1,5 +1,24 @@
-//! banger-helper: the narrow root helper (bridge, taps, NAT, jailer launch, loop devices).
+//! banger-helper: the narrow root helper.
 //!
-//! Its request set, validation and server arrive with the "Root helper and host plumbing"
-//! issue. Until then bangerd asks it for nothing; this crate exists so the workspace layout is
-//! the one ARCHITECTURE.md describes.
+//! bangerd runs unprivileged and asks this helper, over a unix socket, for a closed set of
+//! privileged network operations: banger's bridge and NAT table, and the taps its VMs use.
+//!
+//! Code map:
+//! - [`protocol`]: request/response types and the length-prefixed JSON frame codec.
+//! - [`validate`]: the naming and subnet rules, pure.
+//! - [`client`]: [`HelperClient`], what bangerd calls.
+//! - [`server`]: the socket server (SO_PEERCRED allow-list, validation, dispatch).
+//! - [`net`]: the only code that touches the host network (rtnetlink, tun ioctls, nft).
+//!
+//! Invariants: the helper knows nothing about VMs or events; there is no "run this command"
+//! request; every argument is validated before any syscall; the caller's identity comes from
+//! SO_PEERCRED, never from the request.
+
+pub mod client;
+pub mod net;
+pub mod protocol;
+pub mod server;
+pub mod validate;
+
+pub use client::{HelperClient, HelperError};
+pub use protocol::NetworkSpec;

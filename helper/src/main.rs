@@ -1,0 +1,76 @@
+//! `banger-helper`: the root helper's binary. All logic lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use banger_helper::server::{Config, Server};
+use clap::Parser;
+
+/// banger's narrow root helper: creates banger's bridge, NAT table and VM taps on behalf of
+/// bangerd. Runs as root; only the uids given with --allow-uid may ask it for anything.
+#[derive(Parser, Debug)]
+#[command(name = "banger-helper", version)]
+struct Args {
+    /// Unix socket to listen on (its parent directory is created if missing).
+    #[arg(long)]
+    socket: PathBuf,
+    /// Uid allowed to make requests (checked with SO_PEERCRED). Repeat for several users.
+    #[arg(long = "allow-uid", required = true)]
+    allow_uid: Vec<u32>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        // Under systemd stderr goes to the journal, where colour codes are noise.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = Config {
+        socket: args.socket.clone(),
+        allowed_uids: args.allow_uid.clone(),
+    };
+    let server = match Server::bind(config).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!(
+                "banger-helper: cannot listen on {}: {e}",
+                args.socket.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(socket = %server.socket().display(), allowed_uids = ?args.allow_uid, "banger-helper serving");
+    match server.serve(shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("banger-helper stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("banger-helper: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("banger-helper: cannot watch SIGTERM ({e}); stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,588 @@
+//! The host side effects: bridge, taps, addresses, forwarding and banger's nftables table.
+//!
+//! This module owns every syscall the helper makes on the network. It is only ever called by
+//! the server with arguments that already passed [`crate::validate`]. Invariants:
+//!
+//! - Every operation is an idempotent "ensure" or a removal that treats absence as success, so
+//!   bangerd may repeat any request after a crash without harm.
+//! - It touches only interfaces whose names match banger's patterns, and refuses to take over
+//!   or delete one of those names when it belongs to a different kind of interface (a tap name
+//!   that is not a tap, a bridge name that is not a bridge).
+//! - In nftables it touches only the `ip banger` table, always in one `nft -f -` transaction,
+//!   so the table is replaced atomically and other tables are never read or written.
+//! - Links, addresses and masters go through rtnetlink; taps are created with the tun ioctls
+//!   because the kernel cannot create a tun/tap device over netlink.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_core::Nla;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec};
+use tokio::io::AsyncWriteExt;
+
+use crate::protocol::NetworkSpec;
+use crate::validate::{self, Subnet};
+
+/// Why an operation was not carried out; maps onto the protocol's error kinds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpError {
+    /// Nothing was done because the request would take over or harm something not banger's.
+    Refused(String),
+    /// The operation was attempted and the host said no.
+    Failed(String),
+}
+
+type OpResult<T> = Result<T, OpError>;
+
+/// Where nft is looked up. A fixed list, not `$PATH`: a root helper must not run whatever
+/// binary the environment happens to put first.
+const NFT_CANDIDATES: &[&str] = &["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft", "/bin/nft"];
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+// IFLA_TUN_* attributes inside IFLA_INFO_DATA of a "tun" link (linux/if_link.h). The netlink
+// crate does not decode them, so they are read from the raw attributes.
+const IFLA_TUN_OWNER: u16 = 1;
+const IFLA_TUN_TYPE: u16 = 3;
+const IFLA_TUN_PERSIST: u16 = 6;
+
+/// What the helper needs to know about one interface.
+#[derive(Debug, Clone)]
+struct Link {
+    index: u32,
+    name: String,
+    kind: Option<InfoKind>,
+    up: bool,
+    controller: Option<u32>,
+    tun: TunInfo,
+}
+
+/// The tun driver's view of a tun/tap link, as reported over netlink.
+#[derive(Debug, Clone, Default)]
+struct TunInfo {
+    /// IFF_TUN or IFF_TAP; `None` when the kernel did not report it.
+    mode: Option<u8>,
+    persist: Option<bool>,
+    /// `None` when the device has no owner (any CAP_NET_ADMIN process may attach).
+    owner: Option<u32>,
+}
+
+impl Link {
+    fn from_message(msg: LinkMessage) -> Link {
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            kind: None,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            controller: None,
+            tun: TunInfo::default(),
+        };
+        for attr in msg.attributes {
+            match attr {
+                LinkAttribute::IfName(name) => link.name = name,
+                LinkAttribute::Controller(index) => link.controller = Some(index),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        match info {
+                            LinkInfo::Kind(kind) => link.kind = Some(kind),
+                            LinkInfo::Data(InfoData::Tun(nlas)) => {
+                                for nla in nlas {
+                                    let mut value = vec![0u8; nla.value_len()];
+                                    nla.emit_value(&mut value);
+                                    match (nla.kind(), value.as_slice()) {
+                                        (IFLA_TUN_OWNER, [a, b, c, d]) => {
+                                            link.tun.owner =
+                                                Some(u32::from_ne_bytes([*a, *b, *c, *d]))
+                                        }
+                                        (IFLA_TUN_TYPE, [t]) => link.tun.mode = Some(*t),
+                                        (IFLA_TUN_PERSIST, [p]) => link.tun.persist = Some(*p != 0),
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+
+    fn is_bridge(&self) -> bool {
+        self.kind == Some(InfoKind::Bridge)
+    }
+
+    /// A tun-driver device in tap mode. Older kernels do not report the mode; then the kind
+    /// alone decides.
+    fn is_tap(&self) -> bool {
+        self.kind == Some(InfoKind::Tun)
+            && self.tun.mode.is_none_or(|m| i32::from(m) == libc::IFF_TAP)
+    }
+
+    fn describe_kind(&self) -> String {
+        match &self.kind {
+            Some(InfoKind::Tun) => "a tun device (not a tap)".to_string(),
+            Some(kind) => format!("a {kind} interface"),
+            None => "an interface of no particular kind (for example a physical NIC or loopback)"
+                .to_string(),
+        }
+    }
+}
+
+/// Formats a netlink failure as the errno it carries, which is what a person can act on.
+fn netlink_failure(what: &str, err: rtnetlink::Error) -> OpError {
+    let detail = match &err {
+        rtnetlink::Error::NetlinkError(msg) if msg.raw_code() != 0 => {
+            io::Error::from_raw_os_error(-msg.raw_code()).to_string()
+        }
+        other => other.to_string(),
+    };
+    OpError::Failed(format!("{what} failed: {detail}."))
+}
+
+fn netlink_errno(err: &rtnetlink::Error) -> Option<i32> {
+    match err {
+        rtnetlink::Error::NetlinkError(msg) if msg.raw_code() != 0 => Some(-msg.raw_code()),
+        _ => None,
+    }
+}
+
+/// The helper's handle on the host network of the namespace it was started in.
+pub struct Host {
+    handle: Handle,
+}
+
+impl Host {
+    /// Opens the rtnetlink socket. Must be called inside a tokio runtime: the connection runs as
+    /// a task on it.
+    pub fn connect() -> io::Result<Host> {
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(connection);
+        Ok(Host { handle })
+    }
+
+    async fn find_link(&self, name: &str) -> OpResult<Option<Link>> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(Link::from_message(msg))),
+            Ok(None) => Ok(None),
+            Err(e) if netlink_errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(netlink_failure(&format!("looking up interface {name}"), e)),
+        }
+    }
+
+    async fn all_links(&self) -> OpResult<Vec<Link>> {
+        let links: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| netlink_failure("listing interfaces", e))?;
+        Ok(links.into_iter().map(Link::from_message).collect())
+    }
+
+    /// Sets the link up and, when given, its master; a no-op when both already hold.
+    async fn set_up(&self, link: &Link, controller: Option<u32>) -> OpResult<()> {
+        if link.up && (controller.is_none() || link.controller == controller) {
+            return Ok(());
+        }
+        let mut msg = LinkUnspec::new_with_index(link.index).up();
+        if let Some(index) = controller {
+            msg = msg.controller(index);
+        }
+        self.handle
+            .link()
+            .set(msg.build())
+            .execute()
+            .await
+            .map_err(|e| netlink_failure(&format!("bringing up {}", link.name), e))
+    }
+
+    /// See [`crate::HelperClient::ensure_network`].
+    pub async fn ensure_network(&self, spec: &NetworkSpec, subnet: Subnet) -> OpResult<()> {
+        let bridge = self.ensure_bridge(&spec.bridge).await?;
+        self.set_up(&bridge, None).await?;
+        self.ensure_only_address(&bridge, spec.gateway, spec.prefix_len)
+            .await?;
+        std::fs::write(IP_FORWARD, "1").map_err(|e| {
+            OpError::Failed(format!(
+                "Enabling IPv4 forwarding (writing 1 to {IP_FORWARD}) failed: {e}."
+            ))
+        })?;
+        run_nft(&nat_ruleset(&spec.bridge, subnet)).await
+    }
+
+    async fn ensure_bridge(&self, name: &str) -> OpResult<Link> {
+        match self.find_link(name).await? {
+            Some(link) if link.is_bridge() => return Ok(link),
+            Some(link) => {
+                return Err(OpError::Refused(format!(
+                    "Interface {name} exists and is {}, not a bridge; banger will not take it over. Remove it or configure another bridge name.",
+                    link.describe_kind()
+                )));
+            }
+            None => {}
+        }
+        match self
+            .handle
+            .link()
+            .add(LinkBridge::new(name).build())
+            .execute()
+            .await
+        {
+            Ok(()) => {}
+            // Someone (another helper request, or a person) created it between the lookup and
+            // the add; the second lookup decides whether it is usable.
+            Err(e) if netlink_errno(&e) == Some(libc::EEXIST) => {}
+            Err(e) => return Err(netlink_failure(&format!("Creating bridge {name}"), e)),
+        }
+        match self.find_link(name).await? {
+            Some(link) if link.is_bridge() => Ok(link),
+            _ => Err(OpError::Failed(format!(
+                "Bridge {name} was created but cannot be found again; check `ip link show {name}`."
+            ))),
+        }
+    }
+
+    /// The bridge is banger's: its IPv4 addresses are exactly the gateway. Stale addresses from
+    /// an earlier subnet are removed so they do not leave a second route behind.
+    async fn ensure_only_address(
+        &self,
+        bridge: &Link,
+        gateway: Ipv4Addr,
+        prefix_len: u8,
+    ) -> OpResult<()> {
+        let addresses: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(bridge.index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| {
+                netlink_failure(&format!("Listing the addresses of {}", bridge.name), e)
+            })?;
+        let mut present = false;
+        for msg in addresses {
+            if msg.header.family != AddressFamily::Inet || msg.header.index != bridge.index {
+                continue;
+            }
+            let local = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            let addr = local.or_else(|| {
+                msg.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                    _ => None,
+                })
+            });
+            if addr == Some(gateway) && msg.header.prefix_len == prefix_len {
+                present = true;
+                continue;
+            }
+            let shown = addr.map_or_else(|| "?".to_string(), |a| a.to_string());
+            self.handle
+                .address()
+                .del(msg.clone())
+                .execute()
+                .await
+                .map_err(|e| {
+                    netlink_failure(
+                        &format!(
+                            "Removing stale address {shown}/{} from {}",
+                            msg.header.prefix_len, bridge.name
+                        ),
+                        e,
+                    )
+                })?;
+        }
+        if present {
+            return Ok(());
+        }
+        match self
+            .handle
+            .address()
+            .add(bridge.index, IpAddr::V4(gateway), prefix_len)
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if netlink_errno(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(netlink_failure(
+                &format!("Adding address {gateway}/{prefix_len} to {}", bridge.name),
+                e,
+            )),
+        }
+    }
+
+    /// See [`crate::HelperClient::ensure_tap`]. `owner` is the caller's uid from SO_PEERCRED.
+    pub async fn ensure_tap(&self, tap: &str, bridge: &str, owner: u32) -> OpResult<()> {
+        let bridge_link = match self.find_link(bridge).await? {
+            Some(link) if link.is_bridge() => link,
+            Some(link) => {
+                return Err(OpError::Refused(format!(
+                    "Interface {bridge} is {}, not a bridge; taps can only be attached to banger's bridge.",
+                    link.describe_kind()
+                )));
+            }
+            None => {
+                return Err(OpError::Failed(format!(
+                    "Bridge {bridge} does not exist, so tap {tap} cannot be attached to it; set up the network first (ensure_network, or `banger doctor` to check)."
+                )));
+            }
+        };
+        let needs_attach = match self.find_link(tap).await? {
+            Some(link) if !link.is_tap() => {
+                return Err(OpError::Refused(format!(
+                    "Interface {tap} exists and is {}, not a tap; banger will not take it over. Remove it by hand if it is a leftover.",
+                    link.describe_kind()
+                )));
+            }
+            Some(link) => link.tun.owner != Some(owner) || link.tun.persist == Some(false),
+            None => true,
+        };
+        if needs_attach {
+            make_persistent_tap(tap, owner).map_err(|e| {
+                let hint = if e.raw_os_error() == Some(libc::EBUSY) {
+                    " The tap is open by a running process (a VMM); stop it before changing the tap's owner."
+                } else {
+                    ""
+                };
+                OpError::Failed(format!("Creating persistent tap {tap} owned by uid {owner} through /dev/net/tun failed: {e}.{hint}"))
+            })?;
+        }
+        let link = self.find_link(tap).await?.ok_or_else(|| {
+            OpError::Failed(format!(
+                "Tap {tap} was created but cannot be found again; check `ip link show {tap}`."
+            ))
+        })?;
+        self.set_up(&link, Some(bridge_link.index)).await?;
+        // Read the result back: the caller relies on the owner to open the tap without root.
+        match self.find_link(tap).await? {
+            Some(link)
+                if link.is_tap()
+                    && link.up
+                    && link.controller == Some(bridge_link.index)
+                    // A kernel too old to report tun details (no mode) cannot be checked.
+                    && (link.tun.mode.is_none() || link.tun.owner == Some(owner)) =>
+            {
+                Ok(())
+            }
+            Some(link) => Err(OpError::Failed(format!(
+                "Tap {tap} does not have the expected state after setup (up: {}, master index: {:?}, owner: {:?}, wanted master {bridge} and owner {owner}).",
+                link.up, link.controller, link.tun.owner
+            ))),
+            None => Err(OpError::Failed(format!(
+                "Tap {tap} disappeared while it was being set up; try again."
+            ))),
+        }
+    }
+
+    /// See [`crate::HelperClient::delete_tap`].
+    pub async fn delete_tap(&self, tap: &str) -> OpResult<()> {
+        let link = match self.find_link(tap).await? {
+            None => return Ok(()),
+            Some(link) if !link.is_tap() => {
+                return Err(OpError::Refused(format!(
+                    "Interface {tap} is {}, not a tap; banger deletes only its own taps. Remove it by hand if it is a leftover.",
+                    link.describe_kind()
+                )));
+            }
+            Some(link) => link,
+        };
+        match self.handle.link().del(link.index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if netlink_errno(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(e) => Err(netlink_failure(&format!("Deleting tap {tap}"), e)),
+        }
+    }
+
+    /// See [`crate::HelperClient::list_taps`].
+    pub async fn list_taps(&self) -> OpResult<Vec<String>> {
+        let mut taps: Vec<String> = self
+            .all_links()
+            .await?
+            .into_iter()
+            .filter(|l| l.is_tap() && validate::is_tap_name(&l.name))
+            .map(|l| l.name)
+            .collect();
+        taps.sort();
+        Ok(taps)
+    }
+
+    /// See [`crate::HelperClient::remove_network`].
+    pub async fn remove_network(&self, bridge: &str) -> OpResult<()> {
+        match self.find_link(bridge).await? {
+            None => {}
+            Some(link) if !link.is_bridge() => {
+                return Err(OpError::Refused(format!(
+                    "Interface {bridge} is {}, not a bridge; banger removes only its own bridge.",
+                    link.describe_kind()
+                )));
+            }
+            Some(link) => match self.handle.link().del(link.index).execute().await {
+                Ok(()) => {}
+                Err(e) if netlink_errno(&e) == Some(libc::ENODEV) => {}
+                Err(e) => return Err(netlink_failure(&format!("Deleting bridge {bridge}"), e)),
+            },
+        }
+        // Declaring the table first makes the delete succeed when the table is absent, in the
+        // same transaction.
+        run_nft("table ip banger {}\ndelete table ip banger\n").await
+    }
+}
+
+/// Creates (or re-attaches to) the tap, sets its owner and makes it persistent. The file
+/// descriptor is closed on return; persistence keeps the device.
+fn make_persistent_tap(name: &str, owner: u32) -> io::Result<()> {
+    let tun = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/net/tun")?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value (empty name, no flags).
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    // Validated names are at most 15 bytes, so the terminating NUL always fits.
+    if bytes.len() >= ifr.ifr_name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
+    }
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    let fd = tun.as_raw_fd();
+    // SAFETY: fd is an open /dev/net/tun descriptor and ifr a valid, initialised ifreq that
+    // lives across the call; the two other ioctls take their argument by value.
+    unsafe {
+        if libc::ioctl(fd, libc::TUNSETIFF, &mut ifr as *mut libc::ifreq) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::ioctl(fd, libc::TUNSETOWNER, libc::c_ulong::from(owner)) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::ioctl(fd, libc::TUNSETPERSIST, 1 as libc::c_ulong) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// banger's whole nftables table, replaced in one transaction. Only validated values reach
+/// this text: the bridge name matches `banger[a-z0-9]*` and the subnet is formatted from
+/// integers, so nothing in it can inject nft syntax.
+pub fn nat_ruleset(bridge: &str, subnet: Subnet) -> String {
+    format!(
+        "table ip banger {{}}
+delete table ip banger
+table ip banger {{
+	chain postrouting {{
+		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr {subnet} oifname != \"{bridge}\" masquerade
+	}}
+	chain forward {{
+		type filter hook forward priority filter; policy accept;
+		iifname \"{bridge}\" accept
+		oifname \"{bridge}\" ct state established,related accept
+	}}
+}}
+"
+    )
+}
+
+fn find_nft() -> Option<PathBuf> {
+    NFT_CANDIDATES
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .map(Path::to_path_buf)
+}
+
+async fn run_nft(script: &str) -> OpResult<()> {
+    let nft = find_nft().ok_or_else(|| {
+        OpError::Failed(format!(
+            "nft was not found (looked in {}); install nftables (for example `apt-get install nftables`).",
+            NFT_CANDIDATES.join(", ")
+        ))
+    })?;
+    let mut child = tokio::process::Command::new(&nft)
+        .args(["-f", "-"])
+        .env_clear()
+        .env("LC_ALL", "C")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| OpError::Failed(format!("Starting {} failed: {e}.", nft.display())))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).await.map_err(|e| {
+            OpError::Failed(format!("Writing banger's ruleset to nft failed: {e}."))
+        })?;
+        // Dropping stdin closes it, which is what tells nft the script is complete.
+    }
+    let output = child
+        .wait_with_output()
+        .await
+        .map_err(|e| OpError::Failed(format!("Waiting for nft failed: {e}.")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        Err(OpError::Failed(format!(
+            "nft refused banger's ruleset ({}): {}",
+            output.status,
+            stderr.trim()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ruleset_replaces_only_banger_table() {
+        let subnet = validate::network_spec(&NetworkSpec {
+            bridge: "banger0".into(),
+            gateway: Ipv4Addr::new(10, 9, 0, 1),
+            prefix_len: 24,
+        })
+        .unwrap();
+        let script = nat_ruleset("banger0", subnet);
+        assert!(
+            script.starts_with("table ip banger {}\ndelete table ip banger\ntable ip banger {")
+        );
+        assert!(script.contains("ip saddr 10.9.0.0/24 oifname != \"banger0\" masquerade"));
+        assert!(script.contains("oifname \"banger0\" ct state established,related accept"));
+        // Every table statement names banger's table and nothing else.
+        for line in script.lines().filter(|l| l.contains("table")) {
+            assert!(line.contains("table ip banger"), "{line}");
+        }
+    }
+}

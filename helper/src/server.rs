@@ -1,0 +1,267 @@
+//! The helper's socket server: accepts connections, checks the caller, validates, dispatches.
+//!
+//! This module owns the order in which a request is handled, which is the security argument
+//! of the helper:
+//!
+//! 1. the frame is read with its size checked first ([`crate::protocol::read_frame`]);
+//! 2. the caller's uid comes from SO_PEERCRED (never from the request) and must be in the
+//!    allow-list, otherwise the answer is `refused` and nothing else happens;
+//! 3. every argument is checked by [`crate::validate`];
+//! 4. only then does [`crate::net::Host`] touch the host.
+//!
+//! Invariants: the helper knows nothing about VMs or events; a bad frame costs only its own
+//! connection (the helper keeps serving others); privileged operations run one at a time, so
+//! two concurrent "ensure" requests cannot race each other into a half-made bridge or tap.
+
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Mutex;
+
+use crate::net::{Host, OpError};
+use crate::protocol::{
+    self, ErrorKind, FrameError, PROTOCOL_VERSION, Request, RequestFrame, Response,
+};
+use crate::validate;
+
+/// What the server is told at startup.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub socket: PathBuf,
+    /// Uids allowed to make requests (checked with SO_PEERCRED).
+    pub allowed_uids: Vec<u32>,
+}
+
+struct State {
+    allowed_uids: Vec<u32>,
+    /// The lock serialises privileged operations; see the module invariants.
+    host: Mutex<Host>,
+}
+
+/// A bound, not yet serving helper.
+pub struct Server {
+    listener: UnixListener,
+    socket: PathBuf,
+    state: Arc<State>,
+}
+
+impl Server {
+    /// Prepares the socket (parent directory, stale file), binds it and opens netlink.
+    pub async fn bind(config: Config) -> io::Result<Server> {
+        let socket = config.socket;
+        if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)?;
+        }
+        remove_stale_socket(&socket).await?;
+        let listener = UnixListener::bind(&socket)?;
+        // Anyone may connect; who may *ask* is decided per request by SO_PEERCRED, which
+        // cannot be forged, unlike a file mode that an installer may get wrong.
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))?;
+        let host = Host::connect()?;
+        Ok(Server {
+            listener,
+            socket,
+            state: Arc::new(State {
+                allowed_uids: config.allowed_uids,
+                host: Mutex::new(host),
+            }),
+        })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Serves until `shutdown` completes, then removes the socket.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        tokio::pin!(shutdown);
+        let result = loop {
+            tokio::select! {
+                _ = &mut shutdown => break Ok(()),
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let state = Arc::clone(&self.state);
+                        tokio::spawn(handle_connection(stream, state));
+                    }
+                    // Running out of descriptors and the like is transient for a server:
+                    // log it and keep accepting rather than leave bangerd without a helper.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        };
+        if let Err(e) = std::fs::remove_file(&self.socket) {
+            tracing::warn!(socket = %self.socket.display(), error = %e, "could not remove the socket");
+        }
+        result
+    }
+}
+
+/// Removes a socket left by a helper that died, but never a live helper's socket or a file
+/// that is not a socket.
+async fn remove_stale_socket(socket: &Path) -> io::Result<()> {
+    let meta = match std::fs::symlink_metadata(socket) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket; remove it or choose another --socket path",
+                socket.display()
+            ),
+        ));
+    }
+    if UnixStream::connect(socket).await.is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "another banger-helper is already serving {}; stop it first",
+                socket.display()
+            ),
+        ));
+    }
+    std::fs::remove_file(socket)
+}
+
+async fn handle_connection(mut stream: UnixStream, state: Arc<State>) {
+    let uid = match stream.peer_cred() {
+        Ok(cred) => cred.uid(),
+        Err(e) => {
+            tracing::warn!(error = %e, "SO_PEERCRED failed; closing the connection");
+            return;
+        }
+    };
+    loop {
+        let body = match protocol::read_frame(&mut stream).await {
+            Ok(Some(body)) => body,
+            Ok(None) => return,
+            Err(FrameError::Io(e)) => {
+                tracing::warn!(uid, error = %e, "reading a request failed; closing the connection");
+                return;
+            }
+            Err(e) => {
+                protocol_error(
+                    &mut stream,
+                    uid,
+                    format!("The request frame is malformed: {e}."),
+                )
+                .await;
+                return;
+            }
+        };
+        let frame: RequestFrame = match serde_json::from_slice(&body) {
+            Ok(frame) => frame,
+            Err(e) => {
+                protocol_error(
+                    &mut stream,
+                    uid,
+                    format!("The request is not a valid banger-helper request: {e}."),
+                )
+                .await;
+                return;
+            }
+        };
+        let op = frame.request.op_name();
+        // The arguments are logged too: the helper's log is the audit trail of what root did.
+        let request = format!("{:?}", frame.request);
+        let response = handle_request(&state, uid, frame).await;
+        match &response {
+            Response::Error { kind, message } => {
+                tracing::info!(uid, op, %request, outcome = kind.as_str(), detail = %message, "request")
+            }
+            _ => tracing::info!(uid, op, %request, outcome = "ok", "request"),
+        }
+        if let Err(e) = protocol::write_json(&mut stream, &response).await {
+            tracing::warn!(uid, error = %e, "writing a response failed; closing the connection");
+            return;
+        }
+    }
+}
+
+/// Answers a frame that could not be understood; the caller closes the connection after,
+/// because the stream can no longer be trusted to be at a frame boundary.
+async fn protocol_error(stream: &mut UnixStream, uid: u32, message: String) {
+    tracing::info!(uid, op = "?", outcome = "protocol", detail = %message, "request");
+    let response = Response::Error {
+        kind: ErrorKind::Protocol,
+        message,
+    };
+    // Best effort: the peer may already be gone.
+    let _ = protocol::write_json(stream, &response).await;
+}
+
+fn refused(message: String) -> Response {
+    Response::Error {
+        kind: ErrorKind::Refused,
+        message,
+    }
+}
+
+async fn handle_request(state: &State, uid: u32, frame: RequestFrame) -> Response {
+    if !state.allowed_uids.contains(&uid) {
+        return refused(format!(
+            "uid {uid} is not allowed to use banger-helper. Start banger-helper with `--allow-uid {uid}` (`banger system install` does this for the user who owns banger)."
+        ));
+    }
+    if frame.v != PROTOCOL_VERSION && frame.request != Request::Version {
+        return Response::Error {
+            kind: ErrorKind::Protocol,
+            message: format!(
+                "This banger-helper speaks protocol version {PROTOCOL_VERSION}, but the request uses version {}. Install matching banger and banger-helper binaries (`banger system install`).",
+                frame.v
+            ),
+        };
+    }
+    if let Err(invalid) = validate::request(&frame.request) {
+        return refused(invalid.0);
+    }
+    if frame.request == Request::Version {
+        return Response::Version {
+            version: PROTOCOL_VERSION,
+        };
+    }
+    let host = state.host.lock().await;
+    let result = match &frame.request {
+        Request::Version => Ok(Response::Version {
+            version: PROTOCOL_VERSION,
+        }),
+        Request::EnsureNetwork { spec } => match validate::network_spec(spec) {
+            Ok(subnet) => host
+                .ensure_network(spec, subnet)
+                .await
+                .map(|()| Response::Done),
+            Err(invalid) => return refused(invalid.0),
+        },
+        Request::EnsureTap { tap, bridge } => host
+            .ensure_tap(tap, bridge, uid)
+            .await
+            .map(|()| Response::Done),
+        Request::DeleteTap { tap } => host.delete_tap(tap).await.map(|()| Response::Done),
+        Request::ListTaps => host.list_taps().await.map(|taps| Response::Taps { taps }),
+        Request::RemoveNetwork { bridge } => {
+            host.remove_network(bridge).await.map(|()| Response::Done)
+        }
+    };
+    result.unwrap_or_else(|e| match e {
+        OpError::Refused(message) => Response::Error {
+            kind: ErrorKind::Refused,
+            message,
+        },
+        OpError::Failed(message) => Response::Error {
+            kind: ErrorKind::Failed,
+            message,
+        },
+    })
+}

@@ -1,0 +1,851 @@
+//! Integration tests: the real `banger-helper` binary, each instance in a fresh network
+//! namespace, driven through its socket by [`HelperClient`] and by raw frames.
+//!
+//! Each test starts its own helper with `unshare(CLONE_NEWNET)` in `pre_exec`, so the
+//! namespace lives exactly as long as the helper process: nothing named is created, nothing
+//! can leak, and tests run in parallel without seeing each other's bridges and taps. The host
+//! is inspected with `nsenter -t PID -n ip|nft|cat`. The helper is killed in `Drop`.
+//!
+//! Tests that need root (all that start a helper) say so on stderr and return early when not
+//! run as root; CI runs as root. The SO_PEERCRED tests re-execute this test binary as uid
+//! 65534 with `BANGER_HELPER_TEST_CLIENT` set, which makes the `unprivileged_client_entry`
+//! test act as a one-shot client (it does nothing otherwise).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use banger_helper::{HelperClient, HelperError, NetworkSpec};
+use serde_json::Value;
+
+const CLIENT_ENV: &str = "BANGER_HELPER_TEST_CLIENT";
+const NOBODY: u32 = 65534;
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Returns true (and says why) when the test cannot run here.
+fn skip_unless_root(test: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!(
+        "SKIPPED {test}: needs root to create network namespaces, bridges and taps (CI runs as root)."
+    );
+    true
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn spec(bridge: &str, gateway: [u8; 4], prefix_len: u8) -> NetworkSpec {
+    NetworkSpec {
+        bridge: bridge.to_string(),
+        gateway: gateway.into(),
+        prefix_len,
+    }
+}
+
+/// A running helper in its own network namespace.
+struct Helper {
+    child: Child,
+    // Held for its Drop: removes the socket directory.
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Helper {
+    fn start(allowed: &[u32]) -> Helper {
+        let dir = tempfile::Builder::new()
+            .prefix("banger-helper-test")
+            .tempdir()
+            .expect("temp dir");
+        // uid 65534 must reach the socket: the directory (0700 by default) is opened up.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod temp dir");
+        // A directory that does not exist yet: the helper creates it.
+        let socket = dir.path().join("run").join("helper.sock");
+        Helper::start_at(dir, socket, allowed)
+    }
+
+    fn start_at(dir: tempfile::TempDir, socket: PathBuf, allowed: &[u32]) -> Helper {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_banger-helper"));
+        cmd.arg("--socket").arg(&socket);
+        for uid in allowed {
+            cmd.arg("--allow-uid").arg(uid.to_string());
+        }
+        cmd.env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // SAFETY: unshare is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("spawn banger-helper");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        {
+            let log = Arc::clone(&log);
+            // Drains stderr for the helper's whole life (a full pipe would block it) and
+            // signals readiness on the line the helper logs once it listens.
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains("banger-helper serving") {
+                        let _ = ready_tx.send(());
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut helper = Helper {
+            child,
+            _dir: dir,
+            socket,
+            log,
+        };
+        if ready_rx.recv_timeout(Duration::from_secs(20)).is_err() {
+            let status = helper.child.try_wait();
+            panic!(
+                "banger-helper did not start ({status:?}); its log:\n{}",
+                helper.log_text()
+            );
+        }
+        helper
+    }
+
+    fn client(&self) -> HelperClient {
+        HelperClient::new(&self.socket)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Runs a command inside the helper's network namespace.
+    fn ns(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg("-t")
+            .arg(self.pid().to_string())
+            .arg("-n")
+            .args(args)
+            .output()
+            .expect("run nsenter")
+    }
+
+    fn ns_ok(&self, args: &[&str]) -> String {
+        let output = self.ns(args);
+        assert!(
+            output.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8 output")
+    }
+
+    /// `ip -d -j link show NAME`, or None when the link does not exist.
+    fn link(&self, name: &str) -> Option<Value> {
+        let output = self.ns(&["ip", "-d", "-j", "link", "show", "dev", name]);
+        if !output.status.success() {
+            return None;
+        }
+        let links: Value = serde_json::from_slice(&output.stdout).expect("ip -j output");
+        links.as_array().and_then(|a| a.first()).cloned()
+    }
+
+    fn link_names(&self) -> Vec<String> {
+        let links: Value =
+            serde_json::from_str(&self.ns_ok(&["ip", "-j", "link", "show"])).unwrap();
+        links
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn nft_table(&self) -> Option<String> {
+        let output = self.ns(&["nft", "list", "table", "ip", "banger"]);
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8(output.stdout).unwrap())
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn flags(link: &Value) -> Vec<String> {
+    link["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Checks a tap's state as iproute2 reports it.
+fn assert_tap(helper: &Helper, tap: &str, bridge: &str, owner: u32) {
+    let link = helper
+        .link(tap)
+        .unwrap_or_else(|| panic!("tap {tap} missing"));
+    assert_eq!(link["linkinfo"]["info_kind"], "tun", "{link}");
+    let data = &link["linkinfo"]["info_data"];
+    assert_eq!(data["type"], "tap", "{link}");
+    assert_eq!(data["persist"], true, "{link}");
+    assert_eq!(data["pi"], false, "{link}");
+    // iproute2 prints the owner's user name when it has one, the number otherwise.
+    let owner_name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(owner))
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    let user = &data["user"];
+    assert!(
+        user.as_u64() == Some(u64::from(owner))
+            || user.as_str() == Some(owner.to_string().as_str())
+            || (owner_name.is_some() && user.as_str() == owner_name.as_deref()),
+        "owner of {tap} should be uid {owner} ({owner_name:?}): {link}"
+    );
+    assert_eq!(link["master"], bridge, "{link}");
+    assert!(flags(&link).contains(&"UP".to_string()), "{link}");
+}
+
+/// Sends raw bytes and returns the decoded answer, or None when the helper closed the
+/// connection without one.
+fn raw_exchange(socket: &Path, bytes: &[u8]) -> Option<Value> {
+    let mut stream = StdUnixStream::connect(socket).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // The helper may close before it has read everything we send (oversized frames).
+    let _ = stream.write_all(bytes);
+    read_raw_response(&mut stream)
+}
+
+fn read_raw_response(stream: &mut StdUnixStream) -> Option<Value> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut body).ok()?;
+    Some(serde_json::from_slice(&body).expect("helper answers JSON"))
+}
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+/// Expects the helper to have closed `stream` (EOF or reset).
+fn assert_closed(stream: &mut StdUnixStream) {
+    let mut buf = [0u8; 1];
+    match stream.read(&mut buf) {
+        Ok(0) | Err(_) => {}
+        Ok(_) => panic!("expected the helper to close the connection"),
+    }
+}
+
+#[test]
+fn network_lifecycle_is_idempotent() {
+    if skip_unless_root("network_lifecycle_is_idempotent") {
+        return;
+    }
+    let helper = Helper::start(&[0]);
+    let client = helper.client();
+    let rt = runtime();
+    let net = spec("banger0", [10, 77, 0, 1], 24);
+
+    // Someone else's table must survive banger replacing its own.
+    helper.ns_ok(&["nft", "add", "table", "inet", "someoneelse"]);
+    assert_eq!(
+        helper
+            .ns_ok(&["cat", "/proc/sys/net/ipv4/ip_forward"])
+            .trim(),
+        "0"
+    );
+
+    assert_eq!(
+        rt.block_on(client.version()).unwrap(),
+        banger_helper::protocol::PROTOCOL_VERSION
+    );
+    rt.block_on(client.ensure_network(&net))
+        .expect("first ensure_network");
+    rt.block_on(client.ensure_network(&net))
+        .expect("second ensure_network");
+
+    let bridge = helper.link("banger0").expect("bridge exists");
+    assert_eq!(bridge["linkinfo"]["info_kind"], "bridge");
+    assert!(flags(&bridge).contains(&"UP".to_string()), "{bridge}");
+    let addrs: Value =
+        serde_json::from_str(&helper.ns_ok(&["ip", "-j", "-4", "addr", "show", "dev", "banger0"]))
+            .unwrap();
+    let inet: Vec<String> = addrs[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect();
+    assert_eq!(inet, ["10.77.0.1/24"]);
+    assert_eq!(
+        helper
+            .ns_ok(&["cat", "/proc/sys/net/ipv4/ip_forward"])
+            .trim(),
+        "1"
+    );
+    let table = helper.nft_table().expect("table ip banger exists");
+    assert!(
+        table.contains("ip saddr 10.77.0.0/24 oifname != \"banger0\" masquerade"),
+        "{table}"
+    );
+    assert!(table.contains("iifname \"banger0\" accept"), "{table}");
+    assert!(
+        table.contains("oifname \"banger0\" ct state established,related accept"),
+        "{table}"
+    );
+    assert_eq!(
+        table.matches("masquerade").count(),
+        1,
+        "no duplicate rules after two ensures: {table}"
+    );
+    assert!(
+        helper
+            .ns_ok(&["nft", "list", "tables"])
+            .contains("table inet someoneelse")
+    );
+
+    // A new subnet replaces the old address and rules rather than adding to them.
+    let moved = spec("banger0", [192, 168, 50, 1], 28);
+    rt.block_on(client.ensure_network(&moved))
+        .expect("ensure_network with a new subnet");
+    let addrs: Value =
+        serde_json::from_str(&helper.ns_ok(&["ip", "-j", "-4", "addr", "show", "dev", "banger0"]))
+            .unwrap();
+    assert_eq!(
+        addrs[0]["addr_info"].as_array().unwrap().len(),
+        1,
+        "{addrs}"
+    );
+    assert_eq!(addrs[0]["addr_info"][0]["local"], "192.168.50.1");
+    let table = helper.nft_table().unwrap();
+    assert!(
+        table.contains("192.168.50.0/28") && !table.contains("10.77.0.0"),
+        "{table}"
+    );
+    rt.block_on(client.ensure_network(&net)).unwrap();
+
+    // Taps.
+    rt.block_on(client.ensure_tap("bt1", "banger0"))
+        .expect("first ensure_tap");
+    rt.block_on(client.ensure_tap("bt1", "banger0"))
+        .expect("second ensure_tap");
+    assert_tap(&helper, "bt1", "banger0", 0);
+    rt.block_on(client.ensure_tap("bt2a", "banger0")).unwrap();
+    // A tap that someone took off the bridge and down is fixed up.
+    helper.ns_ok(&["ip", "link", "set", "bt2a", "nomaster", "down"]);
+    rt.block_on(client.ensure_tap("bt2a", "banger0")).unwrap();
+    assert_tap(&helper, "bt2a", "banger0", 0);
+    // Taps that are not banger's (by name) are not listed.
+    helper.ns_ok(&["ip", "tuntap", "add", "othertap", "mode", "tap"]);
+    assert_eq!(rt.block_on(client.list_taps()).unwrap(), ["bt1", "bt2a"]);
+
+    rt.block_on(client.delete_tap("bt1"))
+        .expect("first delete_tap");
+    rt.block_on(client.delete_tap("bt1"))
+        .expect("second delete_tap (absent)");
+    assert!(helper.link("bt1").is_none());
+    assert_eq!(rt.block_on(client.list_taps()).unwrap(), ["bt2a"]);
+
+    // A tap on a missing bridge fails and says why.
+    match rt.block_on(client.ensure_tap("bt3", "banger9")) {
+        Err(HelperError::Failed { message }) => assert!(message.contains("banger9"), "{message}"),
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    assert!(helper.link("bt3").is_none());
+
+    rt.block_on(client.remove_network("banger0"))
+        .expect("remove_network");
+    assert!(helper.link("banger0").is_none());
+    assert!(helper.nft_table().is_none());
+    assert!(
+        helper
+            .ns_ok(&["nft", "list", "tables"])
+            .contains("table inet someoneelse")
+    );
+    rt.block_on(client.remove_network("banger0"))
+        .expect("remove_network again (absent)");
+    // The tap survives its bridge (it is deleted by its own request).
+    assert_eq!(rt.block_on(client.list_taps()).unwrap(), ["bt2a"]);
+
+    let log = helper.log_text();
+    for op in [
+        "ensure_network",
+        "ensure_tap",
+        "delete_tap",
+        "list_taps",
+        "remove_network",
+    ] {
+        assert!(
+            log.contains(&format!("op=\"{op}\"")),
+            "log has a line for {op}:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn bad_names_are_refused_before_anything_happens() {
+    if skip_unless_root("bad_names_are_refused_before_anything_happens") {
+        return;
+    }
+    let helper = Helper::start(&[0]);
+    let client = helper.client();
+    let rt = runtime();
+    let before = helper.link_names();
+
+    let long = "bt0123456789abcd"; // 16 bytes
+    let bad_taps = ["eth0", "bt../x", long, "BT1", "bt1A", "", "bt1\0", "lo"];
+    for tap in bad_taps {
+        // Through the raw protocol, so the server's own check is what answers.
+        for request in [
+            serde_json::json!({"op": "ensure_tap", "tap": tap, "bridge": "banger0"}),
+            serde_json::json!({"op": "delete_tap", "tap": tap}),
+        ] {
+            let body =
+                serde_json::to_vec(&serde_json::json!({"v": 1, "request": request})).unwrap();
+            let answer = raw_exchange(&helper.socket, &frame(&body)).expect("an answer");
+            assert_eq!(answer["result"], "error", "{tap:?}: {answer}");
+            assert_eq!(answer["kind"], "refused", "{tap:?}: {answer}");
+            let message = answer["message"].as_str().unwrap();
+            assert!(message.contains("tap name"), "{message}");
+        }
+        // And through the client.
+        assert!(matches!(
+            rt.block_on(client.ensure_tap(tap, "banger0")),
+            Err(HelperError::Refused { .. })
+        ));
+        assert!(matches!(
+            rt.block_on(client.delete_tap(tap)),
+            Err(HelperError::Refused { .. })
+        ));
+    }
+    for bridge in [
+        "eth0",
+        "docker0",
+        "banger../x",
+        "banger0123456789",
+        "Banger0",
+        "",
+        "banger0\0",
+    ] {
+        let body = serde_json::to_vec(
+            &serde_json::json!({"v": 1, "request": {"op": "remove_network", "bridge": bridge}}),
+        )
+        .unwrap();
+        let answer = raw_exchange(&helper.socket, &frame(&body)).expect("an answer");
+        assert_eq!(answer["kind"], "refused", "{bridge:?}: {answer}");
+        assert!(matches!(
+            rt.block_on(client.remove_network(bridge)),
+            Err(HelperError::Refused { .. })
+        ));
+        assert!(matches!(
+            rt.block_on(client.ensure_network(&spec(bridge, [10, 0, 0, 1], 24))),
+            Err(HelperError::Refused { .. })
+        ));
+        assert!(matches!(
+            rt.block_on(client.ensure_tap("bt1", bridge)),
+            Err(HelperError::Refused { .. })
+        ));
+    }
+    for (gateway, prefix_len) in [
+        ([8, 8, 8, 8], 24),
+        ([10, 0, 0, 0], 24),
+        ([10, 0, 0, 255], 24),
+        ([10, 0, 0, 1], 8),
+        ([10, 0, 0, 1], 31),
+    ] {
+        let body = serde_json::to_vec(&serde_json::json!({"v": 1, "request": {"op": "ensure_network",
+            "spec": {"bridge": "banger0", "gateway": std::net::Ipv4Addr::from(gateway), "prefix_len": prefix_len}}}))
+        .unwrap();
+        let answer = raw_exchange(&helper.socket, &frame(&body)).expect("an answer");
+        assert_eq!(
+            answer["kind"], "refused",
+            "{gateway:?}/{prefix_len}: {answer}"
+        );
+    }
+    assert_eq!(helper.link_names(), before, "nothing was created");
+    assert!(helper.nft_table().is_none());
+}
+
+#[test]
+fn interfaces_that_are_not_taps_are_left_alone() {
+    if skip_unless_root("interfaces_that_are_not_taps_are_left_alone") {
+        return;
+    }
+    let helper = Helper::start(&[0]);
+    let client = helper.client();
+    let rt = runtime();
+    rt.block_on(client.ensure_network(&spec("banger0", [10, 78, 0, 1], 24)))
+        .unwrap();
+    // The dummy driver is not available everywhere; a veth is just as much "not a tap".
+    helper.ns_ok(&[
+        "ip", "link", "add", "bt1", "type", "veth", "peer", "name", "vethpeer",
+    ]);
+
+    match rt.block_on(client.delete_tap("bt1")) {
+        Err(HelperError::Refused { message }) => assert!(
+            message.contains("bt1") && message.contains("not a tap"),
+            "{message}"
+        ),
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    match rt.block_on(client.ensure_tap("bt1", "banger0")) {
+        Err(HelperError::Refused { message }) => {
+            assert!(message.contains("not a tap"), "{message}")
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    let link = helper.link("bt1").expect("bt1 still exists");
+    assert_eq!(link["linkinfo"]["info_kind"], "veth");
+    assert!(link.get("master").is_none(), "bt1 was not attached: {link}");
+    assert!(rt.block_on(client.list_taps()).unwrap().is_empty());
+
+    // A bridge name held by something that is not a bridge is not taken over either.
+    helper.ns_ok(&[
+        "ip",
+        "link",
+        "add",
+        "banger1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vethpeer1",
+    ]);
+    assert!(matches!(
+        rt.block_on(client.ensure_network(&spec("banger1", [10, 79, 0, 1], 24))),
+        Err(HelperError::Refused { .. })
+    ));
+    assert!(matches!(
+        rt.block_on(client.remove_network("banger1")),
+        Err(HelperError::Refused { .. })
+    ));
+    assert!(matches!(
+        rt.block_on(client.ensure_tap("bt2", "banger1")),
+        Err(HelperError::Refused { .. })
+    ));
+    assert!(helper.link("banger1").is_some());
+    assert!(helper.link("bt2").is_none());
+}
+
+#[test]
+fn bad_frames_cost_only_their_connection() {
+    if skip_unless_root("bad_frames_cost_only_their_connection") {
+        return;
+    }
+    let helper = Helper::start(&[0]);
+
+    // Several requests on one connection.
+    let mut stream = StdUnixStream::connect(&helper.socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    for _ in 0..3 {
+        stream
+            .write_all(&frame(br#"{"v":1,"request":{"op":"version"}}"#))
+            .unwrap();
+        let answer = read_raw_response(&mut stream).expect("answer");
+        assert_eq!(
+            answer,
+            serde_json::json!({"result": "version", "version": 1})
+        );
+    }
+    // A connection that is kept open while others misbehave keeps working afterwards.
+
+    // Oversized: only the length prefix and a little of the body are sent; the helper must
+    // refuse on the prefix alone.
+    let mut oversized = ((64 * 1024 + 1) as u32).to_be_bytes().to_vec();
+    oversized.extend_from_slice(b"{\"v\":1");
+    let mut big = StdUnixStream::connect(&helper.socket).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    big.write_all(&oversized).unwrap();
+    let answer = read_raw_response(&mut big).expect("an answer to an oversized frame");
+    assert_eq!(answer["kind"], "protocol", "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("larger than"),
+        "{answer}"
+    );
+    assert_closed(&mut big);
+
+    // A full 1 MiB frame: answered or closed, never read into memory nor fatal.
+    let mut huge = ((1024 * 1024) as u32).to_be_bytes().to_vec();
+    huge.extend(std::iter::repeat_n(b'x', 1024 * 1024));
+    if let Some(answer) = raw_exchange(&helper.socket, &huge) {
+        assert_eq!(answer["kind"], "protocol", "{answer}");
+    }
+
+    for garbage in [
+        frame(b"this is not json"),
+        frame(br#"{"v":1,"request":{"op":"run_command","argv":["/bin/sh"]}}"#),
+        frame(br#"{"v":1,"request":{"op":"ensure_tap","tap":"bt1"}}"#),
+        frame(b""),
+    ] {
+        let mut s = StdUnixStream::connect(&helper.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(&garbage).unwrap();
+        let answer = read_raw_response(&mut s).expect("an answer to a bad frame");
+        assert_eq!(answer["kind"], "protocol", "{answer}");
+        assert_closed(&mut s);
+    }
+
+    // A truncated frame followed by a hang-up.
+    {
+        let mut s = StdUnixStream::connect(&helper.socket).unwrap();
+        s.write_all(&[0, 0, 0, 40, b'{']).unwrap();
+    }
+    // Another protocol version is refused politely, but the version request always answers.
+    let answer = raw_exchange(
+        &helper.socket,
+        &frame(br#"{"v":99,"request":{"op":"list_taps"}}"#),
+    )
+    .unwrap();
+    assert_eq!(answer["kind"], "protocol", "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("version 99"),
+        "{answer}"
+    );
+    let answer = raw_exchange(
+        &helper.socket,
+        &frame(br#"{"v":99,"request":{"op":"version"}}"#),
+    )
+    .unwrap();
+    assert_eq!(answer["version"], 1);
+
+    stream
+        .write_all(&frame(br#"{"v":1,"request":{"op":"list_taps"}}"#))
+        .unwrap();
+    assert_eq!(
+        read_raw_response(&mut stream).unwrap(),
+        serde_json::json!({"result": "taps", "taps": []})
+    );
+    let rt = runtime();
+    assert_eq!(rt.block_on(helper.client().version()).unwrap(), 1);
+    assert!(helper.child_alive());
+}
+
+impl Helper {
+    fn child_alive(&self) -> bool {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), None).is_ok()
+    }
+}
+
+/// Runs this test binary as uid 65534 acting as a one-shot client; returns its verdict line.
+fn run_as_nobody(socket: &Path, op: &str) -> String {
+    let exe = std::env::current_exe().expect("current exe");
+    let output = Command::new(exe)
+        .args([
+            "--exact",
+            "unprivileged_client_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CLIENT_ENV, format!("{}|{op}", socket.display()))
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .expect("re-run the test binary as uid 65534");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        // libtest prints "test NAME ... " on the same line before the test's own output.
+        .find_map(|l| l.split_once("CLIENT-RESULT ").map(|(_, rest)| rest))
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            panic!(
+                "the uid {NOBODY} client printed no result (status {:?}); stdout:\n{stdout}\nstderr:\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+}
+
+/// Not a test of its own: the entry point of the unprivileged client (see the module docs).
+/// Without `BANGER_HELPER_TEST_CLIENT` it does nothing.
+#[test]
+fn unprivileged_client_entry() {
+    let Ok(job) = std::env::var(CLIENT_ENV) else {
+        return;
+    };
+    let (socket, op) = job.split_once('|').expect("SOCKET|OP");
+    let client = HelperClient::new(socket);
+    let rt = runtime();
+    let result = match op.split(':').collect::<Vec<_>>().as_slice() {
+        ["version"] => rt
+            .block_on(client.version())
+            .map(|v| format!("version {v}")),
+        ["ensure_tap", tap, bridge] => rt
+            .block_on(client.ensure_tap(tap, bridge))
+            .map(|()| "done".to_string()),
+        ["list_taps"] => rt.block_on(client.list_taps()).map(|t| t.join(",")),
+        other => panic!("unknown client op {other:?}"),
+    };
+    let verdict = match result {
+        Ok(ok) => format!("ok {ok}"),
+        Err(HelperError::Refused { message }) => format!("refused {message}"),
+        Err(e) => format!("error {e}"),
+    };
+    println!("CLIENT-RESULT uid={} {verdict}", nix::unistd::getuid());
+}
+
+#[test]
+fn callers_outside_the_allow_list_are_refused() {
+    if skip_unless_root("callers_outside_the_allow_list_are_refused") {
+        return;
+    }
+    let helper = Helper::start(&[0]);
+    let rt = runtime();
+    rt.block_on(
+        helper
+            .client()
+            .ensure_network(&spec("banger0", [10, 80, 0, 1], 24)),
+    )
+    .unwrap();
+    for op in ["version", "list_taps", "ensure_tap:bt7:banger0"] {
+        let verdict = run_as_nobody(&helper.socket, op);
+        assert!(
+            verdict.starts_with(&format!("uid={NOBODY} refused")),
+            "{op}: {verdict}"
+        );
+        assert!(
+            verdict.contains("uid 65534 is not allowed") && verdict.contains("--allow-uid 65534"),
+            "{verdict}"
+        );
+    }
+    assert!(
+        helper.link("bt7").is_none(),
+        "a refused caller changed nothing"
+    );
+    assert!(
+        helper.log_text().contains("uid=65534"),
+        "refusals are logged:\n{}",
+        helper.log_text()
+    );
+    assert!(helper.child_alive());
+}
+
+#[test]
+fn allowed_unprivileged_caller_owns_its_tap() {
+    if skip_unless_root("allowed_unprivileged_caller_owns_its_tap") {
+        return;
+    }
+    let helper = Helper::start(&[0, NOBODY]);
+    let rt = runtime();
+    rt.block_on(
+        helper
+            .client()
+            .ensure_network(&spec("banger0", [10, 81, 0, 1], 24)),
+    )
+    .unwrap();
+    let verdict = run_as_nobody(&helper.socket, "ensure_tap:bt65:banger0");
+    assert_eq!(verdict, format!("uid={NOBODY} ok done"));
+    assert_tap(&helper, "bt65", "banger0", NOBODY);
+    assert_eq!(
+        run_as_nobody(&helper.socket, "list_taps"),
+        format!("uid={NOBODY} ok bt65")
+    );
+
+    // The owner follows the caller: root asking for the same tap takes it over.
+    rt.block_on(helper.client().ensure_tap("bt65", "banger0"))
+        .unwrap();
+    assert_tap(&helper, "bt65", "banger0", 0);
+    assert_eq!(
+        run_as_nobody(&helper.socket, "ensure_tap:bt65:banger0"),
+        format!("uid={NOBODY} ok done")
+    );
+    assert_tap(&helper, "bt65", "banger0", NOBODY);
+}
+
+#[test]
+fn sigterm_stops_the_helper_and_removes_its_socket() {
+    if skip_unless_root("sigterm_stops_the_helper_and_removes_its_socket") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("helper.sock");
+    // A stale socket left by a helper that died is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let mut helper = Helper::start_at(dir, socket.clone(), &[0]);
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode, 0o666,
+        "access is decided by SO_PEERCRED, not the file mode"
+    );
+    let rt = runtime();
+    assert_eq!(rt.block_on(helper.client().version()).unwrap(), 1);
+
+    // A second helper on the same socket refuses to start instead of stealing it.
+    let second = Command::new(env!("CARGO_BIN_EXE_banger-helper"))
+        .args(["--socket", socket.to_str().unwrap(), "--allow-uid", "0"])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("already serving"),
+        "{second:?}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(helper.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = helper.child.wait().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    assert!(!socket.exists(), "socket removed on exit");
+}
+
+#[test]
+fn unreachable_helper_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = HelperClient::new(dir.path().join("nothing.sock"));
+    assert_eq!(client.socket(), dir.path().join("nothing.sock"));
+    let err = runtime().block_on(client.version()).unwrap_err();
+    assert!(matches!(err, HelperError::Unreachable { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("nothing.sock") && message.contains("sudo banger-helper --socket"),
+        "{message}"
+    );
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "the io error is kept as the source"
+    );
+    // Bad names are refused by the client before it even connects.
+    let err = runtime().block_on(client.delete_tap("eth0")).unwrap_err();
+    assert!(matches!(err, HelperError::Refused { .. }), "{err:?}");
+}
