@@ -35,6 +35,20 @@ pub struct OperationsListResult {
     pub operations: Vec<OperationView>,
 }
 
+/// `daemon.operations.retry`: run the pending undos of a stuck operation again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperationsRetryParams {
+    pub op_id: OpId,
+}
+
+/// `daemon.operations.retry`: the operation after its undos succeeded (rolled back). When an
+/// undo fails again the answer is an `operation_failed` error instead, and it stays stuck.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OperationsRetryResult {
+    pub operation: OperationView,
+}
+
 /// `vm.show`, `image.show`, `kernel.show`, `image.delete`, `kernel.remove`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -187,6 +201,23 @@ pub struct VmSetParams {
     #[serde(default)]
     pub work_disk_mib: Option<u64>,
 }
+
+/// `vm.stop`, `vm.restart`: which VM, and how long its guest gets to power off.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmStopParams {
+    pub name: String,
+    /// How long the guest gets after Ctrl-Alt-Del before its VMM is killed; 0 kills it at
+    /// once (no grace). At most [`MAX_STOP_TIMEOUT_MS`]. Default: the configured
+    /// `timeouts.stop`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// The longest stop timeout a request may ask for: one hour. A longer one is far more likely
+/// a unit mistake (seconds taken for milliseconds) than a wish, and it would hold the VM's
+/// claim, and so every other operation on it, for that long.
+pub const MAX_STOP_TIMEOUT_MS: u64 = 60 * 60 * 1000;
 
 /// `vm.start`, `vm.stop`, `vm.restart`, `vm.kill`, `vm.set`: the VM after the operation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -343,7 +374,29 @@ pub struct VmExecParams {
     /// Absolute working directory in the guest (default: the guest user's home).
     #[serde(default)]
     pub cwd: Option<String>,
+    /// Feed the command's stdin: after this request the client writes [`VmExecInput`] lines
+    /// on the same connection, ending with one whose `eof` is true. Without it the command's
+    /// stdin is `/dev/null`. A connection whose exec had stdin is closed after the result
+    /// (input the command did not read may still be on its way, and is not a request).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
 }
+
+/// One line of a `vm.exec` client's stdin: `{"data":"aGkK"}`, and last `{"eof":true}`
+/// (which may carry data too). Each line is at most the 1 MiB request limit; the CLI sends
+/// [`EXEC_STDIN_CHUNK_BYTES`] at a time.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmExecInput {
+    #[serde(default, with = "base64_bytes", skip_serializing_if = "Vec::is_empty")]
+    pub data: Vec<u8>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub eof: bool,
+}
+
+/// How much stdin the CLI puts in one [`VmExecInput`] line: the agent's frame payload size, so
+/// that one line becomes one stdin frame.
+pub const EXEC_STDIN_CHUNK_BYTES: usize = crate::agent::protocol::MAX_CHUNK_LEN;
 
 /// Which output stream a chunk came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -544,5 +597,36 @@ pub mod base64_bytes {
                 assert!(decode(bad).is_err(), "{bad:?}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod wire_shape_tests {
+    use super::*;
+
+    #[test]
+    fn exec_stdin_lines_and_stop_timeouts_have_the_documented_shape() {
+        let chunk = VmExecInput {
+            data: b"hi\n".to_vec(),
+            eof: false,
+        };
+        assert_eq!(serde_json::to_string(&chunk).unwrap(), r#"{"data":"aGkK"}"#);
+        let end: VmExecInput = serde_json::from_str(r#"{"eof":true}"#).unwrap();
+        assert_eq!(
+            end,
+            VmExecInput {
+                data: Vec::new(),
+                eof: true
+            }
+        );
+        assert!(serde_json::from_str::<VmExecInput>(r#"{"method":"vm.list"}"#).is_err());
+
+        // Old clients send neither field: no stdin, the configured timeout.
+        let exec: VmExecParams = serde_json::from_str(r#"{"name":"dev","argv":["true"]}"#).unwrap();
+        assert!(!exec.stdin);
+        let stop: VmStopParams = serde_json::from_str(r#"{"name":"dev"}"#).unwrap();
+        assert_eq!(stop.timeout_ms, None);
+        let stop: VmStopParams = serde_json::from_str(r#"{"name":"dev","timeout_ms":0}"#).unwrap();
+        assert_eq!(stop.timeout_ms, Some(0));
     }
 }

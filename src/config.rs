@@ -17,6 +17,10 @@
 //!
 //! [firecracker]
 //! binary = "/usr/local/bin/firecracker"   # BANGER_FIRECRACKER overrides it
+//!
+//! [network]
+//! helper_socket = "/run/banger/helper.sock"   # banger-helper's socket; BANGER_HELPER_SOCKET overrides it
+//! bridge = "banger0"                          # the bridge every VM's tap joins
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -36,7 +40,21 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// The firecracker binary; `BANGER_FIRECRACKER` wins over the file.
     pub firecracker: PathBuf,
+    pub network: NetworkConfig,
 }
+
+/// Where the root helper listens and which bridge VMs join.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// banger-helper's socket; `BANGER_HELPER_SOCKET` wins over the file.
+    pub helper_socket: PathBuf,
+    /// The bridge taps are attached to (the helper only accepts names starting `banger`).
+    pub bridge: String,
+}
+
+/// Where `banger system install` puts banger-helper's socket.
+pub const DEFAULT_HELPER_SOCKET: &str = "/run/banger/helper.sock";
+pub const DEFAULT_BRIDGE: &str = "banger0";
 
 /// What a new VM gets when the request does not say.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +78,10 @@ impl Default for Config {
             boot_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(15),
             firecracker: PathBuf::from("firecracker"),
+            network: NetworkConfig {
+                helper_socket: PathBuf::from(DEFAULT_HELPER_SOCKET),
+                bridge: DEFAULT_BRIDGE.to_owned(),
+            },
         }
     }
 }
@@ -86,6 +108,8 @@ struct File {
     timeouts: TimeoutsSection,
     #[serde(default)]
     firecracker: FirecrackerSection,
+    #[serde(default)]
+    network: NetworkSection,
 }
 
 #[derive(Deserialize, Default)]
@@ -108,6 +132,13 @@ struct TimeoutsSection {
 #[serde(deny_unknown_fields)]
 struct FirecrackerSection {
     binary: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NetworkSection {
+    helper_socket: Option<PathBuf>,
+    bridge: Option<String>,
 }
 
 /// A size or duration may be written as a string ("4GiB") or a bare integer.
@@ -145,6 +176,11 @@ impl Config {
         {
             config.firecracker = PathBuf::from(binary);
         }
+        if let Some(socket) =
+            std::env::var_os("BANGER_HELPER_SOCKET").filter(|value| !value.is_empty())
+        {
+            config.network.helper_socket = PathBuf::from(socket);
+        }
         Ok(config)
     }
 
@@ -176,6 +212,20 @@ impl Config {
         }
         if let Some(binary) = file.firecracker.binary {
             config.firecracker = binary;
+        }
+        if let Some(socket) = file.network.helper_socket {
+            if !socket.is_absolute() {
+                return Err(format!(
+                    "network.helper_socket is {}; it must be an absolute path",
+                    socket.display()
+                ));
+            }
+            config.network.helper_socket = socket;
+        }
+        if let Some(bridge) = file.network.bridge {
+            banger_helper::validate::bridge_name(&bridge)
+                .map_err(|error| format!("network.bridge: {error}"))?;
+            config.network.bridge = bridge;
         }
         Ok(config)
     }
@@ -264,6 +314,9 @@ mod tests {
             stop = 20
             [firecracker]
             binary = "/opt/fc/firecracker"
+            [network]
+            helper_socket = "/run/h.sock"
+            bridge = "bangerdev"
             "#,
         )
         .unwrap();
@@ -274,6 +327,8 @@ mod tests {
         assert_eq!(config.boot_timeout, Duration::from_secs(45));
         assert_eq!(config.stop_timeout, Duration::from_secs(20));
         assert_eq!(config.firecracker, PathBuf::from("/opt/fc/firecracker"));
+        assert_eq!(config.network.helper_socket, PathBuf::from("/run/h.sock"));
+        assert_eq!(config.network.bridge, "bangerdev");
     }
 
     #[test]
@@ -287,6 +342,8 @@ mod tests {
             ("[vm]\nidle_stop_after = \"5 weeks\"", "vm.idle_stop_after"),
             ("[timeouts]\nboot = \"0s\"", "timeouts.boot"),
             ("[vm\n", "expected"),
+            ("[network]\nbridge = \"eth0\"", "network.bridge"),
+            ("[network]\nhelper_socket = \"helper.sock\"", "absolute"),
         ] {
             let error = Config::parse(text).unwrap_err();
             assert!(error.contains(needle), "{text:?} gave {error:?}");

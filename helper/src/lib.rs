@@ -9,6 +9,7 @@
 //! - [`client`]: [`HelperClient`], what bangerd calls.
 //! - [`server`]: the socket server (SO_PEERCRED allow-list, validation, dispatch).
 //! - [`net`]: the only code that touches the host network (rtnetlink, tun ioctls, nft).
+//! - [`sandbox`]: a helper in a throwaway network namespace, for tests and benchmarks.
 //!
 //! Invariants: the helper knows nothing about VMs or events; there is no "run this command"
 //! request; every argument is validated before any syscall; the caller's identity comes from
@@ -17,6 +18,7 @@
 pub mod client;
 pub mod net;
 pub mod protocol;
+pub mod sandbox;
 pub mod server;
 pub mod validate;
 

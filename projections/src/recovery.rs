@@ -252,8 +252,9 @@ pub fn forward(status: StepStatus) -> Forward {
     }
 }
 
-/// The steps still to undo, newest first, each with its handles.
-fn undo_list(steps: &[StepView]) -> Vec<UndoStep> {
+/// The steps still to undo, newest first, each with its handles. Recovery's rollbacks use
+/// it, and so does `banger ops retry` for a stuck operation.
+pub fn undo_list(steps: &[StepView]) -> Vec<UndoStep> {
     steps
         .iter()
         .rev()

@@ -249,24 +249,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
             let drain = read_until_exit(&mut client.reader, &mut on_output);
             tokio::pin!(feed, drain);
             let mut fed = None;
-            loop {
+            let status = loop {
                 tokio::select! {
-                    status = &mut drain => break (status, fed),
+                    status = &mut drain => break status,
                     result = &mut feed, if fed.is_none() => fed = Some(result),
                 }
-            }
+            };
+            // A command that did not read all its input is reported before the input ran
+            // out; the agent drops the rest, so finishing the feed (and its stdin_close, which
+            // the protocol wants either way) cannot block.
+            let fed = match fed {
+                Some(result) => result,
+                None => feed.await,
+            };
+            (status, fed)
         };
         // The output side's error comes first: when the agent gives up on a command it says
         // why there, while the stdin side only sees a broken pipe.
         let status = status?;
-        match fed {
-            Some(result) => result?,
-            None => {
-                return Err(AgentError::Protocol(
-                    "the agent reported the exit status before it took all of stdin".into(),
-                ));
-            }
-        }
+        fed?;
         exec.stdin_open = false;
         exec.finish(status);
         Ok(status)
@@ -363,6 +364,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Exec<'_, S> {
         Ok(())
     }
 
+    /// The command's stdin and its output as two halves, so that one task can feed input
+    /// and read output at once (`select!` over both): a command that writes before it has
+    /// read all its input would otherwise block on a full pipe while the caller blocks on a
+    /// full socket.
+    pub fn split(&mut self) -> (ExecStdin<'_, S>, ExecOutputs<'_, S>) {
+        let client = &mut *self.client;
+        (
+            ExecStdin {
+                writer: &mut client.writer,
+                open: &mut self.stdin_open,
+            },
+            ExecOutputs {
+                reader: &mut client.reader,
+                usable: &mut client.usable,
+                status: &mut self.status,
+            },
+        )
+    }
+
     /// The next chunk of output, or the exit status. After `Exited`, returns it again.
     pub async fn next(&mut self) -> Result<ExecEvent, AgentError> {
         if let Some(status) = self.status {
@@ -389,6 +409,57 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Exec<'_, S> {
     fn finish(&mut self, status: ExitStatus) {
         self.status = Some(status);
         self.client.usable = true;
+    }
+}
+
+/// The stdin half of a running command ([`Exec::split`]).
+pub struct ExecStdin<'a, S> {
+    writer: &'a mut WriteHalf<S>,
+    open: &'a mut bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> ExecStdin<'_, S> {
+    /// Sends bytes to the command's stdin (only with [`StdinMode::Pipe`]). Cancelling this in
+    /// the middle leaves a partial frame: only do that when the command is abandoned.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), AgentError> {
+        if !*self.open {
+            return Err(AgentError::Protocol(
+                "this command's stdin is not open".into(),
+            ));
+        }
+        send_stdin(self.writer, data).await
+    }
+
+    /// Ends the command's stdin; harmless when it is already closed.
+    pub async fn close(&mut self) -> Result<(), AgentError> {
+        if *self.open {
+            write_message(self.writer, &ClientMessage::StdinClose).await?;
+            *self.open = false;
+        }
+        Ok(())
+    }
+}
+
+/// The output half of a running command ([`Exec::split`]).
+pub struct ExecOutputs<'a, S> {
+    reader: &'a mut BufReader<ReadHalf<S>>,
+    usable: &'a mut bool,
+    status: &'a mut Option<ExitStatus>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> ExecOutputs<'_, S> {
+    /// As [`Exec::next`]: the next chunk of output, or the exit status (again, once exited).
+    pub async fn next(&mut self) -> Result<ExecEvent, AgentError> {
+        if let Some(status) = *self.status {
+            return Ok(ExecEvent::Exited(status));
+        }
+        let event = next_event(self.reader).await?;
+        if let ExecEvent::Exited(status) = event {
+            *self.status = Some(status);
+            // Whatever stdin was left unsent, the agent drops; see the protocol module.
+            *self.usable = true;
+        }
+        Ok(event)
     }
 }
 

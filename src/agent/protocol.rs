@@ -39,10 +39,15 @@
 //!   | -- stdin bytes … stdin_close --------> |   only when exec asked for stdin: "pipe"
 //!   | -- signal {signal} ------------------> |   optional, any time while it runs
 //!   | <-- stdout / stderr bytes … ---------- |   as the command writes them
-//!   | <-- exited {status} ------------------ |   after the command exited, both output pipes
-//!   |                                        |   reached end of file, and (with a stdin pipe)
-//!   |                                        |   stdin_close arrived
+//!   | <-- exited {status} ------------------ |   after the command exited and both output
+//!   |                                        |   pipes reached end of file
+//!   | -- (stdin bytes …) stdin_close ------> |   with a stdin pipe, if not sent yet: the
+//!   |                                        |   agent drops them without an answer
 //! ```
+//!
+//! `exited` does not wait for `stdin_close`: a command that ignores its stdin ends when it
+//! ends, however long the host's input would have lasted. A host with a stdin pipe sends
+//! `stdin_close` once, before or after `exited`, and nothing else of the command's after it.
 //!
 //! Closing the connection while a command runs kills the command's whole process group.
 //!

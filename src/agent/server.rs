@@ -21,9 +21,11 @@
 //! socket, so the reader task watches a duplicate of it for the peer's hangup (EPOLLRDHUP)
 //! while it waits for room in the channel.
 //!
-//! A command is over when it exited, both its output pipes reached end of file (a background
-//! process that keeps them open keeps the exec going, as with ssh), and, with a stdin pipe,
-//! the host sent `stdin_close`. Only then does `exited` go out, so no frame of this command
+//! A command is over when it exited and both its output pipes reached end of file (a
+//! background process that keeps them open keeps the exec going, as with ssh). Only then does
+//! `exited` go out. With a stdin pipe the host may still be sending input (a command that does
+//! not read its stdin must not wait for input that may never end): stdin frames after
+//! `exited`, and the `stdin_close` that ends them, are dropped, so no frame of this command
 //! can reach the next request.
 //!
 //! Invariants:
@@ -226,6 +228,7 @@ impl Agent {
             frames,
             gone,
             writer,
+            draining_stdin: false,
         };
         match conn.run().await {
             Ok(()) => debug!(conn = id, "connection closed"),
@@ -456,6 +459,9 @@ struct Conn<'a, W> {
     frames: mpsc::Receiver<Result<RawFrame, FrameError>>,
     gone: CancellationToken,
     writer: W,
+    /// The last command had a stdin pipe and was over before the host sent `stdin_close`:
+    /// stdin frames are dropped until that `stdin_close` (or any other request) arrives.
+    draining_stdin: bool,
 }
 
 impl<W: AsyncWrite + Unpin> Conn<'_, W> {
@@ -501,7 +507,15 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
                 return Ok(());
             };
             match classify(frame)? {
-                Incoming::Message(message) => self.handle(message).await?,
+                // Input for a command that finished before the host closed its stdin.
+                Incoming::Stdin(_) if self.draining_stdin => {}
+                Incoming::Message(ClientMessage::StdinClose) if self.draining_stdin => {
+                    self.draining_stdin = false;
+                }
+                Incoming::Message(message) => {
+                    self.draining_stdin = false;
+                    self.handle(message).await?
+                }
                 Incoming::Stdin(_) => {
                     self.error(ErrorCode::Unexpected, "stdin frame while no command runs")
                         .await?
@@ -631,7 +645,14 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
                 // Done only when the command exited, its output was forwarded to the end (a
                 // background process that keeps the pipes open keeps the exec going, as with
                 // ssh), and no stdin frame can still be on its way.
-                if status.is_some() && out_done && err_done && stdin_closed {
+                if status.is_some() && out_done && err_done {
+                    // A command that exited without reading all its stdin is over now, not
+                    // when the host runs out of input (which may be never: a pipe that stays
+                    // open). Stdin frames already on their way, and the stdin_close that ends
+                    // them, are dropped after `exited` (see `draining_stdin`).
+                    if !stdin_closed {
+                        self.draining_stdin = true;
+                    }
                     break Ok(());
                 }
                 if stdin_closed && stdin_tx.is_some() {

@@ -90,7 +90,7 @@ pub enum Command {
     #[command(long_about = EVENTS_LONG, after_help = EVENTS_AFTER, args_conflicts_with_subcommands = true)]
     Events(EventsArgs),
     /// List operations in flight (and stuck), with their current step
-    #[command(long_about = OPS_LONG, after_help = OPS_AFTER)]
+    #[command(long_about = OPS_LONG, after_help = OPS_AFTER, args_conflicts_with_subcommands = true)]
     Ops(OpsArgs),
     /// Run bangerd and its root helper as systemd services
     #[command(
@@ -188,7 +188,7 @@ Stop a running VM gracefully: the guest gets Ctrl-Alt-Del and is waited for; aft
 it is forced off. The VM and its disks stay; `banger vm start` brings it back.")]
     Stop(VmStopArgs),
     /// Stop then start a VM
-    Restart(VmNameArgs),
+    Restart(VmStopArgs),
     /// Force-kill a VM (use when 'vm stop' hangs)
     #[command(long_about = "\
 Force-kill a VM's Firecracker process at once, without asking the guest. Unsynced writes in the \
@@ -213,9 +213,11 @@ Examples:
   banger vm exec dev -- uname -a
   banger vm exec dev --cwd /work --env RUST_LOG=debug -- cargo test
   banger vm exec dev -- sh -c 'make && make check'
+  tar -C src -c . | banger vm exec dev -- tar -C /work -x
 
 stdout and stderr are streamed as the command writes them; banger exits with the command's \
-status (128 + N when signal N killed it). Interrupting banger kills the command in the VM.")]
+status (128 + N when signal N killed it). Interrupting banger kills the command in the VM. \
+Piped stdin reaches the command; a terminal's does not (use --no-stdin to send none at all).")]
     Exec(VmExecArgs),
     /// Open an ssh session in a running VM
     #[command(after_help = "\
@@ -330,10 +332,30 @@ pub struct VmCreateArgs {
 pub struct VmStopArgs {
     /// The VM's name
     pub name: VmName,
-    /// Seconds to wait for the guest before forcing it off (not implemented yet: the
-    /// configured `timeouts.stop`, 15 s by default, applies)
-    #[arg(long, value_name = "SECONDS")]
-    pub timeout: Option<u64>,
+    /// How long the guest gets to power off before it is forced off, like 30s, 500ms or 2m
+    /// (a bare number is seconds; 0 forces it off at once; at most 1h). Default: the
+    /// configured timeouts.stop (15s unless config.toml says otherwise)
+    #[arg(long, value_name = "DURATION", value_parser = parse_stop_timeout)]
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// A stop timeout as people type it: the config's duration syntax (`30s`, `5m`, a bare number
+/// of seconds) plus milliseconds (`500ms`), which short test guests need and the config's
+/// whole-second timeouts do not. The one-hour limit is the daemon's; it is checked here too
+/// so that a typo fails before anything is sent.
+fn parse_stop_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let duration = match text.trim().strip_suffix("ms") {
+        Some(ms) => ms
+            .parse::<u64>()
+            .map(std::time::Duration::from_millis)
+            .map_err(|_| format!("{text:?} is not a duration (expected e.g. 500ms, 30s, 2m)"))?,
+        None => crate::config::parse_duration(text)?,
+    };
+    let max = std::time::Duration::from_millis(crate::api::MAX_STOP_TIMEOUT_MS);
+    if duration > max {
+        return Err(format!("{text:?} is longer than the limit of 1h"));
+    }
+    Ok(duration)
 }
 
 #[derive(Debug, Args)]
@@ -361,6 +383,10 @@ pub struct VmExecArgs {
     /// Working directory in the guest (an absolute path; default: the guest user's home)
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<String>,
+    /// Do not forward stdin: the command reads end of file at once. Stdin is forwarded when
+    /// it is a pipe or a file, never when it is a terminal (exec is not an interactive shell)
+    #[arg(long = "no-stdin")]
+    pub no_stdin: bool,
     /// The command and its arguments, after `--`
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -719,7 +745,8 @@ pub struct ReplayArgs {
 const OPS_LONG: &str = "\
 Operations are the multi-step things banger does (vm.create, image.register, kernel.import…). \
 `banger ops` lists the ones in flight, and the stuck ones (an undo failed: they need a look), \
-with the step each is on. `banger update` refuses to run while this list is not empty.";
+with the step each is on. `banger update` refuses to run while this list is not empty. A stuck \
+operation blocks its target (VM, image, kernel) until `banger ops retry` runs its undos again.";
 
 const OPS_AFTER: &str = "\
 The 80% command:
@@ -728,16 +755,37 @@ The 80% command:
 What comes next:
   banger ops --all                   finished operations too
   banger events --op 3f2a19c4        every event of one operation
+  banger ops retry 3f2a19c4          undo a stuck operation again, once its cause is fixed
   banger ops --json                  for scripts";
 
 #[derive(Debug, Args)]
 pub struct OpsArgs {
+    #[command(subcommand)]
+    pub command: Option<OpsCommand>,
     /// Include finished operations
     #[arg(long)]
     pub all: bool,
     /// Print JSON (an array) instead of a table
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OpsCommand {
+    /// Run the undos of a stuck operation again (after fixing what made one fail)
+    #[command(long_about = "\
+Run the pending undos of a stuck operation again, newest first, with the handles the event log \
+recorded. If they all succeed the operation ends rolled back, exactly as if its first rollback \
+had worked, and its target is no longer blocked; if one fails again it stays stuck with the new \
+error. Undos are idempotent, so retrying is always safe.")]
+    Retry(OpsRetryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OpsRetryArgs {
+    /// The operation's id, or a prefix of it as `banger ops` prints it
+    #[arg(value_name = "OP_ID")]
+    pub op: String,
 }
 
 // ---- system, doctor, update, ssh-config, version ----------------------------------------------
@@ -879,6 +927,32 @@ mod tests {
         match parsed.command {
             Command::Vm(VmCommand::Create(args)) => {
                 assert_eq!(args.shape.memory, Some(Size(4 << 30)))
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn stop_timeouts_read_like_the_config_plus_milliseconds() {
+        use std::time::Duration;
+        for (text, expected) in [
+            ("30s", Duration::from_secs(30)),
+            ("2m", Duration::from_secs(120)),
+            ("15", Duration::from_secs(15)),
+            ("500ms", Duration::from_millis(500)),
+            ("0", Duration::ZERO),
+            ("1h", Duration::from_secs(3600)),
+        ] {
+            assert_eq!(parse_stop_timeout(text), Ok(expected), "{text}");
+        }
+        for bad in ["61m", "2h", "5x", "ms", "-1s", "1.5s"] {
+            assert!(parse_stop_timeout(bad).is_err(), "{bad}");
+        }
+        let parsed = Cli::try_parse_from(["banger", "vm", "restart", "dev", "--timeout", "250ms"])
+            .expect("restart takes a timeout too");
+        match parsed.command {
+            Command::Vm(VmCommand::Restart(args)) => {
+                assert_eq!(args.timeout, Some(Duration::from_millis(250)))
             }
             other => panic!("parsed as {other:?}"),
         }

@@ -104,6 +104,15 @@ fn interrupted() -> impl Future<Output = ()> {
     }
 }
 
+/// The operation `text` names (all 16 hex digits, or an unambiguous prefix), asking
+/// `client` for the list when it is a prefix. Shared with `banger ops retry`.
+pub(super) async fn resolve_op(client: &mut Client, text: &str) -> Result<OpId, CliError> {
+    match parse_op(text)? {
+        OpText::Full(id) => Ok(id),
+        OpText::Prefix(prefix) => resolve_prefix(client, &prefix).await,
+    }
+}
+
 /// An operation id as typed: all 16 hex digits, or a prefix of one (as `banger ops` and the
 /// event lines print them).
 enum OpText {

@@ -7,7 +7,7 @@
 //! Verbs that need networking or workspaces (run, ssh, stats, ports, workspace) still answer
 //! "not implemented yet" through [`super::future`].
 
-use std::io::Write;
+use std::io::{IsTerminal, Read, Write};
 use std::time::Duration;
 
 use banger_events::{Envelope, Event, Handle, OpId};
@@ -23,11 +23,12 @@ use super::future;
 use super::output::{json, line, out};
 use super::views::{When, handle_table, operation_table, vm_details, vm_table};
 use crate::api::{
-    EventsParams, ExecStream, NameParams, PingResult, VmCreateParams, VmCreateResult,
-    VmDeleteResult, VmExecItem, VmExecParams, VmExecResult, VmHealthResult, VmListResult,
-    VmLogsItem, VmLogsParams, VmName, VmPingResult, VmResult, VmSetParams, VmShowResult,
+    EXEC_STDIN_CHUNK_BYTES, EventsParams, ExecStream, NameParams, PingResult, VmCreateParams,
+    VmCreateResult, VmDeleteResult, VmExecInput, VmExecItem, VmExecParams, VmExecResult,
+    VmHealthResult, VmListResult, VmLogsItem, VmLogsParams, VmName, VmPingResult, VmResult,
+    VmSetParams, VmShowResult, VmStopParams,
 };
-use crate::rpc::{ClientError, StreamEvent};
+use crate::rpc::{ClientError, StreamEvent, StreamInput};
 use crate::size::{Size, format_bytes};
 
 /// After `vm.create` answered, how long the progress display keeps reading the operation's
@@ -43,8 +44,8 @@ pub async fn run(command: VmCommand) -> Result<(), CliError> {
         VmCommand::Show(args) => show(args).await,
         VmCommand::Create(args) => create(args).await,
         VmCommand::Start(args) => lifecycle("vm.start", args).await,
-        VmCommand::Stop(args) => stop(args).await,
-        VmCommand::Restart(args) => lifecycle("vm.restart", args).await,
+        VmCommand::Stop(args) => stop("vm.stop", args).await,
+        VmCommand::Restart(args) => stop("vm.restart", args).await,
         VmCommand::Kill(args) => lifecycle("vm.kill", args).await,
         VmCommand::Delete(args) => delete(args).await,
         VmCommand::Set(args) => set(args).await,
@@ -225,11 +226,14 @@ async fn run_vm(args: VmRunArgs) -> Result<(), CliError> {
     let name = args.name.unwrap_or_else(generated_name);
     let params = create_params(&name, args.shape, false)?;
     create_waiting(&name, &params, Report::Stderr).await?;
+    // `vm run` keeps its stdin to itself for now: it is a throwaway VM's command, and what
+    // it should read from the terminal (nothing, like `vm exec` on a terminal) is the same.
     let exec = VmExecParams {
         name: name.clone(),
         argv: args.command,
         env: Default::default(),
         cwd: None,
+        stdin: false,
     };
     // Ctrl-C is caught so that the VM is still thrown away: dropping the exec stream makes
     // bangerd kill the command, then the delete runs as usual. 130 is a shell's status for
@@ -380,6 +384,10 @@ async fn lifecycle(method: &'static str, args: VmNameArgs) -> Result<(), CliErro
         name: args.name.to_string(),
     };
     let result: VmResult = call(method, &params).await?;
+    report_lifecycle(method, &result)
+}
+
+fn report_lifecycle(method: &str, result: &VmResult) -> Result<(), CliError> {
     let vm = &result.vm;
     match method {
         "vm.kill" => line(format!("killed {} (now {})", vm.name, vm.state)),
@@ -388,15 +396,16 @@ async fn lifecycle(method: &'static str, args: VmNameArgs) -> Result<(), CliErro
     }
 }
 
-async fn stop(args: VmStopArgs) -> Result<(), CliError> {
-    // TODO(issue 4): send `--timeout` once vm.stop takes a timeout parameter. Until then it
-    // is refused rather than silently ignored.
-    if args.timeout.is_some() {
-        return Err(CliError::Usage(
-            "vm stop --timeout is not supported yet; the configured timeouts.stop (config.toml, 15 s by default) applies".into(),
-        ));
-    }
-    lifecycle("vm.stop", VmNameArgs { name: args.name }).await
+/// `vm stop` and `vm restart`: a lifecycle call that may carry the guest's grace period.
+async fn stop(method: &'static str, args: VmStopArgs) -> Result<(), CliError> {
+    let params = VmStopParams {
+        name: args.name.to_string(),
+        timeout_ms: args
+            .timeout
+            .map(|timeout| u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+    };
+    let result: VmResult = call(method, &params).await?;
+    report_lifecycle(method, &result)
 }
 
 async fn delete(args: VmNameArgs) -> Result<(), CliError> {
@@ -453,11 +462,16 @@ fn write_raw(stream: ExecStream, data: &[u8]) -> Result<(), CliError> {
 }
 
 async fn exec(args: VmExecArgs) -> Result<(), CliError> {
+    // A terminal is never forwarded: exec has no pseudo-terminal in the guest, so a shell
+    // there would read lines without echo or line editing, and a command that does not read
+    // stdin would wait for a Ctrl-D nobody knows to type.
+    let stdin = !args.no_stdin && !std::io::stdin().is_terminal();
     let params = VmExecParams {
         name: args.name,
         argv: args.command,
         env: args.env.into_iter().collect(),
         cwd: args.cwd,
+        stdin,
     };
     match run_command(&params).await? {
         0 => Ok(()),
@@ -471,6 +485,16 @@ async fn run_command(params: &VmExecParams) -> Result<i32, CliError> {
     // A client that goes away (Ctrl-C kills this process) closes the socket, and bangerd
     // then kills the command in the guest: nothing is left running behind the user's back.
     let mut stream = connect().await?.stream("vm.exec", params).await?;
+    // Aborted (dropping the connection's sending side) when this function returns, however.
+    // Only taken when stdin is forwarded: a taken and dropped sending side would half-close
+    // the connection, which bangerd reads as the client going away.
+    let _feeder = if params.stdin {
+        stream
+            .take_input()
+            .map(|input| AbortOnDrop(tokio::spawn(forward_stdin(input))))
+    } else {
+        None
+    };
     loop {
         match stream.next::<VmExecItem>().await? {
             StreamEvent::Item(item) => write_raw(item.stream, &item.data)?,
@@ -482,6 +506,73 @@ async fn run_command(params: &VmExecParams) -> Result<i32, CliError> {
             }
         }
     }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends this process's stdin to bangerd as `vm.exec` stdin lines, then keeps the connection's
+/// sending side open (closing it would tell bangerd the client is gone) until aborted.
+///
+/// Stdin is read on a plain thread rather than tokio's: a blocking read cannot be cancelled,
+/// and tokio waits for its blocking reads when the runtime shuts down, so a command that ends
+/// without reading its input would leave banger hanging on a pipe that never ends. A plain
+/// thread dies with the process.
+async fn forward_stdin(mut input: StreamInput) {
+    let (chunks, mut received) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            let mut buf = vec![0u8; EXEC_STDIN_CHUNK_BYTES];
+            let read = match stdin.read(&mut buf) {
+                Ok(read) => read,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    let _ = chunks.blocking_send(Err(error));
+                    return;
+                }
+            };
+            buf.truncate(read);
+            // The channel's bound is the back-pressure: a command that reads slowly slows
+            // this thread down instead of filling memory.
+            if chunks.blocking_send(Ok(buf)).is_err() || read == 0 {
+                return;
+            }
+        }
+    });
+    while let Some(chunk) = received.recv().await {
+        let line = match chunk {
+            Ok(data) if data.is_empty() => VmExecInput { data, eof: true },
+            Ok(data) => VmExecInput { data, eof: false },
+            Err(error) => {
+                // The command gets end of file; the user learns why its input was short.
+                let _ = write_raw(
+                    ExecStream::Stderr,
+                    format!(
+                        "banger: reading stdin failed: {error}; the command gets end of file\n"
+                    )
+                    .as_bytes(),
+                );
+                VmExecInput {
+                    data: Vec::new(),
+                    eof: true,
+                }
+            }
+        };
+        let eof = line.eof;
+        // A failed send means bangerd closed the connection: the command is over, and the
+        // stream reader reports how it ended.
+        if input.send(&line).await.is_err() || eof {
+            break;
+        }
+    }
+    std::future::pending::<()>().await;
 }
 
 async fn logs(args: VmLogsArgs) -> Result<(), CliError> {

@@ -61,6 +61,7 @@ pub static METHODS: &[(&str, Handler)] = &[
     ("daemon.ping", call!(handlers::ping)),
     ("daemon.shutdown", call!(handlers::shutdown)),
     ("daemon.operations.list", call!(handlers::operations_list)),
+    ("daemon.operations.retry", call!(handlers::operations_retry)),
     ("events.follow", Handler::Stream(follow::handler)),
     ("vm.list", call!(handlers::vm_list)),
     ("vm.show", call!(handlers::vm_show)),
@@ -201,8 +202,11 @@ pub fn op_error(error: OpError) -> RpcError {
         OpError::AlreadyExists(_) => ErrorCode::AlreadyExists,
         OpError::Busy(_) => ErrorCode::Busy,
         OpError::NotRunning(_) => ErrorCode::NotRunning,
+        OpError::WrongState(_) => ErrorCode::WrongState,
         OpError::Unavailable(_) | OpError::Log(_) => ErrorCode::Unavailable,
-        OpError::Failed { .. } | OpError::Stuck { .. } => ErrorCode::OperationFailed,
+        OpError::Failed { .. } | OpError::Stuck { .. } | OpError::StillStuck { .. } => {
+            ErrorCode::OperationFailed
+        }
         OpError::Internal(_) => ErrorCode::Internal,
     };
     RpcError::new(code, error.to_string())
@@ -226,6 +230,7 @@ mod tests {
         "daemon.ping",
         "daemon.shutdown",
         "daemon.operations.list",
+        "daemon.operations.retry",
         "events.follow",
         "vm.list",
         "vm.show",

@@ -16,8 +16,12 @@
 //!                 │
 //!                 ▼
 //!   exec ──▶ stdout/stderr chunks as items ──▶ exited: result {pid, exit_code | signal}
-//!                 │
-//!        client hangs up ──▶ the agent connection is dropped ──▶ the agent kills the command
+//!     │           │
+//!     │  client hangs up ──▶ the agent connection is dropped ──▶ the agent kills the command
+//!     │
+//!     └─ with `stdin`: the client's {"data"} … {"eof":true} lines after the request go to the
+//!        command's stdin at the same time as its output comes back; the connection closes
+//!        after the result
 //! ```
 //!
 //! Invariants:
@@ -42,16 +46,18 @@ use tokio::net::UnixStream;
 
 use super::Daemon;
 use super::dispatch::{Cx, decode, encode};
-use super::server::Conn;
-use crate::agent::client::{AgentClient, AgentError, ExecEvent};
-use crate::agent::protocol::{AGENT_VSOCK_PORT, ErrorCode as AgentCode, ExecRequest, ExitStatus};
+use super::server::{Conn, Input, Output, ReadRequest};
+use crate::agent::client::{AgentClient, AgentError, ExecEvent, ExecOutputs, ExecStdin};
+use crate::agent::protocol::{
+    AGENT_VSOCK_PORT, ErrorCode as AgentCode, ExecRequest, ExitStatus, StdinMode,
+};
 use crate::api::{
-    ExecStream, NameParams, VmExecItem, VmExecParams, VmExecResult, VmHealthResult, VmLogsEnd,
-    VmLogsItem, VmLogsParams, VmName, VmPingResult,
+    EXEC_STDIN_CHUNK_BYTES, ExecStream, NameParams, VmExecInput, VmExecItem, VmExecParams,
+    VmExecResult, VmHealthResult, VmLogsEnd, VmLogsItem, VmLogsParams, VmName, VmPingResult,
 };
 use crate::host::firecracker::{VsockError, vsock_connect_timeout};
 use crate::operations::BoxFuture;
-use crate::rpc::protocol::{ErrorCode, PROTOCOL_VERSION, Response, RpcError};
+use crate::rpc::protocol::{ErrorCode, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Response, RpcError};
 
 /// How long connecting to the agent (vsock connect, `CONNECT` handshake, hello) may take. A
 /// healthy agent answers in milliseconds; a guest that is still booting should fail fast with
@@ -74,8 +80,8 @@ const CLIENT_NAME: &str = "bangerd";
 pub enum GuestError {
     #[error("no VM named {name}; see `banger vm list`")]
     NotFound { name: String },
-    #[error("VM {name} is {state}, not running; start it with `banger vm start {name}`")]
-    NotRunning { name: String, state: &'static str },
+    #[error("VM {name} is {}, not running; {}", state.as_str(), not_running_advice(name, *state))]
+    NotRunning { name: String, state: VmState },
     #[error(
         "cannot reach the guest agent of {name}: {source}; see `banger vm logs {name}` for what the guest printed"
     )]
@@ -116,6 +122,23 @@ impl From<GuestError> for RpcError {
     }
 }
 
+/// What someone who asked a VM that is not running should do, by the state it is in.
+fn not_running_advice(name: &str, state: VmState) -> String {
+    match state {
+        VmState::Stopped => format!("start it with `banger vm start {name}`"),
+        VmState::Creating | VmState::Starting => {
+            format!("it is booting; wait for `banger vm show {name}` to say running, then retry")
+        }
+        VmState::Stopping => {
+            format!("it is being stopped; `banger vm start {name}` once it is stopped")
+        }
+        VmState::Deleting => "it is being deleted".to_owned(),
+        VmState::Failed | VmState::Running => {
+            format!("`banger vm show {name}` says what happened to it")
+        }
+    }
+}
+
 fn vsock_path(daemon: &Daemon, vm_id: VmId) -> PathBuf {
     daemon.layout.vm_vsock_socket(vm_id)
 }
@@ -147,7 +170,7 @@ fn running_vm(daemon: &Daemon, name: &str) -> Result<VmView, GuestError> {
     if vm.state != VmState::Running {
         return Err(GuestError::NotRunning {
             name: vm.name,
-            state: vm.state.as_str(),
+            state: vm.state,
         });
     }
     Ok(vm)
@@ -256,20 +279,25 @@ async fn send_item<T: Serialize>(
     conn: &mut Conn,
     item: &T,
 ) -> Result<Sent, RpcError> {
-    let response = Response {
-        v: PROTOCOL_VERSION,
-        id: cx.request_id,
-        op_id: Some(cx.op_id.to_string()),
-        item: Some(encode(item)?),
-        result: None,
-        error: None,
-    };
+    let response = item_response(cx, item)?;
     tokio::select! {
         biased;
         _ = daemon.shutdown.cancelled() => Ok(Sent::Gone),
         _ = conn.input.hung_up() => Ok(Sent::Gone),
         sent = conn.output.send(&response) => Ok(if sent.is_err() { Sent::Gone } else { Sent::Ok }),
     }
+}
+
+/// One item of the stream `cx` answers.
+fn item_response<T: Serialize>(cx: &Cx, item: &T) -> Result<Response, RpcError> {
+    Ok(Response {
+        v: PROTOCOL_VERSION,
+        id: cx.request_id,
+        op_id: Some(cx.op_id.to_string()),
+        item: Some(encode(item)?),
+        result: None,
+        error: None,
+    })
 }
 
 /// The client went away: end the stream without an answer (nobody would read it).
@@ -295,6 +323,11 @@ pub fn exec_handler<'c>(
     conn: &'c mut Conn,
 ) -> BoxFuture<'c, Result<Value, RpcError>> {
     Box::pin(async move {
+        // Looked at before decoding: even a request too malformed to decode may be followed
+        // by stdin lines, which must not be read as requests.
+        if params.get("stdin") == Some(&Value::Bool(true)) {
+            conn.output.close_after = true;
+        }
         let params: VmExecParams = decode(cx.method, params)?;
         exec(daemon, cx, params, conn).await
     })
@@ -310,8 +343,17 @@ async fn exec(
         argv: params.argv,
         env: params.env,
         cwd: params.cwd,
-        stdin: Default::default(),
+        stdin: if params.stdin {
+            StdinMode::Pipe
+        } else {
+            StdinMode::Null
+        },
     };
+    if params.stdin {
+        // Stdin lines may follow the request whatever happens to it (a refusal included), and
+        // they are not requests: the connection ends with this answer.
+        conn.output.close_after = true;
+    }
     // Refuse a bad request before touching the VM, with the agent's own wording.
     request.validate().map_err(RpcError::invalid)?;
     let vm = running_vm(&daemon, params.name.as_str())?;
@@ -323,36 +365,42 @@ async fn exec(
     touch(&daemon, vm.id);
     let mut running = agent.exec(&request).await.map_err(agent_error)?;
     let pid = running.pid();
-    tracing::debug!(pid, vm = %vm.name, "command started in the guest");
-    let status = loop {
-        // `next` is not cancel-safe, but when another branch wins the command is abandoned
-        // (dropping the connection kills it), so a half-read frame is never resumed.
-        let event = tokio::select! {
+    tracing::debug!(pid, vm = %vm.name, stdin = params.stdin, "command started in the guest");
+    let ended = {
+        let (mut stdin, mut output) = running.split();
+        let Conn {
+            input: client_in,
+            output: client_out,
+        } = &mut *conn;
+        // Two halves driven together: the client's stdin lines go to the agent while the
+        // command's output comes back, so neither direction can block the other. Neither
+        // future is dropped half-way unless the exec is over (or abandoned, which drops the
+        // agent connection and kills the command), so a half-read frame is never resumed.
+        let feed = feed_stdin(client_in, &mut stdin, params.stdin);
+        let drain = relay_output(&daemon, &cx, client_out, &mut output, vm.id);
+        tokio::pin!(feed, drain);
+        tokio::select! {
             biased;
             _ = daemon.shutdown.cancelled() => return Err(shutting_down()),
-            _ = conn.input.hung_up() => {
-                tracing::debug!(pid, "client hung up; dropping the agent connection kills the command");
-                return Ok(hung_up(conn));
-            }
-            event = running.next() => event.map_err(agent_error)?,
-        };
-        // A long command that keeps printing is activity too: auto-stop must not cut it.
-        touch(&daemon, vm.id);
-        let item = match event {
-            ExecEvent::Stdout(data) => VmExecItem {
-                stream: ExecStream::Stdout,
-                data,
-            },
-            ExecEvent::Stderr(data) => VmExecItem {
-                stream: ExecStream::Stderr,
-                data,
-            },
-            ExecEvent::Exited(status) => break status,
-        };
-        match send_item(&daemon, &cx, conn, &item).await? {
-            Sent::Ok => {}
-            Sent::Gone if daemon.shutdown.is_cancelled() => return Err(shutting_down()),
-            Sent::Gone => return Ok(hung_up(conn)),
+            fed = &mut feed => Ended::Input(fed),
+            drained = &mut drain => Ended::Output(drained.map_err(agent_error)?),
+        }
+    };
+    let status = match ended {
+        Ended::Output(Relayed::Exited(status)) => status,
+        Ended::Output(Relayed::Gone) if daemon.shutdown.is_cancelled() => {
+            return Err(shutting_down());
+        }
+        Ended::Output(Relayed::Gone) | Ended::Input(Fed::HungUp) => {
+            tracing::debug!(
+                pid,
+                "client hung up; dropping the agent connection kills the command"
+            );
+            return Ok(hung_up(conn));
+        }
+        Ended::Input(Fed::Refused(error)) => {
+            tracing::debug!(pid, %error, "bad stdin from the client; the command is killed");
+            return Err(error);
         }
     };
     touch(&daemon, vm.id);
@@ -365,6 +413,110 @@ async fn exec(
         exit_code,
         signal,
     })
+}
+
+/// Which half of an exec ended it.
+enum Ended {
+    Input(Fed),
+    Output(Relayed),
+}
+
+/// How the client's side of an exec ended (it never ends while the client is connected and
+/// behaving, even after its stdin's end).
+enum Fed {
+    HungUp,
+    /// A stdin line that is not a [`VmExecInput`]: the exec is refused with this error.
+    Refused(RpcError),
+}
+
+/// How the command's side of an exec ended.
+enum Relayed {
+    Exited(ExitStatus),
+    /// The client stopped taking output (its connection broke), or bangerd is shutting down.
+    Gone,
+}
+
+/// Forwards the client's stdin lines to the command until the line with `eof`, then watches
+/// the connection for the client hanging up. Without `enabled` it only watches.
+async fn feed_stdin(
+    input: &mut Input,
+    stdin: &mut ExecStdin<'_, UnixStream>,
+    enabled: bool,
+) -> Fed {
+    let mut line = Vec::new();
+    let mut open = enabled;
+    while open {
+        line.clear();
+        match input.read_request(&mut line).await {
+            Err(_) | Ok(ReadRequest::Eof) => return Fed::HungUp,
+            Ok(ReadRequest::TooLong { .. }) => {
+                return Fed::Refused(RpcError::invalid(format!(
+                    "a vm.exec stdin line is over the {MAX_REQUEST_BYTES}-byte limit; send {EXEC_STDIN_CHUNK_BYTES} bytes of input per line"
+                )));
+            }
+            Ok(ReadRequest::Line) => {}
+        }
+        let chunk: VmExecInput = match serde_json::from_slice(&line) {
+            Ok(chunk) => chunk,
+            Err(error) => {
+                return Fed::Refused(RpcError::invalid(format!(
+                    "after a vm.exec request with stdin, every line must be stdin like {{\"data\":\"aGkK\"}} or {{\"eof\":true}}: {error}"
+                )));
+            }
+        };
+        open = !chunk.eof;
+        let sent = async {
+            if !chunk.data.is_empty() {
+                stdin.write(&chunk.data).await?;
+            }
+            if chunk.eof {
+                stdin.close().await?;
+            }
+            Ok::<(), AgentError>(())
+        };
+        if let Err(error) = sent.await {
+            // The agent connection broke; the output side reports why. Input that follows is
+            // read no more, and the connection closes after the answer.
+            tracing::debug!(%error, "cannot forward stdin to the agent");
+            break;
+        }
+    }
+    input.hung_up().await;
+    Fed::HungUp
+}
+
+/// Sends the command's output to the client as stream items until it exits.
+async fn relay_output(
+    daemon: &Daemon,
+    cx: &Cx,
+    client: &mut Output,
+    output: &mut ExecOutputs<'_, UnixStream>,
+    vm_id: VmId,
+) -> Result<Relayed, AgentError> {
+    loop {
+        let event = output.next().await?;
+        // A long command that keeps printing is activity too: auto-stop must not cut it.
+        touch(daemon, vm_id);
+        let item = match event {
+            ExecEvent::Stdout(data) => VmExecItem {
+                stream: ExecStream::Stdout,
+                data,
+            },
+            ExecEvent::Stderr(data) => VmExecItem {
+                stream: ExecStream::Stderr,
+                data,
+            },
+            ExecEvent::Exited(status) => return Ok(Relayed::Exited(status)),
+        };
+        let response = match item_response(cx, &item) {
+            Ok(response) => response,
+            // Output always encodes; if it ever did not, the client cannot be told in-stream.
+            Err(_) => return Ok(Relayed::Gone),
+        };
+        if client.send(&response).await.is_err() {
+            return Ok(Relayed::Gone);
+        }
+    }
 }
 
 // ---- vm.logs ----------------------------------------------------------------------------------

@@ -12,11 +12,11 @@ use super::dispatch::{Cx, op_error};
 use super::{Daemon, VERSION};
 use crate::api::{
     HandleEntry, ImageListResult, ImageRegisterParams, KernelImportParams, KernelListResult,
-    NameParams, NoParams, OperationsListParams, OperationsListResult, PingResult, RemoveResult,
-    ShutdownResult, VmListResult, VmShowResult,
+    NameParams, NoParams, OperationsListParams, OperationsListResult, OperationsRetryParams,
+    OperationsRetryResult, PingResult, RemoveResult, ShutdownResult, VmListResult, VmShowResult,
 };
 use crate::operations::{
-    OpError, Runner, image_delete, image_register, kernel_import, kernel_remove,
+    OpError, Runner, image_delete, image_register, kernel_import, kernel_remove, retry,
 };
 use crate::rpc::protocol::{PROTOCOL_VERSION, RpcError};
 
@@ -57,6 +57,25 @@ pub async fn operations_list(
     };
     operations.sort_by_key(|op| (op.started_seq, op.op_id));
     Ok(OperationsListResult { operations })
+}
+
+pub async fn operations_retry(
+    daemon: Arc<Daemon>,
+    cx: Cx,
+    params: OperationsRetryParams,
+) -> Result<OperationsRetryResult, RpcError> {
+    let op_id = params.op_id;
+    detached(&daemon, &cx, move |runner: Arc<Runner>, _| async move {
+        retry::retry(&runner, op_id).await
+    })
+    .await?;
+    let view = daemon.journal.view();
+    let operation = view.operations.get(&op_id).cloned().ok_or_else(|| {
+        RpcError::internal(format!(
+            "operation {op_id} was rolled back and then left the views; see `banger events --op {op_id}`"
+        ))
+    })?;
+    Ok(OperationsRetryResult { operation })
 }
 
 pub async fn vm_list(daemon: Arc<Daemon>, _: Cx, _: NoParams) -> Result<VmListResult, RpcError> {

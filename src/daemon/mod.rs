@@ -54,6 +54,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
+use crate::host::network::GuestNetwork;
 use crate::host::vmm::FirecrackerVmm;
 use crate::operations::vm_common::VmHost;
 use crate::operations::{FailpointError, Failpoints, Runner, recovery};
@@ -239,7 +240,13 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
     let lock = lock::PidLock::acquire(&layout.daemon_lock_path(), &layout.state_dir)?;
 
     let journal = Arc::new(open_journal(&layout.log_path())?);
-    let runner = Arc::new(Runner::new(journal.clone(), layout.clone(), failpoints));
+    let network = Arc::new(GuestNetwork::new(&config.network));
+    let runner = Arc::new(Runner::new(
+        journal.clone(),
+        layout.clone(),
+        network,
+        failpoints,
+    ));
     record_start_and_recover(&journal, &runner).await;
     let vms = Arc::new(VmHost::new(
         Arc::new(FirecrackerVmm::from_env_or(config.firecracker.clone())),

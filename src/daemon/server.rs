@@ -76,6 +76,7 @@ async fn connection(daemon: Arc<Daemon>, stream: UnixStream) {
         output: Output {
             writer: write,
             dead: false,
+            close_after: false,
         },
     };
     let mut line = Vec::new();
@@ -107,7 +108,7 @@ async fn connection(daemon: Arc<Daemon>, stream: UnixStream) {
         if conn.output.dead {
             return;
         }
-        if conn.output.send(&response).await.is_err() {
+        if conn.output.send(&response).await.is_err() || conn.output.close_after {
             return;
         }
     }
@@ -171,6 +172,9 @@ pub(crate) struct Output {
     writer: OwnedWriteHalf,
     /// The peer is gone: nothing more is written.
     pub(crate) dead: bool,
+    /// Close the connection once the current response is written: what the client sent after
+    /// its request cannot be trusted to be the next request (an exec's unread stdin).
+    pub(crate) close_after: bool,
 }
 
 pub(crate) enum ReadRequest {
@@ -185,8 +189,9 @@ pub(crate) enum ReadRequest {
 impl Input {
     /// Reads one request line (without its newline) into `line`, never holding more than
     /// [`MAX_REQUEST_BYTES`]. Cancel-safe: bytes are consumed from the reader only as they are
-    /// moved into `line`.
-    async fn read_request(&mut self, line: &mut Vec<u8>) -> io::Result<ReadRequest> {
+    /// moved into `line`. Also reads the lines a request sends after itself (`vm.exec`'s
+    /// stdin), under the same limit.
+    pub(crate) async fn read_request(&mut self, line: &mut Vec<u8>) -> io::Result<ReadRequest> {
         loop {
             let available = self.reader.fill_buf().await?;
             if available.is_empty() {

@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use banger_events::{OpId, VmId, VmState};
 use banger_projections::VmView;
@@ -17,7 +18,8 @@ use banger_projections::VmView;
 use super::Daemon;
 use super::dispatch::{Cx, op_error};
 use crate::api::{
-    NameParams, VmCreateParams, VmCreateResult, VmDeleteResult, VmResult, VmSetParams,
+    MAX_STOP_TIMEOUT_MS, NameParams, VmCreateParams, VmCreateResult, VmDeleteResult, VmResult,
+    VmSetParams, VmStopParams,
 };
 use crate::operations::vm_common::BootState;
 use crate::operations::{OpError, vm_create, vm_delete, vm_kill, vm_set, vm_start, vm_stop};
@@ -60,16 +62,18 @@ pub async fn start(daemon: Arc<Daemon>, cx: Cx, params: NameParams) -> Result<Vm
     vm_result(&daemon, &params.name)
 }
 
-pub async fn stop(daemon: Arc<Daemon>, cx: Cx, params: NameParams) -> Result<VmResult, RpcError> {
-    stop_op(&daemon, &cx, &params.name).await?;
+pub async fn stop(daemon: Arc<Daemon>, cx: Cx, params: VmStopParams) -> Result<VmResult, RpcError> {
+    let timeout = stop_timeout(&daemon, &params)?;
+    stop_op(&daemon, &cx, &params.name, timeout).await?;
     vm_result(&daemon, &params.name)
 }
 
 pub async fn restart(
     daemon: Arc<Daemon>,
     cx: Cx,
-    params: NameParams,
+    params: VmStopParams,
 ) -> Result<VmResult, RpcError> {
+    let timeout = stop_timeout(&daemon, &params)?;
     let running = daemon
         .journal
         .view()
@@ -79,12 +83,24 @@ pub async fn restart(
             RpcError::not_found(format!("no VM named {}; see `banger vm list`", params.name))
         })?;
     if running {
-        stop_op(&daemon, &cx, &params.name).await?;
+        stop_op(&daemon, &cx, &params.name, timeout).await?;
     }
     // The start half is an operation of its own, with an op id of its own.
     let start_id = daemon.ids.op_id();
     start_op(&daemon, &cx, start_id, &params.name).await?;
     vm_result(&daemon, &params.name)
+}
+
+/// The grace a stop gives its guest: the request's `timeout_ms` (checked against
+/// [`MAX_STOP_TIMEOUT_MS`]) or the configured `timeouts.stop`.
+fn stop_timeout(daemon: &Daemon, params: &VmStopParams) -> Result<Duration, RpcError> {
+    match params.timeout_ms {
+        None => Ok(daemon.vms.config.stop_timeout),
+        Some(ms) if ms <= MAX_STOP_TIMEOUT_MS => Ok(Duration::from_millis(ms)),
+        Some(ms) => Err(RpcError::invalid(format!(
+            "a stop timeout of {ms} ms is longer than the limit of one hour ({MAX_STOP_TIMEOUT_MS} ms); give a shorter one, or 0 to kill at once"
+        ))),
+    }
 }
 
 pub async fn kill(daemon: Arc<Daemon>, cx: Cx, params: NameParams) -> Result<VmResult, RpcError> {
@@ -137,9 +153,13 @@ async fn start_op(daemon: &Arc<Daemon>, cx: &Cx, op_id: OpId, name: &str) -> Res
     join(task).await
 }
 
-async fn stop_op(daemon: &Arc<Daemon>, cx: &Cx, name: &str) -> Result<(), RpcError> {
+async fn stop_op(
+    daemon: &Arc<Daemon>,
+    cx: &Cx,
+    name: &str,
+    timeout: Duration,
+) -> Result<(), RpcError> {
     let name = name.to_owned();
-    let timeout = daemon.vms.config.stop_timeout;
     detached(daemon, cx, move |daemon: Arc<Daemon>, op_id| async move {
         vm_stop::run(&daemon.runner, op_id, &name, timeout, None).await
     })

@@ -43,7 +43,8 @@
 //!   target and the handles the log recorded: nothing from the request that is not in the log.
 //! - A failed step is undone too (with its intent): it may have half-happened.
 //! - A failed undo ends the operation as *stuck*; it then blocks its target until someone
-//!   intervenes, and `banger ops` shows it.
+//!   intervenes, and `banger ops` shows it. [`retry`] runs its pending undos again
+//!   (`banger ops retry`): rolled back when they succeed, stuck with the new error if not.
 //! - If the log stops accepting appends in the middle of an operation, the runner stops at
 //!   once without further side effects: whatever it did is covered by a durable intent, and
 //!   recovery at the next start undoes it.
@@ -58,6 +59,7 @@ pub mod kernel_import;
 pub mod kernel_remove;
 pub mod names;
 pub mod recovery;
+pub mod retry;
 mod runner;
 pub mod store;
 pub mod vm_common;
@@ -73,6 +75,7 @@ use std::pin::Pin;
 
 use banger_events::{Event, Handle, LogError, OpId, OpKind, Target};
 
+use crate::host::network::GuestNetwork;
 use crate::paths::Layout;
 
 pub use failpoints::{FailpointError, Failpoints, Point};
@@ -88,6 +91,8 @@ pub struct OpCx<'a> {
     pub kind: OpKind,
     pub target: &'a Target,
     pub layout: &'a Layout,
+    /// Taps on the bridge, through the root helper.
+    pub network: &'a GuestNetwork,
 }
 
 /// One step of an operation whose in-memory state is `S`.
@@ -197,9 +202,13 @@ pub enum OpError {
     AlreadyExists(String),
     #[error("{0}")]
     Busy(String),
-    /// The request needs a running VM and this one is not.
+    /// The request needs a running VM and this one is stopped.
     #[error("{0}")]
     NotRunning(String),
+    /// The target's (settled) state does not allow the request: start a running VM, set a
+    /// running one, stop a failed one. The message names the state and what to do.
+    #[error("{0}")]
+    WrongState(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{kind} failed at step {step}: {error}; everything it had done was rolled back")]
@@ -218,6 +227,15 @@ pub enum OpError {
         error: String,
         undo_step: String,
         undo_error: String,
+    },
+    /// `banger ops retry`: an undo of the stuck operation failed again.
+    #[error(
+        "undoing step {step} of operation {op_id} failed again: {error}; it stays stuck and blocks its target — deal with the cause and run `banger ops retry {op_id}` again"
+    )]
+    StillStuck {
+        op_id: OpId,
+        step: String,
+        error: String,
     },
     #[error("cannot record the operation in the event log: {0}")]
     Log(#[source] LogError),
@@ -260,11 +278,13 @@ mod invariant_tests {
         target: Target,
         mut state: K::State,
     ) {
+        let network = crate::host::network::GuestNetwork::unreachable_for_tests();
         let cx = OpCx {
             op_id: OpId(0xabc),
             kind: K::KIND,
             target: &target,
             layout,
+            network: &network,
         };
         let before = snapshot(&layout.state_dir);
         let mut done = Vec::new();
@@ -296,11 +316,13 @@ mod invariant_tests {
     /// Undoes every step from its intent when nothing happened: nothing fails, nothing
     /// changes.
     async fn undo_of_nothing<K: OperationKind>(layout: &Layout, target: Target, state: K::State) {
+        let network = crate::host::network::GuestNetwork::unreachable_for_tests();
         let cx = OpCx {
             op_id: OpId(0xdef),
             kind: K::KIND,
             target: &target,
             layout,
+            network: &network,
         };
         let before = snapshot(&layout.state_dir);
         for step in K::steps().iter().rev() {
@@ -374,6 +396,7 @@ mod invariant_tests {
 
     #[tokio::test]
     async fn store_operations_are_idempotent_and_their_undo_tolerates_absence() {
+        let network = crate::host::network::GuestNetwork::unreachable_for_tests();
         let (_dir, layout, source) = setup();
         let kernel = Target::Kernel { name: "k".into() };
         let image = Target::Image { name: "i".into() };
@@ -413,6 +436,7 @@ mod invariant_tests {
             kind: OpKind::KernelRemove,
             target: &kernel,
             layout: &layout,
+            network: &network,
         };
         let mut state = cx_state;
         for step in <kernel_remove::KernelRemove as OperationKind>::steps() {
@@ -426,6 +450,7 @@ mod invariant_tests {
             kind: OpKind::ImageDelete,
             target: &image,
             layout: &layout,
+            network: &network,
         };
         let mut state = image_delete::State { name: "i".into() };
         let steps = <image_delete::ImageDelete as OperationKind>::steps();
@@ -448,6 +473,7 @@ mod invariant_tests {
 
     #[tokio::test]
     async fn undo_never_removes_what_another_operation_published() {
+        let network = crate::host::network::GuestNetwork::unreachable_for_tests();
         let (_dir, layout, source) = setup();
         let kernel = Target::Kernel { name: "k".into() };
         let mut state = import_state(&source);
@@ -456,6 +482,7 @@ mod invariant_tests {
             kind: OpKind::KernelImport,
             target: &kernel,
             layout: &layout,
+            network: &network,
         };
         for step in <kernel_import::KernelImport as OperationKind>::steps() {
             step.ensure(&mine, &mut state).await.unwrap();

@@ -144,6 +144,7 @@ async fn recover_kind<K: OperationKind>(
         kind: K::KIND,
         target: &target,
         layout: runner.layout(),
+        network: runner.network(),
     };
     runner
         .journal()

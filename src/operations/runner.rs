@@ -14,6 +14,7 @@ use banger_projections::{OpStatus, Projections};
 
 use super::failpoints::{Failpoints, Point};
 use super::{OpCx, OpError, OperationKind, Step, StepError};
+use crate::host::network::GuestNetwork;
 use crate::paths::Layout;
 
 /// Runs operations: claims their targets, executes their steps, records every step in the
@@ -21,6 +22,7 @@ use crate::paths::Layout;
 pub struct Runner {
     journal: Arc<Journal<Projections>>,
     layout: Layout,
+    network: Arc<GuestNetwork>,
     failpoints: Failpoints,
     claims: Arc<ClaimTable>,
     closing: AtomicBool,
@@ -80,10 +82,16 @@ struct Done<S: 'static> {
 }
 
 impl Runner {
-    pub fn new(journal: Arc<Journal<Projections>>, layout: Layout, failpoints: Failpoints) -> Self {
+    pub fn new(
+        journal: Arc<Journal<Projections>>,
+        layout: Layout,
+        network: Arc<GuestNetwork>,
+        failpoints: Failpoints,
+    ) -> Self {
         Runner {
             journal,
             layout,
+            network,
             failpoints,
             claims: Arc::default(),
             closing: AtomicBool::new(false),
@@ -92,6 +100,10 @@ impl Runner {
 
     pub fn journal(&self) -> &Arc<Journal<Projections>> {
         &self.journal
+    }
+
+    pub fn network(&self) -> &GuestNetwork {
+        &self.network
     }
 
     pub fn layout(&self) -> &Layout {
@@ -120,6 +132,25 @@ impl Runner {
         target: Target,
         shared: Vec<Target>,
     ) -> Result<Claim, OpError> {
+        self.claim_except(op_id, kind, target, shared, None)
+    }
+
+    /// Claims the target of stuck operation `op_id` so that its undos can be run again
+    /// (`banger ops retry`): as [`Runner::claim`], except that the stuck operation itself does
+    /// not block its target — it is the one being finished. An operation running in this
+    /// process, or an older unresolved one on the same target, still does.
+    pub fn claim_stuck(&self, op_id: OpId, kind: OpKind, target: Target) -> Result<Claim, OpError> {
+        self.claim_except(op_id, kind, target, Vec::new(), Some(op_id))
+    }
+
+    fn claim_except(
+        &self,
+        op_id: OpId,
+        kind: OpKind,
+        target: Target,
+        shared: Vec<Target>,
+        except: Option<OpId>,
+    ) -> Result<Claim, OpError> {
         if self.closing.load(Ordering::SeqCst) {
             return Err(OpError::Unavailable(
                 "bangerd is shutting down and takes no new operations; start it again and retry"
@@ -134,7 +165,9 @@ impl Runner {
         {
             let view = self.journal.view();
             for wanted in std::iter::once(&target).chain(&shared) {
-                if let Some(op) = view.blocking_op_for(wanted) {
+                if let Some(op) = view.blocking_op_for(wanted)
+                    && Some(op.op_id) != except
+                {
                     let step = op
                         .current_step()
                         .map(|s| format!(" at step {}", s.name))
@@ -204,6 +237,7 @@ impl Runner {
             kind: K::KIND,
             target: &claim.target,
             layout: &self.layout,
+            network: &self.network,
         };
         let mut opening = vec![Event::OperationStarted(OperationStarted {
             kind: K::KIND,
@@ -470,6 +504,7 @@ mod tests {
         Runner::new(
             Arc::new(journal),
             Layout::rooted(Path::new("/nonexistent")),
+            Arc::new(GuestNetwork::unreachable_for_tests()),
             Failpoints::none(),
         )
     }

@@ -36,17 +36,14 @@ use crate::agent::client::AgentClient;
 use crate::agent::protocol::AGENT_VSOCK_PORT;
 use crate::config::Config;
 use crate::host::firecracker::vsock_connect_timeout;
+use crate::host::network::{GATEWAY, GUEST_NET, tap_name};
 use crate::host::process::{self, Liveness};
 use crate::host::vmm::{
-    CONSOLE_TAIL_BYTES, DEFAULT_KILL_TIMEOUT, DriveSpec, LaunchSpec, Launched, Vmm, VsockSpec,
-    console_tail, kill_recorded,
+    CONSOLE_TAIL_BYTES, DEFAULT_KILL_TIMEOUT, DriveSpec, LaunchSpec, Launched, NetSpec, Vmm,
+    VsockSpec, console_tail, kill_recorded,
 };
 use crate::paths::Layout;
 
-/// The guest network: 172.30.0.0/24, gateway .1 (the banger bridge, once the root helper
-/// creates it).
-pub const GUEST_NET: [u8; 3] = [172, 30, 0];
-pub const GATEWAY: [u8; 4] = [172, 30, 0, 1];
 /// The first vsock context id a guest may have (0–2 are reserved).
 pub const FIRST_GUEST_CID: u32 = 3;
 
@@ -213,6 +210,12 @@ pub fn mac_for(ip: [u8; 4]) -> [u8; 6] {
     [0x02, 0xfc, ip[0], ip[1], ip[2], ip[3]]
 }
 
+/// `aa:bb:cc:dd:ee:ff`, as Firecracker's `guest_mac` wants it.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    let [a, b, c, d, e, f] = mac;
+    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+}
+
 /// The kernel command line: serial console, reboot on Ctrl-Alt-Del, the guest IP.
 pub fn boot_args(ip: [u8; 4]) -> String {
     let [a, b, c, d] = ip;
@@ -234,6 +237,8 @@ pub struct BootState {
     pub initrd_path: Option<PathBuf>,
     /// Filled by `allocate` (create), or from the ledger (start).
     pub allocation: Option<Allocation>,
+    /// The host tap the guest's eth0 is plugged into; filled by `network`.
+    pub tap: Option<String>,
     /// Filled by `launch-firecracker`.
     pub launched: Option<Launched>,
     /// The VMM child this process spawned: handed to the supervisor when the operation ends
@@ -279,8 +284,13 @@ impl BootState {
                     read_only: false,
                 },
             ],
-            // No tap until the root helper exists (see vm_create's module docs).
-            net: None,
+            net: Some(NetSpec {
+                tap: self
+                    .tap
+                    .clone()
+                    .ok_or_else(|| StepError::Other("the VM has no tap yet".into()))?,
+                mac: Some(format_mac(allocation.mac)),
+            }),
             vsock: Some(VsockSpec {
                 cid: allocation.cid,
                 uds_path: layout.vm_vsock_socket(self.vm_id),
@@ -415,6 +425,66 @@ pub async fn undo_launch(layout: &Layout, handles: &[Handle]) -> Result<(), Step
             let mut guest = path.clone().into_os_string();
             guest.push(".guest");
             remove_file_if_present(Path::new(&guest))?;
+        }
+    }
+    Ok(())
+}
+
+/// `network`: the VM's tap exists on the bridge. `vm.create` removes the tap when it rolls
+/// back; `vm.start` leaves it on undo, because the VM owns its tap from create to delete.
+pub struct Network {
+    pub remove_on_undo: bool,
+}
+
+impl Step<BootState> for Network {
+    fn name(&self) -> &'static str {
+        "network"
+    }
+
+    fn intent(&self, _: &OpCx<'_>, state: &BootState) -> Vec<Handle> {
+        vec![Handle::Tap {
+            name: state.tap.clone().unwrap_or_else(|| tap_name(state.vm_id)),
+        }]
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        cx: &'a OpCx<'a>,
+        state: &'a mut BootState,
+    ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
+        Box::pin(async move {
+            let tap = state.tap.clone().unwrap_or_else(|| tap_name(state.vm_id));
+            cx.network
+                .ensure_tap(&tap)
+                .await
+                .map_err(|error| StepError::Other(error.to_string()))?;
+            state.tap = Some(tap.clone());
+            Ok(vec![Handle::Tap { name: tap }])
+        })
+    }
+
+    fn undo<'a>(
+        &'a self,
+        cx: &'a OpCx<'a>,
+        handles: &'a [Handle],
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async move {
+            if self.remove_on_undo {
+                release_taps(cx, handles).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Removes every tap `handles` names (absent ones are fine).
+pub async fn release_taps(cx: &OpCx<'_>, handles: &[Handle]) -> Result<(), StepError> {
+    for handle in handles {
+        if let Handle::Tap { name } = handle {
+            cx.network
+                .release_tap(name)
+                .await
+                .map_err(|error| StepError::Other(error.to_string()))?;
         }
     }
     Ok(())

@@ -6,7 +6,7 @@
 //! | `allocate`           | —                                       | lowest free guest IP in 172.30.0.0/24 (not .0/.1/.255), MAC `02:fc:<ip>`, lowest free vsock CID ≥ 3; produces `Ip`, `Mac`, `VsockCid` | nothing on the host (the ledger only gets them on success) |
 //! | `prepare-rootfs`     | dir `vms/<id>`, file `vms/<id>/root.ext4` | the VM directory (with this op's marker), the image rootfs cloned (reflink) or sparse-copied into it | remove `vms/<id>` if this op's marker is in it |
 //! | `prepare-work-disk`  | file `vms/<id>/work.ext4`               | sparse file of `work_disk_mib`, `mkfs.ext4 -q -F -L work` (lazy init) | remove the file |
-//! | `network`            | —                                       | nothing yet: taps come from the root helper (a later issue); the VM has no network interface | nothing |
+//! | `network`            | tap `bt<vm id>`                         | the tap exists, owned by this user, on the bridge (banger-helper; the bridge and NAT are ensured first) | remove the tap (banger-helper) |
 //! | `launch-firecracker` | sockets `api.sock`, `vsock.sock`        | see [`super::vm_common`]                            | kill the VMM, remove the sockets        |
 //! | `configure`          | —                                       | see [`super::vm_common`]                            | nothing                                 |
 //! | `instance-start`     | —                                       | see [`super::vm_common`]                            | nothing                                 |
@@ -14,13 +14,12 @@
 //!
 //! Domain events: `VmDefined` (state `creating`) goes in the commit of `OperationStarted`, so
 //! the VM is listed while it is being created and its name is visibly taken; `HandleAcquired`
-//! (IP, MAC, CID, VMM process, VM directory, all owned by the VM) and `VmStateChanged` →
+//! (IP, MAC, CID, tap, VMM process, VM directory, all owned by the VM) and `VmStateChanged` →
 //! `running` go with `OperationSucceeded`; `VmRemoved` goes with `OperationRolledBack`, in a
 //! live rollback and in crash recovery alike (recovery rolls creates back).
 //!
-//! Networking: until the root helper can create taps, a VM is created without a network
-//! interface (the guest IP is still allocated and on the kernel command line). Acceptable in
-//! tests only; the `network` step is where the tap will be acquired.
+//! Networking: the tap is made by the root helper (`banger-helper`); without it, create
+//! fails at `network` with an error that says how to start the helper, and rolls back.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -33,11 +32,12 @@ use banger_events::{
 
 use super::store::{self, dir_handle};
 use super::vm_common::{
-    BootState, Configure, InstanceStart, LaunchFirecracker, NameReservation, VmHost, WaitForAgent,
-    file_handle, path_in_vms, remove_file_if_present, target_vm,
+    BootState, Configure, InstanceStart, LaunchFirecracker, NameReservation, Network, VmHost,
+    WaitForAgent, file_handle, path_in_vms, remove_file_if_present,
 };
 use super::{BoxFuture, Claim, OpCx, OpError, OperationKind, Runner, Step, StepError, blocking};
 use crate::api::{VmCreateParams, VmName};
+use crate::host::network::tap_name;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -47,7 +47,9 @@ const STEPS: &[&dyn Step<BootState>] = &[
     &Allocate,
     &PrepareRootfs,
     &PrepareWorkDisk,
-    &Network,
+    &Network {
+        remove_on_undo: true,
+    },
     &LaunchFirecracker,
     &Configure,
     &InstanceStart,
@@ -74,6 +76,9 @@ impl OperationKind for VmCreate {
         let owner = Owner::Vm(state.vm_id);
         let mut handles = state.allocation.map(|a| a.handles()).unwrap_or_default();
         handles.push(dir_handle(&cx.layout.vm_dir(state.vm_id)));
+        if let Some(tap) = &state.tap {
+            handles.push(Handle::Tap { name: tap.clone() });
+        }
         if let Some(launched) = &state.launched {
             handles.push(Handle::Process {
                 pid: launched.pid,
@@ -181,6 +186,7 @@ pub fn prepare(
         kernel_path: PathBuf::from(&kernel.kernel_path),
         initrd_path: kernel.initrd_path.as_ref().map(PathBuf::from),
         allocation: None,
+        tap: None,
         launched: None,
         child: None,
     };
@@ -193,8 +199,7 @@ pub fn prepare(
         "vcpus": vcpus,
         "memory_mib": memory_mib,
         "work_disk_mib": work_disk_mib,
-        // Said here so that `banger ops` and the audit log show it: see the module docs.
-        "network": "none: taps need the root helper, which this build does not have",
+        "tap": tap_name(vm_id),
     })
     .to_string();
     Ok(Prepared {
@@ -436,39 +441,6 @@ pub(crate) fn run_tool(tool: &str, args: &[&str], path: &std::path::Path) -> Res
     }
 }
 
-struct Network;
-
-impl Step<BootState> for Network {
-    fn name(&self) -> &'static str {
-        "network"
-    }
-
-    fn intent(&self, _: &OpCx<'_>, _: &BootState) -> Vec<Handle> {
-        Vec::new()
-    }
-
-    fn ensure<'a>(
-        &'a self,
-        cx: &'a OpCx<'a>,
-        _: &'a mut BootState,
-    ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
-        Box::pin(async move {
-            let vm = target_vm(cx)?;
-            // TODO(root helper issue): acquire a tap from the helper's pool here.
-            tracing::info!(%vm, "no network interface: taps need the root helper, which this build does not have yet");
-            Ok(Vec::new())
-        })
-    }
-
-    fn undo<'a>(
-        &'a self,
-        _: &'a OpCx<'a>,
-        _: &'a [Handle],
-    ) -> BoxFuture<'a, Result<(), StepError>> {
-        Box::pin(async { Ok(()) })
-    }
-}
-
 /// The step invariants of the VM operations, on a real directory: every host-touching step's
 /// `ensure` run twice equals once, every `undo` run twice equals once, and undoing what never
 /// happened (from the intent) succeeds and changes nothing.
@@ -528,6 +500,7 @@ mod tests {
             kernel_path: PathBuf::from("/nonexistent/vmlinux"),
             initrd_path: None,
             allocation: None,
+            tap: None,
             launched: None,
             child: None,
         }
@@ -535,6 +508,7 @@ mod tests {
 
     #[tokio::test]
     async fn create_steps_before_the_vmm_are_idempotent_and_undo_tolerates_absence() {
+        let network = crate::host::network::GuestNetwork::unreachable_for_tests();
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::rooted(&dir.path().join("root"));
         fs::create_dir_all(layout.vms_dir()).unwrap();
@@ -549,11 +523,12 @@ mod tests {
             kind: OpKind::VmCreate,
             target: &target,
             layout: &layout,
+            network: &network,
         };
         let mut state = boot_state(&layout, &image);
         let before = snapshot(&layout.state_dir);
-        let host_steps: [&dyn Step<BootState>; 4] =
-            [&Allocate, &PrepareRootfs, &PrepareWorkDisk, &Network];
+        // `network` needs the root helper: tests/integration's network tests run it.
+        let host_steps: [&dyn Step<BootState>; 3] = [&Allocate, &PrepareRootfs, &PrepareWorkDisk];
         let mut done = Vec::new();
         for step in host_steps {
             let first = step.ensure(&cx, &mut state).await.unwrap();
@@ -639,6 +614,7 @@ mod tests {
 
     #[tokio::test]
     async fn stop_steps_on_a_vm_without_a_process_do_nothing_twice() {
+        let network = crate::host::network::GuestNetwork::unreachable_for_tests();
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::rooted(&dir.path().join("r"));
         let vm_id = VmId(0x44);
@@ -653,6 +629,7 @@ mod tests {
             kind: OpKind::VmStop,
             target: &target,
             layout: &layout,
+            network: &network,
         };
         let state = StopState {
             vm_id,

@@ -4,23 +4,25 @@
 //! | step           | intent      | ensure                                                      | undo    |
 //! |----------------|-------------|-------------------------------------------------------------|---------|
 //! | `kill`         | —           | SIGKILL the recorded process (pid + start time), if any     | nothing |
+//! | `release-tap`  | tap `bt<vm id>` | remove the VM's tap through banger-helper; a missing one is fine (no helper needed) | nothing |
 //! | `remove-files` | dir `vms/<id>` | remove the VM directory; a missing one is fine           | nothing (irreversible) |
 //!
 //! Recovery rolls deletes forward from the parameters. Domain events: → deleting with
 //! `OperationStarted`; `VmRemoved` (which releases every handle the VM held: IP, MAC, CID,
-//! process, directory) with `OperationSucceeded`; → failed with `OperationRolledBack` (a
+//! tap, process, directory) with `OperationSucceeded`; → failed with `OperationRolledBack` (a
 //! directory that cannot be removed; `vm delete` again retries).
 
 use banger_events::{Event, Handle, OpId, OpKind, Target, VmRemoved, VmState, VmStateChanged};
 
 use super::store::{self, dir_handle};
-use super::vm_common::target_vm;
+use super::vm_common::{release_taps, target_vm};
 use super::vm_stop::{KillVmm, StopState, prepare};
 use super::{BoxFuture, OpCx, OpError, OperationKind, Runner, Step, StepError, blocking};
+use crate::host::network::tap_name;
 
 pub struct VmDelete;
 
-const STEPS: &[&dyn Step<StopState>] = &[&KillVmm, &RemoveFiles];
+const STEPS: &[&dyn Step<StopState>] = &[&KillVmm, &ReleaseTap, &RemoveFiles];
 
 impl OperationKind for VmDelete {
     const KIND: OpKind = OpKind::VmDelete;
@@ -71,6 +73,45 @@ pub async fn run(runner: &Runner, op_id: OpId, name: &str) -> Result<StopState, 
     )?;
     let parameters = state.parameters();
     runner.run::<VmDelete>(&claim, parameters, state).await
+}
+
+/// The tap's name is a function of the VM id (see [`tap_name`]), so it needs no parameter and
+/// recovery finds it from the target alone.
+struct ReleaseTap;
+
+impl Step<StopState> for ReleaseTap {
+    fn name(&self) -> &'static str {
+        "release-tap"
+    }
+
+    fn intent(&self, _: &OpCx<'_>, state: &StopState) -> Vec<Handle> {
+        vec![Handle::Tap {
+            name: tap_name(state.vm_id),
+        }]
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        cx: &'a OpCx<'a>,
+        _: &'a mut StopState,
+    ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
+        Box::pin(async move {
+            let tap = [Handle::Tap {
+                name: tap_name(target_vm(cx)?),
+            }];
+            release_taps(cx, &tap).await?;
+            Ok(Vec::new())
+        })
+    }
+
+    fn undo<'a>(
+        &'a self,
+        _: &'a OpCx<'a>,
+        _: &'a [Handle],
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        // A removed tap is not put back: delete is rolled forward, never back.
+        Box::pin(async { Ok(()) })
+    }
 }
 
 struct RemoveFiles;

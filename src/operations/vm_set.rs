@@ -72,13 +72,13 @@ pub async fn run(runner: &Runner, op_id: OpId, params: &VmSetParams) -> Result<(
         match vm.state {
             VmState::Stopped => {}
             VmState::Running | VmState::Starting => {
-                return Err(OpError::InvalidArgument(format!(
+                return Err(OpError::WrongState(format!(
                     "vm {name} is running; stop it first (banger vm stop {name})"
                 )));
             }
             other => {
-                return Err(OpError::InvalidArgument(format!(
-                    "vm {name} is {other}; only a stopped VM can be changed"
+                return Err(OpError::WrongState(format!(
+                    "vm {name} is {other}; only a stopped VM can be changed (see `banger vm show {name}`)"
                 )));
             }
         }

@@ -2,13 +2,14 @@
 //!
 //! | step                 | intent                           | ensure                         | undo                               |
 //! |----------------------|----------------------------------|--------------------------------|------------------------------------|
+//! | `network`            | the VM's tap                     | the tap exists on the bridge (a host reboot removes taps) | nothing: the VM owns its tap until delete |
 //! | `launch-firecracker` | sockets `api.sock`, `vsock.sock` | see [`super::vm_common`]       | kill the VMM, remove the sockets   |
 //! | `configure`          | —                                | see [`super::vm_common`]       | nothing                            |
 //! | `instance-start`     | —                                | see [`super::vm_common`]       | nothing                            |
 //! | `wait-for-agent`     | —                                | see [`super::vm_common`]       | nothing                            |
 //!
 //! Domain events: `VmStateChanged` stopped → starting with `OperationStarted`;
-//! `HandleAcquired` (the VMM process, owned by the VM) and starting → running with
+//! `HandleAcquired` (the VMM process and the tap, owned by the VM) and starting → running with
 //! `OperationSucceeded`; starting → stopped with `OperationRolledBack` (live or in recovery,
 //! which rolls starts back). The VM keeps the IP, MAC and CID it got at create.
 
@@ -20,13 +21,17 @@ use banger_events::{
 };
 
 use super::vm_common::{
-    Allocation, BootState, Configure, InstanceStart, LaunchFirecracker, VmHost, WaitForAgent,
+    Allocation, BootState, Configure, InstanceStart, LaunchFirecracker, Network, VmHost,
+    WaitForAgent,
 };
 use super::{Claim, OpCx, OpError, OperationKind, Runner, Step};
 
 pub struct VmStart;
 
 const STEPS: &[&dyn Step<BootState>] = &[
+    &Network {
+        remove_on_undo: false,
+    },
     &LaunchFirecracker,
     &Configure,
     &InstanceStart,
@@ -51,6 +56,14 @@ impl OperationKind for VmStart {
 
     fn finish(_: &OpCx<'_>, state: &BootState) -> Vec<Event> {
         let mut events = Vec::new();
+        // Acquiring a handle the VM already holds changes nothing; a VM created before it had
+        // a tap gets its tap recorded here.
+        if let Some(tap) = &state.tap {
+            events.push(Event::HandleAcquired(HandleAcquired {
+                owner: Owner::Vm(state.vm_id),
+                handle: Handle::Tap { name: tap.clone() },
+            }));
+        }
         if let Some(launched) = &state.launched {
             events.push(Event::HandleAcquired(HandleAcquired {
                 owner: Owner::Vm(state.vm_id),
@@ -116,12 +129,12 @@ fn prepare(
     match vm.state {
         VmState::Stopped => {}
         VmState::Running | VmState::Starting => {
-            return Err(OpError::InvalidArgument(format!(
+            return Err(OpError::WrongState(format!(
                 "vm {name} is already running; to boot it afresh use `banger vm restart {name}`"
             )));
         }
         other => {
-            return Err(OpError::InvalidArgument(format!(
+            return Err(OpError::WrongState(format!(
                 "vm {name} is {other}; only a stopped VM can be started (see `banger vm show {name}`)"
             )));
         }
@@ -132,6 +145,12 @@ fn prepare(
                 "vm {name} holds no IP and vsock CID in the log; delete and create it again"
             ))
         })?;
+    let tap = view
+        .handles_of(Owner::Vm(vm_id))
+        .find_map(|(handle, _)| match handle {
+            Handle::Tap { name } => Some(name.clone()),
+            _ => None,
+        });
     let kernel = view.kernels.get(&vm.spec.kernel).ok_or_else(|| {
         OpError::NotFound(format!(
             "vm {name} boots kernel {}, which is no longer registered; import it again (`banger kernel import {} --from DIR`)",
@@ -147,6 +166,7 @@ fn prepare(
         kernel_path: PathBuf::from(&kernel.kernel_path),
         initrd_path: kernel.initrd_path.as_ref().map(PathBuf::from),
         allocation: Some(allocation),
+        tap,
         launched: None,
         child: None,
     };

@@ -1,11 +1,14 @@
 //! `vm.stop`: stops a running VM gracefully — the guest syncs its disks, gets Ctrl-Alt-Del,
-//! and has `stop_timeout` to power off before its VMM is killed.
+//! and has `stop_timeout` to power off before its VMM is killed. The timeout is the request's
+//! `timeout_ms` when it gives one, else the configured `timeouts.stop`; either way it is
+//! recorded in the operation's parameters (`stop_timeout_ms`).
 //!
 //! | step              | intent | ensure                                                            | undo    |
 //! |-------------------|--------|-------------------------------------------------------------------|---------|
 //! | `sync-guest`      | —      | best effort: the guest agent's `sync` (2 s), so no write is lost  | nothing |
 //! | `shutdown`        | —      | Ctrl-Alt-Del through the API, wait up to `stop_timeout` for the   | nothing |
-//! |                   |        | recorded process to be gone, then SIGKILL it (pid + start time)   |         |
+//! |                   |        | recorded process to be gone, then SIGKILL it (pid + start time); |         |
+//! |                   |        | a timeout of 0 skips Ctrl-Alt-Del and kills at once              |         |
 //! | `release-sockets` | —      | remove the VMM's API and vsock socket files                       | nothing |
 //!
 //! Every step is harmless on a VM whose process is already gone, so crash recovery rolls
@@ -156,10 +159,27 @@ pub fn prepare(
         .vms
         .get(&vm_id)
         .ok_or_else(|| OpError::NotFound(format!("no VM named {name}; see `banger vm list`")))?;
-    if !any_state && vm.state == VmState::Stopped {
-        return Err(OpError::NotRunning(format!(
-            "vm {name} is already stopped; start it with `banger vm start {name}`"
-        )));
+    // The claim is held, so no operation is running on the VM: its state is a settled one
+    // (running, stopped or failed).
+    if !any_state {
+        match vm.state {
+            VmState::Running => {}
+            VmState::Stopped => {
+                return Err(OpError::NotRunning(format!(
+                    "vm {name} is already stopped; start it with `banger vm start {name}`"
+                )));
+            }
+            other => {
+                return Err(OpError::WrongState(format!(
+                    "vm {name} is {other}, not running, so there is nothing to {verb}; `banger vm show {name}` says what happened, `banger vm delete {name}` removes it",
+                    verb = if kind == OpKind::VmKill {
+                        "kill"
+                    } else {
+                        "stop"
+                    },
+                )));
+            }
+        }
     }
     Ok((
         claim,
@@ -276,7 +296,11 @@ impl Step<StopState> for Shutdown {
             };
             let client = FirecrackerClient::new(cx.layout.vm_api_socket(state.vm_id))
                 .with_timeout(Duration::from_secs(2));
-            if let Err(error) = client.send_ctrl_alt_del().await {
+            if state.stop_timeout_ms == 0 {
+                // No grace asked for: asking the guest to power off in no time would only
+                // race the kill.
+                tracing::info!(vm = %state.name, "stop timeout 0: killing the VMM at once");
+            } else if let Err(error) = client.send_ctrl_alt_del().await {
                 tracing::warn!(vm = %state.name, %error, "Ctrl-Alt-Del failed; killing the VMM");
             } else {
                 let timeout = Duration::from_millis(state.stop_timeout_ms);

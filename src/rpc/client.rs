@@ -75,7 +75,8 @@ impl Client {
     ) -> Result<Stream, ClientError> {
         let id = self.send(method, params).await?;
         Ok(Stream {
-            client: self,
+            reader: self.reader,
+            writer: Some(self.writer),
             id,
             done: false,
         })
@@ -100,20 +101,24 @@ impl Client {
     }
 
     async fn receive(&mut self, id: u64) -> Result<Response, ClientError> {
-        let mut line = String::new();
-        if self.reader.read_line(&mut line).await? == 0 {
-            return Err(ClientError::Closed);
-        }
-        let response: Response = serde_json::from_str(&line)
-            .map_err(|e| ClientError::Protocol(format!("{e}: {}", line.trim_end())))?;
-        if response.id != id && response.id != 0 {
-            return Err(ClientError::Protocol(format!(
-                "answer to request {} while waiting for {id}",
-                response.id
-            )));
-        }
-        Ok(response)
+        receive(&mut self.reader, id).await
     }
+}
+
+async fn receive(reader: &mut BufReader<OwnedReadHalf>, id: u64) -> Result<Response, ClientError> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).await? == 0 {
+        return Err(ClientError::Closed);
+    }
+    let response: Response = serde_json::from_str(&line)
+        .map_err(|e| ClientError::Protocol(format!("{e}: {}", line.trim_end())))?;
+    if response.id != id && response.id != 0 {
+        return Err(ClientError::Protocol(format!(
+            "answer to request {} while waiting for {id}",
+            response.id
+        )));
+    }
+    Ok(response)
 }
 
 fn finish<R: DeserializeOwned>(response: Response) -> Result<R, ClientError> {
@@ -127,9 +132,30 @@ fn finish<R: DeserializeOwned>(response: Response) -> Result<R, ClientError> {
 
 /// The items of a streaming call.
 pub struct Stream {
-    client: Client,
+    reader: BufReader<OwnedReadHalf>,
+    /// Kept (unused) while the stream runs: dropping it would half-close the connection, which
+    /// bangerd takes for the client going away. `None` once [`Stream::take_input`] took it.
+    writer: Option<OwnedWriteHalf>,
     id: u64,
     done: bool,
+}
+
+/// The sending side of a stream's connection, for a request that sends lines after itself
+/// (`vm.exec` with `stdin`). Keep it until the stream ends: dropping it half-closes the
+/// connection, and bangerd ends a stream whose client hung up.
+pub struct StreamInput {
+    writer: OwnedWriteHalf,
+}
+
+impl StreamInput {
+    /// Writes `line` as one JSON line.
+    pub async fn send<T: Serialize>(&mut self, line: &T) -> Result<(), ClientError> {
+        let mut bytes =
+            serde_json::to_vec(line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        bytes.push(b'\n');
+        self.writer.write_all(&bytes).await?;
+        Ok(())
+    }
 }
 
 /// One step of a stream.
@@ -140,11 +166,16 @@ pub enum StreamEvent<T> {
 }
 
 impl Stream {
+    /// The connection's sending side, once; see [`StreamInput`].
+    pub fn take_input(&mut self) -> Option<StreamInput> {
+        self.writer.take().map(|writer| StreamInput { writer })
+    }
+
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<StreamEvent<T>, ClientError> {
         if self.done {
             return Err(ClientError::Closed);
         }
-        let response = self.client.receive(self.id).await?;
+        let response = receive(&mut self.reader, self.id).await?;
         if let Some(item) = response.item {
             let item = serde_json::from_value(item)
                 .map_err(|e| ClientError::Protocol(format!("bad stream item: {e}")))?;

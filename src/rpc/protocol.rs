@@ -46,6 +46,13 @@ pub struct Response {
 }
 
 /// Stable error codes. Scripts and agents match on these, so they never change meaning.
+///
+/// Three of them say "not now" and are told apart by what would change the answer:
+/// - `busy`: another operation holds the target (or a stuck one blocks it); the same request
+///   may succeed once that operation ends.
+/// - `not_running`: the request needs a running VM and this one is stopped; start it first.
+/// - `wrong_state`: the VM is in a settled state that does not allow the request (start or
+///   set a running VM, stop a failed one); the message names the state and the way out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -57,6 +64,7 @@ pub enum ErrorCode {
     OperationFailed,
     Unavailable,
     Internal,
+    WrongState,
 }
 
 impl ErrorCode {
@@ -70,6 +78,7 @@ impl ErrorCode {
             ErrorCode::OperationFailed => "operation_failed",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::WrongState => "wrong_state",
         }
     }
 }

@@ -357,6 +357,31 @@ async fn exec_output_arrives_while_the_command_still_runs() {
 }
 
 #[tokio::test]
+async fn a_command_that_ignores_its_stdin_pipe_exits_before_the_host_closes_it() {
+    let agent = AgentProcess::start().await;
+    let mut client = agent.client().await;
+    // The host never closes stdin before the exit: with a pipe that may never end (`sleep
+    // 100 | banger vm exec …`), waiting for stdin_close would hang the command's caller.
+    let request = sh("echo done").stdin(StdinMode::Pipe);
+    let mut exec = client.exec(&request).await.unwrap();
+    assert_eq!(
+        exec.next().await.unwrap(),
+        ExecEvent::Stdout(b"done\n".to_vec())
+    );
+    let exited = tokio::time::timeout(std::time::Duration::from_secs(30), exec.next())
+        .await
+        .expect("exited without waiting for stdin_close");
+    assert_eq!(exited.unwrap(), ExecEvent::Exited(ExitStatus::Code(0)));
+    // Input still on its way, and the stdin_close that ends it, are dropped without an
+    // answer: the next request gets its own answer, not an error about stray stdin.
+    exec.write_stdin(&[b'x'; 200_000]).await.unwrap();
+    exec.close_stdin().await.unwrap();
+    client.ping().await.unwrap();
+    let output = client.exec_collect(&sh("echo next"), None).await.unwrap();
+    assert_eq!(output.stdout, b"next\n");
+}
+
+#[tokio::test]
 async fn exec_uses_a_clean_environment_plus_the_requested_env_and_cwd() {
     let agent = AgentProcess::start().await;
     let mut client = agent.client().await;

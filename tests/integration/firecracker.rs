@@ -40,57 +40,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// The fake firecracker binary, brought up to date once per test process.
 pub(crate) fn fake_binary() -> &'static Path {
     static FAKE: OnceLock<PathBuf> = OnceLock::new();
-    FAKE.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test binary's path");
-        // target/<profile>/deps/<test binary>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test binary lives in target/<profile>/deps");
-        let fake = profile_dir.join("fake-firecracker");
-        build_fake(profile_dir);
-        assert!(
-            fake.exists(),
-            "{} is missing after building it",
-            fake.display()
-        );
-        fake
-    })
-}
-
-fn build_fake(profile_dir: &Path) {
-    let profile = profile_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("debug");
-    let target_dir = profile_dir.parent().expect("a target directory");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "banger-tools",
-            "--bin",
-            "fake-firecracker",
-        ])
-        .arg("--target-dir")
-        .arg(target_dir);
-    match profile {
-        "debug" => {}
-        "release" => {
-            command.arg("--release");
-        }
-        other => {
-            command.args(["--profile", other]);
-        }
-    }
-    let status = command
-        .status()
-        .expect("run cargo build for fake-firecracker");
-    assert!(status.success(), "cargo build of fake-firecracker failed");
+    FAKE.get_or_init(|| crate::support::workspace_binary("banger-tools", "fake-firecracker"))
 }
 
 /// A real firecracker to test the pre-boot API against, when one is configured.

@@ -595,11 +595,11 @@ async fn cli_lifecycle_verbs_print_one_line_each_and_create_shows_its_stages() {
     // Usage errors are caught before anything is sent.
     let run = guest.cli(&["vm", "set", "dev"]);
     assert_eq!(run.status.code(), Some(2), "{}", text(&run));
-    let run = guest.cli(&["vm", "stop", "dev", "--timeout", "5"]);
+    let run = guest.cli(&["vm", "stop", "dev", "--timeout", "5x"]);
     assert_eq!(
         run.status.code(),
         Some(2),
-        "not silently ignored: {}",
+        "a timeout that is not a duration: {}",
         text(&run)
     );
     let run = guest.cli(&["vm", "create", "nope"]);
@@ -660,4 +660,158 @@ async fn cli_vm_run_runs_one_command_in_a_fresh_vm_and_throws_it_away() {
         String::from_utf8_lossy(&run.stderr).starts_with("banger vm run: not implemented yet"),
         "{run:?}"
     );
+}
+
+/// Starts `banger ARGS` against this daemon with a piped stdin, returning the child.
+fn spawn_cli(guest: &Guest, args: &[&str], stdin: std::process::Stdio) -> std::process::Child {
+    Command::new(BANGER)
+        .args(args)
+        .env("BANGER_ROOT", guest.daemon.root().path())
+        .env("BANGER_NO_AUTOSTART", "1")
+        .stdin(stdin)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run banger")
+}
+
+/// Waits for a child (reading its output meanwhile, so a chatty one never blocks on a full
+/// pipe) with the test's deadline; kills it and fails when it is late.
+fn wait_with_deadline(child: std::process::Child, what: &str) -> Output {
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match finished.recv_timeout(DEADLINE) {
+        Ok(output) => output.expect("banger's output"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("{what}: banger did not exit within {DEADLINE:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn cli_exec_forwards_piped_stdin_to_the_command() {
+    let guest = Guest::start().await;
+
+    // `echo hello | banger vm exec dev -- cat`
+    let mut child = spawn_cli(
+        &guest,
+        &["vm", "exec", "dev", "--", "cat"],
+        std::process::Stdio::piped(),
+    );
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin.write_all(b"hello\n").expect("write stdin");
+    }
+    let run = wait_with_deadline(child, "cat");
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    assert_eq!(run.stdout, b"hello\n");
+    assert!(run.stderr.is_empty(), "{run:?}");
+
+    // A command that does not read its stdin ends when it ends, even though banger's stdin
+    // stays open (the pipe's writer is held until banger has exited).
+    let mut child = spawn_cli(
+        &guest,
+        &["vm", "exec", "dev", "--", "sh", "-c", "echo done; exit 3"],
+        std::process::Stdio::piped(),
+    );
+    let held_open = child.stdin.take().expect("piped stdin");
+    let run = wait_with_deadline(child, "a command that ignores stdin");
+    drop(held_open);
+    assert_eq!(run.status.code(), Some(3), "{run:?}");
+    assert_eq!(run.stdout, b"done\n");
+
+    // Megabytes of binary input arrive whole and in order: the guest's sha256 is ours.
+    let input = guest.daemon.root().scratch("stdin").join("input.bin");
+    let mut state = 0x9e37_79b9_7f4a_7c15u64; // a fixed seed: the same bytes every run
+    let data: Vec<u8> = (0..(5 << 20) + 123)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    std::fs::write(&input, &data).expect("write the input");
+    let child = spawn_cli(
+        &guest,
+        &["vm", "exec", "dev", "--", "sha256sum"],
+        std::fs::File::open(&input).expect("open the input").into(),
+    );
+    let run = wait_with_deadline(child, "sha256sum of 5 MiB");
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    let expected = super::support::sha256_hex(&input);
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout),
+        format!("{expected}  -\n")
+    );
+
+    // And as much comes back out: cat's output is the input, byte for byte.
+    let child = spawn_cli(
+        &guest,
+        &["vm", "exec", "dev", "--", "cat"],
+        std::fs::File::open(&input).expect("open the input").into(),
+    );
+    let run = wait_with_deadline(child, "cat of 5 MiB");
+    assert_eq!(run.status.code(), Some(0), "{:?}", run.status);
+    assert!(
+        run.stdout == data,
+        "cat gave back {} bytes",
+        run.stdout.len()
+    );
+
+    // --no-stdin: the command reads end of file at once, whatever banger's stdin holds.
+    let child = spawn_cli(
+        &guest,
+        &["vm", "exec", "dev", "--no-stdin", "--", "wc", "-c"],
+        std::fs::File::open(&input).expect("open the input").into(),
+    );
+    let run = wait_with_deadline(child, "--no-stdin");
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "0");
+}
+
+#[tokio::test]
+async fn exec_stdin_lines_that_are_not_stdin_are_refused() {
+    let guest = Guest::start().await;
+    let mut raw = guest.daemon.raw().await;
+    raw.send(
+        1,
+        "vm.exec",
+        json!({"name": "dev", "argv": ["cat"], "stdin": true}),
+    )
+    .await;
+    raw.send_raw(b"{\"data\":\"aGkK\"}\n{\"method\":\"daemon.ping\"}\n")
+        .await;
+    let mut items = Vec::new();
+    let error = loop {
+        let response = tokio::time::timeout(DEADLINE, raw.recv())
+            .await
+            .expect("an answer in time")
+            .expect("an answer before the connection closes");
+        if let Some(item) = response.item {
+            items.push(item);
+            continue;
+        }
+        break response.error.expect("an error");
+    };
+    assert_eq!(error.code, ErrorCode::InvalidArgument, "{error:?}");
+    assert!(error.message.contains("stdin"), "{error:?}");
+    // The connection ends with the answer: what followed the request was never a request.
+    let next = tokio::time::timeout(DEADLINE, raw.recv())
+        .await
+        .expect("the close in time");
+    assert!(next.is_none(), "{next:?}");
+    // Items, if any, are cat's echo of the input that was fine.
+    for item in items {
+        let item: VmExecItem = serde_json::from_value(item).unwrap();
+        assert_eq!(item.data, b"hi\n");
+    }
 }

@@ -6,5 +6,6 @@ mod cli;
 mod daemon;
 mod firecracker;
 mod guest;
+mod network;
 mod support;
 mod vm;

@@ -22,12 +22,14 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use banger::api::{EventsEnd, EventsParams};
 use banger::paths::Layout;
 use banger::rpc::{Client, ClientError, Response, RpcError, StreamEvent};
 use banger_events::Envelope;
+use banger_helper::sandbox::Sandbox;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -44,10 +46,119 @@ pub fn bangerd_bin() -> &'static str {
     env!("CARGO_BIN_EXE_bangerd")
 }
 
+/// A binary of another workspace package (`fake-firecracker`, `banger-helper`), brought up to
+/// date by `cargo build` and returned from the profile directory these tests were built in.
+/// Cargo only builds the binaries of the package under test for its integration tests, and a
+/// stale binary would test old code; the build is a no-op when it is fresh.
+pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/<test binary>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary lives in target/<profile>/deps");
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug");
+    let target_dir = profile_dir.parent().expect("a target directory");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .arg("--target-dir")
+        .arg(target_dir);
+    match profile {
+        "debug" => {}
+        "release" => {
+            command.arg("--release");
+        }
+        other => {
+            command.args(["--profile", other]);
+        }
+    }
+    let status = command
+        .status()
+        .unwrap_or_else(|e| panic!("run cargo build for {bin}: {e}"));
+    assert!(status.success(), "cargo build of {bin} failed");
+    let binary = profile_dir.join(bin);
+    assert!(
+        binary.exists(),
+        "{} is missing after building it",
+        binary.display()
+    );
+    binary
+}
+
+/// banger-helper, built once per test process.
+pub fn helper_binary() -> &'static Path {
+    static HELPER: OnceLock<PathBuf> = OnceLock::new();
+    HELPER.get_or_init(|| workspace_binary("banger-helper", "banger-helper"))
+}
+
+/// `Some(reason)` when a test network ([`TestNetwork`]) cannot be made here.
+pub fn no_test_network_reason() -> Option<String> {
+    (!nix::unistd::geteuid().is_root()).then(|| {
+        "skipped: VMs need taps, and running banger-helper in a throwaway network namespace needs root".to_owned()
+    })
+}
+
+/// A real banger-helper in a network namespace of its own (which dies with it), for one test
+/// root: the bridge, taps and NAT rules it makes live there, never on the host. Every bangerd
+/// started on the root joins that namespace, so the VMMs it launches open their taps there.
+///
+/// Its socket lives in a directory of its own, outside the root: the helper is not one of the
+/// root's processes (which tests expect to be gone after a teardown).
+pub struct TestNetwork {
+    sandbox: Sandbox,
+    _dir: tempfile::TempDir,
+}
+
+impl TestNetwork {
+    fn start() -> TestNetwork {
+        let dir = tempfile::Builder::new()
+            .prefix("banger-net-")
+            .tempdir_in("/tmp")
+            .expect("create the helper's directory");
+        let stderr = fs::File::create(dir.path().join("banger-helper.stderr"))
+            .expect("create banger-helper's output file");
+        let sandbox = Sandbox::start(helper_binary(), dir.path(), stderr.into())
+            .unwrap_or_else(|e| panic!("start banger-helper in a network namespace: {e}"));
+        TestNetwork { sandbox, _dir: dir }
+    }
+
+    pub fn socket(&self) -> &Path {
+        self.sandbox.socket()
+    }
+
+    /// Runs `program args` inside the namespace (`nsenter`) and returns its stdout.
+    pub fn run(&self, program: &str, args: &[&str]) -> String {
+        let output = self
+            .sandbox
+            .run(program, args)
+            .unwrap_or_else(|e| panic!("{e}"));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Names of the banger taps (`bt…`) in the namespace, sorted.
+    pub fn taps(&self) -> Vec<String> {
+        self.sandbox.taps().expect("list the taps")
+    }
+
+    /// Makes `command` run in the namespace and talk to its helper.
+    pub fn join(&self, command: &mut Command) {
+        self.sandbox
+            .join(command)
+            .expect("join the test network namespace");
+    }
+}
+
 /// A temporary `BANGER_ROOT`. Dropping it kills any bangerd that still holds its state
 /// directory (one the CLI started, say) and removes the directory.
 pub struct TestRoot {
     dir: tempfile::TempDir,
+    network: OnceLock<Option<TestNetwork>>,
 }
 
 impl TestRoot {
@@ -57,7 +168,18 @@ impl TestRoot {
             .prefix("banger-test-")
             .tempdir_in("/tmp")
             .expect("create a temporary BANGER_ROOT");
-        TestRoot { dir }
+        TestRoot {
+            dir,
+            network: OnceLock::new(),
+        }
+    }
+
+    /// This root's test network, started on first use; `None` when not running as root
+    /// (see [`no_test_network_reason`]).
+    pub fn network(&self) -> Option<&TestNetwork> {
+        self.network
+            .get_or_init(|| no_test_network_reason().is_none().then(TestNetwork::start))
+            .as_ref()
     }
 
     pub fn path(&self) -> &Path {
@@ -204,6 +326,9 @@ impl Bangerd {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        if let Some(network) = self.root.network() {
+            network.join(&mut command);
+        }
         for (key, value) in &self.env {
             command.env(key, value);
         }

@@ -50,6 +50,7 @@ fn skip_reason() -> Option<String> {
                 p.to_string_lossy()
             )
         })
+        .or_else(crate::support::no_test_network_reason)
 }
 
 macro_rules! skip_if_real_firecracker {
@@ -281,7 +282,7 @@ async fn the_whole_lifecycle_create_stop_start_restart_kill_set_delete() {
         lab.call::<VmResult>("vm.start", json!({"name": "dev"}))
             .await,
     );
-    assert_eq!(code, "InvalidArgument");
+    assert_eq!(code, "WrongState");
     assert!(
         message.contains("already running") && message.contains("restart"),
         "{message}"
@@ -290,7 +291,7 @@ async fn the_whole_lifecycle_create_stop_start_restart_kill_set_delete() {
         lab.call::<VmResult>("vm.set", json!({"name": "dev", "vcpus": 2}))
             .await,
     );
-    assert_eq!(code, "InvalidArgument");
+    assert_eq!(code, "WrongState");
     assert!(
         message.contains("vm dev is running; stop it first (banger vm stop dev)"),
         "{message}"
@@ -651,6 +652,7 @@ async fn boot_steps_are_idempotent_against_the_fake_and_their_undo_leaves_nothin
     use std::sync::Arc;
 
     use banger::config::Config;
+    use banger::host::network::GuestNetwork;
     use banger::host::vmm::FirecrackerVmm;
     use banger::operations::vm_common::{
         Allocation, BootState, Configure, InstanceStart, LaunchFirecracker, VmHost, WaitForAgent,
@@ -668,8 +670,10 @@ async fn boot_steps_are_idempotent_against_the_fake_and_their_undo_leaves_nothin
     rootfs_file(&layout.vm_work_disk(vm_id), 1 << 20);
     let kernel = kernel_source(&root.scratch("kernel"), "6.1.0-test", false).join("vmlinux");
     let journal = Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default()).unwrap();
+    // This process is in no test network namespace: the fake only checks the tap's name.
     let vmm = FirecrackerVmm::new(fake_binary())
-        .with_env("BANGER_FAKE_AGENT", env!("CARGO_BIN_EXE_banger-agent"));
+        .with_env("BANGER_FAKE_AGENT", env!("CARGO_BIN_EXE_banger-agent"))
+        .with_env("FAKE_FC_UNOPENED_TAPS", "1");
     let config = Config {
         boot_timeout: Duration::from_secs(10),
         ..Config::default()
@@ -681,6 +685,9 @@ async fn boot_steps_are_idempotent_against_the_fake_and_their_undo_leaves_nothin
         layout.clone(),
     ));
     let ip = [172, 30, 0, 9];
+    // The `network` step is not driven here (tests/integration/network.rs covers it), so its
+    // helper is never asked.
+    let network = GuestNetwork::new(&Config::default().network);
     let mut state = BootState {
         host,
         vm_id,
@@ -701,6 +708,7 @@ async fn boot_steps_are_idempotent_against_the_fake_and_their_undo_leaves_nothin
             mac: mac_for(ip),
             cid: 9,
         }),
+        tap: Some("bt77".into()),
         launched: None,
         child: None,
     };
@@ -713,6 +721,7 @@ async fn boot_steps_are_idempotent_against_the_fake_and_their_undo_leaves_nothin
         kind: OpKind::VmStart,
         target: &target,
         layout: &layout,
+        network: &network,
     };
     let steps: [&dyn Step<BootState>; 4] = [
         &LaunchFirecracker,
@@ -859,4 +868,323 @@ async fn interrupted_starts_roll_back_and_interrupted_deletes_finish() {
             "{failpoint}"
         );
     }
+}
+
+/// Runs `banger ARGS` against the lab's bangerd (never starting another one).
+fn cli(lab: &Lab, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_banger"))
+        .args(args)
+        .env("BANGER_ROOT", &lab.root_path)
+        .env("BANGER_NO_AUTOSTART", "1")
+        .output()
+        .expect("run banger")
+}
+
+/// The `stop_timeout_ms` the newest `vm.stop` of VM `name` recorded in its parameters.
+async fn recorded_stop_timeout_ms(lab: &Lab, name: &str) -> u64 {
+    let shown = lab.show(name).await;
+    let stop = shown
+        .operations
+        .iter()
+        .rev()
+        .find(|op| op.kind.to_string() == "vm.stop")
+        .expect("a vm.stop operation");
+    let parameters: Value = serde_json::from_str(&stop.parameters).expect("JSON parameters");
+    parameters["stop_timeout_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no stop_timeout_ms in {parameters}"))
+}
+
+/// A guest agent wrapper whose "init" ignores Ctrl-Alt-Del: the fake firecracker powers the
+/// guest off by sending SIGTERM to the process it started as the agent and waiting (10 s)
+/// for it to exit. This shell ignores SIGTERM and keeps the real agent running as its child,
+/// so only a forced stop ends the VM before that.
+fn agent_ignoring_ctrl_alt_del(dir: &std::path::Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join("stubborn-agent.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ntrap '' TERM\n'{}' \"$@\" &\nwait\n",
+            env!("CARGO_BIN_EXE_banger-agent")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+#[tokio::test]
+async fn stop_timeout_forces_off_a_guest_that_ignores_ctrl_alt_del() {
+    skip_if_real_firecracker!();
+    let scripts = tempfile::tempdir().unwrap();
+    let agent = agent_ignoring_ctrl_alt_del(scripts.path());
+    let agent = agent.to_str().unwrap();
+    // The config's stop timeout is 5 s (see `Lab::configured`), the fake's own grace 10 s.
+    let lab = Lab::with(&[("BANGER_FAKE_AGENT", agent)]).await;
+    let vm = lab.create("dev").await.vm.unwrap();
+    let first = vm.process.unwrap();
+
+    // Over RPC: 300 ms of grace, then the VMM is killed.
+    let asked = Instant::now();
+    let stopped: VmResult = lab
+        .call("vm.stop", json!({"name": "dev", "timeout_ms": 300}))
+        .await
+        .unwrap();
+    let took = asked.elapsed();
+    assert_eq!(stopped.vm.state, VmState::Stopped);
+    assert!(
+        took < Duration::from_secs(4),
+        "the stop took {took:?}: the configured 5 s applied, not the 300 ms asked for"
+    );
+    assert!(!alive(first.pid, first.start_time_ticks));
+    let console =
+        std::fs::read_to_string(lab.daemon.layout().vm_console_log(vm.id)).unwrap_or_default();
+    assert!(console.contains("Ctrl-Alt-Del"), "it was asked: {console}");
+    assert!(
+        !console.contains("reboot: Restarting system"),
+        "the guest never powered off by itself, it was killed: {console}"
+    );
+    assert_eq!(recorded_stop_timeout_ms(&lab, "dev").await, 300);
+
+    // Over the CLI, in the config's duration syntax plus milliseconds.
+    let _: VmResult = lab.call("vm.start", json!({"name": "dev"})).await.unwrap();
+    let run = cli(&lab, &["vm", "stop", "dev", "--timeout", "250ms"]);
+    assert!(run.status.success(), "{run:?}");
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "dev is stopped\n");
+    assert_eq!(recorded_stop_timeout_ms(&lab, "dev").await, 250);
+
+    // 0: no grace at all, the VMM is killed without asking the guest. (The console file
+    // keeps what every boot printed, so the requests are counted.)
+    let asked_guest = || {
+        std::fs::read_to_string(lab.daemon.layout().vm_console_log(vm.id))
+            .unwrap_or_default()
+            .matches("Ctrl-Alt-Del")
+            .count()
+    };
+    let _: VmResult = lab.call("vm.start", json!({"name": "dev"})).await.unwrap();
+    let before = asked_guest();
+    let run = cli(&lab, &["vm", "stop", "dev", "--timeout", "0"]);
+    assert!(run.status.success(), "{run:?}");
+    assert_eq!(recorded_stop_timeout_ms(&lab, "dev").await, 0);
+    assert_eq!(
+        asked_guest(),
+        before,
+        "a stop with no grace does not ask the guest"
+    );
+
+    // restart carries the timeout into its stop half.
+    let _: VmResult = lab.call("vm.start", json!({"name": "dev"})).await.unwrap();
+    let run = cli(&lab, &["vm", "restart", "dev", "--timeout", "1s"]);
+    assert!(run.status.success(), "{run:?}");
+    assert_eq!(lab.show("dev").await.vm.state, VmState::Running);
+    assert_eq!(recorded_stop_timeout_ms(&lab, "dev").await, 1000);
+
+    // Out of range or unreadable: refused before anything happens.
+    let (code, message) = error_of(
+        lab.call::<VmResult>("vm.stop", json!({"name": "dev", "timeout_ms": 3_600_001}))
+            .await,
+    );
+    assert_eq!(code, "InvalidArgument", "{message}");
+    assert!(message.contains("one hour"), "{message}");
+    for bad in ["2h", "5x", "-1s"] {
+        let run = cli(&lab, &["vm", "stop", "dev", "--timeout", bad]);
+        assert_eq!(run.status.code(), Some(2), "{bad}: {run:?}");
+    }
+    assert_eq!(lab.show("dev").await.vm.state, VmState::Running);
+
+    // Without a timeout the configured one (5 s) is recorded.
+    let _: VmResult = lab.call("vm.kill", json!({"name": "dev"})).await.unwrap();
+    let _: VmResult = lab.call("vm.start", json!({"name": "dev"})).await.unwrap();
+    let _: VmResult = lab.call("vm.stop", json!({"name": "dev"})).await.unwrap();
+    assert_eq!(recorded_stop_timeout_ms(&lab, "dev").await, 5000);
+}
+
+#[tokio::test]
+async fn wrong_state_requests_say_the_state_and_what_to_do() {
+    skip_if_real_firecracker!();
+    let lab = Lab::with(&[("FAKE_FC_BOOT_DELAY_MS", "1500")]).await;
+    lab.create("dev").await;
+
+    // A settled state that does not allow the request: wrong_state, over RPC and the CLI.
+    let (code, message) = error_of(
+        lab.call::<VmResult>("vm.start", json!({"name": "dev"}))
+            .await,
+    );
+    assert_eq!(code, "WrongState");
+    assert!(message.contains("vm dev is already running"), "{message}");
+    let run = cli(&lab, &["vm", "start", "dev"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("[wrong_state]") && stderr.contains("banger vm restart dev"),
+        "{stderr}"
+    );
+    let run = cli(&lab, &["vm", "set", "dev", "--cpus", "2"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("[wrong_state]") && stderr.contains("banger vm stop dev"),
+        "{stderr}"
+    );
+
+    // A request that needs a running VM, on a stopped one: not_running, whatever the verb.
+    let _: VmResult = lab.call("vm.stop", json!({"name": "dev"})).await.unwrap();
+    for method in ["vm.stop", "vm.kill", "vm.ping", "vm.health"] {
+        let (code, message) = error_of(lab.call::<Value>(method, json!({"name": "dev"})).await);
+        assert_eq!(code, "NotRunning", "{method}: {message}");
+        assert!(
+            message.contains("banger vm start dev"),
+            "{method}: {message}"
+        );
+    }
+    // restart of a stopped VM just starts it.
+    let restarted: VmResult = lab
+        .call("vm.restart", json!({"name": "dev"}))
+        .await
+        .unwrap();
+    assert_eq!(restarted.vm.state, VmState::Running);
+
+    // While an operation runs on the VM (a create still booting), every other operation is
+    // `busy` — it may succeed once that one ends — and guest requests say it is booting.
+    let _: VmCreateResult = lab
+        .call(
+            "vm.create",
+            json!({"name": "slow", "image": "img", "no_wait": true}),
+        )
+        .await
+        .unwrap();
+    // The answer can come before the VM is in the views, so "not found yet" is waited out.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let shown = lab
+            .call::<VmShowResult>("vm.show", json!({"name": "slow"}))
+            .await;
+        if matches!(&shown, Ok(shown) if shown.vm.state == VmState::Creating) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slow never showed as creating: {shown:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for method in ["vm.delete", "vm.restart", "vm.stop", "vm.start"] {
+        let (code, message) = error_of(lab.call::<Value>(method, json!({"name": "slow"})).await);
+        assert_eq!(code, "Busy", "{method}: {message}");
+        assert!(message.contains("vm.create"), "{method}: {message}");
+    }
+    let (code, message) = error_of(lab.call::<Value>("vm.ping", json!({"name": "slow"})).await);
+    assert_eq!(code, "NotRunning", "{message}");
+    assert!(
+        message.contains("creating") && message.contains("booting"),
+        "{message}"
+    );
+    lab.wait_for("slow", "running", |s| s.vm.state == VmState::Running)
+        .await;
+}
+
+#[tokio::test]
+async fn ops_retry_rolls_a_stuck_operation_back_once_its_undo_can_succeed() {
+    skip_if_real_firecracker!();
+    let mut lab = Lab::with(&[
+        ("FAKE_FC_CRASH_ON_BOOT", "1"),
+        ("BANGER_FAILPOINT", "vm.create:prepare-rootfs:undo-error"),
+    ])
+    .await;
+    let (code, message) = error_of(
+        lab.call::<VmCreateResult>("vm.create", json!({"name": "dev", "image": "img"}))
+            .await,
+    );
+    assert_eq!(code, "OperationFailed");
+    assert!(message.contains("stuck"), "{message}");
+    let stuck: Value = lab.call("daemon.operations.list", json!({})).await.unwrap();
+    let op = &stuck["operations"][0];
+    assert_eq!(op["status"], "stuck", "{stuck}");
+    let op_id = op["op_id"].as_str().unwrap().to_owned();
+
+    // While the cause is still there (the failpoint), a retry fails the same way and the
+    // operation stays stuck, blocking its VM.
+    let (code, message) = error_of(
+        lab.call::<Value>("daemon.operations.retry", json!({"op_id": op_id}))
+            .await,
+    );
+    assert_eq!(code, "OperationFailed", "{message}");
+    assert!(
+        message.contains("failed again") && message.contains("prepare-rootfs"),
+        "{message}"
+    );
+    let (code, _) = error_of(
+        lab.call::<VmDeleteResult>("vm.delete", json!({"name": "dev"}))
+            .await,
+    );
+    assert_eq!(code, "Busy");
+
+    // The cause gone (bangerd restarted without the failpoint), the CLI's retry, given the
+    // short id `banger ops` prints, rolls it back.
+    lab.env
+        .retain(|(k, _)| k != "BANGER_FAILPOINT" && k != "FAKE_FC_CRASH_ON_BOOT");
+    lab.restart();
+    let run = cli(&lab, &["ops", "retry", &op_id[..8]]);
+    assert!(run.status.success(), "{run:?}\n{}", lab.daemon.output());
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        stdout.contains(&op_id) && stdout.contains("rolled_back"),
+        "{stdout}"
+    );
+
+    // The same events a rollback records: the undos, then OperationRolledBack with the
+    // create's VmRemoved, all under the operation's own id, after its OperationStuck.
+    let events = all_events(&lab.daemon.socket()).await;
+    let mine: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.op_id.is_some_and(|id| id.to_string() == op_id))
+        .map(|e| &e.event)
+        .collect();
+    let last_stuck = mine
+        .iter()
+        .rposition(|e| matches!(e, Event::OperationStuck(_)))
+        .expect("stuck first");
+    let after: Vec<String> = mine[last_stuck + 1..]
+        .iter()
+        .map(|e| match e {
+            Event::UndoStarted(u) => format!("undo-started {}", u.step),
+            Event::UndoSucceeded(u) => format!("undo-succeeded {}", u.step),
+            Event::OperationRolledBack(_) => "rolled-back".to_owned(),
+            Event::VmRemoved(_) => "vm-removed".to_owned(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        after,
+        [
+            "undo-started prepare-rootfs",
+            "undo-succeeded prepare-rootfs",
+            "undo-started allocate",
+            "undo-succeeded allocate",
+            "rolled-back",
+            "vm-removed",
+        ]
+    );
+    let view: Value = lab.call("daemon.operations.list", json!({})).await.unwrap();
+    assert_eq!(view["operations"], json!([]), "nothing stuck any more");
+    assert!(lab.vm_dirs().is_empty(), "{:?}", lab.vm_dirs());
+
+    // Nothing blocks the name now, and a finished operation is not retried.
+    let created = lab.create("dev").await;
+    assert_eq!(created.vm.unwrap().state, VmState::Running);
+    let (code, message) = error_of(
+        lab.call::<Value>("daemon.operations.retry", json!({"op_id": op_id}))
+            .await,
+    );
+    assert_eq!(code, "WrongState", "{message}");
+    assert!(message.contains("not stuck"), "{message}");
+    let (code, _) = error_of(
+        lab.call::<Value>(
+            "daemon.operations.retry",
+            json!({"op_id": "00000000000000ff"}),
+        )
+        .await,
+    );
+    assert_eq!(code, "NotFound");
 }

@@ -52,6 +52,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use banger::api::{ImageListResult, KernelListResult, OperationsListResult, VmListResult, VmView};
+use banger::host::network::tap_name;
 use banger::host::process::{self, Liveness};
 use banger::rpc::ClientError;
 use banger_events::{Envelope, Event, OpId, OpKind, RecoveryDecision, VmState};
@@ -549,6 +550,19 @@ async fn check_host(daemon: &Daemon, world: &World) -> Result<(), String> {
     for image in &world.images.images {
         if !std::path::Path::new(&image.rootfs_path).exists() {
             return Err(format!("image {} has no {}", image.name, image.rootfs_path));
+        }
+    }
+    // Taps: every running VM has its own, and none exists for a VM the views do not list.
+    let taps = daemon.network.taps();
+    let known: BTreeSet<String> = world.vms.vms.iter().map(|vm| tap_name(vm.id)).collect();
+    if let Some(stray) = taps.iter().find(|tap| !known.contains(*tap)) {
+        return Err(format!(
+            "tap {stray} belongs to no listed VM (taps present: {taps:?})"
+        ));
+    }
+    for vm in &world.vms.vms {
+        if vm.state == VmState::Running && !taps.contains(&tap_name(vm.id)) {
+            return Err(format!("{} is running without its tap", vm.name));
         }
     }
     // Every process naming the root belongs to a running VM's recorded VMM group.

@@ -5,8 +5,10 @@
 //! StepSucceeded timestamps the log recorded) and daemon time (everything else: RPC, claims,
 //! appends, scheduling).
 //!
-//! Run: `cargo build --release --workspace && target/release/bench-vm`
-//! (bangerd, banger-agent and fake-firecracker are taken from the directory of this binary).
+//! Run (as root): `cargo build --release --workspace && target/release/bench-vm`
+//! (bangerd, banger-agent, banger-helper and fake-firecracker are taken from the directory of
+//! this binary). Each VM gets a real tap from a real banger-helper, which runs in a network
+//! namespace of its own (bangerd joins it), so the host's network is never touched.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use banger::api::{
 };
 use banger::rpc::{Client, StreamEvent};
 use banger_events::{Envelope, Event, OpId};
+use banger_helper::sandbox::Sandbox;
 use banger_tools::stats::Summary;
 use clap::Parser;
 
@@ -38,7 +41,12 @@ async fn main() {
         .parent()
         .expect("bin dir")
         .to_path_buf();
-    for needed in ["bangerd", "banger-agent", "fake-firecracker"] {
+    for needed in [
+        "bangerd",
+        "banger-agent",
+        "banger-helper",
+        "fake-firecracker",
+    ] {
         assert!(
             bin_dir.join(needed).exists(),
             "{needed} not found next to bench-vm: build the workspace first"
@@ -202,21 +210,36 @@ async fn prepare_image(client: &mut Client, root: &Path) {
 
 struct Daemon {
     child: Child,
+    _helper: Sandbox,
     socket: PathBuf,
 }
 
 impl Daemon {
     fn start(bin_dir: &Path, root: &Path) -> Daemon {
-        let child = Command::new(bin_dir.join("bangerd"))
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "bench-vm runs banger-helper in a network namespace of its own: run it as root"
+        );
+        // One line per request on the helper's stderr would drown the figures.
+        let helper = Sandbox::start(&bin_dir.join("banger-helper"), root, Stdio::null())
+            .expect("start banger-helper in a network namespace");
+        let mut bangerd = Command::new(bin_dir.join("bangerd"));
+        bangerd
             .env("BANGER_ROOT", root)
             .env("BANGER_FIRECRACKER", bin_dir.join("fake-firecracker"))
             .env("BANGER_FAKE_AGENT", bin_dir.join("banger-agent"))
             .env("BANGER_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start bangerd");
+            .stdin(Stdio::null());
+        helper
+            .join(&mut bangerd)
+            .expect("join the helper's network namespace");
+        let child = bangerd.spawn().expect("start bangerd");
         let socket = banger::paths::Layout::rooted(root).socket_path();
-        Daemon { child, socket }
+        Daemon {
+            child,
+            _helper: helper,
+            socket,
+        }
     }
 
     async fn client(&self) -> Client {

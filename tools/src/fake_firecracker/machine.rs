@@ -12,7 +12,9 @@
 //!                                     └──────PATCH /vm Paused──────▶┘
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixListener;
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -367,6 +369,12 @@ pub struct Machine {
     pub network_interfaces: Vec<NetworkInterface>,
     pub vsock: Option<VsockDevice>,
     refuse_api: Option<String>,
+    /// Whether taps are really opened, as Firecracker does when an interface is configured
+    /// (the fake binary does; unit tests of the state rules do not).
+    pub open_taps: bool,
+    /// The open tap of each interface, by `iface_id`: held for the machine's life, so that
+    /// another VMM cannot attach to it (the kernel answers EBUSY), as with Firecracker.
+    taps: HashMap<String, OwnedFd>,
 }
 
 fn serde_fault(err: serde_json::Error) -> Reply {
@@ -399,6 +407,37 @@ fn checked_id(id: Option<&str>) -> Result<&str, Reply> {
     }
 }
 
+/// Opens tap `name` the way Firecracker's `Tap::open_named` does: /dev/net/tun, then
+/// TUNSETIFF with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR. An existing persistent tap is attached
+/// (its owner must be this user, or this user must hold CAP_NET_ADMIN); with CAP_NET_ADMIN an
+/// absent name makes a fresh tap that vanishes with the fd, as it does for Firecracker.
+fn open_tap(name: &str) -> std::io::Result<OwnedFd> {
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca; // _IOW('T', 202, int)
+    const IFF_TAP: libc::c_short = 0x0002;
+    const IFF_NO_PI: libc::c_short = 0x1000;
+    const IFF_VNET_HDR: libc::c_short = 0x4000;
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")?;
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes()) {
+        *slot = byte as libc::c_char;
+    }
+    request.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    // SAFETY: TUNSETIFF reads and writes one ifreq, which lives for the call.
+    let result = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, &mut request) };
+    if result < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(tun))
+}
+
 impl Machine {
     pub fn new(id: &str, refuse_api: Option<String>) -> Machine {
         Machine {
@@ -410,6 +449,8 @@ impl Machine {
             network_interfaces: Vec::new(),
             vsock: None,
             refuse_api,
+            open_taps: false,
+            taps: HashMap::new(),
         }
     }
 
@@ -766,6 +807,17 @@ impl Machine {
                  setting up the network devices.",
                 iface.host_dev_name
             )));
+        }
+        if self.open_taps {
+            let tap = open_tap(&iface.host_dev_name).map_err(|err| {
+                Reply::bad(format!(
+                    "Network config error: Could not create the network device: Open tap device \
+                     failed: Error while creating ifreq structure: {err}. Invalid TUN/TAP Backend \
+                     provided by {}. Check our documentation on setting up the network devices.",
+                    iface.host_dev_name
+                ))
+            })?;
+            self.taps.insert(iface.iface_id.clone(), tap);
         }
         self.network_interfaces
             .retain(|other| other.iface_id != iface.iface_id);

@@ -57,10 +57,13 @@
 //!   `reboot=k`. SIGTERM and SIGKILL kill the fake by their default action; the agent dies
 //!   with it (it has `PR_SET_PDEATHSIG` = SIGKILL and is in the fake's process group).
 //!
-//! Not modelled: the guest kernel (boot arguments are printed, not interpreted), taps (the
-//! name is checked for length, the device is not opened), rate limiters (accepted, ignored),
-//! guest-initiated vsock connections (`uds_path_PORT`), vhost-user drives (refused), logger
-//! and metrics output. The guest agent dying does not stop the VM, as a crashed service in a
+//! Taps are opened as Firecracker opens them (`/dev/net/tun`, TUNSETIFF) when an interface is
+//! configured, and held until exit: a tap the user may not open, or one another VMM holds, is
+//! refused with Firecracker's message. No packet is ever read from them.
+//!
+//! Not modelled: the guest kernel (boot arguments are printed, not interpreted), rate
+//! limiters (accepted, ignored), guest-initiated vsock connections (`uds_path_PORT`),
+//! vhost-user drives (refused), logger and metrics output. The guest agent dying does not stop the VM, as a crashed service in a
 //! real guest would not; the console says it exited.
 //!
 //! # The guest agent
@@ -81,6 +84,8 @@
 //!   without answering.
 //! - `FAKE_FC_REFUSE_API=TEXT`: every request whose `METHOD /path` contains TEXT answers 400
 //!   with fault_message "fault injected: …" and changes nothing.
+//! - `FAKE_FC_UNOPENED_TAPS=1`: taps are not opened (only their names are checked), for tests
+//!   that drive the boot steps from a process outside any test network namespace.
 
 pub mod guest;
 pub mod http;
@@ -254,7 +259,9 @@ pub fn main() -> ExitCode {
 
 async fn run(args: Args, knobs: Knobs) -> u8 {
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<u8>();
-    let machine = Arc::new(Mutex::new(Machine::new(&args.id, knobs.refuse_api.clone())));
+    let mut machine = Machine::new(&args.id, knobs.refuse_api.clone());
+    machine.open_taps = std::env::var_os("FAKE_FC_UNOPENED_TAPS").is_none_or(|v| v != "1");
+    let machine = Arc::new(Mutex::new(machine));
     let guest = Arc::new(Guest::new(knobs, exit_tx));
 
     // Firecracker binds its API socket before it applies a config file.

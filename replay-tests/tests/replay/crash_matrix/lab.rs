@@ -15,6 +15,7 @@ use banger::api::EventsParams;
 use banger::paths::Layout;
 use banger::rpc::{Client, ClientError, StreamEvent};
 use banger_events::Envelope;
+use banger_helper::sandbox::Sandbox;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -28,6 +29,7 @@ pub struct Binaries {
     pub bangerd: PathBuf,
     pub agent: PathBuf,
     pub fake_firecracker: PathBuf,
+    pub helper: PathBuf,
 }
 
 /// Builds (once per test process) `bangerd`, `banger-agent` and `fake-firecracker` into the
@@ -51,6 +53,7 @@ pub fn binaries() -> &'static Binaries {
         for what in [
             &["-p", "banger", "--bins"][..],
             &["-p", "banger-tools", "--bin", "fake-firecracker"][..],
+            &["-p", "banger-helper", "--bin", "banger-helper"][..],
         ] {
             let mut command = Command::new(&cargo);
             command
@@ -75,6 +78,7 @@ pub fn binaries() -> &'static Binaries {
             bangerd: profile_dir.join("bangerd"),
             agent: profile_dir.join("banger-agent"),
             fake_firecracker: profile_dir.join("fake-firecracker"),
+            helper: profile_dir.join("banger-helper"),
         }
     })
 }
@@ -90,6 +94,43 @@ pub fn skip_reason() -> Option<String> {
                 p.to_string_lossy()
             )
         })
+        .or_else(|| {
+            (!nix::unistd::geteuid().is_root()).then(|| {
+                "crash matrix skipped: VMs need taps, and running banger-helper in a throwaway network namespace needs root".to_owned()
+            })
+        })
+}
+
+/// A real banger-helper in a network namespace of its own (which dies with it). Every start
+/// of a case's bangerd joins the namespace, so taps live and leak there, never on the host.
+/// Its socket is outside the case's root, so it is not one of the root's processes.
+pub struct Network {
+    sandbox: Sandbox,
+    _dir: tempfile::TempDir,
+}
+
+impl Network {
+    pub fn start() -> Network {
+        let dir = tempfile::Builder::new()
+            .prefix("bcm-net-")
+            .tempdir_in("/tmp")
+            .expect("a temporary directory");
+        let sandbox = Sandbox::start(&binaries().helper, dir.path(), Stdio::null())
+            .unwrap_or_else(|e| panic!("start banger-helper in a network namespace: {e}"));
+        Network { sandbox, _dir: dir }
+    }
+
+    /// Makes `command` run in the namespace and talk to the helper.
+    fn join(&self, command: &mut Command) {
+        self.sandbox
+            .join(command)
+            .expect("join the network namespace");
+    }
+
+    /// The banger taps (`bt…`) in the namespace, sorted.
+    pub fn taps(&self) -> Vec<String> {
+        self.sandbox.taps().expect("list the taps")
+    }
 }
 
 /// Inputs shared by the cases of one test: a kernel source directory and a sparse rootfs.
@@ -145,6 +186,7 @@ pub struct Daemon {
     root: tempfile::TempDir,
     child: Option<Child>,
     starts: usize,
+    pub network: Network,
 }
 
 impl Daemon {
@@ -166,6 +208,7 @@ impl Daemon {
             root,
             child: None,
             starts: 0,
+            network: Network::start(),
         }
     }
 
@@ -179,6 +222,13 @@ impl Daemon {
 
     /// Starts bangerd with `failpoint` (or none) and waits until it answers or exits.
     pub fn start(&mut self, failpoint: Option<&str>) -> Started {
+        self.spawn(failpoint);
+        self.wait_started()
+    }
+
+    /// Starts bangerd with `failpoint` (or none) and returns at once: it may still be
+    /// recovering when the caller kills it.
+    pub fn spawn(&mut self, failpoint: Option<&str>) {
         assert!(self.child.is_none(), "start while a bangerd runs");
         let bins = binaries();
         self.starts += 1;
@@ -196,6 +246,7 @@ impl Daemon {
         if let Some(failpoint) = failpoint {
             command.env("BANGER_FAILPOINT", failpoint);
         }
+        self.network.join(&mut command);
         // SAFETY: setrlimit is async-signal-safe. A failpoint aborts bangerd on purpose;
         // it must not leave a core file wherever the test runs.
         unsafe {
@@ -209,6 +260,10 @@ impl Daemon {
             });
         }
         self.child = Some(command.spawn().expect("start bangerd"));
+    }
+
+    /// Waits until the bangerd just spawned answers or exits.
+    pub fn wait_started(&mut self) -> Started {
         let socket = self.layout().socket_path();
         let deadline = Instant::now() + DEADLINE;
         loop {

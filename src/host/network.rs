@@ -1,0 +1,180 @@
+//! The guest network as bangerd sees it: taps on the banger bridge, made and removed by the
+//! root helper (`banger-helper`), which bangerd reaches over its unix socket.
+//!
+//! bangerd runs unprivileged, so every change to the host's network goes through the helper;
+//! this module only decides *what* to ask for (tap names, the bridge, the subnet), and looks
+//! up interfaces by name to skip asking when there is nothing to do.
+//!
+//! Invariants:
+//! - A tap's name derives from its VM's id alone ([`tap_name`]), so a retried or recovered
+//!   step finds the tap an earlier attempt made.
+//! - The bridge, its address and banger's NAT table are ensured once per daemon process (the
+//!   first time a tap is needed) and again after any failure, never assumed.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use banger_events::VmId;
+use banger_helper::{HelperClient, HelperError, NetworkSpec};
+
+use crate::config::NetworkConfig;
+
+/// The guest subnet: 172.30.0.0/24, its gateway .1 is the bridge's address.
+pub const GUEST_NET: [u8; 3] = [172, 30, 0];
+pub const GATEWAY: [u8; 4] = [172, 30, 0, 1];
+pub const GUEST_PREFIX_LEN: u8 = 24;
+
+/// The tap of VM `vm_id`: `bt` and the id's low 52 bits in hex (15 bytes at most, the kernel's
+/// limit for interface names; the helper only touches names of this shape).
+pub fn tap_name(vm_id: VmId) -> String {
+    format!("bt{:x}", vm_id.0 & ((1 << 52) - 1))
+}
+
+/// bangerd's side of the guest network.
+pub struct GuestNetwork {
+    helper: HelperClient,
+    spec: NetworkSpec,
+    /// Set once the bridge and NAT have been ensured by this process.
+    ensured: AtomicBool,
+}
+
+impl GuestNetwork {
+    pub fn new(config: &NetworkConfig) -> GuestNetwork {
+        GuestNetwork {
+            helper: HelperClient::new(config.helper_socket.clone()),
+            spec: NetworkSpec {
+                bridge: config.bridge.clone(),
+                gateway: Ipv4Addr::from(GATEWAY),
+                prefix_len: GUEST_PREFIX_LEN,
+            },
+            ensured: AtomicBool::new(false),
+        }
+    }
+
+    /// A network whose helper never answers: for tests of steps that never reach it.
+    #[cfg(test)]
+    pub fn unreachable_for_tests() -> GuestNetwork {
+        GuestNetwork::new(&NetworkConfig {
+            helper_socket: PathBuf::from("/nonexistent/banger-helper.sock"),
+            bridge: crate::config::DEFAULT_BRIDGE.to_owned(),
+        })
+    }
+
+    pub fn helper_socket(&self) -> &Path {
+        self.helper.socket()
+    }
+
+    pub fn bridge(&self) -> &str {
+        &self.spec.bridge
+    }
+
+    /// The tap `tap` exists, belongs to this user and sits on the bridge (which exists, with
+    /// NAT to the outside). Idempotent.
+    pub async fn ensure_tap(&self, tap: &str) -> Result<(), NetworkError> {
+        if !self.ensured.load(Ordering::Acquire) {
+            self.ask(
+                "set up the bridge and NAT",
+                self.helper.ensure_network(&self.spec),
+            )
+            .await?;
+            self.ensured.store(true, Ordering::Release);
+        }
+        let result = self
+            .ask(
+                &format!("create tap {tap}"),
+                self.helper.ensure_tap(tap, &self.spec.bridge),
+            )
+            .await;
+        if result.is_err() {
+            // Someone may have removed the bridge: check it again next time.
+            self.ensured.store(false, Ordering::Release);
+        }
+        result
+    }
+
+    /// Removes the tap; nothing to do (and no helper needed) when it does not exist.
+    pub async fn release_tap(&self, tap: &str) -> Result<(), NetworkError> {
+        if !interface_exists(tap) {
+            return Ok(());
+        }
+        self.ask(&format!("remove tap {tap}"), self.helper.delete_tap(tap))
+            .await
+    }
+
+    /// One request to the helper, bounded: a helper that hangs must not hang the operation
+    /// (which holds its VM) forever.
+    async fn ask(
+        &self,
+        what: &str,
+        request: impl Future<Output = Result<(), HelperError>>,
+    ) -> Result<(), NetworkError> {
+        let socket = self.helper.socket().to_path_buf();
+        match tokio::time::timeout(HELPER_TIMEOUT, request).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(NetworkError::Helper {
+                what: what.to_owned(),
+                socket,
+                source,
+            }),
+            Err(_) => Err(NetworkError::Timeout {
+                what: what.to_owned(),
+                socket,
+            }),
+        }
+    }
+}
+
+/// How long one helper request may take. Creating a tap or loading banger's nftables table
+/// takes milliseconds; this only bounds a helper that stopped answering.
+pub const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether a network interface of that name exists in this process's network namespace.
+/// Asked through a socket (`if_nametoindex`), not `/sys/class/net`: sysfs shows the namespace
+/// it was mounted in, which need not be this process's.
+pub fn interface_exists(name: &str) -> bool {
+    !name.is_empty() && nix::net::if_::if_nametoindex(name).is_ok()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("cannot {what} through banger-helper ({}): {source}", socket.display())]
+    Helper {
+        what: String,
+        socket: PathBuf,
+        #[source]
+        source: HelperError,
+    },
+    #[error(
+        "cannot {what}: banger-helper ({}) did not answer within {}s; check that it is running, and restart it",
+        socket.display(),
+        HELPER_TIMEOUT.as_secs()
+    )]
+    Timeout { what: String, socket: PathBuf },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tap_names_fit_the_kernel_limit_and_the_helper_pattern() {
+        for id in [0, 1, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef] {
+            let name = tap_name(VmId(id));
+            assert!(name.len() <= 15, "{name}");
+            assert!(banger_helper::validate::tap_name(&name).is_ok(), "{name}");
+        }
+        assert_eq!(tap_name(VmId(0xabc)), "btabc");
+        // Only the low 52 bits count.
+        assert_eq!(tap_name(VmId(0xfff0_0000_0000_0abc)), "btabc");
+    }
+
+    #[test]
+    fn interfaces_are_looked_up_by_name() {
+        assert!(interface_exists("lo"));
+        assert!(!interface_exists(""));
+        assert!(!interface_exists(".."));
+        assert!(!interface_exists("bt0-not-there"));
+    }
+}

@@ -1,0 +1,282 @@
+//! VM networking through the real bangerd and the real banger-helper: every VM gets a tap of
+//! its own on the banger bridge, with NAT to the outside, and the VMM really opens that tap.
+//!
+//! The helper runs as root in a network namespace of the test's own ([`TestNetwork`]) and
+//! bangerd joins it, so the bridge, taps and nftables rules these tests make never touch the
+//! host's network; the namespace dies with the helper. Inspection goes through `nsenter` into
+//! that namespace (`ip -j`, `nft`), never through `/sys/class/net`, which shows the host's.
+
+use std::time::Duration;
+
+use banger::api::{VmCreateResult, VmResult, VmShowResult};
+use banger::host::network::tap_name;
+use banger::rpc::ClientError;
+use banger_events::Handle;
+use serde_json::{Value, json};
+
+use super::support::{
+    Bangerd, TestNetwork, kernel_source, no_test_network_reason, rootfs_file, rpc_error,
+};
+
+/// A bangerd in a test network with a kernel `k` and an image `img`; `None` (with the reason
+/// printed) when a test network cannot be made here.
+async fn lab(extra_env: &[(&str, &str)]) -> Option<Bangerd> {
+    if let Some(reason) = no_test_network_reason() {
+        eprintln!("{reason}");
+        return None;
+    }
+    let fake = crate::firecracker::fake_binary().display().to_string();
+    let mut env = vec![
+        ("BANGER_FIRECRACKER", fake.as_str()),
+        ("BANGER_FAKE_AGENT", env!("CARGO_BIN_EXE_banger-agent")),
+    ];
+    env.extend_from_slice(extra_env);
+    let daemon = Bangerd::start_with(&env);
+    let scratch = daemon.root().scratch("inputs");
+    let kernel_dir = kernel_source(&scratch.join("kernel"), "6.1.0-test", false);
+    let rootfs = rootfs_file(&scratch.join("rootfs.ext4"), 4 << 20);
+    let mut client = daemon.client().await;
+    let _: Value = client
+        .call(
+            "kernel.import",
+            &json!({"name": "k", "from": kernel_dir.display().to_string()}),
+        )
+        .await
+        .expect("kernel.import");
+    let _: Value = client
+        .call(
+            "image.register",
+            &json!({"name": "img", "rootfs": rootfs.display().to_string(), "kernel": "k"}),
+        )
+        .await
+        .expect("image.register");
+    Some(daemon)
+}
+
+fn network(daemon: &Bangerd) -> &TestNetwork {
+    daemon.root().network().expect("a test network")
+}
+
+/// `ip -d -j link show dev NAME` in the test namespace.
+fn link(net: &TestNetwork, name: &str) -> Value {
+    let listing: Value =
+        serde_json::from_str(&net.run("ip", &["-d", "-j", "link", "show", "dev", name]))
+            .expect("ip -j output");
+    listing[0].clone()
+}
+
+/// Names of the taps process `pid` holds open (the tun driver's fdinfo says `iff: NAME`).
+fn taps_held_by(pid: u32) -> Vec<String> {
+    let mut taps = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in info.lines() {
+            if let Some(name) = line.strip_prefix("iff:") {
+                taps.push(name.trim().to_owned());
+            }
+        }
+    }
+    taps
+}
+
+async fn show(daemon: &Bangerd, name: &str) -> VmShowResult {
+    daemon
+        .client()
+        .await
+        .call("vm.show", &json!({"name": name}))
+        .await
+        .expect("vm.show")
+}
+
+#[tokio::test]
+async fn a_vm_gets_its_own_tap_on_the_bridge_which_its_vmm_opens_and_delete_removes() {
+    let Some(daemon) = lab(&[]).await else {
+        return;
+    };
+    let net = network(&daemon);
+    let created: VmCreateResult = daemon
+        .client()
+        .await
+        .call("vm.create", &json!({"name": "dev", "image": "img"}))
+        .await
+        .unwrap_or_else(|e| panic!("vm.create: {e}\n{}", daemon.output()));
+    let tap = tap_name(created.vm_id);
+
+    // The bridge, with the gateway address, and banger's NAT table.
+    let bridge = link(net, "banger0");
+    assert_eq!(bridge["linkinfo"]["info_kind"], "bridge", "{bridge}");
+    let addresses = net.run("ip", &["-j", "addr", "show", "dev", "banger0"]);
+    assert!(
+        addresses.contains("\"local\":\"172.30.0.1\""),
+        "{addresses}"
+    );
+    assert!(addresses.contains("\"prefixlen\":24"), "{addresses}");
+    let table = net.run("nft", &["list", "table", "ip", "banger"]);
+    assert!(table.contains("masquerade"), "{table}");
+    assert!(table.contains("172.30.0.0/24"), "{table}");
+
+    // The tap: persistent, owned by bangerd's user, on the bridge, up.
+    assert_eq!(net.taps(), std::slice::from_ref(&tap));
+    let tap_link = link(net, &tap);
+    assert_eq!(tap_link["master"], "banger0", "{tap_link}");
+    assert_eq!(tap_link["linkinfo"]["info_kind"], "tun", "{tap_link}");
+    let tun = &tap_link["linkinfo"]["info_data"];
+    assert_eq!(tun["type"], "tap", "{tap_link}");
+    assert_eq!(tun["persist"], true, "{tap_link}");
+    // iproute2 prints the owner's user name when it has one, the uid otherwise.
+    let uid = nix::unistd::geteuid();
+    let owner_name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|user| user.name);
+    assert!(
+        tun["user"].as_u64() == Some(u64::from(uid.as_raw()))
+            || tun["user"].as_str() == owner_name.as_deref(),
+        "{tap_link}"
+    );
+
+    // The VM holds it in the log, the VMM has it open, the console shows the MAC.
+    let shown = show(&daemon, "dev").await;
+    assert!(
+        shown
+            .handles
+            .iter()
+            .any(|entry| entry.handle == Handle::Tap { name: tap.clone() }),
+        "{:?}",
+        shown.handles
+    );
+    let vmm = shown.vm.process.expect("a running VM has a VMM");
+    assert_eq!(taps_held_by(vmm.pid), std::slice::from_ref(&tap));
+    let console = std::fs::read_to_string(daemon.layout().vm_console_log(created.vm_id)).unwrap();
+    assert!(
+        console.contains(&format!("on tap {tap} mac 02:fc:ac:1e:00:02")),
+        "{console}"
+    );
+
+    // Stop keeps the tap (the VM owns it until delete); start plugs the new VMM into it.
+    let _: VmResult = daemon
+        .client()
+        .await
+        .call("vm.stop", &json!({"name": "dev"}))
+        .await
+        .expect("vm.stop");
+    assert_eq!(net.taps(), std::slice::from_ref(&tap));
+    let _: VmResult = daemon
+        .client()
+        .await
+        .call("vm.start", &json!({"name": "dev"}))
+        .await
+        .unwrap_or_else(|e| panic!("vm.start: {e}\n{}", daemon.output()));
+    let vmm = show(&daemon, "dev")
+        .await
+        .vm
+        .process
+        .expect("running again");
+    assert_eq!(taps_held_by(vmm.pid), std::slice::from_ref(&tap));
+
+    // A second VM gets a second tap and address.
+    let second: VmCreateResult = daemon
+        .client()
+        .await
+        .call("vm.create", &json!({"name": "two", "image": "img"}))
+        .await
+        .expect("vm.create two");
+    let mut expected = vec![tap.clone(), tap_name(second.vm_id)];
+    expected.sort();
+    assert_eq!(net.taps(), expected);
+
+    // Delete removes the tap with the VM.
+    let _: Value = daemon
+        .client()
+        .await
+        .call("vm.delete", &json!({"name": "dev"}))
+        .await
+        .expect("vm.delete");
+    assert_eq!(net.taps(), [tap_name(second.vm_id)]);
+    let _: Value = daemon
+        .client()
+        .await
+        .call("vm.delete", &json!({"name": "two"}))
+        .await
+        .expect("vm.delete two");
+    assert!(net.taps().is_empty());
+}
+
+#[tokio::test]
+async fn without_the_helper_a_create_fails_at_network_says_how_to_fix_it_and_leaves_nothing() {
+    let Some(daemon) = lab(&[("BANGER_HELPER_SOCKET", "/nonexistent/helper.sock")]).await else {
+        return;
+    };
+    let error = rpc_error(
+        daemon
+            .client()
+            .await
+            .call::<_, VmCreateResult>("vm.create", &json!({"name": "dev", "image": "img"}))
+            .await,
+    );
+    assert!(
+        error.message.contains("/nonexistent/helper.sock")
+            && error.message.contains("banger-helper"),
+        "{error:?}"
+    );
+    assert!(error.message.contains("network"), "{error:?}");
+    let listed: Value = daemon
+        .client()
+        .await
+        .call("vm.list", &json!({}))
+        .await
+        .expect("vm.list");
+    assert_eq!(listed["vms"], json!([]), "{listed}");
+    assert!(
+        crate::support::dir_names(&daemon.layout().vms_dir()).is_empty(),
+        "the VM directory was removed"
+    );
+    assert!(network(&daemon).taps().is_empty());
+}
+
+#[tokio::test]
+async fn a_tap_made_just_before_a_crash_is_removed_by_recovery() {
+    let Some(mut daemon) = lab(&[]).await else {
+        return;
+    };
+    let fake = crate::firecracker::fake_binary().display().to_string();
+    let env = [
+        ("BANGER_FIRECRACKER", fake.as_str()),
+        ("BANGER_FAKE_AGENT", env!("CARGO_BIN_EXE_banger-agent")),
+    ];
+    daemon.kill();
+    let mut crashing = env.to_vec();
+    crashing.push(("BANGER_FAILPOINT", "vm.create:network:after"));
+    daemon.restart_with(&crashing);
+    let result: Result<VmCreateResult, ClientError> = daemon
+        .client()
+        .await
+        .call("vm.create", &json!({"name": "dev", "image": "img"}))
+        .await;
+    assert!(result.is_err(), "bangerd aborted at the failpoint");
+    daemon.wait();
+    assert_eq!(network(&daemon).taps().len(), 1, "the tap was made");
+
+    daemon.restart_with(&env);
+    // Recovery runs before the socket answers: the create is rolled back, the tap gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !network(&daemon).taps().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tap survived recovery\n{}",
+            daemon.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let listed: Value = daemon
+        .client()
+        .await
+        .call("vm.list", &json!({}))
+        .await
+        .expect("vm.list");
+    assert_eq!(listed["vms"], json!([]), "{listed}");
+}
