@@ -46,6 +46,7 @@
 //! once. Every case prints one summary line.
 
 mod lab;
+mod storm;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,219 @@
+//! Crash storms: SIGKILL at arbitrary moments, not at step boundaries.
+//!
+//! The matrix aborts bangerd at chosen failpoints, one operation at a time. A storm instead
+//! fires several VM and kernel requests at once (so two or more operations are in flight when
+//! the daemon dies), lets them run for a random while, and SIGKILLs bangerd wherever it
+//! happens to be — in the middle of a step, between an intent and its effect, inside a group
+//! commit, while a VMM boots. Sometimes it kills the restarted daemon again while it is still
+//! recovering. Then it restarts bangerd for good and checks what the matrix checks (every
+//! operation ended, the views match the host — processes, directories, taps — nothing
+//! leaked, no acknowledged event lost), and goes on to the next round on the same root, so
+//! rounds build on each other's debris.
+//!
+//! Randomness comes from one seed, printed at the start and in every failure:
+//! `BANGER_CRASH_SEED=N` replays a storm (timing still varies, so a replay is a strong hint,
+//! not a guarantee). `BANGER_CRASH_ROUNDS` sets the number of rounds (default 12).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::lab::{Daemon, Inputs};
+use super::{OpStatus, VmState, World, call_ok, check_acknowledged, check_host, teardown, world};
+
+/// splitmix64: small, seedable, and good enough to pick requests and delays.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const VMS: [&str; 3] = ["vm0", "vm1", "vm2"];
+
+/// One request of the workload, mostly one that the VM's current state allows (so that
+/// operations really run when the kill comes); one in five is anything at all, because a
+/// refusal must change nothing either.
+fn pick_request(rng: &mut Rng, inputs: &Inputs, world: &World) -> (&'static str, Value) {
+    let vm = VMS[rng.below(VMS.len() as u64) as usize];
+    let state = world.vms.vms.iter().find(|v| v.name == vm).map(|v| v.state);
+    let name = json!({"name": vm});
+    let choice = if rng.below(5) == 0 {
+        rng.below(9)
+    } else {
+        match state {
+            None => 0,
+            Some(VmState::Running) => [1, 3, 4, 5][rng.below(4) as usize],
+            Some(_) => [2, 5, 6][rng.below(3) as usize],
+        }
+    };
+    match choice {
+        0 => ("vm.create", json!({"name": vm, "image": "img"})),
+        1 => ("vm.stop", name),
+        2 => ("vm.start", name),
+        3 => ("vm.restart", name),
+        4 => ("vm.kill", name),
+        5 => ("vm.delete", name),
+        6 => ("vm.set", json!({"name": vm, "vcpus": 1 + rng.below(2)})),
+        7 => (
+            "kernel.import",
+            json!({"name": "k2", "from": inputs.kernel_dir.display().to_string()}),
+        ),
+        _ => ("kernel.remove", json!({"name": "k2"})),
+    }
+}
+
+/// Check 1 for a storm: every operation ended (succeeded or rolled back; nothing stuck, as no
+/// undo is made to fail), and no VM is left in a transitional state.
+fn check_all_ended(world: &World) -> Result<(), String> {
+    for view in &world.ops.operations {
+        if !matches!(view.status, OpStatus::Succeeded | OpStatus::RolledBack) {
+            return Err(format!(
+                "operation {} ({}) is {} after recovery: {view:?}",
+                view.op_id, view.kind, view.status
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn storm(seed: u64, rounds: u32) -> Result<(), String> {
+    let inputs = Inputs::new();
+    let mut rng = Rng(seed);
+    let mut daemon = Daemon::new();
+    daemon.start_ready(None);
+    call_ok(
+        &daemon,
+        "kernel.import",
+        json!({"name": "k", "from": inputs.kernel_dir.display().to_string()}),
+    )
+    .await;
+    call_ok(
+        &daemon,
+        "image.register",
+        json!({"name": "img", "rootfs": inputs.rootfs.display().to_string(), "kernel": "k"}),
+    )
+    .await;
+    let mut acknowledged = daemon.events().await;
+    for round in 1..=rounds {
+        let last = acknowledged.last().map_or(1, |e| e.seq.0);
+        let follower = daemon.follow_from(last).await;
+        let before = world(&daemon).await;
+        let requests: Vec<(&str, Value)> = (0..2 + rng.below(3))
+            .map(|_| pick_request(&mut rng, &inputs, &before))
+            .collect();
+        let socket = daemon.layout().socket_path();
+        for (method, params) in requests.clone() {
+            let socket = socket.clone();
+            // Answers do not matter: a request cut off by the kill gets no answer, and what
+            // a finished one did is in the acknowledged events.
+            tokio::spawn(async move {
+                if let Ok(mut client) = banger::rpc::Client::connect(&socket).await {
+                    let _: Result<Value, _> = client.call(method, &params).await;
+                }
+            });
+        }
+        let delay_ms = rng.below(400);
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        daemon.kill();
+        let followed = follower.await.map_err(|e| format!("the follower: {e}"))?;
+        acknowledged.extend(followed.into_iter().filter(|e| e.seq.0 > last));
+
+        // Sometimes the restarted daemon dies too, in the middle of its recovery.
+        let recovery_kill_ms = (rng.below(3) == 0).then(|| rng.below(40));
+        if let Some(ms) = recovery_kill_ms {
+            daemon.spawn(None);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            daemon.kill();
+        }
+        daemon.start_ready(None);
+        let world = world(&daemon).await;
+        let story = || {
+            let asked: Vec<String> = requests
+                .iter()
+                .map(|(method, params)| {
+                    format!("{method} {}", params["name"].as_str().unwrap_or("?"))
+                })
+                .collect();
+            format!(
+                "crash storm seed {seed}, round {round}: [{}], killed after {delay_ms} ms{}",
+                asked.join(", "),
+                recovery_kill_ms
+                    .map(|ms| format!(", and again {ms} ms into recovery"))
+                    .unwrap_or_default()
+            )
+        };
+        let checked = async {
+            check_all_ended(&world)?;
+            check_host(&daemon, &world).await?;
+            check_acknowledged(&daemon, &acknowledged).await
+        };
+        if let Err(error) = checked.await {
+            return Err(format!(
+                "{}: {error}\nbangerd's output:\n{}",
+                story(),
+                daemon.output()
+            ));
+        }
+        println!(
+            "{}: {} operations, {} VMs ({})",
+            story(),
+            world.ops.operations.len(),
+            world.vms.vms.len(),
+            world
+                .vms
+                .vms
+                .iter()
+                .map(|vm| format!("{} {:?}", vm.name, vm.state))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        // Everything this round acknowledged, read back from the log itself.
+        acknowledged = daemon.events().await;
+    }
+    let world = world(&daemon).await;
+    teardown(&mut daemon, &world)
+        .await
+        .map_err(|error| format!("crash storm seed {seed}: {error}"))
+}
+
+#[test]
+fn crash_storm_sigkill_at_arbitrary_moments_with_operations_in_flight() {
+    if let Some(reason) = super::lab::skip_reason() {
+        eprintln!("{reason}");
+        return;
+    }
+    super::lab::binaries();
+    let seed = std::env::var("BANGER_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    let rounds = std::env::var("BANGER_CRASH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(12);
+    println!("crash storm: seed {seed} (BANGER_CRASH_SEED={seed} replays it), {rounds} rounds");
+    let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    if let Err(story) = runtime.block_on(storm(seed, rounds)) {
+        panic!("{story}");
+    }
+    println!("crash storm: {rounds} rounds in {:?}", started.elapsed());
+}
