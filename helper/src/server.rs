@@ -12,6 +12,13 @@
 //! Invariants: the helper knows nothing about VMs or events; a bad frame costs only its own
 //! connection (the helper keeps serving others); privileged operations run one at a time, so
 //! two concurrent "ensure" requests cannot race each other into a half-made bridge or tap.
+//!
+//! Anyone on the host may connect (the socket is 0666), so connections are bounded: callers
+//! on the allow-list share [`ALLOWED_CONNECTIONS`] slots and everybody else
+//! [`OTHER_CONNECTIONS`], so that a user who may not use the helper cannot starve one who may.
+//! A frame must arrive within [`FRAME_TIMEOUT`] ([`REFUSED_FRAME_TIMEOUT`] for callers not on
+//! the list, whose connection closes after its one refusal): an idle or dribbling connection
+//! gives its slot back.
 
 use std::future::Future;
 use std::io;
@@ -19,8 +26,10 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Semaphore};
 
 use crate::net::{Host, OpError};
 use crate::protocol::{
@@ -36,8 +45,19 @@ pub struct Config {
     pub allowed_uids: Vec<u32>,
 }
 
+/// Connections open at once from callers on the allow-list.
+pub const ALLOWED_CONNECTIONS: usize = 64;
+/// Connections open at once from everybody else (each gets one refusal, then is closed).
+pub const OTHER_CONNECTIONS: usize = 8;
+/// How long a connection may wait for, or take to send, its next request.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(60);
+/// The same for a caller not on the allow-list.
+pub const REFUSED_FRAME_TIMEOUT: Duration = Duration::from_secs(2);
+
 struct State {
     allowed_uids: Vec<u32>,
+    allowed_slots: Arc<Semaphore>,
+    other_slots: Arc<Semaphore>,
     /// The lock serialises privileged operations; see the module invariants.
     host: Mutex<Host>,
 }
@@ -70,6 +90,8 @@ impl Server {
             socket,
             state: Arc::new(State {
                 allowed_uids: config.allowed_uids,
+                allowed_slots: Arc::new(Semaphore::new(ALLOWED_CONNECTIONS)),
+                other_slots: Arc::new(Semaphore::new(OTHER_CONNECTIONS)),
                 host: Mutex::new(host),
             }),
         })
@@ -86,10 +108,7 @@ impl Server {
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        let state = Arc::clone(&self.state);
-                        tokio::spawn(handle_connection(stream, state));
-                    }
+                    Ok((stream, _)) => admit(stream, &self.state),
                     // Running out of descriptors and the like is transient for a server:
                     // log it and keep accepting rather than leave bangerd without a helper.
                     Err(e) => {
@@ -135,7 +154,9 @@ async fn remove_stale_socket(socket: &Path) -> io::Result<()> {
     std::fs::remove_file(socket)
 }
 
-async fn handle_connection(mut stream: UnixStream, state: Arc<State>) {
+/// Gives a new connection a slot of its caller's class and serves it, or closes it at once
+/// when that class has none left.
+fn admit(stream: UnixStream, state: &Arc<State>) {
     let uid = match stream.peer_cred() {
         Ok(cred) => cred.uid(),
         Err(e) => {
@@ -143,15 +164,51 @@ async fn handle_connection(mut stream: UnixStream, state: Arc<State>) {
             return;
         }
     };
+    let allowed = state.allowed_uids.contains(&uid);
+    let slots = if allowed {
+        &state.allowed_slots
+    } else {
+        &state.other_slots
+    };
+    let Ok(slot) = Arc::clone(slots).try_acquire_owned() else {
+        tracing::warn!(
+            uid,
+            allowed,
+            "too many connections open; closing a new one without reading it"
+        );
+        return;
+    };
+    let state = Arc::clone(state);
+    tokio::spawn(async move {
+        handle_connection(stream, uid, allowed, state).await;
+        drop(slot);
+    });
+}
+
+async fn handle_connection(mut stream: UnixStream, uid: u32, allowed: bool, state: Arc<State>) {
+    let timeout = if allowed {
+        FRAME_TIMEOUT
+    } else {
+        REFUSED_FRAME_TIMEOUT
+    };
     loop {
-        let body = match protocol::read_frame(&mut stream).await {
-            Ok(Some(body)) => body,
-            Ok(None) => return,
-            Err(FrameError::Io(e)) => {
+        let read = tokio::time::timeout(timeout, protocol::read_frame(&mut stream)).await;
+        let body = match read {
+            Err(_) => {
+                tracing::info!(
+                    uid,
+                    ?timeout,
+                    "no request within the timeout; closing the connection"
+                );
+                return;
+            }
+            Ok(Ok(Some(body))) => body,
+            Ok(Ok(None)) => return,
+            Ok(Err(FrameError::Io(e))) => {
                 tracing::warn!(uid, error = %e, "reading a request failed; closing the connection");
                 return;
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 protocol_error(
                     &mut stream,
                     uid,
@@ -185,6 +242,10 @@ async fn handle_connection(mut stream: UnixStream, state: Arc<State>) {
         }
         if let Err(e) = protocol::write_json(&mut stream, &response).await {
             tracing::warn!(uid, error = %e, "writing a response failed; closing the connection");
+            return;
+        }
+        if !allowed {
+            // One refusal is all such a caller gets; its slot goes back at once.
             return;
         }
     }

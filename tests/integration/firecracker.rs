@@ -227,6 +227,32 @@ async fn configuration_is_accepted_and_read_back_before_boot() {
     }
 }
 
+/// The VMM opens the tap when the interface is configured (TUNSETIFF), so a host interface
+/// that is not a tap is refused there, with the kernel's error in Firecracker's words.
+#[tokio::test]
+async fn an_interface_that_is_not_a_tap_is_refused_when_configured() {
+    for vmm in every_vmm() {
+        let dir = scratch();
+        let spec = launch_spec(dir.path());
+        let vm = spawn(&vmm, &spec).await;
+        let binary = vmm.binary.display().to_string();
+        let net = NetworkInterface {
+            iface_id: "eth0".to_string(),
+            host_dev_name: "lo".to_string(),
+            guest_mac: Some("02:fc:ac:1e:00:02".to_string()),
+        };
+        let fault = api_fault(vm.client().put_network_interface(&net).await);
+        assert_eq!(
+            fault,
+            "Network config error: Could not create the network device: Open tap device \
+             failed: Error while creating ifreq structure: Invalid argument (os error 22). \
+             Invalid TUN/TAP Backend provided by lo. Check our documentation on setting up \
+             the network devices.",
+            "{binary}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn bad_requests_get_400_with_firecrackers_fault_message() {
     for vmm in every_vmm() {

@@ -693,6 +693,30 @@ fn run_as_nobody(socket: &Path, op: &str) -> String {
         })
 }
 
+/// Opens `count` connections that never send a request, says `HELD` on stdout, then waits
+/// (up to 10 s each) for the helper to close every one, and reports how many it closed.
+fn hold_idle_connections(socket: &str, count: usize) {
+    let held: Vec<StdUnixStream> = (0..count)
+        .map(|_| StdUnixStream::connect(socket).expect("connect"))
+        .collect();
+    println!("HELD {count}");
+    std::io::stdout().flush().unwrap();
+    let mut closed = 0;
+    for mut stream in held {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        if matches!(stream.read(&mut byte), Ok(0)) {
+            closed += 1;
+        }
+    }
+    println!(
+        "CLIENT-RESULT uid={} closed={closed}",
+        nix::unistd::getuid()
+    );
+}
+
 /// Not a test of its own: the entry point of the unprivileged client (see the module docs).
 /// Without `BANGER_HELPER_TEST_CLIENT` it does nothing.
 #[test]
@@ -701,6 +725,10 @@ fn unprivileged_client_entry() {
         return;
     };
     let (socket, op) = job.split_once('|').expect("SOCKET|OP");
+    if let Some(count) = op.strip_prefix("hold:") {
+        hold_idle_connections(socket, count.parse().expect("hold:N"));
+        return;
+    }
     let client = HelperClient::new(socket);
     let rt = runtime();
     let result = match op.split(':').collect::<Vec<_>>().as_slice() {
@@ -848,4 +876,61 @@ fn unreachable_helper_says_what_to_do() {
     // Bad names are refused by the client before it even connects.
     let err = runtime().block_on(client.delete_tap("eth0")).unwrap_err();
     assert!(matches!(err, HelperError::Refused { .. }), "{err:?}");
+}
+
+#[test]
+fn idle_connections_of_strangers_cannot_starve_allowed_callers() {
+    if skip_unless_root("idle_connections_of_strangers_cannot_starve_allowed_callers") {
+        return;
+    }
+    let helper = Helper::start(&[0]);
+    // More idle connections than strangers have slots (8), held by uid 65534.
+    let exe = std::env::current_exe().expect("current exe");
+    let mut stranger = Command::new(exe)
+        .args([
+            "--exact",
+            "unprivileged_client_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CLIENT_ENV, format!("{}|hold:20", helper.socket.display()))
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("re-run the test binary as uid 65534");
+    let mut lines = BufReader::new(stranger.stdout.take().unwrap()).lines();
+    let held = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|line| line.contains("HELD "));
+    assert!(held.is_some(), "the stranger never held its connections");
+
+    // The allowed caller is served while the stranger's connections are still open.
+    let rt = runtime();
+    rt.block_on(
+        helper
+            .client()
+            .ensure_network(&spec("banger0", [10, 81, 0, 1], 24)),
+    )
+    .expect("an allowed caller is served");
+    assert!(
+        stranger.try_wait().unwrap().is_none(),
+        "the stranger's connections were still open"
+    );
+
+    // Every one of them was closed by the helper: at once past the strangers' slots, after
+    // the short timeout for the others.
+    let result = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.split_once("CLIENT-RESULT ")
+                .map(|(_, rest)| rest.to_string())
+        })
+        .expect("the stranger's result");
+    assert_eq!(result, format!("uid={NOBODY} closed=20"));
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = stranger.wait().unwrap();
+    assert!(status.success(), "{status}: {rest:?}");
 }
