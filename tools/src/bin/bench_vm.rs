@@ -112,7 +112,7 @@ async fn create_on(socket: &Path, name: &str) -> Created {
 }
 
 async fn report(phase: &str, created: &[Created], wall: Duration, socket: &Path) {
-    let steps = step_time_by_op(socket).await;
+    let (steps, by_step) = step_times(socket).await;
     let mut latencies: Vec<Duration> = created.iter().map(|c| c.latency).collect();
     let summary = Summary::of(&mut latencies);
     let host_ms: Vec<f64> = created
@@ -133,10 +133,30 @@ async fn report(phase: &str, created: &[Created], wall: Duration, socket: &Path)
         mean(&host_ms),
         mean(&daemon_ms),
     );
+    // Where the host-step time goes, step by step, in the order the steps ran.
+    let mut order: Vec<&String> = Vec::new();
+    for (op, step, _) in &by_step {
+        if created.iter().any(|c| c.op_id == *op) && !order.contains(&step) {
+            order.push(step);
+        }
+    }
+    let per_step: Vec<String> = order
+        .into_iter()
+        .map(|step| {
+            let times: Vec<f64> = by_step
+                .iter()
+                .filter(|(op, name, _)| name == step && created.iter().any(|c| c.op_id == *op))
+                .map(|(_, _, ms)| *ms as f64)
+                .collect();
+            format!("{step} {:.1}", mean(&times))
+        })
+        .collect();
+    println!("  {:<10}  step means (ms): {}", "", per_step.join(", "));
 }
 
-/// Milliseconds spent inside steps, per operation, from the log's timestamps.
-async fn step_time_by_op(socket: &Path) -> HashMap<OpId, u64> {
+/// Milliseconds spent inside steps, from the log's timestamps: per operation, and per
+/// (operation, step) in the order the steps succeeded.
+async fn step_times(socket: &Path) -> (HashMap<OpId, u64>, Vec<(OpId, String, u64)>) {
     let stream_client = Client::connect(socket).await.expect("connect");
     let mut stream = stream_client
         .stream("events.follow", &EventsParams::default())
@@ -144,6 +164,7 @@ async fn step_time_by_op(socket: &Path) -> HashMap<OpId, u64> {
         .expect("events");
     let mut started: HashMap<(OpId, String), u64> = HashMap::new();
     let mut total: HashMap<OpId, u64> = HashMap::new();
+    let mut by_step = Vec::new();
     loop {
         match stream.next::<Envelope>().await.expect("event") {
             StreamEvent::Item(envelope) => {
@@ -154,8 +175,9 @@ async fn step_time_by_op(socket: &Path) -> HashMap<OpId, u64> {
                     }
                     Event::StepSucceeded(e) => {
                         if let Some(begin) = started.remove(&(op, e.step.clone())) {
-                            *total.entry(op).or_default() +=
-                                envelope.at_unix_ms.saturating_sub(begin);
+                            let ms = envelope.at_unix_ms.saturating_sub(begin);
+                            *total.entry(op).or_default() += ms;
+                            by_step.push((op, e.step.clone(), ms));
                         }
                     }
                     _ => {}
@@ -163,7 +185,7 @@ async fn step_time_by_op(socket: &Path) -> HashMap<OpId, u64> {
             }
             StreamEvent::End(end) => {
                 let _: Option<EventsEnd> = serde_json::from_value(end).ok();
-                return total;
+                return (total, by_step);
             }
         }
     }
