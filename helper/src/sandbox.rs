@@ -83,9 +83,16 @@ impl Sandbox {
         self.child.id()
     }
 
+    /// The namespace's descriptor: `setns(fd, CLONE_NEWNET)` on a thread moves that thread
+    /// (and the children it forks) into it.
+    pub fn namespace(&self) -> io::Result<OwnedFd> {
+        let path = format!("/proc/{}/ns/net", self.pid());
+        Ok(OwnedFd::from(std::fs::File::open(path)?))
+    }
+
     /// Makes `command` run in the namespace and talk to this helper (`BANGER_HELPER_SOCKET`).
     pub fn join(&self, command: &mut Command) -> io::Result<()> {
-        let namespace = OwnedFd::from(std::fs::File::open(format!("/proc/{}/ns/net", self.pid()))?);
+        let namespace = self.namespace()?;
         command.env("BANGER_HELPER_SOCKET", &self.socket);
         // SAFETY: setns is async-signal-safe; the descriptor lives in the closure.
         unsafe {

@@ -146,6 +146,13 @@ impl TestNetwork {
         self.sandbox.taps().expect("list the taps")
     }
 
+    /// The namespace, for a thread to enter (`setns`).
+    pub fn namespace(&self) -> std::os::fd::OwnedFd {
+        self.sandbox
+            .namespace()
+            .expect("open the test network namespace")
+    }
+
     /// Makes `command` run in the namespace and talk to its helper.
     pub fn join(&self, command: &mut Command) {
         self.sandbox

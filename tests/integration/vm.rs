@@ -644,36 +644,62 @@ async fn an_idle_vm_is_stopped_and_the_operation_says_why() {
     );
 }
 
-/// The boot steps that `vm.create` and `vm.start` share, driven directly against the fake:
-/// each `ensure` twice is the same as once (one VMM, the same handles), each `undo` twice is
-/// the same as once, and the undo leaves no process and no socket.
-#[tokio::test]
-async fn boot_steps_are_idempotent_against_the_fake_and_their_undo_leaves_nothing() {
+/// The boot steps that `vm.create` and `vm.start` share, with create's `network`, driven
+/// directly against the fake and a real banger-helper: each `ensure` twice is the same as
+/// once (one tap, one VMM, the same handles), each `undo` twice is the same as once, and the
+/// undo leaves no tap, no process and no socket.
+///
+/// The steps run on a thread that entered the test network namespace (namespaces are per
+/// thread, and a child inherits its forking thread's), so the tap the helper makes and the
+/// tap the fake opens are the same one.
+#[test]
+fn boot_steps_are_idempotent_against_the_fake_and_their_undo_leaves_nothing() {
+    skip_if_real_firecracker!();
+    let root = TestRoot::new();
+    let network = root.network().expect("a test network");
+    let helper_socket = network.socket().to_path_buf();
+    let namespace = network.namespace();
+    let root_path = root.path().to_path_buf();
+    let thread = std::thread::spawn(move || {
+        nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("enter the test network namespace");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+            .block_on(boot_steps_twice(root_path, helper_socket))
+    });
+    let taps_during = thread.join().expect("the boot steps panicked");
+    assert_eq!(taps_during, ["bt77"], "one tap while the VM ran");
+    assert!(network.taps().is_empty(), "the undo removed the tap");
+    drop(root);
+}
+
+/// Runs the boot steps twice and undoes them twice; returns the taps that existed while the
+/// VMM ran.
+async fn boot_steps_twice(root: PathBuf, helper_socket: PathBuf) -> Vec<String> {
     use std::sync::Arc;
 
-    use banger::config::Config;
-    use banger::host::network::GuestNetwork;
+    use banger::config::{Config, NetworkConfig};
+    use banger::host::network::{GuestNetwork, interface_exists};
     use banger::host::vmm::FirecrackerVmm;
     use banger::operations::vm_common::{
-        Allocation, BootState, Configure, InstanceStart, LaunchFirecracker, VmHost, WaitForAgent,
-        mac_for,
+        Allocation, BootState, Configure, InstanceStart, LaunchFirecracker, Network, VmHost,
+        WaitForAgent, mac_for,
     };
     use banger::operations::{OpCx, Step};
     use banger_events::{Journal, JournalOptions, MemoryLog, OpId, OpKind, Target, VmId, VmSpec};
 
-    skip_if_real_firecracker!();
-    let root = TestRoot::new();
-    let layout = root.layout();
+    let layout = banger::paths::Layout::rooted(&root);
     let vm_id = VmId(0x77);
     std::fs::create_dir_all(layout.vm_dir(vm_id)).unwrap();
     rootfs_file(&layout.vm_root_disk(vm_id), 1 << 20);
     rootfs_file(&layout.vm_work_disk(vm_id), 1 << 20);
-    let kernel = kernel_source(&root.scratch("kernel"), "6.1.0-test", false).join("vmlinux");
+    let scratch = root.join("scratch").join("kernel");
+    let kernel = kernel_source(&scratch, "6.1.0-test", false).join("vmlinux");
     let journal = Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default()).unwrap();
-    // This process is in no test network namespace: the fake only checks the tap's name.
     let vmm = FirecrackerVmm::new(fake_binary())
-        .with_env("BANGER_FAKE_AGENT", env!("CARGO_BIN_EXE_banger-agent"))
-        .with_env("FAKE_FC_UNOPENED_TAPS", "1");
+        .with_env("BANGER_FAKE_AGENT", env!("CARGO_BIN_EXE_banger-agent"));
     let config = Config {
         boot_timeout: Duration::from_secs(10),
         ..Config::default()
@@ -685,9 +711,10 @@ async fn boot_steps_are_idempotent_against_the_fake_and_their_undo_leaves_nothin
         layout.clone(),
     ));
     let ip = [172, 30, 0, 9];
-    // The `network` step is not driven here (tests/integration/network.rs covers it), so its
-    // helper is never asked.
-    let network = GuestNetwork::new(&Config::default().network);
+    let network = GuestNetwork::new(&NetworkConfig {
+        helper_socket,
+        bridge: "banger0".into(),
+    });
     let mut state = BootState {
         host,
         vm_id,
@@ -708,7 +735,7 @@ async fn boot_steps_are_idempotent_against_the_fake_and_their_undo_leaves_nothin
             mac: mac_for(ip),
             cid: 9,
         }),
-        tap: Some("bt77".into()),
+        tap: None,
         launched: None,
         child: None,
     };
@@ -718,12 +745,15 @@ async fn boot_steps_are_idempotent_against_the_fake_and_their_undo_leaves_nothin
     };
     let cx = OpCx {
         op_id: OpId(0x99),
-        kind: OpKind::VmStart,
+        kind: OpKind::VmCreate,
         target: &target,
         layout: &layout,
         network: &network,
     };
-    let steps: [&dyn Step<BootState>; 4] = [
+    let steps: [&dyn Step<BootState>; 5] = [
+        &Network {
+            remove_on_undo: true,
+        },
         &LaunchFirecracker,
         &Configure,
         &InstanceStart,
@@ -745,10 +775,15 @@ async fn boot_steps_are_idempotent_against_the_fake_and_their_undo_leaves_nothin
     let launched = state.launched.clone().expect("a VMM");
     assert!(alive(launched.pid, launched.start_time_ticks));
     assert_eq!(
-        processes_mentioning(root.path()).len(),
+        processes_mentioning(&root).len(),
         2,
         "one VMM and its agent"
     );
+    let taps: Vec<String> = ["bt77"]
+        .into_iter()
+        .filter(|tap| interface_exists(tap))
+        .map(str::to_owned)
+        .collect();
     for (step, handles) in done.iter().rev() {
         step.undo(&cx, handles)
             .await
@@ -760,11 +795,13 @@ async fn boot_steps_are_idempotent_against_the_fake_and_their_undo_leaves_nothin
     wait_dead(launched.pid, launched.start_time_ticks).await;
     assert!(!layout.vm_api_socket(vm_id).exists());
     assert!(!layout.vm_vsock_socket(vm_id).exists());
+    assert!(!interface_exists("bt77"));
     let deadline = Instant::now() + DEADLINE;
-    while !processes_mentioning(root.path()).is_empty() {
+    while !processes_mentioning(&root).is_empty() {
         assert!(Instant::now() < deadline, "the agent outlived its VMM");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    taps
 }
 
 #[tokio::test]

@@ -790,6 +790,12 @@ impl Machine {
                 "Network config error: The MAC address is already in use: {mac}"
             )));
         }
+        // An update drops the old device (and closes its tap) before the new one is made,
+        // so re-configuring an interface with its own tap works — and a failed update
+        // leaves the interface gone, as in Firecracker's `NetBuilder::build`.
+        self.network_interfaces
+            .retain(|other| other.iface_id != iface.iface_id);
+        self.taps.remove(&iface.iface_id);
         if iface.host_dev_name.is_empty() || iface.host_dev_name.len() > MAX_TAP_NAME {
             return Err(Reply::bad(
                 "Network config error: Could not create the network device: Open tap device \
@@ -819,8 +825,6 @@ impl Machine {
             })?;
             self.taps.insert(iface.iface_id.clone(), tap);
         }
-        self.network_interfaces
-            .retain(|other| other.iface_id != iface.iface_id);
         self.network_interfaces.push(iface);
         Ok(Reply::no_content())
     }

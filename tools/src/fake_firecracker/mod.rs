@@ -84,8 +84,6 @@
 //!   without answering.
 //! - `FAKE_FC_REFUSE_API=TEXT`: every request whose `METHOD /path` contains TEXT answers 400
 //!   with fault_message "fault injected: …" and changes nothing.
-//! - `FAKE_FC_UNOPENED_TAPS=1`: taps are not opened (only their names are checked), for tests
-//!   that drive the boot steps from a process outside any test network namespace.
 
 pub mod guest;
 pub mod http;
@@ -260,7 +258,7 @@ pub fn main() -> ExitCode {
 async fn run(args: Args, knobs: Knobs) -> u8 {
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<u8>();
     let mut machine = Machine::new(&args.id, knobs.refuse_api.clone());
-    machine.open_taps = std::env::var_os("FAKE_FC_UNOPENED_TAPS").is_none_or(|v| v != "1");
+    machine.open_taps = true;
     let machine = Arc::new(Mutex::new(machine));
     let guest = Arc::new(Guest::new(knobs, exit_tx));
 
