@@ -69,6 +69,17 @@ pub async fn operations_retry(
         retry::retry(&runner, op_id).await
     })
     .await?;
+    // While it was stuck the operation held its VM, so an exit of the VM's VMM looked asked
+    // for; now that it is rolled back, the VM is reconciled with its VMM.
+    let target = daemon
+        .journal
+        .view()
+        .operations
+        .get(&op_id)
+        .map(|op| op.target.clone());
+    if let Some(banger_events::Target::Vm { vm_id, .. }) = target {
+        daemon.supervisor.reconcile(vm_id).await;
+    }
     let view = daemon.journal.view();
     let operation = view.operations.get(&op_id).cloned().ok_or_else(|| {
         RpcError::internal(format!(

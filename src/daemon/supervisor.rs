@@ -21,13 +21,17 @@
 //!   while the group has members) to take stragglers such as the fake's guest agent along.
 //! - An exit is reported once: the report names the pid, and the projection ignores a report
 //!   about a pid the VM no longer records.
+//! - An exit that looked asked for (an operation held the VM) is not lost when that operation
+//!   then fails or stays stuck: after it ends, [`Supervisor::reconcile`] releases a recorded
+//!   VMM that is gone, so a VM never keeps a dead pid.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use banger_events::{
-    Event, Journal, NewEvent, Target, VmExited, VmFoundDead, VmId, VmState, VmStateChanged,
+    Event, Handle, HandleReleased, Journal, NewEvent, Target, VmExited, VmFoundDead, VmId, VmState,
+    VmStateChanged,
 };
 use banger_projections::{ProcessRef, Projections};
 use nix::sys::signal::{Signal, killpg};
@@ -164,6 +168,48 @@ impl Supervisor {
         }
         if let Err(error) = self.journal.append(events).await {
             tracing::error!(%vm_id, %error, "cannot record a VMM's exit");
+        }
+    }
+
+    /// After an operation on VM `vm_id` ended without succeeding. While it ran, the watchers
+    /// took any exit of the VM's VMM as asked for; if the operation then failed, nobody
+    /// recorded it, and the VM would keep a dead pid. So: a recorded VMM that is gone is
+    /// released (the operation ended it, or it died meanwhile); a VM still marked running
+    /// without it gets the exit report and is stopped. Nothing happens while another
+    /// operation holds the VM, or when its VMM lives.
+    pub async fn reconcile(&self, vm_id: VmId) {
+        let (process, state) = {
+            let view = self.journal.view();
+            let Some(vm) = view.vms.get(&vm_id) else {
+                return;
+            };
+            let target = Target::Vm {
+                vm_id,
+                name: vm.name.clone(),
+            };
+            if view.blocking_op_for(&target).is_some() {
+                return;
+            }
+            let Some(process) = vm.process else {
+                return;
+            };
+            (process, vm.state)
+        };
+        if process::liveness(process.pid, process.start_time_ticks).ok() == Some(Liveness::Alive) {
+            return;
+        }
+        if state == VmState::Running {
+            return self.on_exit(vm_id, process.pid, None, None).await;
+        }
+        tracing::info!(%vm_id, pid = process.pid, %state, "the VM's VMM is gone; releasing it");
+        let released = NewEvent::new(Event::HandleReleased(HandleReleased {
+            handle: Handle::Process {
+                pid: process.pid,
+                start_time_ticks: process.start_time_ticks,
+            },
+        }));
+        if let Err(error) = self.journal.append(vec![released]).await {
+            tracing::error!(%vm_id, %error, "cannot record a VMM that is gone");
         }
     }
 

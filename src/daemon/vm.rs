@@ -105,9 +105,14 @@ fn stop_timeout(daemon: &Daemon, params: &VmStopParams) -> Result<Duration, RpcE
 
 pub async fn kill(daemon: Arc<Daemon>, cx: Cx, params: NameParams) -> Result<VmResult, RpcError> {
     let name = params.name.clone();
-    detached(&daemon, &cx, move |daemon: Arc<Daemon>, op_id| async move {
-        vm_kill::run(&daemon.runner, op_id, &name).await
-    })
+    detached(
+        &daemon,
+        &cx,
+        &params.name,
+        move |daemon: Arc<Daemon>, op_id| async move {
+            vm_kill::run(&daemon.runner, op_id, &name).await
+        },
+    )
     .await?;
     vm_result(&daemon, &params.name)
 }
@@ -118,9 +123,14 @@ pub async fn delete(
     params: NameParams,
 ) -> Result<VmDeleteResult, RpcError> {
     let name = params.name.clone();
-    let state = detached(&daemon, &cx, move |daemon: Arc<Daemon>, op_id| async move {
-        vm_delete::run(&daemon.runner, op_id, &name).await
-    })
+    let state = detached(
+        &daemon,
+        &cx,
+        &params.name,
+        move |daemon: Arc<Daemon>, op_id| async move {
+            vm_delete::run(&daemon.runner, op_id, &name).await
+        },
+    )
     .await?;
     Ok(VmDeleteResult {
         name: params.name,
@@ -130,9 +140,14 @@ pub async fn delete(
 
 pub async fn set(daemon: Arc<Daemon>, cx: Cx, params: VmSetParams) -> Result<VmResult, RpcError> {
     let name = params.name.clone();
-    detached(&daemon, &cx, move |daemon: Arc<Daemon>, op_id| async move {
-        vm_set::run(&daemon.runner, op_id, &params).await
-    })
+    detached(
+        &daemon,
+        &cx,
+        &name,
+        move |daemon: Arc<Daemon>, op_id| async move {
+            vm_set::run(&daemon.runner, op_id, &params).await
+        },
+    )
     .await?;
     vm_result(&daemon, &name)
 }
@@ -159,10 +174,16 @@ async fn stop_op(
     name: &str,
     timeout: Duration,
 ) -> Result<(), RpcError> {
+    let vm = name.to_owned();
     let name = name.to_owned();
-    detached(daemon, cx, move |daemon: Arc<Daemon>, op_id| async move {
-        vm_stop::run(&daemon.runner, op_id, &name, timeout, None).await
-    })
+    detached(
+        daemon,
+        cx,
+        &vm,
+        move |daemon: Arc<Daemon>, op_id| async move {
+            vm_stop::run(&daemon.runner, op_id, &name, timeout, None).await
+        },
+    )
     .await
 }
 
@@ -173,17 +194,37 @@ fn supervise(daemon: &Daemon, state: BootState) {
     }
 }
 
-/// Runs an operation in a tracked task of its own and waits for its outcome.
-async fn detached<T, F, Fut>(daemon: &Arc<Daemon>, cx: &Cx, operation: F) -> Result<T, RpcError>
+/// Runs an operation on VM `name` in a tracked task of its own and waits for its outcome.
+/// When it fails, the supervisor reconciles the VM with its VMM (see
+/// [`super::supervisor::Supervisor::reconcile`]).
+async fn detached<T, F, Fut>(
+    daemon: &Arc<Daemon>,
+    cx: &Cx,
+    name: &str,
+    operation: F,
+) -> Result<T, RpcError>
 where
     T: Send + 'static,
     F: FnOnce(Arc<Daemon>, OpId) -> Fut,
     Fut: Future<Output = Result<T, OpError>> + Send + 'static,
 {
-    let task = daemon.ops.spawn(tracing::Instrument::instrument(
-        operation(daemon.clone(), cx.op_id),
-        cx.span.clone(),
-    ));
+    let vm = vm_id(daemon, name);
+    let running = operation(daemon.clone(), cx.op_id);
+    let task = {
+        let daemon = daemon.clone();
+        daemon.clone().ops.spawn(tracing::Instrument::instrument(
+            async move {
+                let result = running.await;
+                if result.is_err()
+                    && let Some(vm) = vm
+                {
+                    daemon.supervisor.reconcile(vm).await;
+                }
+                result
+            },
+            cx.span.clone(),
+        ))
+    };
     join(task).await
 }
 

@@ -154,6 +154,12 @@ pub trait OperationKind: 'static {
         Vec::new()
     }
 
+    /// What a failed run leaves, for its error message. Most kinds undo everything; a kind
+    /// whose effects cannot be undone (delete) says what state it left and how to go on.
+    fn after_failure(_target: &Target) -> String {
+        "everything it had done was rolled back".to_owned()
+    }
+
     /// Rebuilds the state of an interrupted run from what the log recorded (its target and
     /// parameters), so that crash recovery can roll it forward. Kinds that recovery rolls
     /// back never need it; `None` means "cannot be resumed" and leaves the operation stuck.
@@ -211,11 +217,13 @@ pub enum OpError {
     WrongState(String),
     #[error("{0}")]
     Unavailable(String),
-    #[error("{kind} failed at step {step}: {error}; everything it had done was rolled back")]
+    #[error("{kind} failed at step {step}: {error}; {after}")]
     Failed {
         kind: OpKind,
         step: String,
         error: String,
+        /// What the failure left and what to do ([`OperationKind::after_failure`]).
+        after: String,
     },
     #[error(
         "{kind} failed at step {step} ({error}), and undoing step {undo_step} failed too: {undo_error}; operation {op_id} is stuck and blocks its target — see `banger ops`"

@@ -353,6 +353,7 @@ impl Runner {
                             kind: cx.kind,
                             step: name.to_owned(),
                             error,
+                            after: K::after_failure(cx.target),
                         }),
                         UndoOutcome::Stuck {
                             step,

@@ -55,6 +55,16 @@ impl OperationKind for VmDelete {
         }
     }
 
+    fn after_failure(target: &Target) -> String {
+        let name = match target {
+            Target::Vm { name, .. } => name.as_str(),
+            _ => "NAME",
+        };
+        format!(
+            "a delete cannot be undone: the VM's VMM (if it had one) is gone and the VM is marked failed; fix the cause and run `banger vm delete {name}` again"
+        )
+    }
+
     fn resume_state(_: &Target, parameters: &str) -> Option<StopState> {
         StopState::from_parameters(parameters)
     }

@@ -280,3 +280,58 @@ async fn a_tap_made_just_before_a_crash_is_removed_by_recovery() {
         .expect("vm.list");
     assert_eq!(listed["vms"], json!([]), "{listed}");
 }
+
+#[tokio::test]
+async fn a_delete_that_cannot_remove_the_tap_marks_the_vm_failed_and_a_second_delete_finishes() {
+    let Some(mut daemon) = lab(&[]).await else {
+        return;
+    };
+    let created: VmCreateResult = daemon
+        .client()
+        .await
+        .call("vm.create", &json!({"name": "dev", "image": "img"}))
+        .await
+        .unwrap_or_else(|e| panic!("vm.create: {e}\n{}", daemon.output()));
+    let tap = tap_name(created.vm_id);
+    let fake = crate::firecracker::fake_binary().display().to_string();
+    let env = [
+        ("BANGER_FIRECRACKER", fake.as_str()),
+        ("BANGER_FAKE_AGENT", env!("CARGO_BIN_EXE_banger-agent")),
+    ];
+
+    // A bangerd that cannot reach the helper: the VMM is killed, the tap stays, the VM is
+    // marked failed, and the error says how to finish.
+    daemon.kill();
+    let mut lost = env.to_vec();
+    lost.push(("BANGER_HELPER_SOCKET", "/nonexistent/helper.sock"));
+    daemon.restart_with(&lost);
+    let error = rpc_error(
+        daemon
+            .client()
+            .await
+            .call::<_, Value>("vm.delete", &json!({"name": "dev"}))
+            .await,
+    );
+    assert!(
+        error.message.contains("release-tap")
+            && error.message.contains("banger vm delete dev")
+            && error.message.contains("marked failed"),
+        "{error:?}"
+    );
+    let shown = show(&daemon, "dev").await;
+    assert_eq!(shown.vm.state, banger_events::VmState::Failed, "{shown:?}");
+    assert!(shown.vm.process.is_none());
+    assert_eq!(network(&daemon).taps(), std::slice::from_ref(&tap));
+
+    // With the helper back, deleting again removes the tap and the VM.
+    daemon.kill();
+    daemon.restart_with(&env);
+    let _: Value = daemon
+        .client()
+        .await
+        .call("vm.delete", &json!({"name": "dev"}))
+        .await
+        .unwrap_or_else(|e| panic!("the second vm.delete: {e}\n{}", daemon.output()));
+    assert!(network(&daemon).taps().is_empty());
+    assert!(crate::support::dir_names(&daemon.layout().vms_dir()).is_empty());
+}
