@@ -10,6 +10,10 @@
 //! leaked, no acknowledged event lost), and goes on to the next round on the same root, so
 //! rounds build on each other's debris.
 //!
+//! In about one round in three, the daemon of the round also has an injected step error
+//! (`BANGER_FAILPOINT=KIND:STEP:error`), so live rollbacks — and failures of operations that
+//! cannot be rolled back, like a delete that already killed its VMM — mix with the kills.
+//!
 //! Randomness comes from one seed, printed at the start and in every failure:
 //! `BANGER_CRASH_SEED=N` replays a storm (timing still varies, so a replay is a strong hint,
 //! not a guarantee). `BANGER_CRASH_ROUNDS` sets the number of rounds (default 12).
@@ -39,6 +43,24 @@ impl Rng {
 }
 
 const VMS: [&str; 3] = ["vm0", "vm1", "vm2"];
+
+/// Steps a round may make fail (`KIND:STEP:error`): a live rollback, or for the kinds that
+/// roll forward, a failure after part of the work is done.
+const STEP_ERRORS: &[&str] = &[
+    "vm.create:prepare-work-disk",
+    "vm.create:network",
+    "vm.create:configure",
+    "vm.create:wait-for-agent",
+    "vm.start:network",
+    "vm.start:instance-start",
+    "vm.start:wait-for-agent",
+    "vm.stop:shutdown",
+    "vm.stop:release-sockets",
+    "vm.kill:release-sockets",
+    "vm.delete:release-tap",
+    "vm.delete:remove-files",
+    "vm.set:resize-work-disk",
+];
 
 /// One request of the workload, mostly one that the VM's current state allows (so that
 /// operations really run when the kill comes); one in five is anything at all, because a
@@ -105,6 +127,18 @@ async fn storm(seed: u64, rounds: u32) -> Result<(), String> {
     .await;
     let mut acknowledged = daemon.events().await;
     for round in 1..=rounds {
+        // Some rounds run on a daemon with a step that fails when it is reached.
+        let step_error = (rng.below(3) == 0).then(|| {
+            format!(
+                "{}:error",
+                STEP_ERRORS[rng.below(STEP_ERRORS.len() as u64) as usize]
+            )
+        });
+        if let Some(failpoint) = &step_error {
+            daemon.kill();
+            daemon.start_ready(Some(failpoint));
+            acknowledged = daemon.events().await;
+        }
         let last = acknowledged.last().map_or(1, |e| e.seq.0);
         let follower = daemon.follow_from(last).await;
         let before = world(&daemon).await;
@@ -137,6 +171,10 @@ async fn storm(seed: u64, rounds: u32) -> Result<(), String> {
         }
         daemon.start_ready(None);
         let world = world(&daemon).await;
+        let step_error_text = step_error
+            .as_ref()
+            .map(|f| format!(" (failing {f})"))
+            .unwrap_or_default();
         let story = || {
             let asked: Vec<String> = requests
                 .iter()
@@ -145,7 +183,7 @@ async fn storm(seed: u64, rounds: u32) -> Result<(), String> {
                 })
                 .collect();
             format!(
-                "crash storm seed {seed}, round {round}: [{}], killed after {delay_ms} ms{}",
+                "crash storm seed {seed}, round {round}: [{}]{step_error_text}, killed after {delay_ms} ms{}",
                 asked.join(", "),
                 recovery_kill_ms
                     .map(|ms| format!(", and again {ms} ms into recovery"))
