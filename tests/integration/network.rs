@@ -26,12 +26,7 @@ async fn lab(extra_env: &[(&str, &str)]) -> Option<Bangerd> {
         return None;
     }
     let fake = crate::firecracker::fake_binary().display().to_string();
-    let mut env = vec![
-        ("BANGER_FIRECRACKER", fake.as_str()),
-        ("BANGER_FAKE_AGENT", env!("CARGO_BIN_EXE_banger-agent")),
-    ];
-    env.extend_from_slice(extra_env);
-    let daemon = Bangerd::start_with(&env);
+    let daemon = Bangerd::start_with(&env_with(&fake, extra_env));
     let scratch = daemon.root().scratch("inputs");
     let kernel_dir = kernel_source(&scratch.join("kernel"), "6.1.0-test", false);
     let rootfs = rootfs_file(&scratch.join("rootfs.ext4"), 4 << 20);
@@ -51,6 +46,23 @@ async fn lab(extra_env: &[(&str, &str)]) -> Option<Bangerd> {
         .await
         .expect("image.register");
     Some(daemon)
+}
+
+/// bangerd's environment here: the fake firecracker, the real agent, and `extra`.
+fn env_with<'a>(fake: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![
+        ("BANGER_FIRECRACKER", fake),
+        ("BANGER_FAKE_AGENT", env!("CARGO_BIN_EXE_banger-agent")),
+    ];
+    env.extend_from_slice(extra);
+    env
+}
+
+/// Starts bangerd again on the same root (killing the running one, if any) with `extra`.
+fn restart(daemon: &mut Bangerd, extra: &[(&str, &str)]) {
+    let fake = crate::firecracker::fake_binary().display().to_string();
+    daemon.kill();
+    daemon.restart_with(&env_with(&fake, extra));
 }
 
 fn network(daemon: &Bangerd) -> &TestNetwork {
@@ -243,15 +255,10 @@ async fn a_tap_made_just_before_a_crash_is_removed_by_recovery() {
     let Some(mut daemon) = lab(&[]).await else {
         return;
     };
-    let fake = crate::firecracker::fake_binary().display().to_string();
-    let env = [
-        ("BANGER_FIRECRACKER", fake.as_str()),
-        ("BANGER_FAKE_AGENT", env!("CARGO_BIN_EXE_banger-agent")),
-    ];
-    daemon.kill();
-    let mut crashing = env.to_vec();
-    crashing.push(("BANGER_FAILPOINT", "vm.create:network:after"));
-    daemon.restart_with(&crashing);
+    restart(
+        &mut daemon,
+        &[("BANGER_FAILPOINT", "vm.create:network:after")],
+    );
     let result: Result<VmCreateResult, ClientError> = daemon
         .client()
         .await
@@ -261,7 +268,7 @@ async fn a_tap_made_just_before_a_crash_is_removed_by_recovery() {
     daemon.wait();
     assert_eq!(network(&daemon).taps().len(), 1, "the tap was made");
 
-    daemon.restart_with(&env);
+    restart(&mut daemon, &[]);
     // Recovery runs before the socket answers: the create is rolled back, the tap gone.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !network(&daemon).taps().is_empty() {
@@ -293,18 +300,13 @@ async fn a_delete_that_cannot_remove_the_tap_marks_the_vm_failed_and_a_second_de
         .await
         .unwrap_or_else(|e| panic!("vm.create: {e}\n{}", daemon.output()));
     let tap = tap_name(created.vm_id);
-    let fake = crate::firecracker::fake_binary().display().to_string();
-    let env = [
-        ("BANGER_FIRECRACKER", fake.as_str()),
-        ("BANGER_FAKE_AGENT", env!("CARGO_BIN_EXE_banger-agent")),
-    ];
 
     // A bangerd that cannot reach the helper: the VMM is killed, the tap stays, the VM is
     // marked failed, and the error says how to finish.
-    daemon.kill();
-    let mut lost = env.to_vec();
-    lost.push(("BANGER_HELPER_SOCKET", "/nonexistent/helper.sock"));
-    daemon.restart_with(&lost);
+    restart(
+        &mut daemon,
+        &[("BANGER_HELPER_SOCKET", "/nonexistent/helper.sock")],
+    );
     let error = rpc_error(
         daemon
             .client()
@@ -324,8 +326,7 @@ async fn a_delete_that_cannot_remove_the_tap_marks_the_vm_failed_and_a_second_de
     assert_eq!(network(&daemon).taps(), std::slice::from_ref(&tap));
 
     // With the helper back, deleting again removes the tap and the VM.
-    daemon.kill();
-    daemon.restart_with(&env);
+    restart(&mut daemon, &[]);
     let _: Value = daemon
         .client()
         .await
