@@ -21,6 +21,7 @@
 //! [network]
 //! helper_socket = "/run/banger/helper.sock"   # banger-helper's socket; BANGER_HELPER_SOCKET overrides it
 //! bridge = "banger0"                          # the bridge every VM's tap joins
+//! tap_pool = 2                                # spare taps kept ready for new VMs (0: none)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -50,7 +51,12 @@ pub struct NetworkConfig {
     pub helper_socket: PathBuf,
     /// The bridge taps are attached to (the helper only accepts names starting `banger`).
     pub bridge: String,
+    /// How many spare taps bangerd keeps made, so that a create does not wait for the helper.
+    pub tap_pool: usize,
 }
+
+/// The most spare taps `network.tap_pool` may ask for.
+pub const MAX_TAP_POOL: usize = 64;
 
 /// Where `banger system install` puts banger-helper's socket.
 pub const DEFAULT_HELPER_SOCKET: &str = "/run/banger/helper.sock";
@@ -81,6 +87,7 @@ impl Default for Config {
             network: NetworkConfig {
                 helper_socket: PathBuf::from(DEFAULT_HELPER_SOCKET),
                 bridge: DEFAULT_BRIDGE.to_owned(),
+                tap_pool: 2,
             },
         }
     }
@@ -139,6 +146,7 @@ struct FirecrackerSection {
 struct NetworkSection {
     helper_socket: Option<PathBuf>,
     bridge: Option<String>,
+    tap_pool: Option<usize>,
 }
 
 /// A size or duration may be written as a string ("4GiB") or a bare integer.
@@ -226,6 +234,14 @@ impl Config {
             banger_helper::validate::bridge_name(&bridge)
                 .map_err(|error| format!("network.bridge: {error}"))?;
             config.network.bridge = bridge;
+        }
+        if let Some(pool) = file.network.tap_pool {
+            if pool > MAX_TAP_POOL {
+                return Err(format!(
+                    "network.tap_pool is {pool}; it must be between 0 and {MAX_TAP_POOL}"
+                ));
+            }
+            config.network.tap_pool = pool;
         }
         Ok(config)
     }
@@ -317,6 +333,7 @@ mod tests {
             [network]
             helper_socket = "/run/h.sock"
             bridge = "bangerdev"
+            tap_pool = 5
             "#,
         )
         .unwrap();
@@ -329,6 +346,7 @@ mod tests {
         assert_eq!(config.firecracker, PathBuf::from("/opt/fc/firecracker"));
         assert_eq!(config.network.helper_socket, PathBuf::from("/run/h.sock"));
         assert_eq!(config.network.bridge, "bangerdev");
+        assert_eq!(config.network.tap_pool, 5);
     }
 
     #[test]
@@ -344,6 +362,7 @@ mod tests {
             ("[vm\n", "expected"),
             ("[network]\nbridge = \"eth0\"", "network.bridge"),
             ("[network]\nhelper_socket = \"helper.sock\"", "absolute"),
+            ("[network]\ntap_pool = 100", "network.tap_pool"),
         ] {
             let error = Config::parse(text).unwrap_err();
             assert!(error.contains(needle), "{text:?} gave {error:?}");

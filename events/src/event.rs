@@ -74,6 +74,9 @@ pub enum OpKind {
     KernelRemove,
     #[serde(rename = "teardown")]
     Teardown,
+    /// Tops up the pool of spare taps (owned by the daemon) that new VMs take their tap from.
+    #[serde(rename = "tap.fill")]
+    TapFill,
 }
 
 impl OpKind {
@@ -96,10 +99,11 @@ impl OpKind {
             OpKind::KernelPull => "kernel.pull",
             OpKind::KernelRemove => "kernel.remove",
             OpKind::Teardown => "teardown",
+            OpKind::TapFill => "tap.fill",
         }
     }
 
-    pub const ALL: [OpKind; 16] = [
+    pub const ALL: [OpKind; 17] = [
         OpKind::VmCreate,
         OpKind::VmStart,
         OpKind::VmStop,
@@ -116,6 +120,7 @@ impl OpKind {
         OpKind::KernelPull,
         OpKind::KernelRemove,
         OpKind::Teardown,
+        OpKind::TapFill,
     ];
 }
 

@@ -14,6 +14,7 @@
 //! | `vm.stop`, `vm.kill`, `vm.delete`                   | roll forward | the user asked for less; finish removing  |
 //! | `image.delete`, `image.cache.prune`, `kernel.remove`| roll forward | same                                      |
 //! | `teardown`                                          | roll forward | same                                      |
+//! | `tap.fill`                                          | roll back    | a spare tap not in the ledger is a leak   |
 //!
 //! `vm.restart` is a stop followed by a start; it is treated as its start half. The daemon's
 //! undo table has nothing to undo for the stop half's steps, so rolling back a restart leaves
@@ -163,6 +164,7 @@ pub fn policy(kind: OpKind) -> Policy {
         OpKind::VmStop | OpKind::VmKill | OpKind::VmDelete => Policy::RollForward,
         OpKind::ImageDelete | OpKind::ImageCachePrune | OpKind::KernelRemove => Policy::RollForward,
         OpKind::Teardown => Policy::RollForward,
+        OpKind::TapFill => Policy::RollBack,
     }
 }
 
@@ -355,6 +357,7 @@ mod tests {
             OpKind::ImagePromote,
             OpKind::KernelImport,
             OpKind::KernelPull,
+            OpKind::TapFill,
         ];
         for kind in OpKind::ALL {
             let expected = if roll_back.contains(&kind) {

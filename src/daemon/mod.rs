@@ -34,6 +34,7 @@ pub mod handlers;
 mod lock;
 pub mod server;
 pub mod supervisor;
+pub mod tap_pool;
 pub mod vm;
 
 use std::fmt;
@@ -278,6 +279,9 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
     });
     spawn_verify(journal.clone());
     supervisor::spawn_idle_sweep(daemon.clone());
+    if journal.health() == Health::Writable && tap_pool::in_use(&journal.view()) {
+        tap_pool::spawn_top_up(&daemon);
+    }
     let signal_watch = spawn_signal_watch(daemon.clone(), signals);
 
     server::serve(daemon.clone(), listener).await;

@@ -30,8 +30,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use banger_events::{
-    Event, Handle, HandleReleased, Journal, NewEvent, Target, VmExited, VmFoundDead, VmId, VmState,
-    VmStateChanged,
+    Event, Handle, HandleReleased, Journal, NewEvent, Owner, Target, VmExited, VmFoundDead, VmId,
+    VmState, VmStateChanged,
 };
 use banger_projections::{ProcessRef, Projections};
 use nix::sys::signal::{Signal, killpg};
@@ -39,6 +39,7 @@ use nix::unistd::Pid;
 
 use super::Daemon;
 use crate::host::firecracker::FirecrackerClient;
+use crate::host::network::interface_exists;
 use crate::host::process::{self, Liveness};
 use crate::host::vmm::{CONSOLE_TAIL_BYTES, Launched, console_tail};
 use crate::operations::vm_stop;
@@ -175,10 +176,11 @@ impl Supervisor {
     /// took any exit of the VM's VMM as asked for; if the operation then failed, nobody
     /// recorded it, and the VM would keep a dead pid. So: a recorded VMM that is gone is
     /// released (the operation ended it, or it died meanwhile); a VM still marked running
-    /// without it gets the exit report and is stopped. Nothing happens while another
-    /// operation holds the VM, or when its VMM lives.
+    /// without it gets the exit report and is stopped. Likewise a recorded tap the host no
+    /// longer has (a delete removed it before it failed) is released. Nothing happens while
+    /// another operation holds the VM, or when its VMM lives.
     pub async fn reconcile(&self, vm_id: VmId) {
-        let (process, state) = {
+        let (process, state, vanished) = {
             let view = self.journal.view();
             let Some(vm) = view.vms.get(&vm_id) else {
                 return;
@@ -190,10 +192,15 @@ impl Supervisor {
             if view.blocking_op_for(&target).is_some() {
                 return;
             }
-            let Some(process) = vm.process else {
-                return;
-            };
-            (process, vm.state)
+            (vm.process, vm.state, vanished_taps(&view, vm_id))
+        };
+        if !vanished.is_empty()
+            && let Err(error) = self.journal.append(vanished).await
+        {
+            tracing::error!(%vm_id, %error, "cannot record a tap that is gone");
+        }
+        let Some(process) = process else {
+            return;
         };
         if process::liveness(process.pid, process.start_time_ticks).ok() == Some(Liveness::Alive) {
             return;
@@ -270,7 +277,36 @@ impl Supervisor {
                 return;
             }
         }
+        // Taps the host lost (a reboot, or a delete that removed one and then failed): the
+        // log says so, and the next start makes the VM a tap again.
+        let vanished: Vec<NewEvent> = {
+            let view = self.journal.view();
+            view.vms
+                .keys()
+                .flat_map(|vm_id| vanished_taps(&view, *vm_id))
+                .collect()
+        };
+        if !vanished.is_empty()
+            && let Err(error) = self.journal.append(vanished).await
+        {
+            tracing::error!(%error, "cannot record taps that are gone");
+        }
     }
+}
+
+/// `HandleReleased` for each tap VM `vm_id` holds in the ledger that the host does not have.
+fn vanished_taps(view: &Projections, vm_id: VmId) -> Vec<NewEvent> {
+    view.handles_of(Owner::Vm(vm_id))
+        .filter_map(|(handle, _)| match handle {
+            Handle::Tap { name } if !interface_exists(name) => {
+                tracing::info!(%vm_id, tap = %name, "the VM's tap is gone from the host; releasing it");
+                Some(NewEvent::new(Event::HandleReleased(HandleReleased {
+                    handle: handle.clone(),
+                })))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// After a group leader's exit, SIGKILLs what is left of its process group.

@@ -40,6 +40,8 @@ pub async fn create(
             async move {
                 let state = vm_create::execute(&daemon.runner, prepared).await?;
                 supervise(&daemon, state);
+                // It may have taken a spare tap.
+                super::tap_pool::spawn_top_up(&daemon);
                 Ok::<(), OpError>(())
             },
             cx.span.clone(),

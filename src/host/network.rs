@@ -59,6 +59,7 @@ impl GuestNetwork {
         GuestNetwork::new(&NetworkConfig {
             helper_socket: PathBuf::from("/nonexistent/banger-helper.sock"),
             bridge: crate::config::DEFAULT_BRIDGE.to_owned(),
+            tap_pool: 0,
         })
     }
 

@@ -62,6 +62,7 @@ pub mod recovery;
 pub mod retry;
 mod runner;
 pub mod store;
+pub mod tap_fill;
 pub mod vm_common;
 pub mod vm_create;
 pub mod vm_delete;

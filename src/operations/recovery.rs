@@ -26,6 +26,7 @@ use super::image_delete::ImageDelete;
 use super::image_register::ImageRegister;
 use super::kernel_import::KernelImport;
 use super::kernel_remove::KernelRemove;
+use super::tap_fill::TapFill;
 use super::vm_create::VmCreate;
 use super::vm_delete::VmDelete;
 use super::vm_kill::VmKill;
@@ -103,6 +104,7 @@ async fn recover_one(runner: &Runner, action: RecoveryAction) -> Result<Outcome,
         OpKind::VmKill => recover_kind::<VmKill>(runner, action).await,
         OpKind::VmDelete => recover_kind::<VmDelete>(runner, action).await,
         OpKind::VmSet => recover_kind::<VmSet>(runner, action).await,
+        OpKind::TapFill => recover_kind::<TapFill>(runner, action).await,
         // TODO: vm.restart runs as vm.stop + vm.start (two operations) and never records a
         // restart of its own; pulls, prune and teardown join here with their tables.
         _ => Ok(Outcome::NotImplemented),
@@ -317,5 +319,6 @@ pub fn can_recover(kind: OpKind) -> bool {
             | OpKind::VmKill
             | OpKind::VmDelete
             | OpKind::VmSet
+            | OpKind::TapFill
     )
 }

@@ -31,6 +31,7 @@ use super::image_delete::ImageDelete;
 use super::image_register::ImageRegister;
 use super::kernel_import::KernelImport;
 use super::kernel_remove::KernelRemove;
+use super::tap_fill::TapFill;
 use super::vm_create::VmCreate;
 use super::vm_delete::VmDelete;
 use super::vm_kill::VmKill;
@@ -89,6 +90,9 @@ pub async fn retry(runner: &Runner, op_id: OpId) -> Result<(), OpError> {
         }
         OpKind::VmSet => {
             undo_again::<VmSet>(runner, op_id, &target, started, pending, &cause).await
+        }
+        OpKind::TapFill => {
+            undo_again::<TapFill>(runner, op_id, &target, started, pending, &cause).await
         }
         other => Err(OpError::Unavailable(format!(
             "this bangerd has no step table for {other} operations, so it cannot undo operation {op_id}; a newer bangerd may"

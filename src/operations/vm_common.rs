@@ -31,12 +31,12 @@ use std::time::{Duration, Instant};
 use banger_events::{Handle, Journal, OpId, VmId, VmSpec};
 use banger_projections::Projections;
 
-use super::{BoxFuture, OpCx, Step, StepError};
+use super::{BoxFuture, OpCx, Step, StepError, tap_fill};
 use crate::agent::client::AgentClient;
 use crate::agent::protocol::AGENT_VSOCK_PORT;
 use crate::config::Config;
 use crate::host::firecracker::vsock_connect_timeout;
-use crate::host::network::{GATEWAY, GUEST_NET, tap_name};
+use crate::host::network::{GATEWAY, GUEST_NET, interface_exists, tap_name};
 use crate::host::process::{self, Liveness};
 use crate::host::vmm::{
     CONSOLE_TAIL_BYTES, DEFAULT_KILL_TIMEOUT, DriveSpec, LaunchSpec, Launched, NetSpec, Vmm,
@@ -58,6 +58,8 @@ pub struct VmHost {
     creating: Mutex<HashSet<String>>,
     /// Allocations handed out by `allocate` steps of operations still running here.
     reserved: Mutex<HashMap<OpId, Allocation>>,
+    /// Spare taps handed out by `allocate` steps of operations still running here.
+    reserved_taps: Mutex<HashMap<OpId, String>>,
 }
 
 impl VmHost {
@@ -74,6 +76,7 @@ impl VmHost {
             layout,
             creating: Mutex::default(),
             reserved: Mutex::default(),
+            reserved_taps: Mutex::default(),
         }
     }
 
@@ -96,6 +99,35 @@ impl VmHost {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&op_id);
+        self.reserved_taps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&op_id);
+    }
+
+    /// Takes a spare tap from the pool for `op_id` (the same one again when asked twice), or
+    /// `None` when the pool is empty.
+    pub fn take_spare_tap(&self, op_id: OpId) -> Option<String> {
+        let mut reserved = self.reserved_taps.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tap) = reserved.get(&op_id) {
+            return Some(tap.clone());
+        }
+        let taken: HashSet<String> = reserved.values().cloned().collect();
+        let tap = tap_fill::free_taps(&self.journal.view(), &taken)
+            .into_iter()
+            .next()?;
+        reserved.insert(op_id, tap.clone());
+        Some(tap)
+    }
+
+    /// The spare taps creates of this process have taken and not yet given back or kept.
+    pub fn reserved_taps(&self) -> HashSet<String> {
+        self.reserved_taps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Picks the lowest free guest IP (with its MAC) and vsock CID, and reserves them for
@@ -430,8 +462,11 @@ pub async fn undo_launch(layout: &Layout, handles: &[Handle]) -> Result<(), Step
     Ok(())
 }
 
-/// `network`: the VM's tap exists on the bridge. `vm.create` removes the tap when it rolls
-/// back; `vm.start` leaves it on undo, because the VM owns its tap from create to delete.
+/// `network`: the VM's tap exists on the bridge. The tap is a spare from the pool when
+/// `allocate` found one (it exists already, so the root helper is not asked), else the VM's
+/// own `bt<vm id>`, made now. `vm.create` removes its own tap when it rolls back (a spare
+/// stays in the pool: the ledger still gives it to the daemon); `vm.start` leaves the tap on
+/// undo, because the VM owns its tap from create to delete.
 pub struct Network {
     pub remove_on_undo: bool,
 }
@@ -454,10 +489,14 @@ impl Step<BootState> for Network {
     ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
         Box::pin(async move {
             let tap = state.tap.clone().unwrap_or_else(|| tap_name(state.vm_id));
-            cx.network
-                .ensure_tap(&tap)
-                .await
-                .map_err(|error| StepError::Other(error.to_string()))?;
+            // A tap that exists was made by banger (a spare, or this VM's own from an earlier
+            // attempt or boot); one that does not (a host reboot) is made again.
+            if !interface_exists(&tap) {
+                cx.network
+                    .ensure_tap(&tap)
+                    .await
+                    .map_err(|error| StepError::Other(error.to_string()))?;
+            }
             state.tap = Some(tap.clone());
             Ok(vec![Handle::Tap { name: tap }])
         })
@@ -469,10 +508,17 @@ impl Step<BootState> for Network {
         handles: &'a [Handle],
     ) -> BoxFuture<'a, Result<(), StepError>> {
         Box::pin(async move {
-            if self.remove_on_undo {
-                release_taps(cx, handles).await?;
+            if !self.remove_on_undo {
+                return Ok(());
             }
-            Ok(())
+            // Only the VM's own tap: a spare goes back to the pool as it is.
+            let own = tap_name(target_vm(cx)?);
+            let own: Vec<Handle> = handles
+                .iter()
+                .filter(|handle| matches!(handle, Handle::Tap { name } if *name == own))
+                .cloned()
+                .collect();
+            release_taps(cx, &own).await
         })
     }
 }

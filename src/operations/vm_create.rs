@@ -3,10 +3,10 @@
 //!
 //! | step                 | intent                                  | ensure                                              | undo                                   |
 //! |----------------------|-----------------------------------------|-----------------------------------------------------|----------------------------------------|
-//! | `allocate`           | —                                       | lowest free guest IP in 172.30.0.0/24 (not .0/.1/.255), MAC `02:fc:<ip>`, lowest free vsock CID ≥ 3; produces `Ip`, `Mac`, `VsockCid` | nothing on the host (the ledger only gets them on success) |
+//! | `allocate`           | —                                       | lowest free guest IP in 172.30.0.0/24 (not .0/.1/.255), MAC `02:fc:<ip>`, lowest free vsock CID ≥ 3, a spare tap from the pool if there is one (see [`super::tap_fill`]); produces `Ip`, `Mac`, `VsockCid` (and `Tap`) | nothing on the host (the ledger only gets them on success; a spare stays the daemon's) |
 //! | `prepare-rootfs`     | dir `vms/<id>`, file `vms/<id>/root.ext4` | the VM directory (with this op's marker), the image rootfs cloned (reflink) or sparse-copied into it | remove `vms/<id>` if this op's marker is in it |
 //! | `prepare-work-disk`  | file `vms/<id>/work.ext4`               | sparse file of `work_disk_mib`, `mkfs.ext4 -q -F -L work` (lazy init) | remove the file |
-//! | `network`            | tap `bt<vm id>`                         | the tap exists, owned by this user, on the bridge (banger-helper; the bridge and NAT are ensured first) | remove the tap (banger-helper) |
+//! | `network`            | the spare tap, or `bt<vm id>`           | the tap exists: a spare does; else banger-helper makes it, owned by this user, on the bridge (the bridge and NAT are ensured first) | remove the VM's own tap (banger-helper); a spare stays in the pool |
 //! | `launch-firecracker` | sockets `api.sock`, `vsock.sock`        | see [`super::vm_common`]                            | kill the VMM, remove the sockets        |
 //! | `configure`          | —                                       | see [`super::vm_common`]                            | nothing                                 |
 //! | `instance-start`     | —                                       | see [`super::vm_common`]                            | nothing                                 |
@@ -37,7 +37,6 @@ use super::vm_common::{
 };
 use super::{BoxFuture, Claim, OpCx, OpError, OperationKind, Runner, Step, StepError, blocking};
 use crate::api::{VmCreateParams, VmName};
-use crate::host::network::tap_name;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -199,7 +198,6 @@ pub fn prepare(
         "vcpus": vcpus,
         "memory_mib": memory_mib,
         "work_disk_mib": work_disk_mib,
-        "tap": tap_name(vm_id),
     })
     .to_string();
     Ok(Prepared {
@@ -272,7 +270,16 @@ impl Step<BootState> for Allocate {
                 None => state.host.allocate(cx.op_id)?,
             };
             state.allocation = Some(allocation);
-            Ok(allocation.handles())
+            if state.tap.is_none() {
+                state.tap = state.host.take_spare_tap(cx.op_id);
+            }
+            let mut handles = allocation.handles();
+            // A spare tap is named here, so that a crash leaves the log saying which one this
+            // create had taken (it stays the daemon's until the create succeeds).
+            if let Some(tap) = &state.tap {
+                handles.push(Handle::Tap { name: tap.clone() });
+            }
+            Ok(handles)
         })
     }
 
@@ -638,6 +645,7 @@ mod tests {
             process: None,
             stop_timeout_ms: 10,
             reason: Some("idle".into()),
+            tap: None,
         };
         // Recovery rebuilds the state from the parameters alone.
         let mut state = VmStop::resume_state(&target, &state.parameters()).expect("resumable");

@@ -4,7 +4,7 @@
 //! | step           | intent      | ensure                                                      | undo    |
 //! |----------------|-------------|-------------------------------------------------------------|---------|
 //! | `kill`         | —           | SIGKILL the recorded process (pid + start time), if any     | nothing |
-//! | `release-tap`  | tap `bt<vm id>` | remove the VM's tap through banger-helper; a missing one is fine (no helper needed) | nothing |
+//! | `release-tap`  | the VM's tap | remove the VM's tap (the ledger's, recorded in the parameters; `bt<vm id>` when none was) through banger-helper; a missing one is fine (no helper needed) | nothing |
 //! | `remove-files` | dir `vms/<id>` | remove the VM directory; a missing one is fine           | nothing (irreversible) |
 //!
 //! Recovery rolls deletes forward from the parameters. Domain events: → deleting with
@@ -85,9 +85,13 @@ pub async fn run(runner: &Runner, op_id: OpId, name: &str) -> Result<StopState, 
     runner.run::<VmDelete>(&claim, parameters, state).await
 }
 
-/// The tap's name is a function of the VM id (see [`tap_name`]), so it needs no parameter and
-/// recovery finds it from the target alone.
+/// The tap is the one the ledger gave the VM, recorded in the parameters so that recovery
+/// finds it; a VM with none recorded gets the name its own tap would have ([`tap_name`]).
 struct ReleaseTap;
+
+fn vm_tap(state: &StopState) -> String {
+    state.tap.clone().unwrap_or_else(|| tap_name(state.vm_id))
+}
 
 impl Step<StopState> for ReleaseTap {
     fn name(&self) -> &'static str {
@@ -96,18 +100,18 @@ impl Step<StopState> for ReleaseTap {
 
     fn intent(&self, _: &OpCx<'_>, state: &StopState) -> Vec<Handle> {
         vec![Handle::Tap {
-            name: tap_name(state.vm_id),
+            name: vm_tap(state),
         }]
     }
 
     fn ensure<'a>(
         &'a self,
         cx: &'a OpCx<'a>,
-        _: &'a mut StopState,
+        state: &'a mut StopState,
     ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
         Box::pin(async move {
             let tap = [Handle::Tap {
-                name: tap_name(target_vm(cx)?),
+                name: vm_tap(state),
             }];
             release_taps(cx, &tap).await?;
             Ok(Vec::new())

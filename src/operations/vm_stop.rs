@@ -22,7 +22,7 @@
 use std::time::Duration;
 
 use banger_events::{
-    Event, Handle, HandleReleased, OpId, OpKind, Target, VmId, VmState, VmStateChanged,
+    Event, Handle, HandleReleased, OpId, OpKind, Owner, Target, VmId, VmState, VmStateChanged,
 };
 use banger_projections::ProcessRef;
 use serde::{Deserialize, Serialize};
@@ -52,6 +52,10 @@ pub struct StopState {
     /// Why (auto-stop says "idle for …"); `None` when a user asked.
     #[serde(default)]
     pub reason: Option<String>,
+    /// The VM's tap, from the ledger (`vm.delete` removes it); `None` in parameters
+    /// recorded before VMs had taps.
+    #[serde(default)]
+    pub tap: Option<String>,
 }
 
 impl StopState {
@@ -190,6 +194,12 @@ pub fn prepare(
             process: vm.process,
             stop_timeout_ms: u64::try_from(stop_timeout.as_millis()).unwrap_or(u64::MAX),
             reason,
+            tap: view
+                .handles_of(Owner::Vm(vm_id))
+                .find_map(|(handle, _)| match handle {
+                    Handle::Tap { name } => Some(name.clone()),
+                    _ => None,
+                }),
         },
     ))
 }

@@ -15,18 +15,32 @@ use banger_events::Handle;
 use serde_json::{Value, json};
 
 use super::support::{
-    Bangerd, TestNetwork, kernel_source, no_test_network_reason, rootfs_file, rpc_error,
+    Bangerd, TestNetwork, TestRoot, kernel_source, no_test_network_reason, rootfs_file, rpc_error,
 };
 
-/// A bangerd in a test network with a kernel `k` and an image `img`; `None` (with the reason
-/// printed) when a test network cannot be made here.
+/// A bangerd in a test network with a kernel `k` and an image `img`, and no spare taps (so
+/// that each VM makes its own; [`pool_lab`] has a pool); `None` (with the reason printed)
+/// when a test network cannot be made here.
 async fn lab(extra_env: &[(&str, &str)]) -> Option<Bangerd> {
+    lab_with_pool(extra_env, 0).await
+}
+
+/// As [`lab`], with `tap_pool` spare taps.
+async fn lab_with_pool(extra_env: &[(&str, &str)], tap_pool: usize) -> Option<Bangerd> {
     if let Some(reason) = no_test_network_reason() {
         eprintln!("{reason}");
         return None;
     }
+    let root = TestRoot::new();
+    let config_dir = root.layout().config_dir;
+    std::fs::create_dir_all(&config_dir).expect("create the config dir");
+    std::fs::write(
+        config_dir.join("config.toml"),
+        format!("[network]\ntap_pool = {tap_pool}\n"),
+    )
+    .expect("write the config");
     let fake = crate::firecracker::fake_binary().display().to_string();
-    let daemon = Bangerd::start_with(&env_with(&fake, extra_env));
+    let daemon = Bangerd::start_on_with(root, &env_with(&fake, extra_env));
     let scratch = daemon.root().scratch("inputs");
     let kernel_dir = kernel_source(&scratch.join("kernel"), "6.1.0-test", false);
     let rootfs = rootfs_file(&scratch.join("rootfs.ext4"), 4 << 20);
@@ -335,4 +349,157 @@ async fn a_delete_that_cannot_remove_the_tap_marks_the_vm_failed_and_a_second_de
         .unwrap_or_else(|e| panic!("the second vm.delete: {e}\n{}", daemon.output()));
     assert!(network(&daemon).taps().is_empty());
     assert!(crate::support::dir_names(&daemon.layout().vms_dir()).is_empty());
+}
+
+/// The taps the log gives to VM `name` and to the daemon (the spares).
+async fn ledger_taps(daemon: &Bangerd, name: &str) -> (Vec<String>, Vec<String>) {
+    let shown = show(daemon, name).await;
+    let vm: Vec<String> = shown
+        .handles
+        .iter()
+        .filter_map(|entry| match &entry.handle {
+            Handle::Tap { name } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut state = banger_projections::Projections::default();
+    for envelope in crate::support::all_events(&daemon.socket()).await {
+        banger_events::Fold::apply(&mut state, &envelope);
+    }
+    let spares = banger::operations::tap_fill::pool_taps(&state);
+    (vm, spares)
+}
+
+/// Polls until no operation runs and VM `name` sees `spares` spare taps in the ledger (a pool
+/// top-up runs in the background after a create or a start); returns the VM's taps and the
+/// spares.
+async fn settle(daemon: &Bangerd, name: &str, spares: usize) -> (Vec<String>, Vec<String>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ops: Value = daemon
+            .client()
+            .await
+            .call("daemon.operations.list", &json!({}))
+            .await
+            .expect("daemon.operations.list");
+        let taps = ledger_taps(daemon, name).await;
+        if ops["operations"].as_array().is_some_and(Vec::is_empty) && taps.1.len() == spares {
+            return taps;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never settled with {spares} spares: {ops}, taps {taps:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn spare_taps_are_made_after_the_first_vm_and_the_next_vm_takes_one() {
+    let Some(daemon) = lab_with_pool(&[], 2).await else {
+        return;
+    };
+    let net = network(&daemon);
+    // No VM yet: banger has not touched the host's network.
+    assert!(net.taps().is_empty());
+
+    // The first VM makes its own tap; then the pool fills up to two spares.
+    let first: VmCreateResult = daemon
+        .client()
+        .await
+        .call("vm.create", &json!({"name": "one", "image": "img"}))
+        .await
+        .unwrap_or_else(|e| panic!("vm.create: {e}\n{}", daemon.output()));
+    let (one_taps, spares) = settle(&daemon, "one", 2).await;
+    assert_eq!(one_taps, [tap_name(first.vm_id)]);
+    assert_eq!(spares.len(), 2, "{spares:?}");
+    let mut expected: Vec<String> = one_taps.iter().chain(&spares).cloned().collect();
+    expected.sort();
+    assert_eq!(
+        net.taps(),
+        expected,
+        "the host has exactly the ledger's taps"
+    );
+    for spare in &spares {
+        assert_eq!(link(net, spare)["master"], "banger0");
+    }
+
+    // The second VM takes a spare (no tap of its own), its VMM opens it, and the pool is
+    // topped up again.
+    let _: VmCreateResult = daemon
+        .client()
+        .await
+        .call("vm.create", &json!({"name": "two", "image": "img"}))
+        .await
+        .expect("vm.create two");
+    let (two_taps, spares_after) = settle(&daemon, "two", 2).await;
+    assert_eq!(two_taps.len(), 1);
+    assert!(
+        spares.contains(&two_taps[0]),
+        "{two_taps:?} came from {spares:?}"
+    );
+    assert_eq!(spares_after.len(), 2, "{spares_after:?}");
+    assert!(!spares_after.contains(&two_taps[0]));
+    let vmm = show(&daemon, "two").await.vm.process.expect("running");
+    assert_eq!(taps_held_by(vmm.pid), two_taps);
+
+    // Deleting it removes its (once spare) tap; the spares stay.
+    let _: Value = daemon
+        .client()
+        .await
+        .call("vm.delete", &json!({"name": "two"}))
+        .await
+        .expect("vm.delete two");
+    let mut expected: Vec<String> = one_taps.iter().chain(&spares_after).cloned().collect();
+    expected.sort();
+    assert_eq!(net.taps(), expected);
+}
+
+#[tokio::test]
+async fn a_fill_interrupted_by_a_crash_is_rolled_back_and_made_again() {
+    let Some(mut daemon) = lab_with_pool(&[], 2).await else {
+        return;
+    };
+    let _: VmCreateResult = daemon
+        .client()
+        .await
+        .call("vm.create", &json!({"name": "one", "image": "img"}))
+        .await
+        .expect("vm.create");
+    let (_, spares) = settle(&daemon, "one", 2).await;
+    // Spares that vanish (a host reboot) are released and made again at the next start;
+    // that fill dies after making its taps, before recording them.
+    for spare in spares {
+        network(&daemon).run("ip", &["link", "delete", &spare]);
+    }
+    daemon.kill();
+    let fake = crate::firecracker::fake_binary().display().to_string();
+    let status = daemon.run_until_exit(&env_with(
+        &fake,
+        &[("BANGER_FAILPOINT", "tap.fill:make-taps:after")],
+    ));
+    assert!(!status.success(), "the fill aborted bangerd: {status}");
+    // Recovery rolls the fill back (its taps go), then a new fill makes the pool again.
+    restart(&mut daemon, &[]);
+    let (one_taps, spares) = settle(&daemon, "one", 2).await;
+    assert_eq!(spares.len(), 2, "{spares:?}");
+    let mut expected: Vec<String> = one_taps.iter().chain(&spares).cloned().collect();
+    expected.sort();
+    assert_eq!(network(&daemon).taps(), expected);
+    let ops: Value = daemon
+        .client()
+        .await
+        .call("daemon.operations.list", &json!({"all": true}))
+        .await
+        .expect("daemon.operations.list");
+    let fills: Vec<&Value> = ops["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|op| op["kind"] == "tap.fill")
+        .collect();
+    assert!(
+        fills.iter().any(|op| op["status"] == "rolled_back"),
+        "{fills:?}"
+    );
 }

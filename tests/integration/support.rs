@@ -427,6 +427,33 @@ impl Bangerd {
         self.wait()
     }
 
+    /// Starts bangerd with extra environment and waits (with the start deadline) for it to
+    /// exit on its own, ready or not: for a failpoint that fires before or soon after it
+    /// answers.
+    pub fn run_until_exit(&mut self, env: &[(&str, &str)]) -> ExitStatus {
+        assert!(self.child.is_none(), "a bangerd still runs");
+        self.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut child = self.spawn();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("poll bangerd") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "bangerd did not exit within {START_TIMEOUT:?}; its output:\n{}",
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits for the daemon to exit on its own (after `daemon.shutdown`, or a failpoint).
     pub fn wait(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("bangerd is not running");

@@ -88,7 +88,7 @@ impl Lab {
         std::fs::write(
             config_dir.join("config.toml"),
             format!(
-                "[vm]\nvcpus = 1\nmemory = \"256M\"\nwork_disk = \"64M\"\n{vm_config}\n[timeouts]\nboot = \"10s\"\nstop = \"5s\"\n"
+                "[vm]\nvcpus = 1\nmemory = \"256M\"\nwork_disk = \"64M\"\n{vm_config}\n[timeouts]\nboot = \"10s\"\nstop = \"5s\"\n\n# No spare taps: these tests read exact operation lists and event sequences, which\n# background pool fills would interleave with (tests/integration/network.rs covers them).\n[network]\ntap_pool = 0\n"
             ),
         )
         .unwrap();
@@ -714,6 +714,7 @@ async fn boot_steps_twice(root: PathBuf, helper_socket: PathBuf) -> Vec<String> 
     let network = GuestNetwork::new(&NetworkConfig {
         helper_socket,
         bridge: "banger0".into(),
+        tap_pool: 0,
     });
     let mut state = BootState {
         host,

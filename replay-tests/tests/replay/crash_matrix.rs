@@ -53,11 +53,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use banger::api::{ImageListResult, KernelListResult, OperationsListResult, VmListResult, VmView};
-use banger::host::network::tap_name;
 use banger::host::process::{self, Liveness};
+use banger::operations::tap_fill;
 use banger::rpc::ClientError;
-use banger_events::{Envelope, Event, OpId, OpKind, RecoveryDecision, VmState};
-use banger_projections::OpStatus;
+use banger_events::{
+    Envelope, Event, Fold, Handle, OpId, OpKind, Owner, RecoveryDecision, VmState,
+};
+use banger_projections::{OpStatus, Projections};
 use serde_json::{Value, json};
 
 use lab::{Daemon, Inputs, Started, aborted, dir_names, processes_mentioning};
@@ -304,7 +306,36 @@ async fn call_ok(daemon: &Daemon, method: &str, params: Value) -> Value {
     }
 }
 
+/// The spare taps a daemon of these tests keeps (the default `network.tap_pool`).
+const TAP_POOL: usize = 2;
+
+/// The views, once bangerd is quiet: no operation runs, and the pool of spare taps is full
+/// (or was never needed: no VM, no spare). After a restart or a create, bangerd tops up its
+/// pool in the background; that operation must have run and ended too.
 async fn world(daemon: &Daemon) -> World {
+    let deadline = Instant::now() + lab::DEADLINE;
+    loop {
+        let unresolved: OperationsListResult =
+            serde_json::from_value(call_ok(daemon, "daemon.operations.list", json!({})).await)
+                .expect("operations");
+        let running = unresolved
+            .operations
+            .iter()
+            .any(|op| op.status == OpStatus::Running);
+        let ledger = ledger(daemon).await;
+        let spares = tap_fill::pool_taps(&ledger).len();
+        let pool_settled = spares == TAP_POOL || (ledger.vms.is_empty() && spares == 0);
+        if !running && pool_settled {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bangerd never settled: {spares} spare taps, operations {:?}\n{}",
+            unresolved.operations,
+            daemon.output()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     World {
         ops: serde_json::from_value(
             call_ok(daemon, "daemon.operations.list", json!({"all": true})).await,
@@ -553,17 +584,30 @@ async fn check_host(daemon: &Daemon, world: &World) -> Result<(), String> {
             return Err(format!("image {} has no {}", image.name, image.rootfs_path));
         }
     }
-    // Taps: every running VM has its own, and none exists for a VM the views do not list.
+    // Taps: the host has exactly the taps the ledger holds (VMs' and spare ones), and every
+    // running VM has one.
+    let ledger = ledger(daemon).await;
+    let mut recorded: Vec<String> = ledger
+        .handles
+        .keys()
+        .filter_map(|handle| match handle {
+            Handle::Tap { name } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    recorded.sort();
     let taps = daemon.network.taps();
-    let known: BTreeSet<String> = world.vms.vms.iter().map(|vm| tap_name(vm.id)).collect();
-    if let Some(stray) = taps.iter().find(|tap| !known.contains(*tap)) {
+    if taps != recorded {
         return Err(format!(
-            "tap {stray} belongs to no listed VM (taps present: {taps:?})"
+            "the host has taps {taps:?}, the ledger {recorded:?}"
         ));
     }
     for vm in &world.vms.vms {
-        if vm.state == VmState::Running && !taps.contains(&tap_name(vm.id)) {
-            return Err(format!("{} is running without its tap", vm.name));
+        let has_tap = ledger
+            .handles_of(Owner::Vm(vm.id))
+            .any(|(handle, _)| matches!(handle, Handle::Tap { .. }));
+        if vm.state == VmState::Running && !has_tap {
+            return Err(format!("{} is running without a tap", vm.name));
         }
     }
     // Every process naming the root belongs to a running VM's recorded VMM group.
@@ -590,6 +634,15 @@ async fn check_host(daemon: &Daemon, world: &World) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The whole log folded into the views, for what no RPC lists (the ledger of handles).
+async fn ledger(daemon: &Daemon) -> Projections {
+    let mut state = Projections::default();
+    for envelope in daemon.events().await {
+        state.apply(&envelope);
+    }
+    state
 }
 
 /// Check 4: every acknowledged event is in the log at its sequence number; the log has no gap.
