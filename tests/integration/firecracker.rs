@@ -763,3 +763,87 @@ fn agent_pid_on(console: &str) -> u32 {
         .and_then(|pid| pid.parse().ok())
         .unwrap_or_else(|| panic!("no agent pid on the console:\n{console}"))
 }
+
+/// A tap made by banger-helper (persistent, owned by this user, on the bridge) is what the
+/// VMM opens when the interface is configured — for the fake, and for a real Firecracker
+/// when one is configured. The VMMs run inside a test network namespace: they are spawned
+/// from a thread that entered it, and a child inherits its forking thread's namespace.
+#[test]
+fn a_tap_made_by_banger_helper_is_opened_by_the_vmm() {
+    if let Some(reason) = crate::support::no_test_network_reason() {
+        eprintln!("{reason}");
+        return;
+    }
+    let root = crate::support::TestRoot::new();
+    let network = root.network().expect("a test network");
+    let helper = banger_helper::HelperClient::new(network.socket());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(helper.ensure_network(&banger_helper::NetworkSpec {
+            bridge: "banger0".into(),
+            gateway: [172, 30, 0, 1].into(),
+            prefix_len: 24,
+        }))
+        .expect("ensure the bridge");
+    runtime
+        .block_on(helper.ensure_tap("bt1fc", "banger0"))
+        .expect("make the tap");
+    let namespace = network.namespace();
+    let held = std::thread::spawn(move || {
+        nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("enter the test network namespace");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let mut held = Vec::new();
+                for vmm in every_vmm() {
+                    let dir = scratch();
+                    let mut spec = launch_spec(dir.path());
+                    spec.net = Some(banger::host::vmm::NetSpec {
+                        tap: "bt1fc".into(),
+                        mac: Some("02:fc:ac:1e:00:02".into()),
+                    });
+                    let vm = spawn(&vmm, &spec).await;
+                    vmm.configure(vm.launched(), &spec)
+                        .await
+                        .unwrap_or_else(|e| panic!("{}: {e}", vmm.binary.display()));
+                    held.push((vmm.binary.clone(), taps_open_in(vm.launched().pid)));
+                    // Dropping `vm` kills the VMM, which lets the next one have the tap.
+                }
+                held
+            })
+    })
+    .join()
+    .expect("the VMM thread panicked");
+    for (binary, taps) in held {
+        assert_eq!(taps, ["bt1fc"], "{}", binary.display());
+    }
+    assert_eq!(
+        network.taps(),
+        ["bt1fc"],
+        "the persistent tap outlives the VMMs"
+    );
+}
+
+/// Names of the taps process `pid` holds open (the tun driver's fdinfo says `iff: NAME`).
+pub(crate) fn taps_open_in(pid: u32) -> Vec<String> {
+    let mut taps = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        taps.extend(
+            info.lines()
+                .filter_map(|line| line.strip_prefix("iff:"))
+                .map(|name| name.trim().to_owned()),
+        );
+    }
+    taps
+}

@@ -91,24 +91,6 @@ fn link(net: &TestNetwork, name: &str) -> Value {
     listing[0].clone()
 }
 
-/// Names of the taps process `pid` holds open (the tun driver's fdinfo says `iff: NAME`).
-fn taps_held_by(pid: u32) -> Vec<String> {
-    let mut taps = Vec::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        for line in info.lines() {
-            if let Some(name) = line.strip_prefix("iff:") {
-                taps.push(name.trim().to_owned());
-            }
-        }
-    }
-    taps
-}
-
 async fn show(daemon: &Bangerd, name: &str) -> VmShowResult {
     daemon
         .client()
@@ -176,7 +158,10 @@ async fn a_vm_gets_its_own_tap_on_the_bridge_which_its_vmm_opens_and_delete_remo
         shown.handles
     );
     let vmm = shown.vm.process.expect("a running VM has a VMM");
-    assert_eq!(taps_held_by(vmm.pid), std::slice::from_ref(&tap));
+    assert_eq!(
+        crate::firecracker::taps_open_in(vmm.pid),
+        std::slice::from_ref(&tap)
+    );
     let console = std::fs::read_to_string(daemon.layout().vm_console_log(created.vm_id)).unwrap();
     assert!(
         console.contains(&format!("on tap {tap} mac 02:fc:ac:1e:00:02")),
@@ -202,7 +187,10 @@ async fn a_vm_gets_its_own_tap_on_the_bridge_which_its_vmm_opens_and_delete_remo
         .vm
         .process
         .expect("running again");
-    assert_eq!(taps_held_by(vmm.pid), std::slice::from_ref(&tap));
+    assert_eq!(
+        crate::firecracker::taps_open_in(vmm.pid),
+        std::slice::from_ref(&tap)
+    );
 
     // A second VM gets a second tap and address.
     let second: VmCreateResult = daemon
@@ -441,7 +429,7 @@ async fn spare_taps_are_made_after_the_first_vm_and_the_next_vm_takes_one() {
     assert_eq!(spares_after.len(), 2, "{spares_after:?}");
     assert!(!spares_after.contains(&two_taps[0]));
     let vmm = show(&daemon, "two").await.vm.process.expect("running");
-    assert_eq!(taps_held_by(vmm.pid), two_taps);
+    assert_eq!(crate::firecracker::taps_open_in(vmm.pid), two_taps);
 
     // Deleting it removes its (once spare) tap; the spares stay.
     let _: Value = daemon
