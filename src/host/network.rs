@@ -38,6 +38,10 @@ pub struct GuestNetwork {
     spec: NetworkSpec,
     /// Set once the bridge and NAT have been ensured by this process.
     ensured: AtomicBool,
+    /// Set once the helper answered this process; cleared when it stops answering.
+    helper_seen: AtomicBool,
+    /// Serialises starting a helper (see [`GuestNetwork::ensure_helper`]).
+    starting: tokio::sync::Mutex<()>,
 }
 
 impl GuestNetwork {
@@ -50,6 +54,8 @@ impl GuestNetwork {
                 prefix_len: GUEST_PREFIX_LEN,
             },
             ensured: AtomicBool::new(false),
+            helper_seen: AtomicBool::new(false),
+            starting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -74,6 +80,7 @@ impl GuestNetwork {
     /// The tap `tap` exists, belongs to this user and sits on the bridge (which exists, with
     /// NAT to the outside). Idempotent.
     pub async fn ensure_tap(&self, tap: &str) -> Result<(), NetworkError> {
+        self.ensure_helper().await?;
         if !self.ensured.load(Ordering::Acquire) {
             self.ask(
                 "set up the bridge and NAT",
@@ -100,8 +107,51 @@ impl GuestNetwork {
         if !interface_exists(tap) {
             return Ok(());
         }
+        self.ensure_helper().await?;
         self.ask(&format!("remove tap {tap}"), self.helper.delete_tap(tap))
             .await
+    }
+
+    /// The helper answers. When it does not and bangerd itself runs as root (a host where
+    /// everything runs as root, like CI machines), bangerd starts `banger-helper` the way the
+    /// CLI starts bangerd: from its own directory, or `$PATH`, on the configured socket,
+    /// allowing root, in a process group of its own so that it outlives bangerd. It is the
+    /// same narrow helper, validating everything it is asked. `BANGER_NO_AUTOSTART=1` turns
+    /// this off; an unprivileged bangerd never tries (it could not start a root helper).
+    async fn ensure_helper(&self) -> Result<(), NetworkError> {
+        if self.helper_seen.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _starting = self.starting.lock().await;
+        let answer = self.ask_version().await;
+        let answer = match answer {
+            Err(NetworkError::Helper {
+                source: HelperError::Unreachable { .. },
+                ..
+            }) if may_start_helper() => {
+                let socket = self.helper.socket().to_path_buf();
+                tokio::task::spawn_blocking(move || start_helper(&socket))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|started| started)
+                    .map_err(|reason| NetworkError::Start {
+                        socket: self.helper.socket().to_path_buf(),
+                        reason,
+                    })?;
+                self.ask_version().await
+            }
+            other => other,
+        };
+        answer?;
+        self.helper_seen.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    async fn ask_version(&self) -> Result<(), NetworkError> {
+        self.ask("reach banger-helper", async {
+            self.helper.version().await.map(drop)
+        })
+        .await
     }
 
     /// One request to the helper, bounded: a helper that hangs must not hang the operation
@@ -114,11 +164,17 @@ impl GuestNetwork {
         let socket = self.helper.socket().to_path_buf();
         match tokio::time::timeout(HELPER_TIMEOUT, request).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(NetworkError::Helper {
-                what: what.to_owned(),
-                socket,
-                source,
-            }),
+            Ok(Err(source)) => {
+                if matches!(source, HelperError::Unreachable { .. }) {
+                    // It went away: look for it (and maybe start it) before the next request.
+                    self.helper_seen.store(false, Ordering::Release);
+                }
+                Err(NetworkError::Helper {
+                    what: what.to_owned(),
+                    socket,
+                    source,
+                })
+            }
             Err(_) => Err(NetworkError::Timeout {
                 what: what.to_owned(),
                 socket,
@@ -153,6 +209,87 @@ pub enum NetworkError {
         HELPER_TIMEOUT.as_secs()
     )]
     Timeout { what: String, socket: PathBuf },
+    #[error("banger-helper does not answer at {}, and bangerd (running as root) could not start it: {reason}", socket.display())]
+    Start { socket: PathBuf, reason: String },
+}
+
+/// Whether this bangerd may start a helper itself: it runs as root, and
+/// `BANGER_NO_AUTOSTART` is not set.
+fn may_start_helper() -> bool {
+    nix::unistd::geteuid().is_root()
+        && std::env::var_os("BANGER_NO_AUTOSTART")
+            .is_none_or(|value| value.is_empty() || value == "0")
+}
+
+/// How long a started helper may take to listen.
+const HELPER_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts `banger-helper` on `socket` (see [`GuestNetwork::ensure_helper`]) and waits until it
+/// listens. Its output goes to `<socket>.log`.
+fn start_helper(socket: &Path) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+
+    let binary = helper_binary().ok_or_else(|| {
+        "banger-helper is not installed next to bangerd or on PATH (`cargo install --locked --path helper` installs it)".to_owned()
+    })?;
+    let dir = socket
+        .parent()
+        .ok_or_else(|| format!("{} has no parent directory", socket.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut log_path = socket.as_os_str().to_owned();
+    log_path.push(".log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("cannot open {}: {e}", Path::new(&log_path).display()))?;
+    tracing::info!(binary = %binary.display(), socket = %socket.display(), "starting banger-helper");
+    let mut child = std::process::Command::new(&binary)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--allow-uid")
+        .arg("0")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+    let deadline = std::time::Instant::now() + HELPER_START_TIMEOUT;
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "it exited ({status}) before listening; see {}",
+                Path::new(&log_path).display()
+            ));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "it did not listen within {HELPER_START_TIMEOUT:?}; see {}",
+                Path::new(&log_path).display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Reaped when it exits, so that it never lingers as a zombie of bangerd.
+    std::thread::spawn(move || child.wait());
+    Ok(())
+}
+
+/// `banger-helper` beside this executable (how `cargo install` and a build directory lay
+/// them out), else the first on `PATH`.
+fn helper_binary() -> Option<PathBuf> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("banger-helper")))
+        .filter(|path| path.is_file());
+    beside.or_else(|| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("banger-helper"))
+                .find(|path| path.is_file())
+        })
+    })
 }
 
 #[cfg(test)]

@@ -222,7 +222,13 @@ async fn a_vm_gets_its_own_tap_on_the_bridge_which_its_vmm_opens_and_delete_remo
 
 #[tokio::test]
 async fn without_the_helper_a_create_fails_at_network_says_how_to_fix_it_and_leaves_nothing() {
-    let Some(daemon) = lab(&[("BANGER_HELPER_SOCKET", "/nonexistent/helper.sock")]).await else {
+    // Not started by bangerd either (it runs as root here, and would).
+    let Some(daemon) = lab(&[
+        ("BANGER_HELPER_SOCKET", "/nonexistent/helper.sock"),
+        ("BANGER_NO_AUTOSTART", "1"),
+    ])
+    .await
+    else {
         return;
     };
     let error = rpc_error(
@@ -307,7 +313,10 @@ async fn a_delete_that_cannot_remove_the_tap_marks_the_vm_failed_and_a_second_de
     // marked failed, and the error says how to finish.
     restart(
         &mut daemon,
-        &[("BANGER_HELPER_SOCKET", "/nonexistent/helper.sock")],
+        &[
+            ("BANGER_HELPER_SOCKET", "/nonexistent/helper.sock"),
+            ("BANGER_NO_AUTOSTART", "1"),
+        ],
     );
     let error = rpc_error(
         daemon
@@ -490,4 +499,64 @@ async fn a_fill_interrupted_by_a_crash_is_rolled_back_and_made_again() {
         fills.iter().any(|op| op["status"] == "rolled_back"),
         "{fills:?}"
     );
+}
+
+#[tokio::test]
+async fn a_root_bangerd_starts_banger_helper_itself_when_none_answers() {
+    if let Some(reason) = no_test_network_reason() {
+        eprintln!("{reason}");
+        return;
+    }
+    // bangerd looks for banger-helper beside itself: make sure it is built and fresh.
+    crate::support::helper_binary();
+    let root = TestRoot::new();
+    let socket = root.path().join("helper").join("helper.sock");
+    let kernel_dir = kernel_source(&root.scratch("kernel"), "6.1.0-test", false);
+    let rootfs = rootfs_file(&root.scratch("image").join("rootfs.ext4"), 4 << 20);
+    let fake = crate::firecracker::fake_binary().display().to_string();
+    let socket_text = socket.display().to_string();
+    let daemon = Bangerd::start_isolated_on_with(
+        root,
+        &env_with(&fake, &[("BANGER_HELPER_SOCKET", socket_text.as_str())]),
+    );
+    let mut client = daemon.client().await;
+    let _: Value = client
+        .call(
+            "kernel.import",
+            &json!({"name": "k", "from": kernel_dir.display().to_string()}),
+        )
+        .await
+        .expect("kernel.import");
+    let _: Value = client
+        .call(
+            "image.register",
+            &json!({"name": "img", "rootfs": rootfs.display().to_string(), "kernel": "k"}),
+        )
+        .await
+        .expect("image.register");
+    assert!(!socket.exists(), "no helper yet");
+
+    let created: VmCreateResult = client
+        .call("vm.create", &json!({"name": "dev", "image": "img"}))
+        .await
+        .unwrap_or_else(|e| panic!("vm.create: {e}\n{}", daemon.output()));
+    // bangerd started the helper on the configured socket, and the VM got its tap from it,
+    // in bangerd's own network namespace.
+    let helpers: Vec<u32> = crate::support::processes_mentioning(&socket)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("banger-helper"))
+        })
+        .collect();
+    assert_eq!(helpers.len(), 1, "one helper: {helpers:?}");
+    let links = std::process::Command::new("nsenter")
+        .arg("-t")
+        .arg(daemon.pid().to_string())
+        .args(["-n", "ip", "-j", "link", "show"])
+        .output()
+        .expect("nsenter");
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(links.contains(&tap_name(created.vm_id)), "{links}");
+    assert!(links.contains("banger0"), "{links}");
 }

@@ -270,6 +270,9 @@ pub struct Bangerd {
     child: Option<Child>,
     starts: usize,
     env: Vec<(String, String)>,
+    /// Runs in a fresh network namespace of its own, with no test helper (see
+    /// [`Bangerd::start_isolated_on_with`]).
+    isolated: bool,
 }
 
 impl Bangerd {
@@ -294,6 +297,22 @@ impl Bangerd {
             child: None,
             starts: 0,
             env: Vec::new(),
+            isolated: false,
+        };
+        daemon.restart_with(env);
+        daemon
+    }
+
+    /// Starts bangerd (as root) in a fresh network namespace of its own with no helper
+    /// running: what a host where banger-helper was never started looks like, without
+    /// touching this host's network. The namespace goes with bangerd and what it started.
+    pub fn start_isolated_on_with(root: TestRoot, env: &[(&str, &str)]) -> Bangerd {
+        let mut daemon = Bangerd {
+            root,
+            child: None,
+            starts: 0,
+            env: Vec::new(),
+            isolated: true,
         };
         daemon.restart_with(env);
         daemon
@@ -333,7 +352,15 @@ impl Bangerd {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        if let Some(network) = self.root.network() {
+        if self.isolated {
+            // SAFETY: unshare is async-signal-safe.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        } else if let Some(network) = self.root.network() {
             network.join(&mut command);
         }
         for (key, value) in &self.env {
