@@ -233,7 +233,7 @@ async fn handle_connection(mut stream: UnixStream, uid: u32, allowed: bool, stat
         let op = frame.request.op_name();
         // The arguments are logged too: the helper's log is the audit trail of what root did.
         let request = format!("{:?}", frame.request);
-        let response = handle_request(&state, uid, frame).await;
+        let response = handle_request(&state, uid, frame, || asker_gone(&stream)).await;
         match &response {
             Response::Error { kind, message } => {
                 tracing::info!(uid, op, %request, outcome = kind.as_str(), detail = %message, "request")
@@ -270,7 +270,34 @@ fn refused(message: String) -> Response {
     }
 }
 
-async fn handle_request(state: &State, uid: u32, frame: RequestFrame) -> Response {
+/// Whether the peer has closed its end: its request is then not carried out (see
+/// [`handle_request`]). Asked with a zero-timeout poll, which reports a hang-up without
+/// reading anything.
+fn asker_gone(stream: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+
+    let mut fd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call; a zero timeout never blocks.
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready > 0 && fd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
+}
+
+/// Answers one request. A privileged operation runs under the host lock, and only while its
+/// asker is still connected, checked under that lock: a bangerd that died after sending a
+/// request is succeeded by one whose crash recovery undoes what the dead one intended, and
+/// that undo must not be overtaken by the dead one's request, still queued here. Checked under
+/// the lock, a request either ran before the undo (which then removes its effect) or finds its
+/// asker gone (the old bangerd died before the new one could start) and does nothing.
+async fn handle_request(
+    state: &State,
+    uid: u32,
+    frame: RequestFrame,
+    asker_gone: impl Fn() -> bool,
+) -> Response {
     if !state.allowed_uids.contains(&uid) {
         return refused(format!(
             "uid {uid} is not allowed to use banger-helper. Start banger-helper with `--allow-uid {uid}` (`banger system install` does this for the user who owns banger)."
@@ -294,6 +321,12 @@ async fn handle_request(state: &State, uid: u32, frame: RequestFrame) -> Respons
         };
     }
     let host = state.host.lock().await;
+    if asker_gone() {
+        return Response::Error {
+            kind: ErrorKind::Refused,
+            message: "The asker hung up before its request could run; nothing was done.".into(),
+        };
+    }
     let result = match &frame.request {
         Request::Version => Ok(Response::Version {
             version: PROTOCOL_VERSION,

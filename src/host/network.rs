@@ -102,14 +102,26 @@ impl GuestNetwork {
         result
     }
 
-    /// Removes the tap; nothing to do (and no helper needed) when it does not exist.
+    /// Removes the tap; absence is fine.
+    ///
+    /// Asked of the helper even when the tap does not exist yet: a bangerd that died may have
+    /// left a request to make it queued in the helper, and the helper runs requests in order,
+    /// so this removal comes after it (see the helper's server). Only when no helper answers
+    /// is an absent tap taken as removed — with no helper, nothing can be making it.
     pub async fn release_tap(&self, tap: &str) -> Result<(), NetworkError> {
-        if !interface_exists(tap) {
-            return Ok(());
+        if interface_exists(tap) {
+            self.ensure_helper().await?;
         }
-        self.ensure_helper().await?;
-        self.ask(&format!("remove tap {tap}"), self.helper.delete_tap(tap))
+        match self
+            .ask(&format!("remove tap {tap}"), self.helper.delete_tap(tap))
             .await
+        {
+            Err(NetworkError::Helper {
+                source: HelperError::Unreachable { .. },
+                ..
+            }) if !interface_exists(tap) => Ok(()),
+            other => other,
+        }
     }
 
     /// The helper answers. When it does not and bangerd itself runs as root (a host where

@@ -934,3 +934,46 @@ fn idle_connections_of_strangers_cannot_starve_allowed_callers() {
     let status = stranger.wait().unwrap();
     assert!(status.success(), "{status}: {rest:?}");
 }
+
+/// A request whose asker has hung up is not carried out: a bangerd that died after sending it
+/// is followed by one whose recovery undoes what it intended, and the dead one's queued
+/// request must not redo it afterwards. A half-close (the write side shut after the request)
+/// is a hang-up the helper sees at once, so the check is deterministic here.
+#[test]
+fn a_request_whose_asker_hung_up_is_not_carried_out() {
+    if skip_unless_root("a_request_whose_asker_hung_up_is_not_carried_out") {
+        return;
+    }
+    let helper = Helper::start(&[0]);
+    runtime()
+        .block_on(
+            helper
+                .client()
+                .ensure_network(&spec("banger0", [10, 82, 0, 1], 24)),
+        )
+        .unwrap();
+    let mut stream = StdUnixStream::connect(&helper.socket).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let request = br#"{"v":1,"request":{"op":"ensure_tap","tap":"bt9","bridge":"banger0"}}"#;
+    stream.write_all(&frame(request)).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let answer = read_raw_response(&mut stream).expect("an answer");
+    assert_eq!(answer["result"], "error", "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("hung up")),
+        "{answer}"
+    );
+    assert!(
+        !helper.link_names().contains(&"bt9".to_string()),
+        "the tap was not made"
+    );
+    // The same request from a caller that waits for the answer is carried out.
+    runtime()
+        .block_on(helper.client().ensure_tap("bt9", "banger0"))
+        .unwrap();
+    assert!(helper.link_names().contains(&"bt9".to_string()));
+}
