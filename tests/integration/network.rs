@@ -41,6 +41,12 @@ async fn lab_with_pool(extra_env: &[(&str, &str)], tap_pool: usize) -> Option<Ba
     .expect("write the config");
     let fake = crate::firecracker::fake_binary().display().to_string();
     let daemon = Bangerd::start_on_with(root, &env_with(&fake, extra_env));
+    import_kernel_and_image(&daemon).await;
+    Some(daemon)
+}
+
+/// Registers kernel `k` and image `img` (a small sparse rootfs) with `daemon`.
+async fn import_kernel_and_image(daemon: &Bangerd) {
     let scratch = daemon.root().scratch("inputs");
     let kernel_dir = kernel_source(&scratch.join("kernel"), "6.1.0-test", false);
     let rootfs = rootfs_file(&scratch.join("rootfs.ext4"), 4 << 20);
@@ -59,7 +65,6 @@ async fn lab_with_pool(extra_env: &[(&str, &str)], tap_pool: usize) -> Option<Ba
         )
         .await
         .expect("image.register");
-    Some(daemon)
 }
 
 /// bangerd's environment here: the fake firecracker, the real agent, and `extra`.
@@ -511,29 +516,14 @@ async fn a_root_bangerd_starts_banger_helper_itself_when_none_answers() {
     crate::support::helper_binary();
     let root = TestRoot::new();
     let socket = root.path().join("helper").join("helper.sock");
-    let kernel_dir = kernel_source(&root.scratch("kernel"), "6.1.0-test", false);
-    let rootfs = rootfs_file(&root.scratch("image").join("rootfs.ext4"), 4 << 20);
     let fake = crate::firecracker::fake_binary().display().to_string();
     let socket_text = socket.display().to_string();
     let daemon = Bangerd::start_isolated_on_with(
         root,
         &env_with(&fake, &[("BANGER_HELPER_SOCKET", socket_text.as_str())]),
     );
+    import_kernel_and_image(&daemon).await;
     let mut client = daemon.client().await;
-    let _: Value = client
-        .call(
-            "kernel.import",
-            &json!({"name": "k", "from": kernel_dir.display().to_string()}),
-        )
-        .await
-        .expect("kernel.import");
-    let _: Value = client
-        .call(
-            "image.register",
-            &json!({"name": "img", "rootfs": rootfs.display().to_string(), "kernel": "k"}),
-        )
-        .await
-        .expect("image.register");
     assert!(!socket.exists(), "no helper yet");
 
     let created: VmCreateResult = client
