@@ -4,7 +4,9 @@
 //! Every directory an operation creates carries a marker file (`.banger-op`) holding the op
 //! id that made it. Undo removes a published directory only when the marker names the same
 //! operation, so rolling back can never delete something another operation (or a person) put
-//! under the same name. Undo also refuses any path outside the store directory it belongs to,
+//! under the same name. Marked directories are made and removed through sibling names of the
+//! operation's (`.NAME.creating-OP`, `.NAME.removing-OP`) and a rename, so no crash can leave
+//! a directory in place without its marker (which no undo would then remove). Undo also refuses any path outside the store directory it belongs to,
 //! whatever the log says: the log is trusted to say what was made, not to aim deletions.
 //!
 //! Everything here is blocking; callers run it on the blocking pool.
@@ -33,17 +35,41 @@ pub enum CopyMethod {
 }
 
 /// Creates `dir` afresh (removing a leftover from an earlier attempt of the same operation)
-/// with the marker of `op_id`.
+/// with the marker of `op_id`. Atomically: the directory is made and marked under a sibling
+/// name of this operation's ([`creating_name`]) and renamed into place, so `dir` never exists
+/// without its marker — a crash in between leaves only the sibling, which the undo removes.
 pub fn create_marked_dir(dir: &Path, op_id: OpId) -> Result<(), StepError> {
     remove_dir_if_present(dir)?;
     if let Some(parent) = dir.parent() {
         fs::create_dir_all(parent)
             .map_err(|e| StepError::io(format!("cannot create {}", parent.display()), e))?;
     }
-    fs::create_dir(dir)
-        .map_err(|e| StepError::io(format!("cannot create {}", dir.display()), e))?;
-    fs::write(dir.join(MARKER), format!("{op_id}\n"))
-        .map_err(|e| StepError::io(format!("cannot write the marker in {}", dir.display()), e))
+    let creating = sibling(dir, "creating", op_id)?;
+    remove_dir_if_present(&creating)?;
+    fs::create_dir(&creating)
+        .map_err(|e| StepError::io(format!("cannot create {}", creating.display()), e))?;
+    fs::write(creating.join(MARKER), format!("{op_id}\n")).map_err(|e| {
+        StepError::io(
+            format!("cannot write the marker in {}", creating.display()),
+            e,
+        )
+    })?;
+    fs::rename(&creating, dir).map_err(|e| {
+        StepError::io(
+            format!("cannot move {} to {}", creating.display(), dir.display()),
+            e,
+        )
+    })
+}
+
+/// `.NAME.WHAT-OP` beside `dir`: where operation `op_id` makes `dir` before it is in place,
+/// or puts it while removing it. Derived from the operation, so an undo after a crash finds it.
+fn sibling(dir: &Path, what: &str, op_id: OpId) -> Result<PathBuf, StepError> {
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| StepError::Other(format!("{} has no usable name", dir.display())))?;
+    Ok(dir.with_file_name(format!(".{name}.{what}-{op_id}")))
 }
 
 /// The op id recorded in `dir`'s marker; `None` when there is no readable marker.
@@ -315,16 +341,27 @@ pub fn remove_dir_if_present(dir: &Path) -> Result<(), StepError> {
     }
 }
 
-/// Removes `dir` when its marker says `op_id` made it; leaves anything else alone.
+/// Removes `dir` when its marker says `op_id` made it; leaves anything else alone. Crash-safe
+/// and idempotent: the directory is first renamed aside under a name of this operation's, and
+/// only then deleted (a deletion interrupted half-way would otherwise leave a directory whose
+/// marker is already gone, which no later undo would dare remove). Whatever this operation
+/// left half-made or half-removed beside `dir` goes too.
 pub fn remove_if_made_by(dir: &Path, op_id: OpId) -> Result<(), StepError> {
-    if !dir.exists() {
-        return Ok(());
+    remove_dir_if_present(&sibling(dir, "creating", op_id)?)?;
+    let aside = sibling(dir, "removing", op_id)?;
+    if dir.exists() {
+        if marker_of(dir) != Some(op_id) {
+            tracing::warn!(dir = %dir.display(), %op_id, "not removing a directory this operation did not make");
+        } else {
+            fs::rename(dir, &aside).map_err(|e| {
+                StepError::io(
+                    format!("cannot move {} aside to remove it", dir.display()),
+                    e,
+                )
+            })?;
+        }
     }
-    if marker_of(dir) != Some(op_id) {
-        tracing::warn!(dir = %dir.display(), %op_id, "not removing a directory this operation did not make");
-        return Ok(());
-    }
-    remove_dir_if_present(dir)
+    remove_dir_if_present(&aside)
 }
 
 /// The directories among `handles` that lie directly in `store`. Anything else in a handle
@@ -433,6 +470,51 @@ mod tests {
         remove_if_made_by(&published, OpId(1)).unwrap();
         assert!(!published.exists());
         remove_if_made_by(&published, OpId(1)).unwrap();
+    }
+
+    /// A crash can stop a creation or a removal at any point; whatever it leaves, the next
+    /// undo of the same operation finishes the removal, and never touches another's.
+    #[test]
+    fn creation_and_removal_leave_nothing_an_undo_cannot_finish() {
+        let store = tempfile::tempdir().unwrap();
+        let dir = store.path().join("vm1");
+        let op = OpId(0x5);
+        let names = || {
+            let mut names: Vec<String> = fs::read_dir(store.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+
+        // A creation that finished: only the marked directory, nothing beside it.
+        create_marked_dir(&dir, op).unwrap();
+        assert_eq!(names(), ["vm1"]);
+        assert_eq!(marker_of(&dir), Some(op));
+
+        // Crash in the middle of a removal: renamed aside, half deleted.
+        let aside = sibling(&dir, "removing", op).unwrap();
+        fs::write(dir.join("root.ext4"), b"disk").unwrap();
+        fs::rename(&dir, &aside).unwrap();
+        fs::remove_file(aside.join(MARKER)).unwrap();
+        remove_if_made_by(&dir, op).unwrap();
+        assert!(names().is_empty(), "{:?}", names());
+
+        // Crash in the middle of a creation: made and marked, not yet in place.
+        let creating = sibling(&dir, "creating", op).unwrap();
+        fs::create_dir(&creating).unwrap();
+        fs::write(creating.join(MARKER), format!("{op}\n")).unwrap();
+        remove_if_made_by(&dir, op).unwrap();
+        assert!(names().is_empty(), "{:?}", names());
+
+        // Another operation's leftovers and directory are not this undo's business.
+        create_marked_dir(&dir, OpId(0x6)).unwrap();
+        fs::create_dir(sibling(&dir, "creating", OpId(0x6)).unwrap()).unwrap();
+        remove_if_made_by(&dir, op).unwrap();
+        remove_if_made_by(&dir, op).unwrap();
+        assert_eq!(names().len(), 2, "{:?}", names());
+        assert_eq!(marker_of(&dir), Some(OpId(0x6)));
     }
 
     #[test]
