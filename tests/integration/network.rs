@@ -459,6 +459,13 @@ async fn spare_taps_are_made_after_the_first_vm_and_the_next_vm_takes_one() {
 
 #[tokio::test]
 async fn a_fill_interrupted_by_a_crash_is_rolled_back_and_made_again() {
+    // Before its taps are made, after (not yet recorded), and once its step is recorded.
+    for point in ["before", "after", "succeeded"] {
+        fill_crash_at(point).await;
+    }
+}
+
+async fn fill_crash_at(point: &str) {
     let Some(mut daemon) = lab_with_pool(&[], 2).await else {
         return;
     };
@@ -470,24 +477,28 @@ async fn a_fill_interrupted_by_a_crash_is_rolled_back_and_made_again() {
         .expect("vm.create");
     let (_, spares) = settle(&daemon, "one", 2).await;
     // Spares that vanish (a host reboot) are released and made again at the next start;
-    // that fill dies after making its taps, before recording them.
+    // that fill dies at `point`.
     for spare in spares {
         network(&daemon).run("ip", &["link", "delete", &spare]);
     }
     daemon.kill();
     let fake = crate::firecracker::fake_binary().display().to_string();
+    let failpoint = format!("tap.fill:make-taps:{point}");
     let status = daemon.run_until_exit(&env_with(
         &fake,
-        &[("BANGER_FAILPOINT", "tap.fill:make-taps:after")],
+        &[("BANGER_FAILPOINT", failpoint.as_str())],
     ));
-    assert!(!status.success(), "the fill aborted bangerd: {status}");
+    assert!(
+        !status.success(),
+        "{point}: the fill aborted bangerd: {status}"
+    );
     // Recovery rolls the fill back (its taps go), then a new fill makes the pool again.
     restart(&mut daemon, &[]);
     let (one_taps, spares) = settle(&daemon, "one", 2).await;
-    assert_eq!(spares.len(), 2, "{spares:?}");
+    assert_eq!(spares.len(), 2, "{point}: {spares:?}");
     let mut expected: Vec<String> = one_taps.iter().chain(&spares).cloned().collect();
     expected.sort();
-    assert_eq!(network(&daemon).taps(), expected);
+    assert_eq!(network(&daemon).taps(), expected, "{point}");
     let ops: Value = daemon
         .client()
         .await
@@ -502,7 +513,7 @@ async fn a_fill_interrupted_by_a_crash_is_rolled_back_and_made_again() {
         .collect();
     assert!(
         fills.iter().any(|op| op["status"] == "rolled_back"),
-        "{fills:?}"
+        "{point}: {fills:?}"
     );
 }
 
