@@ -6,6 +6,8 @@
 //! Code map:
 //! - [`protocol`]: request/response types and the length-prefixed JSON frame codec.
 //! - [`validate`]: the naming and subnet rules, pure.
+//! - [`cli`]: the `banger-helper` command line (the binary is `src/bin/banger-helper.rs` of
+//!   the `banger` package, so that one `cargo install` installs it with bangerd).
 //! - [`client`]: [`HelperClient`], what bangerd calls.
 //! - [`server`]: the socket server (SO_PEERCRED allow-list, validation, dispatch).
 //! - [`net`]: the only code that touches the host network (rtnetlink, tun ioctls, nft).
@@ -15,6 +17,7 @@
 //! request; every argument is validated before any syscall; the caller's identity comes from
 //! SO_PEERCRED, never from the request.
 
+pub mod cli;
 pub mod client;
 pub mod net;
 pub mod protocol;

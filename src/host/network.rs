@@ -242,7 +242,7 @@ fn start_helper(socket: &Path) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
 
     let binary = helper_binary().ok_or_else(|| {
-        "banger-helper is not installed next to bangerd or on PATH (`cargo install --locked --path helper` installs it)".to_owned()
+        "banger-helper is not installed next to bangerd or on PATH (`cargo install --locked --path .` installs it with bangerd)".to_owned()
     })?;
     let dir = socket
         .parent()

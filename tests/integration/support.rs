@@ -46,7 +46,7 @@ pub fn bangerd_bin() -> &'static str {
     env!("CARGO_BIN_EXE_bangerd")
 }
 
-/// A binary of another workspace package (`fake-firecracker`, `banger-helper`), brought up to
+/// A binary of another workspace package (`fake-firecracker`), brought up to
 /// date by `cargo build` and returned from the profile directory these tests were built in.
 /// Cargo only builds the binaries of the package under test for its integration tests, and a
 /// stale binary would test old code; the build is a no-op when it is fresh.
@@ -91,10 +91,9 @@ pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
     binary
 }
 
-/// banger-helper, built once per test process.
+/// banger-helper (a bin of this package, so cargo builds it for these tests).
 pub fn helper_binary() -> &'static Path {
-    static HELPER: OnceLock<PathBuf> = OnceLock::new();
-    HELPER.get_or_init(|| workspace_binary("banger-helper", "banger-helper"))
+    Path::new(env!("CARGO_BIN_EXE_banger-helper"))
 }
 
 /// `Some(reason)` when a test network ([`TestNetwork`]) cannot be made here.

@@ -32,8 +32,9 @@ pub struct Binaries {
     pub helper: PathBuf,
 }
 
-/// Builds (once per test process) `bangerd`, `banger-agent` and `fake-firecracker` into the
-/// target directory this test binary lives in; cargo rebuilds only what is stale.
+/// Builds (once per test process) `bangerd`, `banger-agent`, `banger-helper` and
+/// `fake-firecracker` into the target directory this test binary lives in; cargo rebuilds
+/// only what is stale.
 pub fn binaries() -> &'static Binaries {
     static BINARIES: OnceLock<Binaries> = OnceLock::new();
     BINARIES.get_or_init(|| {
@@ -53,7 +54,6 @@ pub fn binaries() -> &'static Binaries {
         for what in [
             &["-p", "banger", "--bins"][..],
             &["-p", "banger-tools", "--bin", "fake-firecracker"][..],
-            &["-p", "banger-helper", "--bin", "banger-helper"][..],
         ] {
             let mut command = Command::new(&cargo);
             command

@@ -1,27 +1,42 @@
-//! `banger-helper`: the root helper's binary. All logic lives in the library.
+//! The `banger-helper` command line: what the binary (a bin of the `banger` package, so that
+//! `cargo install --path .` installs it beside bangerd) runs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use banger_helper::server::{Config, Server};
+use crate::server::{Config, Server};
 use clap::Parser;
 
 /// banger's narrow root helper: creates banger's bridge, NAT table and VM taps on behalf of
 /// bangerd. Runs as root; only the uids given with --allow-uid may ask it for anything.
 #[derive(Parser, Debug)]
 #[command(name = "banger-helper", version)]
-struct Args {
+pub struct Args {
     /// Unix socket to listen on (its parent directory is created if missing).
     #[arg(long)]
-    socket: PathBuf,
+    pub socket: PathBuf,
     /// Uid allowed to make requests (checked with SO_PEERCRED). Repeat for several users.
     #[arg(long = "allow-uid", required = true)]
-    allow_uid: Vec<u32>,
+    pub allow_uid: Vec<u32>,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Parses the command line and serves until SIGTERM or SIGINT.
+pub fn main() -> ExitCode {
     let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("banger-helper: cannot start its runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // Under systemd stderr goes to the journal, where colour codes are noise.
