@@ -69,14 +69,6 @@ impl GuestNetwork {
         })
     }
 
-    pub fn helper_socket(&self) -> &Path {
-        self.helper.socket()
-    }
-
-    pub fn bridge(&self) -> &str {
-        &self.spec.bridge
-    }
-
     /// The tap `tap` exists, belongs to this user and sits on the bridge (which exists, with
     /// NAT to the outside). Idempotent.
     pub async fn ensure_tap(&self, tap: &str) -> Result<(), NetworkError> {
