@@ -147,6 +147,56 @@ impl Sandbox {
     }
 }
 
+/// Builds binaries of workspace packages (`cargo build -p PACKAGE BIN_ARGS…`) into the
+/// target directory of the running test binary, in its profile, and returns that profile's
+/// directory (where they land). For tests that drive binaries of other packages, which cargo
+/// does not build for them; a stale binary would test old code, and the build is a no-op
+/// when everything is fresh. `manifest_dir` is where cargo runs (the caller's
+/// `CARGO_MANIFEST_DIR`, inside the workspace).
+pub fn build_workspace_binaries(manifest_dir: &Path, builds: &[&[&str]]) -> io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test binary>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| io::Error::other("the test binary does not live in target/<profile>/deps"))?
+        .to_path_buf();
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_owned();
+    let target_dir = profile_dir
+        .parent()
+        .ok_or_else(|| io::Error::other("no target directory above the profile's"))?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    for args in builds {
+        let mut command = Command::new(&cargo);
+        command
+            .current_dir(manifest_dir)
+            .args(["build", "--quiet"])
+            .args(*args)
+            .arg("--target-dir")
+            .arg(target_dir);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                command.arg("--release");
+            }
+            other => {
+                command.args(["--profile", other]);
+            }
+        }
+        let status = command.status()?;
+        if !status.success() {
+            return Err(io::Error::other(format!(
+                "cargo build {args:?} failed ({status})"
+            )));
+        }
+    }
+    Ok(profile_dir)
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -46,43 +46,15 @@ pub fn bangerd_bin() -> &'static str {
     env!("CARGO_BIN_EXE_bangerd")
 }
 
-/// A binary of another workspace package (`fake-firecracker`), brought up to
-/// date by `cargo build` and returned from the profile directory these tests were built in.
-/// Cargo only builds the binaries of the package under test for its integration tests, and a
-/// stale binary would test old code; the build is a no-op when it is fresh.
+/// A binary of another workspace package (`fake-firecracker`), brought up to date by `cargo
+/// build` (see [`banger_helper::sandbox::build_workspace_binaries`]).
 pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    // target/<profile>/deps/<test binary>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in target/<profile>/deps");
-    let profile = profile_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("debug");
-    let target_dir = profile_dir.parent().expect("a target directory");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--quiet", "-p", package, "--bin", bin])
-        .arg("--target-dir")
-        .arg(target_dir);
-    match profile {
-        "debug" => {}
-        "release" => {
-            command.arg("--release");
-        }
-        other => {
-            command.args(["--profile", other]);
-        }
-    }
-    let status = command
-        .status()
-        .unwrap_or_else(|e| panic!("run cargo build for {bin}: {e}"));
-    assert!(status.success(), "cargo build of {bin} failed");
-    let binary = profile_dir.join(bin);
+    let binary = banger_helper::sandbox::build_workspace_binaries(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        &[&["-p", package, "--bin", bin]],
+    )
+    .unwrap_or_else(|e| panic!("build {bin}: {e}"))
+    .join(bin);
     assert!(
         binary.exists(),
         "{} is missing after building it",

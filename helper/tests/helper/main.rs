@@ -24,48 +24,22 @@ use banger_helper::{HelperClient, HelperError, NetworkSpec};
 use serde_json::Value;
 
 const CLIENT_ENV: &str = "BANGER_HELPER_TEST_CLIENT";
+const NOBODY: u32 = 65534;
 
 /// The `banger-helper` binary. It is a bin of the `banger` package (so that installing banger
-/// installs it), which cargo does not build for this crate's tests: it is built here, once per
-/// test process, into the target directory this test binary lives in (a no-op when fresh).
+/// installs it), which cargo does not build for this crate's tests: built here, once per test
+/// process.
 fn helper_bin() -> &'static Path {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test binary's path");
-        // target/<profile>/deps/<test binary>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test binary lives in target/<profile>/deps");
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug");
-        let target_dir = profile_dir.parent().expect("a target directory");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-        let mut command = Command::new(cargo);
-        command
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--quiet", "-p", "banger", "--bin", "banger-helper"])
-            .arg("--target-dir")
-            .arg(target_dir);
-        match profile {
-            "debug" => {}
-            "release" => {
-                command.arg("--release");
-            }
-            other => {
-                command.args(["--profile", other]);
-            }
-        }
-        let status = command.status().expect("run cargo build");
-        assert!(status.success(), "cargo build of banger-helper failed");
-        let binary = profile_dir.join("banger-helper");
-        assert!(binary.exists(), "{} is missing", binary.display());
-        binary
+        banger_helper::sandbox::build_workspace_binaries(
+            Path::new(env!("CARGO_MANIFEST_DIR")),
+            &[&["-p", "banger", "--bin", "banger-helper"]],
+        )
+        .expect("build banger-helper")
+        .join("banger-helper")
     })
 }
-const NOBODY: u32 = 65534;
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

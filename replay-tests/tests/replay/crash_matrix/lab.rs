@@ -38,42 +38,14 @@ pub struct Binaries {
 pub fn binaries() -> &'static Binaries {
     static BINARIES: OnceLock<Binaries> = OnceLock::new();
     BINARIES.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test binary's path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test binary lives in target/<profile>/deps")
-            .to_path_buf();
-        let target_dir = profile_dir.parent().expect("a target directory");
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug")
-            .to_owned();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        for what in [
-            &["-p", "banger", "--bins"][..],
-            &["-p", "banger-tools", "--bin", "fake-firecracker"][..],
-        ] {
-            let mut command = Command::new(&cargo);
-            command
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .args(["build", "--quiet"])
-                .args(what)
-                .arg("--target-dir")
-                .arg(target_dir);
-            match profile.as_str() {
-                "debug" => {}
-                "release" => {
-                    command.arg("--release");
-                }
-                other => {
-                    command.args(["--profile", other]);
-                }
-            }
-            let status = command.status().expect("run cargo build");
-            assert!(status.success(), "cargo build {what:?} failed");
-        }
+        let profile_dir = banger_helper::sandbox::build_workspace_binaries(
+            Path::new(env!("CARGO_MANIFEST_DIR")),
+            &[
+                &["-p", "banger", "--bins"],
+                &["-p", "banger-tools", "--bin", "fake-firecracker"],
+            ],
+        )
+        .expect("build the binaries the crash matrix runs");
         Binaries {
             bangerd: profile_dir.join("bangerd"),
             agent: profile_dir.join("banger-agent"),
