@@ -82,6 +82,20 @@ pub async fn run(runner: &Runner, op_id: OpId, name: String) -> Result<(), OpErr
                 users.join(" ")
             )));
         }
+        // A VM boots the kernel its spec names, which need not be its image's default.
+        let vms: Vec<&str> = view
+            .vms
+            .values()
+            .filter(|vm| vm.spec.kernel == name)
+            .map(|vm| vm.name.as_str())
+            .collect();
+        if !vms.is_empty() {
+            return Err(OpError::Busy(format!(
+                "kernel {name} is booted by VM(s) {}; delete those first (`banger vm delete {}`)",
+                vms.join(", "),
+                vms.join(" ")
+            )));
+        }
     }
     let parameters = serde_json::json!({ "name": name }).to_string();
     runner
@@ -189,5 +203,67 @@ impl Step<State> for Delete {
     ) -> BoxFuture<'a, Result<(), StepError>> {
         // Deleted files cannot come back; what remains aside is put back by `unpublish`'s undo.
         Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use banger_events::{
+        Event, Journal, JournalOptions, KernelRegistered, MemoryLog, NewEvent, VmDefined, VmId,
+        VmSpec,
+    };
+
+    use super::*;
+    use crate::operations::Failpoints;
+    use crate::paths::Layout;
+
+    /// A VM may boot a kernel that no image names (`vm create --kernel`): removing that kernel
+    /// is refused while the VM exists, naming it.
+    #[tokio::test]
+    async fn a_kernel_a_vm_boots_directly_is_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::rooted(&dir.path().join("root"));
+        std::fs::create_dir_all(layout.kernel_dir("k2")).unwrap();
+        let journal =
+            Arc::new(Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default()).unwrap());
+        journal
+            .append(vec![
+                NewEvent::new(Event::KernelRegistered(KernelRegistered {
+                    name: "k2".into(),
+                    kernel_path: "/k2/vmlinux".into(),
+                    initrd_path: None,
+                    version: "6.1".into(),
+                    sha256: String::new(),
+                    source: "test".into(),
+                })),
+                NewEvent::new(Event::VmDefined(VmDefined {
+                    vm_id: VmId(7),
+                    name: "dev".into(),
+                    spec: VmSpec {
+                        image: "img".into(),
+                        kernel: "k2".into(),
+                        vcpus: 1,
+                        memory_mib: 256,
+                        root_disk_mib: 1,
+                        work_disk_mib: 32,
+                    },
+                })),
+            ])
+            .await
+            .unwrap();
+        let runner = Runner::new(
+            journal,
+            layout.clone(),
+            Arc::new(crate::host::network::GuestNetwork::unreachable_for_tests()),
+            Failpoints::none(),
+        );
+        let refused = run(&runner, OpId(1), "k2".into()).await;
+        assert!(
+            matches!(&refused, Err(OpError::Busy(m)) if m.contains("booted by VM(s) dev")),
+            "{refused:?}"
+        );
+        assert!(layout.kernel_dir("k2").exists());
     }
 }

@@ -140,7 +140,26 @@ pub fn prepare(
         vm_id,
         name: name.clone(),
     };
-    let claim = runner.claim(op_id, OpKind::VmCreate, target, Vec::new())?;
+    // The kernel is the request's or the image's default; which one decides what to claim.
+    let kernel_wanted = params.kernel.clone().or_else(|| {
+        runner
+            .journal()
+            .view()
+            .images
+            .get(&params.image)
+            .and_then(|image| image.kernel.clone())
+    });
+    // Shared claims on the image and the kernel: neither can be deleted while this create
+    // copies and boots them (a delete that started first makes this one `busy`).
+    let mut shared = vec![Target::Image {
+        name: params.image.clone(),
+    }];
+    shared.extend(
+        kernel_wanted
+            .iter()
+            .map(|name| Target::Kernel { name: name.clone() }),
+    );
+    let claim = runner.claim(op_id, OpKind::VmCreate, target, shared)?;
     let view = runner.journal().view();
     if view.vm_by_name(&name).is_some() {
         return Err(OpError::AlreadyExists(format!(
@@ -163,6 +182,13 @@ pub fn prepare(
                 params.image
             ))
         })?;
+    if Some(&kernel_name) != kernel_wanted.as_ref() {
+        // The image was replaced between the first look and the claim.
+        return Err(OpError::Busy(format!(
+            "image {} changed while this create was starting; retry",
+            params.image
+        )));
+    }
     let kernel = view.kernels.get(&kernel_name).ok_or_else(|| {
         OpError::NotFound(format!(
             "no kernel named {kernel_name}; see `banger kernel list`, or import one with `banger kernel import {kernel_name} --from DIR`"
@@ -656,5 +682,91 @@ mod tests {
         }
         assert!(!layout.vm_api_socket(vm_id).exists());
         assert!(layout.vm_dir(vm_id).exists(), "stop keeps the disks");
+    }
+
+    /// A create between its checks and its first recorded event (its VM not yet `creating` in
+    /// the views) holds its image and kernel: a delete of either in that window is `busy`
+    /// instead of pulling them from under the boot. Once the create is gone, they can go.
+    #[tokio::test]
+    async fn a_create_in_its_checks_holds_its_image_and_kernel() {
+        use banger_events::{Event, ImageRegistered, KernelRegistered, NewEvent};
+
+        use crate::api::VmCreateParams;
+        use crate::operations::{Failpoints, Runner, image_delete, kernel_remove};
+
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::rooted(&dir.path().join("root"));
+        fs::create_dir_all(layout.image_dir("img")).unwrap();
+        fs::create_dir_all(layout.kernel_dir("k")).unwrap();
+        let journal = Arc::new(
+            banger_events::Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default())
+                .unwrap(),
+        );
+        journal
+            .append(vec![
+                NewEvent::new(Event::KernelRegistered(KernelRegistered {
+                    name: "k".into(),
+                    kernel_path: layout.kernel_dir("k").join("vmlinux").display().to_string(),
+                    initrd_path: None,
+                    version: "6.1".into(),
+                    sha256: String::new(),
+                    source: "test".into(),
+                })),
+                NewEvent::new(Event::ImageRegistered(ImageRegistered {
+                    name: "img".into(),
+                    rootfs_path: layout
+                        .image_dir("img")
+                        .join("rootfs.ext4")
+                        .display()
+                        .to_string(),
+                    kernel: Some("k".into()),
+                    size_bytes: 1 << 20,
+                    sha256: String::new(),
+                    source: "test".into(),
+                })),
+            ])
+            .await
+            .unwrap();
+        let runner = Runner::new(
+            journal.clone(),
+            layout.clone(),
+            Arc::new(crate::host::network::GuestNetwork::unreachable_for_tests()),
+            Failpoints::none(),
+        );
+        let host = Arc::new(VmHost::new(
+            Arc::new(FirecrackerVmm::new("/nonexistent/firecracker")),
+            Config::default(),
+            journal.clone(),
+            layout.clone(),
+        ));
+        let params: VmCreateParams = serde_json::from_value(serde_json::json!({
+            "name": "dev", "image": "img"
+        }))
+        .unwrap();
+        let prepared = prepare(&runner, &host, OpId(1), VmId(0x42), &params).unwrap();
+        assert!(
+            journal.view().vm_by_name("dev").is_none(),
+            "nothing recorded yet"
+        );
+
+        let image = image_delete::run(&runner, OpId(2), "img".into()).await;
+        assert!(
+            matches!(&image, Err(OpError::Busy(m)) if m.contains("image img is busy")),
+            "{image:?}"
+        );
+        let kernel = kernel_remove::run(&runner, OpId(3), "k".into()).await;
+        assert!(
+            matches!(&kernel, Err(OpError::Busy(m)) if m.contains("kernel k is busy")),
+            "{kernel:?}"
+        );
+        assert!(layout.image_dir("img").exists() && layout.kernel_dir("k").exists());
+
+        drop(prepared);
+        image_delete::run(&runner, OpId(4), "img".into())
+            .await
+            .expect("the image can go once no create holds it");
+        kernel_remove::run(&runner, OpId(5), "k".into())
+            .await
+            .expect("and so can the kernel");
     }
 }

@@ -112,6 +112,14 @@ fn prepare(
     name: &str,
 ) -> Result<(Claim, BootState), OpError> {
     let vm_id = super::vm_stop::vm_id_by_name(runner, name)?;
+    let kernel_wanted = runner
+        .journal()
+        .view()
+        .vms
+        .get(&vm_id)
+        .map(|vm| vm.spec.kernel.clone());
+    // A shared claim on the kernel it boots (a VM's kernel never changes): `kernel.remove`
+    // cannot take it away mid-boot.
     let claim = runner.claim(
         op_id,
         OpKind::VmStart,
@@ -119,13 +127,17 @@ fn prepare(
             vm_id,
             name: name.to_owned(),
         },
-        Vec::new(),
+        kernel_wanted
+            .iter()
+            .map(|name| Target::Kernel { name: name.clone() })
+            .collect(),
     )?;
     let view = runner.journal().view();
     let vm = view
         .vms
         .get(&vm_id)
         .ok_or_else(|| OpError::NotFound(format!("no VM named {name}; see `banger vm list`")))?;
+
     match vm.state {
         VmState::Stopped => {}
         VmState::Running | VmState::Starting => {
