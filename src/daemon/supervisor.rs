@@ -25,7 +25,7 @@
 //!   then fails or stays stuck: after it ends, [`Supervisor::reconcile`] releases a recorded
 //!   VMM that is gone, so a VM never keeps a dead pid.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,31 @@ impl Supervisor {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(vm_id, Instant::now());
+    }
+
+    /// Forgets the activity of VM `vm_id` (it was deleted, or its create rolled back).
+    pub fn forget(&self, vm_id: VmId) {
+        self.activity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&vm_id);
+    }
+
+    /// Forgets the activity of every VM not in `existing`, so the table stays as small as the
+    /// set of VMs (a VM removed by crash recovery never reaches [`Supervisor::forget`]).
+    pub fn forget_all_but(&self, existing: &HashSet<VmId>) {
+        self.activity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|vm_id, _| existing.contains(vm_id));
+    }
+
+    /// How many VMs' activity is remembered (tests check that it stays bounded).
+    pub fn tracked(&self) -> usize {
+        self.activity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// When `vm_id` was last active; a VM never seen counts as active now.
@@ -192,8 +217,9 @@ impl Supervisor {
             if view.blocking_op_for(&target).is_some() {
                 return;
             }
-            (vm.process, vm.state, vanished_taps(&view, vm_id))
+            (vm.process, vm.state, taps_of(&view, vm_id))
         };
+        let vanished = vanished_taps(vm_id, vanished);
         if !vanished.is_empty()
             && let Err(error) = self.journal.append(vanished).await
         {
@@ -279,13 +305,17 @@ impl Supervisor {
         }
         // Taps the host lost (a reboot, or a delete that removed one and then failed): the
         // log says so, and the next start makes the VM a tap again.
-        let vanished: Vec<NewEvent> = {
+        let taps: Vec<(VmId, Vec<String>)> = {
             let view = self.journal.view();
             view.vms
                 .keys()
-                .flat_map(|vm_id| vanished_taps(&view, *vm_id))
+                .map(|vm_id| (*vm_id, taps_of(&view, *vm_id)))
                 .collect()
         };
+        let vanished: Vec<NewEvent> = taps
+            .into_iter()
+            .flat_map(|(vm_id, taps)| vanished_taps(vm_id, taps))
+            .collect();
         if !vanished.is_empty()
             && let Err(error) = self.journal.append(vanished).await
         {
@@ -294,17 +324,26 @@ impl Supervisor {
     }
 }
 
-/// `HandleReleased` for each tap VM `vm_id` holds in the ledger that the host does not have.
-fn vanished_taps(view: &Projections, vm_id: VmId) -> Vec<NewEvent> {
+/// The taps VM `vm_id` holds in the ledger.
+fn taps_of(view: &Projections, vm_id: VmId) -> Vec<String> {
     view.handles_of(Owner::Vm(vm_id))
         .filter_map(|(handle, _)| match handle {
-            Handle::Tap { name } if !interface_exists(name) => {
-                tracing::info!(%vm_id, tap = %name, "the VM's tap is gone from the host; releasing it");
-                Some(NewEvent::new(Event::HandleReleased(HandleReleased {
-                    handle: handle.clone(),
-                })))
-            }
+            Handle::Tap { name } => Some(name.clone()),
             _ => None,
+        })
+        .collect()
+}
+
+/// `HandleReleased` for each of VM `vm_id`'s `taps` that the host does not have. It looks at
+/// the host, so it runs with no view guard held (see the lock order in docs/ARCHITECTURE.md).
+fn vanished_taps(vm_id: VmId, taps: Vec<String>) -> Vec<NewEvent> {
+    taps.into_iter()
+        .filter(|name| !interface_exists(name))
+        .map(|name| {
+            tracing::info!(%vm_id, tap = %name, "the VM's tap is gone from the host; releasing it");
+            NewEvent::new(Event::HandleReleased(HandleReleased {
+                handle: Handle::Tap { name },
+            }))
         })
         .collect()
 }
@@ -329,9 +368,12 @@ pub fn spawn_idle_sweep(daemon: Arc<Daemon>) {
                 _ = daemon.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            let idle: Vec<(String, Duration)> = {
+            // Copied out of the view first: the activity table has a lock of its own, and no
+            // lock is taken under a view guard.
+            let (candidates, existing): (Vec<(VmId, String)>, HashSet<VmId>) = {
                 let view = daemon.journal.view();
-                view.vms
+                let candidates = view
+                    .vms
                     .values()
                     .filter(|vm| vm.state == VmState::Running)
                     .filter(|vm| {
@@ -341,12 +383,18 @@ pub fn spawn_idle_sweep(daemon: Arc<Daemon>) {
                         })
                         .is_none()
                     })
-                    .filter_map(|vm| {
-                        let idle = daemon.supervisor.last_activity(vm.id).elapsed();
-                        (idle > idle_after).then(|| (vm.name.clone(), idle))
-                    })
-                    .collect()
+                    .map(|vm| (vm.id, vm.name.clone()))
+                    .collect();
+                (candidates, view.vms.keys().copied().collect())
             };
+            daemon.supervisor.forget_all_but(&existing);
+            let idle: Vec<(String, Duration)> = candidates
+                .into_iter()
+                .filter_map(|(vm_id, name)| {
+                    let idle = daemon.supervisor.last_activity(vm_id).elapsed();
+                    (idle > idle_after).then_some((name, idle))
+                })
+                .collect();
             for (name, idle) in idle {
                 let op_id = daemon.ids.op_id();
                 let reason = format!(
@@ -367,4 +415,28 @@ pub fn spawn_idle_sweep(daemon: Arc<Daemon>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use banger_events::{JournalOptions, MemoryLog};
+
+    use super::*;
+
+    /// The activity table holds only VMs that exist: a deleted VM is forgotten, and a sweep
+    /// forgets every VM the views no longer have (removed by crash recovery, say).
+    #[test]
+    fn activity_is_forgotten_with_the_vm() {
+        let journal =
+            Arc::new(Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default()).unwrap());
+        let supervisor = Supervisor::new(journal, Layout::rooted(std::path::Path::new("/none")));
+        for id in 0..100 {
+            supervisor.touch(VmId(id));
+        }
+        supervisor.forget(VmId(0));
+        assert_eq!(supervisor.tracked(), 99);
+        let existing: HashSet<VmId> = [VmId(5), VmId(6), VmId(1000)].into();
+        supervisor.forget_all_but(&existing);
+        assert_eq!(supervisor.tracked(), 2);
+    }
 }

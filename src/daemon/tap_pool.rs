@@ -20,6 +20,7 @@ use banger_projections::Projections;
 use super::Daemon;
 use crate::host::network::{interface_exists, tap_name};
 use crate::operations::tap_fill::{self, FillState, TapFill};
+use crate::operations::vm_common::VmHost;
 use crate::operations::{OpError, OperationKind};
 
 /// Whether banger runs VMs here (it has VMs or spare taps), so that the pool is kept full.
@@ -44,15 +45,7 @@ pub fn spawn_top_up(daemon: &Arc<Daemon>) {
 pub async fn top_up(daemon: &Daemon) -> Result<(), OpError> {
     release_vanished(daemon).await?;
     loop {
-        let missing = {
-            let free = tap_fill::free_taps(&daemon.journal.view(), &daemon.vms.reserved_taps());
-            daemon
-                .vms
-                .config
-                .network
-                .tap_pool
-                .saturating_sub(free.len())
-        };
+        let missing = missing_spares(&daemon.vms);
         if missing == 0 || daemon.shutdown.is_cancelled() {
             return Ok(());
         }
@@ -76,9 +69,22 @@ pub async fn top_up(daemon: &Daemon) -> Result<(), OpError> {
     }
 }
 
+/// How many spare taps the pool lacks: its size less the spares neither an unresolved
+/// operation nor a running create of this process holds.
+fn missing_spares(host: &VmHost) -> usize {
+    // The reservations first: no lock is taken while a view guard is held (a create holds the
+    // reservations' lock while it reads the view, so the other order can deadlock as soon as
+    // the journal's writer waits for the view).
+    let reserved = host.reserved_taps();
+    let free = tap_fill::free_taps(&host.journal.view(), &reserved);
+    host.config.network.tap_pool.saturating_sub(free.len())
+}
+
 /// Releases the spares the host no longer has, so that the pool is made again.
 async fn release_vanished(daemon: &Daemon) -> Result<(), OpError> {
-    let gone: Vec<NewEvent> = tap_fill::pool_taps(&daemon.journal.view())
+    // Copied out of the view before looking at the host: no IO under a view guard.
+    let spares = tap_fill::pool_taps(&daemon.journal.view());
+    let gone: Vec<NewEvent> = spares
         .into_iter()
         .filter(|name| !interface_exists(name))
         .map(|name| {
@@ -106,18 +112,110 @@ async fn release_vanished(daemon: &Daemon) -> Result<(), OpError> {
 /// `count` tap names nobody uses: random, so that they cannot be confused with a VM's own
 /// `bt<vm id>`, and checked against the ledger and the host.
 fn fresh_names(daemon: &Daemon, count: usize) -> Vec<String> {
-    let view = daemon.journal.view();
     let mut names: Vec<String> = Vec::with_capacity(count);
     while names.len() < count {
         let name = tap_name(VmId(daemon.ids.next_u64()));
-        let taken = names.contains(&name)
-            || interface_exists(&name)
-            || view
-                .handles
-                .contains_key(&Handle::Tap { name: name.clone() });
-        if !taken {
+        // The ledger (a short view guard) and then the host (no guard held while looking).
+        let in_ledger = daemon
+            .journal
+            .view()
+            .handles
+            .contains_key(&Handle::Tap { name: name.clone() });
+        if !in_ledger && !names.contains(&name) && !interface_exists(&name) {
             names.push(name);
         }
     }
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    use banger_events::{HandleAcquired, Journal, JournalOptions, MemoryLog, OpId, Owner};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::host::vmm::FirecrackerVmm;
+    use crate::paths::Layout;
+
+    /// Pool top-ups, creates taking spares and appends, all at once, never deadlock. The
+    /// deadlock this pins: a top-up held a view guard while waiting for the reservations' lock,
+    /// a create held that lock while waiting for a view guard, and the journal's writer,
+    /// waiting for the write lock, kept the create's read from being granted (std's `RwLock`
+    /// queues new readers behind a waiting writer), so every append hung.
+    #[test]
+    fn top_ups_creates_and_appends_never_deadlock() {
+        const ROUNDS: usize = 20_000;
+        let journal =
+            Arc::new(Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default()).unwrap());
+        let mut config = Config::default();
+        config.network.tap_pool = 4;
+        let host = Arc::new(VmHost::new(
+            Arc::new(FirecrackerVmm::new("/nonexistent/firecracker")),
+            config,
+            journal.clone(),
+            Layout::rooted(std::path::Path::new("/nonexistent")),
+        ));
+        let done = Arc::new(AtomicBool::new(false));
+        let workers = vec![
+            {
+                let host = host.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..ROUNDS {
+                        std::hint::black_box(missing_spares(&host));
+                    }
+                })
+            },
+            {
+                let host = host.clone();
+                std::thread::spawn(move || {
+                    for round in 0..ROUNDS as u64 {
+                        let op_id = OpId(round);
+                        std::hint::black_box(host.take_spare_tap(op_id));
+                        host.release_reservation(op_id);
+                    }
+                })
+            },
+            {
+                let journal = journal.clone();
+                std::thread::spawn(move || {
+                    for round in 0..ROUNDS as u64 {
+                        let tap = Handle::Tap {
+                            name: tap_name(VmId(round % 8)),
+                        };
+                        let event = if round % 16 < 8 {
+                            Event::HandleAcquired(HandleAcquired {
+                                owner: Owner::Daemon,
+                                handle: tap,
+                            })
+                        } else {
+                            Event::HandleReleased(HandleReleased { handle: tap })
+                        };
+                        journal.append_blocking(vec![NewEvent::new(event)]).unwrap();
+                    }
+                })
+            },
+        ];
+        let watchdog = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !done.load(Ordering::SeqCst) {
+                    if Instant::now() > deadline {
+                        // A deadlocked test would otherwise hang the whole run.
+                        eprintln!("deadlock: top-ups, creates and appends stopped making progress");
+                        std::process::abort();
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        done.store(true, Ordering::SeqCst);
+        watchdog.join().unwrap();
+    }
 }

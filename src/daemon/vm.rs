@@ -134,6 +134,7 @@ pub async fn delete(
         },
     )
     .await?;
+    daemon.supervisor.forget(state.vm_id);
     Ok(VmDeleteResult {
         name: params.name,
         vm_id: state.vm_id,

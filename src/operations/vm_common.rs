@@ -107,37 +107,105 @@ impl VmHost {
 
     /// Takes a spare tap from the pool for `op_id` (the same one again when asked twice), or
     /// `None` when the pool is empty.
+    ///
+    /// The view and the reservations are never locked together (see the lock order in
+    /// docs/ARCHITECTURE.md): a spare is picked from a copy of the view, reserved, then checked
+    /// against a fresh view, and given back to try again if someone took it meanwhile.
     pub fn take_spare_tap(&self, op_id: OpId) -> Option<String> {
-        let mut reserved = self.reserved_taps.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tap) = reserved.get(&op_id) {
+        if let Some(tap) = self.lock_reserved_taps().get(&op_id) {
             return Some(tap.clone());
         }
-        let taken: HashSet<String> = reserved.values().cloned().collect();
-        let tap = tap_fill::free_taps(&self.journal.view(), &taken)
-            .into_iter()
-            .next()?;
-        reserved.insert(op_id, tap.clone());
-        Some(tap)
+        for _ in 0..OPTIMISTIC_TRIES {
+            let free = tap_fill::free_taps(&self.journal.view(), &HashSet::new());
+            let tap = {
+                let mut reserved = self.lock_reserved_taps();
+                if let Some(tap) = reserved.get(&op_id) {
+                    return Some(tap.clone());
+                }
+                let taken: HashSet<&String> = reserved.values().collect();
+                let tap = free.into_iter().find(|tap| !taken.contains(tap))?;
+                reserved.insert(op_id, tap.clone());
+                tap
+            };
+            if tap_fill::free_taps(&self.journal.view(), &HashSet::new()).contains(&tap) {
+                return Some(tap);
+            }
+            self.lock_reserved_taps().remove(&op_id);
+        }
+        None
     }
 
     /// The spare taps creates of this process have taken and not yet given back or kept.
     pub fn reserved_taps(&self) -> HashSet<String> {
-        self.reserved_taps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.lock_reserved_taps().values().cloned().collect()
+    }
+
+    fn lock_reserved_taps(&self) -> std::sync::MutexGuard<'_, HashMap<OpId, String>> {
+        // Every mutation is a single insert or remove, so a poisoned map is still whole.
+        self.reserved_taps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_reserved(&self) -> std::sync::MutexGuard<'_, HashMap<OpId, Allocation>> {
+        self.reserved.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Picks the lowest free guest IP (with its MAC) and vsock CID, and reserves them for
     /// `op_id`. Free means: not in the ledger, not recorded by any unresolved operation's
     /// step, and not reserved by another operation of this process.
+    ///
+    /// As with spare taps, the view and the reservations are never locked together: the pick
+    /// is made from a copy of the view and the reservations, then checked against a fresh view
+    /// (an operation that ended in between is in it, since it gives its reservation back only
+    /// after its last event is folded).
     pub fn allocate(&self, op_id: OpId) -> Result<Allocation, StepError> {
-        let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(existing) = reserved.get(&op_id) {
+        if let Some(existing) = self.lock_reserved().get(&op_id) {
             return Ok(*existing);
         }
+        for _ in 0..OPTIMISTIC_TRIES {
+            let (mut ips, mut cids) = self.allocations_in_log();
+            let allocation = {
+                let mut reserved = self.lock_reserved();
+                if let Some(existing) = reserved.get(&op_id) {
+                    return Ok(*existing);
+                }
+                for allocation in reserved.values() {
+                    ips.insert(allocation.ip);
+                    cids.insert(allocation.cid);
+                }
+                let ip = (2u8..=254)
+                    .map(|host| [GUEST_NET[0], GUEST_NET[1], GUEST_NET[2], host])
+                    .find(|ip| !ips.contains(ip))
+                    .ok_or_else(|| {
+                        StepError::Other(
+                            "no free guest IP left in 172.30.0.0/24 (253 VMs exist); delete a VM first"
+                                .into(),
+                        )
+                    })?;
+                let cid = (FIRST_GUEST_CID..)
+                    .find(|cid| !cids.contains(cid))
+                    .ok_or_else(|| StepError::Other("no free vsock CID".into()))?;
+                let allocation = Allocation {
+                    ip,
+                    mac: mac_for(ip),
+                    cid,
+                };
+                reserved.insert(op_id, allocation);
+                allocation
+            };
+            let (ips, cids) = self.allocations_in_log();
+            if !ips.contains(&allocation.ip) && !cids.contains(&allocation.cid) {
+                return Ok(allocation);
+            }
+            self.lock_reserved().remove(&op_id);
+        }
+        Err(StepError::Other(
+            "the guest network allocation kept changing under this create; retry".into(),
+        ))
+    }
+
+    /// The guest IPs and vsock CIDs the log holds: in the ledger, or recorded by a step of an
+    /// unresolved operation.
+    fn allocations_in_log(&self) -> (BTreeSet<[u8; 4]>, BTreeSet<u32>) {
         let mut ips = BTreeSet::new();
         let mut cids = BTreeSet::new();
         let mut note = |handle: &Handle| match handle {
@@ -149,40 +217,20 @@ impl VmHost {
             }
             _ => {}
         };
-        {
-            let view = self.journal.view();
-            view.handles.keys().for_each(&mut note);
-            for op in view.unresolved() {
-                for step in &op.steps {
-                    step.produced.iter().chain(&step.intent).for_each(&mut note);
-                }
+        let view = self.journal.view();
+        view.handles.keys().for_each(&mut note);
+        for op in view.unresolved() {
+            for step in &op.steps {
+                step.produced.iter().chain(&step.intent).for_each(&mut note);
             }
         }
-        for allocation in reserved.values() {
-            ips.insert(allocation.ip);
-            cids.insert(allocation.cid);
-        }
-        let ip = (2u8..=254)
-            .map(|host| [GUEST_NET[0], GUEST_NET[1], GUEST_NET[2], host])
-            .find(|ip| !ips.contains(ip))
-            .ok_or_else(|| {
-                StepError::Other(
-                    "no free guest IP left in 172.30.0.0/24 (253 VMs exist); delete a VM first"
-                        .into(),
-                )
-            })?;
-        let cid = (FIRST_GUEST_CID..)
-            .find(|cid| !cids.contains(cid))
-            .ok_or_else(|| StepError::Other("no free vsock CID".into()))?;
-        let allocation = Allocation {
-            ip,
-            mac: mac_for(ip),
-            cid,
-        };
-        reserved.insert(op_id, allocation);
-        Ok(allocation)
+        (ips, cids)
     }
 }
+
+/// How often an optimistic pick (a spare tap, an allocation) is retried when the log changed
+/// under it. Each retry reads a fresh view, so running out takes a storm of concurrent changes.
+const OPTIMISTIC_TRIES: usize = 16;
 
 /// A name held by a running create; dropping it frees the name.
 pub struct NameReservation {
