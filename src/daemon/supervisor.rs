@@ -38,10 +38,10 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 use super::Daemon;
-use crate::host::firecracker::FirecrackerClient;
 use crate::host::network::interface_exists;
 use crate::host::process::{self, Liveness};
-use crate::host::vmm::{CONSOLE_TAIL_BYTES, Launched, console_tail};
+use crate::host::vmm::{CONSOLE_TAIL_BYTES, Launched, Vmm, console_tail};
+use crate::operations::vm_common::{kill_vmm, recorded_vmm};
 use crate::operations::vm_stop;
 use crate::paths::Layout;
 
@@ -52,15 +52,22 @@ const ADOPTED_POLL: Duration = Duration::from_millis(500);
 pub struct Supervisor {
     journal: Arc<Journal<Projections>>,
     layout: Layout,
+    /// The backend that tells whether a re-adopted VMM answers, and kills a deaf one.
+    vmm: Arc<dyn Vmm>,
     /// Last activity per VM: its start, and every exec, ping or health through bangerd.
     activity: Mutex<HashMap<VmId, Instant>>,
 }
 
 impl Supervisor {
-    pub fn new(journal: Arc<Journal<Projections>>, layout: Layout) -> Supervisor {
+    pub fn new(
+        journal: Arc<Journal<Projections>>,
+        layout: Layout,
+        vmm: Arc<dyn Vmm>,
+    ) -> Supervisor {
         Supervisor {
             journal,
             layout,
+            vmm,
             activity: Mutex::default(),
         }
     }
@@ -266,13 +273,10 @@ impl Supervisor {
         for (vm_id, name, state, process) in vms {
             let mut events = Vec::new();
             if let Some(p) = process {
+                let recorded = recorded_vmm(&self.layout, vm_id, p);
                 let liveness = process::liveness(p.pid, p.start_time_ticks).ok();
-                let answers = liveness == Some(Liveness::Alive)
-                    && FirecrackerClient::new(self.layout.vm_api_socket(vm_id))
-                        .with_timeout(Duration::from_secs(2))
-                        .describe_instance()
-                        .await
-                        .is_ok();
+                let answers =
+                    liveness == Some(Liveness::Alive) && self.vmm.answers(&recorded).await;
                 if answers {
                     tracing::info!(vm = %name, pid = p.pid, "re-adopted a running VM");
                     self.watch_adopted(vm_id, p);
@@ -281,8 +285,7 @@ impl Supervisor {
                 if liveness == Some(Liveness::Alive) {
                     // Ours (same start time) but deaf: it cannot be driven, so end it.
                     tracing::warn!(vm = %name, pid = p.pid, "the VMM runs but its API does not answer; killing it");
-                    let _ =
-                        crate::operations::vm_common::kill_process(p.pid, p.start_time_ticks).await;
+                    let _ = kill_vmm(self.vmm.as_ref(), &recorded).await;
                 }
                 tracing::warn!(vm = %name, pid = p.pid, "the VM's VMM died while bangerd was down");
                 events.push(NewEvent::new(Event::VmFoundDead(VmFoundDead {
@@ -429,7 +432,13 @@ mod tests {
     fn activity_is_forgotten_with_the_vm() {
         let journal =
             Arc::new(Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default()).unwrap());
-        let supervisor = Supervisor::new(journal, Layout::rooted(std::path::Path::new("/none")));
+        let supervisor = Supervisor::new(
+            journal,
+            Layout::rooted(std::path::Path::new("/none")),
+            Arc::new(crate::host::vmm::FirecrackerVmm::new(
+                "/nonexistent/firecracker",
+            )),
+        );
         for id in 0..100 {
             supervisor.touch(VmId(id));
         }

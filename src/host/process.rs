@@ -10,6 +10,7 @@
 //! - "gone" includes zombies: a process that has exited but is not yet reaped holds no
 //!   resources that matter to banger (its parent, or tokio's orphan reaper, reaps it).
 
+use std::ffi::OsStr;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -143,6 +144,37 @@ pub async fn wait_dead(pid: u32, start_time_ticks: u64, timeout: Duration) -> io
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(20));
     }
+}
+
+/// Processes whose command line holds `flag` immediately followed by `value` (e.g.
+/// `--api-sock /path`), with their start times. It reads all of `/proc`, so async callers run
+/// it with `spawn_blocking`. Processes that vanish during the scan are skipped.
+pub fn processes_with_argument(flag: &str, value: &OsStr) -> Vec<(u32, u64)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let wanted = value.as_encoded_bytes();
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let matches = args
+            .windows(2)
+            .any(|pair| pair[0] == flag.as_bytes() && pair[1] == wanted);
+        if matches && let Ok(ticks) = proc_start_time_ticks(pid) {
+            found.push((pid, ticks));
+        }
+    }
+    found
 }
 
 #[cfg(test)]

@@ -121,10 +121,6 @@ impl Launched {
     pub fn liveness(&self) -> io::Result<Liveness> {
         process::liveness(self.pid, self.start_time_ticks)
     }
-
-    pub fn client(&self) -> FirecrackerClient {
-        FirecrackerClient::new(&self.api_socket)
-    }
 }
 
 /// A VMM this process spawned: the record, and the child handle that yields its exit status.
@@ -272,6 +268,14 @@ pub trait Vmm: Send + Sync {
         Box::pin(kill_recorded(vm, DEFAULT_KILL_TIMEOUT))
     }
 
+    /// Whether the VMM recorded as `vm` still runs (same pid *and* start time) and answers on
+    /// its control socket: what re-adopting it after a daemon restart requires.
+    fn answers<'a>(&'a self, vm: &'a Launched) -> BoxFuture<'a, bool>;
+
+    /// The VMMs this backend started for `control_socket`, found by their command lines:
+    /// what undoes a launch that crashed before the VMM's pid reached the log.
+    fn launched_for<'a>(&'a self, control_socket: &'a Path) -> BoxFuture<'a, Vec<Launched>>;
+
     /// Waits up to `timeout` for the VMM process to be gone; returns whether it is.
     fn wait_dead<'a>(
         &'a self,
@@ -349,7 +353,7 @@ impl FirecrackerVmm {
     }
 
     fn client(&self, vm: &Launched) -> FirecrackerClient {
-        vm.client().with_timeout(self.request_timeout)
+        FirecrackerClient::new(&vm.api_socket).with_timeout(self.request_timeout)
     }
 
     async fn spawn_inner(&self, spec: &LaunchSpec) -> Result<Spawned, VmmError> {
@@ -363,7 +367,7 @@ impl FirecrackerVmm {
                 source,
             })?;
         }
-        remove_stale_socket("the API socket", &spec.api_socket)?;
+        remove_stale_socket("the API socket", &spec.api_socket).await?;
         let console = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -522,7 +526,7 @@ impl FirecrackerVmm {
             // an earlier attempt that nobody serves is removed. A live one stays; if it is
             // this VMM's own device (configure run twice), Firecracker replaces it, and if it
             // is anybody else's, Firecracker refuses and says so.
-            remove_if_stale(&vsock.uds_path)?;
+            remove_if_stale(&vsock.uds_path).await?;
             client
                 .put_vsock(&Vsock {
                     guest_cid: vsock.cid,
@@ -590,6 +594,34 @@ impl Vmm for FirecrackerVmm {
                 })
         })
     }
+
+    fn answers<'a>(&'a self, vm: &'a Launched) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            vm.liveness().ok() == Some(Liveness::Alive)
+                && self.client(vm).describe_instance().await.is_ok()
+        })
+    }
+
+    fn launched_for<'a>(&'a self, control_socket: &'a Path) -> BoxFuture<'a, Vec<Launched>> {
+        let socket = control_socket.to_path_buf();
+        Box::pin(async move {
+            let wanted = socket.clone();
+            // A scan of all of /proc: off the async workers.
+            let found = tokio::task::spawn_blocking(move || {
+                process::processes_with_argument("--api-sock", wanted.as_os_str())
+            })
+            .await
+            .unwrap_or_default();
+            found
+                .into_iter()
+                .map(|(pid, start_time_ticks)| Launched {
+                    pid,
+                    start_time_ticks,
+                    api_socket: socket.clone(),
+                })
+                .collect()
+        })
+    }
 }
 
 /// Firecracker's own rules, checked before anything is started so that a bad spec changes
@@ -655,8 +687,8 @@ fn validate_spec(spec: &LaunchSpec) -> Result<(), VmmError> {
 }
 
 /// Removes `path` when it is a socket file nobody accepts on; refuses when somebody does.
-fn remove_stale_socket(what: &'static str, path: &Path) -> Result<(), VmmError> {
-    match remove_if_stale(path)? {
+async fn remove_stale_socket(what: &'static str, path: &Path) -> Result<(), VmmError> {
+    match remove_if_stale(path).await? {
         SocketFile::Live => Err(VmmError::SocketInUse {
             what,
             path: path.to_path_buf(),
@@ -673,7 +705,7 @@ enum SocketFile {
     Live,
 }
 
-fn remove_if_stale(path: &Path) -> Result<SocketFile, VmmError> {
+async fn remove_if_stale(path: &Path) -> Result<SocketFile, VmmError> {
     let prepare = |source| VmmError::Prepare {
         path: path.to_path_buf(),
         source,
@@ -683,7 +715,8 @@ fn remove_if_stale(path: &Path) -> Result<SocketFile, VmmError> {
         Err(source) => return Err(prepare(source)),
         Ok(_) => {}
     }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+    // tokio's connect: a listener with a full backlog would block std's on an async worker.
+    if tokio::net::UnixStream::connect(path).await.is_ok() {
         return Ok(SocketFile::Live);
     }
     match std::fs::remove_file(path) {
@@ -809,18 +842,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_stale_socket_is_removed_and_a_live_one_is_refused() {
+    #[tokio::test]
+    async fn a_stale_socket_is_removed_and_a_live_one_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
-        remove_stale_socket("x", &path).unwrap(); // absent: nothing to do
+        remove_stale_socket("x", &path).await.unwrap(); // absent: nothing to do
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         assert!(matches!(
-            remove_stale_socket("x", &path),
+            remove_stale_socket("x", &path).await,
             Err(VmmError::SocketInUse { .. })
         ));
         drop(listener); // the file stays; nobody accepts any more
-        remove_stale_socket("x", &path).unwrap();
+        remove_stale_socket("x", &path).await.unwrap();
         assert!(!path.exists());
     }
 

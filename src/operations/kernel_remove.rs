@@ -216,6 +216,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::host::vmm::FirecrackerVmm;
     use crate::operations::Failpoints;
     use crate::paths::Layout;
 
@@ -257,6 +258,7 @@ mod tests {
             journal,
             layout.clone(),
             Arc::new(crate::host::network::GuestNetwork::unreachable_for_tests()),
+            Arc::new(FirecrackerVmm::new("/nonexistent/firecracker")),
             Failpoints::none(),
         );
         let refused = run(&runner, OpId(1), "k2".into()).await;

@@ -77,6 +77,7 @@ use std::pin::Pin;
 use banger_events::{Event, Handle, LogError, OpId, OpKind, Target};
 
 use crate::host::network::GuestNetwork;
+use crate::host::vmm::Vmm;
 use crate::paths::Layout;
 
 pub use failpoints::{FailpointError, Failpoints, Point};
@@ -94,6 +95,8 @@ pub struct OpCx<'a> {
     pub layout: &'a Layout,
     /// Taps on the bridge, through the root helper.
     pub network: &'a GuestNetwork,
+    /// The VMM backend: every start, stop and kill of a VMM goes through it, undos included.
+    pub vmm: &'a dyn Vmm,
 }
 
 /// One step of an operation whose in-memory state is `S`.
@@ -187,6 +190,15 @@ pub enum StepError {
     Other(String),
     #[error("injected by failpoint {0}")]
     Failpoint(String),
+}
+
+impl From<crate::host::disk::DiskError> for StepError {
+    fn from(error: crate::host::disk::DiskError) -> Self {
+        match error {
+            crate::host::disk::DiskError::Io { what, source } => StepError::Io { what, source },
+            tool @ crate::host::disk::DiskError::Tool { .. } => StepError::Other(tool.to_string()),
+        }
+    }
 }
 
 impl StepError {
@@ -294,6 +306,7 @@ mod invariant_tests {
             target: &target,
             layout,
             network: &network,
+            vmm: &crate::host::vmm::FirecrackerVmm::new("/nonexistent/firecracker"),
         };
         let before = snapshot(&layout.state_dir);
         let mut done = Vec::new();
@@ -332,6 +345,7 @@ mod invariant_tests {
             target: &target,
             layout,
             network: &network,
+            vmm: &crate::host::vmm::FirecrackerVmm::new("/nonexistent/firecracker"),
         };
         let before = snapshot(&layout.state_dir);
         for step in K::steps().iter().rev() {
@@ -446,6 +460,7 @@ mod invariant_tests {
             target: &kernel,
             layout: &layout,
             network: &network,
+            vmm: &crate::host::vmm::FirecrackerVmm::new("/nonexistent/firecracker"),
         };
         let mut state = cx_state;
         for step in <kernel_remove::KernelRemove as OperationKind>::steps() {
@@ -460,6 +475,7 @@ mod invariant_tests {
             target: &image,
             layout: &layout,
             network: &network,
+            vmm: &crate::host::vmm::FirecrackerVmm::new("/nonexistent/firecracker"),
         };
         let mut state = image_delete::State { name: "i".into() };
         let steps = <image_delete::ImageDelete as OperationKind>::steps();
@@ -492,6 +508,7 @@ mod invariant_tests {
             target: &kernel,
             layout: &layout,
             network: &network,
+            vmm: &crate::host::vmm::FirecrackerVmm::new("/nonexistent/firecracker"),
         };
         for step in <kernel_import::KernelImport as OperationKind>::steps() {
             step.ensure(&mine, &mut state).await.unwrap();

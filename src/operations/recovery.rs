@@ -147,6 +147,7 @@ async fn recover_kind<K: OperationKind>(
         target: &target,
         layout: runner.layout(),
         network: runner.network(),
+        vmm: runner.vmm(),
     };
     runner
         .journal()

@@ -146,6 +146,7 @@ async fn undo_again<K: OperationKind>(
         target,
         layout: runner.layout(),
         network: runner.network(),
+        vmm: runner.vmm(),
     };
     let reason = format!("{cause}; rolled back by `banger ops retry`");
     runner

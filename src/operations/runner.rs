@@ -15,6 +15,7 @@ use banger_projections::{OpStatus, Projections};
 use super::failpoints::{Failpoints, Point};
 use super::{OpCx, OpError, OperationKind, Step, StepError};
 use crate::host::network::GuestNetwork;
+use crate::host::vmm::Vmm;
 use crate::paths::Layout;
 
 /// Runs operations: claims their targets, executes their steps, records every step in the
@@ -23,6 +24,7 @@ pub struct Runner {
     journal: Arc<Journal<Projections>>,
     layout: Layout,
     network: Arc<GuestNetwork>,
+    vmm: Arc<dyn Vmm>,
     failpoints: Failpoints,
     claims: Arc<ClaimTable>,
     closing: AtomicBool,
@@ -86,12 +88,14 @@ impl Runner {
         journal: Arc<Journal<Projections>>,
         layout: Layout,
         network: Arc<GuestNetwork>,
+        vmm: Arc<dyn Vmm>,
         failpoints: Failpoints,
     ) -> Self {
         Runner {
             journal,
             layout,
             network,
+            vmm,
             failpoints,
             claims: Arc::default(),
             closing: AtomicBool::new(false),
@@ -108,6 +112,10 @@ impl Runner {
 
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    pub fn vmm(&self) -> &dyn Vmm {
+        self.vmm.as_ref()
     }
 
     pub fn failpoints(&self) -> &Failpoints {
@@ -238,6 +246,7 @@ impl Runner {
             target: &claim.target,
             layout: &self.layout,
             network: &self.network,
+            vmm: self.vmm.as_ref(),
         };
         let mut opening = vec![Event::OperationStarted(OperationStarted {
             kind: K::KIND,
@@ -506,6 +515,9 @@ mod tests {
             Arc::new(journal),
             Layout::rooted(Path::new("/nonexistent")),
             Arc::new(GuestNetwork::unreachable_for_tests()),
+            Arc::new(crate::host::vmm::FirecrackerVmm::new(
+                "/nonexistent/firecracker",
+            )),
             Failpoints::none(),
         )
     }

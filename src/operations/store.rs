@@ -11,28 +11,18 @@
 //!
 //! Everything here is blocking; callers run it on the blocking pool.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use banger_events::{Handle, OpId};
 use sha2::{Digest, Sha256};
 
 use super::StepError;
+use crate::host::disk::{self, CopyMethod};
 
 /// Name of the marker file that records which operation made a directory.
 pub const MARKER: &str = ".banger-op";
-
-/// How [`clone_or_copy`] copied a file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CopyMethod {
-    /// A copy-on-write clone (`FICLONE`): instant, shares blocks until written.
-    Reflink,
-    /// Data ranges copied, holes kept as holes.
-    Sparse,
-}
 
 /// Creates `dir` afresh (removing a leftover from an earlier attempt of the same operation)
 /// with the marker of `op_id`. Atomically: the directory is made and marked under a sibling
@@ -79,110 +69,9 @@ pub fn marker_of(dir: &Path) -> Option<OpId> {
         .and_then(|text| text.trim().parse().ok())
 }
 
-/// Copies `src` to `dst` (created or truncated, mode 0644): a reflink clone when the
-/// filesystem supports it, else a copy of the data ranges that keeps holes, so a mostly empty
-/// 4 GiB ext4 image costs its used blocks, not 4 GiB. The result is synced to disk.
+/// [`crate::host::disk::clone_or_copy`] with its error as a step error.
 pub fn clone_or_copy(src: &Path, dst: &Path) -> Result<CopyMethod, StepError> {
-    let input =
-        File::open(src).map_err(|e| StepError::io(format!("cannot open {}", src.display()), e))?;
-    let output = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(dst)
-        .map_err(|e| StepError::io(format!("cannot create {}", dst.display()), e))?;
-    // SAFETY: FICLONE takes the source descriptor as its argument and touches no memory of
-    // ours; both descriptors stay open for the duration of the call.
-    let cloned = unsafe { libc::ioctl(output.as_raw_fd(), libc::FICLONE, input.as_raw_fd()) } == 0;
-    let method = if cloned {
-        CopyMethod::Reflink
-    } else {
-        sparse_copy(&input, &output).map_err(|e| {
-            StepError::io(
-                format!("cannot copy {} to {}", src.display(), dst.display()),
-                e,
-            )
-        })?;
-        CopyMethod::Sparse
-    };
-    output
-        .sync_all()
-        .map_err(|e| StepError::io(format!("cannot sync {}", dst.display()), e))?;
-    Ok(method)
-}
-
-/// Copies the data ranges of `input` into the (empty) `output`, leaving holes where the input
-/// has them. Falls back to a plain copy where the filesystem cannot say where data is.
-fn sparse_copy(input: &File, output: &File) -> io::Result<()> {
-    use nix::errno::Errno;
-    use nix::unistd::{Whence, lseek};
-
-    let len = input.metadata()?.len();
-    // Setting the length first makes every range not written below a hole.
-    output.set_len(len)?;
-    let end = i64::try_from(len).map_err(|_| io::Error::other("file too large"))?;
-    let mut position: i64 = 0;
-    while position < end {
-        let data = match lseek(input, position, Whence::SeekData) {
-            Ok(offset) => offset,
-            // No data after `position`: the rest is a hole.
-            Err(Errno::ENXIO) => break,
-            // The filesystem cannot report holes: treat everything as data.
-            Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) => position,
-            Err(errno) => return Err(errno.into()),
-        };
-        let hole = match lseek(input, data, Whence::SeekHole) {
-            Ok(offset) => offset.min(end),
-            Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) => end,
-            Err(errno) => return Err(errno.into()),
-        };
-        copy_range(input, output, data, hole)?;
-        position = hole.max(data + 1);
-    }
-    Ok(())
-}
-
-/// Copies bytes `from..to` of `input` to the same offsets of `output`.
-fn copy_range(input: &File, output: &File, from: i64, to: i64) -> io::Result<()> {
-    use nix::errno::Errno;
-    use std::os::unix::fs::FileExt;
-
-    let mut offset_in = from;
-    let mut offset_out = from;
-    while offset_in < to {
-        let want = usize::try_from(to - offset_in)
-            .unwrap_or(usize::MAX)
-            .min(1 << 30);
-        match nix::fcntl::copy_file_range(
-            input,
-            Some(&mut offset_in),
-            output,
-            Some(&mut offset_out),
-            want,
-        ) {
-            // The input shrank under us: what is left is gone; stop rather than spin.
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
-            // copy_file_range refuses some pairs of filesystems: copy through a buffer.
-            Err(Errno::EXDEV | Errno::ENOSYS | Errno::EINVAL | Errno::EOPNOTSUPP) => break,
-            Err(errno) => return Err(errno.into()),
-        }
-    }
-    let mut buffer = vec![0u8; 1 << 20];
-    while offset_in < to {
-        let want = usize::try_from(to - offset_in)
-            .unwrap_or(usize::MAX)
-            .min(buffer.len());
-        let offset = u64::try_from(offset_in).map_err(|_| io::Error::other("negative offset"))?;
-        let read = input.read_at(&mut buffer[..want], offset)?;
-        if read == 0 {
-            return Ok(());
-        }
-        output.write_all_at(&buffer[..read], offset)?;
-        offset_in += read as i64;
-    }
-    Ok(())
+    disk::clone_or_copy(src, dst).map_err(StepError::from)
 }
 
 /// The sha256 (hex) and length of a file.

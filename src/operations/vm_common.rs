@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use banger_events::{Handle, Journal, OpId, VmId, VmSpec};
-use banger_projections::Projections;
+use banger_projections::{ProcessRef, Projections};
 
 use super::{BoxFuture, OpCx, Step, StepError, tap_fill};
 use crate::agent::client::AgentClient;
@@ -37,10 +37,9 @@ use crate::agent::protocol::AGENT_VSOCK_PORT;
 use crate::config::Config;
 use crate::host::firecracker::vsock_connect_timeout;
 use crate::host::network::{GATEWAY, GUEST_NET, interface_exists, tap_name};
-use crate::host::process::{self, Liveness};
+use crate::host::process::Liveness;
 use crate::host::vmm::{
-    CONSOLE_TAIL_BYTES, DEFAULT_KILL_TIMEOUT, DriveSpec, LaunchSpec, Launched, NetSpec, Vmm,
-    VsockSpec, console_tail, kill_recorded,
+    CONSOLE_TAIL_BYTES, DriveSpec, LaunchSpec, Launched, NetSpec, Vmm, VsockSpec, console_tail,
 };
 use crate::paths::Layout;
 
@@ -438,67 +437,47 @@ pub fn remove_file_if_present(path: &Path) -> Result<(), StepError> {
     }
 }
 
-/// SIGKILLs the recorded process (and its group), waiting until it is gone. Dead or reused
-/// pids are left alone.
-pub async fn kill_process(pid: u32, start_time_ticks: u64) -> Result<(), StepError> {
-    let launched = Launched {
-        pid,
-        start_time_ticks,
-        api_socket: PathBuf::new(),
-    };
-    kill_recorded(&launched, DEFAULT_KILL_TIMEOUT)
+/// The VMM the log records for VM `vm_id`: its process (pid and start time) and the control
+/// socket every VMM of the VM is given (its path derives from the VM id alone).
+pub fn recorded_vmm(layout: &Layout, vm_id: VmId, process: ProcessRef) -> Launched {
+    Launched {
+        pid: process.pid,
+        start_time_ticks: process.start_time_ticks,
+        api_socket: layout.vm_api_socket(vm_id),
+    }
+}
+
+/// Kills `vm` through the backend; a process already dead, or whose pid was reused, is fine.
+pub async fn kill_vmm(vmm: &dyn Vmm, vm: &Launched) -> Result<(), StepError> {
+    vmm.kill(vm)
         .await
         .map(drop)
-        .map_err(|error| StepError::Other(format!("cannot kill VMM process {pid}: {error}")))
+        .map_err(|error| StepError::Other(format!("cannot kill VMM process {}: {error}", vm.pid)))
 }
 
-/// Processes whose command line passes `--api-sock <api_socket>`: the VMM a crashed
-/// `launch-firecracker` started before its pid reached the log.
-pub fn processes_serving(api_socket: &Path) -> Vec<(u32, u64)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let wanted = api_socket.as_os_str().as_encoded_bytes();
-    let mut found = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let serves = args
-            .windows(2)
-            .any(|pair| pair[0] == b"--api-sock" && pair[1] == wanted);
-        if serves && let Ok(ticks) = process::proc_start_time_ticks(pid) {
-            found.push((pid, ticks));
-        }
-    }
-    found
-}
-
-/// Undoes a launch from its handles: kills the recorded process, then any process still
-/// serving a recorded API socket, then removes the sockets.
-pub async fn undo_launch(layout: &Layout, handles: &[Handle]) -> Result<(), StepError> {
+/// Undoes a launch from its handles: kills the recorded process, then any process the
+/// backend started for a recorded socket (a crash before the pid reached the log), then
+/// removes the sockets.
+pub async fn undo_launch(cx: &OpCx<'_>, handles: &[Handle]) -> Result<(), StepError> {
+    let vm_id = target_vm(cx)?;
     for handle in handles {
         if let Handle::Process {
             pid,
             start_time_ticks,
         } = handle
         {
-            kill_process(*pid, *start_time_ticks).await?;
+            let process = ProcessRef {
+                pid: *pid,
+                start_time_ticks: *start_time_ticks,
+            };
+            kill_vmm(cx.vmm, &recorded_vmm(cx.layout, vm_id, process)).await?;
         }
     }
     for handle in handles {
         if let Handle::Socket { path } = handle {
-            let path = path_in_vms(layout, path)?;
-            for (pid, ticks) in processes_serving(&path) {
-                kill_process(pid, ticks).await?;
+            let path = path_in_vms(cx.layout, path)?;
+            for orphan in cx.vmm.launched_for(&path).await {
+                kill_vmm(cx.vmm, &orphan).await?;
             }
             remove_file_if_present(&path)?;
             // The fake firecracker's guest agent listens beside the vsock socket.
@@ -636,7 +615,7 @@ impl Step<BootState> for LaunchFirecracker {
         cx: &'a OpCx<'a>,
         handles: &'a [Handle],
     ) -> BoxFuture<'a, Result<(), StepError>> {
-        Box::pin(undo_launch(cx.layout, handles))
+        Box::pin(undo_launch(cx, handles))
     }
 }
 

@@ -22,7 +22,6 @@
 //! fails at `network` with an error that says how to start the helper, and rolls back.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 
 use banger_events::{
@@ -37,6 +36,7 @@ use super::vm_common::{
 };
 use super::{BoxFuture, Claim, OpCx, OpError, OperationKind, Runner, Step, StepError, blocking};
 use crate::api::{VmCreateParams, VmName};
+use crate::host::disk::make_work_disk;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -397,7 +397,10 @@ impl Step<BootState> for PrepareWorkDisk {
         let bytes = state.spec.work_disk_mib.saturating_mul(MIB);
         let handles = self.intent(cx, state);
         Box::pin(async move {
-            blocking("making the work disk", move || make_work_disk(&path, bytes)).await?;
+            blocking("making the work disk", move || {
+                make_work_disk(&path, bytes).map_err(StepError::from)
+            })
+            .await?;
             Ok(handles)
         })
     }
@@ -418,62 +421,6 @@ impl Step<BootState> for PrepareWorkDisk {
     }
 }
 
-/// A fresh ext4 filesystem labelled `work` in a sparse file of `bytes` (made again from
-/// scratch when it exists: an earlier attempt's disk was never handed to a guest).
-fn make_work_disk(path: &std::path::Path, bytes: u64) -> Result<(), StepError> {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(|e| StepError::io(format!("cannot create {}", path.display()), e))?;
-    file.set_len(bytes)
-        .map_err(|e| StepError::io(format!("cannot size {}", path.display()), e))?;
-    drop(file);
-    run_tool(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-L",
-            "work",
-            "-E",
-            "lazy_itable_init=1,lazy_journal_init=1",
-        ],
-        path,
-    )
-}
-
-/// Runs an e2fsprogs tool on `path`; its stderr is the error when it fails.
-pub(crate) fn run_tool(tool: &str, args: &[&str], path: &std::path::Path) -> Result<(), StepError> {
-    // e2fsprogs lives in /sbin, which an unprivileged user's PATH often lacks.
-    let binary = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-        .iter()
-        .map(|dir| std::path::Path::new(dir).join(tool))
-        .find(|candidate| candidate.exists())
-        .unwrap_or_else(|| PathBuf::from(tool));
-    let output = Command::new(&binary)
-        .args(args)
-        .arg(path)
-        .output()
-        .map_err(|e| {
-            StepError::io(
-                format!("cannot run {tool} (install e2fsprogs: `apt-get install e2fsprogs`)"),
-                e,
-            )
-        })?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(StepError::Other(format!(
-            "{tool} {} failed ({}): {}",
-            path.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        )))
-    }
-}
-
 /// The step invariants of the VM operations, on a real directory: every host-touching step's
 /// `ensure` run twice equals once, every `undo` run twice equals once, and undoing what never
 /// happened (from the intent) succeeds and changes nothing.
@@ -486,8 +433,9 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+    use crate::host::process::processes_with_argument;
     use crate::host::vmm::FirecrackerVmm;
-    use crate::operations::vm_common::{processes_serving, undo_launch};
+    use crate::operations::vm_common::undo_launch;
     use crate::operations::vm_stop::{StopState, VmStop};
     use crate::paths::Layout;
 
@@ -557,6 +505,7 @@ mod tests {
             target: &target,
             layout: &layout,
             network: &network,
+            vmm: &FirecrackerVmm::new("/nonexistent/firecracker"),
         };
         let mut state = boot_state(&layout, &image);
         let before = snapshot(&layout.state_dir);
@@ -577,7 +526,8 @@ mod tests {
         assert!(layout.vm_root_disk(VmId(0x42)).exists());
         let work = layout.vm_work_disk(VmId(0x42));
         assert_eq!(fs::metadata(&work).unwrap().len(), 32 << 20);
-        run_tool("e2fsck", &["-f", "-n"], &work).expect("a clean ext4 work disk");
+        crate::host::disk::run_tool("e2fsck", &["-f", "-n"], &work)
+            .expect("a clean ext4 work disk");
         for (step, handles) in done.iter().rev() {
             step.undo(&cx, handles).await.unwrap();
             step.undo(&cx, handles).await.unwrap();
@@ -616,7 +566,7 @@ mod tests {
         let pid = child.id().unwrap();
         // The command line is the shell's once it has exec'd: poll for it, with a deadline.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while processes_serving(&api).is_empty() {
+        while serving(&api).is_empty() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the stand-in never ran"
@@ -625,18 +575,32 @@ mod tests {
         }
         // The shell itself; a child it forked may briefly carry the same command line too,
         // before it execs `sleep`.
-        assert!(
-            processes_serving(&api)
-                .iter()
-                .any(|(found, _)| *found == pid)
-        );
+        assert!(serving(&api).iter().any(|(found, _)| *found == pid));
         let intent = [socket(&api), socket(&layout.vm_vsock_socket(vm_id))];
-        undo_launch(&layout, &intent).await.unwrap();
-        undo_launch(&layout, &intent).await.unwrap();
+        let network = crate::host::network::GuestNetwork::unreachable_for_tests();
+        let target = Target::Vm {
+            vm_id,
+            name: "dev".into(),
+        };
+        let cx = OpCx {
+            op_id: OpId(0x5),
+            kind: OpKind::VmCreate,
+            target: &target,
+            layout: &layout,
+            network: &network,
+            vmm: &FirecrackerVmm::new("/nonexistent/firecracker"),
+        };
+        undo_launch(&cx, &intent).await.unwrap();
+        undo_launch(&cx, &intent).await.unwrap();
         let status = child.wait().await.unwrap();
         assert!(!status.success(), "pid {pid} was killed");
         assert!(!api.exists());
-        assert!(processes_serving(&api).is_empty());
+        assert!(serving(&api).is_empty());
+    }
+
+    /// Processes whose command line passes `--api-sock <api>`, as firecracker's does.
+    fn serving(api: &Path) -> Vec<(u32, u64)> {
+        processes_with_argument("--api-sock", api.as_os_str())
     }
 
     fn socket(path: &Path) -> Handle {
@@ -663,6 +627,7 @@ mod tests {
             target: &target,
             layout: &layout,
             network: &network,
+            vmm: &FirecrackerVmm::new("/nonexistent/firecracker"),
         };
         let state = StopState {
             vm_id,
@@ -731,6 +696,7 @@ mod tests {
             journal.clone(),
             layout.clone(),
             Arc::new(crate::host::network::GuestNetwork::unreachable_for_tests()),
+            Arc::new(FirecrackerVmm::new("/nonexistent/firecracker")),
             Failpoints::none(),
         );
         let host = Arc::new(VmHost::new(

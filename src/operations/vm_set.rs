@@ -14,9 +14,10 @@
 use banger_events::{Event, Handle, OpId, OpKind, Target, VmChanged, VmId, VmSpec, VmState};
 
 use super::vm_common::file_handle;
-use super::vm_create::{check_shape, run_tool};
+use super::vm_create::check_shape;
 use super::{BoxFuture, OpCx, OpError, OperationKind, Runner, Step, StepError, blocking};
 use crate::api::VmSetParams;
+use crate::host::disk::{DiskError, run_tool};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -144,13 +145,11 @@ impl Step<SetState> for ResizeWorkDisk {
                 drop(file);
                 // resize2fs insists on a freshly checked filesystem. e2fsck -p exits 1 when
                 // it fixed something harmless, which is fine too.
-                if let Err(error) = run_tool("e2fsck", &["-f", "-p"], &path) {
-                    let text = error.to_string();
-                    if !text.contains("exit status: 1)") {
-                        return Err(error);
-                    }
+                match run_tool("e2fsck", &["-f", "-p"], &path) {
+                    Err(DiskError::Tool { status, .. }) if status == "exit status: 1" => {}
+                    other => other?,
                 }
-                run_tool("resize2fs", &[], &path)
+                Ok(run_tool("resize2fs", &[], &path)?)
             })
             .await?;
             Ok(produced)

@@ -27,11 +27,11 @@ use banger_events::{
 use banger_projections::ProcessRef;
 use serde::{Deserialize, Serialize};
 
-use super::vm_common::{kill_process, path_in_vms, remove_file_if_present, target_vm};
+use super::vm_common::{kill_vmm, path_in_vms, recorded_vmm, remove_file_if_present, target_vm};
 use super::{BoxFuture, Claim, OpCx, OpError, OperationKind, Runner, Step, StepError};
 use crate::agent::client::AgentClient;
 use crate::agent::protocol::AGENT_VSOCK_PORT;
-use crate::host::firecracker::{FirecrackerClient, vsock_connect_timeout};
+use crate::host::firecracker::vsock_connect_timeout;
 use crate::host::process;
 
 pub struct VmStop;
@@ -304,26 +304,27 @@ impl Step<StopState> for Shutdown {
             let Some(p) = alive(state.process) else {
                 return Ok(Vec::new());
             };
-            let client = FirecrackerClient::new(cx.layout.vm_api_socket(state.vm_id))
-                .with_timeout(Duration::from_secs(2));
+            let vmm = recorded_vmm(cx.layout, state.vm_id, p);
             if state.stop_timeout_ms == 0 {
                 // No grace asked for: asking the guest to power off in no time would only
                 // race the kill.
                 tracing::info!(vm = %state.name, "stop timeout 0: killing the VMM at once");
-            } else if let Err(error) = client.send_ctrl_alt_del().await {
-                tracing::warn!(vm = %state.name, %error, "Ctrl-Alt-Del failed; killing the VMM");
+            } else if let Err(error) = cx.vmm.shutdown(&vmm).await {
+                tracing::warn!(vm = %state.name, %error, "the graceful shutdown request failed; killing the VMM");
             } else {
                 let timeout = Duration::from_millis(state.stop_timeout_ms);
-                let gone = process::wait_dead(p.pid, p.start_time_ticks, timeout)
+                let gone = cx
+                    .vmm
+                    .wait_dead(&vmm, timeout)
                     .await
-                    .map_err(|e| StepError::io(format!("cannot watch process {}", p.pid), e))?;
+                    .map_err(|e| StepError::Other(format!("cannot watch the VMM: {e}")))?;
                 if gone {
                     return Ok(Vec::new());
                 }
                 tracing::warn!(vm = %state.name, timeout_ms = state.stop_timeout_ms,
                     "the guest did not power off in time; killing the VMM");
             }
-            kill_process(p.pid, p.start_time_ticks).await?;
+            kill_vmm(cx.vmm, &vmm).await?;
             Ok(Vec::new())
         })
     }
@@ -351,12 +352,12 @@ impl Step<StopState> for KillVmm {
 
     fn ensure<'a>(
         &'a self,
-        _: &'a OpCx<'a>,
+        cx: &'a OpCx<'a>,
         state: &'a mut StopState,
     ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
         Box::pin(async move {
             if let Some(p) = state.process {
-                kill_process(p.pid, p.start_time_ticks).await?;
+                kill_vmm(cx.vmm, &recorded_vmm(cx.layout, state.vm_id, p)).await?;
             }
             Ok(Vec::new())
         })

@@ -130,7 +130,7 @@ impl Running {
     }
 
     fn client(&self) -> FirecrackerClient {
-        self.launched().client()
+        FirecrackerClient::new(&self.launched().api_socket)
     }
 
     /// The exit status, waiting at most [`DEADLINE`].

@@ -704,8 +704,9 @@ async fn boot_steps_twice(root: PathBuf, helper_socket: PathBuf) -> Vec<String> 
         boot_timeout: Duration::from_secs(10),
         ..Config::default()
     };
+    let vmm = Arc::new(vmm);
     let host = Arc::new(VmHost::new(
-        Arc::new(vmm),
+        vmm.clone(),
         config,
         Arc::new(journal),
         layout.clone(),
@@ -750,6 +751,7 @@ async fn boot_steps_twice(root: PathBuf, helper_socket: PathBuf) -> Vec<String> 
         target: &target,
         layout: &layout,
         network: &network,
+        vmm: vmm.as_ref(),
     };
     let steps: [&dyn Step<BootState>; 5] = [
         &Network {
