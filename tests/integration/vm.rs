@@ -270,7 +270,8 @@ async fn assert_network_place(lab: &Lab, name: &str, ip: [u8; 4], cid: u32) {
     let command_line = console
         .lines()
         .rev()
-        .find_map(|line| line.strip_prefix("Command line: "))
+        // Console lines carry a kernel timestamp first: `[    0.000038] Command line: …`.
+        .find_map(|line| line.split_once("] Command line: ").map(|(_, rest)| rest))
         .unwrap_or_else(|| panic!("{name}: the console shows no command line: {console}"));
     assert!(
         command_line.split(' ').any(|arg| arg == ip_arg),
@@ -319,7 +320,7 @@ async fn vmm_machine(lab: &Lab, name: &str) -> (u64, u64) {
     let booted = console
         .lines()
         .rev()
-        .find(|line| line.starts_with("fake-firecracker: instance"))
+        .find(|line| line.contains("] fake-firecracker: instance "))
         .unwrap_or_else(|| panic!("{name}: no boot summary on the console: {console}"));
     assert!(
         booted.ends_with(&format!(", {vcpus} vCPUs, {memory} MiB")),
