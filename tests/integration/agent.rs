@@ -160,7 +160,6 @@ fn sh(script: &str) -> ExecRequest {
     ExecRequest::new(["sh", "-c", script])
 }
 
-#[tokio::test]
 async fn version_mismatch_is_a_clear_error_on_both_sides() {
     let agent = AgentProcess::start().await;
 
@@ -246,7 +245,6 @@ async fn version_mismatch_is_a_clear_error_on_both_sides() {
     client.ping().await.unwrap();
 }
 
-#[tokio::test]
 async fn health_reports_version_uptime_hostname_and_load() {
     let agent = AgentProcess::start().await;
     let mut client = agent.client().await;
@@ -268,7 +266,6 @@ async fn health_reports_version_uptime_hostname_and_load() {
     assert!(again.agent_uptime_ms >= health.agent_uptime_ms);
 }
 
-#[tokio::test]
 async fn ping_measures_round_trips_on_one_connection() {
     let agent = AgentProcess::start().await;
     let mut client = agent.client().await;
@@ -278,7 +275,6 @@ async fn ping_measures_round_trips_on_one_connection() {
     }
 }
 
-#[tokio::test]
 async fn exec_streams_stdout_and_stderr_then_the_exit_code() {
     let agent = AgentProcess::start().await;
     let mut client = agent.client().await;
@@ -331,7 +327,6 @@ async fn exec_streams_stdout_and_stderr_then_the_exit_code() {
     assert_eq!((stdout, stderr), (b"out\n".to_vec(), b"err\n".to_vec()));
 }
 
-#[tokio::test]
 async fn exec_output_arrives_while_the_command_still_runs() {
     let agent = AgentProcess::start().await;
     let mut client = agent.client().await;
@@ -356,7 +351,6 @@ async fn exec_output_arrives_while_the_command_still_runs() {
     client.ping().await.unwrap();
 }
 
-#[tokio::test]
 async fn a_command_that_ignores_its_stdin_pipe_exits_before_the_host_closes_it() {
     let agent = AgentProcess::start().await;
     let mut client = agent.client().await;
@@ -381,7 +375,6 @@ async fn a_command_that_ignores_its_stdin_pipe_exits_before_the_host_closes_it()
     assert_eq!(output.stdout, b"next\n");
 }
 
-#[tokio::test]
 async fn exec_uses_a_clean_environment_plus_the_requested_env_and_cwd() {
     let agent = AgentProcess::start().await;
     let mut client = agent.client().await;
@@ -418,7 +411,6 @@ async fn exec_uses_a_clean_environment_plus_the_requested_env_and_cwd() {
     assert_eq!(lines[2], "/bin:/usr/bin");
 }
 
-#[tokio::test]
 async fn exec_failures_are_clear_errors_and_the_connection_survives() {
     let agent = AgentProcess::start().await;
     let mut client = agent.client().await;
@@ -490,7 +482,6 @@ async fn exec_failures_are_clear_errors_and_the_connection_survives() {
     );
 }
 
-#[tokio::test]
 async fn binary_output_and_input_round_trip_unchanged() {
     let agent = AgentProcess::start().await;
     let mut client = agent.client().await;
@@ -534,7 +525,6 @@ async fn binary_output_and_input_round_trip_unchanged() {
     );
 }
 
-#[tokio::test]
 async fn death_by_signal_is_reported() {
     let agent = AgentProcess::start().await;
     let mut client = agent.client().await;
@@ -556,7 +546,6 @@ async fn death_by_signal_is_reported() {
     );
 }
 
-#[tokio::test]
 async fn client_disconnect_mid_exec_kills_the_whole_process_group() {
     let agent = AgentProcess::start().await;
     let mut client = agent.client().await;
@@ -587,7 +576,6 @@ async fn client_disconnect_mid_exec_kills_the_whole_process_group() {
     agent.client().await.ping().await.unwrap();
 }
 
-#[tokio::test]
 async fn client_vanishing_while_stdin_is_backed_up_still_kills_the_command() {
     let agent = AgentProcess::start().await;
     let mut raw = agent.raw().await;
@@ -635,7 +623,6 @@ async fn client_vanishing_while_stdin_is_backed_up_still_kills_the_command() {
     agent.client().await.ping().await.unwrap();
 }
 
-#[tokio::test]
 async fn agent_shutdown_kills_running_commands() {
     let mut agent = AgentProcess::start().await;
     let mut client = agent.client().await;
@@ -659,7 +646,6 @@ async fn agent_shutdown_kills_running_commands() {
     assert!(!agent.socket.exists(), "the agent removes its socket");
 }
 
-#[tokio::test]
 async fn sync_flushes_and_answers() {
     let agent = AgentProcess::start().await;
     let mut client = agent.client().await;
@@ -667,7 +653,6 @@ async fn sync_flushes_and_answers() {
     client.sync().await.unwrap();
 }
 
-#[tokio::test]
 async fn malformed_frames_get_clear_errors_and_the_connection_goes_on() {
     let agent = AgentProcess::start().await;
     let mut raw = agent.raw().await;
@@ -749,7 +734,6 @@ async fn malformed_frames_get_clear_errors_and_the_connection_goes_on() {
     expect_closed(&mut rude).await;
 }
 
-#[tokio::test]
 async fn oversized_frame_is_refused_without_allocating_and_the_agent_still_serves() {
     let agent = AgentProcess::start().await;
     let mut raw = agent.raw().await;
@@ -803,7 +787,6 @@ async fn oversized_frame_is_refused_without_allocating_and_the_agent_still_serve
     );
 }
 
-#[tokio::test]
 async fn twenty_concurrent_connections_are_served() {
     const CONNECTIONS: usize = 20;
     let agent = AgentProcess::start().await;
@@ -854,8 +837,6 @@ async fn twenty_concurrent_connections_are_served() {
 
 /// Builds the static agent with `tools/build-agent.sh` and checks that it has no ELF
 /// interpreter and runs. Slow (a release build for the explicit target), hence ignored.
-#[test]
-#[ignore = "builds a release binary: run with --ignored"]
 fn static_build() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let output = std::process::Command::new("bash")
@@ -892,4 +873,28 @@ fn static_build() {
         .expect("run the static agent");
     assert!(version.status.success());
     assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+/// This module's tests, for the binary's harness (`banger-test-harness`).
+pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
+    banger_test_harness::tests![
+        tokio version_mismatch_is_a_clear_error_on_both_sides,
+        tokio health_reports_version_uptime_hostname_and_load,
+        tokio ping_measures_round_trips_on_one_connection,
+        tokio exec_streams_stdout_and_stderr_then_the_exit_code,
+        tokio exec_output_arrives_while_the_command_still_runs,
+        tokio a_command_that_ignores_its_stdin_pipe_exits_before_the_host_closes_it,
+        tokio exec_uses_a_clean_environment_plus_the_requested_env_and_cwd,
+        tokio exec_failures_are_clear_errors_and_the_connection_survives,
+        tokio binary_output_and_input_round_trip_unchanged,
+        tokio death_by_signal_is_reported,
+        tokio client_disconnect_mid_exec_kills_the_whole_process_group,
+        tokio client_vanishing_while_stdin_is_backed_up_still_kills_the_command,
+        tokio agent_shutdown_kills_running_commands,
+        tokio sync_flushes_and_answers,
+        tokio malformed_frames_get_clear_errors_and_the_connection_goes_on,
+        tokio oversized_frame_is_refused_without_allocating_and_the_agent_still_serves,
+        tokio twenty_concurrent_connections_are_served,
+        sync static_build ignore("builds a release binary: run with --ignored"),
+    ]
 }

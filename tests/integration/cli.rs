@@ -237,7 +237,6 @@ fn envelopes(text: &str) -> Vec<Envelope> {
 
 // ---- help and the command tree ------------------------------------------------------------------
 
-#[test]
 fn every_group_landing_page_shows_runnable_examples() {
     let sandbox = Sandbox::new();
     let pages: &[(&[&str], &[&str])] = &[
@@ -311,7 +310,6 @@ fn every_group_landing_page_shows_runnable_examples() {
     );
 }
 
-#[test]
 fn unimplemented_verbs_say_so_and_exit_2_without_starting_bangerd() {
     let sandbox = Sandbox::new();
     let verbs: &[(&[&str], &str)] = &[
@@ -361,7 +359,6 @@ fn unimplemented_verbs_say_so_and_exit_2_without_starting_bangerd() {
     );
 }
 
-#[test]
 fn bad_names_sizes_paths_and_ids_get_clear_errors() {
     let sandbox = Sandbox::new();
     let cases: &[(&[&str], i32, &[&str])] = &[
@@ -431,7 +428,6 @@ fn bad_names_sizes_paths_and_ids_get_clear_errors() {
 
 // ---- reaching the daemon --------------------------------------------------------------------
 
-#[test]
 fn without_autostart_the_cli_says_how_to_start_bangerd() {
     let sandbox = Sandbox::new();
     let run = {
@@ -469,7 +465,6 @@ fn without_autostart_the_cli_says_how_to_start_bangerd() {
     assert!(sandbox.daemon_pid().is_none());
 }
 
-#[test]
 fn the_first_command_starts_bangerd_and_later_ones_reuse_it() {
     let sandbox = Sandbox::new();
     assert_eq!(sandbox.ok(&["vm", "list"]).trim(), "no VMs");
@@ -496,7 +491,6 @@ fn the_first_command_starts_bangerd_and_later_ones_reuse_it() {
 
 // ---- images, kernels, events, ops, replay -----------------------------------------------------
 
-#[test]
 fn kernels_and_images_round_trip_through_tables_json_events_and_replay() {
     let sandbox = Sandbox::new();
     // Relative paths: the CLI makes them absolute before bangerd sees them.
@@ -743,7 +737,6 @@ fn kernels_and_images_round_trip_through_tables_json_events_and_replay() {
     assert!(vms.is_empty());
 }
 
-#[test]
 fn events_follow_sees_what_another_invocation_does_and_ends_cleanly_on_ctrl_c() {
     let sandbox = Sandbox::new();
     // Start the daemon first so that the follower and the writer share it.
@@ -777,7 +770,6 @@ fn events_follow_sees_what_another_invocation_does_and_ends_cleanly_on_ctrl_c() 
 
 /// A log with a VM's whole story, written without a daemon (VM operations arrive later), so
 /// that replay's VM, handle and operation views are exercised at every point of it.
-#[test]
 fn replay_shows_vms_handles_and_stuck_operations_at_any_point() {
     use std::sync::Arc;
 
@@ -963,7 +955,6 @@ fn replay_shows_vms_handles_and_stuck_operations_at_any_point() {
     assert_eq!(past["last_seq"], 12);
 }
 
-#[test]
 fn a_follower_whose_daemon_stops_says_where_to_resume() {
     let sandbox = Sandbox::new();
     let kernel_dir = sandbox.kernel_dir("kernel-build");
@@ -1010,4 +1001,19 @@ fn a_follower_whose_daemon_stops_says_where_to_resume() {
         .and_then(|seq| seq.parse().ok())
         .unwrap_or_else(|| panic!("no resume point in {stderr}"));
     assert!(resume >= last_seq.parse::<u64>().expect("seq"), "{stderr}");
+}
+
+/// This module's tests, for the binary's harness (`banger-test-harness`).
+pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
+    banger_test_harness::tests![
+        sync every_group_landing_page_shows_runnable_examples,
+        sync unimplemented_verbs_say_so_and_exit_2_without_starting_bangerd,
+        sync bad_names_sizes_paths_and_ids_get_clear_errors,
+        sync without_autostart_the_cli_says_how_to_start_bangerd,
+        sync the_first_command_starts_bangerd_and_later_ones_reuse_it,
+        sync kernels_and_images_round_trip_through_tables_json_events_and_replay,
+        sync events_follow_sees_what_another_invocation_does_and_ends_cleanly_on_ctrl_c,
+        sync replay_shows_vms_handles_and_stuck_operations_at_any_point,
+        sync a_follower_whose_daemon_stops_says_where_to_resume,
+    ]
 }

@@ -60,7 +60,6 @@ fn op_id_of(response: &banger::rpc::Response) -> OpId {
 
 // ---- the protocol -----------------------------------------------------------------------------
 
-#[tokio::test]
 async fn ping_reports_pid_version_and_a_writable_log() {
     let daemon = Bangerd::start();
     let ping = ping(&daemon).await;
@@ -90,7 +89,6 @@ async fn ping_reports_pid_version_and_a_writable_log() {
     }
 }
 
-#[tokio::test]
 async fn every_request_gets_its_own_op_id() {
     let daemon = Bangerd::start();
     let mut raw = daemon.raw().await;
@@ -104,7 +102,6 @@ async fn every_request_gets_its_own_op_id() {
     assert_eq!(error.error.unwrap().code, ErrorCode::NotFound);
 }
 
-#[tokio::test]
 async fn malformed_requests_get_invalid_argument_and_the_connection_goes_on() {
     let daemon = Bangerd::start();
     let mut raw = daemon.raw().await;
@@ -148,7 +145,6 @@ async fn malformed_requests_get_invalid_argument_and_the_connection_goes_on() {
     assert!(response.result.is_some(), "{response:?}");
 }
 
-#[tokio::test]
 async fn unknown_method_says_which_methods_exist() {
     let daemon = Bangerd::start();
     let error = rpc_error(
@@ -167,7 +163,6 @@ async fn unknown_method_says_which_methods_exist() {
     assert!(error.message.contains("daemon.ping") && error.message.contains("events.follow"));
 }
 
-#[tokio::test]
 async fn a_request_over_one_mebibyte_is_refused_and_the_daemon_keeps_serving() {
     let daemon = Bangerd::start();
     let mut raw = daemon.raw().await;
@@ -198,7 +193,6 @@ async fn a_request_over_one_mebibyte_is_refused_and_the_daemon_keeps_serving() {
     assert_eq!(ping(&daemon).await.pid, daemon.pid());
 }
 
-#[tokio::test]
 async fn fifty_concurrent_clients_all_get_their_answers() {
     let daemon = Bangerd::start();
     let source = kernel_source(&daemon.root().scratch("k"), "6.1.0-test", false);
@@ -239,7 +233,6 @@ async fn fifty_concurrent_clients_all_get_their_answers() {
     assert_eq!(dir_names(&daemon.layout().kernels_dir()).len(), 50);
 }
 
-#[tokio::test]
 async fn a_client_that_disconnects_mid_stream_or_mid_request_harms_nothing() {
     let daemon = Bangerd::start();
     // A follower that hangs up after reading one event.
@@ -314,7 +307,6 @@ async fn a_client_that_disconnects_mid_stream_or_mid_request_harms_nothing() {
     assert!(kernel.initrd_path.is_some());
 }
 
-#[tokio::test]
 async fn a_second_daemon_on_the_same_state_dir_is_refused_with_the_first_ones_pid() {
     let daemon = Bangerd::start();
     let output = std::process::Command::new(bangerd_bin())
@@ -333,7 +325,6 @@ async fn a_second_daemon_on_the_same_state_dir_is_refused_with_the_first_ones_pi
     assert_eq!(ping(&daemon).await.pid, daemon.pid());
 }
 
-#[tokio::test]
 async fn sigterm_and_daemon_shutdown_stop_cleanly_and_record_it() {
     let mut daemon = Bangerd::start();
     let status = daemon.signal_and_wait(Signal::SIGTERM);
@@ -400,7 +391,6 @@ async fn sigterm_and_daemon_shutdown_stop_cleanly_and_record_it() {
 
 // ---- kernels and images ------------------------------------------------------------------------
 
-#[tokio::test]
 async fn kernel_import_stores_and_registers_a_kernel() {
     let daemon = Bangerd::start();
     let source = daemon.root().scratch("debian");
@@ -475,7 +465,6 @@ async fn kernel_import_stores_and_registers_a_kernel() {
     );
 }
 
-#[tokio::test]
 async fn kernel_import_refuses_bad_input_and_leaves_nothing_behind() {
     let daemon = Bangerd::start();
     let source = kernel_source(&daemon.root().scratch("k"), "6.1.0-test", false);
@@ -538,7 +527,6 @@ async fn register(
         .await
 }
 
-#[tokio::test]
 async fn image_register_copies_sparsely_and_refuses_bad_input() {
     let daemon = Bangerd::start();
     let source = kernel_source(&daemon.root().scratch("k"), "6.1.0-test", false);
@@ -630,7 +618,6 @@ async fn image_register_copies_sparsely_and_refuses_bad_input() {
 
 // ---- events.follow -----------------------------------------------------------------------------
 
-#[tokio::test]
 async fn events_follow_streams_from_any_seq_without_gap_or_duplicate() {
     let daemon = Bangerd::start();
     let source = kernel_source(&daemon.root().scratch("k"), "6.1.0-test", false);
@@ -753,7 +740,6 @@ async fn events_follow_streams_from_any_seq_without_gap_or_duplicate() {
 
 // ---- crashes -----------------------------------------------------------------------------------
 
-#[tokio::test]
 async fn sigkill_loses_no_acknowledged_operation_and_recovery_cleans_the_rest() {
     let mut daemon = Bangerd::start();
     let source = kernel_source(&daemon.root().scratch("k"), "6.1.0-test", true);
@@ -865,7 +851,6 @@ async fn crash_and_recover(
     (daemon, op, events)
 }
 
-#[tokio::test]
 async fn a_crash_in_the_middle_of_kernel_import_is_rolled_back_at_restart() {
     for (point, before_undo) in [
         ("kernel.import:stage:after", "stage"),
@@ -922,7 +907,6 @@ async fn a_crash_in_the_middle_of_kernel_import_is_rolled_back_at_restart() {
     }
 }
 
-#[tokio::test]
 async fn a_crash_in_the_middle_of_an_undo_is_resumed_at_restart() {
     let scratch = tempfile::tempdir().unwrap();
     let source = kernel_source(scratch.path(), "6.1.0-test", false);
@@ -974,7 +958,6 @@ async fn a_crash_in_the_middle_of_an_undo_is_resumed_at_restart() {
     assert!(dir_names(&daemon.layout().kernels_dir()).is_empty());
 }
 
-#[tokio::test]
 async fn a_crash_in_the_middle_of_image_register_is_rolled_back_at_restart() {
     let scratch = tempfile::tempdir().unwrap();
     let rootfs = rootfs_file(&scratch.path().join("rootfs.ext4"), 8 << 20);
@@ -991,7 +974,6 @@ async fn a_crash_in_the_middle_of_image_register_is_rolled_back_at_restart() {
     assert!(dir_names(&daemon.layout().images_dir()).is_empty());
 }
 
-#[tokio::test]
 async fn a_crash_in_the_middle_of_kernel_remove_is_rolled_forward_at_restart() {
     let scratch = tempfile::tempdir().unwrap();
     let source = kernel_source(scratch.path(), "6.1.0-test", false);
@@ -1020,7 +1002,6 @@ async fn a_crash_in_the_middle_of_kernel_remove_is_rolled_forward_at_restart() {
     assert!(list.kernels.is_empty());
 }
 
-#[tokio::test]
 async fn a_failed_step_rolls_back_and_a_failed_undo_leaves_a_stuck_operation_that_blocks() {
     let daemon = Bangerd::start_with(&[(
         "BANGER_FAILPOINT",
@@ -1062,7 +1043,6 @@ async fn a_failed_step_rolls_back_and_a_failed_undo_leaves_a_stuck_operation_tha
     assert!(error.message.contains("stuck"), "{}", error.message);
 }
 
-#[tokio::test]
 async fn a_corrupt_log_is_served_read_only_and_every_write_is_refused() {
     use banger_events::{EventLog, RedbLog, frame};
     let root = TestRoot::new();
@@ -1109,4 +1089,30 @@ async fn a_corrupt_log_is_served_read_only_and_every_write_is_refused() {
     assert!(dir_names(&daemon.layout().kernels_dir()).is_empty());
     // It still stops cleanly.
     assert!(daemon.signal_and_wait(Signal::SIGTERM).success());
+}
+
+/// This module's tests, for the binary's harness (`banger-test-harness`).
+pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
+    banger_test_harness::tests![
+        tokio ping_reports_pid_version_and_a_writable_log,
+        tokio every_request_gets_its_own_op_id,
+        tokio malformed_requests_get_invalid_argument_and_the_connection_goes_on,
+        tokio unknown_method_says_which_methods_exist,
+        tokio a_request_over_one_mebibyte_is_refused_and_the_daemon_keeps_serving,
+        tokio fifty_concurrent_clients_all_get_their_answers,
+        tokio a_client_that_disconnects_mid_stream_or_mid_request_harms_nothing,
+        tokio a_second_daemon_on_the_same_state_dir_is_refused_with_the_first_ones_pid,
+        tokio sigterm_and_daemon_shutdown_stop_cleanly_and_record_it,
+        tokio kernel_import_stores_and_registers_a_kernel,
+        tokio kernel_import_refuses_bad_input_and_leaves_nothing_behind,
+        tokio image_register_copies_sparsely_and_refuses_bad_input,
+        tokio events_follow_streams_from_any_seq_without_gap_or_duplicate,
+        tokio sigkill_loses_no_acknowledged_operation_and_recovery_cleans_the_rest,
+        tokio a_crash_in_the_middle_of_kernel_import_is_rolled_back_at_restart,
+        tokio a_crash_in_the_middle_of_an_undo_is_resumed_at_restart,
+        tokio a_crash_in_the_middle_of_image_register_is_rolled_back_at_restart,
+        tokio a_crash_in_the_middle_of_kernel_remove_is_rolled_forward_at_restart,
+        tokio a_failed_step_rolls_back_and_a_failed_undo_leaves_a_stuck_operation_that_blocks,
+        tokio a_corrupt_log_is_served_read_only_and_every_write_is_refused,
+    ]
 }

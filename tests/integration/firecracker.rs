@@ -27,6 +27,7 @@ use banger::host::vmm::{
     DriveSpec, FirecrackerVmm, KillOutcome, LaunchSpec, Launched, Spawned, Vmm, VsockSpec,
     describe_status,
 };
+use banger_test_harness::{Test, Tier};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
@@ -45,9 +46,46 @@ pub(crate) fn fake_binary() -> &'static Path {
 
 /// A real firecracker to test the pre-boot API against, when one is configured.
 fn real_binary() -> Option<PathBuf> {
-    std::env::var_os("BANGER_FIRECRACKER")
-        .filter(|path| !path.is_empty())
-        .map(PathBuf::from)
+    banger_test_harness::firecracker()
+}
+
+/// Which VMM a test runs: the fake, or the real firecracker of the harness's `firecracker`
+/// tier. Tests that run on either are registered once per VMM ([`per_vmm`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum VmmKind {
+    Fake,
+    Real,
+}
+
+impl VmmKind {
+    pub(crate) fn binary(self) -> PathBuf {
+        match self {
+            VmmKind::Fake => fake_binary().to_path_buf(),
+            VmmKind::Real => real_binary().expect("the firecracker tier names a binary"),
+        }
+    }
+}
+
+/// Registers `test` twice: `NAME::fake` against the fake firecracker, and
+/// `NAME::firecracker` against a real one (the `firecracker` tier, skipped without
+/// `BANGER_FIRECRACKER`), both in addition needing `needs`.
+pub(crate) fn per_vmm<F>(
+    module_path: &str,
+    name: &str,
+    needs: &[Tier],
+    test: impl FnOnce(VmmKind) -> F + Clone + Send + 'static,
+) -> [Test; 2]
+where
+    F: std::future::Future<Output = ()>,
+{
+    let name = banger_test_harness::name(module_path, name);
+    let real = test.clone();
+    [
+        Test::tokio(format!("{name}::fake"), move || test(VmmKind::Fake)).needs(needs),
+        Test::tokio(format!("{name}::firecracker"), move || real(VmmKind::Real))
+            .needs(needs)
+            .needs(&[Tier::Firecracker]),
+    ]
 }
 
 /// The fake with no agent: tests that need a guest listener provide one themselves.
@@ -204,236 +242,227 @@ fn write_script(path: &Path, text: &str) {
 // Pre-boot API: the fake and, when configured, the real firecracker.
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn configuration_is_accepted_and_read_back_before_boot() {
-    for vmm in every_vmm() {
-        let dir = scratch();
-        let spec = launch_spec(dir.path());
-        let vm = spawn(&vmm, &spec).await;
-        vmm.configure(vm.launched(), &spec).await.unwrap();
+async fn configuration_is_accepted_and_read_back_before_boot(vmm: VmmKind) {
+    let vmm = FirecrackerVmm::new(vmm.binary()).with_env("BANGER_FAKE_AGENT", "none");
+    let dir = scratch();
+    let spec = launch_spec(dir.path());
+    let vm = spawn(&vmm, &spec).await;
+    vmm.configure(vm.launched(), &spec).await.unwrap();
 
-        let client = vm.client();
-        let info = client.describe_instance().await.unwrap();
-        assert_eq!(info.id, "test-vm");
-        assert_eq!(info.state, InstanceState::NotStarted);
-        assert!(!info.vmm_version.is_empty());
-        assert!(!client.version().await.unwrap().is_empty());
-        let config = client.get_machine_config().await.unwrap();
-        assert_eq!((config.vcpu_count, config.mem_size_mib), (2, 256));
-        // PUT replaces; a second PUT is as good as the first (configure is an ensure).
-        vmm.configure(vm.launched(), &spec).await.unwrap();
-        // The vsock device bound its socket at PUT /vsock.
-        assert!(spec.vsock.as_ref().unwrap().uds_path.exists());
-    }
+    let client = vm.client();
+    let info = client.describe_instance().await.unwrap();
+    assert_eq!(info.id, "test-vm");
+    assert_eq!(info.state, InstanceState::NotStarted);
+    assert!(!info.vmm_version.is_empty());
+    assert!(!client.version().await.unwrap().is_empty());
+    let config = client.get_machine_config().await.unwrap();
+    assert_eq!((config.vcpu_count, config.mem_size_mib), (2, 256));
+    // PUT replaces; a second PUT is as good as the first (configure is an ensure).
+    vmm.configure(vm.launched(), &spec).await.unwrap();
+    // The vsock device bound its socket at PUT /vsock.
+    assert!(spec.vsock.as_ref().unwrap().uds_path.exists());
 }
 
 /// The VMM opens the tap when the interface is configured (TUNSETIFF), so a host interface
 /// that is not a tap is refused there, with the kernel's error in Firecracker's words.
-#[tokio::test]
-async fn an_interface_that_is_not_a_tap_is_refused_when_configured() {
-    for vmm in every_vmm() {
-        let dir = scratch();
-        let spec = launch_spec(dir.path());
-        let vm = spawn(&vmm, &spec).await;
-        let binary = vmm.binary.display().to_string();
-        let net = NetworkInterface {
-            iface_id: "eth0".to_string(),
-            host_dev_name: "lo".to_string(),
-            guest_mac: Some("02:fc:ac:1e:00:02".to_string()),
-        };
-        let fault = api_fault(vm.client().put_network_interface(&net).await);
-        assert_eq!(
-            fault,
-            "Network config error: Could not create the network device: Open tap device \
-             failed: Error while creating ifreq structure: Invalid argument (os error 22). \
-             Invalid TUN/TAP Backend provided by lo. Check our documentation on setting up \
-             the network devices.",
-            "{binary}"
-        );
-    }
+async fn an_interface_that_is_not_a_tap_is_refused_when_configured(vmm: VmmKind) {
+    let vmm = FirecrackerVmm::new(vmm.binary()).with_env("BANGER_FAKE_AGENT", "none");
+    let dir = scratch();
+    let spec = launch_spec(dir.path());
+    let vm = spawn(&vmm, &spec).await;
+    let binary = vmm.binary.display().to_string();
+    let net = NetworkInterface {
+        iface_id: "eth0".to_string(),
+        host_dev_name: "lo".to_string(),
+        guest_mac: Some("02:fc:ac:1e:00:02".to_string()),
+    };
+    let fault = api_fault(vm.client().put_network_interface(&net).await);
+    assert_eq!(
+        fault,
+        "Network config error: Could not create the network device: Open tap device \
+         failed: Error while creating ifreq structure: Invalid argument (os error 22). \
+         Invalid TUN/TAP Backend provided by lo. Check our documentation on setting up \
+         the network devices.",
+        "{binary}"
+    );
 }
 
-#[tokio::test]
-async fn bad_requests_get_400_with_firecrackers_fault_message() {
-    for vmm in every_vmm() {
-        let dir = scratch();
-        let spec = launch_spec(dir.path());
-        let vm = spawn(&vmm, &spec).await;
-        let client = vm.client();
-        let binary = vmm.binary.display().to_string();
+async fn bad_requests_get_400_with_firecrackers_fault_message(vmm: VmmKind) {
+    let vmm = FirecrackerVmm::new(vmm.binary()).with_env("BANGER_FAKE_AGENT", "none");
+    let dir = scratch();
+    let spec = launch_spec(dir.path());
+    let vm = spawn(&vmm, &spec).await;
+    let client = vm.client();
+    let binary = vmm.binary.display().to_string();
 
-        let fault = api_fault(client.put_machine_config(&MachineConfig::new(0, 128)).await);
-        assert!(fault.contains("vCPUs"), "{binary}: {fault}");
-        let fault = api_fault(
-            client
-                .put_machine_config(&MachineConfig::new(33, 128))
-                .await,
-        );
-        assert!(fault.contains("vCPUs"), "{binary}: {fault}");
-        let fault = api_fault(client.put_machine_config(&MachineConfig::new(1, 0)).await);
-        assert!(fault.contains("memory size"), "{binary}: {fault}");
-        // A refused update changed nothing: the defaults are still there.
-        let config = client.get_machine_config().await.unwrap();
-        assert_eq!((config.vcpu_count, config.mem_size_mib), (1, 128));
+    let fault = api_fault(client.put_machine_config(&MachineConfig::new(0, 128)).await);
+    assert!(fault.contains("vCPUs"), "{binary}: {fault}");
+    let fault = api_fault(
+        client
+            .put_machine_config(&MachineConfig::new(33, 128))
+            .await,
+    );
+    assert!(fault.contains("vCPUs"), "{binary}: {fault}");
+    let fault = api_fault(client.put_machine_config(&MachineConfig::new(1, 0)).await);
+    assert!(fault.contains("memory size"), "{binary}: {fault}");
+    // A refused update changed nothing: the defaults are still there.
+    let config = client.get_machine_config().await.unwrap();
+    assert_eq!((config.vcpu_count, config.mem_size_mib), (1, 128));
 
-        let missing = Drive {
-            drive_id: "work".to_string(),
-            path_on_host: dir.path().join("no-such-disk"),
-            is_root_device: false,
-            is_read_only: false,
-            partuuid: None,
-            cache_type: None,
-            io_engine: None,
-        };
-        let fault = api_fault(client.put_drive(&missing).await);
-        assert!(
-            fault.contains("No such file or directory"),
-            "{binary}: {fault}"
-        );
+    let missing = Drive {
+        drive_id: "work".to_string(),
+        path_on_host: dir.path().join("no-such-disk"),
+        is_root_device: false,
+        is_read_only: false,
+        partuuid: None,
+        cache_type: None,
+        io_engine: None,
+    };
+    let fault = api_fault(client.put_drive(&missing).await);
+    assert!(
+        fault.contains("No such file or directory"),
+        "{binary}: {fault}"
+    );
 
-        let root = Drive {
-            drive_id: "rootfs".to_string(),
-            path_on_host: spec.drives[0].path.clone(),
-            is_root_device: true,
-            ..missing.clone()
-        };
-        client.put_drive(&root).await.unwrap();
-        let second_root = Drive {
-            drive_id: "other".to_string(),
-            ..root.clone()
-        };
-        let fault = api_fault(client.put_drive(&second_root).await);
-        assert!(
-            fault.contains("root block device already exists"),
-            "{binary}: {fault}"
-        );
+    let root = Drive {
+        drive_id: "rootfs".to_string(),
+        path_on_host: spec.drives[0].path.clone(),
+        is_root_device: true,
+        ..missing.clone()
+    };
+    client.put_drive(&root).await.unwrap();
+    let second_root = Drive {
+        drive_id: "other".to_string(),
+        ..root.clone()
+    };
+    let fault = api_fault(client.put_drive(&second_root).await);
+    assert!(
+        fault.contains("root block device already exists"),
+        "{binary}: {fault}"
+    );
 
-        let fault = api_fault(
-            client
-                .put_boot_source(&BootSource {
-                    kernel_image_path: dir.path().join("no-kernel"),
-                    boot_args: None,
-                    initrd_path: None,
-                })
-                .await,
-        );
-        assert!(
-            fault.contains("kernel file cannot be opened"),
-            "{binary}: {fault}"
-        );
+    let fault = api_fault(
+        client
+            .put_boot_source(&BootSource {
+                kernel_image_path: dir.path().join("no-kernel"),
+                boot_args: None,
+                initrd_path: None,
+            })
+            .await,
+    );
+    assert!(
+        fault.contains("kernel file cannot be opened"),
+        "{binary}: {fault}"
+    );
 
-        // Bodies the typed client cannot express, through the raw request.
-        for (path, body, expect) in [
-            (
-                "/machine-config",
-                &b"{not json"[..],
-                "deserializing the json body",
-            ),
-            (
-                "/machine-config",
-                br#"{"vcpu_count": 1}"#,
-                "missing field `mem_size_mib`",
-            ),
-            (
-                "/machine-config",
-                br#"{"vcpu_count": 1, "mem_size_mib": 128, "bogus": 1}"#,
-                "unknown field `bogus`",
-            ),
-            (
-                "/actions",
-                br#"{"action_type": "Reboot"}"#,
-                "unknown variant `Reboot`",
-            ),
-            (
-                "/drives/a",
-                br#"{"drive_id": "b", "path_on_host": "/x", "is_root_device": false}"#,
-                "does not match",
-            ),
-            (
-                "/network-interfaces/eth0",
-                br#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "zz"}"#,
-                "The provided MAC address is invalid.",
-            ),
-            ("/logger", br#"{"level": "Loud"}"#, "Invalid LevelFilter"),
-        ] {
-            let response = client.request(Method::Put, path, Some(body)).await.unwrap();
-            assert_eq!(response.status, 400, "{binary}: PUT {path}");
-            let fault: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
-            let fault = fault["fault_message"].as_str().unwrap();
-            assert!(fault.contains(expect), "{binary}: PUT {path}: {fault}");
-        }
-
-        // Drive updates are post-boot calls; the body is still parsed first.
-        let response = client
-            .request(
-                Method::Patch,
-                "/drives/rootfs",
-                Some(br#"{"drive_id": "rootfs", "path_on_host": "/x"}"#),
-            )
-            .await
-            .unwrap();
-        assert_eq!(response.status, 400, "{binary}: PATCH /drives");
+    // Bodies the typed client cannot express, through the raw request.
+    for (path, body, expect) in [
+        (
+            "/machine-config",
+            &b"{not json"[..],
+            "deserializing the json body",
+        ),
+        (
+            "/machine-config",
+            br#"{"vcpu_count": 1}"#,
+            "missing field `mem_size_mib`",
+        ),
+        (
+            "/machine-config",
+            br#"{"vcpu_count": 1, "mem_size_mib": 128, "bogus": 1}"#,
+            "unknown field `bogus`",
+        ),
+        (
+            "/actions",
+            br#"{"action_type": "Reboot"}"#,
+            "unknown variant `Reboot`",
+        ),
+        (
+            "/drives/a",
+            br#"{"drive_id": "b", "path_on_host": "/x", "is_root_device": false}"#,
+            "does not match",
+        ),
+        (
+            "/network-interfaces/eth0",
+            br#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "zz"}"#,
+            "The provided MAC address is invalid.",
+        ),
+        ("/logger", br#"{"level": "Loud"}"#, "Invalid LevelFilter"),
+    ] {
+        let response = client.request(Method::Put, path, Some(body)).await.unwrap();
+        assert_eq!(response.status, 400, "{binary}: PUT {path}");
         let fault: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
         let fault = fault["fault_message"].as_str().unwrap();
-        assert!(
-            fault.contains("before starting the microVM"),
-            "{binary}: {fault}"
-        );
-
-        // The deprecated vsock_id is accepted, with a Deprecation header.
-        let body = serde_json::json!({
-            "vsock_id": "vsock0",
-            "guest_cid": 3,
-            "uds_path": dir.path().join("old.sock"),
-        });
-        let body = body.to_string();
-        let response = client
-            .request(Method::Put, "/vsock", Some(body.as_bytes()))
-            .await
-            .unwrap();
-        assert_eq!(response.status, 204, "{binary}: PUT /vsock with vsock_id");
-        assert_eq!(response.header("deprecation"), Some("true"), "{binary}");
-
-        // Nothing to start without a kernel (the bad boot source above was not kept).
-        let fault = api_fault(client.instance_start().await);
-        assert!(fault.contains("kernel configuration"), "{binary}: {fault}");
-        let fault = api_fault(client.send_ctrl_alt_del().await);
-        assert!(
-            fault.contains("before starting the microVM"),
-            "{binary}: {fault}"
-        );
-        let fault = api_fault(client.pause().await);
-        assert!(
-            fault.contains("before starting the microVM"),
-            "{binary}: {fault}"
-        );
+        assert!(fault.contains(expect), "{binary}: PUT {path}: {fault}");
     }
+
+    // Drive updates are post-boot calls; the body is still parsed first.
+    let response = client
+        .request(
+            Method::Patch,
+            "/drives/rootfs",
+            Some(br#"{"drive_id": "rootfs", "path_on_host": "/x"}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status, 400, "{binary}: PATCH /drives");
+    let fault: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    let fault = fault["fault_message"].as_str().unwrap();
+    assert!(
+        fault.contains("before starting the microVM"),
+        "{binary}: {fault}"
+    );
+
+    // The deprecated vsock_id is accepted, with a Deprecation header.
+    let body = serde_json::json!({
+        "vsock_id": "vsock0",
+        "guest_cid": 3,
+        "uds_path": dir.path().join("old.sock"),
+    });
+    let body = body.to_string();
+    let response = client
+        .request(Method::Put, "/vsock", Some(body.as_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(response.status, 204, "{binary}: PUT /vsock with vsock_id");
+    assert_eq!(response.header("deprecation"), Some("true"), "{binary}");
+
+    // Nothing to start without a kernel (the bad boot source above was not kept).
+    let fault = api_fault(client.instance_start().await);
+    assert!(fault.contains("kernel configuration"), "{binary}: {fault}");
+    let fault = api_fault(client.send_ctrl_alt_del().await);
+    assert!(
+        fault.contains("before starting the microVM"),
+        "{binary}: {fault}"
+    );
+    let fault = api_fault(client.pause().await);
+    assert!(
+        fault.contains("before starting the microVM"),
+        "{binary}: {fault}"
+    );
 }
 
-#[tokio::test]
-async fn an_existing_vsock_path_is_refused_by_firecracker_and_replaced_by_configure() {
-    for vmm in every_vmm() {
-        let dir = scratch();
-        let spec = launch_spec(dir.path());
-        let uds = spec.vsock.as_ref().unwrap().uds_path.clone();
-        std::fs::write(&uds, b"").unwrap();
-        let vm = spawn(&vmm, &spec).await;
-        let vsock = Vsock {
-            guest_cid: 3,
-            uds_path: uds.clone(),
-        };
-        let fault = api_fault(vm.client().put_vsock(&vsock).await);
-        assert!(fault.contains("Address already in use"), "{fault}");
-        // configure removes a stale socket file nobody serves before PUT /vsock.
-        vmm.configure(vm.launched(), &spec).await.unwrap();
-    }
+async fn an_existing_vsock_path_is_refused_by_firecracker_and_replaced_by_configure(vmm: VmmKind) {
+    let vmm = FirecrackerVmm::new(vmm.binary()).with_env("BANGER_FAKE_AGENT", "none");
+    let dir = scratch();
+    let spec = launch_spec(dir.path());
+    let uds = spec.vsock.as_ref().unwrap().uds_path.clone();
+    std::fs::write(&uds, b"").unwrap();
+    let vm = spawn(&vmm, &spec).await;
+    let vsock = Vsock {
+        guest_cid: 3,
+        uds_path: uds.clone(),
+    };
+    let fault = api_fault(vm.client().put_vsock(&vsock).await);
+    assert!(fault.contains("Address already in use"), "{fault}");
+    // configure removes a stale socket file nobody serves before PUT /vsock.
+    vmm.configure(vm.launched(), &spec).await.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
 // Boot and after: the fake only.
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
 async fn launch_boots_and_the_console_shows_the_kernel_command_line() {
     let dir = scratch();
     let spec = launch_spec(dir.path());
@@ -462,7 +491,6 @@ async fn launch_boots_and_the_console_shows_the_kernel_command_line() {
     ));
 }
 
-#[tokio::test]
 async fn configuration_after_start_is_refused() {
     let dir = scratch();
     let spec = launch_spec(dir.path());
@@ -508,7 +536,6 @@ async fn configuration_after_start_is_refused() {
     );
 }
 
-#[tokio::test]
 async fn ctrl_alt_del_makes_the_vmm_exit_zero() {
     let dir = scratch();
     let spec = launch_spec(dir.path());
@@ -521,7 +548,6 @@ async fn ctrl_alt_del_makes_the_vmm_exit_zero() {
     assert!(vmm.wait_dead(vm.launched(), DEADLINE).await.unwrap());
 }
 
-#[tokio::test]
 async fn vsock_connects_to_the_guest_listener_and_reports_a_silent_port() {
     let dir = scratch();
     let spec = launch_spec(dir.path());
@@ -560,7 +586,6 @@ async fn vsock_connects_to_the_guest_listener_and_reports_a_silent_port() {
     );
 }
 
-#[tokio::test]
 async fn config_file_boots_at_once_with_and_without_the_api() {
     let dir = scratch();
     let spec = launch_spec(dir.path());
@@ -638,7 +663,6 @@ async fn config_file_boots_at_once_with_and_without_the_api() {
     }
 }
 
-#[tokio::test]
 async fn crash_on_boot_fails_the_launch_with_the_console_tail_and_leaves_nothing() {
     let dir = scratch();
     let spec = launch_spec(dir.path());
@@ -675,7 +699,6 @@ async fn crash_on_boot_fails_the_launch_with_the_console_tail_and_leaves_nothing
     }
 }
 
-#[tokio::test]
 async fn refused_endpoints_and_slow_boots_come_from_the_knobs() {
     let dir = scratch();
     let spec = launch_spec(dir.path());
@@ -704,7 +727,6 @@ async fn refused_endpoints_and_slow_boots_come_from_the_knobs() {
     assert!(matches!(err, VsockError::NoListener { .. }), "{err}");
 }
 
-#[tokio::test]
 async fn the_agent_gets_its_socket_and_cid_and_dies_with_the_vmm() {
     let dir = scratch();
     let agent = dir.path().join("agent.sh");
@@ -768,12 +790,7 @@ fn agent_pid_on(console: &str) -> u32 {
 /// VMM opens when the interface is configured — for the fake, and for a real Firecracker
 /// when one is configured. The VMMs run inside a test network namespace: they are spawned
 /// from a thread that entered it, and a child inherits its forking thread's namespace.
-#[test]
 fn a_tap_made_by_banger_helper_is_opened_by_the_vmm() {
-    if let Some(reason) = crate::support::no_test_network_reason() {
-        eprintln!("{reason}");
-        return;
-    }
     let root = crate::support::TestRoot::new();
     let network = root.network().expect("a test network");
     let helper = banger_helper::HelperClient::new(network.socket());
@@ -846,4 +863,47 @@ pub(crate) fn taps_open_in(pid: u32) -> Vec<String> {
         );
     }
     taps
+}
+
+/// This module's tests, for the binary's harness (`banger-test-harness`).
+pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
+    let here = module_path!();
+    let mut tests = Vec::new();
+    // The pre-boot API, against the fake and a real firecracker alike.
+    tests.extend(per_vmm(
+        here,
+        "configuration_is_accepted_and_read_back_before_boot",
+        &[],
+        configuration_is_accepted_and_read_back_before_boot,
+    ));
+    tests.extend(per_vmm(
+        here,
+        "an_interface_that_is_not_a_tap_is_refused_when_configured",
+        &[],
+        an_interface_that_is_not_a_tap_is_refused_when_configured,
+    ));
+    tests.extend(per_vmm(
+        here,
+        "bad_requests_get_400_with_firecrackers_fault_message",
+        &[],
+        bad_requests_get_400_with_firecrackers_fault_message,
+    ));
+    tests.extend(per_vmm(
+        here,
+        "an_existing_vsock_path_is_refused_by_firecracker_and_replaced_by_configure",
+        &[],
+        an_existing_vsock_path_is_refused_by_firecracker_and_replaced_by_configure,
+    ));
+    tests.extend(banger_test_harness::tests![
+        tokio launch_boots_and_the_console_shows_the_kernel_command_line,
+        tokio configuration_after_start_is_refused,
+        tokio ctrl_alt_del_makes_the_vmm_exit_zero,
+        tokio vsock_connects_to_the_guest_listener_and_reports_a_silent_port,
+        tokio config_file_boots_at_once_with_and_without_the_api,
+        tokio crash_on_boot_fails_the_launch_with_the_console_tail_and_leaves_nothing,
+        tokio refused_endpoints_and_slow_boots_come_from_the_knobs,
+        tokio the_agent_gets_its_socket_and_cid_and_dies_with_the_vmm,
+        sync a_tap_made_by_banger_helper_is_opened_by_the_vmm needs(Root),
+    ]);
+    tests
 }

@@ -38,12 +38,8 @@ struct Guest {
 }
 
 impl Guest {
-    /// `None`, with the reason printed, when VMs cannot get taps here (not root).
-    async fn start() -> Option<Guest> {
-        if let Some(reason) = super::support::no_test_network_reason() {
-            eprintln!("{reason}");
-            return None;
-        }
+    /// Needs root (a test network for the VM's tap): the tests are in the harness's root tier.
+    async fn start() -> Guest {
         let fake = fake_firecracker().to_string_lossy().into_owned();
         let daemon = Bangerd::start_with(&[
             ("BANGER_FIRECRACKER", &fake),
@@ -69,7 +65,7 @@ impl Guest {
             .await
             .expect("image.register");
         guest.create("dev").await;
-        Some(guest)
+        guest
     }
 
     async fn client(&self) -> Client {
@@ -167,11 +163,8 @@ async fn exec(guest: &Guest, params: Value) -> Ran {
     }
 }
 
-#[tokio::test]
 async fn exec_streams_stdout_and_stderr_apart_and_returns_the_status() {
-    let Some(guest) = Guest::start().await else {
-        return;
-    };
+    let guest = Guest::start().await;
     let ran = exec(
         &guest,
         json!({"name": "dev", "argv": ["sh", "-c", "echo out; echo err >&2; exit 7"]}),
@@ -211,11 +204,8 @@ async fn exec_streams_stdout_and_stderr_apart_and_returns_the_status() {
     assert_eq!(ran.stdout, [0u8, 255, b'\n']);
 }
 
-#[tokio::test]
 async fn exec_refuses_unknown_vms_bad_requests_and_stopped_vms() {
-    let Some(guest) = Guest::start().await else {
-        return;
-    };
+    let guest = Guest::start().await;
     let mut client = guest.client().await;
 
     let error = rpc_error(
@@ -272,11 +262,8 @@ async fn exec_refuses_unknown_vms_bad_requests_and_stopped_vms() {
     );
 }
 
-#[tokio::test]
 async fn a_client_that_hangs_up_kills_its_command() {
-    let Some(guest) = Guest::start().await else {
-        return;
-    };
+    let guest = Guest::start().await;
     let mut stream = guest
         .stream(
             "vm.exec",
@@ -340,11 +327,8 @@ async fn read_console(stream: &mut Stream, text: &mut String, until: &str) -> Op
         .unwrap_or_else(|_| panic!("{until:?} never appeared on the console; got:\n{text}"))
 }
 
-#[tokio::test]
 async fn logs_show_the_console_and_follow_what_is_appended() {
-    let Some(guest) = Guest::start().await else {
-        return;
-    };
+    let guest = Guest::start().await;
 
     // Without follow: the file as it is, then the end.
     let mut stream = guest
@@ -413,11 +397,8 @@ async fn logs_show_the_console_and_follow_what_is_appended() {
     assert_eq!(error.code, ErrorCode::NotFound, "{error}");
 }
 
-#[tokio::test]
 async fn health_and_ping_report_a_round_trip() {
-    let Some(guest) = Guest::start().await else {
-        return;
-    };
+    let guest = Guest::start().await;
     let ping: VmPingResult =
         serde_json::from_value(guest.call("vm.ping", json!({"name": "dev"})).await).expect("ping");
     assert_eq!(ping.name, "dev");
@@ -452,11 +433,8 @@ async fn health_and_ping_report_a_round_trip() {
     assert_eq!(parsed.name, "dev");
 }
 
-#[tokio::test]
 async fn cli_exec_streams_output_and_exits_with_the_command_status() {
-    let Some(guest) = Guest::start().await else {
-        return;
-    };
+    let guest = Guest::start().await;
 
     let run = guest.cli(&["vm", "exec", "dev", "--", "sh", "-c", "echo hi"]);
     assert_eq!(run.status.code(), Some(0), "{run:?}");
@@ -542,11 +520,8 @@ async fn cli_exec_streams_output_and_exits_with_the_command_status() {
     reader.join().expect("the reader thread");
 }
 
-#[tokio::test]
 async fn cli_lifecycle_verbs_print_one_line_each_and_create_shows_its_stages() {
-    let Some(guest) = Guest::start().await else {
-        return;
-    };
+    let guest = Guest::start().await;
     let text = |run: &Output| {
         format!(
             "status {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -630,11 +605,8 @@ async fn cli_lifecycle_verbs_print_one_line_each_and_create_shows_its_stages() {
     );
 }
 
-#[tokio::test]
 async fn cli_vm_run_runs_one_command_in_a_fresh_vm_and_throws_it_away() {
-    let Some(guest) = Guest::start().await else {
-        return;
-    };
+    let guest = Guest::start().await;
     let run = guest.cli(&[
         "vm",
         "run",
@@ -716,11 +688,8 @@ fn wait_with_deadline(child: std::process::Child, what: &str) -> Output {
     }
 }
 
-#[tokio::test]
 async fn cli_exec_forwards_piped_stdin_to_the_command() {
-    let Some(guest) = Guest::start().await else {
-        return;
-    };
+    let guest = Guest::start().await;
 
     // `echo hello | banger vm exec dev -- cat`
     let mut child = spawn_cli(
@@ -801,11 +770,8 @@ async fn cli_exec_forwards_piped_stdin_to_the_command() {
     assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "0");
 }
 
-#[tokio::test]
 async fn exec_stdin_lines_that_are_not_stdin_are_refused() {
-    let Some(guest) = Guest::start().await else {
-        return;
-    };
+    let guest = Guest::start().await;
     let mut raw = guest.daemon.raw().await;
     raw.send(
         1,
@@ -839,4 +805,20 @@ async fn exec_stdin_lines_that_are_not_stdin_are_refused() {
         let item: VmExecItem = serde_json::from_value(item).unwrap();
         assert_eq!(item.data, b"hi\n");
     }
+}
+
+/// This module's tests, for the binary's harness (`banger-test-harness`).
+pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
+    banger_test_harness::tests![
+        tokio exec_streams_stdout_and_stderr_apart_and_returns_the_status needs(Root),
+        tokio exec_refuses_unknown_vms_bad_requests_and_stopped_vms needs(Root),
+        tokio a_client_that_hangs_up_kills_its_command needs(Root),
+        tokio logs_show_the_console_and_follow_what_is_appended needs(Root),
+        tokio health_and_ping_report_a_round_trip needs(Root),
+        tokio cli_exec_streams_output_and_exits_with_the_command_status needs(Root),
+        tokio cli_lifecycle_verbs_print_one_line_each_and_create_shows_its_stages needs(Root),
+        tokio cli_vm_run_runs_one_command_in_a_fresh_vm_and_throws_it_away needs(Root),
+        tokio cli_exec_forwards_piped_stdin_to_the_command needs(Root),
+        tokio exec_stdin_lines_that_are_not_stdin_are_refused needs(Root),
+    ]
 }

@@ -1,5 +1,10 @@
 //! The banger crate's one integration-test binary: drives the real `bangerd` and `banger`
 //! binaries over real sockets in temporary state directories.
+//!
+//! It runs on `banger-test-harness` (`harness = false`): each module lists its tests with
+//! `banger_test_harness::tests!` (an unlisted test is dead code, which `-D warnings` refuses),
+//! and those that need root (a test network) or a real firecracker say so there, so that they
+//! show as skipped where they cannot run, or fail under `BANGER_REQUIRE_PRIVILEGED=1`.
 
 mod agent;
 mod cli;
@@ -9,3 +14,15 @@ mod guest;
 mod network;
 mod support;
 mod vm;
+
+fn main() {
+    banger_test_harness::run(vec![
+        agent::tests(),
+        cli::tests(),
+        daemon::tests(),
+        firecracker::tests(),
+        guest::tests(),
+        network::tests(),
+        vm::tests(),
+    ]);
+}

@@ -14,23 +14,17 @@ use banger::rpc::ClientError;
 use banger_events::Handle;
 use serde_json::{Value, json};
 
-use super::support::{
-    Bangerd, TestNetwork, TestRoot, kernel_source, no_test_network_reason, rootfs_file, rpc_error,
-};
+use super::support::{Bangerd, TestNetwork, TestRoot, kernel_source, rootfs_file, rpc_error};
 
 /// A bangerd in a test network with a kernel `k` and an image `img`, and no spare taps (so
-/// that each VM makes its own; [`pool_lab`] has a pool); `None` (with the reason printed)
-/// when a test network cannot be made here.
-async fn lab(extra_env: &[(&str, &str)]) -> Option<Bangerd> {
+/// that each VM makes its own; [`lab_with_pool`] has a pool). Needs root: the tests are in
+/// the harness's root tier.
+async fn lab(extra_env: &[(&str, &str)]) -> Bangerd {
     lab_with_pool(extra_env, 0).await
 }
 
 /// As [`lab`], with `tap_pool` spare taps.
-async fn lab_with_pool(extra_env: &[(&str, &str)], tap_pool: usize) -> Option<Bangerd> {
-    if let Some(reason) = no_test_network_reason() {
-        eprintln!("{reason}");
-        return None;
-    }
+async fn lab_with_pool(extra_env: &[(&str, &str)], tap_pool: usize) -> Bangerd {
     let root = TestRoot::new();
     let config_dir = root.layout().config_dir;
     std::fs::create_dir_all(&config_dir).expect("create the config dir");
@@ -42,7 +36,7 @@ async fn lab_with_pool(extra_env: &[(&str, &str)], tap_pool: usize) -> Option<Ba
     let fake = crate::firecracker::fake_binary().display().to_string();
     let daemon = Bangerd::start_on_with(root, &env_with(&fake, extra_env));
     import_kernel_and_image(&daemon).await;
-    Some(daemon)
+    daemon
 }
 
 /// Registers kernel `k` and image `img` (a small sparse rootfs) with `daemon`.
@@ -105,11 +99,8 @@ async fn show(daemon: &Bangerd, name: &str) -> VmShowResult {
         .expect("vm.show")
 }
 
-#[tokio::test]
 async fn a_vm_gets_its_own_tap_on_the_bridge_which_its_vmm_opens_and_delete_removes() {
-    let Some(daemon) = lab(&[]).await else {
-        return;
-    };
+    let daemon = lab(&[]).await;
     let net = network(&daemon);
     let created: VmCreateResult = daemon
         .client()
@@ -225,17 +216,13 @@ async fn a_vm_gets_its_own_tap_on_the_bridge_which_its_vmm_opens_and_delete_remo
     assert!(net.taps().is_empty());
 }
 
-#[tokio::test]
 async fn without_the_helper_a_create_fails_at_network_says_how_to_fix_it_and_leaves_nothing() {
     // Not started by bangerd either (it runs as root here, and would).
-    let Some(daemon) = lab(&[
+    let daemon = lab(&[
         ("BANGER_HELPER_SOCKET", "/nonexistent/helper.sock"),
         ("BANGER_NO_AUTOSTART", "1"),
     ])
-    .await
-    else {
-        return;
-    };
+    .await;
     let error = rpc_error(
         daemon
             .client()
@@ -263,11 +250,8 @@ async fn without_the_helper_a_create_fails_at_network_says_how_to_fix_it_and_lea
     assert!(network(&daemon).taps().is_empty());
 }
 
-#[tokio::test]
 async fn a_tap_made_just_before_a_crash_is_removed_by_recovery() {
-    let Some(mut daemon) = lab(&[]).await else {
-        return;
-    };
+    let mut daemon = lab(&[]).await;
     restart(
         &mut daemon,
         &[("BANGER_FAILPOINT", "vm.create:network:after")],
@@ -301,11 +285,8 @@ async fn a_tap_made_just_before_a_crash_is_removed_by_recovery() {
     assert_eq!(listed["vms"], json!([]), "{listed}");
 }
 
-#[tokio::test]
 async fn a_delete_that_cannot_remove_the_tap_marks_the_vm_failed_and_a_second_delete_finishes() {
-    let Some(mut daemon) = lab(&[]).await else {
-        return;
-    };
+    let mut daemon = lab(&[]).await;
     let created: VmCreateResult = daemon
         .client()
         .await
@@ -396,11 +377,8 @@ async fn settle(daemon: &Bangerd, name: &str, spares: usize) -> (Vec<String>, Ve
     }
 }
 
-#[tokio::test]
 async fn spare_taps_are_made_after_the_first_vm_and_the_next_vm_takes_one() {
-    let Some(daemon) = lab_with_pool(&[], 2).await else {
-        return;
-    };
+    let daemon = lab_with_pool(&[], 2).await;
     let net = network(&daemon);
     // No VM yet: banger has not touched the host's network.
     assert!(net.taps().is_empty());
@@ -457,7 +435,6 @@ async fn spare_taps_are_made_after_the_first_vm_and_the_next_vm_takes_one() {
     assert_eq!(net.taps(), expected);
 }
 
-#[tokio::test]
 async fn a_fill_interrupted_by_a_crash_is_rolled_back_and_made_again() {
     // Before its taps are made, after (not yet recorded), and once its step is recorded.
     for point in ["before", "after", "succeeded"] {
@@ -466,9 +443,7 @@ async fn a_fill_interrupted_by_a_crash_is_rolled_back_and_made_again() {
 }
 
 async fn fill_crash_at(point: &str) {
-    let Some(mut daemon) = lab_with_pool(&[], 2).await else {
-        return;
-    };
+    let mut daemon = lab_with_pool(&[], 2).await;
     let _: VmCreateResult = daemon
         .client()
         .await
@@ -517,12 +492,7 @@ async fn fill_crash_at(point: &str) {
     );
 }
 
-#[tokio::test]
 async fn a_root_bangerd_starts_banger_helper_itself_when_none_answers() {
-    if let Some(reason) = no_test_network_reason() {
-        eprintln!("{reason}");
-        return;
-    }
     // bangerd looks for banger-helper beside itself, where cargo built it for these tests.
     assert!(crate::support::helper_binary().exists());
     let root = TestRoot::new();
@@ -560,4 +530,17 @@ async fn a_root_bangerd_starts_banger_helper_itself_when_none_answers() {
     let links = String::from_utf8_lossy(&links.stdout);
     assert!(links.contains(&tap_name(created.vm_id)), "{links}");
     assert!(links.contains("banger0"), "{links}");
+}
+
+/// This module's tests, for the binary's harness (`banger-test-harness`).
+pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
+    banger_test_harness::tests![
+        tokio a_vm_gets_its_own_tap_on_the_bridge_which_its_vmm_opens_and_delete_removes needs(Root),
+        tokio without_the_helper_a_create_fails_at_network_says_how_to_fix_it_and_leaves_nothing needs(Root),
+        tokio a_tap_made_just_before_a_crash_is_removed_by_recovery needs(Root),
+        tokio a_delete_that_cannot_remove_the_tap_marks_the_vm_failed_and_a_second_delete_finishes needs(Root),
+        tokio spare_taps_are_made_after_the_first_vm_and_the_next_vm_takes_one needs(Root),
+        tokio a_fill_interrupted_by_a_crash_is_rolled_back_and_made_again needs(Root),
+        tokio a_root_bangerd_starts_banger_helper_itself_when_none_answers needs(Root),
+    ]
 }

@@ -68,13 +68,6 @@ pub fn helper_binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_banger-helper"))
 }
 
-/// `Some(reason)` when a test network ([`TestNetwork`]) cannot be made here.
-pub fn no_test_network_reason() -> Option<String> {
-    (!nix::unistd::geteuid().is_root()).then(|| {
-        "skipped: VMs need taps, and running banger-helper in a throwaway network namespace needs root".to_owned()
-    })
-}
-
 /// A real banger-helper in a network namespace of its own (which dies with it), for one test
 /// root: the bridge, taps and NAT rules it makes live there, never on the host. Every bangerd
 /// started on the root joins that namespace, so the VMMs it launches open their taps there.
@@ -152,11 +145,16 @@ impl TestRoot {
         }
     }
 
-    /// This root's test network, started on first use; `None` when not running as root
-    /// (see [`no_test_network_reason`]).
+    /// This root's test network, started on first use; `None` when not running as root (the
+    /// tests that need one are in the harness's root tier, so they do not run then).
     pub fn network(&self) -> Option<&TestNetwork> {
         self.network
-            .get_or_init(|| no_test_network_reason().is_none().then(TestNetwork::start))
+            .get_or_init(|| {
+                banger_test_harness::Tier::Root
+                    .missing()
+                    .is_none()
+                    .then(TestNetwork::start)
+            })
             .as_ref()
     }
 

@@ -6,22 +6,29 @@
 //! `image.register`. Dropping a [`Lab`] SIGKILLs every VMM process group whose command line
 //! names its root, so a failing test leaks nothing. Waiting is polling with a deadline.
 //!
-//! When `BANGER_FIRECRACKER` names a real firecracker these tests are skipped with a printed
-//! reason: a real guest cannot boot on these (PVM) hosts, and every test here needs a boot.
+//! Every test needs root (the harness's root tier): each VM gets a tap from a real
+//! banger-helper in the test's own network namespace. Most need a booted guest, which only
+//! the fake can give here (a real guest cannot boot on these PVM hosts, and the tests' kernel
+//! is not a kernel), so they always run the fake. Those whose guest never boots (a create
+//! that fails at boot, and what is undone after it) are registered once per VMM
+//! ([`per_vmm`]): `NAME::fake`, and `NAME::firecracker` against the real firecracker that
+//! `BANGER_FIRECRACKER` names, which fails to boot the tests' kernel just as the fake's
+//! `FAKE_FC_CRASH_ON_BOOT` makes it fail (that knob means nothing to the real one).
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use banger::api::{VmCreateResult, VmDeleteResult, VmListResult, VmResult, VmShowResult};
+use banger::host::firecracker::{FirecrackerClient, Method};
 use banger::host::process::{self, Liveness};
 use banger::rpc::{Client, ClientError};
-use banger_events::{Event, Handle, VmState};
+use banger_events::{Event, Handle, VmId, VmState};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 
-use crate::firecracker::fake_binary;
+use crate::firecracker::{VmmKind, fake_binary, per_vmm};
 use crate::support::{
     Bangerd, TestRoot, all_events, kernel_source, processes_mentioning, rootfs_file,
 };
@@ -39,28 +46,6 @@ pub const CREATE_STEPS: [&str; 8] = [
     "instance-start",
     "wait-for-agent",
 ];
-
-/// `Some(reason)` when these tests cannot run here.
-fn skip_reason() -> Option<String> {
-    std::env::var_os("BANGER_FIRECRACKER")
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            format!(
-                "skipped: BANGER_FIRECRACKER={} is a real firecracker, and a real guest cannot boot on this host",
-                p.to_string_lossy()
-            )
-        })
-        .or_else(crate::support::no_test_network_reason)
-}
-
-macro_rules! skip_if_real_firecracker {
-    () => {
-        if let Some(reason) = skip_reason() {
-            eprintln!("{reason}");
-            return;
-        }
-    };
-}
 
 /// A bangerd with a kernel `k` and an image `img`, and the environment to restart it with.
 struct Lab {
@@ -81,6 +66,11 @@ impl Lab {
 
     /// With extra environment, and extra lines for the `[vm]` section of the config.
     async fn configured(extra: &[(&str, &str)], vm_config: &str) -> Lab {
+        Self::on(VmmKind::Fake, extra, vm_config).await
+    }
+
+    /// Running `vmm`, with extra environment and extra `[vm]` config lines.
+    async fn on(vmm: VmmKind, extra: &[(&str, &str)], vm_config: &str) -> Lab {
         let root = TestRoot::new();
         let root_path = root.path().to_path_buf();
         let config_dir = root.layout().config_dir;
@@ -97,7 +87,7 @@ impl Lab {
         let mut env = vec![
             (
                 "BANGER_FIRECRACKER".to_owned(),
-                fake_binary().display().to_string(),
+                vmm.binary().display().to_string(),
             ),
             (
                 "BANGER_FAKE_AGENT".to_owned(),
@@ -218,6 +208,127 @@ async fn wait_dead(pid: u32, ticks: u64) {
     }
 }
 
+/// The VM's VMM configuration as the VMM itself reports it (`GET /vm/config`, answered alike
+/// by the fake and by Firecracker): what it really received, not what bangerd meant to send.
+async fn vmm_config(lab: &Lab, vm_id: VmId) -> Value {
+    let client = FirecrackerClient::new(lab.daemon.layout().vm_api_socket(vm_id));
+    let response = client
+        .request(Method::Get, "/vm/config", None)
+        .await
+        .expect("GET /vm/config from the VM's VMM");
+    assert_eq!(response.status, 200, "GET /vm/config");
+    serde_json::from_slice(&response.body).expect("GET /vm/config answers JSON")
+}
+
+/// Checks that running VM `name` holds exactly guest address `ip` (with its MAC) and vsock CID
+/// `cid` in the ledger, and that its VMM received exactly those: the kernel command line's
+/// `ip=` (also as the guest's console printed it), the interface's MAC on the VM's own tap,
+/// the vsock device's CID.
+async fn assert_network_place(lab: &Lab, name: &str, ip: [u8; 4], cid: u32) {
+    let shown = lab.show(name).await;
+    let mac = [0x02, 0xfc, ip[0], ip[1], ip[2], ip[3]];
+    let held = |want: fn(&Handle) -> bool| -> Vec<Handle> {
+        shown
+            .handles
+            .iter()
+            .map(|h| h.handle.clone())
+            .filter(want)
+            .collect()
+    };
+    assert_eq!(
+        held(|h| matches!(h, Handle::Ip { .. })),
+        [Handle::Ip { addr: ip }],
+        "{name}'s address"
+    );
+    assert_eq!(
+        held(|h| matches!(h, Handle::Mac { .. })),
+        [Handle::Mac { addr: mac }],
+        "{name}'s MAC"
+    );
+    assert_eq!(
+        held(|h| matches!(h, Handle::VsockCid { .. })),
+        [Handle::VsockCid { cid }],
+        "{name}'s vsock CID"
+    );
+    let taps = held(|h| matches!(h, Handle::Tap { .. }));
+    let [Handle::Tap { name: tap }] = taps.as_slice() else {
+        panic!("{name} should hold one tap: {taps:?}");
+    };
+
+    let [a, b, c, d] = ip;
+    let ip_arg = format!("ip={a}.{b}.{c}.{d}::172.30.0.1:255.255.255.0::eth0:off");
+    let config = vmm_config(lab, shown.vm.id).await;
+    let boot_args = config["boot-source"]["boot_args"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        boot_args.split(' ').any(|arg| arg == ip_arg),
+        "{name}: the VMM's kernel command line lacks {ip_arg}: {boot_args:?}"
+    );
+    let console = std::fs::read_to_string(lab.daemon.layout().vm_console_log(shown.vm.id))
+        .unwrap_or_default();
+    let command_line = console
+        .lines()
+        .rev()
+        // Console lines carry a kernel timestamp first: `[    0.000038] Command line: …`.
+        .find_map(|line| line.split_once("] Command line: ").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("{name}: the console shows no command line: {console}"));
+    assert!(
+        command_line.split(' ').any(|arg| arg == ip_arg),
+        "{name}: the guest booted without {ip_arg}: {command_line:?}"
+    );
+    let interfaces = config["network-interfaces"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mac_text = format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+    );
+    assert_eq!(
+        interfaces,
+        [json!({
+            "iface_id": "eth0",
+            "host_dev_name": tap,
+            "guest_mac": mac_text,
+            "mtu": null,
+            "rx_rate_limiter": null,
+            "tx_rate_limiter": null,
+        })],
+        "{name}'s network interface as the VMM has it"
+    );
+    assert_eq!(
+        config["vsock"]["guest_cid"],
+        json!(cid),
+        "{name}'s vsock CID as the VMM has it: {}",
+        config["vsock"]
+    );
+}
+
+/// vCPUs and memory as VM `name`'s VMM received them (`GET /vm/config`), and as its guest's
+/// console reported them at boot (the fake prints `N vCPUs, M MiB`).
+async fn vmm_machine(lab: &Lab, name: &str) -> (u64, u64) {
+    let shown = lab.show(name).await;
+    let config = vmm_config(lab, shown.vm.id).await;
+    let machine = &config["machine-config"];
+    let (vcpus, memory) = (
+        machine["vcpu_count"].as_u64().expect("vcpu_count"),
+        machine["mem_size_mib"].as_u64().expect("mem_size_mib"),
+    );
+    let console = std::fs::read_to_string(lab.daemon.layout().vm_console_log(shown.vm.id))
+        .unwrap_or_default();
+    let booted = console
+        .lines()
+        .rev()
+        .find(|line| line.contains("] fake-firecracker: instance "))
+        .unwrap_or_else(|| panic!("{name}: no boot summary on the console: {console}"));
+    assert!(
+        booted.ends_with(&format!(", {vcpus} vCPUs, {memory} MiB")),
+        "{name}: the guest booted with another machine than its VMM reports ({vcpus} vCPUs, {memory} MiB): {booted}"
+    );
+    (vcpus, memory)
+}
+
 fn error_of<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (String, String) {
     match result {
         Err(ClientError::Rpc(error)) => (format!("{:?}", error.code), error.message),
@@ -225,9 +336,7 @@ fn error_of<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (String, Stri
     }
 }
 
-#[tokio::test]
 async fn the_whole_lifecycle_create_stop_start_restart_kill_set_delete() {
-    skip_if_real_firecracker!();
     let lab = Lab::new().await;
     let created = lab.create("dev").await;
     let vm = created.vm.expect("the VM is in the views");
@@ -270,11 +379,12 @@ async fn the_whole_lifecycle_create_stop_start_restart_kill_set_delete() {
         ]
     );
     let layout = lab.daemon.layout();
-    let console = std::fs::read_to_string(layout.vm_console_log(vm.id)).unwrap_or_default();
-    assert!(
-        console.contains("ip=172.30.0.2::172.30.0.1:255.255.255.0::eth0:off")
-            || !console.is_empty(),
-        "console: {console}"
+    // The VMM got the first address on the kernel command line, the MAC and the CID.
+    assert_network_place(&lab, "dev", [172, 30, 0, 2], 3).await;
+    assert_eq!(
+        vmm_machine(&lab, "dev").await,
+        (1, 256),
+        "the configured defaults"
     );
 
     // Wrong-state requests are refused with what to do.
@@ -339,11 +449,12 @@ async fn the_whole_lifecycle_create_stop_start_restart_kill_set_delete() {
     let set: VmResult = lab
         .call(
             "vm.set",
-            json!({"name": "dev", "vcpus": 2, "work_disk_mib": 96}),
+            json!({"name": "dev", "vcpus": 2, "memory_mib": 512, "work_disk_mib": 96}),
         )
         .await
         .unwrap();
     assert_eq!(set.vm.spec.vcpus, 2);
+    assert_eq!(set.vm.spec.memory_mib, 512);
     assert_eq!(set.vm.spec.work_disk_mib, 96);
     let work = layout.vm_work_disk(vm.id);
     assert_eq!(std::fs::metadata(&work).unwrap().len(), 96 << 20);
@@ -367,8 +478,11 @@ async fn the_whole_lifecycle_create_stop_start_restart_kill_set_delete() {
     let events = all_events(&lab.daemon.socket()).await;
     assert!(!events.iter().any(|e| matches!(e.event, Event::VmExited(_))));
 
-    // delete: files gone, handles released, name free again.
+    // The next boot's VMM got the new machine.
     let _: VmResult = lab.call("vm.start", json!({"name": "dev"})).await.unwrap();
+    assert_eq!(vmm_machine(&lab, "dev").await, (2, 512), "after vm set");
+
+    // delete: files gone, handles released, name free again.
     let deleted: VmDeleteResult = lab.call("vm.delete", json!({"name": "dev"})).await.unwrap();
     assert_eq!(deleted.vm_id, vm.id);
     assert!(lab.vm_dirs().is_empty(), "{:?}", lab.vm_dirs());
@@ -377,11 +491,13 @@ async fn the_whole_lifecycle_create_stop_start_restart_kill_set_delete() {
     let view: Value = lab.call("daemon.operations.list", json!({})).await.unwrap();
     assert_eq!(view["operations"], json!([]));
     assert!(processes_mentioning(&lab.root_path).is_empty());
+
+    // The name and the first address are free again: the next create gets them.
+    lab.create("dev").await;
+    assert_network_place(&lab, "dev", [172, 30, 0, 2], 3).await;
 }
 
-#[tokio::test]
 async fn bad_creates_are_refused_and_leave_nothing() {
-    skip_if_real_firecracker!();
     let lab = Lab::new().await;
     lab.create("dev").await;
     let create = |params: Value| lab.call::<VmCreateResult>("vm.create", params);
@@ -397,26 +513,14 @@ async fn bad_creates_are_refused_and_leave_nothing() {
     let list: VmListResult = lab.call("vm.list", json!({})).await.unwrap();
     assert_eq!(list.vms.len(), 1);
     assert_eq!(lab.vm_dirs().len(), 1);
-    // A second VM gets the next address.
+    // A second VM gets the next address, CID and MAC, and its VMM got them.
     let second = lab.create("second").await;
-    let shown = lab.show("second").await;
-    assert!(shown.handles.iter().any(|h| h.handle
-        == Handle::Ip {
-            addr: [172, 30, 0, 3]
-        }));
-    assert!(
-        shown
-            .handles
-            .iter()
-            .any(|h| h.handle == Handle::VsockCid { cid: 4 })
-    );
     assert_eq!(second.vm.unwrap().state, VmState::Running);
+    assert_network_place(&lab, "second", [172, 30, 0, 3], 4).await;
 }
 
-#[tokio::test]
 async fn a_vmm_that_crashes_during_boot_rolls_the_create_back() {
-    skip_if_real_firecracker!();
-    let lab = Lab::with(&[("FAKE_FC_CRASH_ON_BOOT", "1")]).await;
+    let mut lab = Lab::with(&[("FAKE_FC_CRASH_ON_BOOT", "1")]).await;
     let (code, message) = error_of(
         lab.call::<VmCreateResult>("vm.create", json!({"name": "dev", "image": "img"}))
             .await,
@@ -438,14 +542,30 @@ async fn a_vmm_that_crashes_during_boot_rolls_the_create_back() {
         .expect("the create");
     assert_eq!(create["status"], "rolled_back");
     assert!(processes_mentioning(&lab.root_path).is_empty());
-    // Nothing is held: the next create gets the first address again (once the VMM boots).
-    let handles: Value = lab.call("daemon.ping", json!({})).await.unwrap();
-    assert!(handles.is_object());
+    // The rolled-back create had been given the first address...
+    let events = all_events(&lab.daemon.socket()).await;
+    let allocated: Vec<&Handle> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::StepSucceeded(s) if s.step == "allocate" => Some(&s.produced),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(
+        allocated.contains(&&Handle::Ip {
+            addr: [172, 30, 0, 2]
+        }),
+        "the failed create's allocation: {allocated:?}"
+    );
+    // ...and holds nothing now: with VMMs that boot again, the next create gets it.
+    lab.env.retain(|(k, _)| k != "FAKE_FC_CRASH_ON_BOOT");
+    lab.restart();
+    lab.create("dev").await;
+    assert_network_place(&lab, "dev", [172, 30, 0, 2], 3).await;
 }
 
-#[tokio::test]
 async fn an_unexpected_vmm_death_is_reported_and_the_vm_stopped() {
-    skip_if_real_firecracker!();
     let lab = Lab::new().await;
     let vm = lab.create("dev").await.vm.unwrap();
     let process = vm.process.unwrap();
@@ -463,9 +583,7 @@ async fn an_unexpected_vmm_death_is_reported_and_the_vm_stopped() {
     assert_eq!(started.vm.state, VmState::Running);
 }
 
-#[tokio::test]
 async fn a_restarted_bangerd_readopts_running_vms_and_reports_dead_ones() {
-    skip_if_real_firecracker!();
     let mut lab = Lab::new().await;
     let keep = lab.create("keep").await.vm.unwrap().process.unwrap();
     let lose = lab.create("lose").await.vm.unwrap().process.unwrap();
@@ -504,9 +622,7 @@ async fn a_restarted_bangerd_readopts_running_vms_and_reports_dead_ones() {
     assert_eq!(stopped.vm.state, VmState::Stopped);
 }
 
-#[tokio::test]
 async fn a_crash_in_the_middle_of_create_is_rolled_back_at_restart_with_nothing_leaked() {
-    skip_if_real_firecracker!();
     for failpoint in [
         "vm.create:prepare-work-disk:after",
         "vm.create:launch-firecracker:after",
@@ -558,12 +674,11 @@ async fn a_crash_in_the_middle_of_create_is_rolled_back_at_restart_with_nothing_
         // The name and the address are free again.
         let vm = lab.create("dev").await.vm.unwrap();
         assert_eq!(vm.state, VmState::Running);
+        assert_network_place(&lab, "dev", [172, 30, 0, 2], 3).await;
     }
 }
 
-#[tokio::test]
 async fn create_without_waiting_answers_at_once_and_shows_its_step() {
-    skip_if_real_firecracker!();
     let lab = Lab::with(&[("FAKE_FC_BOOT_DELAY_MS", "500")]).await;
     let created: VmCreateResult = lab
         .call(
@@ -599,9 +714,7 @@ async fn create_without_waiting_answers_at_once_and_shows_its_step() {
     assert_eq!(shown.vm.id, created.vm_id);
 }
 
-#[tokio::test]
 async fn an_interrupted_stop_is_finished_at_restart() {
-    skip_if_real_firecracker!();
     let mut lab = Lab::with(&[("BANGER_FAILPOINT", "vm.stop:shutdown:before")]).await;
     let process = lab.create("dev").await.vm.unwrap().process.unwrap();
     let result = lab
@@ -626,9 +739,7 @@ async fn an_interrupted_stop_is_finished_at_restart() {
     wait_dead(process.pid, process.start_time_ticks).await;
 }
 
-#[tokio::test]
 async fn an_idle_vm_is_stopped_and_the_operation_says_why() {
-    skip_if_real_firecracker!();
     let lab = Lab::configured(&[], "idle_stop_after = \"1s\"\n").await;
     let process = lab.create("dev").await.vm.unwrap().process.unwrap();
     let shown = lab
@@ -652,9 +763,7 @@ async fn an_idle_vm_is_stopped_and_the_operation_says_why() {
 /// The steps run on a thread that entered the test network namespace (namespaces are per
 /// thread, and a child inherits its forking thread's), so the tap the helper makes and the
 /// tap the fake opens are the same one.
-#[test]
 fn boot_steps_are_idempotent_against_the_fake_and_their_undo_leaves_nothing() {
-    skip_if_real_firecracker!();
     let root = TestRoot::new();
     let network = root.network().expect("a test network");
     let helper_socket = network.socket().to_path_buf();
@@ -807,13 +916,15 @@ async fn boot_steps_twice(root: PathBuf, helper_socket: PathBuf) -> Vec<String> 
     taps
 }
 
-#[tokio::test]
-async fn a_crash_in_the_middle_of_a_rollback_is_finished_at_restart() {
-    skip_if_real_firecracker!();
-    let mut lab = Lab::with(&[
-        ("FAKE_FC_CRASH_ON_BOOT", "1"),
-        ("BANGER_FAILPOINT", "vm.create:prepare-rootfs:undo-before"),
-    ])
+async fn a_crash_in_the_middle_of_a_rollback_is_finished_at_restart(vmm: VmmKind) {
+    let mut lab = Lab::on(
+        vmm,
+        &[
+            ("FAKE_FC_CRASH_ON_BOOT", "1"),
+            ("BANGER_FAILPOINT", "vm.create:prepare-rootfs:undo-before"),
+        ],
+        "",
+    )
     .await;
     let result = lab
         .call::<VmCreateResult>("vm.create", json!({"name": "dev", "image": "img"}))
@@ -831,13 +942,15 @@ async fn a_crash_in_the_middle_of_a_rollback_is_finished_at_restart() {
     assert!(processes_mentioning(&lab.root_path).is_empty());
 }
 
-#[tokio::test]
-async fn a_stuck_create_blocks_its_vm_with_an_error_that_says_so() {
-    skip_if_real_firecracker!();
-    let lab = Lab::with(&[
-        ("FAKE_FC_CRASH_ON_BOOT", "1"),
-        ("BANGER_FAILPOINT", "vm.create:prepare-rootfs:undo-error"),
-    ])
+async fn a_stuck_create_blocks_its_vm_with_an_error_that_says_so(vmm: VmmKind) {
+    let lab = Lab::on(
+        vmm,
+        &[
+            ("FAKE_FC_CRASH_ON_BOOT", "1"),
+            ("BANGER_FAILPOINT", "vm.create:prepare-rootfs:undo-error"),
+        ],
+        "",
+    )
     .await;
     let (code, message) = error_of(
         lab.call::<VmCreateResult>("vm.create", json!({"name": "dev", "image": "img"}))
@@ -876,9 +989,7 @@ async fn crash_during(failpoint: &str, method: &str, stop_first: bool) -> Lab {
     lab
 }
 
-#[tokio::test]
 async fn interrupted_starts_roll_back_and_interrupted_deletes_finish() {
-    skip_if_real_firecracker!();
     for failpoint in [
         "vm.start:launch-firecracker:after",
         "vm.start:wait-for-agent:before",
@@ -954,9 +1065,7 @@ fn agent_ignoring_ctrl_alt_del(dir: &std::path::Path) -> PathBuf {
     script
 }
 
-#[tokio::test]
 async fn stop_timeout_forces_off_a_guest_that_ignores_ctrl_alt_del() {
-    skip_if_real_firecracker!();
     let scripts = tempfile::tempdir().unwrap();
     let agent = agent_ignoring_ctrl_alt_del(scripts.path());
     let agent = agent.to_str().unwrap();
@@ -1040,9 +1149,7 @@ async fn stop_timeout_forces_off_a_guest_that_ignores_ctrl_alt_del() {
     assert_eq!(recorded_stop_timeout_ms(&lab, "dev").await, 5000);
 }
 
-#[tokio::test]
 async fn wrong_state_requests_say_the_state_and_what_to_do() {
-    skip_if_real_firecracker!();
     let lab = Lab::with(&[("FAKE_FC_BOOT_DELAY_MS", "1500")]).await;
     lab.create("dev").await;
 
@@ -1124,9 +1231,7 @@ async fn wrong_state_requests_say_the_state_and_what_to_do() {
         .await;
 }
 
-#[tokio::test]
 async fn ops_retry_rolls_a_stuck_operation_back_once_its_undo_can_succeed() {
-    skip_if_real_firecracker!();
     let mut lab = Lab::with(&[
         ("FAKE_FC_CRASH_ON_BOOT", "1"),
         ("BANGER_FAILPOINT", "vm.create:prepare-rootfs:undo-error"),
@@ -1227,4 +1332,42 @@ async fn ops_retry_rolls_a_stuck_operation_back_once_its_undo_can_succeed() {
         .await,
     );
     assert_eq!(code, "NotFound");
+}
+
+/// This module's tests, for the binary's harness (`banger-test-harness`).
+pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
+    use banger_test_harness::Tier::Root;
+    let here = module_path!();
+    let mut tests = Vec::new();
+    // No guest boots in these: they run against each VMM.
+    tests.extend(per_vmm(
+        here,
+        "a_crash_in_the_middle_of_a_rollback_is_finished_at_restart",
+        &[Root],
+        a_crash_in_the_middle_of_a_rollback_is_finished_at_restart,
+    ));
+    tests.extend(per_vmm(
+        here,
+        "a_stuck_create_blocks_its_vm_with_an_error_that_says_so",
+        &[Root],
+        a_stuck_create_blocks_its_vm_with_an_error_that_says_so,
+    ));
+    // These need a booted guest: the fake's.
+    tests.extend(banger_test_harness::tests![
+        tokio the_whole_lifecycle_create_stop_start_restart_kill_set_delete needs(Root),
+        tokio bad_creates_are_refused_and_leave_nothing needs(Root),
+        tokio a_vmm_that_crashes_during_boot_rolls_the_create_back needs(Root),
+        tokio an_unexpected_vmm_death_is_reported_and_the_vm_stopped needs(Root),
+        tokio a_restarted_bangerd_readopts_running_vms_and_reports_dead_ones needs(Root),
+        tokio a_crash_in_the_middle_of_create_is_rolled_back_at_restart_with_nothing_leaked needs(Root),
+        tokio create_without_waiting_answers_at_once_and_shows_its_step needs(Root),
+        tokio an_interrupted_stop_is_finished_at_restart needs(Root),
+        tokio an_idle_vm_is_stopped_and_the_operation_says_why needs(Root),
+        sync boot_steps_are_idempotent_against_the_fake_and_their_undo_leaves_nothing needs(Root),
+        tokio interrupted_starts_roll_back_and_interrupted_deletes_finish needs(Root),
+        tokio stop_timeout_forces_off_a_guest_that_ignores_ctrl_alt_del needs(Root),
+        tokio wrong_state_requests_say_the_state_and_what_to_do needs(Root),
+        tokio ops_retry_rolls_a_stuck_operation_back_once_its_undo_can_succeed needs(Root),
+    ]);
+    tests
 }

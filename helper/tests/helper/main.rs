@@ -6,10 +6,11 @@
 //! can leak, and tests run in parallel without seeing each other's bridges and taps. The host
 //! is inspected with `nsenter -t PID -n ip|nft|cat`. The helper is killed in `Drop`.
 //!
-//! Tests that need root (all that start a helper) say so on stderr and return early when not
-//! run as root; CI runs as root. The SO_PEERCRED tests re-execute this test binary as uid
-//! 65534 with `BANGER_HELPER_TEST_CLIENT` set, which makes the `unprivileged_client_entry`
-//! test act as a one-shot client (it does nothing otherwise).
+//! Tests that need root (all that start a helper) are registered in the root tier of the
+//! harness (`banger-test-harness`): without root they show as skipped, with the reason, or fail
+//! under `BANGER_REQUIRE_PRIVILEGED=1` (CI). The SO_PEERCRED tests re-execute this test binary
+//! as uid 65534 with `BANGER_HELPER_TEST_CLIENT` set, which makes `main` act as a one-shot
+//! client ([`unprivileged_client_entry`]) instead of running the tests.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -39,21 +40,6 @@ fn helper_bin() -> &'static Path {
         .expect("build banger-helper")
         .join("banger-helper")
     })
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// Returns true (and says why) when the test cannot run here.
-fn skip_unless_root(test: &str) -> bool {
-    if is_root() {
-        return false;
-    }
-    eprintln!(
-        "SKIPPED {test}: needs root to create network namespaces, bridges and taps (CI runs as root)."
-    );
-    true
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -286,11 +272,7 @@ fn assert_closed(stream: &mut StdUnixStream) {
     }
 }
 
-#[test]
 fn network_lifecycle_is_idempotent() {
-    if skip_unless_root("network_lifecycle_is_idempotent") {
-        return;
-    }
     let helper = Helper::start(&[0]);
     let client = helper.client();
     let rt = runtime();
@@ -432,11 +414,7 @@ fn network_lifecycle_is_idempotent() {
     }
 }
 
-#[test]
 fn bad_names_are_refused_before_anything_happens() {
-    if skip_unless_root("bad_names_are_refused_before_anything_happens") {
-        return;
-    }
     let helper = Helper::start(&[0]);
     let client = helper.client();
     let rt = runtime();
@@ -516,11 +494,7 @@ fn bad_names_are_refused_before_anything_happens() {
     assert!(helper.nft_table().is_none());
 }
 
-#[test]
 fn interfaces_that_are_not_taps_are_left_alone() {
-    if skip_unless_root("interfaces_that_are_not_taps_are_left_alone") {
-        return;
-    }
     let helper = Helper::start(&[0]);
     let client = helper.client();
     let rt = runtime();
@@ -577,11 +551,7 @@ fn interfaces_that_are_not_taps_are_left_alone() {
     assert!(helper.link("bt2").is_none());
 }
 
-#[test]
 fn bad_frames_cost_only_their_connection() {
-    if skip_unless_root("bad_frames_cost_only_their_connection") {
-        return;
-    }
     let helper = Helper::start(&[0]);
 
     // Several requests on one connection.
@@ -682,12 +652,6 @@ impl Helper {
 fn run_as_nobody(socket: &Path, op: &str) -> String {
     let exe = std::env::current_exe().expect("current exe");
     let output = Command::new(exe)
-        .args([
-            "--exact",
-            "unprivileged_client_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
         .env(CLIENT_ENV, format!("{}|{op}", socket.display()))
         .uid(NOBODY)
         .gid(NOBODY)
@@ -696,7 +660,6 @@ fn run_as_nobody(socket: &Path, op: &str) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout);
     stdout
         .lines()
-        // libtest prints "test NAME ... " on the same line before the test's own output.
         .find_map(|l| l.split_once("CLIENT-RESULT ").map(|(_, rest)| rest))
         .map(str::to_string)
         .unwrap_or_else(|| {
@@ -732,13 +695,9 @@ fn hold_idle_connections(socket: &str, count: usize) {
     );
 }
 
-/// Not a test of its own: the entry point of the unprivileged client (see the module docs).
-/// Without `BANGER_HELPER_TEST_CLIENT` it does nothing.
-#[test]
-fn unprivileged_client_entry() {
-    let Ok(job) = std::env::var(CLIENT_ENV) else {
-        return;
-    };
+/// Not a test: the entry point of the unprivileged client (see the module docs), which
+/// `main` runs instead of the tests when `BANGER_HELPER_TEST_CLIENT` holds its job.
+fn unprivileged_client_entry(job: String) {
     let (socket, op) = job.split_once('|').expect("SOCKET|OP");
     if let Some(count) = op.strip_prefix("hold:") {
         hold_idle_connections(socket, count.parse().expect("hold:N"));
@@ -764,11 +723,7 @@ fn unprivileged_client_entry() {
     println!("CLIENT-RESULT uid={} {verdict}", nix::unistd::getuid());
 }
 
-#[test]
 fn callers_outside_the_allow_list_are_refused() {
-    if skip_unless_root("callers_outside_the_allow_list_are_refused") {
-        return;
-    }
     let helper = Helper::start(&[0]);
     let rt = runtime();
     rt.block_on(
@@ -800,11 +755,7 @@ fn callers_outside_the_allow_list_are_refused() {
     assert!(helper.child_alive());
 }
 
-#[test]
 fn allowed_unprivileged_caller_owns_its_tap() {
-    if skip_unless_root("allowed_unprivileged_caller_owns_its_tap") {
-        return;
-    }
     let helper = Helper::start(&[0, NOBODY]);
     let rt = runtime();
     rt.block_on(
@@ -832,11 +783,7 @@ fn allowed_unprivileged_caller_owns_its_tap() {
     assert_tap(&helper, "bt65", "banger0", NOBODY);
 }
 
-#[test]
 fn sigterm_stops_the_helper_and_removes_its_socket() {
-    if skip_unless_root("sigterm_stops_the_helper_and_removes_its_socket") {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("helper.sock");
     // A stale socket left by a helper that died is replaced.
@@ -872,7 +819,6 @@ fn sigterm_stops_the_helper_and_removes_its_socket() {
     assert!(!socket.exists(), "socket removed on exit");
 }
 
-#[test]
 fn unreachable_helper_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let client = HelperClient::new(dir.path().join("nothing.sock"));
@@ -893,21 +839,11 @@ fn unreachable_helper_says_what_to_do() {
     assert!(matches!(err, HelperError::Refused { .. }), "{err:?}");
 }
 
-#[test]
 fn idle_connections_of_strangers_cannot_starve_allowed_callers() {
-    if skip_unless_root("idle_connections_of_strangers_cannot_starve_allowed_callers") {
-        return;
-    }
     let helper = Helper::start(&[0]);
     // More idle connections than strangers have slots (8), held by uid 65534.
     let exe = std::env::current_exe().expect("current exe");
     let mut stranger = Command::new(exe)
-        .args([
-            "--exact",
-            "unprivileged_client_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
         .env(CLIENT_ENV, format!("{}|hold:20", helper.socket.display()))
         .uid(NOBODY)
         .gid(NOBODY)
@@ -954,11 +890,7 @@ fn idle_connections_of_strangers_cannot_starve_allowed_callers() {
 /// is followed by one whose recovery undoes what it intended, and the dead one's queued
 /// request must not redo it afterwards. A half-close (the write side shut after the request)
 /// is a hang-up the helper sees at once, so the check is deterministic here.
-#[test]
 fn a_request_whose_asker_hung_up_is_not_carried_out() {
-    if skip_unless_root("a_request_whose_asker_hung_up_is_not_carried_out") {
-        return;
-    }
     let helper = Helper::start(&[0]);
     runtime()
         .block_on(
@@ -991,4 +923,28 @@ fn a_request_whose_asker_hung_up_is_not_carried_out() {
         .block_on(helper.client().ensure_tap("bt9", "banger0"))
         .unwrap();
     assert!(helper.link_names().contains(&"bt9".to_string()));
+}
+
+fn main() {
+    if let Ok(job) = std::env::var(CLIENT_ENV) {
+        unprivileged_client_entry(job);
+        return;
+    }
+    banger_test_harness::run(vec![tests()]);
+}
+
+/// This binary's tests, for its harness (`banger-test-harness`).
+fn tests() -> Vec<banger_test_harness::Test> {
+    banger_test_harness::tests![
+        sync network_lifecycle_is_idempotent needs(Root),
+        sync bad_names_are_refused_before_anything_happens needs(Root),
+        sync interfaces_that_are_not_taps_are_left_alone needs(Root),
+        sync bad_frames_cost_only_their_connection needs(Root),
+        sync callers_outside_the_allow_list_are_refused needs(Root),
+        sync allowed_unprivileged_caller_owns_its_tap needs(Root),
+        sync sigterm_stops_the_helper_and_removes_its_socket needs(Root),
+        sync unreachable_helper_says_what_to_do,
+        sync idle_connections_of_strangers_cannot_starve_allowed_callers needs(Root),
+        sync a_request_whose_asker_hung_up_is_not_carried_out needs(Root),
+    ]
 }

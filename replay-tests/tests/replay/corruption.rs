@@ -141,7 +141,6 @@ fn check_damaged_file(
 
 /// Flip single bits (header, crc and body) of every stored frame in a real redb file: each
 /// flip is reported as corruption of exactly that event, never accepted.
-#[test]
 fn every_bit_flip_in_a_stored_frame_is_caught_naming_its_seq() {
     let log = small_log();
     let envelopes = &as_read(log.envelopes());
@@ -171,7 +170,6 @@ fn every_bit_flip_in_a_stored_frame_is_caught_naming_its_seq() {
 
 /// After a corrupt log was opened, checked, refused an append and closed, the file is exactly
 /// as it was found: a damaged log is evidence, and nothing may touch it.
-#[test]
 fn a_corrupt_log_file_is_left_byte_for_byte_as_found() {
     let log = small_log();
     let frames = log.frames();
@@ -207,7 +205,6 @@ fn a_corrupt_log_file_is_left_byte_for_byte_as_found() {
 /// A log written by the journal in many small transactions, with snapshots: damage behind
 /// the snapshot is not seen by opening (only the tail is read) but by `verify_all`, damage in
 /// the tail by opening; both name the seq and stop writes.
-#[test]
 fn bit_flips_behind_or_after_the_snapshot_are_caught() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.redb");
@@ -288,7 +285,6 @@ fn bit_flips_behind_or_after_the_snapshot_are_caught() {
 
 /// A file cut short anywhere is refused, or opens and reports corruption or fewer events —
 /// never a panic, and never an event that differs from the one written.
-#[test]
 fn a_truncated_file_is_refused_or_read_without_changed_events() {
     let log = small_log();
     let envelopes = &as_read(log.envelopes());
@@ -350,7 +346,6 @@ fn a_truncated_file_is_refused_or_read_without_changed_events() {
 
 /// A log file emptied to zero bytes (a botched copy or restore, `> events.redb`) is not a
 /// new log: taking it for one would forget every VM, image and handle without a word.
-#[test]
 fn an_emptied_log_file_is_refused_not_taken_for_a_new_log() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.redb");
@@ -366,7 +361,6 @@ fn an_emptied_log_file_is_refused_not_taken_for_a_new_log() {
 }
 
 /// Frames with one sequence number left out: every way to read the log names the missing seq.
-#[test]
 fn a_missing_sequence_number_is_corruption_naming_it() {
     let log = small_log();
     let frames = log.frames();
@@ -405,7 +399,6 @@ fn a_missing_sequence_number_is_corruption_naming_it() {
 
 /// A frame stored twice (under its own key and the next one), or the log shifted by a
 /// duplicate: the first key whose frame says another seq is named.
-#[test]
 fn a_duplicated_sequence_number_is_corruption_naming_it() {
     let log = small_log();
     let frames = log.frames();
@@ -449,7 +442,6 @@ fn a_duplicated_sequence_number_is_corruption_naming_it() {
 
 /// A frame with a valid crc and an event kind this build does not know (a newer banger wrote
 /// it): opening fails with `UnknownKind`, not `Corrupt`, wherever the frame sits.
-#[test]
 fn an_unknown_event_kind_refuses_to_open() {
     let log = small_log();
     let frames = log.frames();
@@ -519,7 +511,6 @@ fn journal_written(path: &Path, every: u64) -> (Vec<Envelope>, Projections) {
 /// A snapshot with a bad checksum (in redb's record or in the projection's own), in another
 /// format, undecodable, or claiming to be past the end of the log is ignored: opening replays
 /// the whole log and gets exactly the full-replay state.
-#[test]
 fn damaged_or_foreign_snapshots_are_ignored_and_the_log_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("snap.redb");
@@ -601,4 +592,19 @@ fn damaged_or_foreign_snapshots_are_ignored_and_the_log_replayed() {
         let bytes = std::fs::read(&path).unwrap();
         reopen_ignores_snapshot(&bytes, what);
     }
+}
+
+/// This module's tests, for the binary's harness (`banger-test-harness`).
+pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
+    banger_test_harness::tests![
+        sync every_bit_flip_in_a_stored_frame_is_caught_naming_its_seq,
+        sync a_corrupt_log_file_is_left_byte_for_byte_as_found,
+        sync bit_flips_behind_or_after_the_snapshot_are_caught,
+        sync a_truncated_file_is_refused_or_read_without_changed_events,
+        sync an_emptied_log_file_is_refused_not_taken_for_a_new_log,
+        sync a_missing_sequence_number_is_corruption_naming_it,
+        sync a_duplicated_sequence_number_is_corruption_naming_it,
+        sync an_unknown_event_kind_refuses_to_open,
+        sync damaged_or_foreign_snapshots_are_ignored_and_the_log_replayed,
+    ]
 }

@@ -113,7 +113,6 @@ fn decode_dump(name: &str, frames: &[(Seq, Vec<u8>)]) -> Vec<Envelope> {
 /// Every golden log decodes, projects and plans exactly as recorded, from the frame dump,
 /// through a journal over an in-memory log, and from the checked-in redb file (whose
 /// snapshot must be either used correctly or ignored).
-#[test]
 fn golden_logs_decode_and_project_exactly_as_recorded() {
     let stories = stories::all();
     if blessing() {
@@ -199,7 +198,6 @@ fn golden_logs_decode_and_project_exactly_as_recorded() {
 
 /// The golden logs keep covering the old payload layout: the image story stores an
 /// `ImageRegisteredV1` frame (kind 40) that decodes into today's `ImageRegistered`.
-#[test]
 fn golden_logs_keep_an_old_layout_event() {
     let name = "images-and-kernels";
     let frames = read_dump(&read(&golden_dir().join(format!("{name}.frames")))).unwrap();
@@ -223,7 +221,6 @@ fn golden_logs_keep_an_old_layout_event() {
 
 /// Every event kind this build knows is stored, in its current layout, in some golden log: a
 /// kind added later must be added to a story and blessed, so that its layout is frozen too.
-#[test]
 fn golden_logs_cover_every_event_kind() {
     let mut seen = std::collections::BTreeSet::new();
     for story in stories::all() {
@@ -247,7 +244,6 @@ fn golden_logs_cover_every_event_kind() {
     );
 }
 
-#[test]
 fn frame_dumps_round_trip_and_reject_damage() {
     let frames = stories::all().remove(0).log.frames();
     let dump = write_dump(&frames);
@@ -266,7 +262,6 @@ fn frame_dumps_round_trip_and_reject_damage() {
 
 /// golden/ holds only what the stories bless: a stray file means a story was renamed or
 /// removed without its files, which would then silently stop being checked.
-#[test]
 fn golden_dir_holds_only_known_files() {
     let mut expected = std::collections::BTreeSet::new();
     for story in stories::all() {
@@ -282,4 +277,15 @@ fn golden_dir_holds_only_known_files() {
             .into_owned();
         assert!(expected.contains(&name), "unexpected file golden/{name}");
     }
+}
+
+/// This module's tests, for the binary's harness (`banger-test-harness`).
+pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
+    banger_test_harness::tests![
+        sync golden_logs_decode_and_project_exactly_as_recorded,
+        sync golden_logs_keep_an_old_layout_event,
+        sync golden_logs_cover_every_event_kind,
+        sync frame_dumps_round_trip_and_reject_damage,
+        sync golden_dir_holds_only_known_files,
+    ]
 }

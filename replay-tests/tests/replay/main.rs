@@ -15,6 +15,11 @@
 //! every test works in its own temporary directory, so they run in parallel in any order.
 //! Nothing here writes outside a temporary directory unless `BANGER_BLESS=1` is set (see
 //! `replay-tests/README.md`).
+//!
+//! The binary runs on `banger-test-harness` (`harness = false`): each module lists its tests
+//! with `banger_test_harness::tests!`, and the crash-matrix columns and storms that run VMs
+//! are in its root tier (they need a test network namespace), so they show as skipped without
+//! root, or fail under `BANGER_REQUIRE_PRIVILEGED=1`.
 
 mod common;
 mod corruption;
@@ -22,3 +27,13 @@ mod crash_matrix;
 mod golden;
 mod properties;
 mod recovery;
+
+fn main() {
+    banger_test_harness::run(vec![
+        corruption::tests(),
+        crash_matrix::tests(),
+        golden::tests(),
+        properties::tests(),
+        recovery::tests(),
+    ]);
+}

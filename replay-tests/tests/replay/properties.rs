@@ -17,7 +17,6 @@ fn cuts(len: usize) -> impl Iterator<Item = usize> {
 }
 
 /// fold(prefix) continued with the rest equals fold(all), at every cut.
-#[test]
 fn fold_of_prefix_then_rest_equals_fold_of_all() {
     check(
         "fold_of_prefix_then_rest_equals_fold_of_all",
@@ -42,7 +41,6 @@ fn fold_of_prefix_then_rest_equals_fold_of_all() {
 
 /// A snapshot taken at any cut (encoded, decoded) plus the tail equals the full replay; so
 /// does the JSON form, which `banger events replay` prints and reads.
-#[test]
 fn snapshot_or_json_at_any_cut_plus_tail_equals_full_replay() {
     check(
         "snapshot_or_json_at_any_cut_plus_tail_equals_full_replay",
@@ -84,7 +82,6 @@ fn snapshot_or_json_at_any_cut_plus_tail_equals_full_replay() {
 /// Any generated valid log folds without panic, and the projection agrees with the
 /// generator's own, independent model of what the log did: which operations are in flight or
 /// stuck, each idle VM's name, state, spec, VMM process and handles, the images and kernels.
-#[test]
 fn generated_logs_fold_and_agree_with_the_generator_model() {
     check(
         "generated_logs_fold_and_agree_with_the_generator_model",
@@ -146,7 +143,6 @@ fn generated_logs_fold_and_agree_with_the_generator_model() {
 
 /// Events in nonsense order, about unknown operations and VMs, fold without panic; the
 /// state still snapshots, serializes and plans, and its queries agree with its maps.
-#[test]
 fn junk_sequences_fold_without_panic() {
     check(
         "junk_sequences_fold_without_panic",
@@ -176,7 +172,6 @@ fn junk_sequences_fold_without_panic() {
 /// A journal over a real redb file with frequent snapshots, written in batches of random size
 /// and reopened, shows the same view as a rebuild from scratch and as a fold of the envelopes
 /// its appends returned; reopening loads a snapshot and replays only the tail.
-#[test]
 fn journal_over_redb_reopens_to_the_same_view_as_a_rebuild() {
     check(
         "journal_over_redb_reopens_to_the_same_view_as_a_rebuild",
@@ -252,7 +247,6 @@ fn journal_over_redb_reopens_to_the_same_view_as_a_rebuild() {
 /// rollbacks, stuck operations, crashes recovered each way, unfinished operations, old-layout
 /// events, VMs found dead or exiting on their own. (A generator that quietly stopped making
 /// one of them would make the properties above vacuous.)
-#[test]
 fn the_generator_covers_every_situation() {
     use std::collections::BTreeMap;
     let seed = seed_from_env("BANGER_PROPTEST_SEED", DEFAULT_SEED);
@@ -323,4 +317,16 @@ fn the_generator_covers_every_situation() {
         missing.is_empty(),
         "the generator never produced: {missing:?}"
     );
+}
+
+/// This module's tests, for the binary's harness (`banger-test-harness`).
+pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
+    banger_test_harness::tests![
+        sync fold_of_prefix_then_rest_equals_fold_of_all,
+        sync snapshot_or_json_at_any_cut_plus_tail_equals_full_replay,
+        sync generated_logs_fold_and_agree_with_the_generator_model,
+        sync junk_sequences_fold_without_panic,
+        sync journal_over_redb_reopens_to_the_same_view_as_a_rebuild,
+        sync the_generator_covers_every_situation,
+    ]
 }

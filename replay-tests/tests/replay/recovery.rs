@@ -73,7 +73,6 @@ fn recover(
     Ok(recovered)
 }
 
-#[test]
 fn recovery_plans_terminate_every_open_operation() {
     check(
         "recovery_plans_terminate_every_open_operation",
@@ -91,7 +90,6 @@ fn recovery_plans_terminate_every_open_operation() {
 
 /// Even nonsense (events out of order, unknown ids) leaves a state whose plan finishes
 /// everything.
-#[test]
 fn recovery_plans_terminate_operations_of_junk_logs() {
     check(
         "recovery_plans_terminate_operations_of_junk_logs",
@@ -107,7 +105,6 @@ fn recovery_plans_terminate_operations_of_junk_logs() {
 
 /// Crash during recovery: cut the recovery's own events after every one of them, plan again
 /// from there, and carry that out. Whatever the cut, nothing is left in flight.
-#[test]
 fn recovery_interrupted_at_every_event_still_terminates() {
     check(
         "recovery_interrupted_at_every_event_still_terminates",
@@ -132,7 +129,6 @@ fn recovery_interrupted_at_every_event_still_terminates() {
 
 /// The golden crash story, interrupted at every event of its recovery, by hand: the plan
 /// that follows each cut always names the same operations, each with the same decision.
-#[test]
 fn crash_story_recovers_from_every_cut_of_its_recovery() {
     let story = stories::all()
         .into_iter()
@@ -170,7 +166,6 @@ fn crash_story_recovers_from_every_cut_of_its_recovery() {
 /// The generator recovers from its crashes by its own rules (see `rolls_forward` and the crate
 /// docs). At every crash in a generated log, `plan_recovery` of the log up to the restart must
 /// decide the same for each operation, and undo the same steps in the same order.
-#[test]
 fn generator_recoveries_agree_with_plan_recovery() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let compared = AtomicUsize::new(0);
@@ -243,4 +238,15 @@ fn generator_recoveries_agree_with_plan_recovery() {
     let compared = compared.into_inner();
     println!("{compared} recovery decisions compared");
     assert!(compared > 50, "too few crashes to compare: {compared}");
+}
+
+/// This module's tests, for the binary's harness (`banger-test-harness`).
+pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
+    banger_test_harness::tests![
+        sync recovery_plans_terminate_every_open_operation,
+        sync recovery_plans_terminate_operations_of_junk_logs,
+        sync recovery_interrupted_at_every_event_still_terminates,
+        sync crash_story_recovers_from_every_cut_of_its_recovery,
+        sync generator_recoveries_agree_with_plan_recovery,
+    ]
 }

@@ -55,24 +55,6 @@ pub fn binaries() -> &'static Binaries {
     })
 }
 
-/// `Some(reason)` when the matrix cannot run here: a real firecracker named by
-/// `BANGER_FIRECRACKER` cannot boot a guest on these hosts, and every VM case needs a boot.
-pub fn skip_reason() -> Option<String> {
-    std::env::var_os("BANGER_FIRECRACKER")
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            format!(
-                "crash matrix skipped: BANGER_FIRECRACKER={} names a real firecracker, and the matrix needs the fake",
-                p.to_string_lossy()
-            )
-        })
-        .or_else(|| {
-            (!nix::unistd::geteuid().is_root()).then(|| {
-                "crash matrix skipped: VMs need taps, and running banger-helper in a throwaway network namespace needs root".to_owned()
-            })
-        })
-}
-
 /// A real banger-helper in a network namespace of its own (which dies with it). Every start
 /// of a case's bangerd joins the namespace, so taps live and leak there, never on the host.
 /// Its socket is outside the case's root, so it is not one of the root's processes.
@@ -102,6 +84,12 @@ impl Network {
     /// The banger taps (`bt…`) in the namespace, sorted.
     pub fn taps(&self) -> Vec<String> {
         self.sandbox.taps().expect("list the taps")
+    }
+
+    /// Runs `program args` in the namespace; returns its stdout, or why it failed.
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<String, String> {
+        let output = self.sandbox.run(program, args).map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 }
 
@@ -158,12 +146,22 @@ pub struct Daemon {
     root: tempfile::TempDir,
     child: Option<Child>,
     starts: usize,
-    pub network: Network,
+    /// The test network, for a daemon that runs VMs; `None` for one that only handles
+    /// kernels and images (which needs no root).
+    pub network: Option<Network>,
 }
 
 impl Daemon {
-    /// A fresh root with a small config (64 MiB work disks, short timeouts); nothing runs yet.
+    /// A fresh root with a small config (64 MiB work disks, short timeouts) and a test
+    /// network (root only); nothing runs yet.
     pub fn new() -> Daemon {
+        Self::with_network(true)
+    }
+
+    /// As [`Daemon::new`]; without a network when `network` is false: then bangerd may not
+    /// reach or start any helper (`BANGER_NO_AUTOSTART`, a helper socket that does not exist),
+    /// so nothing can touch the host's network.
+    pub fn with_network(network: bool) -> Daemon {
         // Short paths: a unix socket path must fit in 107 bytes.
         let root = tempfile::Builder::new()
             .prefix("bcm-")
@@ -180,7 +178,7 @@ impl Daemon {
             root,
             child: None,
             starts: 0,
-            network: Network::start(),
+            network: network.then(Network::start),
         }
     }
 
@@ -218,7 +216,15 @@ impl Daemon {
         if let Some(failpoint) = failpoint {
             command.env("BANGER_FAILPOINT", failpoint);
         }
-        self.network.join(&mut command);
+        match &self.network {
+            Some(network) => network.join(&mut command),
+            None => {
+                command.env("BANGER_NO_AUTOSTART", "1").env(
+                    "BANGER_HELPER_SOCKET",
+                    self.root.path().join("no-helper.sock"),
+                );
+            }
+        }
         // SAFETY: setrlimit is async-signal-safe. A failpoint aborts bangerd on purpose;
         // it must not leave a core file wherever the test runs.
         unsafe {
