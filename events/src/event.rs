@@ -296,7 +296,9 @@ pub enum RecoveryDecision {
 pub struct OperationStarted {
     pub kind: OpKind,
     pub target: Target,
-    /// The request's parameters as JSON, for audit and for `banger ops`.
+    /// The request's parameters as JSON, for audit and for `banger ops`. A kind that crash
+    /// recovery rolls forward from more than its target records a versioned
+    /// [`ResumePayload`](crate::ResumePayload) here, which is persisted schema too.
     pub parameters: String,
 }
 
