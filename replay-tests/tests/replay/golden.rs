@@ -8,8 +8,18 @@
 //! - `NAME.projections.json`: the projections after the last event, pretty JSON;
 //! - `NAME.plan.json`: `plan_recovery` of that state, pretty JSON.
 //!
-//! The test only reads these. `BANGER_BLESS=1` rewrites them from the stories in
-//! `src/stories.rs` first (see the README): an explicit act whose diff a reviewer reads.
+//! And the pin files ([`pins`]), which freeze stored forms one sample at a time:
+//! `enum-layouts.pins` ([`layouts`]: every variant of every enum stored in frames or
+//! snapshots) and `resume-parameters.pins` ([`resume`]: every resume payload version, and the
+//! bare JSON of older builds).
+//!
+//! The test only reads these. `BANGER_BLESS=1` rewrites the story files from
+//! `src/stories.rs` first, and appends pins for new samples (never changing a pin; see the
+//! README): an explicit act whose diff a reviewer reads.
+
+mod layouts;
+mod pins;
+mod resume;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -264,11 +274,14 @@ fn frame_dumps_round_trip_and_reject_damage() {
     assert!(read_dump(&other_version).is_err());
 }
 
-/// golden/ holds only what the stories bless: a stray file means a story was renamed or
-/// removed without its files, which would then silently stop being checked.
+/// golden/ holds only what the stories and the pin tests check: a stray file means a story
+/// was renamed or removed without its files, which would then silently stop being checked.
 #[test]
 fn golden_dir_holds_only_known_files() {
-    let mut expected = std::collections::BTreeSet::new();
+    let mut expected: std::collections::BTreeSet<String> =
+        ["enum-layouts.pins", "resume-parameters.pins"]
+            .map(String::from)
+            .into();
     for story in stories::all() {
         for ext in ["frames", "redb", "projections.json", "plan.json"] {
             expected.insert(format!("{}.{ext}", story.name));
