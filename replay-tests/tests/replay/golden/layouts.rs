@@ -370,7 +370,7 @@ fn events() -> Vec<Event> {
 }
 
 /// Every sample, in pin-file order.
-fn samples() -> Vec<Sample> {
+pub(super) fn samples() -> Vec<Sample> {
     let mut all = Vec::new();
     all.extend(derived("OpKind", OpKind::ALL.to_vec(), op_kind_name));
     all.extend(derived(
