@@ -6,7 +6,9 @@
 //! - an enum used inside a payload (`OpKind`, `Handle`, …) only ever gains variants at its end;
 //! - an event kind code is never reused, renumbered or renamed.
 //!
-//! The `golden` logs in `replay-tests/` fail loudly if any of this is broken by accident.
+//! The `golden` logs in `replay-tests/` fail loudly if any of this is broken by accident, and
+//! `replay-tests/golden/enum-layouts.pins` holds the bytes of every variant of every enum here
+//! (and of the projection enums that snapshots store), whether or not a log holds it.
 
 use std::fmt;
 

@@ -12,8 +12,10 @@
 //! | `release-sockets` | —      | remove the VMM's API and vsock socket files                       | nothing |
 //!
 //! Every step is harmless on a VM whose process is already gone, so crash recovery rolls
-//! stops forward: it rebuilds the state from the operation's parameters (which record the
-//! process, the timeout and why) and runs the remaining steps.
+//! stops forward: it rebuilds the state from the operation's parameters (a `stop.v1` resume
+//! payload recording the process, the timeout and why, or the bare JSON of older builds; see
+//! `banger_events::resume`) and runs the remaining steps. Parameters that do not decode, or
+//! that are about another VM, leave the operation stuck with that error.
 //!
 //! Domain events: running → stopping with `OperationStarted`; `HandleReleased` (the process)
 //! and stopping → stopped with `OperationSucceeded`; stopping → running with
