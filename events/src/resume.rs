@@ -8,17 +8,21 @@
 //! # Format
 //!
 //! ```text
-//!  {"resume":"stop.v1","state":{"vm_id":"0000000057eb0001","name":"web",…}}
-//!             └──┬──┘          └──────────────────┬──────────────────────┘
-//!     which payload, which version     exactly the fields of that version
+//!  {"resume":"stop.v1","vm_id":"0000000057eb0001","name":"web",…}
+//!             └──┬──┘  └────────────────────┬────────────────────┘
+//!  which payload, which version    exactly the fields of that version
 //! ```
+//!
+//! The tag sits beside the fields rather than around them, so the payload is the object older
+//! builds wrote plus one key, and whoever reads a field of it (`banger ops --json`, a test
+//! looking for `stop_timeout_ms`) finds it where it always was.
 //!
 //! | tag       | payload           | written by                         |
 //! |-----------|-------------------|------------------------------------|
 //! | `stop.v1` | [`StopResumeV1`]  | `vm.stop`, `vm.kill`, `vm.delete`  |
 //!
-//! Builds before this format wrote the bare stop state instead (`{"vm_id":…,"name":…,…}`;
-//! the oldest without `tap`). Logs in the wild hold it, so [`ResumePayload::decode`] still
+//! Builds before this format wrote the bare stop state instead: the same fields with no `resume`
+//! key (the oldest without `tap`). Logs in the wild hold it, so [`ResumePayload::decode`] still
 //! reads it — a JSON object without a `resume` key — and converts it to `stop.v1` on read.
 //!
 //! Kinds that roll forward from their target alone (`kernel.remove`, `image.delete`) record no
@@ -44,10 +48,10 @@ use crate::ids::VmId;
 /// The JSON key that marks a versioned payload (and names its version).
 pub const RESUME_TAG: &str = "resume";
 
-/// Every resume payload version this build can read, tagged by `resume` in JSON (see the module
-/// documentation). Only ever gains variants, at the end.
+/// Every resume payload version this build can read, tagged by a `resume` key beside its fields
+/// (see the module documentation). Only ever gains variants, at the end.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "resume", content = "state", deny_unknown_fields)]
+#[serde(tag = "resume")]
 pub enum ResumePayload {
     /// A VM being stopped, killed or deleted.
     #[serde(rename = "stop.v1")]
@@ -192,7 +196,10 @@ mod tests {
     fn a_payload_reads_back_as_written() {
         let payload = ResumePayload::StopV1(web());
         let text = payload.encode();
-        assert!(text.starts_with(r#"{"resume":"stop.v1","state":{"vm_id":"0000000057eb0001""#));
+        assert_eq!(
+            text,
+            r#"{"resume":"stop.v1","vm_id":"0000000057eb0001","name":"web","from":"running","process":{"pid":1200,"start_time_ticks":4000},"stop_timeout_ms":30000,"reason":null,"tap":"bt57eb0001"}"#
+        );
         assert_eq!(ResumePayload::decode(&text).unwrap(), payload);
     }
 
@@ -210,24 +217,17 @@ mod tests {
     /// Each kind of damage gets an error that names what is wrong, never a panic.
     #[test]
     fn damage_is_named() {
-        let cases: [(&str, &str); 8] = [
+        let cases: [(&str, &str); 7] = [
             ("", "not JSON: EOF while parsing a value"),
             (r#"{"vm_id":"#, "not JSON: EOF while parsing a value"),
             ("[1,2]", "JSON but not an object"),
             (
-                r#"{"resume":"stop.v9","state":{}}"#,
+                r#"{"resume":"stop.v9"}"#,
                 "unknown variant `stop.v9`, expected `stop.v1`",
             ),
+            (r#"{"resume":"stop.v1"}"#, "missing field `vm_id`"),
             (
-                r#"{"resume":"stop.v1","state":{}}"#,
-                "missing field `vm_id`",
-            ),
-            (
-                r#"{"resume":"stop.v1","state":{},"at":1}"#,
-                r#"invalid value: string "at", expected "resume" or "state""#,
-            ),
-            (
-                r#"{"resume":"stop.v1","state":{"vm_id":"1","name":"a","from":"running","process":null,"stop_timeout_ms":0,"reason":null,"tap":null,"disk":1}}"#,
+                r#"{"resume":"stop.v1","vm_id":"1","name":"a","from":"running","process":null,"stop_timeout_ms":0,"reason":null,"tap":null,"disk":1}"#,
                 "unknown field `disk`",
             ),
             (

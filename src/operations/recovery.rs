@@ -507,7 +507,7 @@ mod tests {
                 "cannot resume from what the log recorded: the parameters are not JSON: EOF while parsing",
             ),
             (
-                r#"{"resume":"stop.v7","state":{}}"#,
+                r#"{"resume":"stop.v7"}"#,
                 "the resume payload does not decode: unknown variant `stop.v7`, expected `stop.v1`",
             ),
             (
