@@ -554,6 +554,8 @@ fn crash_mid_create() -> Scenario {
     s.step(create, "prepare-rootfs", vec![api_root.clone()]);
     s.acquire(Some(create), Owner::Vm(API), api_root);
     s.step(pull, "resolve-manifest", vec![]);
+    // These parameters are no resume payload (this story predates them): bangerd's recovery
+    // would leave this stop stuck, naming the decode error. The plan here does not look.
     s.start_op(
         stop,
         OpKind::VmStop,

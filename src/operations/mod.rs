@@ -175,7 +175,7 @@ pub trait OperationKind: 'static {
 /// message ends up in the stuck operation (`banger ops`), so it names the underlying error.
 #[derive(Debug, thiserror::Error)]
 pub enum ResumeError {
-    #[error("this build rolls {kind} operations back; it has no way to resume one")]
+    #[error("this build has no way to resume {kind} operations")]
     NotResumable { kind: OpKind },
     #[error("{0}")]
     Parameters(#[from] ResumeDecodeError),

@@ -64,6 +64,9 @@ fn bless(path: &Path, header: &str, samples: &[Sample]) {
     } else {
         Vec::new()
     };
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
     let mut added = 0;
     for sample in samples {
         if let Some(encoded) = &sample.encoded
