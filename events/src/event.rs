@@ -6,7 +6,9 @@
 //! - an enum used inside a payload (`OpKind`, `Handle`, …) only ever gains variants at its end;
 //! - an event kind code is never reused, renumbered or renamed.
 //!
-//! The `golden` logs in `replay-tests/` fail loudly if any of this is broken by accident.
+//! The `golden` logs in `replay-tests/` fail loudly if any of this is broken by accident, and
+//! `replay-tests/golden/enum-layouts.pins` holds the bytes of every variant of every enum here
+//! (and of the projection enums that snapshots store), whether or not a log holds it.
 
 use std::fmt;
 
@@ -296,7 +298,9 @@ pub enum RecoveryDecision {
 pub struct OperationStarted {
     pub kind: OpKind,
     pub target: Target,
-    /// The request's parameters as JSON, for audit and for `banger ops`.
+    /// The request's parameters as JSON, for audit and for `banger ops`. A kind that crash
+    /// recovery rolls forward from more than its target records a versioned
+    /// [`ResumePayload`](crate::ResumePayload) here, which is persisted schema too.
     pub parameters: String,
 }
 

@@ -6,6 +6,7 @@
 //! - the stored frame format with its crc32 ([`frame`]),
 //! - the [`EventLog`] storage trait with a redb implementation ([`RedbLog`]) and an in-memory
 //!   one ([`MemoryLog`]),
+//! - the resume payloads that roll-forward operations record ([`resume`]),
 //! - the [`Journal`]: the single group-committing writer, the projection it keeps current and
 //!   snapshots, and live [`Subscription`]s.
 //!
@@ -18,6 +19,7 @@ pub mod journal;
 pub mod log;
 pub mod memory;
 pub mod redb_log;
+pub mod resume;
 
 pub use event::*;
 pub use ids::{EventId, IdGenerator, OpId, ParseIdError, Seq, VmId};
@@ -28,3 +30,4 @@ pub use journal::{
 pub use log::{EventLog, LogError, SnapshotRecord, decode_checked};
 pub use memory::MemoryLog;
 pub use redb_log::{RedbLog, RedbOptions};
+pub use resume::{RecordedProcess, ResumeDecodeError, ResumePayload, StopResumeV1};

@@ -14,16 +14,21 @@ pub struct Story {
     pub name: &'static str,
     pub about: &'static str,
     pub log: Scenario,
+    /// How many events the `.redb` file's snapshot covers; `None`: the first half. A story
+    /// picks the point when its snapshot must hold something in particular (a crash's state).
+    pub snapshot_after: Option<usize>,
 }
 
 /// Every golden story, in a stable order.
 pub fn all() -> Vec<Story> {
+    let (rare, rare_crash) = rare_operations();
     vec![
         Story {
             name: "vm-lifecycle",
             about: "vm create → start → stop → set → a failed start rolled back → delete, plus \
                     a second VM whose VMM is killed and restarted; daemon stopped cleanly",
             log: vm_lifecycle(),
+            snapshot_after: None,
         },
         Story {
             name: "images-and-kernels",
@@ -31,6 +36,7 @@ pub fn all() -> Vec<Story> {
                     failed kernel pull, image pull, image delete, cache prune, and a pull whose \
                     undo failed (stuck)",
             log: images_and_kernels(),
+            snapshot_after: None,
         },
         Story {
             name: "crash-mid-create",
@@ -38,6 +44,19 @@ pub fn all() -> Vec<Story> {
                     create, an image pull, a vm stop and a half-undone vm start unfinished, and \
                     one stuck operation",
             log: crash_mid_create(),
+            snapshot_after: None,
+        },
+        Story {
+            name: "rare-operations",
+            about: "a tap pool fill and a stuck one, a vm restart, an image promote, a stop and \
+                    a kill whose parameters are the bare JSON of older builds and a stop.v1 \
+                    resume payload, a delete that fails and leaves its VM failed; a crash (the \
+                    redb snapshot's point) with two rollbacks begun and an image delete running, \
+                    which the next daemon finishes (resume_undo, roll_forward); the stuck fill \
+                    retried, a teardown; then a crash that leaves a stop (bare parameters) and a \
+                    delete (stop.v1) to roll forward",
+            log: rare,
+            snapshot_after: Some(rare_crash),
         },
     ]
 }
@@ -535,6 +554,8 @@ fn crash_mid_create() -> Scenario {
     s.step(create, "prepare-rootfs", vec![api_root.clone()]);
     s.acquire(Some(create), Owner::Vm(API), api_root);
     s.step(pull, "resolve-manifest", vec![]);
+    // These parameters are no resume payload (this story predates them): bangerd's recovery
+    // would leave this stop stuck, naming the decode error. The plan here does not look.
     s.start_op(
         stop,
         OpKind::VmStop,
@@ -574,4 +595,352 @@ fn crash_mid_create() -> Scenario {
     s.step_started(create, "network", api_net.all());
     // --- crash: nothing after this ---
     s
+}
+
+/// The `vm.stop`/`vm.kill`/`vm.delete` parameters this build writes: a `stop.v1` payload.
+fn stop_v1(
+    vm_id: VmId,
+    name: &str,
+    from: VmState,
+    vmm: Option<(u32, u64)>,
+    tap: Option<&str>,
+) -> String {
+    ResumePayload::StopV1(StopResumeV1 {
+        vm_id,
+        name: name.into(),
+        from,
+        process: vmm.map(|(pid, start_time_ticks)| RecordedProcess {
+            pid,
+            start_time_ticks,
+        }),
+        stop_timeout_ms: 0,
+        reason: None,
+        tap: tap.map(str::to_owned),
+    })
+    .encode()
+}
+
+/// The log, and how many of its events come before its first crash.
+fn rare_operations() -> (Scenario, usize) {
+    let mut s = Scenario::new();
+    let boot = "3b1d5f00-7c2e-4a19-9e84-6d0c2b1a5f3e";
+    s.daemon_started(boot, 700);
+
+    // tap.fill: two spare taps, the daemon's once made (in the commit that ends the fill).
+    let fill = OpId(0x3d01);
+    let spares = [tap("bt1f2e3d4c"), tap("bt5b6a7988")];
+    s.start_op(
+        fill,
+        OpKind::TapFill,
+        Target::Host,
+        r#"{"taps":["bt1f2e3d4c","bt5b6a7988"]}"#,
+    );
+    s.step(fill, "make-taps", spares.to_vec());
+    for spare in &spares {
+        s.acquire(Some(fill), Owner::Daemon, spare.clone());
+    }
+    s.succeed(fill);
+
+    // A second fill, whose helper stops answering: its undo fails too, so it is stuck (and
+    // blocks the host target) until `banger ops retry`, after the crash below.
+    let stuck_fill = OpId(0x3d11);
+    let lost = tap("bt9c8d7e6f");
+    s.start_op(
+        stuck_fill,
+        OpKind::TapFill,
+        Target::Host,
+        r#"{"taps":["bt9c8d7e6f"]}"#,
+    );
+    s.step_started(stuck_fill, "make-taps", vec![lost]);
+    s.step_failed(
+        stuck_fill,
+        "make-taps",
+        "banger-helper did not answer within 5000 ms",
+    );
+    s.undo_started(stuck_fill, "make-taps");
+    s.undo_failed(
+        stuck_fill,
+        "make-taps",
+        "banger-helper did not answer within 5000 ms",
+    );
+    s.stuck(
+        stuck_fill,
+        "make-taps",
+        "banger-helper did not answer within 5000 ms",
+    );
+
+    let web_net = Net::new(0);
+    let db_net = Net::new(1);
+    let api_net = Net::new(2);
+    create_vm(&mut s, OpId(0x3d02), WEB, "web", &web_net);
+    let first_vmm = process(41_000, 5_000_000);
+    start_vm(&mut s, OpId(0x3d03), WEB, "web", first_vmm.clone());
+
+    // vm.restart, recorded as one operation: the VMM is replaced.
+    let restart = OpId(0x3d04);
+    let second_vmm = process(41_200, 5_010_000);
+    s.start_op(
+        restart,
+        OpKind::VmRestart,
+        vm_target(WEB, "web"),
+        r#"{"name":"web"}"#,
+    );
+    s.vm_state(Some(restart), WEB, VmState::Running, VmState::Stopping);
+    s.step(restart, "shutdown", vec![]);
+    s.release(Some(restart), first_vmm);
+    s.vm_state(Some(restart), WEB, VmState::Stopping, VmState::Stopped);
+    s.vm_state(Some(restart), WEB, VmState::Stopped, VmState::Starting);
+    s.step_started(restart, "launch-vmm", vec![api_socket(WEB)]);
+    s.step_succeeded(
+        restart,
+        "launch-vmm",
+        vec![api_socket(WEB), second_vmm.clone()],
+    );
+    s.acquire(Some(restart), Owner::Vm(WEB), second_vmm.clone());
+    s.step(restart, "wait-for-agent", vec![]);
+    s.vm_state(Some(restart), WEB, VmState::Starting, VmState::Running);
+    s.succeed(restart);
+
+    // vm.stop whose parameters are the bare stop state builds before resume payloads wrote.
+    let stop = OpId(0x3d05);
+    s.start_op(
+        stop,
+        OpKind::VmStop,
+        vm_target(WEB, "web"),
+        r#"{"vm_id":"0000000057eb0001","name":"web","from":"running","process":{"pid":41200,"start_time_ticks":5010000},"stop_timeout_ms":30000,"reason":null,"tap":"bgtap0"}"#,
+    );
+    s.vm_state(Some(stop), WEB, VmState::Running, VmState::Stopping);
+    s.step(stop, "sync-guest", vec![]);
+    s.step(stop, "shutdown", vec![]);
+    s.step(stop, "release-sockets", vec![]);
+    s.release(Some(stop), second_vmm);
+    s.vm_state(Some(stop), WEB, VmState::Stopping, VmState::Stopped);
+    s.succeed(stop);
+
+    // image.promote: the stopped VM's root disk becomes an image; the loop device it is read
+    // through belongs to the operation while it runs.
+    let promote = OpId(0x3d06);
+    let golden = "/var/lib/banger/images/web-golden.ext4";
+    let lo = loop_device("/dev/loop3");
+    s.start_op(
+        promote,
+        OpKind::ImagePromote,
+        Target::Image {
+            name: "web-golden".into(),
+        },
+        r#"{"vm":"web","name":"web-golden"}"#,
+    );
+    s.step(promote, "attach-root-disk", vec![lo.clone()]);
+    s.acquire(Some(promote), Owner::Op(promote), lo.clone());
+    s.step(promote, "copy-rootfs", vec![file(golden)]);
+    s.step(promote, "detach-root-disk", vec![]);
+    s.release(Some(promote), lo);
+    s.in_op(
+        promote,
+        Event::ImageRegistered(ImageRegistered {
+            name: "web-golden".into(),
+            rootfs_path: golden.into(),
+            kernel: Some("6.1".into()),
+            size_bytes: 2_147_483_648,
+            sha256: "7c".repeat(32),
+            source: "promote:vm/web".into(),
+        }),
+    );
+    s.succeed(promote);
+
+    // db: created, started, killed (stop.v1 parameters).
+    create_vm(&mut s, OpId(0x3d07), DB, "db", &db_net);
+    let db_vmm = process(42_000, 5_100_000);
+    start_vm(&mut s, OpId(0x3d08), DB, "db", db_vmm.clone());
+    let kill = OpId(0x3d09);
+    s.start_op(
+        kill,
+        OpKind::VmKill,
+        vm_target(DB, "db"),
+        &stop_v1(
+            DB,
+            "db",
+            VmState::Running,
+            Some((42_000, 5_100_000)),
+            Some("bgtap1"),
+        ),
+    );
+    s.vm_state(Some(kill), DB, VmState::Running, VmState::Stopping);
+    s.step(kill, "kill", vec![]);
+    s.step(kill, "release-sockets", vec![]);
+    s.release(Some(kill), db_vmm);
+    s.vm_state(Some(kill), DB, VmState::Stopping, VmState::Stopped);
+    s.succeed(kill);
+
+    // A delete of db whose files cannot be removed: a delete cannot be undone, so the VM is
+    // left failed; its tap, removed by then, is released by the reconcile that follows.
+    let delete = OpId(0x3d0a);
+    s.start_op(
+        delete,
+        OpKind::VmDelete,
+        vm_target(DB, "db"),
+        &stop_v1(DB, "db", VmState::Stopped, None, Some("bgtap1")),
+    );
+    s.vm_state(Some(delete), DB, VmState::Stopped, VmState::Deleting);
+    s.step(delete, "kill", vec![]);
+    s.step(delete, "release-tap", vec![db_net.tap.clone()]);
+    s.step_started(delete, "remove-files", vec![dir(&vm_dir(DB))]);
+    s.step_failed(
+        delete,
+        "remove-files",
+        "cannot remove /var/lib/banger/vms/00000000db000002/work.ext4: device or resource busy",
+    );
+    s.undo(delete, "remove-files");
+    s.undo(delete, "release-tap");
+    s.undo(delete, "kill");
+    s.vm_state(Some(delete), DB, VmState::Deleting, VmState::Failed);
+    s.roll_back(delete, "step remove-files failed");
+    s.release(None, db_net.tap.clone());
+
+    // A start of web that fails, and bangerd dies half-way through undoing it.
+    let start = OpId(0x3d0b);
+    let third_vmm = process(41_400, 5_300_000);
+    s.start_op(
+        start,
+        OpKind::VmStart,
+        vm_target(WEB, "web"),
+        r#"{"name":"web"}"#,
+    );
+    s.vm_state(Some(start), WEB, VmState::Stopped, VmState::Starting);
+    s.step_started(start, "launch-vmm", vec![api_socket(WEB)]);
+    s.step_succeeded(
+        start,
+        "launch-vmm",
+        vec![api_socket(WEB), third_vmm.clone()],
+    );
+    s.acquire(Some(start), Owner::Vm(WEB), third_vmm.clone());
+    s.step_started(start, "wait-for-agent", vec![]);
+    s.step_failed(
+        start,
+        "wait-for-agent",
+        "guest agent did not answer within 30000 ms",
+    );
+    s.undo(start, "wait-for-agent");
+    s.undo_started(start, "launch-vmm");
+    // Meanwhile the promoted image is being deleted, and a kernel import has just failed.
+    let delete_image = OpId(0x3d13);
+    let aside = dir("/var/lib/banger/images/.removing-0000000000003d13");
+    s.start_op(
+        delete_image,
+        OpKind::ImageDelete,
+        Target::Image {
+            name: "web-golden".into(),
+        },
+        r#"{"name":"web-golden"}"#,
+    );
+    s.step_started(delete_image, "unpublish", vec![aside.clone()]);
+    let import = OpId(0x3d12);
+    s.start_op(
+        import,
+        OpKind::KernelImport,
+        Target::Kernel { name: "6.6".into() },
+        r#"{"from":"/home/dev/kernels/6.6"}"#,
+    );
+    s.step_started(
+        import,
+        "copy-kernel",
+        vec![dir("/var/lib/banger/kernels/.import-0000000000003d12")],
+    );
+    s.step_failed(
+        import,
+        "copy-kernel",
+        "read /home/dev/kernels/6.6/vmlinux: input/output error",
+    );
+    // --- crash; same host. The next daemon finishes the undos it finds begun and the
+    // delete, in the order they started ---
+    let crash = s.len();
+    s.daemon_started(boot, 733);
+    s.recovery_decided(
+        start,
+        RecoveryDecision::ResumeUndo,
+        "bangerd stopped during step launch-vmm",
+    );
+    s.undo_started(start, "launch-vmm");
+    s.release(Some(start), third_vmm);
+    s.undo_succeeded(start, "launch-vmm");
+    s.vm_state(Some(start), WEB, VmState::Starting, VmState::Stopped);
+    s.roll_back(
+        start,
+        "bangerd stopped during step launch-vmm; rolled back at restart",
+    );
+    s.recovery_decided(
+        delete_image,
+        RecoveryDecision::RollForward,
+        "bangerd stopped during step unpublish",
+    );
+    s.step(delete_image, "unpublish", vec![aside]);
+    s.step(delete_image, "delete", vec![]);
+    s.in_op(
+        delete_image,
+        Event::ImageRemoved(ImageRemoved {
+            name: "web-golden".into(),
+        }),
+    );
+    s.succeed(delete_image);
+    s.recovery_decided(
+        import,
+        RecoveryDecision::ResumeUndo,
+        "bangerd stopped during step copy-kernel",
+    );
+    s.undo(import, "copy-kernel");
+    s.roll_back(
+        import,
+        "bangerd stopped during step copy-kernel; rolled back at restart",
+    );
+    // The helper answers again: `banger ops retry` rolls the stuck fill back.
+    s.undo(stuck_fill, "make-taps");
+    s.roll_back(
+        stuck_fill,
+        "step make-taps failed: banger-helper did not answer within 5000 ms; rolled back by \
+         `banger ops retry`",
+    );
+
+    // teardown: the spare taps go; the daemon stops cleanly, and a new one starts.
+    let teardown = OpId(0x3d0c);
+    s.start_op(
+        teardown,
+        OpKind::Teardown,
+        Target::Host,
+        r#"{"spares":true}"#,
+    );
+    s.step(teardown, "remove-spare-taps", spares.to_vec());
+    for spare in &spares {
+        s.release(Some(teardown), spare.clone());
+    }
+    s.succeed(teardown);
+    s.daemon_stopped("SIGTERM");
+    s.daemon_started(boot, 760);
+
+    // api, created and running; then a stop of it (bare parameters, as an idle stop of an
+    // older build wrote them) and another delete of the failed db (stop.v1) are in flight
+    // when bangerd dies. Both roll forward.
+    create_vm(&mut s, OpId(0x3d0d), API, "api", &api_net);
+    start_vm(&mut s, OpId(0x3d0e), API, "api", process(43_000, 5_200_000));
+    let stop_api = OpId(0x3d0f);
+    s.start_op(
+        stop_api,
+        OpKind::VmStop,
+        vm_target(API, "api"),
+        r#"{"vm_id":"000000000a910003","name":"api","from":"running","process":{"pid":43000,"start_time_ticks":5200000},"stop_timeout_ms":30000,"reason":"idle for 1800 s (idle_stop_after is 1800 s)","tap":"bgtap2"}"#,
+    );
+    s.vm_state(Some(stop_api), API, VmState::Running, VmState::Stopping);
+    let delete_again = OpId(0x3d10);
+    s.start_op(
+        delete_again,
+        OpKind::VmDelete,
+        vm_target(DB, "db"),
+        &stop_v1(DB, "db", VmState::Failed, None, None),
+    );
+    s.vm_state(Some(delete_again), DB, VmState::Failed, VmState::Deleting);
+    s.step(stop_api, "sync-guest", vec![]);
+    s.step(delete_again, "kill", vec![]);
+    s.step_started(stop_api, "shutdown", vec![]);
+    s.step_started(delete_again, "release-tap", vec![tap("btdb000002")]);
+    // --- crash: nothing after this ---
+    (s, crash)
 }

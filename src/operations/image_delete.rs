@@ -13,7 +13,9 @@ use banger_events::{Event, Handle, ImageRemoved, OpId, OpKind, Target};
 
 use super::kernel_remove::undo_move_aside;
 use super::store::{self, dir_handle};
-use super::{BoxFuture, OpCx, OpError, OperationKind, Runner, Step, StepError, blocking, names};
+use super::{
+    BoxFuture, OpCx, OpError, OperationKind, ResumeError, Runner, Step, StepError, blocking, names,
+};
 
 pub struct ImageDelete;
 
@@ -23,12 +25,17 @@ pub struct State {
 
 impl State {
     /// The state of a deletion from its recorded target, for roll-forward.
-    pub fn from_target(target: &Target) -> Option<State> {
+    pub fn from_target(target: &Target) -> Result<State, ResumeError> {
+        let wrong = |expected: String| ResumeError::WrongTarget {
+            target: target.to_string(),
+            expected,
+        };
         match target {
-            Target::Image { name } if names::validate("image", name).is_ok() => {
-                Some(State { name: name.clone() })
-            }
-            _ => None,
+            Target::Image { name } => match names::validate("image", name) {
+                Ok(()) => Ok(State { name: name.clone() }),
+                Err(error) => Err(wrong(format!("a image with a valid name ({error})"))),
+            },
+            _ => Err(wrong("a image".to_owned())),
         }
     }
 }
@@ -49,7 +56,7 @@ impl OperationKind for ImageDelete {
         })]
     }
 
-    fn resume_state(target: &Target, _: &str) -> Option<State> {
+    fn resume_state(target: &Target, _: &str) -> Result<State, ResumeError> {
         State::from_target(target)
     }
 }

@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use banger_events::{Event, Handle, KernelRemoved, OpId, OpKind, Target};
 
 use super::store::{self, dir_handle};
-use super::{BoxFuture, OpCx, OpError, OperationKind, Runner, Step, StepError, blocking, names};
+use super::{
+    BoxFuture, OpCx, OpError, OperationKind, ResumeError, Runner, Step, StepError, blocking, names,
+};
 
 pub struct KernelRemove;
 
@@ -26,12 +28,17 @@ pub struct State {
 
 impl State {
     /// The state of a removal from its recorded target, for roll-forward.
-    pub fn from_target(target: &Target) -> Option<State> {
+    pub fn from_target(target: &Target) -> Result<State, ResumeError> {
+        let wrong = |expected: String| ResumeError::WrongTarget {
+            target: target.to_string(),
+            expected,
+        };
         match target {
-            Target::Kernel { name } if names::validate("kernel", name).is_ok() => {
-                Some(State { name: name.clone() })
-            }
-            _ => None,
+            Target::Kernel { name } => match names::validate("kernel", name) {
+                Ok(()) => Ok(State { name: name.clone() }),
+                Err(error) => Err(wrong(format!("a kernel with a valid name ({error})"))),
+            },
+            _ => Err(wrong("a kernel".to_owned())),
         }
     }
 }
@@ -52,7 +59,7 @@ impl OperationKind for KernelRemove {
         })]
     }
 
-    fn resume_state(target: &Target, _: &str) -> Option<State> {
+    fn resume_state(target: &Target, _: &str) -> Result<State, ResumeError> {
         State::from_target(target)
     }
 }

@@ -74,7 +74,7 @@ pub mod vm_stop;
 use std::future::Future;
 use std::pin::Pin;
 
-use banger_events::{Event, Handle, LogError, OpId, OpKind, Target};
+use banger_events::{Event, Handle, LogError, OpId, OpKind, ResumeDecodeError, Target, VmId};
 
 use crate::host::network::GuestNetwork;
 use crate::host::vmm::Vmm;
@@ -165,11 +165,27 @@ pub trait OperationKind: 'static {
     }
 
     /// Rebuilds the state of an interrupted run from what the log recorded (its target and
-    /// parameters), so that crash recovery can roll it forward. Kinds that recovery rolls
-    /// back never need it; `None` means "cannot be resumed" and leaves the operation stuck.
-    fn resume_state(_target: &Target, _parameters: &str) -> Option<Self::State> {
-        None
+    /// parameters: a [`banger_events::ResumePayload`] for the kinds that need more than the
+    /// target), so that crash recovery can roll it forward. Kinds that recovery rolls back
+    /// never need it. An error leaves the operation stuck, with the error's message recorded
+    /// as the reason.
+    fn resume_state(_target: &Target, _parameters: &str) -> Result<Self::State, ResumeError> {
+        Err(ResumeError::NotResumable { kind: Self::KIND })
     }
+}
+
+/// Why an interrupted operation cannot be rolled forward from what the log recorded. The
+/// message ends up in the stuck operation (`banger ops`), so it names the underlying error.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    #[error("this build has no way to resume {kind} operations")]
+    NotResumable { kind: OpKind },
+    #[error("{0}")]
+    Parameters(#[from] ResumeDecodeError),
+    #[error("it targets {target}, not {expected}")]
+    WrongTarget { target: String, expected: String },
+    #[error("its parameters are about vm {recorded}, but it targets vm {target}")]
+    OtherVm { recorded: VmId, target: VmId },
 }
 
 /// Finds the step called `name` in `K`'s table.

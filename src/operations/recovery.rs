@@ -179,15 +179,20 @@ async fn recover_kind<K: OperationKind>(
             resume_from,
             ..
         } => {
-            let Some(state) = K::resume_state(&target, &parameters) else {
-                return stuck(
-                    runner,
-                    &cx,
-                    started,
-                    resume_from.as_deref().unwrap_or("resume"),
-                    "the operation cannot be resumed from what the log recorded",
-                )
-                .await;
+            let state = match K::resume_state(&target, &parameters) {
+                Ok(state) => state,
+                // Nothing has run yet in this attempt, so stuck is the truthful end: the
+                // message names what did not decode, for whoever looks at `banger ops`.
+                Err(error) => {
+                    return stuck(
+                        runner,
+                        &cx,
+                        started,
+                        resume_from.as_deref().unwrap_or("resume"),
+                        &format!("cannot resume from what the log recorded: {error}"),
+                    )
+                    .await;
+                }
             };
             let steps = K::steps();
             let position = |name: &str| steps.iter().position(|s| s.name() == name);
@@ -322,4 +327,231 @@ pub fn can_recover(kind: OpKind) -> bool {
             | OpKind::VmSet
             | OpKind::TapFill
     )
+}
+
+/// Recovery of roll-forward operations from the parameters the log recorded: today's resume
+/// payloads, the bare JSON older builds wrote, and parameters that do not decode at all.
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use banger_events::{
+        Journal, JournalOptions, MemoryLog, OperationStarted, StepStarted, Target, VmDefined, VmId,
+        VmSpec, VmState, VmStateChanged,
+    };
+    use banger_projections::OpStatus;
+
+    use super::*;
+    use crate::host::network::GuestNetwork;
+    use crate::operations::Failpoints;
+    use crate::operations::vm_stop::StopState;
+    use crate::paths::Layout;
+
+    const VM: VmId = VmId(0x57eb_0001);
+    const OP: OpId = OpId(0x0c03);
+
+    /// Parameters of a `vm.stop` as builds before versioned resume payloads wrote them (the
+    /// same text is pinned in replay-tests/golden/resume-parameters.pins). No process, so the
+    /// roll-forward signals nothing on this machine.
+    const LEGACY: &str = r#"{"vm_id":"0000000057eb0001","name":"web","from":"running","process":null,"stop_timeout_ms":30000,"reason":null,"tap":"bt57eb0001"}"#;
+    /// The same, from the builds before VMs had taps (no `tap`, no `reason`).
+    const LEGACY_BEFORE_TAPS: &str = r#"{"vm_id":"0000000057eb0001","name":"web","from":"running","process":null,"stop_timeout_ms":30000}"#;
+
+    fn runner(root: &Path) -> Runner {
+        let journal = Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default())
+            .expect("a journal in memory");
+        let layout = Layout::rooted(root);
+        std::fs::create_dir_all(layout.vm_dir(VM)).expect("the VM's directory");
+        Runner::new(
+            Arc::new(journal),
+            layout,
+            Arc::new(GuestNetwork::unreachable_for_tests()),
+            Arc::new(crate::host::vmm::FirecrackerVmm::new(
+                "/nonexistent/firecracker",
+            )),
+            Failpoints::none(),
+        )
+    }
+
+    /// A running VM, and a `vm.stop` of it with `parameters` that bangerd left after its
+    /// first step (the state a crash in `shutdown` leaves).
+    async fn interrupted_stop(runner: &Runner, parameters: &str) {
+        let target = Target::Vm {
+            vm_id: VM,
+            name: "web".into(),
+        };
+        let spec = VmSpec {
+            image: "debian-12".into(),
+            kernel: "6.1".into(),
+            vcpus: 1,
+            memory_mib: 256,
+            root_disk_mib: 1024,
+            work_disk_mib: 64,
+        };
+        let state = |from, to| {
+            Event::VmStateChanged(VmStateChanged {
+                vm_id: VM,
+                from,
+                to,
+            })
+        };
+        runner
+            .journal()
+            .append(vec![
+                NewEvent::new(Event::VmDefined(VmDefined {
+                    vm_id: VM,
+                    name: "web".into(),
+                    spec,
+                })),
+                NewEvent::new(state(VmState::Creating, VmState::Running)),
+                NewEvent::in_op(
+                    OP,
+                    Event::OperationStarted(OperationStarted {
+                        kind: OpKind::VmStop,
+                        target,
+                        parameters: parameters.to_owned(),
+                    }),
+                ),
+                NewEvent::in_op(OP, state(VmState::Running, VmState::Stopping)),
+                NewEvent::in_op(
+                    OP,
+                    Event::StepStarted(StepStarted {
+                        step: "sync-guest".into(),
+                        intent: Vec::new(),
+                    }),
+                ),
+                NewEvent::in_op(
+                    OP,
+                    Event::StepSucceeded(banger_events::StepSucceeded {
+                        step: "sync-guest".into(),
+                        produced: Vec::new(),
+                    }),
+                ),
+                NewEvent::in_op(
+                    OP,
+                    Event::StepStarted(StepStarted {
+                        step: "shutdown".into(),
+                        intent: Vec::new(),
+                    }),
+                ),
+            ])
+            .await
+            .expect("append");
+    }
+
+    /// The names of the events recovery appended for `OP`, after the interrupted run's.
+    fn recorded_after_crash(runner: &Runner) -> Vec<String> {
+        let journal = runner.journal();
+        let events = journal
+            .read(Seq(1), journal.last_seq(), 1000)
+            .expect("read");
+        let decided = events
+            .iter()
+            .position(|e| matches!(e.event, Event::RecoveryDecided(_)))
+            .expect("recovery recorded its decision");
+        events[decided..]
+            .iter()
+            .filter(|e| e.op_id == Some(OP))
+            .map(|e| match &e.event {
+                Event::StepStarted(s) => format!("start {}", s.step),
+                Event::StepSucceeded(s) => format!("ok {}", s.step),
+                Event::UndoFailed(s) => format!("undo-fail {}", s.step),
+                Event::VmStateChanged(s) => format!("vm {}", s.to),
+                other => other.name().to_owned(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_stop_recorded_with_the_parameters_of_older_builds_rolls_forward() {
+        let current = StopState::from_parameters(LEGACY).expect("legacy decodes");
+        // Today's writer, for comparison: the versioned payload of the same state.
+        for parameters in [LEGACY, LEGACY_BEFORE_TAPS, &current.parameters()] {
+            let dir = tempfile::tempdir().unwrap();
+            let runner = runner(dir.path());
+            interrupted_stop(&runner, parameters).await;
+
+            let report = recover(&runner).await.expect("recovery runs");
+            assert_eq!(
+                report,
+                [Recovered {
+                    op_id: OP,
+                    kind: OpKind::VmStop,
+                    decision: RecoveryDecision::RollForward,
+                    outcome: Outcome::Succeeded,
+                }],
+                "{parameters}"
+            );
+            assert_eq!(
+                recorded_after_crash(&runner),
+                [
+                    "recovery_decided",
+                    "start shutdown",
+                    "ok shutdown",
+                    "start release-sockets",
+                    "ok release-sockets",
+                    "vm stopped",
+                    "operation_succeeded",
+                ],
+                "{parameters}"
+            );
+            let view = runner.journal().view();
+            assert_eq!(view.vms[&VM].state, VmState::Stopped, "{parameters}");
+        }
+    }
+
+    #[tokio::test]
+    async fn parameters_that_do_not_decode_leave_the_operation_stuck_saying_why() {
+        let other_vm = LEGACY.replace("57eb0001", "57eb0002");
+        let cases = [
+            // Cut short: a torn write, or a hand-edited log.
+            (
+                &LEGACY[..40],
+                "cannot resume from what the log recorded: the parameters are not JSON: EOF while parsing",
+            ),
+            (
+                r#"{"resume":"stop.v7"}"#,
+                "the resume payload does not decode: unknown variant `stop.v7`, expected `stop.v1`",
+            ),
+            (
+                r#"{"vm_id":"0000000057eb0001","name":"web"}"#,
+                "do not decode: missing field `from`",
+            ),
+            (
+                other_vm.as_str(),
+                "its parameters are about vm 0000000057eb0002, but it targets vm 0000000057eb0001",
+            ),
+        ];
+        for (parameters, expected) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let runner = runner(dir.path());
+            interrupted_stop(&runner, parameters).await;
+
+            let report = recover(&runner).await.expect("recovery runs");
+            let [Recovered { outcome, .. }] = report.as_slice() else {
+                panic!("{parameters}: one operation recovered, not {report:?}");
+            };
+            let Outcome::Stuck { step, error } = outcome else {
+                panic!("{parameters}: stuck, not {outcome:?}");
+            };
+            assert_eq!(step, "shutdown", "{parameters}");
+            assert!(error.contains(expected), "{parameters}: {error}");
+            // Nothing ran: the operation went straight from the decision to stuck.
+            assert_eq!(
+                recorded_after_crash(&runner),
+                ["recovery_decided", "undo-fail shutdown", "operation_stuck"],
+                "{parameters}"
+            );
+            let view = runner.journal().view();
+            let op = &view.operations[&OP];
+            assert_eq!(op.status, OpStatus::Stuck, "{parameters}");
+            assert!(
+                op.error.as_deref().is_some_and(|e| e.contains(expected)),
+                "{parameters}: {:?}",
+                op.error
+            );
+            assert_eq!(view.vms[&VM].state, VmState::Stopping, "{parameters}");
+        }
+    }
 }

@@ -17,7 +17,9 @@ use banger_events::{Event, Handle, OpId, OpKind, Target, VmRemoved, VmState, VmS
 use super::store::{self, dir_handle};
 use super::vm_common::{release_taps, target_vm};
 use super::vm_stop::{KillVmm, StopState, prepare};
-use super::{BoxFuture, OpCx, OpError, OperationKind, Runner, Step, StepError, blocking};
+use super::{
+    BoxFuture, OpCx, OpError, OperationKind, ResumeError, Runner, Step, StepError, blocking,
+};
 use crate::host::network::tap_name;
 
 pub struct VmDelete;
@@ -65,8 +67,8 @@ impl OperationKind for VmDelete {
         )
     }
 
-    fn resume_state(_: &Target, parameters: &str) -> Option<StopState> {
-        StopState::from_parameters(parameters)
+    fn resume_state(target: &Target, parameters: &str) -> Result<StopState, ResumeError> {
+        StopState::resume(target, parameters)
     }
 }
 

@@ -15,7 +15,7 @@ use banger_events::{Event, OpId, OpKind, Target};
 use super::vm_stop::{
     KillVmm, ReleaseSockets, StopState, back_to_running, prepare, stopped_events, to_stopping,
 };
-use super::{OpCx, OpError, OperationKind, Runner, Step};
+use super::{OpCx, OpError, OperationKind, ResumeError, Runner, Step};
 
 pub struct VmKill;
 
@@ -41,8 +41,8 @@ impl OperationKind for VmKill {
         back_to_running(target)
     }
 
-    fn resume_state(_: &Target, parameters: &str) -> Option<StopState> {
-        StopState::from_parameters(parameters)
+    fn resume_state(target: &Target, parameters: &str) -> Result<StopState, ResumeError> {
+        StopState::resume(target, parameters)
     }
 }
 

@@ -12,8 +12,10 @@
 //! | `release-sockets` | —      | remove the VMM's API and vsock socket files                       | nothing |
 //!
 //! Every step is harmless on a VM whose process is already gone, so crash recovery rolls
-//! stops forward: it rebuilds the state from the operation's parameters (which record the
-//! process, the timeout and why) and runs the remaining steps.
+//! stops forward: it rebuilds the state from the operation's parameters (a `stop.v1` resume
+//! payload recording the process, the timeout and why, or the bare JSON of older builds; see
+//! `banger_events::resume`) and runs the remaining steps. Parameters that do not decode, or
+//! that are about another VM, leave the operation stuck with that error.
 //!
 //! Domain events: running → stopping with `OperationStarted`; `HandleReleased` (the process)
 //! and stopping → stopped with `OperationSucceeded`; stopping → running with
@@ -22,13 +24,13 @@
 use std::time::Duration;
 
 use banger_events::{
-    Event, Handle, HandleReleased, OpId, OpKind, Owner, Target, VmId, VmState, VmStateChanged,
+    Event, Handle, HandleReleased, OpId, OpKind, Owner, RecordedProcess, ResumePayload,
+    StopResumeV1, Target, VmId, VmState, VmStateChanged,
 };
 use banger_projections::ProcessRef;
-use serde::{Deserialize, Serialize};
 
 use super::vm_common::{kill_vmm, path_in_vms, recorded_vmm, remove_file_if_present, target_vm};
-use super::{BoxFuture, Claim, OpCx, OpError, OperationKind, Runner, Step, StepError};
+use super::{BoxFuture, Claim, OpCx, OpError, OperationKind, ResumeError, Runner, Step, StepError};
 use crate::agent::client::AgentClient;
 use crate::agent::protocol::AGENT_VSOCK_PORT;
 use crate::host::firecracker::vsock_connect_timeout;
@@ -38,9 +40,9 @@ pub struct VmStop;
 
 const STEPS: &[&dyn Step<StopState>] = &[&SyncGuest, &Shutdown, &ReleaseSockets];
 
-/// What stop, kill and delete know; recorded whole as the operation's parameters, so that
-/// recovery can finish the operation from the log alone.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What stop, kill and delete know; recorded whole as the operation's parameters (a
+/// `stop.v1` [`ResumePayload`]), so that recovery can finish the operation from the log alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StopState {
     pub vm_id: VmId,
     pub name: String,
@@ -50,21 +52,66 @@ pub struct StopState {
     pub process: Option<ProcessRef>,
     pub stop_timeout_ms: u64,
     /// Why (auto-stop says "idle for …"); `None` when a user asked.
-    #[serde(default)]
     pub reason: Option<String>,
     /// The VM's tap, from the ledger (`vm.delete` removes it); `None` in parameters
     /// recorded before VMs had taps.
-    #[serde(default)]
     pub tap: Option<String>,
 }
 
 impl StopState {
+    /// The `OperationStarted` parameters: this state as the newest stop resume payload.
     pub fn parameters(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+        ResumePayload::StopV1(StopResumeV1 {
+            vm_id: self.vm_id,
+            name: self.name.clone(),
+            from: self.from,
+            process: self.process.map(|p| RecordedProcess {
+                pid: p.pid,
+                start_time_ticks: p.start_time_ticks,
+            }),
+            stop_timeout_ms: self.stop_timeout_ms,
+            reason: self.reason.clone(),
+            tap: self.tap.clone(),
+        })
+        .encode()
     }
 
-    pub fn from_parameters(parameters: &str) -> Option<StopState> {
-        serde_json::from_str(parameters).ok()
+    /// The state recorded in an operation's parameters: a stop resume payload, or the bare
+    /// state older builds wrote (the decoder converts it).
+    pub fn from_parameters(parameters: &str) -> Result<StopState, ResumeError> {
+        match ResumePayload::decode(parameters)? {
+            ResumePayload::StopV1(stop) => Ok(StopState {
+                vm_id: stop.vm_id,
+                name: stop.name,
+                from: stop.from,
+                process: stop.process.map(|p| ProcessRef {
+                    pid: p.pid,
+                    start_time_ticks: p.start_time_ticks,
+                }),
+                stop_timeout_ms: stop.stop_timeout_ms,
+                reason: stop.reason,
+                tap: stop.tap,
+            }),
+        }
+    }
+
+    /// What recovery resumes a stop, kill or delete from: the recorded parameters, which must
+    /// be about the VM the operation targets (anything else would stop the wrong VM).
+    pub fn resume(target: &Target, parameters: &str) -> Result<StopState, ResumeError> {
+        let Target::Vm { vm_id, .. } = target else {
+            return Err(ResumeError::WrongTarget {
+                target: target.to_string(),
+                expected: "a vm".to_owned(),
+            });
+        };
+        let state = StopState::from_parameters(parameters)?;
+        if state.vm_id != *vm_id {
+            return Err(ResumeError::OtherVm {
+                recorded: state.vm_id,
+                target: *vm_id,
+            });
+        }
+        Ok(state)
     }
 }
 
@@ -88,8 +135,8 @@ impl OperationKind for VmStop {
         back_to_running(target)
     }
 
-    fn resume_state(_: &Target, parameters: &str) -> Option<StopState> {
-        StopState::from_parameters(parameters)
+    fn resume_state(target: &Target, parameters: &str) -> Result<StopState, ResumeError> {
+        StopState::resume(target, parameters)
     }
 }
 

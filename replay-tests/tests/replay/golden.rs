@@ -3,14 +3,25 @@
 //!
 //! Per story `NAME` in `replay-tests/golden/`:
 //! - `NAME.frames`: the stored frames in the dump container (see the crate docs);
-//! - `NAME.redb`: the same frames in a real redb file (with a projection snapshot half-way),
-//!   when it is small;
+//! - `NAME.redb`: the same frames in a real redb file (with a projection snapshot half-way,
+//!   or where the story's `snapshot_after` says), when it is small;
 //! - `NAME.projections.json`: the projections after the last event, pretty JSON;
 //! - `NAME.plan.json`: `plan_recovery` of that state, pretty JSON.
 //!
-//! The test only reads these. `BANGER_BLESS=1` rewrites them from the stories in
-//! `src/stories.rs` first (see the README): an explicit act whose diff a reviewer reads.
+//! And the pin files ([`pins`]), which freeze stored forms one sample at a time:
+//! `enum-layouts.pins` ([`layouts`]: every variant of every enum stored in frames or
+//! snapshots) and `resume-parameters.pins` ([`resume`]: every resume payload version, and the
+//! bare JSON of older builds).
+//!
+//! The test only reads these. `BANGER_BLESS=1` rewrites the story files from
+//! `src/stories.rs` first, and appends pins for new samples (never changing a pin; see the
+//! README): an explicit act whose diff a reviewer reads.
 
+mod layouts;
+mod pins;
+mod resume;
+
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -69,13 +80,13 @@ fn bless(story: &stories::Story) {
     )
     .expect("write plan");
 
-    // The redb file: the first half of the events with a snapshot of the state after them,
-    // then the rest, as two transactions.
+    // The redb file: the first half of the events (or as many as the story says) with a
+    // snapshot of the state after them, then the rest, as two transactions.
     let scratch = tempfile::tempdir().expect("tempdir");
     let path = scratch.path().join("log.redb");
     {
         let log = RedbLog::open(&path).expect("create redb");
-        let half = frames.len() / 2;
+        let half = story.snapshot_after.unwrap_or(frames.len() / 2);
         let head: Projections = fold(&story.log.envelopes()[..half]);
         let snapshot = SnapshotRecord {
             seq: Seq(half as u64),
@@ -219,6 +230,44 @@ fn golden_logs_keep_an_old_layout_event() {
     assert_eq!(image.source, format!("register:{}", image.rootfs_path));
 }
 
+/// The golden logs keep roll-forward parameters of both formats: the bare JSON of older builds
+/// and the `stop.v1` payload. Each decodes to a payload about its operation's VM (what crash
+/// recovery resumes a stop, kill or delete from; `golden/resume-parameters.pins` pins the
+/// formats themselves).
+fn golden_logs_keep_resume_parameters_of_every_format() {
+    let name = "rare-operations";
+    let frames = read_dump(&read(&golden_dir().join(format!("{name}.frames")))).unwrap();
+    let (mut bare, mut versioned) = (0, 0);
+    for envelope in decode_dump(name, &frames) {
+        let Event::OperationStarted(started) = envelope.event else {
+            continue;
+        };
+        if !matches!(
+            started.kind,
+            OpKind::VmStop | OpKind::VmKill | OpKind::VmDelete
+        ) {
+            continue;
+        }
+        let Target::Vm { vm_id, .. } = started.target else {
+            panic!("{name}: a {} of {}", started.kind, started.target);
+        };
+        let decoded = ResumePayload::decode(&started.parameters)
+            .unwrap_or_else(|e| panic!("{name}: {}: {e}", started.parameters));
+        let ResumePayload::StopV1(stop) = decoded;
+        assert_eq!(stop.vm_id, vm_id, "{name}: {}", started.parameters);
+        if started.parameters.starts_with(r#"{"resume":"stop.v1","#) {
+            versioned += 1;
+        } else {
+            bare += 1;
+        }
+    }
+    assert_eq!(
+        (bare, versioned),
+        (2, 3),
+        "{name}: bare and stop.v1 parameters"
+    );
+}
+
 /// Every event kind this build knows is stored, in its current layout, in some golden log: a
 /// kind added later must be added to a story and blessed, so that its layout is frozen too.
 fn golden_logs_cover_every_event_kind() {
@@ -260,10 +309,13 @@ fn frame_dumps_round_trip_and_reject_damage() {
     assert!(read_dump(&other_version).is_err());
 }
 
-/// golden/ holds only what the stories bless: a stray file means a story was renamed or
-/// removed without its files, which would then silently stop being checked.
+/// golden/ holds only what the stories and the pin tests check: a stray file means a story
+/// was renamed or removed without its files, which would then silently stop being checked.
 fn golden_dir_holds_only_known_files() {
-    let mut expected = std::collections::BTreeSet::new();
+    let mut expected: std::collections::BTreeSet<String> =
+        ["enum-layouts.pins", "resume-parameters.pins"]
+            .map(String::from)
+            .into();
     for story in stories::all() {
         for ext in ["frames", "redb", "projections.json", "plan.json"] {
             expected.insert(format!("{}.{ext}", story.name));
@@ -279,6 +331,153 @@ fn golden_dir_holds_only_known_files() {
     }
 }
 
+/// The pinned variant names of the enums whose type name is in `types` (from the pin samples,
+/// which cover every variant).
+fn pinned_variants(types: &[&str]) -> BTreeSet<String> {
+    layouts::samples()
+        .into_iter()
+        .map(|sample| sample.label)
+        .filter(|label| types.iter().any(|t| label.starts_with(&format!("{t}::"))))
+        .collect()
+}
+
+/// The variants of the enums nested in `event` that it stores. Exhaustive, so that a new event
+/// kind must say which enums it holds.
+fn nested_variants(event: &Event, seen: &mut BTreeSet<String>) {
+    let mut handles = |handles: &[Handle]| {
+        for handle in handles {
+            seen.insert(format!("Handle::{}", layouts::handle_name(handle)));
+        }
+    };
+    let mut more = Vec::new();
+    match event {
+        Event::OperationStarted(e) => {
+            more.push(format!("OpKind::{:?}", e.kind));
+            more.push(format!("Target::{}", layouts::target_name(&e.target)));
+        }
+        Event::StepStarted(e) => handles(&e.intent),
+        Event::StepSucceeded(e) => handles(&e.produced),
+        Event::HandleAcquired(e) => {
+            handles(std::slice::from_ref(&e.handle));
+            more.push(format!("Owner::{}", layouts::owner_name(&e.owner)));
+        }
+        Event::HandleReleased(e) => handles(std::slice::from_ref(&e.handle)),
+        Event::OrphanFound(e) => handles(std::slice::from_ref(&e.handle)),
+        Event::VmStateChanged(e) => {
+            more.push(format!("VmState::{}", layouts::vm_state_name(&e.from)));
+            more.push(format!("VmState::{}", layouts::vm_state_name(&e.to)));
+        }
+        Event::RecoveryDecided(e) => {
+            more.push(format!(
+                "RecoveryDecision::{}",
+                layouts::decision_name(&e.decision)
+            ));
+        }
+        Event::StepFailed(_)
+        | Event::UndoStarted(_)
+        | Event::UndoSucceeded(_)
+        | Event::UndoFailed(_)
+        | Event::OperationSucceeded(_)
+        | Event::OperationRolledBack(_)
+        | Event::OperationStuck(_)
+        | Event::VmDefined(_)
+        | Event::VmChanged(_)
+        | Event::VmExited(_)
+        | Event::VmRemoved(_)
+        | Event::VmFoundDead(_)
+        | Event::ImageRegisteredV1(_)
+        | Event::ImageRegistered(_)
+        | Event::ImageRemoved(_)
+        | Event::KernelRegistered(_)
+        | Event::KernelRemoved(_)
+        | Event::DaemonStarted(_)
+        | Event::DaemonStopped(_) => {}
+    }
+    seen.extend(more);
+}
+
+/// Every variant of every enum that events store is stored in some golden log, so that each
+/// is decoded from bytes an earlier build wrote and projected as recorded — not only pinned
+/// on its own. A variant added later must be added to a story and blessed.
+fn golden_logs_hold_every_variant_of_every_enum_in_events() {
+    let mut seen = BTreeSet::new();
+    for story in stories::all() {
+        let path = golden_dir().join(format!("{}.frames", story.name));
+        let frames = read_dump(&read(&path)).expect("dump reads");
+        for envelope in decode_dump(story.name, &frames) {
+            nested_variants(&envelope.event, &mut seen);
+        }
+    }
+    let wanted = pinned_variants(&[
+        "OpKind",
+        "Target",
+        "Handle",
+        "Owner",
+        "VmState",
+        "RecoveryDecision",
+    ]);
+    let missing: Vec<&String> = wanted.difference(&seen).collect();
+    assert!(
+        missing.is_empty(),
+        "variants no golden log stores: {missing:?} — add them to a story in src/stories.rs \
+         and bless"
+    );
+}
+
+/// The snapshot in each golden redb file, when this build's snapshot format, decodes to
+/// exactly the state of the events before it (a snapshot that decodes to a wrong state would
+/// be believed). Between them they hold every variant of the enums only snapshots store.
+fn golden_snapshots_decode_to_the_state_they_were_taken_at() {
+    let mut seen = BTreeSet::new();
+    for story in stories::all() {
+        let name = story.name;
+        let redb_path = golden_dir().join(format!("{name}.redb"));
+        if !redb_path.exists() {
+            continue;
+        }
+        let scratch = tempfile::tempdir().unwrap();
+        let copy = scratch.path().join("log.redb");
+        std::fs::copy(&redb_path, &copy).unwrap();
+        let log = RedbLog::open(&copy).unwrap_or_else(|e| panic!("{name}.redb: {e}"));
+        let snapshot = log
+            .latest_snapshot()
+            .expect("read snapshot")
+            .unwrap_or_else(|| panic!("{name}.redb holds no snapshot"));
+        if snapshot.format != <Projections as Fold>::SNAPSHOT_FORMAT {
+            println!(
+                "{name}.redb: snapshot format {} is not this build's; it is replayed instead",
+                snapshot.format
+            );
+            continue;
+        }
+        let decoded = Projections::decode_snapshot(&snapshot.bytes)
+            .unwrap_or_else(|| panic!("{name}.redb: its snapshot no longer decodes"));
+        let frames = read_dump(&read(&golden_dir().join(format!("{name}.frames")))).unwrap();
+        let envelopes = decode_dump(name, &frames);
+        let before: Projections = fold(&envelopes[..snapshot.seq.0 as usize]);
+        assert_eq!(
+            decoded, before,
+            "{name}.redb: its snapshot decodes to another state"
+        );
+        for op in decoded.operations.values() {
+            seen.insert(format!("OpStatus::{}", layouts::op_status_name(&op.status)));
+            for step in &op.steps {
+                seen.insert(format!(
+                    "StepStatus::{}",
+                    layouts::step_status_name(&step.status)
+                ));
+            }
+        }
+    }
+    let wanted = pinned_variants(&["OpStatus", "StepStatus"]);
+    let missing: Vec<&String> = wanted.difference(&seen).collect();
+    assert!(
+        missing.is_empty(),
+        "variants no golden snapshot stores: {missing:?} — make a story hold them in its first \
+         half and bless"
+    );
+}
+
 /// This module's tests, for the binary's harness (`banger-test-harness`).
 pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
     banger_test_harness::tests![
@@ -287,5 +486,12 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
         sync golden_logs_cover_every_event_kind,
         sync frame_dumps_round_trip_and_reject_damage,
         sync golden_dir_holds_only_known_files,
+        sync golden_logs_keep_resume_parameters_of_every_format,
+        sync golden_logs_hold_every_variant_of_every_enum_in_events,
+        sync golden_snapshots_decode_to_the_state_they_were_taken_at,
     ]
+    .into_iter()
+    .chain(layouts::tests())
+    .chain(resume::tests())
+    .collect()
 }
