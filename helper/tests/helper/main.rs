@@ -23,6 +23,8 @@ use std::time::Duration;
 use banger_helper::{HelperClient, HelperError, NetworkSpec};
 use serde_json::Value;
 
+mod strict_requests;
+
 const CLIENT_ENV: &str = "BANGER_HELPER_TEST_CLIENT";
 const NOBODY: u32 = 65534;
 
