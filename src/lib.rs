@@ -1,6 +1,9 @@
 //! bangerd and the banger CLI.
 
-pub mod agent;
+/// The guest agent's protocol and the host's client for it (and the agent itself): the
+/// `banger-agent` package, under the name this crate has always used for it.
+pub use banger_agent as agent;
+
 pub mod api;
 pub mod cli;
 pub mod config;

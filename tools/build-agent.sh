@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Builds banger-agent as a static binary, to be copied into guest images, and checks that it
-# really is static (no ELF interpreter): the guest's libc, if it has one at all, may not be
+# Builds the guest agent as a static binary, to be copied into guest images, and checks that
+# it really is static (no ELF interpreter): the guest's libc, if it has one at all, may not be
 # the host's.
 #
 #   tools/build-agent.sh [--profile PROFILE]      (default: release)
 #
 # Prints the path of the binary as its last line of output. Honours CARGO_TARGET_DIR.
+#
+# It builds `banger-guest-agent` of the lean `banger-agent` package (src/agent), alone, so none
+# of the daemon's dependencies (redb, rtnetlink, clap, tokio's fs and time) is compiled or
+# linked; it is the same program as the `banger-agent` that `cargo install` installs. Whoever
+# puts it in an image names it as the image needs (banger-agent, or init).
 #
 # `+crt-static` links glibc statically. The explicit `--target` matters: with it, RUSTFLAGS
 # apply only to the target's crates and not to build scripts and proc macros, which must stay
@@ -16,7 +21,7 @@ profile=release
 while [ $# -gt 0 ]; do
     case "$1" in
         --profile) profile="${2:?--profile needs a value}"; shift 2 ;;
-        -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "build-agent.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -32,10 +37,10 @@ esac
 # Debug info is stripped (symbols stay, for backtraces): it would make the binary that goes
 # into every image ten times larger.
 RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static -C strip=debuginfo" \
-    cargo build --manifest-path "$root/Cargo.toml" --package banger --bin banger-agent \
-    --target "$target" --profile "$profile" >&2
+    cargo build --manifest-path "$root/Cargo.toml" --package banger-agent \
+    --bin banger-guest-agent --target "$target" --profile "$profile" >&2
 
-binary="$target_dir/$target/$profile_dir/banger-agent"
+binary="$target_dir/$target/$profile_dir/banger-guest-agent"
 if [ ! -x "$binary" ]; then
     echo "build-agent.sh: cargo finished but $binary is missing" >&2
     exit 1

@@ -8,7 +8,14 @@
 //!   allocate more than 64 KiB per frame.
 //! - Every request names the protocol version it was written for ([`RequestFrame::v`]). The
 //!   set of requests is closed: there is deliberately no "run this command" request, and
-//!   unknown fields or variants are refused rather than ignored.
+//!   unknown fields or variants are refused rather than ignored, at every level (the frame,
+//!   each request kind, the network spec), and so are duplicate fields. [`decode_request`] is
+//!   the one way the server turns bytes into a request.
+//! - Requests and responses are decoded through private *wire* enums whose every variant has
+//!   braces: serde ignores `deny_unknown_fields` for the unit variants of an internally tagged
+//!   enum (`{"op":"list_taps","x":1}` would decode as `ListTaps`), but a struct variant, even
+//!   an empty one, refuses what it does not name. Both directions go through the wire enums
+//!   with exhaustive conversions, so a new variant cannot be added to one side only.
 //! - The protocol knows nothing about VMs or events; it speaks of bridges, taps and subnets.
 
 use std::net::Ipv4Addr;
@@ -36,17 +43,19 @@ pub struct NetworkSpec {
     pub prefix_len: u8,
 }
 
-/// One request as it travels: the version it was written for and the request itself.
+/// One request as it travels: the version it was written for and the request itself. The
+/// server decodes it with [`decode_request`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestFrame {
     pub v: u32,
+    #[serde(deserialize_with = "object_only")]
     pub request: Request,
 }
 
-/// The closed set of things the helper does.
+/// The closed set of things the helper does. Decoded and encoded as the private `WireRequest`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(from = "WireRequest", into = "WireRequest")]
 pub enum Request {
     /// Answered with [`Response::Version`] whatever version the request names, so a client can
     /// always learn what the helper speaks.
@@ -67,6 +76,95 @@ pub enum Request {
     },
 }
 
+/// How a [`Request`] travels. Unit variants are written `Version {}`, not `Version`, because
+/// only a struct variant refuses unknown fields when the enum is internally tagged (see the
+/// module docs); the JSON is the same (`{"op":"version"}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum WireRequest {
+    Version {},
+    EnsureNetwork {
+        #[serde(deserialize_with = "object_only")]
+        spec: NetworkSpec,
+    },
+    EnsureTap {
+        tap: String,
+        bridge: String,
+    },
+    DeleteTap {
+        tap: String,
+    },
+    ListTaps {},
+    RemoveNetwork {
+        bridge: String,
+    },
+}
+
+impl From<WireRequest> for Request {
+    fn from(wire: WireRequest) -> Request {
+        match wire {
+            WireRequest::Version {} => Request::Version,
+            WireRequest::EnsureNetwork { spec } => Request::EnsureNetwork { spec },
+            WireRequest::EnsureTap { tap, bridge } => Request::EnsureTap { tap, bridge },
+            WireRequest::DeleteTap { tap } => Request::DeleteTap { tap },
+            WireRequest::ListTaps {} => Request::ListTaps,
+            WireRequest::RemoveNetwork { bridge } => Request::RemoveNetwork { bridge },
+        }
+    }
+}
+
+impl From<Request> for WireRequest {
+    fn from(request: Request) -> WireRequest {
+        match request {
+            Request::Version => WireRequest::Version {},
+            Request::EnsureNetwork { spec } => WireRequest::EnsureNetwork { spec },
+            Request::EnsureTap { tap, bridge } => WireRequest::EnsureTap { tap, bridge },
+            Request::DeleteTap { tap } => WireRequest::DeleteTap { tap },
+            Request::ListTaps => WireRequest::ListTaps {},
+            Request::RemoveNetwork { bridge } => WireRequest::RemoveNetwork { bridge },
+        }
+    }
+}
+
+/// Decodes one request frame's body, refusing anything that is not exactly a request of this
+/// protocol: unknown or duplicate fields at any level, unknown kinds, a missing version,
+/// trailing bytes. The error names what was wrong (for an unknown field, the field). The
+/// version's *value* is the server's to judge, so that a request of another version can be
+/// answered with the version this helper speaks.
+pub fn decode_request(body: &[u8]) -> Result<RequestFrame, serde_json::Error> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let frame = object_only(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(frame)
+}
+
+/// Deserializes `T` from a JSON object and nothing else. serde's derived structs (and
+/// internally tagged enums) also accept their fields as a positional array
+/// (`[1,{"op":"list_taps"}]`), a second spelling of every request with no names to check;
+/// requests have exactly one.
+fn object_only<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            // Whatever T asks of this deserializer, it can only be handed the map.
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+
+    deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData))
+}
+
 impl Request {
     /// Short name used in the helper's log lines.
     pub fn op_name(&self) -> &'static str {
@@ -81,14 +179,46 @@ impl Request {
     }
 }
 
-/// The helper's answer to one request.
+/// The helper's answer to one request. Decoded and encoded as the private `WireResponse`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(from = "WireResponse", into = "WireResponse")]
 pub enum Response {
     Version { version: u32 },
     Done,
     Taps { taps: Vec<String> },
     Error { kind: ErrorKind, message: String },
+}
+
+/// How a [`Response`] travels: braces on every variant, for the reason [`WireRequest`] has them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case", deny_unknown_fields)]
+enum WireResponse {
+    Version { version: u32 },
+    Done {},
+    Taps { taps: Vec<String> },
+    Error { kind: ErrorKind, message: String },
+}
+
+impl From<WireResponse> for Response {
+    fn from(wire: WireResponse) -> Response {
+        match wire {
+            WireResponse::Version { version } => Response::Version { version },
+            WireResponse::Done {} => Response::Done,
+            WireResponse::Taps { taps } => Response::Taps { taps },
+            WireResponse::Error { kind, message } => Response::Error { kind, message },
+        }
+    }
+}
+
+impl From<Response> for WireResponse {
+    fn from(response: Response) -> WireResponse {
+        match response {
+            Response::Version { version } => WireResponse::Version { version },
+            Response::Done => WireResponse::Done {},
+            Response::Taps { taps } => WireResponse::Taps { taps },
+            Response::Error { kind, message } => WireResponse::Error { kind, message },
+        }
+    }
 }
 
 /// Why a request was not carried out.
@@ -303,18 +433,256 @@ mod tests {
         );
     }
 
+    /// One valid request of every kind. `samples_cover_every_kind` fails when a kind the
+    /// decoder accepts has no sample here, so every test below covers a new kind too.
+    fn every_kind() -> Vec<Request> {
+        vec![
+            Request::Version,
+            Request::EnsureNetwork {
+                spec: NetworkSpec {
+                    bridge: "banger0".into(),
+                    gateway: Ipv4Addr::new(10, 77, 0, 1),
+                    prefix_len: 24,
+                },
+            },
+            Request::EnsureTap {
+                tap: "bt1".into(),
+                bridge: "banger0".into(),
+            },
+            Request::DeleteTap { tap: "bt1".into() },
+            Request::ListTaps,
+            Request::RemoveNetwork {
+                bridge: "banger0".into(),
+            },
+        ]
+    }
+
+    /// The request's JSON object (`{"op":…,…}`) and its fields other than `op`.
+    fn request_json(request: &Request) -> (String, Vec<String>) {
+        let json = serde_json::to_string(request).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let fields = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "op")
+            .cloned()
+            .collect();
+        (json, fields)
+    }
+
+    /// `request` (a JSON object) with `extra` (`"name":value`) added as its last member.
+    fn with_member(request: &str, extra: &str) -> String {
+        let body = request.strip_suffix('}').unwrap();
+        format!("{body},{extra}}}")
+    }
+
+    fn frame_of(request: &str) -> String {
+        format!(r#"{{"v":1,"request":{request}}}"#)
+    }
+
+    fn refused(body: &str) -> String {
+        match decode_request(body.as_bytes()) {
+            Ok(frame) => panic!("{body} must be refused, but decodes as {frame:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     #[test]
-    fn unknown_requests_and_fields_are_refused() {
-        for bad in [
-            r#"{"v":1,"request":{"op":"run_command","argv":["sh"]}}"#,
-            r#"{"v":1,"request":{"op":"delete_tap","tap":"bt1","extra":1}}"#,
-            r#"{"v":1,"request":{"op":"list_taps"},"uid":0}"#,
-            r#"{"request":{"op":"list_taps"}}"#,
-        ] {
-            assert!(
-                serde_json::from_str::<RequestFrame>(bad).is_err(),
-                "{bad} must not parse"
+    fn samples_cover_every_kind() {
+        // The decoder's own list of kinds, as serde reports it for an unknown one.
+        let message = refused(r#"{"v":1,"request":{"op":"no_such_op"}}"#);
+        let listed = message
+            .split_once("expected one of ")
+            .unwrap_or_else(|| panic!("no list of kinds in {message:?}"))
+            .1;
+        let mut kinds: Vec<&str> = listed.split('`').skip(1).step_by(2).collect();
+        kinds.sort_unstable();
+        let mut sampled: Vec<&str> = every_kind().iter().map(Request::op_name).collect();
+        sampled.sort_unstable();
+        assert_eq!(kinds, sampled, "every kind needs a sample in every_kind()");
+        for request in every_kind() {
+            let value = serde_json::to_value(&request).unwrap();
+            assert_eq!(
+                value["op"],
+                request.op_name(),
+                "op_name matches the wire name"
             );
         }
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        for request in every_kind() {
+            let frame = RequestFrame {
+                v: PROTOCOL_VERSION,
+                request,
+            };
+            let json = serde_json::to_vec(&frame).unwrap();
+            assert_eq!(decode_request(&json).unwrap(), frame);
+        }
+        // Kinds without arguments are written without braces' worth of fields, as before.
+        assert_eq!(
+            serde_json::to_string(&Request::ListTaps).unwrap(),
+            r#"{"op":"list_taps"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Version).unwrap(),
+            r#"{"op":"version"}"#
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_in_every_kind_naming_it() {
+        let samples = every_kind();
+        // Every field some kind has: each must be refused by the kinds that do not have it.
+        let mut all_fields: Vec<String> = samples.iter().flat_map(|r| request_json(r).1).collect();
+        all_fields.sort();
+        all_fields.dedup();
+        for request in &samples {
+            let (json, fields) = request_json(request);
+            let strangers = all_fields
+                .iter()
+                .filter(|f| !fields.contains(f))
+                .map(String::as_str)
+                .chain(["x", "uid", "argv", "v"]);
+            for stranger in strangers {
+                let body = frame_of(&with_member(&json, &format!(r#""{stranger}":"bt2""#)));
+                let message = refused(&body);
+                assert!(
+                    message.contains(&format!("unknown field `{stranger}`")),
+                    "{body}: {message}"
+                );
+            }
+            // Also when the unknown field comes before the kind's name.
+            let body = frame_of(&json.replacen('{', r#"{"x":1,"#, 1));
+            assert!(refused(&body).contains("unknown field `x`"), "{body}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_in_the_frame_and_the_network_spec() {
+        let message = refused(r#"{"v":1,"request":{"op":"list_taps"},"uid":0}"#);
+        assert!(message.contains("unknown field `uid`"), "{message}");
+        let message = refused(
+            r#"{"v":1,"request":{"op":"ensure_network","spec":{"bridge":"banger0","gateway":"10.77.0.1","prefix_len":24,"nat":false}}}"#,
+        );
+        assert!(message.contains("unknown field `nat`"), "{message}");
+    }
+
+    #[test]
+    fn duplicate_and_missing_fields_are_refused_in_every_kind() {
+        for request in every_kind() {
+            let (json, fields) = request_json(&request);
+            // A second `op` must not choose another kind, whichever comes first.
+            let message = refused(&frame_of(&with_member(&json, r#""op":"version""#)));
+            assert!(
+                message.contains("duplicate field `op`"),
+                "{json}: {message}"
+            );
+            let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+            for field in &fields {
+                let again = format!(r#""{field}":{}"#, value[field]);
+                let message = refused(&frame_of(&with_member(&json, &again)));
+                assert!(
+                    message.contains(&format!("duplicate field `{field}`")),
+                    "{json}: {message}"
+                );
+                let mut without = value.clone();
+                without.as_object_mut().unwrap().remove(field);
+                let message = refused(&frame_of(&without.to_string()));
+                assert!(
+                    message.contains(&format!("missing field `{field}`")),
+                    "{without}: {message}"
+                );
+            }
+        }
+        let message = refused(r#"{"v":1,"v":1,"request":{"op":"list_taps"}}"#);
+        assert!(message.contains("duplicate field `v`"), "{message}");
+        let message = refused(
+            r#"{"v":1,"request":{"op":"ensure_network","spec":{"bridge":"banger0","bridge":"banger1","gateway":"10.77.0.1","prefix_len":24}}}"#,
+        );
+        assert!(message.contains("duplicate field `bridge`"), "{message}");
+    }
+
+    #[test]
+    fn unknown_kinds_and_malformed_frames_are_refused() {
+        for (bad, expected) in [
+            (
+                r#"{"v":1,"request":{"op":"run_command","argv":["sh"]}}"#,
+                "unknown variant `run_command`",
+            ),
+            (r#"{"v":1,"request":{"op":"ListTaps"}}"#, "unknown variant"),
+            (r#"{"v":1,"request":{"tap":"bt1"}}"#, "missing field `op`"),
+            (r#"{"v":1,"request":{"op":null}}"#, "invalid type"),
+            (r#"{"v":1,"request":"list_taps"}"#, "invalid type"),
+            (r#"{"v":1,"request":null}"#, "invalid type"),
+            (r#"{"v":1}"#, "missing field `request`"),
+            (r#"{"request":{"op":"list_taps"}}"#, "missing field `v`"),
+            (r#"{"v":"1","request":{"op":"list_taps"}}"#, "invalid type"),
+            (r#"{"v":1.0,"request":{"op":"list_taps"}}"#, "invalid type"),
+            (r#"{"v":-1,"request":{"op":"list_taps"}}"#, "invalid value"),
+            (
+                r#"{"v":4294967296,"request":{"op":"list_taps"}}"#,
+                "invalid value",
+            ),
+            (
+                r#"{"v":1,"request":{"op":"delete_tap","tap":7}}"#,
+                "invalid type",
+            ),
+            (
+                r#"{"v":1,"request":{"op":"list_taps"}} {}"#,
+                "trailing characters",
+            ),
+            // Positional arrays: no names, so no unknown names to refuse; not a request.
+            (r#"[1,{"op":"list_taps"}]"#, "expected a JSON object"),
+            (
+                r#"{"v":1,"request":["list_taps"]}"#,
+                "expected a JSON object",
+            ),
+            (
+                r#"{"v":1,"request":["delete_tap","bt1"]}"#,
+                "expected a JSON object",
+            ),
+            (
+                r#"{"v":1,"request":{"op":"ensure_network","spec":["banger0","10.77.0.1",24]}}"#,
+                "expected a JSON object",
+            ),
+            ("", "EOF"),
+        ] {
+            let message = refused(bad);
+            assert!(message.contains(expected), "{bad}: {message}");
+        }
+        // The version's value is the server's to judge (it answers `version` to any), so the
+        // decoder accepts any u32.
+        let frame = decode_request(br#"{"v":99,"request":{"op":"version"}}"#).unwrap();
+        assert_eq!((frame.v, frame.request), (99, Request::Version));
+    }
+
+    #[test]
+    fn responses_are_as_strict_as_requests() {
+        for response in [
+            Response::Version { version: 1 },
+            Response::Done,
+            Response::Taps {
+                taps: vec!["bt1".into()],
+            },
+            Response::Error {
+                kind: ErrorKind::Failed,
+                message: "no".into(),
+            },
+        ] {
+            let json = serde_json::to_string(&response).unwrap();
+            assert_eq!(serde_json::from_str::<Response>(&json).unwrap(), response);
+            let bad = with_member(&json, r#""x":1"#);
+            let message = serde_json::from_str::<Response>(&bad)
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains("unknown field `x`"), "{bad}: {message}");
+        }
+        assert_eq!(
+            serde_json::to_string(&Response::Done).unwrap(),
+            r#"{"result":"done"}"#
+        );
     }
 }

@@ -218,7 +218,8 @@ async fn handle_connection(mut stream: UnixStream, uid: u32, allowed: bool, stat
                 return;
             }
         };
-        let frame: RequestFrame = match serde_json::from_slice(&body) {
+        // Strict: unknown or duplicate fields anywhere are refused, naming the field.
+        let frame: RequestFrame = match protocol::decode_request(&body) {
             Ok(frame) => frame,
             Err(e) => {
                 protocol_error(

@@ -6,8 +6,8 @@
 //! readiness is the agent's `ready` line on stdout, and "the process is gone" is a pidfd
 //! becoming readable. Deadlines only turn a hang into a failure.
 //!
-//! The static build (`tools/build-agent.sh`) takes minutes, so its test is ignored by default:
-//! `cargo test --test integration agent::static_build -- --ignored`.
+//! The static build (`tools/build-agent.sh`) is tested by the `banger-agent` package
+//! (`src/agent/tests/build.rs`).
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -835,46 +835,6 @@ async fn twenty_concurrent_connections_are_served() {
     }
 }
 
-/// Builds the static agent with `tools/build-agent.sh` and checks that it has no ELF
-/// interpreter and runs. Slow (a release build for the explicit target), hence ignored.
-fn static_build() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let output = std::process::Command::new("bash")
-        .arg(root.join("tools/build-agent.sh"))
-        .output()
-        .expect("run tools/build-agent.sh");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "build-agent.sh failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let binary = PathBuf::from(
-        stdout
-            .lines()
-            .last()
-            .expect("the script prints the binary's path")
-            .trim(),
-    );
-    let headers = std::process::Command::new("readelf")
-        .arg("-lW")
-        .arg(&binary)
-        .output()
-        .expect("readelf");
-    assert!(headers.status.success());
-    assert!(
-        !String::from_utf8_lossy(&headers.stdout).contains("INTERP"),
-        "{} has an ELF interpreter",
-        binary.display()
-    );
-    let version = std::process::Command::new(&binary)
-        .arg("--version")
-        .output()
-        .expect("run the static agent");
-    assert!(version.status.success());
-    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
-}
-
 /// This module's tests, for the binary's harness (`banger-test-harness`).
 pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
     banger_test_harness::tests![
@@ -895,6 +855,5 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
         tokio malformed_frames_get_clear_errors_and_the_connection_goes_on,
         tokio oversized_frame_is_refused_without_allocating_and_the_agent_still_serves,
         tokio twenty_concurrent_connections_are_served,
-        sync static_build ignore("builds a release binary: run with --ignored"),
     ]
 }

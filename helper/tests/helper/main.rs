@@ -24,6 +24,8 @@ use std::time::Duration;
 use banger_helper::{HelperClient, HelperError, NetworkSpec};
 use serde_json::Value;
 
+mod strict_requests;
+
 const CLIENT_ENV: &str = "BANGER_HELPER_TEST_CLIENT";
 const NOBODY: u32 = 65534;
 
@@ -930,7 +932,7 @@ fn main() {
         unprivileged_client_entry(job);
         return;
     }
-    banger_test_harness::run(vec![tests()]);
+    banger_test_harness::run(vec![tests(), strict_requests::tests()]);
 }
 
 /// This binary's tests, for its harness (`banger-test-harness`).

@@ -1,4 +1,5 @@
-//! The guest agent (`banger-agent`) and the host's client for it.
+//! The guest agent (`banger-agent`) and the host's client for it: the `banger-agent` package,
+//! which the `banger` crate re-exports as `banger::agent`.
 //!
 //! - [`protocol`]: the frame codec and the messages, shared by both sides. Its docs hold the
 //!   frame layout and the conversation.
@@ -7,15 +8,21 @@
 //! - [`server`]: [`Agent`], what runs in the guest: health, ping, exec with streamed output,
 //!   sync; each connection in its own task; no command outlives its connection.
 //!
-//! The `banger-agent` binary (`src/bin/banger-agent.rs`) only parses its arguments, binds the
-//! listener, prints `banger-agent ready on ADDR` on stdout once it accepts connections (so a
-//! parent process can wait for that line instead of polling), and serves until SIGTERM or
-//! SIGINT, when it kills every running command's process group and exits.
+//! - [`cli`]: the program: arguments (by hand, no clap), logging, runtime, signals. Two thin
+//!   binaries call it: `banger-agent` of the `banger` package (what `cargo install` installs)
+//!   and `banger-guest-agent` of this one (what `tools/build-agent.sh` links statically).
+//!
+//! This package is what goes into every guest, statically linked, so it depends on little:
+//! tokio without the daemon's `fs` and `time` features, nix, serde, tracing; never redb,
+//! rtnetlink, clap or anything of banger's daemon (`tests/build.rs` checks it). The client lives
+//! here too because it needs nothing the agent does not already pull, and keeping it beside
+//! the protocol and the server keeps the two sides in one crate's tests.
 //!
 //! Invariants: nothing here touches the event log or knows about VMs; the agent trusts its
 //! peer to be the host (there is no authentication: only the host can reach a guest's vsock),
 //! but never trusts its input to be well formed.
 
+pub mod cli;
 pub mod client;
 pub mod protocol;
 pub mod server;

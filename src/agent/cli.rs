@@ -1,0 +1,317 @@
+//! The `banger-agent` command line and process: arguments, logging, the runtime, signals.
+//!
+//! The arguments are parsed by hand rather than with clap: the agent is built statically into
+//! every guest image, and its two options do not justify compiling an argument-parsing
+//! framework into each one (see `docs/ARCHITECTURE.md`, "lean agent").
+//!
+//! [`main`] binds the listener, prints `banger-agent ready on ADDR` on stdout once it accepts
+//! connections (so a parent process can wait for that line instead of polling), and serves
+//! until SIGTERM or SIGINT, when it kills every running command's process group and exits.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::process::ExitCode;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::protocol::AGENT_VSOCK_PORT;
+use crate::server::{AGENT_VERSION, Agent, ListenAddr, Listener};
+
+/// The environment variable that gives the agent its vsock CID (the fake firecracker sets it).
+pub const CID_ENV: &str = "BANGER_AGENT_CID";
+/// The environment variable that sets what the agent logs: a level (`debug`) or a list of
+/// `target=level` directives (`info,banger_agent=debug`).
+pub const LOG_ENV: &str = "BANGER_AGENT_LOG";
+
+const USAGE: &str = "\
+The banger guest agent: answers health, ping, exec and sync requests from the host.
+
+Usage: banger-agent [--listen ADDR] [--cid CID]
+
+Options:
+  --listen ADDR  Where to listen: vsock:PORT inside a guest, unix:PATH under the fake
+                 firecracker [default: vsock:10789]
+  --cid CID      The vsock CID this guest has, reported by health [env: BANGER_AGENT_CID]
+  -h, --help     Print help
+  -V, --version  Print version
+
+Logging goes to stderr; BANGER_AGENT_LOG sets it (default: info).";
+
+/// What the command line asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Serve(Args),
+    Help,
+    Version,
+}
+
+/// The options of `banger-agent` when it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Args {
+    pub listen: ListenAddr,
+    pub cid: Option<u32>,
+}
+
+/// Parses the arguments (without the program name). `cid_env` is the value of
+/// [`CID_ENV`], used when `--cid` is not given; an empty value counts as unset. The error is a
+/// sentence for the user.
+pub fn parse(
+    args: impl IntoIterator<Item = OsString>,
+    cid_env: Option<OsString>,
+) -> Result<Command, String> {
+    let mut listen = None;
+    let mut cid = None;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let arg = arg
+            .into_string()
+            .map_err(|arg| format!("argument {arg:?} is not valid UTF-8"))?;
+        // `--name value` and `--name=value` both work, as with clap.
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => (name.to_owned(), Some(value.into())),
+            _ => (arg, None),
+        };
+        let mut value = |name: &str| -> Result<String, String> {
+            match inline.clone() {
+                Some(value) => Ok(value),
+                None => args
+                    .next()
+                    .ok_or_else(|| format!("{name} needs a value"))?
+                    .into_string()
+                    .map_err(|v| format!("the value of {name}, {v:?}, is not valid UTF-8")),
+            }
+        };
+        match name.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--listen" => {
+                let addr = value("--listen")?;
+                let addr = addr
+                    .parse()
+                    .map_err(|e| format!("invalid value {addr:?} for --listen: {e}"))?;
+                if listen.replace(addr).is_some() {
+                    return Err("--listen was given twice".into());
+                }
+            }
+            "--cid" => {
+                let text = value("--cid")?;
+                if cid.replace(parse_cid(&text, "--cid")?).is_some() {
+                    return Err("--cid was given twice".into());
+                }
+            }
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    if cid.is_none() {
+        let env = cid_env.filter(|v| !v.is_empty());
+        if let Some(env) = env {
+            let text = env
+                .into_string()
+                .map_err(|v| format!("{CID_ENV}={v:?} is not valid UTF-8"))?;
+            cid = Some(parse_cid(&text, CID_ENV)?);
+        }
+    }
+    Ok(Command::Serve(Args {
+        listen: listen.unwrap_or(ListenAddr::Vsock {
+            port: AGENT_VSOCK_PORT,
+        }),
+        cid,
+    }))
+}
+
+fn parse_cid(text: &str, what: &str) -> Result<u32, String> {
+    text.parse().map_err(|_| {
+        format!("invalid value {text:?} for {what}: a CID is a number from 0 to 4294967295")
+    })
+}
+
+/// The whole `banger-agent` program: what both binaries that carry it (`banger-agent` of the
+/// `banger` package and `banger-guest-agent` of this one) call.
+pub fn main() -> ExitCode {
+    let command = parse(std::env::args_os().skip(1), std::env::var_os(CID_ENV));
+    let args = match command {
+        Ok(Command::Serve(args)) => args,
+        Ok(Command::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("banger-agent {AGENT_VERSION}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("banger-agent: {e}\n\n{USAGE}");
+            // The exit status clap uses for usage errors, which this command line replaced.
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
+    // Two worker threads: the agent's work is small and it shares a small guest with the
+    // developer's own processes.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("banger-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("banger-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr (in a guest: the journal or the serial console), without colour. The filter
+/// is `tracing-subscriber`'s `Targets` rather than `EnvFilter`, which would compile a regex
+/// engine into the agent for directives it never needs.
+fn init_logging() {
+    let default = || tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO);
+    let filter = match std::env::var(LOG_ENV) {
+        Ok(text) if !text.is_empty() => text.parse().unwrap_or_else(|e| {
+            eprintln!("banger-agent: ignoring {LOG_ENV}={text:?} ({e}); logging at info");
+            default()
+        }),
+        _ => default(),
+    };
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false),
+        )
+        .with(filter)
+        .init();
+}
+
+async fn run(args: Args) -> std::io::Result<()> {
+    let listener = Listener::bind(&args.listen)?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let agent = Agent::new(args.cid);
+    // The readiness line: whoever started the agent may wait for it instead of polling. Best
+    // effort: a parent that closed our stdout must not stop the agent from serving.
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "banger-agent ready on {}", args.listen).and_then(|()| stdout.flush());
+    drop(stdout);
+    tracing::info!(listen = %args.listen, cid = ?args.cid, "banger-agent {AGENT_VERSION} serving");
+    let result = tokio::select! {
+        served = agent.serve(listener) => served,
+        _ = terminate.recv() => Ok(()),
+        _ = interrupt.recv() => Ok(()),
+    };
+    agent.kill_running();
+    if let ListenAddr::Unix(path) = &args.listen {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_strs(args: &[&str], env: Option<&str>) -> Result<Command, String> {
+        parse(args.iter().map(OsString::from), env.map(OsString::from))
+    }
+
+    fn serve(listen: ListenAddr, cid: Option<u32>) -> Result<Command, String> {
+        Ok(Command::Serve(Args { listen, cid }))
+    }
+
+    #[test]
+    fn defaults_to_the_vsock_port_without_a_cid() {
+        assert_eq!(
+            parse_strs(&[], None),
+            serve(
+                ListenAddr::Vsock {
+                    port: AGENT_VSOCK_PORT
+                },
+                None
+            )
+        );
+        assert_eq!(
+            parse_strs(&[], Some("")),
+            serve(
+                ListenAddr::Vsock {
+                    port: AGENT_VSOCK_PORT
+                },
+                None
+            ),
+            "an empty BANGER_AGENT_CID is unset"
+        );
+    }
+
+    #[test]
+    fn options_take_separate_or_inline_values() {
+        let unix = ListenAddr::Unix("/tmp/a.sock".into());
+        assert_eq!(
+            parse_strs(&["--listen", "unix:/tmp/a.sock", "--cid", "3"], None),
+            serve(unix.clone(), Some(3))
+        );
+        assert_eq!(
+            parse_strs(&["--cid=3", "--listen=unix:/tmp/a.sock"], None),
+            serve(unix.clone(), Some(3))
+        );
+        // The fake firecracker passes the CID in the environment; the option wins over it.
+        assert_eq!(
+            parse_strs(&["--listen", "unix:/tmp/a.sock"], Some("42")),
+            serve(unix.clone(), Some(42))
+        );
+        assert_eq!(
+            parse_strs(&["--cid", "7"], Some("42")),
+            serve(
+                ListenAddr::Vsock {
+                    port: AGENT_VSOCK_PORT
+                },
+                Some(7)
+            )
+        );
+        assert_eq!(parse_strs(&["--version"], None), Ok(Command::Version));
+        assert_eq!(parse_strs(&["-V"], None), Ok(Command::Version));
+        assert_eq!(parse_strs(&["-h", "--bogus"], None), Ok(Command::Help));
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_with_a_reason() {
+        for (args, env, expected) in [
+            (&["--listen"][..], None, "--listen needs a value"),
+            (
+                &["--listen", "tcp:1"],
+                None,
+                "invalid value \"tcp:1\" for --listen",
+            ),
+            (
+                &["--listen=vsock:x"],
+                None,
+                "invalid value \"vsock:x\" for --listen",
+            ),
+            (&["--cid", "-1"], None, "invalid value \"-1\" for --cid"),
+            (&["--cid", "4294967296"], None, "for --cid"),
+            (&[], Some("three"), "for BANGER_AGENT_CID"),
+            (&["--cid", "1", "--cid", "2"], None, "--cid was given twice"),
+            (
+                &["--listen", "vsock:1", "--listen=vsock:2"],
+                None,
+                "--listen was given twice",
+            ),
+            (&["serve"], None, "unexpected argument \"serve\""),
+            (
+                &["--listen-addr=x"],
+                None,
+                "unexpected argument \"--listen-addr\"",
+            ),
+        ] {
+            let err = parse_strs(args, env).expect_err(&format!("{args:?} must be refused"));
+            assert!(err.contains(expected), "{args:?}: {err}");
+        }
+    }
+}
