@@ -458,8 +458,8 @@ What comes next:
   banger vm create dev --image dev-rootfs
   banger image delete dev-rootfs     forget it and remove banger's copy
 
-Works today: image list, show, register, delete. pull and cache prune arrive with image \
-pulls, promote with VM lifecycle.";
+Works today: image list, show, register, delete. pull, cache prune and promote arrive with \
+image pulls.";
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {

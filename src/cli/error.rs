@@ -156,12 +156,12 @@ mod tests {
     #[test]
     fn not_implemented_has_its_own_line_and_status() {
         let error = CliError::NotImplemented {
-            verb: "vm run",
-            arrives_with: "VM lifecycle",
+            verb: "vm ssh",
+            arrives_with: "ssh through the guest agent",
         };
         assert_eq!(
             error.report().as_deref(),
-            Some("banger vm run: not implemented yet (arrives with VM lifecycle)")
+            Some("banger vm ssh: not implemented yet (arrives with ssh through the guest agent)")
         );
         assert_eq!(error.exit_code(), ExitCode::from(2));
     }

@@ -7,9 +7,9 @@
 use super::args::{ImageCacheCommand, SystemCommand, VmCommand, WorkspaceCommand};
 use super::error::CliError;
 
-const LIFECYCLE: &str = "VM lifecycle on Firecracker";
-const AGENT: &str = "the guest agent";
-const NETWORKING: &str = "VM networking";
+const SHELL: &str = "real guests: an interactive shell over the guest agent";
+const AGENT: &str = "stats and ports from the guest agent";
+const SSH: &str = "ssh through the guest agent";
 const WORKSPACES: &str = "workspaces";
 const PULLS: &str = "image pulls from the catalog and OCI registries";
 const KERNEL_CATALOG: &str = "the kernel catalog";
@@ -38,10 +38,10 @@ pub fn vm(command: &VmCommand) -> CliError {
         | VmCommand::Ping(_) => {
             CliError::message("internal: this vm verb is dispatched by cli::vm, not cli::future")
         }
-        VmCommand::Run(_) => later("vm run", NETWORKING),
+        VmCommand::Run(_) => later("vm run without a command", SHELL),
         VmCommand::Stats(_) => later("vm stats", AGENT),
         VmCommand::Ports(_) => later("vm ports", AGENT),
-        VmCommand::Ssh(_) => later("vm ssh", NETWORKING),
+        VmCommand::Ssh(_) => later("vm ssh", SSH),
         VmCommand::Workspace(WorkspaceCommand::Import(_)) => {
             later("vm workspace import", WORKSPACES)
         }
@@ -59,7 +59,7 @@ pub fn image_pull() -> CliError {
 }
 
 pub fn image_promote() -> CliError {
-    later("image promote", LIFECYCLE)
+    later("image promote", PULLS)
 }
 
 pub fn image_cache(command: &ImageCacheCommand) -> CliError {
@@ -94,5 +94,5 @@ pub fn update() -> CliError {
 }
 
 pub fn ssh_config() -> CliError {
-    later("ssh-config", NETWORKING)
+    later("ssh-config", SSH)
 }

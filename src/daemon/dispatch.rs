@@ -56,7 +56,7 @@ macro_rules! call {
     };
 }
 
-/// Every method bangerd speaks, and its handler. VM lifecycle methods arrive with issue 4.
+/// Every method bangerd speaks, and its handler.
 pub static METHODS: &[(&str, Handler)] = &[
     ("daemon.ping", call!(handlers::ping)),
     ("daemon.shutdown", call!(handlers::shutdown)),

@@ -73,7 +73,7 @@ pub async fn recover(runner: &Runner) -> Result<Vec<Recovered>, OpError> {
         match &outcome {
             Outcome::NotImplemented => tracing::warn!(
                 %op_id, %kind,
-                "TODO(issue 4): this build cannot recover {kind} operations yet; left unresolved"
+                "this build has no step table for {kind} operations, so it leaves this one unresolved (it blocks its target); a bangerd that knows the kind finishes it"
             ),
             other => {
                 tracing::info!(%op_id, %kind, ?decision, outcome = ?other, "recovered operation")

@@ -183,8 +183,8 @@ impl Runner {
                     let why = op.error.as_deref().unwrap_or("no error recorded");
                     return Err(OpError::Busy(match op.status {
                         OpStatus::Stuck => format!(
-                            "{wanted} is blocked by stuck operation {} ({}{step}: {why}); it needs someone to clean up by hand — see `banger ops`",
-                            op.op_id, op.kind
+                            "{wanted} is blocked by stuck operation {} ({}{step}: {why}); deal with the cause, then run `banger ops retry {}` (see `banger ops`)",
+                            op.op_id, op.kind, op.op_id
                         ),
                         _ => format!(
                             "{wanted} is busy: operation {} ({}) is unfinished{step}; see `banger ops`",

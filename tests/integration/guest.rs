@@ -646,11 +646,12 @@ async fn cli_vm_run_runs_one_command_in_a_fresh_vm_and_throws_it_away() {
     assert_eq!(run.status.code(), Some(0), "{run:?}");
     guest.call("vm.show", json!({"name": "kept"})).await;
 
-    // Without a command, `vm run` would open a shell: that needs networking.
+    // Without a command, `vm run` would open a shell: that needs the agent's PTY.
     let run = guest.cli(&["vm", "run", "--image", "img"]);
     assert_eq!(run.status.code(), Some(2), "{run:?}");
     assert!(
-        String::from_utf8_lossy(&run.stderr).starts_with("banger vm run: not implemented yet"),
+        String::from_utf8_lossy(&run.stderr)
+            .starts_with("banger vm run without a command: not implemented yet"),
         "{run:?}"
     );
 }
