@@ -323,8 +323,9 @@ const CAPABILITY_NET_RAW: &[u8] = &[
     1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 ];
 
-#[test]
-fn every_inode_kind_keeps_its_owner_mode_and_time() {
+/// One layer with every kind of inode, owners past 16 and 32767 bits, special mode bits,
+/// xattrs in the inode and in a block, and times before 1970, past 2038 and with nanoseconds.
+fn every_kind_layer() -> Vec<u8> {
     let mut layer = Layer::new();
     layer
         .dir("bin", ROOT_0755)
@@ -395,7 +396,12 @@ fn every_inode_kind_keeps_its_owner_mode_and_time() {
             b"",
             &[("mtime", b"4102444800.5")],
         );
-    let built = build(vec![layer.bytes()]);
+    layer.bytes()
+}
+
+#[test]
+fn every_inode_kind_keeps_its_owner_mode_and_time() {
+    let built = build(vec![every_kind_layer()]);
     let image = &built.image;
 
     let su = stat(image, "/bin/su");
@@ -1015,4 +1021,209 @@ fn invalid_symlinks_devices_and_ids_are_refused() {
 fn a_layer_that_is_empty_or_only_an_end_marker_is_fine() {
     let built = build(vec![Vec::new(), vec![0u8; 10240]]);
     assert!(exists(&built.image, "/lost+found"));
+}
+
+#[test]
+fn a_directory_with_20000_entries_spans_many_blocks() {
+    let mut layer = Layer::new();
+    layer.dir("big", ROOT_0755);
+    for i in 0..20_000 {
+        layer.file(
+            &format!("big/entry-with-a-longish-name-{i:05}"),
+            attr(0o644, 0, 0),
+            if i % 1000 == 0 { b"content" } else { b"" },
+        );
+    }
+    let built = build(vec![layer.bytes()]);
+    let listing = debugfs(&built.image, "ls -p /big");
+    let names = listing.lines().filter(|line| line.starts_with('/')).count();
+    assert_eq!(names, 20_002, "20000 entries plus . and ..");
+    let dir = stat(&built.image, "/big");
+    let size: u64 = field(&dir, "Size").parse().unwrap();
+    assert!(size > 100 * 4096, "a multi-block directory: {size}");
+    assert_eq!(
+        cat(&built.image, "/big/entry-with-a-longish-name-19000"),
+        b"content"
+    );
+}
+
+#[test]
+fn a_directory_with_more_than_65000_subdirectories_counts_one_link() {
+    let mut layer = Layer::new();
+    layer.dir("many", ROOT_0755);
+    for i in 0..65_001 {
+        layer.dir(&format!("many/{i}"), ROOT_0755);
+    }
+    let built = build(vec![layer.bytes()]);
+    assert_eq!(field(&stat(&built.image, "/many"), "Links"), "1");
+    assert_eq!(field(&stat(&built.image, "/many/65000"), "Links"), "2");
+}
+
+#[test]
+fn a_multi_gib_file_gets_an_extent_tree_and_its_bytes_land_where_debugfs_says() {
+    let size = (4u64 << 30) + (512 << 20) + 123;
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("rootfs.ext4");
+    flatten_layers([big_file_layer("big", size)], &image, options()).unwrap();
+    e2fsck_clean(&image);
+    let big = stat(&image, "/big");
+    assert_eq!(field(&big, "Size"), size.to_string());
+    // More than four extents (128 MiB each at most): the inode holds an index, and the
+    // leaves live in an extent tree block.
+    assert!(big.contains("(ETB0)"), "no extent tree block:\n{big}");
+    let mut file = fs::File::open(&image).unwrap();
+    let chunk_blocks = (128u64 << 20) / 4096;
+    for n in 0..size.div_ceil(128 << 20) {
+        let mapped = debugfs(&image, &format!("bmap /big {}", n * chunk_blocks));
+        let physical: u64 = mapped.trim().parse().unwrap_or_else(|_| panic!("{mapped}"));
+        let mut bytes = [0u8; 16];
+        use std::io::{Seek, SeekFrom};
+        file.seek(SeekFrom::Start(physical * 4096)).unwrap();
+        file.read_exact(&mut bytes).unwrap();
+        assert_eq!(bytes, marker(n), "chunk {n} at block {physical}");
+    }
+}
+
+/// Unmounts on drop, so a failing assertion leaves no mount behind.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn lgetxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let path = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: both strings are NUL-terminated and the buffer's length is passed.
+    let len = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    (len >= 0).then(|| {
+        buf.truncate(len as usize);
+        buf
+    })
+}
+
+/// The optional real-kernel tier: mounts an image read-write through a loop device, reads
+/// everything back through the VFS, changes it, and has e2fsck check the result.
+#[test]
+fn a_real_kernel_mounts_the_image_read_write_and_keeps_it_consistent() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if std::env::var_os("BANGER_TEST_MOUNT").is_none() || !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "skipped: set BANGER_TEST_MOUNT=1 and run as root to mount images with the kernel"
+        );
+        return;
+    }
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (1u16, 6u16, u32::MAX),
+        (2, 6, 1234),
+        (4, 4, u32::MAX),
+        (0x10, 6, u32::MAX),
+        (0x20, 4, u32::MAX),
+    ] {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&id.to_le_bytes());
+    }
+    let mut extra = Layer::new();
+    extra.raw(
+        ::tar::EntryType::Regular,
+        b"shared",
+        b"",
+        attr(0o664, 0, 0),
+        b"",
+        &[("SCHILY.xattr.system.posix_acl_access", &acl)],
+    );
+    extra.dir("big", ROOT_0755);
+    for i in 0..3000 {
+        extra.file(&format!("big/f{i:04}"), attr(0o644, 0, 0), b"x");
+    }
+    let built = build(vec![every_kind_layer(), extra.bytes()]);
+    let mountpoint = built.dir.path().join("mnt");
+    fs::create_dir(&mountpoint).unwrap();
+    let status = Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&built.image)
+        .arg(&mountpoint)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount failed");
+    let mounted = Mounted(mountpoint.clone());
+    let at = |path: &str| mountpoint.join(path);
+
+    let su = fs::symlink_metadata(at("bin/su")).unwrap();
+    assert_eq!(su.permissions().mode() & 0o7777, 0o4755);
+    assert_eq!(su.nlink(), 2);
+    assert_eq!(
+        su.ino(),
+        fs::symlink_metadata(at("bin/su-again")).unwrap().ino()
+    );
+    let huge = fs::symlink_metadata(at("home/huge/file")).unwrap();
+    assert_eq!((huge.uid(), huge.gid()), (4_000_000_000, 3_000_000_000));
+    assert_eq!(fs::read(at("home/huge/file")).unwrap(), b"huge ids");
+    assert_eq!(
+        fs::read_link(at("bin/long")).unwrap(),
+        PathBuf::from("l".repeat(100))
+    );
+    assert_eq!(fs::read_link(at("bin/sh")).unwrap(), PathBuf::from("dash"));
+    let nvme = fs::symlink_metadata(at("dev/nvme")).unwrap();
+    let rdev = nvme.rdev();
+    assert_eq!(
+        (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev)),
+        (259, 70_000)
+    );
+    let ping = fs::symlink_metadata(at("bin/ping")).unwrap();
+    assert_eq!(
+        (ping.mtime(), ping.mtime_nsec()),
+        (1_700_000_000, 123_456_789)
+    );
+    assert_eq!(
+        lgetxattr(&at("bin/ping"), "security.capability").as_deref(),
+        Some(CAPABILITY_NET_RAW)
+    );
+    assert_eq!(
+        lgetxattr(&at("many-xattrs"), "trusted.c").as_deref(),
+        Some(&[b'c'; 40][..])
+    );
+    // The kernel converts ext4's ACL form back: the layer's bytes must come out unchanged.
+    assert_eq!(
+        lgetxattr(&at("shared"), "system.posix_acl_access").as_deref(),
+        Some(&acl[..])
+    );
+    assert_eq!(fs::read_dir(at("big")).unwrap().count(), 3000);
+    assert_eq!(
+        fs::symlink_metadata(at("before-1970")).unwrap().mtime(),
+        -100
+    );
+    assert_eq!(
+        fs::symlink_metadata(at("after-2038")).unwrap().mtime(),
+        4_102_444_800
+    );
+
+    // Writes: into the multi-block linear directory, a new tree, a removal, a rename.
+    for i in 0..500 {
+        fs::write(at(&format!("big/new{i}")), vec![b'n'; 5000]).unwrap();
+    }
+    fs::create_dir_all(at("new/deeper")).unwrap();
+    fs::write(at("new/deeper/file"), vec![7u8; 3 << 20]).unwrap();
+    fs::remove_file(at("big/f0000")).unwrap();
+    fs::rename(at("bin/wall"), at("new/wall")).unwrap();
+    drop(mounted);
+
+    e2fsck_clean(&built.image);
+    assert_eq!(cat(&built.image, "/new/deeper/file"), vec![7u8; 3 << 20]);
+    assert!(!exists(&built.image, "/big/f0000"));
+    assert!(exists(&built.image, "/big/new499"));
 }
