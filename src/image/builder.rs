@@ -34,7 +34,9 @@ pub struct FlattenOptions {
     /// The largest image (headroom included) a flatten may produce; content that would make it
     /// larger is refused as soon as it is seen.
     pub max_image_bytes: u64,
-    /// The most files, directories and other inodes the image may hold.
+    /// The most files, directories and other inodes the image may hold. It also bounds the
+    /// memory a hostile layer can make the flatten use (a few hundred bytes per inode). It also bounds the
+    /// memory a hostile layer can make the flatten use (a few hundred bytes per inode).
     pub max_inodes: u64,
     /// Free inodes beyond the content's; `None` gives one per 16 KiB of headroom (mke2fs's
     /// default ratio), at least 4096.
@@ -55,7 +57,7 @@ impl Default for FlattenOptions {
             headroom_bytes: 256 << 20,
             headroom_percent: 10,
             max_image_bytes: 64 << 30,
-            max_inodes: 16 << 20,
+            max_inodes: 4 << 20,
             spare_inodes: None,
             journal: true,
             uuid: None,
@@ -80,7 +82,7 @@ pub struct ImageSummary {
     pub path: PathBuf,
     /// Size of the image file (the filesystem's size).
     pub size_bytes: u64,
-    /// Blocks holding file data, in bytes.
+    /// Bytes of the blocks holding the files' data (live files only).
     pub content_bytes: u64,
     pub free_bytes: u64,
     pub inodes_used: u64,
@@ -209,9 +211,7 @@ impl ImageBuilder {
     /// Applies the next layer (a decompressed tar stream), reading it to its end.
     pub fn apply_layer(&mut self, layer: impl Read) -> Result<LayerSummary, FlattenError> {
         if self.image.is_none() {
-            return Err(FlattenError::InvalidOptions(
-                "this builder failed earlier and was discarded".into(),
-            ));
+            return Err(FlattenError::Discarded);
         }
         let index = self.layers;
         let result = self.apply(layer, index);
@@ -465,9 +465,7 @@ impl ImageBuilder {
     }
 
     fn publish(&mut self) -> Result<ImageSummary, FlattenError> {
-        let mut image = self.image.take().ok_or_else(|| {
-            FlattenError::InvalidOptions("this builder failed earlier and was discarded".into())
-        })?;
+        let mut image = self.image.take().ok_or(FlattenError::Discarded)?;
         let content_blocks = self.alloc.high_water();
         let headroom_blocks = self.options.headroom_bytes.div_ceil(BLOCK_SIZE_U64)
             + content_blocks * u64::from(self.options.headroom_percent) / 100;
@@ -535,7 +533,7 @@ impl ImageBuilder {
         Ok(ImageSummary {
             path: self.output.clone(),
             size_bytes: summary.blocks_count * BLOCK_SIZE_U64,
-            content_bytes: content_blocks * BLOCK_SIZE_U64,
+            content_bytes: summary.data_blocks * BLOCK_SIZE_U64,
             free_bytes: summary.free_blocks * BLOCK_SIZE_U64,
             inodes_used: summary.used_inodes,
             inodes_total: summary.inodes_count,

@@ -46,6 +46,9 @@ pub enum FlattenError {
     /// The output path already exists; the builder never overwrites an image.
     #[error("{path} already exists; remove it first or choose another path")]
     OutputExists { path: PathBuf },
+    /// The builder already failed (and removed its partial image); start a new one.
+    #[error("this image builder failed earlier and removed its partial image")]
+    Discarded,
     /// The options cannot describe a valid filesystem.
     #[error("invalid flatten options: {0}")]
     InvalidOptions(String),

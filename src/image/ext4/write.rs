@@ -37,6 +37,8 @@ pub(crate) struct FsSummary {
     pub free_blocks: u64,
     pub inodes_count: u64,
     pub used_inodes: u64,
+    /// Blocks holding regular files' data.
+    pub data_blocks: u64,
 }
 
 #[derive(Debug)]
@@ -419,6 +421,7 @@ pub(crate) fn write_filesystem(
         journal_backup = Some((i_block, blocks * BLOCK_SIZE_U64));
     }
 
+    let mut file_data_blocks = 0u64;
     for plan in &plans {
         let node = tree.node(plan.node);
         let iseed = inode_seed(seed, plan.ino);
@@ -475,7 +478,10 @@ pub(crate) fn write_filesystem(
                     links = 1;
                 }
             }
-            NodeKind::Regular { size: bytes, .. } => size = *bytes,
+            NodeKind::Regular { size: bytes, .. } => {
+                size = *bytes;
+                file_data_blocks += plan.data.iter().map(|r| r.len).sum::<u64>();
+            }
             NodeKind::Symlink(target) => {
                 size = target.len() as u64;
                 if target.len() <= FAST_SYMLINK_MAX {
@@ -616,6 +622,7 @@ pub(crate) fn write_filesystem(
         free_blocks: total_free_blocks,
         inodes_count,
         used_inodes,
+        data_blocks: file_data_blocks,
     })
 }
 
