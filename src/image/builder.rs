@@ -141,6 +141,12 @@ impl ImageBuilder {
         options: FlattenOptions,
     ) -> Result<Self, FlattenError> {
         let output = output.into();
+        if output.file_name().is_none() {
+            return Err(FlattenError::InvalidOptions(format!(
+                "the output {} does not name a file",
+                output.display()
+            )));
+        }
         let max_blocks = options.max_image_bytes / BLOCK_SIZE_U64;
         if max_blocks < 2048 {
             return Err(FlattenError::InvalidOptions(

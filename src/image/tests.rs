@@ -276,6 +276,14 @@ fn field<'a>(stat: &'a str, name: &str) -> &'a str {
         .unwrap()
 }
 
+/// bangerd runs a flatten on a blocking thread of its runtime.
+#[test]
+fn the_builder_can_move_to_another_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<ImageBuilder>();
+    assert_send::<FlattenError>();
+}
+
 #[test]
 fn regular_files_and_directories_pass_e2fsck() {
     let mut layer = Layer::new();
