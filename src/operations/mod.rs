@@ -57,6 +57,7 @@ pub mod image_delete;
 pub mod image_register;
 pub mod kernel_import;
 pub mod kernel_remove;
+pub mod kinds;
 pub mod names;
 pub mod recovery;
 pub mod retry;

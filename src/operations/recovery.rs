@@ -22,17 +22,7 @@ use banger_events::{
 };
 use banger_projections::{RecoveryAction, UndoStep, plan_recovery};
 
-use super::image_delete::ImageDelete;
-use super::image_register::ImageRegister;
-use super::kernel_import::KernelImport;
-use super::kernel_remove::KernelRemove;
-use super::tap_fill::TapFill;
-use super::vm_create::VmCreate;
-use super::vm_delete::VmDelete;
-use super::vm_kill::VmKill;
-use super::vm_set::VmSet;
-use super::vm_start::VmStart;
-use super::vm_stop::VmStop;
+use super::kinds;
 use super::{OpCx, OpError, OperationKind, Runner, Step, UndoOutcome, find_step};
 
 /// What recovery did with one operation.
@@ -90,28 +80,14 @@ pub async fn recover(runner: &Runner) -> Result<Vec<Recovered>, OpError> {
 }
 
 async fn recover_one(runner: &Runner, action: RecoveryAction) -> Result<Outcome, OpError> {
-    match action.kind() {
-        OpKind::KernelImport => recover_kind::<KernelImport>(runner, action).await,
-        OpKind::KernelRemove => recover_kind::<KernelRemove>(runner, action).await,
-        OpKind::ImageRegister => recover_kind::<ImageRegister>(runner, action).await,
-        OpKind::ImageDelete => recover_kind::<ImageDelete>(runner, action).await,
-        // Creates and starts roll back (undo kills the recorded VMM, removes files); stops,
-        // kills and deletes roll forward from their parameters; sets roll back (nothing to
-        // undo, the spec stays as it was).
-        OpKind::VmCreate => recover_kind::<VmCreate>(runner, action).await,
-        OpKind::VmStart => recover_kind::<VmStart>(runner, action).await,
-        OpKind::VmStop => recover_kind::<VmStop>(runner, action).await,
-        OpKind::VmKill => recover_kind::<VmKill>(runner, action).await,
-        OpKind::VmDelete => recover_kind::<VmDelete>(runner, action).await,
-        OpKind::VmSet => recover_kind::<VmSet>(runner, action).await,
-        OpKind::TapFill => recover_kind::<TapFill>(runner, action).await,
-        // TODO: vm.restart runs as vm.stop + vm.start (two operations) and never records a
-        // restart of its own; pulls, prune and teardown join here with their tables.
-        _ => Ok(Outcome::NotImplemented),
+    match kinds::find(action.kind()) {
+        Some(entry) => (entry.recover)(runner, action).await,
+        None => Ok(Outcome::NotImplemented),
     }
 }
 
-async fn recover_kind<K: OperationKind>(
+/// Recovers one operation of kind `K` (reached through [`kinds::KINDS`]).
+pub(super) async fn recover_kind<K: OperationKind>(
     runner: &Runner,
     action: RecoveryAction,
 ) -> Result<Outcome, OpError> {
@@ -309,24 +285,6 @@ async fn stuck(
         step: step.to_owned(),
         error: error.to_owned(),
     })
-}
-
-/// True when this build can recover operations of `kind` (used in reports and tests).
-pub fn can_recover(kind: OpKind) -> bool {
-    matches!(
-        kind,
-        OpKind::KernelImport
-            | OpKind::KernelRemove
-            | OpKind::ImageRegister
-            | OpKind::ImageDelete
-            | OpKind::VmCreate
-            | OpKind::VmStart
-            | OpKind::VmStop
-            | OpKind::VmKill
-            | OpKind::VmDelete
-            | OpKind::VmSet
-            | OpKind::TapFill
-    )
 }
 
 /// Recovery of roll-forward operations from the parameters the log recorded: today's resume

@@ -23,21 +23,11 @@
 //! target ([`Runner::claim_stuck`]) like one, so two retries, or a retry and anything else,
 //! never run on one target at once.
 
-use banger_events::{Handle, OpId, OpKind, Target};
+use banger_events::{Handle, OpId};
 use banger_projections::recovery::undo_list;
 use banger_projections::{OpStatus, OperationView, UndoStep};
 
-use super::image_delete::ImageDelete;
-use super::image_register::ImageRegister;
-use super::kernel_import::KernelImport;
-use super::kernel_remove::KernelRemove;
-use super::tap_fill::TapFill;
-use super::vm_create::VmCreate;
-use super::vm_delete::VmDelete;
-use super::vm_kill::VmKill;
-use super::vm_set::VmSet;
-use super::vm_start::VmStart;
-use super::vm_stop::VmStop;
+use super::kinds::{self, RetryRequest};
 use super::{OpCx, OpError, OperationKind, Runner, Step, UndoOutcome, find_step};
 
 /// Retries the undos of stuck operation `op_id`. `Ok` when they all succeeded and the
@@ -60,44 +50,19 @@ pub async fn retry(runner: &Runner, op_id: OpId) -> Result<(), OpError> {
         (op.started_seq, undo_list(&op.steps), cause)
     };
     tracing::info!(%op_id, %kind, steps = pending.len(), "retrying the undos of a stuck operation");
-    let outcome = match kind {
-        OpKind::KernelImport => {
-            undo_again::<KernelImport>(runner, op_id, &target, started, pending, &cause).await
-        }
-        OpKind::KernelRemove => {
-            undo_again::<KernelRemove>(runner, op_id, &target, started, pending, &cause).await
-        }
-        OpKind::ImageRegister => {
-            undo_again::<ImageRegister>(runner, op_id, &target, started, pending, &cause).await
-        }
-        OpKind::ImageDelete => {
-            undo_again::<ImageDelete>(runner, op_id, &target, started, pending, &cause).await
-        }
-        OpKind::VmCreate => {
-            undo_again::<VmCreate>(runner, op_id, &target, started, pending, &cause).await
-        }
-        OpKind::VmStart => {
-            undo_again::<VmStart>(runner, op_id, &target, started, pending, &cause).await
-        }
-        OpKind::VmStop => {
-            undo_again::<VmStop>(runner, op_id, &target, started, pending, &cause).await
-        }
-        OpKind::VmKill => {
-            undo_again::<VmKill>(runner, op_id, &target, started, pending, &cause).await
-        }
-        OpKind::VmDelete => {
-            undo_again::<VmDelete>(runner, op_id, &target, started, pending, &cause).await
-        }
-        OpKind::VmSet => {
-            undo_again::<VmSet>(runner, op_id, &target, started, pending, &cause).await
-        }
-        OpKind::TapFill => {
-            undo_again::<TapFill>(runner, op_id, &target, started, pending, &cause).await
-        }
-        other => Err(OpError::Unavailable(format!(
-            "this bangerd has no step table for {other} operations, so it cannot undo operation {op_id}; a newer bangerd may"
-        ))),
-    }?;
+    let entry = kinds::find(kind).ok_or_else(|| {
+        OpError::Unavailable(format!(
+            "this bangerd has no step table for {kind} operations, so it cannot undo operation {op_id}; a newer bangerd may"
+        ))
+    })?;
+    let request = RetryRequest {
+        op_id,
+        target: &target,
+        started,
+        pending,
+        cause: &cause,
+    };
+    let outcome = (entry.retry)(runner, request).await?;
     match outcome {
         UndoOutcome::RolledBack => {
             tracing::info!(%op_id, "the retried undos succeeded; the operation is rolled back");
@@ -121,14 +86,19 @@ fn stuck_op(op: Option<&OperationView>, op_id: OpId) -> Result<&OperationView, O
     Ok(op)
 }
 
-async fn undo_again<K: OperationKind>(
+/// Runs the pending undos of a stuck operation of kind `K` (reached through
+/// [`kinds::KINDS`]).
+pub(super) async fn undo_again<K: OperationKind>(
     runner: &Runner,
-    op_id: OpId,
-    target: &Target,
-    started: banger_events::Seq,
-    pending: Vec<UndoStep>,
-    cause: &str,
+    request: RetryRequest<'_>,
 ) -> Result<UndoOutcome, OpError> {
+    let RetryRequest {
+        op_id,
+        target,
+        started,
+        pending,
+        cause,
+    } = request;
     let mut steps: Vec<(&'static dyn Step<K::State>, Vec<Handle>)> =
         Vec::with_capacity(pending.len());
     for UndoStep { step, handles } in pending {
