@@ -2,24 +2,40 @@
 //!
 //! ```text
 //!  append() ──▶ queue ──▶ writer thread: take everything queued ─▶ assign seqs ─▶ encode
-//!                              │                                                  │
-//!                              ▼                                                  ▼
-//!   ack each caller ◀── publish seq ◀── commit (one durable txn) ◀── fold into projection
-//!                                                                   (+ snapshot when due)
+//!                                                                                  │
+//!                                                                                  ▼
+//!   ack each caller ◀── publish seq ◀── fold into ◀── commit (one durable txn, with the
+//!        │              (under the      projection     snapshot taken after the previous
+//!        ▼               write lock)                   commit, if one is pending)
+//!   snapshot due? encode the state at the last seq (read lock) and keep it for the next commit
 //! ```
 //!
 //! Invariants:
 //! - Sequence numbers are assigned only by the writer thread, so the log is gapless.
-//! - A caller is acknowledged only after the transaction holding its events is durable.
+//! - The projection (`F`) only ever holds durable events: a batch is folded after its commit
+//!   returns, never before, so a reader never sees an event that is not durable. The write
+//!   lock is held only for the fold itself, never across the commit (the fsync): `view()`
+//!   does not wait for the disk.
+//! - A caller is acknowledged only after its events are durable *and* folded, so what the
+//!   caller reads from the projection next already includes them.
+//! - The projection and [`Journal::last_seq`] move together: the new seq is published under
+//!   the same write lock as the fold.
+//! - A failed commit leaves the projection exactly as it was (nothing of the batch was folded),
+//!   makes the journal read-only with the error in [`Journal::health`], and answers every
+//!   caller of the batch with the error.
 //! - Concurrent appends share one transaction (group commit): throughput grows with the number
 //!   of writers while each commit still costs one durable write.
-//! - The projection (`F`) is updated under its write lock, and that lock is held until the
-//!   commit returns: a reader never sees an event that is not durable. If a commit fails the
-//!   projection is rebuilt from what is durable and the journal becomes read-only.
+//! - A snapshot describes exactly the state after its seq: it is encoded from the projection
+//!   once a commit is folded (the state after that commit's last seq) and stored with the next
+//!   commit, or on its own when the journal closes. Snapshots are only a shortcut for opening;
+//!   losing one costs a longer replay, never an event.
 //! - After corruption is found the journal refuses appends (read-only) and never modifies or
 //!   truncates the stored log.
 //! - Subscribers read from the log by sequence number, never from a channel of events, so a
 //!   subscription can neither skip nor repeat an event when it switches from catch-up to live.
+//!
+//! Lock order: the writer takes the projection's write lock only to fold and publish, and
+//! takes no other lock while holding it.
 
 use std::collections::VecDeque;
 use std::sync::mpsc;
@@ -107,7 +123,8 @@ pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 /// Knobs of a journal.
 #[derive(Clone)]
 pub struct JournalOptions {
-    /// A snapshot of the projection is written with the first commit after this many events.
+    /// A snapshot of the projection is taken once this many events were committed since the
+    /// last one, and written with the next commit.
     pub snapshot_every_events: u64,
     /// Most events one group commit takes; more queued appends wait for the next commit.
     pub max_batch_events: usize,
@@ -255,6 +272,7 @@ impl<F: Fold> Journal<F> {
             next_seq: last_seq.next(),
             since_snapshot: replayed,
             last_snapshot_bytes: 0,
+            pending_snapshot: None,
             instance: ids.next_u64(),
         };
         let writer = std::thread::Builder::new()
@@ -353,8 +371,10 @@ impl<F: Fold> Journal<F> {
         self.shared.health()
     }
 
-    /// Read access to the projection, consistent with [`Journal::last_seq`] at the moment the
-    /// guard is taken.
+    /// Read access to the projection: every durable event up to [`Journal::last_seq`] (which
+    /// cannot move while the guard is held), nothing more. Never waits for a commit, only for
+    /// a fold in progress. Holding it blocks the writer's next fold, so copy what you need out
+    /// and drop it; take no other lock and do no IO while holding it.
     pub fn view(&self) -> RwLockReadGuard<'_, F> {
         self.shared.fold.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -412,9 +432,12 @@ struct Writer<F: Fold> {
     requests: mpsc::Receiver<Request>,
     options: JournalOptions,
     next_seq: Seq,
-    /// Events committed since the last snapshot.
+    /// Durable events after the newest snapshot taken (stored or pending).
     since_snapshot: u64,
     last_snapshot_bytes: u64,
+    /// The state after the last commit, encoded once a snapshot was due; stored with the next
+    /// commit (or on its own at close), so encoding never delays an acknowledgement.
+    pending_snapshot: Option<SnapshotRecord>,
     instance: u64,
 }
 
@@ -433,7 +456,9 @@ impl<F: Fold> Writer<F> {
                 }
             }
             self.commit_batch(batch);
+            self.take_snapshot_if_due();
         }
+        self.store_pending_snapshot();
     }
 
     fn commit_batch(&mut self, batch: Vec<Request>) {
@@ -477,54 +502,74 @@ impl<F: Fold> Writer<F> {
             return;
         }
         let last_seq = Seq(self.next_seq.0 - 1);
-        let result = {
+        // No lock is held across the commit: readers keep seeing the state before this batch
+        // until it is durable.
+        let snapshot = self.pending_snapshot.take();
+        if let Err(error) = self.shared.log.commit(&frames, snapshot.as_ref()) {
+            // Nothing of this batch was folded, so the projection is still exactly the durable
+            // state as of the last good commit. Whether the failed transaction reached the
+            // disk is unknown, so no more appends are taken.
+            self.next_seq = first_seq;
+            self.shared
+                .set_read_only(format!("a commit failed: {error}"));
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+            return;
+        }
+        self.since_snapshot += frames.len() as u64;
+        {
             let mut fold = self.shared.fold.write().unwrap_or_else(|e| e.into_inner());
             for envelope in envelopes_per_request.iter().flatten() {
                 fold.apply(envelope);
             }
-            self.since_snapshot += frames.len() as u64;
-            // A snapshot costs time in proportion to its size while appends wait, so a big
-            // state is snapshotted less often: at least one event per 256 snapshot bytes.
-            let interval = self
-                .options
-                .snapshot_every_events
-                .max(self.last_snapshot_bytes / 256);
-            let snapshot = (self.since_snapshot >= interval).then(|| SnapshotRecord {
-                seq: last_seq,
-                format: F::SNAPSHOT_FORMAT,
-                bytes: fold.encode_snapshot(),
-            });
-            let result = self.shared.log.commit(&frames, snapshot.as_ref());
-            match &result {
-                Ok(()) => {
-                    if let Some(snapshot) = &snapshot {
-                        self.since_snapshot = 0;
-                        self.last_snapshot_bytes = snapshot.bytes.len() as u64;
-                    }
-                }
-                Err(_) => {
-                    // The projection already holds events that are not durable: rebuild it from
-                    // what is, before any reader can see it.
-                    self.next_seq = first_seq;
-                    *fold = rebuild::<F>(self.shared.log.as_ref()).unwrap_or_default();
-                }
-            }
-            result
-        };
-        match result {
-            Ok(()) => {
-                self.shared.committed.send_replace(last_seq);
-                for (reply, envelopes) in replies.into_iter().zip(envelopes_per_request) {
-                    let _ = reply.send(Ok(envelopes));
-                }
-            }
-            Err(error) => {
-                self.shared
-                    .set_read_only(format!("a commit failed: {error}"));
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
-            }
+            // Published under the write lock, so a reader holding the projection sees
+            // `last_seq` agree with it.
+            self.shared.committed.send_replace(last_seq);
+        }
+        for (reply, envelopes) in replies.into_iter().zip(envelopes_per_request) {
+            let _ = reply.send(Ok(envelopes));
+        }
+    }
+
+    /// Encodes the projection as it is now (the state after the last commit, since only this
+    /// thread changes it) when a snapshot is due, to go out with the next commit.
+    fn take_snapshot_if_due(&mut self) {
+        if self.pending_snapshot.is_some() || self.shared.health() != Health::Writable {
+            return;
+        }
+        // A snapshot costs time in proportion to its size while appends wait, so a big state
+        // is snapshotted less often: at least one event per 256 snapshot bytes.
+        let interval = self
+            .options
+            .snapshot_every_events
+            .max(self.last_snapshot_bytes / 256);
+        if self.since_snapshot == 0 || self.since_snapshot < interval {
+            return;
+        }
+        let bytes = self
+            .shared
+            .fold
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .encode_snapshot();
+        self.last_snapshot_bytes = bytes.len() as u64;
+        self.since_snapshot = 0;
+        self.pending_snapshot = Some(SnapshotRecord {
+            seq: Seq(self.next_seq.0 - 1),
+            format: F::SNAPSHOT_FORMAT,
+            bytes,
+        });
+    }
+
+    /// At close, a snapshot still waiting for a commit is stored on its own.
+    fn store_pending_snapshot(&mut self) {
+        if let Some(snapshot) = self.pending_snapshot.take()
+            && self.shared.health() == Health::Writable
+            && let Err(error) = self.shared.log.commit(&[], Some(&snapshot))
+        {
+            // Only a shortcut is lost: the next open replays the events instead.
+            tracing::warn!(%error, "could not store the last projection snapshot");
         }
     }
 }
