@@ -1,7 +1,8 @@
 //! The journal: the one writer in front of an [`EventLog`].
 //!
 //! ```text
-//!  append() ──▶ queue ──▶ writer thread: take everything queued ─▶ assign seqs ─▶ encode
+//!  append() ─▶ bounded queue ─▶ writer thread: take everything queued ─▶ assign seqs ─▶ encode
+//!  (waits when full)
 //!                                                                                  │
 //!                                                                                  ▼
 //!   ack each caller ◀── publish seq ◀── fold into ◀── commit (one durable txn, with the
@@ -29,6 +30,8 @@
 //!   once a commit is folded (the state after that commit's last seq) and stored with the next
 //!   commit, or on its own when the journal closes. Snapshots are only a shortcut for opening;
 //!   losing one costs a longer replay, never an event.
+//! - The request queue is bounded ([`JournalOptions::max_queued_requests`]): an async `append`
+//!   waits for room without blocking its thread, `append_blocking` blocks.
 //! - After corruption is found the journal refuses appends (read-only) and never modifies or
 //!   truncates the stored log.
 //! - Subscribers read from the log by sequence number, never from a channel of events, so a
@@ -38,12 +41,11 @@
 //! takes no other lock while holding it.
 
 use std::collections::VecDeque;
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::event::{Envelope, Event, SCHEMA_VERSION};
 use crate::frame;
@@ -128,6 +130,10 @@ pub struct JournalOptions {
     pub snapshot_every_events: u64,
     /// Most events one group commit takes; more queued appends wait for the next commit.
     pub max_batch_events: usize,
+    /// Most append requests waiting for the writer (a request being committed is no longer
+    /// waiting). When the queue is full, `append` waits for room and `append_blocking` blocks,
+    /// so a burst of writers costs bounded memory. At least 1.
+    pub max_queued_requests: usize,
     /// Milliseconds since the epoch, stamped on each event.
     pub clock: Clock,
     /// Seed of the event-id generator (None: random). Tests and replays pin it.
@@ -139,6 +145,9 @@ impl Default for JournalOptions {
         JournalOptions {
             snapshot_every_events: 4096,
             max_batch_events: 8192,
+            // Far above the daemon's concurrency (one request per operation step in flight),
+            // so it only bites on a runaway producer.
+            max_queued_requests: 1024,
             clock: Arc::new(|| {
                 SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -190,6 +199,9 @@ enum Request {
         reply: oneshot::Sender<Result<Vec<Envelope>, LogError>>,
     },
 }
+
+/// Where the writer's answer to a request arrives.
+type Answer<T> = oneshot::Receiver<Result<T, LogError>>;
 
 /// The single writer, the projection it keeps current, and the subscriptions it feeds.
 pub struct Journal<F: Fold> {
@@ -260,7 +272,7 @@ impl<F: Fold> Journal<F> {
             health: Mutex::new(health),
             committed,
         });
-        let (queue, requests) = mpsc::channel();
+        let (queue, requests) = mpsc::channel(options.max_queued_requests.max(1));
         let ids = match options.id_seed {
             Some(seed) => IdGenerator::seeded(seed),
             None => IdGenerator::new(),
@@ -297,31 +309,47 @@ impl<F: Fold> Journal<F> {
 
     /// Appends `events` as one atomic batch (consecutive sequence numbers). Resolves once they
     /// are durable and folded into the projection.
+    ///
+    /// Waits (without blocking the thread) while the request queue is full. Dropping the future
+    /// before it resolves may or may not append: once queued, a request is committed.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Envelope>, LogError> {
-        self.submit(events)?.await.map_err(|_| LogError::Closed)?
+        let (request, answer) = self.request(events)?;
+        self.queue
+            .as_ref()
+            .ok_or(LogError::Closed)?
+            .send(request)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        answer.await.map_err(|_| LogError::Closed)?
     }
 
-    /// [`Journal::append`] for callers outside an async runtime.
+    /// [`Journal::append`] for callers outside an async runtime: blocks while the queue is full
+    /// and until the events are durable and folded.
     pub fn append_blocking(&self, events: Vec<NewEvent>) -> Result<Vec<Envelope>, LogError> {
-        self.submit(events)?
-            .blocking_recv()
-            .map_err(|_| LogError::Closed)?
+        let (request, answer) = self.request(events)?;
+        self.queue
+            .as_ref()
+            .ok_or(LogError::Closed)?
+            .blocking_send(request)
+            .map_err(|_| LogError::Closed)?;
+        answer.blocking_recv().map_err(|_| LogError::Closed)?
     }
 
-    fn submit(
-        &self,
-        events: Vec<NewEvent>,
-    ) -> Result<oneshot::Receiver<Result<Vec<Envelope>, LogError>>, LogError> {
+    fn request(&self, events: Vec<NewEvent>) -> Result<(Request, Answer<Vec<Envelope>>), LogError> {
         if let Health::ReadOnly { reason } = self.shared.health() {
             return Err(LogError::ReadOnly { reason });
         }
         let (reply, answer) = oneshot::channel();
+        Ok((Request::Append { events, reply }, answer))
+    }
+
+    /// How many append requests are waiting for the writer (at most
+    /// [`JournalOptions::max_queued_requests`]).
+    pub fn queued_requests(&self) -> usize {
         self.queue
             .as_ref()
-            .ok_or(LogError::Closed)?
-            .send(Request::Append { events, reply })
-            .map_err(|_| LogError::Closed)?;
-        Ok(answer)
+            .map(|queue| queue.max_capacity() - queue.capacity())
+            .unwrap_or(0)
     }
 
     /// Checked events in `from..=to` (at most `limit`), never past [`Journal::last_seq`].
@@ -443,7 +471,7 @@ struct Writer<F: Fold> {
 
 impl<F: Fold> Writer<F> {
     fn run(mut self) {
-        while let Ok(first) = self.requests.recv() {
+        while let Some(first) = self.requests.blocking_recv() {
             let mut batch = vec![first];
             let mut events = batch_len(&batch[0]);
             while events < self.options.max_batch_events {

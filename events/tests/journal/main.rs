@@ -3,6 +3,7 @@
 
 mod fold_after_commit;
 mod gated;
+mod queue;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -48,6 +49,12 @@ fn event(n: u64) -> NewEvent {
 fn redb_journal(path: &std::path::Path, options: JournalOptions) -> Journal<Tally> {
     let log = RedbLog::open(path).expect("open redb log");
     Journal::open(Arc::new(log), options).expect("open journal")
+}
+
+/// Polls a future once, without a runtime: enough to queue an append (a queue with room takes
+/// it at the first poll) and to see that it is still waiting.
+fn poll_once<F: Future + ?Sized>(future: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+    future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
 }
 
 fn options() -> JournalOptions {
