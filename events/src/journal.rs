@@ -1,10 +1,11 @@
 //! The journal: the one writer in front of an [`EventLog`].
 //!
 //! ```text
-//!  append() ─▶ bounded queue ─▶ writer thread: take everything queued ─▶ assign seqs ─▶ encode
-//!  (waits when full)
-//!                                                                                  │
-//!                                                                                  ▼
+//!  append() ─▶ bounded queue ─▶ writer thread: take what is queued (a conditional request
+//!  (waits when full)              only ever opens a batch) ─▶ check it on the projection ─▶
+//!                                 assign seqs ─▶ encode
+//!                                                  │
+//!                                                  ▼
 //!   ack each caller ◀── publish seq ◀── fold into ◀── commit (one durable txn, with the
 //!        │              (under the      projection     snapshot taken after the previous
 //!        ▼               write lock)                   commit, if one is pending)
@@ -24,8 +25,11 @@
 //! - A failed commit leaves the projection exactly as it was (nothing of the batch was folded),
 //!   makes the journal read-only with the error in [`Journal::health`], and answers every
 //!   caller of the batch with the error.
-//! - Concurrent appends share one transaction (group commit): throughput grows with the number
-//!   of writers while each commit still costs one durable write.
+//! - A conditional append ([`Journal::append_if`]) is checked by the writer thread on the
+//!   projection of every durable event, right before its sequence numbers are assigned:
+//!   nothing can commit between the check and the append. It is always the first request of
+//!   its batch, so nothing earlier in the batch is missing from what it checks; a refusal
+//!   appends nothing and leaves the rest of the batch alone.
 //! - A snapshot describes exactly the state after its seq: it is encoded from the projection
 //!   once a commit is folded (the state after that commit's last seq) and stored with the next
 //!   commit, or on its own when the journal closes. Snapshots are only a shortcut for opening;
@@ -38,9 +42,11 @@
 //!   subscription can neither skip nor repeat an event when it switches from catch-up to live.
 //!
 //! Lock order: the writer takes the projection's write lock only to fold and publish, and
-//! takes no other lock while holding it.
+//! takes no other lock while holding it. A check ([`Journal::append_if`]) runs on the writer
+//! thread under the projection's read lock, so it must take no lock and do no IO either.
 
 use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -193,11 +199,19 @@ impl<F> Shared<F> {
     }
 }
 
-enum Request {
-    Append {
-        events: Vec<NewEvent>,
-        reply: oneshot::Sender<Result<Vec<Envelope>, LogError>>,
-    },
+/// A precondition with its error type erased: true to go ahead; on refusal it has already
+/// handed its error to the caller (see [`Journal::append_if`]).
+type Check<F> = Box<dyn FnOnce(&F) -> bool + Send>;
+
+struct Request<F> {
+    events: Vec<NewEvent>,
+    check: Option<Check<F>>,
+    reply: oneshot::Sender<Result<Outcome, LogError>>,
+}
+
+enum Outcome {
+    Appended(Vec<Envelope>),
+    Refused,
 }
 
 /// Where the writer's answer to a request arrives.
@@ -206,7 +220,7 @@ type Answer<T> = oneshot::Receiver<Result<T, LogError>>;
 /// The single writer, the projection it keeps current, and the subscriptions it feeds.
 pub struct Journal<F: Fold> {
     shared: Arc<Shared<F>>,
-    queue: Option<mpsc::Sender<Request>>,
+    queue: Option<mpsc::Sender<Request<F>>>,
     writer: Option<JoinHandle<()>>,
     report: OpenReport,
 }
@@ -285,6 +299,7 @@ impl<F: Fold> Journal<F> {
             since_snapshot: replayed,
             last_snapshot_bytes: 0,
             pending_snapshot: None,
+            carried: None,
             instance: ids.next_u64(),
         };
         let writer = std::thread::Builder::new()
@@ -313,34 +328,103 @@ impl<F: Fold> Journal<F> {
     /// Waits (without blocking the thread) while the request queue is full. Dropping the future
     /// before it resolves may or may not append: once queued, a request is committed.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Envelope>, LogError> {
-        let (request, answer) = self.request(events)?;
+        match self.submit(events, None).await?.await {
+            Ok(Ok(Outcome::Appended(envelopes))) => Ok(envelopes),
+            Ok(Ok(Outcome::Refused)) => Err(refused_without_check()),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(LogError::Closed),
+        }
+    }
+
+    /// [`Journal::append`] for callers outside an async runtime: blocks while the queue is full
+    /// and until the events are durable and folded.
+    pub fn append_blocking(&self, events: Vec<NewEvent>) -> Result<Vec<Envelope>, LogError> {
+        match self.submit_blocking(events, None)?.blocking_recv() {
+            Ok(Ok(Outcome::Appended(envelopes))) => Ok(envelopes),
+            Ok(Ok(Outcome::Refused)) => Err(refused_without_check()),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(LogError::Closed),
+        }
+    }
+
+    /// Appends `events` only if `check` accepts the projection as it is right before they get
+    /// their sequence numbers: `Ok(Ok(envelopes))` once they are durable and folded,
+    /// `Ok(Err(refusal))` when `check` refused (nothing was appended), `Err` when the log
+    /// failed.
+    ///
+    /// `check` runs on the writer thread and sees every event committed before this append,
+    /// including those of appends that were queued earlier; no event can commit between the
+    /// check and the append. This is what makes "decide from the view, then record the
+    /// decision" one step. `check` runs under the projection's read lock while every other
+    /// append waits, so it must be quick, take no lock and do no IO; a check that panics
+    /// appends nothing and is answered [`LogError::CheckPanicked`].
+    pub async fn append_if<E: Send + 'static>(
+        &self,
+        events: Vec<NewEvent>,
+        check: impl FnOnce(&F) -> Result<(), E> + Send + 'static,
+    ) -> Result<Result<Vec<Envelope>, E>, LogError> {
+        let (check, mut refusal) = erase_check(check);
+        let answer = self.submit(events, Some(check)).await?.await;
+        conditional_outcome(answer, &mut refusal)
+    }
+
+    /// [`Journal::append_if`] for callers outside an async runtime.
+    pub fn append_if_blocking<E: Send + 'static>(
+        &self,
+        events: Vec<NewEvent>,
+        check: impl FnOnce(&F) -> Result<(), E> + Send + 'static,
+    ) -> Result<Result<Vec<Envelope>, E>, LogError> {
+        let (check, mut refusal) = erase_check(check);
+        let answer = self.submit_blocking(events, Some(check))?.blocking_recv();
+        conditional_outcome(answer, &mut refusal)
+    }
+
+    async fn submit(
+        &self,
+        events: Vec<NewEvent>,
+        check: Option<Check<F>>,
+    ) -> Result<Answer<Outcome>, LogError> {
+        let (request, answer) = self.request(events, check)?;
         self.queue
             .as_ref()
             .ok_or(LogError::Closed)?
             .send(request)
             .await
             .map_err(|_| LogError::Closed)?;
-        answer.await.map_err(|_| LogError::Closed)?
+        Ok(answer)
     }
 
-    /// [`Journal::append`] for callers outside an async runtime: blocks while the queue is full
-    /// and until the events are durable and folded.
-    pub fn append_blocking(&self, events: Vec<NewEvent>) -> Result<Vec<Envelope>, LogError> {
-        let (request, answer) = self.request(events)?;
+    fn submit_blocking(
+        &self,
+        events: Vec<NewEvent>,
+        check: Option<Check<F>>,
+    ) -> Result<Answer<Outcome>, LogError> {
+        let (request, answer) = self.request(events, check)?;
         self.queue
             .as_ref()
             .ok_or(LogError::Closed)?
             .blocking_send(request)
             .map_err(|_| LogError::Closed)?;
-        answer.blocking_recv().map_err(|_| LogError::Closed)?
+        Ok(answer)
     }
 
-    fn request(&self, events: Vec<NewEvent>) -> Result<(Request, Answer<Vec<Envelope>>), LogError> {
+    fn request(
+        &self,
+        events: Vec<NewEvent>,
+        check: Option<Check<F>>,
+    ) -> Result<(Request<F>, Answer<Outcome>), LogError> {
         if let Health::ReadOnly { reason } = self.shared.health() {
             return Err(LogError::ReadOnly { reason });
         }
         let (reply, answer) = oneshot::channel();
-        Ok((Request::Append { events, reply }, answer))
+        Ok((
+            Request {
+                events,
+                check,
+                reply,
+            },
+            answer,
+        ))
     }
 
     /// How many append requests are waiting for the writer (at most
@@ -438,6 +522,41 @@ impl<F: Fold> Drop for Journal<F> {
     }
 }
 
+/// Wraps a typed check so the writer can run it without knowing its error type: the error
+/// of a refusal travels back on its own channel.
+fn erase_check<F: Fold, E: Send + 'static>(
+    check: impl FnOnce(&F) -> Result<(), E> + Send + 'static,
+) -> (Check<F>, oneshot::Receiver<E>) {
+    let (refuse, refusal) = oneshot::channel();
+    let check: Check<F> = Box::new(move |fold: &F| match check(fold) {
+        Ok(()) => true,
+        Err(error) => {
+            // The caller may have given up waiting; then nobody wants the refusal.
+            let _ = refuse.send(error);
+            false
+        }
+    });
+    (check, refusal)
+}
+
+fn conditional_outcome<E>(
+    answer: Result<Result<Outcome, LogError>, oneshot::error::RecvError>,
+    refusal: &mut oneshot::Receiver<E>,
+) -> Result<Result<Vec<Envelope>, E>, LogError> {
+    match answer {
+        Ok(Ok(Outcome::Appended(envelopes))) => Ok(Ok(envelopes)),
+        // The check sent its error before the writer answered `Refused`.
+        Ok(Ok(Outcome::Refused)) => refusal.try_recv().map(Err).map_err(|_| LogError::Closed),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(LogError::Closed),
+    }
+}
+
+/// The writer answers `Refused` only to a request that carried a check.
+fn refused_without_check() -> LogError {
+    LogError::Storage("the log writer refused an append that had no precondition".into())
+}
+
 fn find_gap(log: &dyn EventLog, last: Seq) -> Result<Seq, LogError> {
     let mut expected = Seq(1);
     while expected <= last {
@@ -457,7 +576,7 @@ fn find_gap(log: &dyn EventLog, last: Seq) -> Result<Seq, LogError> {
 
 struct Writer<F: Fold> {
     shared: Arc<Shared<F>>,
-    requests: mpsc::Receiver<Request>,
+    requests: mpsc::Receiver<Request<F>>,
     options: JournalOptions,
     next_seq: Seq,
     /// Durable events after the newest snapshot taken (stored or pending).
@@ -466,18 +585,29 @@ struct Writer<F: Fold> {
     /// The state after the last commit, encoded once a snapshot was due; stored with the next
     /// commit (or on its own at close), so encoding never delays an acknowledgement.
     pending_snapshot: Option<SnapshotRecord>,
+    /// A conditional request taken from the queue while a batch was being gathered: it opens
+    /// the next batch, so that its check sees that batch folded.
+    carried: Option<Request<F>>,
     instance: u64,
 }
 
 impl<F: Fold> Writer<F> {
     fn run(mut self) {
-        while let Some(first) = self.requests.blocking_recv() {
+        while let Some(first) = self
+            .carried
+            .take()
+            .or_else(|| self.requests.blocking_recv())
+        {
             let mut batch = vec![first];
-            let mut events = batch_len(&batch[0]);
+            let mut events = batch[0].events.len();
             while events < self.options.max_batch_events {
                 match self.requests.try_recv() {
+                    Ok(request) if request.check.is_some() => {
+                        self.carried = Some(request);
+                        break;
+                    }
                     Ok(request) => {
-                        events += batch_len(&request);
+                        events += request.events.len();
                         batch.push(request);
                     }
                     Err(_) => break,
@@ -489,21 +619,41 @@ impl<F: Fold> Writer<F> {
         self.store_pending_snapshot();
     }
 
-    fn commit_batch(&mut self, batch: Vec<Request>) {
+    fn commit_batch(&mut self, mut batch: Vec<Request<F>>) {
         if let Health::ReadOnly { reason } = self.shared.health() {
-            for Request::Append { reply, .. } in batch {
-                let _ = reply.send(Err(LogError::ReadOnly {
+            for request in batch {
+                let _ = request.reply.send(Err(LogError::ReadOnly {
                     reason: reason.clone(),
                 }));
             }
             return;
+        }
+        // Only the first request of a batch carries a check (see `run`): everything committed
+        // before it is folded, and nothing of this batch is.
+        if let Some(check) = batch[0].check.take() {
+            let accepted = {
+                let fold = self.shared.fold.read().unwrap_or_else(|e| e.into_inner());
+                catch_unwind(AssertUnwindSafe(|| check(&fold)))
+            };
+            match accepted {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = batch.remove(0).reply.send(Ok(Outcome::Refused));
+                }
+                Err(panic) => {
+                    let _ = batch
+                        .remove(0)
+                        .reply
+                        .send(Err(LogError::CheckPanicked(panic_message(&*panic))));
+                }
+            }
         }
         let now = (self.options.clock)();
         let first_seq = self.next_seq;
         let mut replies = Vec::with_capacity(batch.len());
         let mut frames = Vec::new();
         let mut envelopes_per_request = Vec::with_capacity(batch.len());
-        for Request::Append { events, reply } in batch {
+        for Request { events, reply, .. } in batch {
             let mut envelopes = Vec::with_capacity(events.len());
             for new in events {
                 let seq = self.next_seq;
@@ -525,7 +675,7 @@ impl<F: Fold> Writer<F> {
         }
         if frames.is_empty() {
             for reply in replies {
-                let _ = reply.send(Ok(Vec::new()));
+                let _ = reply.send(Ok(Outcome::Appended(Vec::new())));
             }
             return;
         }
@@ -556,7 +706,7 @@ impl<F: Fold> Writer<F> {
             self.shared.committed.send_replace(last_seq);
         }
         for (reply, envelopes) in replies.into_iter().zip(envelopes_per_request) {
-            let _ = reply.send(Ok(envelopes));
+            let _ = reply.send(Ok(Outcome::Appended(envelopes)));
         }
     }
 
@@ -602,10 +752,12 @@ impl<F: Fold> Writer<F> {
     }
 }
 
-fn batch_len(request: &Request) -> usize {
-    match request {
-        Request::Append { events, .. } => events.len(),
-    }
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// Folds every stored event from scratch.

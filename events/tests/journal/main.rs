@@ -1,6 +1,7 @@
 //! The journal over real redb files and over the in-memory log: ordering, durability, group
 //! commit, subscriptions, snapshots, corruption and the errors users meet.
 
+mod conditional;
 mod fold_after_commit;
 mod gated;
 mod queue;
