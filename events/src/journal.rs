@@ -25,6 +25,8 @@
 //! - A failed commit leaves the projection exactly as it was (nothing of the batch was folded),
 //!   makes the journal read-only with the error in [`Journal::health`], and answers every
 //!   caller of the batch with the error.
+//! - Concurrent appends share one transaction (group commit): throughput grows with the number
+//!   of writers while each commit still costs one durable write.
 //! - A conditional append ([`Journal::append_if`]) is checked by the writer thread on the
 //!   projection of every durable event, right before its sequence numbers are assigned:
 //!   nothing can commit between the check and the append. It is always the first request of
@@ -40,6 +42,7 @@
 //!   truncates the stored log.
 //! - Subscribers read from the log by sequence number, never from a channel of events, so a
 //!   subscription can neither skip nor repeat an event when it switches from catch-up to live.
+//!   They read on tokio's blocking pool, never on an async worker thread.
 //!
 //! Lock order: the writer takes the projection's write lock only to fold and publish, and
 //! takes no other lock while holding it. A check ([`Journal::append_if`]) runs on the writer
@@ -499,6 +502,7 @@ impl<F: Fold> Journal<F> {
             committed: self.shared.committed.subscribe(),
             next: after.next(),
             buffer: VecDeque::new(),
+            reading: None,
         }
     }
 
@@ -819,29 +823,55 @@ pub fn replay_into<F: Fold>(
 pub struct Subscription {
     log: Arc<dyn EventLog>,
     committed: watch::Receiver<Seq>,
+    /// The seq of the first event not yet in `buffer` (nor delivered).
     next: Seq,
     buffer: VecDeque<Envelope>,
+    /// A read of the events from `next` on, running on tokio's blocking pool. Kept here rather
+    /// than in the future of `next()`, so that a `next()` dropped in a `select!` leaves it to
+    /// the following call instead of losing or repeating it.
+    reading: Option<tokio::task::JoinHandle<Result<Vec<Envelope>, LogError>>>,
 }
 
 impl Subscription {
+    /// Most events one read of the log takes: the buffer a slow follower costs.
+    const READ_BATCH: usize = 1024;
+
     /// The next event, waiting for it to be committed if need be. `Err(Closed)` once the
     /// journal is gone and every committed event was delivered.
+    ///
+    /// Cancel safe: dropping the future loses no event; the next call goes on where it was.
+    /// Reading the log (redb's pages, possibly from disk) happens on tokio's blocking pool,
+    /// never on the async worker that polls this, so it must be called inside a tokio runtime.
     pub async fn next(&mut self) -> Result<Envelope, LogError> {
         loop {
             if let Some(envelope) = self.buffer.pop_front() {
                 return Ok(envelope);
             }
-            let committed = *self.committed.borrow_and_update();
-            if committed >= self.next {
-                let batch = self.log.read(self.next, committed, 1024)?;
-                self.next = batch.last().map(|e| e.seq.next()).unwrap_or(self.next);
-                if batch.is_empty() {
+            if let Some(reading) = &mut self.reading {
+                let read = reading.await;
+                self.reading = None;
+                let batch = read.map_err(|error| {
+                    LogError::Storage(format!(
+                        "reading the log for a subscription failed: {error}"
+                    ))
+                })??;
+                let Some(last) = batch.last() else {
+                    // `committed` said this seq was durable, yet the log does not have it.
                     return Err(LogError::Corrupt {
                         seq: self.next,
                         detail: "missing from the sequence".into(),
                     });
-                }
+                };
+                self.next = last.seq.next();
                 self.buffer.extend(batch);
+                continue;
+            }
+            let committed = *self.committed.borrow_and_update();
+            if committed >= self.next {
+                let (log, from) = (self.log.clone(), self.next);
+                self.reading = Some(tokio::task::spawn_blocking(move || {
+                    log.read(from, committed, Self::READ_BATCH)
+                }));
                 continue;
             }
             if self.committed.changed().await.is_err() {
@@ -852,6 +882,8 @@ impl Subscription {
 
     /// The sequence number the next delivered event will have.
     pub fn position(&self) -> Seq {
-        self.next
+        self.buffer
+            .front()
+            .map_or(self.next, |envelope| envelope.seq)
     }
 }

@@ -1,6 +1,6 @@
-//! `GatedLog`: a real log behind a gate the test controls, to stand in for a slow or failing
-//! disk. Commits can be held at the gate until released, and one commit can be made to fail
-//! as a full disk would. Every wait is on a condition variable, so
+//! `GatedLog`: a real log behind gates the test controls, to stand in for a slow or failing
+//! disk. Commits (and, separately, reads) can be held at the gate until released, and one
+//! commit can be made to fail as a full disk would. Every wait is on a condition variable, so
 //! a test says "until the writer is inside a commit" instead of sleeping.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -16,7 +16,9 @@ pub struct GatedLog<L> {
 #[derive(Default)]
 struct State {
     hold_commits: bool,
+    hold_reads: bool,
     commits_waiting: usize,
+    reads_waiting: usize,
     /// Commits that reached the log (held ones included once they go on).
     commits: usize,
     fail_next_commit: Option<LogError>,
@@ -48,10 +50,28 @@ impl<L: EventLog> GatedLog<L> {
         self.changed.notify_all();
     }
 
+    /// From now on, reads wait at the gate until [`GatedLog::release_reads`].
+    pub fn hold_reads(&self) {
+        self.state().hold_reads = true;
+    }
+
+    pub fn release_reads(&self) {
+        self.state().hold_reads = false;
+        self.changed.notify_all();
+    }
+
     /// Blocks until `n` commits are waiting at the gate.
     pub fn wait_for_held_commits(&self, n: usize) {
         let mut state = self.state();
         while state.commits_waiting < n {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Blocks until a read is waiting at the gate.
+    pub fn wait_for_held_read(&self) {
+        let mut state = self.state();
+        while state.reads_waiting == 0 {
             state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
         }
     }
@@ -67,6 +87,18 @@ impl<L: EventLog> GatedLog<L> {
 
     pub fn snapshots(&self) -> Vec<(SnapshotRecord, Seq)> {
         self.state().snapshots.clone()
+    }
+
+    fn pass_read_gate(&self) {
+        let mut state = self.state();
+        if state.hold_reads {
+            state.reads_waiting += 1;
+            self.changed.notify_all();
+            while state.hold_reads {
+                state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            state.reads_waiting -= 1;
+        }
     }
 }
 
@@ -85,6 +117,7 @@ impl<L: EventLog> EventLog for GatedLog<L> {
         to: Seq,
         limit: usize,
     ) -> Result<Vec<(Seq, Vec<u8>)>, LogError> {
+        self.pass_read_gate();
         self.inner.read_frames(from, to, limit)
     }
 

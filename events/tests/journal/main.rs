@@ -5,6 +5,7 @@ mod conditional;
 mod fold_after_commit;
 mod gated;
 mod queue;
+mod subscriptions;
 
 use std::collections::HashSet;
 use std::sync::Arc;
