@@ -1,33 +1,60 @@
 //! The journal: the one writer in front of an [`EventLog`].
 //!
 //! ```text
-//!  append() ──▶ queue ──▶ writer thread: take everything queued ─▶ assign seqs ─▶ encode
-//!                              │                                                  │
-//!                              ▼                                                  ▼
-//!   ack each caller ◀── publish seq ◀── commit (one durable txn) ◀── fold into projection
-//!                                                                   (+ snapshot when due)
+//!  append() ─▶ bounded queue ─▶ writer thread: take what is queued (a conditional request
+//!  (waits when full)              only ever opens a batch) ─▶ check it on the projection ─▶
+//!                                 assign seqs ─▶ encode
+//!                                                  │
+//!                                                  ▼
+//!   ack each caller ◀── publish seq ◀── fold into ◀── commit (one durable txn, with the
+//!        │              (under the      projection     snapshot taken after the previous
+//!        ▼               write lock)                   commit, if one is pending)
+//!   snapshot due? encode the state at the last seq (read lock) and keep it for the next commit
 //! ```
 //!
 //! Invariants:
 //! - Sequence numbers are assigned only by the writer thread, so the log is gapless.
-//! - A caller is acknowledged only after the transaction holding its events is durable.
+//! - The projection (`F`) only ever holds durable events: a batch is folded after its commit
+//!   returns, never before, so a reader never sees an event that is not durable. The write
+//!   lock is held only for the fold itself, never across the commit (the fsync): `view()`
+//!   does not wait for the disk.
+//! - A caller is acknowledged only after its events are durable *and* folded, so what the
+//!   caller reads from the projection next already includes them.
+//! - The projection and [`Journal::last_seq`] move together: the new seq is published under
+//!   the same write lock as the fold.
+//! - A failed commit leaves the projection exactly as it was (nothing of the batch was folded),
+//!   makes the journal read-only with the error in [`Journal::health`], and answers every
+//!   caller of the batch with the error.
 //! - Concurrent appends share one transaction (group commit): throughput grows with the number
 //!   of writers while each commit still costs one durable write.
-//! - The projection (`F`) is updated under its write lock, and that lock is held until the
-//!   commit returns: a reader never sees an event that is not durable. If a commit fails the
-//!   projection is rebuilt from what is durable and the journal becomes read-only.
+//! - A conditional append ([`Journal::append_if`]) is checked by the writer thread on the
+//!   projection of every durable event, right before its sequence numbers are assigned:
+//!   nothing can commit between the check and the append. It is always the first request of
+//!   its batch, so nothing earlier in the batch is missing from what it checks; a refusal
+//!   appends nothing and leaves the rest of the batch alone.
+//! - A snapshot describes exactly the state after its seq: it is encoded from the projection
+//!   once a commit is folded (the state after that commit's last seq) and stored with the next
+//!   commit, or on its own when the journal closes. Snapshots are only a shortcut for opening;
+//!   losing one costs a longer replay, never an event.
+//! - The request queue is bounded ([`JournalOptions::max_queued_requests`]): an async `append`
+//!   waits for room without blocking its thread, `append_blocking` blocks.
 //! - After corruption is found the journal refuses appends (read-only) and never modifies or
 //!   truncates the stored log.
 //! - Subscribers read from the log by sequence number, never from a channel of events, so a
 //!   subscription can neither skip nor repeat an event when it switches from catch-up to live.
+//!   They read on tokio's blocking pool, never on an async worker thread.
+//!
+//! Lock order: the writer takes the projection's write lock only to fold and publish, and
+//! takes no other lock while holding it. A check ([`Journal::append_if`]) runs on the writer
+//! thread under the projection's read lock, so it must take no lock and do no IO either.
 
 use std::collections::VecDeque;
-use std::sync::mpsc;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::event::{Envelope, Event, SCHEMA_VERSION};
 use crate::frame;
@@ -107,10 +134,15 @@ pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 /// Knobs of a journal.
 #[derive(Clone)]
 pub struct JournalOptions {
-    /// A snapshot of the projection is written with the first commit after this many events.
+    /// A snapshot of the projection is taken once this many events were committed since the
+    /// last one, and written with the next commit.
     pub snapshot_every_events: u64,
     /// Most events one group commit takes; more queued appends wait for the next commit.
     pub max_batch_events: usize,
+    /// Most append requests waiting for the writer (a request being committed is no longer
+    /// waiting). When the queue is full, `append` waits for room and `append_blocking` blocks,
+    /// so a burst of writers costs bounded memory. At least 1.
+    pub max_queued_requests: usize,
     /// Milliseconds since the epoch, stamped on each event.
     pub clock: Clock,
     /// Seed of the event-id generator (None: random). Tests and replays pin it.
@@ -122,6 +154,9 @@ impl Default for JournalOptions {
         JournalOptions {
             snapshot_every_events: 4096,
             max_batch_events: 8192,
+            // Far above the daemon's concurrency (one request per operation step in flight),
+            // so it only bites on a runaway producer.
+            max_queued_requests: 1024,
             clock: Arc::new(|| {
                 SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -167,17 +202,28 @@ impl<F> Shared<F> {
     }
 }
 
-enum Request {
-    Append {
-        events: Vec<NewEvent>,
-        reply: oneshot::Sender<Result<Vec<Envelope>, LogError>>,
-    },
+/// A precondition with its error type erased: true to go ahead; on refusal it has already
+/// handed its error to the caller (see [`Journal::append_if`]).
+type Check<F> = Box<dyn FnOnce(&F) -> bool + Send>;
+
+struct Request<F> {
+    events: Vec<NewEvent>,
+    check: Option<Check<F>>,
+    reply: oneshot::Sender<Result<Outcome, LogError>>,
 }
+
+enum Outcome {
+    Appended(Vec<Envelope>),
+    Refused,
+}
+
+/// Where the writer's answer to a request arrives.
+type Answer<T> = oneshot::Receiver<Result<T, LogError>>;
 
 /// The single writer, the projection it keeps current, and the subscriptions it feeds.
 pub struct Journal<F: Fold> {
     shared: Arc<Shared<F>>,
-    queue: Option<mpsc::Sender<Request>>,
+    queue: Option<mpsc::Sender<Request<F>>>,
     writer: Option<JoinHandle<()>>,
     report: OpenReport,
 }
@@ -243,7 +289,7 @@ impl<F: Fold> Journal<F> {
             health: Mutex::new(health),
             committed,
         });
-        let (queue, requests) = mpsc::channel();
+        let (queue, requests) = mpsc::channel(options.max_queued_requests.max(1));
         let ids = match options.id_seed {
             Some(seed) => IdGenerator::seeded(seed),
             None => IdGenerator::new(),
@@ -255,6 +301,8 @@ impl<F: Fold> Journal<F> {
             next_seq: last_seq.next(),
             since_snapshot: replayed,
             last_snapshot_bytes: 0,
+            pending_snapshot: None,
+            carried: None,
             instance: ids.next_u64(),
         };
         let writer = std::thread::Builder::new()
@@ -279,31 +327,116 @@ impl<F: Fold> Journal<F> {
 
     /// Appends `events` as one atomic batch (consecutive sequence numbers). Resolves once they
     /// are durable and folded into the projection.
+    ///
+    /// Waits (without blocking the thread) while the request queue is full. Dropping the future
+    /// before it resolves may or may not append: once queued, a request is committed.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Envelope>, LogError> {
-        self.submit(events)?.await.map_err(|_| LogError::Closed)?
+        match self.submit(events, None).await?.await {
+            Ok(Ok(Outcome::Appended(envelopes))) => Ok(envelopes),
+            Ok(Ok(Outcome::Refused)) => Err(refused_without_check()),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(LogError::Closed),
+        }
     }
 
-    /// [`Journal::append`] for callers outside an async runtime.
+    /// [`Journal::append`] for callers outside an async runtime: blocks while the queue is full
+    /// and until the events are durable and folded.
     pub fn append_blocking(&self, events: Vec<NewEvent>) -> Result<Vec<Envelope>, LogError> {
-        self.submit(events)?
-            .blocking_recv()
-            .map_err(|_| LogError::Closed)?
+        match self.submit_blocking(events, None)?.blocking_recv() {
+            Ok(Ok(Outcome::Appended(envelopes))) => Ok(envelopes),
+            Ok(Ok(Outcome::Refused)) => Err(refused_without_check()),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(LogError::Closed),
+        }
     }
 
-    fn submit(
+    /// Appends `events` only if `check` accepts the projection as it is right before they get
+    /// their sequence numbers: `Ok(Ok(envelopes))` once they are durable and folded,
+    /// `Ok(Err(refusal))` when `check` refused (nothing was appended), `Err` when the log
+    /// failed.
+    ///
+    /// `check` runs on the writer thread and sees every event committed before this append,
+    /// including those of appends that were queued earlier; no event can commit between the
+    /// check and the append. This is what makes "decide from the view, then record the
+    /// decision" one step. `check` runs under the projection's read lock while every other
+    /// append waits, so it must be quick, take no lock and do no IO; a check that panics
+    /// appends nothing and is answered [`LogError::CheckPanicked`].
+    pub async fn append_if<E: Send + 'static>(
         &self,
         events: Vec<NewEvent>,
-    ) -> Result<oneshot::Receiver<Result<Vec<Envelope>, LogError>>, LogError> {
+        check: impl FnOnce(&F) -> Result<(), E> + Send + 'static,
+    ) -> Result<Result<Vec<Envelope>, E>, LogError> {
+        let (check, mut refusal) = erase_check(check);
+        let answer = self.submit(events, Some(check)).await?.await;
+        conditional_outcome(answer, &mut refusal)
+    }
+
+    /// [`Journal::append_if`] for callers outside an async runtime.
+    pub fn append_if_blocking<E: Send + 'static>(
+        &self,
+        events: Vec<NewEvent>,
+        check: impl FnOnce(&F) -> Result<(), E> + Send + 'static,
+    ) -> Result<Result<Vec<Envelope>, E>, LogError> {
+        let (check, mut refusal) = erase_check(check);
+        let answer = self.submit_blocking(events, Some(check))?.blocking_recv();
+        conditional_outcome(answer, &mut refusal)
+    }
+
+    async fn submit(
+        &self,
+        events: Vec<NewEvent>,
+        check: Option<Check<F>>,
+    ) -> Result<Answer<Outcome>, LogError> {
+        let (request, answer) = self.request(events, check)?;
+        self.queue
+            .as_ref()
+            .ok_or(LogError::Closed)?
+            .send(request)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        Ok(answer)
+    }
+
+    fn submit_blocking(
+        &self,
+        events: Vec<NewEvent>,
+        check: Option<Check<F>>,
+    ) -> Result<Answer<Outcome>, LogError> {
+        let (request, answer) = self.request(events, check)?;
+        self.queue
+            .as_ref()
+            .ok_or(LogError::Closed)?
+            .blocking_send(request)
+            .map_err(|_| LogError::Closed)?;
+        Ok(answer)
+    }
+
+    fn request(
+        &self,
+        events: Vec<NewEvent>,
+        check: Option<Check<F>>,
+    ) -> Result<(Request<F>, Answer<Outcome>), LogError> {
         if let Health::ReadOnly { reason } = self.shared.health() {
             return Err(LogError::ReadOnly { reason });
         }
         let (reply, answer) = oneshot::channel();
+        Ok((
+            Request {
+                events,
+                check,
+                reply,
+            },
+            answer,
+        ))
+    }
+
+    /// How many append requests are waiting for the writer (at most
+    /// [`JournalOptions::max_queued_requests`]).
+    pub fn queued_requests(&self) -> usize {
         self.queue
             .as_ref()
-            .ok_or(LogError::Closed)?
-            .send(Request::Append { events, reply })
-            .map_err(|_| LogError::Closed)?;
-        Ok(answer)
+            .map(|queue| queue.max_capacity() - queue.capacity())
+            .unwrap_or(0)
     }
 
     /// Checked events in `from..=to` (at most `limit`), never past [`Journal::last_seq`].
@@ -353,8 +486,10 @@ impl<F: Fold> Journal<F> {
         self.shared.health()
     }
 
-    /// Read access to the projection, consistent with [`Journal::last_seq`] at the moment the
-    /// guard is taken.
+    /// Read access to the projection: every durable event up to [`Journal::last_seq`] (which
+    /// cannot move while the guard is held), nothing more. Never waits for a commit, only for
+    /// a fold in progress. Holding it blocks the writer's next fold, so copy what you need out
+    /// and drop it; take no other lock and do no IO while holding it.
     pub fn view(&self) -> RwLockReadGuard<'_, F> {
         self.shared.fold.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -367,6 +502,7 @@ impl<F: Fold> Journal<F> {
             committed: self.shared.committed.subscribe(),
             next: after.next(),
             buffer: VecDeque::new(),
+            reading: None,
         }
     }
 
@@ -390,6 +526,41 @@ impl<F: Fold> Drop for Journal<F> {
     }
 }
 
+/// Wraps a typed check so the writer can run it without knowing its error type: the error
+/// of a refusal travels back on its own channel.
+fn erase_check<F: Fold, E: Send + 'static>(
+    check: impl FnOnce(&F) -> Result<(), E> + Send + 'static,
+) -> (Check<F>, oneshot::Receiver<E>) {
+    let (refuse, refusal) = oneshot::channel();
+    let check: Check<F> = Box::new(move |fold: &F| match check(fold) {
+        Ok(()) => true,
+        Err(error) => {
+            // The caller may have given up waiting; then nobody wants the refusal.
+            let _ = refuse.send(error);
+            false
+        }
+    });
+    (check, refusal)
+}
+
+fn conditional_outcome<E>(
+    answer: Result<Result<Outcome, LogError>, oneshot::error::RecvError>,
+    refusal: &mut oneshot::Receiver<E>,
+) -> Result<Result<Vec<Envelope>, E>, LogError> {
+    match answer {
+        Ok(Ok(Outcome::Appended(envelopes))) => Ok(Ok(envelopes)),
+        // The check sent its error before the writer answered `Refused`.
+        Ok(Ok(Outcome::Refused)) => refusal.try_recv().map(Err).map_err(|_| LogError::Closed),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(LogError::Closed),
+    }
+}
+
+/// The writer answers `Refused` only to a request that carried a check.
+fn refused_without_check() -> LogError {
+    LogError::Storage("the log writer refused an append that had no precondition".into())
+}
+
 fn find_gap(log: &dyn EventLog, last: Seq) -> Result<Seq, LogError> {
     let mut expected = Seq(1);
     while expected <= last {
@@ -409,48 +580,84 @@ fn find_gap(log: &dyn EventLog, last: Seq) -> Result<Seq, LogError> {
 
 struct Writer<F: Fold> {
     shared: Arc<Shared<F>>,
-    requests: mpsc::Receiver<Request>,
+    requests: mpsc::Receiver<Request<F>>,
     options: JournalOptions,
     next_seq: Seq,
-    /// Events committed since the last snapshot.
+    /// Durable events after the newest snapshot taken (stored or pending).
     since_snapshot: u64,
     last_snapshot_bytes: u64,
+    /// The state after the last commit, encoded once a snapshot was due; stored with the next
+    /// commit (or on its own at close), so encoding never delays an acknowledgement.
+    pending_snapshot: Option<SnapshotRecord>,
+    /// A conditional request taken from the queue while a batch was being gathered: it opens
+    /// the next batch, so that its check sees that batch folded.
+    carried: Option<Request<F>>,
     instance: u64,
 }
 
 impl<F: Fold> Writer<F> {
     fn run(mut self) {
-        while let Ok(first) = self.requests.recv() {
+        while let Some(first) = self
+            .carried
+            .take()
+            .or_else(|| self.requests.blocking_recv())
+        {
             let mut batch = vec![first];
-            let mut events = batch_len(&batch[0]);
+            let mut events = batch[0].events.len();
             while events < self.options.max_batch_events {
                 match self.requests.try_recv() {
+                    Ok(request) if request.check.is_some() => {
+                        self.carried = Some(request);
+                        break;
+                    }
                     Ok(request) => {
-                        events += batch_len(&request);
+                        events += request.events.len();
                         batch.push(request);
                     }
                     Err(_) => break,
                 }
             }
             self.commit_batch(batch);
+            self.take_snapshot_if_due();
         }
+        self.store_pending_snapshot();
     }
 
-    fn commit_batch(&mut self, batch: Vec<Request>) {
+    fn commit_batch(&mut self, mut batch: Vec<Request<F>>) {
         if let Health::ReadOnly { reason } = self.shared.health() {
-            for Request::Append { reply, .. } in batch {
-                let _ = reply.send(Err(LogError::ReadOnly {
+            for request in batch {
+                let _ = request.reply.send(Err(LogError::ReadOnly {
                     reason: reason.clone(),
                 }));
             }
             return;
+        }
+        // Only the first request of a batch carries a check (see `run`): everything committed
+        // before it is folded, and nothing of this batch is.
+        if let Some(check) = batch[0].check.take() {
+            let accepted = {
+                let fold = self.shared.fold.read().unwrap_or_else(|e| e.into_inner());
+                catch_unwind(AssertUnwindSafe(|| check(&fold)))
+            };
+            match accepted {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = batch.remove(0).reply.send(Ok(Outcome::Refused));
+                }
+                Err(panic) => {
+                    let _ = batch
+                        .remove(0)
+                        .reply
+                        .send(Err(LogError::CheckPanicked(panic_message(&*panic))));
+                }
+            }
         }
         let now = (self.options.clock)();
         let first_seq = self.next_seq;
         let mut replies = Vec::with_capacity(batch.len());
         let mut frames = Vec::new();
         let mut envelopes_per_request = Vec::with_capacity(batch.len());
-        for Request::Append { events, reply } in batch {
+        for Request { events, reply, .. } in batch {
             let mut envelopes = Vec::with_capacity(events.len());
             for new in events {
                 let seq = self.next_seq;
@@ -472,67 +679,89 @@ impl<F: Fold> Writer<F> {
         }
         if frames.is_empty() {
             for reply in replies {
-                let _ = reply.send(Ok(Vec::new()));
+                let _ = reply.send(Ok(Outcome::Appended(Vec::new())));
             }
             return;
         }
         let last_seq = Seq(self.next_seq.0 - 1);
-        let result = {
+        // No lock is held across the commit: readers keep seeing the state before this batch
+        // until it is durable.
+        let snapshot = self.pending_snapshot.take();
+        if let Err(error) = self.shared.log.commit(&frames, snapshot.as_ref()) {
+            // Nothing of this batch was folded, so the projection is still exactly the durable
+            // state as of the last good commit. Whether the failed transaction reached the
+            // disk is unknown, so no more appends are taken.
+            self.next_seq = first_seq;
+            self.shared
+                .set_read_only(format!("a commit failed: {error}"));
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+            return;
+        }
+        self.since_snapshot += frames.len() as u64;
+        {
             let mut fold = self.shared.fold.write().unwrap_or_else(|e| e.into_inner());
             for envelope in envelopes_per_request.iter().flatten() {
                 fold.apply(envelope);
             }
-            self.since_snapshot += frames.len() as u64;
-            // A snapshot costs time in proportion to its size while appends wait, so a big
-            // state is snapshotted less often: at least one event per 256 snapshot bytes.
-            let interval = self
-                .options
-                .snapshot_every_events
-                .max(self.last_snapshot_bytes / 256);
-            let snapshot = (self.since_snapshot >= interval).then(|| SnapshotRecord {
-                seq: last_seq,
-                format: F::SNAPSHOT_FORMAT,
-                bytes: fold.encode_snapshot(),
-            });
-            let result = self.shared.log.commit(&frames, snapshot.as_ref());
-            match &result {
-                Ok(()) => {
-                    if let Some(snapshot) = &snapshot {
-                        self.since_snapshot = 0;
-                        self.last_snapshot_bytes = snapshot.bytes.len() as u64;
-                    }
-                }
-                Err(_) => {
-                    // The projection already holds events that are not durable: rebuild it from
-                    // what is, before any reader can see it.
-                    self.next_seq = first_seq;
-                    *fold = rebuild::<F>(self.shared.log.as_ref()).unwrap_or_default();
-                }
-            }
-            result
-        };
-        match result {
-            Ok(()) => {
-                self.shared.committed.send_replace(last_seq);
-                for (reply, envelopes) in replies.into_iter().zip(envelopes_per_request) {
-                    let _ = reply.send(Ok(envelopes));
-                }
-            }
-            Err(error) => {
-                self.shared
-                    .set_read_only(format!("a commit failed: {error}"));
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
-            }
+            // Published under the write lock, so a reader holding the projection sees
+            // `last_seq` agree with it.
+            self.shared.committed.send_replace(last_seq);
+        }
+        for (reply, envelopes) in replies.into_iter().zip(envelopes_per_request) {
+            let _ = reply.send(Ok(Outcome::Appended(envelopes)));
+        }
+    }
+
+    /// Encodes the projection as it is now (the state after the last commit, since only this
+    /// thread changes it) when a snapshot is due, to go out with the next commit.
+    fn take_snapshot_if_due(&mut self) {
+        if self.pending_snapshot.is_some() || self.shared.health() != Health::Writable {
+            return;
+        }
+        // A snapshot costs time in proportion to its size while appends wait, so a big state
+        // is snapshotted less often: at least one event per 256 snapshot bytes.
+        let interval = self
+            .options
+            .snapshot_every_events
+            .max(self.last_snapshot_bytes / 256);
+        if self.since_snapshot == 0 || self.since_snapshot < interval {
+            return;
+        }
+        let bytes = self
+            .shared
+            .fold
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .encode_snapshot();
+        self.last_snapshot_bytes = bytes.len() as u64;
+        self.since_snapshot = 0;
+        self.pending_snapshot = Some(SnapshotRecord {
+            seq: Seq(self.next_seq.0 - 1),
+            format: F::SNAPSHOT_FORMAT,
+            bytes,
+        });
+    }
+
+    /// At close, a snapshot still waiting for a commit is stored on its own.
+    fn store_pending_snapshot(&mut self) {
+        if let Some(snapshot) = self.pending_snapshot.take()
+            && self.shared.health() == Health::Writable
+            && let Err(error) = self.shared.log.commit(&[], Some(&snapshot))
+        {
+            // Only a shortcut is lost: the next open replays the events instead.
+            tracing::warn!(%error, "could not store the last projection snapshot");
         }
     }
 }
 
-fn batch_len(request: &Request) -> usize {
-    match request {
-        Request::Append { events, .. } => events.len(),
-    }
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// Folds every stored event from scratch.
@@ -594,29 +823,55 @@ pub fn replay_into<F: Fold>(
 pub struct Subscription {
     log: Arc<dyn EventLog>,
     committed: watch::Receiver<Seq>,
+    /// The seq of the first event not yet in `buffer` (nor delivered).
     next: Seq,
     buffer: VecDeque<Envelope>,
+    /// A read of the events from `next` on, running on tokio's blocking pool. Kept here rather
+    /// than in the future of `next()`, so that a `next()` dropped in a `select!` leaves it to
+    /// the following call instead of losing or repeating it.
+    reading: Option<tokio::task::JoinHandle<Result<Vec<Envelope>, LogError>>>,
 }
 
 impl Subscription {
+    /// Most events one read of the log takes: the buffer a slow follower costs.
+    const READ_BATCH: usize = 1024;
+
     /// The next event, waiting for it to be committed if need be. `Err(Closed)` once the
     /// journal is gone and every committed event was delivered.
+    ///
+    /// Cancel safe: dropping the future loses no event; the next call goes on where it was.
+    /// Reading the log (redb's pages, possibly from disk) happens on tokio's blocking pool,
+    /// never on the async worker that polls this, so it must be called inside a tokio runtime.
     pub async fn next(&mut self) -> Result<Envelope, LogError> {
         loop {
             if let Some(envelope) = self.buffer.pop_front() {
                 return Ok(envelope);
             }
-            let committed = *self.committed.borrow_and_update();
-            if committed >= self.next {
-                let batch = self.log.read(self.next, committed, 1024)?;
-                self.next = batch.last().map(|e| e.seq.next()).unwrap_or(self.next);
-                if batch.is_empty() {
+            if let Some(reading) = &mut self.reading {
+                let read = reading.await;
+                self.reading = None;
+                let batch = read.map_err(|error| {
+                    LogError::Storage(format!(
+                        "reading the log for a subscription failed: {error}"
+                    ))
+                })??;
+                let Some(last) = batch.last() else {
+                    // `committed` said this seq was durable, yet the log does not have it.
                     return Err(LogError::Corrupt {
                         seq: self.next,
                         detail: "missing from the sequence".into(),
                     });
-                }
+                };
+                self.next = last.seq.next();
                 self.buffer.extend(batch);
+                continue;
+            }
+            let committed = *self.committed.borrow_and_update();
+            if committed >= self.next {
+                let (log, from) = (self.log.clone(), self.next);
+                self.reading = Some(tokio::task::spawn_blocking(move || {
+                    log.read(from, committed, Self::READ_BATCH)
+                }));
                 continue;
             }
             if self.committed.changed().await.is_err() {
@@ -627,6 +882,8 @@ impl Subscription {
 
     /// The sequence number the next delivered event will have.
     pub fn position(&self) -> Seq {
-        self.next
+        self.buffer
+            .front()
+            .map_or(self.next, |envelope| envelope.seq)
     }
 }

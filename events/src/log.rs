@@ -175,6 +175,8 @@ pub enum LogError {
     Storage(String),
     #[error("the event log is closed")]
     Closed,
+    #[error("the precondition of a conditional append panicked ({0}); nothing was appended")]
+    CheckPanicked(String),
 }
 
 impl LogError {

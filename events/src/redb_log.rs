@@ -3,7 +3,8 @@
 //! Tables:
 //! - `events`: seq → frame (see [`crate::frame`]);
 //! - `snapshots`: seq → format (u32 le) ‖ crc32 (u32 le) ‖ projection bytes; only the newest is
-//!   kept, replaced in the same transaction as the events it covers;
+//!   kept, replaced in the transaction that commits the events after it (or on its own), never
+//!   before the events it covers are stored;
 //! - `meta`: `schema` → the highest envelope schema version that ever wrote to this file.
 //!
 //! redb takes an exclusive lock on the file, so only one process can have a log open; a second

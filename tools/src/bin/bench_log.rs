@@ -1,7 +1,8 @@
 //! Benchmark of the event log. Prints figures, and ratios against baselines measured in the
 //! same run on the same filesystem:
 //!
-//! 1. one durable append at a time, p50/p99, next to raw write+fdatasync;
+//! 1. one durable append at a time, p50/p99, next to raw write+fdatasync and to redb's commit
+//!    alone (what the journal adds on top of it);
 //! 2. group commit with 1, 4 and 16 concurrent writers: durable events/s and p99;
 //! 3. rebuilding projections from 1,000,000 events: events/s;
 //! 4. opening a log of 1,000,000 events after its writer was killed with SIGKILL: time until
@@ -177,8 +178,14 @@ fn single_appends(dir: &Path, count: usize) {
     let mut appended = RawFile::new(dir, count, record_len, true);
     let default = journal_at(&dir.join("single.redb"), false);
     let quick = journal_at(&dir.join("single-quick-repair.redb"), true);
+    // The storage alone, without the journal's queue, threads and fold: splits the ratio into
+    // what redb's commit costs and what the journal adds on top.
+    let bare_path = dir.join("single-bare.redb");
+    let _ = std::fs::remove_file(&bare_path);
+    let bare = RedbLog::open(&bare_path).expect("open log");
     let (mut raw_samples, mut append_samples) = (Vec::new(), Vec::new());
     let (mut default_samples, mut quick_samples) = (Vec::new(), Vec::new());
+    let mut bare_samples = Vec::new();
     for n in 0..count as u64 {
         let start = Instant::now();
         raw.durable_write();
@@ -192,6 +199,19 @@ fn single_appends(dir: &Path, count: usize) {
         let start = Instant::now();
         quick.append_blocking(vec![one_event(n)]).expect("append");
         quick_samples.push(start.elapsed());
+        let envelope = Envelope {
+            seq: Seq(n + 1),
+            event_id: EventId(n as u128 + 1),
+            op_id: None,
+            cause: None,
+            at_unix_ms: 0,
+            schema_version: SCHEMA_VERSION,
+            event: one_event(n).event,
+        };
+        let start = Instant::now();
+        bare.commit(&[(envelope.seq, frame::encode(&envelope))], None)
+            .expect("commit");
+        bare_samples.push(start.elapsed());
     }
     let raw = Summary::of(&mut raw_samples);
     let append = Summary::of(&mut append_samples);
@@ -201,6 +221,7 @@ fn single_appends(dir: &Path, count: usize) {
             &mut default_samples,
         ),
         ("redb log (quick-repair)", &mut quick_samples),
+        ("redb commit alone, no journal", &mut bare_samples),
     ] {
         let log = Summary::of(samples);
         println!(
