@@ -165,42 +165,52 @@ impl Supervisor {
 
     /// A watched VMM is gone: report it, unless someone asked for it.
     async fn on_exit(&self, vm_id: VmId, pid: u32, exit_code: Option<i32>, signal: Option<i32>) {
-        let from = {
-            let view = self.journal.view();
-            let Some(vm) = view.vms.get(&vm_id) else {
-                return;
-            };
-            if vm.process.map(|p| p.pid) != Some(pid) {
-                return;
-            }
-            let target = Target::Vm {
-                vm_id,
-                name: vm.name.clone(),
-            };
-            if view.blocking_op_for(&target).is_some() {
-                // A stop, kill, delete or restart is under way: it asked for this exit.
-                return;
-            }
-            vm.state
-        };
+        if let Some(from) = self.exit_to_report(vm_id, pid) {
+            self.record_exit(vm_id, pid, exit_code, signal, from).await;
+        }
+    }
+
+    /// The state VM `vm_id` is in when the exit of its VMM `pid` is worth reporting: the VM
+    /// exists, still records `pid`, and no operation holds it (a stop, kill, delete or restart
+    /// under way asked for this exit).
+    fn exit_to_report(&self, vm_id: VmId, pid: u32) -> Option<VmState> {
+        let view = self.journal.view();
+        unclaimed_vm(&view, vm_id)
+            .filter(|vm| vm.process.map(|p| p.pid) == Some(pid))
+            .map(|vm| vm.state)
+    }
+
+    /// Records the exit of VM `vm_id`'s VMM `pid`, seen while the VM was `from`, if that still
+    /// holds where the sequence number is assigned: a restart that began since launched another
+    /// VMM, and this report must not stop its VM.
+    async fn record_exit(
+        &self,
+        vm_id: VmId,
+        pid: u32,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        from: VmState,
+    ) {
         let tail = console_tail(&self.layout.vm_console_log(vm_id), CONSOLE_TAIL_BYTES);
         tracing::warn!(%vm_id, pid, ?exit_code, ?signal, "a VMM exited unexpectedly");
-        let mut events = vec![NewEvent::new(Event::VmExited(VmExited {
-            vm_id,
-            pid,
-            exit_code,
-            signal,
-            console_tail: tail,
-        }))];
-        if from != VmState::Stopped {
-            events.push(NewEvent::new(Event::VmStateChanged(VmStateChanged {
-                vm_id,
-                from,
-                to: VmState::Stopped,
-            })));
-        }
-        if let Err(error) = self.journal.append(events).await {
-            tracing::error!(%vm_id, %error, "cannot record a VMM's exit");
+        let events = exit_events(vm_id, pid, exit_code, signal, tail, from);
+        let recorded = self
+            .journal
+            .append_if(events, move |view: &Projections| {
+                match unclaimed_vm(view, vm_id) {
+                    Some(vm) if vm.process.map(|p| p.pid) == Some(pid) && vm.state == from => {
+                        Ok(())
+                    }
+                    _ => Err(()),
+                }
+            })
+            .await;
+        match recorded {
+            Ok(Ok(_)) => {}
+            Ok(Err(())) => {
+                tracing::info!(%vm_id, pid, "the VM changed before its VMM's exit was recorded; not recording it");
+            }
+            Err(error) => tracing::error!(%vm_id, %error, "cannot record a VMM's exit"),
         }
     }
 
@@ -210,27 +220,43 @@ impl Supervisor {
     /// released (the operation ended it, or it died meanwhile); a VM still marked running
     /// without it gets the exit report and is stopped. Likewise a recorded tap the host no
     /// longer has (a delete removed it before it failed) is released. Nothing happens while
-    /// another operation holds the VM, or when its VMM lives.
+    /// another operation holds the VM, or when its VMM lives — checked again where each event
+    /// is appended, since an operation may begin between the look and the append.
     pub async fn reconcile(&self, vm_id: VmId) {
-        let (process, state, vanished) = {
+        let (process, state, taps) = {
             let view = self.journal.view();
-            let Some(vm) = view.vms.get(&vm_id) else {
+            let Some(vm) = unclaimed_vm(&view, vm_id) else {
                 return;
             };
-            let target = Target::Vm {
-                vm_id,
-                name: vm.name.clone(),
-            };
-            if view.blocking_op_for(&target).is_some() {
-                return;
-            }
             (vm.process, vm.state, taps_of(&view, vm_id))
         };
-        let vanished = vanished_taps(vm_id, vanished);
-        if !vanished.is_empty()
-            && let Err(error) = self.journal.append(vanished).await
-        {
-            tracing::error!(%vm_id, %error, "cannot record a tap that is gone");
+        let vanished = vanished_taps(vm_id, taps);
+        if !vanished.is_empty() {
+            let released: Vec<Handle> = vanished
+                .iter()
+                .filter_map(|new| match &new.event {
+                    Event::HandleReleased(released) => Some(released.handle.clone()),
+                    _ => None,
+                })
+                .collect();
+            let recorded = self
+                .journal
+                .append_if(vanished, move |view: &Projections| {
+                    let still_the_vms = released.iter().all(|handle| {
+                        view.handles
+                            .get(handle)
+                            .is_some_and(|held| held.owner == Owner::Vm(vm_id))
+                    });
+                    if unclaimed_vm(view, vm_id).is_some() && still_the_vms {
+                        Ok(())
+                    } else {
+                        Err(())
+                    }
+                })
+                .await;
+            if let Err(error) = recorded {
+                tracing::error!(%vm_id, %error, "cannot record a tap that is gone");
+            }
         }
         let Some(process) = process else {
             return;
@@ -243,12 +269,19 @@ impl Supervisor {
         }
         tracing::info!(%vm_id, pid = process.pid, %state, "the VM's VMM is gone; releasing it");
         let released = NewEvent::new(Event::HandleReleased(HandleReleased {
-            handle: Handle::Process {
-                pid: process.pid,
-                start_time_ticks: process.start_time_ticks,
-            },
+            handle: process.handle(),
         }));
-        if let Err(error) = self.journal.append(vec![released]).await {
+        let recorded = self
+            .journal
+            .append_if(
+                vec![released],
+                move |view: &Projections| match unclaimed_vm(view, vm_id) {
+                    Some(vm) if vm.process == Some(process) => Ok(()),
+                    _ => Err(()),
+                },
+            )
+            .await;
+        if let Err(error) = recorded {
             tracing::error!(%vm_id, %error, "cannot record a VMM that is gone");
         }
     }
@@ -325,6 +358,43 @@ impl Supervisor {
             tracing::error!(%error, "cannot record taps that are gone");
         }
     }
+}
+
+/// VM `vm_id`, unless it is gone or an operation holds it (running, unresolved or stuck).
+fn unclaimed_vm(view: &Projections, vm_id: VmId) -> Option<&banger_projections::VmView> {
+    let vm = view.vms.get(&vm_id)?;
+    let target = Target::Vm {
+        vm_id,
+        name: vm.name.clone(),
+    };
+    view.blocking_op_for(&target).is_none().then_some(vm)
+}
+
+/// What an unasked-for exit of VM `vm_id`'s VMM `pid` records: the report, and the VM
+/// stopped (from `from`).
+fn exit_events(
+    vm_id: VmId,
+    pid: u32,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    console_tail: String,
+    from: VmState,
+) -> Vec<NewEvent> {
+    let mut events = vec![NewEvent::new(Event::VmExited(VmExited {
+        vm_id,
+        pid,
+        exit_code,
+        signal,
+        console_tail,
+    }))];
+    if from != VmState::Stopped {
+        events.push(NewEvent::new(Event::VmStateChanged(VmStateChanged {
+            vm_id,
+            from,
+            to: VmState::Stopped,
+        })));
+    }
+    events
 }
 
 /// The taps VM `vm_id` holds in the ledger.
@@ -447,5 +517,97 @@ mod tests {
         let existing: HashSet<VmId> = [VmId(5), VmId(6), VmId(1000)].into();
         supervisor.forget_all_but(&existing);
         assert_eq!(supervisor.tracked(), 2);
+    }
+
+    /// The window between deciding to report an exit and recording it: a restart that lands
+    /// there gives the VM a new VMM, and the stale report must not stop the VM (it would be
+    /// shown stopped while its new VMM runs, orphaned).
+    #[tokio::test]
+    async fn an_exit_report_overtaken_by_a_restart_is_not_recorded() {
+        use banger_events::{HandleAcquired, VmDefined, VmSpec};
+
+        let journal =
+            Arc::new(Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default()).unwrap());
+        let vm_id = VmId(7);
+        let process = |pid| Handle::Process {
+            pid,
+            start_time_ticks: 1,
+        };
+        let running_with = |pid| {
+            vec![
+                NewEvent::new(Event::VmStateChanged(VmStateChanged {
+                    vm_id,
+                    from: VmState::Stopped,
+                    to: VmState::Running,
+                })),
+                NewEvent::new(Event::HandleAcquired(HandleAcquired {
+                    owner: Owner::Vm(vm_id),
+                    handle: process(pid),
+                })),
+            ]
+        };
+        journal
+            .append(vec![NewEvent::new(Event::VmDefined(VmDefined {
+                vm_id,
+                name: "dev".into(),
+                spec: VmSpec {
+                    image: "img".into(),
+                    kernel: "k".into(),
+                    vcpus: 1,
+                    memory_mib: 256,
+                    root_disk_mib: 1,
+                    work_disk_mib: 32,
+                },
+            }))])
+            .await
+            .unwrap();
+        journal.append(running_with(100)).await.unwrap();
+        let supervisor = Supervisor::new(
+            journal.clone(),
+            Layout::rooted(std::path::Path::new("/none")),
+            Arc::new(crate::host::vmm::FirecrackerVmm::new(
+                "/nonexistent/firecracker",
+            )),
+        );
+
+        let from = supervisor
+            .exit_to_report(VmId(7), 100)
+            .expect("pid 100 is the VM's, and nothing holds the VM");
+        // The restart lands here: the VM stops, starts again, and runs pid 200.
+        journal
+            .append(vec![NewEvent::new(Event::VmStateChanged(VmStateChanged {
+                vm_id,
+                from: VmState::Running,
+                to: VmState::Stopped,
+            }))])
+            .await
+            .unwrap();
+        journal.append(running_with(200)).await.unwrap();
+        supervisor
+            .record_exit(vm_id, 100, None, Some(9), from)
+            .await;
+
+        let view = journal.view();
+        let vm = &view.vms[&vm_id];
+        assert_eq!(
+            vm.state,
+            VmState::Running,
+            "the stale report stopped the VM"
+        );
+        assert_eq!(vm.process.map(|p| p.pid), Some(200));
+        assert!(vm.last_exit.is_none(), "{:?}", vm.last_exit);
+        drop(view);
+
+        // The report of the current VMM's exit is recorded and stops the VM.
+        let from = supervisor.exit_to_report(vm_id, 200).unwrap();
+        supervisor
+            .record_exit(vm_id, 200, None, Some(9), from)
+            .await;
+        let view = journal.view();
+        assert_eq!(view.vms[&vm_id].state, VmState::Stopped);
+        assert_eq!(
+            view.vms[&vm_id].last_exit.as_ref().map(|e| e.pid),
+            Some(200)
+        );
     }
 }

@@ -80,33 +80,54 @@ fn missing_spares(host: &VmHost) -> usize {
     host.config.network.tap_pool.saturating_sub(free.len())
 }
 
-/// Releases the spares the host no longer has, so that the pool is made again.
+/// Releases the spares the host no longer has, so that the pool is made again. A spare a
+/// create took meanwhile (its `allocate` step recorded it) is left to that create: the release
+/// is appended only if every spare it names is still free where the sequence number is
+/// assigned, and otherwise waits for the next top-up.
 async fn release_vanished(daemon: &Daemon) -> Result<(), OpError> {
     // Copied out of the view before looking at the host: no IO under a view guard.
-    let spares = tap_fill::pool_taps(&daemon.journal.view());
-    let gone: Vec<NewEvent> = spares
+    let reserved = daemon.vms.reserved_taps();
+    let spares = tap_fill::free_taps(&daemon.journal.view(), &reserved);
+    let gone: Vec<String> = spares
         .into_iter()
         .filter(|name| !interface_exists(name))
-        .map(|name| {
-            tracing::info!(tap = %name, "a spare tap is gone from the host; releasing it");
-            NewEvent::new(Event::HandleReleased(HandleReleased {
-                handle: Handle::Tap { name },
-            }))
-        })
         .collect();
     if gone.is_empty() {
         return Ok(());
     }
-    daemon
+    for name in &gone {
+        tracing::info!(tap = %name, "a spare tap is gone from the host; releasing it");
+    }
+    let events = gone
+        .iter()
+        .map(|name| {
+            NewEvent::new(Event::HandleReleased(HandleReleased {
+                handle: Handle::Tap { name: name.clone() },
+            }))
+        })
+        .collect();
+    let recorded = daemon
         .journal
-        .append(gone)
+        .append_if(events, move |view: &Projections| {
+            let free = tap_fill::free_taps(view, &reserved);
+            if gone.iter().all(|name| free.contains(name)) {
+                Ok(())
+            } else {
+                Err(())
+            }
+        })
         .await
-        .map(drop)
         .map_err(|error| {
             OpError::Internal(format!(
                 "cannot record the spare taps that are gone: {error}"
             ))
-        })
+        })?;
+    if recorded.is_err() {
+        tracing::info!(
+            "a spare tap that is gone was taken by a create meanwhile; leaving it to that create"
+        );
+    }
+    Ok(())
 }
 
 /// `count` tap names nobody uses: random, so that they cannot be confused with a VM's own
