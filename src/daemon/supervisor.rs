@@ -587,8 +587,7 @@ mod tests {
             .record_exit(vm_id, 100, None, Some(9), from)
             .await;
 
-        let view = journal.view();
-        let vm = &view.vms[&vm_id];
+        let vm = journal.view().vms[&vm_id].clone();
         assert_eq!(
             vm.state,
             VmState::Running,
@@ -596,7 +595,6 @@ mod tests {
         );
         assert_eq!(vm.process.map(|p| p.pid), Some(200));
         assert!(vm.last_exit.is_none(), "{:?}", vm.last_exit);
-        drop(view);
 
         // The report of the current VMM's exit is recorded and stops the VM.
         let from = supervisor.exit_to_report(vm_id, 200).unwrap();
