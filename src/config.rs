@@ -10,6 +10,7 @@
 //! memory = "1GiB"          # sizes: "512M", "4GiB", a bare number is MiB
 //! work_disk = "8GiB"
 //! idle_stop_after = "2h"   # durations: "30s", "5m", "2h", "1d", a bare number is seconds; "0" = never
+//! console_max = "16MiB"    # the serial console kept per VM: older output is dropped (at least 1 MiB)
 //!
 //! [timeouts]
 //! boot = "30s"             # InstanceStart until the guest agent answers
@@ -70,7 +71,13 @@ pub struct VmDefaults {
     pub work_disk_mib: u64,
     /// Running VMs idle for longer are stopped; `None` never stops them.
     pub idle_stop_after: Option<Duration>,
+    /// The most serial console output kept per VM, in bytes: the guest writes it, so it is
+    /// bounded; the newest output is kept.
+    pub console_max_bytes: u64,
 }
+
+/// The default of `vm.console_max`.
+pub const DEFAULT_CONSOLE_MAX_BYTES: u64 = 16 * MIB;
 
 impl Default for Config {
     fn default() -> Self {
@@ -80,6 +87,7 @@ impl Default for Config {
                 memory_mib: 1024,
                 work_disk_mib: 8 * 1024,
                 idle_stop_after: None,
+                console_max_bytes: DEFAULT_CONSOLE_MAX_BYTES,
             },
             boot_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(15),
@@ -126,6 +134,7 @@ struct VmSection {
     memory: Option<SizeText>,
     work_disk: Option<SizeText>,
     idle_stop_after: Option<DurationText>,
+    console_max: Option<SizeText>,
 }
 
 #[derive(Deserialize, Default)]
@@ -211,6 +220,9 @@ impl Config {
         if let Some(idle) = file.vm.idle_stop_after {
             let idle = duration("vm.idle_stop_after", idle)?;
             config.vm.idle_stop_after = (!idle.is_zero()).then_some(idle);
+        }
+        if let Some(console_max) = file.vm.console_max {
+            config.vm.console_max_bytes = mib("vm.console_max", console_max, 1)? * MIB;
         }
         if let Some(boot) = file.timeouts.boot {
             config.boot_timeout = nonzero("timeouts.boot", duration("timeouts.boot", boot)?)?;

@@ -569,8 +569,21 @@ impl Console {
         }
     }
 
-    /// Reads what is there now, up to one chunk.
+    /// Reads what is there now, up to one chunk. Output dropped to keep the console within
+    /// `vm.console_max` (a hole at the front, see `crate::host::console`) is skipped: the
+    /// offset jumps to the oldest output kept.
     async fn read_chunk(&mut self) -> std::io::Result<Vec<u8>> {
+        let std_file = self.file.try_clone().await?.into_std().await;
+        let offset = self.offset;
+        let data =
+            tokio::task::spawn_blocking(move || crate::host::console::data_from(&std_file, offset))
+                .await
+                .map_err(std::io::Error::other)??;
+        if let Some(data) = data
+            && data > self.offset
+        {
+            self.offset = self.file.seek(SeekFrom::Start(data)).await?;
+        }
         let mut buf = vec![0u8; LOGS_CHUNK_BYTES];
         let read = self.file.read(&mut buf).await?;
         buf.truncate(read);

@@ -280,6 +280,7 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
     });
     spawn_verify(journal.clone());
     supervisor::spawn_idle_sweep(daemon.clone());
+    supervisor::spawn_console_keeper(daemon.clone());
     if journal.health() == Health::Writable && tap_pool::in_use(&journal.view()) {
         tap_pool::spawn_top_up(&daemon);
     }

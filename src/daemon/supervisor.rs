@@ -428,6 +428,53 @@ fn take_group_along(pid: u32) {
     }
 }
 
+/// How often the consoles of running VMs are checked against `vm.console_max`. A guest that
+/// floods its console can write at most this long's worth past the cap.
+const CONSOLE_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps every running VM's serial console within `vm.console_max`, dropping the oldest
+/// output (see [`crate::host::console`]). Runs until the daemon shuts down.
+pub fn spawn_console_keeper(daemon: Arc<Daemon>) {
+    let max_bytes = daemon.vms.config.vm.console_max_bytes;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = daemon.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(CONSOLE_CHECK_EVERY) => {}
+            }
+            // Every VM with a VMM writes its console; copied out of the view before any IO.
+            let consoles: Vec<(VmId, std::path::PathBuf)> = daemon
+                .journal
+                .view()
+                .vms
+                .values()
+                .filter(|vm| vm.process.is_some())
+                .map(|vm| (vm.id, daemon.layout.vm_console_log(vm.id)))
+                .collect();
+            if consoles.is_empty() {
+                continue;
+            }
+            let capped = tokio::task::spawn_blocking(move || {
+                consoles
+                    .into_iter()
+                    .map(|(vm_id, path)| (vm_id, crate::host::console::cap(&path, max_bytes)))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            for (vm_id, outcome) in capped {
+                match outcome {
+                    Ok(crate::host::console::Capped::Within) => {}
+                    Ok(done) => tracing::debug!(%vm_id, ?done, "dropped old console output"),
+                    Err(error) => {
+                        tracing::warn!(%vm_id, %error, "cannot keep the console within vm.console_max")
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// Stops VMs idle longer than `idle_stop_after`, as `vm.stop` operations whose parameters say
 /// why. Runs until the daemon shuts down; does nothing when auto-stop is off.
 pub fn spawn_idle_sweep(daemon: Arc<Daemon>) {

@@ -2,6 +2,7 @@
 //! root helper). Each submodule owns one kind of host
 //! resource and keeps no state beyond what its caller records.
 
+pub mod console;
 pub mod disk;
 pub mod firecracker;
 pub mod network;

@@ -1334,6 +1334,71 @@ async fn ops_retry_rolls_a_stuck_operation_back_once_its_undo_can_succeed() {
     assert_eq!(code, "NotFound");
 }
 
+/// A guest that floods its serial console cannot fill the host's disk: bangerd keeps the
+/// console within `vm.console_max` (here 1 MiB of an 8 MiB flood), dropping the oldest
+/// output, and `vm logs` shows the newest output, whole lines in order, ending with the last.
+async fn a_console_flood_is_kept_within_console_max() {
+    use std::os::unix::fs::MetadataExt;
+
+    const MAX: u64 = 1 << 20;
+    let lab = Lab::configured(
+        &[("FAKE_FC_CONSOLE_FLOOD_BYTES", "8388608")],
+        "console_max = \"1M\"",
+    )
+    .await;
+    let created = lab.create("dev").await;
+    let console = lab.daemon.layout().vm_console_log(created.vm_id);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let text_end = std::fs::read(&console)
+            .map(|bytes| {
+                String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(4096)..]).into_owned()
+            })
+            .unwrap_or_default();
+        let meta = std::fs::metadata(&console).unwrap();
+        // The flood is over and the keeper has dropped the rest (it looks every second).
+        if text_end.contains("console flood done") && meta.blocks() * 512 <= MAX + (256 << 10) {
+            assert!(
+                meta.len() > 8 << 20,
+                "the console's length (its offsets) never shrinks"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the console holds {} bytes on disk, more than vm.console_max allows",
+            meta.blocks() * 512
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs = cli(&lab, &["vm", "logs", "dev"]);
+    assert_eq!(logs.status.code(), Some(0), "{logs:?}");
+    assert!(
+        (logs.stdout.len() as u64) <= MAX + (256 << 10),
+        "vm logs printed {} bytes",
+        logs.stdout.len()
+    );
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        !text.contains('\0'),
+        "the dropped output reads as nothing, not as zeros"
+    );
+    assert!(
+        text.contains("console flood done"),
+        "the newest output is kept"
+    );
+    let numbers: Vec<u64> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("flood "))
+        .filter_map(|rest| rest.get(..16)?.parse().ok())
+        .collect();
+    assert!(numbers[0] > 0, "the oldest output was dropped");
+    assert!(
+        numbers.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "the kept output is whole and in order"
+    );
+}
+
 /// This module's tests, for the binary's harness (`banger-test-harness`).
 pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
     use banger_test_harness::Tier::Root;
@@ -1368,6 +1433,7 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
         tokio stop_timeout_forces_off_a_guest_that_ignores_ctrl_alt_del needs(Root),
         tokio wrong_state_requests_say_the_state_and_what_to_do needs(Root),
         tokio ops_retry_rolls_a_stuck_operation_back_once_its_undo_can_succeed needs(Root),
+        tokio a_console_flood_is_kept_within_console_max needs(Root),
     ]);
     tests
 }

@@ -50,6 +50,8 @@ pub struct Knobs {
     pub crash_on_boot: bool,
     pub refuse_api: Option<String>,
     pub agent: AgentChoice,
+    /// Bytes of console output the guest prints once booted, as a guest stuck in a loop would.
+    pub console_flood_bytes: u64,
 }
 
 /// The running agent, as far as pause and shutdown need it.
@@ -164,6 +166,27 @@ impl Guest {
             tokio::time::sleep(self.knobs.boot_delay).await;
         }
         self.console("Run /sbin/init as init process");
+        if self.knobs.console_flood_bytes > 0 {
+            self.flood_console(self.knobs.console_flood_bytes);
+        }
+    }
+
+    /// `FAKE_FC_CONSOLE_FLOOD_BYTES`: numbered 64-byte lines, then `console flood done`.
+    fn flood_console(&self, bytes: u64) {
+        let mut out = std::io::stdout().lock();
+        let mut line = 0u64;
+        let mut written = 0u64;
+        while written < bytes {
+            let text = format!("flood {line:016} {}\n", "x".repeat(40));
+            if out.write_all(text.as_bytes()).is_err() {
+                return;
+            }
+            written += text.len() as u64;
+            line += 1;
+        }
+        let _ = out.flush();
+        drop(out);
+        self.console("console flood done");
     }
 
     /// Spawns the agent on `<uds_path>.guest` and a task that notices its exit.

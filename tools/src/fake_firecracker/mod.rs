@@ -84,6 +84,8 @@
 //!   without answering.
 //! - `FAKE_FC_REFUSE_API=TEXT`: every request whose `METHOD /path` contains TEXT answers 400
 //!   with fault_message "fault injected: …" and changes nothing.
+//! - `FAKE_FC_CONSOLE_FLOOD_BYTES=N`: once booted, the guest prints N bytes of numbered lines
+//!   to its console, then `console flood done` (a guest flooding its console).
 
 pub mod guest;
 pub mod http;
@@ -401,10 +403,18 @@ impl Knobs {
         let refuse_api = std::env::var("FAKE_FC_REFUSE_API")
             .ok()
             .filter(|v| !v.is_empty());
+        let console_flood_bytes = match std::env::var("FAKE_FC_CONSOLE_FLOOD_BYTES") {
+            Ok(bytes) => bytes
+                .trim()
+                .parse()
+                .map_err(|_| format!("FAKE_FC_CONSOLE_FLOOD_BYTES={bytes:?} is not a number"))?,
+            Err(_) => 0,
+        };
         Ok(Knobs {
             boot_delay,
             crash_on_boot,
             refuse_api,
+            console_flood_bytes,
             agent: AgentChoice::from_env()?,
         })
     }
