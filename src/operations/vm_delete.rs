@@ -3,7 +3,7 @@
 //!
 //! | step           | intent      | ensure                                                      | undo    |
 //! |----------------|-------------|-------------------------------------------------------------|---------|
-//! | `kill`         | —           | SIGKILL the recorded process (pid + start time), if any     | nothing |
+//! | `kill`         | —           | SIGKILL the recorded process (pid + start time), if any, and remove its socket files | nothing |
 //! | `release-tap`  | the VM's tap | remove the VM's tap (the ledger's, recorded in the parameters; `bt<vm id>` when none was) through banger-helper; a missing one is fine (no helper needed) | nothing |
 //! | `remove-files` | dir `vms/<id>` | remove the VM directory; a missing one is fine           | nothing (irreversible) |
 //!

@@ -4,7 +4,8 @@
 //! | step              | intent | ensure                                                     | undo    |
 //! |-------------------|--------|------------------------------------------------------------|---------|
 //! | `kill`            | —      | SIGKILL the recorded process (pid + start time) and wait   | nothing |
-//! |                   |        | until it is gone; a dead or reused pid is left alone       |         |
+//! |                   |        | until it is gone (a dead or reused pid is left alone), then |         |
+//! |                   |        | remove its socket files                                     |         |
 //! | `release-sockets` | —      | remove the VMM's API and vsock socket files                | nothing |
 //!
 //! Recovery rolls kills forward from the parameters, like stops. Domain events are the

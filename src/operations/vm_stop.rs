@@ -8,8 +8,10 @@
 //! | `sync-guest`      | —      | best effort: the guest agent's `sync` (2 s), so no write is lost  | nothing |
 //! | `shutdown`        | —      | Ctrl-Alt-Del through the API, wait up to `stop_timeout` for the   | nothing |
 //! |                   |        | recorded process to be gone, then SIGKILL it (pid + start time); |         |
-//! |                   |        | a timeout of 0 skips Ctrl-Alt-Del and kills at once              |         |
-//! | `release-sockets` | —      | remove the VMM's API and vsock socket files                       | nothing |
+//! |                   |        | a timeout of 0 skips Ctrl-Alt-Del and kills at once. Once the     |         |
+//! |                   |        | VMM is gone its socket files are removed, so a later failure     |         |
+//! |                   |        | leaves no dead VMM's sockets behind                               |         |
+//! | `release-sockets` | —      | remove the VMM's API and vsock socket files (again: idempotent)   | nothing |
 //!
 //! Every step is harmless on a VM whose process is already gone, so crash recovery rolls
 //! stops forward: it rebuilds the state from the operation's parameters (a `stop.v1` resume
@@ -349,6 +351,7 @@ impl Step<StopState> for Shutdown {
     ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
         Box::pin(async move {
             let Some(p) = alive(state.process) else {
+                release_sockets(cx)?;
                 return Ok(Vec::new());
             };
             let vmm = recorded_vmm(cx.layout, state.vm_id, p);
@@ -366,12 +369,14 @@ impl Step<StopState> for Shutdown {
                     .await
                     .map_err(|e| StepError::Other(format!("cannot watch the VMM: {e}")))?;
                 if gone {
+                    release_sockets(cx)?;
                     return Ok(Vec::new());
                 }
                 tracing::warn!(vm = %state.name, timeout_ms = state.stop_timeout_ms,
                     "the guest did not power off in time; killing the VMM");
             }
             kill_vmm(cx.vmm, &vmm).await?;
+            release_sockets(cx)?;
             Ok(Vec::new())
         })
     }
@@ -383,6 +388,24 @@ impl Step<StopState> for Shutdown {
     ) -> BoxFuture<'a, Result<(), StepError>> {
         Box::pin(async { Ok(()) })
     }
+}
+
+/// Removes the socket files of VM `cx.target`'s VMM (API, vsock, and the fake's guest side).
+/// Every step that ends a VMM calls it as soon as the VMM is gone, so that an operation
+/// failing in a later step never leaves a dead VMM's sockets behind.
+fn release_sockets(cx: &OpCx<'_>) -> Result<(), StepError> {
+    let vm_id = target_vm(cx)?;
+    for socket in [
+        cx.layout.vm_api_socket(vm_id),
+        cx.layout.vm_vsock_socket(vm_id),
+    ] {
+        let socket = path_in_vms(cx.layout, &socket.display().to_string())?;
+        remove_file_if_present(&socket)?;
+        let mut guest = socket.into_os_string();
+        guest.push(".guest");
+        remove_file_if_present(std::path::Path::new(&guest))?;
+    }
+    Ok(())
 }
 
 /// Ends the VMM at once: SIGKILL to the recorded process's group. Shared by kill and delete.
@@ -406,6 +429,7 @@ impl Step<StopState> for KillVmm {
             if let Some(p) = state.process {
                 kill_vmm(cx.vmm, &recorded_vmm(cx.layout, state.vm_id, p)).await?;
             }
+            release_sockets(cx)?;
             Ok(Vec::new())
         })
     }
@@ -437,17 +461,7 @@ impl Step<StopState> for ReleaseSockets {
         _: &'a mut StopState,
     ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
         Box::pin(async move {
-            let vm_id = target_vm(cx)?;
-            for socket in [
-                cx.layout.vm_api_socket(vm_id),
-                cx.layout.vm_vsock_socket(vm_id),
-            ] {
-                let socket = path_in_vms(cx.layout, &socket.display().to_string())?;
-                remove_file_if_present(&socket)?;
-                let mut guest = socket.into_os_string();
-                guest.push(".guest");
-                remove_file_if_present(std::path::Path::new(&guest))?;
-            }
+            release_sockets(cx)?;
             Ok(Vec::new())
         })
     }

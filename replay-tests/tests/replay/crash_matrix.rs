@@ -447,14 +447,9 @@ async fn run_case_on(case: &Case, inputs: &Inputs, daemon: &mut Daemon) -> Resul
             "bangerd ended with {status}, not by the failpoint's abort"
         ));
     }
+    // What the follower was sent before the crash is acknowledged to the outside world; it may
+    // be nothing of this operation (delivery trails the commit, and the abort can come first).
     let followed = follower.await.map_err(|e| format!("the follower: {e}"))?;
-    let op_id = followed
-        .iter()
-        .find_map(|e| match &e.event {
-            Event::OperationStarted(s) if s.kind == case.op.kind() => e.op_id,
-            _ => None,
-        })
-        .ok_or("events.follow never delivered the operation's OperationStarted")?;
     acknowledged.extend(followed.into_iter().filter(|e| e.seq.0 > last));
 
     if let Some(second) = case.recovery_failpoint() {
@@ -470,6 +465,18 @@ async fn run_case_on(case: &Case, inputs: &Inputs, daemon: &mut Daemon) -> Resul
     }
     daemon.start_ready(None);
 
+    // The operation the failpoint interrupted: its `OperationStarted` was durable before any
+    // step could crash, so the log has it after `last`.
+    let op_id = daemon
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e.seq.0 > last)
+        .find_map(|e| match &e.event {
+            Event::OperationStarted(s) if s.kind == case.op.kind() => e.op_id,
+            _ => None,
+        })
+        .ok_or("the log holds no OperationStarted of the interrupted operation")?;
     let mut world = world(daemon).await;
     let outcome = check_ended(&world, op_id, case.op, true)?;
     check_host(daemon, &world).await?;
@@ -903,44 +910,10 @@ fn check_sockets(daemon: &Daemon, world: &World) -> Result<(), String> {
             guest.push(".guest");
             allowed = vec![layout.vm_api_socket(vm.id), vsock, guest.into()];
         }
-        // KNOWN BUG (daemon, not fixed here; found by the storms, e.g. BANGER_CRASH_SEED=4
-        // BANGER_CRASH_ROUNDS=3, and by this matrix's vm.kill mid-undo and undo-twice
-        // cases): an operation that killed the VM's VMM and then failed leaves the dead
-        // VMM's API and vsock sockets in the VM directory, and neither the reconcile after
-        // the failure nor recovery removes them. `vm.delete`'s `kill` step does not release sockets at all (it
-        // counts on `remove-files`), so a delete failing in `release-tap` or `remove-files`
-        // leaves them; so does a stop or kill whose `release-sockets` step fails. Only that
-        // case — a VM that does not run, whose latest operation is a rolled-back delete, kill
-        // or stop — is let through, said out loud; any other stale socket fails.
-        let latest = world.ops.operations.iter().rev().find(
-            |op| matches!(&op.target, banger_events::Target::Vm { vm_id, .. } if *vm_id == vm.id),
-        );
-        let known_bug = vm.state != VmState::Running
-            && latest.is_some_and(|op| {
-                matches!(op.kind, OpKind::VmDelete | OpKind::VmKill | OpKind::VmStop)
-                    && op.status == OpStatus::RolledBack
-            });
-        if known_bug {
-            let vsock = layout.vm_vsock_socket(vm.id);
-            let mut guest = vsock.clone().into_os_string();
-            guest.push(".guest");
-            allowed = vec![layout.vm_api_socket(vm.id), vsock, guest.into()];
-        }
         let entries = std::fs::read_dir(layout.vm_dir(vm.id))
             .map_err(|e| format!("{}'s directory: {e}", vm.name))?;
         for entry in entries.flatten() {
             let is_socket = entry.file_type().is_ok_and(|t| t.is_socket());
-            if is_socket && known_bug && allowed.contains(&entry.path()) {
-                println!(
-                    "KNOWN BUG: {} ({:?}) keeps its dead VMM's socket {} after a failed \
-                     delete, kill or stop (nothing releases the sockets of a VMM killed by an \
-                     operation that then failed)",
-                    vm.name,
-                    vm.state,
-                    entry.path().display()
-                );
-                continue;
-            }
             if is_socket && !allowed.contains(&entry.path()) {
                 return Err(format!(
                     "{} ({:?}) has a stale socket {}",
