@@ -539,7 +539,6 @@ pub fn spawn_idle_sweep(daemon: Arc<Daemon>) {
 
 #[cfg(test)]
 mod tests {
-    use banger_events::{JournalOptions, MemoryLog};
 
     use super::*;
 
@@ -547,14 +546,11 @@ mod tests {
     /// forgets every VM the views no longer have (removed by crash recovery, say).
     #[test]
     fn activity_is_forgotten_with_the_vm() {
-        let journal =
-            Arc::new(Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default()).unwrap());
+        let journal = crate::operations::testing::memory_journal();
         let supervisor = Supervisor::new(
             journal,
             Layout::rooted(std::path::Path::new("/none")),
-            Arc::new(crate::host::vmm::FirecrackerVmm::new(
-                "/nonexistent/firecracker",
-            )),
+            Arc::new(crate::operations::testing::unlaunchable_vmm()),
         );
         for id in 0..100 {
             supervisor.touch(VmId(id));
@@ -571,10 +567,9 @@ mod tests {
     /// shown stopped while its new VMM runs, orphaned).
     #[tokio::test]
     async fn an_exit_report_overtaken_by_a_restart_is_not_recorded() {
-        use banger_events::{HandleAcquired, VmDefined, VmSpec};
+        use banger_events::{HandleAcquired, VmDefined};
 
-        let journal =
-            Arc::new(Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default()).unwrap());
+        let journal = crate::operations::testing::memory_journal();
         let vm_id = VmId(7);
         let process = |pid| Handle::Process {
             pid,
@@ -597,14 +592,7 @@ mod tests {
             .append(vec![NewEvent::new(Event::VmDefined(VmDefined {
                 vm_id,
                 name: "dev".into(),
-                spec: VmSpec {
-                    image: "img".into(),
-                    kernel: "k".into(),
-                    vcpus: 1,
-                    memory_mib: 256,
-                    root_disk_mib: 1,
-                    work_disk_mib: 32,
-                },
+                spec: crate::operations::testing::small_spec("k"),
             }))])
             .await
             .unwrap();
@@ -612,9 +600,7 @@ mod tests {
         let supervisor = Supervisor::new(
             journal.clone(),
             Layout::rooted(std::path::Path::new("/none")),
-            Arc::new(crate::host::vmm::FirecrackerVmm::new(
-                "/nonexistent/firecracker",
-            )),
+            Arc::new(crate::operations::testing::unlaunchable_vmm()),
         );
 
         let from = supervisor

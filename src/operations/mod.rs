@@ -64,6 +64,8 @@ pub mod retry;
 mod runner;
 pub mod store;
 pub mod tap_fill;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod vm_common;
 pub mod vm_create;
 pub mod vm_delete;
@@ -323,7 +325,7 @@ mod invariant_tests {
             target: &target,
             layout,
             network: &network,
-            vmm: &crate::host::vmm::FirecrackerVmm::new("/nonexistent/firecracker"),
+            vmm: &crate::operations::testing::unlaunchable_vmm(),
         };
         let before = snapshot(&layout.state_dir);
         let mut done = Vec::new();
@@ -362,7 +364,7 @@ mod invariant_tests {
             target: &target,
             layout,
             network: &network,
-            vmm: &crate::host::vmm::FirecrackerVmm::new("/nonexistent/firecracker"),
+            vmm: &crate::operations::testing::unlaunchable_vmm(),
         };
         let before = snapshot(&layout.state_dir);
         for step in K::steps().iter().rev() {
@@ -477,7 +479,7 @@ mod invariant_tests {
             target: &kernel,
             layout: &layout,
             network: &network,
-            vmm: &crate::host::vmm::FirecrackerVmm::new("/nonexistent/firecracker"),
+            vmm: &crate::operations::testing::unlaunchable_vmm(),
         };
         let mut state = cx_state;
         for step in <kernel_remove::KernelRemove as OperationKind>::steps() {
@@ -492,7 +494,7 @@ mod invariant_tests {
             target: &image,
             layout: &layout,
             network: &network,
-            vmm: &crate::host::vmm::FirecrackerVmm::new("/nonexistent/firecracker"),
+            vmm: &crate::operations::testing::unlaunchable_vmm(),
         };
         let mut state = image_delete::State { name: "i".into() };
         let steps = <image_delete::ImageDelete as OperationKind>::steps();
@@ -525,7 +527,7 @@ mod invariant_tests {
             target: &kernel,
             layout: &layout,
             network: &network,
-            vmm: &crate::host::vmm::FirecrackerVmm::new("/nonexistent/firecracker"),
+            vmm: &crate::operations::testing::unlaunchable_vmm(),
         };
         for step in <kernel_import::KernelImport as OperationKind>::steps() {
             step.ensure(&mine, &mut state).await.unwrap();

@@ -503,22 +503,13 @@ mod tests {
     use std::path::Path;
     use std::sync::Mutex as StdMutex;
 
-    use banger_events::{JournalOptions, MemoryLog};
-
     use super::*;
     use crate::operations::BoxFuture;
 
     fn runner() -> Runner {
-        let journal = Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default())
-            .expect("open a journal in memory");
-        Runner::new(
-            Arc::new(journal),
-            Layout::rooted(Path::new("/nonexistent")),
-            Arc::new(GuestNetwork::unreachable_for_tests()),
-            Arc::new(crate::host::vmm::FirecrackerVmm::new(
-                "/nonexistent/firecracker",
-            )),
-            Failpoints::none(),
+        crate::operations::testing::runner(
+            crate::operations::testing::memory_journal(),
+            Path::new("/nonexistent"),
         )
     }
 

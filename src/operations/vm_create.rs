@@ -429,12 +429,11 @@ mod tests {
     use std::fs;
     use std::path::Path;
 
-    use banger_events::{JournalOptions, MemoryLog, OpId, Target, VmSpec};
+    use banger_events::{JournalOptions, MemoryLog, OpId, Target};
 
     use super::*;
     use crate::config::Config;
     use crate::host::process::processes_with_argument;
-    use crate::host::vmm::FirecrackerVmm;
     use crate::operations::vm_common::undo_launch;
     use crate::operations::vm_stop::{StopState, VmStop};
     use crate::paths::Layout;
@@ -460,7 +459,7 @@ mod tests {
             banger_events::Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default())
                 .expect("a journal in memory");
         let host = Arc::new(VmHost::new(
-            Arc::new(FirecrackerVmm::new("/nonexistent/firecracker")),
+            Arc::new(crate::operations::testing::unlaunchable_vmm()),
             Config::default(),
             Arc::new(journal),
             layout.clone(),
@@ -469,14 +468,7 @@ mod tests {
             host,
             vm_id: VmId(0x42),
             name: "dev".into(),
-            spec: VmSpec {
-                image: "img".into(),
-                kernel: "k".into(),
-                vcpus: 1,
-                memory_mib: 256,
-                root_disk_mib: 1,
-                work_disk_mib: 32,
-            },
+            spec: crate::operations::testing::small_spec("k"),
             image_rootfs: image.to_path_buf(),
             kernel_path: PathBuf::from("/nonexistent/vmlinux"),
             initrd_path: None,
@@ -505,7 +497,7 @@ mod tests {
             target: &target,
             layout: &layout,
             network: &network,
-            vmm: &FirecrackerVmm::new("/nonexistent/firecracker"),
+            vmm: &crate::operations::testing::unlaunchable_vmm(),
         };
         let mut state = boot_state(&layout, &image);
         let before = snapshot(&layout.state_dir);
@@ -588,7 +580,7 @@ mod tests {
             target: &target,
             layout: &layout,
             network: &network,
-            vmm: &FirecrackerVmm::new("/nonexistent/firecracker"),
+            vmm: &crate::operations::testing::unlaunchable_vmm(),
         };
         undo_launch(&cx, &intent).await.unwrap();
         undo_launch(&cx, &intent).await.unwrap();
@@ -627,7 +619,7 @@ mod tests {
             target: &target,
             layout: &layout,
             network: &network,
-            vmm: &FirecrackerVmm::new("/nonexistent/firecracker"),
+            vmm: &crate::operations::testing::unlaunchable_vmm(),
         };
         let state = StopState {
             vm_id,
@@ -663,10 +655,7 @@ mod tests {
         let layout = Layout::rooted(&dir.path().join("root"));
         fs::create_dir_all(layout.image_dir("img")).unwrap();
         fs::create_dir_all(layout.kernel_dir("k")).unwrap();
-        let journal = Arc::new(
-            banger_events::Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default())
-                .unwrap(),
-        );
+        let journal = crate::operations::testing::memory_journal();
         journal
             .append(vec![
                 NewEvent::new(Event::KernelRegistered(KernelRegistered {
@@ -696,11 +685,11 @@ mod tests {
             journal.clone(),
             layout.clone(),
             Arc::new(crate::host::network::GuestNetwork::unreachable_for_tests()),
-            Arc::new(FirecrackerVmm::new("/nonexistent/firecracker")),
+            Arc::new(crate::operations::testing::unlaunchable_vmm()),
             Failpoints::none(),
         );
         let host = Arc::new(VmHost::new(
-            Arc::new(FirecrackerVmm::new("/nonexistent/firecracker")),
+            Arc::new(crate::operations::testing::unlaunchable_vmm()),
             Config::default(),
             journal.clone(),
             layout.clone(),
