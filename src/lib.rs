@@ -11,5 +11,6 @@ pub mod daemon;
 pub mod host;
 pub mod operations;
 pub mod paths;
+pub mod registry;
 pub mod rpc;
 pub mod size;
