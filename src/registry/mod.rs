@@ -276,26 +276,12 @@ impl Registry {
         let config_json = read_config(&config_file, &resolved.config, &reference)?;
         let (config, platform) = parse_config(&config_json, &resolved, &wanted)?;
 
-        let fetches = resolved
-            .layers
-            .iter()
-            .enumerate()
-            .map(|(index, (layer, compression))| {
-                let session = &session;
-                async move {
-                    let (file, outcome) = session
-                        .fetch_blob(layer, BlobRole::Layer, Some(index), progress)
-                        .await?;
-                    let blob = LayerBlob::new(
-                        layer.digest.clone(),
-                        layer.size,
-                        layer.media_type.clone(),
-                        *compression,
-                        file,
-                    );
-                    Ok::<_, PullError>((blob, outcome))
-                }
-            });
+        // A plain loop, not a lazy `map` over borrowed descriptors: the closure would make the
+        // pull future not `Send` (rustc cannot prove a higher-ranked closure general enough).
+        let mut fetches = Vec::with_capacity(resolved.layers.len());
+        for (index, (layer, compression)) in resolved.layers.iter().enumerate() {
+            fetches.push(session.fetch_layer(index, layer, *compression, progress));
+        }
         let fetched: Vec<(LayerBlob, Outcome)> = futures_util::stream::iter(fetches)
             .buffered(self.config.limits.max_concurrent_downloads.max(1))
             .try_collect()
@@ -608,6 +594,26 @@ impl Session<'_> {
         })
     }
 
+    async fn fetch_layer(
+        &self,
+        index: usize,
+        layer: &Descriptor,
+        compression: Compression,
+        progress: &dyn ProgressSink,
+    ) -> Result<(LayerBlob, Outcome), PullError> {
+        let (file, outcome) = self
+            .fetch_blob(layer, BlobRole::Layer, Some(index), progress)
+            .await?;
+        let blob = LayerBlob::new(
+            layer.digest.clone(),
+            layer.size,
+            layer.media_type.clone(),
+            compression,
+            file,
+        );
+        Ok((blob, outcome))
+    }
+
     /// Makes one blob available through the cache, reporting progress.
     async fn fetch_blob(
         &self,
@@ -733,4 +739,25 @@ async fn read_error_body(mut response: reqwest::Response) -> String {
     }
     body.truncate(MAX_ERROR_BODY_BYTES);
     String::from_utf8_lossy(&body).trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The daemon shares one `Registry` between requests and runs each pull in a spawned
+    /// task; the flattener moves layers to blocking threads.
+    #[test]
+    fn registry_and_pulls_cross_threads() {
+        fn send_sync<T: Send + Sync>(_: &T) {}
+        fn send<T: Send>(_: &T) {}
+        let root = tempfile::tempdir().unwrap();
+        let registry =
+            Registry::new(RegistryConfig::default(), BlobCache::new(root.path())).unwrap();
+        send_sync(&registry);
+        send(&registry.pull("debian", &|_| {}));
+        send(&registry.resolve("debian"));
+        fn layers_cross_threads<L: Send + Sync + Clone, R: Send>() {}
+        layers_cross_threads::<LayerBlob, LayerReader>();
+    }
 }
