@@ -199,7 +199,9 @@ impl LayerBlob {
         );
         let decoder = match self.compression {
             Compression::None => Decoder::Plain(source),
-            Compression::Gzip => Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(source)),
+            Compression::Gzip => {
+                Decoder::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(source)))
+            }
             Compression::Zstd => Decoder::Zstd(zstd::stream::read::Decoder::with_buffer(source)?),
         };
         Ok(LayerReader {
@@ -231,7 +233,8 @@ impl Read for BlobReader {
 
 enum Decoder {
     Plain(BufReader<BlobReader>),
-    Gzip(flate2::bufread::MultiGzDecoder<BufReader<BlobReader>>),
+    /// Boxed: zlib-rs' inflate state makes it twice the size of the others.
+    Gzip(Box<flate2::bufread::MultiGzDecoder<BufReader<BlobReader>>>),
     Zstd(zstd::stream::read::Decoder<'static, BufReader<BlobReader>>),
 }
 
