@@ -79,7 +79,9 @@ const MAX_ERROR_BODY_BYTES: usize = 4096;
 pub struct Registry {
     config: RegistryConfig,
     cache: BlobCache,
-    client: oci_client::Client,
+    /// The hosts oci-client reaches over plain HTTP (the `insecure` ones, as it names them).
+    plain_http: Vec<String>,
+    /// banger's own client, for manifests.
     http: reqwest::Client,
 }
 
@@ -174,6 +176,21 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// An oci-client client. One per pull: oci-client keeps the first credentials it saw for a
+/// registry for the client's whole life, so a long-lived one would go on using credentials the
+/// user has since changed in the docker config file. Building one costs far less than a pull.
+fn oci_client(plain_http: &[String]) -> Result<oci_client::Client, PullError> {
+    oci_client::Client::try_from(ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(plain_http.to_vec()),
+        platform_resolver: None,
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        read_timeout: Some(READ_TIMEOUT),
+        user_agent: USER_AGENT,
+        ..ClientConfig::default()
+    })
+    .map_err(|e| PullError::Client(e.to_string()))
+}
+
 impl Registry {
     pub fn new(config: RegistryConfig, cache: BlobCache) -> Result<Registry, PullError> {
         install_crypto_provider();
@@ -187,15 +204,8 @@ impl Registry {
             }
             plain_http.push(registry);
         }
-        let client = oci_client::Client::try_from(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(plain_http),
-            platform_resolver: None,
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(READ_TIMEOUT),
-            user_agent: USER_AGENT,
-            ..ClientConfig::default()
-        })
-        .map_err(|e| PullError::Client(e.to_string()))?;
+        // Built once here to fail early on a bad TLS setup; each pull builds its own (below).
+        oci_client(&plain_http)?;
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
@@ -217,7 +227,7 @@ impl Registry {
         Ok(Registry {
             config,
             cache,
-            client,
+            plain_http,
             http,
         })
     }
@@ -314,6 +324,7 @@ impl Registry {
         let credentials = credentials::lookup(config_path, &endpoint.registry)?;
         let mut session = Session {
             registry: self,
+            client: oci_client(&self.plain_http)?,
             reference,
             endpoint,
             credentials,
@@ -322,7 +333,7 @@ impl Registry {
         // oci-client asks the registry how it authenticates (GET /v2/) and fetches a token
         // when it uses them; blob requests then carry it, and so do banger's manifest requests.
         let auth = session.credentials.credentials.to_registry_auth();
-        session.bearer = self
+        session.bearer = session
             .client
             .auth(
                 &session.endpoint.reference,
@@ -415,6 +426,7 @@ fn parse_config(
 /// One pull's view of its registry.
 struct Session<'a> {
     registry: &'a Registry,
+    client: oci_client::Client,
     reference: &'a ImageReference,
     endpoint: Endpoint,
     credentials: Lookup,
@@ -642,7 +654,6 @@ impl Session<'_> {
         };
         let open = || async {
             let stream = self
-                .registry
                 .client
                 .pull_blob_stream(
                     &self.endpoint.reference,

@@ -414,31 +414,27 @@ async fn credentials_come_from_the_docker_config_and_a_401_says_how_to_log_in() 
     assert!(cached(anonymous.cache()).is_empty());
 
     // Wrong credentials: refused, and the message says they were.
-    let wrong = tempdir();
-    let mut config = registry.client_config(wrong.path());
+    let dir = tempdir();
+    let mut config = registry.client_config(dir.path());
     config.docker_config = Some(write_docker_config(
-        wrong.path(),
+        dir.path(),
         &registry.host(),
         &encode("alice:wrong"),
     ));
-    let error = puller(config, wrong.path())
-        .pull(&pushed.reference, &|_| {})
-        .await
-        .unwrap_err();
+    let puller = puller(config, dir.path());
+    let error = puller.pull(&pushed.reference, &|_| {}).await.unwrap_err();
     assert!(error.to_string().contains("were refused"), "{error}");
 
-    // The right ones, from a docker config file as `docker login` writes it.
-    let good = tempdir();
-    let mut config = registry.client_config(good.path());
-    config.docker_config = Some(write_docker_config(
-        good.path(),
+    // The right ones, as `docker login` writes them (a URL as the key), read on the next pull
+    // by the same long-lived client: no daemon restart after logging in.
+    write_docker_config(
+        dir.path(),
         &format!("http://{}", registry.host()),
         &encode("alice:s3cret"),
-    ));
-    let authed = puller(config, good.path());
-    let pulled = authed.pull(&pushed.reference, &|_| {}).await.unwrap();
+    );
+    let pulled = puller.pull(&pushed.reference, &|_| {}).await.unwrap();
     assert_eq!(tar_entries(&pulled.layers[0]), vec!["secret"]);
-    assert_eq!(cached(authed.cache()), sorted(pushed.blobs()));
+    assert_eq!(cached(puller.cache()), sorted(pushed.blobs()));
 }
 
 async fn a_mirror_serves_docker_hub_references() {
