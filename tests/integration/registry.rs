@@ -313,6 +313,11 @@ async fn uncompressed_layers_and_hand_built_docker_images_pull() {
         pulled.config.config.as_ref().unwrap().cmd,
         Some(vec!["/bin/sh".to_owned()])
     );
+    // By digest: the same image, nothing downloaded again.
+    let by_digest = format!("{}/banger/plain@{}", registry.host(), oci.manifest_digest);
+    let again = puller.pull(&by_digest, &|_| {}).await.unwrap();
+    assert_eq!(again.manifest_digest, oci.manifest_digest);
+    assert_eq!(again.stats.downloaded_blobs, 0);
     // "x86_64" in a config is amd64 spelled the kernel's way.
     let pulled = puller.pull(&docker.reference, &|_| {}).await.unwrap();
     assert_eq!(pulled.platform.to_string(), "linux/amd64");
