@@ -12,5 +12,6 @@ pub mod host;
 pub mod image;
 pub mod operations;
 pub mod paths;
+pub mod registry;
 pub mod rpc;
 pub mod size;

@@ -12,6 +12,7 @@ mod daemon;
 mod firecracker;
 mod guest;
 mod network;
+mod registry;
 mod support;
 mod vm;
 
@@ -23,6 +24,7 @@ fn main() {
         firecracker::tests(),
         guest::tests(),
         network::tests(),
+        registry::tests(),
         vm::tests(),
     ]);
 }
