@@ -29,8 +29,9 @@ The banger guest agent: answers health, ping, exec and sync requests from the ho
 Usage: banger-agent [--listen ADDR] [--cid CID]
 
 Options:
-  --listen ADDR  Where to listen: vsock:PORT inside a guest, unix:PATH under the fake
-                 firecracker [default: vsock:10789]
+  --listen ADDR  Where to listen: vsock:PORT inside a Firecracker guest, serial:NAME (a
+                 virtio-serial port, e.g. serial:banger.agent) inside a QEMU guest,
+                 unix:PATH under the fake firecracker [default: vsock:10789]
   --cid CID      The vsock CID this guest has, reported by health [env: BANGER_AGENT_CID]
   -h, --help     Print help
   -V, --version  Print version
