@@ -10,6 +10,7 @@
 //! memory = "1GiB"          # sizes: "512M", "4GiB", a bare number is MiB
 //! work_disk = "8GiB"
 //! idle_stop_after = "2h"   # durations: "30s", "5m", "2h", "1d", a bare number is seconds; "0" = never
+//! vmm = "auto"             # the VMM of new VMs: auto, firecracker or qemu (`vm create --vmm` wins)
 //!
 //! [timeouts]
 //! boot = "30s"             # InstanceStart until the guest agent answers
@@ -17,6 +18,9 @@
 //!
 //! [firecracker]
 //! binary = "/usr/local/bin/firecracker"   # BANGER_FIRECRACKER overrides it
+//!
+//! [qemu]
+//! binary = "qemu-system-x86_64"           # BANGER_QEMU overrides it
 //!
 //! [network]
 //! helper_socket = "/run/banger/helper.sock"   # banger-helper's socket; BANGER_HELPER_SOCKET overrides it
@@ -29,6 +33,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::host::backends::VmmChoice;
 use crate::size::parse_size;
 
 const MIB: u64 = 1024 * 1024;
@@ -41,6 +46,8 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// The firecracker binary; `BANGER_FIRECRACKER` wins over the file.
     pub firecracker: PathBuf,
+    /// The QEMU binary (`qemu-system-x86_64`); `BANGER_QEMU` wins over the file.
+    pub qemu: PathBuf,
     pub network: NetworkConfig,
 }
 
@@ -70,6 +77,8 @@ pub struct VmDefaults {
     pub work_disk_mib: u64,
     /// Running VMs idle for longer are stopped; `None` never stops them.
     pub idle_stop_after: Option<Duration>,
+    /// The VMM of a new VM when the request does not name one.
+    pub vmm: VmmChoice,
 }
 
 impl Default for Config {
@@ -80,10 +89,12 @@ impl Default for Config {
                 memory_mib: 1024,
                 work_disk_mib: 8 * 1024,
                 idle_stop_after: None,
+                vmm: VmmChoice::Auto,
             },
             boot_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(15),
             firecracker: PathBuf::from("firecracker"),
+            qemu: PathBuf::from(crate::host::qemu::DEFAULT_QEMU_BINARY),
             network: NetworkConfig {
                 helper_socket: PathBuf::from(DEFAULT_HELPER_SOCKET),
                 bridge: DEFAULT_BRIDGE.to_owned(),
@@ -116,6 +127,8 @@ struct File {
     #[serde(default)]
     firecracker: FirecrackerSection,
     #[serde(default)]
+    qemu: QemuSection,
+    #[serde(default)]
     network: NetworkSection,
 }
 
@@ -126,6 +139,7 @@ struct VmSection {
     memory: Option<SizeText>,
     work_disk: Option<SizeText>,
     idle_stop_after: Option<DurationText>,
+    vmm: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -138,6 +152,12 @@ struct TimeoutsSection {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FirecrackerSection {
+    binary: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct QemuSection {
     binary: Option<PathBuf>,
 }
 
@@ -160,7 +180,8 @@ enum SizeText {
 type DurationText = SizeText;
 
 impl Config {
-    /// Reads `path` (absent: defaults), then applies `BANGER_FIRECRACKER`.
+    /// Reads `path` (absent: defaults), then applies `BANGER_FIRECRACKER`, `BANGER_QEMU` and
+    /// `BANGER_HELPER_SOCKET`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => Some(text),
@@ -183,6 +204,11 @@ impl Config {
             std::env::var_os("BANGER_FIRECRACKER").filter(|value| !value.is_empty())
         {
             config.firecracker = PathBuf::from(binary);
+        }
+        if let Some(binary) =
+            std::env::var_os(crate::host::qemu::QEMU_ENV).filter(|v| !v.is_empty())
+        {
+            config.qemu = PathBuf::from(binary);
         }
         if let Some(socket) =
             std::env::var_os("BANGER_HELPER_SOCKET").filter(|value| !value.is_empty())
@@ -218,8 +244,14 @@ impl Config {
         if let Some(stop) = file.timeouts.stop {
             config.stop_timeout = nonzero("timeouts.stop", duration("timeouts.stop", stop)?)?;
         }
+        if let Some(vmm) = file.vm.vmm {
+            config.vm.vmm = vmm.parse().map_err(|error| format!("vm.vmm: {error}"))?;
+        }
         if let Some(binary) = file.firecracker.binary {
             config.firecracker = binary;
+        }
+        if let Some(binary) = file.qemu.binary {
+            config.qemu = binary;
         }
         if let Some(socket) = file.network.helper_socket {
             if !socket.is_absolute() {
@@ -325,11 +357,14 @@ mod tests {
             memory = "2GiB"
             work_disk = 4096
             idle_stop_after = "2h"
+            vmm = "qemu"
             [timeouts]
             boot = "45s"
             stop = 20
             [firecracker]
             binary = "/opt/fc/firecracker"
+            [qemu]
+            binary = "/opt/qemu/qemu-system-x86_64"
             [network]
             helper_socket = "/run/h.sock"
             bridge = "bangerdev"
@@ -344,6 +379,8 @@ mod tests {
         assert_eq!(config.boot_timeout, Duration::from_secs(45));
         assert_eq!(config.stop_timeout, Duration::from_secs(20));
         assert_eq!(config.firecracker, PathBuf::from("/opt/fc/firecracker"));
+        assert_eq!(config.vm.vmm, VmmChoice::Qemu);
+        assert_eq!(config.qemu, PathBuf::from("/opt/qemu/qemu-system-x86_64"));
         assert_eq!(config.network.helper_socket, PathBuf::from("/run/h.sock"));
         assert_eq!(config.network.bridge, "bangerdev");
         assert_eq!(config.network.tap_pool, 5);
@@ -363,6 +400,8 @@ mod tests {
             ("[network]\nbridge = \"eth0\"", "network.bridge"),
             ("[network]\nhelper_socket = \"helper.sock\"", "absolute"),
             ("[network]\ntap_pool = 100", "network.tap_pool"),
+            ("[vm]\nvmm = \"kvm\"", "vm.vmm: unknown VMM \"kvm\""),
+            ("[qemu]\npath = \"/x\"", "unknown field"),
         ] {
             let error = Config::parse(text).unwrap_err();
             assert!(error.contains(needle), "{text:?} gave {error:?}");

@@ -186,6 +186,11 @@ impl Layout {
         self.vm_dir(vm_id).join("vsock.sock")
     }
 
+    /// The host side of the guest agent's virtio-serial port (QEMU's chardev socket).
+    pub fn vm_agent_socket(&self, vm_id: VmId) -> PathBuf {
+        self.vm_dir(vm_id).join("agent.sock")
+    }
+
     /// The guest's serial console, appended to across restarts.
     pub fn vm_console_log(&self, vm_id: VmId) -> PathBuf {
         self.vm_dir(vm_id).join("console.log")

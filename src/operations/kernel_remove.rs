@@ -223,7 +223,6 @@ mod tests {
     };
 
     use super::*;
-    use crate::host::vmm::FirecrackerVmm;
     use crate::operations::Failpoints;
     use crate::paths::Layout;
 
@@ -265,7 +264,10 @@ mod tests {
             journal,
             layout.clone(),
             Arc::new(crate::host::network::GuestNetwork::unreachable_for_tests()),
-            Arc::new(FirecrackerVmm::new("/nonexistent/firecracker")),
+            Arc::new(crate::host::backends::Backends::firecracker_at(
+                "/nonexistent/firecracker",
+            )),
+            Arc::new(crate::host::guest_agent::AgentLinks::new()),
             Failpoints::none(),
         );
         let refused = run(&runner, OpId(1), "k2".into()).await;

@@ -141,13 +141,15 @@ async fn recover_kind<K: OperationKind>(
         None => "bangerd stopped before the first step".to_owned(),
     };
     let target = action.target().clone();
+    let vmm = runner.vmm_for(&target);
     let cx = OpCx {
         op_id,
         kind: K::KIND,
         target: &target,
         layout: runner.layout(),
         network: runner.network(),
-        vmm: runner.vmm(),
+        vmm: vmm.as_ref(),
+        agents: runner.agents(),
     };
     runner
         .journal()
@@ -367,9 +369,10 @@ mod tests {
             Arc::new(journal),
             layout,
             Arc::new(GuestNetwork::unreachable_for_tests()),
-            Arc::new(crate::host::vmm::FirecrackerVmm::new(
+            Arc::new(crate::host::backends::Backends::firecracker_at(
                 "/nonexistent/firecracker",
             )),
+            Arc::new(crate::host::guest_agent::AgentLinks::new()),
             Failpoints::none(),
         )
     }
