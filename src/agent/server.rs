@@ -75,13 +75,58 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// `PATH` of the clean environment commands start from.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Where the agent listens: `unix:/path/to/socket`, `vsock:PORT`, or `serial:NAME` (the
-/// virtio-serial port of that name, multiplexed: see [`crate::mux`]).
+/// Where the agent listens: `unix:/path/to/socket`, `vsock:PORT`, `serial:NAME` (the
+/// virtio-serial port of that name, multiplexed: see [`crate::mux`]), or `auto`: whichever
+/// transport this guest's VMM gave it (see [`ListenAddr::resolve_auto`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListenAddr {
     Unix(PathBuf),
     Vsock { port: u32 },
     Serial { name: String },
+    Auto,
+}
+
+/// What a VMM that gives the agent a virtio-serial port puts on the kernel command line, so
+/// that an agent listening on `auto` waits for that port (whose name arrives a moment after
+/// boot) instead of taking vsock.
+pub const SERIAL_KERNEL_ARG: &str = "banger.agent=serial";
+
+impl ListenAddr {
+    /// `auto` in a guest: the agent's virtio-serial port when the kernel command line says
+    /// there is one ([`SERIAL_KERNEL_ARG`]) or the port is there already, else vsock on the
+    /// agent's port. Any other address is itself.
+    pub fn resolve_auto(self, kernel_cmdline: &str, serial_port_present: bool) -> ListenAddr {
+        if self != ListenAddr::Auto {
+            return self;
+        }
+        let asked = kernel_cmdline
+            .split_whitespace()
+            .any(|arg| arg == SERIAL_KERNEL_ARG);
+        if asked || serial_port_present {
+            ListenAddr::Serial {
+                name: serial::AGENT_PORT_NAME.to_owned(),
+            }
+        } else {
+            ListenAddr::Vsock {
+                port: crate::protocol::AGENT_VSOCK_PORT,
+            }
+        }
+    }
+
+    /// [`ListenAddr::resolve_auto`] with this guest's `/proc/cmdline` and ports.
+    pub fn resolve(self) -> ListenAddr {
+        if self != ListenAddr::Auto {
+            return self;
+        }
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let present = serial::find_port(
+            Path::new(serial::SYS_VIRTIO_PORTS),
+            serial::AGENT_PORT_NAME,
+            std::time::Duration::ZERO,
+        )
+        .is_ok();
+        self.resolve_auto(&cmdline, present)
+    }
 }
 
 impl FromStr for ListenAddr {
@@ -98,6 +143,8 @@ impl FromStr for ListenAddr {
                 .parse()
                 .map_err(|_| format!("vsock port {port:?} is not a number from 0 to 4294967295"))?;
             Ok(ListenAddr::Vsock { port })
+        } else if s == "auto" {
+            Ok(ListenAddr::Auto)
         } else if let Some(name) = s.strip_prefix("serial:") {
             if name.is_empty() || name.contains('/') {
                 return Err(format!(
@@ -110,7 +157,7 @@ impl FromStr for ListenAddr {
             })
         } else {
             Err(format!(
-                "listen address {s:?} must be unix:PATH, vsock:PORT or serial:NAME"
+                "listen address {s:?} must be unix:PATH, vsock:PORT, serial:NAME or auto"
             ))
         }
     }
@@ -122,6 +169,7 @@ impl fmt::Display for ListenAddr {
             ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
             ListenAddr::Vsock { port } => write!(f, "vsock:{port}"),
             ListenAddr::Serial { name } => write!(f, "serial:{name}"),
+            ListenAddr::Auto => f.write_str("auto"),
         }
     }
 }
@@ -135,10 +183,10 @@ pub enum Listener {
 }
 
 impl Listener {
-    /// Binds `addr`. A stale unix socket file (left by an agent that was killed) is replaced;
-    /// any other file at that path is an error, never deleted.
+    /// Binds `addr` (`auto` resolved first). A stale unix socket file (left by an agent that
+    /// was killed) is replaced; any other file at that path is an error, never deleted.
     pub fn bind(addr: &ListenAddr) -> io::Result<Listener> {
-        match addr {
+        match &addr.clone().resolve() {
             ListenAddr::Unix(path) => {
                 if let Ok(meta) = std::fs::symlink_metadata(path) {
                     use std::os::unix::fs::FileTypeExt;
@@ -155,6 +203,7 @@ impl Listener {
                 name,
                 serial::PORT_APPEAR_TIMEOUT,
             )?)),
+            ListenAddr::Auto => unreachable!("resolved above"),
         }
     }
 }
@@ -1135,5 +1184,34 @@ mod tests {
         assert!("unix:".parse::<ListenAddr>().is_err());
         assert!("tcp:1".parse::<ListenAddr>().is_err());
         assert_eq!(ListenAddr::Vsock { port: 5 }.to_string(), "vsock:5");
+        assert_eq!("auto".parse(), Ok(ListenAddr::Auto));
+        assert_eq!(
+            "serial:banger.agent".parse(),
+            Ok(ListenAddr::Serial {
+                name: "banger.agent".into()
+            })
+        );
+        assert!("serial:".parse::<ListenAddr>().is_err());
+        assert!("serial:../x".parse::<ListenAddr>().is_err());
+    }
+
+    #[test]
+    fn auto_takes_the_transport_the_vmm_gave() {
+        let serial = ListenAddr::Serial {
+            name: serial::AGENT_PORT_NAME.into(),
+        };
+        let vsock = ListenAddr::Vsock {
+            port: crate::protocol::AGENT_VSOCK_PORT,
+        };
+        let qemu = "console=ttyS0 banger.agent=serial root=/dev/vda rw";
+        assert_eq!(ListenAddr::Auto.resolve_auto(qemu, false), serial);
+        assert_eq!(ListenAddr::Auto.resolve_auto("console=ttyS0", true), serial);
+        assert_eq!(ListenAddr::Auto.resolve_auto("console=ttyS0", false), vsock);
+        assert_eq!(
+            ListenAddr::Auto.resolve_auto("banger.agent=serialx", false),
+            vsock
+        );
+        let unix = ListenAddr::Unix("/tmp/a.sock".into());
+        assert_eq!(unix.clone().resolve_auto(qemu, true), unix);
     }
 }

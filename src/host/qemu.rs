@@ -28,7 +28,8 @@
 //!    -smp VCPUS -m MEM_MIB -nodefaults -no-user-config -nographic -no-reboot -S
 //!    -qmp unix:API_SOCKET,server=on,wait=off
 //!    -chardev file,id=console,path=CONSOLE_LOG,append=on -serial chardev:console
-//!    -kernel KERNEL [-initrd INITRD] -append "BOOT_ARGS root=/dev/vda rw [TCG timer args]"
+//!    -kernel KERNEL [-initrd INITRD]
+//!    -append "BOOT_ARGS banger.agent=serial root=/dev/vda rw [TCG timer args]"
 //!    -drive id=rootfs,file=ROOT,format=raw,if=none -device virtio-blk-device,drive=rootfs
 //!    -drive id=work,…                              -device virtio-blk-device,drive=work
 //!    -netdev tap,id=net0,ifname=TAP,script=no,downscript=no
@@ -232,9 +233,14 @@ impl QemuVmm {
     }
 
     /// The kernel command line QEMU passes: the spec's, plus what Firecracker adds for a root
-    /// drive, plus the timer arguments TCG needs.
+    /// drive, plus (with an agent port) what tells an agent listening on `auto` to take the
+    /// virtio-serial port, plus the timer arguments TCG needs.
     pub fn kernel_args(&self, spec: &LaunchSpec) -> String {
         let mut args = spec.boot_args.clone();
+        if spec.agent_serial.is_some() {
+            args.push(' ');
+            args.push_str(banger_agent::server::SERIAL_KERNEL_ARG);
+        }
         if let Some(root) = spec.drives.iter().find(|drive| drive.root) {
             args.push_str(if root.read_only {
                 " root=/dev/vda ro"
@@ -618,7 +624,7 @@ mod tests {
              -qmp unix:/v/api.sock,server=on,wait=off \
              -chardev file,id=console,path=/v/console.log,append=on -serial chardev:console \
              -kernel /v/vmlinux -initrd /v/initrd \
-             -append console=ttyS0 root=/dev/vda rw tsc_early_khz=2000000 lpj=4000000 no_timer_check \
+             -append console=ttyS0 banger.agent=serial root=/dev/vda rw tsc_early_khz=2000000 lpj=4000000 no_timer_check \
              -drive id=rootfs,format=raw,if=none,file=/v/root,,1.ext4 -device virtio-blk-device,drive=rootfs \
              -drive id=work,format=raw,if=none,file=/v/work.ext4 -device virtio-blk-device,drive=work \
              -netdev tap,id=net0,ifname=bt1,script=no,downscript=no \

@@ -1,18 +1,23 @@
 //! What the VM operations share: the services they run against ([`VmHost`]), the boot state
 //! of `vm.create` and `vm.start` ([`BootState`]), the network allocation, and the four boot
 //! steps both kinds run (`launch-firecracker`, `configure`, `instance-start`,
-//! `wait-for-agent`).
+//! `wait-for-agent`). They drive the VM's own backend (`OpCx::vmm`, the one its log records);
+//! the step names are schema and predate QEMU, so `launch-firecracker` launches either VMM.
 //!
 //! | step                 | intent                      | ensure                                           | undo                                                  |
 //! |----------------------|-----------------------------|--------------------------------------------------|-------------------------------------------------------|
-//! | `launch-firecracker` | socket `api.sock`,          | spawn the VMM (own process group) unless the one | SIGKILL the recorded process (pid + start time), and  |
-//! |                      | socket `vsock.sock`         | recorded in the state still runs; produces       | any process whose `--api-sock` is the intended socket |
-//! |                      |                             | `Process{pid,start_time_ticks}` + both sockets   | (a crash before `StepSucceeded`); remove the sockets  |
-//! | `configure`          | —                           | machine config, boot source (kernel command line | nothing (the VMM dies with `launch-firecracker`'s undo)|
-//! |                      |                             | carries the guest IP), root + work drive, vsock  |                                                       |
-//! | `instance-start`     | —                           | InstanceStart (a started instance is fine)       | nothing                                               |
-//! | `wait-for-agent`     | —                           | vsock CONNECT + hello + health, retried until    | nothing                                               |
-//! |                      |                             | the boot timeout; fails at once if the VMM died   |                                                       |
+//! | `launch-firecracker` | socket `api.sock`, and the  | spawn the VMM (own process group) unless the one | SIGKILL the recorded process (pid + start time), and  |
+//! |                      | agent's: `vsock.sock`       | recorded in the state still runs (QEMU: with its | any process the backend launched for the intended     |
+//! |                      | (Firecracker) or            | whole machine, stopped: `-S`); produces          | socket (`--api-sock` / `-qmp unix:…`: a crash before  |
+//! |                      | `agent.sock` (QEMU)         | `Process{pid,start_time_ticks}` + both sockets   | `StepSucceeded`); remove the sockets                  |
+//! | `configure`          | —                           | Firecracker: machine config, boot source (kernel | nothing (the VMM dies with `launch-firecracker`'s undo)|
+//! |                      |                             | command line carries the guest IP), root + work  |                                                       |
+//! |                      |                             | drive, vsock. QEMU: check QMP and the command    |                                                       |
+//! |                      |                             | line are this spec's                             |                                                       |
+//! | `instance-start`     | —                           | InstanceStart / `cont` (a running one is fine)   | nothing                                               |
+//! | `wait-for-agent`     | —                           | agent connect (vsock, or bangerd's serial        | nothing                                               |
+//! |                      |                             | session) + hello + health, retried until the     |                                                       |
+//! |                      |                             | boot timeout; fails at once if the VMM died      |                                                       |
 //!
 //! Invariants:
 //! - Undo acts only inside the VMs directory (`vms/`): a socket path anywhere else in a
@@ -336,13 +341,10 @@ pub struct BootState {
 }
 
 impl BootState {
-    /// What the VMM is told to run; the guest agent is reached over `transport`, which the
-    /// backend decides (vsock for Firecracker, a virtio-serial port for QEMU).
-    pub fn launch_spec(
-        &self,
-        layout: &Layout,
-        transport: AgentTransport,
-    ) -> Result<LaunchSpec, StepError> {
+    /// What `vmm` is told to run; the guest agent is reached over the transport the backend
+    /// gives the guest (vsock for Firecracker, a virtio-serial port for QEMU).
+    pub fn launch_spec(&self, layout: &Layout, vmm: &dyn Vmm) -> Result<LaunchSpec, StepError> {
+        let transport = vmm.agent_transport();
         let allocation = self
             .allocation
             .ok_or_else(|| StepError::Other("the VM has no IP and vsock CID allocated".into()))?;
@@ -358,7 +360,7 @@ impl BootState {
             id: self.vm_id.to_string(),
             api_socket: layout.vm_api_socket(self.vm_id),
             console_log: layout.vm_console_log(self.vm_id),
-            vmm_log: Some(layout.vm_vmm_log(self.vm_id)),
+            vmm_log: Some(layout.vm_vmm_log(self.vm_id, vmm.name())),
             vcpus,
             mem_mib,
             kernel: self.kernel_path.clone(),
@@ -614,7 +616,7 @@ impl Step<BootState> for LaunchFirecracker {
             {
                 return Ok(produced(launched));
             }
-            let spec = state.launch_spec(cx.layout, cx.vmm.agent_transport())?;
+            let spec = state.launch_spec(cx.layout, cx.vmm)?;
             let spawned = cx
                 .vmm
                 .spawn(&spec)
@@ -653,7 +655,7 @@ impl Step<BootState> for Configure {
         state: &'a mut BootState,
     ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
         Box::pin(async move {
-            let spec = state.launch_spec(cx.layout, cx.vmm.agent_transport())?;
+            let spec = state.launch_spec(cx.layout, cx.vmm)?;
             let launched = state.launched()?;
             cx.vmm
                 .configure(launched, &spec)

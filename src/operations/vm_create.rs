@@ -12,8 +12,10 @@
 //! | `instance-start`     | —                                       | see [`super::vm_common`]                            | nothing                                 |
 //! | `wait-for-agent`     | —                                       | see [`super::vm_common`]                            | nothing                                 |
 //!
-//! Domain events: `VmDefined` (state `creating`) goes in the commit of `OperationStarted`, so
-//! the VM is listed while it is being created and its name is visibly taken; `HandleAcquired`
+//! Domain events: `VmDefined` (state `creating`) and `VmBackendChosen` (the VMM chosen before
+//! the request was accepted: `--vmm`, else the config's `vm.vmm`, `auto` by default) go in the
+//! commit of `OperationStarted`, so the VM is listed while it is being created, its name is
+//! visibly taken, and its backend is known to every later step and to crash recovery; `HandleAcquired`
 //! (IP, MAC, CID, tap, VMM process, VM directory, all owned by the VM) and `VmStateChanged` →
 //! `running` go with `OperationSucceeded`; `VmRemoved` goes with `OperationRolledBack`, in a
 //! live rollback and in crash recovery alike (recovery rolls creates back).

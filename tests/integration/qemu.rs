@@ -657,7 +657,8 @@ echo "banger-test-init: modules loaded"
         sleep 0.2
     done
 ) &
-exec /bin/banger-agent --listen serial:banger.agent
+# No --listen: `auto` finds banger.agent=serial on the kernel command line.
+exec /bin/banger-agent
 "#;
 
 fn build_initrd(kernel_tree: &Path, out: &Path) {
