@@ -409,6 +409,52 @@ async fn debian_cloud_kernel_boots_and_its_agent_answers_over_virtio_serial() {
     assert!(console.contains("reboot: Power down"), "{console}");
 }
 
+/// What `vm stop` does when the guest ignores the power button: ask, wait the timeout, kill.
+async fn a_guest_that_ignores_the_power_button_is_killed_after_the_timeout() {
+    let guest = test_guest();
+    let dir = tempfile::tempdir().unwrap();
+    rootfs_file(&dir.path().join("root.img"), 1 << 20);
+    std::fs::write(dir.path().join("work.img"), vec![0u8; 1 << 20]).unwrap();
+    let mut spec = spec(dir.path(), &guest.kernel, Some(guest.initrd.clone()));
+    spec.boot_args.push_str(" banger.test.deaf");
+    let vmm = vmm();
+    let mut spawned = vmm.launch(&spec).await.expect("launch");
+    let _reaper = Reaper(Some(spawned.launched.clone()));
+    let launched = spawned.launched.clone();
+    let links = AgentLinks::new();
+    let endpoint = AgentEndpoint {
+        transport: AgentTransport::VirtioSerial,
+        vsock_socket: dir.path().join("unused"),
+        serial_socket: dir.path().join("agent.sock"),
+    };
+    let stream = links.connect(&endpoint, BOOT_DEADLINE).await.expect("boot");
+    let mut client = AgentClient::handshake(stream, "qemu-test").await.unwrap();
+    client.ping().await.unwrap();
+
+    vmm.shutdown(&launched).await.unwrap();
+    assert!(
+        !vmm.wait_dead(&launched, Duration::from_secs(2))
+            .await
+            .unwrap(),
+        "the guest was told to ignore the power button"
+    );
+    assert_eq!(vmm.kill(&launched).await.unwrap(), KillOutcome::Killed);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(spawned.child.wait().await.unwrap().signal(), Some(9));
+    // Its session ends with it; a connect now fails fast instead of hanging.
+    let err = match links.connect(&endpoint, Duration::from_secs(5)).await {
+        Ok(_) => panic!("an agent answered after its VM was killed"),
+        Err(err) => err,
+    };
+    assert!(
+        !matches!(
+            err,
+            banger::host::guest_agent::AgentConnectError::Timeout { .. }
+        ),
+        "{err}"
+    );
+}
+
 /// The same guest through bangerd and the CLI.
 async fn bangerd_runs_a_qemu_vm_from_create_to_delete() {
     let guest = test_guest();
@@ -522,6 +568,35 @@ async fn bangerd_runs_a_qemu_vm_from_create_to_delete() {
     );
     assert!(process::liveness(process, started_at).unwrap().is_dead());
     let vm_dir = daemon.layout().vm_dir(vm_id(&shown));
+    for socket in ["api.sock", "agent.sock"] {
+        assert!(!vm_dir.join(socket).exists(), "{socket} was left behind");
+    }
+
+    // Started again on its recorded backend (a new QEMU, a new agent session), then killed.
+    let start = cli(&["vm", "start", "q1"]);
+    assert!(
+        start.status.success(),
+        "{start:?}
+{}",
+        daemon.output()
+    );
+    let exec = cli(&["vm", "exec", "q1", "--", "cat", "/proc/uptime"]);
+    assert!(exec.status.success(), "{exec:?}");
+    let shown = call("vm.show", json!({"name": "q1"})).await.unwrap();
+    let (pid, started_at) = (
+        shown["vm"]["process"]["pid"].as_u64().unwrap() as u32,
+        shown["vm"]["process"]["start_time_ticks"].as_u64().unwrap(),
+    );
+    assert!(
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .unwrap()
+            .windows(b"microvm".len())
+            .any(|w| w == b"microvm"),
+        "a QEMU again"
+    );
+    let kill = cli(&["vm", "kill", "q1"]);
+    assert!(kill.status.success(), "{kill:?}");
+    assert!(process::liveness(pid, started_at).unwrap().is_dead());
     for socket in ["api.sock", "agent.sock"] {
         assert!(!vm_dir.join(socket).exists(), "{socket} was left behind");
     }
@@ -644,7 +719,7 @@ for m in virtio_ring virtio virtio_mmio virtio_console virtio_blk button evdev; 
 done
 hostname banger-qemu-test
 echo "banger-test-init: modules loaded"
-(
+grep -q banger.test.deaf /proc/cmdline || (
     while :; do
         for e in /sys/class/input/event*; do
             if [ "$(cat $e/device/name 2>/dev/null)" = "Power Button" ]; then
@@ -804,6 +879,7 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
         tokio a_running_microvm_is_readopted_by_pid_and_start_time_and_killed,
         tokio a_failed_launch_leaves_no_process_and_says_why,
         tokio debian_cloud_kernel_boots_and_its_agent_answers_over_virtio_serial,
+        tokio a_guest_that_ignores_the_power_button_is_killed_after_the_timeout,
         tokio bangerd_runs_a_qemu_vm_from_create_to_delete needs(Root),
     ]
 }
