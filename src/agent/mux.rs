@@ -76,7 +76,8 @@
 //!   consumes. A peer that sends beyond its credit, grants more than it was owed, or sends a
 //!   malformed frame ends the session: at most `STREAM_WINDOW` bytes wait per stream.
 //! - At most [`MAX_STREAMS`] streams per session; the guest refuses more with RESET, the host
-//!   does not open them.
+//!   does not open them. Closed streams linger only until their last frames are written, and
+//!   a host that opens so fast that more than four times that many pile up ends its session.
 //! - Frames carry at most [`MAX_PAYLOAD`] bytes; the decoder holds at most one frame plus one
 //!   read of the transport. While seeking a hello it keeps only a magic's length of bytes.
 //! - What waits to be written is bounded by the same credits; window updates, EOFs, RESETs
@@ -117,6 +118,10 @@ pub const STREAM_WINDOW: u32 = 128 * 1024;
 
 /// Most streams one session has open at once.
 pub const MAX_STREAMS: usize = 32;
+
+/// Most stream entries one side keeps: the live streams, and those whose handles are gone
+/// but whose last frames (EOF, RESET, a refusal) are not written yet.
+const MAX_STREAM_ENTRIES: usize = 4 * MAX_STREAMS;
 
 /// Zero bytes the host sends before its HELLO: more than any frame, so that a guest that was
 /// in the middle of a frame of the previous session completes it and then skips the rest.
@@ -620,6 +625,14 @@ impl State {
                 ));
             }
             self.last_wire_id = id;
+            // Streams whose handles are gone linger until their last frames are written; a
+            // host that opens faster than it reads could make those pile up.
+            if self.streams.len() >= MAX_STREAM_ENTRIES {
+                return Err(format!(
+                    "OPEN of stream {id} with {} streams not yet closed",
+                    self.streams.len()
+                ));
+            }
             if self.live_streams() >= MAX_STREAMS {
                 // Refused, not a violation: the host may race a stream's end.
                 let key = self.add_stream(id, false);

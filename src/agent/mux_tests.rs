@@ -587,6 +587,33 @@ async fn a_flooding_host_cannot_grow_guest_memory() {
 }
 
 #[tokio::test]
+async fn a_host_that_opens_without_reading_cannot_pile_up_refusals() {
+    let mut host = RawHost::start();
+    host.hello(4).await;
+    let mut kept = Vec::new();
+    for id in 1..=MAX_STREAMS as u32 {
+        kept.push(host.open(id).await);
+    }
+    // Refused streams wait for their RESET to be written, which this host never reads.
+    let mut opens = Vec::new();
+    for id in MAX_STREAMS as u32 + 1..=MAX_STREAM_ENTRIES as u32 + 1 {
+        encode_frame(&mut opens, FrameType::Open, id, &[]);
+    }
+    host.send(opens).await;
+    let reset = loop {
+        let frame = host.next_frame().await;
+        if frame.kind == FrameType::Reset && frame.stream == 0 {
+            break String::from_utf8(frame.payload).unwrap();
+        }
+    };
+    assert!(reset.contains("not yet closed"), "{reset}");
+    assert!(
+        kept.iter()
+            .all(|stream| stream.peer_closed().is_cancelled())
+    );
+}
+
+#[tokio::test]
 async fn malformed_frames_from_the_host_reset_the_guest_and_say_why() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (vec![0x42, 0, 0, 0, 0, 0, 0, 0, 0], "unknown frame type"),
