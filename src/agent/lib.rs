@@ -7,6 +7,11 @@
 //!   Firecracker's vsock unix socket, or a local agent under the fake firecracker).
 //! - [`server`]: [`Agent`], what runs in the guest: health, ping, exec with streamed output,
 //!   sync; each connection in its own task; no command outlives its connection.
+//! - [`mux`]: many agent connections over one byte stream (the virtio-serial port a QEMU
+//!   guest has instead of vsock): the host opens a stream per request, the guest serves each
+//!   with the same `serve_connection`; sessions, flow control, limits.
+//! - [`serial`]: the guest's end of that port (found by name under
+//!   `/sys/class/virtio-ports`, read and written by two threads).
 //!
 //! - [`cli`]: the program: arguments (by hand, no clap), logging, runtime, signals. Two thin
 //!   binaries call it: `banger-agent` of the `banger` package (what `cargo install` installs)
@@ -24,7 +29,9 @@
 
 pub mod cli;
 pub mod client;
+pub mod mux;
 pub mod protocol;
+pub mod serial;
 pub mod server;
 
 pub use client::{AgentClient, AgentError, AgentInfo, Exec, ExecEvent, ExecOutput, OutputStream};

@@ -158,6 +158,8 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+    use crate::host::backends::Backends;
+    use crate::host::guest_agent::AgentLinks;
     use crate::paths::Layout;
 
     /// Pool top-ups, creates taking spares and appends, all at once, never deadlock. The
@@ -172,7 +174,8 @@ mod tests {
         let mut config = Config::default();
         config.network.tap_pool = 4;
         let host = Arc::new(VmHost::new(
-            Arc::new(crate::operations::testing::unlaunchable_vmm()),
+            Arc::new(Backends::firecracker_at("/nonexistent/firecracker")),
+            Arc::new(AgentLinks::new()),
             config,
             journal.clone(),
             Layout::rooted(std::path::Path::new("/nonexistent")),

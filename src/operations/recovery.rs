@@ -117,13 +117,15 @@ pub(super) async fn recover_kind<K: OperationKind>(
         None => "bangerd stopped before the first step".to_owned(),
     };
     let target = action.target().clone();
+    let vmm = runner.vmm_for(&target);
     let cx = OpCx {
         op_id,
         kind: K::KIND,
         target: &target,
         layout: runner.layout(),
         network: runner.network(),
-        vmm: runner.vmm(),
+        vmm: vmm.as_ref(),
+        agents: runner.agents(),
     };
     runner
         .journal()

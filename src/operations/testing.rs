@@ -8,6 +8,8 @@ use banger_events::{Journal, JournalOptions, MemoryLog, VmSpec};
 use banger_projections::Projections;
 
 use super::{Failpoints, Runner};
+use crate::host::backends::Backends;
+use crate::host::guest_agent::AgentLinks;
 use crate::host::network::GuestNetwork;
 use crate::host::vmm::FirecrackerVmm;
 use crate::paths::Layout;
@@ -25,6 +27,12 @@ pub fn unlaunchable_vmm() -> FirecrackerVmm {
     FirecrackerVmm::new("/nonexistent/firecracker")
 }
 
+/// Backends whose Firecracker binary does not exist (QEMU as configured): for tests that
+/// never launch a VMM.
+pub fn unlaunchable_backends() -> Arc<Backends> {
+    Arc::new(Backends::firecracker_at("/nonexistent/firecracker"))
+}
+
 /// A runner over `journal` and the store under `root`, with no helper, no VMM and no
 /// failpoints.
 pub fn runner(journal: Arc<Journal<Projections>>, root: &Path) -> Runner {
@@ -32,7 +40,8 @@ pub fn runner(journal: Arc<Journal<Projections>>, root: &Path) -> Runner {
         journal,
         Layout::rooted(root),
         Arc::new(GuestNetwork::unreachable_for_tests()),
-        Arc::new(unlaunchable_vmm()),
+        unlaunchable_backends(),
+        Arc::new(AgentLinks::new()),
         Failpoints::none(),
     )
 }
