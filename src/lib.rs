@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod host;
+pub mod kernel;
 pub mod operations;
 pub mod paths;
 pub mod rpc;
