@@ -35,6 +35,7 @@ use std::io::{self, Read};
 use std::mem;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -403,10 +404,20 @@ fn watch_input_device(path: &Path) {
 
 /// Starts the serving agent: this binary again (it is not PID 1, so it serves).
 fn spawn_agent(args: &[OsString]) -> io::Result<Pid> {
-    let child = Command::new("/proc/self/exe")
-        .args(args)
-        .stdin(Stdio::null())
-        .spawn()?;
+    let mut command = Command::new("/proc/self/exe");
+    command.args(args).stdin(Stdio::null());
+    // SAFETY: the hook only calls pthread_sigmask, which is async-signal-safe. Without it the
+    // child would inherit PID 1's blocked signals (std does not reset the mask), and SIGTERM
+    // would never reach the agent.
+    unsafe {
+        command.pre_exec(|| {
+            let mut empty: libc::sigset_t = mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
     // The child is reaped by the loop's waitpid(-1), not through `Child`, which is dropped
     // without waiting.
     Ok(Pid::from_raw(child.id() as i32))
@@ -548,18 +559,24 @@ fn has_children() -> bool {
 /// Unmounts what can be (innermost first) and remounts the root read-only, so the disks are
 /// clean when the VM ends.
 fn unmount_all() {
-    let keep = ["/", "/proc", "/sys", "/dev"];
+    // The kernel's own filesystems hold no data and stay: unmounting /proc would hide the
+    // list this walks.
+    let kernel_owned = |point: &str| {
+        point == "/"
+            || ["/proc", "/sys", "/dev"]
+                .iter()
+                .any(|kept| point == *kept || point.starts_with(&format!("{kept}/")))
+    };
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let points: Vec<String> = mounts
         .lines()
         .filter_map(|line| line.split(' ').nth(1))
         .map(unescape_mount_path)
-        .filter(|point| !keep.contains(&point.as_str()))
+        .filter(|point| !kernel_owned(point))
         .collect();
     for point in points.iter().rev() {
         if let Err(e) = umount2(point.as_str(), MntFlags::empty())
-            && e != Errno::EINVAL
-            && e != Errno::EBUSY
+            && !matches!(e, Errno::EINVAL | Errno::EBUSY | Errno::ENOENT)
         {
             say!("cannot unmount {point}: {e}");
         }

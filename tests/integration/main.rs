@@ -11,6 +11,7 @@ mod cli;
 mod daemon;
 mod firecracker;
 mod guest;
+mod kernel;
 mod network;
 mod support;
 mod vm;
@@ -22,6 +23,7 @@ fn main() {
         daemon::tests(),
         firecracker::tests(),
         guest::tests(),
+        kernel::tests(),
         network::tests(),
         vm::tests(),
     ]);
