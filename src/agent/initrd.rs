@@ -183,8 +183,21 @@ fn boot(halt: &mut HaltAction, started: Instant) -> Result<Infallible, BootError
     exec_init(&target)
 }
 
-/// Mounts a kernel filesystem unless something is mounted there already (EBUSY: a kernel that
-/// mounts devtmpfs itself, or a second run).
+/// Whether something is mounted on `path`: it lies on another device than its parent (the
+/// test `mountpoint` makes; it needs no /proc, which may not be mounted yet). The root is
+/// always a mount point.
+pub(crate) fn is_mount_point(path: &Path) -> bool {
+    let Some(parent) = path.parent() else {
+        return true;
+    };
+    match (std::fs::symlink_metadata(path), std::fs::metadata(parent)) {
+        (Ok(own), Ok(parent)) => own.is_dir() && own.dev() != parent.dev(),
+        _ => false,
+    }
+}
+
+/// Mounts a kernel filesystem unless something is mounted there already: a second mount of
+/// proc or devtmpfs would not fail, it would stack a copy on the first.
 fn mount_if_absent(
     source: &str,
     target: &str,
@@ -192,6 +205,9 @@ fn mount_if_absent(
     flags: MsFlags,
 ) -> Result<(), BootError> {
     std::fs::create_dir_all(target).map_err(|e| fail(format!("cannot make {target}: {e}")))?;
+    if is_mount_point(Path::new(target)) {
+        return Ok(());
+    }
     match mount(Some(source), target, Some(fstype), flags, None::<&str>) {
         Ok(()) | Err(Errno::EBUSY) => Ok(()),
         Err(e) => Err(fail(format!("cannot mount {fstype} on {target}: {e}"))),
@@ -426,6 +442,15 @@ mod tests {
             "virtio_rng"
         );
         assert_eq!(module_name("evdev"), "evdev");
+    }
+
+    #[test]
+    fn mount_points_are_told_from_plain_directories() {
+        assert!(is_mount_point(Path::new("/")));
+        assert!(is_mount_point(Path::new("/proc")));
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!is_mount_point(dir.path()));
+        assert!(!is_mount_point(&dir.path().join("missing")));
     }
 
     #[test]

@@ -47,7 +47,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, sethostname, sync};
 
 use crate::boot::{GuestBootArgs, Ipv4Cidr};
-use crate::initrd::{halt_machine, say};
+use crate::initrd::{halt_machine, is_mount_point, say};
 
 macro_rules! say {
     ($($arg:tt)*) => { say("banger-agent", format_args!($($arg)*)) };
@@ -155,6 +155,11 @@ fn mount_kernel_filesystems() {
     for (source, target, fstype, flags, data) in mounts {
         if let Err(e) = fs::create_dir_all(target) {
             say!("cannot make {target}: {e}; {fstype} not mounted there");
+            continue;
+        }
+        // The initrd moved /proc, /sys and /dev here already; mounting again would stack a
+        // second copy rather than fail.
+        if is_mount_point(Path::new(target)) {
             continue;
         }
         match mount(Some(source), target, Some(fstype), flags, data) {

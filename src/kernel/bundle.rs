@@ -89,12 +89,51 @@ pub struct BundleFile {
     pub size: u64,
 }
 
+/// A Debian kernel package pinned in banger's kernel catalog: `kernel pull NAME` downloads
+/// it (from the archive's snapshot service, which keeps every file it published) and turns it
+/// into a bundle on the user's host with [`bundle_from_debian_entry`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebianKernelEntry {
+    pub name: String,
+    /// `linux-image-6.1.0-57-cloud-amd64`.
+    pub package: String,
+    /// The package version, `6.1.192-3`.
+    pub version: String,
+    /// Where the .deb is downloaded from.
+    pub url: String,
+    /// The .deb's sha256, checked before anything is converted.
+    pub sha256: String,
+    pub size_bytes: u64,
+}
+
 /// Turns the Debian kernel package `deb` into a bundle at `dest`, whose initrd runs `agent`
 /// (the static banger agent) as its init. `source_url` is recorded in the manifest. `dest`
 /// must not exist; its parent is created.
 pub fn bundle_from_deb(
     deb: &Path,
     source_url: Option<&str>,
+    agent: &Path,
+    dest: &Path,
+) -> Result<BundleManifest, KernelError> {
+    convert(deb, source_url, None, agent, dest)
+}
+
+/// [`bundle_from_deb`] for a package downloaded for a catalog entry: the download must have
+/// the entry's sha256 and be the entry's package and version, or nothing is made.
+pub fn bundle_from_debian_entry(
+    entry: &DebianKernelEntry,
+    downloaded: &Path,
+    agent: &Path,
+    dest: &Path,
+) -> Result<BundleManifest, KernelError> {
+    convert(downloaded, Some(&entry.url), Some(entry), agent, dest)
+}
+
+fn convert(
+    deb: &Path,
+    source_url: Option<&str>,
+    pinned: Option<&DebianKernelEntry>,
     agent: &Path,
     dest: &Path,
 ) -> Result<BundleManifest, KernelError> {
@@ -106,11 +145,36 @@ pub fn bundle_from_deb(
     let agent_bytes = fs::read(agent).map_err(|e| KernelError::io(agent, e))?;
     check_static_agent(agent, &agent_bytes)?;
     let deb_bytes = fs::read(deb).map_err(|e| KernelError::io(deb, e))?;
+    let deb_sha256 = sha256_hex(&deb_bytes);
+    if let Some(pinned) = pinned
+        && pinned.sha256 != deb_sha256
+    {
+        return Err(KernelError::ChecksumMismatch {
+            path: deb.to_owned(),
+            expected: pinned.sha256.clone(),
+            actual: deb_sha256,
+        });
+    }
     let package = read_kernel_package_from(deb_bytes.as_slice(), deb)?;
+    if let Some(pinned) = pinned
+        && (pinned.package != package.info.package || pinned.version != package.info.version)
+    {
+        return Err(KernelError::NotAKernelPackage {
+            path: deb.to_owned(),
+            reason: format!(
+                "it is {} {}, but the catalog entry {} pins {} {}",
+                package.info.package,
+                package.info.version,
+                pinned.name,
+                pinned.package,
+                pinned.version
+            ),
+        });
+    }
     let source = BundleSource::DebianPackage {
         package: package.info.package.clone(),
         version: package.info.version.clone(),
-        sha256: sha256_hex(&deb_bytes),
+        sha256: deb_sha256,
         url: source_url.map(str::to_owned),
     };
     drop(deb_bytes);
@@ -520,6 +584,43 @@ mod tests {
             "{error}"
         );
         assert_eq!(read_manifest(&dest).unwrap(), manifest);
+    }
+
+    #[test]
+    fn a_catalog_entry_pins_the_package_it_converts() {
+        let dir = tempfile::tempdir().unwrap();
+        let deb = fake_kernel_deb(dir.path(), "k.deb", "", None);
+        let agent = fake_static_agent(dir.path());
+        let bytes = std::fs::read(&deb).unwrap();
+        let entry = DebianKernelEntry {
+            name: "debian-test".into(),
+            package: format!("linux-image-{RELEASE}"),
+            version: "6.1.0-test-1".into(),
+            url: "https://snapshot.example/file/0123".into(),
+            sha256: sha256_hex(&bytes),
+            size_bytes: bytes.len() as u64,
+        };
+        let out = dir.path().join("kernels");
+        let wrong_sha = DebianKernelEntry {
+            sha256: "0".repeat(64),
+            ..entry.clone()
+        };
+        let error = bundle_from_debian_entry(&wrong_sha, &deb, &agent, &out.join("k"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("sha256"), "{error}");
+        let wrong_version = DebianKernelEntry {
+            version: "6.1.0-test-2".into(),
+            ..entry.clone()
+        };
+        let error = bundle_from_debian_entry(&wrong_version, &deb, &agent, &out.join("k"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("pins"), "{error}");
+        assert!(!out.exists() || listing(&out).is_empty());
+        let manifest = bundle_from_debian_entry(&entry, &deb, &agent, &out.join("k")).unwrap();
+        let BundleSource::DebianPackage { url, .. } = &manifest.source;
+        assert_eq!(url.as_deref(), Some(entry.url.as_str()));
     }
 
     #[test]

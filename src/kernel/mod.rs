@@ -20,7 +20,9 @@
 //!   dependencies from `.modinfo`, the load order and `modules.dep`.
 //! - [`cpio`] and [`initrd`]: the initrd, whose `/init` is the static banger agent (see
 //!   `banger_agent::boot` for the boot contract it implements).
-//! - [`bundle`]: [`bundle_from_deb`], the whole conversion, and the [`BundleManifest`].
+//! - [`bundle`]: [`bundle_from_deb`], the whole conversion, [`bundle_from_debian_entry`] (the
+//!   same for a pinned catalog entry, checking the download's sha256 and identity first:
+//!   what `kernel pull` calls), and the [`BundleManifest`].
 //! - [`tarball`]: a bundle as a content-addressed zstd tarball and its catalog entry.
 //!
 //! The kernel needs a VMM that describes virtio-mmio devices through ACPI, because Debian's
@@ -45,7 +47,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use bundle::{
-    BundleFile, BundleManifest, BundleSource, MANIFEST_FILE, bundle_from_deb, read_manifest,
+    BundleFile, BundleManifest, BundleSource, DebianKernelEntry, MANIFEST_FILE, bundle_from_deb,
+    bundle_from_debian_entry, read_manifest,
 };
 pub use tarball::{CatalogEntry, PackedBundle, catalog_entry, pack_bundle, unpack_bundle};
 
@@ -82,6 +85,16 @@ pub enum KernelError {
     },
     #[error("the agent {}: {reason}", path.display())]
     Agent { path: PathBuf, reason: String },
+    #[error(
+        "{}: its sha256 is {actual}, but the catalog pins {expected}: a corrupt or \
+         substituted download",
+        path.display()
+    )]
+    ChecksumMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
     #[error("{} already exists; remove it first", path.display())]
     AlreadyExists { path: PathBuf },
     #[error("the bundle {}: {reason}", path.display())]

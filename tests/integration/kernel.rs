@@ -156,6 +156,7 @@ fn bundle(dir: &Path) -> (PathBuf, BundleManifest) {
 
 /// An ext4 image made by `mkfs.ext4 -d` from `root`.
 fn ext4_image(root: &Path, image: &Path) {
+    std::fs::create_dir_all(root).unwrap();
     let output = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-d"])
         .arg(root)
@@ -184,6 +185,15 @@ enum KernelFile {
     BzImage,
 }
 
+/// What a test boots: which kernel file, the disks, the command line, a NIC or not.
+struct Guest<'a> {
+    kernel: KernelFile,
+    root_image: &'a Path,
+    boot_args: &'a GuestBootArgs,
+    with_nic: bool,
+    work_disk: Option<&'a Path>,
+}
+
 /// A QEMU microvm guest, killed when dropped.
 struct Qemu {
     child: Child,
@@ -193,15 +203,14 @@ struct Qemu {
 }
 
 impl Qemu {
-    fn boot(
-        dir: &Path,
-        bundle: &Path,
-        manifest: &BundleManifest,
-        kernel: KernelFile,
-        root_image: &Path,
-        boot_args: &GuestBootArgs,
-        with_nic: bool,
-    ) -> Qemu {
+    fn boot(dir: &Path, bundle: &Path, manifest: &BundleManifest, guest: &Guest<'_>) -> Qemu {
+        let Guest {
+            kernel,
+            root_image,
+            boot_args,
+            with_nic,
+            work_disk,
+        } = *guest;
         let console = dir.join("console.log");
         let qmp = dir.join("qmp.sock");
         let kernel = match kernel {
@@ -229,6 +238,15 @@ impl Qemu {
                 root_image.display()
             ))
             .args(["-device", "virtio-blk-device,drive=root"]);
+        if let Some(work_disk) = work_disk {
+            command
+                .arg("-drive")
+                .arg(format!(
+                    "id=work,file={},format=raw,if=none",
+                    work_disk.display()
+                ))
+                .args(["-device", "virtio-blk-device,drive=work"]);
+        }
         if with_nic {
             command
                 .args(["-netdev", "user,id=net0,restrict=on"])
@@ -390,7 +408,12 @@ fn an_image_without_init_boots_the_agent_as_pid_1() {
     let image = dir.path().join("root.ext4");
     ext4_image(&root, &image);
 
+    // An empty work disk, as vm create makes one.
+    let work = dir.path().join("work.ext4");
+    ext4_image(&dir.path().join("empty"), &work);
+
     let args = GuestBootArgs {
+        work_device: Some("/dev/vdb".into()),
         hostname: Some("kernel-test".into()),
         ip: Some("172.30.0.2/24".parse().unwrap()),
         gateway: Some("172.30.0.1".parse().unwrap()),
@@ -401,10 +424,13 @@ fn an_image_without_init_boots_the_agent_as_pid_1() {
         dir.path(),
         &bundle,
         &manifest,
-        KernelFile::Vmlinux,
-        &image,
-        &args,
-        true,
+        &Guest {
+            kernel: KernelFile::Vmlinux,
+            root_image: &image,
+            boot_args: &args,
+            with_nic: true,
+            work_disk: Some(&work),
+        },
     );
     qemu.wait_for("banger-init: banger-agent");
     qemu.wait_for("banger-init: loaded modules");
@@ -429,6 +455,7 @@ fn an_image_without_init_boots_the_agent_as_pid_1() {
     qemu.wait_for("running as init (PID 1)");
     qemu.wait_for("banger-agent: hostname kernel-test");
     qemu.wait_for("banger-agent: eth0 172.30.0.2/24 via 172.30.0.1");
+    qemu.wait_for("banger-agent: work disk /dev/vdb on /work");
     qemu.wait_for("banger-agent ready on");
 
     // QEMU's graceful stop: the ACPI power button, seen by PID 1, which shuts down cleanly.
@@ -491,10 +518,13 @@ fn an_image_with_an_init_gets_it_from_a_bzimage_boot() {
         dir.path(),
         &bundle,
         &manifest,
-        KernelFile::BzImage,
-        &image,
-        &GuestBootArgs::default(),
-        false,
+        &Guest {
+            kernel: KernelFile::BzImage,
+            root_image: &image,
+            boot_args: &GuestBootArgs::default(),
+            with_nic: false,
+            work_disk: None,
+        },
     );
     qemu.wait_for("banger-init: loaded modules");
     qemu.wait_for("banger-init: mounted the root disk /dev/vda");
@@ -517,10 +547,13 @@ fn an_image_without_init_or_agent_is_refused_on_the_console() {
         dir.path(),
         &bundle,
         &manifest,
-        KernelFile::Vmlinux,
-        &image,
-        &GuestBootArgs::default(),
-        false,
+        &Guest {
+            kernel: KernelFile::Vmlinux,
+            root_image: &image,
+            boot_args: &GuestBootArgs::default(),
+            with_nic: false,
+            work_disk: None,
+        },
     );
     qemu.wait_for(
         "banger-init: FATAL: the image has neither an init (/sbin/init) nor the banger agent",
