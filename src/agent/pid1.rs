@@ -79,7 +79,7 @@ fn shutdown_signals() -> Vec<libc::c_int> {
 /// it listens.
 pub fn main(args: Vec<OsString>) -> ! {
     say!(
-        "banger-agent {} running as init (PID 1)",
+        "version {} running as init (PID 1)",
         crate::server::AGENT_VERSION
     );
     let signals = block_signals();

@@ -78,6 +78,12 @@ pub fn check_static_agent(path: &Path, agent: &[u8]) -> Result<(), KernelError> 
         reason: reason.to_owned(),
     };
     const PT_INTERP: u32 = 3;
+    // The agent is about 3 MB (6 MB unoptimised); anything far bigger is the wrong file, and
+    // the initrd format holds files under 4 GiB only.
+    const MAX_AGENT_BYTES: usize = 256 << 20;
+    if agent.len() > MAX_AGENT_BYTES {
+        return Err(bad("is far too big to be the banger agent (over 256 MiB)"));
+    }
     if agent.len() < 64 || &agent[..4] != b"\x7fELF" {
         return Err(bad("is not an ELF executable"));
     }

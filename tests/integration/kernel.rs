@@ -30,7 +30,7 @@ pub(crate) fn tests() -> Vec<Test> {
     banger_test_harness::tests![
         sync an_image_without_init_boots_the_agent_as_pid_1 needs(Qemu),
         sync an_image_with_an_init_gets_it_from_a_bzimage_boot needs(Qemu),
-        sync an_image_without_init_or_agent_is_refused_on_the_console needs(Qemu),
+        sync refused_boots_say_why_on_the_console_and_power_off needs(Qemu),
     ]
 }
 
@@ -188,7 +188,8 @@ enum KernelFile {
 /// What a test boots: which kernel file, the disks, the command line, a NIC or not.
 struct Guest<'a> {
     kernel: KernelFile,
-    root_image: &'a Path,
+    /// None: no disk at all.
+    root_image: Option<&'a Path>,
     boot_args: &'a GuestBootArgs,
     with_nic: bool,
     work_disk: Option<&'a Path>,
@@ -231,13 +232,16 @@ impl Qemu {
             .arg(&kernel)
             .arg("-initrd")
             .arg(bundle.join(&manifest.initrd.path))
-            .args(["-append", &append])
-            .arg("-drive")
-            .arg(format!(
-                "id=root,file={},format=raw,if=none",
-                root_image.display()
-            ))
-            .args(["-device", "virtio-blk-device,drive=root"]);
+            .args(["-append", &append]);
+        if let Some(root_image) = root_image {
+            command
+                .arg("-drive")
+                .arg(format!(
+                    "id=root,file={},format=raw,if=none",
+                    root_image.display()
+                ))
+                .args(["-device", "virtio-blk-device,drive=root"]);
+        }
         if let Some(work_disk) = work_disk {
             command
                 .arg("-drive")
@@ -426,7 +430,7 @@ fn an_image_without_init_boots_the_agent_as_pid_1() {
         &manifest,
         &Guest {
             kernel: KernelFile::Vmlinux,
-            root_image: &image,
+            root_image: Some(&image),
             boot_args: &args,
             with_nic: true,
             work_disk: Some(&work),
@@ -520,7 +524,7 @@ fn an_image_with_an_init_gets_it_from_a_bzimage_boot() {
         &manifest,
         &Guest {
             kernel: KernelFile::BzImage,
-            root_image: &image,
+            root_image: Some(&image),
             boot_args: &GuestBootArgs::default(),
             with_nic: false,
             work_disk: None,
@@ -535,7 +539,7 @@ fn an_image_with_an_init_gets_it_from_a_bzimage_boot() {
     assert!(!qemu.console_text().contains("banger-agent: "));
 }
 
-fn an_image_without_init_or_agent_is_refused_on_the_console() {
+fn refused_boots_say_why_on_the_console_and_power_off() {
     let dir = scratch();
     let (bundle, manifest) = bundle(dir.path());
     let root = dir.path().join("root");
@@ -549,7 +553,7 @@ fn an_image_without_init_or_agent_is_refused_on_the_console() {
         &manifest,
         &Guest {
             kernel: KernelFile::Vmlinux,
-            root_image: &image,
+            root_image: Some(&image),
             boot_args: &GuestBootArgs::default(),
             with_nic: false,
             work_disk: None,
@@ -566,4 +570,32 @@ fn an_image_without_init_or_agent_is_refused_on_the_console() {
         "{}",
         qemu.console_text()
     );
+    drop(qemu);
+
+    // No disk at all: the wait says what it waits for, then gives up.
+    let no_disk = dir.path().join("no-disk");
+    std::fs::create_dir(&no_disk).unwrap();
+    let mut qemu = Qemu::boot(
+        &no_disk,
+        &bundle,
+        &manifest,
+        &Guest {
+            kernel: KernelFile::Vmlinux,
+            root_image: None,
+            boot_args: &GuestBootArgs {
+                root_wait: Some(Duration::from_secs(2)),
+                ..GuestBootArgs::default()
+            },
+            with_nic: false,
+            work_disk: None,
+        },
+    );
+    qemu.wait_for("banger-init: waiting for the root disk /dev/vda (up to 2 s)");
+    qemu.wait_for(
+        "banger-init: FATAL: the root disk /dev/vda did not appear within 2 s; block devices \
+         the kernel has: none",
+    );
+    qemu.wait_for("banger-init: powering off");
+    let status = qemu.wait_exit();
+    assert!(status.success(), "{status}");
 }
