@@ -14,8 +14,9 @@
 //!  block signals, Ctrl-Alt-Del → SIGINT
 //!  watch power buttons (ACPI) → SIGPWR
 //!  start the agent ────────────────────────────▶ serves the host; runs commands
+//!  start sshd if the image has /usr/sbin/sshd
 //!  loop: reap every child (orphans too);
-//!        restart the agent if it ends
+//!        restart the agent (and sshd) if it ends
 //!  SIGINT/SIGTERM/SIGPWR/SIGUSR2/SIGRTMIN+4:
 //!        TERM everyone, wait, KILL, sync,
 //!        unmount, power off (banger.halt=)
@@ -36,7 +37,7 @@ use std::mem;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -407,13 +408,83 @@ fn watch_input_device(path: &Path) {
     }
 }
 
-/// Starts the serving agent: this binary again (it is not PID 1, so it serves).
-fn spawn_agent(args: &[OsString]) -> io::Result<Pid> {
-    let mut command = Command::new("/proc/self/exe");
-    command.args(args).stdin(Stdio::null());
+/// A long-running child PID 1 keeps alive: the agent, and sshd where the image has one.
+struct Service {
+    name: &'static str,
+    program: PathBuf,
+    args: Vec<OsString>,
+    running: Option<(Pid, Instant)>,
+    start_at: Instant,
+    backoff: Duration,
+}
+
+impl Service {
+    fn new(name: &'static str, program: impl Into<PathBuf>, args: Vec<OsString>) -> Service {
+        Service {
+            name,
+            program: program.into(),
+            args,
+            running: None,
+            start_at: Instant::now(),
+            backoff: Duration::from_secs(1),
+        }
+    }
+
+    /// Starts it if it is not running and its back-off has passed.
+    fn ensure_started(&mut self) {
+        if self.running.is_some() || Instant::now() < self.start_at {
+            return;
+        }
+        match spawn(&self.program, &self.args) {
+            Ok(pid) => self.running = Some((pid, Instant::now())),
+            Err(e) => {
+                say!(
+                    "cannot start {} ({}): {e}; retrying in {} s",
+                    self.name,
+                    self.program.display(),
+                    self.backoff.as_secs()
+                );
+                self.delay_restart();
+            }
+        }
+    }
+
+    /// Notes that `pid` ended, if it was this service, and schedules the restart: at once for
+    /// one that ran a while, less and less often for one that keeps failing.
+    fn reaped(&mut self, pid: Pid, status: &str) {
+        let Some((own, started)) = self.running else {
+            return;
+        };
+        if own != pid {
+            return;
+        }
+        self.running = None;
+        say!("{} ended ({status}); restarting it", self.name);
+        if started.elapsed() > Duration::from_secs(60) {
+            self.backoff = Duration::from_secs(1);
+            self.start_at = Instant::now();
+        } else {
+            self.delay_restart();
+        }
+    }
+
+    fn delay_restart(&mut self) {
+        self.start_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Starts a child with a clean signal mask, a PATH (the kernel gives init none) and no stdin;
+/// its output goes to the console like PID 1's.
+fn spawn(program: &Path, args: &[OsString]) -> io::Result<Pid> {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env("PATH", crate::server::DEFAULT_PATH)
+        .stdin(Stdio::null());
     // SAFETY: the hook only calls pthread_sigmask, which is async-signal-safe. Without it the
     // child would inherit PID 1's blocked signals (std does not reset the mask), and SIGTERM
-    // would never reach the agent.
+    // would never reach it.
     unsafe {
         command.pre_exec(|| {
             let mut empty: libc::sigset_t = mem::zeroed();
@@ -428,25 +499,42 @@ fn spawn_agent(args: &[OsString]) -> io::Result<Pid> {
     Ok(Pid::from_raw(child.id() as i32))
 }
 
-/// Waits for signals forever: reaps children, restarts the agent when it ends, shuts down on
-/// request.
+/// The OpenSSH server, when the image has one: host keys made if missing (`ssh-keygen -A`),
+/// its privilege-separation directory made, then run in the foreground, logging to the
+/// console. None when the image has no sshd.
+fn ssh_service() -> Option<Service> {
+    const SSHD: &str = "/usr/sbin/sshd";
+    let executable = fs::metadata(SSHD).is_ok_and(|m| {
+        m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+    });
+    if !executable {
+        return None;
+    }
+    if let Err(e) = fs::create_dir_all("/run/sshd") {
+        say!("cannot make /run/sshd: {e}");
+    }
+    let keygen = Command::new("/usr/bin/ssh-keygen")
+        .arg("-A")
+        .env("PATH", crate::server::DEFAULT_PATH)
+        .stdin(Stdio::null())
+        .status();
+    if let Err(e) = keygen {
+        say!("cannot make sshd's host keys with ssh-keygen -A: {e}");
+    }
+    // ssh-keygen was reaped by `status`; nothing else runs yet, so no orphan was stolen.
+    say!("starting sshd (the image has {SSHD})");
+    Some(Service::new("sshd", SSHD, vec!["-D".into(), "-e".into()]))
+}
+
+/// Waits for signals forever: reaps children, restarts the services when they end, shuts down
+/// on request.
 fn supervise(args: Vec<OsString>, signals: &libc::sigset_t, boot: &GuestBootArgs) -> ! {
-    let mut agent: Option<(Pid, Instant)> = None;
-    let mut restart_at = Instant::now();
-    let mut backoff = Duration::from_secs(1);
+    // The agent is this binary again: not PID 1, so it serves.
+    let mut services = vec![Service::new("the agent", "/proc/self/exe", args)];
+    services.extend(ssh_service());
     loop {
-        if agent.is_none() && Instant::now() >= restart_at {
-            match spawn_agent(&args) {
-                Ok(pid) => agent = Some((pid, Instant::now())),
-                Err(e) => {
-                    say!(
-                        "cannot start the agent: {e}; retrying in {} s",
-                        backoff.as_secs()
-                    );
-                    restart_at = Instant::now() + backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-            }
+        for service in &mut services {
+            service.ensure_started();
         }
         let signal = wait_signal(signals, Duration::from_secs(1));
         if let Some(signal) = signal
@@ -455,20 +543,8 @@ fn supervise(args: Vec<OsString>, signals: &libc::sigset_t, boot: &GuestBootArgs
             shutdown(&signal_name(signal), boot);
         }
         for (pid, status) in reap() {
-            if let Some((agent_pid, started)) = agent
-                && agent_pid == pid
-            {
-                say!("the agent ended ({status}); restarting it");
-                agent = None;
-                // A long-lived agent that ended is restarted at once; one that keeps failing
-                // is restarted less and less often.
-                if started.elapsed() > Duration::from_secs(60) {
-                    backoff = Duration::from_secs(1);
-                    restart_at = Instant::now();
-                } else {
-                    restart_at = Instant::now() + backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
+            for service in &mut services {
+                service.reaped(pid, &status);
             }
         }
     }

@@ -178,6 +178,23 @@ fn install(source: &Path, root: &Path, path: &str, mode: u32) {
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// A static busybox (busybox-static), for the images' scripts.
+fn busybox() -> &'static Path {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("busybox (apt-get install busybox-static) for the test images' scripts")
+}
+
+/// An executable busybox shell script at `path` in the image.
+fn script(root: &Path, path: &str, body: &str) {
+    let target = root.join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::write(&target, format!("#!/bin/busybox sh\n{body}")).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 /// Which file of the bundle QEMU boots.
 #[derive(Clone, Copy)]
 enum KernelFile {
@@ -406,9 +423,21 @@ fn an_image_without_init_boots_the_agent_as_pid_1() {
     let vmlinux = std::fs::read(bundle.join("vmlinux")).unwrap();
     assert_eq!(&vmlinux[..4], b"\x7fELF");
 
-    // The image: the agent at the contract's path, nothing else.
+    // The image: the agent at the contract's path, and no init. It has an "sshd" (a busybox
+    // script), which PID 1 starts after making host keys, and stops at shutdown.
     let root = dir.path().join("root");
     install(&static_agent(), &root, AGENT_PATH_IN_IMAGE, 0o755);
+    install(busybox(), &root, "/bin/busybox", 0o755);
+    script(
+        &root,
+        "/usr/bin/ssh-keygen",
+        "/bin/busybox echo \"fake-ssh-keygen: $*\"\n",
+    );
+    script(
+        &root,
+        "/usr/sbin/sshd",
+        "/bin/busybox echo \"fake-sshd: $* as pid $$, PATH=$PATH\"\nexec /bin/busybox sleep 1000\n",
+    );
     let image = dir.path().join("root.ext4");
     ext4_image(&root, &image);
 
@@ -461,6 +490,13 @@ fn an_image_without_init_boots_the_agent_as_pid_1() {
     qemu.wait_for("banger-agent: eth0 172.30.0.2/24 via 172.30.0.1");
     qemu.wait_for("banger-agent: work disk /dev/vdb on /work");
     qemu.wait_for("banger-agent ready on");
+    qemu.wait_for("fake-ssh-keygen: -A");
+    qemu.wait_for("fake-sshd: -D -e as pid");
+    assert!(
+        qemu.console_text().contains("PATH=/usr/local/sbin:"),
+        "{}",
+        qemu.console_text()
+    );
 
     // QEMU's graceful stop: the ACPI power button, seen by PID 1, which shuts down cleanly.
     let answer = qemu.qmp("system_powerdown");
@@ -499,22 +535,13 @@ fn an_image_with_an_init_gets_it_from_a_bzimage_boot() {
     // A banger image always carries the agent; the image's own init wins over it.
     let root = dir.path().join("root");
     install(&static_agent(), &root, AGENT_PATH_IN_IMAGE, 0o755);
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.exists())
-        .expect("busybox (apt-get install busybox-static) for the image's init");
-    install(busybox, &root, "/bin/busybox", 0o755);
-    let init = root.join("sbin/init");
-    std::fs::create_dir_all(init.parent().unwrap()).unwrap();
-    std::fs::write(
-        &init,
-        "#!/bin/busybox sh\n\
-         /bin/busybox echo \"image-init: the image's own init runs as pid $$\"\n\
+    install(busybox(), &root, "/bin/busybox", 0o755);
+    script(
+        &root,
+        "/sbin/init",
+        "/bin/busybox echo \"image-init: the image's own init runs as pid $$\"\n\
          /bin/busybox poweroff -f\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let image = dir.path().join("root.ext4");
     ext4_image(&root, &image);
 
