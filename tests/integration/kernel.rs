@@ -34,8 +34,10 @@ pub(crate) fn tests() -> Vec<Test> {
     ]
 }
 
-/// The Debian 12 cloud kernel the SPEC measured.
+/// The Debian 12 cloud kernel the SPEC measured. When the mirror no longer has it (Debian
+/// moved on to a newer ABI), the one `linux-image-cloud-amd64` depends on now is used.
 const KERNEL_PACKAGE: &str = "linux-image-6.1.0-57-cloud-amd64";
+const KERNEL_METAPACKAGE: &str = "linux-image-cloud-amd64";
 
 /// How long any one console line may take to appear.
 const CONSOLE_DEADLINE: Duration = Duration::from_secs(180);
@@ -65,16 +67,26 @@ fn kernel_deb() -> PathBuf {
     }
     let cache = cache_dir();
     std::fs::create_dir_all(&cache).unwrap();
-    let cached = |cache: &Path| -> Option<PathBuf> {
-        std::fs::read_dir(cache)
+    // A cloud kernel package in `dir`: the pinned one if it is there, else any other.
+    let cached = |dir: &Path| -> Option<PathBuf> {
+        let mut packages: Vec<PathBuf> = std::fs::read_dir(dir)
             .ok()?
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .find(|p| {
+            .filter(|p| {
                 p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    n.starts_with(&format!("{KERNEL_PACKAGE}_")) && n.ends_with(".deb")
+                    n.starts_with("linux-image-")
+                        && n.contains("-cloud-amd64_")
+                        && n.ends_with(".deb")
                 })
             })
+            .collect();
+        packages.sort_by_key(|p| {
+            !p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{KERNEL_PACKAGE}_")))
+        });
+        packages.into_iter().next()
     };
     if let Some(deb) = cached(&cache) {
         return deb;
@@ -83,21 +95,51 @@ fn kernel_deb() -> PathBuf {
         .prefix(".download-")
         .tempdir_in(&cache)
         .unwrap();
-    let output = Command::new("apt-get")
-        .args(["download", "-q", KERNEL_PACKAGE])
-        .current_dir(download.path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run apt-get download (the kernel package comes from Debian's archive)");
+    let apt_download = |package: &str| {
+        Command::new("apt-get")
+            .args(["download", "-q", package])
+            .current_dir(download.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run apt-get download (the kernel package comes from Debian's archive)")
+    };
+    let mut output = apt_download(KERNEL_PACKAGE);
+    if !output.status.success() {
+        let current = current_cloud_kernel().unwrap_or_else(|| {
+            panic!(
+                "apt-get download {KERNEL_PACKAGE} failed, and {KERNEL_METAPACKAGE} names no \
+                 kernel (set BANGER_TEST_KERNEL_DEB to a copy): {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+        println!("{KERNEL_PACKAGE} is gone from the mirror; using {current}");
+        output = apt_download(&current);
+    }
     assert!(
         output.status.success(),
-        "apt-get download {KERNEL_PACKAGE} failed (set BANGER_TEST_KERNEL_DEB to a copy): {}",
+        "apt-get download failed (set BANGER_TEST_KERNEL_DEB to a copy): {}",
         String::from_utf8_lossy(&output.stderr)
     );
     let fetched = cached(download.path()).expect("apt-get download wrote the package");
     let deb = cache.join(fetched.file_name().unwrap());
     std::fs::rename(&fetched, &deb).unwrap();
     deb
+}
+
+/// The kernel package `linux-image-cloud-amd64` depends on now.
+fn current_cloud_kernel() -> Option<String> {
+    let output = Command::new("apt-cache")
+        .args(["depends", KERNEL_METAPACKAGE])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| {
+            let package = line.trim().strip_prefix("Depends: ")?;
+            package
+                .starts_with("linux-image-")
+                .then(|| package.to_owned())
+        })
 }
 
 /// A static agent: `BANGER_TEST_STATIC_AGENT`, else built once per process by
@@ -393,8 +435,12 @@ fn an_image_without_init_boots_the_agent_as_pid_1() {
 
     // What the real package gave: the modules in dependency order, a real vmlinux.
     let BundleSource::DebianPackage { package, .. } = &manifest.source;
-    assert_eq!(package, KERNEL_PACKAGE);
-    assert_eq!(manifest.version, "6.1.0-57-cloud-amd64");
+    assert_eq!(package, &format!("linux-image-{}", manifest.version));
+    assert!(
+        manifest.version.ends_with("-cloud-amd64"),
+        "{}",
+        manifest.version
+    );
     let position = |name: &str| {
         manifest
             .modules
