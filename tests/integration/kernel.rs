@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use banger::agent::boot::{AGENT_PATH_IN_IMAGE, GuestBootArgs};
-use banger::kernel::{BundleManifest, BundleSource, bundle_from_deb};
+use banger::kernel::{BundleManifest, BundleSource, CatalogEntry, bundle_from_deb, unpack_bundle};
 use banger_test_harness::Test;
 
 pub(crate) fn tests() -> Vec<Test> {
@@ -429,9 +429,70 @@ fn debugfs_cat(image: &Path, path: &str) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// The catalog's way: `tools/kernel-bundle` packs the package into a tarball and writes its
+/// catalog entry; `unpack_bundle` (what `kernel pull` of a bundle entry runs) unpacks it,
+/// checking the sha256 the entry gives.
+fn bundle_through_the_catalog(dir: &Path) -> (PathBuf, BundleManifest) {
+    let tool = crate::support::workspace_binary("banger-tools", "kernel-bundle");
+    let out = dir.join("dist");
+    let started = Instant::now();
+    let output = Command::new(&tool)
+        .arg("--deb")
+        .arg(kernel_deb())
+        .arg("--agent")
+        .arg(static_agent())
+        .arg("--out")
+        .arg(&out)
+        .args(["--name", "debian-12-cloud", "--catalog-entry"])
+        .output()
+        .expect("run kernel-bundle");
+    assert!(
+        output.status.success(),
+        "kernel-bundle failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!(
+        "kernel-bundle made the tarball in {} ms",
+        started.elapsed().as_millis()
+    );
+    let entry: CatalogEntry = serde_json::from_slice(&output.stdout).expect("a catalog entry");
+    let written: CatalogEntry =
+        serde_json::from_slice(&std::fs::read(out.join("debian-12-cloud.catalog.json")).unwrap())
+            .unwrap();
+    assert_eq!(entry, written);
+    assert_eq!(entry.kind, "bundle");
+    assert_eq!(entry.arch, "x86_64");
+    let tarball = out.join(&entry.tarball_url);
+    assert_eq!(
+        entry.tarball_url,
+        format!("debian-12-cloud-{}.tar.zst", &entry.tarball_sha256[..16])
+    );
+    assert_eq!(std::fs::metadata(&tarball).unwrap().len(), entry.size_bytes);
+    // Only the tarball and the entry: the bundle directory was built aside and removed.
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [entry.tarball_url.as_str(), "debian-12-cloud.catalog.json"]
+    );
+
+    let dest = dir.join("kernels/debian-12-cloud");
+    let manifest = unpack_bundle(
+        std::fs::File::open(&tarball).unwrap(),
+        &entry.tarball_sha256,
+        &dest,
+    )
+    .expect("unpack the tarball");
+    assert_eq!(manifest.version, entry.version);
+    (dest, manifest)
+}
+
 fn an_image_without_init_boots_the_agent_as_pid_1() {
     let dir = scratch();
-    let (bundle, manifest) = bundle(dir.path());
+    let (bundle, manifest) = bundle_through_the_catalog(dir.path());
 
     // What the real package gave: the modules in dependency order, a real vmlinux.
     let BundleSource::DebianPackage { package, .. } = &manifest.source;
