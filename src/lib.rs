@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod host;
 pub mod image;
+pub mod kernel;
 pub mod operations;
 pub mod paths;
 pub mod registry;

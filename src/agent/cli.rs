@@ -128,6 +128,14 @@ fn parse_cid(text: &str, what: &str) -> Result<u32, String> {
 /// The whole `banger-agent` program: what both binaries that carry it (`banger-agent` of the
 /// `banger` package and `banger-guest-agent` of this one) call.
 pub fn main() -> ExitCode {
+    // The boot contract (crate::boot): as the initrd's /init, and as PID 1 of an image with no
+    // init of its own, this program is the guest's init; neither returns.
+    if crate::initrd::is_initramfs_init() {
+        crate::initrd::main();
+    }
+    if std::process::id() == 1 {
+        crate::pid1::main(std::env::args_os().skip(1).collect());
+    }
     let command = parse(std::env::args_os().skip(1), std::env::var_os(CID_ENV));
     let args = match command {
         Ok(Command::Serve(args)) => args,

@@ -17,6 +17,10 @@
 //!   binaries call it: `banger-agent` of the `banger` package (what `cargo install` installs)
 //!   and `banger-guest-agent` of this one (what `tools/build-agent.sh` links statically).
 //!
+//! - [`boot`]: the boot contract (fixed paths, the kernel command line banger writes);
+//!   [`initrd`]: the program as the kernel bundle's initrd init; [`pid1`]: the agent as the
+//!   guest's init when the image has none. `cli::main` picks them when run as PID 1.
+//!
 //! This package is what goes into every guest, statically linked, so it depends on little:
 //! tokio without the daemon's `fs` and `time` features, nix, serde, tracing; never redb,
 //! rtnetlink, clap or anything of banger's daemon (`tests/build.rs` checks it). The client lives
@@ -27,9 +31,12 @@
 //! peer to be the host (there is no authentication: only the host can reach a guest's vsock),
 //! but never trusts its input to be well formed.
 
+pub mod boot;
 pub mod cli;
 pub mod client;
+pub mod initrd;
 pub mod mux;
+pub mod pid1;
 pub mod protocol;
 pub mod serial;
 pub mod server;

@@ -12,6 +12,7 @@ mod cli;
 mod daemon;
 mod firecracker;
 mod guest;
+mod kernel;
 mod network;
 mod qemu;
 mod registry;
@@ -25,6 +26,7 @@ fn main() {
         daemon::tests(),
         firecracker::tests(),
         guest::tests(),
+        kernel::tests(),
         network::tests(),
         registry::tests(),
         qemu::tests(),

@@ -732,8 +732,11 @@ grep -q banger.test.deaf /proc/cmdline || (
         sleep 0.2
     done
 ) &
-# No --listen: `auto` finds banger.agent=serial on the kernel command line.
-exec /bin/banger-agent
+# No --listen: `auto` finds banger.agent=serial on the kernel command line. A child, not PID 1:
+# as PID 1 the agent would be the guest's init and answer the power button itself, and this
+# init's handling of it (or deafness to it) is what these tests drive.
+/bin/banger-agent &
+while :; do wait; sleep 1; done
 "#;
 
 fn build_initrd(kernel_tree: &Path, out: &Path) {

@@ -14,7 +14,7 @@
 //!                 └─ required (CI) ──────────▶ the trial runs and fails with the reason
 //! ```
 //!
-//! `BANGER_REQUIRE_PRIVILEGED=1` (set by `.ci/run`) makes the root tier required. The real
+//! `BANGER_REQUIRE_PRIVILEGED=1` (set by `.ci/run`) makes the root and qemu tiers required. The real
 //! firecracker tier is opt-in: setting `BANGER_FIRECRACKER=/path` is what asks for it, so a
 //! path that does not work fails its trials rather than skipping them.
 //!
@@ -58,15 +58,20 @@ pub enum Tier {
     /// A real firecracker, named by `BANGER_FIRECRACKER`: the tests that need no booted guest
     /// run against it as well as against the fake.
     Firecracker,
+    /// `qemu-system-x86_64` on `PATH`: the tests that boot a real guest kernel (QEMU's microvm
+    /// machine, software emulation where KVM cannot run it). Required where root is (CI
+    /// installs QEMU).
+    Qemu,
 }
 
 impl Tier {
-    pub const ALL: [Tier; 2] = [Tier::Root, Tier::Firecracker];
+    pub const ALL: [Tier; 3] = [Tier::Root, Tier::Firecracker, Tier::Qemu];
 
     pub fn name(self) -> &'static str {
         match self {
             Tier::Root => "root",
             Tier::Firecracker => "firecracker",
+            Tier::Qemu => "qemu",
         }
     }
 
@@ -89,13 +94,19 @@ impl Tier {
                  tests that need no booted guest against it too"
                     .to_owned()
             }),
+            Tier::Qemu => qemu().is_none().then(|| {
+                format!(
+                    "{QEMU} is not on PATH: the tests that boot a real guest kernel need it \
+                     (apt-get install qemu-system-x86; CI installs it)"
+                )
+            }),
         }
     }
 
     /// Whether a missing tier fails its trials instead of skipping them.
     pub fn required(self) -> bool {
         match self {
-            Tier::Root => require_privileged(),
+            Tier::Root | Tier::Qemu => require_privileged(),
             // Setting BANGER_FIRECRACKER is what asks for the tier, so it is never missing
             // when asked for; a path that does not work fails the trials themselves.
             Tier::Firecracker => false,
@@ -108,6 +119,21 @@ pub fn firecracker() -> Option<std::path::PathBuf> {
     std::env::var_os("BANGER_FIRECRACKER")
         .filter(|path| !path.is_empty())
         .map(std::path::PathBuf::from)
+}
+
+/// The QEMU binary the [`Tier::Qemu`] tests boot guests with.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// Where [`QEMU`] is on `PATH`, if it is.
+pub fn qemu() -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(QEMU))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// `BANGER_REQUIRE_PRIVILEGED` is set (to anything but `0` or nothing): a missing root tier
@@ -332,7 +358,9 @@ impl Report {
             );
         }
         if !require_privileged() {
-            println!("  (BANGER_REQUIRE_PRIVILEGED=1 turns a missing root tier into failures)");
+            println!(
+                "  (BANGER_REQUIRE_PRIVILEGED=1 turns a missing root or qemu tier into failures)"
+            );
         }
         if failures.is_empty() {
             Ok(())
