@@ -167,6 +167,16 @@ async fn resolve_prefix(client: &mut Client, prefix: &str) -> Result<OpId, CliEr
     }
 }
 
+/// The events a repair lost, as a person reads them: `lost seq 41..57`, `lost seq 41`, or
+/// `lost seq 41 and any after it` when the damaged file did not say where it ended.
+pub fn lost_range(first: banger_events::Seq, last: Option<banger_events::Seq>) -> String {
+    match last {
+        Some(last) if last > first => format!("lost seq {first}..{last}"),
+        Some(_) => format!("lost seq {first}"),
+        None => format!("lost seq {first} and any after it"),
+    }
+}
+
 /// One human line for an event.
 pub fn event_line(envelope: &Envelope) -> String {
     let op = envelope
@@ -275,6 +285,12 @@ pub fn summary(event: &Event) -> String {
             format!("op {}: {decision}: {}", short_id(&e.op_id), e.reason)
         }
         Event::OrphanFound(e) => format!("{}: {}", e.handle, e.action),
+        Event::LogRepaired(e) => format!(
+            "{}; damaged log kept at {} ({})",
+            lost_range(e.first_lost_seq, e.last_stored_seq),
+            e.backup_path,
+            e.reason
+        ),
     }
 }
 
