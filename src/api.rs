@@ -19,6 +19,9 @@ pub struct PingResult {
     pub log_health: String,
     pub uptime_ms: u64,
     pub state_dir: String,
+    /// bangerd has begun to stop: it takes no new operations and ends every stream.
+    #[serde(default)]
+    pub shutting_down: bool,
 }
 
 /// `daemon.operations.list`
@@ -130,6 +133,10 @@ pub struct EventsParams {
     /// Keep streaming new events; without it the stream ends once it has caught up.
     #[serde(default)]
     pub follow: bool,
+    /// Only events recorded at or after this time (milliseconds since the Unix epoch, compared
+    /// with each envelope's `at_unix_ms`), on top of `since`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_unix_ms: Option<u64>,
 }
 
 /// Final result of a stream that ended because it caught up.

@@ -288,11 +288,11 @@ fn scan(
     let last_stored = log.last_seq().ok();
     let mut next = Seq(1);
     let mut handed = 0u64;
-    let damage = |first_lost_seq: Seq, reason: String| {
+    let damage = |first_lost_seq: Seq, error: &LogError| {
         Diagnosis::Damaged(Damage {
             first_lost_seq,
             last_stored_seq: last_stored.filter(|last| last.0 > 0),
-            reason,
+            reason: reason(first_lost_seq, error),
         })
     };
     loop {
@@ -300,7 +300,7 @@ fn scan(
             Ok(frames) => frames,
             Err(_) => match log.read_frames(next, next, 1) {
                 Ok(frames) => frames,
-                Err(error) => return Ok((damage(next, error.to_string()), handed)),
+                Err(error) => return Ok((damage(next, &error), handed)),
             },
         };
         if frames.is_empty() {
@@ -309,11 +309,10 @@ fn scan(
                 Some(last) if last >= next => (
                     damage(
                         next,
-                        LogError::Corrupt {
+                        &LogError::Corrupt {
                             seq: next,
                             detail: "missing from the sequence".into(),
-                        }
-                        .to_string(),
+                        },
                     ),
                     handed,
                 ),
@@ -326,19 +325,28 @@ fn scan(
                     seq: next,
                     detail: format!("missing (next stored is {key})"),
                 };
-                return Ok((damage(next, error.to_string()), handed));
+                return Ok((damage(next, &error), handed));
             }
             match decode_checked(key, &bytes) {
                 Ok(_) => {}
                 Err(error @ (LogError::UnknownKind { .. } | LogError::NewerSchema { .. })) => {
                     return Err(RepairError::Newer { source: error });
                 }
-                Err(error) => return Ok((damage(next, error.to_string()), handed)),
+                Err(error) => return Ok((damage(next, &error), handed)),
             }
             sink((key, bytes))?;
             handed += 1;
             next = next.next();
         }
+    }
+}
+
+/// What is wrong at `seq`, in a few words (the error's own text goes on to say what to do,
+/// which a record of the repair does not need).
+fn reason(seq: Seq, error: &LogError) -> String {
+    match error {
+        LogError::Corrupt { seq, detail } => format!("seq {seq} is damaged: {detail}"),
+        other => format!("reading seq {seq} failed: {other}"),
     }
 }
 

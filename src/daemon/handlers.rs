@@ -32,6 +32,7 @@ pub async fn ping(daemon: Arc<Daemon>, _: Cx, _: NoParams) -> Result<PingResult,
         },
         uptime_ms: u64::try_from(daemon.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         state_dir: daemon.layout.state_dir.display().to_string(),
+        shutting_down: daemon.shutdown.is_cancelled(),
     })
 }
 

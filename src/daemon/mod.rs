@@ -31,7 +31,7 @@ pub mod dispatch;
 pub mod follow;
 pub mod guest;
 pub mod handlers;
-mod lock;
+pub(crate) mod lock;
 pub mod server;
 pub mod supervisor;
 pub mod tap_pool;
