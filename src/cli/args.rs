@@ -42,8 +42,9 @@ What comes next:
   banger ops                         what is in flight right now
 
 Works today: version, vm run -- CMD, vm create/start/stop/restart/kill/delete/set/list/show/logs/\
-exec/health/ping, image list/show/register/delete, kernel list/show/import/rm, events (and events replay), \
-ops. The other verbs print \"not implemented yet\" and exit 2.";
+exec/health/ping, image list/show/register/delete, kernel list/show/import/rm, events (and events \
+replay, events repair), ops, doctor (its orphan check). The other verbs print \"not implemented \
+yet\" and exit 2.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -881,23 +882,28 @@ pub enum SystemCommand {
 }
 
 const DOCTOR_LONG: &str = "\
-Check everything a VM needs on this host, each with a fix: KVM access, firecracker and jailer \
-(presence and version), the root helper, bridge and NAT, reflink support, device-mapper, DNS for \
-NAME.vm, the default image and kernel, and drift in the security posture (socket permissions, \
-unit hardening).";
+Check banger's host and state, one line per check, each failure with what to do about it; \
+--fix repairs what a check can repair itself; the exit status is 1 when something is wrong. \
+Today's check: orphans, host resources that carry banger's names (taps, VM, kernel and image \
+directories, VMM processes) but that the event log does not know, as a repaired log or a \
+hand-made leftover leaves them; --fix removes them and records each removal in the log. Host \
+checks (KVM, firecracker, the helper, bridge and NAT, reflink, DNS, default image and kernel, \
+security posture) arrive with their milestones.";
 
 const DOCTOR_AFTER: &str = "\
 Examples:
-  banger doctor
-  banger doctor --json
-
-Not implemented yet: arrives with host checks.";
+  banger doctor                      every check, one line each
+  banger doctor --fix                remove the orphans it lists (each removal is an event)
+  banger doctor --json               for scripts: {\"ok\": …, \"checks\": […]}";
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
+    /// Repair what the checks can repair (today: remove orphans)
+    #[arg(long)]
+    pub fix: bool,
 }
 
 const UPDATE_LONG: &str = "\

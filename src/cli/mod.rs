@@ -8,8 +8,8 @@
 //! Code map:
 //! - [`args`]: the clap command tree and all help text.
 //! - [`connect`]: reaching bangerd, autostart.
-//! - `vm`, `catalog` (image, kernel), `events`, `ops`, `replay`, `repair`, `version`: one module per
-//!   group of commands that work; `future`: the verbs that answer "not implemented yet".
+//! - `vm`, `catalog` (image, kernel), `events`, `ops`, `replay`, `repair`, `doctor`, `version`:
+//!   one module per group of commands that work; `future`: the verbs that answer "not implemented yet".
 //! - [`views`], [`format`](mod@format), [`size`](crate::size): how views, times and sizes read.
 //! - [`error`]: errors, how they print, exit statuses.
 //!
@@ -26,6 +26,7 @@ pub mod format;
 pub mod views;
 
 mod catalog;
+mod doctor;
 mod events;
 mod future;
 mod ops;
@@ -95,7 +96,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         },
         Command::Ops(args) => ops::run(args).await,
         Command::System(command) => Err(future::system(&command)),
-        Command::Doctor(_) => Err(future::doctor()),
+        Command::Doctor(args) => doctor::run(args).await,
         Command::Update(_) => Err(future::update()),
         Command::SshConfig(_) => Err(future::ssh_config()),
         Command::Version(args) => version::run(args).await,

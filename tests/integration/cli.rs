@@ -338,7 +338,6 @@ fn unimplemented_verbs_say_so_and_exit_2_without_starting_bangerd() {
         (&["system", "status"], "system status"),
         (&["system", "restart"], "system restart"),
         (&["system", "uninstall"], "system uninstall"),
-        (&["doctor"], "doctor"),
         (&["update"], "update"),
         (&["ssh-config"], "ssh-config"),
     ];
@@ -1372,7 +1371,9 @@ fn find_all(haystack: &[u8], needle: &[u8]) -> Vec<usize> {
 /// turns read-only and says to repair; `events repair` refuses while bangerd runs; after it
 /// stopped, `--dry-run` changes nothing and the repair keeps the damaged file byte for byte;
 /// bangerd then starts on the repaired log (the intact prefix, then log_repaired), rolls back
-/// the operation whose end was lost (its files go with it), and takes writes again.
+/// the operation whose end was lost from what the log still says, `banger doctor` finds what
+/// its lost steps left (the kernel's published files) and `--fix` removes it, and bangerd
+/// takes writes again.
 fn events_repair_gives_a_damaged_log_a_way_forward() {
     let sandbox = Sandbox::new();
     let kernel_dir = sandbox.kernel_dir("kernel-build");
@@ -1492,9 +1493,23 @@ fn events_repair_gives_a_damaged_log_a_way_forward() {
         serde_json::from_value(sandbox.json(&["kernel", "list", "--json"])).expect("kernels");
     let names: Vec<&str> = kernels.iter().map(|k| k.name.as_str()).collect();
     assert_eq!(names, ["k1"]);
-    assert!(sandbox.root().join("state/kernels/k2").exists());
+    let k2_dir = sandbox.root().join("state/kernels/k2");
+    assert!(k2_dir.exists());
+    // `banger doctor` lists those files; `--fix` removes them (recording it), and k2 can be
+    // imported again.
+    let doctor = sandbox.run(&["doctor"]);
+    assert_eq!(doctor.code(), Some(1), "{doctor}");
+    assert!(
+        doctor
+            .stdout()
+            .contains(&format!("directory {}", k2_dir.display())),
+        "{doctor}"
+    );
+    sandbox.ok(&["doctor", "--fix"]);
+    assert!(!k2_dir.exists());
     // And it takes writes.
     sandbox.ok(&["kernel", "import", "k3", "--from", &kernel_dir]);
+    sandbox.ok(&["kernel", "import", "k2", "--from", &kernel_dir]);
     // A second repair finds nothing to do.
     stop_bangerd(&sandbox);
     let again = sandbox.ok(&["events", "repair"]);

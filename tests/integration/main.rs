@@ -9,6 +9,7 @@
 mod agent;
 mod cli;
 mod daemon;
+mod doctor;
 mod firecracker;
 mod guest;
 mod network;
@@ -20,6 +21,7 @@ fn main() {
         agent::tests(),
         cli::tests(),
         daemon::tests(),
+        doctor::tests(),
         firecracker::tests(),
         guest::tests(),
         network::tests(),
