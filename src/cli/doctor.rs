@@ -15,7 +15,9 @@
 //! Adding a check: write a function `fn(&mut Context, Mode) -> BoxFuture<'_, Report>` and
 //! list it in [`CHECKS`], in the order people should read them. A check says `Ok`, `Fail`
 //! (with a `fix` hint, and `items` for what it found), `Fixed` (under [`Mode::Fix`], when it
-//! repaired everything it found) or `Skipped` (it could not look: say why in the summary).
+//! repaired everything it found) or `Skipped` (it could not look: say why in the summary; this
+//! counts as a problem, so a check that does not apply to this host says `Ok` and why). The
+//! exit status is 1 when any check failed or was skipped.
 //! A check that needs bangerd asks [`Context::bangerd`], which connects once (starting
 //! bangerd like any command) and remembers a failure, so every later check can report it
 //! instead of trying again. Checks never print: the runner renders their reports.
@@ -46,7 +48,8 @@ pub enum Status {
     Fixed,
     /// Something is wrong; `fix` says what to do.
     Fail,
-    /// It could not look; the summary says why.
+    /// It could not look; the summary says why. Counts as a problem for the exit status: a
+    /// check that does not apply to this host says `Ok` and why instead.
     Skipped,
 }
 
@@ -132,7 +135,7 @@ pub static CHECKS: &[Check] = &[Check {
 
 #[derive(Serialize)]
 struct Output<'a> {
-    /// True when no check failed.
+    /// True when every check passed (or fixed what it found).
     ok: bool,
     checks: &'a [Report],
 }
@@ -146,7 +149,11 @@ pub async fn run(args: DoctorArgs) -> Result<(), CliError> {
         report.name = check.name;
         reports.push(report);
     }
-    let failed = reports.iter().filter(|r| r.status == Status::Fail).count();
+    // A check that could not look cannot vouch for anything: that is a problem too.
+    let failed = reports
+        .iter()
+        .filter(|r| matches!(r.status, Status::Fail | Status::Skipped))
+        .count();
     if args.json {
         json(&Output {
             ok: failed == 0,
