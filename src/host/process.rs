@@ -288,7 +288,16 @@ mod tests {
             .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let found = processes_with_sockets_under(&dir.path().join("vms"));
+        // `spawn` may return before the child has exec'd (its command line is empty until
+        // then): look until it shows, within a deadline.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let found = loop {
+            let found = processes_with_sockets_under(&dir.path().join("vms"));
+            if !found.is_empty() || Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(found.len(), 1, "{found:?}");

@@ -44,7 +44,7 @@ fn stdout(output: &Output) -> String {
 /// killed.
 fn stand_in_vmm(socket: &Path) -> Child {
     use std::os::unix::process::CommandExt;
-    Command::new("sh")
+    let child = Command::new("sh")
         .arg("-c")
         .arg("read line")
         .arg("stand-in-vmm")
@@ -53,7 +53,19 @@ fn stand_in_vmm(socket: &Path) -> Child {
         .stdin(Stdio::piped())
         .process_group(0)
         .spawn()
-        .expect("start the stand-in VMM")
+        .expect("start the stand-in VMM");
+    // `spawn` may return before the exec: wait until its command line shows.
+    let deadline = Instant::now() + DEADLINE;
+    let needle = socket.as_os_str().as_encoded_bytes();
+    while !std::fs::read(format!("/proc/{}/cmdline", child.id()))
+        .unwrap_or_default()
+        .windows(needle.len())
+        .any(|w| w == needle)
+    {
+        assert!(Instant::now() < deadline, "the stand-in VMM did not start");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child
 }
 
 /// Waits for `child` to exit (killed by the sweep), failing at the deadline.
