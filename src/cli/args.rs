@@ -680,7 +680,8 @@ What comes next:
   banger events --since 10m          what happened in the last ten minutes
   banger events --op 3f2a19c4        one operation's events (an id prefix from `banger ops`)
   banger events --vm dev --json      one VM's events, one JSON object per line
-  banger events replay --log ./events.redb --until 120      the views as they were at 120";
+  banger events replay --log ./events.redb --until 120      the views as they were at 120
+  banger events repair               after damage: keep the intact events, keep the damaged file";
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
