@@ -10,6 +10,7 @@
 mod agent;
 mod cli;
 mod daemon;
+mod doctor;
 mod firecracker;
 mod guest;
 mod kernel;
@@ -24,6 +25,7 @@ fn main() {
         agent::tests(),
         cli::tests(),
         daemon::tests(),
+        doctor::tests(),
         firecracker::tests(),
         guest::tests(),
         kernel::tests(),
