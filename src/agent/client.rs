@@ -15,10 +15,12 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadHalf, WriteHalf};
 
+#[cfg(doc)]
+use super::protocol::MIN_PROTOCOL_VERSION;
 use super::protocol::{
     AgentErrorBody, AgentMessage, ClientMessage, ErrorCode, ExecRequest, ExitStatus, FrameError,
-    FrameKind, Health, MAX_CHUNK_LEN, PROTOCOL_VERSION, RawFrame, StdinMode, read_frame,
-    write_frame, write_message,
+    FrameKind, Health, MAX_CHUNK_LEN, PROTOCOL_VERSION, RawFrame, StdinMode, TTY_PROTOCOL_VERSION,
+    read_frame, write_frame, write_message,
 };
 
 /// Why a call to the agent failed.
@@ -103,8 +105,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
         Self::handshake_as(stream, client_name, PROTOCOL_VERSION).await
     }
 
-    /// Says hello claiming `protocol`. Only useful to test how agents treat other versions.
-    #[doc(hidden)]
+    /// Says hello in `protocol`: a host asks for the oldest version that has what it needs
+    /// ([`MIN_PROTOCOL_VERSION`] for health, ping, sync and exec on pipes;
+    /// [`TTY_PROTOCOL_VERSION`] for an exec with a tty), so that it keeps working with guests
+    /// whose agent is older than itself. The connection then only offers that version's
+    /// requests. Tests also use it to claim versions no agent speaks.
     pub async fn handshake_as(
         stream: S,
         client_name: &str,
@@ -199,8 +204,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
     ///
     /// A program that cannot be started is an [`AgentError::Remote`] with
     /// [`ErrorCode::SpawnFailed`]; the connection stays usable.
+    ///
+    /// With [`ExecRequest::tty`] the command runs on a pseudo-terminal: its output arrives as
+    /// stdout only, [`Exec::write_stdin`] is what the user types, and [`Exec::resize`] follows
+    /// the host terminal's size.
     pub async fn exec(&mut self, request: &ExecRequest) -> Result<Exec<'_, S>, AgentError> {
-        let stdin_open = request.stdin == StdinMode::Pipe;
+        if request.tty.is_some() && self.agent.protocol < TTY_PROTOCOL_VERSION {
+            // An agent of protocol 1 would ignore the tty and run the command on pipes.
+            return Err(AgentError::VersionMismatch {
+                client: self.agent.protocol,
+                agent: Some(self.agent.protocol),
+                detail: format!(
+                    "a command on a tty needs protocol {TTY_PROTOCOL_VERSION}, and this connection speaks protocol {} (agent {})",
+                    self.agent.protocol, self.agent.agent_version
+                ),
+            });
+        }
+        let stdin_open = request.takes_stdin();
         match self.call(&ClientMessage::Exec(request.clone())).await? {
             AgentMessage::ExecStarted { pid } => {
                 // Until `Exited` arrives the connection belongs to this command.
@@ -349,16 +369,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Exec<'_, S> {
         Ok(())
     }
 
-    /// Sends `signal` to the command's process group (Ctrl-C forwarding, say).
+    /// Sends `signal` to the command's process group (Ctrl-C forwarding, say); with a tty, to
+    /// the terminal's foreground process group.
     pub async fn signal(&mut self, signal: Signal) -> Result<(), AgentError> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        send_signal(&mut self.client.writer, signal).await
+    }
+
+    /// Sets the size of the command's terminal (only with a tty); the guest's foreground
+    /// process group gets SIGWINCH.
+    pub async fn resize(&mut self, rows: u16, cols: u16) -> Result<(), AgentError> {
         if self.status.is_some() {
             return Ok(());
         }
         write_message(
             &mut self.client.writer,
-            &ClientMessage::Signal {
-                signal: signal as i32,
-            },
+            &ClientMessage::Resize { rows, cols },
         )
         .await?;
         Ok(())
@@ -430,12 +458,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ExecStdin<'_, S> {
         send_stdin(self.writer, data).await
     }
 
-    /// Ends the command's stdin; harmless when it is already closed.
+    /// Ends the command's stdin; harmless when it is already closed. On a tty this types the
+    /// terminal's end-of-file character.
     pub async fn close(&mut self) -> Result<(), AgentError> {
         if *self.open {
             write_message(self.writer, &ClientMessage::StdinClose).await?;
             *self.open = false;
         }
+        Ok(())
+    }
+
+    /// Sends `signal` to the command (see [`Exec::signal`]). One that crosses the command's
+    /// exit is dropped by the agent.
+    pub async fn signal(&mut self, signal: Signal) -> Result<(), AgentError> {
+        send_signal(self.writer, signal).await
+    }
+
+    /// Sets the size of the command's terminal (see [`Exec::resize`]).
+    pub async fn resize(&mut self, rows: u16, cols: u16) -> Result<(), AgentError> {
+        write_message(self.writer, &ClientMessage::Resize { rows, cols }).await?;
         Ok(())
     }
 }
@@ -492,6 +533,20 @@ async fn next_event<R: AsyncRead + Unpin>(reader: &mut R) -> Result<ExecEvent, A
             frame.kind
         ))),
     }
+}
+
+async fn send_signal<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    signal: Signal,
+) -> Result<(), AgentError> {
+    write_message(
+        writer,
+        &ClientMessage::Signal {
+            signal: signal as i32,
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 async fn send_stdin<W: AsyncWrite + Unpin>(writer: &mut W, data: &[u8]) -> Result<(), AgentError> {

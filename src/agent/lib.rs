@@ -5,8 +5,11 @@
 //!   frame layout and the conversation.
 //! - [`client`]: [`AgentClient`], used by bangerd over a stream it already connected (through
 //!   Firecracker's vsock unix socket, or a local agent under the fake firecracker).
-//! - [`server`]: [`Agent`], what runs in the guest: health, ping, exec with streamed output,
-//!   sync; each connection in its own task; no command outlives its connection.
+//! - [`server`]: [`Agent`], what runs in the guest: health, ping, exec with streamed output
+//!   (on pipes, or on a pseudo-terminal), sync; each connection in its own task; no command
+//!   outlives its connection.
+//! - [`pty`]: the pseudo-terminal of an exec with a tty: the pair, the session the command
+//!   leads, window sizes, and killing a whole session.
 //! - [`mux`]: many agent connections over one byte stream (the virtio-serial port a QEMU
 //!   guest has instead of vsock): the host opens a stream per request, the guest serves each
 //!   with the same `serve_connection`; sessions, flow control, limits.
@@ -38,11 +41,13 @@ pub mod initrd;
 pub mod mux;
 pub mod pid1;
 pub mod protocol;
+pub mod pty;
 pub mod serial;
 pub mod server;
 
 pub use client::{AgentClient, AgentError, AgentInfo, Exec, ExecEvent, ExecOutput, OutputStream};
 pub use protocol::{
     AGENT_VSOCK_PORT, ErrorCode, ExecRequest, ExitStatus, Health, PROTOCOL_VERSION, StdinMode,
+    TtyRequest,
 };
 pub use server::{AGENT_VERSION, Agent, ListenAddr, Listener};

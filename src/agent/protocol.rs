@@ -28,28 +28,59 @@
 //!
 //! ```text
 //!  host                                   agent
-//!   | -- hello {protocol: 1, client} -----> |   first frame, always
-//!   | <-- hello {protocol: 1, agent_version} |   or error {code: version_mismatch}, then close
+//!   | -- hello {protocol: 2, client} -----> |   first frame, always
+//!   | <-- hello {protocol: 2, agent_version} |   or error {code: version_mismatch}, then close
 //!   |                                        |
 //!   | -- health | ping {nonce} | sync -----> |   any number of requests, one at a time
 //!   | <-- health | pong {nonce} | synced --- |   (or error {code, message}; the connection lives on)
 //!   |                                        |
-//!   | -- exec {argv, env, cwd, stdin} -----> |
+//!   | -- exec {argv, env, cwd, stdin, tty} > |
 //!   | <-- exec_started {pid} --------------- |   or error {code: spawn_failed | bad_request}
-//!   | -- stdin bytes … stdin_close --------> |   only when exec asked for stdin: "pipe"
+//!   | -- stdin bytes … stdin_close --------> |   only when exec asked for stdin: "pipe" or a tty
 //!   | -- signal {signal} ------------------> |   optional, any time while it runs
-//!   | <-- stdout / stderr bytes … ---------- |   as the command writes them
-//!   | <-- exited {status} ------------------ |   after the command exited and both output
-//!   |                                        |   pipes reached end of file
-//!   | -- (stdin bytes …) stdin_close ------> |   with a stdin pipe, if not sent yet: the
-//!   |                                        |   agent drops them without an answer
+//!   | -- resize {rows, cols} --------------> |   optional, only with a tty
+//!   | <-- stdout / stderr bytes … ---------- |   as the command writes them (a tty: stdout only)
+//!   | <-- exited {status} ------------------ |   after the command exited and its output was
+//!   |                                        |   forwarded (see below)
+//!   | -- (stdin bytes …) stdin_close ------> |   with a stdin pipe or a tty, if not sent yet:
+//!   |                                        |   the agent drops them without an answer
 //! ```
 //!
 //! `exited` does not wait for `stdin_close`: a command that ignores its stdin ends when it
-//! ends, however long the host's input would have lasted. A host with a stdin pipe sends
-//! `stdin_close` once, before or after `exited`, and nothing else of the command's after it.
+//! ends, however long the host's input would have lasted. A host with a stdin pipe (or a tty)
+//! sends `stdin_close` once, before or after `exited`, and nothing else of the command's after
+//! it. A `signal` or `resize` that crosses `exited` on the wire is dropped too.
 //!
-//! Closing the connection while a command runs kills the command's whole process group.
+//! Without a tty the command's stdin is `/dev/null` or a pipe, its stdout and stderr two pipes,
+//! and it is over when it exited and both pipes reached end of file (a background process that
+//! keeps them open keeps the exec going, as with ssh). A `signal` goes to its process group.
+//!
+//! With `tty: {rows, cols, term}` the agent opens a pseudo-terminal of that size and starts the
+//! command as the leader of a new session whose controlling terminal it is, with stdin, stdout
+//! and stderr on it; `TERM` is `term`. Everything the command writes comes back as stdout
+//! frames (the terminal merges the two streams, and turns `\n` into `\r\n` as terminals do);
+//! stdin frames are what the user typed, raw, so the terminal's line discipline in the guest
+//! echoes, edits lines and turns ^C into SIGINT. `resize` sets the terminal's size, which
+//! sends SIGWINCH to its foreground process group; `signal` goes to that foreground process
+//! group (where a ^C typed on it would go), or the command's own when there is none;
+//! `stdin_close` types the terminal's end-of-file character (^D). The command is over when it
+//! exited: what it wrote is forwarded, then `exited` goes out without waiting for background
+//! processes that still hold the terminal (as ssh -t does); they get the terminal's hangup.
+//!
+//! Closing the connection while a command runs kills the command's whole process group, and
+//! with a tty every process of its session.
+//!
+//! # Versions
+//!
+//! Each protocol version only adds to the one before: version 2 added `tty` to exec and the
+//! `resize` message ([`TTY_PROTOCOL_VERSION`]). An agent serves clients from
+//! [`MIN_PROTOCOL_VERSION`] to [`PROTOCOL_VERSION`] and answers the hello with the client's
+//! version; a client refuses an agent that answers with another version than the one it asked
+//! for, and an older agent refuses a newer client. So the host asks for the oldest version
+//! that has what a request needs (bangerd: version 1, except for an exec with a tty), which
+//! keeps guests whose agent is older than the host working, and a request the guest cannot
+//! honour (a tty, which an agent of version 1 would silently ignore) is refused with a
+//! `version_mismatch` naming both versions, never sent.
 //!
 //! Errors the agent sends carry a stable [`ErrorCode`]. Malformed JSON, an unknown frame kind or
 //! an unknown request type are answered with an error and the connection stays usable, because
@@ -62,8 +93,15 @@ use std::io;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Version of this protocol. Both sides refuse a peer that speaks another one.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of this protocol (see "Versions" above): what this client asks for, and the newest
+/// the agent serves.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest client version the agent still serves (every later version only adds to it).
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+/// The first version with `tty` on exec and the `resize` message.
+pub const TTY_PROTOCOL_VERSION: u32 = 2;
 
 /// The vsock port the agent listens on inside a guest.
 pub const AGENT_VSOCK_PORT: u32 = 10789;
@@ -204,8 +242,8 @@ pub async fn write_message<W: AsyncWrite + Unpin, M: Serialize>(
     write_frame(writer, FrameKind::Message, &body).await
 }
 
-/// What the host sends. `stdin_close` and `signal` are only valid while a command runs;
-/// everything else only while none does.
+/// What the host sends. `stdin_close`, `signal` and `resize` are only valid while a command
+/// runs (`resize` only with a tty); everything else only while none does.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
@@ -222,9 +260,16 @@ pub enum ClientMessage {
     Sync,
     /// No more stdin: the agent closes the command's stdin once what was sent is written.
     StdinClose,
-    /// Sends a signal to the running command's process group.
+    /// Sends a signal to the running command's process group (with a tty: to the terminal's
+    /// foreground process group).
     Signal {
         signal: i32,
+    },
+    /// The host's terminal changed size: the agent sets the command's terminal to it, which
+    /// sends SIGWINCH to the terminal's foreground process group. Protocol 2.
+    Resize {
+        rows: u16,
+        cols: u16,
     },
 }
 
@@ -238,6 +283,7 @@ impl ClientMessage {
         "sync",
         "stdin_close",
         "signal",
+        "resize",
     ];
 }
 
@@ -294,7 +340,25 @@ pub struct ExecRequest {
     pub cwd: Option<String>,
     #[serde(default)]
     pub stdin: StdinMode,
+    /// Run the command on a pseudo-terminal (protocol 2). With one, `stdin` is ignored: the
+    /// terminal is the command's stdin, fed by stdin frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TtyRequest>,
 }
+
+/// The pseudo-terminal an exec asks for: its size and the terminal type the host's terminal
+/// is (`TERM`), so that full-screen programs in the guest draw for the right terminal.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtyRequest {
+    pub rows: u16,
+    pub cols: u16,
+    /// `TERM` for the command (the request's `env` may still override it); none: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<String>,
+}
+
+/// Longest `TERM` value an exec may ask for (real ones are a few dozen bytes).
+pub const MAX_TERM_LEN: usize = 128;
 
 impl ExecRequest {
     /// A request for `argv` with no extra environment, the default directory and no stdin.
@@ -324,6 +388,21 @@ impl ExecRequest {
         self
     }
 
+    /// Runs the command on a pseudo-terminal of `rows` x `cols` with `TERM=term`.
+    pub fn tty(mut self, rows: u16, cols: u16, term: Option<&str>) -> ExecRequest {
+        self.tty = Some(TtyRequest {
+            rows,
+            cols,
+            term: term.map(str::to_owned),
+        });
+        self
+    }
+
+    /// Whether the host may send stdin frames for this command (a stdin pipe, or a tty).
+    pub fn takes_stdin(&self) -> bool {
+        self.tty.is_some() || self.stdin == StdinMode::Pipe
+    }
+
     /// Checks what the agent checks before spawning, so a caller can fail early with the same
     /// message.
     pub fn validate(&self) -> Result<(), String> {
@@ -349,6 +428,17 @@ impl ExecRequest {
         {
             return Err(format!(
                 "working directory {cwd:?} must be an absolute path"
+            ));
+        }
+        if let Some(TtyRequest {
+            term: Some(term), ..
+        }) = &self.tty
+            && (term.is_empty()
+                || term.len() > MAX_TERM_LEN
+                || !term.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(format!(
+                "terminal type {term:?} must be 1 to {MAX_TERM_LEN} printable ASCII characters"
             ));
         }
         Ok(())
@@ -527,5 +617,44 @@ mod tests {
         let unknown: AgentErrorBody =
             serde_json::from_str(r#"{"code":"from_the_future","message":"x"}"#).unwrap();
         assert_eq!(unknown.code, ErrorCode::Unknown);
+    }
+
+    #[test]
+    fn a_tty_is_protocol_2_and_its_term_is_checked() {
+        let exec = ClientMessage::Exec(ExecRequest::new(["sh"]).tty(24, 80, Some("xterm")));
+        assert_eq!(
+            serde_json::to_value(&exec).unwrap(),
+            serde_json::json!({"type": "exec", "argv": ["sh"], "env": {}, "cwd": null,
+                               "stdin": "null", "tty": {"rows": 24, "cols": 80, "term": "xterm"}})
+        );
+        let resize = ClientMessage::Resize {
+            rows: 50,
+            cols: 132,
+        };
+        assert_eq!(
+            serde_json::to_string(&resize).unwrap(),
+            r#"{"type":"resize","rows":50,"cols":132}"#
+        );
+        assert!(ClientMessage::TYPES.contains(&"resize"));
+        assert!(ExecRequest::new(["sh"]).tty(1, 1, None).takes_stdin());
+        assert!(!ExecRequest::new(["sh"]).takes_stdin());
+        assert!(
+            ExecRequest::new(["sh"])
+                .tty(24, 80, Some("xterm-256color"))
+                .validate()
+                .is_ok()
+        );
+        for bad in ["", "x term", "a\nb", &"x".repeat(MAX_TERM_LEN + 1)] {
+            let error = ExecRequest::new(["sh"])
+                .tty(24, 80, Some(bad))
+                .validate()
+                .expect_err(bad);
+            assert!(error.contains("terminal type"), "{error}");
+        }
+        // Version 2 is the first with a tty, and the agent still serves version 1.
+        assert_eq!(
+            (MIN_PROTOCOL_VERSION, TTY_PROTOCOL_VERSION, PROTOCOL_VERSION),
+            (1, 2, 2)
+        );
     }
 }

@@ -23,26 +23,31 @@
 //! socket, so the reader task watches a duplicate of it for the peer's hangup (EPOLLRDHUP)
 //! while it waits for room in the channel.
 //!
-//! A command is over when it exited and both its output pipes reached end of file (a
-//! background process that keeps them open keeps the exec going, as with ssh). Only then does
-//! `exited` go out. With a stdin pipe the host may still be sending input (a command that does
-//! not read its stdin must not wait for input that may never end): stdin frames after
-//! `exited`, and the `stdin_close` that ends them, are dropped, so no frame of this command
-//! can reach the next request.
+//! A command on pipes is over when it exited and both its output pipes reached end of file (a
+//! background process that keeps them open keeps the exec going, as with ssh). A command on a
+//! pseudo-terminal (see [`crate::pty`]) is over when it exited: what it wrote is read from the
+//! master until nothing is left, and background processes still holding the terminal do not
+//! hold up the end (as with ssh -t); they get its hangup when the master closes. Only then does
+//! `exited` go out. With a stdin pipe or a tty the host may still be sending input (a command
+//! that does not read its stdin must not wait for input that may never end): stdin frames
+//! after `exited`, the `stdin_close` that ends them, and any `signal` or `resize` that crossed
+//! `exited` on the wire are dropped (see [`Leftovers`]), so no frame of this command can reach
+//! the next request or get an answer that the next request would read as its own.
 //!
 //! Invariants:
-//! - Every command runs in its own process group, and leaves none behind when its client goes:
-//!   a closed connection, a broken write or a protocol violation during exec kills the whole
-//!   group with SIGKILL and reaps the command before the connection task ends.
+//! - Every command runs in its own process group (on a tty: its own session), and leaves none
+//!   behind when its client goes: a closed connection, a broken write or a protocol violation
+//!   during exec kills the whole group (every process of the session) with SIGKILL and reaps
+//!   the command before the connection task ends.
 //! - Bad input from the host is answered with an error frame and never panics the agent; only
 //!   an oversized frame, a missing hello, a version mismatch or a violation during exec ends
 //!   the connection, and no input ends the agent.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt as _, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
@@ -64,9 +69,10 @@ use tracing::{debug, info, warn};
 
 use super::protocol::{
     AgentErrorBody, AgentMessage, ClientMessage, ErrorCode, ExecRequest, ExitStatus, FrameError,
-    FrameKind, Health, MAX_CHUNK_LEN, PROTOCOL_VERSION, RawFrame, StdinMode, read_frame,
-    write_frame, write_message,
+    FrameKind, Health, MAX_CHUNK_LEN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RawFrame, StdinMode,
+    TtyRequest, read_frame, write_frame, write_message,
 };
+use super::pty;
 use super::serial::{self, SerialPort};
 
 /// The agent's version, reported in the hello and in health.
@@ -220,8 +226,9 @@ struct State {
     /// The environment every command starts from (see [`ExecRequest`] for why it is clean).
     base_env: Vec<(String, String)>,
     home: PathBuf,
-    /// Process groups of the commands running now, so a shutting-down agent can kill them.
-    running: Mutex<HashSet<i32>>,
+    /// Process groups (or, on a tty, sessions) of the commands running now, by their leader's
+    /// pid, so a shutting-down agent can kill them.
+    running: Mutex<HashMap<i32, Scope>>,
     next_conn: AtomicU64,
 }
 
@@ -243,7 +250,7 @@ impl Agent {
                 cid,
                 base_env,
                 home: PathBuf::from(home),
-                running: Mutex::new(HashSet::new()),
+                running: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(1),
             }),
         }
@@ -310,7 +317,7 @@ impl Agent {
             frames,
             gone,
             writer,
-            draining_stdin: false,
+            leftovers: Leftovers::Nothing,
         };
         match conn.run().await {
             Ok(()) => debug!(conn = id, "connection closed"),
@@ -322,15 +329,25 @@ impl Agent {
         reader_task.abort();
     }
 
-    /// Kills the process group of every running command (used when the agent shuts down).
+    /// Kills the process group (on a tty, the session) of every running command (used when
+    /// the agent shuts down).
     pub fn kill_running(&self) {
-        let running = self
+        // Copied out: killing a session reads /proc, which is no work for under a lock.
+        let running: Vec<(i32, Scope)> = self
             .state
             .running
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for &pgid in running.iter() {
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .map(|(&leader, &scope)| (leader, scope))
+            .collect();
+        for (leader, scope) in running {
+            match scope {
+                Scope::Group => {
+                    let _ = killpg(Pid::from_raw(leader), Signal::SIGKILL);
+                }
+                Scope::Session => pty::kill_session(leader, false),
+            }
         }
     }
 }
@@ -569,9 +586,22 @@ struct Conn<'a, W> {
     frames: mpsc::Receiver<Result<RawFrame, FrameError>>,
     gone: CancellationToken,
     writer: W,
-    /// The last command had a stdin pipe and was over before the host sent `stdin_close`:
-    /// stdin frames are dropped until that `stdin_close` (or any other request) arrives.
-    draining_stdin: bool,
+    /// What of the last command may still arrive after its `exited`, to be dropped.
+    leftovers: Leftovers,
+}
+
+/// Frames of a finished command that may still be on their way, because the host sent them
+/// before it read `exited`: they are dropped without an answer, since an answer would be read
+/// as the next request's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leftovers {
+    Nothing,
+    /// `signal` and `resize`, until the next request.
+    Controls,
+    /// The command took stdin (a pipe or a tty) and was over before the host sent
+    /// `stdin_close`: stdin frames, `signal` and `resize` until that `stdin_close` (or the
+    /// next request).
+    StdinAndControls,
 }
 
 impl<W: AsyncWrite + Unpin> Conn<'_, W> {
@@ -580,12 +610,14 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
             return Ok(());
         };
         match classify(first)? {
+            // Each version only adds to the one before, so an older client is served in its
+            // own version (and never sends what it lacks).
             Incoming::Message(ClientMessage::Hello { protocol, client })
-                if protocol == PROTOCOL_VERSION =>
+                if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol) =>
             {
-                debug!(client, "hello");
+                debug!(client, protocol, "hello");
                 let hello = AgentMessage::Hello {
-                    protocol: PROTOCOL_VERSION,
+                    protocol,
                     agent_version: AGENT_VERSION.to_owned(),
                 };
                 self.send(&hello).await?;
@@ -599,7 +631,8 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
                     .refuse(
                         ErrorCode::VersionMismatch,
                         format!(
-                            "this agent ({AGENT_VERSION}) speaks protocol {PROTOCOL_VERSION}, the client ({client}) \
+                            "this agent ({AGENT_VERSION}) speaks protocol {PROTOCOL_VERSION} (and serves \
+                             clients of {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}), the client ({client}) \
                              speaks protocol {protocol}"
                         ),
                     )
@@ -618,12 +651,17 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
             };
             match classify(frame)? {
                 // Input for a command that finished before the host closed its stdin.
-                Incoming::Stdin(_) if self.draining_stdin => {}
-                Incoming::Message(ClientMessage::StdinClose) if self.draining_stdin => {
-                    self.draining_stdin = false;
+                Incoming::Stdin(_) if self.leftovers == Leftovers::StdinAndControls => {}
+                Incoming::Message(ClientMessage::StdinClose)
+                    if self.leftovers == Leftovers::StdinAndControls =>
+                {
+                    self.leftovers = Leftovers::Nothing;
                 }
+                // A signal or resize that crossed the command's `exited`.
+                Incoming::Message(ClientMessage::Signal { .. } | ClientMessage::Resize { .. })
+                    if self.leftovers != Leftovers::Nothing => {}
                 Incoming::Message(message) => {
-                    self.draining_stdin = false;
+                    self.leftovers = Leftovers::Nothing;
                     self.handle(message).await?
                 }
                 Incoming::Stdin(_) => {
@@ -659,7 +697,9 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
                 }
             },
             ClientMessage::Exec(request) => self.exec(request).await,
-            ClientMessage::StdinClose | ClientMessage::Signal { .. } => {
+            ClientMessage::StdinClose
+            | ClientMessage::Signal { .. }
+            | ClientMessage::Resize { .. } => {
                 self.error(
                     ErrorCode::Unexpected,
                     "no command is running on this connection",
@@ -691,6 +731,9 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
                     ),
                 )
                 .await;
+        }
+        if let Some(tty) = &request.tty {
+            return self.exec_tty(&request, tty, &cwd).await;
         }
         let piped = request.stdin == StdinMode::Pipe;
         let mut command = tokio::process::Command::new(program);
@@ -728,7 +771,7 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
                 )
                 .await;
         };
-        let group = RunningGroup::register(self.state, pid);
+        let group = RunningGroup::register(self.state, pid, Scope::Group);
         debug!(pid, ?request.argv, "exec started");
 
         let mut stdin_tx = match child.stdin.take() {
@@ -759,10 +802,12 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
                     // A command that exited without reading all its stdin is over now, not
                     // when the host runs out of input (which may be never: a pipe that stays
                     // open). Stdin frames already on their way, and the stdin_close that ends
-                    // them, are dropped after `exited` (see `draining_stdin`).
-                    if !stdin_closed {
-                        self.draining_stdin = true;
-                    }
+                    // them, are dropped after `exited` (see `Leftovers`).
+                    self.leftovers = if stdin_closed {
+                        Leftovers::Controls
+                    } else {
+                        Leftovers::StdinAndControls
+                    };
                     break Ok(());
                 }
                 if stdin_closed && stdin_tx.is_some() {
@@ -829,7 +874,8 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
                             Ok(_) => break Err(End::Refused(AgentErrorBody {
                                 code: ErrorCode::Unexpected,
                                 message: "while a command runs only stdin, stdin_close and signal may be sent \
-                                          (stdin only with stdin: pipe, and not after stdin_close)"
+                                          (stdin only with stdin: pipe, and not after stdin_close; resize only \
+                                          with a tty)"
                                     .into(),
                             })),
                         }
@@ -876,6 +922,237 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
         }
     }
 
+    /// An exec on a pseudo-terminal (see the protocol's docs and [`crate::pty`]): the command
+    /// leads a session whose controlling terminal is the pty's slave; its output is read from
+    /// the master, input frames are written to it, `resize` sets its size and `signal` goes to
+    /// its foreground process group.
+    async fn exec_tty(
+        &mut self,
+        request: &ExecRequest,
+        tty: &TtyRequest,
+        cwd: &Path,
+    ) -> Result<(), End> {
+        let program = &request.argv[0];
+        let pty::PtyPair { master, slave } = match pty::open(tty.rows, tty.cols) {
+            Ok(pair) => pair,
+            Err(e) => {
+                return self
+                    .error(
+                        ErrorCode::SpawnFailed,
+                        format!("cannot run `{program}` on a terminal: {e}"),
+                    )
+                    .await;
+            }
+        };
+        let stdio = || slave.try_clone().map(Stdio::from);
+        let (stdin, stdout, stderr) = match (stdio(), stdio(), stdio()) {
+            (Ok(stdin), Ok(stdout), Ok(stderr)) => (stdin, stdout, stderr),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                return self
+                    .error(
+                        ErrorCode::SpawnFailed,
+                        format!("cannot run `{program}` on a terminal: {e}"),
+                    )
+                    .await;
+            }
+        };
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(&request.argv[1..])
+            .env_clear()
+            .envs(self.state.base_env.iter().map(|(k, v)| (k, v)))
+            .envs(tty.term.as_ref().map(|term| ("TERM", term)))
+            .envs(&request.env)
+            .current_dir(cwd)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr)
+            .kill_on_drop(true);
+        // SAFETY: the closure only makes async-signal-safe calls (see the function).
+        unsafe {
+            command.as_std_mut().pre_exec(pty::become_session_leader);
+        }
+        let spawned = command.spawn();
+        // The agent keeps no descriptor of the slave (the command holds its own), so the
+        // master reads end of file once the command and whatever it started let go of it.
+        drop(command);
+        drop(slave);
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                return self
+                    .error(
+                        ErrorCode::SpawnFailed,
+                        format!("cannot run `{program}`: {e}"),
+                    )
+                    .await;
+            }
+        };
+        let Some(pid) = child.id() else {
+            let _ = child.kill().await;
+            return self
+                .error(
+                    ErrorCode::Internal,
+                    format!("`{program}` started without a pid"),
+                )
+                .await;
+        };
+        let group = RunningGroup::register(self.state, pid, Scope::Session);
+        debug!(pid, ?request.argv, rows = tty.rows, cols = tty.cols, "exec started on a tty");
+
+        let mut status: Option<std::process::ExitStatus> = None;
+        let mut out_done = false;
+        let mut stdin_closed = false;
+        // Input the terminal has not taken yet, and how much of it it took. While some waits,
+        // no further frames are read from the client: back-pressure, as with a stdin pipe.
+        let mut pending: Option<(Vec<u8>, usize)> = None;
+        let mut buf = vec![0u8; MAX_CHUNK_LEN];
+
+        let outcome = match self.send(&AgentMessage::ExecStarted { pid }).await {
+            Err(end) => Err(end),
+            Ok(()) => loop {
+                if status.is_some() {
+                    // The command exited: forward what it wrote that is still in the
+                    // terminal, without waiting for background processes that hold it.
+                    if !out_done && let Err(end) = self.drain_tty(&master, &mut buf).await {
+                        break Err(end);
+                    }
+                    self.leftovers = if stdin_closed {
+                        Leftovers::Controls
+                    } else {
+                        Leftovers::StdinAndControls
+                    };
+                    break Ok(());
+                }
+                tokio::select! {
+                    _ = self.gone.cancelled() => break Err(self.why_gone()),
+                    read = master.read(&mut buf), if !out_done => match read {
+                        Ok(0) | Err(_) => out_done = true,
+                        Ok(n) => {
+                            if let Err(e) = write_frame(&mut self.writer, FrameKind::Stdout, &buf[..n]).await {
+                                break Err(End::from(e));
+                            }
+                        }
+                    },
+                    exited = child.wait() => match exited {
+                        Ok(exited) => status = Some(exited),
+                        Err(e) => break Err(End::Refused(AgentErrorBody {
+                            code: ErrorCode::Internal,
+                            message: format!("waiting for `{program}` failed: {e}"),
+                        })),
+                    },
+                    written = write_pending(&master, &pending), if pending.is_some() => match written {
+                        Ok(n) => {
+                            if let Some((data, at)) = &mut pending {
+                                *at += n;
+                                if *at >= data.len() {
+                                    pending = None;
+                                }
+                            }
+                        }
+                        // The terminal is gone (every process let go of it): its input with it.
+                        Err(_) => pending = None,
+                    },
+                    frame = self.frames.recv(), if pending.is_none() => {
+                        let Some(frame) = frame else {
+                            break Err(End::Gone("closed during exec".into()));
+                        };
+                        match classify(frame) {
+                            Err(end) => break Err(end),
+                            Ok(Incoming::Stdin(data)) if !stdin_closed => {
+                                if !data.is_empty() {
+                                    pending = Some((data, 0));
+                                }
+                            }
+                            Ok(Incoming::Message(ClientMessage::StdinClose)) if !stdin_closed => {
+                                // What a user typing ^D does: end of file for a reader in
+                                // canonical mode, a plain byte for one in raw mode.
+                                stdin_closed = true;
+                                pending = Some((vec![master.eof_char()], 0));
+                            }
+                            Ok(Incoming::Message(ClientMessage::Resize { rows, cols })) => {
+                                if let Err(e) = master.resize(rows, cols) {
+                                    debug!(pid, "resize to {rows}x{cols} failed: {e}");
+                                }
+                            }
+                            Ok(Incoming::Message(ClientMessage::Signal { signal })) => match Signal::try_from(signal) {
+                                Ok(signal) => {
+                                    // Where the terminal would send it: its foreground group
+                                    // (a job the shell runs), else the command's own.
+                                    let target = master.foreground_group().unwrap_or(Pid::from_raw(group.pgid));
+                                    let _ = killpg(target, signal);
+                                }
+                                Err(_) => break Err(End::Refused(AgentErrorBody {
+                                    code: ErrorCode::BadRequest,
+                                    message: format!("{signal} is not a signal number"),
+                                })),
+                            },
+                            Ok(Incoming::Refused { body, .. }) => break Err(End::Refused(body)),
+                            Ok(_) => break Err(End::Refused(AgentErrorBody {
+                                code: ErrorCode::Unexpected,
+                                message: "while a command runs on a tty only stdin, stdin_close, signal and resize \
+                                          may be sent (stdin not after stdin_close)"
+                                    .into(),
+                            })),
+                        }
+                    },
+                }
+            },
+        };
+
+        match (outcome, status) {
+            (Ok(()), Some(exited)) => {
+                drop(group);
+                // Closing the master hangs the terminal up for whatever still holds it.
+                drop(master);
+                let status = match (exited.code(), exited.signal()) {
+                    (Some(code), _) => ExitStatus::Code(code),
+                    (None, Some(signal)) => ExitStatus::Signal(signal),
+                    (None, None) => ExitStatus::Code(-1),
+                };
+                debug!(pid, %status, "exec on a tty finished");
+                self.send(&AgentMessage::Exited { status }).await
+            }
+            (outcome, status) => {
+                // Kill the whole session: the command, and every job and process it started.
+                pty::kill_session(group.pgid, status.is_some());
+                if status.is_none() {
+                    let _ = child.wait().await;
+                }
+                drop(group);
+                let end = match outcome {
+                    Err(end) => end,
+                    Ok(()) => End::Refused(AgentErrorBody {
+                        code: ErrorCode::Internal,
+                        message: "exec ended without an exit status".into(),
+                    }),
+                };
+                info!(pid, "killed the command's session: {end}");
+                if let End::Refused(body) = &end {
+                    let _ = self.send(&AgentMessage::Error(body.clone())).await;
+                }
+                Err(end)
+            }
+        }
+    }
+
+    /// Forwards what the terminal holds now, until it has nothing more or has sent
+    /// [`MAX_TTY_DRAIN_BYTES`] (a background process that keeps printing must not hold up
+    /// the end of the command).
+    async fn drain_tty(&mut self, master: &pty::Master, buf: &mut [u8]) -> Result<(), End> {
+        let mut sent = 0usize;
+        while sent < MAX_TTY_DRAIN_BYTES {
+            match master.read_now(buf) {
+                Ok(Some(0)) | Ok(None) | Err(_) => return Ok(()),
+                Ok(Some(n)) => {
+                    write_frame(&mut self.writer, FrameKind::Stdout, &buf[..n]).await?;
+                    sent += n;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Why the client is gone during exec: a frame error it caused (to report), or a close.
     fn why_gone(&mut self) -> End {
         while let Ok(item) = self.frames.try_recv() {
@@ -916,6 +1193,22 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
     }
 }
 
+/// How much of what a command on a tty left in its terminal is forwarded after it exited. The
+/// terminal buffers a few dozen KiB at most (a writer blocks beyond that), so only a background
+/// process printing on and on reaches this.
+const MAX_TTY_DRAIN_BYTES: usize = 1024 * 1024;
+
+/// Writes the pending input's rest to the terminal (see `exec_tty`).
+async fn write_pending(
+    master: &pty::Master,
+    pending: &Option<(Vec<u8>, usize)>,
+) -> io::Result<usize> {
+    match pending {
+        Some((data, at)) => master.write(&data[*at..]).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Waits for room in the stdin channel; `None` when there is no stdin or the feeder is gone.
 async fn reserve(tx: &Option<mpsc::Sender<Vec<u8>>>) -> Option<mpsc::Permit<'_, Vec<u8>>> {
     match tx {
@@ -934,21 +1227,29 @@ async fn feed_stdin(mut stdin: tokio::process::ChildStdin, mut chunks: mpsc::Rec
     }
 }
 
-/// A running command's process group, registered with the agent while it lives.
+/// What a running command's leader leads: the process group of a command on pipes, or the
+/// session of a command on a tty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scope {
+    Group,
+    Session,
+}
+
+/// A running command's process group (or session), registered with the agent while it lives.
 struct RunningGroup<'a> {
     state: &'a State,
     pgid: i32,
 }
 
 impl<'a> RunningGroup<'a> {
-    fn register(state: &'a State, pid: u32) -> RunningGroup<'a> {
+    fn register(state: &'a State, pid: u32, scope: Scope) -> RunningGroup<'a> {
         // Pids fit in i32 (the kernel's pid_max is at most 2^22).
         let pgid = pid as i32;
         state
             .running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(pgid);
+            .insert(pgid, scope);
         RunningGroup { state, pgid }
     }
 }

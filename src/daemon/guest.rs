@@ -350,6 +350,7 @@ async fn exec(
         } else {
             StdinMode::Null
         },
+        tty: None,
     };
     if params.stdin {
         // Stdin lines may follow the request whatever happens to it (a refusal included), and
