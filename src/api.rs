@@ -416,16 +416,45 @@ pub struct VmExecParams {
     #[serde(default)]
     pub cwd: Option<String>,
     /// Feed the command's stdin: after this request the client writes [`VmExecInput`] lines
-    /// on the same connection, ending with one whose `eof` is true. Without it the command's
-    /// stdin is `/dev/null`. A connection whose exec had stdin is closed after the result
-    /// (input the command did not read may still be on its way, and is not a request).
+    /// on the same connection, ending its stdin with one whose `eof` is true. Without it the
+    /// command's stdin is `/dev/null`. A connection whose exec had stdin (or a tty) is closed
+    /// after the result (input the command did not read may still be on its way, and is not
+    /// a request).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stdin: bool,
+    /// Run the command on a pseudo-terminal in the guest, of this size: its stdin, stdout and
+    /// stderr are the terminal, output comes back as stdout only, and the client's input lines
+    /// (as with `stdin`, which a tty implies) are what the user types; they may also carry
+    /// `resize`. Needs a guest agent of protocol 2 or later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<VmExecTty>,
 }
 
-/// One line of a `vm.exec` client's stdin: `{"data":"aGkK"}`, and last `{"eof":true}`
-/// (which may carry data too). Each line is at most the 1 MiB request limit; the CLI sends
-/// [`EXEC_STDIN_CHUNK_BYTES`] at a time.
+impl VmExecParams {
+    /// Whether the client writes [`VmExecInput`] lines after the request.
+    pub fn takes_input(&self) -> bool {
+        self.stdin || self.tty.is_some()
+    }
+}
+
+/// The pseudo-terminal a `vm.exec` asks for: the client terminal's size and type.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmExecTty {
+    pub rows: u16,
+    pub cols: u16,
+    /// `TERM` for the command (the client's own); none: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<String>,
+}
+
+/// One line of a `vm.exec` client's input: stdin bytes `{"data":"aGkK"}` and last
+/// `{"eof":true}` (which may carry data too); `{"resize":{"rows":50,"cols":132}}` when the
+/// client's terminal changed size (only with `tty`); `{"signal":2}` to send the command a
+/// signal (a Linux signal number; with a tty it goes to the terminal's foreground process
+/// group, else to the command's process group). Resizes and signals may follow the `eof`.
+/// Each line is at most the 1 MiB request limit; the CLI sends [`EXEC_STDIN_CHUNK_BYTES`] of
+/// stdin at a time.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmExecInput {
@@ -433,6 +462,18 @@ pub struct VmExecInput {
     pub data: Vec<u8>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub eof: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<VmExecResize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+}
+
+/// A terminal's new size, in a [`VmExecInput`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmExecResize {
+    pub rows: u16,
+    pub cols: u16,
 }
 
 /// How much stdin the CLI puts in one [`VmExecInput`] line: the agent's frame payload size, so
@@ -649,22 +690,41 @@ mod wire_shape_tests {
     fn exec_stdin_lines_and_stop_timeouts_have_the_documented_shape() {
         let chunk = VmExecInput {
             data: b"hi\n".to_vec(),
-            eof: false,
+            ..VmExecInput::default()
         };
         assert_eq!(serde_json::to_string(&chunk).unwrap(), r#"{"data":"aGkK"}"#);
         let end: VmExecInput = serde_json::from_str(r#"{"eof":true}"#).unwrap();
         assert_eq!(
             end,
             VmExecInput {
-                data: Vec::new(),
-                eof: true
+                eof: true,
+                ..VmExecInput::default()
             }
         );
         assert!(serde_json::from_str::<VmExecInput>(r#"{"method":"vm.list"}"#).is_err());
+        let resize = VmExecInput {
+            resize: Some(VmExecResize {
+                rows: 50,
+                cols: 132,
+            }),
+            ..VmExecInput::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&resize).unwrap(),
+            r#"{"resize":{"rows":50,"cols":132}}"#
+        );
+        let signal: VmExecInput = serde_json::from_str(r#"{"signal":2}"#).unwrap();
+        assert_eq!(signal.signal, Some(2));
 
         // Old clients send neither field: no stdin, the configured timeout.
         let exec: VmExecParams = serde_json::from_str(r#"{"name":"dev","argv":["true"]}"#).unwrap();
-        assert!(!exec.stdin);
+        assert!(!exec.stdin && exec.tty.is_none() && !exec.takes_input());
+        let exec: VmExecParams = serde_json::from_str(
+            r#"{"name":"dev","argv":["sh"],"tty":{"rows":24,"cols":80,"term":"xterm"}}"#,
+        )
+        .unwrap();
+        assert!(exec.takes_input());
+        assert_eq!(exec.tty.as_ref().map(|t| (t.rows, t.cols)), Some((24, 80)));
         let stop: VmStopParams = serde_json::from_str(r#"{"name":"dev"}"#).unwrap();
         assert_eq!(stop.timeout_ms, None);
         let stop: VmStopParams = serde_json::from_str(r#"{"name":"dev","timeout_ms":0}"#).unwrap();

@@ -235,6 +235,7 @@ async fn run_vm(args: VmRunArgs) -> Result<(), CliError> {
         env: Default::default(),
         cwd: None,
         stdin: false,
+        tty: None,
     };
     // Ctrl-C is caught so that the VM is still thrown away: dropping the exec stream makes
     // bangerd kill the command, then the delete runs as usual. 130 is a shell's status for
@@ -474,6 +475,7 @@ async fn exec(args: VmExecArgs) -> Result<(), CliError> {
         env: args.env.into_iter().collect(),
         cwd: args.cwd,
         stdin,
+        tty: None,
     };
     match run_command(&params).await? {
         0 => Ok(()),
@@ -550,8 +552,15 @@ async fn forward_stdin(mut input: StreamInput) {
     });
     while let Some(chunk) = received.recv().await {
         let line = match chunk {
-            Ok(data) if data.is_empty() => VmExecInput { data, eof: true },
-            Ok(data) => VmExecInput { data, eof: false },
+            Ok(data) if data.is_empty() => VmExecInput {
+                data,
+                eof: true,
+                ..VmExecInput::default()
+            },
+            Ok(data) => VmExecInput {
+                data,
+                ..VmExecInput::default()
+            },
             Err(error) => {
                 // The command gets end of file; the user learns why its input was short.
                 let _ = write_raw(
@@ -562,8 +571,8 @@ async fn forward_stdin(mut input: StreamInput) {
                     .as_bytes(),
                 );
                 VmExecInput {
-                    data: Vec::new(),
                     eof: true,
+                    ..VmExecInput::default()
                 }
             }
         };

@@ -21,9 +21,10 @@
 //!     │           │
 //!     │  client hangs up ──▶ the agent connection is dropped ──▶ the agent kills the command
 //!     │
-//!     └─ with `stdin`: the client's {"data"} … {"eof":true} lines after the request go to the
-//!        command's stdin at the same time as its output comes back; the connection closes
-//!        after the result
+//!     └─ with `stdin` or `tty`: the client's lines after the request go to the agent at the
+//!        same time as the command's output comes back — {"data"} … {"eof":true} to its stdin
+//!        (a tty: what the user types), {"resize"} to its terminal, {"signal"} to it; the
+//!        connection closes after the result
 //! ```
 //!
 //! Invariants:
@@ -42,6 +43,7 @@ use std::time::Duration;
 
 use banger_events::{VmId, VmState};
 use banger_projections::VmView;
+use nix::sys::signal::Signal;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -50,7 +52,10 @@ use super::Daemon;
 use super::dispatch::{Cx, decode, encode};
 use super::server::{Conn, Input, Output, ReadRequest};
 use crate::agent::client::{AgentClient, AgentError, ExecEvent, ExecOutputs, ExecStdin};
-use crate::agent::protocol::{ErrorCode as AgentCode, ExecRequest, ExitStatus, StdinMode};
+use crate::agent::protocol::{
+    ErrorCode as AgentCode, ExecRequest, ExitStatus, MIN_PROTOCOL_VERSION, StdinMode,
+    TTY_PROTOCOL_VERSION, TtyRequest,
+};
 use crate::api::{
     EXEC_STDIN_CHUNK_BYTES, ExecStream, NameParams, VmExecInput, VmExecItem, VmExecParams,
     VmExecResult, VmHealthResult, VmLogsEnd, VmLogsItem, VmLogsParams, VmName, VmPingResult,
@@ -173,11 +178,13 @@ fn running_vm(daemon: &Daemon, name: &str) -> Result<VmView, GuestError> {
     Ok(vm)
 }
 
-/// A fresh connection to the VM's agent, after the hello: over vsock, or a new stream of
-/// the VM's serial session, as its backend gives it.
+/// A fresh connection to the VM's agent, after the hello in `protocol` (the oldest version
+/// that has what the request needs, so that guests with an older agent keep working): over
+/// vsock, or a new stream of the VM's serial session, as its backend gives it.
 async fn connect_agent(
     daemon: &Daemon,
     vm: &VmView,
+    protocol: u32,
 ) -> Result<AgentClient<AgentStream>, GuestError> {
     let transport = daemon.vms.backends.get(vm.vmm()).agent_transport();
     let endpoint = agent_endpoint(&daemon.layout, vm.id, transport);
@@ -191,7 +198,7 @@ async fn connect_agent(
                 name: vm.name.clone(),
                 source,
             })?;
-        AgentClient::handshake(stream, CLIENT_NAME)
+        AgentClient::handshake_as(stream, CLIENT_NAME, protocol)
             .await
             .map_err(|source| GuestError::Agent {
                 name: vm.name.clone(),
@@ -229,7 +236,7 @@ pub async fn health(
 ) -> Result<VmHealthResult, RpcError> {
     let name = name_of(&params)?;
     let vm = running_vm(&daemon, name.as_str())?;
-    let mut agent = connect_agent(&daemon, &vm).await?;
+    let mut agent = connect_agent(&daemon, &vm, MIN_PROTOCOL_VERSION).await?;
     let agent_error = |source| GuestError::Agent {
         name: vm.name.clone(),
         source,
@@ -251,7 +258,7 @@ pub async fn ping(
 ) -> Result<VmPingResult, RpcError> {
     let name = name_of(&params)?;
     let vm = running_vm(&daemon, name.as_str())?;
-    let mut agent = connect_agent(&daemon, &vm).await?;
+    let mut agent = connect_agent(&daemon, &vm, MIN_PROTOCOL_VERSION).await?;
     let rtt = agent.ping().await.map_err(|source| GuestError::Agent {
         name: vm.name.clone(),
         source,
@@ -326,8 +333,10 @@ pub fn exec_handler<'c>(
 ) -> BoxFuture<'c, Result<Value, RpcError>> {
     Box::pin(async move {
         // Looked at before decoding: even a request too malformed to decode may be followed
-        // by stdin lines, which must not be read as requests.
-        if params.get("stdin") == Some(&Value::Bool(true)) {
+        // by input lines, which must not be read as requests.
+        if params.get("stdin") == Some(&Value::Bool(true))
+            || params.get("tty").is_some_and(|tty| !tty.is_null())
+        {
             conn.output.close_after = true;
         }
         let params: VmExecParams = decode(cx.method, params)?;
@@ -341,26 +350,40 @@ async fn exec(
     params: VmExecParams,
     conn: &mut Conn,
 ) -> Result<Value, RpcError> {
+    let input = match (&params.tty, params.stdin) {
+        (Some(_), _) => InputMode::Tty,
+        (None, true) => InputMode::Stdin,
+        (None, false) => InputMode::None,
+    };
+    if input != InputMode::None {
+        // Input lines may follow the request whatever happens to it (a refusal included), and
+        // they are not requests: the connection ends with this answer.
+        conn.output.close_after = true;
+    }
     let request = ExecRequest {
         argv: params.argv,
         env: params.env,
         cwd: params.cwd,
-        stdin: if params.stdin {
-            StdinMode::Pipe
-        } else {
+        stdin: if input == InputMode::None {
             StdinMode::Null
+        } else {
+            StdinMode::Pipe
         },
-        tty: None,
+        tty: params.tty.map(|tty| TtyRequest {
+            rows: tty.rows,
+            cols: tty.cols,
+            term: tty.term,
+        }),
     };
-    if params.stdin {
-        // Stdin lines may follow the request whatever happens to it (a refusal included), and
-        // they are not requests: the connection ends with this answer.
-        conn.output.close_after = true;
-    }
     // Refuse a bad request before touching the VM, with the agent's own wording.
     request.validate().map_err(RpcError::invalid)?;
     let vm = running_vm(&daemon, params.name.as_str())?;
-    let mut agent = connect_agent(&daemon, &vm).await?;
+    let protocol = if request.tty.is_some() {
+        TTY_PROTOCOL_VERSION
+    } else {
+        MIN_PROTOCOL_VERSION
+    };
+    let mut agent = connect_agent(&daemon, &vm, protocol).await?;
     let agent_error = |source| GuestError::Agent {
         name: vm.name.clone(),
         source,
@@ -368,7 +391,7 @@ async fn exec(
     touch(&daemon, vm.id);
     let mut running = agent.exec(&request).await.map_err(agent_error)?;
     let pid = running.pid();
-    tracing::debug!(pid, vm = %vm.name, stdin = params.stdin, "command started in the guest");
+    tracing::debug!(pid, vm = %vm.name, ?input, "command started in the guest");
     let ended = {
         let (mut stdin, mut output) = running.split();
         let Conn {
@@ -379,7 +402,7 @@ async fn exec(
         // command's output comes back, so neither direction can block the other. Neither
         // future is dropped half-way unless the exec is over (or abandoned, which drops the
         // agent connection and kills the command), so a half-read frame is never resumed.
-        let feed = feed_stdin(client_in, &mut stdin, params.stdin);
+        let feed = feed_input(client_in, &mut stdin, input);
         let drain = relay_output(&daemon, &cx, client_out, &mut output, vm.id);
         tokio::pin!(feed, drain);
         tokio::select! {
@@ -402,7 +425,7 @@ async fn exec(
             return Ok(hung_up(conn));
         }
         Ended::Input(Fed::Refused(error)) => {
-            tracing::debug!(pid, %error, "bad stdin from the client; the command is killed");
+            tracing::debug!(pid, %error, "bad input from the client; the command is killed");
             return Err(error);
         }
     };
@@ -428,8 +451,20 @@ enum Ended {
 /// behaving, even after its stdin's end).
 enum Fed {
     HungUp,
-    /// A stdin line that is not a [`VmExecInput`]: the exec is refused with this error.
+    /// An input line that is not a [`VmExecInput`], or not one this exec takes: the exec is
+    /// refused with this error.
     Refused(RpcError),
+}
+
+/// What the client of an exec sends after its request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InputMode {
+    /// Nothing: the connection is only watched for the client hanging up.
+    None,
+    /// Stdin lines, and signals.
+    Stdin,
+    /// What the user types on a terminal, resizes and signals.
+    Tty,
 }
 
 /// How the command's side of an exec ended.
@@ -439,22 +474,27 @@ enum Relayed {
     Gone,
 }
 
-/// Forwards the client's stdin lines to the command until the line with `eof`, then watches
-/// the connection for the client hanging up. Without `enabled` it only watches.
-async fn feed_stdin(
+/// Forwards the client's input lines to the agent — stdin until the line with `eof`, resizes
+/// (with a tty) and signals until the command is over — and ends when the client hangs up or
+/// sends something this exec does not take. With [`InputMode::None`] it only watches.
+async fn feed_input(
     input: &mut Input,
     stdin: &mut ExecStdin<'_, AgentStream>,
-    enabled: bool,
+    mode: InputMode,
 ) -> Fed {
+    if mode == InputMode::None {
+        input.hung_up().await;
+        return Fed::HungUp;
+    }
     let mut line = Vec::new();
-    let mut open = enabled;
-    while open {
+    let mut stdin_open = true;
+    loop {
         line.clear();
         match input.read_request(&mut line).await {
             Err(_) | Ok(ReadRequest::Eof) => return Fed::HungUp,
             Ok(ReadRequest::TooLong { .. }) => {
                 return Fed::Refused(RpcError::invalid(format!(
-                    "a vm.exec stdin line is over the {MAX_REQUEST_BYTES}-byte limit; send {EXEC_STDIN_CHUNK_BYTES} bytes of input per line"
+                    "a vm.exec input line is over the {MAX_REQUEST_BYTES}-byte limit; send {EXEC_STDIN_CHUNK_BYTES} bytes of input per line"
                 )));
             }
             Ok(ReadRequest::Line) => {}
@@ -463,14 +503,23 @@ async fn feed_stdin(
             Ok(chunk) => chunk,
             Err(error) => {
                 return Fed::Refused(RpcError::invalid(format!(
-                    "after a vm.exec request with stdin, every line must be stdin like {{\"data\":\"aGkK\"}} or {{\"eof\":true}}: {error}"
+                    "after a vm.exec request with stdin or a tty, every line must be input like {{\"data\":\"aGkK\"}}, {{\"eof\":true}}, {{\"resize\":{{\"rows\":24,\"cols\":80}}}} or {{\"signal\":2}}: {error}"
                 )));
             }
         };
-        open = !chunk.eof;
+        if let Err(why) = check_input(&chunk, mode, stdin_open) {
+            return Fed::Refused(RpcError::invalid(why));
+        }
+        stdin_open &= !chunk.eof;
         let sent = async {
             if !chunk.data.is_empty() {
                 stdin.write(&chunk.data).await?;
+            }
+            if let Some(size) = chunk.resize {
+                stdin.resize(size.rows, size.cols).await?;
+            }
+            if let Some(signal) = chunk.signal.and_then(|n| Signal::try_from(n).ok()) {
+                stdin.signal(signal).await?;
             }
             if chunk.eof {
                 stdin.close().await?;
@@ -480,12 +529,30 @@ async fn feed_stdin(
         if let Err(error) = sent.await {
             // The agent connection broke; the output side reports why. Input that follows is
             // read no more, and the connection closes after the answer.
-            tracing::debug!(%error, "cannot forward stdin to the agent");
-            break;
+            tracing::debug!(%error, "cannot forward input to the agent");
+            input.hung_up().await;
+            return Fed::HungUp;
         }
     }
-    input.hung_up().await;
-    Fed::HungUp
+}
+
+/// Why an input line is not one this exec takes, if it is not.
+fn check_input(chunk: &VmExecInput, mode: InputMode, stdin_open: bool) -> Result<(), String> {
+    if !stdin_open && !chunk.data.is_empty() {
+        return Err("vm.exec input after its eof: stdin was already closed".into());
+    }
+    if chunk.resize.is_some() && mode != InputMode::Tty {
+        return Err(
+            "a vm.exec resize line needs an exec with a tty (\"tty\":{\"rows\":…,\"cols\":…})"
+                .into(),
+        );
+    }
+    if let Some(signal) = chunk.signal
+        && Signal::try_from(signal).is_err()
+    {
+        return Err(format!("{signal} is not a signal number"));
+    }
+    Ok(())
 }
 
 /// Sends the command's output to the client as stream items until it exits.

@@ -40,6 +40,7 @@ use banger_projections::{ProcessRef, Projections};
 use super::{BoxFuture, OpCx, Step, StepError, tap_fill};
 use crate::agent::boot::{GuestBootArgs, HaltAction, Ipv4Cidr};
 use crate::agent::client::AgentClient;
+use crate::agent::protocol::MIN_PROTOCOL_VERSION;
 use crate::config::Config;
 use crate::host::backends::Backends;
 use crate::host::guest_agent::{AgentEndpoint, AgentLinks};
@@ -831,7 +832,7 @@ pub async fn wait_for_agent(
                 .connect(endpoint, budget)
                 .await
                 .map_err(|e| e.to_string())?;
-            let mut client = AgentClient::handshake(stream, "bangerd")
+            let mut client = AgentClient::handshake_as(stream, "bangerd", MIN_PROTOCOL_VERSION)
                 .await
                 .map_err(|e| e.to_string())?;
             client.health().await.map_err(|e| e.to_string())

@@ -37,6 +37,7 @@ use super::vm_common::{
 };
 use super::{BoxFuture, Claim, OpCx, OpError, OperationKind, ResumeError, Runner, Step, StepError};
 use crate::agent::client::AgentClient;
+use crate::agent::protocol::MIN_PROTOCOL_VERSION;
 use crate::host::process;
 
 pub struct VmStop;
@@ -309,7 +310,7 @@ impl Step<StopState> for SyncGuest {
                     .connect(&endpoint, Duration::from_secs(2))
                     .await
                     .map_err(|e| e.to_string())?;
-                let mut client = AgentClient::handshake(stream, "bangerd")
+                let mut client = AgentClient::handshake_as(stream, "bangerd", MIN_PROTOCOL_VERSION)
                     .await
                     .map_err(|e| e.to_string())?;
                 client.sync().await.map_err(|e| e.to_string())
