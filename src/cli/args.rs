@@ -42,7 +42,7 @@ What comes next:
   banger events --follow             watch everything banger does, as it happens
   banger ops                         what is in flight right now
 
-Works today: version, vm run -- CMD, vm create/start/stop/restart/kill/delete/set/list/show/logs/\
+Works today: version, vm run, vm create/start/stop/restart/kill/delete/set/list/show/logs/\
 exec/health/ping, image list/show/register/delete, kernel list/show/import/rm, events (and events \
 replay, events repair), ops, doctor (its orphan check). The other verbs print \"not implemented \
 yet\" and exit 2.";
@@ -142,21 +142,28 @@ stop, kill and delete told apart:
   kill     Force-kill a VM (use when 'vm stop' hangs)
   delete   Stop a VM and remove its disks (irreversible)
 
-Works today: vm run -- CMD, create, start, stop, restart, kill, delete, set, list, show, logs, \
-exec, health, ping. vm run without a command (a shell), ssh, stats, ports and workspace are not \
-implemented yet.";
+Works today: run, create, start, stop, restart, kill, delete, set, list, show, logs, exec, \
+health, ping. ssh, stats, ports and workspace are not implemented yet.";
 
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
     /// Create a VM, wait until it answers, then open a shell (or run a command) in it
     #[command(after_help = "\
 Examples:
-  banger vm run --image debian -- make test            run one command; exit with its status
-  banger vm run --image debian --keep -- ./setup.sh    keep the VM afterwards
-  banger vm run --image debian --name dev --memory 4G  a shell in a named VM (not implemented yet)
+  banger vm run --image debian                         a login shell in a fresh VM
+  banger vm run --image debian --name dev --memory 4G  the same, in a VM called dev
+  banger vm run --image debian --rm -- make test       run one command, exit with its status,
+                                                       and delete the VM afterwards
+  banger vm run --image debian -t -- htop              a command on a terminal in the VM
 
-The stages and the VM's fate go to stderr; stdout is the command's. Ctrl-C ends the command \
-and still throws the VM away (unless --keep).")]
+It prints each stage while it waits (created, booted, agent ready) and how long each took, \
+then the shell: the guest user's login shell (bash, or /bin/sh where there is none) on a \
+terminal in the VM, over the guest agent (no ssh server needed). This terminal is in raw mode \
+until the shell exits; `exit` or Ctrl-D leaves it. Without a terminal on stdin the shell reads \
+its commands from stdin instead. The VM keeps running afterwards unless --rm is given; \
+`banger vm exec -t NAME -- bash` opens another shell in it. The stages and the VM's fate go to \
+stderr; stdout is the shell's or the command's. Ctrl-C ends a command that has no terminal \
+(and --rm still deletes the VM).")]
     Run(VmRunArgs),
     /// Create a VM (asynchronous; shows its stages unless --no-wait)
     #[command(after_help = "\
@@ -216,10 +223,20 @@ Examples:
   banger vm exec dev --cwd /work --env RUST_LOG=debug -- cargo test
   banger vm exec dev -- sh -c 'make && make check'
   tar -C src -c . | banger vm exec dev -- tar -C /work -x
+  banger vm exec -t dev -- bash                a shell on a terminal in the VM
+  banger vm exec -t dev -- vim /work/notes     full-screen programs work too
 
 stdout and stderr are streamed as the command writes them; banger exits with the command's \
 status (128 + N when signal N killed it). Interrupting banger kills the command in the VM. \
-Piped stdin reaches the command; a terminal's does not (use --no-stdin to send none at all).")]
+Piped stdin reaches the command; a terminal's does not unless -i is given (use --no-stdin to \
+send none at all).
+
+With -t the command runs on a terminal in the VM (a pseudo-terminal of this terminal's size, \
+with its TERM), and this terminal is in raw mode until it ends: keys go to the VM as typed \
+(Ctrl-C interrupts the program there, not banger), resizing follows, and SIGINT, SIGTERM, \
+SIGHUP or SIGQUIT sent to banger are passed on to the program (a second SIGTERM or SIGHUP \
+ends banger, and with it the command). When stdin is not a terminal, -t is ignored with a \
+warning, as ssh does; -tt asks for a terminal in the VM anyway.")]
     Exec(VmExecArgs),
     /// Open an ssh session in a running VM
     #[command(after_help = "\
@@ -315,9 +332,16 @@ pub struct VmRunArgs {
     pub name: Option<VmName>,
     #[command(flatten)]
     pub shape: VmShape,
-    /// Leave the VM running after the shell or command ends (default: it is deleted)
+    /// Delete the VM when the shell or command ends (default: it keeps running)
     #[arg(long)]
-    pub keep: bool,
+    pub rm: bool,
+    /// Run the command on a terminal in the VM, as `vm exec -t` does (the shell has one
+    /// whenever stdin is a terminal); -tt even when stdin is not a terminal
+    #[arg(short = 't', long = "tty", action = clap::ArgAction::Count)]
+    pub tty: u8,
+    /// Forward stdin to the command even when it is a terminal (a pipe or a file always is)
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
     /// Command to run instead of a shell, after `--`
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -390,9 +414,18 @@ pub struct VmExecArgs {
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<String>,
     /// Do not forward stdin: the command reads end of file at once. Stdin is forwarded when
-    /// it is a pipe or a file, never when it is a terminal (exec is not an interactive shell)
-    #[arg(long = "no-stdin")]
+    /// it is a pipe or a file, and when it is a terminal only with -i or -t
+    #[arg(long = "no-stdin", conflicts_with_all = ["interactive", "tty"])]
     pub no_stdin: bool,
+    /// Run the command on a terminal in the VM (a pseudo-terminal), for shells, editors and
+    /// other interactive programs; this terminal is in raw mode meanwhile. Ignored, with a
+    /// warning, when stdin is not a terminal; -tt asks for one anyway
+    #[arg(short = 't', long = "tty", action = clap::ArgAction::Count)]
+    pub tty: u8,
+    /// Forward stdin even when it is a terminal (without -t the terminal reads lines and
+    /// echoes them here, as for any program)
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
     /// The command and its arguments, after `--`
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,

@@ -7,7 +7,6 @@
 use super::args::{ImageCacheCommand, SystemCommand, VmCommand, WorkspaceCommand};
 use super::error::CliError;
 
-const SHELL: &str = "real guests: an interactive shell over the guest agent";
 const AGENT: &str = "stats and ports from the guest agent";
 const SSH: &str = "ssh through the guest agent";
 const WORKSPACES: &str = "workspaces";
@@ -35,10 +34,10 @@ pub fn vm(command: &VmCommand) -> CliError {
         | VmCommand::Logs(_)
         | VmCommand::Exec(_)
         | VmCommand::Health(_)
-        | VmCommand::Ping(_) => {
+        | VmCommand::Ping(_)
+        | VmCommand::Run(_) => {
             CliError::message("internal: this vm verb is dispatched by cli::vm, not cli::future")
         }
-        VmCommand::Run(_) => later("vm run without a command", SHELL),
         VmCommand::Stats(_) => later("vm stats", AGENT),
         VmCommand::Ports(_) => later("vm ports", AGENT),
         VmCommand::Ssh(_) => later("vm ssh", SSH),

@@ -10,6 +10,8 @@
 //! - [`connect`]: reaching bangerd, autostart.
 //! - `vm`, `catalog` (image, kernel), `events`, `ops`, `replay`, `repair`, `doctor`, `version`:
 //!   one module per group of commands that work; `future`: the verbs that answer "not implemented yet".
+//! - `terminal`: the host terminal while a command runs on a terminal in the guest (raw mode
+//!   and its guard, the window size, `TERM`).
 //! - [`views`], [`format`](mod@format), [`size`](crate::size): how views, times and sizes read.
 //! - [`error`]: errors, how they print, exit statuses.
 //!
@@ -33,6 +35,7 @@ mod ops;
 mod output;
 mod repair;
 mod replay;
+mod terminal;
 mod version;
 mod vm;
 

@@ -2,13 +2,26 @@
 //! kill, delete, set) are plain calls to bangerd's operations, except `create`, which also
 //! follows the operation's events to show each stage as it starts. Guest verbs (exec, logs,
 //! health, ping) go through bangerd to the VM's guest agent or console; exec and logs are
-//! streams whose bytes are written to stdout and stderr exactly as they arrive.
+//! streams whose bytes are written to stdout and stderr exactly as they arrive. `run` is
+//! create (showing its stages and their times), then a shell or a command through exec.
 //!
-//! Verbs that need networking or workspaces (run, ssh, stats, ports, workspace) still answer
+//! An exec either runs on pipes in the guest, or on a terminal there (`-t`, and `vm run`'s
+//! shell), decided as ssh decides it ([`Io::choose`]). On a terminal, this terminal is in raw
+//! mode for as long as the command runs ([`super::terminal`]), its size follows the command
+//! (SIGWINCH), and the signals that would end banger are passed on to the command instead:
+//!
+//! ```text
+//!  stdin (raw) ─thread─▶ chunks ─┐
+//!  SIGWINCH ──────────▶ resize ──┼─▶ input task ─▶ {"data"} {"resize"} {"signal"} lines ─▶ bangerd
+//!  SIGINT/TERM/HUP/QUIT ▶ signal ┘        (a second SIGTERM or SIGHUP: banger ends, 128 + N)
+//!  stdout ◀──────────────────────────── output items ◀──────────────────────────────── bangerd
+//! ```
+//!
+//! Verbs that need networking or workspaces (ssh, stats, ports, workspace) still answer
 //! "not implemented yet" through [`super::future`].
 
 use std::io::{IsTerminal, Read, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use banger_events::{Envelope, Event, Handle, OpId};
 
@@ -21,12 +34,13 @@ use super::error::CliError;
 use super::format::{now_unix_ms, short_id};
 use super::future;
 use super::output::{json, line, out};
+use super::terminal;
 use super::views::{When, handle_table, operation_table, vm_details, vm_table};
 use crate::api::{
     EXEC_STDIN_CHUNK_BYTES, EventsParams, ExecStream, NameParams, PingResult, VmCreateParams,
-    VmCreateResult, VmDeleteResult, VmExecInput, VmExecItem, VmExecParams, VmExecResult,
-    VmHealthResult, VmListResult, VmLogsItem, VmLogsParams, VmName, VmPingResult, VmResult,
-    VmSetParams, VmShowResult, VmStopParams,
+    VmCreateResult, VmDeleteResult, VmExecInput, VmExecItem, VmExecParams, VmExecResize,
+    VmExecResult, VmExecTty, VmHealthResult, VmListResult, VmLogsItem, VmLogsParams, VmName,
+    VmPingResult, VmResult, VmSetParams, VmShowResult, VmStopParams,
 };
 use crate::rpc::{ClientError, StreamEvent, StreamInput};
 use crate::size::{Size, format_bytes};
@@ -136,11 +150,29 @@ fn generated_name() -> VmName {
 }
 
 /// Where progress lines go: stdout for `vm create` (they are its output), stderr for
-/// `vm run -- CMD` (stdout belongs to the command).
+/// `vm run` (stdout belongs to the shell or the command).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Report {
     Stdout,
     Stderr,
+}
+
+/// How a create's progress shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Style {
+    /// Each step of the operation as it starts, on stdout (`vm create`).
+    Steps,
+    /// The stages `vm run` waits for and how long each took, on stderr.
+    Stages,
+}
+
+impl Style {
+    fn report(self) -> Report {
+        match self {
+            Style::Steps => Report::Stdout,
+            Style::Stages => Report::Stderr,
+        }
+    }
 }
 
 impl Report {
@@ -182,16 +214,22 @@ async fn create(args: VmCreateArgs) -> Result<(), CliError> {
             result.name
         ));
     }
-    create_waiting(&name, &params, Report::Stdout).await
+    create_waiting(&name, &params, Style::Steps).await
 }
 
-/// Creates a VM, showing each stage as it starts, and ends with a line saying where it runs.
+/// Creates a VM, showing its progress, and ends with a line saying where it runs.
 async fn create_waiting(
     name: &VmName,
     params: &VmCreateParams,
-    report: Report,
+    style: Style,
 ) -> Result<(), CliError> {
-    let result = create_with_progress(name, params, report).await?;
+    let report = style.report();
+    let started = Instant::now();
+    let result = create_with_progress(name, params, style).await?;
+    let took = match style {
+        Style::Stages => format!(" after {}", seconds(started.elapsed())),
+        Style::Steps => String::new(),
+    };
     let mut client = connect().await?;
     let shown: Result<VmShowResult, ClientError> = client
         .call(
@@ -212,43 +250,57 @@ async fn create_waiting(
         ),
     };
     match ip {
-        Some(ip) => report.line(format!("{} is {state} ({ip})", result.name)),
-        None => report.line(format!("{} is {state}", result.name)),
+        Some(ip) => report.line(format!("{} is {state} ({ip}){took}", result.name)),
+        None => report.line(format!("{} is {state}{took}", result.name)),
     }
 }
 
-/// `vm run -- CMD`: a fresh VM, the command in it, the VM thrown away (unless --keep); exits
-/// with the command's status. Without a command it would open a shell over ssh, which arrives
-/// with VM networking.
+/// `vm run`: a fresh VM, then a login shell in it on a terminal (or `-- CMD`, a command);
+/// exits with the shell's or the command's status. The VM keeps running unless `--rm`.
 async fn run_vm(args: VmRunArgs) -> Result<(), CliError> {
-    if args.command.is_empty() {
-        return Err(future::vm(&VmCommand::Run(args)));
-    }
+    let shell = args.command.is_empty();
+    let stdin_terminal = std::io::stdin().is_terminal();
+    let (io, warning) = if shell {
+        // The shell is interactive on a terminal; with a pipe it reads commands from it, as
+        // `echo make | ssh host` does.
+        (
+            Io::choose(u8::from(stdin_terminal), true, false, stdin_terminal).0,
+            None,
+        )
+    } else {
+        Io::choose(args.tty, args.interactive, false, stdin_terminal)
+    };
+    ensure_image(&args.shape)?;
     let name = args.name.unwrap_or_else(generated_name);
     let params = create_params(&name, args.shape, false)?;
-    create_waiting(&name, &params, Report::Stderr).await?;
-    // `vm run` keeps its stdin to itself for now: it is a throwaway VM's command, and what
-    // it should read from the terminal (nothing, like `vm exec` on a terminal) is the same.
-    let exec = VmExecParams {
-        name: name.clone(),
-        argv: args.command,
-        env: Default::default(),
-        cwd: None,
-        stdin: false,
-        tty: None,
-    };
-    // Ctrl-C is caught so that the VM is still thrown away: dropping the exec stream makes
-    // bangerd kill the command, then the delete runs as usual. 130 is a shell's status for
-    // a command ended by SIGINT.
-    let outcome = tokio::select! {
-        outcome = run_command(&exec) => outcome,
-        _ = tokio::signal::ctrl_c() => Ok(130),
-    };
-    if args.keep {
-        Report::Stderr.line(format!(
-            "kept {name}; `banger vm exec {name} -- CMD` to use it, `banger vm delete {name}` when done"
-        ))?;
+    Report::Stderr.line(format!("{name}: a VM from image {}", params.image.as_str()))?;
+    create_waiting(&name, &params, Style::Stages).await?;
+    if let Some(warning) = warning {
+        Report::Stderr.line(warning.to_owned())?;
+    }
+    let argv = if shell {
+        if matches!(io, Io::Terminal { .. }) {
+            Report::Stderr.line(format!(
+                "a login shell in {name}; `exit` or Ctrl-D leaves it"
+            ))?;
+        }
+        login_shell_argv()
     } else {
+        args.command
+    };
+    let exec = exec_params(name.clone(), argv, Default::default(), None, io);
+    let outcome = match io {
+        // Signals are the command's on a terminal (see `run_exec`).
+        Io::Terminal { .. } => run_exec(&exec, io).await,
+        // Ctrl-C is caught so that --rm still deletes the VM: dropping the exec stream makes
+        // bangerd kill the command, then the delete runs as usual. 130 is a shell's status
+        // for a command ended by SIGINT.
+        Io::Pipes { .. } => tokio::select! {
+            outcome = run_exec(&exec, io) => outcome,
+            _ = tokio::signal::ctrl_c() => Ok(130),
+        },
+    };
+    if args.rm {
         let deleted: Result<VmDeleteResult, CliError> = call(
             "vm.delete",
             &NameParams {
@@ -264,11 +316,50 @@ async fn run_vm(args: VmRunArgs) -> Result<(), CliError> {
                 super::error::chain(&error)
             ))?,
         }
+    } else {
+        Report::Stderr.line(format!(
+            "{name} keeps running: `banger vm exec -t {name} -- sh -l` for another shell, `banger vm delete {name}` when done"
+        ))?;
     }
     match outcome? {
         0 => Ok(()),
         code => Err(CliError::CommandStatus { code }),
     }
+}
+
+/// Makes sure the image (and its kernel) that `vm run` boots is there. This is the hook for
+/// the default image and kernel: when `--image` is not given, the default image and its
+/// kernel are to be pulled here if missing (with progress, as a stage before `created`), and
+/// `shape.image` set to it. Until image pulls exist, an image must be named and registered.
+fn ensure_image(shape: &VmShape) -> Result<(), CliError> {
+    match &shape.image {
+        Some(_) => Ok(()),
+        None => Err(CliError::Usage(
+            "a VM needs an image: pass --image NAME (see `banger image list`, or register one with `banger image register`); the default image arrives with image pulls".into(),
+        )),
+    }
+}
+
+/// What `vm run` runs without a command: the guest user's login shell from the guest's
+/// `/etc/passwd` (the agent runs commands as that user and sets `USER`), else bash where the
+/// guest has it, else `/bin/sh` — as a login shell, with `SHELL` set. Plain POSIX sh, so that
+/// it runs on busybox as well as on Debian; the guest needs nothing else (no sshd).
+const LOGIN_SHELL: &str = r#"shell=
+if [ -n "$USER" ] && [ -r /etc/passwd ]; then
+    while IFS=: read -r name _ _ _ _ _ login || [ -n "$name" ]; do
+        if [ "$name" = "$USER" ]; then shell=$login; break; fi
+    done < /etc/passwd
+fi
+case "$shell" in */nologin | */false) shell= ;; esac
+if [ -z "$shell" ] || [ ! -x "$shell" ]; then
+    if [ -x /bin/bash ]; then shell=/bin/bash; else shell=/bin/sh; fi
+fi
+export SHELL="$shell"
+exec "$shell" -l
+"#;
+
+fn login_shell_argv() -> Vec<String> {
+    vec!["/bin/sh".into(), "-c".into(), LOGIN_SHELL.into()]
 }
 
 /// The VM's IP address, from the handles it holds.
@@ -285,7 +376,7 @@ fn ip_of(shown: &VmShowResult) -> Option<String> {
 async fn create_with_progress(
     name: &VmName,
     params: &VmCreateParams,
-    report: Report,
+    style: Style,
 ) -> Result<VmCreateResult, CliError> {
     let mut control = connect().await?;
     let ping: PingResult = control.call("daemon.ping", &serde_json::json!({})).await?;
@@ -317,39 +408,94 @@ async fn create_with_progress(
     let creating = control.call::<_, VmCreateResult>("vm.create", params);
     tokio::pin!(creating);
     let mut progress = Progress {
-        report,
+        style,
         op: None,
         done: false,
+        stage: None,
+        // On a terminal a stage's line is rewritten with its time when it ends; elsewhere
+        // (a log) both lines stay.
+        rewrite: style == Style::Stages && std::io::stderr().is_terminal(),
+        open_line: false,
     };
     let result = loop {
         tokio::select! {
-            result = &mut creating => break result?,
+            result = &mut creating => break result,
             // A closed channel (the stream ended or broke) disables this branch.
             Some(envelope) = received.recv() => progress.show(&envelope)?,
         }
     };
-    // Print the stages committed before the answer that the stream has not delivered yet.
-    let drain = async {
-        while !progress.finished(result.op_id) {
-            match received.recv().await {
-                Some(envelope) => progress.show(&envelope)?,
-                None => break,
+    // Print the stages committed before the answer that the stream has not delivered yet
+    // (a failed create's too, once it showed a stage: its rollback ends the stage it failed
+    // in).
+    let op_id = result.as_ref().ok().map(|result| result.op_id);
+    if result.is_ok() || progress.stage.is_some() {
+        let drain = async {
+            while !progress.finished(op_id) {
+                match received.recv().await {
+                    Some(envelope) => progress.show(&envelope)?,
+                    None => break,
+                }
             }
+            Ok::<(), CliError>(())
+        };
+        if let Ok(shown) = tokio::time::timeout(PROGRESS_DRAIN_TIMEOUT, drain).await {
+            shown?;
         }
-        Ok::<(), CliError>(())
-    };
-    if let Ok(shown) = tokio::time::timeout(PROGRESS_DRAIN_TIMEOUT, drain).await {
-        shown?;
     }
-    Ok(result)
+    progress.close_line();
+    Ok(result?)
 }
 
 /// What the create's progress display has shown.
 struct Progress {
-    report: Report,
+    style: Style,
     /// The create's operation id, learned from its `OperationStarted`.
     op: Option<OpId>,
     done: bool,
+    /// The stage being waited for, and when it began (the log's clock).
+    stage: Option<(Stage, u64)>,
+    /// A stage's line is rewritten in place when it ends (stderr is a terminal).
+    rewrite: bool,
+    /// A rewritable line was printed without its newline.
+    open_line: bool,
+}
+
+/// What `vm run` waits for, in the order it happens: the steps of `vm.create` by what they
+/// are for a person waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Create,
+    Boot,
+    Agent,
+}
+
+impl Stage {
+    /// The stage a step of `vm.create` belongs to; `None` for a step this banger does not
+    /// know (it counts to the stage in progress).
+    fn of(step: &str) -> Option<Stage> {
+        match step {
+            "allocate" | "prepare-rootfs" | "prepare-work-disk" | "network" => Some(Stage::Create),
+            "launch-firecracker" | "configure" | "instance-start" => Some(Stage::Boot),
+            "wait-for-agent" => Some(Stage::Agent),
+            _ => None,
+        }
+    }
+
+    fn waiting(self) -> &'static str {
+        match self {
+            Stage::Create => "creating…",
+            Stage::Boot => "booting…",
+            Stage::Agent => "waiting for the guest agent…",
+        }
+    }
+
+    fn done(self) -> &'static str {
+        match self {
+            Stage::Create => "created",
+            Stage::Boot => "booted",
+            Stage::Agent => "agent ready",
+        }
+    }
 }
 
 impl Progress {
@@ -362,7 +508,17 @@ impl Progress {
                 Ok(())
             }
             (Event::StepStarted(step), Some(op)) if envelope.op_id == Some(op) => {
-                self.report.line(format!("{}…", step.step))
+                match self.style {
+                    Style::Steps => Report::Stdout.line(format!("{}…", step.step)),
+                    Style::Stages => match (Stage::of(&step.step), self.stage) {
+                        (None, _) => Ok(()),
+                        (Some(stage), Some((current, _))) if stage == current => Ok(()),
+                        (Some(stage), _) => {
+                            self.end_stage(envelope.at_unix_ms, true)?;
+                            self.begin_stage(stage, envelope.at_unix_ms)
+                        }
+                    },
+                }
             }
             (
                 Event::OperationSucceeded(_)
@@ -370,6 +526,8 @@ impl Progress {
                 | Event::OperationStuck(_),
                 Some(op),
             ) if envelope.op_id == Some(op) => {
+                let succeeded = matches!(envelope.event, Event::OperationSucceeded(_));
+                self.end_stage(envelope.at_unix_ms, succeeded)?;
                 self.done = true;
                 Ok(())
             }
@@ -377,9 +535,58 @@ impl Progress {
         }
     }
 
-    fn finished(&self, op: OpId) -> bool {
-        self.done && self.op == Some(op)
+    fn begin_stage(&mut self, stage: Stage, at_unix_ms: u64) -> Result<(), CliError> {
+        self.stage = Some((stage, at_unix_ms));
+        if self.rewrite {
+            self.open_line = true;
+            write_raw(
+                ExecStream::Stderr,
+                format!("  {}", stage.waiting()).as_bytes(),
+            )
+        } else {
+            Report::Stderr.line(format!("  {}", stage.waiting()))
+        }
     }
+
+    /// Ends the stage in progress at `at_unix_ms`: how long it took, or that it failed.
+    fn end_stage(&mut self, at_unix_ms: u64, succeeded: bool) -> Result<(), CliError> {
+        let Some((stage, began)) = self.stage.take() else {
+            return Ok(());
+        };
+        let took = seconds(Duration::from_millis(at_unix_ms.saturating_sub(began)));
+        let text = if succeeded {
+            format!("  {:<12} {took}", stage.done())
+        } else {
+            format!("  {} failed after {took}", stage.waiting())
+        };
+        if self.open_line {
+            self.open_line = false;
+            // Back to the line's start and clear it: the stage's line becomes its result.
+            write_raw(ExecStream::Stderr, format!("\r\x1b[K{text}\n").as_bytes())
+        } else {
+            Report::Stderr.line(text)
+        }
+    }
+
+    /// Ends a rewritable line left open (the stream stopped before its stage ended), so
+    /// that what is printed next starts on a line of its own.
+    fn close_line(&mut self) {
+        if self.open_line {
+            self.open_line = false;
+            let _ = write_raw(ExecStream::Stderr, b"\n");
+        }
+    }
+
+    /// The operation `op` (or, not knowing its id, the one shown) has ended.
+    fn finished(&self, op: Option<OpId>) -> bool {
+        self.done && op.is_none_or(|op| self.op == Some(op))
+    }
+}
+
+/// A duration as `1.23 s`.
+fn seconds(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    format!("{}.{:02} s", ms / 1000, (ms % 1000) / 10)
 }
 
 async fn lifecycle(method: &'static str, args: VmNameArgs) -> Result<(), CliError> {
@@ -465,42 +672,163 @@ fn write_raw(stream: ExecStream, data: &[u8]) -> Result<(), CliError> {
 }
 
 async fn exec(args: VmExecArgs) -> Result<(), CliError> {
-    // A terminal is never forwarded: exec has no pseudo-terminal in the guest, so a shell
-    // there would read lines without echo or line editing, and a command that does not read
-    // stdin would wait for a Ctrl-D nobody knows to type.
-    let stdin = !args.no_stdin && !std::io::stdin().is_terminal();
-    let params = VmExecParams {
-        name: args.name,
-        argv: args.command,
-        env: args.env.into_iter().collect(),
-        cwd: args.cwd,
-        stdin,
-        tty: None,
-    };
-    match run_command(&params).await? {
+    let (io, warning) = Io::choose(
+        args.tty,
+        args.interactive,
+        args.no_stdin,
+        std::io::stdin().is_terminal(),
+    );
+    if let Some(warning) = warning {
+        Report::Stderr.line(warning.to_owned())?;
+    }
+    let params = exec_params(
+        args.name,
+        args.command,
+        args.env.into_iter().collect(),
+        args.cwd,
+        io,
+    );
+    match run_exec(&params, io).await? {
         0 => Ok(()),
         code => Err(CliError::CommandStatus { code }),
     }
 }
 
+/// How a command's stdin and terminal are set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Io {
+    /// Pipes in the guest; `stdin`: this process's stdin is forwarded to the command.
+    Pipes { stdin: bool },
+    /// A terminal in the guest, fed with this process's stdin; `raw`: stdin is a terminal,
+    /// put in raw mode while the command runs.
+    Terminal { raw: bool },
+}
+
+impl Io {
+    /// Decides as ssh does: `-t` gives a terminal in the guest when stdin is a terminal, and
+    /// is ignored with a warning otherwise (a pipe has no keys to pass through raw, and
+    /// programs that see a terminal wait for them); `-tt` gives one anyway. Without `-t`,
+    /// stdin is forwarded when it is a pipe or a file, or with `-i`; never with `--no-stdin`.
+    /// Returns the warning to print, if any.
+    fn choose(
+        tty: u8,
+        interactive: bool,
+        no_stdin: bool,
+        stdin_terminal: bool,
+    ) -> (Io, Option<&'static str>) {
+        match tty {
+            0 => (
+                Io::Pipes {
+                    stdin: !no_stdin && (interactive || !stdin_terminal),
+                },
+                None,
+            ),
+            1 if !stdin_terminal => (
+                Io::Pipes { stdin: !no_stdin },
+                Some(
+                    "banger: stdin is not a terminal, so the command runs without one in the VM \
+                     (-tt asks for one anyway)",
+                ),
+            ),
+            _ => (
+                Io::Terminal {
+                    raw: stdin_terminal,
+                },
+                None,
+            ),
+        }
+    }
+}
+
+/// The `vm.exec` parameters for a command set up as `io` says; a terminal in the guest gets
+/// this terminal's size (24x80 when there is none to ask) and `TERM`.
+fn exec_params(
+    name: VmName,
+    argv: Vec<String>,
+    env: std::collections::BTreeMap<String, String>,
+    cwd: Option<String>,
+    io: Io,
+) -> VmExecParams {
+    let tty = match io {
+        Io::Terminal { .. } => {
+            let (rows, cols) = terminal::size().unwrap_or((24, 80));
+            Some(VmExecTty {
+                rows,
+                cols,
+                term: terminal::term(),
+            })
+        }
+        Io::Pipes { .. } => None,
+    };
+    VmExecParams {
+        name,
+        argv,
+        env,
+        cwd,
+        stdin: io == Io::Pipes { stdin: true },
+        tty,
+    }
+}
+
+/// Runs a command through `vm.exec` as `io` says, writing its output as it arrives; returns
+/// the status a shell would report. On a terminal in the guest, SIGINT, SIGTERM, SIGHUP and
+/// SIGQUIT are the command's for as long as it runs, and this terminal is raw meanwhile.
+async fn run_exec(params: &VmExecParams, io: Io) -> Result<i32, CliError> {
+    let listen = |e| CliError::failed("cannot listen for signals", e);
+    // Caught before raw mode begins and until it ends: each of these would otherwise end
+    // banger with this terminal left raw.
+    let signals = match io {
+        Io::Terminal { .. } => Some(Forwarded::listen().map_err(listen)?),
+        Io::Pipes { .. } => None,
+    };
+    let (winch, _raw) = match io {
+        Io::Terminal { raw: true } => {
+            let winch =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+                    .map_err(listen)?;
+            let raw = terminal::RawMode::enter()
+                .map_err(|e| CliError::failed("cannot put this terminal in raw mode", e))?;
+            (Some(winch), Some(raw))
+        }
+        _ => (None, None),
+    };
+    run_command(params, signals, winch).await
+}
+
 /// Runs a command through `vm.exec`, writing its output as it arrives; returns the status a
 /// shell would report.
-async fn run_command(params: &VmExecParams) -> Result<i32, CliError> {
+async fn run_command(
+    params: &VmExecParams,
+    signals: Option<Forwarded>,
+    winch: Option<tokio::signal::unix::Signal>,
+) -> Result<i32, CliError> {
     // A client that goes away (Ctrl-C kills this process) closes the socket, and bangerd
     // then kills the command in the guest: nothing is left running behind the user's back.
     let mut stream = connect().await?.stream("vm.exec", params).await?;
+    // A signal that ends banger at once (a second SIGTERM or SIGHUP on a terminal).
+    let (force, mut forced) = tokio::sync::mpsc::channel::<i32>(1);
     // Aborted (dropping the connection's sending side) when this function returns, however.
-    // Only taken when stdin is forwarded: a taken and dropped sending side would half-close
+    // Only taken when input is forwarded: a taken and dropped sending side would half-close
     // the connection, which bangerd reads as the client going away.
-    let _feeder = if params.stdin {
-        stream
-            .take_input()
-            .map(|input| AbortOnDrop(tokio::spawn(forward_stdin(input))))
+    let _input = if params.takes_input() {
+        stream.take_input().map(|input| {
+            let sources = InputSources {
+                stdin: Some(stdin_chunks()),
+                signals,
+                winch,
+            };
+            AbortOnDrop(tokio::spawn(forward_input(input, sources, force)))
+        })
     } else {
         None
     };
     loop {
-        match stream.next::<VmExecItem>().await? {
+        let event = tokio::select! {
+            biased;
+            Some(signal) = forced.recv() => return Ok(128 + signal),
+            event = stream.next::<VmExecItem>() => event?,
+        };
+        match event {
             StreamEvent::Item(item) => write_raw(item.stream, &item.data)?,
             StreamEvent::End(end) => {
                 let result: VmExecResult = serde_json::from_value(end).map_err(|error| {
@@ -521,15 +849,151 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Sends this process's stdin to bangerd as `vm.exec` stdin lines, then keeps the connection's
-/// sending side open (closing it would tell bangerd the client is gone) until aborted.
-///
-/// Stdin is read on a plain thread rather than tokio's: a blocking read cannot be cancelled,
-/// and tokio waits for its blocking reads when the runtime shuts down, so a command that ends
-/// without reading its input would leave banger hanging on a pipe that never ends. A plain
-/// thread dies with the process.
-async fn forward_stdin(mut input: StreamInput) {
-    let (chunks, mut received) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+/// The signals passed on to a command on a terminal in the guest: with the terminal raw, ^C
+/// and ^\ reach it as keys, so these only come from elsewhere (`kill`, a closed terminal
+/// window), and are the command's to act on.
+struct Forwarded {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl Forwarded {
+    fn listen() -> std::io::Result<Forwarded> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Forwarded {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+            quit: signal(SignalKind::quit())?,
+        })
+    }
+
+    /// The next signal's number.
+    async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            Some(()) = self.interrupt.recv() => libc::SIGINT,
+            Some(()) = self.terminate.recv() => libc::SIGTERM,
+            Some(()) = self.hangup.recv() => libc::SIGHUP,
+            Some(()) = self.quit.recv() => libc::SIGQUIT,
+            else => std::future::pending().await,
+        }
+    }
+}
+
+/// Where an exec's input lines come from.
+struct InputSources {
+    /// This process's stdin, in chunks (`None` once it ended).
+    stdin: Option<tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>>,
+    /// On a terminal in the guest: the signals to pass on.
+    signals: Option<Forwarded>,
+    /// On a terminal in the guest, with this terminal raw: its size changes.
+    winch: Option<tokio::signal::unix::Signal>,
+}
+
+/// Sends this process's stdin, this terminal's size changes and the signals it gets to
+/// bangerd as `vm.exec` input lines, then keeps the connection's sending side open (closing it
+/// would tell bangerd the client is gone) until aborted. A second SIGTERM or SIGHUP goes to
+/// `force` instead: banger then ends (and with it the command), whatever the command does
+/// with the first.
+async fn forward_input(
+    mut input: StreamInput,
+    mut sources: InputSources,
+    force: tokio::sync::mpsc::Sender<i32>,
+) {
+    let mut size = terminal::size();
+    let mut seen = Vec::new();
+    loop {
+        let line = tokio::select! {
+            chunk = next_chunk(&mut sources.stdin) => match chunk {
+                Some(Ok(data)) if !data.is_empty() => VmExecInput {
+                    data,
+                    ..VmExecInput::default()
+                },
+                Some(Ok(_)) | None => {
+                    sources.stdin = None;
+                    VmExecInput { eof: true, ..VmExecInput::default() }
+                }
+                Some(Err(error)) => {
+                    // The command gets end of file; the user learns why its input was short.
+                    let _ = write_raw(
+                        ExecStream::Stderr,
+                        format!(
+                            "banger: reading stdin failed: {error}; the command gets end of file\n"
+                        )
+                        .as_bytes(),
+                    );
+                    sources.stdin = None;
+                    VmExecInput { eof: true, ..VmExecInput::default() }
+                }
+            },
+            () = next_winch(&mut sources.winch) => {
+                let now = terminal::size();
+                let Some((rows, cols)) = now.filter(|_| now != size) else {
+                    continue;
+                };
+                size = now;
+                VmExecInput {
+                    resize: Some(VmExecResize { rows, cols }),
+                    ..VmExecInput::default()
+                }
+            }
+            signal = next_signal(&mut sources.signals) => {
+                if matches!(signal, libc::SIGTERM | libc::SIGHUP) {
+                    if seen.contains(&signal) {
+                        let _ = force.send(signal).await;
+                        continue;
+                    }
+                    seen.push(signal);
+                }
+                VmExecInput {
+                    signal: Some(signal),
+                    ..VmExecInput::default()
+                }
+            }
+        };
+        // A failed send means bangerd closed the connection: the command is over, and the
+        // stream reader reports how it ended.
+        if input.send(&line).await.is_err() {
+            break;
+        }
+    }
+    std::future::pending::<()>().await;
+}
+
+async fn next_chunk(
+    stdin: &mut Option<tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>>,
+) -> Option<std::io::Result<Vec<u8>>> {
+    match stdin {
+        Some(chunks) => chunks.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_winch(winch: &mut Option<tokio::signal::unix::Signal>) {
+    let delivered = match winch {
+        Some(winch) => winch.recv().await.is_some(),
+        None => false,
+    };
+    if !delivered {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn next_signal(signals: &mut Option<Forwarded>) -> i32 {
+    match signals {
+        Some(signals) => signals.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// This process's stdin in chunks, read on a plain thread rather than tokio's: a blocking
+/// read cannot be cancelled, and tokio waits for its blocking reads when the runtime shuts
+/// down, so a command that ends without reading its input would leave banger hanging on a
+/// pipe that never ends. A plain thread dies with the process. An empty chunk is the end.
+fn stdin_chunks() -> tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>> {
+    let (chunks, received) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
         loop {
@@ -550,40 +1014,7 @@ async fn forward_stdin(mut input: StreamInput) {
             }
         }
     });
-    while let Some(chunk) = received.recv().await {
-        let line = match chunk {
-            Ok(data) if data.is_empty() => VmExecInput {
-                data,
-                eof: true,
-                ..VmExecInput::default()
-            },
-            Ok(data) => VmExecInput {
-                data,
-                ..VmExecInput::default()
-            },
-            Err(error) => {
-                // The command gets end of file; the user learns why its input was short.
-                let _ = write_raw(
-                    ExecStream::Stderr,
-                    format!(
-                        "banger: reading stdin failed: {error}; the command gets end of file\n"
-                    )
-                    .as_bytes(),
-                );
-                VmExecInput {
-                    eof: true,
-                    ..VmExecInput::default()
-                }
-            }
-        };
-        let eof = line.eof;
-        // A failed send means bangerd closed the connection: the command is over, and the
-        // stream reader reports how it ended.
-        if input.send(&line).await.is_err() || eof {
-            break;
-        }
-    }
-    std::future::pending::<()>().await;
+    received
 }
 
 async fn logs(args: VmLogsArgs) -> Result<(), CliError> {
@@ -700,5 +1131,58 @@ mod tests {
     #[test]
     fn generated_names_are_valid() {
         assert!(generated_name().as_str().starts_with("vm-"));
+    }
+
+    #[test]
+    fn a_terminal_in_the_guest_is_chosen_as_ssh_chooses_it() {
+        let pipes = |stdin| (Io::Pipes { stdin }, None);
+        // No -t: stdin goes when it is a pipe or a file, or with -i; never with --no-stdin.
+        assert_eq!(Io::choose(0, false, false, false), pipes(true));
+        assert_eq!(Io::choose(0, false, false, true), pipes(false));
+        assert_eq!(Io::choose(0, true, false, true), pipes(true));
+        assert_eq!(Io::choose(0, false, true, false), pipes(false));
+        // -t on a terminal: raw; -t on a pipe: none, with a warning; -tt: one anyway.
+        assert_eq!(
+            Io::choose(1, false, false, true),
+            (Io::Terminal { raw: true }, None)
+        );
+        let (io, warning) = Io::choose(1, false, false, false);
+        assert_eq!(io, Io::Pipes { stdin: true });
+        assert!(warning.is_some_and(|w| w.contains("-tt")));
+        assert_eq!(
+            Io::choose(2, false, false, false),
+            (Io::Terminal { raw: false }, None)
+        );
+        assert_eq!(
+            Io::choose(2, false, false, true),
+            (Io::Terminal { raw: true }, None)
+        );
+    }
+
+    #[test]
+    fn every_create_step_belongs_to_a_stage_in_order() {
+        let steps = [
+            "allocate",
+            "prepare-rootfs",
+            "prepare-work-disk",
+            "network",
+            "launch-firecracker",
+            "configure",
+            "instance-start",
+            "wait-for-agent",
+        ];
+        let stages: Vec<Stage> = steps.iter().filter_map(|s| Stage::of(s)).collect();
+        assert_eq!(stages.len(), steps.len());
+        assert!(stages.is_sorted_by_key(|stage| *stage as u8));
+        assert_eq!(Stage::of("a-step-of-the-future"), None);
+        assert_eq!(seconds(Duration::from_millis(1234)), "1.23 s");
+        assert_eq!(seconds(Duration::from_millis(5)), "0.00 s");
+    }
+
+    #[test]
+    fn vm_run_without_a_command_asks_the_guest_for_a_login_shell() {
+        let argv = login_shell_argv();
+        assert_eq!(argv[..2], ["/bin/sh", "-c"]);
+        assert!(argv[2].contains("/etc/passwd") && argv[2].contains("exec \"$shell\" -l"));
     }
 }

@@ -313,7 +313,6 @@ fn every_group_landing_page_shows_runnable_examples() {
 fn unimplemented_verbs_say_so_and_exit_2_without_starting_bangerd() {
     let sandbox = Sandbox::new();
     let verbs: &[(&[&str], &str)] = &[
-        (&["vm", "run"], "vm run without a command"),
         (&["vm", "ssh", "dev"], "vm ssh"),
         (&["vm", "stats", "dev"], "vm stats"),
         (&["vm", "ports", "dev", "--json"], "vm ports"),

@@ -33,13 +33,13 @@ fn fake_firecracker() -> &'static Path {
 }
 
 /// A bangerd with a running VM called `dev`.
-struct Guest {
-    daemon: Bangerd,
+pub(crate) struct Guest {
+    pub(crate) daemon: Bangerd,
 }
 
 impl Guest {
     /// Needs root (a test network for the VM's tap): the tests are in the harness's root tier.
-    async fn start() -> Guest {
+    pub(crate) async fn start() -> Guest {
         let fake = fake_firecracker().to_string_lossy().into_owned();
         let daemon = Bangerd::start_with(&[
             ("BANGER_FIRECRACKER", &fake),
@@ -68,7 +68,7 @@ impl Guest {
         guest
     }
 
-    async fn client(&self) -> Client {
+    pub(crate) async fn client(&self) -> Client {
         self.daemon.client().await
     }
 
@@ -90,7 +90,7 @@ impl Guest {
         }
     }
 
-    async fn call(&self, method: &str, params: Value) -> Value {
+    pub(crate) async fn call(&self, method: &str, params: Value) -> Value {
         let result: Result<Value, _> = self.client().await.call(method, &params).await;
         result.unwrap_or_else(|error| {
             panic!(
@@ -100,7 +100,7 @@ impl Guest {
         })
     }
 
-    async fn stream(&self, method: &str, params: Value) -> Stream {
+    pub(crate) async fn stream(&self, method: &str, params: Value) -> Stream {
         self.client()
             .await
             .stream(method, &params)
@@ -618,6 +618,7 @@ async fn cli_vm_run_runs_one_command_in_a_fresh_vm_and_throws_it_away() {
         "128M",
         "--work-disk",
         "64M",
+        "--rm",
         "--",
         "sh",
         "-c",
@@ -640,18 +641,51 @@ async fn cli_vm_run_runs_one_command_in_a_fresh_vm_and_throws_it_away() {
     );
     assert_eq!(error.code, ErrorCode::NotFound, "the VM is gone: {error}");
 
+    // Without --rm the VM keeps running, and the last line says how to reach and delete it.
     let run = guest.cli(&[
-        "vm", "run", "--name", "kept", "--image", "img", "--keep", "--", "true",
+        "vm", "run", "--name", "kept", "--image", "img", "--", "true",
     ]);
     assert_eq!(run.status.code(), Some(0), "{run:?}");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("kept keeps running") && stderr.contains("banger vm delete kept"),
+        "{stderr}"
+    );
     guest.call("vm.show", json!({"name": "kept"})).await;
 
-    // Without a command, `vm run` would open a shell: that needs the agent's PTY.
-    let run = guest.cli(&["vm", "run", "--image", "img"]);
+    // Without a terminal on stdin, `vm run`'s login shell reads its commands from stdin.
+    let mut child = spawn_cli(
+        &guest,
+        &["vm", "run", "--name", "piped", "--image", "img", "--rm"],
+        std::process::Stdio::piped(),
+    );
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(b"unset HISTFILE; [ -t 0 ] || echo \"no tty, shell $SHELL\"; exit 4\n")
+            .expect("write stdin");
+    }
+    let run = wait_with_deadline(child, "vm run with a piped shell");
+    assert_eq!(run.status.code(), Some(4), "{run:?}");
+    let login = std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find(|line| line.starts_with("root:"))
+        .and_then(|line| line.rsplit(':').next().map(str::to_owned))
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout),
+        format!("no tty, shell {login}\n"),
+        "{run:?}"
+    );
+
+    // Without an image (and until the default image is pulled) it is a usage error, before
+    // anything is created.
+    let run = guest.cli(&["vm", "run", "--name", "noimage"]);
     assert_eq!(run.status.code(), Some(2), "{run:?}");
     assert!(
-        String::from_utf8_lossy(&run.stderr)
-            .starts_with("banger vm run without a command: not implemented yet"),
+        String::from_utf8_lossy(&run.stderr).contains("--image"),
         "{run:?}"
     );
 }
