@@ -33,14 +33,14 @@ use tokio::sync::Barrier;
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A `banger-agent` process serving `unix:<tempdir>/agent.sock`. Dropping it kills it.
-struct AgentProcess {
+pub(crate) struct AgentProcess {
     child: Child,
     socket: PathBuf,
     dir: tempfile::TempDir,
 }
 
 impl AgentProcess {
-    async fn start() -> AgentProcess {
+    pub(crate) async fn start() -> AgentProcess {
         // Short path: a unix socket path must fit in 107 bytes.
         let dir = tempfile::Builder::new()
             .prefix("banger-agent-")
@@ -73,24 +73,24 @@ impl AgentProcess {
         agent
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 
-    async fn connect(&self) -> UnixStream {
+    pub(crate) async fn connect(&self) -> UnixStream {
         UnixStream::connect(&self.socket)
             .await
             .expect("connect to the agent")
     }
 
-    async fn client(&self) -> AgentClient<UnixStream> {
+    pub(crate) async fn client(&self) -> AgentClient<UnixStream> {
         AgentClient::handshake(self.connect().await, "integration-test")
             .await
             .expect("hello")
     }
 
     /// A raw connection that has said hello.
-    async fn raw(&self) -> UnixStream {
+    pub(crate) async fn raw(&self) -> UnixStream {
         let mut stream = self.connect().await;
         let hello = ClientMessage::Hello {
             protocol: PROTOCOL_VERSION,
@@ -105,7 +105,7 @@ impl AgentProcess {
     }
 }
 
-async fn read_message(stream: &mut UnixStream) -> AgentMessage {
+pub(crate) async fn read_message(stream: &mut UnixStream) -> AgentMessage {
     let frame = tokio::time::timeout(DEADLINE, read_frame(stream))
         .await
         .expect("agent answered in time");
@@ -133,7 +133,7 @@ async fn expect_closed(stream: &mut UnixStream) {
 
 /// Waits until process `pid` has exited (a pidfd turns readable when it does). The process
 /// is not our child, so this is the only way to wait for it without polling.
-async fn wait_gone(pid: u32) {
+pub(crate) async fn wait_gone(pid: u32) {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if raw < 0 {

@@ -18,6 +18,7 @@ mod network;
 mod qemu;
 mod registry;
 mod support;
+mod tty;
 mod vm;
 
 fn main() {
@@ -32,6 +33,7 @@ fn main() {
         network::tests(),
         registry::tests(),
         qemu::tests(),
+        tty::tests(),
         vm::tests(),
     ]);
 }

@@ -537,6 +537,33 @@ async fn bangerd_runs_a_qemu_vm_from_create_to_delete() {
     assert!(exec.status.success(), "{exec:?}");
     assert_eq!(String::from_utf8_lossy(&exec.stdout).trim(), KERNEL_RELEASE);
 
+    // `vm exec -t` from a terminal: a pseudo-terminal in the real guest, over the multiplexed
+    // virtio-serial stream — its size, a resize, a key typed, ^C, and this terminal's modes
+    // put back.
+    let script = r#"trap 'echo "winch $(stty size)"' WINCH; echo "tty: $(stty size) $(tty)";
+        read -r line; echo "read:$line"; while :; do sleep 0.1; done"#;
+    let mut screen = super::tty::Screen::spawn(
+        &root_path,
+        &["vm", "exec", "-t", "q1", "--", "sh", "-c", script],
+        30,
+        100,
+    );
+    let started = Instant::now();
+    screen.wait_for("tty: 30 100 /dev/pts/").await;
+    eprintln!(
+        "vm exec -t: the guest's terminal answered in {:?}",
+        started.elapsed()
+    );
+    assert!(super::tty::is_raw(&screen.modes()));
+    screen.type_keys(b"typed\r").await;
+    screen.wait_for("read:typed\r\n").await;
+    banger::agent::pty::set_size(std::os::fd::AsFd::as_fd(&screen.master), 40, 120).unwrap();
+    screen.wait_for("winch 40 120").await;
+    screen.type_keys(b"\x03").await;
+    let status = screen.exit().await;
+    assert_eq!(status.code(), Some(130), "{:?}", screen.text());
+    screen.assert_modes_restored();
+
     // kill -9 bangerd: the VM runs on; the next bangerd re-adopts it (pid, start time, QMP)
     // and reaches its agent with a new serial session.
     let process = shown["vm"]["process"]["pid"].as_u64().unwrap() as u32;
@@ -712,6 +739,8 @@ const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sys /sys
 /bin/busybox mount -t devtmpfs dev /dev
+/bin/busybox mkdir -p /dev/pts
+/bin/busybox mount -t devpts devpts /dev/pts
 /bin/busybox --install -s /bin
 export PATH=/bin
 for m in virtio_ring virtio virtio_mmio virtio_console virtio_blk button evdev; do
