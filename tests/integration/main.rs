@@ -13,6 +13,7 @@ mod daemon;
 mod doctor;
 mod firecracker;
 mod guest;
+mod guest_images;
 mod kernel;
 mod network;
 mod qemu;
