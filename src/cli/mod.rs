@@ -25,7 +25,8 @@ pub mod format;
 pub mod views;
 
 mod catalog;
-mod events;
+// The dashboard's event page says what `banger events` says (`events::summary`).
+pub(crate) mod events;
 mod future;
 mod ops;
 mod output;
