@@ -8,8 +8,9 @@
 //! Code map:
 //! - [`args`]: the clap command tree and all help text.
 //! - [`connect`]: reaching bangerd, autostart.
-//! - `vm`, `catalog` (image, kernel), `events`, `ops`, `replay`, `version`: one module per
-//!   group of commands that work; `future`: the verbs that answer "not implemented yet".
+//! - `vm`, `catalog` (image, kernel), `events`, `ops`, `replay`, `dashboard`, `version`: one
+//!   module per group of commands that work; `future`: the verbs that answer "not implemented
+//!   yet".
 //! - [`views`], [`format`](mod@format), [`size`](crate::size): how views, times and sizes read.
 //! - [`error`]: errors, how they print, exit statuses.
 //!
@@ -25,6 +26,7 @@ pub mod format;
 pub mod views;
 
 mod catalog;
+mod dashboard;
 // The dashboard's event page says what `banger events` says (`events::summary`).
 pub(crate) mod events;
 mod future;
@@ -96,6 +98,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Doctor(_) => Err(future::doctor()),
         Command::Update(_) => Err(future::update()),
         Command::SshConfig(_) => Err(future::ssh_config()),
+        Command::Dashboard(args) => dashboard::run(args).await,
         Command::Version(args) => version::run(args).await,
     }
 }
