@@ -14,9 +14,10 @@
 //!                 └─ required (CI) ──────────▶ the trial runs and fails with the reason
 //! ```
 //!
-//! `BANGER_REQUIRE_PRIVILEGED=1` (set by `.ci/run`) makes the root tier required. The real
-//! firecracker tier is opt-in: setting `BANGER_FIRECRACKER=/path` is what asks for it, so a
-//! path that does not work fails its trials rather than skipping them.
+//! `BANGER_REQUIRE_PRIVILEGED=1` (set by `.ci/run`) makes the root and browser tiers required
+//! (CI runs as root and installs Chromium). The real firecracker tier is opt-in: setting
+//! `BANGER_FIRECRACKER=/path` is what asks for it, so a path that does not work fails its
+//! trials rather than skipping them.
 //!
 //! Every binary also gets one trial that always runs, `tiers::report`: it prints which tiers
 //! are missing, why, and how many trials each one skips, and fails when a required tier is
@@ -58,15 +59,19 @@ pub enum Tier {
     /// A real firecracker, named by `BANGER_FIRECRACKER`: the tests that need no booted guest
     /// run against it as well as against the fake.
     Firecracker,
+    /// A Chromium to drive headless (the dashboard's browser tests): `BANGER_CHROMIUM`, else
+    /// `chromium` on `PATH` (Debian's `chromium` package).
+    Browser,
 }
 
 impl Tier {
-    pub const ALL: [Tier; 2] = [Tier::Root, Tier::Firecracker];
+    pub const ALL: [Tier; 3] = [Tier::Root, Tier::Firecracker, Tier::Browser];
 
     pub fn name(self) -> &'static str {
         match self {
             Tier::Root => "root",
             Tier::Firecracker => "firecracker",
+            Tier::Browser => "browser",
         }
     }
 
@@ -89,6 +94,11 @@ impl Tier {
                  tests that need no booted guest against it too"
                     .to_owned()
             }),
+            Tier::Browser => chromium().is_none().then(|| {
+                "no Chromium: install Debian's `chromium` package (apt-get install chromium), \
+                 or set BANGER_CHROMIUM to a Chromium or Chrome binary"
+                    .to_owned()
+            }),
         }
     }
 
@@ -99,6 +109,8 @@ impl Tier {
             // Setting BANGER_FIRECRACKER is what asks for the tier, so it is never missing
             // when asked for; a path that does not work fails the trials themselves.
             Tier::Firecracker => false,
+            // CI installs Chromium: a browser test that cannot run there is a failure.
+            Tier::Browser => require_privileged(),
         }
     }
 }
@@ -108,6 +120,19 @@ pub fn firecracker() -> Option<std::path::PathBuf> {
     std::env::var_os("BANGER_FIRECRACKER")
         .filter(|path| !path.is_empty())
         .map(std::path::PathBuf::from)
+}
+
+/// The Chromium the browser tests drive: `BANGER_CHROMIUM` when it names something, else the
+/// first of `chromium`, `chromium-browser`, `google-chrome` on `PATH`.
+pub fn chromium() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("BANGER_CHROMIUM").filter(|path| !path.is_empty()) {
+        return Some(std::path::PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH")?;
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
+        .find(|candidate| candidate.is_file())
 }
 
 /// `BANGER_REQUIRE_PRIVILEGED` is set (to anything but `0` or nothing): a missing root tier
@@ -332,7 +357,9 @@ impl Report {
             );
         }
         if !require_privileged() {
-            println!("  (BANGER_REQUIRE_PRIVILEGED=1 turns a missing root tier into failures)");
+            println!(
+                "  (BANGER_REQUIRE_PRIVILEGED=1 turns a missing root or browser tier into failures)"
+            );
         }
         if failures.is_empty() {
             Ok(())
