@@ -80,11 +80,18 @@
 
   // ---- the event page ------------------------------------------------------------------
 
+  // Newest last, so the page follows the end of the log while the reader is there, and
+  // stays put when they scrolled up to read.
+  function atBottom() {
+    return window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 40;
+  }
+
   function appendEvent(row) {
     const table = document.getElementById('events-body');
     if (!table) {
       return;
     }
+    const follow = atBottom();
     const tr = document.createElement('tr');
     tr.dataset.seq = String(row.seq);
     const cells = [row.seq, row.time, row.op || '-', row.event, row.summary];
@@ -92,6 +99,9 @@
       const td = document.createElement('td');
       if (index === 0) {
         td.className = 'num';
+      }
+      if (index === 1) {
+        td.className = 'time';
       }
       if (index === 2) {
         const code = document.createElement('code');
@@ -106,6 +116,13 @@
     while (table.rows.length > MAX_EVENT_ROWS) {
       table.deleteRow(0);
     }
+    if (follow) {
+      window.scrollTo(0, document.documentElement.scrollHeight);
+    }
+  }
+
+  if (mode === 'append') {
+    window.scrollTo(0, document.documentElement.scrollHeight);
   }
 
   // ---- the stream ----------------------------------------------------------------------

@@ -951,7 +951,7 @@ pub fn render_events(envelopes: &[Envelope]) -> Html {
             .text(row.seq)
             .markup("\"><td class=\"num\">")
             .text(row.seq)
-            .markup("</td><td>")
+            .markup("</td><td class=\"time\">")
             .text(&row.time)
             .markup("</td><td><code>")
             .text(row.op.as_deref().unwrap_or("-"))
