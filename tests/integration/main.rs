@@ -9,6 +9,7 @@
 mod agent;
 mod cli;
 mod daemon;
+mod dashboard;
 mod firecracker;
 mod guest;
 mod network;
@@ -20,6 +21,7 @@ fn main() {
         agent::tests(),
         cli::tests(),
         daemon::tests(),
+        dashboard::tests(),
         firecracker::tests(),
         guest::tests(),
         network::tests(),
