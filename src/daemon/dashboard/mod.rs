@@ -42,7 +42,7 @@
 //!   own script and style (no inline script: markup that slipped through could not run).
 //! - **State changes** are POSTs only, and a POST must carry the dashboard's own `Origin`
 //!   (browsers always send one), a valid session, and the form's CSRF token (an HMAC of the
-//!   token that only the dashboard's pages contain). Forms bodies are capped at 4 KiB.
+//!   token that only the dashboard's pages contain). Form bodies are capped at 4 KiB.
 //! - **Escaping.** Pages are rendered with [`html::Html`], which accepts runtime strings only
 //!   as escaped text: VM names, console output, errors and kernel banners cannot become
 //!   markup. The event page's script adds rows with `textContent`, never as HTML.

@@ -85,7 +85,7 @@ impl Shared {
         let body = if query.fragment.is_some() {
             page.content
         } else {
-            layout(&page, &self.secret.csrf_token())
+            layout(&page)
         };
         html_response(status, body)
     }
@@ -101,7 +101,7 @@ pub fn html_response(status: StatusCode, body: Html) -> Response {
 }
 
 /// The page around the content: navigation, the live indicator, where action results show.
-pub fn layout(page: &Page, csrf: &str) -> Html {
+pub fn layout(page: &Page) -> Html {
     let mut html = Html::new();
     html.markup("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">")
         .markup("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">")
@@ -112,8 +112,6 @@ pub fn layout(page: &Page, csrf: &str) -> Html {
         .markup("<script src=\"/assets/dashboard.js\" defer></script>")
         .markup("</head><body data-seq=\"")
         .text(page.seq.0)
-        .markup("\" data-csrf=\"")
-        .text(csrf)
         .markup("\" data-live=\"")
         .markup(match page.live {
             Live::Refresh => "refresh",
@@ -141,8 +139,9 @@ pub fn layout(page: &Page, csrf: &str) -> Html {
     html
 }
 
-/// A page that says something went wrong (or was refused), with `message` in `#error`.
-pub fn message_page(title: &str, message: &str) -> Page {
+/// A page that says something went wrong (or was refused), with `message` in `#error`, as of
+/// the log's `seq`.
+pub fn message_page(title: &str, message: &str, seq: Seq) -> Page {
     let mut content = Html::new();
     content
         .markup("<h1>")
@@ -154,7 +153,7 @@ pub fn message_page(title: &str, message: &str) -> Page {
         title: title.to_owned(),
         nav: Nav::None,
         live: Live::Refresh,
-        seq: Seq::ZERO,
+        seq,
         content,
     }
 }
@@ -403,11 +402,11 @@ pub async fn vm_page(
         (found, view.last_seq)
     };
     let Some(mut detail) = found else {
-        let mut page = message_page(
+        let page = message_page(
             "No such VM",
             &format!("There is no VM named {name} (any more); see the list of VMs."),
+            seq,
         );
-        page.seq = seq;
         return shared.respond(&query, StatusCode::NOT_FOUND, page);
     };
     let console_path = shared.daemon.layout.vm_console_log(detail.vm.id);
@@ -673,6 +672,7 @@ pub async fn action(
         let page = message_page(
             "No such action",
             "A VM can be stopped, started, restarted or deleted here.",
+            shared.daemon.journal.last_seq(),
         );
         return shared.respond(&PageQuery::default(), StatusCode::NOT_FOUND, page);
     };
@@ -690,6 +690,7 @@ pub async fn action(
             let page = message_page(
                 &format!("Could not {} {name}", action.name()),
                 &error.message,
+                shared.daemon.journal.last_seq(),
             );
             shared.respond(&PageQuery::default(), status_of(error.code), page)
         }
@@ -923,11 +924,11 @@ pub async fn events(State(shared): State<Arc<Shared>>, Query(query): Query<PageQ
     let envelopes = match read {
         Ok(Ok(envelopes)) => envelopes,
         Ok(Err(error)) => {
-            let page = message_page("Cannot read the log", &error.to_string());
+            let page = message_page("Cannot read the log", &error.to_string(), last);
             return shared.respond(&query, StatusCode::SERVICE_UNAVAILABLE, page);
         }
         Err(error) => {
-            let page = message_page("Cannot read the log", &error.to_string());
+            let page = message_page("Cannot read the log", &error.to_string(), last);
             return shared.respond(&query, StatusCode::INTERNAL_SERVER_ERROR, page);
         }
     };
@@ -1220,7 +1221,7 @@ mod tests {
             seq: Seq(42),
             content: Html::new(),
         };
-        let html = layout(&page, "csrf").into_string();
+        let html = layout(&page).into_string();
         assert!(
             html.contains("<title>&quot;&#39;&gt;&lt;script&gt;"),
             "{html}"
