@@ -502,6 +502,17 @@ impl Browser {
     }
 
     fn send(&mut self, method: &str, params: Value, session: Option<String>) -> Value {
+        self.try_send(method, params, session)
+            .unwrap_or_else(|error| panic!("{method} failed: {error}"))
+    }
+
+    /// A command and its result, or the error Chromium answered with.
+    fn try_send(
+        &mut self,
+        method: &str,
+        params: Value,
+        session: Option<String>,
+    ) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut message = json!({"id": id, "method": method, "params": params});
@@ -524,9 +535,9 @@ impl Browser {
             });
             if reply["id"] == json!(id) {
                 if let Some(error) = reply.get("error") {
-                    panic!("{method} failed: {error}");
+                    return Err(error.clone());
                 }
-                return reply["result"].clone();
+                return Ok(reply["result"].clone());
             }
             if reply.get("method").is_some() {
                 self.events.push_back(reply);
@@ -550,11 +561,22 @@ impl Browser {
         result["result"]["value"].clone()
     }
 
-    /// Polls `condition` (JavaScript) until it is true.
+    /// Polls `condition` (JavaScript) until it is true. A condition that throws is false: a
+    /// page still loading may not have the elements it looks at yet.
     fn wait_until(&mut self, what: &str, condition: &str) {
         let deadline = Instant::now() + DEADLINE;
+        let guarded = format!(
+            "(() => {{ try {{ return Boolean({condition}); }} catch (e) {{ return false; }} }})()"
+        );
         loop {
-            if self.eval(&format!("Boolean({condition})")) == json!(true) {
+            // A page that navigates away while this runs answers with an error: not yet.
+            let session = self.session.clone();
+            let value = self.try_send(
+                "Runtime.evaluate",
+                json!({"expression": guarded, "returnByValue": true}),
+                Some(session),
+            );
+            if value.is_ok_and(|result| result["result"]["value"] == json!(true)) {
                 return;
             }
             if Instant::now() > deadline {
