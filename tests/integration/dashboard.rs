@@ -733,7 +733,8 @@ fn base64_decode(text: &str) -> Vec<u8> {
 
 /// Signs in with the link `banger dashboard` prints, watches a VM created through the CLI
 /// appear without a reload, stops it from its page through the confirmation, and checks
-/// through the CLI and the log that a real `vm.stop` ran. Screenshots every main page.
+/// through the CLI and the log that a real `vm.stop` ran; starts and deletes it from the page.
+/// Screenshots every main page.
 async fn a_vm_created_through_the_cli_appears_live_and_is_stopped_from_its_page() {
     let lab = Lab::new().await;
     let links = lab.links();
@@ -809,6 +810,30 @@ async fn a_vm_created_through_the_cli_appears_live_and_is_stopped_from_its_page(
         "the page's stop succeeded in the log"
     );
 
+    // Start it again, then delete it: the page goes back to the (empty) list.
+    browser.click("button[data-dialog=\"confirm-start\"]");
+    browser.wait_until(
+        "the start confirmation",
+        "document.getElementById('confirm-start').open",
+    );
+    browser.click("#confirm-start button[type=\"submit\"]");
+    browser.wait_until(
+        "dev running again",
+        "document.querySelector('#content h1 .state')?.textContent === 'running' && document.getElementById('flash').textContent === 'start dev: done'",
+    );
+    browser.click("button[data-dialog=\"confirm-delete\"]");
+    browser.wait_until(
+        "the delete confirmation",
+        "document.getElementById('confirm-delete').open",
+    );
+    browser.click("#confirm-delete button[type=\"submit\"]");
+    browser.wait_until(
+        "the list without dev",
+        "location.pathname === '/' && document.querySelector('#content .empty')?.textContent.startsWith('No VMs yet')",
+    );
+    let list: VmListResult = serde_json::from_value(lab.call("vm.list", json!({})).await).unwrap();
+    assert!(list.vms.is_empty(), "{list:?}");
+
     for (path, name) in [
         ("/images", "images"),
         ("/kernels", "kernels"),
@@ -819,8 +844,8 @@ async fn a_vm_created_through_the_cli_appears_live_and_is_stopped_from_its_page(
         browser.screenshot(name);
     }
     browser.wait_until(
-        "the stop in the event page",
-        "Array.from(document.querySelectorAll('#events-body td')).some(td => td.textContent === 'vm.stop vm dev')",
+        "the stop and the delete in the event page",
+        "['vm.stop vm dev', 'vm.delete vm dev'].every(text => Array.from(document.querySelectorAll('#events-body td')).some(td => td.textContent === text))",
     );
     browser.assert_no_script_errors();
 }
