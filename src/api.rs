@@ -171,6 +171,9 @@ pub struct VmCreateParams {
     pub memory_mib: Option<u64>,
     #[serde(default)]
     pub work_disk_mib: Option<u64>,
+    /// The VMM that runs it; default: the config's `vm.vmm` (`auto`).
+    #[serde(default)]
+    pub vmm: Option<crate::host::backends::VmmChoice>,
     /// Answer as soon as the operation has started (the op id and VM id), instead of when the
     /// VM runs and its agent answers. Follow it with `banger ops` or `banger events --op`.
     #[serde(default)]

@@ -11,6 +11,7 @@
 //! work_disk = "8GiB"
 //! idle_stop_after = "2h"   # durations: "30s", "5m", "2h", "1d", a bare number is seconds; "0" = never
 //! console_max = "16MiB"    # the serial console kept per VM: older output is dropped (at least 1 MiB)
+//! vmm = "auto"             # the VMM of new VMs: auto, firecracker or qemu (`vm create --vmm` wins)
 //!
 //! [timeouts]
 //! boot = "30s"             # InstanceStart until the guest agent answers
@@ -18,6 +19,9 @@
 //!
 //! [firecracker]
 //! binary = "/usr/local/bin/firecracker"   # BANGER_FIRECRACKER overrides it
+//!
+//! [qemu]
+//! binary = "qemu-system-x86_64"           # BANGER_QEMU overrides it
 //!
 //! [network]
 //! helper_socket = "/run/banger/helper.sock"   # banger-helper's socket; BANGER_HELPER_SOCKET overrides it
@@ -34,6 +38,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::host::backends::VmmChoice;
 use crate::size::parse_size;
 
 const MIB: u64 = 1024 * 1024;
@@ -46,6 +51,8 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// The firecracker binary; `BANGER_FIRECRACKER` wins over the file.
     pub firecracker: PathBuf,
+    /// The QEMU binary (`qemu-system-x86_64`); `BANGER_QEMU` wins over the file.
+    pub qemu: PathBuf,
     pub network: NetworkConfig,
     pub dashboard: DashboardConfig,
 }
@@ -91,6 +98,8 @@ pub struct VmDefaults {
     /// The most serial console output kept per VM, in bytes: the guest writes it, so it is
     /// bounded; the newest output is kept.
     pub console_max_bytes: u64,
+    /// The VMM of a new VM when the request does not name one.
+    pub vmm: VmmChoice,
 }
 
 /// The default of `vm.console_max`.
@@ -105,10 +114,12 @@ impl Default for Config {
                 work_disk_mib: 8 * 1024,
                 idle_stop_after: None,
                 console_max_bytes: DEFAULT_CONSOLE_MAX_BYTES,
+                vmm: VmmChoice::Auto,
             },
             boot_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(15),
             firecracker: PathBuf::from("firecracker"),
+            qemu: PathBuf::from(crate::host::qemu::DEFAULT_QEMU_BINARY),
             network: NetworkConfig {
                 helper_socket: PathBuf::from(DEFAULT_HELPER_SOCKET),
                 bridge: DEFAULT_BRIDGE.to_owned(),
@@ -145,6 +156,8 @@ struct File {
     #[serde(default)]
     firecracker: FirecrackerSection,
     #[serde(default)]
+    qemu: QemuSection,
+    #[serde(default)]
     network: NetworkSection,
     #[serde(default)]
     dashboard: DashboardSection,
@@ -158,6 +171,7 @@ struct VmSection {
     work_disk: Option<SizeText>,
     idle_stop_after: Option<DurationText>,
     console_max: Option<SizeText>,
+    vmm: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -170,6 +184,12 @@ struct TimeoutsSection {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FirecrackerSection {
+    binary: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct QemuSection {
     binary: Option<PathBuf>,
 }
 
@@ -200,7 +220,8 @@ enum SizeText {
 type DurationText = SizeText;
 
 impl Config {
-    /// Reads `path` (absent: defaults), then applies `BANGER_FIRECRACKER`.
+    /// Reads `path` (absent: defaults), then applies `BANGER_FIRECRACKER`, `BANGER_QEMU` and
+    /// `BANGER_HELPER_SOCKET`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => Some(text),
@@ -223,6 +244,11 @@ impl Config {
             std::env::var_os("BANGER_FIRECRACKER").filter(|value| !value.is_empty())
         {
             config.firecracker = PathBuf::from(binary);
+        }
+        if let Some(binary) =
+            std::env::var_os(crate::host::qemu::QEMU_ENV).filter(|v| !v.is_empty())
+        {
+            config.qemu = PathBuf::from(binary);
         }
         if let Some(socket) =
             std::env::var_os("BANGER_HELPER_SOCKET").filter(|value| !value.is_empty())
@@ -261,8 +287,14 @@ impl Config {
         if let Some(stop) = file.timeouts.stop {
             config.stop_timeout = nonzero("timeouts.stop", duration("timeouts.stop", stop)?)?;
         }
+        if let Some(vmm) = file.vm.vmm {
+            config.vm.vmm = vmm.parse().map_err(|error| format!("vm.vmm: {error}"))?;
+        }
         if let Some(binary) = file.firecracker.binary {
             config.firecracker = binary;
+        }
+        if let Some(binary) = file.qemu.binary {
+            config.qemu = binary;
         }
         if let Some(socket) = file.network.helper_socket {
             if !socket.is_absolute() {
@@ -376,11 +408,14 @@ mod tests {
             memory = "2GiB"
             work_disk = 4096
             idle_stop_after = "2h"
+            vmm = "qemu"
             [timeouts]
             boot = "45s"
             stop = 20
             [firecracker]
             binary = "/opt/fc/firecracker"
+            [qemu]
+            binary = "/opt/qemu/qemu-system-x86_64"
             [network]
             helper_socket = "/run/h.sock"
             bridge = "bangerdev"
@@ -398,6 +433,8 @@ mod tests {
         assert_eq!(config.boot_timeout, Duration::from_secs(45));
         assert_eq!(config.stop_timeout, Duration::from_secs(20));
         assert_eq!(config.firecracker, PathBuf::from("/opt/fc/firecracker"));
+        assert_eq!(config.vm.vmm, VmmChoice::Qemu);
+        assert_eq!(config.qemu, PathBuf::from("/opt/qemu/qemu-system-x86_64"));
         assert_eq!(config.network.helper_socket, PathBuf::from("/run/h.sock"));
         assert_eq!(config.network.bridge, "bangerdev");
         assert_eq!(config.network.tap_pool, 5);
@@ -424,6 +461,8 @@ mod tests {
             ("[network]\nbridge = \"eth0\"", "network.bridge"),
             ("[network]\nhelper_socket = \"helper.sock\"", "absolute"),
             ("[network]\ntap_pool = 100", "network.tap_pool"),
+            ("[vm]\nvmm = \"kvm\"", "vm.vmm: unknown VMM \"kvm\""),
+            ("[qemu]\npath = \"/x\"", "unknown field"),
             ("[dashboard]\nport = 70000", "dashboard.port"),
             ("[dashboard]\naddress = \"0.0.0.0\"", "unknown field"),
         ] {

@@ -199,14 +199,20 @@ impl Layout {
         self.vm_dir(vm_id).join("vsock.sock")
     }
 
+    /// The host side of the guest agent's virtio-serial port (QEMU's chardev socket).
+    pub fn vm_agent_socket(&self, vm_id: VmId) -> PathBuf {
+        self.vm_dir(vm_id).join("agent.sock")
+    }
+
     /// The guest's serial console, appended to across restarts.
     pub fn vm_console_log(&self, vm_id: VmId) -> PathBuf {
         self.vm_dir(vm_id).join("console.log")
     }
 
-    /// The VMM's own log, kept apart from the serial console.
-    pub fn vm_vmm_log(&self, vm_id: VmId) -> PathBuf {
-        self.vm_dir(vm_id).join("firecracker.log")
+    /// The VMM's own log, kept apart from the serial console: `firecracker.log`, `qemu.log`
+    /// (named by the backend, [`crate::host::vmm::Vmm::name`]).
+    pub fn vm_vmm_log(&self, vm_id: VmId, vmm: &str) -> PathBuf {
+        self.vm_dir(vm_id).join(format!("{vmm}.log"))
     }
 }
 

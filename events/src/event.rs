@@ -280,6 +280,34 @@ pub struct VmSpec {
     pub work_disk_mib: u64,
 }
 
+/// Which VMM runs a VM. Persisted (bincode stores the variant's index): append new backends
+/// at the end only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Encode, Decode)]
+#[serde(rename_all = "snake_case")]
+pub enum VmmKind {
+    Firecracker,
+    /// QEMU's `microvm` machine (KVM where it runs a stock guest, TCG elsewhere).
+    Qemu,
+}
+
+impl VmmKind {
+    pub const ALL: [VmmKind; 2] = [VmmKind::Firecracker, VmmKind::Qemu];
+
+    /// The name users type (`--vmm qemu`) and see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmmKind::Firecracker => "firecracker",
+            VmmKind::Qemu => "qemu",
+        }
+    }
+}
+
+impl fmt::Display for VmmKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How recovery chose to finish an operation that had no terminal event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Encode, Decode)]
 #[serde(rename_all = "snake_case")]
@@ -364,6 +392,19 @@ pub struct VmDefined {
     pub vm_id: VmId,
     pub name: String,
     pub spec: VmSpec,
+}
+
+/// Which VMM runs the VM, chosen when it was created (`--vmm`, or the `auto` rule), and why.
+/// A create appends it in the commit of its `OperationStarted`, beside `VmDefined`, so the
+/// VM is never seen without it; a VM defined by a build that recorded none runs on
+/// Firecracker, the only backend those builds had. Its own event rather than a field of
+/// `VmDefined`, whose layout is frozen, and so that a later change of backend can say so too.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct VmBackendChosen {
+    pub vm_id: VmId,
+    pub vmm: VmmKind,
+    /// Why this backend: "asked for with --vmm", or what `auto` found on the host.
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
@@ -571,6 +612,7 @@ define_events! {
     23 => VmExited(VmExited) = "vm_exited",
     24 => VmRemoved(VmRemoved) = "vm_removed",
     25 => VmFoundDead(VmFoundDead) = "vm_found_dead",
+    26 => VmBackendChosen(VmBackendChosen) = "vm_backend_chosen",
     // Images and kernels: 40..=59.
     40 => ImageRegisteredV1(ImageRegisteredV1) = "image_registered_v1",
     41 => ImageRegistered(ImageRegistered) = "image_registered",
@@ -610,6 +652,7 @@ impl Event {
             Event::VmExited(e) => Some(e.vm_id),
             Event::VmRemoved(e) => Some(e.vm_id),
             Event::VmFoundDead(e) => Some(e.vm_id),
+            Event::VmBackendChosen(e) => Some(e.vm_id),
             Event::HandleAcquired(HandleAcquired {
                 owner: Owner::Vm(vm_id),
                 ..

@@ -46,7 +46,7 @@ pub use daemon::{DaemonStopView, DaemonView};
 pub use handles::{HandleEntry, HandleView};
 pub use operations::{OpStatus, OperationView, StepStatus, StepView};
 pub use recovery::{RecoveryAction, RecoveryPlan, UndoStep, plan_recovery};
-pub use vms::{ExitView, ProcessRef, VmView};
+pub use vms::{ExitView, ProcessRef, VmBackend, VmView};
 
 /// Everything folded from the log.
 ///
@@ -206,7 +206,8 @@ fn same_target(a: &Target, b: &Target) -> bool {
 impl Fold for Projections {
     /// Bump when the snapshot layout (any view type's fields) changes: an older snapshot is
     /// then ignored and the log replayed.
-    const SNAPSHOT_FORMAT: u32 = 1;
+    /// 2: `VmView` gained `backend`.
+    const SNAPSHOT_FORMAT: u32 = 2;
 
     fn apply(&mut self, envelope: &Envelope) {
         self.last_seq = envelope.seq;
@@ -232,6 +233,7 @@ impl Fold for Projections {
             Event::VmExited(e) => self.vm_exited(seq, at, e),
             Event::VmRemoved(e) => self.vm_removed(e.vm_id),
             Event::VmFoundDead(e) => self.vm_found_dead(at, e),
+            Event::VmBackendChosen(e) => self.vm_backend_chosen(at, e),
             // Images and kernels.
             Event::ImageRegisteredV1(old) => self.image_registered(seq, at, &old.clone().into()),
             Event::ImageRegistered(e) => self.image_registered(seq, at, e),

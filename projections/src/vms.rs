@@ -25,8 +25,8 @@
 //! No IO: whether a recorded pid is still alive is the daemon's question, not this module's.
 
 use banger_events::{
-    Handle, Owner, Seq, VmChanged, VmDefined, VmExited, VmFoundDead, VmId, VmSpec, VmState,
-    VmStateChanged,
+    Handle, Owner, Seq, VmBackendChosen, VmChanged, VmDefined, VmExited, VmFoundDead, VmId, VmSpec,
+    VmState, VmStateChanged, VmmKind,
 };
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
@@ -50,6 +50,27 @@ pub struct VmView {
     pub last_exit: Option<ExitView>,
     /// The daemon found the VM's process gone when it started; cleared by the next start.
     pub found_dead: bool,
+    /// The VMM that runs it and why (`VmBackendChosen`); `None` for a VM defined before
+    /// banger recorded one, which runs on Firecracker (see [`VmView::vmm`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<VmBackend>,
+}
+
+/// Which VMM runs a VM, and why it was chosen.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Encode, Decode)]
+pub struct VmBackend {
+    pub vmm: VmmKind,
+    pub reason: String,
+}
+
+impl VmView {
+    /// The VMM that runs this VM: the recorded one, or Firecracker for a VM defined before
+    /// backends were recorded (the only backend those builds had).
+    pub fn vmm(&self) -> VmmKind {
+        self.backend
+            .as_ref()
+            .map_or(VmmKind::Firecracker, |backend| backend.vmm)
+    }
 }
 
 /// A process as the log recorded it: the pid and its start time, so that a reused pid is not
@@ -109,7 +130,18 @@ impl Projections {
             process: None,
             last_exit: None,
             found_dead: false,
+            backend: None,
         });
+    }
+
+    pub(crate) fn vm_backend_chosen(&mut self, at: u64, e: &VmBackendChosen) {
+        if let Some(vm) = self.vms.get_mut(&e.vm_id) {
+            vm.backend = Some(VmBackend {
+                vmm: e.vmm,
+                reason: e.reason.clone(),
+            });
+            vm.changed_at_unix_ms = at;
+        }
     }
 
     pub(crate) fn vm_changed(&mut self, at: u64, e: &VmChanged) {

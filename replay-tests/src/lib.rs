@@ -340,6 +340,17 @@ impl Scenario {
         )
     }
 
+    pub fn vm_backend(&mut self, op: Option<OpId>, vm_id: VmId, vmm: VmmKind, reason: &str) -> Seq {
+        self.push(
+            op,
+            Event::VmBackendChosen(VmBackendChosen {
+                vm_id,
+                vmm,
+                reason: reason.into(),
+            }),
+        )
+    }
+
     pub fn vm_state(&mut self, op: Option<OpId>, vm_id: VmId, from: VmState, to: VmState) -> Seq {
         self.push(
             op,
@@ -762,7 +773,12 @@ fn random_event(rng: &mut Rng) -> Event {
         2 => Target::Kernel { name: "6.1".into() },
         _ => Target::Host,
     };
-    match rng.below(27) {
+    match rng.below(28) {
+        27 => Event::VmBackendChosen(VmBackendChosen {
+            vm_id,
+            vmm: rng.pick(&VmmKind::ALL).copied().unwrap_or(VmmKind::Qemu),
+            reason: "r".into(),
+        }),
         0 => Event::OperationStarted(OperationStarted {
             kind,
             target,
@@ -1584,11 +1600,22 @@ impl World {
             kind: OpKind::VmCreate,
             target: vm_target(vm_id, &name),
             parameters: format!(r#"{{"name":"{name}","image":"{image}","kernel":"{kernel}"}}"#),
-            start: vec![Event::VmDefined(VmDefined {
-                vm_id,
-                name: name.clone(),
-                spec: vm_spec,
-            })],
+            start: vec![
+                Event::VmDefined(VmDefined {
+                    vm_id,
+                    name: name.clone(),
+                    spec: vm_spec,
+                }),
+                Event::VmBackendChosen(VmBackendChosen {
+                    vm_id,
+                    vmm: if vm_id.0.is_multiple_of(2) {
+                        VmmKind::Firecracker
+                    } else {
+                        VmmKind::Qemu
+                    },
+                    reason: "generated".into(),
+                }),
+            ],
             steps: vec![rootfs, work, network],
             success: vec![Event::VmStateChanged(VmStateChanged {
                 vm_id,

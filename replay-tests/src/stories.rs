@@ -58,7 +58,81 @@ pub fn all() -> Vec<Story> {
             log: rare,
             snapshot_after: Some(rare_crash),
         },
+        Story {
+            name: "vmm-backends",
+            about: "VMs on either VMM: one created on QEMU because KVM cannot run a stock guest \
+                    (auto), one on Firecracker as asked (--vmm), both started; a VM defined \
+                    before backends were recorded (no VmBackendChosen: Firecracker)",
+            log: vmm_backends(),
+            snapshot_after: None,
+        },
     ]
+}
+
+/// Backends as `vm.create` records them: `VmBackendChosen` in the commit of the create's
+/// start, beside `VmDefined`.
+fn vmm_backends() -> Scenario {
+    let mut s = Scenario::new();
+    s.daemon_started("0b1f7c1e-5a2d-4c3b-8e9f-aa10bb20cc30", 4_040);
+    let qemu_net = Net::new(0);
+    let fc_net = Net::new(1);
+    let old_net = Net::new(2);
+
+    // Defined by a build that recorded no backend: it runs on Firecracker.
+    create_vm(&mut s, OpId(0x0e01), API, "old", &old_net);
+
+    let create = OpId(0x0e02);
+    s.start_op(
+        create,
+        OpKind::VmCreate,
+        vm_target(WEB, "tcg"),
+        r#"{"name":"tcg","image":"debian-12","kernel":"6.1"}"#,
+    );
+    s.vm_defined(Some(create), WEB, "tcg", spec("debian-12", "6.1"));
+    s.vm_backend(
+        Some(create),
+        WEB,
+        VmmKind::Qemu,
+        "auto: KVM here is backed by PVM (/sys/module/kvm_pvm is loaded), which cannot run a \
+         stock guest kernel; QEMU runs it under TCG",
+    );
+    finish_create(&mut s, create, WEB, &qemu_net);
+
+    let create = OpId(0x0e03);
+    s.start_op(
+        create,
+        OpKind::VmCreate,
+        vm_target(DB, "fc"),
+        r#"{"name":"fc","image":"debian-12","kernel":"6.1","vmm":"firecracker"}"#,
+    );
+    s.vm_defined(Some(create), DB, "fc", spec("debian-12", "6.1"));
+    s.vm_backend(
+        Some(create),
+        DB,
+        VmmKind::Firecracker,
+        "asked for with --vmm",
+    );
+    finish_create(&mut s, create, DB, &fc_net);
+
+    start_vm(&mut s, OpId(0x0e04), WEB, "tcg", process(31_337, 2_000_000));
+    start_vm(&mut s, OpId(0x0e05), DB, "fc", process(31_400, 2_000_100));
+    s
+}
+
+/// The steps of a successful `vm.create` after its start events.
+fn finish_create(s: &mut Scenario, op: OpId, vm: VmId, net: &Net) {
+    let root = file(&format!("{}/root.ext4", vm_dir(vm)));
+    let work = file(&format!("{}/work.ext4", vm_dir(vm)));
+    s.step(op, "prepare-rootfs", vec![root.clone()]);
+    s.acquire(Some(op), Owner::Vm(vm), root);
+    s.step(op, "prepare-work-disk", vec![work.clone()]);
+    s.acquire(Some(op), Owner::Vm(vm), work);
+    s.step(op, "network", net.all());
+    for handle in net.all() {
+        s.acquire(Some(op), Owner::Vm(vm), handle);
+    }
+    s.vm_state(Some(op), vm, VmState::Creating, VmState::Stopped);
+    s.succeed(op);
 }
 
 const WEB: VmId = VmId(0x57eb_0001);

@@ -14,7 +14,6 @@ use std::process::ExitCode;
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::protocol::AGENT_VSOCK_PORT;
 use crate::server::{AGENT_VERSION, Agent, ListenAddr, Listener};
 
 /// The environment variable that gives the agent its vsock CID (the fake firecracker sets it).
@@ -29,8 +28,11 @@ The banger guest agent: answers health, ping, exec and sync requests from the ho
 Usage: banger-agent [--listen ADDR] [--cid CID]
 
 Options:
-  --listen ADDR  Where to listen: vsock:PORT inside a guest, unix:PATH under the fake
-                 firecracker [default: vsock:10789]
+  --listen ADDR  Where to listen: vsock:PORT inside a Firecracker guest, serial:NAME (a
+                 virtio-serial port, e.g. serial:banger.agent) inside a QEMU guest,
+                 unix:PATH under the fake firecracker, or auto: the virtio-serial port
+                 banger.agent when the kernel command line has banger.agent=serial or the
+                 port exists, else vsock:10789 [default: auto]
   --cid CID      The vsock CID this guest has, reported by health [env: BANGER_AGENT_CID]
   -h, --help     Print help
   -V, --version  Print version
@@ -112,9 +114,7 @@ pub fn parse(
         }
     }
     Ok(Command::Serve(Args {
-        listen: listen.unwrap_or(ListenAddr::Vsock {
-            port: AGENT_VSOCK_PORT,
-        }),
+        listen: listen.unwrap_or(ListenAddr::Auto),
         cid,
     }))
 }
@@ -128,6 +128,14 @@ fn parse_cid(text: &str, what: &str) -> Result<u32, String> {
 /// The whole `banger-agent` program: what both binaries that carry it (`banger-agent` of the
 /// `banger` package and `banger-guest-agent` of this one) call.
 pub fn main() -> ExitCode {
+    // The boot contract (crate::boot): as the initrd's /init, and as PID 1 of an image with no
+    // init of its own, this program is the guest's init; neither returns.
+    if crate::initrd::is_initramfs_init() {
+        crate::initrd::main();
+    }
+    if std::process::id() == 1 {
+        crate::pid1::main(std::env::args_os().skip(1).collect());
+    }
     let command = parse(std::env::args_os().skip(1), std::env::var_os(CID_ENV));
     let args = match command {
         Ok(Command::Serve(args)) => args,
@@ -193,6 +201,11 @@ fn init_logging() {
 }
 
 async fn run(args: Args) -> std::io::Result<()> {
+    // `auto` becomes the transport this guest has, which the readiness line then names.
+    let args = Args {
+        listen: args.listen.resolve(),
+        ..args
+    };
     let listener = Listener::bind(&args.listen)?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -218,6 +231,7 @@ async fn run(args: Args) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::AGENT_VSOCK_PORT;
 
     fn parse_strs(args: &[&str], env: Option<&str>) -> Result<Command, String> {
         parse(args.iter().map(OsString::from), env.map(OsString::from))
@@ -228,25 +242,21 @@ mod tests {
     }
 
     #[test]
-    fn defaults_to_the_vsock_port_without_a_cid() {
+    fn defaults_to_the_transport_the_vmm_gave_without_a_cid() {
+        assert_eq!(parse_strs(&[], None), serve(ListenAddr::Auto, None));
         assert_eq!(
-            parse_strs(&[], None),
+            parse_strs(&[], Some("")),
+            serve(ListenAddr::Auto, None),
+            "an empty BANGER_AGENT_CID is unset"
+        );
+        assert_eq!(
+            parse_strs(&["--listen", "vsock:10789"], None),
             serve(
                 ListenAddr::Vsock {
                     port: AGENT_VSOCK_PORT
                 },
                 None
             )
-        );
-        assert_eq!(
-            parse_strs(&[], Some("")),
-            serve(
-                ListenAddr::Vsock {
-                    port: AGENT_VSOCK_PORT
-                },
-                None
-            ),
-            "an empty BANGER_AGENT_CID is unset"
         );
     }
 
@@ -268,12 +278,7 @@ mod tests {
         );
         assert_eq!(
             parse_strs(&["--cid", "7"], Some("42")),
-            serve(
-                ListenAddr::Vsock {
-                    port: AGENT_VSOCK_PORT
-                },
-                Some(7)
-            )
+            serve(ListenAddr::Auto, Some(7))
         );
         assert_eq!(parse_strs(&["--version"], None), Ok(Command::Version));
         assert_eq!(parse_strs(&["-V"], None), Ok(Command::Version));

@@ -7,10 +7,19 @@
 //!   Firecracker's vsock unix socket, or a local agent under the fake firecracker).
 //! - [`server`]: [`Agent`], what runs in the guest: health, ping, exec with streamed output,
 //!   sync; each connection in its own task; no command outlives its connection.
+//! - [`mux`]: many agent connections over one byte stream (the virtio-serial port a QEMU
+//!   guest has instead of vsock): the host opens a stream per request, the guest serves each
+//!   with the same `serve_connection`; sessions, flow control, limits.
+//! - [`serial`]: the guest's end of that port (found by name under
+//!   `/sys/class/virtio-ports`, read and written by two threads).
 //!
 //! - [`cli`]: the program: arguments (by hand, no clap), logging, runtime, signals. Two thin
 //!   binaries call it: `banger-agent` of the `banger` package (what `cargo install` installs)
 //!   and `banger-guest-agent` of this one (what `tools/build-agent.sh` links statically).
+//!
+//! - [`boot`]: the boot contract (fixed paths, the kernel command line banger writes);
+//!   [`initrd`]: the program as the kernel bundle's initrd init; [`pid1`]: the agent as the
+//!   guest's init when the image has none. `cli::main` picks them when run as PID 1.
 //!
 //! This package is what goes into every guest, statically linked, so it depends on little:
 //! tokio without the daemon's `fs` and `time` features, nix, serde, tracing; never redb,
@@ -22,9 +31,14 @@
 //! peer to be the host (there is no authentication: only the host can reach a guest's vsock),
 //! but never trusts its input to be well formed.
 
+pub mod boot;
 pub mod cli;
 pub mod client;
+pub mod initrd;
+pub mod mux;
+pub mod pid1;
 pub mod protocol;
+pub mod serial;
 pub mod server;
 
 pub use client::{AgentClient, AgentError, AgentInfo, Exec, ExecEvent, ExecOutput, OutputStream};

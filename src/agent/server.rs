@@ -2,8 +2,10 @@
 //!
 //! [`Agent`] holds what every connection shares (start time, the clean base environment for
 //! commands, the process groups of running commands). [`Listener`] accepts connections on a
-//! unix socket (under the fake firecracker) or on AF_VSOCK (in a real guest); each connection is
-//! served by its own task, so one slow command never delays another connection.
+//! unix socket (under the fake firecracker), on AF_VSOCK (in a Firecracker guest), or as the
+//! streams the host opens through the multiplexer on a virtio-serial port (in a QEMU guest,
+//! see [`crate::mux`]); each connection is served by its own task, so one slow command never
+//! delays another connection.
 //!
 //! Inside a connection two tasks cooperate:
 //!
@@ -65,6 +67,7 @@ use super::protocol::{
     FrameKind, Health, MAX_CHUNK_LEN, PROTOCOL_VERSION, RawFrame, StdinMode, read_frame,
     write_frame, write_message,
 };
+use super::serial::{self, SerialPort};
 
 /// The agent's version, reported in the hello and in health.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -72,11 +75,58 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// `PATH` of the clean environment commands start from.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Where the agent listens: `unix:/path/to/socket` or `vsock:PORT`.
+/// Where the agent listens: `unix:/path/to/socket`, `vsock:PORT`, `serial:NAME` (the
+/// virtio-serial port of that name, multiplexed: see [`crate::mux`]), or `auto`: whichever
+/// transport this guest's VMM gave it (see [`ListenAddr::resolve_auto`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListenAddr {
     Unix(PathBuf),
     Vsock { port: u32 },
+    Serial { name: String },
+    Auto,
+}
+
+/// What a VMM that gives the agent a virtio-serial port puts on the kernel command line, so
+/// that an agent listening on `auto` waits for that port (whose name arrives a moment after
+/// boot) instead of taking vsock.
+pub const SERIAL_KERNEL_ARG: &str = "banger.agent=serial";
+
+impl ListenAddr {
+    /// `auto` in a guest: the agent's virtio-serial port when the kernel command line says
+    /// there is one ([`SERIAL_KERNEL_ARG`]) or the port is there already, else vsock on the
+    /// agent's port. Any other address is itself.
+    pub fn resolve_auto(self, kernel_cmdline: &str, serial_port_present: bool) -> ListenAddr {
+        if self != ListenAddr::Auto {
+            return self;
+        }
+        let asked = kernel_cmdline
+            .split_whitespace()
+            .any(|arg| arg == SERIAL_KERNEL_ARG);
+        if asked || serial_port_present {
+            ListenAddr::Serial {
+                name: serial::AGENT_PORT_NAME.to_owned(),
+            }
+        } else {
+            ListenAddr::Vsock {
+                port: crate::protocol::AGENT_VSOCK_PORT,
+            }
+        }
+    }
+
+    /// [`ListenAddr::resolve_auto`] with this guest's `/proc/cmdline` and ports.
+    pub fn resolve(self) -> ListenAddr {
+        if self != ListenAddr::Auto {
+            return self;
+        }
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let present = serial::find_port(
+            Path::new(serial::SYS_VIRTIO_PORTS),
+            serial::AGENT_PORT_NAME,
+            std::time::Duration::ZERO,
+        )
+        .is_ok();
+        self.resolve_auto(&cmdline, present)
+    }
 }
 
 impl FromStr for ListenAddr {
@@ -93,9 +143,21 @@ impl FromStr for ListenAddr {
                 .parse()
                 .map_err(|_| format!("vsock port {port:?} is not a number from 0 to 4294967295"))?;
             Ok(ListenAddr::Vsock { port })
+        } else if s == "auto" {
+            Ok(ListenAddr::Auto)
+        } else if let Some(name) = s.strip_prefix("serial:") {
+            if name.is_empty() || name.contains('/') {
+                return Err(format!(
+                    "serial: needs a port name such as serial:{}, not {name:?}",
+                    serial::AGENT_PORT_NAME
+                ));
+            }
+            Ok(ListenAddr::Serial {
+                name: name.to_owned(),
+            })
         } else {
             Err(format!(
-                "listen address {s:?} must be unix:PATH or vsock:PORT"
+                "listen address {s:?} must be unix:PATH, vsock:PORT, serial:NAME or auto"
             ))
         }
     }
@@ -106,21 +168,25 @@ impl fmt::Display for ListenAddr {
         match self {
             ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
             ListenAddr::Vsock { port } => write!(f, "vsock:{port}"),
+            ListenAddr::Serial { name } => write!(f, "serial:{name}"),
+            ListenAddr::Auto => f.write_str("auto"),
         }
     }
 }
 
-/// A bound, listening socket.
+/// A bound, listening socket, or the opened virtio-serial port whose multiplexer yields
+/// connections.
 pub enum Listener {
     Unix(UnixListener),
     Vsock(VsockListener),
+    Serial(SerialPort),
 }
 
 impl Listener {
-    /// Binds `addr`. A stale unix socket file (left by an agent that was killed) is replaced;
-    /// any other file at that path is an error, never deleted.
+    /// Binds `addr` (`auto` resolved first). A stale unix socket file (left by an agent that
+    /// was killed) is replaced; any other file at that path is an error, never deleted.
     pub fn bind(addr: &ListenAddr) -> io::Result<Listener> {
-        match addr {
+        match &addr.clone().resolve() {
             ListenAddr::Unix(path) => {
                 if let Ok(meta) = std::fs::symlink_metadata(path) {
                     use std::os::unix::fs::FileTypeExt;
@@ -133,6 +199,11 @@ impl Listener {
                 Ok(Listener::Unix(listener))
             }
             ListenAddr::Vsock { port } => Ok(Listener::Vsock(VsockListener::bind(*port)?)),
+            ListenAddr::Serial { name } => Ok(Listener::Serial(SerialPort::open_named(
+                name,
+                serial::PORT_APPEAR_TIMEOUT,
+            )?)),
+            ListenAddr::Auto => unreachable!("resolved above"),
         }
     }
 }
@@ -181,6 +252,18 @@ impl Agent {
     /// Accepts connections forever, each served in its own task. Returns only when accepting
     /// fails in a way that retrying cannot fix.
     pub async fn serve(&self, listener: Listener) -> io::Result<()> {
+        if let Listener::Serial(port) = listener {
+            let agent = self.clone();
+            crate::mux::serve_guest(port.into_port()?, move |stream| {
+                let agent = agent.clone();
+                tokio::spawn(async move { agent.serve_connection(stream).await });
+            })
+            .await;
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the virtio-serial port closed",
+            ));
+        }
         loop {
             let accepted = match &listener {
                 Listener::Unix(l) => l.accept().await.map(|(stream, _)| {
@@ -191,6 +274,7 @@ impl Agent {
                     let agent = self.clone();
                     tokio::spawn(async move { agent.serve_connection(stream).await });
                 }),
+                Listener::Serial(_) => unreachable!("served above"),
             };
             if let Err(e) = accepted {
                 // Running out of descriptors or memory is transient: the connections that hold
@@ -212,13 +296,11 @@ impl Agent {
         }
     }
 
-    /// Serves one connection until the client closes it or breaks the protocol.
-    pub async fn serve_connection<S>(&self, stream: S)
-    where
-        S: AsyncRead + AsyncWrite + AsFd + Send + 'static,
-    {
+    /// Serves one connection until the client closes it or breaks the protocol: a unix or
+    /// vsock socket, or one stream of the virtio-serial port's multiplexer.
+    pub async fn serve_connection<S: Connection>(&self, stream: S) {
         let id = self.state.next_conn.fetch_add(1, Ordering::Relaxed);
-        let hangup = HangupWatch::new(stream.as_fd());
+        let hangup = stream.hangup_watch();
         let (reader, writer) = tokio::io::split(stream);
         let (tx, frames) = mpsc::channel(4);
         let gone = CancellationToken::new();
@@ -299,27 +381,55 @@ async fn read_frames<R>(
     gone.cancel();
 }
 
-/// Notices that the peer closed the connection without reading from it: a duplicate of the
-/// socket registered with the reactor, woken when data arrives (ignored) or when the peer
-/// shuts down its side (EPOLLRDHUP, which unix and vsock sockets both report).
-struct HangupWatch {
-    fd: Option<AsyncFd<OwnedFd>>,
+/// A connection the agent serves: a byte stream that can also tell, while nobody reads it,
+/// that its peer hung up (see [`HangupWatch`]).
+pub trait Connection: AsyncRead + AsyncWrite + Send + 'static {
+    fn hangup_watch(&self) -> HangupWatch;
+}
+
+impl Connection for tokio::net::UnixStream {
+    fn hangup_watch(&self) -> HangupWatch {
+        HangupWatch::for_socket(self.as_fd())
+    }
+}
+
+impl Connection for VsockStream {
+    fn hangup_watch(&self) -> HangupWatch {
+        HangupWatch::for_socket(self.as_fd())
+    }
+}
+
+impl Connection for crate::mux::MuxStream {
+    fn hangup_watch(&self) -> HangupWatch {
+        HangupWatch::Token(self.peer_closed())
+    }
+}
+
+/// Notices that the peer closed the connection without reading from it. For a socket: a
+/// duplicate of it registered with the reactor, woken when data arrives (ignored) or when the
+/// peer shuts down its side (EPOLLRDHUP, which unix and vsock sockets both report). For a
+/// multiplexed stream: the token its multiplexer raises on the peer's EOF or RESET.
+pub enum HangupWatch {
+    Socket(Option<AsyncFd<OwnedFd>>),
+    Token(CancellationToken),
 }
 
 impl HangupWatch {
-    fn new(socket: BorrowedFd<'_>) -> HangupWatch {
+    fn for_socket(socket: BorrowedFd<'_>) -> HangupWatch {
         let fd = socket
             .try_clone_to_owned()
             .and_then(|fd| register(fd, Interest::READABLE));
         if let Err(e) = &fd {
             warn!("cannot watch the connection for hangups: {e}");
         }
-        HangupWatch { fd: fd.ok() }
+        HangupWatch::Socket(fd.ok())
     }
 
     async fn wait(&self) {
-        let Some(fd) = &self.fd else {
-            return std::future::pending().await;
+        let fd = match self {
+            HangupWatch::Token(token) => return token.cancelled().await,
+            HangupWatch::Socket(Some(fd)) => fd,
+            HangupWatch::Socket(None) => return std::future::pending().await,
         };
         loop {
             match fd.readable().await {
@@ -1074,5 +1184,34 @@ mod tests {
         assert!("unix:".parse::<ListenAddr>().is_err());
         assert!("tcp:1".parse::<ListenAddr>().is_err());
         assert_eq!(ListenAddr::Vsock { port: 5 }.to_string(), "vsock:5");
+        assert_eq!("auto".parse(), Ok(ListenAddr::Auto));
+        assert_eq!(
+            "serial:banger.agent".parse(),
+            Ok(ListenAddr::Serial {
+                name: "banger.agent".into()
+            })
+        );
+        assert!("serial:".parse::<ListenAddr>().is_err());
+        assert!("serial:../x".parse::<ListenAddr>().is_err());
+    }
+
+    #[test]
+    fn auto_takes_the_transport_the_vmm_gave() {
+        let serial = ListenAddr::Serial {
+            name: serial::AGENT_PORT_NAME.into(),
+        };
+        let vsock = ListenAddr::Vsock {
+            port: crate::protocol::AGENT_VSOCK_PORT,
+        };
+        let qemu = "console=ttyS0 banger.agent=serial root=/dev/vda rw";
+        assert_eq!(ListenAddr::Auto.resolve_auto(qemu, false), serial);
+        assert_eq!(ListenAddr::Auto.resolve_auto("console=ttyS0", true), serial);
+        assert_eq!(ListenAddr::Auto.resolve_auto("console=ttyS0", false), vsock);
+        assert_eq!(
+            ListenAddr::Auto.resolve_auto("banger.agent=serialx", false),
+            vsock
+        );
+        let unix = ListenAddr::Unix("/tmp/a.sock".into());
+        assert_eq!(unix.clone().resolve_auto(qemu, true), unix);
     }
 }

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::api::VmName;
+use crate::host::backends::VmmChoice;
 use crate::size::Size;
 
 const ROOT_ABOUT: &str = "Disposable Firecracker microVMs for developers and coding agents";
@@ -304,6 +305,10 @@ pub struct VmShape {
     /// Work disk size, like 20G (a bare number means MiB)
     #[arg(long = "work-disk", visible_alias = "disk", value_name = "SIZE")]
     pub work_disk: Option<Size>,
+    /// The VMM that runs it: firecracker, qemu, or auto (firecracker where KVM runs a stock
+    /// guest, QEMU elsewhere; the config's vm.vmm, default auto). `vm show` says which and why
+    #[arg(long, value_name = "VMM")]
+    pub vmm: Option<VmmChoice>,
 }
 
 #[derive(Debug, Args)]

@@ -173,6 +173,13 @@ pub fn vm_details(vm: &VmView, now_unix_ms: u64) -> String {
         ("state", vm.state.to_string()),
         ("image", vm.spec.image.clone()),
         ("kernel", vm.spec.kernel.clone()),
+        (
+            "vmm",
+            match &vm.backend {
+                Some(backend) => format!("{} ({})", backend.vmm, backend.reason),
+                None => format!("{} (created before banger recorded a VM's VMM)", vm.vmm()),
+            },
+        ),
         ("cpus", vm.spec.vcpus.to_string()),
         (
             "memory",
@@ -318,10 +325,15 @@ mod tests {
                 at_unix_ms: 60_000,
             }),
             found_dead: false,
+            backend: Some(banger_projections::VmBackend {
+                vmm: banger_events::VmmKind::Qemu,
+                reason: "auto: no /dev/kvm; QEMU runs it under tcg".into(),
+            }),
         };
         let text = vm_details(&vm, 120_000);
         for wanted in [
             "name:      dev\n",
+            "vmm:       qemu (auto: no /dev/kvm; QEMU runs it under tcg)\n",
             "id:        0000000000000abc\n",
             "memory:    1.5 GiB\n",
             "work disk: 8 GiB\n",

@@ -166,6 +166,7 @@ fn create_params(name: &VmName, shape: VmShape, no_wait: bool) -> Result<VmCreat
         vcpus: shape.cpus,
         memory_mib: mib("--memory", shape.memory)?,
         work_disk_mib: mib("--work-disk", shape.work_disk)?,
+        vmm: shape.vmm,
         no_wait,
     })
 }

@@ -1,6 +1,8 @@
 //! The methods that reach into a running VM or read what it printed: `vm.exec`, `vm.health`
-//! and `vm.ping` talk to the guest agent over the VM's vsock socket (Firecracker's host-side
-//! unix socket, `CONNECT <port>` handshake); `vm.logs` streams the serial console file.
+//! and `vm.ping` talk to the guest agent over the transport the VM's backend gives it (see
+//! `crate::host::guest_agent`: Firecracker's vsock socket with its `CONNECT <port>`
+//! handshake, or a stream of bangerd's session on a QEMU VM's virtio-serial port);
+//! `vm.logs` streams the serial console file.
 //!
 //! None of these change anything bangerd owns, so none is an operation and none appends an
 //! event: they read the projection to find the VM and its state, then talk to the guest.
@@ -12,7 +14,7 @@
 //!            state running? ──no──▶ not_running ("start it with banger vm start NAME")
 //!                 │ yes
 //!                 ▼
-//!   vsock connect + hello ──fail──▶ unavailable (the agent does not answer; see vm logs)
+//!  agent connect + hello ──fail──▶ unavailable (the agent does not answer; see vm logs)
 //!                 │
 //!                 ▼
 //!   exec ──▶ stdout/stderr chunks as items ──▶ exited: result {pid, exit_code | signal}
@@ -25,8 +27,9 @@
 //! ```
 //!
 //! Invariants:
-//! - One agent connection per request, never shared: a command's lifetime is exactly its
-//!   connection's, which is what makes "the client went away" kill the command.
+//! - One agent connection (a socket, or a stream of the VM's serial session) per request,
+//!   never shared: a command's lifetime is exactly its connection's, which is what makes
+//!   "the client went away" kill the command.
 //! - A console stream never holds the whole file: it reads and sends bounded chunks.
 //! - A followed console stream ends when the client hangs up, when bangerd shuts down, or when
 //!   the VM is deleted (its id leaves the projection); a truncated or replaced console file
@@ -42,21 +45,19 @@ use banger_projections::VmView;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio::net::UnixStream;
 
 use super::Daemon;
 use super::dispatch::{Cx, decode, encode};
 use super::server::{Conn, Input, Output, ReadRequest};
 use crate::agent::client::{AgentClient, AgentError, ExecEvent, ExecOutputs, ExecStdin};
-use crate::agent::protocol::{
-    AGENT_VSOCK_PORT, ErrorCode as AgentCode, ExecRequest, ExitStatus, StdinMode,
-};
+use crate::agent::protocol::{ErrorCode as AgentCode, ExecRequest, ExitStatus, StdinMode};
 use crate::api::{
     EXEC_STDIN_CHUNK_BYTES, ExecStream, NameParams, VmExecInput, VmExecItem, VmExecParams,
     VmExecResult, VmHealthResult, VmLogsEnd, VmLogsItem, VmLogsParams, VmName, VmPingResult,
 };
-use crate::host::firecracker::{VsockError, vsock_connect_timeout};
+use crate::host::guest_agent::{AgentConnectError, AgentStream};
 use crate::operations::BoxFuture;
+use crate::operations::vm_common::agent_endpoint;
 use crate::rpc::protocol::{ErrorCode, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Response, RpcError};
 
 /// How long connecting to the agent (vsock connect, `CONNECT` handshake, hello) may take. A
@@ -88,7 +89,7 @@ pub enum GuestError {
     Connect {
         name: String,
         #[source]
-        source: VsockError,
+        source: AgentConnectError,
     },
     #[error("the guest agent of {name} failed: {source}")]
     Agent {
@@ -139,10 +140,6 @@ fn not_running_advice(name: &str, state: VmState) -> String {
     }
 }
 
-fn vsock_path(daemon: &Daemon, vm_id: VmId) -> PathBuf {
-    daemon.layout.vm_vsock_socket(vm_id)
-}
-
 fn console_path(daemon: &Daemon, vm_id: VmId) -> PathBuf {
     daemon.layout.vm_console_log(vm_id)
 }
@@ -176,14 +173,19 @@ fn running_vm(daemon: &Daemon, name: &str) -> Result<VmView, GuestError> {
     Ok(vm)
 }
 
-/// A fresh connection to the VM's agent, after the hello.
+/// A fresh connection to the VM's agent, after the hello: over vsock, or a new stream of
+/// the VM's serial session, as its backend gives it.
 async fn connect_agent(
     daemon: &Daemon,
     vm: &VmView,
-) -> Result<AgentClient<UnixStream>, GuestError> {
-    let uds = vsock_path(daemon, vm.id);
+) -> Result<AgentClient<AgentStream>, GuestError> {
+    let transport = daemon.vms.backends.get(vm.vmm()).agent_transport();
+    let endpoint = agent_endpoint(&daemon.layout, vm.id, transport);
     let connect = async {
-        let stream = vsock_connect_timeout(&uds, AGENT_VSOCK_PORT, AGENT_CONNECT_TIMEOUT)
+        let stream = daemon
+            .vms
+            .agents
+            .connect(&endpoint, AGENT_CONNECT_TIMEOUT)
             .await
             .map_err(|source| GuestError::Connect {
                 name: vm.name.clone(),
@@ -440,7 +442,7 @@ enum Relayed {
 /// the connection for the client hanging up. Without `enabled` it only watches.
 async fn feed_stdin(
     input: &mut Input,
-    stdin: &mut ExecStdin<'_, UnixStream>,
+    stdin: &mut ExecStdin<'_, AgentStream>,
     enabled: bool,
 ) -> Fed {
     let mut line = Vec::new();
@@ -490,7 +492,7 @@ async fn relay_output(
     daemon: &Daemon,
     cx: &Cx,
     client: &mut Output,
-    output: &mut ExecOutputs<'_, UnixStream>,
+    output: &mut ExecOutputs<'_, AgentStream>,
     vm_id: VmId,
 ) -> Result<Relayed, AgentError> {
     loop {

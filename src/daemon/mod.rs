@@ -3,8 +3,8 @@
 //! This module owns the daemon's life: startup (directories, the one-daemon-per-state-dir
 //! lock, the log, `DaemonStarted`, crash recovery, the socket), the RPC server
 //! ([`server`]), the one dispatch table ([`dispatch`]) and the method handlers
-//! ([`handlers`], [`follow`]), the web [`dashboard`], and shutdown. What operations do to the host lives in
-//! [`crate::operations`].
+//! ([`handlers`], [`follow`]), the web [`dashboard`], and shutdown. What operations do to
+//! the host lives in [`crate::operations`].
 //!
 //! ```text
 //!  start ─▶ config ─▶ dirs ─▶ pid lock ─▶ open log + journal ─▶ DaemonStarted ─▶ recovery
@@ -56,8 +56,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
+use crate::host::backends::Backends;
+use crate::host::guest_agent::AgentLinks;
 use crate::host::network::GuestNetwork;
-use crate::host::vmm::{FirecrackerVmm, Vmm};
+use crate::host::qemu::QemuVmm;
+use crate::host::vmm::FirecrackerVmm;
 use crate::operations::vm_common::VmHost;
 use crate::operations::{FailpointError, Failpoints, Runner, recovery};
 use crate::paths::{Layout, PathsError};
@@ -243,20 +246,31 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
 
     let journal = Arc::new(open_journal(&layout.log_path())?);
     let network = Arc::new(GuestNetwork::new(&config.network));
-    let vmm: Arc<dyn Vmm> = Arc::new(FirecrackerVmm::from_env_or(config.firecracker.clone()));
+    let backends = Arc::new(Backends::new(
+        FirecrackerVmm::from_env_or(config.firecracker.clone()),
+        QemuVmm::from_env_or(config.qemu.clone()),
+    ));
+    let agents = Arc::new(AgentLinks::new());
     let runner = Arc::new(Runner::new(
         journal.clone(),
         layout.clone(),
         network,
-        vmm.clone(),
+        backends.clone(),
+        agents.clone(),
         failpoints,
     ));
     record_start_and_recover(&journal, &runner).await;
-    let vms = Arc::new(VmHost::new(vmm, config, journal.clone(), layout.clone()));
+    let vms = Arc::new(VmHost::new(
+        backends.clone(),
+        agents,
+        config,
+        journal.clone(),
+        layout.clone(),
+    ));
     let supervisor = Arc::new(supervisor::Supervisor::new(
         journal.clone(),
         layout.clone(),
-        vms.vmm.clone(),
+        backends,
     ));
     // Before the socket exists: nobody sees a VM as running whose VMM is gone.
     if journal.health() == Health::Writable {

@@ -31,16 +31,17 @@ use std::time::{Duration, Instant};
 
 use banger_events::{
     Event, Handle, HandleReleased, Journal, NewEvent, Owner, Target, VmExited, VmFoundDead, VmId,
-    VmState, VmStateChanged,
+    VmState, VmStateChanged, VmmKind,
 };
 use banger_projections::{ProcessRef, Projections};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 use super::Daemon;
+use crate::host::backends::Backends;
 use crate::host::network::interface_exists;
 use crate::host::process::{self, Liveness};
-use crate::host::vmm::{CONSOLE_TAIL_BYTES, Launched, Vmm, console_tail};
+use crate::host::vmm::{CONSOLE_TAIL_BYTES, Launched, console_tail};
 use crate::operations::vm_common::{kill_vmm, recorded_vmm};
 use crate::operations::vm_stop;
 use crate::paths::Layout;
@@ -52,8 +53,9 @@ const ADOPTED_POLL: Duration = Duration::from_millis(500);
 pub struct Supervisor {
     journal: Arc<Journal<Projections>>,
     layout: Layout,
-    /// The backend that tells whether a re-adopted VMM answers, and kills a deaf one.
-    vmm: Arc<dyn Vmm>,
+    /// The backends; each VM's recorded one tells whether its re-adopted VMM answers, and
+    /// kills a deaf one.
+    backends: Arc<Backends>,
     /// Last activity per VM: its start, and every exec, ping or health through bangerd.
     activity: Mutex<HashMap<VmId, Instant>>,
 }
@@ -62,12 +64,12 @@ impl Supervisor {
     pub fn new(
         journal: Arc<Journal<Projections>>,
         layout: Layout,
-        vmm: Arc<dyn Vmm>,
+        backends: Arc<Backends>,
     ) -> Supervisor {
         Supervisor {
             journal,
             layout,
-            vmm,
+            backends,
             activity: Mutex::default(),
         }
     }
@@ -289,7 +291,7 @@ impl Supervisor {
     /// At startup, after recovery: re-adopts every VMM the log says runs and that still does;
     /// reports the others dead and stops their VMs.
     pub async fn readopt(self: &Arc<Self>) {
-        let vms: Vec<(VmId, String, VmState, Option<ProcessRef>)> = {
+        let vms: Vec<(VmId, String, VmState, Option<ProcessRef>, VmmKind)> = {
             let view = self.journal.view();
             view.vms
                 .values()
@@ -300,16 +302,16 @@ impl Supervisor {
                             VmState::Running | VmState::Starting | VmState::Stopping
                         )
                 })
-                .map(|vm| (vm.id, vm.name.clone(), vm.state, vm.process))
+                .map(|vm| (vm.id, vm.name.clone(), vm.state, vm.process, vm.vmm()))
                 .collect()
         };
-        for (vm_id, name, state, process) in vms {
+        for (vm_id, name, state, process, vmm) in vms {
             let mut events = Vec::new();
+            let vmm = self.backends.get(vmm);
             if let Some(p) = process {
                 let recorded = recorded_vmm(&self.layout, vm_id, p);
                 let liveness = process::liveness(p.pid, p.start_time_ticks).ok();
-                let answers =
-                    liveness == Some(Liveness::Alive) && self.vmm.answers(&recorded).await;
+                let answers = liveness == Some(Liveness::Alive) && vmm.answers(&recorded).await;
                 if answers {
                     tracing::info!(vm = %name, pid = p.pid, "re-adopted a running VM");
                     self.watch_adopted(vm_id, p);
@@ -318,7 +320,7 @@ impl Supervisor {
                 if liveness == Some(Liveness::Alive) {
                     // Ours (same start time) but deaf: it cannot be driven, so end it.
                     tracing::warn!(vm = %name, pid = p.pid, "the VMM runs but its API does not answer; killing it");
-                    let _ = kill_vmm(self.vmm.as_ref(), &recorded).await;
+                    let _ = kill_vmm(vmm.as_ref(), &recorded).await;
                 }
                 tracing::warn!(vm = %name, pid = p.pid, "the VM's VMM died while bangerd was down");
                 events.push(NewEvent::new(Event::VmFoundDead(VmFoundDead {
@@ -539,7 +541,6 @@ pub fn spawn_idle_sweep(daemon: Arc<Daemon>) {
 
 #[cfg(test)]
 mod tests {
-    use banger_events::{JournalOptions, MemoryLog};
 
     use super::*;
 
@@ -547,12 +548,11 @@ mod tests {
     /// forgets every VM the views no longer have (removed by crash recovery, say).
     #[test]
     fn activity_is_forgotten_with_the_vm() {
-        let journal =
-            Arc::new(Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default()).unwrap());
+        let journal = crate::operations::testing::memory_journal();
         let supervisor = Supervisor::new(
             journal,
             Layout::rooted(std::path::Path::new("/none")),
-            Arc::new(crate::host::vmm::FirecrackerVmm::new(
+            Arc::new(crate::host::backends::Backends::firecracker_at(
                 "/nonexistent/firecracker",
             )),
         );
@@ -571,10 +571,9 @@ mod tests {
     /// shown stopped while its new VMM runs, orphaned).
     #[tokio::test]
     async fn an_exit_report_overtaken_by_a_restart_is_not_recorded() {
-        use banger_events::{HandleAcquired, VmDefined, VmSpec};
+        use banger_events::{HandleAcquired, VmDefined};
 
-        let journal =
-            Arc::new(Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default()).unwrap());
+        let journal = crate::operations::testing::memory_journal();
         let vm_id = VmId(7);
         let process = |pid| Handle::Process {
             pid,
@@ -597,14 +596,7 @@ mod tests {
             .append(vec![NewEvent::new(Event::VmDefined(VmDefined {
                 vm_id,
                 name: "dev".into(),
-                spec: VmSpec {
-                    image: "img".into(),
-                    kernel: "k".into(),
-                    vcpus: 1,
-                    memory_mib: 256,
-                    root_disk_mib: 1,
-                    work_disk_mib: 32,
-                },
+                spec: crate::operations::testing::small_spec("k"),
             }))])
             .await
             .unwrap();
@@ -612,9 +604,7 @@ mod tests {
         let supervisor = Supervisor::new(
             journal.clone(),
             Layout::rooted(std::path::Path::new("/none")),
-            Arc::new(crate::host::vmm::FirecrackerVmm::new(
-                "/nonexistent/firecracker",
-            )),
+            crate::operations::testing::unlaunchable_backends(),
         );
 
         let from = supervisor

@@ -154,11 +154,12 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
 
-    use banger_events::{HandleAcquired, Journal, JournalOptions, MemoryLog, OpId, Owner};
+    use banger_events::{HandleAcquired, OpId, Owner};
 
     use super::*;
     use crate::config::Config;
-    use crate::host::vmm::FirecrackerVmm;
+    use crate::host::backends::Backends;
+    use crate::host::guest_agent::AgentLinks;
     use crate::paths::Layout;
 
     /// Pool top-ups, creates taking spares and appends, all at once, never deadlock. The
@@ -169,12 +170,12 @@ mod tests {
     #[test]
     fn top_ups_creates_and_appends_never_deadlock() {
         const ROUNDS: usize = 20_000;
-        let journal =
-            Arc::new(Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default()).unwrap());
+        let journal = crate::operations::testing::memory_journal();
         let mut config = Config::default();
         config.network.tap_pool = 4;
         let host = Arc::new(VmHost::new(
-            Arc::new(FirecrackerVmm::new("/nonexistent/firecracker")),
+            Arc::new(Backends::firecracker_at("/nonexistent/firecracker")),
+            Arc::new(AgentLinks::new()),
             config,
             journal.clone(),
             Layout::rooted(std::path::Path::new("/nonexistent")),

@@ -1,10 +1,15 @@
-//! Host adapters: VMM processes, the Firecracker API, and the guest network (taps through the
-//! root helper). Each submodule owns one kind of host
+//! Host adapters: VMM processes (Firecracker and its API; QEMU's microvm and QMP; what KVM
+//! allows here), and the guest network (taps through the root helper). Each submodule owns one kind of host
 //! resource and keeps no state beyond what its caller records.
 
+pub mod backends;
 pub mod console;
 pub mod disk;
 pub mod firecracker;
+pub mod guest_agent;
+pub mod kvm;
 pub mod network;
 pub mod process;
+pub mod qemu;
+pub mod qmp;
 pub mod vmm;

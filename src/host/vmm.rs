@@ -2,8 +2,9 @@
 //! kills one VM's VMM process.
 //!
 //! [`Vmm`] is the seam where Firecracker (real or the project's fake, which share a command line
-//! and an API) and, later, a QEMU `microvm` backend sit side by side; bangerd picks one at
-//! run time, so the trait is object safe (`Arc<dyn Vmm>`) and its methods return boxed futures.
+//! and an API) and QEMU's `microvm` machine (`super::qemu`) sit side by side; bangerd picks one
+//! per VM at run time (`crate::vmms`), so the trait is object safe (`Arc<dyn Vmm>`) and its
+//! methods return boxed futures.
 //!
 //! The lifecycle of one VMM process, as the operations' steps drive it:
 //!
@@ -82,6 +83,11 @@ pub struct LaunchSpec {
     pub drives: Vec<DriveSpec>,
     pub net: Option<NetSpec>,
     pub vsock: Option<VsockSpec>,
+    /// The host-side unix socket of the guest agent's virtio-serial port (QEMU: a chardev
+    /// server the VMM creates; the guest sees the port named `banger.agent`). Backends
+    /// without virtio-serial (Firecracker) refuse a spec that has one.
+    #[serde(default)]
+    pub agent_serial: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +112,17 @@ pub struct VsockSpec {
     pub cid: u32,
     /// The host-side unix socket of the guest's vsock (`CONNECT <port>` handshake).
     pub uds_path: PathBuf,
+}
+
+/// How the host reaches a VM's guest agent, which depends on what its VMM gives the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentTransport {
+    /// vsock, through Firecracker's host-side unix socket (`CONNECT <port>` / `OK <port>`):
+    /// one socket connection per request.
+    Vsock,
+    /// A virtio-serial port named `banger.agent` behind a unix socket, multiplexed
+    /// (`banger_agent::mux`): one connection per VM, one stream per request.
+    VirtioSerial,
 }
 
 /// A running VMM as the event log records it.
@@ -186,6 +203,16 @@ pub enum VmmError {
         /// there). Kept out of the message, for the caller to record or show.
         console_tail: String,
     },
+    #[error("{step}: {source}")]
+    Qmp {
+        step: &'static str,
+        #[source]
+        source: super::qmp::QmpError,
+        /// As for [`VmmError::Api`].
+        console_tail: String,
+    },
+    #[error("{0}")]
+    Mismatch(String),
     #[error("process {pid}: {source}")]
     Process {
         pid: u32,
@@ -199,7 +226,7 @@ pub enum VmmError {
 impl VmmError {
     /// Fills in the console tail of a [`VmmError::Api`] that has none yet.
     pub fn with_console_tail(mut self, console_log: &Path) -> VmmError {
-        if let VmmError::Api { console_tail, .. } = &mut self
+        if let VmmError::Api { console_tail, .. } | VmmError::Qmp { console_tail, .. } = &mut self
             && console_tail.is_empty()
         {
             *console_tail = console_tail_of(console_log);
@@ -216,6 +243,9 @@ fn console_tail_of(console_log: &Path) -> String {
 pub trait Vmm: Send + Sync {
     /// A short name for messages and `banger doctor`: "firecracker", "qemu".
     fn name(&self) -> &'static str;
+
+    /// How the host reaches the guest agent of a VM this backend runs.
+    fn agent_transport(&self) -> AgentTransport;
 
     /// Starts the VMM process and waits until its control socket accepts connections.
     fn spawn<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Result<Spawned, VmmError>>;
@@ -358,6 +388,12 @@ impl FirecrackerVmm {
 
     async fn spawn_inner(&self, spec: &LaunchSpec) -> Result<Spawned, VmmError> {
         validate_spec(spec)?;
+        if let Some(serial) = &spec.agent_serial {
+            return Err(VmmError::InvalidSpec(format!(
+                "firecracker has no virtio-serial port for the agent socket {}; its guests reach the agent over vsock",
+                serial.display()
+            )));
+        }
         for dir in [spec.api_socket.parent(), spec.console_log.parent()]
             .into_iter()
             .flatten()
@@ -566,6 +602,10 @@ impl Vmm for FirecrackerVmm {
         "firecracker"
     }
 
+    fn agent_transport(&self) -> AgentTransport {
+        AgentTransport::Vsock
+    }
+
     fn spawn<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Result<Spawned, VmmError>> {
         Box::pin(self.spawn_inner(spec))
     }
@@ -624,9 +664,9 @@ impl Vmm for FirecrackerVmm {
     }
 }
 
-/// Firecracker's own rules, checked before anything is started so that a bad spec changes
-/// nothing on the host.
-fn validate_spec(spec: &LaunchSpec) -> Result<(), VmmError> {
+/// The rules every backend keeps (Firecracker's, which QEMU's limits also allow), checked
+/// before anything is started so that a bad spec changes nothing on the host.
+pub(crate) fn validate_spec(spec: &LaunchSpec) -> Result<(), VmmError> {
     let invalid = |msg: String| Err(VmmError::InvalidSpec(msg));
     if spec.id.is_empty()
         || spec.id.len() > 64
@@ -674,6 +714,7 @@ fn validate_spec(spec: &LaunchSpec) -> Result<(), VmmError> {
     let sockets = [
         Some(&spec.api_socket),
         spec.vsock.as_ref().map(|v| &v.uds_path),
+        spec.agent_serial.as_ref(),
     ];
     for socket in sockets.into_iter().flatten() {
         if socket.as_os_str().len() > 107 {
@@ -687,7 +728,7 @@ fn validate_spec(spec: &LaunchSpec) -> Result<(), VmmError> {
 }
 
 /// Removes `path` when it is a socket file nobody accepts on; refuses when somebody does.
-async fn remove_stale_socket(what: &'static str, path: &Path) -> Result<(), VmmError> {
+pub(crate) async fn remove_stale_socket(what: &'static str, path: &Path) -> Result<(), VmmError> {
     match remove_if_stale(path).await? {
         SocketFile::Live => Err(VmmError::SocketInUse {
             what,
@@ -762,7 +803,7 @@ pub fn describe_status(status: ExitStatus) -> String {
     }
 }
 
-fn millis(duration: Duration) -> u64 {
+pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -784,6 +825,7 @@ mod tests {
             drives: vec![],
             net: None,
             vsock: None,
+            agent_serial: None,
         }
     }
 

@@ -215,16 +215,10 @@ impl Step<State> for Delete {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use banger_events::{
-        Event, Journal, JournalOptions, KernelRegistered, MemoryLog, NewEvent, VmDefined, VmId,
-        VmSpec,
-    };
+    use banger_events::{Event, KernelRegistered, NewEvent, VmDefined, VmId};
 
     use super::*;
-    use crate::host::vmm::FirecrackerVmm;
-    use crate::operations::Failpoints;
+    use crate::operations::testing;
     use crate::paths::Layout;
 
     /// A VM may boot a kernel that no image names (`vm create --kernel`): removing that kernel
@@ -232,10 +226,10 @@ mod tests {
     #[tokio::test]
     async fn a_kernel_a_vm_boots_directly_is_not_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let layout = Layout::rooted(&dir.path().join("root"));
+        let root = dir.path().join("root");
+        let layout = Layout::rooted(&root);
         std::fs::create_dir_all(layout.kernel_dir("k2")).unwrap();
-        let journal =
-            Arc::new(Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default()).unwrap());
+        let journal = testing::memory_journal();
         journal
             .append(vec![
                 NewEvent::new(Event::KernelRegistered(KernelRegistered {
@@ -249,25 +243,12 @@ mod tests {
                 NewEvent::new(Event::VmDefined(VmDefined {
                     vm_id: VmId(7),
                     name: "dev".into(),
-                    spec: VmSpec {
-                        image: "img".into(),
-                        kernel: "k2".into(),
-                        vcpus: 1,
-                        memory_mib: 256,
-                        root_disk_mib: 1,
-                        work_disk_mib: 32,
-                    },
+                    spec: testing::small_spec("k2"),
                 })),
             ])
             .await
             .unwrap();
-        let runner = Runner::new(
-            journal,
-            layout.clone(),
-            Arc::new(crate::host::network::GuestNetwork::unreachable_for_tests()),
-            Arc::new(FirecrackerVmm::new("/nonexistent/firecracker")),
-            Failpoints::none(),
-        );
+        let runner = testing::runner(journal, &root);
         let refused = run(&runner, OpId(1), "k2".into()).await;
         assert!(
             matches!(&refused, Err(OpError::Busy(m)) if m.contains("booted by VM(s) dev")),

@@ -111,26 +111,7 @@ mod tests {
                 entry.kind
             );
         }
-        let all = [
-            OpKind::VmCreate,
-            OpKind::VmStart,
-            OpKind::VmStop,
-            OpKind::VmRestart,
-            OpKind::VmKill,
-            OpKind::VmDelete,
-            OpKind::VmSet,
-            OpKind::ImageRegister,
-            OpKind::ImagePull,
-            OpKind::ImageDelete,
-            OpKind::ImagePromote,
-            OpKind::ImageCachePrune,
-            OpKind::KernelImport,
-            OpKind::KernelPull,
-            OpKind::KernelRemove,
-            OpKind::Teardown,
-            OpKind::TapFill,
-        ];
-        for kind in all {
+        for kind in OpKind::ALL {
             let absent_on_purpose = match kind {
                 // A restart runs as a stop and then a start, each recorded on its own.
                 OpKind::VmRestart => true,

@@ -64,6 +64,8 @@ pub mod retry;
 mod runner;
 pub mod store;
 pub mod tap_fill;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod vm_common;
 pub mod vm_create;
 pub mod vm_delete;
@@ -77,6 +79,7 @@ use std::pin::Pin;
 
 use banger_events::{Event, Handle, LogError, OpId, OpKind, ResumeDecodeError, Target, VmId};
 
+use crate::host::guest_agent::AgentLinks;
 use crate::host::network::GuestNetwork;
 use crate::host::vmm::Vmm;
 use crate::paths::Layout;
@@ -96,8 +99,12 @@ pub struct OpCx<'a> {
     pub layout: &'a Layout,
     /// Taps on the bridge, through the root helper.
     pub network: &'a GuestNetwork,
-    /// The VMM backend: every start, stop and kill of a VMM goes through it, undos included.
+    /// The target VM's VMM backend, the one its log records (`VmBackendChosen`; Firecracker
+    /// for a VM that recorded none, and for targets that are no VM): every start, stop and
+    /// kill of a VMM goes through it, undos included.
     pub vmm: &'a dyn Vmm,
+    /// bangerd's connections to guest agents (sessions of QEMU VMs' serial ports).
+    pub agents: &'a AgentLinks,
 }
 
 /// One step of an operation whose in-memory state is `S`.
@@ -136,6 +143,13 @@ pub trait OperationKind: 'static {
 
     /// What a run carries from step to step (validated request, checksums, …).
     type State: Send + Sync + 'static;
+
+    /// The VMM backend a run uses when the log does not say yet: a create's choice, made
+    /// before its `VmBackendChosen` is recorded. Every other kind finds its VM's backend in
+    /// the log.
+    fn vmm(_state: &Self::State) -> Option<banger_events::VmmKind> {
+        None
+    }
 
     /// The steps, in order.
     fn steps() -> &'static [&'static dyn Step<Self::State>];
@@ -323,7 +337,8 @@ mod invariant_tests {
             target: &target,
             layout,
             network: &network,
-            vmm: &crate::host::vmm::FirecrackerVmm::new("/nonexistent/firecracker"),
+            vmm: &crate::operations::testing::unlaunchable_vmm(),
+            agents: &crate::host::guest_agent::AgentLinks::new(),
         };
         let before = snapshot(&layout.state_dir);
         let mut done = Vec::new();
@@ -362,7 +377,8 @@ mod invariant_tests {
             target: &target,
             layout,
             network: &network,
-            vmm: &crate::host::vmm::FirecrackerVmm::new("/nonexistent/firecracker"),
+            vmm: &crate::operations::testing::unlaunchable_vmm(),
+            agents: &crate::host::guest_agent::AgentLinks::new(),
         };
         let before = snapshot(&layout.state_dir);
         for step in K::steps().iter().rev() {
@@ -477,7 +493,8 @@ mod invariant_tests {
             target: &kernel,
             layout: &layout,
             network: &network,
-            vmm: &crate::host::vmm::FirecrackerVmm::new("/nonexistent/firecracker"),
+            vmm: &crate::operations::testing::unlaunchable_vmm(),
+            agents: &crate::host::guest_agent::AgentLinks::new(),
         };
         let mut state = cx_state;
         for step in <kernel_remove::KernelRemove as OperationKind>::steps() {
@@ -492,7 +509,8 @@ mod invariant_tests {
             target: &image,
             layout: &layout,
             network: &network,
-            vmm: &crate::host::vmm::FirecrackerVmm::new("/nonexistent/firecracker"),
+            vmm: &crate::operations::testing::unlaunchable_vmm(),
+            agents: &crate::host::guest_agent::AgentLinks::new(),
         };
         let mut state = image_delete::State { name: "i".into() };
         let steps = <image_delete::ImageDelete as OperationKind>::steps();
@@ -525,7 +543,8 @@ mod invariant_tests {
             target: &kernel,
             layout: &layout,
             network: &network,
-            vmm: &crate::host::vmm::FirecrackerVmm::new("/nonexistent/firecracker"),
+            vmm: &crate::operations::testing::unlaunchable_vmm(),
+            agents: &crate::host::guest_agent::AgentLinks::new(),
         };
         for step in <kernel_import::KernelImport as OperationKind>::steps() {
             step.ensure(&mine, &mut state).await.unwrap();

@@ -117,13 +117,15 @@ pub(super) async fn recover_kind<K: OperationKind>(
         None => "bangerd stopped before the first step".to_owned(),
     };
     let target = action.target().clone();
+    let vmm = runner.vmm_for(&target);
     let cx = OpCx {
         op_id,
         kind: K::KIND,
         target: &target,
         layout: runner.layout(),
         network: runner.network(),
-        vmm: runner.vmm(),
+        vmm: vmm.as_ref(),
+        agents: runner.agents(),
     };
     runner
         .journal()
@@ -292,17 +294,13 @@ async fn stuck(
 #[cfg(test)]
 mod tests {
     use std::path::Path;
-    use std::sync::Arc;
 
     use banger_events::{
-        Journal, JournalOptions, MemoryLog, OperationStarted, StepStarted, Target, VmDefined, VmId,
-        VmSpec, VmState, VmStateChanged,
+        OperationStarted, StepStarted, Target, VmDefined, VmId, VmSpec, VmState, VmStateChanged,
     };
     use banger_projections::OpStatus;
 
     use super::*;
-    use crate::host::network::GuestNetwork;
-    use crate::operations::Failpoints;
     use crate::operations::vm_stop::StopState;
     use crate::paths::Layout;
 
@@ -317,19 +315,8 @@ mod tests {
     const LEGACY_BEFORE_TAPS: &str = r#"{"vm_id":"0000000057eb0001","name":"web","from":"running","process":null,"stop_timeout_ms":30000}"#;
 
     fn runner(root: &Path) -> Runner {
-        let journal = Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default())
-            .expect("a journal in memory");
-        let layout = Layout::rooted(root);
-        std::fs::create_dir_all(layout.vm_dir(VM)).expect("the VM's directory");
-        Runner::new(
-            Arc::new(journal),
-            layout,
-            Arc::new(GuestNetwork::unreachable_for_tests()),
-            Arc::new(crate::host::vmm::FirecrackerVmm::new(
-                "/nonexistent/firecracker",
-            )),
-            Failpoints::none(),
-        )
+        std::fs::create_dir_all(Layout::rooted(root).vm_dir(VM)).expect("the VM's directory");
+        crate::operations::testing::runner(crate::operations::testing::memory_journal(), root)
     }
 
     /// A running VM, and a `vm.stop` of it with `parameters` that bangerd left after its

@@ -110,13 +110,15 @@ pub(super) async fn undo_again<K: OperationKind>(
         })?;
         steps.push((found, handles));
     }
+    let vmm = runner.vmm_for(target);
     let cx = OpCx {
         op_id,
         kind: K::KIND,
         target,
         layout: runner.layout(),
         network: runner.network(),
-        vmm: runner.vmm(),
+        vmm: vmm.as_ref(),
+        agents: runner.agents(),
     };
     let reason = format!("{cause}; rolled back by `banger ops retry`");
     runner

@@ -14,6 +14,8 @@ use banger_projections::{OpStatus, Projections};
 
 use super::failpoints::{Failpoints, Point};
 use super::{OpCx, OpError, OperationKind, Step, StepError};
+use crate::host::backends::Backends;
+use crate::host::guest_agent::AgentLinks;
 use crate::host::network::GuestNetwork;
 use crate::host::vmm::Vmm;
 use crate::paths::Layout;
@@ -24,7 +26,8 @@ pub struct Runner {
     journal: Arc<Journal<Projections>>,
     layout: Layout,
     network: Arc<GuestNetwork>,
-    vmm: Arc<dyn Vmm>,
+    backends: Arc<Backends>,
+    agents: Arc<AgentLinks>,
     failpoints: Failpoints,
     claims: Arc<ClaimTable>,
     closing: AtomicBool,
@@ -88,14 +91,16 @@ impl Runner {
         journal: Arc<Journal<Projections>>,
         layout: Layout,
         network: Arc<GuestNetwork>,
-        vmm: Arc<dyn Vmm>,
+        backends: Arc<Backends>,
+        agents: Arc<AgentLinks>,
         failpoints: Failpoints,
     ) -> Self {
         Runner {
             journal,
             layout,
             network,
-            vmm,
+            backends,
+            agents,
             failpoints,
             claims: Arc::default(),
             closing: AtomicBool::new(false),
@@ -114,8 +119,27 @@ impl Runner {
         &self.layout
     }
 
-    pub fn vmm(&self) -> &dyn Vmm {
-        self.vmm.as_ref()
+    pub fn backends(&self) -> &Arc<Backends> {
+        &self.backends
+    }
+
+    pub fn agents(&self) -> &AgentLinks {
+        &self.agents
+    }
+
+    /// The backend of `target`'s VM as the log records it (Firecracker for a VM that
+    /// recorded none, and for targets that are no VM).
+    pub fn vmm_for(&self, target: &Target) -> Arc<dyn Vmm> {
+        let kind = match target {
+            Target::Vm { vm_id, .. } => self
+                .journal
+                .view()
+                .vms
+                .get(vm_id)
+                .map_or(banger_events::VmmKind::Firecracker, |vm| vm.vmm()),
+            _ => banger_events::VmmKind::Firecracker,
+        };
+        self.backends.get(kind).clone()
     }
 
     pub fn failpoints(&self) -> &Failpoints {
@@ -240,13 +264,18 @@ impl Runner {
         mut state: K::State,
     ) -> Result<K::State, OpError> {
         debug_assert_eq!(claim.kind, K::KIND);
+        let vmm = match K::vmm(&state) {
+            Some(kind) => self.backends.get(kind).clone(),
+            None => self.vmm_for(&claim.target),
+        };
         let cx = OpCx {
             op_id: claim.op_id,
             kind: K::KIND,
             target: &claim.target,
             layout: &self.layout,
             network: &self.network,
-            vmm: self.vmm.as_ref(),
+            vmm: vmm.as_ref(),
+            agents: &self.agents,
         };
         let mut opening = vec![Event::OperationStarted(OperationStarted {
             kind: K::KIND,
@@ -503,22 +532,13 @@ mod tests {
     use std::path::Path;
     use std::sync::Mutex as StdMutex;
 
-    use banger_events::{JournalOptions, MemoryLog};
-
     use super::*;
     use crate::operations::BoxFuture;
 
     fn runner() -> Runner {
-        let journal = Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default())
-            .expect("open a journal in memory");
-        Runner::new(
-            Arc::new(journal),
-            Layout::rooted(Path::new("/nonexistent")),
-            Arc::new(GuestNetwork::unreachable_for_tests()),
-            Arc::new(crate::host::vmm::FirecrackerVmm::new(
-                "/nonexistent/firecracker",
-            )),
-            Failpoints::none(),
+        crate::operations::testing::runner(
+            crate::operations::testing::memory_journal(),
+            Path::new("/nonexistent"),
         )
     }
 

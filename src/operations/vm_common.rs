@@ -1,18 +1,23 @@
 //! What the VM operations share: the services they run against ([`VmHost`]), the boot state
 //! of `vm.create` and `vm.start` ([`BootState`]), the network allocation, and the four boot
 //! steps both kinds run (`launch-firecracker`, `configure`, `instance-start`,
-//! `wait-for-agent`).
+//! `wait-for-agent`). They drive the VM's own backend (`OpCx::vmm`, the one its log records);
+//! the step names are schema and predate QEMU, so `launch-firecracker` launches either VMM.
 //!
 //! | step                 | intent                      | ensure                                           | undo                                                  |
 //! |----------------------|-----------------------------|--------------------------------------------------|-------------------------------------------------------|
-//! | `launch-firecracker` | socket `api.sock`,          | spawn the VMM (own process group) unless the one | SIGKILL the recorded process (pid + start time), and  |
-//! |                      | socket `vsock.sock`         | recorded in the state still runs; produces       | any process whose `--api-sock` is the intended socket |
-//! |                      |                             | `Process{pid,start_time_ticks}` + both sockets   | (a crash before `StepSucceeded`); remove the sockets  |
-//! | `configure`          | —                           | machine config, boot source (kernel command line | nothing (the VMM dies with `launch-firecracker`'s undo)|
-//! |                      |                             | carries the guest IP), root + work drive, vsock  |                                                       |
-//! | `instance-start`     | —                           | InstanceStart (a started instance is fine)       | nothing                                               |
-//! | `wait-for-agent`     | —                           | vsock CONNECT + hello + health, retried until    | nothing                                               |
-//! |                      |                             | the boot timeout; fails at once if the VMM died   |                                                       |
+//! | `launch-firecracker` | socket `api.sock`, and the  | spawn the VMM (own process group) unless the one | SIGKILL the recorded process (pid + start time), and  |
+//! |                      | agent's: `vsock.sock`       | recorded in the state still runs (QEMU: with its | any process the backend launched for the intended     |
+//! |                      | (Firecracker) or            | whole machine, stopped: `-S`); produces          | socket (`--api-sock` / `-qmp unix:…`: a crash before  |
+//! |                      | `agent.sock` (QEMU)         | `Process{pid,start_time_ticks}` + both sockets   | `StepSucceeded`); remove the sockets                  |
+//! | `configure`          | —                           | Firecracker: machine config, boot source (kernel | nothing (the VMM dies with `launch-firecracker`'s undo)|
+//! |                      |                             | command line carries the guest IP), root + work  |                                                       |
+//! |                      |                             | drive, vsock. QEMU: check QMP and the command    |                                                       |
+//! |                      |                             | line are this spec's                             |                                                       |
+//! | `instance-start`     | —                           | InstanceStart / `cont` (a running one is fine)   | nothing                                               |
+//! | `wait-for-agent`     | —                           | agent connect (vsock, or bangerd's serial        | nothing                                               |
+//! |                      |                             | session) + hello + health, retried until the     |                                                       |
+//! |                      |                             | boot timeout; fails at once if the VMM died      |                                                       |
 //!
 //! Invariants:
 //! - Undo acts only inside the VMs directory (`vms/`): a socket path anywhere else in a
@@ -28,18 +33,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use banger_events::{Handle, Journal, OpId, VmId, VmSpec};
+use banger_events::{Handle, Journal, OpId, VmId, VmSpec, VmmKind};
 use banger_projections::{ProcessRef, Projections};
 
 use super::{BoxFuture, OpCx, Step, StepError, tap_fill};
 use crate::agent::client::AgentClient;
-use crate::agent::protocol::AGENT_VSOCK_PORT;
 use crate::config::Config;
-use crate::host::firecracker::vsock_connect_timeout;
+use crate::host::backends::Backends;
+use crate::host::guest_agent::{AgentEndpoint, AgentLinks};
 use crate::host::network::{GATEWAY, GUEST_NET, interface_exists, tap_name};
 use crate::host::process::Liveness;
 use crate::host::vmm::{
-    CONSOLE_TAIL_BYTES, DriveSpec, LaunchSpec, Launched, NetSpec, Vmm, VsockSpec, console_tail,
+    AgentTransport, CONSOLE_TAIL_BYTES, DriveSpec, LaunchSpec, Launched, NetSpec, Vmm, VsockSpec,
+    console_tail,
 };
 use crate::paths::Layout;
 
@@ -48,7 +54,10 @@ pub const FIRST_GUEST_CID: u32 = 3;
 
 /// The services VM operations run against, shared by every VM request of one daemon.
 pub struct VmHost {
-    pub vmm: Arc<dyn Vmm>,
+    /// Every VMM backend; a VM uses the one its log records.
+    pub backends: Arc<Backends>,
+    /// bangerd's connections to guest agents.
+    pub agents: Arc<AgentLinks>,
     pub config: Config,
     pub journal: Arc<Journal<Projections>>,
     pub layout: Layout,
@@ -63,13 +72,15 @@ pub struct VmHost {
 
 impl VmHost {
     pub fn new(
-        vmm: Arc<dyn Vmm>,
+        backends: Arc<Backends>,
+        agents: Arc<AgentLinks>,
         config: Config,
         journal: Arc<Journal<Projections>>,
         layout: Layout,
     ) -> VmHost {
         VmHost {
-            vmm,
+            backends,
+            agents,
             config,
             journal,
             layout,
@@ -310,6 +321,10 @@ pub struct BootState {
     pub vm_id: VmId,
     pub name: String,
     pub spec: VmSpec,
+    /// The VMM backend: what create chose (and records), or what the log records (start).
+    pub vmm: VmmKind,
+    /// Why that backend (what create records beside it).
+    pub vmm_reason: String,
     /// The image's rootfs (create clones it).
     pub image_rootfs: PathBuf,
     pub kernel_path: PathBuf,
@@ -326,8 +341,10 @@ pub struct BootState {
 }
 
 impl BootState {
-    /// What Firecracker is told to run.
-    pub fn launch_spec(&self, layout: &Layout) -> Result<LaunchSpec, StepError> {
+    /// What `vmm` is told to run; the guest agent is reached over the transport the backend
+    /// gives the guest (vsock for Firecracker, a virtio-serial port for QEMU).
+    pub fn launch_spec(&self, layout: &Layout, vmm: &dyn Vmm) -> Result<LaunchSpec, StepError> {
+        let transport = vmm.agent_transport();
         let allocation = self
             .allocation
             .ok_or_else(|| StepError::Other("the VM has no IP and vsock CID allocated".into()))?;
@@ -343,7 +360,7 @@ impl BootState {
             id: self.vm_id.to_string(),
             api_socket: layout.vm_api_socket(self.vm_id),
             console_log: layout.vm_console_log(self.vm_id),
-            vmm_log: Some(layout.vm_vmm_log(self.vm_id)),
+            vmm_log: Some(layout.vm_vmm_log(self.vm_id, vmm.name())),
             vcpus,
             mem_mib,
             kernel: self.kernel_path.clone(),
@@ -370,10 +387,12 @@ impl BootState {
                     .ok_or_else(|| StepError::Other("the VM has no tap yet".into()))?,
                 mac: Some(format_mac(allocation.mac)),
             }),
-            vsock: Some(VsockSpec {
+            vsock: (transport == AgentTransport::Vsock).then(|| VsockSpec {
                 cid: allocation.cid,
                 uds_path: layout.vm_vsock_socket(self.vm_id),
             }),
+            agent_serial: (transport == AgentTransport::VirtioSerial)
+                .then(|| layout.vm_agent_socket(self.vm_id)),
         })
     }
 
@@ -571,9 +590,10 @@ impl Step<BootState> for LaunchFirecracker {
     }
 
     fn intent(&self, cx: &OpCx<'_>, state: &BootState) -> Vec<Handle> {
+        let agent_socket = agent_endpoint(cx.layout, state.vm_id, cx.vmm.agent_transport());
         vec![
             socket_handle(&cx.layout.vm_api_socket(state.vm_id)),
-            socket_handle(&cx.layout.vm_vsock_socket(state.vm_id)),
+            socket_handle(agent_socket.socket()),
         ]
     }
 
@@ -596,9 +616,8 @@ impl Step<BootState> for LaunchFirecracker {
             {
                 return Ok(produced(launched));
             }
-            let spec = state.launch_spec(cx.layout)?;
-            let spawned = state
-                .host
+            let spec = state.launch_spec(cx.layout, cx.vmm)?;
+            let spawned = cx
                 .vmm
                 .spawn(&spec)
                 .await
@@ -636,11 +655,9 @@ impl Step<BootState> for Configure {
         state: &'a mut BootState,
     ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
         Box::pin(async move {
-            let spec = state.launch_spec(cx.layout)?;
+            let spec = state.launch_spec(cx.layout, cx.vmm)?;
             let launched = state.launched()?;
-            state
-                .host
-                .vmm
+            cx.vmm
                 .configure(launched, &spec)
                 .await
                 .map_err(|e| StepError::Other(e.to_string()))?;
@@ -670,14 +687,12 @@ impl Step<BootState> for InstanceStart {
 
     fn ensure<'a>(
         &'a self,
-        _: &'a OpCx<'a>,
+        cx: &'a OpCx<'a>,
         state: &'a mut BootState,
     ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
         Box::pin(async move {
             let launched = state.launched()?;
-            state
-                .host
-                .vmm
+            cx.vmm
                 .start(launched)
                 .await
                 .map_err(|e| StepError::Other(e.to_string()))?;
@@ -713,9 +728,9 @@ impl Step<BootState> for WaitForAgent {
         Box::pin(async move {
             let launched = state.launched()?.clone();
             let timeout = state.host.config.boot_timeout;
-            let uds = cx.layout.vm_vsock_socket(state.vm_id);
+            let endpoint = agent_endpoint(cx.layout, state.vm_id, cx.vmm.agent_transport());
             let console = cx.layout.vm_console_log(state.vm_id);
-            wait_for_agent(&launched, &uds, &console, timeout).await?;
+            wait_for_agent(cx.agents, &launched, &endpoint, &console, timeout).await?;
             Ok(Vec::new())
         })
     }
@@ -729,15 +744,32 @@ impl Step<BootState> for WaitForAgent {
     }
 }
 
-/// Polls the guest agent through the vsock socket until it says hello and reports its
-/// health, the VMM dies, or `timeout` passes.
+/// Where the agent of VM `vm_id` is reached when its backend gives the guest `transport`.
+pub fn agent_endpoint(layout: &Layout, vm_id: VmId, transport: AgentTransport) -> AgentEndpoint {
+    AgentEndpoint {
+        transport,
+        vsock_socket: layout.vm_vsock_socket(vm_id),
+        serial_socket: layout.vm_agent_socket(vm_id),
+    }
+}
+
+/// Polls the guest agent until it says hello and reports its health, the VMM dies, or
+/// `timeout` passes.
 pub async fn wait_for_agent(
+    agents: &AgentLinks,
     launched: &Launched,
-    uds: &Path,
+    endpoint: &AgentEndpoint,
     console: &Path,
     timeout: Duration,
 ) -> Result<(), StepError> {
     let deadline = Instant::now() + timeout;
+    // A serial session waits for the guest's agent to open its port, which is the boot
+    // itself: give one attempt most of the boot, while the VMM is watched alongside. A vsock
+    // connect fails fast until the guest listens, so it is retried often.
+    let attempt_timeout = match endpoint.transport {
+        AgentTransport::Vsock => Duration::from_secs(2),
+        AgentTransport::VirtioSerial => Duration::from_secs(10),
+    };
     loop {
         if launched.liveness().map(Liveness::is_dead).unwrap_or(false) {
             return Err(StepError::Other(format!(
@@ -746,8 +778,11 @@ pub async fn wait_for_agent(
                 console_tail(console, CONSOLE_TAIL_BYTES)
             )));
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let budget = attempt_timeout.min(left).max(Duration::from_millis(100));
         let attempt = async {
-            let stream = vsock_connect_timeout(uds, AGENT_VSOCK_PORT, Duration::from_secs(2))
+            let stream = agents
+                .connect(endpoint, budget)
                 .await
                 .map_err(|e| e.to_string())?;
             let mut client = AgentClient::handshake(stream, "bangerd")
@@ -755,10 +790,18 @@ pub async fn wait_for_agent(
                 .map_err(|e| e.to_string())?;
             client.health().await.map_err(|e| e.to_string())
         };
-        let last_error = match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-            Ok(Ok(_health)) => return Ok(()),
-            Ok(Err(error)) => error,
-            Err(_) => "the agent did not answer within 5 s".to_owned(),
+        let vmm_died = async {
+            while !launched.liveness().map(Liveness::is_dead).unwrap_or(false) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let last_error = tokio::select! {
+            answered = tokio::time::timeout(budget + Duration::from_secs(3), attempt) => match answered {
+                Ok(Ok(_health)) => return Ok(()),
+                Ok(Err(error)) => error,
+                Err(_) => format!("the agent did not answer within {} ms", budget.as_millis()),
+            },
+            () = vmm_died => continue,
         };
         if Instant::now() >= deadline {
             return Err(StepError::Other(format!(

@@ -12,8 +12,10 @@
 //! | `instance-start`     | —                                       | see [`super::vm_common`]                            | nothing                                 |
 //! | `wait-for-agent`     | —                                       | see [`super::vm_common`]                            | nothing                                 |
 //!
-//! Domain events: `VmDefined` (state `creating`) goes in the commit of `OperationStarted`, so
-//! the VM is listed while it is being created and its name is visibly taken; `HandleAcquired`
+//! Domain events: `VmDefined` (state `creating`) and `VmBackendChosen` (the VMM chosen before
+//! the request was accepted: `--vmm`, else the config's `vm.vmm`, `auto` by default) go in the
+//! commit of `OperationStarted`, so the VM is listed while it is being created, its name is
+//! visibly taken, and its backend is known to every later step and to crash recovery; `HandleAcquired`
 //! (IP, MAC, CID, tap, VMM process, VM directory, all owned by the VM) and `VmStateChanged` →
 //! `running` go with `OperationSucceeded`; `VmRemoved` goes with `OperationRolledBack`, in a
 //! live rollback and in crash recovery alike (recovery rolls creates back).
@@ -25,8 +27,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use banger_events::{
-    Event, Handle, HandleAcquired, OpId, OpKind, Owner, Target, VmDefined, VmId, VmRemoved, VmSpec,
-    VmState, VmStateChanged,
+    Event, Handle, HandleAcquired, OpId, OpKind, Owner, Target, VmBackendChosen, VmDefined, VmId,
+    VmRemoved, VmSpec, VmState, VmStateChanged, VmmKind,
 };
 
 use super::store::{self, dir_handle};
@@ -63,12 +65,23 @@ impl OperationKind for VmCreate {
         STEPS
     }
 
+    fn vmm(state: &BootState) -> Option<VmmKind> {
+        Some(state.vmm)
+    }
+
     fn start_events(_: &OpCx<'_>, state: &BootState) -> Vec<Event> {
-        vec![Event::VmDefined(VmDefined {
-            vm_id: state.vm_id,
-            name: state.name.clone(),
-            spec: state.spec.clone(),
-        })]
+        vec![
+            Event::VmDefined(VmDefined {
+                vm_id: state.vm_id,
+                name: state.name.clone(),
+                spec: state.spec.clone(),
+            }),
+            Event::VmBackendChosen(VmBackendChosen {
+                vm_id: state.vm_id,
+                vmm: state.vmm,
+                reason: state.vmm_reason.clone(),
+            }),
+        ]
     }
 
     fn finish(cx: &OpCx<'_>, state: &BootState) -> Vec<Event> {
@@ -131,6 +144,14 @@ pub fn prepare(
     let memory_mib = params.memory_mib.unwrap_or(host.config.vm.memory_mib);
     let work_disk_mib = params.work_disk_mib.unwrap_or(host.config.vm.work_disk_mib);
     check_shape(vcpus, memory_mib, work_disk_mib)?;
+    // Decided before anything is claimed or recorded: a host that can run no VMM refuses
+    // the request with the reasons and leaves no trace. It looks at the host (binaries,
+    // /dev/kvm), so no view is held meanwhile.
+    let requested = params.vmm.unwrap_or(host.config.vm.vmm);
+    let backend = host
+        .backends
+        .choose(requested)
+        .map_err(OpError::Unavailable)?;
     let reservation = host.reserve_name(&name).ok_or_else(|| {
         OpError::AlreadyExists(format!(
             "a VM named {name} is being created right now; pick another name"
@@ -207,6 +228,8 @@ pub fn prepare(
         vm_id,
         name: name.clone(),
         spec,
+        vmm: backend.vmm,
+        vmm_reason: backend.reason.clone(),
         image_rootfs: PathBuf::from(&image.rootfs_path),
         kernel_path: PathBuf::from(&kernel.kernel_path),
         initrd_path: kernel.initrd_path.as_ref().map(PathBuf::from),
@@ -224,6 +247,7 @@ pub fn prepare(
         "vcpus": vcpus,
         "memory_mib": memory_mib,
         "work_disk_mib": work_disk_mib,
+        "vmm": backend.vmm,
     })
     .to_string();
     Ok(Prepared {
@@ -429,12 +453,11 @@ mod tests {
     use std::fs;
     use std::path::Path;
 
-    use banger_events::{JournalOptions, MemoryLog, OpId, Target, VmSpec};
+    use banger_events::{JournalOptions, MemoryLog, OpId, Target};
 
     use super::*;
     use crate::config::Config;
     use crate::host::process::processes_with_argument;
-    use crate::host::vmm::FirecrackerVmm;
     use crate::operations::vm_common::undo_launch;
     use crate::operations::vm_stop::{StopState, VmStop};
     use crate::paths::Layout;
@@ -460,7 +483,10 @@ mod tests {
             banger_events::Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default())
                 .expect("a journal in memory");
         let host = Arc::new(VmHost::new(
-            Arc::new(FirecrackerVmm::new("/nonexistent/firecracker")),
+            Arc::new(crate::host::backends::Backends::firecracker_at(
+                "/nonexistent/firecracker",
+            )),
+            Arc::new(crate::host::guest_agent::AgentLinks::new()),
             Config::default(),
             Arc::new(journal),
             layout.clone(),
@@ -469,14 +495,9 @@ mod tests {
             host,
             vm_id: VmId(0x42),
             name: "dev".into(),
-            spec: VmSpec {
-                image: "img".into(),
-                kernel: "k".into(),
-                vcpus: 1,
-                memory_mib: 256,
-                root_disk_mib: 1,
-                work_disk_mib: 32,
-            },
+            spec: crate::operations::testing::small_spec("k"),
+            vmm: banger_events::VmmKind::Firecracker,
+            vmm_reason: String::new(),
             image_rootfs: image.to_path_buf(),
             kernel_path: PathBuf::from("/nonexistent/vmlinux"),
             initrd_path: None,
@@ -505,7 +526,8 @@ mod tests {
             target: &target,
             layout: &layout,
             network: &network,
-            vmm: &FirecrackerVmm::new("/nonexistent/firecracker"),
+            vmm: &crate::operations::testing::unlaunchable_vmm(),
+            agents: &crate::host::guest_agent::AgentLinks::new(),
         };
         let mut state = boot_state(&layout, &image);
         let before = snapshot(&layout.state_dir);
@@ -588,7 +610,8 @@ mod tests {
             target: &target,
             layout: &layout,
             network: &network,
-            vmm: &FirecrackerVmm::new("/nonexistent/firecracker"),
+            vmm: &crate::operations::testing::unlaunchable_vmm(),
+            agents: &crate::host::guest_agent::AgentLinks::new(),
         };
         undo_launch(&cx, &intent).await.unwrap();
         undo_launch(&cx, &intent).await.unwrap();
@@ -627,7 +650,8 @@ mod tests {
             target: &target,
             layout: &layout,
             network: &network,
-            vmm: &FirecrackerVmm::new("/nonexistent/firecracker"),
+            vmm: &crate::operations::testing::unlaunchable_vmm(),
+            agents: &crate::host::guest_agent::AgentLinks::new(),
         };
         let state = StopState {
             vm_id,
@@ -663,10 +687,7 @@ mod tests {
         let layout = Layout::rooted(&dir.path().join("root"));
         fs::create_dir_all(layout.image_dir("img")).unwrap();
         fs::create_dir_all(layout.kernel_dir("k")).unwrap();
-        let journal = Arc::new(
-            banger_events::Journal::open(Arc::new(MemoryLog::new()), JournalOptions::default())
-                .unwrap(),
-        );
+        let journal = crate::operations::testing::memory_journal();
         journal
             .append(vec![
                 NewEvent::new(Event::KernelRegistered(KernelRegistered {
@@ -696,11 +717,17 @@ mod tests {
             journal.clone(),
             layout.clone(),
             Arc::new(crate::host::network::GuestNetwork::unreachable_for_tests()),
-            Arc::new(FirecrackerVmm::new("/nonexistent/firecracker")),
+            Arc::new(crate::host::backends::Backends::firecracker_at(
+                "/nonexistent/firecracker",
+            )),
+            Arc::new(crate::host::guest_agent::AgentLinks::new()),
             Failpoints::none(),
         );
         let host = Arc::new(VmHost::new(
-            Arc::new(FirecrackerVmm::new("/nonexistent/firecracker")),
+            Arc::new(crate::host::backends::Backends::firecracker_at(
+                "/nonexistent/firecracker",
+            )),
+            Arc::new(crate::host::guest_agent::AgentLinks::new()),
             Config::default(),
             journal.clone(),
             layout.clone(),

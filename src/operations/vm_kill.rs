@@ -6,7 +6,7 @@
 //! | `kill`            | —      | SIGKILL the recorded process (pid + start time) and wait   | nothing |
 //! |                   |        | until it is gone (a dead or reused pid is left alone), then |         |
 //! |                   |        | remove its socket files                                     |         |
-//! | `release-sockets` | —      | remove the VMM's API and vsock socket files                | nothing |
+//! | `release-sockets` | —      | remove the VMM's API socket and the agent's (vsock, serial) | nothing |
 //!
 //! Recovery rolls kills forward from the parameters, like stops. Domain events are the
 //! stop's: → stopping at the start; `HandleReleased` + stopping → stopped at the end.

@@ -174,6 +174,12 @@ fn prepare(
         vm_id,
         name: name.to_owned(),
         spec: vm.spec.clone(),
+        vmm: vm.vmm(),
+        vmm_reason: vm
+            .backend
+            .as_ref()
+            .map(|backend| backend.reason.clone())
+            .unwrap_or_default(),
         image_rootfs: PathBuf::new(),
         kernel_path: PathBuf::from(&kernel.kernel_path),
         initrd_path: kernel.initrd_path.as_ref().map(PathBuf::from),

@@ -1,5 +1,5 @@
-//! `vm.stop`: stops a running VM gracefully — the guest syncs its disks, gets Ctrl-Alt-Del,
-//! and has `stop_timeout` to power off before its VMM is killed. The timeout is the request's
+//! `vm.stop`: stops a running VM gracefully — the guest syncs its disks, gets Ctrl-Alt-Del
+//! (QEMU: the ACPI power button), and has `stop_timeout` to power off before its VMM is killed. The timeout is the request's
 //! `timeout_ms` when it gives one, else the configured `timeouts.stop`; either way it is
 //! recorded in the operation's parameters (`stop_timeout_ms`).
 //!
@@ -11,7 +11,8 @@
 //! |                   |        | a timeout of 0 skips Ctrl-Alt-Del and kills at once. Once the     |         |
 //! |                   |        | VMM is gone its socket files are removed, so a later failure     |         |
 //! |                   |        | leaves no dead VMM's sockets behind                               |         |
-//! | `release-sockets` | —      | remove the VMM's API and vsock socket files (again: idempotent)   | nothing |
+//! | `release-sockets` | —      | remove the VMM's API socket and the agent's (vsock, or serial),  | nothing |
+//! |                   |        | again (idempotent)                                                |         |
 //!
 //! Every step is harmless on a VM whose process is already gone, so crash recovery rolls
 //! stops forward: it rebuilds the state from the operation's parameters (a `stop.v1` resume
@@ -31,11 +32,11 @@ use banger_events::{
 };
 use banger_projections::ProcessRef;
 
-use super::vm_common::{kill_vmm, path_in_vms, recorded_vmm, remove_file_if_present, target_vm};
+use super::vm_common::{
+    agent_endpoint, kill_vmm, path_in_vms, recorded_vmm, remove_file_if_present, target_vm,
+};
 use super::{BoxFuture, Claim, OpCx, OpError, OperationKind, ResumeError, Runner, Step, StepError};
 use crate::agent::client::AgentClient;
-use crate::agent::protocol::AGENT_VSOCK_PORT;
-use crate::host::firecracker::vsock_connect_timeout;
 use crate::host::process;
 
 pub struct VmStop;
@@ -301,9 +302,11 @@ impl Step<StopState> for SyncGuest {
             if alive(state.process).is_none() {
                 return Ok(Vec::new());
             }
-            let uds = cx.layout.vm_vsock_socket(state.vm_id);
+            let endpoint = agent_endpoint(cx.layout, state.vm_id, cx.vmm.agent_transport());
             let sync = async {
-                let stream = vsock_connect_timeout(&uds, AGENT_VSOCK_PORT, Duration::from_secs(2))
+                let stream = cx
+                    .agents
+                    .connect(&endpoint, Duration::from_secs(2))
                     .await
                     .map_err(|e| e.to_string())?;
                 let mut client = AgentClient::handshake(stream, "bangerd")
@@ -390,14 +393,18 @@ impl Step<StopState> for Shutdown {
     }
 }
 
-/// Removes the socket files of VM `cx.target`'s VMM (API, vsock, and the fake's guest side).
+/// Removes the socket files of VM `cx.target`'s VMM (API, vsock or serial agent socket, and
+/// the fake's guest side).
 /// Every step that ends a VMM calls it as soon as the VMM is gone, so that an operation
 /// failing in a later step never leaves a dead VMM's sockets behind.
 fn release_sockets(cx: &OpCx<'_>) -> Result<(), StepError> {
     let vm_id = target_vm(cx)?;
+    // The agent's serial socket too (QEMU's): the session with it ends with the VMM.
+    cx.agents.forget(&cx.layout.vm_agent_socket(vm_id));
     for socket in [
         cx.layout.vm_api_socket(vm_id),
         cx.layout.vm_vsock_socket(vm_id),
+        cx.layout.vm_agent_socket(vm_id),
     ] {
         let socket = path_in_vms(cx.layout, &socket.display().to_string())?;
         remove_file_if_present(&socket)?;

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use banger::api::{VmListResult, VmShowResult};
 use banger::rpc::Client;
 use banger_events::{Event, OpKind, VmState};
+use base64::Engine;
 use http_body_util::BodyExt;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
@@ -655,7 +656,9 @@ impl Browser {
                 "clip": {"x": 0, "y": 0, "width": 1280, "height": height, "scale": 1},
             }),
         );
-        let png = base64_decode(shot["data"].as_str().expect("screenshot data"));
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().expect("screenshot data"))
+            .expect("a screenshot is base64");
         let dir = artifacts_dir();
         std::fs::create_dir_all(&dir).expect("create the artifacts directory");
         let path = dir.join(format!("{name}.png"));
@@ -703,30 +706,6 @@ fn artifacts_dir() -> PathBuf {
         })
         .unwrap_or_else(|| PathBuf::from("target"));
     target.join("test-artifacts").join("dashboard")
-}
-
-fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => u32::from(c - b'A'),
-            b'a'..=b'z' => u32::from(c - b'a') + 26,
-            b'0'..=b'9' => u32::from(c - b'0') + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("not base64: {c}"),
-        }
-    };
-    let bytes: Vec<u8> = text.bytes().filter(|&c| c != b'=').collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= value(c) << (18 - 6 * i);
-        }
-        let produced = chunk.len() * 6 / 8;
-        out.extend_from_slice(&acc.to_be_bytes()[1..1 + produced]);
-    }
-    out
 }
 
 // ---- the tests -----------------------------------------------------------------------------

@@ -136,6 +136,7 @@ fn launch_spec(dir: &Path) -> LaunchSpec {
             cid: 3,
             uds_path: dir.join("v.sock"),
         }),
+        agent_serial: None,
     }
 }
 

@@ -4,7 +4,8 @@
 //! It runs on `banger-test-harness` (`harness = false`): each module lists its tests with
 //! `banger_test_harness::tests!` (an unlisted test is dead code, which `-D warnings` refuses),
 //! and those that need root (a test network) or a real firecracker say so there, so that they
-//! show as skipped where they cannot run, or fail under `BANGER_REQUIRE_PRIVILEGED=1`.
+//! show as skipped where they cannot run, or fail under `BANGER_REQUIRE_PRIVILEGED=1`. QEMU
+//! is not a tier: it is installed wherever these tests run, so `qemu` fails without it.
 
 mod agent;
 mod cli;
@@ -12,7 +13,10 @@ mod daemon;
 mod dashboard;
 mod firecracker;
 mod guest;
+mod kernel;
 mod network;
+mod qemu;
+mod registry;
 mod support;
 mod vm;
 
@@ -24,7 +28,10 @@ fn main() {
         dashboard::tests(),
         firecracker::tests(),
         guest::tests(),
+        kernel::tests(),
         network::tests(),
+        registry::tests(),
+        qemu::tests(),
         vm::tests(),
     ]);
 }

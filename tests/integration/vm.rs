@@ -814,8 +814,15 @@ async fn boot_steps_twice(root: PathBuf, helper_socket: PathBuf) -> Vec<String> 
         ..Config::default()
     };
     let vmm = Arc::new(vmm);
+    let agents = Arc::new(banger::host::guest_agent::AgentLinks::new());
     let host = Arc::new(VmHost::new(
-        vmm.clone(),
+        Arc::new(banger::host::backends::Backends::with(
+            vmm.clone(),
+            fake_binary().to_path_buf(),
+            vmm.clone(),
+            fake_binary().to_path_buf(),
+        )),
+        agents.clone(),
         config,
         Arc::new(journal),
         layout.clone(),
@@ -838,6 +845,8 @@ async fn boot_steps_twice(root: PathBuf, helper_socket: PathBuf) -> Vec<String> 
             root_disk_mib: 1,
             work_disk_mib: 1,
         },
+        vmm: banger_events::VmmKind::Firecracker,
+        vmm_reason: String::new(),
         image_rootfs: PathBuf::new(),
         kernel_path: kernel,
         initrd_path: None,
@@ -861,6 +870,7 @@ async fn boot_steps_twice(root: PathBuf, helper_socket: PathBuf) -> Vec<String> 
         layout: &layout,
         network: &network,
         vmm: vmm.as_ref(),
+        agents: &agents,
     };
     let steps: [&dyn Step<BootState>; 5] = [
         &Network {

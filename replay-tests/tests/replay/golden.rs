@@ -373,6 +373,9 @@ fn nested_variants(event: &Event, seen: &mut BTreeSet<String>) {
                 layouts::decision_name(&e.decision)
             ));
         }
+        Event::VmBackendChosen(e) => {
+            more.push(format!("VmmKind::{}", layouts::vmm_kind_name(&e.vmm)));
+        }
         Event::StepFailed(_)
         | Event::UndoStarted(_)
         | Event::UndoSucceeded(_)
@@ -415,6 +418,7 @@ fn golden_logs_hold_every_variant_of_every_enum_in_events() {
         "Owner",
         "VmState",
         "RecoveryDecision",
+        "VmmKind",
     ]);
     let missing: Vec<&String> = wanted.difference(&seen).collect();
     assert!(

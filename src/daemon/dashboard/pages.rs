@@ -227,7 +227,7 @@ pub fn render_vms(rows: &[VmRow], now_unix_ms: u64) -> Html {
         html.markup("<p class=\"empty\">No VMs yet. Create one with <code>banger vm create dev --image IMAGE</code>, or <code>banger vm run</code>.</p>");
         return html;
     }
-    html.markup("<table id=\"vms\"><thead><tr><th>Name</th><th>State</th><th>Image</th><th>Kernel</th><th>vCPUs</th><th>Memory</th><th>Uptime</th><th>Operation</th></tr></thead><tbody>");
+    html.markup("<table id=\"vms\"><thead><tr><th>Name</th><th>State</th><th>Image</th><th>Kernel</th><th>VMM</th><th>vCPUs</th><th>Memory</th><th>Uptime</th><th>Operation</th></tr></thead><tbody>");
     for VmRow { vm, operation } in rows {
         html.markup("<tr data-vm=\"")
             .text(&vm.name)
@@ -241,6 +241,8 @@ pub fn render_vms(rows: &[VmRow], now_unix_ms: u64) -> Html {
             .text(&vm.spec.image)
             .markup("</td><td>")
             .text(&vm.spec.kernel)
+            .markup("</td><td>")
+            .text(vm.vmm())
             .markup("</td><td class=\"num\">")
             .text(vm.spec.vcpus)
             .markup("</td><td class=\"num\">")
@@ -509,6 +511,10 @@ pub fn render_vm(detail: &VmDetail, csrf: &str, now_unix_ms: u64) -> Html {
     let memory = format_bytes(vm.spec.memory_mib.saturating_mul(1 << 20));
     let root_disk = format_bytes(vm.spec.root_disk_mib.saturating_mul(1 << 20));
     let work_disk = format_bytes(vm.spec.work_disk_mib.saturating_mul(1 << 20));
+    let vmm = match &vm.backend {
+        Some(backend) => format!("{} ({})", backend.vmm, backend.reason),
+        None => vm.vmm().to_string(),
+    };
     let process = vm
         .process
         .map_or_else(|| "-".to_owned(), |p| format!("pid {}", p.pid));
@@ -523,6 +529,7 @@ pub fn render_vm(detail: &VmDetail, csrf: &str, now_unix_ms: u64) -> Html {
         ("state", vm.state.to_string()),
         ("image", vm.spec.image.clone()),
         ("kernel", vm.spec.kernel.clone()),
+        ("VMM", vmm),
         ("vCPUs", vm.spec.vcpus.to_string()),
         ("memory", memory),
         ("root disk", root_disk),
@@ -1064,6 +1071,10 @@ mod tests {
                 at_unix_ms: NOW - 90_000,
             }),
             found_dead: false,
+            backend: Some(banger_projections::VmBackend {
+                vmm: banger_events::VmmKind::Qemu,
+                reason: HOSTILE.to_owned(),
+            }),
         }
     }
 

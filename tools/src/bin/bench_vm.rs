@@ -101,6 +101,7 @@ async fn create_on(socket: &Path, name: &str) -> Created {
         vcpus: Some(1),
         memory_mib: Some(128),
         work_disk_mib: Some(64),
+        vmm: None,
         no_wait: false,
     };
     let start = Instant::now();

@@ -14,10 +14,10 @@
 //!                 └─ required (CI) ──────────▶ the trial runs and fails with the reason
 //! ```
 //!
-//! `BANGER_REQUIRE_PRIVILEGED=1` (set by `.ci/run`) makes the root and browser tiers required
-//! (CI runs as root and installs Chromium). The real firecracker tier is opt-in: setting
-//! `BANGER_FIRECRACKER=/path` is what asks for it, so a path that does not work fails its
-//! trials rather than skipping them.
+//! `BANGER_REQUIRE_PRIVILEGED=1` (set by `.ci/run`) makes the root, qemu and browser tiers
+//! required (CI runs as root and installs QEMU and Chromium). The real firecracker tier is
+//! opt-in: setting `BANGER_FIRECRACKER=/path` is what asks for it, so a path that does not work
+//! fails its trials rather than skipping them.
 //!
 //! Every binary also gets one trial that always runs, `tiers::report`: it prints which tiers
 //! are missing, why, and how many trials each one skips, and fails when a required tier is
@@ -59,18 +59,24 @@ pub enum Tier {
     /// A real firecracker, named by `BANGER_FIRECRACKER`: the tests that need no booted guest
     /// run against it as well as against the fake.
     Firecracker,
+    /// `qemu-system-x86_64` on `PATH`: the tests that boot a real guest kernel (QEMU's microvm
+    /// machine, software emulation where KVM cannot run it). Required where root is (CI
+    /// installs QEMU).
+    Qemu,
     /// A Chromium to drive headless (the dashboard's browser tests): `BANGER_CHROMIUM`, else
-    /// `chromium` on `PATH` (Debian's `chromium` package).
+    /// `chromium` on `PATH` (Debian's `chromium` package). Required where root is (CI
+    /// installs Chromium).
     Browser,
 }
 
 impl Tier {
-    pub const ALL: [Tier; 3] = [Tier::Root, Tier::Firecracker, Tier::Browser];
+    pub const ALL: [Tier; 4] = [Tier::Root, Tier::Firecracker, Tier::Qemu, Tier::Browser];
 
     pub fn name(self) -> &'static str {
         match self {
             Tier::Root => "root",
             Tier::Firecracker => "firecracker",
+            Tier::Qemu => "qemu",
             Tier::Browser => "browser",
         }
     }
@@ -94,6 +100,12 @@ impl Tier {
                  tests that need no booted guest against it too"
                     .to_owned()
             }),
+            Tier::Qemu => qemu().is_none().then(|| {
+                format!(
+                    "{QEMU} is not on PATH: the tests that boot a real guest kernel need it \
+                     (apt-get install qemu-system-x86; CI installs it)"
+                )
+            }),
             Tier::Browser => chromium().is_none().then(|| {
                 "no Chromium: install Debian's `chromium` package (apt-get install chromium), \
                  or set BANGER_CHROMIUM to a Chromium or Chrome binary"
@@ -105,12 +117,10 @@ impl Tier {
     /// Whether a missing tier fails its trials instead of skipping them.
     pub fn required(self) -> bool {
         match self {
-            Tier::Root => require_privileged(),
+            Tier::Root | Tier::Qemu | Tier::Browser => require_privileged(),
             // Setting BANGER_FIRECRACKER is what asks for the tier, so it is never missing
             // when asked for; a path that does not work fails the trials themselves.
             Tier::Firecracker => false,
-            // CI installs Chromium: a browser test that cannot run there is a failure.
-            Tier::Browser => require_privileged(),
         }
     }
 }
@@ -120,6 +130,21 @@ pub fn firecracker() -> Option<std::path::PathBuf> {
     std::env::var_os("BANGER_FIRECRACKER")
         .filter(|path| !path.is_empty())
         .map(std::path::PathBuf::from)
+}
+
+/// The QEMU binary the [`Tier::Qemu`] tests boot guests with.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// Where [`QEMU`] is on `PATH`, if it is.
+pub fn qemu() -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(QEMU))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// The Chromium the browser tests drive: `BANGER_CHROMIUM` when it names something, else the
@@ -358,7 +383,7 @@ impl Report {
         }
         if !require_privileged() {
             println!(
-                "  (BANGER_REQUIRE_PRIVILEGED=1 turns a missing root or browser tier into failures)"
+                "  (BANGER_REQUIRE_PRIVILEGED=1 turns a missing root, qemu or browser tier into failures)"
             );
         }
         if failures.is_empty() {

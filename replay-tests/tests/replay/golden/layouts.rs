@@ -178,6 +178,13 @@ pub fn vm_state_name(state: &VmState) -> &'static str {
     }
 }
 
+pub fn vmm_kind_name(vmm: &VmmKind) -> &'static str {
+    match vmm {
+        VmmKind::Firecracker => "Firecracker",
+        VmmKind::Qemu => "Qemu",
+    }
+}
+
 pub fn decision_name(decision: &RecoveryDecision) -> &'static str {
     match decision {
         RecoveryDecision::RollBack => "RollBack",
@@ -225,6 +232,7 @@ pub fn event_name(event: &Event) -> &'static str {
         Event::VmExited(_) => "VmExited",
         Event::VmRemoved(_) => "VmRemoved",
         Event::VmFoundDead(_) => "VmFoundDead",
+        Event::VmBackendChosen(_) => "VmBackendChosen",
         Event::ImageRegisteredV1(_) => "ImageRegisteredV1",
         Event::ImageRegistered(_) => "ImageRegistered",
         Event::ImageRemoved(_) => "ImageRemoved",
@@ -318,6 +326,11 @@ fn events() -> Vec<Event> {
             vm_id: VM,
             pid: 1_200,
             start_time_ticks: 4_000,
+        }),
+        Event::VmBackendChosen(VmBackendChosen {
+            vm_id: VM,
+            vmm: VmmKind::Qemu,
+            reason: "no usable KVM".into(),
         }),
         Event::ImageRegisteredV1(ImageRegisteredV1 {
             name: "alpine".into(),
@@ -413,6 +426,7 @@ pub(super) fn samples() -> Vec<Sample> {
         ],
         decision_name,
     ));
+    all.extend(derived("VmmKind", VmmKind::ALL.to_vec(), vmm_kind_name));
     all.extend(derived(
         "OpStatus",
         vec![
