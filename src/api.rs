@@ -19,6 +19,9 @@ pub struct PingResult {
     pub log_health: String,
     pub uptime_ms: u64,
     pub state_dir: String,
+    /// bangerd has begun to stop: it takes no new operations and ends every stream.
+    #[serde(default)]
+    pub shutting_down: bool,
 }
 
 /// `daemon.operations.list`
@@ -130,6 +133,41 @@ pub struct EventsParams {
     /// Keep streaming new events; without it the stream ends once it has caught up.
     #[serde(default)]
     pub follow: bool,
+    /// Only events recorded at or after this time (milliseconds since the Unix epoch, compared
+    /// with each envelope's `at_unix_ms`), on top of `since`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_unix_ms: Option<u64>,
+}
+
+/// One host resource that carries banger's name but that the log does not know (see
+/// `daemon::orphans`): what `daemon.orphans` lists and `daemon.orphans.remove` removes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrphanView {
+    pub handle: Handle,
+    /// What it is, for people: `tap bt1f00`, `directory /…/vms/00ab…`, `process 4242 (…)`.
+    pub what: String,
+    /// A command a person can run to remove it by hand.
+    pub remove_with: String,
+}
+
+/// `daemon.orphans`: the orphans now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrphansResult {
+    pub orphans: Vec<OrphanView>,
+}
+
+/// `daemon.orphans.remove`: what was removed (each recorded as an `orphan_found` event), and
+/// what could not be.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrphansRemoveResult {
+    pub removed: Vec<OrphanView>,
+    pub failed: Vec<OrphanFailure>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrphanFailure {
+    pub orphan: OrphanView,
+    pub error: String,
 }
 
 /// Final result of a stream that ended because it caught up.

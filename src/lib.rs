@@ -16,3 +16,4 @@ pub mod paths;
 pub mod registry;
 pub mod rpc;
 pub mod size;
+pub mod static_agent;

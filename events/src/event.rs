@@ -540,6 +540,22 @@ pub struct OrphanFound {
     pub action: String,
 }
 
+/// `banger events repair` replaced a damaged log: this event follows the intact events it
+/// kept, so its own seq is the first one lost. The damaged file is kept, untouched, at
+/// `backup_path`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct LogRepaired {
+    /// The first sequence number that could not be read intact (this event's own seq).
+    pub first_lost_seq: Seq,
+    /// The highest sequence number the damaged file stored, as far as could be told: the end
+    /// of the lost range. `None` when the file did not say.
+    pub last_stored_seq: Option<Seq>,
+    /// Why the events from `first_lost_seq` on were not kept (the reader's error).
+    pub reason: String,
+    /// Where the damaged file was moved, byte for byte as it was found.
+    pub backup_path: String,
+}
+
 macro_rules! define_events {
     ($( $(#[$doc:meta])* $code:literal => $variant:ident($payload:ty) = $name:literal, )+) => {
         /// Everything that can happen, as a closed set of typed events. The number before each
@@ -627,6 +643,7 @@ define_events! {
     71 => DaemonStopped(DaemonStopped) = "daemon_stopped",
     72 => RecoveryDecided(RecoveryDecided) = "recovery_decided",
     73 => OrphanFound(OrphanFound) = "orphan_found",
+    74 => LogRepaired(LogRepaired) = "log_repaired",
 }
 
 impl Event {

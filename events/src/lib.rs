@@ -6,6 +6,7 @@
 //! - the stored frame format with its crc32 ([`frame`]),
 //! - the [`EventLog`] storage trait with a redb implementation ([`RedbLog`]) and an in-memory
 //!   one ([`MemoryLog`]),
+//! - [`repair`]: a damaged log's intact prefix carried into a new log, the damaged file kept;
 //! - the resume payloads that roll-forward operations record ([`resume`]),
 //! - the [`Journal`]: the single group-committing writer, the projection it keeps current and
 //!   snapshots, and live [`Subscription`]s.
@@ -19,6 +20,7 @@ pub mod journal;
 pub mod log;
 pub mod memory;
 pub mod redb_log;
+pub mod repair;
 pub mod resume;
 
 pub use event::*;

@@ -145,7 +145,7 @@ pub fn decode_checked(key: Seq, bytes: &[u8]) -> Result<Envelope, LogError> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LogError {
     #[error(
-        "event log is corrupt at seq {seq}: {detail}; the log is now read-only and has not been modified — keep a copy of it and run `banger events replay --log FILE --until {prev}` to inspect what is intact",
+        "event log is corrupt at seq {seq}: {detail}; the log is now read-only and has not been modified — stop bangerd and run `banger events repair` to go on from the events before seq {seq} (the damaged file is kept), or inspect what is intact with `banger events replay --log FILE --until {prev}` on a copy",
         prev = seq.0.saturating_sub(1)
     )]
     Corrupt { seq: Seq, detail: String },

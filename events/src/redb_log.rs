@@ -11,6 +11,8 @@
 //! gets [`LogError::Locked`].
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::{
     Database, Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTable, ReadableTableMetadata,
@@ -143,11 +145,105 @@ impl RedbLog {
         }
     }
 
-    fn open_writable(path: PathBuf, options: RedbOptions) -> Result<Self, LogError> {
+    /// Opens an existing log for reading only, without writing a byte to the file (not even
+    /// redb's header, which a writable open rewrites): for tools that must leave a damaged
+    /// file exactly as it was found. `Ok(None)` when redb would first have to repair the file
+    /// (its writer was killed), which only a writable open may do: see
+    /// [`RedbLog::open_repairing`], on a copy. Every commit fails; the file is not checked
+    /// beyond its schema stamp.
+    pub fn open_untouched(path: impl AsRef<Path>) -> Result<Option<Self>, LogError> {
+        let path = path.as_ref().to_path_buf();
+        let options = RedbOptions::default();
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.len() == 0 => {
+                return Err(LogError::EmptyFile {
+                    path: path.display().to_string(),
+                });
+            }
+            Ok(_) => {}
+            Err(error) => {
+                return Err(LogError::Storage(format!(
+                    "cannot open {}: {error}",
+                    path.display()
+                )));
+            }
+        }
+        match redb::Builder::new()
+            .set_cache_size(options.cache_bytes)
+            .open_read_only(&path)
+        {
+            Ok(db) => {
+                let log = RedbLog {
+                    store: Store::ReadOnly {
+                        db,
+                        reason: "opened for reading only".into(),
+                    },
+                    path,
+                    options,
+                };
+                log.check_schema()?;
+                Ok(Some(log))
+            }
+            Err(redb::DatabaseError::RepairAborted) => Ok(None),
+            Err(other) => Err(cannot_open(&path, other)),
+        }
+    }
+
+    /// Opens a log whose writer was killed, letting redb repair it even when that means
+    /// falling back to the commit before a damaged latest one (which [`RedbLog::open`]
+    /// refuses to do). This writes the file: use it on a copy. Returns whether redb fell
+    /// back, in which case the latest commit's events are gone from what it reads.
+    pub fn open_repairing(path: impl AsRef<Path>) -> Result<(Self, bool), LogError> {
+        let path = path.as_ref().to_path_buf();
+        let options = RedbOptions::default();
+        let fell_back = Arc::new(AtomicBool::new(false));
+        let flag = fell_back.clone();
         let db = Database::builder()
             .set_cache_size(options.cache_bytes)
+            .set_repair_callback(move |session| {
+                if latest_commit_damaged(session) {
+                    flag.store(true, Ordering::SeqCst);
+                }
+            })
             .open(&path)
             .map_err(|error| cannot_open(&path, error))?;
+        let log = RedbLog {
+            store: Store::Writable(db),
+            path,
+            options,
+        };
+        log.check_schema()?;
+        Ok((log, fell_back.load(Ordering::SeqCst)))
+    }
+
+    fn open_writable(path: PathBuf, options: RedbOptions) -> Result<Self, LogError> {
+        // redb repairs a file that was not closed cleanly as it opens it. When the latest
+        // commit fails its page checksums, that repair falls back to the commit before it,
+        // silently dropping the latest commit's events: right for a write torn by a power
+        // loss, wrong for damage to events that were acknowledged, and the two cannot be told
+        // apart. So the repair is stopped there, and opening fails with the way on:
+        // `banger events repair` (which works on a copy and records the loss).
+        let damaged_commit = Arc::new(AtomicBool::new(false));
+        let flag = damaged_commit.clone();
+        let opened = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .set_repair_callback(move |session| {
+                if latest_commit_damaged(session) {
+                    flag.store(true, Ordering::SeqCst);
+                    session.abort();
+                }
+            })
+            .open(&path);
+        let db = match opened {
+            Ok(db) => db,
+            Err(redb::DatabaseError::RepairAborted) if damaged_commit.load(Ordering::SeqCst) => {
+                return Err(LogError::Storage(format!(
+                    "the latest commit in {} fails redb's page checksums (the file was damaged, or a power loss tore its last write), and redb can only read it by dropping that commit's events; the file was not repaired — run `banger events repair`, which keeps the damaged file and says what was lost",
+                    path.display()
+                )));
+            }
+            Err(error) => return Err(cannot_open(&path, error)),
+        };
         let log = RedbLog {
             store: Store::Writable(db),
             path,
@@ -239,6 +335,12 @@ impl RedbLog {
             reason: self.read_only_reason().unwrap_or_default(),
         }
     }
+}
+
+/// True when redb's repair reports that the latest commit failed its checksums: it reports
+/// progress 0.3 only on its way to falling back to the commit before.
+fn latest_commit_damaged(session: &redb::RepairSession) -> bool {
+    session.progress() > 0.2 && session.progress() < 0.5
 }
 
 fn cannot_open(path: &Path, error: redb::DatabaseError) -> LogError {

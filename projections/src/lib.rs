@@ -252,6 +252,9 @@ impl Fold for Projections {
             Event::DaemonStopped(e) => self.daemon_stopped(seq, at, e),
             // An orphan has, by definition, no record here; the event is audit only.
             Event::OrphanFound(_) => {}
+            // What the repair kept is in the events before it; what it lost is gone from the
+            // log, and recovery treats the operations it left open like any crash.
+            Event::LogRepaired(_) => {}
         }
     }
 

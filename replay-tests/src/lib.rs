@@ -1402,6 +1402,18 @@ impl World {
     /// finished, rolls forward what should complete.
     fn crash_and_recover(&mut self) {
         let reboot = self.rng.percent(50);
+        // Now and then the crash also damaged the log, and `banger events repair` ran before
+        // the next start: its event comes first (what it lost is not in this log; recovery
+        // works from what is). Drawn from the boot count, so the seeded draws stay as they were.
+        if reboot && self.boot % 3 == 2 {
+            let first_lost_seq = self.log.last_seq().next();
+            self.log.fact(Event::LogRepaired(LogRepaired {
+                first_lost_seq,
+                last_stored_seq: Some(Seq(first_lost_seq.0 + 2)),
+                reason: format!("seq {first_lost_seq} is damaged: crc32 mismatch"),
+                backup_path: "/var/lib/banger/events.redb.damaged-20260101T000000Z".into(),
+            }));
+        }
         self.daemon_start(reboot);
         {
             // Every VMM died with the host; without a reboot, some died while the daemon was

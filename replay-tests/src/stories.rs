@@ -66,6 +66,15 @@ pub fn all() -> Vec<Story> {
             log: vmm_backends(),
             snapshot_after: None,
         },
+        Story {
+            name: "repaired-log",
+            about: "a log whose tail was lost to damage and repaired (`banger events repair`): \
+                    a vm create whose end was lost, the repair's LogRepaired at the first lost \
+                    seq, the next daemon rolling the create back, and the orphan it left \
+                    (a VM directory) found and removed",
+            log: repaired_log(),
+            snapshot_after: None,
+        },
     ]
 }
 
@@ -529,6 +538,50 @@ fn images_and_kernels() -> Scenario {
     s.fact(Event::OrphanFound(OrphanFound {
         handle: tap("bgtap9"),
         action: "removed".into(),
+    }));
+    s
+}
+
+fn repaired_log() -> Scenario {
+    let mut s = Scenario::new();
+    s.daemon_started("0badc0de-1111-4222-8333-444444444444", 612);
+    let web_net = Net::new(0);
+    create_vm(&mut s, OpId(0x3e01), WEB, "web", &web_net);
+
+    // A create of db, whose later events were on the damaged pages: the intact prefix ends
+    // with its disks prepared.
+    let create = OpId(0x3e02);
+    s.start_op(
+        create,
+        OpKind::VmCreate,
+        vm_target(DB, "db"),
+        r#"{"name":"db","image":"debian-12","kernel":"6.1","vcpus":2}"#,
+    );
+    s.vm_defined(Some(create), DB, "db", spec("debian-12", "6.1"));
+    let root = file(&format!("{}/root.ext4", vm_dir(DB)));
+    s.step(create, "prepare-rootfs", vec![root.clone()]);
+    s.acquire(Some(create), Owner::Vm(DB), root);
+    // --- events from here on were lost; the repair records what it could tell ---
+    let first_lost = Seq(s.last_seq().0 + 1);
+    s.fact(Event::LogRepaired(LogRepaired {
+        first_lost_seq: first_lost,
+        last_stored_seq: Some(Seq(first_lost.0 + 17)),
+        reason: format!("event log is corrupt at seq {first_lost}: damaged frame: crc32 mismatch"),
+        backup_path: "/var/lib/banger/events.redb.damaged-20260428T193257Z".into(),
+    }));
+    s.daemon_started("0badc0de-1111-4222-8333-444444444444", 640);
+    s.recovery_decided(
+        create,
+        RecoveryDecision::RollBack,
+        "daemon restarted with vm.create in flight",
+    );
+    s.undo(create, "prepare-rootfs");
+    s.roll_back(create, "recovered after a crash");
+    s.in_op(create, Event::VmRemoved(VmRemoved { vm_id: DB }));
+    // A VM directory the lost events had made, which nothing in the log names any more.
+    s.fact(Event::OrphanFound(OrphanFound {
+        handle: dir(&vm_dir(API)),
+        action: "removed by `banger doctor --fix`".into(),
     }));
     s
 }

@@ -44,8 +44,9 @@ What comes next:
   banger dashboard --open            all of it, live, in your web browser
 
 Works today: version, vm run -- CMD, vm create/start/stop/restart/kill/delete/set/list/show/logs/\
-exec/health/ping, image list/show/register/delete, kernel list/show/import/rm, events (and events replay), \
-ops, dashboard. The other verbs print \"not implemented yet\" and exit 2.";
+exec/health/ping, image list/show/register/delete, kernel list/show/import/rm, events (and events \
+replay, events repair), ops, doctor (its orphan check), dashboard. The other verbs print \"not \
+implemented yet\" and exit 2.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -673,8 +674,9 @@ pub struct KernelPullArgs {
 const EVENTS_LONG: &str = "\
 Every step banger takes (operations and their steps, VMs, images, kernels, host resources, \
 daemon starts) is a numbered event in an append-only log. `banger events` prints it through \
-bangerd, from any sequence number, without gaps or repeats; --follow keeps printing new events \
-until Ctrl-C. `banger events replay` rebuilds the views from a log file offline, without bangerd.
+bangerd, from any sequence number or time, without gaps or repeats; --follow keeps printing new \
+events until Ctrl-C, and when bangerd stops or restarts it says so and waits for it, then goes on \
+after the last event it printed (--no-reconnect ends instead). `banger events replay` rebuilds the views from a log file offline, without bangerd.
 
 Each line: SEQ  TIME (UTC)  OP (first 8 hex digits of the operation id)  EVENT  SUMMARY.";
 
@@ -684,9 +686,11 @@ The 80% command:
 
 What comes next:
   banger events --since 120          everything after event 120
+  banger events --since 10m          what happened in the last ten minutes
   banger events --op 3f2a19c4        one operation's events (an id prefix from `banger ops`)
   banger events --vm dev --json      one VM's events, one JSON object per line
-  banger events replay --log ./events.redb --until 120      the views as they were at 120";
+  banger events replay --log ./events.redb --until 120      the views as they were at 120
+  banger events repair               after damage: keep the intact events, keep the damaged file";
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
@@ -701,14 +705,13 @@ pub struct EventsFilterArgs {
     /// Keep printing new events until interrupted (Ctrl-C)
     #[arg(short, long)]
     pub follow: bool,
-    /// Start after this sequence number (default: from the first event)
-    #[arg(
-        long,
-        value_name = "SEQ",
-        default_value_t = 0,
-        hide_default_value = true
-    )]
-    pub since: u64,
+    /// Start after this sequence number, or at a time: how long ago (10m, 2h, 1d) or an RFC
+    /// 3339 timestamp (2026-04-28T19:32:57Z); default: from the first event
+    #[arg(long, value_name = "SEQ|AGO|TIME", value_parser = parse_since)]
+    pub since: Option<Since>,
+    /// With --follow: end when bangerd stops instead of waiting for it to come back
+    #[arg(long, requires = "follow")]
+    pub no_reconnect: bool,
     /// Only the events of this operation (its id, or a unique prefix of it)
     #[arg(long, value_name = "ID")]
     pub op: Option<String>,
@@ -718,6 +721,37 @@ pub struct EventsFilterArgs {
     /// Print one JSON envelope per line instead of text
     #[arg(long)]
     pub json: bool,
+}
+
+/// Where `--since` starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Since {
+    /// After this sequence number.
+    Seq(u64),
+    /// Events recorded in the last this many milliseconds.
+    Ago { ms: u64 },
+    /// Events recorded at or after this time (milliseconds since the Unix epoch).
+    At { unix_ms: u64 },
+}
+
+fn parse_since(text: &str) -> Result<Since, String> {
+    use super::format::{parse_duration_ms, parse_timestamp};
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse()
+            .map(Since::Seq)
+            .map_err(|_| format!("{text} is too large for a sequence number"));
+    }
+    if let Some(ms) = parse_duration_ms(text) {
+        return Ok(Since::Ago { ms });
+    }
+    if let Some(unix_ms) = parse_timestamp(text) {
+        return Ok(Since::At { unix_ms });
+    }
+    Err(format!(
+        "{text:?} is neither a sequence number (120), a time ago (10m, 2h, 1d, 1h30m) nor an RFC 3339 timestamp (2026-04-28T19:32:57Z)"
+    ))
 }
 
 #[derive(Debug, Subcommand)]
@@ -736,6 +770,36 @@ Examples:
   banger events replay --log /tmp/events.redb --until 120 --json"
     )]
     Replay(ReplayArgs),
+    /// Go on from a damaged log: keep its intact events in a new log, keep the damaged file
+    #[command(
+        long_about = "\
+When the event log is damaged (a flipped bit, a file cut short), bangerd names the first bad \
+sequence number and refuses every write from then on. `banger events repair` is the way on: it \
+keeps every intact event before the damage in a new log, records a log_repaired event at the \
+first lost sequence number (the lost range, the reason, where the damaged file went), and keeps \
+the damaged file byte for byte beside the log as events.redb.damaged-<UTC time>. A log with \
+nothing wrong is left alone.
+
+bangerd must be stopped: the command refuses while one runs, and no bangerd can start until it \
+is done. Afterwards bangerd starts normally and rolls back (or finishes) the operations whose \
+ends were lost, as after any crash; `banger doctor` lists host resources they left behind.",
+        after_help = "\
+Examples:
+  banger events repair --dry-run     what would be kept and what is lost; changes nothing
+  banger events repair               repair, keeping the damaged file
+  banger events --since 40           the events around the repair (log_repaired says what was lost)"
+    )]
+    Repair(RepairArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// Only say what is damaged and what a repair would keep; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -828,23 +892,28 @@ pub enum SystemCommand {
 }
 
 const DOCTOR_LONG: &str = "\
-Check everything a VM needs on this host, each with a fix: KVM access, firecracker and jailer \
-(presence and version), the root helper, bridge and NAT, reflink support, device-mapper, DNS for \
-NAME.vm, the default image and kernel, and drift in the security posture (socket permissions, \
-unit hardening).";
+Check banger's host and state, one line per check, each failure with what to do about it; \
+--fix repairs what a check can repair itself; the exit status is 1 when something is wrong. \
+Today's check: orphans, host resources that carry banger's names (taps, VM, kernel and image \
+directories, VMM processes) but that the event log does not know, as a repaired log or a \
+hand-made leftover leaves them; --fix removes them and records each removal in the log. Host \
+checks (KVM, firecracker, the helper, bridge and NAT, reflink, DNS, default image and kernel, \
+security posture) arrive with their milestones.";
 
 const DOCTOR_AFTER: &str = "\
 Examples:
-  banger doctor
-  banger doctor --json
-
-Not implemented yet: arrives with host checks.";
+  banger doctor                      every check, one line each
+  banger doctor --fix                remove the orphans it lists (each removal is an event)
+  banger doctor --json               for scripts: {\"ok\": …, \"checks\": […]}";
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
+    /// Repair what the checks can repair (today: remove orphans)
+    #[arg(long)]
+    pub fix: bool,
 }
 
 const UPDATE_LONG: &str = "\

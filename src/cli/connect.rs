@@ -193,13 +193,22 @@ fn spawn_detached(bangerd: &Path, layout: &Layout) -> Result<Child, CliError> {
 
 /// True when bangerd answers `daemon.ping` now.
 async fn ping(layout: &Layout) -> bool {
+    ping_answer(layout).await.is_some()
+}
+
+/// bangerd's answer to `daemon.ping` on a fresh connection, or `None` when nothing answers
+/// within a second. Never starts bangerd.
+pub async fn ping_answer(layout: &Layout) -> Option<PingResult> {
     let attempt = async {
         let mut client = Client::connect(&layout.socket_path()).await?;
         client
             .call::<_, PingResult>("daemon.ping", &serde_json::json!({}))
             .await
     };
-    matches!(tokio::time::timeout(PING_TIMEOUT, attempt).await, Ok(Ok(_)))
+    match tokio::time::timeout(PING_TIMEOUT, attempt).await {
+        Ok(Ok(answer)) => Some(answer),
+        _ => None,
+    }
 }
 
 fn start_failure(

@@ -38,6 +38,10 @@ pub enum CliError {
     /// status (128 + N for signal N), quietly, as a shell would.
     #[error("the command exited with status {code}")]
     CommandStatus { code: i32 },
+    /// A command that reports problems itself (`banger doctor`) found some: status 1,
+    /// quietly, since its output already says what they are.
+    #[error("{count} problem(s) found")]
+    ProblemsFound { count: usize },
     /// Anything else, with what was being done and why it failed.
     #[error("{context}")]
     Failed {
@@ -98,6 +102,8 @@ impl CliError {
             _ if self.is_broken_pipe() => None,
             // The command already said what it had to say on its own stderr.
             CliError::CommandStatus { .. } => None,
+            // The command's own output lists the problems.
+            CliError::ProblemsFound { .. } => None,
             // Its own format, exactly: tools and agents match on it.
             CliError::NotImplemented { .. } => Some(self.to_string()),
             _ => Some(format!("banger: error: {}", chain(self))),

@@ -5,24 +5,51 @@
 //! across the switch from catching up to following. Without `--follow` the stream ends once it
 //! has caught up; with it, it runs until Ctrl-C (or SIGTERM), which ends it with status 0.
 //!
+//! A follower outlives bangerd: when the daemon stops, is killed or restarts, it says so once
+//! on stderr, waits for a bangerd to answer again (polling the socket; it never starts one
+//! itself, so stopping bangerd on purpose is not undone by a follower left running), and asks
+//! for the stream again after the last event it printed. It first checks that the new stream
+//! starts with that very event (the whole envelope, event id included), so a log that was
+//! repaired or replaced meanwhile is reported instead of spliced onto what was printed. So
+//! across any number of restarts the output has no gap and no repeat. `--no-reconnect` ends
+//! the command instead, naming the seq to continue from.
+//!
+//! ```text
+//!  connect (autostart) ─▶ ping (pid) ─▶ stream from `since` ─▶ print… ─▶ Ctrl-C: exit 0
+//!                                            ▲                  │ connection lost, or
+//!                                            │                  │ `unavailable` and the same
+//!                          first item is the │                  ▼ bangerd no longer answers
+//!                          last one printed? └── ping answers ◀── "lost bangerd…" (once),
+//!                          (else: error)         again            poll the socket
+//! ```
+//!
 //! Human lines are `SEQ  TIME  OP  EVENT  SUMMARY`, fixed-width up to the summary so that a
 //! column of events reads straight down; `--json` prints each envelope as one JSON line.
 
-use banger_events::{Envelope, Event, OpId};
+use std::io::Write;
+use std::time::Duration;
 
-use super::args::EventsFilterArgs;
-use super::connect::connect;
+use banger_events::{Envelope, Event, OpId, Seq};
+
+use super::args::{EventsFilterArgs, Since};
+use super::connect::{connect, layout, ping_answer};
 use super::error::CliError;
-use super::format::{format_timestamp, short_id};
+use super::format::{format_timestamp, now_unix_ms, short_id};
 use super::output::{json_line, line};
 use super::views::owner_text;
-use crate::api::{EventsParams, OperationsListParams, OperationsListResult};
+use crate::api::{EventsParams, OperationsListParams, OperationsListResult, PingResult};
+use crate::paths::Layout;
 use crate::rpc::{Client, ClientError, ErrorCode, StreamEvent};
 use crate::size::format_bytes;
 
+/// Between two looks at the socket while bangerd is away: starts short (a restart takes tens
+/// of milliseconds) and backs off to this.
+const MAX_POLL_INTERVAL: Duration = Duration::from_millis(500);
+const FIRST_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
 pub async fn run(args: EventsFilterArgs) -> Result<(), CliError> {
     // Installed before anything else, so that Ctrl-C ends the command cleanly at any point,
-    // including while bangerd is being started.
+    // including while bangerd is being started or waited for.
     let interrupted = interrupted();
     tokio::select! {
         () = interrupted => Ok(()),
@@ -33,50 +60,223 @@ pub async fn run(args: EventsFilterArgs) -> Result<(), CliError> {
 async fn print_events(args: EventsFilterArgs) -> Result<(), CliError> {
     // Check the id's spelling before anything is started or asked.
     let op_text = args.op.as_deref().map(parse_op).transpose()?;
+    let layout = layout()?;
     let mut client = connect().await?;
     let op = match op_text {
         Some(OpText::Full(id)) => Some(id),
         Some(OpText::Prefix(prefix)) => Some(resolve_prefix(&mut client, &prefix).await?),
         None => None,
     };
-    let params = EventsParams {
-        since: banger_events::Seq(args.since),
-        op,
-        vm: args.vm.map(String::from),
-        follow: args.follow,
+    let (since, since_unix_ms) = match args.since {
+        None => (0, None),
+        Some(Since::Seq(seq)) => (seq, None),
+        Some(Since::Ago { ms }) => (0, Some(now_unix_ms().saturating_sub(ms))),
+        Some(Since::At { unix_ms }) => (0, Some(unix_ms)),
     };
-    let mut stream = client.stream("events.follow", &params).await?;
-    let mut last_printed = params.since;
+    let mut follower = Follower {
+        params: EventsParams {
+            since: Seq(since),
+            op,
+            vm: args.vm.map(String::from),
+            follow: args.follow,
+            since_unix_ms,
+        },
+        json: args.json,
+        last: None,
+        layout,
+    };
+    let reconnect = args.follow && !args.no_reconnect;
+    let mut session = Session::start(client).await;
     loop {
-        let next = match stream.next::<Envelope>().await {
-            Ok(next) => next,
-            // bangerd stopped or restarted under a follower: say where to pick up, so that
-            // nothing is missed or printed twice.
-            Err(ClientError::Closed) => {
-                return Err(CliError::message(format!(
-                    "bangerd closed the event stream (it stopped or restarted) after seq {last_printed}; continue with `banger events --since {last_printed}`"
-                )));
-            }
-            Err(ClientError::Rpc(error)) if error.code == ErrorCode::Unavailable => {
-                return Err(CliError::failed(
-                    format!(
-                        "the event stream ended after seq {last_printed} (continue with `banger events --since {last_printed}`)"
-                    ),
-                    error,
-                ));
-            }
-            Err(other) => return Err(other.into()),
+        let streamed = match session {
+            Ok(session) => follower.follow(session).await,
+            Err(error) => Err(Ended::from(error)),
         };
-        match next {
-            StreamEvent::Item(envelope) => {
-                last_printed = envelope.seq;
-                if args.json {
-                    json_line(&envelope)?;
-                } else {
-                    line(event_line(&envelope))?;
-                }
+        let lost = match streamed {
+            Ok(()) => return Ok(()),
+            Err(Ended::Failed(error)) => return Err(error),
+            Err(Ended::Lost(lost)) => lost,
+        };
+        let after = follower.position();
+        if !reconnect {
+            return Err(lost.into_error(after));
+        }
+        note(&format!(
+            "lost bangerd after seq {after} ({}); waiting for it to come back (Ctrl-C to stop)",
+            lost.why()
+        ));
+        let back = follower.wait_for_bangerd().await;
+        note(&format!(
+            "bangerd is back (pid {}); going on after seq {after}",
+            back.ping.pid
+        ));
+        session = Ok(back);
+    }
+}
+
+/// Writes a line on stderr; a closed stderr is no reason to stop following.
+fn note(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "banger: {text}");
+}
+
+/// One connection's stream, and who serves it.
+struct Session {
+    client: Client,
+    /// bangerd's answer when the session began: its pid tells a restart apart.
+    ping: PingResult,
+}
+
+impl Session {
+    async fn start(mut client: Client) -> Result<Session, ClientError> {
+        let ping = client.call("daemon.ping", &serde_json::json!({})).await?;
+        Ok(Session { client, ping })
+    }
+}
+
+/// The printing side: what to ask for, and the last event printed.
+struct Follower {
+    params: EventsParams,
+    json: bool,
+    /// The last event printed: the stream resumes after it, and must agree with it.
+    last: Option<Envelope>,
+    layout: Layout,
+}
+
+/// Why a stream ended before its end.
+enum Ended {
+    /// The connection to bangerd is gone (it stopped, was killed or restarted).
+    Lost(Lost),
+    /// Following cannot go on.
+    Failed(CliError),
+}
+
+enum Lost {
+    Closed,
+    Io(std::io::Error),
+    ShuttingDown(crate::rpc::RpcError),
+}
+
+impl Lost {
+    fn why(&self) -> String {
+        match self {
+            Lost::Closed => "it closed the connection".into(),
+            Lost::Io(error) => error.to_string(),
+            Lost::ShuttingDown(error) => error.message.clone(),
+        }
+    }
+
+    /// The error of a follower that does not reconnect: where to pick up, so that nothing is
+    /// missed or printed twice.
+    fn into_error(self, after: Seq) -> CliError {
+        match self {
+            Lost::ShuttingDown(error) => CliError::failed(
+                format!(
+                    "the event stream ended after seq {after} (continue with `banger events --since {after}`)"
+                ),
+                error,
+            ),
+            Lost::Closed | Lost::Io(_) => CliError::message(format!(
+                "bangerd closed the event stream (it stopped or restarted) after seq {after}; continue with `banger events --since {after}`"
+            )),
+        }
+    }
+}
+
+impl From<ClientError> for Ended {
+    fn from(error: ClientError) -> Self {
+        match error {
+            ClientError::Closed => Ended::Lost(Lost::Closed),
+            ClientError::Io(error) => Ended::Lost(Lost::Io(error)),
+            other => Ended::Failed(other.into()),
+        }
+    }
+}
+
+impl Follower {
+    /// Where the output stands: the last seq printed, or where it started.
+    fn position(&self) -> Seq {
+        self.last
+            .as_ref()
+            .map_or(self.params.since, |envelope| envelope.seq)
+    }
+
+    /// Streams on `session` until the stream ends (caught up, without `--follow`) or the
+    /// connection is lost.
+    async fn follow(&mut self, session: Session) -> Result<(), Ended> {
+        let daemon_pid = session.ping.pid;
+        let mut params = self.params.clone();
+        // Ask again from the last event printed, which must come back first and unchanged.
+        let mut expected = self.last.clone();
+        if let Some(last) = &expected {
+            params.since = Seq(last.seq.0 - 1);
+            if session.ping.last_seq < last.seq {
+                return Err(Ended::Failed(self.changed_log(format!(
+                    "it ends at seq {}, before seq {}, the last one printed",
+                    session.ping.last_seq, last.seq
+                ))));
             }
-            StreamEvent::End(_) => return Ok(()),
+        }
+        let mut stream = session.client.stream("events.follow", &params).await?;
+        loop {
+            let next = match stream.next::<Envelope>().await {
+                Ok(next) => next,
+                Err(ClientError::Rpc(error)) if error.code == ErrorCode::Unavailable => {
+                    // bangerd says so when it is shutting down; the same bangerd answering on,
+                    // and not stopping, means the stream itself failed (a damaged log), which
+                    // waiting would not fix. (Once stopping starts, every ping says so.)
+                    return Err(match ping_answer(&self.layout).await {
+                        Some(ping) if ping.pid == daemon_pid && !ping.shutting_down => {
+                            Ended::Failed(CliError::failed(
+                                format!("the event stream failed after seq {}", self.position()),
+                                error,
+                            ))
+                        }
+                        _ => Ended::Lost(Lost::ShuttingDown(error)),
+                    });
+                }
+                Err(other) => return Err(other.into()),
+            };
+            let envelope = match next {
+                StreamEvent::Item(envelope) => envelope,
+                StreamEvent::End(_) => return Ok(()),
+            };
+            if let Some(expected) = expected.take() {
+                if envelope != expected {
+                    return Err(Ended::Failed(self.changed_log(format!(
+                        "its event at seq {} is not the one printed",
+                        expected.seq
+                    ))));
+                }
+                continue;
+            }
+            if self.json {
+                json_line(&envelope).map_err(Ended::Failed)?;
+            } else {
+                line(event_line(&envelope)).map_err(Ended::Failed)?;
+            }
+            self.last = Some(envelope);
+        }
+    }
+
+    fn changed_log(&self, detail: String) -> CliError {
+        CliError::message(format!(
+            "the log bangerd serves now is not the one this follower was reading: {detail}; it was repaired or replaced meanwhile (a repair leaves a log_repaired event: see `banger events`), so the follower stops rather than print a different history; follow again with `banger events --follow --since SEQ`"
+        ))
+    }
+
+    /// Polls the socket until a bangerd answers, without ever starting one.
+    async fn wait_for_bangerd(&self) -> Session {
+        let socket = self.layout.socket_path();
+        let mut pause = FIRST_POLL_INTERVAL;
+        loop {
+            if ping_answer(&self.layout).await.is_some()
+                && let Ok(client) = Client::connect(&socket).await
+                && let Ok(session) = Session::start(client).await
+            {
+                return session;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_POLL_INTERVAL);
         }
     }
 }
@@ -164,6 +364,16 @@ async fn resolve_prefix(client: &mut Client, prefix: &str) -> Result<OpId, CliEr
                 .collect::<Vec<_>>()
                 .join(", ")
         ))),
+    }
+}
+
+/// The events a repair lost, as a person reads them: `lost seq 41..57`, `lost seq 41`, or
+/// `lost seq 41 and any after it` when the damaged file did not say where it ended.
+pub fn lost_range(first: banger_events::Seq, last: Option<banger_events::Seq>) -> String {
+    match last {
+        Some(last) if last > first => format!("lost seq {first}..{last}"),
+        Some(_) => format!("lost seq {first}"),
+        None => format!("lost seq {first} and any after it"),
     }
 }
 
@@ -276,6 +486,12 @@ pub fn summary(event: &Event) -> String {
             format!("op {}: {decision}: {}", short_id(&e.op_id), e.reason)
         }
         Event::OrphanFound(e) => format!("{}: {}", e.handle, e.action),
+        Event::LogRepaired(e) => format!(
+            "{}; damaged log kept at {} ({})",
+            lost_range(e.first_lost_seq, e.last_stored_seq),
+            e.backup_path,
+            e.reason
+        ),
     }
 }
 

@@ -85,10 +85,6 @@ pub fn system(command: &SystemCommand) -> CliError {
     }
 }
 
-pub fn doctor() -> CliError {
-    later("doctor", "host checks")
-}
-
 pub fn update() -> CliError {
     later("update", "signed releases")
 }

@@ -8,14 +8,15 @@
 //! Code map:
 //! - [`args`]: the clap command tree and all help text.
 //! - [`connect`]: reaching bangerd, autostart.
-//! - `vm`, `catalog` (image, kernel), `events`, `ops`, `replay`, `dashboard`, `version`: one
-//!   module per group of commands that work; `future`: the verbs that answer "not implemented
-//!   yet".
+//! - `vm`, `catalog` (image, kernel), `events`, `ops`, `replay`, `repair`, `doctor`,
+//!   `dashboard`, `version`: one module per group of commands that work; `future`: the verbs
+//!   that answer "not implemented yet".
 //! - [`views`], [`format`](mod@format), [`size`](crate::size): how views, times and sizes read.
 //! - [`error`]: errors, how they print, exit statuses.
 //!
 //! Invariants: nothing here touches the event log except `events replay` (and only a file it is
-//! pointed at); nothing here prints with `println!` (a closed pipe must not panic); user input
+//! pointed at) and `events repair` (only while it holds bangerd's pid lock, so never beside a
+//! running bangerd); nothing here prints with `println!` (a closed pipe must not panic); user input
 //! is validated before anything is sent (VM names, sizes, paths made absolute).
 
 pub mod args;
@@ -27,11 +28,13 @@ pub mod views;
 
 mod catalog;
 mod dashboard;
+mod doctor;
 // The dashboard's event page says what `banger events` says (`events::summary`).
 pub(crate) mod events;
 mod future;
 mod ops;
 mod output;
+mod repair;
 mod replay;
 mod version;
 mod vm;
@@ -91,11 +94,12 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Kernel(command) => catalog::kernel(command).await,
         Command::Events(args) => match args.command {
             Some(EventsCommand::Replay(replay)) => replay::run(replay),
+            Some(EventsCommand::Repair(repair)) => repair::run(repair),
             None => events::run(args.filter).await,
         },
         Command::Ops(args) => ops::run(args).await,
         Command::System(command) => Err(future::system(&command)),
-        Command::Doctor(_) => Err(future::doctor()),
+        Command::Doctor(args) => doctor::run(args).await,
         Command::Update(_) => Err(future::update()),
         Command::SshConfig(_) => Err(future::ssh_config()),
         Command::Dashboard(args) => dashboard::run(args).await,

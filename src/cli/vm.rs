@@ -297,6 +297,7 @@ async fn create_with_progress(
                 op: None,
                 vm: Some(name.to_string()),
                 follow: true,
+                since_unix_ms: None,
             },
         )
         .await;

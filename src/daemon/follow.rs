@@ -1,6 +1,6 @@
 //! `events.follow`: streams the log's envelopes to a client, from any sequence number,
 //! filtered by operation and/or VM name, either until caught up or for as long as the client
-//! stays.
+//! stays. `since_unix_ms` keeps only the events recorded at or after a time.
 //!
 //! It reads through a journal [`Subscription`](banger_events::Subscription), which reads the
 //! log by sequence number: stored events first, then each new one as it commits. So there is
@@ -44,7 +44,7 @@ async fn follow(
     params: EventsParams,
     conn: &mut Conn,
 ) -> Result<Value, RpcError> {
-    let mut filter = Filter::new(params.op, params.vm.clone());
+    let mut filter = Filter::new(params.op, params.vm.clone(), params.since_unix_ms);
     if filter.vm.is_some() && params.since > Seq::ZERO {
         filter = learn_history(&daemon, filter, params.since).await?;
     }
@@ -117,6 +117,8 @@ fn shutting_down() -> RpcError {
 struct Filter {
     op: Option<OpId>,
     vm: Option<VmFilter>,
+    /// Only events with `at_unix_ms` at or after this.
+    since_unix_ms: Option<u64>,
 }
 
 struct VmFilter {
@@ -126,9 +128,10 @@ struct VmFilter {
 }
 
 impl Filter {
-    fn new(op: Option<OpId>, vm: Option<String>) -> Filter {
+    fn new(op: Option<OpId>, vm: Option<String>, since_unix_ms: Option<u64>) -> Filter {
         Filter {
             op,
+            since_unix_ms,
             vm: vm.map(|name| VmFilter {
                 name,
                 vm_ids: HashSet::new(),
@@ -145,7 +148,10 @@ impl Filter {
             None => true,
         };
         let op_ok = self.op.is_none_or(|op| envelope.op_id == Some(op));
-        vm_ok && op_ok
+        let time_ok = self
+            .since_unix_ms
+            .is_none_or(|since| envelope.at_unix_ms >= since);
+        vm_ok && op_ok && time_ok
     }
 }
 

@@ -13,12 +13,13 @@ use super::{Daemon, VERSION};
 use crate::api::{
     HandleEntry, ImageListResult, ImageRegisterParams, KernelImportParams, KernelListResult,
     NameParams, NoParams, OperationsListParams, OperationsListResult, OperationsRetryParams,
-    OperationsRetryResult, PingResult, RemoveResult, ShutdownResult, VmListResult, VmShowResult,
+    OperationsRetryResult, OrphansRemoveResult, OrphansResult, PingResult, RemoveResult,
+    ShutdownResult, VmListResult, VmShowResult,
 };
 use crate::operations::{
     OpError, Runner, image_delete, image_register, kernel_import, kernel_remove, retry,
 };
-use crate::rpc::protocol::{PROTOCOL_VERSION, RpcError};
+use crate::rpc::protocol::{ErrorCode, PROTOCOL_VERSION, RpcError};
 
 pub async fn ping(daemon: Arc<Daemon>, _: Cx, _: NoParams) -> Result<PingResult, RpcError> {
     Ok(PingResult {
@@ -32,7 +33,45 @@ pub async fn ping(daemon: Arc<Daemon>, _: Cx, _: NoParams) -> Result<PingResult,
         },
         uptime_ms: u64::try_from(daemon.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         state_dir: daemon.layout.state_dir.display().to_string(),
+        shutting_down: daemon.shutdown.is_cancelled(),
     })
+}
+
+/// `daemon.orphans`: host resources with banger's names that the log does not know.
+pub async fn orphans(daemon: Arc<Daemon>, _: Cx, _: NoParams) -> Result<OrphansResult, RpcError> {
+    Ok(OrphansResult {
+        orphans: super::orphans::find(&daemon).await,
+    })
+}
+
+/// `daemon.orphans.remove`: removes them, recording each removal in the log.
+pub async fn orphans_remove(
+    daemon: Arc<Daemon>,
+    cx: Cx,
+    _: NoParams,
+) -> Result<OrphansRemoveResult, RpcError> {
+    if let Health::ReadOnly { reason } = daemon.journal.health() {
+        return Err(RpcError::new(
+            ErrorCode::Unavailable,
+            format!("bangerd cannot record removals: {reason}"),
+        ));
+    }
+    // Detached like an operation: a client that hangs up must not cut a removal off from
+    // its record. Shutdown waits for it.
+    let op_id = cx.op_id;
+    let task = daemon.ops.spawn(tracing::Instrument::instrument(
+        {
+            let daemon = daemon.clone();
+            async move { super::orphans::remove(&daemon, op_id).await }
+        },
+        cx.span.clone(),
+    ));
+    let (removed, failed) = task.await.map_err(|error| {
+        RpcError::internal(format!(
+            "the removal's task ended abnormally: {error}; see bangerd's log"
+        ))
+    })?;
+    Ok(OrphansRemoveResult { removed, failed })
 }
 
 pub async fn shutdown(daemon: Arc<Daemon>, _: Cx, _: NoParams) -> Result<ShutdownResult, RpcError> {

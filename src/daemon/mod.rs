@@ -32,7 +32,8 @@ pub mod dispatch;
 pub mod follow;
 pub mod guest;
 pub mod handlers;
-mod lock;
+pub(crate) mod lock;
+pub mod orphans;
 pub mod server;
 pub mod supervisor;
 pub mod tap_pool;
@@ -300,6 +301,12 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
         tap_pool::spawn_top_up(&daemon);
     }
     let signal_watch = spawn_signal_watch(daemon.clone(), signals);
+    // After recovery, and after a repair above all: say what the log does not know about.
+    // In the background, so that a slow helper does not delay serving.
+    {
+        let daemon = daemon.clone();
+        tokio::spawn(async move { orphans::report_at_start(&daemon).await });
+    }
     let dashboard = dashboard::start(&daemon).await;
 
     server::serve(daemon.clone(), listener).await;

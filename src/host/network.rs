@@ -187,6 +187,42 @@ impl GuestNetwork {
     }
 }
 
+impl GuestNetwork {
+    /// The names of banger's taps on the host (`bt` + hex), and who said so. banger-helper
+    /// lists them when one answers (it sees the namespace the taps are made in, and reports
+    /// only taps); otherwise the interfaces of this process's namespace with a tap's name
+    /// are listed (through `if_nameindex`, not `/sys/class/net`, which shows the namespace
+    /// sysfs was mounted in). Never starts a helper: a listing is not worth one.
+    pub async fn list_taps(&self) -> (Vec<String>, TapSource) {
+        if let Ok(Ok(taps)) = tokio::time::timeout(LIST_TIMEOUT, self.helper.list_taps()).await {
+            return (taps, TapSource::Helper);
+        }
+        let mut taps: Vec<String> = nix::net::if_::if_nameindex()
+            .map(|interfaces| {
+                interfaces
+                    .iter()
+                    .filter_map(|interface| interface.name().to_str().ok().map(str::to_owned))
+                    .filter(|name| banger_helper::validate::is_tap_name(name))
+                    .collect()
+            })
+            .unwrap_or_default();
+        taps.sort();
+        taps.dedup();
+        (taps, TapSource::Local)
+    }
+}
+
+/// Where [`GuestNetwork::list_taps`] got its list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TapSource {
+    Helper,
+    /// No helper answered; the names were read in bangerd's own network namespace.
+    Local,
+}
+
+/// How long a helper may take to list taps before the local list is used instead.
+const LIST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long one helper request may take. Creating a tap or loading banger's nftables table
 /// takes milliseconds; this only bounds a helper that stopped answering.
 pub const HELPER_TIMEOUT: Duration = Duration::from_secs(30);

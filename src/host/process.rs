@@ -177,9 +177,134 @@ pub fn processes_with_argument(flag: &str, value: &OsStr) -> Vec<(u32, u64)> {
     found
 }
 
+/// A process whose command line names a socket under some directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketUser {
+    pub pid: u32,
+    pub start_time_ticks: u64,
+    /// Its process group: a VMM leads its own, and what it starts (the fake's guest agent)
+    /// belongs to it.
+    pub pgrp: i32,
+    /// The first socket path under the directory that its command line names.
+    pub socket: std::path::PathBuf,
+}
+
+/// Processes whose command line names a socket under `dir` (a path below it whose file name
+/// contains `.sock`), however it is spelt: a whole argument (`--api-sock DIR/ID/api.sock`),
+/// after a prefix (`unix:DIR/…`), or inside a list (`socket,path=DIR/ID/agent.sock,server=on`).
+/// This is how the VMMs launched for one state directory are found without a record of
+/// them. It reads all of `/proc`; processes that vanish meanwhile are skipped, and so is the
+/// calling process.
+pub fn processes_with_sockets_under(dir: &std::path::Path) -> Vec<SocketUser> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut prefix = dir.as_os_str().as_encoded_bytes().to_vec();
+    if prefix.last() != Some(&b'/') {
+        prefix.push(b'/');
+    }
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let Some(socket) = cmdline
+            .split(|&b| b == 0)
+            .find_map(|arg| socket_under(arg, &prefix))
+        else {
+            continue;
+        };
+        if let Ok(Some(stat)) = proc_stat(pid) {
+            found.push(SocketUser {
+                pid,
+                start_time_ticks: stat.start_time_ticks,
+                pgrp: stat.pgrp,
+                socket,
+            });
+        }
+    }
+    found
+}
+
+/// The socket path under `prefix` (which ends in `/`) that `arg` names, if any.
+fn socket_under(arg: &[u8], prefix: &[u8]) -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let start = arg.windows(prefix.len()).position(|w| w == prefix)?;
+    let rest = &arg[start..];
+    let path = &rest[..rest.iter().position(|&b| b == b',').unwrap_or(rest.len())];
+    let name = path.rsplit(|&b| b == b'/').next()?;
+    let is_socket = name.windows(5).any(|w| w == b".sock");
+    (is_socket && path.len() > prefix.len())
+        .then(|| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(path)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sockets_under_a_directory_are_found_however_an_argument_spells_them() {
+        let prefix = b"/s/vms/";
+        let found = |arg: &str| socket_under(arg.as_bytes(), prefix);
+        assert_eq!(
+            found("/s/vms/0a/api.sock"),
+            Some("/s/vms/0a/api.sock".into())
+        );
+        assert_eq!(
+            found("unix:/s/vms/0a/vsock.sock_1024"),
+            Some("/s/vms/0a/vsock.sock_1024".into())
+        );
+        assert_eq!(
+            found("socket,id=a,path=/s/vms/0a/agent.sock,server=on"),
+            Some("/s/vms/0a/agent.sock".into())
+        );
+        assert_eq!(found("/s/vms/0a/root.ext4"), None, "not a socket");
+        assert_eq!(found("/s/vms/"), None);
+        assert_eq!(found("/t/vms/0a/api.sock"), None, "another directory");
+        assert_eq!(found("/s/vmsx/0a/api.sock"), None);
+    }
+
+    #[test]
+    fn a_process_naming_a_socket_under_a_directory_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("vms/0a/api.sock");
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("read line")
+            .arg("stand-in-vmm")
+            .arg("--api-sock")
+            .arg(&socket)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `spawn` may return before the child has exec'd (its command line is empty until
+        // then): look until it shows, within a deadline.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let found = loop {
+            let found = processes_with_sockets_under(&dir.path().join("vms"));
+            if !found.is_empty() || Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].pid, child.id());
+        assert_eq!(found[0].socket, socket);
+        assert!(processes_with_sockets_under(&dir.path().join("other")).is_empty());
+    }
 
     #[test]
     fn parses_a_stat_line_whose_command_has_spaces_and_parens() {

@@ -29,6 +29,7 @@
 //!   step of this process has handed it out and not yet seen its operation end.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +38,7 @@ use banger_events::{Handle, Journal, OpId, VmId, VmSpec, VmmKind};
 use banger_projections::{ProcessRef, Projections};
 
 use super::{BoxFuture, OpCx, Step, StepError, tap_fill};
+use crate::agent::boot::{GuestBootArgs, HaltAction, Ipv4Cidr};
 use crate::agent::client::AgentClient;
 use crate::config::Config;
 use crate::host::backends::Backends;
@@ -306,13 +308,57 @@ pub fn format_mac(mac: [u8; 6]) -> String {
     format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
 }
 
-/// The kernel command line: serial console, reboot on Ctrl-Alt-Del, the guest IP.
-pub fn boot_args(ip: [u8; 4]) -> String {
+/// The kernel command line of VM `name` at `ip` on backend `vmm`: the serial console, then
+/// what the guest's side of the boot contract reads (`banger_agent::boot::GuestBootArgs`:
+/// hostname, eth0's address, gateway and DNS, the work disk, how to halt), and the legacy
+/// `ip=` form, which kernels with `IP_PNP` would apply themselves.
+///
+/// A Firecracker guest halts by rebooting (Firecracker has no ACPI power-off and ends when its
+/// guest reboots, with `reboot=k`); QEMU's microvm powers off through ACPI.
+pub fn boot_args(name: &str, ip: [u8; 4], vmm: VmmKind, dns: &[Ipv4Addr]) -> String {
     let [a, b, c, d] = ip;
     let [g0, g1, g2, g3] = GATEWAY;
+    let contract = GuestBootArgs {
+        hostname: Some(name.to_owned()),
+        ip: Some(Ipv4Cidr {
+            address: Ipv4Addr::from(ip),
+            prefix_len: 24,
+        }),
+        gateway: Some(Ipv4Addr::from(GATEWAY)),
+        dns: dns.to_vec(),
+        work_device: Some(WORK_DISK_DEVICE.to_owned()),
+        halt: match vmm {
+            VmmKind::Firecracker => HaltAction::Reboot,
+            VmmKind::Qemu => HaltAction::PowerOff,
+        },
+        ..GuestBootArgs::default()
+    };
     format!(
-        "console=ttyS0 reboot=k panic=1 pci=off ip={a}.{b}.{c}.{d}::{g0}.{g1}.{g2}.{g3}:255.255.255.0::eth0:off"
+        "console=ttyS0 reboot=k panic=1 pci=off {} ip={a}.{b}.{c}.{d}::{g0}.{g1}.{g2}.{g3}:255.255.255.0::eth0:off",
+        contract.to_kernel_args()
     )
+}
+
+/// The guest's name for the work disk: the second virtio block device (the root is first).
+pub const WORK_DISK_DEVICE: &str = "/dev/vdb";
+
+/// The name servers a guest is given: the host's, from `/etc/resolv.conf`, without loopback
+/// ones (a host's local resolver, 127.0.0.53 say, is not reachable from a guest); the bridge's
+/// address when none is left.
+pub fn guest_name_servers() -> Vec<Ipv4Addr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let servers: Vec<Ipv4Addr> = text
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().parse::<Ipv4Addr>().ok())
+        .filter(|addr| !addr.is_loopback() && !addr.is_unspecified())
+        .take(3)
+        .collect();
+    if servers.is_empty() {
+        vec![Ipv4Addr::from(GATEWAY)]
+    } else {
+        servers
+    }
 }
 
 /// What `vm.create` and `vm.start` carry from step to step.
@@ -365,7 +411,7 @@ impl BootState {
             mem_mib,
             kernel: self.kernel_path.clone(),
             initrd: self.initrd_path.clone(),
-            boot_args: boot_args(allocation.ip),
+            boot_args: boot_args(&self.name, allocation.ip, self.vmm, &guest_name_servers()),
             drives: vec![
                 DriveSpec {
                     id: "rootfs".into(),

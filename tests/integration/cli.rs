@@ -338,7 +338,6 @@ fn unimplemented_verbs_say_so_and_exit_2_without_starting_bangerd() {
         (&["system", "status"], "system status"),
         (&["system", "restart"], "system restart"),
         (&["system", "uninstall"], "system uninstall"),
-        (&["doctor"], "doctor"),
         (&["update"], "update"),
         (&["ssh-config"], "ssh-config"),
     ];
@@ -955,12 +954,13 @@ fn replay_shows_vms_handles_and_stuck_operations_at_any_point() {
     assert_eq!(past["last_seq"], 12);
 }
 
+/// With --no-reconnect a follower ends when bangerd stops, naming where to pick up.
 fn a_follower_whose_daemon_stops_says_where_to_resume() {
     let sandbox = Sandbox::new();
     let kernel_dir = sandbox.kernel_dir("kernel-build");
     sandbox.ok(&["kernel", "import", "k1", "--from", &kernel_dir]);
     let mut follower = sandbox
-        .command(&["events", "--follow"])
+        .command(&["events", "--follow", "--no-reconnect"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -1003,6 +1003,519 @@ fn a_follower_whose_daemon_stops_says_where_to_resume() {
     assert!(resume >= last_seq.parse::<u64>().expect("seq"), "{stderr}");
 }
 
+/// Collects a child's stdout lines on a thread, for reading all of them at the end while
+/// watching them as they come.
+struct Lines {
+    receiver: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    fn new(child: &mut Child) -> Lines {
+        Lines {
+            receiver: line_reader(child),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads until a line satisfies `wanted` (looking at lines already read, too), failing
+    /// the test at the deadline.
+    fn wait_for(&mut self, what: &str, mut wanted: impl FnMut(&str) -> bool) {
+        if self.seen.iter().any(|line| wanted(line)) {
+            return;
+        }
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.receiver.recv_timeout(left) {
+                Ok(line) => {
+                    let done = wanted(&line);
+                    self.seen.push(line);
+                    if done {
+                        return;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {what} within {DEADLINE:?}; saw {} lines, ending with:\n{}",
+                    self.seen.len(),
+                    self.seen[self.seen.len().saturating_sub(5)..].join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Every line, once the child has exited (its stdout closed).
+    fn all(mut self) -> Vec<String> {
+        self.seen.extend(self.receiver.iter());
+        self.seen
+    }
+}
+
+fn seq_of(line: &str) -> Option<u64> {
+    serde_json::from_str::<Envelope>(line)
+        .ok()
+        .map(|envelope| envelope.seq.0)
+}
+
+/// The heart of `--follow`: while operations run, bangerd is killed with SIGKILL three times
+/// (each time in the middle of the stream, right after both followers printed a step of the
+/// bangerd then running) and started again by the next banger command. Followers started
+/// before it all print exactly the log's sequence 1..N, as `events --json` reads it
+/// afterwards: nothing missed, nothing twice. Each says once that it lost bangerd, and once
+/// that it is back.
+fn a_follower_survives_bangerd_killed_three_times_without_gap_or_repeat() {
+    let sandbox = Sandbox::new();
+    let kernel_dir = sandbox.kernel_dir("kernel-build");
+    sandbox.ok(&["kernel", "import", "k0", "--from", &kernel_dir]);
+    let spawn_follower = |args: &[&str], stderr_name: &str| {
+        let stderr = std::fs::File::create(sandbox.root().join(stderr_name)).expect("stderr file");
+        sandbox
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn a follower")
+    };
+    // Two forms: from the start by seq, and by time (everything in the last hour is all of it).
+    let mut by_seq = spawn_follower(&["events", "--follow", "--json"], "by-seq.stderr");
+    let mut by_time = spawn_follower(
+        &["events", "--follow", "--json", "--since", "1h"],
+        "by-time.stderr",
+    );
+    let mut seq_lines = Lines::new(&mut by_seq);
+    let mut time_lines = Lines::new(&mut by_time);
+
+    // A stream of operations, from another thread: each import is its own banger command, which
+    // starts bangerd again when it finds it dead. Those in flight when bangerd dies fail; that
+    // is expected (recovery rolls them back).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let root = sandbox.root().to_path_buf();
+        let kernel_dir = kernel_dir.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // Until told to stop, and a few more after that, so the last daemon serves some.
+            let mut after_stop = 0;
+            for i in 1..=500 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    after_stop += 1;
+                    if after_stop > 3 {
+                        break;
+                    }
+                }
+                let _ = Command::new(BANGER)
+                    .args(["kernel", "import", &format!("k{i}"), "--from", &kernel_dir])
+                    .current_dir(&root)
+                    .env("BANGER_ROOT", &root)
+                    .env_remove("BANGER_NO_AUTOSTART")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        })
+    };
+    for kill in 1..=3 {
+        // The follower is reading from the bangerd that now runs (it printed that daemon's
+        // start) and an operation of that daemon is under way (it printed one of its steps).
+        let deadline = Instant::now() + DEADLINE;
+        let pid = loop {
+            if let Some(pid) = sandbox.daemon_pid().filter(|pid| is_bangerd(*pid)) {
+                break pid;
+            }
+            assert!(
+                !writer.is_finished() && Instant::now() < deadline,
+                "no bangerd runs before kill {kill}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        for lines in [&mut seq_lines, &mut time_lines] {
+            let mut started = false;
+            lines.wait_for(
+                &format!("a step under bangerd {pid} (kill {kill})"),
+                |line| {
+                    let Ok(envelope) = serde_json::from_str::<Envelope>(line) else {
+                        return false;
+                    };
+                    match &envelope.event {
+                        banger_events::Event::DaemonStarted(e) if e.pid == pid as u32 => {
+                            started = true;
+                            false
+                        }
+                        banger_events::Event::StepStarted(_) => started,
+                        _ => false,
+                    }
+                },
+            );
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("SIGKILL bangerd");
+        let deadline = Instant::now() + DEADLINE;
+        while is_bangerd(pid) {
+            assert!(Instant::now() < deadline, "bangerd {pid} outlived SIGKILL");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().expect("the writer thread");
+
+    // Once the log has stopped growing, both followers must have printed it all.
+    let all = sandbox.ok(&["events", "--json"]);
+    let last = envelopes(&all).last().expect("events").seq.0;
+    for (name, lines, follower) in [
+        ("by-seq", &mut seq_lines, &mut by_seq),
+        ("by-time", &mut time_lines, &mut by_time),
+    ] {
+        if let Some(status) = follower.try_wait().expect("poll a follower") {
+            panic!(
+                "{name}: the follower exited ({status}): {}",
+                std::fs::read_to_string(sandbox.root().join(format!("{name}.stderr")))
+                    .unwrap_or_default()
+            );
+        }
+        lines.wait_for(&format!("seq {last}"), |line| seq_of(line) == Some(last));
+    }
+    for follower in [&mut by_seq, &mut by_time] {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(follower.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .expect("SIGINT a follower");
+        let status = wait_exit(follower);
+        assert!(status.success(), "a follower exited with {status}");
+    }
+    let log = envelopes(&sandbox.ok(&["events", "--json"]));
+    assert_eq!(
+        log.last().map(|e| e.seq.0),
+        Some(last),
+        "the log grew meanwhile"
+    );
+    let seqs: Vec<u64> = log.iter().map(|e| e.seq.0).collect();
+    assert_eq!(
+        seqs,
+        (1..=last).collect::<Vec<_>>(),
+        "the log itself is gapless"
+    );
+    let kills = log
+        .iter()
+        .filter(|e| matches!(e.event, banger_events::Event::DaemonStarted(_)))
+        .count();
+    assert!(kills >= 4, "bangerd started {kills} times");
+    for (name, lines) in [("by-seq", seq_lines), ("by-time", time_lines)] {
+        let printed = envelopes(&lines.all().join("\n"));
+        let printed_seqs: Vec<u64> = printed.iter().map(|e| e.seq.0).collect();
+        assert_eq!(
+            printed_seqs,
+            (1..=last).collect::<Vec<_>>(),
+            "{name}: the follower's sequence"
+        );
+        assert!(
+            printed == log,
+            "{name}: the follower printed other events than the log holds"
+        );
+        let stderr =
+            std::fs::read_to_string(sandbox.root().join(format!("{name}.stderr"))).unwrap();
+        assert_eq!(
+            stderr.matches("lost bangerd after seq").count(),
+            3,
+            "{name}: one note per loss:\n{stderr}"
+        );
+        assert_eq!(
+            stderr.matches("bangerd is back").count(),
+            3,
+            "{name}: one note per return:\n{stderr}"
+        );
+    }
+}
+
+/// A follower never starts bangerd itself: stopped on purpose, bangerd stays stopped however
+/// long the follower waits, and the follower picks up once something else starts it.
+fn a_follower_waits_for_bangerd_without_starting_it() {
+    let sandbox = Sandbox::new();
+    let kernel_dir = sandbox.kernel_dir("kernel-build");
+    sandbox.ok(&["kernel", "import", "k1", "--from", &kernel_dir]);
+    let mut follower = sandbox
+        .command(&["events", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the follower");
+    let stderr = {
+        let pipe = follower.stderr.take().expect("stderr");
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        receiver
+    };
+    // Streaming from the running bangerd once it printed something.
+    let mut lines = Lines::new(&mut follower);
+    lines.wait_for("the first event", |line| {
+        line.trim_start().starts_with("1 ")
+    });
+    let pid = sandbox.daemon_pid().expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM bangerd");
+    let note = stderr
+        .recv_timeout(DEADLINE)
+        .expect("the follower says it lost bangerd");
+    assert!(note.contains("lost bangerd after seq"), "{note}");
+    assert!(note.contains("waiting for it to come back"), "{note}");
+    let deadline = Instant::now() + DEADLINE;
+    while is_bangerd(pid) {
+        assert!(Instant::now() < deadline, "bangerd did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // However long it waits (it polls the socket every half second at most), bangerd is not
+    // started again: watched for two seconds, an absence that no event could signal.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        assert!(
+            !sandbox.daemon_pid().is_some_and(is_bangerd),
+            "something started bangerd while only the follower ran"
+        );
+        assert!(
+            follower.try_wait().unwrap().is_none(),
+            "the follower gave up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Another command starts it; the follower comes back to it and prints what is new.
+    sandbox.ok(&["kernel", "import", "k2", "--from", &kernel_dir]);
+    let back = stderr
+        .recv_timeout(DEADLINE)
+        .expect("the follower says bangerd is back");
+    assert!(back.contains("bangerd is back"), "{back}");
+    lines.wait_for("k2 registered", |line| line.contains("kernel k2"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(follower.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT the follower");
+    assert!(wait_exit(&mut follower).success());
+    assert!(
+        stderr.try_recv().is_err(),
+        "more notes than one loss and one return"
+    );
+}
+
+/// `--since` takes a time: an RFC 3339 timestamp or how long ago; events carry `at_unix_ms`.
+fn since_takes_a_time_as_well_as_a_seq() {
+    let sandbox = Sandbox::new();
+    let kernel_dir = sandbox.kernel_dir("kernel-build");
+    sandbox.ok(&["kernel", "import", "k1", "--from", &kernel_dir]);
+    let all = envelopes(&sandbox.ok(&["events", "--json"]));
+    let last = all.last().expect("events").clone();
+    // From the last event's own time: that event (and any recorded in the same millisecond).
+    let stamp = banger::cli::format::format_timestamp(last.at_unix_ms);
+    let from_stamp = envelopes(&sandbox.ok(&["events", "--json", "--since", &stamp]));
+    assert!(from_stamp.contains(&last), "{stamp}");
+    assert!(
+        from_stamp.iter().all(|e| e.at_unix_ms >= last.at_unix_ms),
+        "{stamp}"
+    );
+    let one_ms_later = banger::cli::format::format_timestamp(last.at_unix_ms + 1);
+    assert!(
+        envelopes(&sandbox.ok(&["events", "--json", "--since", &one_ms_later])).is_empty(),
+        "nothing was recorded after the last event"
+    );
+    // Ago: the last hour is everything; nothing is in the future.
+    assert_eq!(
+        envelopes(&sandbox.ok(&["events", "--json", "--since", "1h"])),
+        all
+    );
+    // A seq still works, and a bad value is a usage error naming the forms.
+    assert_eq!(
+        envelopes(&sandbox.ok(&["events", "--json", "--since", "2"])),
+        all[2..].to_vec()
+    );
+    let bad = sandbox.run(&["events", "--since", "yesterday"]);
+    assert_eq!(bad.code(), Some(2), "{bad}");
+    assert!(bad.stderr().contains("RFC 3339"), "{bad}");
+}
+
+/// Stops the bangerd serving `sandbox` with SIGTERM and waits for it to exit.
+fn stop_bangerd(sandbox: &Sandbox) {
+    let pid = sandbox.daemon_pid().expect("bangerd's pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM bangerd");
+    let deadline = Instant::now() + DEADLINE;
+    while is_bangerd(pid) {
+        assert!(Instant::now() < deadline, "bangerd did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Every offset at which `needle` occurs in `haystack`.
+fn find_all(haystack: &[u8], needle: &[u8]) -> Vec<usize> {
+    haystack
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, window)| *window == needle)
+        .map(|(offset, _)| offset)
+        .collect()
+}
+
+/// A log damaged in the middle of an operation, taken through what a user does: bangerd
+/// turns read-only and says to repair; `events repair` refuses while bangerd runs; after it
+/// stopped, `--dry-run` changes nothing and the repair keeps the damaged file byte for byte;
+/// bangerd then starts on the repaired log (the intact prefix, then log_repaired), rolls back
+/// the operation whose end was lost from what the log still says, `banger doctor` finds what
+/// its lost steps left (the kernel's published files) and `--fix` removes it, and bangerd
+/// takes writes again.
+fn events_repair_gives_a_damaged_log_a_way_forward() {
+    let sandbox = Sandbox::new();
+    let kernel_dir = sandbox.kernel_dir("kernel-build");
+    sandbox.ok(&["kernel", "import", "k1", "--from", &kernel_dir]);
+    sandbox.ok(&["kernel", "import", "k2", "--from", &kernel_dir]);
+    let before = envelopes(&sandbox.ok(&["events", "--json"]));
+    stop_bangerd(&sandbox);
+
+    // Damage the first step k2's import completed: its end is then lost.
+    let k2_op = before
+        .iter()
+        .find_map(|e| match &e.event {
+            banger_events::Event::OperationStarted(started)
+                if started.target.to_string() == "kernel k2" =>
+            {
+                e.op_id
+            }
+            _ => None,
+        })
+        .expect("k2's import");
+    let damaged = before
+        .iter()
+        .find(|e| {
+            e.op_id == Some(k2_op) && matches!(e.event, banger_events::Event::StepSucceeded(_))
+        })
+        .expect("a step of k2's import")
+        .clone();
+    let mut bytes = std::fs::read(sandbox.log_file()).unwrap();
+    let frame = banger_events::frame::encode(&damaged);
+    let offsets = find_all(&bytes, &frame);
+    assert!(
+        !offsets.is_empty(),
+        "the frame of seq {} is in the file",
+        damaged.seq
+    );
+    for offset in offsets {
+        bytes[offset + banger_events::frame::HEADER_LEN + 2] ^= 0x04;
+    }
+    std::fs::write(sandbox.log_file(), &bytes).unwrap();
+
+    // bangerd serves reads, refuses writes, and says what to do.
+    let refused = sandbox.run(&["kernel", "import", "k3", "--from", &kernel_dir]);
+    assert_eq!(refused.code(), Some(1), "{refused}");
+    assert!(
+        refused.stderr().contains("banger events repair"),
+        "{refused}"
+    );
+    assert!(
+        refused.stderr().contains(&format!("seq {}", damaged.seq)),
+        "{refused}"
+    );
+    // Not while it runs.
+    let busy = sandbox.run(&["events", "repair"]);
+    assert_eq!(busy.code(), Some(1), "{busy}");
+    assert!(busy.stderr().contains("bangerd is running"), "{busy}");
+    stop_bangerd(&sandbox);
+    assert!(
+        std::fs::read(sandbox.log_file()).unwrap() == bytes,
+        "the damaged log changed"
+    );
+
+    // A dry run says what would happen, and changes nothing.
+    let dry = sandbox.json(&["events", "repair", "--dry-run", "--json"]);
+    assert_eq!(dry["status"], "damaged", "{dry}");
+    assert_eq!(dry["first_lost_seq"], damaged.seq.0, "{dry}");
+    assert!(
+        std::fs::read(sandbox.log_file()).unwrap() == bytes,
+        "a dry run changed the log"
+    );
+
+    let text = sandbox.ok(&["events", "repair"]);
+    let kept = damaged.seq.0 - 1;
+    assert!(
+        text.contains(&format!("kept seq 1..{kept} ({kept} events)")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("lost seq {}", damaged.seq)),
+        "{text}"
+    );
+    let backup: PathBuf = text
+        .lines()
+        .find_map(|line| line.strip_prefix("the damaged file is kept, unchanged, at "))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no backup path in:\n{text}"));
+    assert!(
+        std::fs::read(&backup).unwrap() == bytes,
+        "the backup is not the damaged file"
+    );
+    assert!(
+        backup.starts_with(sandbox.root().join("state")),
+        "{}",
+        backup.display()
+    );
+
+    // bangerd starts on the repaired log: the intact prefix, then log_repaired.
+    let after = envelopes(&sandbox.ok(&["events", "--json"]));
+    assert_eq!(after[..kept as usize], before[..kept as usize]);
+    match &after[kept as usize].event {
+        banger_events::Event::LogRepaired(e) => {
+            assert_eq!(e.first_lost_seq, damaged.seq);
+            assert_eq!(Some(e.backup_path.as_str()), backup.to_str());
+        }
+        other => panic!("seq {} is {other:?}", damaged.seq),
+    }
+    // k2's import, whose end was lost, was rolled back like any crash from what the log still
+    // says: k2 is not registered. (What its lost steps did, publishing k2's files, the log no
+    // longer knows: an orphan, for `banger doctor`.)
+    let ops: Vec<OperationView> =
+        serde_json::from_value(sandbox.json(&["ops", "--all", "--json"])).expect("ops");
+    let k2 = ops
+        .iter()
+        .find(|op| op.op_id == k2_op)
+        .expect("k2's import");
+    assert_eq!(k2.status.as_str(), "rolled_back", "{k2:?}");
+    let kernels: Vec<KernelView> =
+        serde_json::from_value(sandbox.json(&["kernel", "list", "--json"])).expect("kernels");
+    let names: Vec<&str> = kernels.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(names, ["k1"]);
+    let k2_dir = sandbox.root().join("state/kernels/k2");
+    assert!(k2_dir.exists());
+    // `banger doctor` lists those files; `--fix` removes them (recording it), and k2 can be
+    // imported again.
+    let doctor = sandbox.run(&["doctor"]);
+    assert_eq!(doctor.code(), Some(1), "{doctor}");
+    assert!(
+        doctor
+            .stdout()
+            .contains(&format!("directory {}", k2_dir.display())),
+        "{doctor}"
+    );
+    sandbox.ok(&["doctor", "--fix"]);
+    assert!(!k2_dir.exists());
+    // And it takes writes.
+    sandbox.ok(&["kernel", "import", "k3", "--from", &kernel_dir]);
+    sandbox.ok(&["kernel", "import", "k2", "--from", &kernel_dir]);
+    // A second repair finds nothing to do.
+    stop_bangerd(&sandbox);
+    let again = sandbox.ok(&["events", "repair"]);
+    assert!(again.contains("is intact"), "{again}");
+}
+
 /// This module's tests, for the binary's harness (`banger-test-harness`).
 pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
     banger_test_harness::tests![
@@ -1015,5 +1528,9 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
         sync events_follow_sees_what_another_invocation_does_and_ends_cleanly_on_ctrl_c,
         sync replay_shows_vms_handles_and_stuck_operations_at_any_point,
         sync a_follower_whose_daemon_stops_says_where_to_resume,
+        sync a_follower_survives_bangerd_killed_three_times_without_gap_or_repeat,
+        sync a_follower_waits_for_bangerd_without_starting_it,
+        sync since_takes_a_time_as_well_as_a_seq,
+        sync events_repair_gives_a_damaged_log_a_way_forward,
     ]
 }

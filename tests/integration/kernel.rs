@@ -8,7 +8,7 @@
 //! Needs the qemu tier (`qemu-system-x86_64` on PATH) and, once, network access to Debian's
 //! archive. Knobs: `BANGER_TEST_CACHE` (where the .deb is kept, default `target/test-cache`),
 //! `BANGER_TEST_KERNEL_DEB` (use this .deb instead of downloading), `BANGER_TEST_STATIC_AGENT`
-//! (use this static agent instead of building one with `tools/build-agent.sh --profile dev`).
+//! (use this static agent instead of the one banger embeds).
 //!
 //! Every QEMU is killed when its test ends, however it ends (`Qemu`'s `Drop`). Waits poll the
 //! console file with generous deadlines: under TCG on a loaded 2-core machine the kernel
@@ -142,9 +142,8 @@ fn current_cloud_kernel() -> Option<String> {
         })
 }
 
-/// A static agent: `BANGER_TEST_STATIC_AGENT`, else built once per process by
-/// `tools/build-agent.sh --profile dev` (a debug build: quicker to make, and the initrd does
-/// not care).
+/// A static agent: `BANGER_TEST_STATIC_AGENT`, else the one banger embeds, written out once
+/// per process.
 fn static_agent() -> PathBuf {
     static AGENT: OnceLock<PathBuf> = OnceLock::new();
     AGENT
@@ -154,19 +153,12 @@ fn static_agent() -> PathBuf {
             {
                 return PathBuf::from(agent);
             }
-            let output = Command::new("bash")
-                .arg(repository_root().join("tools/build-agent.sh"))
-                .args(["--profile", "dev"])
-                .stdin(Stdio::null())
-                .output()
-                .expect("run tools/build-agent.sh");
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            assert!(
-                output.status.success(),
-                "tools/build-agent.sh failed:\n{stdout}\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            PathBuf::from(stdout.lines().last().expect("the agent's path").trim())
+            // The one bangerd embeds (build.rs), as the product uses it.
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(format!("banger-agent-static-{}", std::process::id()));
+            banger::static_agent::write_to(&path).expect("write the embedded static agent");
+            path
         })
         .clone()
 }

@@ -11,6 +11,7 @@ mod agent;
 mod cli;
 mod daemon;
 mod dashboard;
+mod doctor;
 mod firecracker;
 mod guest;
 mod kernel;
@@ -26,6 +27,7 @@ fn main() {
         cli::tests(),
         daemon::tests(),
         dashboard::tests(),
+        doctor::tests(),
         firecracker::tests(),
         guest::tests(),
         kernel::tests(),

@@ -594,6 +594,40 @@ fn damaged_or_foreign_snapshots_are_ignored_and_the_log_replayed() {
     }
 }
 
+/// A file whose writer was killed, with damage in its latest commit: redb's repair on open
+/// would fall back to the commit before (losing the latest commit's events, acknowledged
+/// ones included, without a word). Opening fails instead, naming the way on (`banger events
+/// repair`), and the file keeps every byte.
+fn a_damaged_latest_commit_is_not_rolled_back_silently() {
+    let frames = small_log().frames();
+    let dir = tempfile::tempdir().unwrap();
+    let half = frames.len() / 2;
+    let found = crate::repair::unclean_with_flip(dir.path(), &frames, half, &frames[half + 1].1);
+    let path = dir.path().join("events.redb");
+    std::fs::write(&path, &found).unwrap();
+    match RedbLog::open(&path) {
+        Err(LogError::Storage(message)) => {
+            assert!(
+                message.contains("latest commit") && message.contains("banger events repair"),
+                "{message}"
+            )
+        }
+        Err(other) => panic!("opened with the wrong error: {other:?}"),
+        Ok(log) => panic!(
+            "a damaged latest commit opened, with {:?} events",
+            log.last_seq()
+        ),
+    }
+    let after = std::fs::read(&path).unwrap();
+    let changed = after.iter().zip(&found).filter(|(a, b)| a != b).count();
+    assert!(
+        after.len() == found.len() && changed == 0,
+        "opening the damaged file modified it: {} → {} bytes, {changed} bytes differ",
+        found.len(),
+        after.len()
+    );
+}
+
 /// This module's tests, for the binary's harness (`banger-test-harness`).
 pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
     banger_test_harness::tests![
@@ -606,5 +640,6 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
         sync a_duplicated_sequence_number_is_corruption_naming_it,
         sync an_unknown_event_kind_refuses_to_open,
         sync damaged_or_foreign_snapshots_are_ignored_and_the_log_replayed,
+        sync a_damaged_latest_commit_is_not_rolled_back_silently,
     ]
 }

@@ -394,7 +394,8 @@ fn nested_variants(event: &Event, seen: &mut BTreeSet<String>) {
         | Event::KernelRegistered(_)
         | Event::KernelRemoved(_)
         | Event::DaemonStarted(_)
-        | Event::DaemonStopped(_) => {}
+        | Event::DaemonStopped(_)
+        | Event::LogRepaired(_) => {}
     }
     seen.extend(more);
 }

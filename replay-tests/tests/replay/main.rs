@@ -10,6 +10,8 @@
 //!   leaks, no acknowledged event is lost.
 //! - [`corruption`]: bit flips in a real redb file, truncation, missing and duplicated sequence
 //!   numbers, unknown event kinds and damaged snapshots.
+//! - [`repair`]: `banger events repair` on those damaged files: the intact prefix carried
+//!   into a new log with a `LogRepaired`, the damaged file kept byte for byte.
 //!
 //! Randomness is seeded and printed (`BANGER_PROPTEST_SEED`, see `common`); nothing sleeps;
 //! every test works in its own temporary directory, so they run in parallel in any order.
@@ -27,6 +29,7 @@ mod crash_matrix;
 mod golden;
 mod properties;
 mod recovery;
+mod repair;
 
 fn main() {
     banger_test_harness::run(vec![
@@ -35,5 +38,6 @@ fn main() {
         golden::tests(),
         properties::tests(),
         recovery::tests(),
+        repair::tests(),
     ]);
 }

@@ -244,6 +244,7 @@ pub fn event_name(event: &Event) -> &'static str {
         Event::DaemonStopped(_) => "DaemonStopped",
         Event::RecoveryDecided(_) => "RecoveryDecided",
         Event::OrphanFound(_) => "OrphanFound",
+        Event::LogRepaired(_) => "LogRepaired",
     }
 }
 
@@ -378,6 +379,12 @@ fn events() -> Vec<Event> {
         Event::OrphanFound(OrphanFound {
             handle: tap("bt9"),
             action: "removed".into(),
+        }),
+        Event::LogRepaired(LogRepaired {
+            first_lost_seq: Seq(41),
+            last_stored_seq: Some(Seq(300)),
+            reason: "crc32 mismatch".into(),
+            backup_path: "/var/lib/banger/events.redb.damaged-20260428T193257Z".into(),
         }),
     ]
 }

@@ -1,0 +1,347 @@
+//! `banger doctor`: checks of the host and of banger's own state, one line each, each saying
+//! what to do when it fails; `--fix` lets the checks that can repair what they found do it;
+//! `--json` prints the same as one object; the status is 1 when something is wrong.
+//!
+//! Output, one line per check, then one indented line per finding with the command that
+//! deals with it:
+//!
+//! ```text
+//! ok     orphans   every host resource with banger's names is in the log
+//! FAIL   orphans   2 host resources carry banger's names but the log does not know them; `banger doctor --fix` removes them
+//!          tap bt1f00                               sudo ip link delete bt1f00
+//!          directory /…/state/vms/00000000deadbeef  rm -rf /…/state/vms/00000000deadbeef
+//! ```
+//!
+//! Adding a check: write a function `fn(&mut Context, Mode) -> BoxFuture<'_, Report>` and
+//! list it in [`CHECKS`], in the order people should read them. A check says `Ok`, `Fail`
+//! (with a `fix` hint, and `items` for what it found), `Fixed` (under [`Mode::Fix`], when it
+//! repaired everything it found) or `Skipped` (it could not look: say why in the summary; this
+//! counts as a problem, so a check that does not apply to this host says `Ok` and why). The
+//! exit status is 1 when any check failed or was skipped.
+//! A check that needs bangerd asks [`Context::bangerd`], which connects once (starting
+//! bangerd like any command) and remembers a failure, so every later check can report it
+//! instead of trying again. Checks never print: the runner renders their reports.
+
+use serde::Serialize;
+
+use super::args::DoctorArgs;
+use super::connect::connect;
+use super::error::CliError;
+use super::output::{json, line};
+use crate::api::{NoParams, OrphansRemoveResult, OrphansResult};
+use crate::operations::BoxFuture;
+use crate::rpc::Client;
+
+/// Look only, or also repair what can be repaired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Look,
+    Fix,
+}
+
+/// How one check came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    /// It found problems and repaired all of them (`--fix`).
+    Fixed,
+    /// Something is wrong; `fix` says what to do.
+    Fail,
+    /// It could not look; the summary says why. Counts as a problem for the exit status: a
+    /// check that does not apply to this host says `Ok` and why instead.
+    Skipped,
+}
+
+impl Status {
+    fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Fixed => "fixed",
+            Status::Fail => "FAIL",
+            Status::Skipped => "skip",
+        }
+    }
+}
+
+/// What one check says.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub name: &'static str,
+    pub status: Status,
+    /// One sentence.
+    pub summary: String,
+    /// What to do about a failure (a command, or a sentence with one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+    /// The things it found, each with the command that deals with it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<Item>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Item {
+    pub what: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+    /// Anything a machine may want (a handle, an error), as the check's own JSON.
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
+}
+
+/// What checks share: one connection to bangerd, made on first need.
+pub struct Context {
+    bangerd: Option<Result<Client, String>>,
+}
+
+impl Context {
+    fn new() -> Context {
+        Context { bangerd: None }
+    }
+
+    /// bangerd, started if need be (like any banger command); the error text when it cannot
+    /// be reached, remembered for the next check.
+    pub async fn bangerd(&mut self) -> Result<&mut Client, String> {
+        if self.bangerd.is_none() {
+            self.bangerd = Some(connect().await.map_err(|error| {
+                error
+                    .report()
+                    .unwrap_or_else(|| error.to_string())
+                    .trim_start_matches("banger: error: ")
+                    .to_owned()
+            }));
+        }
+        match self.bangerd.as_mut() {
+            Some(Ok(client)) => Ok(client),
+            Some(Err(error)) => Err(error.clone()),
+            None => Err("bangerd was not asked".into()),
+        }
+    }
+}
+
+type RunFn = for<'a> fn(&'a mut Context, Mode) -> BoxFuture<'a, Report>;
+
+/// One check: its name (a word, shown in the second column) and what runs it.
+pub struct Check {
+    pub name: &'static str,
+    pub run: RunFn,
+}
+
+/// Every check, in the order they run and print.
+pub static CHECKS: &[Check] = &[Check {
+    name: "orphans",
+    run: |cx, mode| Box::pin(orphans(cx, mode)),
+}];
+
+#[derive(Serialize)]
+struct Output<'a> {
+    /// True when every check passed (or fixed what it found).
+    ok: bool,
+    checks: &'a [Report],
+}
+
+pub async fn run(args: DoctorArgs) -> Result<(), CliError> {
+    let mode = if args.fix { Mode::Fix } else { Mode::Look };
+    let mut cx = Context::new();
+    let mut reports = Vec::with_capacity(CHECKS.len());
+    for check in CHECKS {
+        let mut report = (check.run)(&mut cx, mode).await;
+        report.name = check.name;
+        reports.push(report);
+    }
+    // A check that could not look cannot vouch for anything: that is a problem too.
+    let failed = reports
+        .iter()
+        .filter(|r| matches!(r.status, Status::Fail | Status::Skipped))
+        .count();
+    if args.json {
+        json(&Output {
+            ok: failed == 0,
+            checks: &reports,
+        })?;
+    } else {
+        line(render(&reports))?;
+    }
+    match failed {
+        0 => Ok(()),
+        count => Err(CliError::ProblemsFound { count }),
+    }
+}
+
+fn render(reports: &[Report]) -> String {
+    let name_width = reports.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    let mut lines = Vec::new();
+    for report in reports {
+        let mut text = format!(
+            "{:<6} {:<name_width$}  {}",
+            report.status.label(),
+            report.name,
+            report.summary
+        );
+        if let Some(fix) = &report.fix {
+            text.push_str(&format!("; {fix}"));
+        }
+        lines.push(text);
+        let what_width = report.items.iter().map(|i| i.what.len()).max().unwrap_or(0);
+        for item in &report.items {
+            let item_line = match &item.fix {
+                Some(fix) => format!("         {:<what_width$}  {fix}", item.what),
+                None => format!("         {}", item.what),
+            };
+            lines.push(item_line.trim_end().to_owned());
+        }
+    }
+    lines.join("\n")
+}
+
+fn skipped(summary: String) -> Report {
+    Report {
+        name: "",
+        status: Status::Skipped,
+        summary,
+        fix: None,
+        items: Vec::new(),
+    }
+}
+
+/// Host resources with banger's names (taps, entries of the store, VMM processes) that the
+/// log does not know: left by a repaired log's lost events, or by hand. bangerd finds them
+/// (`daemon.orphans`) and, with `--fix`, removes them, recording each removal in the log.
+async fn orphans(cx: &mut Context, mode: Mode) -> Report {
+    let client = match cx.bangerd().await {
+        Ok(client) => client,
+        Err(error) => return skipped(format!("cannot ask bangerd: {error}")),
+    };
+    let item = |orphan: &crate::api::OrphanView, fix: Option<String>, error: Option<&str>| Item {
+        what: orphan.what.clone(),
+        fix,
+        detail: serde_json::json!({ "handle": orphan.handle, "error": error }),
+    };
+    if mode == Mode::Fix {
+        let result: OrphansRemoveResult =
+            match client.call("daemon.orphans.remove", &NoParams {}).await {
+                Ok(result) => result,
+                Err(error) => return skipped(format!("bangerd could not remove them: {error}")),
+            };
+        let mut items: Vec<Item> = result
+            .failed
+            .iter()
+            .map(|f| {
+                item(
+                    &f.orphan,
+                    Some(format!("{} (by hand: {})", f.error, f.orphan.remove_with)),
+                    Some(&f.error),
+                )
+            })
+            .collect();
+        let removed = result.removed.len();
+        if result.failed.is_empty() {
+            items.extend(result.removed.iter().map(|o| item(o, None, None)));
+            return Report {
+                name: "",
+                status: if removed == 0 {
+                    Status::Ok
+                } else {
+                    Status::Fixed
+                },
+                summary: match removed {
+                    0 => "every host resource with banger's names is in the log".into(),
+                    n => format!(
+                        "removed {n} host resource(s) the log did not know (each recorded as an orphan_found event)"
+                    ),
+                },
+                fix: None,
+                items,
+            };
+        }
+        return Report {
+            name: "",
+            status: Status::Fail,
+            summary: format!(
+                "{} host resource(s) with banger's names could not be removed ({removed} were)",
+                result.failed.len()
+            ),
+            fix: Some("see each one below".into()),
+            items,
+        };
+    }
+    let result: OrphansResult = match client.call("daemon.orphans", &NoParams {}).await {
+        Ok(result) => result,
+        Err(error) => return skipped(format!("bangerd could not look: {error}")),
+    };
+    if result.orphans.is_empty() {
+        return Report {
+            name: "",
+            status: Status::Ok,
+            summary: "every host resource with banger's names is in the log".into(),
+            fix: None,
+            items: Vec::new(),
+        };
+    }
+    Report {
+        name: "",
+        status: Status::Fail,
+        summary: format!(
+            "{} host resource(s) carry banger's names but the log does not know them",
+            result.orphans.len()
+        ),
+        fix: Some("`banger doctor --fix` removes them all, or remove each by hand".into()),
+        items: result
+            .orphans
+            .iter()
+            .map(|o| item(o, Some(o.remove_with.clone()), None))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_read_as_one_line_per_check_with_findings_beneath() {
+        let reports = vec![
+            Report {
+                name: "orphans",
+                status: Status::Fail,
+                summary: "2 host resource(s) carry banger's names".into(),
+                fix: Some("`banger doctor --fix` removes them".into()),
+                items: vec![
+                    Item {
+                        what: "tap bt1f".into(),
+                        fix: Some("sudo ip link delete bt1f".into()),
+                        detail: serde_json::Value::Null,
+                    },
+                    Item {
+                        what: "directory /s/vms/00ab".into(),
+                        fix: Some("rm -rf /s/vms/00ab".into()),
+                        detail: serde_json::Value::Null,
+                    },
+                ],
+            },
+            Report {
+                name: "kvm",
+                status: Status::Ok,
+                summary: "/dev/kvm answers".into(),
+                fix: None,
+                items: Vec::new(),
+            },
+        ];
+        assert_eq!(
+            render(&reports),
+            "FAIL   orphans  2 host resource(s) carry banger's names; `banger doctor --fix` removes them\n\
+             \x20        tap bt1f               sudo ip link delete bt1f\n\
+             \x20        directory /s/vms/00ab  rm -rf /s/vms/00ab\n\
+             ok     kvm      /dev/kvm answers"
+        );
+    }
+
+    #[test]
+    fn every_check_has_a_distinct_one_word_name() {
+        let mut names: Vec<&str> = CHECKS.iter().map(|c| c.name).collect();
+        assert!(names.iter().all(|n| !n.is_empty() && !n.contains(' ')));
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), CHECKS.len());
+    }
+}

@@ -1,0 +1,341 @@
+//! `banger doctor` and the orphan sweep behind it, against a real bangerd: host resources
+//! with banger's names that the log does not know are listed with the command that removes
+//! them, removed only with `--fix` (each removal an `orphan_found` event), and what the log
+//! knows — a kernel, a running VM with its directory, tap and VMM — is never listed.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use banger::api::VmCreateResult;
+use banger_events::{Event, Handle};
+use serde_json::{Value, json};
+
+use super::support::{Bangerd, TestRoot, all_events, kernel_source, rootfs_file};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// `banger ARGS` against `daemon` (never starting another).
+fn banger(daemon: &Bangerd, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_banger"))
+        .args(args)
+        .env("BANGER_ROOT", daemon.root().path())
+        .env("BANGER_NO_AUTOSTART", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run banger")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A process that looks like a VMM launched for this state directory (its command line names
+/// an API socket under `vms/`), in a process group of its own, until its stdin closes or it is
+/// killed.
+fn stand_in_vmm(socket: &Path) -> Child {
+    use std::os::unix::process::CommandExt;
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg("read line")
+        .arg("stand-in-vmm")
+        .arg("--api-sock")
+        .arg(socket)
+        .stdin(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("start the stand-in VMM");
+    // `spawn` may return before the exec: wait until its command line shows.
+    let deadline = Instant::now() + DEADLINE;
+    let needle = socket.as_os_str().as_encoded_bytes();
+    while !std::fs::read(format!("/proc/{}/cmdline", child.id()))
+        .unwrap_or_default()
+        .windows(needle.len())
+        .any(|w| w == needle)
+    {
+        assert!(Instant::now() < deadline, "the stand-in VMM did not start");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child
+}
+
+/// Waits for `child` to exit (killed by the sweep), failing at the deadline.
+fn wait_gone(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().expect("poll the stand-in") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the stand-in VMM still runs");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The orphan_found events in the log, as (handle, action).
+async fn orphan_events(daemon: &Bangerd) -> Vec<(Handle, String)> {
+    all_events(&daemon.socket())
+        .await
+        .into_iter()
+        .filter_map(|envelope| match envelope.event {
+            Event::OrphanFound(found) => Some((found.handle, found.action)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A directory and a file in the store, a directory under `kernels/` that holds a kernel's
+/// name, and a stand-in VMM: each listed (with its removal command) by `banger doctor`, which
+/// exits 1 and changes nothing; `--fix` removes exactly those, records each, and exits 0; a
+/// registered kernel is never touched. bangerd also names them in its output when it starts.
+async fn orphans_are_listed_with_a_command_and_removed_only_with_fix() {
+    let mut daemon = Bangerd::start();
+    let scratch = daemon.root().scratch("inputs");
+    let kernel_dir = kernel_source(&scratch.join("kernel"), "6.1.0-test", false);
+    let _: Value = daemon
+        .client()
+        .await
+        .call(
+            "kernel.import",
+            &json!({"name": "k1", "from": kernel_dir.display().to_string()}),
+        )
+        .await
+        .expect("kernel.import");
+    let clean = banger(&daemon, &["doctor"]);
+    assert!(clean.status.success(), "{}", text(&clean));
+    assert!(stdout(&clean).starts_with("ok "), "{}", text(&clean));
+
+    let layout = daemon.layout();
+    let vm_dir = layout.vms_dir().join("00000000deadbeef");
+    std::fs::create_dir_all(&vm_dir).unwrap();
+    std::fs::write(vm_dir.join("root.ext4"), b"left behind").unwrap();
+    let ghost_kernel = layout.kernels_dir().join("ghost");
+    std::fs::create_dir_all(&ghost_kernel).unwrap();
+    let stray_file = layout.images_dir().join("stray.partial");
+    std::fs::create_dir_all(layout.images_dir()).unwrap();
+    std::fs::write(&stray_file, b"half an image").unwrap();
+    let mut vmm = stand_in_vmm(&layout.vms_dir().join("00000000feedface/api.sock"));
+
+    // Listed, each with a command; nothing changes; status 1.
+    let listed = banger(&daemon, &["doctor"]);
+    assert_eq!(listed.status.code(), Some(1), "{}", text(&listed));
+    let out = stdout(&listed);
+    assert!(out.starts_with("FAIL "), "{out}");
+    assert!(out.contains("4 host resource(s)"), "{out}");
+    for (what, command) in [
+        (
+            format!("directory {}", vm_dir.display()),
+            format!("rm -rf {}", vm_dir.display()),
+        ),
+        (
+            format!("directory {}", ghost_kernel.display()),
+            format!("rm -rf {}", ghost_kernel.display()),
+        ),
+        (
+            format!("file {}", stray_file.display()),
+            format!("rm -f {}", stray_file.display()),
+        ),
+        (
+            format!("process {}", vmm.id()),
+            format!("kill -KILL -- -{}", vmm.id()),
+        ),
+    ] {
+        let line = out
+            .lines()
+            .find(|line| line.trim_start().starts_with(&what))
+            .unwrap_or_else(|| panic!("no line for {what}:\n{out}"));
+        assert!(line.ends_with(&command), "{line}");
+    }
+    assert!(
+        !out.contains("kernels/k1"),
+        "a registered kernel was listed:\n{out}"
+    );
+    let json: Value = serde_json::from_slice(&banger(&daemon, &["doctor", "--json"]).stdout)
+        .expect("doctor --json");
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["checks"][0]["name"], "orphans");
+    assert_eq!(json["checks"][0]["status"], "fail");
+    assert_eq!(json["checks"][0]["items"].as_array().map(Vec::len), Some(4));
+    assert!(vm_dir.exists() && ghost_kernel.exists() && stray_file.exists());
+    assert!(vmm.try_wait().unwrap().is_none(), "listing killed the VMM");
+    assert!(
+        orphan_events(&daemon).await.is_empty(),
+        "listing recorded events"
+    );
+
+    // bangerd names them when it starts, in its output.
+    daemon.kill();
+    daemon.restart();
+    let deadline = Instant::now() + DEADLINE;
+    while !daemon.output().contains("orphans found at startup") {
+        assert!(
+            Instant::now() < deadline,
+            "bangerd did not report the orphans at startup:\n{}",
+            daemon.output()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        daemon.output().contains("00000000deadbeef"),
+        "{}",
+        daemon.output()
+    );
+
+    // --fix removes them, records each, and says so.
+    let fixed = banger(&daemon, &["doctor", "--fix"]);
+    assert!(fixed.status.success(), "{}", text(&fixed));
+    assert!(stdout(&fixed).starts_with("fixed "), "{}", text(&fixed));
+    assert!(!vm_dir.exists() && !ghost_kernel.exists() && !stray_file.exists());
+    let status = wait_gone(&mut vmm);
+    assert!(!status.success(), "the stand-in ended on its own: {status}");
+    assert!(
+        layout.kernel_dir("k1").join("vmlinux").exists(),
+        "k1 was removed"
+    );
+    let mut recorded = orphan_events(&daemon).await;
+    recorded.sort();
+    let mut expected = vec![
+        Handle::Directory {
+            path: vm_dir.display().to_string(),
+        },
+        Handle::Directory {
+            path: ghost_kernel.display().to_string(),
+        },
+        Handle::File {
+            path: stray_file.display().to_string(),
+        },
+    ];
+    let (pid, ticks) = recorded
+        .iter()
+        .find_map(|(handle, _)| match handle {
+            Handle::Process {
+                pid,
+                start_time_ticks,
+            } => Some((*pid, *start_time_ticks)),
+            _ => None,
+        })
+        .expect("the process's removal is recorded");
+    assert_eq!(pid, vmm.id());
+    expected.push(Handle::Process {
+        pid,
+        start_time_ticks: ticks,
+    });
+    expected.sort();
+    assert_eq!(
+        recorded.iter().map(|(h, _)| h.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    assert!(
+        recorded
+            .iter()
+            .all(|(_, action)| action == "removed by `banger doctor --fix`"),
+        "{recorded:?}"
+    );
+    // Nothing left: doctor is happy, and the kernel can be imported again under its name.
+    let after = banger(&daemon, &["doctor"]);
+    assert!(after.status.success(), "{}", text(&after));
+    let again = banger(
+        &daemon,
+        &[
+            "kernel",
+            "import",
+            "ghost",
+            "--from",
+            &kernel_dir.display().to_string(),
+        ],
+    );
+    assert!(again.status.success(), "{}", text(&again));
+}
+
+/// With a running VM (its directory, its tap on the bridge, its VMM and the agent the fake
+/// starts, all in the log) and a tap made by hand in the test's network namespace: only the
+/// stray tap is an orphan; `--fix` removes it through banger-helper, and the VM runs on.
+async fn a_stray_tap_is_an_orphan_and_a_running_vm_is_not() {
+    let root = TestRoot::new();
+    // No spare taps: a pool topping itself up meanwhile would only blur what the test counts.
+    let config_dir = root.layout().config_dir;
+    std::fs::create_dir_all(&config_dir).expect("create the config dir");
+    std::fs::write(config_dir.join("config.toml"), "[network]\ntap_pool = 0\n")
+        .expect("write the config");
+    let fake = crate::firecracker::fake_binary().display().to_string();
+    let daemon = Bangerd::start_on_with(
+        root,
+        &[
+            ("BANGER_FIRECRACKER", fake.as_str()),
+            ("BANGER_FAKE_AGENT", env!("CARGO_BIN_EXE_banger-agent")),
+        ],
+    );
+    let scratch = daemon.root().scratch("inputs");
+    let kernel_dir = kernel_source(&scratch.join("kernel"), "6.1.0-test", false);
+    let rootfs = rootfs_file(&scratch.join("rootfs.ext4"), 4 << 20);
+    let mut client = daemon.client().await;
+    let _: Value = client
+        .call(
+            "kernel.import",
+            &json!({"name": "k", "from": kernel_dir.display().to_string()}),
+        )
+        .await
+        .expect("kernel.import");
+    let _: Value = client
+        .call(
+            "image.register",
+            &json!({"name": "img", "rootfs": rootfs.display().to_string(), "kernel": "k"}),
+        )
+        .await
+        .expect("image.register");
+    let created: VmCreateResult = client
+        .call("vm.create", &json!({"name": "dev", "image": "img"}))
+        .await
+        .unwrap_or_else(|e| panic!("vm.create: {e}\n{}", daemon.output()));
+    assert_eq!(created.vm.map(|vm| vm.state.as_str()), Some("running"));
+    let net = daemon.root().network().expect("a test network");
+    let vm_tap = net.taps();
+    assert_eq!(vm_tap.len(), 1, "{vm_tap:?}");
+    net.run("ip", &["tuntap", "add", "dev", "bt5eed", "mode", "tap"]);
+
+    let listed = banger(&daemon, &["doctor", "--json"]);
+    assert_eq!(listed.status.code(), Some(1), "{}", text(&listed));
+    let json: Value = serde_json::from_slice(&listed.stdout).expect("doctor --json");
+    let items = json["checks"][0]["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let whats: Vec<&str> = items.iter().filter_map(|i| i["what"].as_str()).collect();
+    assert_eq!(whats, ["tap bt5eed"], "{json}");
+    assert!(
+        net.taps().contains(&"bt5eed".to_owned()),
+        "listing removed it"
+    );
+
+    let fixed = banger(&daemon, &["doctor", "--fix"]);
+    assert!(fixed.status.success(), "{}", text(&fixed));
+    assert_eq!(net.taps(), vm_tap, "only the stray tap went");
+    let shown: Value = client
+        .call("vm.show", &json!({"name": "dev"}))
+        .await
+        .expect("vm.show");
+    assert_eq!(shown["vm"]["state"], "running", "{shown}");
+    let pinged: Value = client
+        .call("vm.ping", &json!({"name": "dev"}))
+        .await
+        .expect("the VM still answers");
+    assert!(pinged.is_object());
+    let ok = banger(&daemon, &["doctor"]);
+    assert!(ok.status.success(), "{}", text(&ok));
+}
+
+/// This module's tests, for the binary's harness (`banger-test-harness`).
+pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
+    banger_test_harness::tests![
+        tokio orphans_are_listed_with_a_command_and_removed_only_with_fix,
+        tokio a_stray_tap_is_an_orphan_and_a_running_vm_is_not needs(Root),
+    ]
+}
