@@ -335,10 +335,15 @@ async fn first_event_ids(
     );
     let mut body = response.into_body();
     let mut text = String::new();
+    // `id: SEQ.EVENT_ID`
     let ids = |text: &str| -> Vec<u64> {
         text.lines()
             .filter_map(|line| line.strip_prefix("id: "))
-            .map(|id| id.parse().expect("ids are sequence numbers"))
+            .map(|id| {
+                let (seq, event) = id.split_once('.').expect("SEQ.EVENT_ID");
+                assert_eq!(event.len(), 32, "an event id: {id}");
+                seq.parse().expect("a sequence number")
+            })
             .collect()
     };
     while ids(&text).len() < count {
@@ -1174,24 +1179,56 @@ async fn without_a_session_or_from_another_origin_everything_is_refused() {
 }
 
 /// The event stream starts after `Last-Event-ID` (what a reconnecting browser sends), else
-/// after `?after=`; its ids are the log's sequence numbers; and it is limited in number.
+/// after `?after=`; its ids are the log's sequence numbers and event ids; a `Last-Event-ID`
+/// whose event the log does not have at that seq gets a `reset`; and streams are limited in
+/// number.
 async fn the_stream_starts_after_the_last_event_id_and_is_limited() {
     let lab = Lab::new().await;
     let links = lab.links();
     let http = lab.http(links.port);
     let cookie = http.sign_in(token_of(&links)).await;
-    let last = all_events(&lab.daemon.socket()).await.len() as u64;
+    let events = all_events(&lab.daemon.socket()).await;
+    let last = events.len() as u64;
     assert!(last > 10, "the lab's kernel and image made events");
 
+    let fifth = format!("5.{}", events[4].event_id);
     let resumed = http
         .open(
             "GET",
             "/stream?after=1",
-            &[("cookie", &cookie), ("last-event-id", "5")],
+            &[("cookie", &cookie), ("last-event-id", &fifth)],
             None,
         )
         .await;
     assert_eq!(first_event_ids(resumed, 3).await, [6, 7, 8]);
+    let bare = http
+        .open(
+            "GET",
+            "/stream",
+            &[("cookie", &cookie), ("last-event-id", "5")],
+            None,
+        )
+        .await;
+    assert_eq!(first_event_ids(bare, 1).await, [6]);
+    // Another event at seq 5, or a seq past the end: this log does not continue what the
+    // page saw (a repaired log), so the page is told to start again.
+    for changed in [
+        format!("5.{}", events[5].event_id),
+        format!("{}.{}", last + 100, events[4].event_id),
+    ] {
+        let reply = http
+            .get(
+                "/stream",
+                &[("cookie", &cookie), ("last-event-id", &changed)],
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+        assert!(
+            reply.body.contains("event: reset\n") && !reply.body.contains("id: "),
+            "{changed}: {}",
+            reply.body
+        );
+    }
     let fresh = http
         .open("GET", "/stream?after=3", &[("cookie", &cookie)], None)
         .await;
@@ -1201,7 +1238,13 @@ async fn the_stream_starts_after_the_last_event_id_and_is_limited() {
         .open(
             "GET",
             "/stream",
-            &[("cookie", &cookie), ("last-event-id", &last.to_string())],
+            &[
+                ("cookie", &cookie),
+                (
+                    "last-event-id",
+                    &format!("{last}.{}", events[last as usize - 1].event_id),
+                ),
+            ],
             None,
         )
         .await;

@@ -4,7 +4,8 @@
 // Live updates: one EventSource on /stream, starting after the sequence number the page was
 // rendered at (body[data-seq]). The browser reconnects by itself when bangerd restarts and
 // sends the last id it saw (Last-Event-ID), so the stream resumes with the next event: no
-// gap, no duplicate. A "refresh" page fetches its own ?fragment=1 again after events (at
+// gap, no duplicate; if the log no longer has that event (a repaired log), the stream says
+// `reset` and the page reloads. A "refresh" page fetches its own ?fragment=1 again after events (at
 // most one fetch at a time, coalesced); the event page appends a row per event. Text from
 // the server is only ever set with textContent here; fragments are server-rendered, escaped
 // HTML.
@@ -136,6 +137,13 @@
       appendEvent(row);
     }
     scheduleRefresh();
+  });
+  // The log no longer continues what this page showed (it was repaired or replaced): only a
+  // fresh page can show it as it is.
+  source.addEventListener('reset', function () {
+    source.close();
+    setLive('the log changed: reloading', 'closed');
+    location.reload();
   });
   source.addEventListener('open', function () {
     setLive('live', 'open');
