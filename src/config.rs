@@ -27,6 +27,10 @@
 //! helper_socket = "/run/banger/helper.sock"   # banger-helper's socket; BANGER_HELPER_SOCKET overrides it
 //! bridge = "banger0"                          # the bridge every VM's tap joins
 //! tap_pool = 2                                # spare taps kept ready for new VMs (0: none)
+//!
+//! [dashboard]
+//! enabled = true           # the web dashboard on 127.0.0.1 (`banger dashboard` prints its link)
+//! port = 7707              # 0: any free port, preferring the one the previous run had
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -50,7 +54,20 @@ pub struct Config {
     /// The QEMU binary (`qemu-system-x86_64`); `BANGER_QEMU` wins over the file.
     pub qemu: PathBuf,
     pub network: NetworkConfig,
+    pub dashboard: DashboardConfig,
 }
+
+/// The web dashboard bangerd serves on the loopback interface (`crate::daemon::dashboard`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DashboardConfig {
+    pub enabled: bool,
+    /// The TCP port on 127.0.0.1; 0 lets bangerd pick a free one (the previous run's port
+    /// when it is free, so that pages left open reconnect to a restarted bangerd).
+    pub port: u16,
+}
+
+/// The default of `dashboard.port`.
+pub const DEFAULT_DASHBOARD_PORT: u16 = 7707;
 
 /// Where the root helper listens and which bridge VMs join.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +125,10 @@ impl Default for Config {
                 bridge: DEFAULT_BRIDGE.to_owned(),
                 tap_pool: 2,
             },
+            dashboard: DashboardConfig {
+                enabled: true,
+                port: DEFAULT_DASHBOARD_PORT,
+            },
         }
     }
 }
@@ -138,6 +159,8 @@ struct File {
     qemu: QemuSection,
     #[serde(default)]
     network: NetworkSection,
+    #[serde(default)]
+    dashboard: DashboardSection,
 }
 
 #[derive(Deserialize, Default)]
@@ -176,6 +199,14 @@ struct NetworkSection {
     helper_socket: Option<PathBuf>,
     bridge: Option<String>,
     tap_pool: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DashboardSection {
+    enabled: Option<bool>,
+    /// Wider than a port, so that a number out of range gets our message, which names the key.
+    port: Option<i64>,
 }
 
 /// A size or duration may be written as a string ("4GiB") or a bare integer.
@@ -287,6 +318,14 @@ impl Config {
             }
             config.network.tap_pool = pool;
         }
+        if let Some(enabled) = file.dashboard.enabled {
+            config.dashboard.enabled = enabled;
+        }
+        if let Some(port) = file.dashboard.port {
+            config.dashboard.port = u16::try_from(port).map_err(|_| {
+                format!("dashboard.port is {port}; it must be between 0 (any free port) and 65535")
+            })?;
+        }
         Ok(config)
     }
 }
@@ -381,6 +420,9 @@ mod tests {
             helper_socket = "/run/h.sock"
             bridge = "bangerdev"
             tap_pool = 5
+            [dashboard]
+            enabled = false
+            port = 8123
             "#,
         )
         .unwrap();
@@ -396,6 +438,13 @@ mod tests {
         assert_eq!(config.network.helper_socket, PathBuf::from("/run/h.sock"));
         assert_eq!(config.network.bridge, "bangerdev");
         assert_eq!(config.network.tap_pool, 5);
+        assert_eq!(
+            config.dashboard,
+            DashboardConfig {
+                enabled: false,
+                port: 8123
+            }
+        );
     }
 
     #[test]
@@ -414,6 +463,8 @@ mod tests {
             ("[network]\ntap_pool = 100", "network.tap_pool"),
             ("[vm]\nvmm = \"kvm\"", "vm.vmm: unknown VMM \"kvm\""),
             ("[qemu]\npath = \"/x\"", "unknown field"),
+            ("[dashboard]\nport = 70000", "dashboard.port"),
+            ("[dashboard]\naddress = \"0.0.0.0\"", "unknown field"),
         ] {
             let error = Config::parse(text).unwrap_err();
             assert!(error.contains(needle), "{text:?} gave {error:?}");

@@ -41,11 +41,12 @@ What comes next:
   banger vm delete dev               throw a VM away (irreversible)
   banger events --follow             watch everything banger does, as it happens
   banger ops                         what is in flight right now
+  banger dashboard --open            all of it, live, in your web browser
 
 Works today: version, vm run -- CMD, vm create/start/stop/restart/kill/delete/set/list/show/logs/\
 exec/health/ping, image list/show/register/delete, kernel list/show/import/rm, events (and events \
-replay, events repair), ops, doctor (its orphan check). The other verbs print \"not implemented \
-yet\" and exit 2.";
+replay, events repair), ops, doctor (its orphan check), dashboard. The other verbs print \"not \
+implemented yet\" and exit 2.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -111,6 +112,9 @@ pub enum Command {
     /// Write ssh client entries so that `ssh NAME.vm` reaches your VMs
     #[command(name = "ssh-config", long_about = SSH_CONFIG_LONG, after_help = SSH_CONFIG_AFTER)]
     SshConfig(SshConfigArgs),
+    /// Open the web dashboard: VMs, images, operations and the event log, live
+    #[command(long_about = DASHBOARD_LONG, after_help = DASHBOARD_AFTER)]
+    Dashboard(DashboardArgs),
     /// Print the versions of banger and of the running bangerd
     Version(VersionArgs),
 }
@@ -948,6 +952,36 @@ pub struct SshConfigArgs {
     /// Print the entries instead of writing them
     #[arg(long)]
     pub print: bool,
+}
+
+const DASHBOARD_LONG: &str = "\
+bangerd serves a small web dashboard on 127.0.0.1: your VMs (state, resources, the operation in \
+flight and its step), each VM's spec, host resources, operations and console, images, kernels, \
+operations, and the event log as it grows. Pages update themselves from the log. A VM can be \
+stopped, started, restarted or deleted from its page.
+
+Signing in takes the secret token bangerd keeps in its state directory (dashboard.token, readable \
+only by you): this command prints a sign-in link that carries it, or opens the link in your \
+browser. Treat the link like a password. The port is `[dashboard] port` in config.toml (7707 by \
+default; `enabled = false` turns the dashboard off).";
+
+const DASHBOARD_AFTER: &str = "\
+Examples:
+  banger dashboard                   print the dashboard's address and a sign-in link
+  banger dashboard --open            open the sign-in link in your browser (xdg-open)
+  banger dashboard --json            {\"url\":…,\"login_url\":…,\"port\":…}
+
+What comes next:
+  banger events --follow             the same event log, in the terminal";
+
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Open the sign-in link in your web browser (with xdg-open) instead of printing it
+    #[arg(long, conflicts_with = "json")]
+    pub open: bool,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

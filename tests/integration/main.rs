@@ -10,6 +10,7 @@
 mod agent;
 mod cli;
 mod daemon;
+mod dashboard;
 mod doctor;
 mod firecracker;
 mod guest;
@@ -26,6 +27,7 @@ fn main() {
         agent::tests(),
         cli::tests(),
         daemon::tests(),
+        dashboard::tests(),
         doctor::tests(),
         firecracker::tests(),
         guest::tests(),
