@@ -658,11 +658,14 @@ pub struct KernelImportArgs {
 
 #[derive(Debug, Args)]
 pub struct KernelPullArgs {
-    /// Catalog name of the kernel
+    /// Catalog name of the kernel (see `banger kernel list --available`)
     pub name: String,
-    /// Replace a kernel of the same name
+    /// Replace a kernel of the same name (refused while a VM that boots it runs)
     #[arg(long)]
     pub force: bool,
+    /// Print the pulled kernel as JSON, without progress
+    #[arg(long)]
+    pub json: bool,
 }
 
 // ---- events and ops ---------------------------------------------------------------------------

@@ -29,6 +29,7 @@ mod catalog;
 mod doctor;
 mod events;
 mod future;
+mod kernel_progress;
 mod ops;
 mod output;
 mod repair;

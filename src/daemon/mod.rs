@@ -28,11 +28,14 @@
 //! - `DaemonStopped` is the last event a clean shutdown appends.
 
 pub mod dispatch;
+pub mod ensure;
 pub mod follow;
 pub mod guest;
 pub mod handlers;
+pub mod kernels;
 pub(crate) mod lock;
 pub mod orphans;
+pub mod progress;
 pub mod server;
 pub mod supervisor;
 pub mod tap_pool;

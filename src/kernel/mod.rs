@@ -37,8 +37,10 @@
 
 pub mod bundle;
 pub mod bzimage;
+pub mod catalog;
 pub mod cpio;
 pub mod deb;
+pub mod fetch;
 pub mod initrd;
 pub mod modules;
 pub mod tarball;
@@ -50,6 +52,7 @@ pub use bundle::{
     BundleFile, BundleManifest, BundleSource, DebianKernelEntry, MANIFEST_FILE, bundle_from_deb,
     bundle_from_debian_entry, read_manifest,
 };
+pub use catalog::{Catalog, CatalogKernel, DEFAULT_KERNEL, Mirrors};
 pub use tarball::{CatalogEntry, PackedBundle, catalog_entry, pack_bundle, unpack_bundle};
 
 /// The oldest Firecracker that can boot these bundles: 1.8 describes virtio-mmio devices
@@ -99,6 +102,10 @@ pub enum KernelError {
     AlreadyExists { path: PathBuf },
     #[error("the bundle {}: {reason}", path.display())]
     Bundle { path: PathBuf, reason: String },
+    #[error("the kernel catalog {origin}: {reason}")]
+    Catalog { origin: String, reason: String },
+    #[error("downloading {url}: {reason}")]
+    Download { url: String, reason: String },
 }
 
 impl KernelError {

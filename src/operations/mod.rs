@@ -56,6 +56,7 @@ pub mod failpoints;
 pub mod image_delete;
 pub mod image_register;
 pub mod kernel_import;
+pub mod kernel_pull;
 pub mod kernel_remove;
 pub mod kinds;
 pub mod names;

@@ -230,6 +230,18 @@ pub fn remove_dir_if_present(dir: &Path) -> Result<(), StepError> {
     }
 }
 
+/// Removes a file; a missing one is fine.
+pub fn remove_file_if_present(path: &Path) -> Result<(), StepError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(StepError::io(
+            format!("cannot remove {}", path.display()),
+            error,
+        )),
+    }
+}
+
 /// Removes `dir` when its marker says `op_id` made it; leaves anything else alone. Crash-safe
 /// and idempotent: the directory is first renamed aside under a name of this operation's, and
 /// only then deleted (a deletion interrupted half-way would otherwise leave a directory whose

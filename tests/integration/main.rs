@@ -14,6 +14,7 @@ mod doctor;
 mod firecracker;
 mod guest;
 mod kernel;
+mod kernel_pull;
 mod network;
 mod qemu;
 mod registry;
@@ -29,6 +30,7 @@ fn main() {
         firecracker::tests(),
         guest::tests(),
         kernel::tests(),
+        kernel_pull::tests(),
         network::tests(),
         registry::tests(),
         qemu::tests(),
