@@ -276,6 +276,57 @@ fn the_debian_entry_pulls_into_a_bundle_that_boots() {
     assert!(qemu.wait_exit().success());
     drop(qemu);
 
+    // `kernel import` takes the pulled bundle whole (its manifest first), and a bare bzImage
+    // (`boot/vmlinuz-<release>`), whose ELF kernel it extracts: the same vmlinux.
+    ok(
+        &daemon,
+        cli(
+            &daemon,
+            &[
+                "kernel",
+                "import",
+                "bundle-copy",
+                "--from",
+                dir.to_str().unwrap(),
+            ],
+        ),
+    );
+    let copy = daemon.layout().kernel_dir("bundle-copy");
+    assert_eq!(read_manifest(&copy).unwrap(), manifest);
+    assert!(
+        copy.join("lib/modules")
+            .join(&manifest.version)
+            .join("modules.dep")
+            .is_file()
+    );
+    let bare = scratch.path().join("bare");
+    std::fs::create_dir_all(bare.join("boot")).unwrap();
+    std::fs::copy(
+        dir.join("vmlinuz"),
+        bare.join(format!("boot/vmlinuz-{}", manifest.version)),
+    )
+    .unwrap();
+    ok(
+        &daemon,
+        cli(
+            &daemon,
+            &[
+                "kernel",
+                "import",
+                "from-bzimage",
+                "--from",
+                bare.to_str().unwrap(),
+            ],
+        ),
+    );
+    let imported = kernels(&daemon);
+    let by_name = |name: &str| imported.iter().find(|k| k.name == name).unwrap().clone();
+    assert_eq!(by_name("bundle-copy").sha256, manifest.vmlinux.sha256);
+    assert_eq!(by_name("from-bzimage").sha256, manifest.vmlinux.sha256);
+    assert_eq!(by_name("from-bzimage").version, manifest.version);
+    ok(&daemon, cli(&daemon, &["kernel", "rm", "bundle-copy"]));
+    ok(&daemon, cli(&daemon, &["kernel", "rm", "from-bzimage"]));
+
     // Pulled already: refused, unless forced; forced, it is replaced (a new registration).
     let again = cli(&daemon, &["kernel", "pull", DEFAULT_KERNEL]);
     assert!(!again.status.success());
