@@ -36,6 +36,7 @@ pub(crate) fn tests() -> Vec<Test> {
         sync the_debian_entry_pulls_into_a_bundle_that_boots needs(Qemu),
         sync hostile_and_broken_downloads_leave_nothing_behind,
         sync a_kill_9_in_the_middle_of_a_download_is_rolled_back,
+        tokio two_creates_that_need_the_same_kernel_pull_it_once,
         sync vm_create_pulls_the_default_kernel_on_first_use needs(Root, Qemu),
     ]
 }
@@ -727,6 +728,138 @@ fn a_kill_9_in_the_middle_of_a_download_is_rolled_back() {
     ok(&daemon, cli(&daemon, &["kernel", "pull", "padded"]));
     assert_eq!(dir_names(&kernels_dir), ["padded"]);
     assert_eq!(server.requests("/padded.tar.zst"), 2);
+}
+
+/// Two `vm.create`s at once whose image names no kernel, with a default kernel that is not
+/// here: one pull, which both wait for; the first one's stream carries its progress. (The
+/// creates then fail at their network step: this daemon has no helper, on purpose.)
+async fn two_creates_that_need_the_same_kernel_pull_it_once() {
+    let server = FileServer::start();
+    let root = TestRoot::without_network();
+    let inputs = root.scratch("inputs");
+    let packed = pack_bundle(&tiny_bundle(&inputs), "tiny", &inputs.join("dist")).unwrap();
+    let bytes = std::fs::read(&packed.path).unwrap();
+    let gate = Gate::new();
+    server.serve(
+        "/tiny.tar.zst",
+        Reply::Paused {
+            bytes: Arc::new(bytes.clone()),
+            pause_after: bytes.len() / 2,
+            gate: gate.clone(),
+        },
+    );
+    let catalog = inputs.join("catalog.json");
+    std::fs::write(
+        &catalog,
+        json!({"format": 1, "kernels": [bundle_entry(
+            "tiny", &server.url("/tiny.tar.zst"), &packed.sha256, bytes.len()
+        )]})
+        .to_string(),
+    )
+    .unwrap();
+    let rootfs = super::support::rootfs_file(&inputs.join("rootfs.ext4"), 4 << 20);
+    let root = write_config(
+        root,
+        &format!(
+            "[kernels]\ndefault = \"tiny\"\ncatalog = \"{}\"\n",
+            catalog.display()
+        ),
+    );
+    // No helper may be reached or started: the creates must not touch this host's network.
+    let no_helper = inputs.join("no-helper.sock");
+    let daemon = Bangerd::start_on_with(
+        root,
+        &[
+            ("BANGER_NO_AUTOSTART", "1"),
+            ("BANGER_HELPER_SOCKET", no_helper.to_str().unwrap()),
+        ],
+    );
+    let mut client = daemon.client().await;
+    let _: Value = client
+        .call(
+            "image.register",
+            &json!({"name": "img", "rootfs": rootfs.display().to_string()}),
+        )
+        .await
+        .unwrap();
+    let create = |name: &'static str| {
+        let socket = daemon.socket();
+        async move {
+            let client = banger::rpc::Client::connect(&socket).await.unwrap();
+            let mut stream = client
+                .stream(
+                    "vm.create",
+                    &json!({"name": name, "image": "img", "progress": true}),
+                )
+                .await
+                .unwrap();
+            let mut items = Vec::new();
+            let end = loop {
+                match stream.next::<Value>().await {
+                    Ok(banger::rpc::StreamEvent::Item(item)) => items.push(item),
+                    Ok(banger::rpc::StreamEvent::End(result)) => break Ok(result),
+                    Err(error) => break Err(error),
+                }
+            };
+            (items, end)
+        }
+    };
+    let first = tokio::spawn(create("one"));
+    let waited = tokio::task::spawn_blocking({
+        let gate = gate.clone();
+        move || gate.wait_reached(Duration::from_secs(60))
+    });
+    assert!(waited.await.unwrap(), "the pull never started");
+    let second = tokio::spawn(create("two"));
+    // The second create finds the kernel's name claimed (its attempt is in bangerd's log)
+    // and waits; then the download goes on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon
+        .output()
+        .matches("pulling kernel tiny on first use")
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the second create never tried: {}",
+            daemon.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gate.open();
+    let (first_items, first_end) = first.await.unwrap();
+    let (_, second_end) = second.await.unwrap();
+    for end in [&first_end, &second_end] {
+        let error = format!("{:?}", end.as_ref().unwrap_err());
+        assert!(error.contains("network"), "{error}\n{}", daemon.output());
+    }
+    assert_eq!(server.requests("/tiny.tar.zst"), 1, "one download for both");
+    let events: Vec<&str> = first_items
+        .iter()
+        .filter_map(|item| item["event"].as_str())
+        .collect();
+    assert!(
+        events.contains(&"kernel_download") && events.last() == Some(&"kernel_convert"),
+        "{first_items:?}"
+    );
+    let pulls: Vec<banger::api::OperationView> = client
+        .call::<_, banger::api::OperationsListResult>(
+            "daemon.operations.list",
+            &json!({"all": true}),
+        )
+        .await
+        .unwrap()
+        .operations
+        .into_iter()
+        .filter(|op| op.kind.to_string() == "kernel.pull")
+        .collect();
+    assert_eq!(pulls.len(), 1, "{pulls:?}");
+    assert_eq!(pulls[0].status, OpStatus::Succeeded);
+    let kernels: banger::api::KernelListResult =
+        client.call("kernel.list", &json!({})).await.unwrap();
+    assert_eq!(kernels.kernels.len(), 1);
+    assert_eq!(kernels.kernels[0].name, "tiny");
 }
 
 /// `vm create` with an image that names no kernel and no kernel registered: the default
