@@ -56,6 +56,7 @@ pub struct State {
     pub name: String,
     /// The catalog entry, its URL as the mirrors rewrote it.
     pub entry: CatalogKernel,
+    /// `--force` over a registered kernel: `set-aside` moves it away.
     pub force: bool,
     pub http: reqwest::Client,
     pub progress: Progress,
@@ -124,9 +125,12 @@ pub async fn run(runner: &Runner, op_id: OpId, request: Request) -> Result<Kerne
     let http = fetch::http_client().map_err(|e| OpError::Internal(e.to_string()))?;
     let target = Target::Kernel { name: name.clone() };
     let claim = runner.claim(op_id, OpKind::KernelPull, target, Vec::new())?;
-    {
+    // Only a registered kernel is replaced: a directory of that name that banger has no
+    // record of is not banger's to delete (publishing over it fails and says so).
+    let replace = {
         let view = runner.journal().view();
-        if let Some(existing) = view.kernels.get(&name) {
+        let existing = view.kernels.get(&name);
+        if let Some(existing) = existing {
             if !force {
                 let from = if pulled_from(&existing.source, &name) {
                     "pulled already".to_owned()
@@ -154,7 +158,8 @@ pub async fn run(runner: &Runner, op_id: OpId, request: Request) -> Result<Kerne
                 )));
             }
         }
-    }
+        existing.is_some()
+    };
     let parameters = serde_json::json!({
         "name": name,
         "kind": entry.kind(),
@@ -167,7 +172,7 @@ pub async fn run(runner: &Runner, op_id: OpId, request: Request) -> Result<Kerne
     let state = State {
         name: name.clone(),
         entry,
-        force,
+        force: replace,
         http,
         progress,
         manifest: None,

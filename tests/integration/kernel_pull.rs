@@ -576,6 +576,28 @@ fn hostile_and_broken_downloads_leave_nothing_behind() {
         text(&output.stderr)
     );
 
+    // A directory of that name that banger has no record of is not replaced, forced or not.
+    let squatter = daemon.layout().kernel_dir("tiny");
+    std::fs::create_dir_all(&squatter).unwrap();
+    std::fs::write(squatter.join("mine"), b"a person's file").unwrap();
+    for args in [
+        &["kernel", "pull", "tiny"][..],
+        &["kernel", "pull", "tiny", "--force"],
+    ] {
+        let output = cli(&daemon, args);
+        assert!(
+            text(&output.stderr).contains("no record of it"),
+            "{}",
+            text(&output.stderr)
+        );
+        assert_eq!(dir_names(&kernels_dir), ["tiny"]);
+        assert_eq!(
+            std::fs::read(squatter.join("mine")).unwrap(),
+            b"a person's file"
+        );
+    }
+    std::fs::remove_dir_all(&squatter).unwrap();
+
     // The good one: pulled, with its files and its marker only.
     ok(&daemon, cli(&daemon, &["kernel", "pull", "tiny"]));
     assert_eq!(dir_names(&kernels_dir), ["tiny"]);
