@@ -988,6 +988,15 @@ fn vm_create_pulls_the_default_kernel_on_first_use() {
         &daemon,
         cli(&daemon, &["kernel", "pull", DEFAULT_KERNEL, "--force"]),
     );
+    // `kernel rm` is refused while a VM (stopped or not) boots it.
+    let refused = cli(&daemon, &["kernel", "rm", DEFAULT_KERNEL]);
+    assert!(
+        text(&refused.stderr).contains("is booted by VM(s) first"),
+        "{}",
+        text(&refused.stderr)
+    );
     ok(&daemon, cli(&daemon, &["vm", "delete", "first"]));
     assert_eq!(dir_names(&daemon.layout().kernels_dir()), [DEFAULT_KERNEL]);
+    ok(&daemon, cli(&daemon, &["kernel", "rm", DEFAULT_KERNEL]));
+    assert!(dir_names(&daemon.layout().kernels_dir()).is_empty());
 }
