@@ -31,6 +31,12 @@
 //! [dashboard]
 //! enabled = true           # the web dashboard on 127.0.0.1 (`banger dashboard` prints its link)
 //! port = 7707              # 0: any free port, preferring the one the previous run had
+//! [kernels]
+//! default = "debian-12-cloud"          # the kernel of a VM whose request and image name none
+//! catalog = "/srv/banger/kernels.json" # more catalog entries (same format as the embedded one)
+//! mirror = "http://127.0.0.1:8080/"    # replaces scheme and host of every catalog URL
+//! [kernels.mirrors]                    # or by prefix (the longest match wins over `mirror`)
+//! "https://snapshot.debian.org/" = "http://mirror.internal/snapshot/"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -55,6 +61,17 @@ pub struct Config {
     pub qemu: PathBuf,
     pub network: NetworkConfig,
     pub dashboard: DashboardConfig,
+    pub kernels: KernelsConfig,
+}
+
+/// The kernel catalog: the default kernel, more entries, mirrors (see `crate::kernel::catalog`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelsConfig {
+    /// The kernel of a VM whose request and image name none, pulled on first use.
+    pub default: String,
+    /// A catalog file whose entries are added to the embedded catalog's.
+    pub catalog: Option<PathBuf>,
+    pub mirrors: crate::kernel::Mirrors,
 }
 
 /// The web dashboard bangerd serves on the loopback interface (`crate::daemon::dashboard`).
@@ -129,6 +146,11 @@ impl Default for Config {
                 enabled: true,
                 port: DEFAULT_DASHBOARD_PORT,
             },
+            kernels: KernelsConfig {
+                default: crate::kernel::DEFAULT_KERNEL.to_owned(),
+                catalog: None,
+                mirrors: crate::kernel::Mirrors::default(),
+            },
         }
     }
 }
@@ -161,6 +183,8 @@ struct File {
     network: NetworkSection,
     #[serde(default)]
     dashboard: DashboardSection,
+    #[serde(default)]
+    kernels: KernelsSection,
 }
 
 #[derive(Deserialize, Default)]
@@ -207,6 +231,16 @@ struct DashboardSection {
     enabled: Option<bool>,
     /// Wider than a port, so that a number out of range gets our message, which names the key.
     port: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct KernelsSection {
+    default: Option<String>,
+    catalog: Option<PathBuf>,
+    mirror: Option<String>,
+    #[serde(default)]
+    mirrors: std::collections::BTreeMap<String, String>,
 }
 
 /// A size or duration may be written as a string ("4GiB") or a bare integer.
@@ -326,6 +360,29 @@ impl Config {
                 format!("dashboard.port is {port}; it must be between 0 (any free port) and 65535")
             })?;
         }
+        if let Some(default) = file.kernels.default {
+            crate::operations::names::validate("kernel", &default)
+                .map_err(|error| format!("kernels.default: {error}"))?;
+            config.kernels.default = default;
+        }
+        if let Some(catalog) = file.kernels.catalog {
+            if !catalog.is_absolute() {
+                return Err(format!(
+                    "kernels.catalog is {}; it must be an absolute path",
+                    catalog.display()
+                ));
+            }
+            config.kernels.catalog = Some(catalog);
+        }
+        config.kernels.mirrors = crate::kernel::Mirrors {
+            mirror: file.kernels.mirror,
+            prefixes: file.kernels.mirrors,
+        };
+        config
+            .kernels
+            .mirrors
+            .check()
+            .map_err(|error| format!("kernels.mirror(s): {error}"))?;
         Ok(config)
     }
 }
@@ -423,6 +480,12 @@ mod tests {
             [dashboard]
             enabled = false
             port = 8123
+            [kernels]
+            default = "my-kernel"
+            catalog = "/srv/kernels.json"
+            mirror = "http://127.0.0.1:8080/"
+            [kernels.mirrors]
+            "https://snapshot.debian.org/" = "http://m/snap/"
             "#,
         )
         .unwrap();
@@ -445,6 +508,25 @@ mod tests {
                 port: 8123
             }
         );
+        assert_eq!(config.kernels.default, "my-kernel");
+        assert_eq!(
+            config.kernels.catalog,
+            Some(PathBuf::from("/srv/kernels.json"))
+        );
+        assert_eq!(
+            config
+                .kernels
+                .mirrors
+                .rewrite("https://snapshot.debian.org/file/ab"),
+            "http://m/snap/file/ab"
+        );
+        assert_eq!(
+            config
+                .kernels
+                .mirrors
+                .rewrite("https://example.org/k.tar.zst"),
+            "http://127.0.0.1:8080/k.tar.zst"
+        );
     }
 
     #[test]
@@ -465,6 +547,9 @@ mod tests {
             ("[qemu]\npath = \"/x\"", "unknown field"),
             ("[dashboard]\nport = 70000", "dashboard.port"),
             ("[dashboard]\naddress = \"0.0.0.0\"", "unknown field"),
+            ("[kernels]\nmirror = \"127.0.0.1:80\"", "kernels.mirror"),
+            ("[kernels]\ncatalog = \"k.json\"", "absolute"),
+            ("[kernels]\ndefault = \"../k\"", "kernels.default"),
         ] {
             let error = Config::parse(text).unwrap_err();
             assert!(error.contains(needle), "{text:?} gave {error:?}");

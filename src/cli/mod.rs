@@ -32,6 +32,7 @@ mod doctor;
 // The dashboard's event page says what `banger events` says (`events::summary`).
 pub(crate) mod events;
 mod future;
+mod kernel_progress;
 mod ops;
 mod output;
 mod repair;

@@ -20,6 +20,7 @@ use super::connect::{call, connect};
 use super::error::CliError;
 use super::format::{now_unix_ms, short_id};
 use super::future;
+use super::kernel_progress::{PullDisplay, Sink};
 use super::output::{json, line, out};
 use super::views::{When, handle_table, operation_table, vm_details, vm_table};
 use crate::api::{
@@ -168,6 +169,7 @@ fn create_params(name: &VmName, shape: VmShape, no_wait: bool) -> Result<VmCreat
         work_disk_mib: mib("--work-disk", shape.work_disk)?,
         vmm: shape.vmm,
         no_wait,
+        progress: false,
     })
 }
 
@@ -313,18 +315,53 @@ async fn create_with_progress(
             }
         });
     }
-    let creating = control.call::<_, VmCreateResult>("vm.create", params);
-    tokio::pin!(creating);
+    // The create's own stream carries what it does before the operation starts (a kernel
+    // pulled on first use); read in a task too, for the same reason.
+    let params = VmCreateParams {
+        progress: true,
+        ..params.clone()
+    };
+    let mut creating = control.stream("vm.create", &params).await?;
+    let (answers, mut answer) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let next = creating.next::<serde_json::Value>().await;
+            let last = !matches!(next, Ok(StreamEvent::Item(_)));
+            if answers.send(next).is_err() || last {
+                break;
+            }
+        }
+    });
+    let mut pull = PullDisplay::new(match report {
+        Report::Stdout => Sink::Stdout,
+        Report::Stderr => Sink::Stderr,
+    });
     let mut progress = Progress {
         report,
         op: None,
         done: false,
     };
-    let result = loop {
+    let result: VmCreateResult = loop {
         tokio::select! {
-            result = &mut creating => break result?,
+            next = answer.recv() => match next {
+                Some(Ok(StreamEvent::Item(item))) => pull.show_value(&item)?,
+                Some(Ok(StreamEvent::End(result))) => {
+                    pull.end_line()?;
+                    break serde_json::from_value(result).map_err(|error| {
+                        CliError::failed("bangerd sent a create result this banger cannot read", error)
+                    })?;
+                }
+                Some(Err(error)) => {
+                    pull.end_line()?;
+                    return Err(error.into());
+                }
+                None => return Err(ClientError::Closed.into()),
+            },
             // A closed channel (the stream ended or broke) disables this branch.
-            Some(envelope) = received.recv() => progress.show(&envelope)?,
+            Some(envelope) = received.recv() => {
+                pull.end_line()?;
+                progress.show(&envelope)?;
+            }
         }
     };
     // Print the stages committed before the answer that the stream has not delivered yet.

@@ -29,11 +29,14 @@
 
 pub mod dashboard;
 pub mod dispatch;
+pub mod ensure;
 pub mod follow;
 pub mod guest;
 pub mod handlers;
+pub mod kernels;
 pub(crate) mod lock;
 pub mod orphans;
+pub mod progress;
 pub mod server;
 pub mod supervisor;
 pub mod tap_pool;

@@ -329,11 +329,6 @@ fn unimplemented_verbs_say_so_and_exit_2_without_starting_bangerd() {
             &["image", "cache", "prune", "--dry-run"],
             "image cache prune",
         ),
-        (&["kernel", "pull", "debian-6.1"], "kernel pull"),
-        (
-            &["kernel", "list", "--available"],
-            "kernel list --available",
-        ),
         (&["system", "install"], "system install"),
         (&["system", "status"], "system status"),
         (&["system", "restart"], "system restart"),

@@ -16,6 +16,7 @@ mod firecracker;
 mod guest;
 mod guest_images;
 mod kernel;
+mod kernel_pull;
 mod network;
 mod qemu;
 mod registry;
@@ -32,6 +33,7 @@ fn main() {
         firecracker::tests(),
         guest::tests(),
         kernel::tests(),
+        kernel_pull::tests(),
         network::tests(),
         registry::tests(),
         qemu::tests(),

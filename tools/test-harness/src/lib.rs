@@ -44,6 +44,10 @@
 //! A test function that no list names is dead code, which the workspace's `-D warnings`
 //! refuses: a test cannot be forgotten silently. Trial names are the module path without the
 //! crate (`vm::the_whole_lifecycle`), as libtest named them, so filters keep working.
+//!
+//! [`http`] is a small file server for the tests that download (kernel pulls).
+
+pub mod http;
 
 use std::collections::BTreeSet;
 use std::future::Future;
