@@ -105,6 +105,76 @@ pub struct KernelImportParams {
     pub from: String,
 }
 
+/// `kernel.pull`: fetch a kernel from the catalog (`kernel.catalog`) and register it: a bundle
+/// tarball unpacked, or a Debian kernel package converted into a bundle on this host. A
+/// stream: with `progress`, its items are [`KernelPullProgress`]; the result is the
+/// [`KernelView`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelPullParams {
+    pub name: String,
+    /// Replace a kernel of the same name (refused while a VM that boots it runs).
+    #[serde(default)]
+    pub force: bool,
+    /// Send progress items before the result (a plain call leaves it false).
+    #[serde(default)]
+    pub progress: bool,
+}
+
+/// What a kernel pull reports while it runs: an item of a `kernel.pull` stream, and of a
+/// `vm.create` stream that pulls its kernel. Not in the log (the log has the steps). Items of
+/// these streams are tagged by `event`; a client ignores events it does not know.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum KernelPullProgress {
+    /// Bytes are arriving (reported at the start, about every MiB, and at the end).
+    KernelDownload {
+        name: String,
+        url: String,
+        done_bytes: u64,
+        total_bytes: u64,
+    },
+    /// The download is verified; the bundle is being made from it: a `debian_package`
+    /// converted, a `bundle` unpacked.
+    KernelConvert { name: String, kind: String },
+}
+
+/// `kernel.catalog`: what `kernel pull` can fetch, and what this host has of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KernelCatalogResult {
+    pub kernels: Vec<KernelCatalogItem>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KernelCatalogItem {
+    pub name: String,
+    /// `debian_package` or `bundle`.
+    pub kind: String,
+    /// The kernel release (`uname -r` in the guest).
+    pub version: String,
+    pub arch: String,
+    /// The download's size.
+    pub size_bytes: u64,
+    /// Where it is downloaded from (after the configured mirrors).
+    pub url: String,
+    pub sha256: String,
+    pub description: String,
+    pub state: KernelCatalogState,
+}
+
+/// Whether a catalog kernel is here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelCatalogState {
+    /// Pulled from this catalog entry.
+    Pulled,
+    /// Not here: `kernel pull NAME` fetches it.
+    Available,
+    /// A kernel of this name is here, but it did not come from this entry (imported, or
+    /// pulled from another catalog); `kernel pull NAME --force` replaces it.
+    Other,
+}
+
 /// `image.register`: record an existing ext4 root filesystem as an image.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -216,6 +286,10 @@ pub struct VmCreateParams {
     /// VM runs and its agent answers. Follow it with `banger ops` or `banger events --op`.
     #[serde(default)]
     pub no_wait: bool,
+    /// Send progress items (a kernel pulled on first use: [`KernelPullProgress`]) before the
+    /// result; `vm.create` is a stream then. A plain call leaves it false.
+    #[serde(default)]
+    pub progress: bool,
 }
 
 /// `vm.create`: the operation, and the VM as it stands when the answer is written (running

@@ -27,6 +27,16 @@
 //! helper_socket = "/run/banger/helper.sock"   # banger-helper's socket; BANGER_HELPER_SOCKET overrides it
 //! bridge = "banger0"                          # the bridge every VM's tap joins
 //! tap_pool = 2                                # spare taps kept ready for new VMs (0: none)
+//!
+//! [dashboard]
+//! enabled = true           # the web dashboard on 127.0.0.1 (`banger dashboard` prints its link)
+//! port = 7707              # 0: any free port, preferring the one the previous run had
+//! [kernels]
+//! default = "debian-12-cloud"          # the kernel of a VM whose request and image name none
+//! catalog = "/srv/banger/kernels.json" # more catalog entries (same format as the embedded one)
+//! mirror = "http://127.0.0.1:8080/"    # replaces scheme and host of every catalog URL
+//! [kernels.mirrors]                    # or by prefix (the longest match wins over `mirror`)
+//! "https://snapshot.debian.org/" = "http://mirror.internal/snapshot/"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -50,7 +60,31 @@ pub struct Config {
     /// The QEMU binary (`qemu-system-x86_64`); `BANGER_QEMU` wins over the file.
     pub qemu: PathBuf,
     pub network: NetworkConfig,
+    pub dashboard: DashboardConfig,
+    pub kernels: KernelsConfig,
 }
+
+/// The kernel catalog: the default kernel, more entries, mirrors (see `crate::kernel::catalog`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelsConfig {
+    /// The kernel of a VM whose request and image name none, pulled on first use.
+    pub default: String,
+    /// A catalog file whose entries are added to the embedded catalog's.
+    pub catalog: Option<PathBuf>,
+    pub mirrors: crate::kernel::Mirrors,
+}
+
+/// The web dashboard bangerd serves on the loopback interface (`crate::daemon::dashboard`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DashboardConfig {
+    pub enabled: bool,
+    /// The TCP port on 127.0.0.1; 0 lets bangerd pick a free one (the previous run's port
+    /// when it is free, so that pages left open reconnect to a restarted bangerd).
+    pub port: u16,
+}
+
+/// The default of `dashboard.port`.
+pub const DEFAULT_DASHBOARD_PORT: u16 = 7707;
 
 /// Where the root helper listens and which bridge VMs join.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +142,15 @@ impl Default for Config {
                 bridge: DEFAULT_BRIDGE.to_owned(),
                 tap_pool: 2,
             },
+            dashboard: DashboardConfig {
+                enabled: true,
+                port: DEFAULT_DASHBOARD_PORT,
+            },
+            kernels: KernelsConfig {
+                default: crate::kernel::DEFAULT_KERNEL.to_owned(),
+                catalog: None,
+                mirrors: crate::kernel::Mirrors::default(),
+            },
         }
     }
 }
@@ -138,6 +181,10 @@ struct File {
     qemu: QemuSection,
     #[serde(default)]
     network: NetworkSection,
+    #[serde(default)]
+    dashboard: DashboardSection,
+    #[serde(default)]
+    kernels: KernelsSection,
 }
 
 #[derive(Deserialize, Default)]
@@ -176,6 +223,24 @@ struct NetworkSection {
     helper_socket: Option<PathBuf>,
     bridge: Option<String>,
     tap_pool: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DashboardSection {
+    enabled: Option<bool>,
+    /// Wider than a port, so that a number out of range gets our message, which names the key.
+    port: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct KernelsSection {
+    default: Option<String>,
+    catalog: Option<PathBuf>,
+    mirror: Option<String>,
+    #[serde(default)]
+    mirrors: std::collections::BTreeMap<String, String>,
 }
 
 /// A size or duration may be written as a string ("4GiB") or a bare integer.
@@ -287,6 +352,37 @@ impl Config {
             }
             config.network.tap_pool = pool;
         }
+        if let Some(enabled) = file.dashboard.enabled {
+            config.dashboard.enabled = enabled;
+        }
+        if let Some(port) = file.dashboard.port {
+            config.dashboard.port = u16::try_from(port).map_err(|_| {
+                format!("dashboard.port is {port}; it must be between 0 (any free port) and 65535")
+            })?;
+        }
+        if let Some(default) = file.kernels.default {
+            crate::operations::names::validate("kernel", &default)
+                .map_err(|error| format!("kernels.default: {error}"))?;
+            config.kernels.default = default;
+        }
+        if let Some(catalog) = file.kernels.catalog {
+            if !catalog.is_absolute() {
+                return Err(format!(
+                    "kernels.catalog is {}; it must be an absolute path",
+                    catalog.display()
+                ));
+            }
+            config.kernels.catalog = Some(catalog);
+        }
+        config.kernels.mirrors = crate::kernel::Mirrors {
+            mirror: file.kernels.mirror,
+            prefixes: file.kernels.mirrors,
+        };
+        config
+            .kernels
+            .mirrors
+            .check()
+            .map_err(|error| format!("kernels.mirror(s): {error}"))?;
         Ok(config)
     }
 }
@@ -381,6 +477,15 @@ mod tests {
             helper_socket = "/run/h.sock"
             bridge = "bangerdev"
             tap_pool = 5
+            [dashboard]
+            enabled = false
+            port = 8123
+            [kernels]
+            default = "my-kernel"
+            catalog = "/srv/kernels.json"
+            mirror = "http://127.0.0.1:8080/"
+            [kernels.mirrors]
+            "https://snapshot.debian.org/" = "http://m/snap/"
             "#,
         )
         .unwrap();
@@ -396,6 +501,32 @@ mod tests {
         assert_eq!(config.network.helper_socket, PathBuf::from("/run/h.sock"));
         assert_eq!(config.network.bridge, "bangerdev");
         assert_eq!(config.network.tap_pool, 5);
+        assert_eq!(
+            config.dashboard,
+            DashboardConfig {
+                enabled: false,
+                port: 8123
+            }
+        );
+        assert_eq!(config.kernels.default, "my-kernel");
+        assert_eq!(
+            config.kernels.catalog,
+            Some(PathBuf::from("/srv/kernels.json"))
+        );
+        assert_eq!(
+            config
+                .kernels
+                .mirrors
+                .rewrite("https://snapshot.debian.org/file/ab"),
+            "http://m/snap/file/ab"
+        );
+        assert_eq!(
+            config
+                .kernels
+                .mirrors
+                .rewrite("https://example.org/k.tar.zst"),
+            "http://127.0.0.1:8080/k.tar.zst"
+        );
     }
 
     #[test]
@@ -414,6 +545,11 @@ mod tests {
             ("[network]\ntap_pool = 100", "network.tap_pool"),
             ("[vm]\nvmm = \"kvm\"", "vm.vmm: unknown VMM \"kvm\""),
             ("[qemu]\npath = \"/x\"", "unknown field"),
+            ("[dashboard]\nport = 70000", "dashboard.port"),
+            ("[dashboard]\naddress = \"0.0.0.0\"", "unknown field"),
+            ("[kernels]\nmirror = \"127.0.0.1:80\"", "kernels.mirror"),
+            ("[kernels]\ncatalog = \"k.json\"", "absolute"),
+            ("[kernels]\ndefault = \"../k\"", "kernels.default"),
         ] {
             let error = Config::parse(text).unwrap_err();
             assert!(error.contains(needle), "{text:?} gave {error:?}");

@@ -109,6 +109,19 @@ impl Layout {
         self.state_dir.join("bangerd.out")
     }
 
+    /// The dashboard's secret token (mode 0600): whoever can read it can sign in to the
+    /// dashboard. Kept in the state directory so that it outlives a restart of bangerd, and
+    /// so does a browser's session with it.
+    pub fn dashboard_token_path(&self) -> PathBuf {
+        self.state_dir.join("dashboard.token")
+    }
+
+    /// Where the running bangerd says whether and where it serves the dashboard (JSON), for
+    /// `banger dashboard` to read.
+    pub fn dashboard_status_path(&self) -> PathBuf {
+        self.runtime_dir.join("dashboard.json")
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.config_dir.join("config.toml")
     }

@@ -26,6 +26,7 @@ const USAGE: &str = "\
 The banger guest agent: answers health, ping, exec and sync requests from the host.
 
 Usage: banger-agent [--listen ADDR] [--cid CID]
+       banger-agent --setup-guest
 
 Options:
   --listen ADDR  Where to listen: vsock:PORT inside a Firecracker guest, serial:NAME (a
@@ -34,6 +35,9 @@ Options:
                  banger.agent when the kernel command line has banger.agent=serial or the
                  port exists, else vsock:10789 [default: auto]
   --cid CID      The vsock CID this guest has, reported by health [env: BANGER_AGENT_CID]
+  --setup-guest  Apply the guest's banger.* kernel arguments (hostname, eth0, name servers,
+                 the work disk) and exit: what an image's own init runs before the agent
+                 (the systemd unit banger installs does); as PID 1 the agent does it itself
   -h, --help     Print help
   -V, --version  Print version
 
@@ -43,6 +47,7 @@ Logging goes to stderr; BANGER_AGENT_LOG sets it (default: info).";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     Serve(Args),
+    SetupGuest,
     Help,
     Version,
 }
@@ -86,6 +91,7 @@ pub fn parse(
         match name.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
+            "--setup-guest" => return Ok(Command::SetupGuest),
             "--listen" => {
                 let addr = value("--listen")?;
                 let addr = addr
@@ -142,6 +148,13 @@ pub fn main() -> ExitCode {
         Ok(Command::Help) => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
+        }
+        Ok(Command::SetupGuest) => {
+            return if crate::pid1::setup_guest() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
         }
         Ok(Command::Version) => {
             println!("banger-agent {AGENT_VERSION}");
@@ -282,6 +295,10 @@ mod tests {
         );
         assert_eq!(parse_strs(&["--version"], None), Ok(Command::Version));
         assert_eq!(parse_strs(&["-V"], None), Ok(Command::Version));
+        assert_eq!(
+            parse_strs(&["--setup-guest"], None),
+            Ok(Command::SetupGuest)
+        );
         assert_eq!(parse_strs(&["-h", "--bogus"], None), Ok(Command::Help));
     }
 

@@ -93,6 +93,31 @@ pub fn main(args: Vec<OsString>) -> ! {
         String::new()
     });
     let boot = GuestBootArgs::parse(&cmdline);
+    apply_boot_args(&boot);
+    watch_power_buttons();
+    supervise(args, &signals, &boot)
+}
+
+/// `banger-agent --setup-guest`: what PID 1 does with the kernel command line's `banger.*`
+/// arguments (hostname, eth0, name servers, the work disk), for an image whose own init
+/// starts the agent as a service. Idempotent (a restarted service runs it again). False when
+/// the command line cannot be read.
+pub fn setup_guest() -> bool {
+    match fs::read_to_string("/proc/cmdline") {
+        Ok(cmdline) => {
+            apply_boot_args(&GuestBootArgs::parse(&cmdline));
+            true
+        }
+        Err(e) => {
+            say!("cannot read /proc/cmdline ({e}): no hostname, network or work disk");
+            false
+        }
+    }
+}
+
+/// Hostname, network and work disk from the boot arguments; each failure is said and the
+/// rest goes on.
+fn apply_boot_args(boot: &GuestBootArgs) {
     for problem in &boot.problems {
         say!("{problem}");
     }
@@ -102,10 +127,8 @@ pub fn main(args: Vec<OsString>) -> ! {
             Err(e) => say!("cannot set the hostname {hostname}: {e}"),
         }
     }
-    configure_network(&boot);
-    mount_work_disk(&boot);
-    watch_power_buttons();
-    supervise(args, &signals, &boot)
+    configure_network(boot);
+    mount_work_disk(boot);
 }
 
 /// The set of signals PID 1 handles, blocked in this thread (and so in every thread started
@@ -236,6 +259,9 @@ fn mount_work_disk(boot: &GuestBootArgs) {
         return;
     };
     let target = boot.work_mount();
+    if is_mount_point(Path::new(target)) {
+        return;
+    }
     if !wait_for_path(Path::new(device), DEVICE_WAIT) {
         say!(
             "the work disk {device} did not appear within {} s",

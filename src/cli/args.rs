@@ -41,11 +41,12 @@ What comes next:
   banger vm delete dev               throw a VM away (irreversible)
   banger events --follow             watch everything banger does, as it happens
   banger ops                         what is in flight right now
+  banger dashboard --open            all of it, live, in your web browser
 
 Works today: version, vm run, vm create/start/stop/restart/kill/delete/set/list/show/logs/\
-exec/health/ping, image list/show/register/delete, kernel list/show/import/rm, events (and events \
-replay, events repair), ops, doctor (its orphan check). The other verbs print \"not implemented \
-yet\" and exit 2.";
+exec/health/ping, image list/show/register/delete, kernel list [--available]/show/import/rm/pull, \
+events (and events replay, events repair), ops, doctor (its orphan check), dashboard. The other \
+verbs print \"not implemented yet\" and exit 2.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -111,6 +112,9 @@ pub enum Command {
     /// Write ssh client entries so that `ssh NAME.vm` reaches your VMs
     #[command(name = "ssh-config", long_about = SSH_CONFIG_LONG, after_help = SSH_CONFIG_AFTER)]
     SshConfig(SshConfigArgs),
+    /// Open the web dashboard: VMs, images, operations and the event log, live
+    #[command(long_about = DASHBOARD_LONG, after_help = DASHBOARD_AFTER)]
+    Dashboard(DashboardArgs),
     /// Print the versions of banger and of the running bangerd
     Version(VersionArgs),
 }
@@ -606,28 +610,34 @@ pub struct CachePruneArgs {
 // ---- kernel -----------------------------------------------------------------------------------
 
 const KERNEL_LONG: &str = "\
-Kernels are the guest kernels (an uncompressed vmlinux, optionally with an initrd) that VMs boot \
-with. Import one from a directory you built, or pull a bundle from banger's kernel catalog.";
+Kernels are the guest kernels VMs boot with: bundles of an uncompressed vmlinux, an initrd whose \
+init loads the virtio modules and hands over to the image (or to the banger agent), and the \
+modules. Pull one from banger's kernel catalog (Debian's cloud kernel, converted on this host), or \
+import one you built. A VM whose image names no kernel boots the default, debian-12-cloud, \
+pulled on first use.";
 
 const KERNEL_AFTER: &str = "\
 The 80% command:
-  banger kernel list                 the kernels you can boot with
+  banger kernel pull debian-12-cloud  Debian 12's cloud kernel, made into a bundle here
 
 What comes next:
-  banger kernel import vmlinux-6.1 --from ./build/kernel      a directory with vmlinux (+ initrd.img)
-  banger kernel show vmlinux-6.1     its files, version and sha256
-  banger image register debian --rootfs ./debian.ext4 --kernel vmlinux-6.1
-  banger kernel rm vmlinux-6.1       forget it and remove banger's copy
+  banger kernel list                 the kernels you can boot with
+  banger kernel list --available     what the catalog offers, and what you pulled
+  banger kernel show debian-12-cloud its files, version and sha256
+  banger kernel import my-6.6 --from ./build/kernel      a bundle, or vmlinux/vmlinuz + initrd
+  banger image register dev --rootfs ./dev.ext4 --kernel debian-12-cloud
+  banger kernel rm my-6.6            forget it and remove banger's copy
 
-Works today: kernel list, show, import, rm. pull and list --available arrive with the kernel \
-catalog.";
+Offline or behind a proxy: `[kernels] mirror = \"http://HOST:PORT/\"` in config.toml rewrites the \
+catalog's URLs (the pinned sha256 still has to match).";
 
 #[derive(Debug, Subcommand)]
 pub enum KernelCommand {
-    /// List kernels: name, version, initrd, source, age
+    /// List kernels: name, version, initrd, source, age (--available: the catalog)
     #[command(after_help = "\
 Examples:
   banger kernel list
+  banger kernel list --available               NAME VERSION KIND SIZE STATE (pulled/available/other)
   banger kernel list --json | jq -r '.[].name'")]
     List(KernelListArgs),
     /// Show one kernel
@@ -636,22 +646,30 @@ Examples:
   banger kernel show vmlinux-6.1
   banger kernel show vmlinux-6.1 --json")]
     Show(KernelShowArgs),
-    /// Copy a kernel (vmlinux, optional initrd.img) from a directory into banger's store
+    /// Copy a kernel (a bundle, or vmlinux/vmlinuz, initrd, modules) from a directory into banger's store
     #[command(after_help = "\
-The directory holds `vmlinux` (or `boot/vmlinux-*`) and optionally `initrd.img` (or \
-`boot/initrd.img-*`).
+What is looked for in the directory, first match wins:
+  manifest.json        a banger bundle (kernel pull's, tools/kernel-bundle --keep-dir's): copied whole
+  metadata.json        {\"kernel\": PATH, \"initrd\": PATH, \"modules\": DIR, \"version\": TEXT}
+  by name, there or in boot/: vmlinux, vmlinux-<ver>, else vmlinuz-<ver> (its ELF kernel is
+  extracted); initrd.img, initrd.img-<ver>, initramfs-<ver>; lib/modules/<ver>
 
 Examples:
-  banger kernel import vmlinux-6.1 --from ./build/kernel")]
+  banger kernel import my-6.6 --from ./build/kernel
+  banger kernel import alpine-virt --from ./alpine-kernel      boot/vmlinuz-*, boot/initramfs-*")]
     Import(KernelImportArgs),
     /// Forget a kernel and remove banger's copy of it
     #[command(visible_alias = "remove")]
     Rm(KernelNameArgs),
-    /// Download a kernel bundle from banger's catalog
+    /// Download a kernel from banger's catalog (a Debian package is made into a bundle here)
     #[command(after_help = "\
+The download's sha256 is checked against the catalog's pin before anything is kept. Progress \
+goes to stderr; the last line says where the kernel is.
+
 Examples:
   banger kernel list --available               what the catalog offers
-  banger kernel pull debian-6.1-amd64")]
+  banger kernel pull debian-12-cloud
+  banger kernel pull debian-12-cloud --force   replace it (not while a VM that boots it runs)")]
     Pull(KernelPullArgs),
 }
 
@@ -691,11 +709,14 @@ pub struct KernelImportArgs {
 
 #[derive(Debug, Args)]
 pub struct KernelPullArgs {
-    /// Catalog name of the kernel
+    /// Catalog name of the kernel (see `banger kernel list --available`)
     pub name: String,
-    /// Replace a kernel of the same name
+    /// Replace a kernel of the same name (refused while a VM that boots it runs)
     #[arg(long)]
     pub force: bool,
+    /// Print the pulled kernel as JSON, without progress
+    #[arg(long)]
+    pub json: bool,
 }
 
 // ---- events and ops ---------------------------------------------------------------------------
@@ -981,6 +1002,36 @@ pub struct SshConfigArgs {
     /// Print the entries instead of writing them
     #[arg(long)]
     pub print: bool,
+}
+
+const DASHBOARD_LONG: &str = "\
+bangerd serves a small web dashboard on 127.0.0.1: your VMs (state, resources, the operation in \
+flight and its step), each VM's spec, host resources, operations and console, images, kernels, \
+operations, and the event log as it grows. Pages update themselves from the log. A VM can be \
+stopped, started, restarted or deleted from its page.
+
+Signing in takes the secret token bangerd keeps in its state directory (dashboard.token, readable \
+only by you): this command prints a sign-in link that carries it, or opens the link in your \
+browser. Treat the link like a password. The port is `[dashboard] port` in config.toml (7707 by \
+default; `enabled = false` turns the dashboard off).";
+
+const DASHBOARD_AFTER: &str = "\
+Examples:
+  banger dashboard                   print the dashboard's address and a sign-in link
+  banger dashboard --open            open the sign-in link in your browser (xdg-open)
+  banger dashboard --json            {\"url\":…,\"login_url\":…,\"port\":…}
+
+What comes next:
+  banger events --follow             the same event log, in the terminal";
+
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Open the sign-in link in your web browser (with xdg-open) instead of printing it
+    #[arg(long, conflicts_with = "json")]
+    pub open: bool,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -9,18 +9,20 @@ use std::path::{Path, PathBuf};
 
 use super::args::{
     ImageCommand, ImageNameArgs, ImageRegisterArgs, ImageShowArgs, KernelCommand, KernelImportArgs,
-    KernelListArgs, KernelNameArgs, KernelShowArgs, ListArgs,
+    KernelListArgs, KernelNameArgs, KernelPullArgs, KernelShowArgs, ListArgs,
 };
-use super::connect::call;
+use super::connect::{call, connect};
 use super::error::CliError;
-use super::format::now_unix_ms;
+use super::format::{Table, now_unix_ms};
 use super::future;
+use super::kernel_progress::{PullDisplay, Sink};
 use super::output::{json, line, out};
 use super::views::{When, image_details, image_table, kernel_details, kernel_table};
 use crate::api::{
-    ImageListResult, ImageRegisterParams, ImageView, KernelImportParams, KernelListResult,
-    KernelView, NameParams,
+    ImageListResult, ImageRegisterParams, ImageView, KernelCatalogResult, KernelCatalogState,
+    KernelImportParams, KernelListResult, KernelPullParams, KernelView, NameParams,
 };
+use crate::rpc::StreamEvent;
 use crate::size::format_bytes;
 
 pub async fn image(command: ImageCommand) -> Result<(), CliError> {
@@ -41,7 +43,7 @@ pub async fn kernel(command: KernelCommand) -> Result<(), CliError> {
         KernelCommand::Show(args) => kernel_show(args).await,
         KernelCommand::Import(args) => kernel_import(args).await,
         KernelCommand::Rm(args) => kernel_remove(args).await,
-        KernelCommand::Pull(_) => Err(future::kernel_pull()),
+        KernelCommand::Pull(args) => kernel_pull(args).await,
     }
 }
 
@@ -106,14 +108,16 @@ async fn image_delete(args: ImageNameArgs) -> Result<(), CliError> {
 
 async fn kernel_list(args: KernelListArgs) -> Result<(), CliError> {
     if args.available {
-        return Err(future::kernel_list_available());
+        return kernel_catalog(args).await;
     }
     let result: KernelListResult = call("kernel.list", &serde_json::json!({})).await?;
     if args.json {
         return json(&result.kernels);
     }
     if result.kernels.is_empty() {
-        return line("no kernels; import one with `banger kernel import NAME --from DIR`");
+        return line(
+            "no kernels; pull one from the catalog (`banger kernel list --available`, `banger kernel pull debian-12-cloud`) or import one (`banger kernel import NAME --from DIR`)",
+        );
     }
     out(kernel_table(
         &result.kernels,
@@ -122,6 +126,66 @@ async fn kernel_list(args: KernelListArgs) -> Result<(), CliError> {
         },
     )
     .render())
+}
+
+/// `kernel list --available`: the catalog, and which of it is here.
+async fn kernel_catalog(args: KernelListArgs) -> Result<(), CliError> {
+    let result: KernelCatalogResult = call("kernel.catalog", &serde_json::json!({})).await?;
+    if args.json {
+        return json(&result.kernels);
+    }
+    if result.kernels.is_empty() {
+        return line("the kernel catalog is empty");
+    }
+    let mut table = Table::new(&["NAME", "VERSION", "KIND", "SIZE", "STATE", "DESCRIPTION"]);
+    for kernel in &result.kernels {
+        table.row(vec![
+            kernel.name.clone(),
+            kernel.version.clone(),
+            kernel.kind.clone(),
+            format_bytes(kernel.size_bytes),
+            match kernel.state {
+                KernelCatalogState::Pulled => "pulled",
+                KernelCatalogState::Available => "available",
+                KernelCatalogState::Other => "other",
+            }
+            .to_owned(),
+            kernel.description.clone(),
+        ]);
+    }
+    out(table.render())
+}
+
+/// `kernel pull NAME [--force]`: progress on stderr, then where the kernel is.
+async fn kernel_pull(args: KernelPullArgs) -> Result<(), CliError> {
+    let params = KernelPullParams {
+        name: args.name,
+        force: args.force,
+        progress: !args.json,
+    };
+    let mut stream = connect().await?.stream("kernel.pull", &params).await?;
+    let mut display = PullDisplay::new(Sink::Stderr);
+    let result = loop {
+        match stream.next::<serde_json::Value>().await {
+            Ok(StreamEvent::Item(item)) => display.show_value(&item)?,
+            Ok(StreamEvent::End(result)) => break result,
+            Err(error) => {
+                display.end_line()?;
+                return Err(error.into());
+            }
+        }
+    };
+    display.end_line()?;
+    let kernel: KernelView = serde_json::from_value(result).map_err(|error| {
+        CliError::failed("bangerd sent a kernel this banger cannot read", error)
+    })?;
+    if args.json {
+        return json(&kernel);
+    }
+    line(format!(
+        "pulled kernel {} ({}), stored at {}",
+        kernel.name, kernel.version, kernel.kernel_path
+    ))
 }
 
 async fn kernel_show(args: KernelShowArgs) -> Result<(), CliError> {

@@ -11,7 +11,6 @@ const AGENT: &str = "stats and ports from the guest agent";
 const SSH: &str = "ssh through the guest agent";
 const WORKSPACES: &str = "workspaces";
 const PULLS: &str = "image pulls from the catalog and OCI registries";
-const KERNEL_CATALOG: &str = "the kernel catalog";
 const SYSTEMD: &str = "the systemd install";
 
 fn later(verb: &'static str, arrives_with: &'static str) -> CliError {
@@ -65,14 +64,6 @@ pub fn image_cache(command: &ImageCacheCommand) -> CliError {
     match command {
         ImageCacheCommand::Prune(_) => later("image cache prune", PULLS),
     }
-}
-
-pub fn kernel_pull() -> CliError {
-    later("kernel pull", KERNEL_CATALOG)
-}
-
-pub fn kernel_list_available() -> CliError {
-    later("kernel list --available", KERNEL_CATALOG)
 }
 
 pub fn system(command: &SystemCommand) -> CliError {

@@ -8,8 +8,9 @@
 //! Code map:
 //! - [`args`]: the clap command tree and all help text.
 //! - [`connect`]: reaching bangerd, autostart.
-//! - `vm`, `catalog` (image, kernel), `events`, `ops`, `replay`, `repair`, `doctor`, `version`:
-//!   one module per group of commands that work; `future`: the verbs that answer "not implemented yet".
+//! - `vm`, `catalog` (image, kernel), `events`, `ops`, `replay`, `repair`, `doctor`,
+//!   `dashboard`, `version`: one module per group of commands that work; `future`: the verbs
+//!   that answer "not implemented yet".
 //! - `terminal`: the host terminal while a command runs on a terminal in the guest (raw mode
 //!   and its guard, the window size, `TERM`).
 //! - [`views`], [`format`](mod@format), [`size`](crate::size): how views, times and sizes read.
@@ -28,9 +29,12 @@ pub mod format;
 pub mod views;
 
 mod catalog;
+mod dashboard;
 mod doctor;
-mod events;
+// The dashboard's event page says what `banger events` says (`events::summary`).
+pub(crate) mod events;
 mod future;
+mod kernel_progress;
 mod ops;
 mod output;
 mod repair;
@@ -102,6 +106,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Doctor(args) => doctor::run(args).await,
         Command::Update(_) => Err(future::update()),
         Command::SshConfig(_) => Err(future::ssh_config()),
+        Command::Dashboard(args) => dashboard::run(args).await,
         Command::Version(args) => version::run(args).await,
     }
 }

@@ -33,6 +33,7 @@ use super::connect::{call, connect};
 use super::error::CliError;
 use super::format::{now_unix_ms, short_id};
 use super::future;
+use super::kernel_progress::{PullDisplay, Sink};
 use super::output::{json, line, out};
 use super::terminal;
 use super::views::{When, handle_table, operation_table, vm_details, vm_table};
@@ -200,6 +201,7 @@ fn create_params(name: &VmName, shape: VmShape, no_wait: bool) -> Result<VmCreat
         work_disk_mib: mib("--work-disk", shape.work_disk)?,
         vmm: shape.vmm,
         no_wait,
+        progress: false,
     })
 }
 
@@ -270,7 +272,6 @@ async fn run_vm(args: VmRunArgs) -> Result<(), CliError> {
     } else {
         Io::choose(args.tty, args.interactive, false, stdin_terminal)
     };
-    ensure_image(&args.shape)?;
     let name = args.name.unwrap_or_else(generated_name);
     let params = create_params(&name, args.shape, false)?;
     Report::Stderr.line(format!("{name}: a VM from image {}", params.image.as_str()))?;
@@ -324,19 +325,6 @@ async fn run_vm(args: VmRunArgs) -> Result<(), CliError> {
     match outcome? {
         0 => Ok(()),
         code => Err(CliError::CommandStatus { code }),
-    }
-}
-
-/// Makes sure the image (and its kernel) that `vm run` boots is there. This is the hook for
-/// the default image and kernel: when `--image` is not given, the default image and its
-/// kernel are to be pulled here if missing (with progress, as a stage before `created`), and
-/// `shape.image` set to it. Until image pulls exist, an image must be named and registered.
-fn ensure_image(shape: &VmShape) -> Result<(), CliError> {
-    match &shape.image {
-        Some(_) => Ok(()),
-        None => Err(CliError::Usage(
-            "a VM needs an image: pass --image NAME (see `banger image list`, or register one with `banger image register`); the default image arrives with image pulls".into(),
-        )),
     }
 }
 
@@ -405,8 +393,27 @@ async fn create_with_progress(
             }
         });
     }
-    let creating = control.call::<_, VmCreateResult>("vm.create", params);
-    tokio::pin!(creating);
+    // The create's own stream carries what it does before the operation starts (a kernel
+    // pulled on first use); read in a task too, for the same reason.
+    let params = VmCreateParams {
+        progress: true,
+        ..params.clone()
+    };
+    let mut creating = control.stream("vm.create", &params).await?;
+    let (answers, mut answer) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let next = creating.next::<serde_json::Value>().await;
+            let last = !matches!(next, Ok(StreamEvent::Item(_)));
+            if answers.send(next).is_err() || last {
+                break;
+            }
+        }
+    });
+    let mut pull = PullDisplay::new(match style.report() {
+        Report::Stdout => Sink::Stdout,
+        Report::Stderr => Sink::Stderr,
+    });
     let mut progress = Progress {
         style,
         op: None,
@@ -417,11 +424,27 @@ async fn create_with_progress(
         rewrite: style == Style::Stages && std::io::stderr().is_terminal(),
         open_line: false,
     };
-    let result = loop {
+    let result: Result<VmCreateResult, CliError> = loop {
         tokio::select! {
-            result = &mut creating => break result,
+            next = answer.recv() => match next {
+                Some(Ok(StreamEvent::Item(item))) => pull.show_value(&item)?,
+                Some(Ok(StreamEvent::End(result))) => {
+                    pull.end_line()?;
+                    break serde_json::from_value(result).map_err(|error| {
+                        CliError::failed("bangerd sent a create result this banger cannot read", error)
+                    });
+                }
+                Some(Err(error)) => {
+                    pull.end_line()?;
+                    break Err(error.into());
+                }
+                None => break Err(ClientError::Closed.into()),
+            },
             // A closed channel (the stream ended or broke) disables this branch.
-            Some(envelope) = received.recv() => progress.show(&envelope)?,
+            Some(envelope) = received.recv() => {
+                pull.end_line()?;
+                progress.show(&envelope)?;
+            }
         }
     };
     // Print the stages committed before the answer that the stream has not delivered yet
@@ -443,7 +466,7 @@ async fn create_with_progress(
         }
     }
     progress.close_line();
-    Ok(result?)
+    result
 }
 
 /// What the create's progress display has shown.

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use super::server::{Conn, error_response, result_response};
-use super::{Daemon, VERSION, follow, guest, handlers, vm};
+use super::{Daemon, VERSION, follow, guest, handlers, kernels, vm};
 use crate::operations::{BoxFuture, OpError};
 use crate::rpc::protocol::{ErrorCode, PROTOCOL_VERSION, Request, Response, RpcError};
 
@@ -67,7 +67,7 @@ pub static METHODS: &[(&str, Handler)] = &[
     ("events.follow", Handler::Stream(follow::handler)),
     ("vm.list", call!(handlers::vm_list)),
     ("vm.show", call!(handlers::vm_show)),
-    ("vm.create", call!(vm::create)),
+    ("vm.create", Handler::Stream(vm::create_handler)),
     ("vm.start", call!(vm::start)),
     ("vm.stop", call!(vm::stop)),
     ("vm.restart", call!(vm::restart)),
@@ -86,6 +86,8 @@ pub static METHODS: &[(&str, Handler)] = &[
     ("kernel.show", call!(handlers::kernel_show)),
     ("kernel.import", call!(handlers::kernel_import)),
     ("kernel.remove", call!(handlers::kernel_remove)),
+    ("kernel.pull", Handler::Stream(kernels::pull_handler)),
+    ("kernel.catalog", call!(kernels::catalog)),
 ];
 
 /// The handler of `method`, with the method name as the table spells it.
@@ -257,6 +259,8 @@ mod tests {
         "kernel.show",
         "kernel.import",
         "kernel.remove",
+        "kernel.pull",
+        "kernel.catalog",
     ];
 
     #[test]

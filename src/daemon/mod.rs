@@ -3,8 +3,8 @@
 //! This module owns the daemon's life: startup (directories, the one-daemon-per-state-dir
 //! lock, the log, `DaemonStarted`, crash recovery, the socket), the RPC server
 //! ([`server`]), the one dispatch table ([`dispatch`]) and the method handlers
-//! ([`handlers`], [`follow`]), and shutdown. What operations do to the host lives in
-//! [`crate::operations`].
+//! ([`handlers`], [`follow`]), the web [`dashboard`], and shutdown. What operations do to
+//! the host lives in [`crate::operations`].
 //!
 //! ```text
 //!  start ─▶ config ─▶ dirs ─▶ pid lock ─▶ open log + journal ─▶ DaemonStarted ─▶ recovery
@@ -27,12 +27,16 @@
 //!   that disconnects never cancels an operation between two steps. Shutdown waits for them.
 //! - `DaemonStopped` is the last event a clean shutdown appends.
 
+pub mod dashboard;
 pub mod dispatch;
+pub mod ensure;
 pub mod follow;
 pub mod guest;
 pub mod handlers;
+pub mod kernels;
 pub(crate) mod lock;
 pub mod orphans;
+pub mod progress;
 pub mod server;
 pub mod supervisor;
 pub mod tap_pool;
@@ -306,8 +310,14 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
         let daemon = daemon.clone();
         tokio::spawn(async move { orphans::report_at_start(&daemon).await });
     }
+    let dashboard = dashboard::start(&daemon).await;
 
     server::serve(daemon.clone(), listener).await;
+
+    // It holds the daemon (and so the journal) until its last connection ends.
+    if let Some(dashboard) = dashboard {
+        dashboard.stop().await;
+    }
 
     // Shutdown: connections are drained; let running operations finish, then close the log.
     daemon.ops.close();

@@ -25,6 +25,26 @@ use crate::operations::vm_common::BootState;
 use crate::operations::{OpError, vm_create, vm_delete, vm_kill, vm_set, vm_start, vm_stop};
 use crate::rpc::protocol::RpcError;
 
+/// The dispatch table's entry point for `vm.create`: a stream when the request asks for
+/// progress (a kernel pulled on first use, see [`super::ensure`]), one answer otherwise.
+pub fn create_handler<'c>(
+    daemon: Arc<Daemon>,
+    cx: Cx,
+    params: serde_json::Value,
+    conn: &'c mut super::server::Conn,
+) -> crate::operations::BoxFuture<'c, Result<serde_json::Value, RpcError>> {
+    Box::pin(async move {
+        let params: VmCreateParams = super::dispatch::decode(cx.method, params)?;
+        let (reporter, listener) = super::progress::channel();
+        let enabled = params.progress;
+        let work = async {
+            super::ensure::ensure_for_create(&daemon, &params, &reporter).await?;
+            create(daemon.clone(), cx.clone(), params).await
+        };
+        super::dispatch::encode(super::progress::forward(&cx, conn, listener, enabled, work).await?)
+    })
+}
+
 pub async fn create(
     daemon: Arc<Daemon>,
     cx: Cx,

@@ -105,6 +105,9 @@ pub struct DebianKernelEntry {
     /// The .deb's sha256, checked before anything is converted.
     pub sha256: String,
     pub size_bytes: u64,
+    /// One line for `banger kernel list --available`.
+    #[serde(default)]
+    pub description: String,
 }
 
 /// Turns the Debian kernel package `deb` into a bundle at `dest`, whose initrd runs `agent`
@@ -599,6 +602,7 @@ mod tests {
             url: "https://snapshot.example/file/0123".into(),
             sha256: sha256_hex(&bytes),
             size_bytes: bytes.len() as u64,
+            description: String::new(),
         };
         let out = dir.path().join("kernels");
         let wrong_sha = DebianKernelEntry {

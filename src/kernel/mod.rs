@@ -24,12 +24,16 @@
 //!   same for a pinned catalog entry, checking the download's sha256 and identity first:
 //!   what `kernel pull` calls), and the [`BundleManifest`].
 //! - [`tarball`]: a bundle as a content-addressed zstd tarball and its catalog entry.
+//! - [`catalog`]: the kernel catalog `kernel pull` reads (embedded JSON, a user file,
+//!   mirrors), with its two kinds of entries: Debian packages and bundle tarballs.
+//! - [`fetch`]: one HTTP download, streamed to a file with its size and sha256 checked.
 //!
 //! The kernel needs a VMM that describes virtio-mmio devices through ACPI, because Debian's
 //! cloud kernel has no `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`: Firecracker 1.8 or newer, or
 //! QEMU's `microvm` machine with `acpi=on` ([`FIRECRACKER_MIN_VERSION`]).
 //!
-//! Invariants: nothing here runs another program (no dpkg, tar, lz4 or cpio); bad input (a
+//! Invariants: nothing here runs another program (no dpkg, tar, lz4 or cpio), and nothing
+//! here appends to the log (`operations::kernel_pull` does); bad input (a
 //! corrupt or hostile package, an unknown payload, a missing module, an agent that is not
 //! static) is an error that names what was wrong and leaves nothing behind: a bundle is
 //! built in a temporary directory beside its destination and renamed into place only when
@@ -37,8 +41,10 @@
 
 pub mod bundle;
 pub mod bzimage;
+pub mod catalog;
 pub mod cpio;
 pub mod deb;
+pub mod fetch;
 pub mod initrd;
 pub mod modules;
 pub mod tarball;
@@ -50,6 +56,7 @@ pub use bundle::{
     BundleFile, BundleManifest, BundleSource, DebianKernelEntry, MANIFEST_FILE, bundle_from_deb,
     bundle_from_debian_entry, read_manifest,
 };
+pub use catalog::{Catalog, CatalogKernel, DEFAULT_KERNEL, Mirrors};
 pub use tarball::{CatalogEntry, PackedBundle, catalog_entry, pack_bundle, unpack_bundle};
 
 /// The oldest Firecracker that can boot these bundles: 1.8 describes virtio-mmio devices
@@ -99,6 +106,10 @@ pub enum KernelError {
     AlreadyExists { path: PathBuf },
     #[error("the bundle {}: {reason}", path.display())]
     Bundle { path: PathBuf, reason: String },
+    #[error("the kernel catalog {origin}: {reason}")]
+    Catalog { origin: String, reason: String },
+    #[error("downloading {url}: {reason}")]
+    Download { url: String, reason: String },
 }
 
 impl KernelError {

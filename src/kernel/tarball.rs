@@ -29,6 +29,13 @@ const ZSTD_LEVEL: i32 = 10;
 /// The largest tarball member accepted when unpacking.
 const MAX_MEMBER_BYTES: u64 = 1 << 30;
 
+/// The most a tarball may unpack to, all members together (a small download must not
+/// expand into a full disk).
+const MAX_BUNDLE_BYTES: u64 = 4 << 30;
+
+/// The most members a tarball may have (a bundle has a few dozen).
+const MAX_MEMBERS: usize = 100_000;
+
 /// A packed bundle.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PackedBundle {
@@ -181,7 +188,14 @@ pub fn unpack_bundle(
             path: dest.to_owned(),
             reason: format!("the tarball is corrupt or truncated: {e}"),
         };
-        for entry in archive.entries().map_err(bad)? {
+        let mut total: u64 = 0;
+        for (index, entry) in archive.entries().map_err(bad)?.enumerate() {
+            if index >= MAX_MEMBERS {
+                return Err(KernelError::Bundle {
+                    path: dest.to_owned(),
+                    reason: format!("the tarball has more than {MAX_MEMBERS} members"),
+                });
+            }
             let mut entry = entry.map_err(bad)?;
             let raw = entry.path().map_err(bad)?.into_owned();
             let name = safe_relative_path(&raw).map_err(|reason| KernelError::UnsafeEntry {
@@ -203,6 +217,15 @@ pub fn unpack_bundle(
                         reason: format!("{size} bytes is too big for a bundle file"),
                     });
                 }
+                total = total.saturating_add(size);
+                if total > MAX_BUNDLE_BYTES {
+                    return Err(KernelError::Bundle {
+                        path: dest.to_owned(),
+                        reason: format!(
+                            "the tarball unpacks to more than {MAX_BUNDLE_BYTES} bytes"
+                        ),
+                    });
+                }
                 if let Some(dir) = target.parent() {
                     fs::create_dir_all(dir).map_err(|e| KernelError::io(dir, e))?;
                 }
@@ -215,9 +238,22 @@ pub fn unpack_bundle(
                 io::copy(&mut (&mut entry).take(size), &mut file).map_err(bad)?;
                 file.sync_all().map_err(|e| KernelError::io(&target, e))?;
             } else {
+                let what = match kind {
+                    tar::EntryType::Symlink => entry
+                        .link_name()
+                        .ok()
+                        .flatten()
+                        .map(|target| format!("a symlink to {}", target.display()))
+                        .unwrap_or_else(|| "a symlink".to_owned()),
+                    tar::EntryType::Link => "a hard link".to_owned(),
+                    other => format!("{other:?}"),
+                };
                 return Err(KernelError::UnsafeEntry {
                     entry: name,
-                    reason: format!("a bundle holds only files and directories, not {kind:?}"),
+                    reason: format!(
+                        "it is {what}; a bundle holds only files and directories (no links, \
+                         which could point outside it)"
+                    ),
                 });
             }
         }

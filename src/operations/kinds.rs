@@ -14,6 +14,7 @@ use banger_projections::{RecoveryAction, UndoStep};
 use super::image_delete::ImageDelete;
 use super::image_register::ImageRegister;
 use super::kernel_import::KernelImport;
+use super::kernel_pull::KernelPull;
 use super::kernel_remove::KernelRemove;
 use super::recovery::{self, Outcome};
 use super::retry;
@@ -31,6 +32,7 @@ use super::{BoxFuture, OpError, OperationKind, Runner, UndoOutcome};
 /// says where the steps are.
 pub const KINDS: &[KindEntry] = &[
     KindEntry::of::<KernelImport>(),
+    KindEntry::of::<KernelPull>(),
     KindEntry::of::<KernelRemove>(),
     KindEntry::of::<ImageRegister>(),
     KindEntry::of::<ImageDelete>(),
@@ -119,7 +121,6 @@ mod tests {
                 OpKind::ImagePull
                 | OpKind::ImagePromote
                 | OpKind::ImageCachePrune
-                | OpKind::KernelPull
                 | OpKind::Teardown => true,
                 OpKind::VmCreate
                 | OpKind::VmStart
@@ -130,6 +131,7 @@ mod tests {
                 | OpKind::ImageRegister
                 | OpKind::ImageDelete
                 | OpKind::KernelImport
+                | OpKind::KernelPull
                 | OpKind::KernelRemove
                 | OpKind::TapFill => false,
             };

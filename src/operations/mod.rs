@@ -56,6 +56,7 @@ pub mod failpoints;
 pub mod image_delete;
 pub mod image_register;
 pub mod kernel_import;
+pub mod kernel_pull;
 pub mod kernel_remove;
 pub mod kinds;
 pub mod names;
@@ -433,7 +434,10 @@ mod invariant_tests {
             name: "k".into(),
             from: source.to_path_buf(),
             vmlinux: source.join("vmlinux"),
+            compressed: false,
             initrd: Some(source.join("initrd.img")),
+            modules: None,
+            bundle: None,
             version_hint: None,
             sha256: String::new(),
             version: String::new(),
@@ -559,5 +563,131 @@ mod invariant_tests {
         let intent = publish.intent(&theirs, &state);
         publish.undo(&theirs, &intent).await.unwrap();
         assert!(layout.kernel_dir("k").join("vmlinux").exists());
+    }
+
+    /// A small bundle served over loopback, and the pull state that fetches it.
+    fn served_bundle(
+        dir: &Path,
+    ) -> (
+        banger_test_harness::http::FileServer,
+        crate::kernel::CatalogKernel,
+    ) {
+        use crate::kernel::{BundleFile, BundleManifest, BundleSource, CatalogEntry};
+        let bundle = dir.join("bundle");
+        fs::create_dir_all(&bundle).unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            fs::write(bundle.join(name), bytes).unwrap();
+            BundleFile {
+                path: name.to_owned(),
+                sha256: crate::kernel::bundle::sha256_hex(bytes),
+                size: bytes.len() as u64,
+            }
+        };
+        let manifest = BundleManifest {
+            format: 1,
+            version: "6.1.0-test".into(),
+            arch: "x86_64".into(),
+            source: BundleSource::DebianPackage {
+                package: "linux-image-6.1.0-test".into(),
+                version: "1".into(),
+                sha256: "00".repeat(32),
+                url: None,
+            },
+            vmlinux: file("vmlinux", b"new vmlinux"),
+            bzimage: file("vmlinuz", b"bz"),
+            initrd: file("initrd.img", b"initrd"),
+            config: None,
+            modules: vec![],
+            modules_missing: vec![],
+            agent_sha256: "11".repeat(32),
+            firecracker_min_version: "1.8.0".into(),
+        };
+        fs::write(
+            bundle.join("manifest.json"),
+            serde_json::to_vec(&manifest).unwrap(),
+        )
+        .unwrap();
+        let packed = crate::kernel::pack_bundle(&bundle, "p", &dir.join("dist")).unwrap();
+        let server = banger_test_harness::http::FileServer::start();
+        server.serve(
+            "/p.tar.zst",
+            banger_test_harness::http::Reply::bytes(fs::read(&packed.path).unwrap()),
+        );
+        let entry = crate::kernel::CatalogKernel::Bundle(CatalogEntry {
+            name: "p".into(),
+            kind: "bundle".into(),
+            version: "6.1.0-test".into(),
+            arch: "x86_64".into(),
+            tarball_url: server.url("/p.tar.zst"),
+            tarball_sha256: packed.sha256,
+            size_bytes: packed.size,
+            description: String::new(),
+        });
+        (server, entry)
+    }
+
+    fn pull_state(entry: &crate::kernel::CatalogKernel, force: bool) -> kernel_pull::State {
+        kernel_pull::State {
+            name: "p".into(),
+            entry: entry.clone(),
+            force,
+            http: crate::kernel::fetch::http_client().unwrap(),
+            progress: std::sync::Arc::new(|_| {}),
+            manifest: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pull_is_idempotent_and_its_undo_restores_what_it_replaced() {
+        let (dir, layout, _) = setup();
+        let (server, entry) = served_bundle(dir.path());
+        let target = Target::Kernel { name: "p".into() };
+        run_twice_undo_twice::<kernel_pull::KernelPull>(
+            &layout,
+            target.clone(),
+            pull_state(&entry, false),
+        )
+        .await;
+        undo_of_nothing::<kernel_pull::KernelPull>(
+            &layout,
+            target.clone(),
+            pull_state(&entry, true),
+        )
+        .await;
+        // The download happened once: the second `download` kept the verified file.
+        assert_eq!(server.requests("/p.tar.zst"), 1);
+
+        // Forced over a kernel another operation published: replaced, then put back by the
+        // undo, byte for byte.
+        let old = layout.kernel_dir("p");
+        store::create_marked_dir(&old, OpId(0x77)).unwrap();
+        fs::write(old.join("vmlinux"), b"old vmlinux").unwrap();
+        let network = crate::host::network::GuestNetwork::unreachable_for_tests();
+        let cx = OpCx {
+            op_id: OpId(0x78),
+            kind: OpKind::KernelPull,
+            target: &target,
+            layout: &layout,
+            network: &network,
+            vmm: &crate::operations::testing::unlaunchable_vmm(),
+            agents: &crate::host::guest_agent::AgentLinks::new(),
+        };
+        let mut state = pull_state(&entry, true);
+        let mut done = Vec::new();
+        for step in <kernel_pull::KernelPull as OperationKind>::steps() {
+            done.push((step, step.ensure(&cx, &mut state).await.unwrap()));
+        }
+        assert_eq!(fs::read(old.join("vmlinux")).unwrap(), b"new vmlinux");
+        for (step, handles) in done.iter().rev() {
+            step.undo(&cx, handles).await.unwrap();
+            step.undo(&cx, handles).await.unwrap();
+        }
+        assert_eq!(fs::read(old.join("vmlinux")).unwrap(), b"old vmlinux");
+        assert_eq!(store::marker_of(&old), Some(OpId(0x77)));
+        let names: Vec<String> = fs::read_dir(layout.kernels_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["p"]);
     }
 }

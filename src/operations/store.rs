@@ -230,6 +230,48 @@ pub fn remove_dir_if_present(dir: &Path) -> Result<(), StepError> {
     }
 }
 
+/// Copies the tree `src` into `dst` (created): directories and regular files (cloned where the
+/// filesystem can), nothing else — symlinks are skipped, never followed, and so is an
+/// operation marker at the top (the copy gets its own). `dst` may exist (a staging dir).
+pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), StepError> {
+    let mut stack = vec![(src.to_path_buf(), dst.to_path_buf())];
+    while let Some((from, to)) = stack.pop() {
+        fs::create_dir_all(&to)
+            .map_err(|e| StepError::io(format!("cannot create {}", to.display()), e))?;
+        let entries = fs::read_dir(&from)
+            .map_err(|e| StepError::io(format!("cannot read {}", from.display()), e))?;
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| StepError::io(format!("cannot read {}", from.display()), e))?;
+            if from == src && entry.file_name() == MARKER {
+                continue;
+            }
+            let kind = entry
+                .file_type()
+                .map_err(|e| StepError::io(format!("cannot read {}", entry.path().display()), e))?;
+            let target = to.join(entry.file_name());
+            if kind.is_dir() {
+                stack.push((entry.path(), target));
+            } else if kind.is_file() {
+                clone_or_copy(&entry.path(), &target)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes a file; a missing one is fine.
+pub fn remove_file_if_present(path: &Path) -> Result<(), StepError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(StepError::io(
+            format!("cannot remove {}", path.display()),
+            error,
+        )),
+    }
+}
+
 /// Removes `dir` when its marker says `op_id` made it; leaves anything else alone. Crash-safe
 /// and idempotent: the directory is first renamed aside under a name of this operation's, and
 /// only then deleted (a deletion interrupted half-way would otherwise leave a directory whose

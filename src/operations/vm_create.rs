@@ -161,14 +161,15 @@ pub fn prepare(
         vm_id,
         name: name.clone(),
     };
-    // The kernel is the request's or the image's default; which one decides what to claim.
+    // The kernel is the request's, else the image's default, else the configured default
+    // (`kernels.default`); which one decides what to claim.
     let kernel_wanted = params.kernel.clone().or_else(|| {
         runner
             .journal()
             .view()
             .images
             .get(&params.image)
-            .and_then(|image| image.kernel.clone())
+            .map(|image| kernel_of(image, &host.config))
     });
     // Shared claims on the image and the kernel: neither can be deleted while this create
     // copies and boots them (a delete that started first makes this one `busy`).
@@ -196,13 +197,7 @@ pub fn prepare(
     let kernel_name = params
         .kernel
         .clone()
-        .or_else(|| image.kernel.clone())
-        .ok_or_else(|| {
-            OpError::InvalidArgument(format!(
-                "image {} names no default kernel; pass one (`--kernel NAME`, see `banger kernel list`)",
-                params.image
-            ))
-        })?;
+        .unwrap_or_else(|| kernel_of(image, &host.config));
     if Some(&kernel_name) != kernel_wanted.as_ref() {
         // The image was replaced between the first look and the claim.
         return Err(OpError::Busy(format!(
@@ -212,7 +207,7 @@ pub fn prepare(
     }
     let kernel = view.kernels.get(&kernel_name).ok_or_else(|| {
         OpError::NotFound(format!(
-            "no kernel named {kernel_name}; see `banger kernel list`, or import one with `banger kernel import {kernel_name} --from DIR`"
+            "no kernel named {kernel_name}; see `banger kernel list` and `banger kernel list --available`, pull one (`banger kernel pull NAME`) or import one (`banger kernel import {kernel_name} --from DIR`)"
         ))
     })?;
     let spec = VmSpec {
@@ -259,6 +254,15 @@ pub fn prepare(
         parameters,
         state,
     })
+}
+
+/// The kernel a VM of `image` boots when its request names none: the image's, else the
+/// configured default (`kernels.default`, the catalog's Debian 12 cloud kernel).
+pub fn kernel_of(image: &banger_projections::ImageView, config: &crate::config::Config) -> String {
+    image
+        .kernel
+        .clone()
+        .unwrap_or_else(|| config.kernels.default.clone())
 }
 
 /// Runs a prepared create to its end. Returns the final state (its VMM child, for the

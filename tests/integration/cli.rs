@@ -297,9 +297,11 @@ fn every_group_landing_page_shows_runnable_examples() {
     ];
     for (args, wanted) in pages {
         let stdout = sandbox.ok(args);
+        // clap wraps prose at the terminal's width, so a phrase may span two lines.
+        let words = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
         for text in *wanted {
             assert!(
-                stdout.contains(text),
+                words.contains(text),
                 "banger {args:?} does not mention {text:?}:\n{stdout}"
             );
         }
@@ -327,11 +329,6 @@ fn unimplemented_verbs_say_so_and_exit_2_without_starting_bangerd() {
         (
             &["image", "cache", "prune", "--dry-run"],
             "image cache prune",
-        ),
-        (&["kernel", "pull", "debian-6.1"], "kernel pull"),
-        (
-            &["kernel", "list", "--available"],
-            "kernel list --available",
         ),
         (&["system", "install"], "system install"),
         (&["system", "status"], "system status"),

@@ -61,7 +61,7 @@ fn cache_dir() -> PathBuf {
 /// The kernel package: `BANGER_TEST_KERNEL_DEB`, else the cached download, else downloaded
 /// now with `apt-get download` (into a temporary directory, then renamed into the cache, so
 /// two tests downloading at once both end with a whole file).
-fn kernel_deb() -> PathBuf {
+pub(crate) fn kernel_deb() -> PathBuf {
     if let Some(deb) = std::env::var_os("BANGER_TEST_KERNEL_DEB").filter(|v| !v.is_empty()) {
         return PathBuf::from(deb);
     }
@@ -144,7 +144,7 @@ fn current_cloud_kernel() -> Option<String> {
 
 /// A static agent: `BANGER_TEST_STATIC_AGENT`, else the one banger embeds, written out once
 /// per process.
-fn static_agent() -> PathBuf {
+pub(crate) fn static_agent() -> PathBuf {
     static AGENT: OnceLock<PathBuf> = OnceLock::new();
     AGENT
         .get_or_init(|| {
@@ -164,7 +164,7 @@ fn static_agent() -> PathBuf {
 }
 
 /// A scratch directory under cargo's target tmp dir (large files: kept off a small /tmp).
-fn scratch() -> tempfile::TempDir {
+pub(crate) fn scratch() -> tempfile::TempDir {
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     std::fs::create_dir_all(&base).unwrap();
     tempfile::Builder::new()
@@ -189,7 +189,7 @@ fn bundle(dir: &Path) -> (PathBuf, BundleManifest) {
 }
 
 /// An ext4 image made by `mkfs.ext4 -d` from `root`.
-fn ext4_image(root: &Path, image: &Path) {
+pub(crate) fn ext4_image(root: &Path, image: &Path) {
     std::fs::create_dir_all(root).unwrap();
     let output = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-d"])
@@ -205,7 +205,7 @@ fn ext4_image(root: &Path, image: &Path) {
     );
 }
 
-fn install(source: &Path, root: &Path, path: &str, mode: u32) {
+pub(crate) fn install(source: &Path, root: &Path, path: &str, mode: u32) {
     let target = root.join(path.trim_start_matches('/'));
     std::fs::create_dir_all(target.parent().unwrap()).unwrap();
     std::fs::copy(source, &target).unwrap();
@@ -213,7 +213,7 @@ fn install(source: &Path, root: &Path, path: &str, mode: u32) {
 }
 
 /// A static busybox (busybox-static), for the images' scripts.
-fn busybox() -> &'static Path {
+pub(crate) fn busybox() -> &'static Path {
     ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .map(Path::new)
@@ -222,7 +222,7 @@ fn busybox() -> &'static Path {
 }
 
 /// An executable busybox shell script at `path` in the image.
-fn script(root: &Path, path: &str, body: &str) {
+pub(crate) fn script(root: &Path, path: &str, body: &str) {
     let target = root.join(path.trim_start_matches('/'));
     std::fs::create_dir_all(target.parent().unwrap()).unwrap();
     std::fs::write(&target, format!("#!/bin/busybox sh\n{body}")).unwrap();
@@ -231,23 +231,23 @@ fn script(root: &Path, path: &str, body: &str) {
 
 /// Which file of the bundle QEMU boots.
 #[derive(Clone, Copy)]
-enum KernelFile {
+pub(crate) enum KernelFile {
     Vmlinux,
     BzImage,
 }
 
 /// What a test boots: which kernel file, the disks, the command line, a NIC or not.
-struct Guest<'a> {
-    kernel: KernelFile,
+pub(crate) struct Guest<'a> {
+    pub(crate) kernel: KernelFile,
     /// None: no disk at all.
-    root_image: Option<&'a Path>,
-    boot_args: &'a GuestBootArgs,
-    with_nic: bool,
-    work_disk: Option<&'a Path>,
+    pub(crate) root_image: Option<&'a Path>,
+    pub(crate) boot_args: &'a GuestBootArgs,
+    pub(crate) with_nic: bool,
+    pub(crate) work_disk: Option<&'a Path>,
 }
 
 /// A QEMU microvm guest, killed when dropped.
-struct Qemu {
+pub(crate) struct Qemu {
     child: Child,
     console: PathBuf,
     qmp: PathBuf,
@@ -255,7 +255,12 @@ struct Qemu {
 }
 
 impl Qemu {
-    fn boot(dir: &Path, bundle: &Path, manifest: &BundleManifest, guest: &Guest<'_>) -> Qemu {
+    pub(crate) fn boot(
+        dir: &Path,
+        bundle: &Path,
+        manifest: &BundleManifest,
+        guest: &Guest<'_>,
+    ) -> Qemu {
         let Guest {
             kernel,
             root_image,
@@ -321,7 +326,7 @@ impl Qemu {
         }
     }
 
-    fn console_text(&self) -> String {
+    pub(crate) fn console_text(&self) -> String {
         std::fs::read(&self.console)
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
             .unwrap_or_default()
@@ -329,7 +334,7 @@ impl Qemu {
 
     /// Waits until the console holds `needle`; returns how long after launch that was.
     /// Fails (printing the console) if QEMU exits first or the deadline passes.
-    fn wait_for(&mut self, needle: &str) -> Duration {
+    pub(crate) fn wait_for(&mut self, needle: &str) -> Duration {
         let deadline = Instant::now() + CONSOLE_DEADLINE;
         loop {
             if self.console_text().contains(needle) {
@@ -358,7 +363,7 @@ impl Qemu {
     }
 
     /// Waits for QEMU to exit on its own (the guest powered off).
-    fn wait_exit(&mut self) -> ExitStatus {
+    pub(crate) fn wait_exit(&mut self) -> ExitStatus {
         let deadline = Instant::now() + CONSOLE_DEADLINE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -379,7 +384,7 @@ impl Qemu {
     }
 
     /// Sends one QMP command (after the capabilities handshake) and returns its answer line.
-    fn qmp(&self, command: &str) -> String {
+    pub(crate) fn qmp(&self, command: &str) -> String {
         let stream = UnixStream::connect(&self.qmp).expect("connect to QMP");
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))

@@ -10,10 +10,13 @@
 mod agent;
 mod cli;
 mod daemon;
+mod dashboard;
 mod doctor;
 mod firecracker;
 mod guest;
+mod guest_images;
 mod kernel;
+mod kernel_pull;
 mod network;
 mod qemu;
 mod registry;
@@ -26,10 +29,12 @@ fn main() {
         agent::tests(),
         cli::tests(),
         daemon::tests(),
+        dashboard::tests(),
         doctor::tests(),
         firecracker::tests(),
         guest::tests(),
         kernel::tests(),
+        kernel_pull::tests(),
         network::tests(),
         registry::tests(),
         qemu::tests(),

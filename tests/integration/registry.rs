@@ -17,8 +17,8 @@ use banger::registry::{
     PullLimits, PullProgress, Registry, RegistryConfig,
 };
 use support::{
-    Body, Gate, Layer, ManifestFormat, Push, Route, StaticRegistry, TestRegistry, UmociImage,
-    noise, tar_with,
+    BASIC_AUTH_PASSWORD, BASIC_AUTH_USER, Body, Gate, Layer, ManifestFormat, Push, Route,
+    StaticRegistry, TestRegistry, UmociImage, noise, tar_with,
 };
 
 pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
@@ -395,7 +395,7 @@ fn write_docker_config(dir: &Path, registry: &str, auth: &str) -> std::path::Pat
 
 async fn credentials_come_from_the_docker_config_and_a_401_says_how_to_log_in() {
     use base64::Engine as _;
-    let registry = TestRegistry::start_with_basic_auth("alice", "s3cret");
+    let registry = TestRegistry::start_with_basic_auth();
     let pushed = registry.push_image(
         "private/app:1",
         &[Layer::gzip(&tar_with(&[("secret", b"42\n")]))],
@@ -424,7 +424,7 @@ async fn credentials_come_from_the_docker_config_and_a_401_says_how_to_log_in() 
     config.docker_config = Some(write_docker_config(
         dir.path(),
         &registry.host(),
-        &encode("alice:wrong"),
+        &encode(&format!("{BASIC_AUTH_USER}:wrong")),
     ));
     let puller = puller(config, dir.path());
     let error = puller.pull(&pushed.reference, &|_| {}).await.unwrap_err();
@@ -435,7 +435,7 @@ async fn credentials_come_from_the_docker_config_and_a_401_says_how_to_log_in() 
     write_docker_config(
         dir.path(),
         &format!("http://{}", registry.host()),
-        &encode("alice:s3cret"),
+        &encode(&format!("{BASIC_AUTH_USER}:{BASIC_AUTH_PASSWORD}")),
     );
     let pulled = puller.pull(&pushed.reference, &|_| {}).await.unwrap();
     assert_eq!(tar_entries(&pulled.layers[0]), vec!["secret"]);

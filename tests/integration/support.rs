@@ -117,6 +117,20 @@ impl TestNetwork {
             .expect("open the test network namespace")
     }
 
+    /// A TCP listener on 127.0.0.1 inside the namespace (its loopback brought up), for a
+    /// server the daemon there must reach.
+    pub fn listen_tcp(&self) -> std::net::TcpListener {
+        self.run("ip", &["link", "set", "lo", "up"]);
+        let namespace = self.namespace();
+        std::thread::spawn(move || {
+            nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("enter the test network namespace");
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind in the namespace")
+        })
+        .join()
+        .expect("the binding thread")
+    }
+
     /// Makes `command` run in the namespace and talk to its helper.
     pub fn join(&self, command: &mut Command) {
         self.sandbox
@@ -143,6 +157,14 @@ impl TestRoot {
             dir,
             network: OnceLock::new(),
         }
+    }
+
+    /// A root whose bangerd runs in this host's network namespace, with no test network even
+    /// as root (for tests that need no VM network but reach servers on this host's loopback).
+    pub fn without_network() -> TestRoot {
+        let root = TestRoot::new();
+        let _ = root.network.set(None);
+        root
     }
 
     /// This root's test network, started on first use; `None` when not running as root (the

@@ -69,6 +69,7 @@ use lab::{Daemon, Inputs, Started, aborted, dir_names, processes_mentioning};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
     KernelImport,
+    KernelPull,
     KernelRemove,
     ImageRegister,
     ImageDelete,
@@ -84,6 +85,7 @@ impl Op {
     fn kind(self) -> OpKind {
         match self {
             Op::KernelImport => OpKind::KernelImport,
+            Op::KernelPull => OpKind::KernelPull,
             Op::KernelRemove => OpKind::KernelRemove,
             Op::ImageRegister => OpKind::ImageRegister,
             Op::ImageDelete => OpKind::ImageDelete,
@@ -100,7 +102,11 @@ impl Op {
     fn runs_vms(self) -> bool {
         !matches!(
             self,
-            Op::KernelImport | Op::KernelRemove | Op::ImageRegister | Op::ImageDelete
+            Op::KernelImport
+                | Op::KernelPull
+                | Op::KernelRemove
+                | Op::ImageRegister
+                | Op::ImageDelete
         )
     }
 
@@ -116,6 +122,10 @@ impl Op {
             Op::KernelRemove => {
                 let k2 = json!({"name": "k2", "from": inputs.kernel_dir.display().to_string()});
                 call_ok(daemon, "kernel.import", k2).await;
+            }
+            // The case is a force-pull over a pulled kernel: every step does something.
+            Op::KernelPull => {
+                call_ok(daemon, "kernel.pull", json!({"name": "pulled"})).await;
             }
             Op::ImageDelete => {
                 let img2 = json!({"name": "img2", "rootfs": inputs.rootfs.display().to_string()});
@@ -140,6 +150,7 @@ impl Op {
                 json!({"name": "k2", "from": inputs.kernel_dir.display().to_string()}),
             ),
             Op::KernelRemove => ("kernel.remove", json!({"name": "k2"})),
+            Op::KernelPull => ("kernel.pull", json!({"name": "pulled", "force": true})),
             Op::ImageRegister => (
                 "image.register",
                 json!({"name": "img2", "rootfs": inputs.rootfs.display().to_string(), "kernel": "k"}),
@@ -183,6 +194,12 @@ impl Op {
                     format!("kernels {kernels:?}: k2 should be present: {present}"),
                 )
             }
+            // Replaced or rolled back to the one it replaced: there either way, and its
+            // files are checked against the views by `check_host`.
+            (Op::KernelPull, _) => want(
+                kernels.contains("pulled") && kernels.contains("k"),
+                format!("kernels {kernels:?}: pulled and k should be present"),
+            ),
             (Op::ImageRegister, s) | (Op::ImageDelete, s) => {
                 let present = (self == Op::ImageRegister) == s;
                 want(
@@ -362,6 +379,7 @@ async fn world(daemon: &Daemon) -> World {
 /// order the log shows them started. The run is checked like a case's end state.
 async fn discover_steps(op: Op, inputs: &Inputs) -> Vec<String> {
     let mut daemon = Daemon::with_network(op.runs_vms());
+    daemon.add_config(&inputs.config());
     daemon.start_ready(None);
     op.set_up(&daemon, inputs).await;
     let (method, params) = op.request(inputs);
@@ -402,6 +420,7 @@ async fn discover_steps(op: Op, inputs: &Inputs) -> Vec<String> {
 async fn run_case(case: &Case, inputs: &Inputs) -> Result<String, String> {
     let started_at = Instant::now();
     let mut daemon = Daemon::with_network(case.op.runs_vms());
+    daemon.add_config(&inputs.config());
     let result = run_case_on(case, inputs, &mut daemon).await;
     let elapsed = started_at.elapsed().as_millis();
     match result {
@@ -1081,6 +1100,10 @@ fn crash_matrix_kernel_import() {
     matrix(Op::KernelImport);
 }
 
+fn crash_matrix_kernel_pull() {
+    matrix(Op::KernelPull);
+}
+
 fn crash_matrix_kernel_remove() {
     matrix(Op::KernelRemove);
 }
@@ -1122,6 +1145,7 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
     // The kernel and image columns run no VM, so they need no test network (nor root).
     let mut tests = banger_test_harness::tests![
         sync crash_matrix_kernel_import,
+        sync crash_matrix_kernel_pull,
         sync crash_matrix_kernel_remove,
         sync crash_matrix_image_register,
         sync crash_matrix_image_delete,

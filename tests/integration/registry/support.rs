@@ -179,6 +179,16 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 }
 
 /// A real `docker-registry` on loopback, killed when dropped.
+/// The user [`TestRegistry::start_with_basic_auth`] lets in.
+pub const BASIC_AUTH_USER: &str = "alice";
+/// Its password.
+pub const BASIC_AUTH_PASSWORD: &str = "s3cret";
+/// bcrypt (`$2y$`, cost 4, so the registry answers fast) of [`BASIC_AUTH_PASSWORD`]: computed
+/// once, so that no test needs a bcrypt implementation (whose dependencies changed the
+/// features the workspace's other builds use, making every test build compile banger twice).
+const BASIC_AUTH_PASSWORD_BCRYPT: &str =
+    "$2y$04$WkDsX0TwJVPja1Ora0Dqb.0I/9ePdeWSbgYcljpjaNnUphoJyNTU2";
+
 pub struct TestRegistry {
     child: Child,
     port: u16,
@@ -241,9 +251,13 @@ impl TestRegistry {
         TestRegistry::start_inner(None)
     }
 
-    /// A registry that asks for basic auth (htpasswd, bcrypt) on every request.
-    pub fn start_with_basic_auth(username: &str, password: &str) -> TestRegistry {
-        TestRegistry::start_inner(Some((username.to_owned(), password.to_owned())))
+    /// A registry that asks for basic auth (htpasswd, bcrypt) on every request, of
+    /// [`BASIC_AUTH_USER`] with password [`BASIC_AUTH_PASSWORD`].
+    pub fn start_with_basic_auth() -> TestRegistry {
+        TestRegistry::start_inner(Some((
+            BASIC_AUTH_USER.to_owned(),
+            BASIC_AUTH_PASSWORD.to_owned(),
+        )))
     }
 
     fn start_inner(credentials: Option<(String, String)>) -> TestRegistry {
@@ -253,11 +267,8 @@ impl TestRegistry {
             .tempdir()
             .expect("a temporary directory");
         let auth = match &credentials {
-            Some((username, password)) => {
-                // A fixed salt keeps the file deterministic; cost 4 keeps the registry fast.
-                let hash = bcrypt::hash_with_salt(password, 4, *b"banger-test-salt")
-                    .expect("bcrypt")
-                    .format_for_version(bcrypt::Version::TwoY);
+            Some((username, _)) => {
+                let hash = BASIC_AUTH_PASSWORD_BCRYPT;
                 let htpasswd = dir.path().join("htpasswd");
                 fs::write(&htpasswd, format!("{username}:{hash}\n")).unwrap();
                 format!(

@@ -103,6 +103,7 @@ async fn create_on(socket: &Path, name: &str) -> Created {
         work_disk_mib: Some(64),
         vmm: None,
         no_wait: false,
+        progress: false,
     };
     let start = Instant::now();
     let result: VmCreateResult = client.call("vm.create", &params).await.expect("vm.create");

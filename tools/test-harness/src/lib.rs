@@ -14,9 +14,10 @@
 //!                 └─ required (CI) ──────────▶ the trial runs and fails with the reason
 //! ```
 //!
-//! `BANGER_REQUIRE_PRIVILEGED=1` (set by `.ci/run`) makes the root and qemu tiers required. The real
-//! firecracker tier is opt-in: setting `BANGER_FIRECRACKER=/path` is what asks for it, so a
-//! path that does not work fails its trials rather than skipping them.
+//! `BANGER_REQUIRE_PRIVILEGED=1` (set by `.ci/run`) makes the root, qemu and browser tiers
+//! required (CI runs as root and installs QEMU and Chromium). The real firecracker tier is
+//! opt-in: setting `BANGER_FIRECRACKER=/path` is what asks for it, so a path that does not work
+//! fails its trials rather than skipping them.
 //!
 //! Every binary also gets one trial that always runs, `tiers::report`: it prints which tiers
 //! are missing, why, and how many trials each one skips, and fails when a required tier is
@@ -43,6 +44,10 @@
 //! A test function that no list names is dead code, which the workspace's `-D warnings`
 //! refuses: a test cannot be forgotten silently. Trial names are the module path without the
 //! crate (`vm::the_whole_lifecycle`), as libtest named them, so filters keep working.
+//!
+//! [`http`] is a small file server for the tests that download (kernel pulls).
+
+pub mod http;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -62,16 +67,21 @@ pub enum Tier {
     /// machine, software emulation where KVM cannot run it). Required where root is (CI
     /// installs QEMU).
     Qemu,
+    /// A Chromium to drive headless (the dashboard's browser tests): `BANGER_CHROMIUM`, else
+    /// `chromium` on `PATH` (Debian's `chromium` package). Required where root is (CI
+    /// installs Chromium).
+    Browser,
 }
 
 impl Tier {
-    pub const ALL: [Tier; 3] = [Tier::Root, Tier::Firecracker, Tier::Qemu];
+    pub const ALL: [Tier; 4] = [Tier::Root, Tier::Firecracker, Tier::Qemu, Tier::Browser];
 
     pub fn name(self) -> &'static str {
         match self {
             Tier::Root => "root",
             Tier::Firecracker => "firecracker",
             Tier::Qemu => "qemu",
+            Tier::Browser => "browser",
         }
     }
 
@@ -100,13 +110,18 @@ impl Tier {
                      (apt-get install qemu-system-x86; CI installs it)"
                 )
             }),
+            Tier::Browser => chromium().is_none().then(|| {
+                "no Chromium: install Debian's `chromium` package (apt-get install chromium), \
+                 or set BANGER_CHROMIUM to a Chromium or Chrome binary"
+                    .to_owned()
+            }),
         }
     }
 
     /// Whether a missing tier fails its trials instead of skipping them.
     pub fn required(self) -> bool {
         match self {
-            Tier::Root | Tier::Qemu => require_privileged(),
+            Tier::Root | Tier::Qemu | Tier::Browser => require_privileged(),
             // Setting BANGER_FIRECRACKER is what asks for the tier, so it is never missing
             // when asked for; a path that does not work fails the trials themselves.
             Tier::Firecracker => false,
@@ -134,6 +149,19 @@ pub fn qemu() -> Option<std::path::PathBuf> {
             std::fs::metadata(candidate)
                 .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
+}
+
+/// The Chromium the browser tests drive: `BANGER_CHROMIUM` when it names something, else the
+/// first of `chromium`, `chromium-browser`, `google-chrome` on `PATH`.
+pub fn chromium() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("BANGER_CHROMIUM").filter(|path| !path.is_empty()) {
+        return Some(std::path::PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH")?;
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
+        .find(|candidate| candidate.is_file())
 }
 
 /// `BANGER_REQUIRE_PRIVILEGED` is set (to anything but `0` or nothing): a missing root tier
@@ -359,7 +387,7 @@ impl Report {
         }
         if !require_privileged() {
             println!(
-                "  (BANGER_REQUIRE_PRIVILEGED=1 turns a missing root or qemu tier into failures)"
+                "  (BANGER_REQUIRE_PRIVILEGED=1 turns a missing root, qemu or browser tier into failures)"
             );
         }
         if failures.is_empty() {

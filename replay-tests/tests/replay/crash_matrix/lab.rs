@@ -93,11 +93,17 @@ impl Network {
     }
 }
 
-/// Inputs shared by the cases of one test: a kernel source directory and a sparse rootfs.
+/// Inputs shared by the cases of one test: a kernel source directory, a sparse rootfs, and a
+/// kernel catalog file naming a small bundle that a local HTTP server serves (for
+/// `kernel.pull`; reachable from a bangerd in this host's network namespace, which is where
+/// the kernel columns run theirs).
 pub struct Inputs {
     _dir: tempfile::TempDir,
     pub kernel_dir: PathBuf,
     pub rootfs: PathBuf,
+    /// A catalog file (`[kernels] catalog`) with the bundle `pulled`.
+    pub kernel_catalog: PathBuf,
+    _server: banger_test_harness::http::FileServer,
 }
 
 impl Inputs {
@@ -112,7 +118,7 @@ impl Inputs {
         vmlinux.extend_from_slice(&[0u8; 4096]);
         vmlinux.extend_from_slice(b"Linux version 6.1.0-test (test@banger) #1 SMP\0");
         vmlinux.extend_from_slice(&[0u8; 1024]);
-        std::fs::write(kernel_dir.join("vmlinux"), vmlinux).expect("write vmlinux");
+        std::fs::write(kernel_dir.join("vmlinux"), &vmlinux).expect("write vmlinux");
         let rootfs = dir.path().join("rootfs.ext4");
         {
             use std::io::{Seek, SeekFrom, Write};
@@ -122,12 +128,81 @@ impl Inputs {
             file.seek(SeekFrom::Start(size - 11)).expect("seek");
             file.write_all(b"rootfs tail").expect("write");
         }
+        let server = banger_test_harness::http::FileServer::start();
+        let tarball = small_bundle_tarball(dir.path(), &vmlinux);
+        let bytes = std::fs::read(&tarball.path).expect("read the tarball");
+        server.serve(
+            "/pulled.tar.zst",
+            banger_test_harness::http::Reply::bytes(bytes),
+        );
+        let kernel_catalog = dir.path().join("kernels.json");
+        let catalog = serde_json::json!({"format": 1, "kernels": [{
+            "name": "pulled", "kind": "bundle", "version": "6.1.0-test", "arch": "x86_64",
+            "tarball_url": server.url("/pulled.tar.zst"), "tarball_sha256": tarball.sha256,
+            "size_bytes": tarball.size, "description": "the crash matrix's bundle"
+        }]});
+        std::fs::write(&kernel_catalog, catalog.to_string()).expect("write the catalog");
         Inputs {
             _dir: dir,
             kernel_dir,
             rootfs,
+            kernel_catalog,
+            _server: server,
         }
     }
+
+    /// What a case's config.toml adds for these inputs.
+    pub fn config(&self) -> String {
+        format!(
+            "\n[kernels]\ncatalog = \"{}\"\n",
+            self.kernel_catalog.display()
+        )
+    }
+}
+
+/// A small bundle (the fixture's vmlinux, a fake bzImage and initrd) packed as the catalog
+/// ships bundles.
+fn small_bundle_tarball(dir: &Path, vmlinux: &[u8]) -> banger::kernel::PackedBundle {
+    use banger::kernel::{BundleFile, BundleManifest, BundleSource};
+    use sha2::Digest;
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(&bundle).expect("create the bundle");
+    let file = |name: &str, bytes: &[u8]| {
+        std::fs::write(bundle.join(name), bytes).expect("write a bundle file");
+        BundleFile {
+            path: name.to_owned(),
+            sha256: sha2::Sha256::digest(bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            size: bytes.len() as u64,
+        }
+    };
+    let manifest = BundleManifest {
+        format: 1,
+        version: "6.1.0-test".into(),
+        arch: "x86_64".into(),
+        source: BundleSource::DebianPackage {
+            package: "linux-image-6.1.0-test".into(),
+            version: "6.1.0-test-1".into(),
+            sha256: "00".repeat(32),
+            url: None,
+        },
+        vmlinux: file("vmlinux", vmlinux),
+        bzimage: file("vmlinuz", b"bzImage"),
+        initrd: file("initrd.img", b"initrd"),
+        config: None,
+        modules: vec![],
+        modules_missing: vec![],
+        agent_sha256: "11".repeat(32),
+        firecracker_min_version: "1.8.0".into(),
+    };
+    std::fs::write(
+        bundle.join("manifest.json"),
+        serde_json::to_vec(&manifest).expect("encode the manifest"),
+    )
+    .expect("write the manifest");
+    banger::kernel::pack_bundle(&bundle, "pulled", &dir.join("dist")).expect("pack the bundle")
 }
 
 /// How a start of bangerd ended up.
@@ -184,6 +259,18 @@ impl Daemon {
 
     pub fn root(&self) -> &Path {
         self.root.path()
+    }
+
+    /// Appends `text` to the config.toml the next start reads.
+    pub fn add_config(&self, text: &str) {
+        use std::io::Write;
+        let path = self.layout().config_dir.join("config.toml");
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open the config");
+        file.write_all(text.as_bytes())
+            .expect("append to the config");
     }
 
     pub fn layout(&self) -> Layout {
