@@ -27,8 +27,24 @@
 //! helper_socket = "/run/banger/helper.sock"   # banger-helper's socket; BANGER_HELPER_SOCKET overrides it
 //! bridge = "banger0"                          # the bridge every VM's tap joins
 //! tap_pool = 2                                # spare taps kept ready for new VMs (0: none)
+//!
+//! [images]
+//! headroom = "1GiB"         # free space a pulled image's filesystem keeps beyond its content
+//! headroom_percent = 10     # and this much more, as a percentage of the content
+//! max_size = "64GiB"        # the largest image a pull may build (content that expands further is refused)
+//! catalog = "/etc/banger/images.json"   # more catalog entries, over the embedded ones (same format)
+//!
+//! [registry]
+//! insecure = ["127.0.0.1:5000"]           # registries reached over plain HTTP (all others: HTTPS only)
+//! [registry.mirrors]
+//! "docker.io" = "127.0.0.1:5000"          # a registry host rewritten to a mirror (same path, no fallback)
 //! ```
+//!
+//! Registry credentials are not configured here: they come from the user's docker config file
+//! (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`, its `auths`), as `docker login`
+//! writes them.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -50,6 +66,31 @@ pub struct Config {
     /// The QEMU binary (`qemu-system-x86_64`); `BANGER_QEMU` wins over the file.
     pub qemu: PathBuf,
     pub network: NetworkConfig,
+    pub images: ImagesConfig,
+    pub registry: RegistrySettings,
+}
+
+/// How pulled images are built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImagesConfig {
+    /// Free space beyond the content (and its metadata) in a pulled image's filesystem.
+    pub headroom_bytes: u64,
+    /// More free space, as a percentage of the content.
+    pub headroom_percent: u32,
+    /// The largest image a pull builds; a layer that expands past it is refused.
+    pub max_size_bytes: u64,
+    /// A catalog file whose entries are added to the embedded ones (and replace those of the
+    /// same name).
+    pub catalog: Option<PathBuf>,
+}
+
+/// `[registry]`: how pulls reach OCI registries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegistrySettings {
+    /// Registries (`host[:port]`) reached over plain HTTP.
+    pub insecure: Vec<String>,
+    /// Registry host → mirror host.
+    pub mirrors: BTreeMap<String, String>,
 }
 
 /// Where the root helper listens and which bridge VMs join.
@@ -108,6 +149,13 @@ impl Default for Config {
                 bridge: DEFAULT_BRIDGE.to_owned(),
                 tap_pool: 2,
             },
+            images: ImagesConfig {
+                headroom_bytes: 1 << 30,
+                headroom_percent: 10,
+                max_size_bytes: 64 << 30,
+                catalog: None,
+            },
+            registry: RegistrySettings::default(),
         }
     }
 }
@@ -138,6 +186,26 @@ struct File {
     qemu: QemuSection,
     #[serde(default)]
     network: NetworkSection,
+    #[serde(default)]
+    images: ImagesSection,
+    #[serde(default)]
+    registry: RegistrySection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ImagesSection {
+    headroom: Option<SizeText>,
+    headroom_percent: Option<u32>,
+    max_size: Option<SizeText>,
+    catalog: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RegistrySection {
+    insecure: Option<Vec<String>>,
+    mirrors: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -287,7 +355,59 @@ impl Config {
             }
             config.network.tap_pool = pool;
         }
+        if let Some(headroom) = file.images.headroom {
+            config.images.headroom_bytes = mib("images.headroom", headroom, 0)? * MIB;
+        }
+        if let Some(percent) = file.images.headroom_percent {
+            if percent > 1000 {
+                return Err(format!(
+                    "images.headroom_percent is {percent}; it must be between 0 and 1000"
+                ));
+            }
+            config.images.headroom_percent = percent;
+        }
+        if let Some(max) = file.images.max_size {
+            config.images.max_size_bytes = mib("images.max_size", max, 16)? * MIB;
+        }
+        if let Some(catalog) = file.images.catalog {
+            if !catalog.is_absolute() {
+                return Err(format!(
+                    "images.catalog is {}; it must be an absolute path",
+                    catalog.display()
+                ));
+            }
+            config.images.catalog = Some(catalog);
+        }
+        if let Some(insecure) = file.registry.insecure {
+            for host in &insecure {
+                registry_host("registry.insecure", host)?;
+            }
+            config.registry.insecure = insecure;
+        }
+        if let Some(mirrors) = file.registry.mirrors {
+            for (from, to) in &mirrors {
+                registry_host("registry.mirrors", from)?;
+                registry_host("registry.mirrors", to)?;
+            }
+            config.registry.mirrors = mirrors;
+        }
         Ok(config)
+    }
+}
+
+/// A registry as image references name it: `host`, `host:port`, no scheme, no path.
+fn registry_host(key: &str, host: &str) -> Result<(), String> {
+    let ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        && !host.starts_with(['.', '-', ':']);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key}: {host:?} is not a registry host; write it as an image reference names it, like \"127.0.0.1:5000\" or \"registry.example.com\" (no scheme, no path)"
+        ))
     }
 }
 
@@ -381,6 +501,15 @@ mod tests {
             helper_socket = "/run/h.sock"
             bridge = "bangerdev"
             tap_pool = 5
+            [images]
+            headroom = "512MiB"
+            headroom_percent = 5
+            max_size = "8GiB"
+            catalog = "/etc/banger/images.json"
+            [registry]
+            insecure = ["127.0.0.1:5000"]
+            [registry.mirrors]
+            "docker.io" = "127.0.0.1:5000"
             "#,
         )
         .unwrap();
@@ -396,6 +525,18 @@ mod tests {
         assert_eq!(config.network.helper_socket, PathBuf::from("/run/h.sock"));
         assert_eq!(config.network.bridge, "bangerdev");
         assert_eq!(config.network.tap_pool, 5);
+        assert_eq!(config.images.headroom_bytes, 512 * MIB);
+        assert_eq!(config.images.headroom_percent, 5);
+        assert_eq!(config.images.max_size_bytes, 8 * 1024 * MIB);
+        assert_eq!(
+            config.images.catalog,
+            Some(PathBuf::from("/etc/banger/images.json"))
+        );
+        assert_eq!(config.registry.insecure, ["127.0.0.1:5000"]);
+        assert_eq!(
+            config.registry.mirrors.get("docker.io").map(String::as_str),
+            Some("127.0.0.1:5000")
+        );
     }
 
     #[test]
@@ -414,6 +555,18 @@ mod tests {
             ("[network]\ntap_pool = 100", "network.tap_pool"),
             ("[vm]\nvmm = \"kvm\"", "vm.vmm: unknown VMM \"kvm\""),
             ("[qemu]\npath = \"/x\"", "unknown field"),
+            ("[images]\nmax_size = \"1M\"", "images.max_size"),
+            ("[images]\ncatalog = \"images.json\"", "absolute"),
+            (
+                "[images]\nheadroom_percent = 5000",
+                "images.headroom_percent",
+            ),
+            ("[registry]\ninsecure = [\"http://x\"]", "registry.insecure"),
+            (
+                "[registry.mirrors]\n\"docker.io\" = \"a/b\"",
+                "registry.mirrors",
+            ),
+            ("[registry]\nmirror = {}", "unknown field"),
         ] {
             let error = Config::parse(text).unwrap_err();
             assert!(error.contains(needle), "{text:?} gave {error:?}");

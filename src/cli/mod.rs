@@ -8,7 +8,7 @@
 //! Code map:
 //! - [`args`]: the clap command tree and all help text.
 //! - [`connect`]: reaching bangerd, autostart.
-//! - `vm`, `catalog` (image, kernel), `events`, `ops`, `replay`, `repair`, `doctor`, `version`:
+//! - `vm`, `catalog` (image, kernel; `pull` shows an image pull's progress), `events`, `ops`, `replay`, `repair`, `doctor`, `version`:
 //!   one module per group of commands that work; `future`: the verbs that answer "not implemented yet".
 //! - [`views`], [`format`](mod@format), [`size`](crate::size): how views, times and sizes read.
 //! - [`error`]: errors, how they print, exit statuses.
@@ -31,6 +31,7 @@ mod events;
 mod future;
 mod ops;
 mod output;
+mod pull;
 mod repair;
 mod replay;
 mod version;

@@ -12,6 +12,8 @@ use banger_events::{OpId, OpKind, Seq, Target};
 use banger_projections::{RecoveryAction, UndoStep};
 
 use super::image_delete::ImageDelete;
+use super::image_promote::ImagePromote;
+use super::image_pull::ImagePull;
 use super::image_register::ImageRegister;
 use super::kernel_import::KernelImport;
 use super::kernel_remove::KernelRemove;
@@ -34,6 +36,8 @@ pub const KINDS: &[KindEntry] = &[
     KindEntry::of::<KernelRemove>(),
     KindEntry::of::<ImageRegister>(),
     KindEntry::of::<ImageDelete>(),
+    KindEntry::of::<ImagePull>(),
+    KindEntry::of::<ImagePromote>(),
     KindEntry::of::<VmCreate>(),
     KindEntry::of::<VmStart>(),
     KindEntry::of::<VmStop>(),
@@ -116,11 +120,7 @@ mod tests {
                 // A restart runs as a stop and then a start, each recorded on its own.
                 OpKind::VmRestart => true,
                 // Their operations are not built yet.
-                OpKind::ImagePull
-                | OpKind::ImagePromote
-                | OpKind::ImageCachePrune
-                | OpKind::KernelPull
-                | OpKind::Teardown => true,
+                OpKind::ImageCachePrune | OpKind::KernelPull | OpKind::Teardown => true,
                 OpKind::VmCreate
                 | OpKind::VmStart
                 | OpKind::VmStop
@@ -129,6 +129,8 @@ mod tests {
                 | OpKind::VmSet
                 | OpKind::ImageRegister
                 | OpKind::ImageDelete
+                | OpKind::ImagePull
+                | OpKind::ImagePromote
                 | OpKind::KernelImport
                 | OpKind::KernelRemove
                 | OpKind::TapFill => false,

@@ -515,7 +515,7 @@ fn kernels_and_images_round_trip_through_tables_json_events_and_replay() {
         .collect();
     assert_eq!(
         header,
-        ["NAME", "SIZE", "KERNEL", "SOURCE", "AGE"],
+        ["NAME", "SIZE", "KERNEL", "SOURCE", "DIGEST", "AGE"],
         "{table}"
     );
     let row: Vec<&str> = lines
