@@ -227,7 +227,20 @@ pub async fn fetch(
     let mut got: u64 = 0;
     progress(0, size_bytes);
     let streamed: Result<(), BundleError> = async {
-        while let Some(chunk) = response.chunk().await.map_err(http_error)? {
+        loop {
+            let chunk = match response.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                // The connection closed before the length it announced.
+                Err(error) if (error.is_body() || error.is_decode()) && got < size_bytes => {
+                    return Err(BundleError::Truncated {
+                        url: url.to_owned(),
+                        got,
+                        expected: size_bytes,
+                    });
+                }
+                Err(error) => return Err(http_error(error)),
+            };
             got += chunk.len() as u64;
             if got > size_bytes {
                 return Err(BundleError::SizeMismatch {

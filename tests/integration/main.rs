@@ -13,6 +13,7 @@ mod daemon;
 mod doctor;
 mod firecracker;
 mod guest;
+mod image_pull;
 mod kernel;
 mod network;
 mod qemu;
@@ -28,6 +29,7 @@ fn main() {
         doctor::tests(),
         firecracker::tests(),
         guest::tests(),
+        image_pull::tests(),
         kernel::tests(),
         network::tests(),
         registry::tests(),
