@@ -16,6 +16,8 @@ use banger::paths::Layout;
 use banger::rpc::{Client, ClientError, StreamEvent};
 use banger_events::Envelope;
 use banger_helper::sandbox::Sandbox;
+
+use super::registry_support::{Layer, TestRegistry, noise, tar_with};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -93,11 +95,13 @@ impl Network {
     }
 }
 
-/// Inputs shared by the cases of one test: a kernel source directory and a sparse rootfs.
+/// Inputs shared by the cases of one test: a kernel source directory and a sparse rootfs,
+/// and for `image.pull`, a real registry on loopback holding a two-layer image.
 pub struct Inputs {
     _dir: tempfile::TempDir,
     pub kernel_dir: PathBuf,
     pub rootfs: PathBuf,
+    registry: Option<(TestRegistry, String)>,
 }
 
 impl Inputs {
@@ -126,6 +130,44 @@ impl Inputs {
             _dir: dir,
             kernel_dir,
             rootfs,
+            registry: None,
+        }
+    }
+
+    /// [`Inputs::new`], and a registry holding `crash/img:1`: two layers (one deleting what
+    /// the other made), so the pull downloads, flattens and injects the agent.
+    pub fn with_registry() -> Inputs {
+        let registry = TestRegistry::start();
+        let first = tar_with(&[("etc/motd", b"crash matrix\n"), ("etc/gone", b"x\n")]);
+        let second = tar_with(&[("etc/.wh.gone", b""), ("usr/bin/tool", &noise(9, 100_000))]);
+        let pushed = registry.push_image(
+            "crash/img:1",
+            &[Layer::gzip(&first), Layer::zstd(&second)],
+            "amd64",
+        );
+        let mut inputs = Inputs::new();
+        inputs.registry = Some((registry, pushed.reference));
+        inputs
+    }
+
+    /// The pushed image's reference.
+    pub fn image_reference(&self) -> &str {
+        &self
+            .registry
+            .as_ref()
+            .expect("a column that pulls has a registry")
+            .1
+    }
+
+    /// Lines for each case's config.toml: the registry, reached over plain HTTP, and small
+    /// images.
+    pub fn config(&self) -> String {
+        match &self.registry {
+            Some((registry, _)) => format!(
+                "\n[registry]\ninsecure = [{:?}]\n\n[images]\nheadroom = \"4MiB\"\n",
+                registry.host()
+            ),
+            None => String::new(),
         }
     }
 }
@@ -184,6 +226,18 @@ impl Daemon {
 
     pub fn root(&self) -> &Path {
         self.root.path()
+    }
+
+    /// Appends `text` to the case's config.toml (before the first start).
+    pub fn configure(&self, text: &str) {
+        use std::io::Write;
+        let path = self.layout().config_dir.join("config.toml");
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open the config");
+        file.write_all(text.as_bytes())
+            .expect("append to the config");
     }
 
     pub fn layout(&self) -> Layout {
