@@ -8,9 +8,9 @@
 //! Code map:
 //! - [`args`]: the clap command tree and all help text.
 //! - [`connect`]: reaching bangerd, autostart.
-//! - `vm`, `catalog` (image, kernel), `events`, `ops`, `replay`, `repair`, `doctor`,
-//!   `dashboard`, `version`: one module per group of commands that work; `future`: the verbs
-//!   that answer "not implemented yet".
+//! - `vm`, `catalog` (image, kernel; `pull` shows an image pull's progress), `events`, `ops`,
+//!   `replay`, `repair`, `doctor`, `dashboard`, `version`: one module per group of commands
+//!   that work; `future`: the verbs that answer "not implemented yet".
 //! - [`views`], [`format`](mod@format), [`size`](crate::size): how views, times and sizes read.
 //! - [`error`]: errors, how they print, exit statuses.
 //!
@@ -35,6 +35,7 @@ mod future;
 mod kernel_progress;
 mod ops;
 mod output;
+mod pull;
 mod repair;
 mod replay;
 mod version;

@@ -24,12 +24,12 @@ use super::kernel_progress::{PullDisplay, Sink};
 use super::output::{json, line, out};
 use super::views::{When, handle_table, operation_table, vm_details, vm_table};
 use crate::api::{
-    EXEC_STDIN_CHUNK_BYTES, EventsParams, ExecStream, NameParams, PingResult, VmCreateParams,
-    VmCreateResult, VmDeleteResult, VmExecInput, VmExecItem, VmExecParams, VmExecResult,
-    VmHealthResult, VmListResult, VmLogsItem, VmLogsParams, VmName, VmPingResult, VmResult,
-    VmSetParams, VmShowResult, VmStopParams,
+    EXEC_STDIN_CHUNK_BYTES, EventsParams, ExecStream, ImageCatalogResult, ImagePullParams,
+    ImageView, NameParams, PingResult, VmCreateParams, VmCreateResult, VmDeleteResult, VmExecInput,
+    VmExecItem, VmExecParams, VmExecResult, VmHealthResult, VmListResult, VmLogsItem, VmLogsParams,
+    VmName, VmPingResult, VmResult, VmSetParams, VmShowResult, VmStopParams,
 };
-use crate::rpc::{ClientError, StreamEvent, StreamInput};
+use crate::rpc::{ClientError, ErrorCode, StreamEvent, StreamInput};
 use crate::size::{Size, format_bytes};
 
 /// After `vm.create` answered, how long the progress display keeps reading the operation's
@@ -153,13 +153,25 @@ impl Report {
     }
 }
 
-/// The `vm.create` parameters for a VM shape given on the command line.
-fn create_params(name: &VmName, shape: VmShape, no_wait: bool) -> Result<VmCreateParams, CliError> {
-    let Some(image) = shape.image else {
-        return Err(CliError::Usage(
-            "a VM needs an image: pass --image NAME (see `banger image list`, or register one with `banger image register`)".into(),
-        ));
+/// The `vm.create` parameters for a VM shape given on the command line. The image (default:
+/// the catalog's default image) is pulled first when it is not here: `--image` may name a
+/// pulled image, a catalog entry or an OCI reference.
+async fn create_params(
+    name: &VmName,
+    shape: VmShape,
+    no_wait: bool,
+    report: Report,
+) -> Result<VmCreateParams, CliError> {
+    let wanted = match shape.image {
+        Some(image) => image,
+        None => {
+            let catalog: ImageCatalogResult = call("image.catalog", &serde_json::json!({})).await?;
+            catalog.default_image
+        }
     };
+    // Its kernel, when not here yet, is pulled by bangerd as part of the create (`vm.create`
+    // streams that pull's progress).
+    let image = ensure_image(&wanted, report).await?.name;
     Ok(VmCreateParams {
         name: name.to_string(),
         image,
@@ -173,9 +185,34 @@ fn create_params(name: &VmName, shape: VmShape, no_wait: bool) -> Result<VmCreat
     })
 }
 
+/// The image `wanted` names: a pulled image, or else pulled now (a catalog entry or an OCI
+/// reference), with its progress on stderr.
+async fn ensure_image(wanted: &str, report: Report) -> Result<ImageView, CliError> {
+    let shown: Result<ImageView, CliError> = call(
+        "image.show",
+        &NameParams {
+            name: wanted.to_owned(),
+        },
+    )
+    .await;
+    match shown {
+        Ok(image) => return Ok(image),
+        Err(error) if error.rpc_code() == Some(ErrorCode::NotFound) => {}
+        Err(error) => return Err(error),
+    }
+    let params = ImagePullParams {
+        reference: wanted.to_owned(),
+        name: None,
+        kernel: None,
+    };
+    let result = super::pull::pull(&params, super::pull::Display::choose(false)).await?;
+    report.line(super::pull::summary(&result))?;
+    Ok(result.image)
+}
+
 async fn create(args: VmCreateArgs) -> Result<(), CliError> {
     let name = args.name.unwrap_or_else(generated_name);
-    let params = create_params(&name, args.shape, args.no_wait)?;
+    let params = create_params(&name, args.shape, args.no_wait, Report::Stdout).await?;
     if args.no_wait {
         let result: VmCreateResult = call("vm.create", &params).await?;
         let op = short_id(&result.op_id);
@@ -227,7 +264,7 @@ async fn run_vm(args: VmRunArgs) -> Result<(), CliError> {
         return Err(future::vm(&VmCommand::Run(args)));
     }
     let name = args.name.unwrap_or_else(generated_name);
-    let params = create_params(&name, args.shape, false)?;
+    let params = create_params(&name, args.shape, false, Report::Stderr).await?;
     create_waiting(&name, &params, Report::Stderr).await?;
     // `vm run` keeps its stdin to itself for now: it is a throwaway VM's command, and what
     // it should read from the terminal (nothing, like `vm exec` on a terminal) is the same.
