@@ -187,6 +187,44 @@ pub struct ImageRegisterParams {
     pub kernel: Option<String>,
 }
 
+pub use crate::operations::image_promote::ImagePromoteParams;
+pub use crate::operations::image_pull::{
+    ImageProgress, ImagePullParams, ImagePullResult, PullItem, PullOutcome,
+};
+pub use crate::registry::PruneSummary as ImageCachePruneResult;
+
+/// `image.cache.prune`: empty the OCI blob cache (or say what that would free).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageCachePruneParams {
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `image.catalog`: the image catalog, and which of its entries are pulled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageCatalogResult {
+    /// What `vm create` / `vm run` boot without `--image`.
+    pub default_image: String,
+    /// The kernel of images pulled by raw OCI reference.
+    pub default_kernel: String,
+    pub entries: Vec<CatalogEntryView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogEntryView {
+    pub name: String,
+    pub description: String,
+    pub kernel: String,
+    /// `oci:REF` or `bundle:URL`.
+    pub source: String,
+    /// A bundle's download size; unknown for an OCI entry until it is resolved.
+    pub size_bytes: Option<u64>,
+    /// `pulled` (an image of this name came from this entry), `available`, or `name-taken`
+    /// (an image of this name came from elsewhere: pull the entry with `--name`).
+    pub state: String,
+}
+
 /// `events.follow`: stream events. Items are [`Envelope`]s.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

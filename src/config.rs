@@ -37,8 +37,23 @@
 //! mirror = "http://127.0.0.1:8080/"    # replaces scheme and host of every catalog URL
 //! [kernels.mirrors]                    # or by prefix (the longest match wins over `mirror`)
 //! "https://snapshot.debian.org/" = "http://mirror.internal/snapshot/"
+//! [images]
+//! headroom = "1GiB"         # free space a pulled image's filesystem keeps beyond its content
+//! headroom_percent = 10     # and this much more, as a percentage of the content
+//! max_size = "64GiB"        # the largest image a pull may build (content that expands further is refused)
+//! catalog = "/etc/banger/images.json"   # more catalog entries, over the embedded ones (same format)
+//!
+//! [registry]
+//! insecure = ["127.0.0.1:5000"]           # registries reached over plain HTTP (all others: HTTPS only)
+//! [registry.mirrors]
+//! "docker.io" = "127.0.0.1:5000"          # a registry host rewritten to a mirror (same path, no fallback)
 //! ```
+//!
+//! Registry credentials are not configured here: they come from the user's docker config file
+//! (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`, its `auths`), as `docker login`
+//! writes them.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -62,6 +77,31 @@ pub struct Config {
     pub network: NetworkConfig,
     pub dashboard: DashboardConfig,
     pub kernels: KernelsConfig,
+    pub images: ImagesConfig,
+    pub registry: RegistrySettings,
+}
+
+/// How pulled images are built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImagesConfig {
+    /// Free space beyond the content (and its metadata) in a pulled image's filesystem.
+    pub headroom_bytes: u64,
+    /// More free space, as a percentage of the content.
+    pub headroom_percent: u32,
+    /// The largest image a pull builds; a layer that expands past it is refused.
+    pub max_size_bytes: u64,
+    /// A catalog file whose entries are added to the embedded ones (and replace those of the
+    /// same name).
+    pub catalog: Option<PathBuf>,
+}
+
+/// `[registry]`: how pulls reach OCI registries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegistrySettings {
+    /// Registries (`host[:port]`) reached over plain HTTP.
+    pub insecure: Vec<String>,
+    /// Registry host → mirror host.
+    pub mirrors: BTreeMap<String, String>,
 }
 
 /// The kernel catalog: the default kernel, more entries, mirrors (see `crate::kernel::catalog`).
@@ -151,6 +191,13 @@ impl Default for Config {
                 catalog: None,
                 mirrors: crate::kernel::Mirrors::default(),
             },
+            images: ImagesConfig {
+                headroom_bytes: 1 << 30,
+                headroom_percent: 10,
+                max_size_bytes: 64 << 30,
+                catalog: None,
+            },
+            registry: RegistrySettings::default(),
         }
     }
 }
@@ -185,6 +232,26 @@ struct File {
     dashboard: DashboardSection,
     #[serde(default)]
     kernels: KernelsSection,
+    #[serde(default)]
+    images: ImagesSection,
+    #[serde(default)]
+    registry: RegistrySection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ImagesSection {
+    headroom: Option<SizeText>,
+    headroom_percent: Option<u32>,
+    max_size: Option<SizeText>,
+    catalog: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RegistrySection {
+    insecure: Option<Vec<String>>,
+    mirrors: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -383,7 +450,59 @@ impl Config {
             .mirrors
             .check()
             .map_err(|error| format!("kernels.mirror(s): {error}"))?;
+        if let Some(headroom) = file.images.headroom {
+            config.images.headroom_bytes = mib("images.headroom", headroom, 0)? * MIB;
+        }
+        if let Some(percent) = file.images.headroom_percent {
+            if percent > 1000 {
+                return Err(format!(
+                    "images.headroom_percent is {percent}; it must be between 0 and 1000"
+                ));
+            }
+            config.images.headroom_percent = percent;
+        }
+        if let Some(max) = file.images.max_size {
+            config.images.max_size_bytes = mib("images.max_size", max, 16)? * MIB;
+        }
+        if let Some(catalog) = file.images.catalog {
+            if !catalog.is_absolute() {
+                return Err(format!(
+                    "images.catalog is {}; it must be an absolute path",
+                    catalog.display()
+                ));
+            }
+            config.images.catalog = Some(catalog);
+        }
+        if let Some(insecure) = file.registry.insecure {
+            for host in &insecure {
+                registry_host("registry.insecure", host)?;
+            }
+            config.registry.insecure = insecure;
+        }
+        if let Some(mirrors) = file.registry.mirrors {
+            for (from, to) in &mirrors {
+                registry_host("registry.mirrors", from)?;
+                registry_host("registry.mirrors", to)?;
+            }
+            config.registry.mirrors = mirrors;
+        }
         Ok(config)
+    }
+}
+
+/// A registry as image references name it: `host`, `host:port`, no scheme, no path.
+fn registry_host(key: &str, host: &str) -> Result<(), String> {
+    let ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        && !host.starts_with(['.', '-', ':']);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key}: {host:?} is not a registry host; write it as an image reference names it, like \"127.0.0.1:5000\" or \"registry.example.com\" (no scheme, no path)"
+        ))
     }
 }
 
@@ -486,6 +605,15 @@ mod tests {
             mirror = "http://127.0.0.1:8080/"
             [kernels.mirrors]
             "https://snapshot.debian.org/" = "http://m/snap/"
+            [images]
+            headroom = "512MiB"
+            headroom_percent = 5
+            max_size = "8GiB"
+            catalog = "/etc/banger/images.json"
+            [registry]
+            insecure = ["127.0.0.1:5000"]
+            [registry.mirrors]
+            "docker.io" = "127.0.0.1:5000"
             "#,
         )
         .unwrap();
@@ -527,6 +655,18 @@ mod tests {
                 .rewrite("https://example.org/k.tar.zst"),
             "http://127.0.0.1:8080/k.tar.zst"
         );
+        assert_eq!(config.images.headroom_bytes, 512 * MIB);
+        assert_eq!(config.images.headroom_percent, 5);
+        assert_eq!(config.images.max_size_bytes, 8 * 1024 * MIB);
+        assert_eq!(
+            config.images.catalog,
+            Some(PathBuf::from("/etc/banger/images.json"))
+        );
+        assert_eq!(config.registry.insecure, ["127.0.0.1:5000"]);
+        assert_eq!(
+            config.registry.mirrors.get("docker.io").map(String::as_str),
+            Some("127.0.0.1:5000")
+        );
     }
 
     #[test]
@@ -550,6 +690,18 @@ mod tests {
             ("[kernels]\nmirror = \"127.0.0.1:80\"", "kernels.mirror"),
             ("[kernels]\ncatalog = \"k.json\"", "absolute"),
             ("[kernels]\ndefault = \"../k\"", "kernels.default"),
+            ("[images]\nmax_size = \"1M\"", "images.max_size"),
+            ("[images]\ncatalog = \"images.json\"", "absolute"),
+            (
+                "[images]\nheadroom_percent = 5000",
+                "images.headroom_percent",
+            ),
+            ("[registry]\ninsecure = [\"http://x\"]", "registry.insecure"),
+            (
+                "[registry.mirrors]\n\"docker.io\" = \"a/b\"",
+                "registry.mirrors",
+            ),
+            ("[registry]\nmirror = {}", "unknown field"),
         ] {
             let error = Config::parse(text).unwrap_err();
             assert!(error.contains(needle), "{text:?} gave {error:?}");

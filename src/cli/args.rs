@@ -44,9 +44,9 @@ What comes next:
   banger dashboard --open            all of it, live, in your web browser
 
 Works today: version, vm run, vm create/start/stop/restart/kill/delete/set/list/show/logs/\
-exec/health/ping, image list/show/register/delete, kernel list [--available]/show/import/rm/pull, \
-events (and events replay, events repair), ops, doctor (its orphan check), dashboard. The other \
-verbs print \"not implemented yet\" and exit 2.";
+exec/health/ping, image list/show/pull/promote/register/delete/cache prune, kernel list \
+[--available]/show/import/rm/pull, events (and events replay, events repair), ops, doctor (its \
+orphan check), dashboard. The other verbs print \"not implemented yet\" and exit 2.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -154,14 +154,15 @@ pub enum VmCommand {
     /// Create a VM, wait until it answers, then open a shell (or run a command) in it
     #[command(after_help = "\
 Examples:
-  banger vm run --image debian                         a login shell in a fresh VM
-  banger vm run --image debian --name dev --memory 4G  the same, in a VM called dev
+  banger vm run                                        a login shell in a fresh Debian 12 VM
+  banger vm run --name dev --memory 4G                 the same, in a VM called dev
   banger vm run --image debian --rm -- make test       run one command, exit with its status,
                                                        and delete the VM afterwards
-  banger vm run --image debian -t -- htop              a command on a terminal in the VM
+  banger vm run --image debian -t -- top               a command on a terminal in the VM
 
-It prints each stage while it waits (created, booted, agent ready) and how long each took, \
-then the shell: the guest user's login shell (bash, or /bin/sh where there is none) on a \
+The image (default: the catalog's debian) is pulled first when it is not here yet. Then it \
+prints each stage while it waits (created, booted, agent ready) and how long each took, and \
+opens the shell: the guest user's login shell (bash, or /bin/sh where there is none) on a \
 terminal in the VM, over the guest agent (no ssh server needed). This terminal is in raw mode \
 until the shell exits; `exit` or Ctrl-D leaves it. Without a terminal on stdin the shell reads \
 its commands from stdin instead. The VM keeps running afterwards unless --rm is given; \
@@ -307,8 +308,8 @@ pub struct VmNameArgs {
 
 #[derive(Debug, Args)]
 pub struct VmShape {
-    /// Image to boot from (see `banger image list`); required until default images arrive
-    /// with image pulls
+    /// Image to boot from: a pulled image, a catalog name or an OCI reference (pulled first
+    /// when it is not here yet); default: the catalog's default, debian
     #[arg(long)]
     pub image: Option<String>,
     /// Kernel to boot with (default: the image's kernel)
@@ -493,25 +494,27 @@ from the catalog or from any OCI registry, and name the kernel it boots with.";
 
 const IMAGE_AFTER: &str = "\
 The 80% command:
-  banger image list                  what you can boot from
+  banger image pull debian           Debian 12 from the catalog (what `vm run` boots by default)
 
 What comes next:
+  banger image list                  what you can boot from (--available: the catalog)
+  banger image pull docker.io/library/alpine:3.20      any OCI image; the agent is put in it
+  banger image show debian           its source, digest, size and kernel
+  banger vm create dev --image debian
+  banger vm stop dev && banger image promote dev --name dev-golden   keep a VM's disk
   banger image register dev-rootfs --rootfs ./rootfs.ext4 --kernel vmlinux-6.1
-  banger image show dev-rootfs       where it lives, its size, sha256 and kernel
-  banger vm create dev --image dev-rootfs
   banger image delete dev-rootfs     forget it and remove banger's copy
-
-Works today: image list, show, register, delete. pull, cache prune and promote arrive with \
-image pulls.";
+  banger image cache prune           free the downloaded layers (pulled images stay)";
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// List images: name, size, kernel, source, age
+    /// List images: name, size, kernel, source, digest, age (--available: the catalog)
     #[command(after_help = "\
 Examples:
   banger image list
+  banger image list --available          the catalog, with a STATE column
   banger image list --json | jq -r '.[].name'")]
-    List(ListArgs),
+    List(ImageListArgs),
     /// Show one image
     #[command(after_help = "\
 Examples:
@@ -528,9 +531,16 @@ Examples:
     Delete(ImageNameArgs),
     /// Pull an image from the catalog or an OCI registry
     #[command(after_help = "\
+A catalog name (see `banger image list --available`) or any OCI reference. Layers are cached \
+by digest (a second pull downloads nothing), flattened into an ext4 root filesystem with the \
+guest agent in it, and registered. Progress goes to stderr: a bar on a terminal, lines \
+otherwise; --json prints each progress item and the result as JSON lines on stdout.
+
 Examples:
-  banger image pull debian-bookworm                     from banger's catalog
-  banger image pull docker.io/library/debian:12 --name debian12")]
+  banger image pull debian                              from banger's catalog
+  banger image pull docker.io/library/debian:12 --name debian12
+  banger image pull 127.0.0.1:5000/team/app:1 --kernel debian-12-cloud
+  banger image pull debian --json | tail -n 1 | jq .image.source")]
     Pull(ImagePullArgs),
     /// Save a stopped VM's root disk as a new image
     #[command(after_help = "\
@@ -570,15 +580,29 @@ pub struct ImageRegisterArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ImageListArgs {
+    /// List the image catalog instead, with a STATE column (pulled, available)
+    #[arg(long)]
+    pub available: bool,
+    /// Print JSON (an array) instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ImagePullArgs {
     /// Catalog name, or an OCI reference like docker.io/library/debian:12
     pub reference: String,
-    /// Name to register the image under (default: derived from the reference)
+    /// Name to register the image under (default: the catalog name, else the repository's
+    /// last part and its tag: debian-12)
     #[arg(long)]
     pub name: Option<String>,
-    /// Replace an image of the same name
+    /// Kernel the image boots with (default: the catalog entry's, else the catalog's default)
     #[arg(long)]
-    pub force: bool,
+    pub kernel: Option<String>,
+    /// Print progress and the result as JSON lines
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -605,6 +629,9 @@ pub struct CachePruneArgs {
     /// Only say what would be freed
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 // ---- kernel -----------------------------------------------------------------------------------

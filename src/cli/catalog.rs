@@ -8,19 +8,22 @@
 use std::path::{Path, PathBuf};
 
 use super::args::{
-    ImageCommand, ImageNameArgs, ImageRegisterArgs, ImageShowArgs, KernelCommand, KernelImportArgs,
-    KernelListArgs, KernelNameArgs, KernelPullArgs, KernelShowArgs, ListArgs,
+    CachePruneArgs, ImageCacheCommand, ImageCommand, ImageListArgs, ImageNameArgs,
+    ImagePromoteArgs, ImagePullArgs, ImageRegisterArgs, ImageShowArgs, KernelCommand,
+    KernelImportArgs, KernelListArgs, KernelNameArgs, KernelPullArgs, KernelShowArgs,
 };
 use super::connect::{call, connect};
 use super::error::CliError;
 use super::format::{Table, now_unix_ms};
-use super::future;
 use super::kernel_progress::{PullDisplay, Sink};
-use super::output::{json, line, out};
+use super::output::{json, json_line, line, out};
+use super::pull::{self, Display};
 use super::views::{When, image_details, image_table, kernel_details, kernel_table};
 use crate::api::{
-    ImageListResult, ImageRegisterParams, ImageView, KernelCatalogResult, KernelCatalogState,
-    KernelImportParams, KernelListResult, KernelPullParams, KernelView, NameParams,
+    ImageCachePruneParams, ImageCachePruneResult, ImageCatalogResult, ImageListResult,
+    ImagePromoteParams, ImagePullParams, ImageRegisterParams, ImageView, KernelCatalogResult,
+    KernelCatalogState, KernelImportParams, KernelListResult, KernelPullParams, KernelView,
+    NameParams,
 };
 use crate::rpc::StreamEvent;
 use crate::size::format_bytes;
@@ -31,9 +34,9 @@ pub async fn image(command: ImageCommand) -> Result<(), CliError> {
         ImageCommand::Show(args) => image_show(args).await,
         ImageCommand::Register(args) => image_register(args).await,
         ImageCommand::Delete(args) => image_delete(args).await,
-        ImageCommand::Pull(_) => Err(future::image_pull()),
-        ImageCommand::Promote(_) => Err(future::image_promote()),
-        ImageCommand::Cache(command) => Err(future::image_cache(&command)),
+        ImageCommand::Pull(args) => image_pull(args).await,
+        ImageCommand::Promote(args) => image_promote(args).await,
+        ImageCommand::Cache(ImageCacheCommand::Prune(args)) => image_cache_prune(args).await,
     }
 }
 
@@ -47,13 +50,18 @@ pub async fn kernel(command: KernelCommand) -> Result<(), CliError> {
     }
 }
 
-async fn image_list(args: ListArgs) -> Result<(), CliError> {
+async fn image_list(args: ImageListArgs) -> Result<(), CliError> {
+    if args.available {
+        return image_catalog(args.json).await;
+    }
     let result: ImageListResult = call("image.list", &serde_json::json!({})).await?;
     if args.json {
         return json(&result.images);
     }
     if result.images.is_empty() {
-        return line("no images; register one with `banger image register NAME --rootfs FILE`");
+        return line(
+            "no images; pull one with `banger image pull debian` (see `banger image list --available`)",
+        );
     }
     out(image_table(
         &result.images,
@@ -93,6 +101,74 @@ async fn image_register(args: ImageRegisterArgs) -> Result<(), CliError> {
         image.kernel.as_deref().unwrap_or("none"),
         image.rootfs_path
     ))
+}
+
+/// `image list --available`: the catalog, with what is pulled.
+async fn image_catalog(as_json: bool) -> Result<(), CliError> {
+    let catalog: ImageCatalogResult = call("image.catalog", &serde_json::json!({})).await?;
+    if as_json {
+        return json(&catalog);
+    }
+    let mut table = Table::new(&["NAME", "STATE", "KERNEL", "SIZE", "SOURCE", "DESCRIPTION"]);
+    for entry in &catalog.entries {
+        let name = if entry.name == catalog.default_image {
+            format!("{} (default)", entry.name)
+        } else {
+            entry.name.clone()
+        };
+        table.row(vec![
+            name,
+            entry.state.clone(),
+            entry.kernel.clone(),
+            entry
+                .size_bytes
+                .map_or_else(|| "-".to_owned(), format_bytes),
+            entry.source.clone(),
+            entry.description.clone(),
+        ]);
+    }
+    out(table.render())
+}
+
+async fn image_pull(args: ImagePullArgs) -> Result<(), CliError> {
+    let params = ImagePullParams {
+        reference: args.reference,
+        name: args.name,
+        kernel: args.kernel,
+    };
+    let display = Display::choose(args.json);
+    let result = pull::pull(&params, display).await?;
+    if display == Display::Json {
+        return json_line(&result);
+    }
+    line(pull::summary(&result))
+}
+
+async fn image_promote(args: ImagePromoteArgs) -> Result<(), CliError> {
+    let params = ImagePromoteParams {
+        vm: args.vm.to_string(),
+        name: args.name,
+    };
+    let image: ImageView = call("image.promote", &params).await?;
+    line(format!(
+        "promoted {}'s disk to image {} ({}, kernel {}), stored at {}",
+        params.vm,
+        image.name,
+        format_bytes(image.size_bytes),
+        image.kernel.as_deref().unwrap_or("none"),
+        image.rootfs_path
+    ))
+}
+
+async fn image_cache_prune(args: CachePruneArgs) -> Result<(), CliError> {
+    let params = ImageCachePruneParams {
+        dry_run: args.dry_run,
+    };
+    let result: ImageCachePruneResult = call("image.cache.prune", &params).await?;
+    if args.json {
+        return json_line(&result);
+    }
+    line(result.to_string())
 }
 
 async fn image_delete(args: ImageNameArgs) -> Result<(), CliError> {

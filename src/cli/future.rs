@@ -4,13 +4,12 @@
 //! exit status 2: nothing pretends to work, and a script or agent can tell "not there yet" (2)
 //! from "it failed" (1). When a verb lands, its arm here moves to a real command module.
 
-use super::args::{ImageCacheCommand, SystemCommand, VmCommand, WorkspaceCommand};
+use super::args::{SystemCommand, VmCommand, WorkspaceCommand};
 use super::error::CliError;
 
 const AGENT: &str = "stats and ports from the guest agent";
 const SSH: &str = "ssh through the guest agent";
 const WORKSPACES: &str = "workspaces";
-const PULLS: &str = "image pulls from the catalog and OCI registries";
 const SYSTEMD: &str = "the systemd install";
 
 fn later(verb: &'static str, arrives_with: &'static str) -> CliError {
@@ -49,20 +48,6 @@ pub fn vm(command: &VmCommand) -> CliError {
         VmCommand::Workspace(WorkspaceCommand::Status(_)) => {
             later("vm workspace status", WORKSPACES)
         }
-    }
-}
-
-pub fn image_pull() -> CliError {
-    later("image pull", PULLS)
-}
-
-pub fn image_promote() -> CliError {
-    later("image promote", PULLS)
-}
-
-pub fn image_cache(command: &ImageCacheCommand) -> CliError {
-    match command {
-        ImageCacheCommand::Prune(_) => later("image cache prune", PULLS),
     }
 }
 

@@ -8,9 +8,9 @@
 //! Code map:
 //! - [`args`]: the clap command tree and all help text.
 //! - [`connect`]: reaching bangerd, autostart.
-//! - `vm`, `catalog` (image, kernel), `events`, `ops`, `replay`, `repair`, `doctor`,
-//!   `dashboard`, `version`: one module per group of commands that work; `future`: the verbs
-//!   that answer "not implemented yet".
+//! - `vm`, `catalog` (image, kernel; `pull` shows an image pull's progress), `events`, `ops`,
+//!   `replay`, `repair`, `doctor`, `dashboard`, `version`: one module per group of commands
+//!   that work; `future`: the verbs that answer "not implemented yet".
 //! - `terminal`: the host terminal while a command runs on a terminal in the guest (raw mode
 //!   and its guard, the window size, `TERM`).
 //! - [`views`], [`format`](mod@format), [`size`](crate::size): how views, times and sizes read.
@@ -37,6 +37,7 @@ mod future;
 mod kernel_progress;
 mod ops;
 mod output;
+mod pull;
 mod repair;
 mod replay;
 mod terminal;

@@ -67,17 +67,34 @@ pub fn vm_table<'a>(vms: impl IntoIterator<Item = &'a VmView>, when: When) -> Ta
 }
 
 pub fn image_table<'a>(images: impl IntoIterator<Item = &'a ImageView>, when: When) -> Table {
-    let mut table = Table::new(&["NAME", "SIZE", "KERNEL", "SOURCE", when.header()]);
+    let mut table = Table::new(&["NAME", "SIZE", "KERNEL", "SOURCE", "DIGEST", when.header()]);
     for image in images {
+        let (source, digest) = split_source(&image.source);
         table.row(vec![
             image.name.clone(),
             format_bytes(image.size_bytes),
             or_dash(image.kernel.as_deref()),
-            image.source.clone(),
+            source.to_owned(),
+            or_dash(digest.map(short_digest).as_deref()),
             when.cell(image.registered_seq, image.registered_at_unix_ms),
         ]);
     }
     table
+}
+
+/// An image's source without its digest, and the digest (`sha256:…`) when it records one:
+/// `oci:docker.io/library/debian:bookworm@sha256:ab…` is the reference and `sha256:ab…`.
+pub fn split_source(source: &str) -> (&str, Option<&str>) {
+    match source.rsplit_once('@') {
+        Some((rest, digest)) if digest.starts_with("sha256:") => (rest, Some(digest)),
+        _ => (source, None),
+    }
+}
+
+/// `sha256:` and the first 12 hex digits, as `docker images` shows them.
+fn short_digest(digest: &str) -> String {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    format!("sha256:{}", &hex[..hex.len().min(12)])
 }
 
 pub fn kernel_table<'a>(kernels: impl IntoIterator<Item = &'a KernelView>, when: When) -> Table {
@@ -250,7 +267,8 @@ pub fn image_details(image: &ImageView, now_unix_ms: u64) -> String {
             "sha256",
             or_dash(Some(image.sha256.as_str()).filter(|s| !s.is_empty())),
         ),
-        ("source", image.source.clone()),
+        ("source", split_source(&image.source).0.to_owned()),
+        ("digest", or_dash(split_source(&image.source).1)),
         (
             "registered",
             when_text(
@@ -359,8 +377,20 @@ mod tests {
         };
         assert_eq!(
             image_table([&image], When::Seq).render(),
-            "NAME    SIZE   KERNEL  SOURCE                     SEQ\n\
-             debian  1 GiB  -       register:/tmp/debian.ext4  7\n"
+            "NAME    SIZE   KERNEL  SOURCE                     DIGEST  SEQ\n\
+             debian  1 GiB  -       register:/tmp/debian.ext4  -       7\n"
+        );
+        let pulled = ImageView {
+            source: format!(
+                "oci:docker.io/library/debian:bookworm@sha256:{}",
+                "ab".repeat(32)
+            ),
+            ..image
+        };
+        assert!(
+            image_table([&pulled], When::Seq)
+                .render()
+                .contains("oci:docker.io/library/debian:bookworm  sha256:abababababab  7")
         );
     }
 }

@@ -38,12 +38,13 @@ use super::output::{json, line, out};
 use super::terminal;
 use super::views::{When, handle_table, operation_table, vm_details, vm_table};
 use crate::api::{
-    EXEC_STDIN_CHUNK_BYTES, EventsParams, ExecStream, NameParams, PingResult, VmCreateParams,
-    VmCreateResult, VmDeleteResult, VmExecInput, VmExecItem, VmExecParams, VmExecResize,
-    VmExecResult, VmExecTty, VmHealthResult, VmListResult, VmLogsItem, VmLogsParams, VmName,
-    VmPingResult, VmResult, VmSetParams, VmShowResult, VmStopParams,
+    EXEC_STDIN_CHUNK_BYTES, EventsParams, ExecStream, ImageCatalogResult, ImagePullParams,
+    ImageView, NameParams, PingResult, VmCreateParams, VmCreateResult, VmDeleteResult, VmExecInput,
+    VmExecItem, VmExecParams, VmExecResize, VmExecResult, VmExecTty, VmHealthResult, VmListResult,
+    VmLogsItem, VmLogsParams, VmName, VmPingResult, VmResult, VmSetParams, VmShowResult,
+    VmStopParams,
 };
-use crate::rpc::{ClientError, StreamEvent, StreamInput};
+use crate::rpc::{ClientError, ErrorCode, StreamEvent, StreamInput};
 use crate::size::{Size, format_bytes};
 
 /// After `vm.create` answered, how long the progress display keeps reading the operation's
@@ -185,29 +186,69 @@ impl Report {
     }
 }
 
-/// The `vm.create` parameters for a VM shape given on the command line.
-fn create_params(name: &VmName, shape: VmShape, no_wait: bool) -> Result<VmCreateParams, CliError> {
-    let Some(image) = shape.image else {
-        return Err(CliError::Usage(
-            "a VM needs an image: pass --image NAME (see `banger image list`, or register one with `banger image register`)".into(),
-        ));
+/// The `vm.create` parameters for a VM shape given on the command line. The image (default:
+/// the catalog's default image) is pulled first when it is not here: `--image` may name a
+/// pulled image, a catalog entry or an OCI reference.
+async fn create_params(
+    name: &VmName,
+    shape: VmShape,
+    no_wait: bool,
+    report: Report,
+) -> Result<VmCreateParams, CliError> {
+    // Usage errors first: nothing is pulled for a request that cannot be made.
+    let memory_mib = mib("--memory", shape.memory)?;
+    let work_disk_mib = mib("--work-disk", shape.work_disk)?;
+    let wanted = match shape.image {
+        Some(image) => image,
+        None => {
+            let catalog: ImageCatalogResult = call("image.catalog", &serde_json::json!({})).await?;
+            catalog.default_image
+        }
     };
+    // Its kernel, when not here yet, is pulled by bangerd as part of the create (`vm.create`
+    // streams that pull's progress).
+    let image = ensure_image(&wanted, report).await?.name;
     Ok(VmCreateParams {
         name: name.to_string(),
         image,
         kernel: shape.kernel,
         vcpus: shape.cpus,
-        memory_mib: mib("--memory", shape.memory)?,
-        work_disk_mib: mib("--work-disk", shape.work_disk)?,
+        memory_mib,
+        work_disk_mib,
         vmm: shape.vmm,
         no_wait,
         progress: false,
     })
 }
 
+/// The image `wanted` names: a pulled image, or else pulled now (a catalog entry or an OCI
+/// reference), with its progress on stderr.
+async fn ensure_image(wanted: &str, report: Report) -> Result<ImageView, CliError> {
+    let shown: Result<ImageView, CliError> = call(
+        "image.show",
+        &NameParams {
+            name: wanted.to_owned(),
+        },
+    )
+    .await;
+    match shown {
+        Ok(image) => return Ok(image),
+        Err(error) if error.rpc_code() == Some(ErrorCode::NotFound) => {}
+        Err(error) => return Err(error),
+    }
+    let params = ImagePullParams {
+        reference: wanted.to_owned(),
+        name: None,
+        kernel: None,
+    };
+    let result = super::pull::pull(&params, super::pull::Display::choose(false)).await?;
+    report.line(super::pull::summary(&result))?;
+    Ok(result.image)
+}
+
 async fn create(args: VmCreateArgs) -> Result<(), CliError> {
     let name = args.name.unwrap_or_else(generated_name);
-    let params = create_params(&name, args.shape, args.no_wait)?;
+    let params = create_params(&name, args.shape, args.no_wait, Report::Stdout).await?;
     if args.no_wait {
         let result: VmCreateResult = call("vm.create", &params).await?;
         let op = short_id(&result.op_id);
@@ -273,7 +314,7 @@ async fn run_vm(args: VmRunArgs) -> Result<(), CliError> {
         Io::choose(args.tty, args.interactive, false, stdin_terminal)
     };
     let name = args.name.unwrap_or_else(generated_name);
-    let params = create_params(&name, args.shape, false)?;
+    let params = create_params(&name, args.shape, false, Report::Stderr).await?;
     Report::Stderr.line(format!("{name}: a VM from image {}", params.image.as_str()))?;
     create_waiting(&name, &params, Style::Stages).await?;
     if let Some(warning) = warning {

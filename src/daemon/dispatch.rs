@@ -17,7 +17,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use super::server::{Conn, error_response, result_response};
-use super::{Daemon, VERSION, follow, guest, handlers, kernels, vm};
+use super::{Daemon, VERSION, follow, guest, handlers, images, kernels, vm};
 use crate::operations::{BoxFuture, OpError};
 use crate::rpc::protocol::{ErrorCode, PROTOCOL_VERSION, Request, Response, RpcError};
 
@@ -82,6 +82,10 @@ pub static METHODS: &[(&str, Handler)] = &[
     ("image.show", call!(handlers::image_show)),
     ("image.register", call!(handlers::image_register)),
     ("image.delete", call!(handlers::image_delete)),
+    ("image.pull", Handler::Stream(images::pull_handler)),
+    ("image.promote", call!(images::promote)),
+    ("image.catalog", call!(images::catalog)),
+    ("image.cache.prune", call!(images::cache_prune)),
     ("kernel.list", call!(handlers::kernel_list)),
     ("kernel.show", call!(handlers::kernel_show)),
     ("kernel.import", call!(handlers::kernel_import)),
@@ -255,6 +259,10 @@ mod tests {
         "image.show",
         "image.register",
         "image.delete",
+        "image.pull",
+        "image.promote",
+        "image.catalog",
+        "image.cache.prune",
         "kernel.list",
         "kernel.show",
         "kernel.import",

@@ -270,7 +270,11 @@ pub async fn image_delete(
 
 /// Runs an operation in a task of its own (tracked, so shutdown waits for it) and waits for
 /// its outcome. If the caller goes away, the task runs on to its end.
-async fn detached<T, F, Fut>(daemon: &Daemon, cx: &Cx, operation: F) -> Result<T, RpcError>
+pub(crate) async fn detached<T, F, Fut>(
+    daemon: &Daemon,
+    cx: &Cx,
+    operation: F,
+) -> Result<T, RpcError>
 where
     T: Send + 'static,
     F: FnOnce(Arc<Runner>, OpId) -> Fut,

@@ -33,6 +33,7 @@ pub mod ensure;
 pub mod follow;
 pub mod guest;
 pub mod handlers;
+pub mod images;
 pub mod kernels;
 pub(crate) mod lock;
 pub mod orphans;
@@ -65,6 +66,7 @@ use crate::host::guest_agent::AgentLinks;
 use crate::host::network::GuestNetwork;
 use crate::host::qemu::QemuVmm;
 use crate::host::vmm::FirecrackerVmm;
+use crate::operations::image_pull::ImageHost;
 use crate::operations::vm_common::VmHost;
 use crate::operations::{FailpointError, Failpoints, Runner, recovery};
 use crate::paths::{Layout, PathsError};
@@ -130,6 +132,8 @@ pub enum DaemonError {
     },
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
+    #[error("{0}")]
+    Images(String),
     #[error("cannot catch SIGTERM and SIGINT: {0}")]
     Signals(#[source] io::Error),
 }
@@ -162,6 +166,8 @@ pub struct Daemon {
     pub ops: TaskTracker,
     /// What VM operations run against: the VMM backend, the configuration.
     pub vms: Arc<VmHost>,
+    /// What image pulls share: the registry client and blob cache, the catalog.
+    pub images: Arc<ImageHost>,
     /// Watches VMMs; knows when each VM was last used.
     pub supervisor: Arc<supervisor::Supervisor>,
 }
@@ -245,6 +251,7 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
         );
     }
     let config = Config::load(&layout.config_path())?;
+    let images = Arc::new(ImageHost::new(&config, &layout).map_err(DaemonError::Images)?);
     prepare_dirs(&layout)?;
     let lock = lock::PidLock::acquire(&layout.daemon_lock_path(), &layout.state_dir)?;
 
@@ -264,6 +271,13 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
         failpoints,
     ));
     record_start_and_recover(&journal, &runner).await;
+    // A download a killed bangerd was in the middle of left a temporary file in the cache.
+    {
+        let images = images.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || images.registry.cache().sweep_stale_temp_files())
+                .await;
+    }
     let vms = Arc::new(VmHost::new(
         backends.clone(),
         agents,
@@ -295,6 +309,7 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
         stop_reason: Mutex::new(None),
         ops: TaskTracker::new(),
         vms,
+        images,
         supervisor,
     });
     spawn_verify(journal.clone());

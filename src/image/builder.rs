@@ -21,7 +21,7 @@ use super::ext4::disk::ImageFile;
 use super::ext4::format::{BLOCK_SIZE_U64, BLOCKS_PER_GROUP, DESC_SIZE, time_in_range};
 use super::ext4::write::{FsParams, WriteError, write_filesystem};
 use super::tar::{EntryKind, TarEntry, TarError, TarReader, Timestamp};
-use super::tree::{Metadata, Node, NodeKind, Tree};
+use super::tree::{Metadata, Node, NodeId, NodeKind, ROOT, Tree};
 use super::xattr::convert_xattrs;
 
 /// How the image is sized and what it may grow to.
@@ -88,6 +88,24 @@ pub struct ImageSummary {
     pub inodes_used: u64,
     pub inodes_total: u64,
     pub layers: usize,
+}
+
+/// What a path names in an image being built ([`ImageBuilder::resolve`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedEntry {
+    /// The path with every symlink resolved, absolute in the image.
+    pub path: String,
+    pub kind: ResolvedKind,
+    /// Permission bits with setuid, setgid and sticky.
+    pub mode: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResolvedKind {
+    Directory,
+    Regular,
+    /// A device or fifo.
+    Other,
 }
 
 /// Where an image is written before it is published at `output`: `output` with `.partial`
@@ -547,6 +565,69 @@ impl ImageBuilder {
         })
     }
 
+    /// What `path` (absolute, in the image) names in the image as applied so far, following
+    /// symlinks inside the image as the guest's kernel would (absolute targets from the image's
+    /// root, `..` never above it, at most 40 links), or `None` when it does not resolve. The
+    /// boot contract's question ("is `/sbin/init` systemd?") is asked this way, after the last
+    /// layer and before the agent's.
+    pub fn resolve(&self, path: &str) -> Option<ResolvedEntry> {
+        let mut pending: Vec<Vec<u8>> = split(path.as_bytes());
+        pending.reverse();
+        // The directories walked so far, root first (so `..` pops one).
+        let mut walked: Vec<(NodeId, Vec<u8>)> = vec![(ROOT, Vec::new())];
+        let mut links = 0;
+        while let Some(name) = pending.pop() {
+            if name == b"." {
+                continue;
+            }
+            if name == b".." {
+                if walked.len() > 1 {
+                    walked.pop();
+                }
+                continue;
+            }
+            let dir = walked.last().expect("the root stays").0;
+            let NodeKind::Directory(children) = &self.tree.node(dir).kind else {
+                return None;
+            };
+            let entry = children.get(name.as_slice())?;
+            match &self.tree.node(entry.node).kind {
+                NodeKind::Symlink(target) => {
+                    links += 1;
+                    if links > 40 {
+                        return None;
+                    }
+                    if target.first() == Some(&b'/') {
+                        walked.truncate(1);
+                    }
+                    for component in split(target).into_iter().rev() {
+                        pending.push(component);
+                    }
+                }
+                _ => walked.push((entry.node, name)),
+            }
+        }
+        let (node, _) = walked.last().expect("root");
+        let node = self.tree.node(*node);
+        let mut resolved = Vec::new();
+        for (_, name) in &walked[1..] {
+            resolved.push(b'/');
+            resolved.extend_from_slice(name);
+        }
+        if resolved.is_empty() {
+            resolved.push(b'/');
+        }
+        Some(ResolvedEntry {
+            path: String::from_utf8_lossy(&resolved).into_owned(),
+            kind: match node.kind {
+                NodeKind::Directory(_) => ResolvedKind::Directory,
+                NodeKind::Regular { .. } => ResolvedKind::Regular,
+                _ => ResolvedKind::Other,
+            },
+            mode: node.meta.mode,
+        })
+    }
+
     /// Removes the partial image; the builder cannot be used afterwards.
     fn discard(&mut self) {
         self.image = None;
@@ -644,4 +725,12 @@ pub(crate) fn path_components(path: &[u8]) -> Result<Vec<&[u8]>, Refusal> {
         return Err(Refusal::PathTooLong);
     }
     Ok(components)
+}
+
+/// The non-empty components of a path (`/a//b/` gives `a`, `b`).
+fn split(path: &[u8]) -> Vec<Vec<u8>> {
+    path.split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
 }

@@ -45,7 +45,10 @@
 //! in the format). The root is owned 0:0 with mode 0755 unless a layer restates it;
 //! `/lost+found` is created (mode 0700) when no layer provides it, as mke2fs does.
 
+pub mod agent;
 pub mod builder;
+pub mod bundle;
+pub mod catalog;
 pub mod error;
 pub(crate) mod ext4;
 pub(crate) mod tar;
@@ -56,6 +59,7 @@ pub(crate) mod xattr;
 mod tests;
 
 pub use builder::{
-    FlattenOptions, ImageBuilder, ImageSummary, LayerSummary, flatten_layers, partial_path,
+    FlattenOptions, ImageBuilder, ImageSummary, LayerSummary, ResolvedEntry, ResolvedKind,
+    flatten_layers, partial_path,
 };
 pub use error::{FlattenError, Refusal};

@@ -31,12 +31,15 @@ pub struct State {
     pub name: String,
     pub rootfs: PathBuf,
     pub kernel: Option<String>,
+    /// What `ImageRegistered` records as its source (`register:<path>`, `promote:<vm>`).
+    pub source: String,
     /// Filled by `checksum`.
     pub sha256: String,
     pub size_bytes: u64,
 }
 
-const STEPS: &[&dyn Step<State>] = &[&Stage, &Checksum, &Publish];
+/// The steps; `image.promote` runs the same table (its source file is a VM's root disk).
+pub(crate) const STEPS: &[&dyn Step<State>] = &[&Stage, &Checksum, &Publish];
 
 impl OperationKind for ImageRegister {
     const KIND: OpKind = OpKind::ImageRegister;
@@ -58,7 +61,7 @@ impl OperationKind for ImageRegister {
             kernel: state.kernel.clone(),
             size_bytes: state.size_bytes,
             sha256: state.sha256.clone(),
-            source: format!("register:{}", state.rootfs.display()),
+            source: state.source.clone(),
         })]
     }
 }
@@ -117,6 +120,7 @@ pub async fn run(
     let parameters = serde_json::to_string(&params).unwrap_or_default();
     let state = State {
         name: params.name.clone(),
+        source: format!("register:{}", rootfs.display()),
         rootfs,
         kernel: params.kernel.clone(),
         sha256: String::new(),

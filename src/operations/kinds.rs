@@ -12,6 +12,8 @@ use banger_events::{OpId, OpKind, Seq, Target};
 use banger_projections::{RecoveryAction, UndoStep};
 
 use super::image_delete::ImageDelete;
+use super::image_promote::ImagePromote;
+use super::image_pull::ImagePull;
 use super::image_register::ImageRegister;
 use super::kernel_import::KernelImport;
 use super::kernel_pull::KernelPull;
@@ -36,6 +38,8 @@ pub const KINDS: &[KindEntry] = &[
     KindEntry::of::<KernelRemove>(),
     KindEntry::of::<ImageRegister>(),
     KindEntry::of::<ImageDelete>(),
+    KindEntry::of::<ImagePull>(),
+    KindEntry::of::<ImagePromote>(),
     KindEntry::of::<VmCreate>(),
     KindEntry::of::<VmStart>(),
     KindEntry::of::<VmStop>(),
@@ -118,10 +122,7 @@ mod tests {
                 // A restart runs as a stop and then a start, each recorded on its own.
                 OpKind::VmRestart => true,
                 // Their operations are not built yet.
-                OpKind::ImagePull
-                | OpKind::ImagePromote
-                | OpKind::ImageCachePrune
-                | OpKind::Teardown => true,
+                OpKind::ImageCachePrune | OpKind::Teardown => true,
                 OpKind::VmCreate
                 | OpKind::VmStart
                 | OpKind::VmStop
@@ -130,6 +131,8 @@ mod tests {
                 | OpKind::VmSet
                 | OpKind::ImageRegister
                 | OpKind::ImageDelete
+                | OpKind::ImagePull
+                | OpKind::ImagePromote
                 | OpKind::KernelImport
                 | OpKind::KernelPull
                 | OpKind::KernelRemove

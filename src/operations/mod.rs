@@ -54,6 +54,8 @@
 
 pub mod failpoints;
 pub mod image_delete;
+pub mod image_promote;
+pub mod image_pull;
 pub mod image_register;
 pub mod kernel_import;
 pub mod kernel_pull;
@@ -449,6 +451,7 @@ mod invariant_tests {
             name: "i".into(),
             rootfs: source.join("rootfs.ext4"),
             kernel: None,
+            source: "register:test".into(),
             sha256: String::new(),
             size_bytes: 0,
         }

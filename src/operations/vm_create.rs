@@ -190,8 +190,8 @@ pub fn prepare(
     }
     let image = view.images.get(&params.image).ok_or_else(|| {
         OpError::NotFound(format!(
-            "no image named {}; see `banger image list`, or register one with `banger image register {} --rootfs FILE`",
-            params.image, params.image
+            "no image named {}; pull it with `banger image pull {}` (see `banger image list --available`), or register one with `banger image register {} --rootfs FILE`",
+            params.image, params.image, params.image
         ))
     })?;
     let kernel_name = params
@@ -207,7 +207,7 @@ pub fn prepare(
     }
     let kernel = view.kernels.get(&kernel_name).ok_or_else(|| {
         OpError::NotFound(format!(
-            "no kernel named {kernel_name}; see `banger kernel list` and `banger kernel list --available`, pull one (`banger kernel pull NAME`) or import one (`banger kernel import {kernel_name} --from DIR`)"
+            "no kernel named {kernel_name}; pull it with `banger kernel pull {kernel_name}` (see `banger kernel list --available`), or import one with `banger kernel import {kernel_name} --from DIR`"
         ))
     })?;
     let spec = VmSpec {

@@ -459,8 +459,10 @@ impl BlobCache {
     }
 
     /// Deletes temporary files left by processes that died mid-download (once per cache value:
-    /// a crash is rare, and the next prune deletes them anyway).
-    fn sweep_stale_temp_files(&self) {
+    /// a crash is rare, and the next prune deletes them anyway). bangerd calls it at start, after
+    /// crash recovery, so a download its previous process was killed in leaves nothing behind;
+    /// the first download of a cache value calls it too.
+    pub fn sweep_stale_temp_files(&self) {
         if self.inner.swept.swap(true, Ordering::Relaxed) {
             return;
         }

@@ -247,6 +247,14 @@ impl Decoder {
         }
     }
 
+    fn blob_ref(&self) -> &BlobReader {
+        match self {
+            Decoder::Plain(reader) => reader.get_ref(),
+            Decoder::Gzip(reader) => reader.get_ref().get_ref(),
+            Decoder::Zstd(reader) => reader.get_ref().get_ref(),
+        }
+    }
+
     fn blob(&mut self) -> &mut BlobReader {
         match self {
             Decoder::Plain(reader) => reader.get_mut(),
@@ -278,6 +286,12 @@ impl LayerReader {
     /// Decompressed bytes returned so far.
     pub fn decompressed_bytes(&self) -> u64 {
         self.decompressed_bytes
+    }
+
+    /// Bytes of the blob (compressed) read so far, read-ahead included: how far through the
+    /// layer a reader is, against [`LayerBlob::size`], for progress.
+    pub fn compressed_bytes(&self) -> u64 {
+        self.decoder.blob_ref().offset
     }
 
     /// Ends a read that stopped before the end of the stream (a tar reader stops at the

@@ -97,6 +97,8 @@ pub struct ResolvedImage {
     pub platform: Option<Platform>,
     pub config: Descriptor,
     pub layers: Vec<(Descriptor, Compression)>,
+    /// The image manifest's bytes, exactly as fetched (their sha256 is `manifest_digest`).
+    pub manifest_json: Vec<u8>,
 }
 
 /// A pulled image: every blob verified and open, in manifest order.
@@ -105,6 +107,8 @@ pub struct PulledImage {
     pub reference: ImageReference,
     pub manifest_digest: Digest,
     pub index_digest: Option<Digest>,
+    /// The image manifest's bytes, exactly as fetched.
+    pub manifest_json: Vec<u8>,
     /// The platform the image is for, from its config.
     pub platform: Platform,
     pub config_digest: Digest,
@@ -305,6 +309,7 @@ impl Registry {
             reference,
             manifest_digest: resolved.manifest_digest,
             index_digest: resolved.index_digest,
+            manifest_json: resolved.manifest_json,
             platform,
             config_digest: resolved.config.digest,
             config_json,
@@ -463,6 +468,7 @@ impl Session<'_> {
                 platform: None,
                 config: image.config,
                 layers: image.layers,
+                manifest_json: top.bytes,
             }),
             Parsed::Index(entries) => {
                 let wanted = &self.registry.config.platform;
@@ -489,6 +495,7 @@ impl Session<'_> {
                         platform: entry.platform.clone(),
                         config: image.config,
                         layers: image.layers,
+                        manifest_json: child.bytes,
                     }),
                     Parsed::Index(_) => Err(PullError::UnsupportedManifest {
                         reference: name,

@@ -321,15 +321,6 @@ fn unimplemented_verbs_say_so_and_exit_2_without_starting_bangerd() {
         (&["vm", "workspace", "import", "dev"], "vm workspace import"),
         (&["vm", "workspace", "export", "dev"], "vm workspace export"),
         (&["vm", "workspace", "status", "dev"], "vm workspace status"),
-        (&["image", "pull", "debian-bookworm"], "image pull"),
-        (
-            &["image", "promote", "dev", "--name", "golden"],
-            "image promote",
-        ),
-        (
-            &["image", "cache", "prune", "--dry-run"],
-            "image cache prune",
-        ),
         (&["system", "install"], "system install"),
         (&["system", "status"], "system status"),
         (&["system", "restart"], "system restart"),
@@ -511,7 +502,7 @@ fn kernels_and_images_round_trip_through_tables_json_events_and_replay() {
         .collect();
     assert_eq!(
         header,
-        ["NAME", "SIZE", "KERNEL", "SOURCE", "AGE"],
+        ["NAME", "SIZE", "KERNEL", "SOURCE", "DIGEST", "AGE"],
         "{table}"
     );
     let row: Vec<&str> = lines

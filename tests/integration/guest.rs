@@ -596,10 +596,11 @@ async fn cli_lifecycle_verbs_print_one_line_each_and_create_shows_its_stages() {
         "a timeout that is not a duration: {}",
         text(&run)
     );
-    let run = guest.cli(&["vm", "create", "nope"]);
+    // (Without --image a create pulls the catalog's default image: no usage error.)
+    let run = guest.cli(&["vm", "create", "nope", "--memory", "0"]);
     assert_eq!(run.status.code(), Some(2), "{}", text(&run));
     assert!(
-        String::from_utf8_lossy(&run.stderr).contains("--image"),
+        String::from_utf8_lossy(&run.stderr).contains("--memory must be more than 0"),
         "{}",
         text(&run)
     );
@@ -677,15 +678,6 @@ async fn cli_vm_run_runs_one_command_in_a_fresh_vm_and_throws_it_away() {
     assert_eq!(
         String::from_utf8_lossy(&run.stdout),
         format!("no tty, shell {login}\n"),
-        "{run:?}"
-    );
-
-    // Without an image (and until the default image is pulled) it is a usage error, before
-    // anything is created.
-    let run = guest.cli(&["vm", "run", "--name", "noimage"]);
-    assert_eq!(run.status.code(), Some(2), "{run:?}");
-    assert!(
-        String::from_utf8_lossy(&run.stderr).contains("--image"),
         "{run:?}"
     );
 }

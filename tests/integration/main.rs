@@ -15,6 +15,7 @@ mod doctor;
 mod firecracker;
 mod guest;
 mod guest_images;
+mod image_pull;
 mod kernel;
 mod kernel_pull;
 mod network;
@@ -33,6 +34,7 @@ fn main() {
         doctor::tests(),
         firecracker::tests(),
         guest::tests(),
+        image_pull::tests(),
         kernel::tests(),
         kernel_pull::tests(),
         network::tests(),

@@ -264,6 +264,9 @@ pub struct Bangerd {
     /// Runs in a fresh network namespace of its own, with no test helper (see
     /// [`Bangerd::start_isolated_on_with`]).
     isolated: bool,
+    /// Runs in the host's network namespace, never reaching or starting a helper (see
+    /// [`Bangerd::start_on_host_network`]).
+    host_network: bool,
 }
 
 impl Bangerd {
@@ -289,8 +292,26 @@ impl Bangerd {
             starts: 0,
             env: Vec::new(),
             isolated: false,
+            host_network: false,
         };
         daemon.restart_with(env);
+        daemon
+    }
+
+    /// Starts bangerd in the host's network namespace, where it can reach services the test
+    /// runs on loopback (registries, HTTP servers), but may neither reach nor start a
+    /// banger-helper (`BANGER_NO_AUTOSTART`, a helper socket that does not exist): nothing it
+    /// does can touch the host's network. For tests that run no VM.
+    pub fn start_on_host_network(root: TestRoot) -> Bangerd {
+        let mut daemon = Bangerd {
+            root,
+            child: None,
+            starts: 0,
+            env: Vec::new(),
+            isolated: false,
+            host_network: true,
+        };
+        daemon.restart_with(&[]);
         daemon
     }
 
@@ -304,6 +325,7 @@ impl Bangerd {
             starts: 0,
             env: Vec::new(),
             isolated: true,
+            host_network: false,
         };
         daemon.restart_with(env);
         daemon
@@ -351,6 +373,11 @@ impl Bangerd {
                         .map_err(std::io::Error::from)
                 });
             }
+        } else if self.host_network {
+            command.env("BANGER_NO_AUTOSTART", "1").env(
+                "BANGER_HELPER_SOCKET",
+                self.root.path().join("no-helper.sock"),
+            );
         } else if let Some(network) = self.root.network() {
             network.join(&mut command);
         }

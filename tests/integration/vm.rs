@@ -1410,6 +1410,54 @@ async fn a_console_flood_is_kept_within_console_max() {
 }
 
 /// This module's tests, for the binary's harness (`banger-test-harness`).
+/// `image.promote`: a stopped VM's root disk, byte for byte, becomes an image that boots;
+/// the VM stays; a running VM (whose guest may be writing to its disk) is refused.
+async fn promote_saves_a_stopped_vms_disk_as_an_image_and_refuses_a_running_one() {
+    let lab = Lab::new().await;
+    let created = lab.create("dev").await;
+    let refused = lab
+        .call::<Value>("image.promote", json!({"vm": "dev", "name": "gold"}))
+        .await;
+    let error = crate::support::rpc_error(refused);
+    assert_eq!(error.code, banger::rpc::ErrorCode::WrongState, "{error}");
+    assert!(error.message.contains("banger vm stop dev"), "{error}");
+    let _: VmResult = lab.call("vm.stop", json!({"name": "dev"})).await.unwrap();
+    // What the guest left on its disk is what the image gets.
+    let disk = lab.daemon.layout().vm_root_disk(created.vm_id);
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        file.seek(SeekFrom::Start(1 << 20)).unwrap();
+        file.write_all(b"written by the guest").unwrap();
+    }
+    let image: banger::api::ImageView = lab
+        .call("image.promote", json!({"vm": "dev", "name": "gold"}))
+        .await
+        .unwrap_or_else(|e| panic!("promote: {e}\n{}", lab.daemon.output()));
+    assert_eq!(image.source, "promote:dev");
+    assert_eq!(image.kernel.as_deref(), Some("k"));
+    assert_eq!(
+        std::fs::read(&image.rootfs_path).unwrap(),
+        std::fs::read(&disk).unwrap()
+    );
+    assert_eq!(image.sha256, crate::support::sha256_hex(&disk));
+    let again = lab
+        .call::<Value>("image.promote", json!({"vm": "dev", "name": "gold"}))
+        .await;
+    assert_eq!(
+        crate::support::rpc_error(again).code,
+        banger::rpc::ErrorCode::AlreadyExists
+    );
+    // The VM is as it was, and starts; a VM boots from the new image.
+    assert_eq!(lab.show("dev").await.vm.state, VmState::Stopped);
+    let _: VmResult = lab.call("vm.start", json!({"name": "dev"})).await.unwrap();
+    let from_gold: VmCreateResult = lab
+        .call("vm.create", json!({"name": "dev2", "image": "gold"}))
+        .await
+        .unwrap_or_else(|e| panic!("create from the promoted image: {e}"));
+    assert_eq!(from_gold.vm.map(|vm| vm.state), Some(VmState::Running));
+}
+
 pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
     use banger_test_harness::Tier::Root;
     let here = module_path!();
@@ -1444,6 +1492,7 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
         tokio wrong_state_requests_say_the_state_and_what_to_do needs(Root),
         tokio ops_retry_rolls_a_stuck_operation_back_once_its_undo_can_succeed needs(Root),
         tokio a_console_flood_is_kept_within_console_max needs(Root),
+        tokio promote_saves_a_stopped_vms_disk_as_an_image_and_refuses_a_running_one needs(Root),
     ]);
     tests
 }

@@ -46,6 +46,10 @@
 //! once. Every case prints one summary line.
 
 mod lab;
+/// A real registry on loopback for the `image.pull` column: the banger crate's own test
+/// support, shared rather than copied.
+#[path = "../../../tests/integration/registry/support.rs"]
+mod registry_support;
 mod storm;
 
 use std::collections::{BTreeSet, VecDeque};
@@ -73,6 +77,8 @@ enum Op {
     KernelRemove,
     ImageRegister,
     ImageDelete,
+    ImagePull,
+    ImagePromote,
     VmCreate,
     VmStart,
     VmStop,
@@ -89,6 +95,8 @@ impl Op {
             Op::KernelRemove => OpKind::KernelRemove,
             Op::ImageRegister => OpKind::ImageRegister,
             Op::ImageDelete => OpKind::ImageDelete,
+            Op::ImagePull => OpKind::ImagePull,
+            Op::ImagePromote => OpKind::ImagePromote,
             Op::VmCreate => OpKind::VmCreate,
             Op::VmStart => OpKind::VmStart,
             Op::VmStop => OpKind::VmStop,
@@ -107,6 +115,7 @@ impl Op {
                 | Op::KernelRemove
                 | Op::ImageRegister
                 | Op::ImageDelete
+                | Op::ImagePull
         )
     }
 
@@ -118,7 +127,7 @@ impl Op {
             json!({"name": "img", "rootfs": inputs.rootfs.display().to_string(), "kernel": "k"});
         call_ok(daemon, "image.register", image).await;
         match self {
-            Op::KernelImport | Op::ImageRegister | Op::VmCreate => {}
+            Op::KernelImport | Op::ImageRegister | Op::ImagePull | Op::VmCreate => {}
             Op::KernelRemove => {
                 let k2 = json!({"name": "k2", "from": inputs.kernel_dir.display().to_string()});
                 call_ok(daemon, "kernel.import", k2).await;
@@ -134,7 +143,7 @@ impl Op {
             Op::VmStop | Op::VmKill | Op::VmDelete => {
                 call_ok(daemon, "vm.create", json!({"name": "dev", "image": "img"})).await;
             }
-            Op::VmStart | Op::VmSet => {
+            Op::VmStart | Op::VmSet | Op::ImagePromote => {
                 call_ok(daemon, "vm.create", json!({"name": "dev", "image": "img"})).await;
                 call_ok(daemon, "vm.stop", json!({"name": "dev"})).await;
             }
@@ -156,6 +165,11 @@ impl Op {
                 json!({"name": "img2", "rootfs": inputs.rootfs.display().to_string(), "kernel": "k"}),
             ),
             Op::ImageDelete => ("image.delete", json!({"name": "img2"})),
+            Op::ImagePull => (
+                "image.pull",
+                json!({"reference": inputs.image_reference(), "name": "img2", "kernel": "k"}),
+            ),
+            Op::ImagePromote => ("image.promote", json!({"vm": "dev", "name": "img2"})),
             Op::VmCreate => ("vm.create", json!({"name": "dev", "image": "img"})),
             Op::VmStart => ("vm.start", dev),
             Op::VmStop => ("vm.stop", dev),
@@ -200,8 +214,15 @@ impl Op {
                 kernels.contains("pulled") && kernels.contains("k"),
                 format!("kernels {kernels:?}: pulled and k should be present"),
             ),
-            (Op::ImageRegister, s) | (Op::ImageDelete, s) => {
-                let present = (self == Op::ImageRegister) == s;
+            // A promote leaves its VM as it found it, stopped, whatever its outcome.
+            (Op::ImagePromote, s) => want(
+                images.contains("img2") == s
+                    && images.contains("img")
+                    && state == Some(VmState::Stopped),
+                format!("images {images:?}: img2 should be present: {s}; dev stopped: {state:?}"),
+            ),
+            (Op::ImageRegister | Op::ImagePull, s) | (Op::ImageDelete, s) => {
+                let present = (self == Op::ImageDelete) != s;
                 want(
                     images.contains("img2") == present && images.contains("img"),
                     format!("images {images:?}: img2 should be present: {present}"),
@@ -322,8 +343,22 @@ struct World {
     images: ImageListResult,
 }
 
+/// Calls `method`, reading a streaming method's items (`image.pull`'s progress) to its end.
+async fn call_any(daemon: &Daemon, method: &str, params: Value) -> Result<Value, ClientError> {
+    if method != "image.pull" {
+        return daemon.call::<Value>(method, params).await;
+    }
+    let mut stream = daemon.client().await.stream(method, &params).await?;
+    loop {
+        match stream.next::<Value>().await? {
+            banger::rpc::StreamEvent::Item(_) => {}
+            banger::rpc::StreamEvent::End(result) => return Ok(result),
+        }
+    }
+}
+
 async fn call_ok(daemon: &Daemon, method: &str, params: Value) -> Value {
-    match daemon.call::<Value>(method, params.clone()).await {
+    match call_any(daemon, method, params.clone()).await {
         Ok(value) => value,
         Err(error) => panic!(
             "{method} {params}: {error}\nbangerd's output:\n{}",
@@ -454,7 +489,7 @@ async fn run_case_on(case: &Case, inputs: &Inputs, daemon: &mut Daemon) -> Resul
     let last = acknowledged.last().map(|e| e.seq.0).unwrap_or(0);
     let follower = daemon.follow_from(last).await;
     let (method, params) = case.op.request(inputs);
-    let answer = daemon.call::<Value>(method, params).await;
+    let answer = call_any(daemon, method, params).await;
     if !matches!(answer, Err(ClientError::Closed | ClientError::Io(_))) {
         return Err(format!(
             "failpoint {failpoint} did not crash bangerd: {method} answered {answer:?}"
@@ -664,6 +699,7 @@ async fn check_host(daemon: &Daemon, world: &World) -> Result<(), String> {
             return Err(format!("image {} has no {}", image.name, image.rootfs_path));
         }
     }
+    check_blob_cache(&layout)?;
     // Taps: the host has exactly the taps the ledger holds (VMs' and spare ones), and every
     // running VM has one.
     let ledger = ledger(daemon).await;
@@ -915,6 +951,29 @@ async fn check_allocations(
     Ok(())
 }
 
+/// The blob cache holds only verified blobs (each hashes to its name) and no download a
+/// crashed bangerd left half done (the restarted one sweeps them).
+fn check_blob_cache(layout: &banger::paths::Layout) -> Result<(), String> {
+    use sha2::Digest as _;
+    let cache = layout.oci_cache_dir();
+    let blobs = cache.join("blobs/sha256");
+    for name in dir_names(&blobs) {
+        let bytes = std::fs::read(blobs.join(&name)).map_err(|e| format!("blob {name}: {e}"))?;
+        let actual: String = sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if actual != name {
+            return Err(format!("cached blob {name} hashes to {actual}"));
+        }
+    }
+    let temp = dir_names(&cache.join("tmp"));
+    if !temp.is_empty() {
+        return Err(format!("temporary downloads left in the cache: {temp:?}"));
+    }
+    Ok(())
+}
+
 /// No stale sockets in VM directories: a VM that does not run has none, and a running one
 /// only its VMM's API socket and vsock socket (and, under the fake, the guest side of the
 /// vsock, `v.sock.guest`-style, which the fake's "guest" listens on).
@@ -1025,7 +1084,11 @@ fn describe(pid: u32) -> String {
 /// case's story.
 fn matrix(op: Op) {
     lab::binaries();
-    let inputs = Arc::new(Inputs::new());
+    let inputs = Arc::new(if op == Op::ImagePull {
+        Inputs::with_registry()
+    } else {
+        Inputs::new()
+    });
     let runtime = || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -1116,6 +1179,14 @@ fn crash_matrix_image_delete() {
     matrix(Op::ImageDelete);
 }
 
+fn crash_matrix_image_pull() {
+    matrix(Op::ImagePull);
+}
+
+fn crash_matrix_image_promote() {
+    matrix(Op::ImagePromote);
+}
+
 fn crash_matrix_vm_create() {
     matrix(Op::VmCreate);
 }
@@ -1142,13 +1213,16 @@ fn crash_matrix_vm_set() {
 
 /// This module's tests, for the binary's harness (`banger-test-harness`).
 pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
-    // The kernel and image columns run no VM, so they need no test network (nor root).
+    // The kernel and image columns run no VM (but promote's), so they need no test network
+    // (nor root).
     let mut tests = banger_test_harness::tests![
         sync crash_matrix_kernel_import,
         sync crash_matrix_kernel_pull,
         sync crash_matrix_kernel_remove,
         sync crash_matrix_image_register,
         sync crash_matrix_image_delete,
+        sync crash_matrix_image_pull,
+        sync crash_matrix_image_promote needs(Root),
         sync crash_matrix_vm_create needs(Root),
         sync crash_matrix_vm_start needs(Root),
         sync crash_matrix_vm_stop needs(Root),

@@ -16,6 +16,8 @@ use banger::paths::Layout;
 use banger::rpc::{Client, ClientError, StreamEvent};
 use banger_events::Envelope;
 use banger_helper::sandbox::Sandbox;
+
+use super::registry_support::{Layer, TestRegistry, noise, tar_with};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -93,10 +95,11 @@ impl Network {
     }
 }
 
-/// Inputs shared by the cases of one test: a kernel source directory, a sparse rootfs, and a
+/// Inputs shared by the cases of one test: a kernel source directory, a sparse rootfs, a
 /// kernel catalog file naming a small bundle that a local HTTP server serves (for
 /// `kernel.pull`; reachable from a bangerd in this host's network namespace, which is where
-/// the kernel columns run theirs).
+/// the kernel columns run theirs), and for `image.pull`, a real registry on loopback holding a
+/// two-layer image.
 pub struct Inputs {
     _dir: tempfile::TempDir,
     pub kernel_dir: PathBuf,
@@ -104,6 +107,7 @@ pub struct Inputs {
     /// A catalog file (`[kernels] catalog`) with the bundle `pulled`.
     pub kernel_catalog: PathBuf,
     _server: banger_test_harness::http::FileServer,
+    registry: Option<(TestRegistry, String)>,
 }
 
 impl Inputs {
@@ -148,15 +152,49 @@ impl Inputs {
             rootfs,
             kernel_catalog,
             _server: server,
+            registry: None,
         }
     }
 
-    /// What a case's config.toml adds for these inputs.
+    /// [`Inputs::new`], and a registry holding `crash/img:1`: two layers (one deleting what
+    /// the other made), so the pull downloads, flattens and injects the agent.
+    pub fn with_registry() -> Inputs {
+        let registry = TestRegistry::start();
+        let first = tar_with(&[("etc/motd", b"crash matrix\n"), ("etc/gone", b"x\n")]);
+        let second = tar_with(&[("etc/.wh.gone", b""), ("usr/bin/tool", &noise(9, 100_000))]);
+        let pushed = registry.push_image(
+            "crash/img:1",
+            &[Layer::gzip(&first), Layer::zstd(&second)],
+            "amd64",
+        );
+        let mut inputs = Inputs::new();
+        inputs.registry = Some((registry, pushed.reference));
+        inputs
+    }
+
+    /// The pushed image's reference.
+    pub fn image_reference(&self) -> &str {
+        &self
+            .registry
+            .as_ref()
+            .expect("a column that pulls has a registry")
+            .1
+    }
+
+    /// What a case's config.toml adds for these inputs: the kernel catalog, and the
+    /// registry (reached over plain HTTP) with small images.
     pub fn config(&self) -> String {
-        format!(
+        let kernels = format!(
             "\n[kernels]\ncatalog = \"{}\"\n",
             self.kernel_catalog.display()
-        )
+        );
+        match &self.registry {
+            Some((registry, _)) => format!(
+                "{kernels}\n[registry]\ninsecure = [{:?}]\n\n[images]\nheadroom = \"4MiB\"\n",
+                registry.host()
+            ),
+            None => kernels,
+        }
     }
 }
 
