@@ -633,7 +633,7 @@ fn a_kill_9_of_bangerd_mid_boot_is_rolled_back_and_leaves_nothing() {
     assert!(!lab.daemon.layout().vm_dir(shown.vm.id).exists());
     lab.taps_are_only_spares();
     let ops = lab.ok(&["ops", "--all"]);
-    assert!(ops.contains("rolled back"), "{ops}");
+    assert!(ops.contains("rolled_back"), "{ops}");
 
     // And the next create of the same name works.
     lab.ok(&["vm", "create", "dev", "--image", "plain", "--vmm", "qemu"]);
