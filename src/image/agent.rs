@@ -26,16 +26,20 @@ pub const AGENT_UNIT_PATH: &str = "/etc/systemd/system/banger-agent.service";
 pub const AGENT_UNIT_LINK: &str =
     "/etc/systemd/system/multi-user.target.wants/banger-agent.service";
 
-/// The unit. `--listen auto` serves the virtio-serial port when the kernel command line says
+/// The unit. `--setup-guest` first does what the agent does as PID 1 with the kernel command
+/// line's `banger.*` arguments (hostname, eth0's address and route, name servers, the work
+/// disk), which no part of a stock image knows; it is idempotent, so a restart runs it again
+/// harmlessly. `--listen auto` then serves the virtio-serial port when the command line says
 /// `banger.agent=serial` (QEMU) and vsock otherwise (Firecracker); the initrd has already
-/// loaded the modules either needs. No `DefaultDependencies=no`: it starts once the system
-/// is up, like sshd, and stops with it.
+/// loaded the modules either needs. No `DefaultDependencies=no`: it starts once the local
+/// filesystems are up, like sshd, and stops with the system.
 pub const AGENT_UNIT: &str = "\
 [Unit]
 Description=banger guest agent
 After=local-fs.target
 
 [Service]
+ExecStartPre=/.banger/banger-agent --setup-guest
 ExecStart=/.banger/banger-agent --listen auto
 Restart=always
 RestartSec=1

@@ -116,13 +116,14 @@ fn kernels(daemon: &Bangerd) -> Vec<KernelView> {
 /// pinned package (then served where the snapshot service would serve it, through the
 /// mirror), else (the mirror moved on) an entry for the package the cache has, in a user
 /// catalog file.
-struct DebianEntry {
-    config: String,
-    deb: PathBuf,
-    pinned: bool,
+pub(crate) struct DebianEntry {
+    /// config.toml lines that send the default kernel's download to the server.
+    pub(crate) config: String,
+    pub(crate) deb: PathBuf,
+    pub(crate) pinned: bool,
 }
 
-fn serve_the_debian_entry(server: &FileServer, dir: &Path) -> DebianEntry {
+pub(crate) fn serve_the_debian_entry(server: &FileServer, dir: &Path) -> DebianEntry {
     let deb = kernel::kernel_deb();
     let bytes = std::fs::read(&deb).unwrap();
     let sha256 = sha256_of(&bytes);

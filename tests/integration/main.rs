@@ -20,6 +20,7 @@ mod kernel;
 mod kernel_pull;
 mod network;
 mod qemu;
+mod real_guests;
 mod registry;
 mod support;
 mod tty;
@@ -40,6 +41,7 @@ fn main() {
         network::tests(),
         registry::tests(),
         qemu::tests(),
+        real_guests::tests(),
         tty::tests(),
         vm::tests(),
     ]);
