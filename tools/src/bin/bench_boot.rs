@@ -236,7 +236,7 @@ fn median(values: &[f64]) -> f64 {
 
 /// The steps of `vm.create` from the VMM's launch to the agent's answer: the guest's time.
 const GUEST_STEPS: [&str; 4] = [
-    "launch-firecracker",
+    "launch-vmm",
     "configure",
     "instance-start",
     "wait-for-agent",
@@ -292,7 +292,10 @@ async fn raw_qemu_boot(
         .arg(initrd)
         .args(["-append", &append])
         .arg("-drive")
-        .arg(format!("id=root,format=raw,if=none,file={}", root.display()))
+        .arg(format!(
+            "id=root,format=raw,if=none,file={}",
+            root.display()
+        ))
         .args(["-device", "virtio-blk-device,drive=root"])
         .args(["-device", "virtio-serial-device"])
         .arg("-chardev")
@@ -461,7 +464,10 @@ impl Daemon {
         let socket = banger::paths::Layout::rooted(root).socket_path();
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "bangerd did not answer within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "bangerd did not answer within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Daemon {
