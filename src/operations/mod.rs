@@ -115,8 +115,14 @@ pub struct OpCx<'a> {
 /// Steps are stateless unit structs listed in a static table; what a run knows lives in `S`
 /// (filled by earlier steps) and in the handles the log recorded.
 pub trait Step<S>: Send + Sync {
-    /// The persisted step name. It is schema: never rename a step that has shipped.
+    /// The persisted step name. It is schema: a renamed step keeps its old name in
+    /// [`Step::former_names`], so that logs written before the rename still recover.
     fn name(&self) -> &'static str;
+
+    /// Names this step was recorded under by earlier builds.
+    fn former_names(&self) -> &'static [&'static str] {
+        &[]
+    }
 
     /// The host resources this step is about to create, decided before any side effect and
     /// recorded in `StepStarted`. If the step fails or the daemon dies in the middle, `undo`
@@ -206,9 +212,12 @@ pub enum ResumeError {
     OtherVm { recorded: VmId, target: VmId },
 }
 
-/// Finds the step called `name` in `K`'s table.
+/// Finds the step called `name` (now or by an earlier build) in `K`'s table.
 pub fn find_step<K: OperationKind>(name: &str) -> Option<&'static dyn Step<K::State>> {
-    K::steps().iter().copied().find(|step| step.name() == name)
+    K::steps()
+        .iter()
+        .copied()
+        .find(|step| step.name() == name || step.former_names().contains(&name))
 }
 
 /// Why a step (or an undo) failed. The message is recorded in the log as it displays.

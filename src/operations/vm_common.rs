@@ -1,16 +1,17 @@
 //! What the VM operations share: the services they run against ([`VmHost`]), the boot state
 //! of `vm.create` and `vm.start` ([`BootState`]), the network allocation, and the four boot
-//! steps both kinds run (`launch-firecracker`, `configure`, `instance-start`,
-//! `wait-for-agent`). They drive the VM's own backend (`OpCx::vmm`, the one its log records);
-//! the step names are schema and predate QEMU, so `launch-firecracker` launches either VMM.
+//! steps both kinds run (`launch-vmm`, `configure`, `instance-start`, `wait-for-agent`).
+//! They drive the VM's own backend (`OpCx::vmm`, the one its log records). Step names are
+//! schema: `launch-vmm` was `launch-firecracker` before QEMU, and logs that say so still
+//! recover ([`super::Step::former_names`]).
 //!
 //! | step                 | intent                      | ensure                                           | undo                                                  |
 //! |----------------------|-----------------------------|--------------------------------------------------|-------------------------------------------------------|
-//! | `launch-firecracker` | socket `api.sock`, and the  | spawn the VMM (own process group) unless the one | SIGKILL the recorded process (pid + start time), and  |
+//! | `launch-vmm`         | socket `api.sock`, and the  | spawn the VMM (own process group) unless the one | SIGKILL the recorded process (pid + start time), and  |
 //! |                      | agent's: `vsock.sock`       | recorded in the state still runs (QEMU: with its | any process the backend launched for the intended     |
 //! |                      | (Firecracker) or            | whole machine, stopped: `-S`); produces          | socket (`--api-sock` / `-qmp unix:…`: a crash before  |
 //! |                      | `agent.sock` (QEMU)         | `Process{pid,start_time_ticks}` + both sockets   | `StepSucceeded`); remove the sockets                  |
-//! | `configure`          | —                           | Firecracker: machine config, boot source (kernel | nothing (the VMM dies with `launch-firecracker`'s undo)|
+//! | `configure`          | —                           | Firecracker: machine config, boot source (kernel | nothing (the VMM dies with `launch-vmm`'s undo)        |
 //! |                      |                             | command line carries the guest IP), root + work  |                                                       |
 //! |                      |                             | drive, vsock. QEMU: check QMP and the command    |                                                       |
 //! |                      |                             | line are this spec's                             |                                                       |
@@ -380,7 +381,7 @@ pub struct BootState {
     pub allocation: Option<Allocation>,
     /// The host tap the guest's eth0 is plugged into; filled by `network`.
     pub tap: Option<String>,
-    /// Filled by `launch-firecracker`.
+    /// Filled by `launch-vmm`.
     pub launched: Option<Launched>,
     /// The VMM child this process spawned: handed to the supervisor when the operation ends
     /// well, so that its exit status is seen.
@@ -629,11 +630,16 @@ pub async fn release_taps(cx: &OpCx<'_>, handles: &[Handle]) -> Result<(), StepE
     Ok(())
 }
 
-pub struct LaunchFirecracker;
+pub struct LaunchVmm;
 
-impl Step<BootState> for LaunchFirecracker {
+impl Step<BootState> for LaunchVmm {
     fn name(&self) -> &'static str {
-        "launch-firecracker"
+        "launch-vmm"
+    }
+
+    /// Its name before QEMU joined Firecracker.
+    fn former_names(&self) -> &'static [&'static str] {
+        &["launch-firecracker"]
     }
 
     fn intent(&self, cx: &OpCx<'_>, state: &BootState) -> Vec<Handle> {

@@ -7,7 +7,7 @@
 //! | `prepare-rootfs`     | dir `vms/<id>`, file `vms/<id>/root.ext4` | the VM directory (with this op's marker), the image rootfs cloned (reflink) or sparse-copied into it | remove `vms/<id>` if this op's marker is in it |
 //! | `prepare-work-disk`  | file `vms/<id>/work.ext4`               | sparse file of `work_disk_mib`, `mkfs.ext4 -q -F -L work` (lazy init) | remove the file |
 //! | `network`            | the spare tap, or `bt<vm id>`           | the tap exists: a spare does; else banger-helper makes it, owned by this user, on the bridge (the bridge and NAT are ensured first) | remove the VM's own tap (banger-helper); a spare stays in the pool |
-//! | `launch-firecracker` | sockets `api.sock`, `vsock.sock`        | see [`super::vm_common`]                            | kill the VMM, remove the sockets        |
+//! | `launch-vmm`         | sockets `api.sock`, `vsock.sock`        | see [`super::vm_common`]                            | kill the VMM, remove the sockets        |
 //! | `configure`          | —                                       | see [`super::vm_common`]                            | nothing                                 |
 //! | `instance-start`     | —                                       | see [`super::vm_common`]                            | nothing                                 |
 //! | `wait-for-agent`     | —                                       | see [`super::vm_common`]                            | nothing                                 |
@@ -33,8 +33,8 @@ use banger_events::{
 
 use super::store::{self, dir_handle};
 use super::vm_common::{
-    BootState, Configure, InstanceStart, LaunchFirecracker, NameReservation, Network, VmHost,
-    WaitForAgent, file_handle, path_in_vms, remove_file_if_present,
+    BootState, Configure, InstanceStart, LaunchVmm, NameReservation, Network, VmHost, WaitForAgent,
+    file_handle, path_in_vms, remove_file_if_present,
 };
 use super::{BoxFuture, Claim, OpCx, OpError, OperationKind, Runner, Step, StepError, blocking};
 use crate::api::{VmCreateParams, VmName};
@@ -51,7 +51,7 @@ const STEPS: &[&dyn Step<BootState>] = &[
     &Network {
         remove_on_undo: true,
     },
-    &LaunchFirecracker,
+    &LaunchVmm,
     &Configure,
     &InstanceStart,
     &WaitForAgent,
@@ -465,6 +465,25 @@ mod tests {
     use crate::operations::vm_common::undo_launch;
     use crate::operations::vm_stop::{StopState, VmStop};
     use crate::paths::Layout;
+
+    /// A log written before the launch step was renamed names it `launch-firecracker`: its
+    /// recovery must still find the step (and so undo what it launched).
+    #[test]
+    fn the_launch_step_is_found_by_its_former_name() {
+        use crate::operations::{OperationKind, find_step};
+        for name in ["launch-vmm", "launch-firecracker"] {
+            let create = find_step::<VmCreate>(name).map(|step| step.name());
+            let start = find_step::<super::super::vm_start::VmStart>(name).map(|step| step.name());
+            assert_eq!(
+                (create, start),
+                (Some("launch-vmm"), Some("launch-vmm")),
+                "{name}"
+            );
+        }
+        assert!(find_step::<VmCreate>("launch-qemu").is_none());
+        let names: Vec<&str> = VmCreate::steps().iter().map(|step| step.name()).collect();
+        assert!(names.contains(&"launch-vmm"), "{names:?}");
+    }
 
     fn snapshot(dir: &Path) -> Vec<String> {
         let mut out = Vec::new();

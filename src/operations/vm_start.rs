@@ -3,7 +3,7 @@
 //! | step                 | intent                           | ensure                         | undo                               |
 //! |----------------------|----------------------------------|--------------------------------|------------------------------------|
 //! | `network`            | the VM's tap                     | the tap exists on the bridge (a host reboot removes taps) | nothing: the VM owns its tap until delete |
-//! | `launch-firecracker` | sockets `api.sock`, `vsock.sock` | see [`super::vm_common`]       | kill the VMM, remove the sockets   |
+//! | `launch-vmm`         | sockets `api.sock`, `vsock.sock` | see [`super::vm_common`]       | kill the VMM, remove the sockets   |
 //! | `configure`          | —                                | see [`super::vm_common`]       | nothing                            |
 //! | `instance-start`     | —                                | see [`super::vm_common`]       | nothing                            |
 //! | `wait-for-agent`     | —                                | see [`super::vm_common`]       | nothing                            |
@@ -21,8 +21,7 @@ use banger_events::{
 };
 
 use super::vm_common::{
-    Allocation, BootState, Configure, InstanceStart, LaunchFirecracker, Network, VmHost,
-    WaitForAgent,
+    Allocation, BootState, Configure, InstanceStart, LaunchVmm, Network, VmHost, WaitForAgent,
 };
 use super::{Claim, OpCx, OpError, OperationKind, Runner, Step};
 
@@ -32,7 +31,7 @@ const STEPS: &[&dyn Step<BootState>] = &[
     &Network {
         remove_on_undo: false,
     },
-    &LaunchFirecracker,
+    &LaunchVmm,
     &Configure,
     &InstanceStart,
     &WaitForAgent,

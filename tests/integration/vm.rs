@@ -41,7 +41,7 @@ pub const CREATE_STEPS: [&str; 8] = [
     "prepare-rootfs",
     "prepare-work-disk",
     "network",
-    "launch-firecracker",
+    "launch-vmm",
     "configure",
     "instance-start",
     "wait-for-agent",
@@ -372,7 +372,7 @@ async fn the_whole_lifecycle_create_stop_start_restart_kill_set_delete() {
             "prepare-rootfs",
             "prepare-work-disk",
             "network",
-            "launch-firecracker",
+            "launch-vmm",
             "configure",
             "instance-start",
             "wait-for-agent"
@@ -625,7 +625,7 @@ async fn a_restarted_bangerd_readopts_running_vms_and_reports_dead_ones() {
 async fn a_crash_in_the_middle_of_create_is_rolled_back_at_restart_with_nothing_leaked() {
     for failpoint in [
         "vm.create:prepare-work-disk:after",
-        "vm.create:launch-firecracker:after",
+        "vm.create:launch-vmm:after",
         "vm.create:instance-start:after",
         "vm.create:wait-for-agent:before",
     ] {
@@ -793,8 +793,8 @@ async fn boot_steps_twice(root: PathBuf, helper_socket: PathBuf) -> Vec<String> 
     use banger::host::network::{GuestNetwork, interface_exists};
     use banger::host::vmm::FirecrackerVmm;
     use banger::operations::vm_common::{
-        Allocation, BootState, Configure, InstanceStart, LaunchFirecracker, Network, VmHost,
-        WaitForAgent, mac_for,
+        Allocation, BootState, Configure, InstanceStart, LaunchVmm, Network, VmHost, WaitForAgent,
+        mac_for,
     };
     use banger::operations::{OpCx, Step};
     use banger_events::{Journal, JournalOptions, MemoryLog, OpId, OpKind, Target, VmId, VmSpec};
@@ -876,7 +876,7 @@ async fn boot_steps_twice(root: PathBuf, helper_socket: PathBuf) -> Vec<String> 
         &Network {
             remove_on_undo: true,
         },
-        &LaunchFirecracker,
+        &LaunchVmm,
         &Configure,
         &InstanceStart,
         &WaitForAgent,
@@ -1001,7 +1001,7 @@ async fn crash_during(failpoint: &str, method: &str, stop_first: bool) -> Lab {
 
 async fn interrupted_starts_roll_back_and_interrupted_deletes_finish() {
     for failpoint in [
-        "vm.start:launch-firecracker:after",
+        "vm.start:launch-vmm:after",
         "vm.start:wait-for-agent:before",
     ] {
         let lab = crash_during(failpoint, "vm.start", true).await;

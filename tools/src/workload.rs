@@ -105,14 +105,14 @@ fn lifecycle_tail(out: &mut Vec<NewEvent>, ids: &IdGenerator, vm_id: VmId, name:
     out.push(NewEvent::in_op(
         start,
         Event::StepStarted(StepStarted {
-            step: "launch-firecracker".into(),
+            step: "launch-vmm".into(),
             intent: vec![],
         }),
     ));
     out.push(NewEvent::in_op(
         start,
         Event::StepSucceeded(StepSucceeded {
-            step: "launch-firecracker".into(),
+            step: "launch-vmm".into(),
             produced: vec![process.clone()],
         }),
     ));

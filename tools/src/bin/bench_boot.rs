@@ -236,7 +236,7 @@ fn median(values: &[f64]) -> f64 {
 
 /// The steps of `vm.create` from the VMM's launch to the agent's answer: the guest's time.
 const GUEST_STEPS: [&str; 4] = [
-    "launch-firecracker",
+    "launch-vmm",
     "configure",
     "instance-start",
     "wait-for-agent",
