@@ -280,6 +280,30 @@ async fn agent_tty_exec_ends_with_its_command_and_forwards_all_it_wrote() {
         .and_then(|pid| pid.parse().ok())
         .unwrap_or_else(|| panic!("{text:?}"));
     wait_gone(background).await;
+    exec.close_stdin().await.unwrap();
+
+    // Nor does one that never stops printing (what is forwarded after the exit is bounded by
+    // MAX_TTY_DRAIN_BYTES), and the hangup ends it too.
+    let mut exec = client
+        .exec(&sh("(while :; do echo spam; done) & echo \"bg $!\"; exit 9").tty(24, 80, None))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let status = read_to_exit(&mut exec, &mut seen).await;
+    assert_eq!(status, ExitStatus::Code(9));
+    let text = String::from_utf8_lossy(&seen);
+    let background: u32 = text
+        .split("bg ")
+        .nth(1)
+        .and_then(|rest| rest.split("\r\n").next())
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{:?}", &text[..text.len().min(300)]));
+    wait_gone(background).await;
+    exec.close_stdin().await.unwrap();
+    client
+        .ping()
+        .await
+        .expect("the connection serves the next request");
 }
 
 async fn agent_kills_every_process_of_a_tty_session_when_its_client_goes() {
