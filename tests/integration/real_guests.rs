@@ -406,6 +406,22 @@ fn a_debian_image_with_systemd_runs_its_whole_life_under_qemu() {
     let os = lab.exec("dev", &["cat", "/etc/os-release"]);
     assert!(os.contains("bookworm"), "{os}");
 
+    // A command on a terminal in the guest (`-tt`: this test has no terminal of its own).
+    let on_a_terminal = lab.ok(&[
+        "vm",
+        "exec",
+        "-tt",
+        "dev",
+        "--",
+        "sh",
+        "-c",
+        "tty && test -t 0 && test -t 1 && echo on-a-terminal",
+    ]);
+    assert!(
+        on_a_terminal.contains("/dev/pts/") && on_a_terminal.contains("on-a-terminal"),
+        "{on_a_terminal:?}"
+    );
+
     // The work disk: mounted at /work, written now, read back after a stop and a start.
     let mounts = lab.exec("dev", &["cat", "/proc/mounts"]);
     assert!(
