@@ -10,9 +10,12 @@
 //! Here:
 //! - PAX data is capped at [`MAX_PAX_BYTES`], GNU long names at [`MAX_LONG_NAME_BYTES`];
 //! - every header checksum is verified;
-//! - a stream must end with the end-of-archive marker (a zero block); a stream cut anywhere
-//!   else, inside a header, inside data or at a header boundary, is corrupt. A completely empty
-//!   stream is accepted as an empty layer;
+//! - a stream ends with the end-of-archive marker (a zero block), or, as Go's reader (and so
+//!   Docker and containerd) accepts, at the boundary after an entry's data: umoci's `insert`
+//!   writes layers with no marker at all. A stream cut anywhere else — inside a header, inside
+//!   data, or after an extended header (PAX, GNU long name) before the entry it describes — is
+//!   corrupt. The layer's digest was verified before it is read, so a stream cut in transit
+//!   never gets here; a completely empty stream is an empty layer;
 //! - after the marker the rest of the stream is read to its end, so a decompressor sees its
 //!   trailer (and checks its CRC) and a caller hashing the stream sees every byte;
 //! - as in Go's reader, hard links, symlinks, devices, fifos and directories carry no data
@@ -213,15 +216,16 @@ impl<R: Read> TarReader<R> {
             let mut block = [0u8; BLOCK];
             let got = self.read_up_to(&mut block)?;
             if got == 0 {
-                if header_offset == 0 {
-                    // A zero-byte stream: an empty layer.
-                    self.finished = true;
-                    return Ok(None);
+                if pax.path.is_some() || long_name.is_some() || long_link.is_some() {
+                    return corrupt(
+                        header_offset,
+                        "stream ends after an extended header, before its entry (truncated)",
+                    );
                 }
-                return corrupt(
-                    header_offset,
-                    "stream ends without the end-of-archive marker (truncated)",
-                );
+                // At an entry boundary (or a zero-byte stream: an empty layer), without the
+                // marker: the end, as Go's reader takes it.
+                self.finished = true;
+                return Ok(None);
             }
             if got < BLOCK {
                 return corrupt(header_offset, "stream ends inside a header (truncated)");

@@ -856,14 +856,38 @@ fn a_stream_cut_inside_file_data_is_refused() {
     ));
 }
 
+/// umoci's `insert` writes layers without the end-of-archive marker, and Go's reader (Docker,
+/// containerd) takes the end of the stream after an entry as the end of the archive.
 #[test]
-fn a_stream_cut_at_an_entry_boundary_is_refused() {
+fn a_stream_that_ends_after_an_entry_without_the_marker_is_accepted() {
     let mut layer = two_files();
-    // Header + 3000 bytes padded to 3072: the second header starts at 3584.
-    layer.truncate(3584);
-    let error = refuse(vec![layer]);
+    // Two entries of a 512-byte header and 3000 bytes padded to 3072: the end of the second
+    // is at 7168, where the marker starts.
+    layer.truncate(7168);
+    let built = build(vec![layer]);
+    assert_eq!(cat(&built.image, "/first"), vec![b'1'; 3000]);
+    assert_eq!(cat(&built.image, "/second"), vec![b'2'; 3000]);
+}
+
+#[test]
+fn a_stream_that_ends_after_an_extended_header_is_refused() {
+    let mut layer = Layer::new();
+    let long = format!("{}/file", "d".repeat(200));
+    layer.raw(
+        ::tar::EntryType::Regular,
+        long.as_bytes(),
+        b"",
+        attr(0o644, 0, 0),
+        b"data",
+        &[("path", long.as_bytes())],
+    );
+    let mut bytes = layer.bytes();
+    // The PAX header and its one-block record come first: cut right after them, before the
+    // entry they describe.
+    bytes.truncate(1024);
+    let error = refuse(vec![bytes]);
     assert!(
-        matches!(&error, FlattenError::CorruptTar { detail, .. } if detail.contains("end-of-archive")),
+        matches!(&error, FlattenError::CorruptTar { detail, .. } if detail.contains("extended header")),
         "{error}"
     );
 }
