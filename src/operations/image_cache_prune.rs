@@ -366,12 +366,20 @@ mod tests {
             ["blobs", "tmp"],
             "the refused prune touched nothing"
         );
-        // Pulls and tap fills do not contend with it.
-        runner
-            .claim(OpId(3), OpKind::TapFill, Target::Host, vec![])
+        // A pull (its image's target) and a tap fill (the host's) do not contend with it.
+        let _pull = runner
+            .claim(
+                OpId(3),
+                OpKind::ImagePull,
+                Target::Image { name: "img".into() },
+                vec![],
+            )
+            .unwrap();
+        let _fill = runner
+            .claim(OpId(4), OpKind::TapFill, Target::Host, vec![])
             .unwrap();
         drop(first);
-        run(&runner, OpId(4)).await.unwrap();
+        run(&runner, OpId(5)).await.unwrap();
     }
 
     /// Each step's ensure twice is once; undo twice is once; undo of what never happened
