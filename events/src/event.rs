@@ -136,10 +136,21 @@ impl fmt::Display for OpKind {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Encode, Decode)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Target {
-    Vm { vm_id: VmId, name: String },
-    Image { name: String },
-    Kernel { name: String },
+    Vm {
+        vm_id: VmId,
+        name: String,
+    },
+    Image {
+        name: String,
+    },
+    Kernel {
+        name: String,
+    },
     Host,
+    /// The OCI blob cache that image pulls share (`image cache prune`). Its own target, not
+    /// the host's: a prune must exclude another prune, but neither a pull (the cache is safe
+    /// against a prune by construction) nor a tap pool fill.
+    ImageCache,
 }
 
 impl fmt::Display for Target {
@@ -149,6 +160,7 @@ impl fmt::Display for Target {
             Target::Image { name } => write!(f, "image {name}"),
             Target::Kernel { name } => write!(f, "kernel {name}"),
             Target::Host => f.write_str("host"),
+            Target::ImageCache => f.write_str("image cache"),
         }
     }
 }
@@ -485,6 +497,15 @@ pub struct ImageRemoved {
     pub name: String,
 }
 
+/// What an `image.cache.prune` deleted, in the commit of its `OperationSucceeded`: the bytes of
+/// every file and the number of blobs among them. A prune rolled forward after a crash counts
+/// only what its resumed run deleted (nothing, when its `delete-aside` step had finished).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct ImageCachePruned {
+    pub bytes: u64,
+    pub blobs: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub struct KernelRegistered {
     pub name: String,
@@ -633,6 +654,7 @@ define_events! {
     40 => ImageRegisteredV1(ImageRegisteredV1) = "image_registered_v1",
     41 => ImageRegistered(ImageRegistered) = "image_registered",
     42 => ImageRemoved(ImageRemoved) = "image_removed",
+    43 => ImageCachePruned(ImageCachePruned) = "image_cache_pruned",
     45 => KernelRegistered(KernelRegistered) = "kernel_registered",
     46 => KernelRemoved(KernelRemoved) = "kernel_removed",
     // Host handles: 60..=69.

@@ -240,6 +240,8 @@ impl Fold for Projections {
             Event::ImageRemoved(e) => {
                 self.images.remove(&e.name);
             }
+            // The blob cache is no view: what a prune freed is audit only.
+            Event::ImageCachePruned(_) => {}
             Event::KernelRegistered(e) => self.kernel_registered(seq, at, e),
             Event::KernelRemoved(e) => {
                 self.kernels.remove(&e.name);

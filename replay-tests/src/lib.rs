@@ -765,15 +765,20 @@ fn random_event(rng: &mut Rng) -> Event {
         _ => Owner::Daemon,
     };
     let kind = rng.pick(&OpKind::ALL).copied().unwrap_or(OpKind::VmCreate);
-    let target = match rng.below(4) {
+    let target = match rng.below(5) {
         0 => vm_target(vm_id, &name),
         1 => Target::Image {
             name: "debian".into(),
         },
         2 => Target::Kernel { name: "6.1".into() },
+        3 => Target::ImageCache,
         _ => Target::Host,
     };
-    match rng.below(28) {
+    match rng.below(29) {
+        28 => Event::ImageCachePruned(ImageCachePruned {
+            bytes: rng.below(1 << 30),
+            blobs: rng.below(100),
+        }),
         27 => Event::VmBackendChosen(VmBackendChosen {
             vm_id,
             vmm: rng.pick(&VmmKind::ALL).copied().unwrap_or(VmmKind::Qemu),
@@ -1051,6 +1056,7 @@ fn target_key(target: &Target) -> Option<String> {
         Target::Image { name } => Some(format!("image:{name}")),
         Target::Kernel { name } => Some(format!("kernel:{name}")),
         Target::Host => Some("host".into()),
+        Target::ImageCache => Some("image-cache".into()),
     }
 }
 
@@ -1974,20 +1980,23 @@ impl World {
     }
 
     fn plan_prune(&mut self) -> Option<Plan> {
-        if self.busy.contains("host") {
+        if self.busy.contains("image-cache") {
             return None;
         }
-        let aside = dir("/var/cache/banger/oci/blobs.prune");
+        let aside = dir("/var/cache/banger/.oci.pruning-op");
         Some(Plan {
             kind: OpKind::ImageCachePrune,
-            target: Target::Host,
-            parameters: r#"{"dry_run":false}"#.into(),
+            target: Target::ImageCache,
+            parameters: "{}".into(),
             start: Vec::new(),
             steps: vec![
                 StepPlan::new("rename-aside").handles(vec![aside.clone()]),
                 StepPlan::new("delete-aside"),
             ],
-            success: Vec::new(),
+            success: vec![Event::ImageCachePruned(ImageCachePruned {
+                bytes: 3 << 20,
+                blobs: 4,
+            })],
             rollback: Vec::new(),
             on_success: Effect::None,
             on_rollback: Effect::None,

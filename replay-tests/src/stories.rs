@@ -67,6 +67,15 @@ pub fn all() -> Vec<Story> {
             snapshot_after: None,
         },
         Story {
+            name: "image-cache-prune",
+            about: "image cache prune as an operation on the image cache: one that succeeds \
+                    and records what it freed, one whose delete fails and is rolled back, one \
+                    a crash interrupts between its steps and the next daemon rolls forward, \
+                    and one the log ends in (rolled forward by the plan)",
+            log: image_cache_prune(),
+            snapshot_after: None,
+        },
+        Story {
             name: "repaired-log",
             about: "a log whose tail was lost to damage and repaired (`banger events repair`): \
                     a vm create whose end was lost, the repair's LogRepaired at the first lost \
@@ -76,6 +85,71 @@ pub fn all() -> Vec<Story> {
             snapshot_after: None,
         },
     ]
+}
+
+/// `image.cache.prune` as its step table records it: `rename-aside` with the aside copy
+/// (named from the op id, beside the cache) as intent and output, then `delete-aside`, and
+/// `ImageCachePruned` in the commit of `OperationSucceeded`.
+fn image_cache_prune() -> Scenario {
+    let mut s = Scenario::new();
+    s.daemon_started("4c0ffee0-1b2c-4d3e-8f40-5a6b7c8d9e0f", 1_204);
+    let aside = |op: OpId| dir(&format!("/home/u/.cache/banger/.oci.pruning-{op}"));
+
+    let done = OpId(0x4c01);
+    s.start_op(done, OpKind::ImageCachePrune, Target::ImageCache, "{}");
+    s.step(done, "rename-aside", vec![aside(done)]);
+    s.step(done, "delete-aside", vec![]);
+    s.in_op(
+        done,
+        Event::ImageCachePruned(ImageCachePruned {
+            bytes: 1_288_490_189,
+            blobs: 47,
+        }),
+    );
+    s.succeed(done);
+
+    // The deletion fails; the undo of `rename-aside` deletes the aside copy.
+    let failed = OpId(0x4c02);
+    s.start_op(failed, OpKind::ImageCachePrune, Target::ImageCache, "{}");
+    s.step(failed, "rename-aside", vec![aside(failed)]);
+    s.step_started(failed, "delete-aside", vec![]);
+    s.step_failed(
+        failed,
+        "delete-aside",
+        "injected by failpoint image.cache.prune:delete-aside:error",
+    );
+    s.undo(failed, "delete-aside");
+    s.undo(failed, "rename-aside");
+    s.roll_back(
+        failed,
+        "step delete-aside failed: injected by failpoint image.cache.prune:delete-aside:error",
+    );
+
+    // Killed between its steps; the next daemon finishes it.
+    let crashed = OpId(0x4c03);
+    s.start_op(crashed, OpKind::ImageCachePrune, Target::ImageCache, "{}");
+    s.step(crashed, "rename-aside", vec![aside(crashed)]);
+    s.daemon_started("4c0ffee0-1b2c-4d3e-8f40-5a6b7c8d9e0f", 1_388);
+    s.recovery_decided(
+        crashed,
+        RecoveryDecision::RollForward,
+        "bangerd stopped during step rename-aside",
+    );
+    s.step(crashed, "delete-aside", vec![]);
+    s.in_op(
+        crashed,
+        Event::ImageCachePruned(ImageCachePruned {
+            bytes: 52_428_800,
+            blobs: 3,
+        }),
+    );
+    s.succeed(crashed);
+
+    // Killed after setting the cache aside: the log ends here, and the plan rolls it forward.
+    let open = OpId(0x4c04);
+    s.start_op(open, OpKind::ImageCachePrune, Target::ImageCache, "{}");
+    s.step_started(open, "rename-aside", vec![aside(open)]);
+    s
 }
 
 /// Backends as `vm.create` records them: `VmBackendChosen` in the commit of the create's

@@ -896,7 +896,8 @@ const OPS_LONG: &str = "\
 Operations are the multi-step things banger does (vm.create, image.register, kernel.import…). \
 `banger ops` lists the ones in flight, and the stuck ones (an undo failed: they need a look), \
 with the step each is on. `banger update` refuses to run while this list is not empty. A stuck \
-operation blocks its target (VM, image, kernel) until `banger ops retry` runs its undos again.";
+operation blocks its target (VM, image, kernel, the image cache) until `banger ops retry` runs \
+its undos again.";
 
 const OPS_AFTER: &str = "\
 The 80% command:

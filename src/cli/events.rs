@@ -464,6 +464,9 @@ pub fn summary(event: &Event) -> String {
             e.source
         ),
         Event::ImageRemoved(e) => format!("image {}", e.name),
+        Event::ImageCachePruned(e) => {
+            format!("freed {} across {} blob(s)", format_bytes(e.bytes), e.blobs)
+        }
         Event::KernelRegistered(e) => {
             let version = if e.version.is_empty() {
                 "unknown version"

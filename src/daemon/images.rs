@@ -1,6 +1,6 @@
 //! The image methods that are more than a read of the views: `image.pull` (a stream: the
 //! pull's progress as items, then its result), `image.promote`, `image.catalog` and
-//! `image.cache.prune`.
+//! `image.cache.prune` (an operation, or a read-only tally with `dry_run`).
 //!
 //! A pull runs as an operation in a task of its own, like every operation: a client that
 //! hangs up stops getting progress, never the pull. Progress goes from the operation to the
@@ -24,7 +24,7 @@ use crate::api::{
 };
 use crate::image::catalog::CatalogSource;
 use crate::operations::image_pull::{self, Progress};
-use crate::operations::{BoxFuture, image_promote};
+use crate::operations::{BoxFuture, image_cache_prune, image_promote};
 use crate::rpc::protocol::{ErrorCode, PROTOCOL_VERSION, Response, RpcError};
 
 /// Progress items queued for a slow client before newer ones are dropped.
@@ -160,20 +160,26 @@ pub async fn catalog(
     })
 }
 
-/// `image.cache.prune`: the blob cache renamed aside, recreated empty, the aside copy
-/// deleted (see `registry::cache`: safe against pulls in flight, which keep their open
-/// blobs). Not an operation: the log describes no blob, so there is nothing to record or
-/// recover; a prune killed half-way leaves an aside copy the next prune deletes.
+/// `image.cache.prune`: the `image.cache.prune` operation (`operations::image_cache_prune`:
+/// the blob cache renamed aside and recreated empty, then the aside copy deleted; safe against
+/// pulls in flight, which keep their open blobs), recorded in the log and rolled forward after
+/// a crash. A dry run is no operation: a read-only tally.
 pub async fn cache_prune(
     daemon: Arc<Daemon>,
-    _: Cx,
+    cx: Cx,
     params: ImageCachePruneParams,
 ) -> Result<ImageCachePruneResult, RpcError> {
-    daemon
-        .images
-        .registry
-        .cache()
-        .prune(params.dry_run)
-        .await
-        .map_err(|error| RpcError::new(ErrorCode::Internal, error.to_string()))
+    if params.dry_run {
+        return daemon
+            .images
+            .registry
+            .cache()
+            .prune_dry_run()
+            .await
+            .map_err(|error| RpcError::new(ErrorCode::Internal, error.to_string()));
+    }
+    detached(&daemon, &cx, move |runner, op_id| async move {
+        image_cache_prune::run(&runner, op_id).await
+    })
+    .await
 }

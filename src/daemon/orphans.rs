@@ -134,7 +134,7 @@ impl Known {
                 }
                 Target::Kernel { name } => known.paths.push(layout.kernel_dir(name)),
                 Target::Image { name } => known.paths.push(layout.image_dir(name)),
-                Target::Host => {}
+                Target::Host | Target::ImageCache => {}
             }
         }
         known

@@ -11,6 +11,7 @@
 use banger_events::{OpId, OpKind, Seq, Target};
 use banger_projections::{RecoveryAction, UndoStep};
 
+use super::image_cache_prune::ImageCachePrune;
 use super::image_delete::ImageDelete;
 use super::image_promote::ImagePromote;
 use super::image_pull::ImagePull;
@@ -40,6 +41,7 @@ pub const KINDS: &[KindEntry] = &[
     KindEntry::of::<ImageDelete>(),
     KindEntry::of::<ImagePull>(),
     KindEntry::of::<ImagePromote>(),
+    KindEntry::of::<ImageCachePrune>(),
     KindEntry::of::<VmCreate>(),
     KindEntry::of::<VmStart>(),
     KindEntry::of::<VmStop>(),
@@ -121,8 +123,8 @@ mod tests {
             let absent_on_purpose = match kind {
                 // A restart runs as a stop and then a start, each recorded on its own.
                 OpKind::VmRestart => true,
-                // Their operations are not built yet.
-                OpKind::ImageCachePrune | OpKind::Teardown => true,
+                // Its operation is not built yet.
+                OpKind::Teardown => true,
                 OpKind::VmCreate
                 | OpKind::VmStart
                 | OpKind::VmStop
@@ -133,6 +135,7 @@ mod tests {
                 | OpKind::ImageDelete
                 | OpKind::ImagePull
                 | OpKind::ImagePromote
+                | OpKind::ImageCachePrune
                 | OpKind::KernelImport
                 | OpKind::KernelPull
                 | OpKind::KernelRemove

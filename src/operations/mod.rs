@@ -53,6 +53,7 @@
 //!   that is stuck, or still unresolved, blocks its target).
 
 pub mod failpoints;
+pub mod image_cache_prune;
 pub mod image_delete;
 pub mod image_promote;
 pub mod image_pull;

@@ -4,7 +4,8 @@
 //! DIR/                       the cache (paths::Layout::oci_cache_dir, ~/.cache/banger/oci)
 //!   blobs/sha256/<hex>       a blob whose sha256 and size were verified before it got its name
 //!   tmp/<hex>.<pid>.<n>.partial   a download in progress
-//! DIR/../.oci.pruning-<pid>-<n>   a prune's aside copy, being deleted
+//! DIR/../.oci.pruning-<op id>    a prune's aside copy, being deleted (older builds named it
+//!                                 .oci.pruning-<pid>-<n>)
 //! ```
 //!
 //! Invariants:
@@ -12,8 +13,10 @@
 //!   file whose sha256 and size matched the descriptor. Nothing else writes there. A download
 //!   that fails, is refused or is cancelled (its future dropped) removes its temporary file.
 //! - Temporary files live inside the cache directory, so a prune moves them aside with
-//!   everything else. A prune renames `DIR` aside, creates an empty `DIR` and deletes the
-//!   aside copy; it takes no lock and never waits for a pull. A pull whose download was moved
+//!   everything else. A prune renames `DIR` aside, creates an empty `DIR` ([`set_aside`]) and
+//!   deletes the aside copy ([`delete_asides`]): the two steps of the `image.cache.prune`
+//!   operation (`operations::image_cache_prune`), recorded in the log. It takes no lock the
+//!   pulls take and never waits for a pull. A pull whose download was moved
 //!   aside meanwhile finds its temporary path gone when it renames it (`rename` resolves paths
 //!   in the new, empty `DIR`) and does not recreate it: it keeps the verified bytes through its
 //!   open descriptor, so the pull still succeeds, and the blob is simply not cached. So a prune
@@ -29,7 +32,9 @@
 //!   discards it and downloads again); its digest is checked again whenever it is read
 //!   ([`super::layer`]).
 //! - Leftover temporary files of a crashed process are deleted by the next download of any
-//!   process (their pid is dead), and leftover aside copies by the next prune.
+//!   process (their pid is dead). The aside copy of a prune that a crash interrupted is
+//!   deleted when recovery rolls that prune forward; any other aside copy (an older build's)
+//!   by the next prune.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -485,87 +490,172 @@ impl BlobCache {
         }
     }
 
-    /// `image cache prune`: tallies the cache, then (unless `dry_run`) renames it aside,
-    /// recreates it empty and deletes the aside copy. A missing cache is zero. Aside copies a
-    /// crashed prune left behind are deleted (and counted) too.
-    pub async fn prune(&self, dry_run: bool) -> Result<PruneSummary, CacheError> {
+    /// `image cache prune --dry-run`: what a prune would free — the cache and every aside
+    /// copy beside it — without changing anything. A missing cache is zero.
+    pub async fn prune_dry_run(&self) -> Result<PruneSummary, CacheError> {
         let dir = self.inner.dir.clone();
-        tokio::task::spawn_blocking(move || prune_blocking(&dir, dry_run))
-            .await
-            .map_err(|e| CacheError {
-                path: PathBuf::new(),
-                source: io::Error::other(e),
-            })?
+        run_blocking(move || {
+            let mut summary = PruneSummary::empty(&dir, true);
+            tally(&dir, &mut summary)?;
+            for aside in asides(&dir)? {
+                tally(&aside, &mut summary)?;
+            }
+            Ok(summary)
+        })
+        .await
+    }
+
+    /// A whole prune in one call, unrecorded: [`set_aside`] (under a name of this process
+    /// and moment) then [`delete_asides`], or the dry run's tally. bangerd does not call it:
+    /// it runs the `image.cache.prune` operation, which records the same two calls as steps
+    /// (`operations::image_cache_prune`); this is the library's own, for its users and tests.
+    pub async fn prune(&self, dry_run: bool) -> Result<PruneSummary, CacheError> {
+        if dry_run {
+            return self.prune_dry_run().await;
+        }
+        let dir = self.inner.dir.clone();
+        run_blocking(move || {
+            let tag = format!(
+                "{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default()
+            );
+            set_aside(&dir, &prune_aside(&dir, &tag)?)?;
+            delete_asides(&dir)
+        })
+        .await
     }
 }
 
-fn prune_blocking(dir: &Path, dry_run: bool) -> Result<PruneSummary, CacheError> {
+impl PruneSummary {
+    fn empty(dir: &Path, dry_run: bool) -> PruneSummary {
+        PruneSummary {
+            bytes: 0,
+            blobs: 0,
+            dir: dir.to_owned(),
+            dry_run,
+        }
+    }
+}
+
+async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, CacheError> + Send + 'static,
+) -> Result<T, CacheError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| CacheError {
+            path: PathBuf::new(),
+            source: io::Error::other(e),
+        })?
+}
+
+/// The first part of every aside copy's name beside cache `dir`: `.<name>.pruning-`.
+fn aside_prefix(dir: &Path) -> Result<String, CacheError> {
+    match dir.file_name().and_then(|n| n.to_str()) {
+        Some(name) => Ok(format!(".{name}.pruning-")),
+        None => Err(CacheError {
+            path: dir.to_owned(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "the cache has no usable name"),
+        }),
+    }
+}
+
+/// Where a prune tagged `tag` (the operation's id) sets cache `dir` aside:
+/// `<parent>/.<name>.pruning-<tag>`. Derived from the tag alone, so that a prune resumed
+/// after a crash, or its undo, finds the copy the first attempt made.
+pub fn prune_aside(dir: &Path, tag: &str) -> Result<PathBuf, CacheError> {
+    Ok(dir.with_file_name(format!("{}{tag}", aside_prefix(dir)?)))
+}
+
+/// Whether `path` is an aside copy of cache `dir`: directly beside it, named
+/// `.<name>.pruning-<something>`. Undo deletes nothing else, whatever the log says.
+pub fn is_prune_aside(dir: &Path, path: &Path) -> bool {
+    let Ok(prefix) = aside_prefix(dir) else {
+        return false;
+    };
+    path.parent() == dir.parent()
+        && path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(&prefix))
+            .is_some_and(|tag| !tag.is_empty())
+}
+
+/// The aside copies beside cache `dir`, sorted: a running prune's, and what a crashed one or
+/// an older build (`.<name>.pruning-<pid>-<nanos>`) left.
+fn asides(dir: &Path) -> Result<Vec<PathBuf>, CacheError> {
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    let prefix = aside_prefix(dir)?;
+    let fail = |source| CacheError {
+        path: parent.to_owned(),
+        source,
+    };
+    let entries = match fs::read_dir(parent) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(fail(e)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(fail)?;
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// A prune's first half: renames cache `dir` to `aside` and creates `dir` again, empty
+/// (0700). Idempotent: when `aside` exists the rename was done already, and only `dir` is
+/// made sure of. A missing cache has nothing to set aside and is not created. It takes no
+/// lock and waits for no pull: a pull in flight keeps its open blobs and publishes nothing
+/// into the new `dir` (see the module documentation).
+pub fn set_aside(dir: &Path, aside: &Path) -> Result<(), CacheError> {
     let fail = |path: &Path| {
         let path = path.to_owned();
         move |source| CacheError { path, source }
     };
-    let parent = dir.parent().unwrap_or(Path::new("/"));
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let aside_prefix = format!(".{name}.pruning-");
-    let mut leftovers = Vec::new();
-    match fs::read_dir(parent) {
-        Ok(entries) => {
-            for entry in entries {
-                let entry = entry.map_err(fail(parent))?;
-                if entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(&aside_prefix)
-                {
-                    leftovers.push(entry.path());
-                }
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(fail(parent)(e)),
+    match fs::symlink_metadata(aside) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::rename(dir, aside) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(fail(dir)(e)),
+        },
+        Err(e) => return Err(fail(aside)(e)),
     }
-    let mut summary = PruneSummary {
-        bytes: 0,
-        blobs: 0,
-        dir: dir.to_owned(),
-        dry_run,
-    };
-    if dry_run {
-        for path in std::iter::once(dir).chain(leftovers.iter().map(PathBuf::as_path)) {
-            tally(path, &mut summary)?;
-        }
-        return Ok(summary);
-    }
-    let aside = parent.join(format!(
-        "{aside_prefix}{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default()
-    ));
-    match fs::rename(dir, &aside) {
-        Ok(()) => {
-            match fs::DirBuilder::new().mode(0o700).create(dir) {
-                Ok(()) => {}
-                // A pull recreated it in the meantime: it is new and holds nothing old.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(fail(dir)(e)),
-            }
-            leftovers.push(aside);
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        // A pull recreated it in the meantime: it is new and holds nothing old.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(fail(dir)(e)),
     }
-    for path in &leftovers {
-        tally(path, &mut summary)?;
-        match fs::remove_dir_all(path) {
+    // The rename survives a power cut once its directory is synced.
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(fail(parent))
+}
+
+/// A prune's second half: deletes every aside copy beside cache `dir` (see [`asides`]),
+/// tallying each first. Idempotent: what is gone already counts nothing.
+pub fn delete_asides(dir: &Path) -> Result<PruneSummary, CacheError> {
+    let mut summary = PruneSummary::empty(dir, false);
+    for aside in asides(dir)? {
+        tally(&aside, &mut summary)?;
+        match fs::remove_dir_all(&aside) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(fail(path)(e)),
+            Err(source) => {
+                return Err(CacheError {
+                    path: aside,
+                    source,
+                });
+            }
         }
     }
     Ok(summary)

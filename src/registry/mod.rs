@@ -33,7 +33,7 @@
 //! - Nothing here appends to the event log or knows about images as banger records them: the
 //!   `image.pull` operation calls [`Registry::pull`] and records what it returns.
 
-mod cache;
+pub mod cache;
 mod config;
 mod credentials;
 mod digest;

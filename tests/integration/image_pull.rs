@@ -52,6 +52,7 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
         tokio a_kill_during_a_download_is_rolled_back_and_the_cache_stays_sound,
         tokio two_pulls_of_one_image_at_once_download_once_and_the_second_waits,
         tokio a_prune_during_a_pull_corrupts_nothing,
+        tokio a_kill_between_the_steps_of_a_prune_is_rolled_forward,
         tokio catalog_bundles_pull_and_bad_downloads_leave_nothing,
         sync vm_create_pulls_a_catalog_image_first_and_names_the_missing_kernel,
     ]
@@ -650,6 +651,29 @@ fn a_faithful_multi_layer_image_pulls_through_the_cli_and_again_from_the_cache()
         "{freed}"
     );
     assert!(cache_is_sound(&layout).is_empty());
+    // The prune is an operation (the dry run is not): in `banger ops` and `banger events`.
+    let (ops, _) = banger_ok(&root, &["ops", "--all"]);
+    let prunes: Vec<&str> = ops
+        .lines()
+        .filter(|l| l.contains("image.cache.prune"))
+        .collect();
+    assert!(
+        prunes.len() == 1 && prunes[0].contains("image cache") && prunes[0].contains("succeeded"),
+        "{ops}"
+    );
+    let op = prunes[0].split_whitespace().next().unwrap();
+    let (events, _) = banger_ok(&root, &["events", "--op", op]);
+    for wanted in [
+        "operation_started",
+        "image.cache.prune image cache",
+        "rename-aside",
+        "delete-aside",
+        "image_cache_pruned",
+        "across 4 blob(s)",
+        "operation_succeeded",
+    ] {
+        assert!(events.contains(wanted), "no {wanted:?} in:\n{events}");
+    }
     // The image does not need the cache.
     check_faithful(&rootfs_of(&layout, "faithful"));
 }
@@ -1078,6 +1102,110 @@ async fn a_prune_during_a_pull_corrupts_nothing() {
     agent_is_in(&rootfs_of(&layout, "img-1"));
     // What the prune moved aside is gone; nothing half-written got a blob's name.
     cache_is_sound(&layout);
+}
+
+/// bangerd killed between the two steps of a prune (the cache set aside, the copy not yet
+/// deleted): the restarted daemon rolls the prune forward, and the cache is sound and holds
+/// no blob from before it; the aside copy an older build's crashed prune left goes too, and
+/// the image pulled before does not need the cache.
+async fn a_kill_between_the_steps_of_a_prune_is_rolled_forward() {
+    let server = StaticRegistry::start().await;
+    let layer = Layer::gzip(&tar_with(&[("payload", &noise(6, 200_000))]));
+    server.serve_image("kept/img", "1", std::slice::from_ref(&layer));
+    let mut daemon = daemon_for(&[server.host()], "");
+    let reference = format!("{}/kept/img:1", server.host());
+    pull_ok(&daemon, json!({"reference": reference})).await;
+    let layout = daemon.layout();
+    assert_eq!(cache_is_sound(&layout).len(), 2, "config and layer cached");
+    let older = layout.cache_dir.join(".oci.pruning-4242-17");
+    fs::create_dir_all(older.join("blobs/sha256")).unwrap();
+    fs::write(older.join("blobs/sha256").join("c".repeat(64)), [7u8; 500]).unwrap();
+
+    daemon.kill();
+    daemon.restart_with(&[(
+        "BANGER_FAILPOINT",
+        "image.cache.prune:rename-aside:succeeded",
+    )]);
+    let result = daemon
+        .client()
+        .await
+        .call::<_, Value>("image.cache.prune", &json!({}))
+        .await;
+    assert!(
+        matches!(result, Err(ClientError::Closed | ClientError::Io(_))),
+        "bangerd should have died between the steps: {result:?}"
+    );
+    assert!(!daemon.wait().success(), "aborted at the failpoint");
+    // Set aside and recreated, not yet deleted.
+    let asides: Vec<String> = dir_names(&layout.cache_dir)
+        .into_iter()
+        .filter(|n| n.starts_with(".oci.pruning-") && *n != ".oci.pruning-4242-17")
+        .collect();
+    assert_eq!(asides.len(), 1, "{asides:?}");
+    assert_eq!(dir_names(&layout.oci_cache_dir()), Vec::<String>::new());
+
+    daemon.restart();
+    let ops: OperationsListResult = daemon
+        .client()
+        .await
+        .call("daemon.operations.list", &json!({"all": true}))
+        .await
+        .unwrap();
+    let prune = ops
+        .operations
+        .iter()
+        .find(|o| o.kind == OpKind::ImageCachePrune)
+        .expect("the prune is an operation");
+    assert_eq!(prune.status, OpStatus::Succeeded, "{prune:?}");
+    assert_eq!(
+        prune.recovery,
+        Some(banger_events::RecoveryDecision::RollForward)
+    );
+    assert_eq!(prune.target, banger_events::Target::ImageCache);
+    let steps: Vec<(&str, banger_projections::StepStatus)> = prune
+        .steps
+        .iter()
+        .map(|s| (s.name.as_str(), s.status))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("rename-aside", banger_projections::StepStatus::Succeeded),
+            ("delete-aside", banger_projections::StepStatus::Succeeded),
+        ]
+    );
+    // The resumed delete counted what it deleted: the set-aside cache and the older copy.
+    let (events, _) = crate::support::events(
+        &daemon.socket(),
+        banger::api::EventsParams {
+            op: Some(prune.op_id),
+            ..Default::default()
+        },
+    )
+    .await;
+    let pruned: Vec<&banger_events::ImageCachePruned> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            banger_events::Event::ImageCachePruned(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(pruned.as_slice(), [p] if p.blobs == 3 && p.bytes > 200_000),
+        "{pruned:?}"
+    );
+    assert!(
+        cache_is_sound(&layout).is_empty(),
+        "no blob from before the prune"
+    );
+    let images: ImageListResult = daemon
+        .client()
+        .await
+        .call("image.list", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(images.images.len(), 1);
+    e2fsck_clean(&rootfs_of(&layout, "img-1"));
 }
 
 // ---- catalog bundles ---------------------------------------------------------------------------

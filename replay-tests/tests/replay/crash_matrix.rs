@@ -2,9 +2,11 @@
 //! against the real bangerd with the fake firecracker, each case on a fresh `BANGER_ROOT`.
 //!
 //! A case sets up what its operation needs (a kernel `k` and an image `img`, plus a VM `dev`
-//! or a second kernel or image), starts the operation with `BANGER_FAILPOINT` set so that
-//! bangerd aborts at the chosen place (abort, like SIGKILL, leaves nothing to clean up
-//! after), restarts it without the failpoint, and checks:
+//! or a second kernel or image; for `image.cache.prune`, an image pulled from the loopback
+//! registry, which fills the blob cache, and an older build's aside copy), starts the
+//! operation with `BANGER_FAILPOINT` set so that bangerd aborts at the chosen place (abort,
+//! like SIGKILL, leaves nothing to clean up after), restarts it without the failpoint, and
+//! checks:
 //!
 //! 1. every operation in the log ended: nothing in flight, each one succeeded or rolled back
 //!    (no case injects an undo error, so *stuck* is a failure), and the interrupted one was
@@ -16,7 +18,9 @@
 //!    no unrecorded VMM survives); a VM that does not run records no process; `vms/`,
 //!    `kernels/` and `images/` hold exactly
 //!    the VMs, kernels and images the views list (so no `.staging-*`, `.removing-*` or
-//!    orphaned VM directory), and the files the views name exist;
+//!    orphaned VM directory), and the files the views name exist; the blob cache holds only
+//!    blobs that hash to their names, no temporary download, and no aside copy of a prune
+//!    that ended;
 //! 3. nothing leaked: after the checks, killing the recorded VMM process groups and bangerd
 //!    leaves no process that names the test root;
 //! 4. no acknowledged event was lost: every event the client had seen before the crash (the
@@ -79,6 +83,7 @@ enum Op {
     ImageDelete,
     ImagePull,
     ImagePromote,
+    ImageCachePrune,
     VmCreate,
     VmStart,
     VmStop,
@@ -97,6 +102,7 @@ impl Op {
             Op::ImageDelete => OpKind::ImageDelete,
             Op::ImagePull => OpKind::ImagePull,
             Op::ImagePromote => OpKind::ImagePromote,
+            Op::ImageCachePrune => OpKind::ImageCachePrune,
             Op::VmCreate => OpKind::VmCreate,
             Op::VmStart => OpKind::VmStart,
             Op::VmStop => OpKind::VmStop,
@@ -116,6 +122,7 @@ impl Op {
                 | Op::ImageRegister
                 | Op::ImageDelete
                 | Op::ImagePull
+                | Op::ImageCachePrune
         )
     }
 
@@ -139,6 +146,13 @@ impl Op {
             Op::ImageDelete => {
                 let img2 = json!({"name": "img2", "rootfs": inputs.rootfs.display().to_string()});
                 call_ok(daemon, "image.register", img2).await;
+            }
+            // A cache the pull of img2 filled, and the aside copy an older build's crashed
+            // prune left beside it: every step has something to do.
+            Op::ImageCachePrune => {
+                let (method, params) = Op::ImagePull.request(inputs);
+                call_ok(daemon, method, params).await;
+                lab::older_prune_leftover(&daemon.layout());
             }
             Op::VmStop | Op::VmKill | Op::VmDelete => {
                 call_ok(daemon, "vm.create", json!({"name": "dev", "image": "img"})).await;
@@ -170,6 +184,7 @@ impl Op {
                 json!({"reference": inputs.image_reference(), "name": "img2", "kernel": "k"}),
             ),
             Op::ImagePromote => ("image.promote", json!({"vm": "dev", "name": "img2"})),
+            Op::ImageCachePrune => ("image.cache.prune", json!({})),
             Op::VmCreate => ("vm.create", json!({"name": "dev", "image": "img"})),
             Op::VmStart => ("vm.start", dev),
             Op::VmStop => ("vm.stop", dev),
@@ -221,6 +236,24 @@ impl Op {
                     && state == Some(VmState::Stopped),
                 format!("images {images:?}: img2 should be present: {s}; dev stopped: {state:?}"),
             ),
+            // Rolled forward or back, no blob from before the prune is left: a rollback (only
+            // after an injected error in `delete-aside`) deletes what was set aside too. Only
+            // the older build's leftover survives a rollback (`delete-aside` never ran). The
+            // pulled image does not need the cache.
+            (Op::ImageCachePrune, s) => {
+                let leftovers: &[&str] = if s { &[] } else { &[lab::OLDER_PRUNE_LEFTOVER] };
+                want(
+                    world.cache_blobs.is_empty()
+                        && world.cache_asides == leftovers
+                        && images.contains("img2")
+                        && images.contains("img"),
+                    format!(
+                        "cached blobs {:?}, aside copies {:?} (expected {leftovers:?}), \
+                         images {images:?}",
+                        world.cache_blobs, world.cache_asides
+                    ),
+                )
+            }
             (Op::ImageRegister | Op::ImagePull, s) | (Op::ImageDelete, s) => {
                 let present = (self == Op::ImageDelete) != s;
                 want(
@@ -335,12 +368,16 @@ impl Case {
     }
 }
 
-/// What the daemon shows after recovery.
+/// What the daemon shows after recovery, and what the blob cache holds.
 struct World {
     ops: OperationsListResult,
     vms: VmListResult,
     kernels: KernelListResult,
     images: ImageListResult,
+    /// The names under the cache's `blobs/sha256/`.
+    cache_blobs: Vec<String>,
+    /// The aside copies of prunes beside the cache.
+    cache_asides: Vec<String>,
 }
 
 /// Calls `method`, reading a streaming method's items (`image.pull`'s progress) to its end.
@@ -397,6 +434,7 @@ async fn world(daemon: &Daemon) -> World {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let cache = daemon.layout().oci_cache_dir();
     World {
         ops: serde_json::from_value(
             call_ok(daemon, "daemon.operations.list", json!({"all": true})).await,
@@ -407,6 +445,11 @@ async fn world(daemon: &Daemon) -> World {
             .expect("kernels"),
         images: serde_json::from_value(call_ok(daemon, "image.list", json!({})).await)
             .expect("images"),
+        cache_blobs: dir_names(&cache.join("blobs/sha256")),
+        cache_asides: dir_names(cache.parent().expect("the cache has a parent"))
+            .into_iter()
+            .filter(|name| name.starts_with(".oci.pruning-"))
+            .collect(),
     }
 }
 
@@ -699,7 +742,7 @@ async fn check_host(daemon: &Daemon, world: &World) -> Result<(), String> {
             return Err(format!("image {} has no {}", image.name, image.rootfs_path));
         }
     }
-    check_blob_cache(&layout)?;
+    check_blob_cache(&layout, world)?;
     // Taps: the host has exactly the taps the ledger holds (VMs' and spare ones), and every
     // running VM has one.
     let ledger = ledger(daemon).await;
@@ -952,8 +995,9 @@ async fn check_allocations(
 }
 
 /// The blob cache holds only verified blobs (each hashes to its name) and no download a
-/// crashed bangerd left half done (the restarted one sweeps them).
-fn check_blob_cache(layout: &banger::paths::Layout) -> Result<(), String> {
+/// crashed bangerd left half done (the restarted one sweeps them); no prune that ended left
+/// its aside copy (rolled forward it deleted it, rolled back its undo did).
+fn check_blob_cache(layout: &banger::paths::Layout, world: &World) -> Result<(), String> {
     use sha2::Digest as _;
     let cache = layout.oci_cache_dir();
     let blobs = cache.join("blobs/sha256");
@@ -970,6 +1014,21 @@ fn check_blob_cache(layout: &banger::paths::Layout) -> Result<(), String> {
     let temp = dir_names(&cache.join("tmp"));
     if !temp.is_empty() {
         return Err(format!("temporary downloads left in the cache: {temp:?}"));
+    }
+    for op in &world.ops.operations {
+        if op.kind != OpKind::ImageCachePrune {
+            continue;
+        }
+        let aside = banger::registry::cache::prune_aside(&cache, &op.op_id.to_string())
+            .map_err(|e| e.to_string())?;
+        if aside.exists() {
+            return Err(format!(
+                "prune {} ended {} but left its aside copy {}",
+                op.op_id,
+                op.status,
+                aside.display()
+            ));
+        }
     }
     Ok(())
 }
@@ -1084,7 +1143,7 @@ fn describe(pid: u32) -> String {
 /// case's story.
 fn matrix(op: Op) {
     lab::binaries();
-    let inputs = Arc::new(if op == Op::ImagePull {
+    let inputs = Arc::new(if matches!(op, Op::ImagePull | Op::ImageCachePrune) {
         Inputs::with_registry()
     } else {
         Inputs::new()
@@ -1187,6 +1246,10 @@ fn crash_matrix_image_promote() {
     matrix(Op::ImagePromote);
 }
 
+fn crash_matrix_image_cache_prune() {
+    matrix(Op::ImageCachePrune);
+}
+
 fn crash_matrix_vm_create() {
     matrix(Op::VmCreate);
 }
@@ -1223,6 +1286,7 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
         sync crash_matrix_image_delete,
         sync crash_matrix_image_pull,
         sync crash_matrix_image_promote needs(Root),
+        sync crash_matrix_image_cache_prune,
         sync crash_matrix_vm_create needs(Root),
         sync crash_matrix_vm_start needs(Root),
         sync crash_matrix_vm_stop needs(Root),

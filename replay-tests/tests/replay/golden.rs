@@ -391,6 +391,7 @@ fn nested_variants(event: &Event, seen: &mut BTreeSet<String>) {
         | Event::ImageRegisteredV1(_)
         | Event::ImageRegistered(_)
         | Event::ImageRemoved(_)
+        | Event::ImageCachePruned(_)
         | Event::KernelRegistered(_)
         | Event::KernelRemoved(_)
         | Event::DaemonStarted(_)

@@ -198,6 +198,21 @@ impl Inputs {
     }
 }
 
+/// The aside copy [`older_prune_leftover`] makes, beside the blob cache.
+pub const OLDER_PRUNE_LEFTOVER: &str = ".oci.pruning-4242-17";
+
+/// Leaves beside `layout`'s blob cache what a prune of an older build (named by pid and
+/// time, not by an operation) left when it was killed: an aside copy holding one blob. The
+/// next prune must delete it.
+pub fn older_prune_leftover(layout: &banger::paths::Layout) {
+    let blobs = layout
+        .oci_cache_dir()
+        .with_file_name(OLDER_PRUNE_LEFTOVER)
+        .join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("create the older aside copy");
+    std::fs::write(blobs.join("c".repeat(64)), [7u8; 500]).expect("write its blob");
+}
+
 /// A small bundle (the fixture's vmlinux, a fake bzImage and initrd) packed as the catalog
 /// ships bundles.
 fn small_bundle_tarball(dir: &Path, vmlinux: &[u8]) -> banger::kernel::PackedBundle {

@@ -141,6 +141,7 @@ pub fn target_name(target: &Target) -> &'static str {
         Target::Image { .. } => "Image",
         Target::Kernel { .. } => "Kernel",
         Target::Host => "Host",
+        Target::ImageCache => "ImageCache",
     }
 }
 
@@ -236,6 +237,7 @@ pub fn event_name(event: &Event) -> &'static str {
         Event::ImageRegisteredV1(_) => "ImageRegisteredV1",
         Event::ImageRegistered(_) => "ImageRegistered",
         Event::ImageRemoved(_) => "ImageRemoved",
+        Event::ImageCachePruned(_) => "ImageCachePruned",
         Event::KernelRegistered(_) => "KernelRegistered",
         Event::KernelRemoved(_) => "KernelRemoved",
         Event::HandleAcquired(_) => "HandleAcquired",
@@ -349,6 +351,10 @@ fn events() -> Vec<Event> {
         Event::ImageRemoved(ImageRemoved {
             name: "alpine".into(),
         }),
+        Event::ImageCachePruned(ImageCachePruned {
+            bytes: 1_288_490_189,
+            blobs: 47,
+        }),
         Event::KernelRegistered(KernelRegistered {
             name: "6.1".into(),
             kernel_path: "/k/6.1/vmlinux".into(),
@@ -402,6 +408,7 @@ pub(super) fn samples() -> Vec<Sample> {
             },
             Target::Kernel { name: "6.1".into() },
             Target::Host,
+            Target::ImageCache,
         ],
         target_name,
     ));
