@@ -43,7 +43,7 @@ What comes next:
   banger ops                         what is in flight right now
   banger dashboard --open            all of it, live, in your web browser
 
-Works today: version, vm run, vm create/start/stop/restart/kill/delete/set/list/show/logs/\
+Works today: version, completions, vm run, vm create/start/stop/restart/kill/delete/set/list/show/logs/\
 exec/health/ping, image list/show/pull/promote/register/delete/cache prune, kernel list \
 [--available]/show/import/rm/pull, events (and events replay, events repair), ops, doctor (its \
 orphan check), dashboard. The other verbs print \"not implemented yet\" and exit 2.";
@@ -117,7 +117,19 @@ pub enum Command {
     Dashboard(DashboardArgs),
     /// Print the versions of banger and of the running bangerd
     Version(VersionArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(after_help = COMPLETIONS_AFTER)]
+    Completions(CompletionsArgs),
 }
+
+const COMPLETIONS_AFTER: &str = "\
+Examples:
+  banger completions bash > ~/.local/share/bash-completion/completions/banger
+  banger completions zsh > \"${fpath[1]}/_banger\"
+  banger completions fish > ~/.config/fish/completions/banger.fish
+
+The script completes verbs, options and their fixed values; it is generated from this banger's \
+command tree, so regenerate it after an update.";
 
 // ---- vm ---------------------------------------------------------------------------------------
 
@@ -1060,6 +1072,13 @@ pub struct DashboardArgs {
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]

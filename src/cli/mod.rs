@@ -10,7 +10,8 @@
 //! - [`connect`]: reaching bangerd, autostart.
 //! - `vm`, `catalog` (image, kernel; `pull` shows an image pull's progress), `events`, `ops`,
 //!   `replay`, `repair`, `doctor`, `dashboard`, `version`: one module per group of commands
-//!   that work; `future`: the verbs that answer "not implemented yet".
+//!   that work (`completions` is one function, here); `future`: the verbs that answer "not
+//!   implemented yet".
 //! - `terminal`: the host terminal while a command runs on a terminal in the guest (raw mode
 //!   and its guard, the window size, `TERM`).
 //! - [`views`], [`format`](mod@format), [`size`](crate::size): how views, times and sizes read.
@@ -109,5 +110,14 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::SshConfig(_) => Err(future::ssh_config()),
         Command::Dashboard(args) => dashboard::run(args).await,
         Command::Version(args) => version::run(args).await,
+        Command::Completions(args) => completions(args),
     }
+}
+
+/// `banger completions SHELL`: the completion script clap generates from the command tree.
+fn completions(args: args::CompletionsArgs) -> Result<(), CliError> {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut Cli::command(), "banger", &mut script);
+    output::out(String::from_utf8_lossy(&script))
 }

@@ -312,6 +312,52 @@ fn every_group_landing_page_shows_runnable_examples() {
     );
 }
 
+/// The bash script, sourced in a real bash, completes verbs at two depths; the other shells'
+/// scripts are theirs; none of it needs bangerd.
+fn completion_scripts_complete_verbs_in_a_real_bash() {
+    let sandbox = Sandbox::new();
+    let bash = sandbox.run(&["completions", "bash"]);
+    assert_eq!(bash.code(), Some(0), "{bash}");
+    let script = sandbox.root().join("banger.bash");
+    std::fs::write(&script, bash.stdout()).unwrap();
+    let complete = |words: &[&str]| -> Vec<String> {
+        let line = words.join(" ");
+        let program = format!(
+            "source {script}\nCOMP_WORDS=({line}); COMP_CWORD={cword}; COMP_LINE='{line}'; \
+             COMP_POINT=${{#COMP_LINE}}\n_banger banger {current} {previous}\n\
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script = script.display(),
+            cword = words.len() - 1,
+            current = words[words.len() - 1],
+            previous = words[words.len() - 2],
+        );
+        let output = Command::new("bash")
+            .args(["-c", &program])
+            .output()
+            .expect("run bash");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(complete(&["banger", "vm", "cr"]), ["create"]);
+    assert_eq!(complete(&["banger", "kernel", "pu"]), ["pull"]);
+    assert!(complete(&["banger", "e"]).contains(&"events".to_owned()));
+    for (shell, marker) in [("zsh", "#compdef banger"), ("fish", "complete -c banger")] {
+        let run = sandbox.run(&["completions", shell]);
+        assert_eq!(run.code(), Some(0), "{run}");
+        assert!(run.stdout().contains(marker), "{shell}: {run}");
+    }
+    let refused = sandbox.run(&["completions", "tcsh"]);
+    assert_eq!(refused.code(), Some(2), "{refused}");
+    assert!(refused.stderr().contains("possible values"), "{refused}");
+    assert!(
+        sandbox.daemon_pid().is_none(),
+        "completions never start bangerd"
+    );
+}
+
 fn unimplemented_verbs_say_so_and_exit_2_without_starting_bangerd() {
     let sandbox = Sandbox::new();
     let verbs: &[(&[&str], &str)] = &[
@@ -1508,6 +1554,7 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
     banger_test_harness::tests![
         sync every_group_landing_page_shows_runnable_examples,
         sync unimplemented_verbs_say_so_and_exit_2_without_starting_bangerd,
+        sync completion_scripts_complete_verbs_in_a_real_bash,
         sync bad_names_sizes_paths_and_ids_get_clear_errors,
         sync without_autostart_the_cli_says_how_to_start_bangerd,
         sync the_first_command_starts_bangerd_and_later_ones_reuse_it,
