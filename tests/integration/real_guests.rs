@@ -17,7 +17,8 @@
 //! - `vm run -- CMD` with the default image (the catalog's `debian`, a docker.io reference
 //!   mirrored to the test registry, which holds a root with no init, like Debian's container
 //!   image): the agent boots as PID 1, the command's exit status comes back, `--rm` deletes
-//!   the VM; a second `vm run -- true` with everything pulled prints its stages.
+//!   the VM; `vm run` with nothing else on a terminal the test owns: the stages, a login
+//!   shell in the guest, its exit status; a second `vm run -- true` prints its stages.
 //! - kill -9 of bangerd in the middle of a boot: the next bangerd rolls the create back: no
 //!   VM, no QEMU, no tap, no directory.
 //!
@@ -38,6 +39,7 @@ use super::guest_images::{GuestRoot, root_tarball};
 use super::kernel_pull::serve_the_debian_entry;
 use super::registry::support::{Layer, TestRegistry};
 use super::support::{Bangerd, TestNetwork, TestRoot, all_events, processes_mentioning};
+use super::tty::Screen;
 
 const BANGER: &str = env!("CARGO_BIN_EXE_banger");
 
@@ -597,6 +599,40 @@ fn vm_run_pulls_the_default_image_and_kernel_and_boots_the_agent_as_init() {
         lab.ok(&["vm", "list", "--json"]).trim() == "[]",
         "--rm deleted the VM"
     );
+
+    // The main job, on a terminal: `vm run` with nothing else prints its stages, then a login
+    // shell in the guest (bash, from the guest's /etc/passwd) on a terminal of this one's
+    // size; the shell's exit status is banger's, the terminal is put back, --rm deletes.
+    runtime().block_on(async {
+        let root = lab.daemon.root().path();
+        let mut screen = Screen::spawn(
+            root,
+            &["vm", "run", "--vmm", "qemu", "--name", "shell", "--rm"],
+            40,
+            120,
+        );
+        for stage in ["agent ready ", "login shell in shell"] {
+            screen.wait_for(stage).await;
+        }
+        screen
+            .type_keys(
+                b"echo \"M-$((6*7)) $SHELL $(stty size) $(hostname) $(cat /proc/1/comm) END\"\r",
+            )
+            .await;
+        screen.wait_for(" END\r\n").await;
+        let text = screen.text();
+        let answer = text.split("M-42 ").last().unwrap().split(" END").next();
+        assert_eq!(
+            answer,
+            Some("/bin/bash 40 120 shell banger-agent"),
+            "{text:?}"
+        );
+        screen.type_keys(b"exit 3\r").await;
+        let status = screen.exit().await;
+        assert_eq!(status.code(), Some(3), "{:?}", screen.text());
+        screen.assert_modes_restored();
+        screen.wait_for("deleted shell").await;
+    });
 
     // Everything pulled: `vm run -- true` is create, boot, exec, delete.
     let started = Instant::now();
