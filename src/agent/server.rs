@@ -459,6 +459,16 @@ impl HangupWatch {
     }
 }
 
+/// What `wait(2)` said, as the protocol reports it. It reports only exits and deaths by signal
+/// (stopped children are not reported without WUNTRACED), so the last arm never happens.
+fn exit_status(exited: std::process::ExitStatus) -> ExitStatus {
+    match (exited.code(), exited.signal()) {
+        (Some(code), _) => ExitStatus::Code(code),
+        (None, Some(signal)) => ExitStatus::Signal(signal),
+        (None, None) => ExitStatus::Code(-1),
+    }
+}
+
 /// Why a connection ended early.
 #[derive(Debug)]
 enum End {
@@ -887,13 +897,7 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
         match (outcome, status) {
             (Ok(()), Some(exited)) => {
                 drop(group);
-                let status = match (exited.code(), exited.signal()) {
-                    (Some(code), _) => ExitStatus::Code(code),
-                    (None, Some(signal)) => ExitStatus::Signal(signal),
-                    // wait(2) reports only exits and deaths by signal; stopped children are
-                    // not reported without WUNTRACED.
-                    (None, None) => ExitStatus::Code(-1),
-                };
+                let status = exit_status(exited);
                 debug!(pid, %status, "exec finished");
                 self.send(&AgentMessage::Exited { status }).await
             }
@@ -904,22 +908,33 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
                     let _ = child.wait().await;
                 }
                 drop(group);
-                let end = match outcome {
-                    Err(end) => end,
-                    // Unreachable: the loop only finishes with a status. Keep the agent alive
-                    // and honest about it anyway.
-                    Ok(()) => End::Refused(AgentErrorBody {
-                        code: ErrorCode::Internal,
-                        message: "exec ended without an exit status".into(),
-                    }),
-                };
-                info!(pid, "killed the command's process group: {end}");
-                if let End::Refused(body) = &end {
-                    let _ = self.send(&AgentMessage::Error(body.clone())).await;
-                }
-                Err(end)
+                self.end_killed(pid, outcome, "process group").await
             }
         }
+    }
+
+    /// How an exec whose command was killed (its `what`: process group or session) ends: the
+    /// client told why when the agent refused to go on, and the reason logged.
+    async fn end_killed(
+        &mut self,
+        pid: u32,
+        outcome: Result<(), End>,
+        what: &str,
+    ) -> Result<(), End> {
+        let end = match outcome {
+            Err(end) => end,
+            // Unreachable: the loops only finish with a status. Keep the agent alive and
+            // honest about it anyway.
+            Ok(()) => End::Refused(AgentErrorBody {
+                code: ErrorCode::Internal,
+                message: "exec ended without an exit status".into(),
+            }),
+        };
+        info!(pid, "killed the command's {what}: {end}");
+        if let End::Refused(body) = &end {
+            let _ = self.send(&AgentMessage::Error(body.clone())).await;
+        }
+        Err(end)
     }
 
     /// An exec on a pseudo-terminal (see the protocol's docs and [`crate::pty`]): the command
@@ -1105,11 +1120,7 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
                 drop(group);
                 // Closing the master hangs the terminal up for whatever still holds it.
                 drop(master);
-                let status = match (exited.code(), exited.signal()) {
-                    (Some(code), _) => ExitStatus::Code(code),
-                    (None, Some(signal)) => ExitStatus::Signal(signal),
-                    (None, None) => ExitStatus::Code(-1),
-                };
+                let status = exit_status(exited);
                 debug!(pid, %status, "exec on a tty finished");
                 self.send(&AgentMessage::Exited { status }).await
             }
@@ -1120,18 +1131,7 @@ impl<W: AsyncWrite + Unpin> Conn<'_, W> {
                     let _ = child.wait().await;
                 }
                 drop(group);
-                let end = match outcome {
-                    Err(end) => end,
-                    Ok(()) => End::Refused(AgentErrorBody {
-                        code: ErrorCode::Internal,
-                        message: "exec ended without an exit status".into(),
-                    }),
-                };
-                info!(pid, "killed the command's session: {end}");
-                if let End::Refused(body) = &end {
-                    let _ = self.send(&AgentMessage::Error(body.clone())).await;
-                }
-                Err(end)
+                self.end_killed(pid, outcome, "session").await
             }
         }
     }
