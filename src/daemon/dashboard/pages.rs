@@ -790,7 +790,7 @@ pub fn render_images(images: &[ImageView], now_unix_ms: u64) -> Html {
     let mut html = Html::new();
     html.markup("<h1>Images</h1>");
     if images.is_empty() {
-        html.markup("<p class=\"empty\">No images yet. Register one with <code>banger image register NAME --rootfs FILE</code>.</p>");
+        html.markup("<p class=\"empty\">No images yet. Pull one with <code>banger image pull debian</code> (or any OCI reference), or register a file with <code>banger image register NAME --rootfs FILE</code>.</p>");
         return html;
     }
     html.markup("<table id=\"images\"><thead><tr><th>Name</th><th>Size</th><th>Kernel</th><th>Source</th><th>sha256</th><th>Registered</th></tr></thead><tbody>");
@@ -839,7 +839,7 @@ pub fn render_kernels(kernels: &[KernelView], now_unix_ms: u64) -> Html {
     let mut html = Html::new();
     html.markup("<h1>Kernels</h1>");
     if kernels.is_empty() {
-        html.markup("<p class=\"empty\">No kernels yet. Import one with <code>banger kernel import NAME --from DIR</code>.</p>");
+        html.markup("<p class=\"empty\">No kernels yet. Pull the default with <code>banger kernel pull debian-12-cloud</code> (<code>vm create</code> does it on first use), or import one with <code>banger kernel import NAME --from DIR</code>.</p>");
         return html;
     }
     html.markup("<table id=\"kernels\"><thead><tr><th>Name</th><th>Version</th><th>initrd</th><th>Source</th><th>sha256</th><th>Registered</th></tr></thead><tbody>");
