@@ -2,8 +2,9 @@
 //! `debootstrap` and kept as tarballs in the test cache (`BANGER_TEST_CACHE`, default
 //! `target/test-cache`), so a CI run pays for them once and a developer's reruns not at all.
 //!
-//! - [`GuestRoot::Systemd`]: a Debian with systemd as its init and openssh-server: an image
-//!   with an init of its own, where the agent runs as a service.
+//! - [`GuestRoot::Systemd`]: a Debian with systemd as its init, openssh-server and busybox
+//!   (whose `httpd` gives the tests a small web server): an image with an init of its own,
+//!   where the agent runs as a service.
 //! - [`GuestRoot::Container`]: `debootstrap --variant=minbase`, no init at all, like Debian's
 //!   official container image (`debian:bookworm`): the agent boots as its PID 1.
 //!
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Bump when what goes into a root changes, so a stale cached tarball is not reused.
-const ROOTS_VERSION: u32 = 1;
+const ROOTS_VERSION: u32 = 2;
 
 /// Which Debian root.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +41,7 @@ impl GuestRoot {
         match self {
             GuestRoot::Systemd => vec![
                 "--variant=minbase",
-                "--include=systemd-sysv,udev,dbus,openssh-server,iproute2,procps",
+                "--include=systemd-sysv,udev,dbus,openssh-server,iproute2,procps,busybox",
             ],
             GuestRoot::Container => vec!["--variant=minbase"],
         }
