@@ -1007,22 +1007,30 @@ pub struct DoctorArgs {
 }
 
 const UPDATE_LONG: &str = "\
-Download the latest release, verify its signed manifest against the key built into banger and \
-the tarball's sha256, refuse while any operation is in flight (see `banger ops`), swap the \
-binaries atomically and restart bangerd.";
+Install the latest release of banger in place of this one: fetch the release manifest and its \
+signature, verify the signature (ECDSA P-256, as `cosign sign-blob` makes it) against the key \
+built into banger, download the tarball checking its sha256, refuse while any operation is in \
+flight (see `banger ops`), swap the four programs atomically and restart bangerd. Running VMs \
+keep running: the new bangerd re-adopts them. If the new bangerd is not healthy, the previous \
+programs are put back and the previous bangerd started again.";
 
 const UPDATE_AFTER: &str = "\
 Examples:
   banger update --check              is there a newer release?
-  banger update
+  banger update                      install it
+  banger update --manifest-url https://mirror.example/banger/manifest.json
 
-Not implemented yet: arrives with signed releases.";
+A build without a release key (BANGER_RELEASE_PUBLIC_KEY at build time; `cargo install` \
+builds have none) refuses to update: install a release build, or update by hand.";
 
 #[derive(Debug, Args)]
 pub struct UpdateArgs {
     /// Only say whether a newer release exists
     #[arg(long)]
     pub check: bool,
+    /// Where the release manifest is (its signature is at the same URL plus .sig)
+    #[arg(long, value_name = "URL", env = "BANGER_UPDATE_URL")]
+    pub manifest_url: Option<String>,
 }
 
 const SSH_CONFIG_LONG: &str = "\

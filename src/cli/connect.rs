@@ -144,7 +144,7 @@ async fn autostart(layout: &Layout) -> Result<(), CliError> {
 /// Starts bangerd so that it outlives this CLI and the terminal: its own session (no
 /// controlling terminal, so no SIGHUP when the terminal closes), no stdin, output appended to a
 /// file in the state directory for `banger doctor` and for people to read.
-fn spawn_detached(bangerd: &Path, layout: &Layout) -> Result<Child, CliError> {
+pub(crate) fn spawn_detached(bangerd: &Path, layout: &Layout) -> Result<Child, CliError> {
     let output_path = layout.daemon_output_path();
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -60,10 +60,6 @@ pub fn system(command: &SystemCommand) -> CliError {
     }
 }
 
-pub fn update() -> CliError {
-    later("update", "signed releases")
-}
-
 pub fn ssh_config() -> CliError {
     later("ssh-config", SSH)
 }

@@ -42,6 +42,7 @@ mod pull;
 mod repair;
 mod replay;
 mod terminal;
+mod update;
 mod version;
 mod vm;
 
@@ -106,7 +107,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Ops(args) => ops::run(args).await,
         Command::System(command) => Err(future::system(&command)),
         Command::Doctor(args) => doctor::run(args).await,
-        Command::Update(_) => Err(future::update()),
+        Command::Update(args) => update::run(args).await,
         Command::SshConfig(_) => Err(future::ssh_config()),
         Command::Dashboard(args) => dashboard::run(args).await,
         Command::Version(args) => version::run(args).await,

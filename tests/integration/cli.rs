@@ -371,7 +371,6 @@ fn unimplemented_verbs_say_so_and_exit_2_without_starting_bangerd() {
         (&["system", "status"], "system status"),
         (&["system", "restart"], "system restart"),
         (&["system", "uninstall"], "system uninstall"),
-        (&["update"], "update"),
         (&["ssh-config"], "ssh-config"),
     ];
     for (args, verb) in verbs {

@@ -365,7 +365,7 @@ fn banger_sha256(path: &Path) -> String {
 }
 
 /// A tiny bundle directory (not bootable: the unpacking does not boot it).
-fn tiny_bundle(dir: &Path) -> PathBuf {
+pub(crate) fn tiny_bundle(dir: &Path) -> PathBuf {
     let bundle = dir.join("tiny-bundle");
     std::fs::create_dir_all(bundle.join("lib/modules/6.1.0-tiny/kernel")).unwrap();
     let file = |name: &str, bytes: &[u8]| {
@@ -434,7 +434,7 @@ fn hostile_tarball(member: &str, symlink_to: Option<&str>) -> Vec<u8> {
     zstd::encode_all(tar.as_slice(), 1).unwrap()
 }
 
-fn bundle_entry(name: &str, url: &str, sha256: &str, size: usize) -> Value {
+pub(crate) fn bundle_entry(name: &str, url: &str, sha256: &str, size: usize) -> Value {
     json!({
         "name": name, "kind": "bundle", "version": "6.1.0-tiny", "arch": "x86_64",
         "tarball_url": url, "tarball_sha256": sha256, "size_bytes": size,

@@ -24,6 +24,7 @@ mod real_guests;
 mod registry;
 mod support;
 mod tty;
+mod update;
 mod vm;
 
 fn main() {
@@ -43,6 +44,7 @@ fn main() {
         qemu::tests(),
         real_guests::tests(),
         tty::tests(),
+        update::tests(),
         vm::tests(),
     ]);
 }

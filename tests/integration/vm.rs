@@ -48,14 +48,14 @@ pub const CREATE_STEPS: [&str; 8] = [
 ];
 
 /// A bangerd with a kernel `k` and an image `img`, and the environment to restart it with.
-struct Lab {
-    daemon: Bangerd,
-    env: Vec<(String, String)>,
+pub(crate) struct Lab {
+    pub(crate) daemon: Bangerd,
+    pub(crate) env: Vec<(String, String)>,
     root_path: PathBuf,
 }
 
 impl Lab {
-    async fn new() -> Lab {
+    pub(crate) async fn new() -> Lab {
         Self::with(&[]).await
     }
 
@@ -137,13 +137,13 @@ impl Lab {
         self.client().await.call(method, &params).await
     }
 
-    async fn create(&self, name: &str) -> VmCreateResult {
+    pub(crate) async fn create(&self, name: &str) -> VmCreateResult {
         self.call("vm.create", json!({"name": name, "image": "img"}))
             .await
             .unwrap_or_else(|e| panic!("create {name}: {e}\n{}", self.daemon.output()))
     }
 
-    async fn show(&self, name: &str) -> VmShowResult {
+    pub(crate) async fn show(&self, name: &str) -> VmShowResult {
         self.call("vm.show", json!({"name": name}))
             .await
             .expect("vm.show")
