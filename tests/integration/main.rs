@@ -22,6 +22,7 @@ mod network;
 mod qemu;
 mod real_guests;
 mod registry;
+mod storage;
 mod support;
 mod tty;
 mod update;
@@ -41,6 +42,7 @@ fn main() {
         kernel_pull::tests(),
         network::tests(),
         registry::tests(),
+        storage::tests(),
         qemu::tests(),
         real_guests::tests(),
         tty::tests(),

@@ -159,6 +159,18 @@ impl TestRoot {
         }
     }
 
+    /// A root in a directory under `base` (a test filesystem's mount point, say).
+    pub fn new_in(base: &Path) -> TestRoot {
+        let dir = tempfile::Builder::new()
+            .prefix("banger-test-")
+            .tempdir_in(base)
+            .expect("create a temporary BANGER_ROOT");
+        TestRoot {
+            dir,
+            network: OnceLock::new(),
+        }
+    }
+
     /// A root whose bangerd runs in this host's network namespace, with no test network even
     /// as root (for tests that need no VM network but reach servers on this host's loopback).
     pub fn without_network() -> TestRoot {

@@ -71,7 +71,16 @@ impl Lab {
 
     /// Running `vmm`, with extra environment and extra `[vm]` config lines.
     async fn on(vmm: VmmKind, extra: &[(&str, &str)], vm_config: &str) -> Lab {
-        let root = TestRoot::new();
+        Self::on_root(TestRoot::new(), vmm, extra, vm_config).await
+    }
+
+    /// On a given root (one on a test filesystem), running `vmm`.
+    pub(crate) async fn on_root(
+        root: TestRoot,
+        vmm: VmmKind,
+        extra: &[(&str, &str)],
+        vm_config: &str,
+    ) -> Lab {
         let root_path = root.path().to_path_buf();
         let config_dir = root.layout().config_dir;
         std::fs::create_dir_all(&config_dir).unwrap();
