@@ -11,6 +11,7 @@ mod agent;
 mod cli;
 mod daemon;
 mod dashboard;
+mod dns;
 mod doctor;
 mod firecracker;
 mod guest;
@@ -44,5 +45,6 @@ fn main() {
         real_guests::tests(),
         tty::tests(),
         vm::tests(),
+        dns::tests(),
     ]);
 }
