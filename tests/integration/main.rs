@@ -21,6 +21,7 @@ mod kernel;
 mod kernel_pull;
 mod network;
 mod qemu;
+mod real_guest_dns;
 mod real_guests;
 mod registry;
 mod support;
@@ -46,5 +47,6 @@ fn main() {
         tty::tests(),
         vm::tests(),
         dns::tests(),
+        real_guest_dns::tests(),
     ]);
 }
