@@ -843,3 +843,34 @@ mod wire_shape_tests {
         assert_eq!(stop.timeout_ms, Some(0));
     }
 }
+
+/// `dns.status`: bangerd's DNS server for `NAME.vm` on the bridge's address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsStatusResult {
+    /// The bridge's address, where it listens (UDP and TCP port 53) and which guests are
+    /// given as their name server while it serves.
+    pub address: String,
+    pub serving: bool,
+    /// Who bound port 53: `bangerd` itself, or `banger-helper`, which passed the sockets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_by: Option<String>,
+    /// Why it does not serve: the last attempt's error. `None` with `serving` false: no VM
+    /// network exists yet (it starts with the first VM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether the host's own lookups of `.vm` reach it; `None` until it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_routing: Option<DnsRouting>,
+}
+
+/// How the host's `.vm` lookups reach bangerd's DNS server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DnsRouting {
+    /// systemd-resolved sends `~vm` to the bridge's address.
+    Routed,
+    /// Nothing routes them (no systemd-resolved, say): `reason` says why.
+    Skipped { reason: String },
+    /// Asking banger-helper to route them failed.
+    Failed { error: String },
+}

@@ -27,6 +27,7 @@
 //! helper_socket = "/run/banger/helper.sock"   # banger-helper's socket; BANGER_HELPER_SOCKET overrides it
 //! bridge = "banger0"                          # the bridge every VM's tap joins
 //! tap_pool = 2                                # spare taps kept ready for new VMs (0: none)
+//! guest_dns = ["1.1.1.1"]                     # name servers new VMs get instead of bangerd's on the bridge
 //!
 //! [dashboard]
 //! enabled = true           # the web dashboard on 127.0.0.1 (`banger dashboard` prints its link)
@@ -135,7 +136,14 @@ pub struct NetworkConfig {
     pub bridge: String,
     /// How many spare taps bangerd keeps made, so that a create does not wait for the helper.
     pub tap_pool: usize,
+    /// The name servers a booting VM is given. Empty (the default): bangerd's own DNS server
+    /// on the bridge's address (`NAME.vm` names, the rest forwarded to the host's resolvers),
+    /// or the host's resolvers where it cannot serve.
+    pub guest_dns: Vec<std::net::Ipv4Addr>,
 }
+
+/// The most name servers `network.guest_dns` may list (what a resolv.conf honours).
+pub const MAX_GUEST_DNS: usize = 3;
 
 /// The most spare taps `network.tap_pool` may ask for.
 pub const MAX_TAP_POOL: usize = 64;
@@ -181,6 +189,7 @@ impl Default for Config {
                 helper_socket: PathBuf::from(DEFAULT_HELPER_SOCKET),
                 bridge: DEFAULT_BRIDGE.to_owned(),
                 tap_pool: 2,
+                guest_dns: Vec::new(),
             },
             dashboard: DashboardConfig {
                 enabled: true,
@@ -290,6 +299,7 @@ struct NetworkSection {
     helper_socket: Option<PathBuf>,
     bridge: Option<String>,
     tap_pool: Option<usize>,
+    guest_dns: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -418,6 +428,24 @@ impl Config {
                 ));
             }
             config.network.tap_pool = pool;
+        }
+        if let Some(servers) = file.network.guest_dns {
+            if servers.len() > MAX_GUEST_DNS {
+                return Err(format!(
+                    "network.guest_dns lists {} servers; a guest uses at most {MAX_GUEST_DNS}",
+                    servers.len()
+                ));
+            }
+            config.network.guest_dns = servers
+                .iter()
+                .map(|server| {
+                    server.parse::<std::net::Ipv4Addr>().map_err(|_| {
+                        format!(
+                            "network.guest_dns: {server:?} is not an IPv4 address (write name servers as \"1.1.1.1\")"
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?;
         }
         if let Some(enabled) = file.dashboard.enabled {
             config.dashboard.enabled = enabled;
@@ -596,6 +624,7 @@ mod tests {
             helper_socket = "/run/h.sock"
             bridge = "bangerdev"
             tap_pool = 5
+            guest_dns = ["10.0.0.53", "1.1.1.1"]
             [dashboard]
             enabled = false
             port = 8123
@@ -629,6 +658,13 @@ mod tests {
         assert_eq!(config.network.helper_socket, PathBuf::from("/run/h.sock"));
         assert_eq!(config.network.bridge, "bangerdev");
         assert_eq!(config.network.tap_pool, 5);
+        assert_eq!(
+            config.network.guest_dns,
+            [
+                std::net::Ipv4Addr::new(10, 0, 0, 53),
+                std::net::Ipv4Addr::new(1, 1, 1, 1)
+            ]
+        );
         assert_eq!(
             config.dashboard,
             DashboardConfig {
@@ -683,6 +719,14 @@ mod tests {
             ("[network]\nbridge = \"eth0\"", "network.bridge"),
             ("[network]\nhelper_socket = \"helper.sock\"", "absolute"),
             ("[network]\ntap_pool = 100", "network.tap_pool"),
+            (
+                "[network]\nguest_dns = [\"dns.google\"]",
+                "network.guest_dns",
+            ),
+            (
+                "[network]\nguest_dns = [\"1.1.1.1\", \"1.0.0.1\", \"8.8.8.8\", \"8.8.4.4\"]",
+                "at most 3",
+            ),
             ("[vm]\nvmm = \"kvm\"", "vm.vmm: unknown VMM \"kvm\""),
             ("[qemu]\npath = \"/x\"", "unknown field"),
             ("[dashboard]\nport = 70000", "dashboard.port"),

@@ -6,6 +6,8 @@
 //! path, so a restarted helper is picked up by the next call.
 
 use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use tokio::net::UnixStream;
@@ -37,6 +39,23 @@ pub enum HelperError {
     /// The two sides did not understand each other.
     #[error("banger-helper protocol error: {message}")]
     Protocol { message: String },
+}
+
+/// The sockets [`HelperClient::bind_dns`] hands over, bound by the helper.
+#[derive(Debug)]
+pub struct DnsSockets {
+    pub udp: std::net::UdpSocket,
+    /// Already listening.
+    pub tcp: std::net::TcpListener,
+}
+
+/// What [`HelperClient::route_dns`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DnsRoute {
+    /// systemd-resolved sends names under `vm.` to the address.
+    Routed,
+    /// Nothing was done; the reason says why (no systemd-resolved on this host, say).
+    Skipped { reason: String },
 }
 
 /// A handle on the helper's socket. Cheap to clone; connects per request.
@@ -108,6 +127,58 @@ impl HelperClient {
         .await
     }
 
+    /// A UDP socket and a listening TCP socket bound to `address`:`port`, made by the helper
+    /// (which can bind port 53 where bangerd cannot) and passed over its socket. The helper
+    /// binds only port 53, and only an address bridge `bridge` carries. What arrives is checked
+    /// to be exactly that before it is returned.
+    pub async fn bind_dns(
+        &self,
+        bridge: &str,
+        address: Ipv4Addr,
+        port: u16,
+    ) -> Result<DnsSockets, HelperError> {
+        let (response, stream) = self
+            .exchange(Request::BindDns {
+                bridge: bridge.to_owned(),
+                address,
+                port,
+            })
+            .await?;
+        if response != Response::DnsSockets {
+            return Err(unexpected(&response));
+        }
+        let fds = crate::fds::recv_fds(&stream).await.map_err(|e| HelperError::Protocol {
+            message: format!(
+                "banger-helper at {} answered with sockets but they did not arrive ({e}); install matching banger and banger-helper binaries (`banger system install`).",
+                self.socket.display()
+            ),
+        })?;
+        let expected = SocketAddr::V4(SocketAddrV4::new(address, port));
+        dns_sockets(fds, expected).map_err(|message| HelperError::Protocol {
+            message: format!("banger-helper at {} {message}", self.socket.display()),
+        })
+    }
+
+    /// Names under `vm.` resolve through `address` on the host: systemd-resolved's per-link DNS
+    /// on `bridge` (where resolved runs; [`DnsRoute::Skipped`] says why not otherwise).
+    pub async fn route_dns(
+        &self,
+        bridge: &str,
+        address: Ipv4Addr,
+    ) -> Result<DnsRoute, HelperError> {
+        match self
+            .call(Request::RouteDns {
+                bridge: bridge.to_owned(),
+                address,
+            })
+            .await?
+        {
+            Response::Done => Ok(DnsRoute::Routed),
+            Response::Skipped { reason } => Ok(DnsRoute::Skipped { reason }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     async fn call_done(&self, request: Request) -> Result<(), HelperError> {
         match self.call(request).await? {
             Response::Done => Ok(()),
@@ -116,6 +187,11 @@ impl HelperClient {
     }
 
     async fn call(&self, request: Request) -> Result<Response, HelperError> {
+        self.exchange(request).await.map(|(response, _)| response)
+    }
+
+    /// One request and its answer, and the connection, which may carry more (descriptors).
+    async fn exchange(&self, request: Request) -> Result<(Response, UnixStream), HelperError> {
         // The server checks again; checking here too gives the same message without a round trip.
         validate::request(&request)
             .map_err(|invalid| HelperError::Refused { message: invalid.0 })?;
@@ -152,7 +228,7 @@ impl HelperClient {
                 ErrorKind::Failed => HelperError::Failed { message },
                 ErrorKind::Protocol => HelperError::Protocol { message },
             }),
-            ok => Ok(ok),
+            ok => Ok((ok, stream)),
         }
     }
 
@@ -164,6 +240,38 @@ impl HelperClient {
             ),
         }
     }
+}
+
+/// The descriptors of a `dns_sockets` answer as the sockets they must be: a UDP socket and a
+/// listening TCP socket, both bound to `expected`. The error completes "banger-helper at X …".
+fn dns_sockets(fds: Vec<OwnedFd>, expected: SocketAddr) -> Result<DnsSockets, String> {
+    use nix::sys::socket::{SockType, getsockopt, sockopt};
+
+    let count = fds.len();
+    let [udp, tcp]: [OwnedFd; 2] = fds.try_into().map_err(|_| {
+        format!("passed {count} descriptors where a UDP and a TCP socket were asked for.")
+    })?;
+    let kind = |fd: &OwnedFd| getsockopt(fd, sockopt::SockType).ok();
+    let listening = getsockopt(&tcp, sockopt::AcceptConn).unwrap_or(false);
+    if kind(&udp) != Some(SockType::Datagram) || kind(&tcp) != Some(SockType::Stream) || !listening
+    {
+        return Err(
+            "passed descriptors that are not a UDP socket and a listening TCP socket.".into(),
+        );
+    }
+    let udp = std::net::UdpSocket::from(udp);
+    let tcp = std::net::TcpListener::from(tcp);
+    for (protocol, bound) in [("UDP", udp.local_addr()), ("TCP", tcp.local_addr())] {
+        match bound {
+            Ok(at) if at == expected => {}
+            other => {
+                return Err(format!(
+                    "passed a {protocol} socket bound to {other:?} where {expected} was asked for."
+                ));
+            }
+        }
+    }
+    Ok(DnsSockets { udp, tcp })
 }
 
 fn unexpected(response: &Response) -> HelperError {

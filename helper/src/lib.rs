@@ -1,7 +1,8 @@
 //! banger-helper: the narrow root helper.
 //!
 //! bangerd runs unprivileged and asks this helper, over a unix socket, for a closed set of
-//! privileged network operations: banger's bridge and NAT table, and the taps its VMs use.
+//! privileged network operations: banger's bridge and NAT table, the taps its VMs use, the DNS
+//! port on the bridge's address, and routing `.vm` names to it in systemd-resolved.
 //!
 //! Code map:
 //! - [`protocol`]: request/response types and the length-prefixed JSON frame codec.
@@ -10,6 +11,8 @@
 //!   the `banger` package, so that one `cargo install` installs it with bangerd).
 //! - [`client`]: [`HelperClient`], what bangerd calls.
 //! - [`server`]: the socket server (SO_PEERCRED allow-list, validation, dispatch).
+//! - [`fds`]: descriptors passed over the socket (`SCM_RIGHTS`): the DNS sockets the helper
+//!   binds on port 53 for bangerd.
 //! - [`net`]: the only code that touches the host network (rtnetlink, tun ioctls, nft).
 //! - [`sandbox`]: a helper in a throwaway network namespace, for tests and benchmarks.
 //!
@@ -19,11 +22,12 @@
 
 pub mod cli;
 pub mod client;
+pub mod fds;
 pub mod net;
 pub mod protocol;
 pub mod sandbox;
 pub mod server;
 pub mod validate;
 
-pub use client::{HelperClient, HelperError};
+pub use client::{DnsRoute, DnsSockets, HelperClient, HelperError};
 pub use protocol::NetworkSpec;

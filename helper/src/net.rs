@@ -12,14 +12,20 @@
 //!   so the table is replaced atomically and other tables are never read or written.
 //! - Links, addresses and masters go through rtnetlink; taps are created with the tun ioctls
 //!   because the kernel cannot create a tun/tap device over netlink.
+//! - DNS sockets are bound only on an address the named banger bridge carries, port 53
+//!   (checked here against the kernel's view, after `validate` checked the shapes); the
+//!   resolver is told about the bridge only through `resolvectl` at a fixed path, only when
+//!   systemd-resolved runs, and only from the host's own network namespace (pid 1's): from any
+//!   other namespace an interface name would designate a different link than resolved sees.
 
 use std::fs::OpenOptions;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_core::Nla;
@@ -50,6 +56,18 @@ type OpResult<T> = Result<T, OpError>;
 const NFT_CANDIDATES: &[&str] = &["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft", "/bin/nft"];
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// Where resolvectl is looked up: a fixed list, for the reason nft's is.
+const RESOLVECTL_CANDIDATES: &[&str] = &["/usr/bin/resolvectl", "/bin/resolvectl"];
+
+/// The runtime directory systemd-resolved keeps while it runs.
+const RESOLVED_RUNTIME_DIR: &str = "/run/systemd/resolve";
+
+/// How long one resolvectl call may take (it is one D-Bus round trip).
+const RESOLVECTL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The domain routed to banger's DNS server.
+pub const VM_DOMAIN: &str = "vm";
 
 // IFLA_TUN_* attributes inside IFLA_INFO_DATA of a "tun" link (linux/if_link.h). The netlink
 // crate does not decode them, so they are read from the raw attributes.
@@ -434,6 +452,13 @@ impl Host {
 
     /// See [`crate::HelperClient::remove_network`].
     pub async fn remove_network(&self, bridge: &str) -> OpResult<()> {
+        if self
+            .find_link(bridge)
+            .await?
+            .is_some_and(|link| link.is_bridge())
+        {
+            unroute_dns(bridge).await;
+        }
         match self.find_link(bridge).await? {
             None => {}
             Some(link) if !link.is_bridge() => {
@@ -451,6 +476,205 @@ impl Host {
         // Declaring the table first makes the delete succeed when the table is absent, in the
         // same transaction.
         run_nft("table ip banger {}\ndelete table ip banger\n").await
+    }
+
+    /// The bridge `bridge` exists, is a bridge, and carries `address`: the only place
+    /// [`Host::bind_dns`] and [`Host::route_dns`] act on.
+    async fn require_bridge_address(&self, bridge: &str, address: Ipv4Addr) -> OpResult<()> {
+        let link = match self.find_link(bridge).await? {
+            Some(link) if link.is_bridge() => link,
+            Some(link) => {
+                return Err(OpError::Refused(format!(
+                    "Interface {bridge} is {}, not a bridge; banger's DNS server serves only on banger's bridge.",
+                    link.describe_kind()
+                )));
+            }
+            None => {
+                return Err(OpError::Failed(format!(
+                    "Bridge {bridge} does not exist, so nothing can listen on its address; set up the network first (ensure_network)."
+                )));
+            }
+        };
+        let addresses = self.ipv4_addresses(&link).await?;
+        if addresses.contains(&address) {
+            return Ok(());
+        }
+        let shown: Vec<String> = addresses.iter().map(Ipv4Addr::to_string).collect();
+        Err(OpError::Refused(format!(
+            "{address} is not an address of bridge {bridge} (it has: {}); banger-helper binds the DNS port and routes DNS only for the bridge's own address.",
+            if shown.is_empty() {
+                "none".to_owned()
+            } else {
+                shown.join(", ")
+            }
+        )))
+    }
+
+    async fn ipv4_addresses(&self, link: &Link) -> OpResult<Vec<Ipv4Addr>> {
+        let messages: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(link.index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| netlink_failure(&format!("Listing the addresses of {}", link.name), e))?;
+        Ok(messages
+            .iter()
+            .filter(|msg| {
+                msg.header.family == AddressFamily::Inet && msg.header.index == link.index
+            })
+            .filter_map(|msg| {
+                let local = msg.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                    _ => None,
+                });
+                local.or_else(|| {
+                    msg.attributes.iter().find_map(|a| match a {
+                        AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                        _ => None,
+                    })
+                })
+            })
+            .collect())
+    }
+
+    /// See [`crate::HelperClient::bind_dns`]: a UDP socket and a listening TCP socket on
+    /// `address`:`port`, in that order.
+    pub async fn bind_dns(
+        &self,
+        bridge: &str,
+        address: Ipv4Addr,
+        port: u16,
+    ) -> OpResult<Vec<OwnedFd>> {
+        self.require_bridge_address(bridge, address).await?;
+        let at = SocketAddrV4::new(address, port);
+        let udp = std::net::UdpSocket::bind(at).map_err(|e| bind_failure("UDP", at, &e))?;
+        // std sets SO_REUSEADDR on listeners, so a restarted bangerd is not kept from the
+        // port by the previous one's connections in TIME_WAIT.
+        let tcp = std::net::TcpListener::bind(at).map_err(|e| bind_failure("TCP", at, &e))?;
+        Ok(vec![OwnedFd::from(udp), OwnedFd::from(tcp)])
+    }
+
+    /// See [`crate::HelperClient::route_dns`]. `Ok(Some(reason))` when there is nothing to
+    /// tell (no systemd-resolved, or another network namespace than the host's).
+    pub async fn route_dns(&self, bridge: &str, address: Ipv4Addr) -> OpResult<Option<String>> {
+        self.require_bridge_address(bridge, address).await?;
+        let resolvectl = match resolved_unavailable() {
+            Err(reason) => return Ok(Some(reason)),
+            Ok(resolvectl) => resolvectl,
+        };
+        for args in resolvectl_route_args(bridge, address) {
+            run_resolvectl(&resolvectl, &args).await?;
+        }
+        Ok(None)
+    }
+}
+
+/// A bind of the DNS port that failed, said so that a person can find the culprit.
+fn bind_failure(protocol: &str, at: SocketAddrV4, e: &io::Error) -> OpError {
+    let hint = match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => format!(
+            " Another program holds that port (a DNS server listening on every address, such as dnsmasq?): `ss -lnp 'sport = :{}'` shows it.",
+            at.port()
+        ),
+        Some(libc::EADDRNOTAVAIL) => {
+            " The address left the bridge meanwhile; try again.".to_owned()
+        }
+        _ => String::new(),
+    };
+    OpError::Failed(format!("Binding {protocol} {at} failed: {e}.{hint}"))
+}
+
+/// What `resolvectl` is run with to send names under `vm.` to `address`, and only those:
+/// the link's DNS server, `~vm` as its only (routing-only) domain, and never the default
+/// route for other names.
+pub fn resolvectl_route_args(bridge: &str, address: Ipv4Addr) -> [Vec<String>; 3] {
+    [
+        vec!["dns".into(), bridge.into(), address.to_string()],
+        vec!["domain".into(), bridge.into(), format!("~{VM_DOMAIN}")],
+        vec!["default-route".into(), bridge.into(), "false".into()],
+    ]
+}
+
+/// The resolvectl to run, or why systemd-resolved cannot be told anything from here.
+fn resolved_unavailable() -> Result<PathBuf, String> {
+    // The link is named by interface name, which resolvectl turns into an index in *this*
+    // namespace; resolved serves the host's. Anything but the host's namespace would point
+    // resolved at an unrelated interface.
+    let namespace = |pid: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| (m.dev(), m.ino()))
+    };
+    match (namespace("self"), namespace("1")) {
+        (Ok(own), Ok(host)) if own == host => {}
+        (Ok(_), Ok(_)) => {
+            return Err("banger-helper runs in a network namespace other than the host's (pid 1's), where systemd-resolved's links are not these; `.vm` names are not routed from the host".to_owned());
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            return Err(format!(
+                "banger-helper cannot tell whether it runs in the host's network namespace ({e}); `.vm` names are not routed from the host"
+            ));
+        }
+    }
+    if !Path::new(RESOLVED_RUNTIME_DIR).is_dir() {
+        return Err(format!(
+            "systemd-resolved is not running ({RESOLVED_RUNTIME_DIR} is absent); `.vm` names resolve inside VMs, and on the host only by asking the bridge's address directly"
+        ));
+    }
+    RESOLVECTL_CANDIDATES
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .map(Path::to_path_buf)
+        .ok_or_else(|| {
+            format!(
+                "systemd-resolved runs but resolvectl was not found (looked in {}); install systemd-resolved's tools",
+                RESOLVECTL_CANDIDATES.join(", ")
+            )
+        })
+}
+
+/// Forgets what [`Host::route_dns`] told systemd-resolved about `bridge`; nothing to do
+/// where it could not have told it anything. Best effort: the bridge is about to go, and
+/// resolved forgets a link that goes anyway.
+async fn unroute_dns(bridge: &str) {
+    if let Ok(resolvectl) = resolved_unavailable()
+        && let Err(OpError::Failed(error) | OpError::Refused(error)) =
+            run_resolvectl(&resolvectl, &["revert".to_owned(), bridge.to_owned()]).await
+    {
+        tracing::warn!(bridge, %error, "could not revert systemd-resolved's settings of the bridge");
+    }
+}
+
+async fn run_resolvectl(resolvectl: &Path, args: &[String]) -> OpResult<()> {
+    let run = tokio::process::Command::new(resolvectl)
+        .args(args)
+        .env_clear()
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let shown = format!("{} {}", resolvectl.display(), args.join(" "));
+    let output = tokio::time::timeout(RESOLVECTL_TIMEOUT, run)
+        .await
+        .map_err(|_| {
+            OpError::Failed(format!(
+                "`{shown}` did not finish within {RESOLVECTL_TIMEOUT:?}; is systemd-resolved hanging?"
+            ))
+        })?
+        .map_err(|e| OpError::Failed(format!("Running `{shown}` failed: {e}.")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(OpError::Failed(format!(
+            "`{shown}` failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
     }
 }
 
@@ -584,5 +808,19 @@ mod tests {
         for line in script.lines().filter(|l| l.contains("table")) {
             assert!(line.contains("table ip banger"), "{line}");
         }
+    }
+
+    #[test]
+    fn resolved_is_told_the_bridge_serves_vm_and_nothing_else() {
+        let args = resolvectl_route_args("banger0", Ipv4Addr::new(172, 30, 0, 1));
+        let lines: Vec<String> = args.iter().map(|a| a.join(" ")).collect();
+        assert_eq!(
+            lines,
+            [
+                "dns banger0 172.30.0.1",
+                "domain banger0 ~vm",
+                "default-route banger0 false"
+            ]
+        );
     }
 }

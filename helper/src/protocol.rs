@@ -74,7 +74,28 @@ pub enum Request {
     RemoveNetwork {
         bridge: String,
     },
+    /// A UDP socket and a listening TCP socket bound to `address`:`port`, handed to the
+    /// caller. Only port [`DNS_PORT`], and only an address the bridge `bridge` carries: what
+    /// bangerd needs to answer its guests' DNS queries without CAP_NET_BIND_SERVICE. Answered
+    /// with [`Response::DnsSockets`], the descriptors following the frame (see
+    /// [`crate::fds`]).
+    BindDns {
+        bridge: String,
+        address: Ipv4Addr,
+        port: u16,
+    },
+    /// Queries for names under `vm.` go to `address` on `bridge`: systemd-resolved's per-link
+    /// DNS server and routing-only domain `~vm` (`resolvectl dns|domain|default-route`).
+    /// Answered [`Response::Done`], or [`Response::Skipped`] where the host has no
+    /// systemd-resolved to tell (nothing is done then). Removing the network reverts it.
+    RouteDns {
+        bridge: String,
+        address: Ipv4Addr,
+    },
 }
+
+/// The only port [`Request::BindDns`] binds: DNS.
+pub const DNS_PORT: u16 = 53;
 
 /// How a [`Request`] travels. Unit variants are written `Version {}`, not `Version`, because
 /// only a struct variant refuses unknown fields when the enum is internally tagged (see the
@@ -98,6 +119,15 @@ enum WireRequest {
     RemoveNetwork {
         bridge: String,
     },
+    BindDns {
+        bridge: String,
+        address: Ipv4Addr,
+        port: u16,
+    },
+    RouteDns {
+        bridge: String,
+        address: Ipv4Addr,
+    },
 }
 
 impl From<WireRequest> for Request {
@@ -109,6 +139,16 @@ impl From<WireRequest> for Request {
             WireRequest::DeleteTap { tap } => Request::DeleteTap { tap },
             WireRequest::ListTaps {} => Request::ListTaps,
             WireRequest::RemoveNetwork { bridge } => Request::RemoveNetwork { bridge },
+            WireRequest::BindDns {
+                bridge,
+                address,
+                port,
+            } => Request::BindDns {
+                bridge,
+                address,
+                port,
+            },
+            WireRequest::RouteDns { bridge, address } => Request::RouteDns { bridge, address },
         }
     }
 }
@@ -122,6 +162,16 @@ impl From<Request> for WireRequest {
             Request::DeleteTap { tap } => WireRequest::DeleteTap { tap },
             Request::ListTaps => WireRequest::ListTaps {},
             Request::RemoveNetwork { bridge } => WireRequest::RemoveNetwork { bridge },
+            Request::BindDns {
+                bridge,
+                address,
+                port,
+            } => WireRequest::BindDns {
+                bridge,
+                address,
+                port,
+            },
+            Request::RouteDns { bridge, address } => WireRequest::RouteDns { bridge, address },
         }
     }
 }
@@ -175,6 +225,8 @@ impl Request {
             Request::DeleteTap { .. } => "delete_tap",
             Request::ListTaps => "list_taps",
             Request::RemoveNetwork { .. } => "remove_network",
+            Request::BindDns { .. } => "bind_dns",
+            Request::RouteDns { .. } => "route_dns",
         }
     }
 }
@@ -183,10 +235,25 @@ impl Request {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "WireResponse", into = "WireResponse")]
 pub enum Response {
-    Version { version: u32 },
+    Version {
+        version: u32,
+    },
     Done,
-    Taps { taps: Vec<String> },
-    Error { kind: ErrorKind, message: String },
+    Taps {
+        taps: Vec<String>,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+    /// The answer to [`Request::BindDns`]: the UDP and the TCP socket follow the frame, in
+    /// that order, as `SCM_RIGHTS` on one byte ([`crate::fds`]).
+    DnsSockets,
+    /// Nothing was done because this host lacks what the request needs (for
+    /// [`Request::RouteDns`]: systemd-resolved); `reason` says what and what follows.
+    Skipped {
+        reason: String,
+    },
 }
 
 /// How a [`Response`] travels: braces on every variant, for the reason [`WireRequest`] has them.
@@ -197,6 +264,8 @@ enum WireResponse {
     Done {},
     Taps { taps: Vec<String> },
     Error { kind: ErrorKind, message: String },
+    DnsSockets {},
+    Skipped { reason: String },
 }
 
 impl From<WireResponse> for Response {
@@ -206,6 +275,8 @@ impl From<WireResponse> for Response {
             WireResponse::Done {} => Response::Done,
             WireResponse::Taps { taps } => Response::Taps { taps },
             WireResponse::Error { kind, message } => Response::Error { kind, message },
+            WireResponse::DnsSockets {} => Response::DnsSockets,
+            WireResponse::Skipped { reason } => Response::Skipped { reason },
         }
     }
 }
@@ -217,6 +288,8 @@ impl From<Response> for WireResponse {
             Response::Done => WireResponse::Done {},
             Response::Taps { taps } => WireResponse::Taps { taps },
             Response::Error { kind, message } => WireResponse::Error { kind, message },
+            Response::DnsSockets => WireResponse::DnsSockets {},
+            Response::Skipped { reason } => WireResponse::Skipped { reason },
         }
     }
 }
@@ -454,6 +527,15 @@ mod tests {
             Request::RemoveNetwork {
                 bridge: "banger0".into(),
             },
+            Request::BindDns {
+                bridge: "banger0".into(),
+                address: Ipv4Addr::new(10, 77, 0, 1),
+                port: DNS_PORT,
+            },
+            Request::RouteDns {
+                bridge: "banger0".into(),
+                address: Ipv4Addr::new(10, 77, 0, 1),
+            },
         ]
     }
 
@@ -670,6 +752,10 @@ mod tests {
             Response::Error {
                 kind: ErrorKind::Failed,
                 message: "no".into(),
+            },
+            Response::DnsSockets,
+            Response::Skipped {
+                reason: "no systemd-resolved".into(),
             },
         ] {
             let json = serde_json::to_string(&response).unwrap();

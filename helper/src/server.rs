@@ -7,7 +7,9 @@
 //! 2. the caller's uid comes from SO_PEERCRED (never from the request) and must be in the
 //!    allow-list, otherwise the answer is `refused` and nothing else happens;
 //! 3. every argument is checked by [`crate::validate`];
-//! 4. only then does [`crate::net::Host`] touch the host.
+//! 4. only then does [`crate::net::Host`] touch the host;
+//! 5. the answer is one frame, followed, for a request that hands over sockets, by the
+//!    descriptors ([`crate::fds`]); the helper's own copies close right after.
 //!
 //! Invariants: the helper knows nothing about VMs or events; a bad frame costs only its own
 //! connection (the helper keeps serving others); privileged operations run one at a time, so
@@ -234,7 +236,8 @@ async fn handle_connection(mut stream: UnixStream, uid: u32, allowed: bool, stat
         let op = frame.request.op_name();
         // The arguments are logged too: the helper's log is the audit trail of what root did.
         let request = format!("{:?}", frame.request);
-        let response = handle_request(&state, uid, frame, || asker_gone(&stream)).await;
+        let Reply { response, fds } =
+            handle_request(&state, uid, frame, || asker_gone(&stream)).await;
         match &response {
             Response::Error { kind, message } => {
                 tracing::info!(uid, op, %request, outcome = kind.as_str(), detail = %message, "request")
@@ -245,6 +248,14 @@ async fn handle_connection(mut stream: UnixStream, uid: u32, allowed: bool, stat
             tracing::warn!(uid, error = %e, "writing a response failed; closing the connection");
             return;
         }
+        if !fds.is_empty()
+            && let Err(e) = crate::fds::send_fds(&stream, &fds).await
+        {
+            tracing::warn!(uid, error = %e, "passing the descriptors failed; closing the connection");
+            return;
+        }
+        // The caller has its copies; the helper keeps none (a bound port stays the caller's).
+        drop(fds);
         if !allowed {
             // One refusal is all such a caller gets; its slot goes back at once.
             return;
@@ -268,6 +279,21 @@ fn refused(message: String) -> Response {
     Response::Error {
         kind: ErrorKind::Refused,
         message,
+    }
+}
+
+/// An answer, and the descriptors that follow it (only [`Response::DnsSockets`] has any).
+struct Reply {
+    response: Response,
+    fds: Vec<std::os::fd::OwnedFd>,
+}
+
+impl From<Response> for Reply {
+    fn from(response: Response) -> Reply {
+        Reply {
+            response,
+            fds: Vec::new(),
+        }
     }
 }
 
@@ -298,11 +324,11 @@ async fn handle_request(
     uid: u32,
     frame: RequestFrame,
     asker_gone: impl Fn() -> bool,
-) -> Response {
+) -> Reply {
     if !state.allowed_uids.contains(&uid) {
         return refused(format!(
             "uid {uid} is not allowed to use banger-helper. Start banger-helper with `--allow-uid {uid}` (`banger system install` does this for the user who owns banger)."
-        ));
+        )).into();
     }
     if frame.v != PROTOCOL_VERSION && frame.request != Request::Version {
         return Response::Error {
@@ -311,22 +337,25 @@ async fn handle_request(
                 "This banger-helper speaks protocol version {PROTOCOL_VERSION}, but the request uses version {}. Install matching banger and banger-helper binaries (`banger system install`).",
                 frame.v
             ),
-        };
+        }
+        .into();
     }
     if let Err(invalid) = validate::request(&frame.request) {
-        return refused(invalid.0);
+        return refused(invalid.0).into();
     }
     if frame.request == Request::Version {
         return Response::Version {
             version: PROTOCOL_VERSION,
-        };
+        }
+        .into();
     }
     let host = state.host.lock().await;
     if asker_gone() {
         return Response::Error {
             kind: ErrorKind::Refused,
             message: "The asker hung up before its request could run; nothing was done.".into(),
-        };
+        }
+        .into();
     }
     let result = match &frame.request {
         Request::Version => Ok(Response::Version {
@@ -337,7 +366,7 @@ async fn handle_request(
                 .ensure_network(spec, subnet)
                 .await
                 .map(|()| Response::Done),
-            Err(invalid) => return refused(invalid.0),
+            Err(invalid) => return refused(invalid.0).into(),
         },
         Request::EnsureTap { tap, bridge } => host
             .ensure_tap(tap, bridge, uid)
@@ -348,8 +377,34 @@ async fn handle_request(
         Request::RemoveNetwork { bridge } => {
             host.remove_network(bridge).await.map(|()| Response::Done)
         }
+        // The one request whose answer carries descriptors.
+        Request::BindDns {
+            bridge,
+            address,
+            port,
+        } => {
+            return match host.bind_dns(bridge, *address, *port).await {
+                Ok(fds) => Reply {
+                    response: Response::DnsSockets,
+                    fds,
+                },
+                Err(e) => op_error(e).into(),
+            };
+        }
+        Request::RouteDns { bridge, address } => {
+            host.route_dns(bridge, *address)
+                .await
+                .map(|skipped| match skipped {
+                    None => Response::Done,
+                    Some(reason) => Response::Skipped { reason },
+                })
+        }
     };
-    result.unwrap_or_else(|e| match e {
+    result.unwrap_or_else(op_error).into()
+}
+
+fn op_error(e: OpError) -> Response {
+    match e {
         OpError::Refused(message) => Response::Error {
             kind: ErrorKind::Refused,
             message,
@@ -358,5 +413,5 @@ async fn handle_request(
             kind: ErrorKind::Failed,
             message,
         },
-    })
+    }
 }

@@ -12,7 +12,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::protocol::{NetworkSpec, Request};
+use crate::protocol::{DNS_PORT, NetworkSpec, Request};
 
 /// Prefix every banger tap name starts with.
 pub const TAP_PREFIX: &str = "bt";
@@ -104,6 +104,31 @@ pub fn network_spec(spec: &NetworkSpec) -> Result<Subnet, Invalid> {
     Ok(subnet)
 }
 
+/// The address a DNS request names: a private IPv4 address, like the gateway of every
+/// network spec that passes. Whether the bridge carries it is the host's to check
+/// ([`crate::net::Host::bind_dns`]).
+pub fn dns_address(address: Ipv4Addr) -> Result<(), Invalid> {
+    if address.is_private() {
+        Ok(())
+    } else {
+        Err(Invalid(format!(
+            "{address} is not a private address: banger's DNS server listens only on its bridge's address, which is in 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16 (RFC 1918)."
+        )))
+    }
+}
+
+/// The port a DNS socket binds: [`DNS_PORT`] and nothing else, so that the request cannot
+/// be used to take another privileged port.
+pub fn dns_port(port: u16) -> Result<(), Invalid> {
+    if port == DNS_PORT {
+        Ok(())
+    } else {
+        Err(Invalid(format!(
+            "port {port} is not allowed: banger-helper binds only the DNS port {DNS_PORT}."
+        )))
+    }
+}
+
 /// Every argument of every request, checked before the host is touched.
 pub fn request(request: &Request) -> Result<(), Invalid> {
     match request {
@@ -115,6 +140,19 @@ pub fn request(request: &Request) -> Result<(), Invalid> {
         }
         Request::DeleteTap { tap } => tap_name(tap),
         Request::RemoveNetwork { bridge } => bridge_name(bridge),
+        Request::BindDns {
+            bridge,
+            address,
+            port,
+        } => {
+            bridge_name(bridge)?;
+            dns_address(*address)?;
+            dns_port(*port)
+        }
+        Request::RouteDns { bridge, address } => {
+            bridge_name(bridge)?;
+            dns_address(*address)
+        }
     }
 }
 
@@ -177,6 +215,42 @@ mod tests {
             let err = bridge_name(bad).unwrap_err();
             assert!(err.0.contains("[a-z0-9]"), "{err}");
         }
+    }
+
+    #[test]
+    fn dns_requests_name_banger_s_bridge_a_private_address_and_port_53() {
+        let bind = |bridge: &str, address: [u8; 4], port: u16| {
+            request(&Request::BindDns {
+                bridge: bridge.into(),
+                address: address.into(),
+                port,
+            })
+        };
+        assert_eq!(bind("banger0", [172, 30, 0, 1], 53), Ok(()));
+        for (bridge, address, port, rule) in [
+            ("banger0", [172, 30, 0, 1], 54, "only the DNS port 53"),
+            ("banger0", [172, 30, 0, 1], 0, "only the DNS port 53"),
+            ("banger0", [172, 30, 0, 1], 22, "only the DNS port 53"),
+            ("banger0", [8, 8, 8, 8], 53, "not a private address"),
+            ("banger0", [127, 0, 0, 53], 53, "not a private address"),
+            ("banger0", [0, 0, 0, 0], 53, "not a private address"),
+            ("eth0", [172, 30, 0, 1], 53, "[a-z0-9]"),
+        ] {
+            let error = bind(bridge, address, port).unwrap_err();
+            assert!(
+                error.0.contains(rule),
+                "{bridge} {address:?} {port}: {error}"
+            );
+        }
+        let route = |bridge: &str, address: [u8; 4]| {
+            request(&Request::RouteDns {
+                bridge: bridge.into(),
+                address: address.into(),
+            })
+        };
+        assert_eq!(route("banger0", [10, 0, 0, 1]), Ok(()));
+        assert!(route("banger0", [1, 1, 1, 1]).is_err());
+        assert!(route("lo", [10, 0, 0, 1]).is_err());
     }
 
     fn spec(gateway: [u8; 4], prefix_len: u8) -> NetworkSpec {

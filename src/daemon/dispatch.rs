@@ -17,7 +17,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use super::server::{Conn, error_response, result_response};
-use super::{Daemon, VERSION, follow, guest, handlers, images, kernels, vm};
+use super::{Daemon, VERSION, dns, follow, guest, handlers, images, kernels, vm};
 use crate::operations::{BoxFuture, OpError};
 use crate::rpc::protocol::{ErrorCode, PROTOCOL_VERSION, Request, Response, RpcError};
 
@@ -92,6 +92,7 @@ pub static METHODS: &[(&str, Handler)] = &[
     ("kernel.remove", call!(handlers::kernel_remove)),
     ("kernel.pull", Handler::Stream(kernels::pull_handler)),
     ("kernel.catalog", call!(kernels::catalog)),
+    ("dns.status", call!(dns::status)),
 ];
 
 /// The handler of `method`, with the method name as the table spells it.
@@ -269,6 +270,7 @@ mod tests {
         "kernel.remove",
         "kernel.pull",
         "kernel.catalog",
+        "dns.status",
     ];
 
     #[test]

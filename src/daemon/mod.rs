@@ -29,6 +29,7 @@
 
 pub mod dashboard;
 pub mod dispatch;
+pub mod dns;
 pub mod ensure;
 pub mod follow;
 pub mod guest;
@@ -170,6 +171,8 @@ pub struct Daemon {
     pub images: Arc<ImageHost>,
     /// Watches VMMs; knows when each VM was last used.
     pub supervisor: Arc<supervisor::Supervisor>,
+    /// The DNS server for `NAME.vm` on the bridge's address.
+    pub dns: Arc<dns::DnsService>,
 }
 
 impl Daemon {
@@ -265,7 +268,7 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
     let runner = Arc::new(Runner::new(
         journal.clone(),
         layout.clone(),
-        network,
+        network.clone(),
         backends.clone(),
         agents.clone(),
         failpoints,
@@ -299,18 +302,23 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
     let listener = bind(&socket)?;
     tracing::info!(socket = %socket.display(), pid = std::process::id(), version = VERSION, "bangerd ready");
 
+    let shutdown = CancellationToken::new();
+    // Before serving: a guest booted by an earlier bangerd may be asking already.
+    let dns = dns::DnsService::new(journal.clone(), network, shutdown.clone());
+    dns.install();
     let daemon = Arc::new(Daemon {
         layout: layout.clone(),
         journal: journal.clone(),
         runner: runner.clone(),
         ids: IdGenerator::new(),
         started: Instant::now(),
-        shutdown: CancellationToken::new(),
+        shutdown,
         stop_reason: Mutex::new(None),
         ops: TaskTracker::new(),
         vms,
         images,
         supervisor,
+        dns,
     });
     spawn_verify(journal.clone());
     supervisor::spawn_idle_sweep(daemon.clone());

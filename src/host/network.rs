@@ -10,10 +10,14 @@
 //!   step finds the tap an earlier attempt made.
 //! - The bridge, its address and banger's NAT table are ensured once per daemon process (the
 //!   first time a tap is needed) and again after any failure, never assumed.
+//! - A guest's name servers are decided when it boots ([`GuestNetwork::guest_name_servers`]):
+//!   the configured ones, else bangerd's DNS server on the bridge's address once it serves
+//!   there, else the host's own; never an address that answers nothing.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use banger_events::VmId;
@@ -32,10 +36,22 @@ pub fn tap_name(vm_id: VmId) -> String {
     format!("bt{:x}", vm_id.0 & ((1 << 52) - 1))
 }
 
+/// bangerd's DNS server, as the network sees it (`crate::daemon::dns` implements it): asked,
+/// before a guest boots, to serve on the bridge's address.
+pub trait GuestDns: Send + Sync {
+    /// Serves on the bridge's address, starting to if it does not yet (idempotent; a failure
+    /// is logged and kept for `dns.status`), and says whether it now does.
+    fn ensure_serving(&self) -> crate::host::vmm::BoxFuture<'_, bool>;
+}
+
 /// bangerd's side of the guest network.
 pub struct GuestNetwork {
     helper: HelperClient,
     spec: NetworkSpec,
+    /// `network.guest_dns`: name servers every guest gets, when set.
+    guest_dns: Vec<Ipv4Addr>,
+    /// bangerd's DNS server, once the daemon made one.
+    dns: OnceLock<Arc<dyn GuestDns>>,
     /// Set once the bridge and NAT have been ensured by this process.
     ensured: AtomicBool,
     /// Set once the helper answered this process; cleared when it stops answering.
@@ -53,6 +69,8 @@ impl GuestNetwork {
                 gateway: Ipv4Addr::from(GATEWAY),
                 prefix_len: GUEST_PREFIX_LEN,
             },
+            guest_dns: config.guest_dns.clone(),
+            dns: OnceLock::new(),
             ensured: AtomicBool::new(false),
             helper_seen: AtomicBool::new(false),
             starting: tokio::sync::Mutex::new(()),
@@ -66,7 +84,53 @@ impl GuestNetwork {
             helper_socket: PathBuf::from("/nonexistent/banger-helper.sock"),
             bridge: crate::config::DEFAULT_BRIDGE.to_owned(),
             tap_pool: 0,
+            guest_dns: Vec::new(),
         })
+    }
+
+    /// The bridge every tap joins.
+    pub fn bridge(&self) -> &str {
+        &self.spec.bridge
+    }
+
+    /// The bridge's address: the guests' gateway, and where bangerd's DNS server listens.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.spec.gateway
+    }
+
+    /// The bridge's subnet: network address and prefix length.
+    pub fn subnet(&self) -> (Ipv4Addr, u8) {
+        let mask = u32::MAX << (32 - u32::from(self.spec.prefix_len));
+        (
+            Ipv4Addr::from(u32::from(self.spec.gateway) & mask),
+            self.spec.prefix_len,
+        )
+    }
+
+    pub fn helper(&self) -> &HelperClient {
+        &self.helper
+    }
+
+    /// Hands the network bangerd's DNS server; the first one given stays.
+    pub fn set_dns(&self, dns: Arc<dyn GuestDns>) {
+        let _ = self.dns.set(dns);
+    }
+
+    /// The name servers a guest booting now is given (its `banger.dns=`): `network.guest_dns`
+    /// when configured; else bangerd's DNS server on the bridge's address, which answers
+    /// `NAME.vm` and forwards the rest, once it serves there; else, where it cannot (port 53
+    /// taken, no helper to bind it), the host's resolvers, as before bangerd answered DNS.
+    /// Asked after the VM's tap exists, so the bridge and its address do too.
+    pub async fn guest_name_servers(&self) -> Vec<Ipv4Addr> {
+        if !self.guest_dns.is_empty() {
+            return self.guest_dns.clone();
+        }
+        if let Some(dns) = self.dns.get()
+            && dns.ensure_serving().await
+        {
+            return vec![self.spec.gateway];
+        }
+        host_name_servers(&self.spec.gateway)
     }
 
     /// The tap `tap` exists, belongs to this user and sits on the bridge (which exists, with
@@ -226,6 +290,25 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one helper request may take. Creating a tap or loading banger's nftables table
 /// takes milliseconds; this only bounds a helper that stopped answering.
 pub const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The host's name servers, from `/etc/resolv.conf`, without loopback ones (a host's local
+/// resolver, 127.0.0.53 say, is not reachable from a guest); `gateway` (the bridge's
+/// address) when none is left.
+pub fn host_name_servers(gateway: &Ipv4Addr) -> Vec<Ipv4Addr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let servers: Vec<Ipv4Addr> = text
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().parse::<Ipv4Addr>().ok())
+        .filter(|addr| !addr.is_loopback() && !addr.is_unspecified())
+        .take(3)
+        .collect();
+    if servers.is_empty() {
+        vec![*gateway]
+    } else {
+        servers
+    }
+}
 
 /// Whether a network interface of that name exists in this process's network namespace.
 /// Asked through a socket (`if_nametoindex`), not `/sys/class/net`: sysfs shows the namespace

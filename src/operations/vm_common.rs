@@ -45,7 +45,7 @@ use crate::agent::protocol::MIN_PROTOCOL_VERSION;
 use crate::config::Config;
 use crate::host::backends::Backends;
 use crate::host::guest_agent::{AgentEndpoint, AgentLinks};
-use crate::host::network::{GATEWAY, GUEST_NET, interface_exists, tap_name};
+use crate::host::network::{GATEWAY, GUEST_NET, host_name_servers, interface_exists, tap_name};
 use crate::host::process::Liveness;
 use crate::host::vmm::{
     AgentTransport, CONSOLE_TAIL_BYTES, DriveSpec, LaunchSpec, Launched, NetSpec, Vmm, VsockSpec,
@@ -344,25 +344,6 @@ pub fn boot_args(name: &str, ip: [u8; 4], vmm: VmmKind, dns: &[Ipv4Addr]) -> Str
 /// The guest's name for the work disk: the second virtio block device (the root is first).
 pub const WORK_DISK_DEVICE: &str = "/dev/vdb";
 
-/// The name servers a guest is given: the host's, from `/etc/resolv.conf`, without loopback
-/// ones (a host's local resolver, 127.0.0.53 say, is not reachable from a guest); the bridge's
-/// address when none is left.
-pub fn guest_name_servers() -> Vec<Ipv4Addr> {
-    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let servers: Vec<Ipv4Addr> = text
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix("nameserver"))
-        .filter_map(|rest| rest.trim().parse::<Ipv4Addr>().ok())
-        .filter(|addr| !addr.is_loopback() && !addr.is_unspecified())
-        .take(3)
-        .collect();
-    if servers.is_empty() {
-        vec![Ipv4Addr::from(GATEWAY)]
-    } else {
-        servers
-    }
-}
-
 /// What `vm.create` and `vm.start` carry from step to step.
 pub struct BootState {
     pub host: Arc<VmHost>,
@@ -381,6 +362,10 @@ pub struct BootState {
     pub allocation: Option<Allocation>,
     /// The host tap the guest's eth0 is plugged into; filled by `network`.
     pub tap: Option<String>,
+    /// The guest's name servers (`banger.dns=`), decided by `network`
+    /// ([`crate::host::network::GuestNetwork::guest_name_servers`]); empty until then, which
+    /// gives the host's.
+    pub dns: Vec<Ipv4Addr>,
     /// Filled by `launch-vmm`.
     pub launched: Option<Launched>,
     /// The VMM child this process spawned: handed to the supervisor when the operation ends
@@ -413,7 +398,7 @@ impl BootState {
             mem_mib,
             kernel: self.kernel_path.clone(),
             initrd: self.initrd_path.clone(),
-            boot_args: boot_args(&self.name, allocation.ip, self.vmm, &guest_name_servers()),
+            boot_args: boot_args(&self.name, allocation.ip, self.vmm, &self.name_servers()),
             drives: vec![
                 DriveSpec {
                     id: "rootfs".into(),
@@ -442,6 +427,14 @@ impl BootState {
             agent_serial: (transport == AgentTransport::VirtioSerial)
                 .then(|| layout.vm_agent_socket(self.vm_id)),
         })
+    }
+
+    fn name_servers(&self) -> Vec<Ipv4Addr> {
+        if self.dns.is_empty() {
+            host_name_servers(&Ipv4Addr::from(GATEWAY))
+        } else {
+            self.dns.clone()
+        }
     }
 
     fn launched(&self) -> Result<&Launched, StepError> {
@@ -592,6 +585,8 @@ impl Step<BootState> for Network {
                     .map_err(|error| StepError::Other(error.to_string()))?;
             }
             state.tap = Some(tap.clone());
+            // The bridge exists now: bangerd's DNS server can serve on its address.
+            state.dns = cx.network.guest_name_servers().await;
             Ok(vec![Handle::Tap { name: tap }])
         })
     }

@@ -230,6 +230,7 @@ pub fn prepare(
         initrd_path: kernel.initrd_path.as_ref().map(PathBuf::from),
         allocation: None,
         tap: None,
+        dns: Vec::new(),
         launched: None,
         child: None,
     };
@@ -526,6 +527,7 @@ mod tests {
             initrd_path: None,
             allocation: None,
             tap: None,
+            dns: Vec::new(),
             launched: None,
             child: None,
         }

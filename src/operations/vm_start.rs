@@ -184,6 +184,7 @@ fn prepare(
         initrd_path: kernel.initrd_path.as_ref().map(PathBuf::from),
         allocation: Some(allocation),
         tap,
+        dns: Vec::new(),
         launched: None,
         child: None,
     };

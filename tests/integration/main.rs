@@ -11,6 +11,7 @@ mod agent;
 mod cli;
 mod daemon;
 mod dashboard;
+mod dns;
 mod doctor;
 mod firecracker;
 mod guest;
@@ -20,6 +21,7 @@ mod kernel;
 mod kernel_pull;
 mod network;
 mod qemu;
+mod real_guest_dns;
 mod real_guests;
 mod registry;
 mod storage;
@@ -48,5 +50,7 @@ fn main() {
         tty::tests(),
         update::tests(),
         vm::tests(),
+        dns::tests(),
+        real_guest_dns::tests(),
     ]);
 }

@@ -19,7 +19,7 @@ use super::support::{Bangerd, TestNetwork, TestRoot, kernel_source, rootfs_file,
 /// A bangerd in a test network with a kernel `k` and an image `img`, and no spare taps (so
 /// that each VM makes its own; [`lab_with_pool`] has a pool). Needs root: the tests are in
 /// the harness's root tier.
-async fn lab(extra_env: &[(&str, &str)]) -> Bangerd {
+pub(super) async fn lab(extra_env: &[(&str, &str)]) -> Bangerd {
     lab_with_pool(extra_env, 0).await
 }
 
@@ -72,13 +72,13 @@ fn env_with<'a>(fake: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'
 }
 
 /// Starts bangerd again on the same root (killing the running one, if any) with `extra`.
-fn restart(daemon: &mut Bangerd, extra: &[(&str, &str)]) {
+pub(super) fn restart(daemon: &mut Bangerd, extra: &[(&str, &str)]) {
     let fake = crate::firecracker::fake_binary().display().to_string();
     daemon.kill();
     daemon.restart_with(&env_with(&fake, extra));
 }
 
-fn network(daemon: &Bangerd) -> &TestNetwork {
+pub(super) fn network(daemon: &Bangerd) -> &TestNetwork {
     daemon.root().network().expect("a test network")
 }
 

@@ -841,6 +841,7 @@ async fn boot_steps_twice(root: PathBuf, helper_socket: PathBuf) -> Vec<String> 
         helper_socket,
         bridge: "banger0".into(),
         tap_pool: 0,
+        guest_dns: Vec::new(),
     });
     let mut state = BootState {
         host,
@@ -865,6 +866,7 @@ async fn boot_steps_twice(root: PathBuf, helper_socket: PathBuf) -> Vec<String> 
             cid: 9,
         }),
         tap: None,
+        dns: Vec::new(),
         launched: None,
         child: None,
     };

@@ -24,6 +24,7 @@ use std::time::Duration;
 use banger_helper::{HelperClient, HelperError, NetworkSpec};
 use serde_json::Value;
 
+mod dns;
 mod strict_requests;
 
 const CLIENT_ENV: &str = "BANGER_HELPER_TEST_CLIENT";
@@ -951,7 +952,7 @@ fn main() {
         unprivileged_client_entry(job);
         return;
     }
-    banger_test_harness::run(vec![tests(), strict_requests::tests()]);
+    banger_test_harness::run(vec![tests(), strict_requests::tests(), dns::tests()]);
 }
 
 /// This binary's tests, for its harness (`banger-test-harness`).

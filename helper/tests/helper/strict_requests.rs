@@ -90,7 +90,7 @@ fn with(request: &Value, name: &str, value: Value) -> Value {
 /// array, with another protocol version, and padded past the frame limit.
 fn assert_every_distortion_refused(helper: &Helper, request: &Value) {
     let op = request["op"].as_str().unwrap();
-    for stranger in ["x", "uid", "argv", "tap", "bridge", "spec"] {
+    for stranger in ["x", "uid", "argv", "tap", "bridge", "spec", "port"] {
         if request.get(stranger).is_some() {
             continue;
         }
@@ -195,6 +195,27 @@ fn every_request_kind_refuses_unknown_fields_and_changes_nothing() {
         send(&helper, &json!({"v": 1, "request": list_taps})),
         json!({"result": "taps", "taps": ["bt1"]})
     );
+
+    // The DNS requests act only on the bridge's own address. Their sockets follow the frame
+    // and close with this connection.
+    let bind_dns =
+        json!({"op": "bind_dns", "bridge": "banger0", "address": "10.77.0.1", "port": 53});
+    assert_every_distortion_refused(&helper, &bind_dns);
+    assert!(
+        helper
+            .ns_ok(&["ss", "-lnuH", "sport = :53"])
+            .trim()
+            .is_empty(),
+        "nothing listens on port 53"
+    );
+    assert_eq!(
+        send(&helper, &json!({"v": 1, "request": bind_dns})),
+        json!({"result": "dns_sockets"})
+    );
+    let route_dns = json!({"op": "route_dns", "bridge": "banger0", "address": "10.77.0.1"});
+    assert_every_distortion_refused(&helper, &route_dns);
+    let routed = send(&helper, &json!({"v": 1, "request": route_dns}));
+    assert_eq!(routed["result"], "skipped", "{routed}");
 
     let delete_tap = json!({"op": "delete_tap", "tap": "bt1"});
     assert_every_distortion_refused(&helper, &delete_tap);
