@@ -115,15 +115,7 @@ pub fn ports_text(result: &VmPortsResult) -> String {
     if result.ports.is_empty() {
         return format!("{} listens on no TCP or UDP port\n", result.name);
     }
-    let mut table = Table::new(&[
-        "PORT",
-        "PROTO",
-        "ADDRESS",
-        "SCOPE",
-        "PROCESS",
-        "WEB",
-        "URL",
-    ]);
+    let mut table = Table::new(&["PORT", "PROTO", "ADDRESS", "SCOPE", "PROCESS", "WEB", "URL"]);
     for port in &result.ports {
         let addresses: Vec<String> = port.addresses.iter().map(|a| a.to_string()).collect();
         table.row(vec![
@@ -138,7 +130,9 @@ pub fn ports_text(result: &VmPortsResult) -> String {
     }
     let mut text = table.render();
     if result.truncated {
-        text.push_str("(the guest has more sockets than one answer lists: the highest ports are left out)\n");
+        text.push_str(
+            "(the guest has more sockets than one answer lists: the highest ports are left out)\n",
+        );
     }
     text
 }
@@ -218,7 +212,12 @@ fn format_duration_secs(secs: f64) -> String {
     } else {
         0
     };
-    let (d, h, m, s) = (secs / 86400, (secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let (d, h, m, s) = (
+        secs / 86400,
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60,
+    );
     if d > 0 {
         format!("{d}d {h}h")
     } else if h > 0 {

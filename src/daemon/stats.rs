@@ -298,7 +298,12 @@ pub async fn probe_web_ports(ports: &mut [VmPort], guest_ip: Ipv4Addr, timeout: 
             port.protocol == PortProtocol::Tcp && port.scope.reachable_from_host() && port.port != 0
         })
         .take(MAX_PROBED_PORTS)
-        .map(|(index, port)| (index, SocketAddr::V4(SocketAddrV4::new(guest_ip, port.port))))
+        .map(|(index, port)| {
+            (
+                index,
+                SocketAddr::V4(SocketAddrV4::new(guest_ip, port.port)),
+            )
+        })
         .collect();
     let verdicts: Vec<(usize, Option<web_probe::WebScheme>)> = futures_util::stream::iter(targets)
         .map(|(index, address)| async move { (index, web_probe::probe(address, timeout).await) })
@@ -663,7 +668,10 @@ mod tests {
         let took = started.elapsed();
         // 64 ports, 16 at a time, two attempts of 0.2 s each: about 1.6 s, not 64 × 0.4.
         let rounds = MAX_PROBED_PORTS.div_ceil(PROBE_CONCURRENCY) as u32;
-        assert!(took < timeout * 2 * rounds + Duration::from_secs(3), "{took:?}");
+        assert!(
+            took < timeout * 2 * rounds + Duration::from_secs(3),
+            "{took:?}"
+        );
         assert!(ports.iter().all(|p| p.web.is_none()));
     }
 }

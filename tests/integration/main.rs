@@ -15,6 +15,7 @@ mod doctor;
 mod firecracker;
 mod guest;
 mod guest_images;
+mod guest_stats;
 mod image_pull;
 mod kernel;
 mod kernel_pull;
@@ -35,6 +36,7 @@ fn main() {
         doctor::tests(),
         firecracker::tests(),
         guest::tests(),
+        guest_stats::tests(),
         image_pull::tests(),
         kernel::tests(),
         kernel_pull::tests(),
