@@ -21,6 +21,7 @@ mod kernel;
 mod kernel_pull;
 mod network;
 mod qemu;
+mod real_guest_stats;
 mod real_guests;
 mod registry;
 mod support;
@@ -44,6 +45,7 @@ fn main() {
         registry::tests(),
         qemu::tests(),
         real_guests::tests(),
+        real_guest_stats::tests(),
         tty::tests(),
         vm::tests(),
     ]);
