@@ -5,7 +5,7 @@
 //! the image), bangerd adds the QEMU process's figures, and probes the guest's web server
 //! from the host through the bridge, as a user's `banger vm ports` would.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use banger::api::{PortProtocol, PortScope, VmPortsResult, VmStatsResult, WebScheme};
 
@@ -73,19 +73,25 @@ fn a_real_guest_reports_its_stats_and_its_web_server() {
     let text = lab.ok(&["vm", "stats", "dev"]);
     assert!(text.contains("memory:") && text.contains("/work"), "{text}");
 
-    // The server may take a moment to bind after its exec returned.
-    let mut ports = None;
-    wait_for("httpd's port in vm ports", DEADLINE, || {
+    // The server may take a moment to bind after its exec returned, and sshd to start while
+    // systemd finishes the boot (the agent answers earlier).
+    let deadline = Instant::now() + DEADLINE;
+    let ports = loop {
         let listed: VmPortsResult =
             serde_json::from_str(&lab.ok(&["vm", "ports", "dev", "--json"])).expect("ports JSON");
-        let found = listed
-            .ports
-            .iter()
-            .any(|p| p.port == 8080 && p.web.is_some());
-        ports = Some(listed);
-        found
-    });
-    let ports = ports.unwrap();
+        let has = |port: u16| listed.ports.iter().any(|p| p.port == port);
+        if has(8080) && has(22) {
+            break listed;
+        }
+        if Instant::now() > deadline {
+            let ssh = lab.cli(&["vm", "exec", "dev", "--", "systemctl", "status", "ssh"]);
+            panic!(
+                "httpd's 8080 and sshd's 22 not both listed in time: {listed:#?}\nssh.service: {}",
+                String::from_utf8_lossy(&ssh.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     println!("vm ports: {ports:#?}");
     let ip = ports.guest_ip.expect("the guest's address");
     let httpd = ports
