@@ -874,3 +874,106 @@ pub enum DnsRouting {
     /// Asking banger-helper to route them failed.
     Failed { error: String },
 }
+
+// ---- vm.stats, vm.ports ------------------------------------------------------------------------
+
+pub use crate::agent::tool_ports::{Protocol as PortProtocol, SocketOwner};
+pub use crate::agent::tool_stats::{CpuStats, DiskStats, GuestStats, MemoryStats};
+pub use crate::host::web_probe::WebScheme;
+
+/// `vm.stats` (parameters: [`NameParams`]): the guest's figures, as its agent's `--stats`
+/// tool reads them, and what the VM costs the host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmStatsResult {
+    pub name: String,
+    pub guest: GuestStats,
+    pub host: VmHostStats,
+}
+
+/// The host's side of `vm.stats`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmHostStats {
+    /// The VMM process (Firecracker or QEMU).
+    pub vmm_pid: u32,
+    /// Its resident memory (`VmRSS`): the guest memory it touched, and its own.
+    pub vmm_rss_bytes: u64,
+    /// Its user plus system CPU time since it started, in seconds.
+    pub vmm_cpu_secs: f64,
+    /// The VM's disk files on the host: `root`, then `work`.
+    pub disks: Vec<VmDiskFile>,
+}
+
+/// One of a VM's disk files on the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmDiskFile {
+    /// `root` or `work`.
+    pub role: String,
+    pub path: String,
+    /// The size the guest sees.
+    pub apparent_bytes: u64,
+    /// What the host's filesystem allocated for it (the files are sparse or reflinked).
+    pub allocated_bytes: u64,
+}
+
+/// `vm.ports` (parameters: [`NameParams`]): the guest's listening sockets, one row per
+/// service (the IPv4 and IPv6 sockets of one port and scope merged), sorted by port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmPortsResult {
+    pub name: String,
+    /// The guest's address on the bridge, through which TCP ports were probed.
+    pub guest_ip: Option<std::net::Ipv4Addr>,
+    pub ports: Vec<VmPort>,
+    /// The guest had more sockets than one answer lists; the highest ports were left out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// One listening service of a guest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmPort {
+    pub protocol: PortProtocol,
+    pub port: u16,
+    /// Who can reach it.
+    pub scope: PortScope,
+    /// Every local address its sockets are bound to (`0.0.0.0` and `::` for one service
+    /// listening on both families).
+    pub addresses: Vec<std::net::IpAddr>,
+    /// The processes holding its sockets, by pid.
+    pub processes: Vec<SocketOwner>,
+    /// What a probe from the host found it speaks (TCP ports reachable from the host only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<WebScheme>,
+    /// `http://<guest ip>:PORT/` (or https) for a web listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// Who can reach a guest's listening socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortScope {
+    /// Bound to every address (`0.0.0.0`, `::`): reachable from the host through the bridge.
+    Any,
+    /// Bound to the guest's own bridge address: reachable from the host too.
+    Guest,
+    /// Bound to loopback (`127.0.0.1`, `::1`): only the guest's own processes reach it.
+    GuestLocal,
+    /// Bound to some other address of the guest (another interface, an IPv6 address).
+    Other,
+}
+
+impl PortScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortScope::Any => "any",
+            PortScope::Guest => "guest",
+            PortScope::GuestLocal => "guest_local",
+            PortScope::Other => "other",
+        }
+    }
+
+    /// Whether the host can reach it over the bridge.
+    pub fn reachable_from_host(self) -> bool {
+        matches!(self, PortScope::Any | PortScope::Guest)
+    }
+}

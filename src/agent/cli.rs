@@ -27,6 +27,8 @@ The banger guest agent: answers health, ping, exec and sync requests from the ho
 
 Usage: banger-agent [--listen ADDR] [--cid CID]
        banger-agent --setup-guest
+       banger-agent --stats
+       banger-agent --ports
 
 Options:
   --listen ADDR  Where to listen: vsock:PORT inside a Firecracker guest, serial:NAME (a
@@ -38,6 +40,10 @@ Options:
   --setup-guest  Apply the guest's banger.* kernel arguments (hostname, eth0, name servers,
                  the work disk) and exit: what an image's own init runs before the agent
                  (the systemd unit banger installs does); as PID 1 the agent does it itself
+  --stats        Print the guest's CPU, memory, disk and uptime figures as one JSON document
+                 and exit (what `banger vm stats` runs through the agent)
+  --ports        Print the guest's listening TCP and bound UDP sockets, with the processes
+                 holding them, as one JSON document and exit (what `banger vm ports` runs)
   -h, --help     Print help
   -V, --version  Print version
 
@@ -50,6 +56,10 @@ pub enum Command {
     SetupGuest,
     Help,
     Version,
+    /// `--stats`: the guest's resource use as JSON ([`crate::tool_stats`]).
+    Stats,
+    /// `--ports`: the guest's listening sockets as JSON ([`crate::tool_ports`]).
+    Ports,
 }
 
 /// The options of `banger-agent` when it serves.
@@ -92,6 +102,17 @@ pub fn parse(
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "--setup-guest" => return Ok(Command::SetupGuest),
+            // The tools take no arguments: anything after them is a mistake worth saying.
+            "--stats" | "--ports" => {
+                if let Some(extra) = inline.clone().map(OsString::from).or_else(|| args.next()) {
+                    return Err(format!("{name} takes no arguments, not {extra:?}"));
+                }
+                return Ok(if name == "--stats" {
+                    Command::Stats
+                } else {
+                    Command::Ports
+                });
+            }
             "--listen" => {
                 let addr = value("--listen")?;
                 let addr = addr
@@ -160,6 +181,8 @@ pub fn main() -> ExitCode {
             println!("banger-agent {AGENT_VERSION}");
             return ExitCode::SUCCESS;
         }
+        Ok(Command::Stats) => return crate::tool_stats::main(),
+        Ok(Command::Ports) => return crate::tool_ports::main(),
         Err(e) => {
             eprintln!("banger-agent: {e}\n\n{USAGE}");
             // The exit status clap uses for usage errors, which this command line replaced.
@@ -300,6 +323,8 @@ mod tests {
             Ok(Command::SetupGuest)
         );
         assert_eq!(parse_strs(&["-h", "--bogus"], None), Ok(Command::Help));
+        assert_eq!(parse_strs(&["--stats"], None), Ok(Command::Stats));
+        assert_eq!(parse_strs(&["--ports"], Some("3")), Ok(Command::Ports));
     }
 
     #[test]
@@ -326,6 +351,8 @@ mod tests {
                 "--listen was given twice",
             ),
             (&["serve"], None, "unexpected argument \"serve\""),
+            (&["--stats", "x"], None, "--stats takes no arguments"),
+            (&["--ports=1"], None, "--ports takes no arguments"),
             (
                 &["--listen-addr=x"],
                 None,

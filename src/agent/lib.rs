@@ -20,6 +20,9 @@
 //!   binaries call it: `banger-agent` of the `banger` package (what `cargo install` installs)
 //!   and `banger-guest-agent` of this one (what `tools/build-agent.sh` links statically).
 //!
+//! - [`tool_stats`] and [`tool_ports`]: `banger-agent --stats` and `--ports`, tools that
+//!   bangerd runs through `exec` (`/proc/self/exe --stats`) and that print one JSON document.
+//!
 //! - [`boot`]: the boot contract (fixed paths, the kernel command line banger writes);
 //!   [`initrd`]: the program as the kernel bundle's initrd init; [`pid1`]: the agent as the
 //!   guest's init when the image has none. `cli::main` picks them when run as PID 1.
@@ -44,6 +47,8 @@ pub mod protocol;
 pub mod pty;
 pub mod serial;
 pub mod server;
+pub mod tool_ports;
+pub mod tool_stats;
 
 pub use client::{AgentClient, AgentError, AgentInfo, Exec, ExecEvent, ExecOutput, OutputStream};
 pub use protocol::{

@@ -44,7 +44,7 @@ What comes next:
   banger dashboard --open            all of it, live, in your web browser
 
 Works today: version, completions, vm run, vm create/start/stop/restart/kill/delete/set/list/show/logs/\
-exec/health/ping, image list/show/pull/promote/register/delete/cache prune, kernel list \
+exec/health/ping/stats/ports, image list/show/pull/promote/register/delete/cache prune, kernel list \
 [--available]/show/import/rm/pull, events (and events replay, events repair), ops, doctor (its \
 orphan check), dashboard. The other verbs print \"not implemented yet\" and exit 2.";
 
@@ -159,7 +159,7 @@ stop, kill and delete told apart:
   delete   Stop a VM and remove its disks (irreversible)
 
 Works today: run, create, start, stop, restart, kill, delete, set, list, show, logs, exec, \
-health, ping. ssh, stats, ports and workspace are not implemented yet.";
+health, ping, stats, ports. ssh and workspace are not implemented yet.";
 
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
@@ -268,9 +268,30 @@ Examples:
   banger vm logs dev -f                        keep printing until Ctrl-C
   banger vm logs dev --tail 4K                 only the last 4 KiB")]
     Logs(VmLogsArgs),
-    /// Show a running VM's cpu, memory, disk and uptime
+    /// Show a running VM's cpu, memory, disk and uptime, and what it costs the host
+    #[command(after_help = "\
+Examples:
+  banger vm stats dev                          cpu, memory, disks, uptime, the VMM's share
+  banger vm stats dev --json | jq .guest.memory
+
+The guest's figures come from its agent (cpu use sampled over 0.2 s, memory from \
+/proc/meminfo, the root and work filesystems as `df` counts them, uptime, processes); the \
+host's are the VMM process's resident memory and cpu time and the VM's disk files, whose \
+size on the host is usually far below what the guest sees (they are sparse). Next: \
+`banger vm ports dev` for what the VM serves.")]
     Stats(NameJsonArgs),
     /// List listening ports in a VM, with http/https detection
+    #[command(after_help = "\
+Examples:
+  banger vm ports dev                          one row per service, web ones with a URL
+  banger vm ports dev --json | jq -r '.ports[] | select(.web) | .url'
+
+Lists the guest's listening TCP sockets and bound UDP sockets with the processes that hold \
+them; a service on both 0.0.0.0 and :: is one row. TCP ports the host can reach (bound to \
+every address or to the guest's own) are probed from the host through the guest's bridge \
+address, HTTPS first (any certificate accepted), then HTTP, a second at most each: a web \
+listener shows its URL, which the host's browser can open. Ports bound to 127.0.0.1 or ::1 \
+are guest-local: listed, not probed.")]
     Ports(NameJsonArgs),
     /// Ask a VM's guest agent whether it is healthy
     #[command(after_help = "\

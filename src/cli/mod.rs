@@ -41,6 +41,8 @@ mod output;
 mod pull;
 mod repair;
 mod replay;
+// `vm stats` and `vm ports`.
+mod stats;
 mod terminal;
 mod update;
 mod version;

@@ -17,8 +17,8 @@
 //!  stdout ◀──────────────────────────── output items ◀──────────────────────────────── bangerd
 //! ```
 //!
-//! Verbs that need networking or workspaces (ssh, stats, ports, workspace) still answer
-//! "not implemented yet" through [`super::future`].
+//! `stats` and `ports` live in [`super::stats`]. Verbs that need networking or workspaces
+//! (ssh, workspace) still answer "not implemented yet" through [`super::future`].
 
 use std::io::{IsTerminal, Read, Write};
 use std::time::{Duration, Instant};
@@ -70,6 +70,8 @@ pub async fn run(command: VmCommand) -> Result<(), CliError> {
         VmCommand::Health(args) => health(args).await,
         VmCommand::Ping(args) => ping(args).await,
         VmCommand::Run(args) => run_vm(args).await,
+        VmCommand::Stats(args) => super::stats::stats(args).await,
+        VmCommand::Ports(args) => super::stats::ports(args).await,
         other => Err(future::vm(&other)),
     }
 }

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use super::server::{Conn, error_response, result_response};
-use super::{Daemon, VERSION, dns, follow, guest, handlers, images, kernels, vm};
+use super::{Daemon, VERSION, dns, follow, guest, handlers, images, kernels, stats, vm};
 use crate::operations::{BoxFuture, OpError};
 use crate::rpc::protocol::{ErrorCode, PROTOCOL_VERSION, Request, Response, RpcError};
 
@@ -93,6 +93,8 @@ pub static METHODS: &[(&str, Handler)] = &[
     ("kernel.pull", Handler::Stream(kernels::pull_handler)),
     ("kernel.catalog", call!(kernels::catalog)),
     ("dns.status", call!(dns::status)),
+    ("vm.stats", call!(stats::stats)),
+    ("vm.ports", call!(stats::ports)),
 ];
 
 /// The handler of `method`, with the method name as the table spells it.
@@ -271,6 +273,8 @@ mod tests {
         "kernel.pull",
         "kernel.catalog",
         "dns.status",
+        "vm.stats",
+        "vm.ports",
     ];
 
     #[test]

@@ -150,7 +150,7 @@ fn console_path(daemon: &Daemon, vm_id: VmId) -> PathBuf {
 }
 
 /// Records that someone used the VM, so auto-stop leaves it alone.
-fn touch(daemon: &Daemon, vm_id: VmId) {
+pub(super) fn touch(daemon: &Daemon, vm_id: VmId) {
     daemon.touch_vm(vm_id);
 }
 
@@ -167,7 +167,7 @@ fn find_vm(daemon: &Daemon, name: &str) -> Result<VmView, GuestError> {
 }
 
 /// The running VM called `name`.
-fn running_vm(daemon: &Daemon, name: &str) -> Result<VmView, GuestError> {
+pub(super) fn running_vm(daemon: &Daemon, name: &str) -> Result<VmView, GuestError> {
     let vm = find_vm(daemon, name)?;
     if vm.state != VmState::Running {
         return Err(GuestError::NotRunning {
@@ -181,7 +181,7 @@ fn running_vm(daemon: &Daemon, name: &str) -> Result<VmView, GuestError> {
 /// A fresh connection to the VM's agent, after the hello in `protocol` (the oldest version
 /// that has what the request needs, so that guests with an older agent keep working): over
 /// vsock, or a new stream of the VM's serial session, as its backend gives it.
-async fn connect_agent(
+pub(super) async fn connect_agent(
     daemon: &Daemon,
     vm: &VmView,
     protocol: u32,
@@ -219,7 +219,7 @@ async fn connect_agent(
     }
 }
 
-fn name_of(params: &NameParams) -> Result<VmName, RpcError> {
+pub(super) fn name_of(params: &NameParams) -> Result<VmName, RpcError> {
     VmName::parse(&params.name).map_err(|error| RpcError::invalid(error.to_string()))
 }
 

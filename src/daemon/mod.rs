@@ -40,6 +40,7 @@ pub(crate) mod lock;
 pub mod orphans;
 pub mod progress;
 pub mod server;
+pub mod stats;
 pub mod supervisor;
 pub mod tap_pool;
 pub mod vm;

@@ -13,3 +13,6 @@ pub mod process;
 pub mod qemu;
 pub mod qmp;
 pub mod vmm;
+// `vm stats` and `vm ports`: what a VM costs the host, and the web probe of its ports.
+pub mod usage;
+pub mod web_probe;

@@ -16,12 +16,14 @@ mod doctor;
 mod firecracker;
 mod guest;
 mod guest_images;
+mod guest_stats;
 mod image_pull;
 mod kernel;
 mod kernel_pull;
 mod network;
 mod qemu;
 mod real_guest_dns;
+mod real_guest_stats;
 mod real_guests;
 mod registry;
 mod storage;
@@ -39,6 +41,7 @@ fn main() {
         doctor::tests(),
         firecracker::tests(),
         guest::tests(),
+        guest_stats::tests(),
         image_pull::tests(),
         kernel::tests(),
         kernel_pull::tests(),
@@ -47,6 +50,7 @@ fn main() {
         storage::tests(),
         qemu::tests(),
         real_guests::tests(),
+        real_guest_stats::tests(),
         tty::tests(),
         update::tests(),
         vm::tests(),

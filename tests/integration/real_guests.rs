@@ -47,7 +47,7 @@ const BANGER: &str = env!("CARGO_BIN_EXE_banger");
 /// own boot timeout is set to this too.
 const BOOT_DEADLINE: Duration = Duration::from_secs(300);
 /// Everything else.
-const DEADLINE: Duration = Duration::from_secs(90);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(90);
 
 pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
     banger_test_harness::tests![
@@ -161,7 +161,7 @@ impl Lab {
     }
 
     /// QEMU processes started for this root.
-    fn qemus(&self) -> Vec<u32> {
+    pub(crate) fn qemus(&self) -> Vec<u32> {
         processes_mentioning(self.daemon.root().path())
             .into_iter()
             .filter(|pid| {
@@ -339,7 +339,7 @@ impl Drop for FarSide {
 }
 
 /// Polls `condition` until it holds; panics with `what` after `within`.
-fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
