@@ -108,11 +108,16 @@ impl<F: Fn(&str) -> Option<Ipv4Addr> + Send + Sync> Names for F {
 }
 
 /// The names as the log knows them: a VM's name and the address in its ledger entries.
-pub struct JournalNames(pub Arc<Journal<Projections>>);
+///
+/// It holds the journal weakly: the DNS server must never keep the journal from closing when
+/// bangerd exits (the final close is what leaves the log file clean). Once the journal is
+/// gone every name is unknown.
+pub struct JournalNames(pub std::sync::Weak<Journal<Projections>>);
 
 impl Names for JournalNames {
     fn address_of(&self, name: &str) -> Option<Ipv4Addr> {
-        let view = self.0.view();
+        let journal = self.0.upgrade()?;
+        let view = journal.view();
         let vm = view.vm_by_name(name)?;
         view.handles_of(Owner::Vm(vm.id))
             .find_map(|(handle, _)| match handle {
@@ -554,7 +559,9 @@ enum BoundBy {
 pub struct DnsService {
     /// Itself, for the tasks it starts (the network holds it as a `GuestDns`).
     this: std::sync::Weak<DnsService>,
-    journal: Arc<Journal<Projections>>,
+    /// Weak: the network holds this service and it holds the network, so a strong journal
+    /// here would outlive bangerd's shutdown and keep the log from its final close.
+    journal: std::sync::Weak<Journal<Projections>>,
     network: Arc<GuestNetwork>,
     shutdown: CancellationToken,
     /// Held while starting, so that two boots do not both bind; `Some` once serving.
@@ -572,7 +579,7 @@ impl DnsService {
         let address = network.gateway();
         Arc::new_cyclic(|this| DnsService {
             this: this.clone(),
-            journal,
+            journal: Arc::downgrade(&journal),
             network,
             shutdown,
             serving: tokio::sync::Mutex::new(None),
