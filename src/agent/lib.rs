@@ -20,6 +20,10 @@
 //!   binaries call it: `banger-agent` of the `banger` package (what `cargo install` installs)
 //!   and `banger-guest-agent` of this one (what `tools/build-agent.sh` links statically).
 //!
+//! - [`tool_tree`]: the workspace tools (`--tar-receive`, `--tar-send`, `--tree-manifest`),
+//!   run through `exec` as `/proc/self/exe --TOOL`, and the safe extraction the host uses
+//!   for a guest's export; [`tar_stream`]: the minimal strict tar format they speak.
+//!
 //! - [`boot`]: the boot contract (fixed paths, the kernel command line banger writes);
 //!   [`initrd`]: the program as the kernel bundle's initrd init; [`pid1`]: the agent as the
 //!   guest's init when the image has none. `cli::main` picks them when run as PID 1.
@@ -44,6 +48,8 @@ pub mod protocol;
 pub mod pty;
 pub mod serial;
 pub mod server;
+pub mod tar_stream;
+pub mod tool_tree;
 
 pub use client::{AgentClient, AgentError, AgentInfo, Exec, ExecEvent, ExecOutput, OutputStream};
 pub use protocol::{
