@@ -17,3 +17,4 @@ pub mod registry;
 pub mod rpc;
 pub mod size;
 pub mod static_agent;
+pub mod workspace;

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use super::server::{Conn, error_response, result_response};
-use super::{Daemon, VERSION, follow, guest, handlers, images, kernels, vm};
+use super::{Daemon, VERSION, follow, guest, handlers, images, kernels, vm, workspace};
 use crate::operations::{BoxFuture, OpError};
 use crate::rpc::protocol::{ErrorCode, PROTOCOL_VERSION, Request, Response, RpcError};
 
@@ -92,6 +92,9 @@ pub static METHODS: &[(&str, Handler)] = &[
     ("kernel.remove", call!(handlers::kernel_remove)),
     ("kernel.pull", Handler::Stream(kernels::pull_handler)),
     ("kernel.catalog", call!(kernels::catalog)),
+    ("vm.workspace.import", call!(workspace::import)),
+    ("vm.workspace.export", call!(workspace::export)),
+    ("vm.workspace.status", call!(workspace::status)),
 ];
 
 /// The handler of `method`, with the method name as the table spells it.
@@ -269,6 +272,9 @@ mod tests {
         "kernel.remove",
         "kernel.pull",
         "kernel.catalog",
+        "vm.workspace.import",
+        "vm.workspace.export",
+        "vm.workspace.status",
     ];
 
     #[test]

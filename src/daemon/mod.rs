@@ -42,6 +42,7 @@ pub mod server;
 pub mod supervisor;
 pub mod tap_pool;
 pub mod vm;
+pub mod workspace;
 
 use std::fmt;
 use std::io;
