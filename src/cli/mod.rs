@@ -44,6 +44,7 @@ mod replay;
 mod terminal;
 mod version;
 mod vm;
+mod workspace;
 
 use std::process::ExitCode;
 
