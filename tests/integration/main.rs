@@ -25,6 +25,7 @@ mod registry;
 mod support;
 mod tty;
 mod vm;
+mod workspace;
 
 fn main() {
     banger_test_harness::run(vec![
@@ -44,5 +45,6 @@ fn main() {
         real_guests::tests(),
         tty::tests(),
         vm::tests(),
+        workspace::tests(),
     ]);
 }
