@@ -170,9 +170,9 @@ fn git(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Result<Vec<u8>, Works
         path: dir.to_path_buf(),
         detail: e.to_string(),
     })?;
-    if !output.status.success()
-        && !(args.first() == Some(&"check-ignore") && output.status.code() == Some(1))
-    {
+    // `git check-ignore` exits 1 when no path is ignored: an answer, not a failure.
+    let nothing_ignored = args.first() == Some(&"check-ignore") && output.status.code() == Some(1);
+    if !output.status.success() && !nothing_ignored {
         return Err(WorkspaceError::Git {
             path: dir.to_path_buf(),
             detail: format!(

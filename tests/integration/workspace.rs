@@ -152,7 +152,7 @@ async fn import_export_status_and_refusals() {
     let shown = json(cli(&guest, &["vm", "show", "dev", "--json"]));
     let text = shown.to_string();
     assert!(
-        text.contains(&*first["tree_hash"].as_str().unwrap()),
+        text.contains(first["tree_hash"].as_str().unwrap()),
         "{text}"
     );
     assert_eq!(state(&guest), "in_sync");
