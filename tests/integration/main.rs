@@ -20,6 +20,7 @@ mod kernel;
 mod kernel_pull;
 mod network;
 mod qemu;
+mod real_guest_workspace;
 mod real_guests;
 mod registry;
 mod support;
@@ -43,6 +44,7 @@ fn main() {
         registry::tests(),
         qemu::tests(),
         real_guests::tests(),
+        real_guest_workspace::tests(),
         tty::tests(),
         vm::tests(),
         workspace::tests(),

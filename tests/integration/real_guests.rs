@@ -61,8 +61,8 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
 
 /// One test's world: bangerd in its root's test network, and there a registry and the kernel
 /// download's server.
-struct Lab {
-    daemon: Bangerd,
+pub(crate) struct Lab {
+    pub(crate) daemon: Bangerd,
     registry: TestRegistry,
     _kernel_server: FileServer,
 }
@@ -71,7 +71,7 @@ impl Lab {
     /// Starts the registry and the kernel server in the root's test network, writes the
     /// config (the registry reached over plain HTTP, the kernel download sent to the server,
     /// boot and stop timeouts for TCG, plus `extra`), and starts bangerd.
-    fn start(extra: impl FnOnce(&TestRegistry) -> String) -> Lab {
+    pub(crate) fn start(extra: impl FnOnce(&TestRegistry) -> String) -> Lab {
         let root = TestRoot::new();
         let network = root
             .network()
@@ -104,7 +104,7 @@ impl Lab {
 
     /// Pushes a Debian root (built by debootstrap, cached) as a one-layer image under
     /// `repo_tag`; returns its full reference.
-    fn push(&self, root: GuestRoot, repo_tag: &str) -> String {
+    pub(crate) fn push(&self, root: GuestRoot, repo_tag: &str) -> String {
         let tar = std::fs::read(root_tarball(root)).expect("read the root's tarball");
         // Both compressions a registry serves, one per root.
         let layer = match root {
@@ -118,18 +118,21 @@ impl Lab {
     }
 
     /// Runs the CLI on this root (never starting another bangerd).
-    fn cli(&self, args: &[&str]) -> Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> Output {
         Command::new(BANGER)
             .args(args)
             .env("BANGER_ROOT", self.daemon.root().path())
             .env("BANGER_NO_AUTOSTART", "1")
+            // Outside any git checkout, so that `vm run` imports no workspace unless a test
+            // asks for one.
+            .current_dir(self.daemon.root().path())
             .stdin(Stdio::null())
             .output()
             .expect("run banger")
     }
 
     /// The CLI must succeed; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let output = self.cli(args);
         assert!(
             output.status.success(),
@@ -143,7 +146,7 @@ impl Lab {
     }
 
     /// `vm exec NAME -- argv…`, which must succeed; its stdout, trimmed.
-    fn exec(&self, name: &str, argv: &[&str]) -> String {
+    pub(crate) fn exec(&self, name: &str, argv: &[&str]) -> String {
         let mut args = vec!["vm", "exec", name, "--"];
         args.extend_from_slice(argv);
         self.ok(&args).trim().to_owned()
@@ -210,7 +213,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
