@@ -977,3 +977,98 @@ impl PortScope {
         matches!(self, PortScope::Any | PortScope::Guest)
     }
 }
+
+// ---- vm.workspace.* ---------------------------------------------------------------------------
+
+pub use crate::operations::workspace_export::ExportSummary as WorkspaceExportResult;
+pub use crate::operations::workspace_import::ImportSummary as WorkspaceImportResult;
+
+/// `vm.workspace.import`: copy the git checkout containing `host_path` (absolute) into the VM.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceImportParams {
+    pub name: String,
+    pub host_path: String,
+    /// Where in the guest; absent: `/work/<checkout directory name>`.
+    #[serde(default)]
+    pub guest_path: Option<String>,
+    /// Overwrite guest files changed since the last sync.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `vm.workspace.export`: the guest's changes back into the checkout.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceExportParams {
+    pub name: String,
+    /// The checkout (absolute); absent: the one the workspace was imported from.
+    #[serde(default)]
+    pub host_path: Option<String>,
+    /// Overwrite host files changed since the import.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `vm.workspace.status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceStatusParams {
+    pub name: String,
+    /// Only look at the host checkout (no agent call): what `vm exec`'s warning asks.
+    #[serde(default)]
+    pub host_only: bool,
+}
+
+/// Where a workspace stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkspaceSync {
+    /// Nothing was imported into the VM.
+    None,
+    InSync,
+    GuestAhead,
+    HostAhead,
+    /// Both sides changed since the last sync.
+    Diverged,
+}
+
+impl WorkspaceSync {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkspaceSync::None => "no workspace",
+            WorkspaceSync::InSync => "in sync",
+            WorkspaceSync::GuestAhead => "guest ahead",
+            WorkspaceSync::HostAhead => "host ahead",
+            WorkspaceSync::Diverged => "both changed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceStatusResult {
+    pub name: String,
+    pub state: WorkspaceSync,
+    #[serde(default)]
+    pub host_path: String,
+    #[serde(default)]
+    pub guest_path: String,
+    /// The commit the import recorded, and the checkout's now.
+    #[serde(default)]
+    pub commit: String,
+    #[serde(default)]
+    pub host_commit: String,
+    #[serde(default)]
+    pub guest_changed: Vec<String>,
+    #[serde(default)]
+    pub host_changed: Vec<String>,
+    /// False with `host_only` (or when the guest could not be asked): `guest_changed` is empty
+    /// because nobody looked.
+    #[serde(default)]
+    pub guest_checked: bool,
+    #[serde(default)]
+    pub imported_at_unix_ms: u64,
+    /// What limited the answer, when something did (no manifest cached: commit compared only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}

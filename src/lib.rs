@@ -18,3 +18,4 @@ pub mod rpc;
 pub mod size;
 pub mod static_agent;
 pub mod update;
+pub mod workspace;

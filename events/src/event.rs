@@ -79,6 +79,12 @@ pub enum OpKind {
     /// Tops up the pool of spare taps (owned by the daemon) that new VMs take their tap from.
     #[serde(rename = "tap.fill")]
     TapFill,
+    /// Copies a host git checkout into a VM's work disk (`vm workspace import`).
+    #[serde(rename = "vm.workspace.import")]
+    WorkspaceImport,
+    /// Copies a VM's workspace changes back into the host checkout (`vm workspace export`).
+    #[serde(rename = "vm.workspace.export")]
+    WorkspaceExport,
 }
 
 impl OpKind {
@@ -102,10 +108,12 @@ impl OpKind {
             OpKind::KernelRemove => "kernel.remove",
             OpKind::Teardown => "teardown",
             OpKind::TapFill => "tap.fill",
+            OpKind::WorkspaceImport => "vm.workspace.import",
+            OpKind::WorkspaceExport => "vm.workspace.export",
         }
     }
 
-    pub const ALL: [OpKind; 17] = [
+    pub const ALL: [OpKind; 19] = [
         OpKind::VmCreate,
         OpKind::VmStart,
         OpKind::VmStop,
@@ -123,6 +131,8 @@ impl OpKind {
         OpKind::KernelRemove,
         OpKind::Teardown,
         OpKind::TapFill,
+        OpKind::WorkspaceImport,
+        OpKind::WorkspaceExport,
     ];
 }
 
@@ -419,6 +429,34 @@ pub struct VmBackendChosen {
     pub reason: String,
 }
 
+/// A `vm.workspace.import` finished: the checkout at `host_path` (at `commit`, empty when it
+/// has none) is at `guest_path` in the VM. `tree_hash` is sha256 over every (path, mode,
+/// content hash) of what the guest now holds from the checkout, `files` and `bytes` what this
+/// import actually sent (an unchanged re-import sends nothing). In the commit of the
+/// operation's `OperationSucceeded`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct WorkspaceImported {
+    pub vm_id: VmId,
+    pub host_path: String,
+    pub guest_path: String,
+    pub commit: String,
+    pub tree_hash: String,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// A `vm.workspace.export` finished: `files_written` files (deletions included) came back
+/// from `guest_path` into the checkout at `host_path`, whose tree then hashes to `tree_hash`
+/// (so `vm exec` does not take the export for a host change).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct WorkspaceExported {
+    pub vm_id: VmId,
+    pub host_path: String,
+    pub guest_path: String,
+    pub files_written: u64,
+    pub tree_hash: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub struct VmChanged {
     pub vm_id: VmId,
@@ -650,6 +688,8 @@ define_events! {
     24 => VmRemoved(VmRemoved) = "vm_removed",
     25 => VmFoundDead(VmFoundDead) = "vm_found_dead",
     26 => VmBackendChosen(VmBackendChosen) = "vm_backend_chosen",
+    28 => WorkspaceImported(WorkspaceImported) = "workspace_imported",
+    29 => WorkspaceExported(WorkspaceExported) = "workspace_exported",
     // Images and kernels: 40..=59.
     40 => ImageRegisteredV1(ImageRegisteredV1) = "image_registered_v1",
     41 => ImageRegistered(ImageRegistered) = "image_registered",
@@ -692,6 +732,8 @@ impl Event {
             Event::VmRemoved(e) => Some(e.vm_id),
             Event::VmFoundDead(e) => Some(e.vm_id),
             Event::VmBackendChosen(e) => Some(e.vm_id),
+            Event::WorkspaceImported(e) => Some(e.vm_id),
+            Event::WorkspaceExported(e) => Some(e.vm_id),
             Event::HandleAcquired(HandleAcquired {
                 owner: Owner::Vm(vm_id),
                 ..

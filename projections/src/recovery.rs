@@ -15,6 +15,7 @@
 //! | `image.delete`, `image.cache.prune`, `kernel.remove`| roll forward | same                                      |
 //! | `teardown`                                          | roll forward | same                                      |
 //! | `tap.fill`                                          | roll back    | a spare tap not in the ledger is a leak   |
+//! | `vm.workspace.import`, `vm.workspace.export`        | roll back    | an export puts the host files it replaced back; an import's guest files stay for the next import to reconcile |
 //!
 //! `vm.restart` is a stop followed by a start; it is treated as its start half. The daemon's
 //! undo table has nothing to undo for the stop half's steps, so rolling back a restart leaves
@@ -165,6 +166,7 @@ pub fn policy(kind: OpKind) -> Policy {
         OpKind::ImageDelete | OpKind::ImageCachePrune | OpKind::KernelRemove => Policy::RollForward,
         OpKind::Teardown => Policy::RollForward,
         OpKind::TapFill => Policy::RollBack,
+        OpKind::WorkspaceImport | OpKind::WorkspaceExport => Policy::RollBack,
     }
 }
 
@@ -358,6 +360,8 @@ mod tests {
             OpKind::KernelImport,
             OpKind::KernelPull,
             OpKind::TapFill,
+            OpKind::WorkspaceImport,
+            OpKind::WorkspaceExport,
         ];
         for kind in OpKind::ALL {
             let expected = if roll_back.contains(&kind) {

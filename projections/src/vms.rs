@@ -25,8 +25,8 @@
 //! No IO: whether a recorded pid is still alive is the daemon's question, not this module's.
 
 use banger_events::{
-    Handle, Owner, Seq, VmBackendChosen, VmChanged, VmDefined, VmExited, VmFoundDead, VmId, VmSpec,
-    VmState, VmStateChanged, VmmKind,
+    Handle, OpId, Owner, Seq, VmBackendChosen, VmChanged, VmDefined, VmExited, VmFoundDead, VmId,
+    VmSpec, VmState, VmStateChanged, VmmKind, WorkspaceExported, WorkspaceImported,
 };
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
@@ -54,6 +54,27 @@ pub struct VmView {
     /// banger recorded one, which runs on Firecracker (see [`VmView::vmm`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<VmBackend>,
+    /// The checkout last imported into the VM (`WorkspaceImported`), updated by exports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<WorkspaceView>,
+}
+
+/// A VM's workspace: which host checkout is where in the guest, as of the last import (or
+/// export, which moves `tree_hash` to what the host holds after it).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Encode, Decode)]
+pub struct WorkspaceView {
+    pub host_path: String,
+    pub guest_path: String,
+    /// The checkout's HEAD at the import; empty when it had no commit.
+    pub commit: String,
+    pub tree_hash: String,
+    pub imported_at_unix_ms: u64,
+    /// The last export, when there was one since the import.
+    pub exported_at_unix_ms: Option<u64>,
+    /// The operation (the import, or a later export) whose manifest of the synced tree
+    /// bangerd keeps as a cache (`vms/<id>/workspace-<op>.json`): the base that tells guest
+    /// changes from host changes.
+    pub manifest_op: Option<OpId>,
 }
 
 /// Which VMM runs a VM, and why it was chosen.
@@ -131,7 +152,38 @@ impl Projections {
             last_exit: None,
             found_dead: false,
             backend: None,
+            workspace: None,
         });
+    }
+
+    pub(crate) fn workspace_imported(&mut self, at: u64, op: Option<OpId>, e: &WorkspaceImported) {
+        if let Some(vm) = self.vms.get_mut(&e.vm_id) {
+            vm.workspace = Some(WorkspaceView {
+                host_path: e.host_path.clone(),
+                guest_path: e.guest_path.clone(),
+                commit: e.commit.clone(),
+                tree_hash: e.tree_hash.clone(),
+                imported_at_unix_ms: at,
+                exported_at_unix_ms: None,
+                manifest_op: op,
+            });
+            vm.changed_at_unix_ms = at;
+        }
+    }
+
+    /// An export brings the host to the guest's state: the recorded tree hash follows, so the
+    /// host checkout no longer looks newer than the VM's copy. An export into another
+    /// checkout than the imported one leaves the record alone.
+    pub(crate) fn workspace_exported(&mut self, at: u64, op: Option<OpId>, e: &WorkspaceExported) {
+        if let Some(vm) = self.vms.get_mut(&e.vm_id)
+            && let Some(workspace) = &mut vm.workspace
+            && workspace.host_path == e.host_path
+        {
+            workspace.tree_hash = e.tree_hash.clone();
+            workspace.exported_at_unix_ms = Some(at);
+            workspace.manifest_op = op;
+            vm.changed_at_unix_ms = at;
+        }
     }
 
     pub(crate) fn vm_backend_chosen(&mut self, at: u64, e: &VmBackendChosen) {

@@ -774,7 +774,23 @@ fn random_event(rng: &mut Rng) -> Event {
         3 => Target::ImageCache,
         _ => Target::Host,
     };
-    match rng.below(29) {
+    match rng.below(31) {
+        30 => Event::WorkspaceExported(WorkspaceExported {
+            vm_id,
+            host_path: "/h/app".into(),
+            guest_path: "/work/app".into(),
+            files_written: rng.below(10),
+            tree_hash: "t2".into(),
+        }),
+        29 => Event::WorkspaceImported(WorkspaceImported {
+            vm_id,
+            host_path: "/h/app".into(),
+            guest_path: "/work/app".into(),
+            commit: "c".into(),
+            tree_hash: "t".into(),
+            files: rng.below(100),
+            bytes: rng.below(1 << 20),
+        }),
         28 => Event::ImageCachePruned(ImageCachePruned {
             bytes: rng.below(1 << 30),
             blobs: rng.below(100),
@@ -1517,7 +1533,9 @@ impl World {
     /// one has a free target, so that rarer situations (a running VM to stop) are used when
     /// they arise.
     fn random_plan(&mut self) -> Option<Plan> {
-        const WEIGHTED: [u8; 19] = [0, 0, 1, 1, 1, 1, 2, 2, 3, 4, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+        const WEIGHTED: [u8; 21] = [
+            0, 0, 1, 1, 1, 1, 2, 2, 3, 4, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
+        ];
         let mut order = WEIGHTED.to_vec();
         self.rng.shuffle(&mut order);
         let mut tried = BTreeSet::new();
@@ -1538,6 +1556,8 @@ impl World {
                 9 => self.plan_kernel_remove(),
                 10 => self.plan_prune(),
                 11 => self.plan_vm_stop(OpKind::VmStop),
+                13 => self.plan_workspace(OpKind::WorkspaceImport),
+                14 => self.plan_workspace(OpKind::WorkspaceExport),
                 _ => self.plan_vm_start(),
             };
             if plan.is_some() {
@@ -1780,6 +1800,60 @@ impl World {
             success: vec![Event::VmRemoved(VmRemoved { vm_id })],
             rollback: Vec::new(),
             on_success: Effect::VmGone(vm_id),
+            on_rollback: Effect::None,
+        })
+    }
+
+    /// A workspace import or export into a running VM: its steps as their tables record them,
+    /// its event in the commit of `OperationSucceeded`. The VM's state does not change.
+    fn plan_workspace(&mut self, kind: OpKind) -> Option<Plan> {
+        let candidates = self.free_vms(&[VmState::Running]);
+        let vm_id = *self.rng.pick(&candidates)?;
+        let vm = self.vms.get(&vm_id)?;
+        let manifest = file(&format!("/var/lib/banger/vms/{vm_id}/workspace-op.json"));
+        let staging = dir("/home/u/src/app/.banger-export-op");
+        let (steps, success) = if kind == OpKind::WorkspaceImport {
+            (
+                vec![
+                    StepPlan::new("send"),
+                    StepPlan::new("record-manifest").handles(vec![manifest]),
+                ],
+                Event::WorkspaceImported(WorkspaceImported {
+                    vm_id,
+                    host_path: "/home/u/src/app".into(),
+                    guest_path: "/work/app".into(),
+                    commit: format!("{:040x}", self.rng.next_u64()),
+                    tree_hash: format!("{:064x}", self.rng.next_u64()),
+                    files: self.rng.below(10_000),
+                    bytes: self.rng.below(100 << 20),
+                }),
+            )
+        } else {
+            (
+                vec![
+                    StepPlan::new("fetch").handles(vec![staging.clone()]),
+                    StepPlan::new("apply").handles(vec![staging]),
+                    StepPlan::new("record-manifest").handles(vec![manifest]),
+                ],
+                Event::WorkspaceExported(WorkspaceExported {
+                    vm_id,
+                    host_path: "/home/u/src/app".into(),
+                    guest_path: "/work/app".into(),
+                    files_written: self.rng.below(50),
+                    tree_hash: format!("{:064x}", self.rng.next_u64()),
+                }),
+            )
+        };
+        Some(Plan {
+            kind,
+            target: vm_target(vm_id, &vm.name),
+            parameters: r#"{"force":false,"guest_path":"/work/app","host_path":"/home/u/src/app"}"#
+                .into(),
+            start: Vec::new(),
+            steps,
+            success: vec![success],
+            rollback: Vec::new(),
+            on_success: Effect::None,
             on_rollback: Effect::None,
         })
     }

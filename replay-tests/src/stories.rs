@@ -76,6 +76,16 @@ pub fn all() -> Vec<Story> {
             snapshot_after: None,
         },
         Story {
+            name: "workspaces",
+            about: "a checkout imported into a running VM (send, record-manifest, \
+                    WorkspaceImported), an unchanged re-import, an export of guest changes \
+                    (fetch, apply, record-manifest, WorkspaceExported), an export whose apply \
+                    failed and was rolled back (the checkout's files put back), and an import \
+                    the log ends in (rolled back by the plan)",
+            log: workspaces(),
+            snapshot_after: None,
+        },
+        Story {
             name: "repaired-log",
             about: "a log whose tail was lost to damage and repaired (`banger events repair`): \
                     a vm create whose end was lost, the repair's LogRepaired at the first lost \
@@ -149,6 +159,101 @@ fn image_cache_prune() -> Scenario {
     let open = OpId(0x4c04);
     s.start_op(open, OpKind::ImageCachePrune, Target::ImageCache, "{}");
     s.step_started(open, "rename-aside", vec![aside(open)]);
+    s
+}
+
+/// Workspaces as their step tables record them.
+fn workspaces() -> Scenario {
+    let mut s = Scenario::new();
+    s.daemon_started("3e7a1b2c-4d5e-4f60-8a7b-9c0d1e2f3a4b", 2_112);
+    let net = Net::new(0);
+    create_vm(&mut s, OpId(0x3e01), WEB, "dev", &net);
+    start_vm(&mut s, OpId(0x3e02), WEB, "dev", process(42_424, 3_000_000));
+    let manifest = |op: OpId| {
+        file(&format!(
+            "/home/u/.local/state/banger/vms/{WEB}/workspace-{op}.json"
+        ))
+    };
+    let staging = |op: OpId| dir(&format!("/home/u/src/app/.banger-export-{op}"));
+    let target = vm_target(WEB, "dev");
+    let params = r#"{"force":false,"guest_path":"/work/app","host_path":"/home/u/src/app"}"#;
+    let imported = |files, bytes, tree: &str| {
+        Event::WorkspaceImported(WorkspaceImported {
+            vm_id: WEB,
+            host_path: "/home/u/src/app".into(),
+            guest_path: "/work/app".into(),
+            commit: "5f0c6e1d2a3b4c5d6e7f80912a3b4c5d6e7f8091".into(),
+            tree_hash: tree.into(),
+            files,
+            bytes,
+        })
+    };
+
+    let import = OpId(0x3e03);
+    s.start_op(import, OpKind::WorkspaceImport, target.clone(), params);
+    s.step(import, "send", vec![]);
+    s.step(import, "record-manifest", vec![manifest(import)]);
+    s.in_op(import, imported(9_870, 104_203_776, &"1a".repeat(32)));
+    s.succeed(import);
+
+    // Nothing changed: nothing sent, the same tree.
+    let again = OpId(0x3e04);
+    s.start_op(again, OpKind::WorkspaceImport, target.clone(), params);
+    s.step(again, "send", vec![]);
+    s.step(again, "record-manifest", vec![manifest(again)]);
+    s.in_op(again, imported(0, 0, &"1a".repeat(32)));
+    s.succeed(again);
+
+    let export = OpId(0x3e05);
+    let export_params = r#"{"force":false,"guest_path":"/work/app","host_path":"/home/u/src/app"}"#;
+    s.start_op(
+        export,
+        OpKind::WorkspaceExport,
+        target.clone(),
+        export_params,
+    );
+    s.step(export, "fetch", vec![staging(export)]);
+    s.step(export, "apply", vec![staging(export)]);
+    s.step(export, "record-manifest", vec![manifest(export)]);
+    s.in_op(
+        export,
+        Event::WorkspaceExported(WorkspaceExported {
+            vm_id: WEB,
+            host_path: "/home/u/src/app".into(),
+            guest_path: "/work/app".into(),
+            files_written: 3,
+            tree_hash: "2b".repeat(32),
+        }),
+    );
+    s.succeed(export);
+
+    // The apply fails half-way: its undo puts the checkout's files back, then the staging goes.
+    let failed = OpId(0x3e06);
+    s.start_op(
+        failed,
+        OpKind::WorkspaceExport,
+        target.clone(),
+        export_params,
+    );
+    s.step(failed, "fetch", vec![staging(failed)]);
+    s.step_started(failed, "apply", vec![staging(failed)]);
+    s.step_failed(
+        failed,
+        "apply",
+        "src/a.txt: a directory is in the way in the checkout",
+    );
+    s.undo(failed, "apply");
+    s.undo(failed, "fetch");
+    s.roll_back(
+        failed,
+        "step apply failed: src/a.txt: a directory is in the way in the checkout",
+    );
+
+    // Killed while sending: the log ends here, and the plan rolls it back.
+    let open = OpId(0x3e07);
+    s.start_op(open, OpKind::WorkspaceImport, target, params);
+    s.step(open, "send", vec![]);
+    s.step_started(open, "record-manifest", vec![manifest(open)]);
     s
 }
 

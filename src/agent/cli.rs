@@ -29,6 +29,7 @@ Usage: banger-agent [--listen ADDR] [--cid CID]
        banger-agent --setup-guest
        banger-agent --stats
        banger-agent --ports
+       banger-agent --tar-receive DIR | --tar-send DIR [--paths-from-stdin] | --tree-manifest DIR
 
 Options:
   --listen ADDR  Where to listen: vsock:PORT inside a Firecracker guest, serial:NAME (a
@@ -44,6 +45,11 @@ Options:
                  and exit (what `banger vm stats` runs through the agent)
   --ports        Print the guest's listening TCP and bound UDP sockets, with the processes
                  holding them, as one JSON document and exit (what `banger vm ports` runs)
+  --tar-receive DIR  Write the tar on stdin under DIR (never outside it, never through a
+                 symlink), deleting the entries marked BANGER.delete; a JSON summary on stdout
+  --tar-send DIR  Write DIR's files and symlinks (or, with --paths-from-stdin, the
+                 NUL-separated paths on stdin) as a tar on stdout
+  --tree-manifest DIR  Print DIR's files and symlinks (path, mode, size, mtime) as JSON
   -h, --help     Print help
   -V, --version  Print version
 
@@ -54,6 +60,8 @@ Logging goes to stderr; BANGER_AGENT_LOG sets it (default: info).";
 pub enum Command {
     Serve(Args),
     SetupGuest,
+    /// A workspace tool (`tool_tree`): run once, print its result, exit.
+    Tree(crate::tool_tree::Tool),
     Help,
     Version,
     /// `--stats`: the guest's resource use as JSON ([`crate::tool_stats`]).
@@ -83,6 +91,12 @@ pub fn parse(
         let arg = arg
             .into_string()
             .map_err(|arg| format!("argument {arg:?} is not valid UTF-8"))?;
+        if matches!(
+            arg.as_str(),
+            "--tar-receive" | "--tar-send" | "--tree-manifest"
+        ) {
+            return crate::tool_tree::parse(&arg, &mut args).map(Command::Tree);
+        }
         // `--name value` and `--name=value` both work, as with clap.
         let (name, inline) = match arg.split_once('=') {
             Some((name, value)) if name.starts_with("--") => (name.to_owned(), Some(value.into())),
@@ -183,6 +197,7 @@ pub fn main() -> ExitCode {
         }
         Ok(Command::Stats) => return crate::tool_stats::main(),
         Ok(Command::Ports) => return crate::tool_ports::main(),
+        Ok(Command::Tree(tool)) => return crate::tool_tree::run(tool),
         Err(e) => {
             eprintln!("banger-agent: {e}\n\n{USAGE}");
             // The exit status clap uses for usage errors, which this command line replaced.

@@ -22,6 +22,9 @@
 //!
 //! - [`tool_stats`] and [`tool_ports`]: `banger-agent --stats` and `--ports`, tools that
 //!   bangerd runs through `exec` (`/proc/self/exe --stats`) and that print one JSON document.
+//! - [`tool_tree`]: the workspace tools (`--tar-receive`, `--tar-send`, `--tree-manifest`),
+//!   run through `exec` as `/proc/self/exe --TOOL`, and the safe extraction the host uses
+//!   for a guest's export; [`tar_stream`]: the minimal strict tar format they speak.
 //!
 //! - [`boot`]: the boot contract (fixed paths, the kernel command line banger writes);
 //!   [`initrd`]: the program as the kernel bundle's initrd init; [`pid1`]: the agent as the
@@ -49,6 +52,8 @@ pub mod serial;
 pub mod server;
 pub mod tool_ports;
 pub mod tool_stats;
+pub mod tar_stream;
+pub mod tool_tree;
 
 pub use client::{AgentClient, AgentError, AgentInfo, Exec, ExecEvent, ExecOutput, OutputStream};
 pub use protocol::{

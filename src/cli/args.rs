@@ -308,10 +308,17 @@ Examples:
     #[command(
         subcommand,
         arg_required_else_help = true,
+        long_about = "\
+A workspace is a git checkout copied into a VM's work disk (at /work/<its directory name> by \
+default), so that builds and tests run in the VM on your code; `vm run` in a checkout imports \
+it for you and starts in it. Edit on either side: status says which side changed, import \
+sends the host's changes, export brings the VM's back (refusing to overwrite host edits \
+unless --force).",
         after_help = "\
 Examples:
   banger vm workspace import dev               copy this checkout into dev
-  banger vm workspace status dev               is the VM's copy older than the host's?
+  banger vm exec dev --cwd /work/app -- make   build it there
+  banger vm workspace status dev               which side changed since the last sync?
   banger vm workspace export dev               copy the VM's changes back"
     )]
     Workspace(WorkspaceCommand),
@@ -380,6 +387,10 @@ pub struct VmRunArgs {
     /// Forward stdin to the command even when it is a terminal (a pipe or a file always is)
     #[arg(short = 'i', long)]
     pub interactive: bool,
+    /// Do not import the git checkout of the current directory (by default, inside one, it
+    /// is imported and the shell or command starts in it)
+    #[arg(long)]
+    pub no_workspace: bool,
     /// Command to run instead of a shell, after `--`
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -503,20 +514,77 @@ fn parse_env_pair(text: &str) -> Result<(String, String), String> {
 #[derive(Debug, Subcommand)]
 pub enum WorkspaceCommand {
     /// Copy a git checkout (tracked and untracked, not ignored files) into the VM
-    Import(WorkspaceArgs),
-    /// Copy the VM's workspace back into the checkout
-    Export(WorkspaceArgs),
-    /// Compare the VM's workspace with the checkout
-    Status(WorkspaceArgs),
+    #[command(after_help = "\
+Examples:
+  banger vm workspace import dev                 this checkout, at /work/<its directory name>
+  banger vm workspace import dev ~/src/app --guest-path /work/app
+
+What goes: what `git ls-files --cached --others --exclude-standard` lists (tracked and \
+untracked files, not ignored ones), with their permission bits; symlinks stay symlinks. It \
+travels as a tar stream over the guest agent into the VM's work disk. Importing again sends \
+only what changed (and deletes in the VM what the checkout no longer has); it refuses to \
+overwrite files changed in the VM since the last sync unless --force. Recorded as the \
+operation vm.workspace.import (see `banger events --vm dev`).")]
+    Import(WorkspaceImportArgs),
+    /// Copy the VM's workspace changes back into the checkout
+    #[command(after_help = "\
+Examples:
+  banger vm workspace export dev                 into the checkout it was imported from
+  banger vm workspace export dev --force         the VM's version wins over host edits
+
+What comes back: every file the VM changed, added (unless the checkout ignores it) or \
+deleted since the import. A file also changed on the host since the import is a conflict: \
+the export is refused and names them all, unless --force. Files deleted in the VM are \
+deleted on the host. The VM's files are checked on the way in (no `..`, no absolute paths, \
+no symlinks out of the checkout, no devices, at most 1 GiB a file) and written beside the \
+checkout first, then renamed into place.")]
+    Export(WorkspaceExportArgs),
+    /// Compare the VM's workspace with the checkout: in sync, guest ahead, host ahead, or both
+    #[command(after_help = "\
+Examples:
+  banger vm workspace status dev
+  banger vm workspace status dev --json")]
+    Status(WorkspaceStatusArgs),
 }
 
 #[derive(Debug, Args)]
-pub struct WorkspaceArgs {
+pub struct WorkspaceImportArgs {
     /// The VM's name
     pub name: VmName,
-    /// The git checkout on the host (default: the current directory)
-    #[arg(long, value_name = "DIR")]
+    /// A directory in the git checkout (default: the current directory)
     pub path: Option<PathBuf>,
+    /// Where in the VM (an absolute path; default: /work/<the checkout's directory name>)
+    #[arg(long, value_name = "DIR")]
+    pub guest_path: Option<String>,
+    /// Overwrite files changed in the VM since the last sync
+    #[arg(long)]
+    pub force: bool,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkspaceExportArgs {
+    /// The VM's name
+    pub name: VmName,
+    /// The checkout (default: the one the workspace was imported from)
+    pub path: Option<PathBuf>,
+    /// Overwrite host files changed since the import
+    #[arg(long)]
+    pub force: bool,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkspaceStatusArgs {
+    /// The VM's name
+    pub name: VmName,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 // ---- image ------------------------------------------------------------------------------------

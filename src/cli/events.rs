@@ -455,6 +455,21 @@ pub fn summary(event: &Event) -> String {
         Event::VmRemoved(e) => vm(e.vm_id),
         Event::VmFoundDead(e) => format!("{}: pid {} was gone", vm(e.vm_id), e.pid),
         Event::VmBackendChosen(e) => format!("{}: runs on {} ({})", vm(e.vm_id), e.vmm, e.reason),
+        Event::WorkspaceImported(e) => format!(
+            "{}: {} -> {} ({} file(s), {} sent)",
+            vm(e.vm_id),
+            e.host_path,
+            e.guest_path,
+            e.files,
+            format_bytes(e.bytes)
+        ),
+        Event::WorkspaceExported(e) => format!(
+            "{}: {} -> {} ({} path(s) written)",
+            vm(e.vm_id),
+            e.guest_path,
+            e.host_path,
+            e.files_written
+        ),
         Event::ImageRegisteredV1(e) => format!("image {} ({})", e.name, format_bytes(e.size_bytes)),
         Event::ImageRegistered(e) => format!(
             "image {} ({}, kernel {}) from {}",

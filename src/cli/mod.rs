@@ -47,6 +47,7 @@ mod terminal;
 mod update;
 mod version;
 mod vm;
+mod workspace;
 
 use std::process::ExitCode;
 

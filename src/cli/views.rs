@@ -241,6 +241,26 @@ pub fn vm_details(vm: &VmView, now_unix_ms: u64) -> String {
             format!("pid {} {how} (seq {})", exit.pid, exit.seq),
         ));
     }
+    if let Some(workspace) = &vm.workspace {
+        let commit = if workspace.commit.is_empty() {
+            "no commit".to_owned()
+        } else {
+            format!(
+                "commit {}",
+                &workspace.commit[..workspace.commit.len().min(12)]
+            )
+        };
+        pairs.push((
+            "workspace",
+            format!(
+                "{} -> {} ({commit}, tree {}, imported {} ago)",
+                workspace.host_path,
+                workspace.guest_path,
+                &workspace.tree_hash[..workspace.tree_hash.len().min(12)],
+                format_age(workspace.imported_at_unix_ms, now_unix_ms)
+            ),
+        ));
+    }
     if vm.found_dead {
         pairs.push((
             "note",
@@ -347,6 +367,7 @@ mod tests {
                 vmm: banger_events::VmmKind::Qemu,
                 reason: "auto: no /dev/kvm; QEMU runs it under tcg".into(),
             }),
+            workspace: None,
         };
         let text = vm_details(&vm, 120_000);
         for wanted in [

@@ -72,6 +72,7 @@ pub async fn run(command: VmCommand) -> Result<(), CliError> {
         VmCommand::Run(args) => run_vm(args).await,
         VmCommand::Stats(args) => super::stats::stats(args).await,
         VmCommand::Ports(args) => super::stats::ports(args).await,
+        VmCommand::Workspace(command) => super::workspace::run(command).await,
         other => Err(future::vm(&other)),
     }
 }
@@ -319,6 +320,19 @@ async fn run_vm(args: VmRunArgs) -> Result<(), CliError> {
     let params = create_params(&name, args.shape, false, Report::Stderr).await?;
     Report::Stderr.line(format!("{name}: a VM from image {}", params.image.as_str()))?;
     create_waiting(&name, &params, Style::Stages).await?;
+    // Inside a git checkout the VM gets it, and the shell or command starts in it.
+    let started = Instant::now();
+    let cwd = if args.no_workspace {
+        None
+    } else {
+        super::workspace::import_for_run(&name).await?
+    };
+    if cwd.is_some() {
+        Report::Stderr.line(format!(
+            "  workspace imported in {}",
+            seconds(started.elapsed())
+        ))?;
+    }
     if let Some(warning) = warning {
         Report::Stderr.line(warning.to_owned())?;
     }
@@ -332,7 +346,7 @@ async fn run_vm(args: VmRunArgs) -> Result<(), CliError> {
     } else {
         args.command
     };
-    let exec = exec_params(name.clone(), argv, Default::default(), None, io);
+    let exec = exec_params(name.clone(), argv, Default::default(), cwd, io);
     let outcome = match io {
         // Signals are the command's on a terminal (see `run_exec`).
         Io::Terminal { .. } => run_exec(&exec, io).await,
@@ -750,6 +764,7 @@ async fn exec(args: VmExecArgs) -> Result<(), CliError> {
     if let Some(warning) = warning {
         Report::Stderr.line(warning.to_owned())?;
     }
+    super::workspace::warn_if_stale(&args.name).await;
     let params = exec_params(
         args.name,
         args.command,

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use super::server::{Conn, error_response, result_response};
-use super::{Daemon, VERSION, dns, follow, guest, handlers, images, kernels, stats, vm};
+use super::{Daemon, VERSION, dns, follow, guest, handlers, images, kernels, stats, vm, workspace};
 use crate::operations::{BoxFuture, OpError};
 use crate::rpc::protocol::{ErrorCode, PROTOCOL_VERSION, Request, Response, RpcError};
 
@@ -95,6 +95,9 @@ pub static METHODS: &[(&str, Handler)] = &[
     ("dns.status", call!(dns::status)),
     ("vm.stats", call!(stats::stats)),
     ("vm.ports", call!(stats::ports)),
+    ("vm.workspace.import", call!(workspace::import)),
+    ("vm.workspace.export", call!(workspace::export)),
+    ("vm.workspace.status", call!(workspace::status)),
 ];
 
 /// The handler of `method`, with the method name as the table spells it.
@@ -275,6 +278,9 @@ mod tests {
         "dns.status",
         "vm.stats",
         "vm.ports",
+        "vm.workspace.import",
+        "vm.workspace.export",
+        "vm.workspace.status",
     ];
 
     #[test]

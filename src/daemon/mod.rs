@@ -44,6 +44,7 @@ pub mod stats;
 pub mod supervisor;
 pub mod tap_pool;
 pub mod vm;
+pub mod workspace;
 
 use std::fmt;
 use std::io;

@@ -220,7 +220,7 @@ fn supervise(daemon: &Daemon, state: BootState) {
 /// Runs an operation on VM `name` in a tracked task of its own and waits for its outcome.
 /// When it fails, the supervisor reconciles the VM with its VMM (see
 /// [`super::supervisor::Supervisor::reconcile`]).
-async fn detached<T, F, Fut>(
+pub(super) async fn detached<T, F, Fut>(
     daemon: &Arc<Daemon>,
     cx: &Cx,
     name: &str,

@@ -28,6 +28,8 @@ use super::vm_kill::VmKill;
 use super::vm_set::VmSet;
 use super::vm_start::VmStart;
 use super::vm_stop::VmStop;
+use super::workspace_export::WorkspaceExport;
+use super::workspace_import::WorkspaceImport;
 use super::{BoxFuture, OpError, OperationKind, Runner, UndoOutcome};
 
 /// Every kind this build can run, recover and retry. Whether recovery rolls a kind back or
@@ -49,6 +51,8 @@ pub const KINDS: &[KindEntry] = &[
     KindEntry::of::<VmDelete>(),
     KindEntry::of::<VmSet>(),
     KindEntry::of::<TapFill>(),
+    KindEntry::of::<WorkspaceImport>(),
+    KindEntry::of::<WorkspaceExport>(),
 ];
 
 /// A stuck operation whose pending undos are to run again.
@@ -139,7 +143,9 @@ mod tests {
                 | OpKind::KernelImport
                 | OpKind::KernelPull
                 | OpKind::KernelRemove
-                | OpKind::TapFill => false,
+                | OpKind::TapFill
+                | OpKind::WorkspaceImport
+                | OpKind::WorkspaceExport => false,
             };
             assert_eq!(
                 find(kind).is_none(),

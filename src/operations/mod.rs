@@ -77,6 +77,9 @@ pub mod vm_kill;
 pub mod vm_set;
 pub mod vm_start;
 pub mod vm_stop;
+pub mod workspace_export;
+pub mod workspace_guest;
+pub mod workspace_import;
 
 use std::future::Future;
 use std::pin::Pin;

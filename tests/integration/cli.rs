@@ -362,9 +362,6 @@ fn unimplemented_verbs_say_so_and_exit_2_without_starting_bangerd() {
     let sandbox = Sandbox::new();
     let verbs: &[(&[&str], &str)] = &[
         (&["vm", "ssh", "dev"], "vm ssh"),
-        (&["vm", "workspace", "import", "dev"], "vm workspace import"),
-        (&["vm", "workspace", "export", "dev"], "vm workspace export"),
-        (&["vm", "workspace", "status", "dev"], "vm workspace status"),
         (&["system", "install"], "system install"),
         (&["system", "status"], "system status"),
         (&["system", "restart"], "system restart"),

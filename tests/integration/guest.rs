@@ -113,6 +113,9 @@ impl Guest {
         Command::new(BANGER)
             .args(args)
             .env("BANGER_ROOT", self.daemon.root().path())
+            // Outside any git checkout: `vm run` would import it (under the fake, to the
+            // host's /work).
+            .current_dir(self.daemon.root().path())
             .env("BANGER_NO_AUTOSTART", "1")
             .output()
             .expect("run banger")
@@ -688,6 +691,7 @@ fn spawn_cli(guest: &Guest, args: &[&str], stdin: std::process::Stdio) -> std::p
         .args(args)
         .env("BANGER_ROOT", guest.daemon.root().path())
         .env("BANGER_NO_AUTOSTART", "1")
+        .current_dir(guest.daemon.root().path())
         .stdin(stdin)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -24,6 +24,7 @@ mod network;
 mod qemu;
 mod real_guest_dns;
 mod real_guest_stats;
+mod real_guest_workspace;
 mod real_guests;
 mod registry;
 mod storage;
@@ -31,6 +32,7 @@ mod support;
 mod tty;
 mod update;
 mod vm;
+mod workspace;
 
 fn main() {
     banger_test_harness::run(vec![
@@ -51,10 +53,12 @@ fn main() {
         qemu::tests(),
         real_guests::tests(),
         real_guest_stats::tests(),
+        real_guest_workspace::tests(),
         tty::tests(),
         update::tests(),
         vm::tests(),
         dns::tests(),
         real_guest_dns::tests(),
+        workspace::tests(),
     ]);
 }

@@ -123,6 +123,9 @@ impl Lab {
             .args(args)
             .env("BANGER_ROOT", self.daemon.root().path())
             .env("BANGER_NO_AUTOSTART", "1")
+            // Outside any git checkout, so that `vm run` imports no workspace unless a test
+            // asks for one.
+            .current_dir(self.daemon.root().path())
             .stdin(Stdio::null())
             .output()
             .expect("run banger")

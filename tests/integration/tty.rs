@@ -529,6 +529,8 @@ impl Screen {
             .env("BANGER_ROOT", root)
             .env("BANGER_NO_AUTOSTART", "1")
             .env("TERM", "xterm-banger-test")
+            // Outside any git checkout, so that `vm run` imports no workspace.
+            .current_dir(root)
             .stdin(stdio())
             .stdout(stdio())
             .stderr(stdio())

@@ -57,6 +57,7 @@ mod registry_support;
 mod storm;
 
 use std::collections::{BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -90,6 +91,31 @@ enum Op {
     VmKill,
     VmDelete,
     VmSet,
+    WorkspaceImport,
+    WorkspaceExport,
+}
+
+/// The checkout and the guest directory of a workspace case, under the case's own root (the
+/// fake's guest is the host: its guest path is a directory of the test's).
+fn workspace_dirs(root: &Path) -> (PathBuf, PathBuf) {
+    (root.join("ws/app"), root.join("ws/guest/app"))
+}
+
+/// A small git checkout: two tracked files, an untracked one, a symlink.
+fn make_checkout(dir: &Path) {
+    std::fs::create_dir_all(dir.join("src")).expect("checkout dir");
+    std::fs::write(dir.join("src/a.txt"), "host\n").expect("a file");
+    std::fs::write(dir.join("b.txt"), "b\n").expect("a file");
+    std::fs::write(dir.join("untracked.txt"), "u\n").expect("a file");
+    std::os::unix::fs::symlink("src/a.txt", dir.join("link")).expect("a symlink");
+    for args in [&["init", "-q"][..], &["add", "src", "b.txt", "link"]] {
+        let status = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .status()
+            .expect("git");
+        assert!(status.success(), "git {args:?}");
+    }
 }
 
 impl Op {
@@ -109,6 +135,8 @@ impl Op {
             Op::VmKill => OpKind::VmKill,
             Op::VmDelete => OpKind::VmDelete,
             Op::VmSet => OpKind::VmSet,
+            Op::WorkspaceImport => OpKind::WorkspaceImport,
+            Op::WorkspaceExport => OpKind::WorkspaceExport,
         }
     }
 
@@ -150,7 +178,7 @@ impl Op {
             // A cache the pull of img2 filled, and the aside copy an older build's crashed
             // prune left beside it: every step has something to do.
             Op::ImageCachePrune => {
-                let (method, params) = Op::ImagePull.request(inputs);
+                let (method, params) = Op::ImagePull.request(inputs, daemon.root());
                 call_ok(daemon, method, params).await;
                 lab::older_prune_leftover(&daemon.layout());
             }
@@ -161,11 +189,25 @@ impl Op {
                 call_ok(daemon, "vm.create", json!({"name": "dev", "image": "img"})).await;
                 call_ok(daemon, "vm.stop", json!({"name": "dev"})).await;
             }
+            // A running VM and a checkout; for an export, imported and then edited in the
+            // guest (a change, an addition and a deletion), so that every step has work.
+            Op::WorkspaceImport | Op::WorkspaceExport => {
+                call_ok(daemon, "vm.create", json!({"name": "dev", "image": "img"})).await;
+                let (checkout, guest) = workspace_dirs(daemon.root());
+                make_checkout(&checkout);
+                if self == Op::WorkspaceExport {
+                    let (method, params) = Op::WorkspaceImport.request(inputs, daemon.root());
+                    call_ok(daemon, method, params).await;
+                    std::fs::write(guest.join("src/a.txt"), "guest\n").expect("guest edit");
+                    std::fs::write(guest.join("new.txt"), "new\n").expect("guest file");
+                    std::fs::remove_file(guest.join("b.txt")).expect("guest deletion");
+                }
+            }
         }
     }
 
     /// The request that the case interrupts.
-    fn request(self, inputs: &Inputs) -> (&'static str, Value) {
+    fn request(self, inputs: &Inputs, root: &Path) -> (&'static str, Value) {
         let dev = json!({"name": "dev"});
         match self {
             Op::KernelImport => (
@@ -194,6 +236,14 @@ impl Op {
                 "vm.set",
                 json!({"name": "dev", "vcpus": 2, "work_disk_mib": 96}),
             ),
+            Op::WorkspaceImport => {
+                let (checkout, guest) = workspace_dirs(root);
+                (
+                    "vm.workspace.import",
+                    json!({"name": "dev", "host_path": checkout, "guest_path": guest}),
+                )
+            }
+            Op::WorkspaceExport => ("vm.workspace.export", dev),
         }
     }
 
@@ -285,6 +335,29 @@ impl Op {
                 matches!(state, Some(VmState::Failed | VmState::Stopped)),
                 format!("dev should be failed or stopped: {dev:?}"),
             ),
+            // Imported or not, the VM runs on; the view records the workspace exactly when the
+            // import succeeded.
+            (Op::WorkspaceImport, s) => want(
+                state == Some(VmState::Running)
+                    && dev.is_some_and(|vm| vm.workspace.is_some() == s),
+                format!("dev should run with a workspace recorded: {s}: {dev:?}"),
+            ),
+            // Exported: the guest's edit, addition and deletion are in the checkout. Rolled
+            // back: the checkout is as it was. Either way no staging directory is left.
+            (Op::WorkspaceExport, s) => {
+                let checkout = &world.checkout;
+                let expected = if s {
+                    ("guest\n", false, true)
+                } else {
+                    ("host\n", true, false)
+                };
+                want(
+                    state == Some(VmState::Running)
+                        && (checkout.a.as_str(), checkout.b, checkout.new) == expected
+                        && checkout.staging.is_empty(),
+                    format!("checkout {checkout:?}, expected (a, b, new) = {expected:?}"),
+                )
+            }
             (Op::VmSet, s) => {
                 let spec = dev.map(|vm| (vm.state, vm.spec.vcpus, vm.spec.work_disk_mib));
                 let (vcpus, disk) = if s { (2, 96) } else { (1, 64) };
@@ -378,6 +451,30 @@ struct World {
     cache_blobs: Vec<String>,
     /// The aside copies of prunes beside the cache.
     cache_asides: Vec<String>,
+    /// A workspace case's checkout.
+    checkout: Checkout,
+}
+
+/// What a workspace case's checkout holds.
+#[derive(Debug, Default)]
+struct Checkout {
+    a: String,
+    b: bool,
+    new: bool,
+    staging: Vec<String>,
+}
+
+fn checkout_of(root: &Path) -> Checkout {
+    let (dir, _) = workspace_dirs(root);
+    Checkout {
+        a: std::fs::read_to_string(dir.join("src/a.txt")).unwrap_or_default(),
+        b: dir.join("b.txt").exists(),
+        new: dir.join("new.txt").exists(),
+        staging: dir_names(&dir)
+            .into_iter()
+            .filter(|n| n.starts_with(".banger-export-"))
+            .collect(),
+    }
 }
 
 /// Calls `method`, reading a streaming method's items (`image.pull`'s progress) to its end.
@@ -450,6 +547,7 @@ async fn world(daemon: &Daemon) -> World {
             .into_iter()
             .filter(|name| name.starts_with(".oci.pruning-"))
             .collect(),
+        checkout: checkout_of(daemon.root()),
     }
 }
 
@@ -460,7 +558,7 @@ async fn discover_steps(op: Op, inputs: &Inputs) -> Vec<String> {
     daemon.add_config(&inputs.config());
     daemon.start_ready(None);
     op.set_up(&daemon, inputs).await;
-    let (method, params) = op.request(inputs);
+    let (method, params) = op.request(inputs, daemon.root());
     call_ok(&daemon, method, params).await;
     let events = daemon.events().await;
     let op_id = events
@@ -531,7 +629,7 @@ async fn run_case_on(case: &Case, inputs: &Inputs, daemon: &mut Daemon) -> Resul
     let mut acknowledged = daemon.events().await;
     let last = acknowledged.last().map(|e| e.seq.0).unwrap_or(0);
     let follower = daemon.follow_from(last).await;
-    let (method, params) = case.op.request(inputs);
+    let (method, params) = case.op.request(inputs, daemon.root());
     let answer = call_any(daemon, method, params).await;
     if !matches!(answer, Err(ClientError::Closed | ClientError::Io(_))) {
         return Err(format!(
@@ -1274,6 +1372,14 @@ fn crash_matrix_vm_set() {
     matrix(Op::VmSet);
 }
 
+fn crash_matrix_workspace_import() {
+    matrix(Op::WorkspaceImport);
+}
+
+fn crash_matrix_workspace_export() {
+    matrix(Op::WorkspaceExport);
+}
+
 /// This module's tests, for the binary's harness (`banger-test-harness`).
 pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
     // The kernel and image columns run no VM (but promote's), so they need no test network
@@ -1293,6 +1399,8 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
         sync crash_matrix_vm_kill needs(Root),
         sync crash_matrix_vm_delete needs(Root),
         sync crash_matrix_vm_set needs(Root),
+        sync crash_matrix_workspace_import needs(Root),
+        sync crash_matrix_workspace_export needs(Root),
     ];
     tests.extend(storm::tests());
     tests

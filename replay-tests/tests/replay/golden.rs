@@ -388,6 +388,8 @@ fn nested_variants(event: &Event, seen: &mut BTreeSet<String>) {
         | Event::VmExited(_)
         | Event::VmRemoved(_)
         | Event::VmFoundDead(_)
+        | Event::WorkspaceImported(_)
+        | Event::WorkspaceExported(_)
         | Event::ImageRegisteredV1(_)
         | Event::ImageRegistered(_)
         | Event::ImageRemoved(_)

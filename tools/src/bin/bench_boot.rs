@@ -395,6 +395,8 @@ impl Cli {
             .args(args)
             .env("BANGER_ROOT", &self.root)
             .env("BANGER_NO_AUTOSTART", "1")
+            // Outside any git checkout, so that `vm run` imports no workspace.
+            .current_dir(&self.root)
             .stdin(Stdio::null())
             .output()
             .expect("run banger");

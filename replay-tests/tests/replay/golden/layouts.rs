@@ -132,6 +132,8 @@ fn op_kind_name(kind: &OpKind) -> &'static str {
         OpKind::KernelRemove => "KernelRemove",
         OpKind::Teardown => "Teardown",
         OpKind::TapFill => "TapFill",
+        OpKind::WorkspaceImport => "WorkspaceImport",
+        OpKind::WorkspaceExport => "WorkspaceExport",
     }
 }
 
@@ -234,6 +236,8 @@ pub fn event_name(event: &Event) -> &'static str {
         Event::VmRemoved(_) => "VmRemoved",
         Event::VmFoundDead(_) => "VmFoundDead",
         Event::VmBackendChosen(_) => "VmBackendChosen",
+        Event::WorkspaceImported(_) => "WorkspaceImported",
+        Event::WorkspaceExported(_) => "WorkspaceExported",
         Event::ImageRegisteredV1(_) => "ImageRegisteredV1",
         Event::ImageRegistered(_) => "ImageRegistered",
         Event::ImageRemoved(_) => "ImageRemoved",
@@ -334,6 +338,22 @@ fn events() -> Vec<Event> {
             vm_id: VM,
             vmm: VmmKind::Qemu,
             reason: "no usable KVM".into(),
+        }),
+        Event::WorkspaceImported(WorkspaceImported {
+            vm_id: VM,
+            host_path: "/home/u/src/app".into(),
+            guest_path: "/work/app".into(),
+            commit: "0123456789abcdef0123456789abcdef01234567".into(),
+            tree_hash: "ab".repeat(32),
+            files: 10_000,
+            bytes: 104_857_600,
+        }),
+        Event::WorkspaceExported(WorkspaceExported {
+            vm_id: VM,
+            host_path: "/home/u/src/app".into(),
+            guest_path: "/work/app".into(),
+            files_written: 3,
+            tree_hash: "cd".repeat(32),
         }),
         Event::ImageRegisteredV1(ImageRegisteredV1 {
             name: "alpine".into(),
