@@ -50,9 +50,9 @@ pub mod protocol;
 pub mod pty;
 pub mod serial;
 pub mod server;
+pub mod tar_stream;
 pub mod tool_ports;
 pub mod tool_stats;
-pub mod tar_stream;
 pub mod tool_tree;
 
 pub use client::{AgentClient, AgentError, AgentInfo, Exec, ExecEvent, ExecOutput, OutputStream};
