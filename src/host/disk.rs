@@ -80,6 +80,28 @@ pub fn clone_or_copy(src: &Path, dst: &Path) -> Result<CopyMethod, DiskError> {
     Ok(method)
 }
 
+/// Copies `src` to `dst` as [`clone_or_copy`] does when the filesystem cannot clone, even
+/// where it could: what `bench-disk` compares a reflink with.
+pub fn sparse_copy_file(src: &Path, dst: &Path) -> Result<(), DiskError> {
+    let input =
+        File::open(src).map_err(|e| DiskError::io(format!("cannot open {}", src.display()), e))?;
+    let output = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(dst)
+        .map_err(|e| DiskError::io(format!("cannot create {}", dst.display()), e))?;
+    sparse_copy(&input, &output)
+        .and_then(|()| output.sync_all())
+        .map_err(|e| {
+            DiskError::io(
+                format!("cannot copy {} to {}", src.display(), dst.display()),
+                e,
+            )
+        })
+}
+
 /// Copies the data ranges of `input` into the (empty) `output`, leaving holes where the input
 /// has them. Falls back to a plain copy where the filesystem cannot say where data is.
 fn sparse_copy(input: &File, output: &File) -> io::Result<()> {
