@@ -27,6 +27,8 @@ The banger guest agent: answers health, ping, exec and sync requests from the ho
 
 Usage: banger-agent [--listen ADDR] [--cid CID]
        banger-agent --setup-guest
+       banger-agent --ssh-setup [USER]
+       banger-agent --tcp-connect HOST:PORT
 
 Options:
   --listen ADDR  Where to listen: vsock:PORT inside a Firecracker guest, serial:NAME (a
@@ -38,6 +40,12 @@ Options:
   --setup-guest  Apply the guest's banger.* kernel arguments (hostname, eth0, name servers,
                  the work disk) and exit: what an image's own init runs before the agent
                  (the systemd unit banger installs does); as PID 1 the agent does it itself
+  --ssh-setup [USER]
+                 Install the ssh public keys read from stdin for USER (default root) in a
+                 marked block of ~USER/.ssh/authorized_keys, generate missing host keys
+                 and print the guest's ssh host keys as JSON
+  --tcp-connect HOST:PORT
+                 Connect to HOST:PORT in the guest and copy stdin to it and it to stdout
   -h, --help     Print help
   -V, --version  Print version
 
@@ -49,6 +57,14 @@ pub enum Command {
     Serve(Args),
     SetupGuest,
     Help,
+    /// `--ssh-setup [USER]`: see [`crate::tool_ssh`].
+    SshSetup {
+        user: String,
+    },
+    /// `--tcp-connect HOST:PORT`: see [`crate::tool_tcp`].
+    TcpConnect {
+        target: String,
+    },
     Version,
 }
 
@@ -92,6 +108,34 @@ pub fn parse(
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "--setup-guest" => return Ok(Command::SetupGuest),
+            "--ssh-setup" => {
+                // The user is optional: the next argument, unless it is another option.
+                let user = match inline.clone() {
+                    Some(user) => user,
+                    None => match args.next() {
+                        None => "root".to_owned(),
+                        Some(user) => user
+                            .into_string()
+                            .map_err(|u| format!("the user {u:?} is not valid UTF-8"))?,
+                    },
+                };
+                if user.is_empty() || user.starts_with('-') {
+                    return Err(format!("invalid user {user:?} for --ssh-setup"));
+                }
+                return match args.next() {
+                    Some(extra) => Err(format!("unexpected argument {extra:?} after --ssh-setup")),
+                    None => Ok(Command::SshSetup { user }),
+                };
+            }
+            "--tcp-connect" => {
+                let target = value("--tcp-connect")?;
+                return match args.next() {
+                    Some(extra) => {
+                        Err(format!("unexpected argument {extra:?} after --tcp-connect"))
+                    }
+                    None => Ok(Command::TcpConnect { target }),
+                };
+            }
             "--listen" => {
                 let addr = value("--listen")?;
                 let addr = addr
@@ -160,6 +204,8 @@ pub fn main() -> ExitCode {
             println!("banger-agent {AGENT_VERSION}");
             return ExitCode::SUCCESS;
         }
+        Ok(Command::SshSetup { user }) => return crate::tool_ssh::main(&user),
+        Ok(Command::TcpConnect { target }) => return crate::tool_tcp::main(&target),
         Err(e) => {
             eprintln!("banger-agent: {e}\n\n{USAGE}");
             // The exit status clap uses for usage errors, which this command line replaced.
@@ -300,6 +346,27 @@ mod tests {
             Ok(Command::SetupGuest)
         );
         assert_eq!(parse_strs(&["-h", "--bogus"], None), Ok(Command::Help));
+    }
+
+    #[test]
+    fn the_ssh_tools_take_their_arguments() {
+        let setup = |user: &str| {
+            Ok(Command::SshSetup {
+                user: user.to_owned(),
+            })
+        };
+        assert_eq!(parse_strs(&["--ssh-setup"], None), setup("root"));
+        assert_eq!(parse_strs(&["--ssh-setup", "dev"], None), setup("dev"));
+        assert_eq!(parse_strs(&["--ssh-setup=dev"], None), setup("dev"));
+        assert!(parse_strs(&["--ssh-setup", "--cid"], None).is_err());
+        assert!(parse_strs(&["--ssh-setup", "a", "b"], None).is_err());
+        assert_eq!(
+            parse_strs(&["--tcp-connect", "127.0.0.1:22"], None),
+            Ok(Command::TcpConnect {
+                target: "127.0.0.1:22".into()
+            })
+        );
+        assert!(parse_strs(&["--tcp-connect"], None).is_err());
     }
 
     #[test]

@@ -20,6 +20,10 @@
 //!   binaries call it: `banger-agent` of the `banger` package (what `cargo install` installs)
 //!   and `banger-guest-agent` of this one (what `tools/build-agent.sh` links statically).
 //!
+//! - Tools: modes of the agent binary that the host runs through exec
+//!   (`/proc/self/exe --TOOL`): [`tool_ssh`] (`--ssh-setup`: authorized keys in, host keys
+//!   out) and [`tool_tcp`] (`--tcp-connect`: a TCP connection in the guest as a byte pipe).
+//!
 //! - [`boot`]: the boot contract (fixed paths, the kernel command line banger writes);
 //!   [`initrd`]: the program as the kernel bundle's initrd init; [`pid1`]: the agent as the
 //!   guest's init when the image has none. `cli::main` picks them when run as PID 1.
@@ -44,6 +48,8 @@ pub mod protocol;
 pub mod pty;
 pub mod serial;
 pub mod server;
+pub mod tool_ssh;
+pub mod tool_tcp;
 
 pub use client::{AgentClient, AgentError, AgentInfo, Exec, ExecEvent, ExecOutput, OutputStream};
 pub use protocol::{
