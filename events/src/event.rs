@@ -419,6 +419,23 @@ pub struct VmBackendChosen {
     pub reason: String,
 }
 
+/// The ssh host key the guest presented at a boot, as bangerd recorded it: what banger's own
+/// known_hosts file says the VM's sshd must show, so that `banger vm ssh` knows the key
+/// instead of trusting it on first use. Appended by a boot (`vm.create`, `vm.start`) in the
+/// commit of its `OperationSucceeded`, only when the VM has no recorded key yet: a guest that
+/// later presents another key is not recorded over the first (bangerd warns, `vm show` says
+/// so, and ssh refuses the changed key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct VmHostKeyRecorded {
+    pub vm_id: VmId,
+    /// The key's type as OpenSSH names it: `ssh-ed25519`, `ecdsa-sha2-nistp256`, `ssh-rsa`.
+    pub algorithm: String,
+    /// The public key blob in base64, as in a `.pub` file and a known_hosts line.
+    pub public_key: String,
+    /// `SHA256:` and the unpadded base64 of the blob's SHA-256, as `ssh-keygen -l` prints it.
+    pub fingerprint_sha256: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub struct VmChanged {
     pub vm_id: VmId,
@@ -650,6 +667,7 @@ define_events! {
     24 => VmRemoved(VmRemoved) = "vm_removed",
     25 => VmFoundDead(VmFoundDead) = "vm_found_dead",
     26 => VmBackendChosen(VmBackendChosen) = "vm_backend_chosen",
+    27 => VmHostKeyRecorded(VmHostKeyRecorded) = "vm_host_key_recorded",
     // Images and kernels: 40..=59.
     40 => ImageRegisteredV1(ImageRegisteredV1) = "image_registered_v1",
     41 => ImageRegistered(ImageRegistered) = "image_registered",
@@ -692,6 +710,7 @@ impl Event {
             Event::VmRemoved(e) => Some(e.vm_id),
             Event::VmFoundDead(e) => Some(e.vm_id),
             Event::VmBackendChosen(e) => Some(e.vm_id),
+            Event::VmHostKeyRecorded(e) => Some(e.vm_id),
             Event::HandleAcquired(HandleAcquired {
                 owner: Owner::Vm(vm_id),
                 ..

@@ -46,7 +46,7 @@ pub use daemon::{DaemonStopView, DaemonView};
 pub use handles::{HandleEntry, HandleView};
 pub use operations::{OpStatus, OperationView, StepStatus, StepView};
 pub use recovery::{RecoveryAction, RecoveryPlan, UndoStep, plan_recovery};
-pub use vms::{ExitView, ProcessRef, VmBackend, VmView};
+pub use vms::{ExitView, HostKeyView, ProcessRef, VmBackend, VmView};
 
 /// Everything folded from the log.
 ///
@@ -207,7 +207,8 @@ impl Fold for Projections {
     /// Bump when the snapshot layout (any view type's fields) changes: an older snapshot is
     /// then ignored and the log replayed.
     /// 2: `VmView` gained `backend`.
-    const SNAPSHOT_FORMAT: u32 = 2;
+    /// 3: `VmView` gained `host_key`.
+    const SNAPSHOT_FORMAT: u32 = 3;
 
     fn apply(&mut self, envelope: &Envelope) {
         self.last_seq = envelope.seq;
@@ -234,6 +235,7 @@ impl Fold for Projections {
             Event::VmRemoved(e) => self.vm_removed(e.vm_id),
             Event::VmFoundDead(e) => self.vm_found_dead(at, e),
             Event::VmBackendChosen(e) => self.vm_backend_chosen(at, e),
+            Event::VmHostKeyRecorded(e) => self.vm_host_key_recorded(seq, at, e),
             // Images and kernels.
             Event::ImageRegisteredV1(old) => self.image_registered(seq, at, &old.clone().into()),
             Event::ImageRegistered(e) => self.image_registered(seq, at, e),

@@ -774,7 +774,13 @@ fn random_event(rng: &mut Rng) -> Event {
         3 => Target::ImageCache,
         _ => Target::Host,
     };
-    match rng.below(29) {
+    match rng.below(30) {
+        29 => Event::VmHostKeyRecorded(VmHostKeyRecorded {
+            vm_id,
+            algorithm: "ssh-ed25519".into(),
+            public_key: format!("AAAAkey{}", rng.below(3)),
+            fingerprint_sha256: "SHA256:x".into(),
+        }),
         28 => Event::ImageCachePruned(ImageCachePruned {
             bytes: rng.below(1 << 30),
             blobs: rng.below(100),
@@ -1676,11 +1682,21 @@ impl World {
                 to: VmState::Starting,
             })],
             steps: vec![launch, StepPlan::new("wait-for-agent")],
-            success: vec![Event::VmStateChanged(VmStateChanged {
-                vm_id,
-                from: VmState::Starting,
-                to: VmState::Running,
-            })],
+            // A boot records the guest's ssh host key with its success (the projection keeps
+            // the first one: later boots of the same VM add nothing new).
+            success: vec![
+                Event::VmHostKeyRecorded(VmHostKeyRecorded {
+                    vm_id,
+                    algorithm: "ssh-ed25519".into(),
+                    public_key: format!("AAAAC3NzaC1lZDI1NTE5{}", vm_id.0),
+                    fingerprint_sha256: format!("SHA256:generated{}", vm_id.0),
+                }),
+                Event::VmStateChanged(VmStateChanged {
+                    vm_id,
+                    from: VmState::Starting,
+                    to: VmState::Running,
+                }),
+            ],
             rollback: vec![Event::VmStateChanged(VmStateChanged {
                 vm_id,
                 from: VmState::Starting,

@@ -455,6 +455,12 @@ pub fn summary(event: &Event) -> String {
         Event::VmRemoved(e) => vm(e.vm_id),
         Event::VmFoundDead(e) => format!("{}: pid {} was gone", vm(e.vm_id), e.pid),
         Event::VmBackendChosen(e) => format!("{}: runs on {} ({})", vm(e.vm_id), e.vmm, e.reason),
+        Event::VmHostKeyRecorded(e) => format!(
+            "{}: ssh host key {} {}",
+            vm(e.vm_id),
+            e.algorithm,
+            e.fingerprint_sha256
+        ),
         Event::ImageRegisteredV1(e) => format!("image {} ({})", e.name, format_bytes(e.size_bytes)),
         Event::ImageRegistered(e) => format!(
             "image {} ({}, kernel {}) from {}",

@@ -388,6 +388,7 @@ fn nested_variants(event: &Event, seen: &mut BTreeSet<String>) {
         | Event::VmExited(_)
         | Event::VmRemoved(_)
         | Event::VmFoundDead(_)
+        | Event::VmHostKeyRecorded(_)
         | Event::ImageRegisteredV1(_)
         | Event::ImageRegistered(_)
         | Event::ImageRemoved(_)

@@ -1075,6 +1075,7 @@ mod tests {
                 vmm: banger_events::VmmKind::Qemu,
                 reason: HOSTILE.to_owned(),
             }),
+            host_key: None,
         }
     }
 

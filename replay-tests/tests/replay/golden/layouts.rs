@@ -234,6 +234,7 @@ pub fn event_name(event: &Event) -> &'static str {
         Event::VmRemoved(_) => "VmRemoved",
         Event::VmFoundDead(_) => "VmFoundDead",
         Event::VmBackendChosen(_) => "VmBackendChosen",
+        Event::VmHostKeyRecorded(_) => "VmHostKeyRecorded",
         Event::ImageRegisteredV1(_) => "ImageRegisteredV1",
         Event::ImageRegistered(_) => "ImageRegistered",
         Event::ImageRemoved(_) => "ImageRemoved",
@@ -334,6 +335,12 @@ fn events() -> Vec<Event> {
             vm_id: VM,
             vmm: VmmKind::Qemu,
             reason: "no usable KVM".into(),
+        }),
+        Event::VmHostKeyRecorded(VmHostKeyRecorded {
+            vm_id: VM,
+            algorithm: "ssh-ed25519".into(),
+            public_key: "AAAAC3NzaC1lZDI1NTE5AAAAIA".into(),
+            fingerprint_sha256: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".into(),
         }),
         Event::ImageRegisteredV1(ImageRegisteredV1 {
             name: "alpine".into(),
