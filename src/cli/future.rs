@@ -8,7 +8,6 @@ use super::args::{SystemCommand, VmCommand, WorkspaceCommand};
 use super::error::CliError;
 
 const AGENT: &str = "stats and ports from the guest agent";
-const SSH: &str = "ssh through the guest agent";
 const WORKSPACES: &str = "workspaces";
 const SYSTEMD: &str = "the systemd install";
 
@@ -33,12 +32,13 @@ pub fn vm(command: &VmCommand) -> CliError {
         | VmCommand::Exec(_)
         | VmCommand::Health(_)
         | VmCommand::Ping(_)
+        | VmCommand::Ssh(_)
+        | VmCommand::SshProxy(_)
         | VmCommand::Run(_) => {
             CliError::message("internal: this vm verb is dispatched by cli::vm, not cli::future")
         }
         VmCommand::Stats(_) => later("vm stats", AGENT),
         VmCommand::Ports(_) => later("vm ports", AGENT),
-        VmCommand::Ssh(_) => later("vm ssh", SSH),
         VmCommand::Workspace(WorkspaceCommand::Import(_)) => {
             later("vm workspace import", WORKSPACES)
         }
@@ -62,8 +62,4 @@ pub fn system(command: &SystemCommand) -> CliError {
 
 pub fn update() -> CliError {
     later("update", "signed releases")
-}
-
-pub fn ssh_config() -> CliError {
-    later("ssh-config", SSH)
 }

@@ -35,6 +35,7 @@ mod doctor;
 // The dashboard's event page says what `banger events` says (`events::summary`).
 pub(crate) mod events;
 mod future;
+mod ssh;
 mod kernel_progress;
 mod ops;
 mod output;
@@ -107,7 +108,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::System(command) => Err(future::system(&command)),
         Command::Doctor(args) => doctor::run(args).await,
         Command::Update(_) => Err(future::update()),
-        Command::SshConfig(_) => Err(future::ssh_config()),
+        Command::SshConfig(args) => ssh::config(args),
         Command::Dashboard(args) => dashboard::run(args).await,
         Command::Version(args) => version::run(args).await,
         Command::Completions(args) => completions(args),

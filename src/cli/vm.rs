@@ -17,8 +17,8 @@
 //!  stdout ◀──────────────────────────── output items ◀──────────────────────────────── bangerd
 //! ```
 //!
-//! Verbs that need networking or workspaces (ssh, stats, ports, workspace) still answer
-//! "not implemented yet" through [`super::future`].
+//! `ssh` and `ssh-proxy` live in [`super::ssh`]. Verbs that need workspaces or guest stats
+//! (stats, ports, workspace) still answer "not implemented yet" through [`super::future`].
 
 use std::io::{IsTerminal, Read, Write};
 use std::time::{Duration, Instant};
@@ -70,6 +70,8 @@ pub async fn run(command: VmCommand) -> Result<(), CliError> {
         VmCommand::Health(args) => health(args).await,
         VmCommand::Ping(args) => ping(args).await,
         VmCommand::Run(args) => run_vm(args).await,
+        VmCommand::Ssh(args) => super::ssh::vm_ssh(args).await,
+        VmCommand::SshProxy(args) => super::ssh::vm_ssh_proxy(args).await,
         other => Err(future::vm(&other)),
     }
 }
@@ -101,6 +103,14 @@ async fn show(args: NameJsonArgs) -> Result<(), CliError> {
     }
     let now = now_unix_ms();
     let mut text = vm_details(&result.vm, now);
+    if let Some(ssh) = &result.ssh {
+        // Aligned with the details above (their longest label is "work disk").
+        text.push_str(&format!(
+            "{:<11}{}\n",
+            "ssh:",
+            super::ssh::status_text(&result.vm.name, ssh)
+        ));
+    }
     text.push_str("\nhost resources:\n");
     if result.handles.is_empty() {
         text.push_str("  none\n");
@@ -763,7 +773,7 @@ async fn exec(args: VmExecArgs) -> Result<(), CliError> {
 
 /// How a command's stdin and terminal are set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Io {
+pub(super) enum Io {
     /// Pipes in the guest; `stdin`: this process's stdin is forwarded to the command.
     Pipes { stdin: bool },
     /// A terminal in the guest, fed with this process's stdin; `raw`: stdin is a terminal,
@@ -809,7 +819,7 @@ impl Io {
 
 /// The `vm.exec` parameters for a command set up as `io` says; a terminal in the guest gets
 /// this terminal's size (24x80 when there is none to ask) and `TERM`.
-fn exec_params(
+pub(super) fn exec_params(
     name: VmName,
     argv: Vec<String>,
     env: std::collections::BTreeMap<String, String>,
@@ -840,7 +850,7 @@ fn exec_params(
 /// Runs a command through `vm.exec` as `io` says, writing its output as it arrives; returns
 /// the status a shell would report. On a terminal in the guest, SIGINT, SIGTERM, SIGHUP and
 /// SIGQUIT are the command's for as long as it runs, and this terminal is raw meanwhile.
-async fn run_exec(params: &VmExecParams, io: Io) -> Result<i32, CliError> {
+pub(super) async fn run_exec(params: &VmExecParams, io: Io) -> Result<i32, CliError> {
     let listen = |e| CliError::failed("cannot listen for signals", e);
     // Caught before raw mode begins and until it ends: each of these would otherwise end
     // banger with this terminal left raw.

@@ -32,6 +32,7 @@ use banger_events::{
 };
 
 use super::store::{self, dir_handle};
+use super::vm_ssh::SshSetup;
 use super::vm_common::{
     BootState, Configure, InstanceStart, LaunchVmm, NameReservation, Network, VmHost, WaitForAgent,
     file_handle, path_in_vms, remove_file_if_present,
@@ -55,6 +56,7 @@ const STEPS: &[&dyn Step<BootState>] = &[
     &Configure,
     &InstanceStart,
     &WaitForAgent,
+    &SshSetup,
 ];
 
 impl OperationKind for VmCreate {
@@ -101,6 +103,9 @@ impl OperationKind for VmCreate {
             .into_iter()
             .map(|handle| Event::HandleAcquired(HandleAcquired { owner, handle }))
             .collect();
+        if let Some(key) = &state.host_key {
+            events.push(Event::VmHostKeyRecorded(key.clone()));
+        }
         events.push(Event::VmStateChanged(VmStateChanged {
             vm_id: state.vm_id,
             from: VmState::Creating,
@@ -232,6 +237,7 @@ pub fn prepare(
         tap: None,
         launched: None,
         child: None,
+        host_key: None,
     };
     drop(view);
     let parameters = serde_json::json!({
@@ -528,6 +534,7 @@ mod tests {
             tap: None,
             launched: None,
             child: None,
+            host_key: None,
         }
     }
 

@@ -20,6 +20,7 @@ use banger_events::{
     Event, Handle, HandleAcquired, OpId, OpKind, Owner, Target, VmState, VmStateChanged,
 };
 
+use super::vm_ssh::SshSetup;
 use super::vm_common::{
     Allocation, BootState, Configure, InstanceStart, LaunchVmm, Network, VmHost, WaitForAgent,
 };
@@ -35,6 +36,7 @@ const STEPS: &[&dyn Step<BootState>] = &[
     &Configure,
     &InstanceStart,
     &WaitForAgent,
+    &SshSetup,
 ];
 
 impl OperationKind for VmStart {
@@ -71,6 +73,9 @@ impl OperationKind for VmStart {
                     start_time_ticks: launched.start_time_ticks,
                 },
             }));
+        }
+        if let Some(key) = &state.host_key {
+            events.push(Event::VmHostKeyRecorded(key.clone()));
         }
         events.push(Event::VmStateChanged(VmStateChanged {
             vm_id: state.vm_id,
@@ -186,6 +191,7 @@ fn prepare(
         tap,
         launched: None,
         child: None,
+        host_key: None,
     };
     Ok((claim, state))
 }

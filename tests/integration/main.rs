@@ -22,6 +22,7 @@ mod network;
 mod qemu;
 mod real_guests;
 mod registry;
+mod ssh;
 mod support;
 mod tty;
 mod vm;
@@ -42,6 +43,7 @@ fn main() {
         registry::tests(),
         qemu::tests(),
         real_guests::tests(),
+        ssh::tests(),
         tty::tests(),
         vm::tests(),
     ]);

@@ -858,6 +858,7 @@ async fn boot_steps_twice(root: PathBuf, helper_socket: PathBuf) -> Vec<String> 
         tap: None,
         launched: None,
         child: None,
+        host_key: None,
     };
     let target = Target::Vm {
         vm_id,
