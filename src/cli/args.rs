@@ -150,6 +150,7 @@ What comes next:
   banger vm list                     all VMs and their state
   banger vm show dev                 one VM: spec, state, host resources, its operations
   banger vm exec dev -- uname -a     run a command in a running VM
+  banger vm ssh dev                  ssh into it (through its agent; see banger ssh-config)
   banger vm stop dev                 graceful stop (Ctrl-Alt-Del, then force after a timeout)
   banger vm delete dev               stop it and remove its disks (irreversible)
 

@@ -11,13 +11,15 @@
 //! | `configure`          | —                                       | see [`super::vm_common`]                            | nothing                                 |
 //! | `instance-start`     | —                                       | see [`super::vm_common`]                            | nothing                                 |
 //! | `wait-for-agent`     | —                                       | see [`super::vm_common`]                            | nothing                                 |
+//! | `ssh-setup`          | —                                       | best effort: banger's key in, the host key learned; see [`super::vm_ssh`] | nothing                 |
 //!
 //! Domain events: `VmDefined` (state `creating`) and `VmBackendChosen` (the VMM chosen before
 //! the request was accepted: `--vmm`, else the config's `vm.vmm`, `auto` by default) go in the
 //! commit of `OperationStarted`, so the VM is listed while it is being created, its name is
 //! visibly taken, and its backend is known to every later step and to crash recovery; `HandleAcquired`
-//! (IP, MAC, CID, tap, VMM process, VM directory, all owned by the VM) and `VmStateChanged` →
-//! `running` go with `OperationSucceeded`; `VmRemoved` goes with `OperationRolledBack`, in a
+//! (IP, MAC, CID, tap, VMM process, VM directory, all owned by the VM), `VmHostKeyRecorded`
+//! (the guest's ssh host key, when `ssh-setup` learned one) and `VmStateChanged` → `running`
+//! go with `OperationSucceeded`; `VmRemoved` goes with `OperationRolledBack`, in a
 //! live rollback and in crash recovery alike (recovery rolls creates back).
 //!
 //! Networking: the tap is made by the root helper (`banger-helper`); without it, create

@@ -7,10 +7,11 @@
 //! | `configure`          | —                                | see [`super::vm_common`]       | nothing                            |
 //! | `instance-start`     | —                                | see [`super::vm_common`]       | nothing                            |
 //! | `wait-for-agent`     | —                                | see [`super::vm_common`]       | nothing                            |
+//! | `ssh-setup`          | —                                | best effort, see [`super::vm_ssh`] | nothing                        |
 //!
 //! Domain events: `VmStateChanged` stopped → starting with `OperationStarted`;
-//! `HandleAcquired` (the VMM process and the tap, owned by the VM) and starting → running with
-//! `OperationSucceeded`; starting → stopped with `OperationRolledBack` (live or in recovery,
+//! `HandleAcquired` (the VMM process and the tap, owned by the VM), `VmHostKeyRecorded` (when
+//! `ssh-setup` learned a first host key) and starting → running with `OperationSucceeded`; starting → stopped with `OperationRolledBack` (live or in recovery,
 //! which rolls starts back). The VM keeps the IP, MAC and CID it got at create.
 
 use std::path::PathBuf;

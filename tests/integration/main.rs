@@ -20,6 +20,7 @@ mod kernel;
 mod kernel_pull;
 mod network;
 mod qemu;
+mod real_guest_ssh;
 mod real_guests;
 mod registry;
 mod ssh;
@@ -42,6 +43,7 @@ fn main() {
         network::tests(),
         registry::tests(),
         qemu::tests(),
+        real_guest_ssh::tests(),
         real_guests::tests(),
         ssh::tests(),
         tty::tests(),

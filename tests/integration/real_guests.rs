@@ -45,9 +45,9 @@ const BANGER: &str = env!("CARGO_BIN_EXE_banger");
 
 /// A TCG boot of a systemd guest on a loaded 2-core machine takes tens of seconds; bangerd's
 /// own boot timeout is set to this too.
-const BOOT_DEADLINE: Duration = Duration::from_secs(300);
+pub(crate) const BOOT_DEADLINE: Duration = Duration::from_secs(300);
 /// Everything else.
-const DEADLINE: Duration = Duration::from_secs(90);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(90);
 
 pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
     banger_test_harness::tests![
@@ -61,8 +61,8 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
 
 /// One test's world: bangerd in its root's test network, and there a registry and the kernel
 /// download's server.
-struct Lab {
-    daemon: Bangerd,
+pub(crate) struct Lab {
+    pub(crate) daemon: Bangerd,
     registry: TestRegistry,
     _kernel_server: FileServer,
 }
@@ -71,7 +71,7 @@ impl Lab {
     /// Starts the registry and the kernel server in the root's test network, writes the
     /// config (the registry reached over plain HTTP, the kernel download sent to the server,
     /// boot and stop timeouts for TCG, plus `extra`), and starts bangerd.
-    fn start(extra: impl FnOnce(&TestRegistry) -> String) -> Lab {
+    pub(crate) fn start(extra: impl FnOnce(&TestRegistry) -> String) -> Lab {
         let root = TestRoot::new();
         let network = root
             .network()
@@ -98,13 +98,13 @@ impl Lab {
         }
     }
 
-    fn network(&self) -> &TestNetwork {
+    pub(crate) fn network(&self) -> &TestNetwork {
         self.daemon.root().network().unwrap()
     }
 
     /// Pushes a Debian root (built by debootstrap, cached) as a one-layer image under
     /// `repo_tag`; returns its full reference.
-    fn push(&self, root: GuestRoot, repo_tag: &str) -> String {
+    pub(crate) fn push(&self, root: GuestRoot, repo_tag: &str) -> String {
         let tar = std::fs::read(root_tarball(root)).expect("read the root's tarball");
         // Both compressions a registry serves, one per root.
         let layer = match root {
@@ -118,7 +118,7 @@ impl Lab {
     }
 
     /// Runs the CLI on this root (never starting another bangerd).
-    fn cli(&self, args: &[&str]) -> Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> Output {
         Command::new(BANGER)
             .args(args)
             .env("BANGER_ROOT", self.daemon.root().path())
@@ -129,7 +129,7 @@ impl Lab {
     }
 
     /// The CLI must succeed; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let output = self.cli(args);
         assert!(
             output.status.success(),
@@ -143,13 +143,13 @@ impl Lab {
     }
 
     /// `vm exec NAME -- argv…`, which must succeed; its stdout, trimmed.
-    fn exec(&self, name: &str, argv: &[&str]) -> String {
+    pub(crate) fn exec(&self, name: &str, argv: &[&str]) -> String {
         let mut args = vec!["vm", "exec", name, "--"];
         args.extend_from_slice(argv);
         self.ok(&args).trim().to_owned()
     }
 
-    fn show(&self, name: &str) -> VmShowResult {
+    pub(crate) fn show(&self, name: &str) -> VmShowResult {
         serde_json::from_str(&self.ok(&["vm", "show", name, "--json"])).expect("vm show --json")
     }
 
@@ -210,7 +210,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
@@ -339,7 +339,7 @@ impl Drop for FarSide {
 }
 
 /// Polls `condition` until it holds; panics with `what` after `within`.
-fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
