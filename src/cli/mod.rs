@@ -35,13 +35,13 @@ mod doctor;
 // The dashboard's event page says what `banger events` says (`events::summary`).
 pub(crate) mod events;
 mod future;
-mod ssh;
 mod kernel_progress;
 mod ops;
 mod output;
 mod pull;
 mod repair;
 mod replay;
+mod ssh;
 mod terminal;
 mod version;
 mod vm;

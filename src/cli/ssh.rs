@@ -203,7 +203,7 @@ pub fn config(args: SshConfigArgs) -> Result<(), CliError> {
     } else {
         format!("{} already includes it", written.user_config.display())
     })?;
-    line("`ssh NAME.vm` now reaches every running VM (try `ssh dev.vm`)".to_owned())
+    line("`ssh NAME.vm` now reaches every running VM (try `ssh dev.vm`)")
 }
 
 #[cfg(test)]

@@ -238,9 +238,9 @@ pub fn check_host_key(algorithm: &str, public_key: &str) -> Result<String, Strin
 }
 
 /// The host key to record out of what a guest presents: the most preferred type that checks.
-pub fn choose_host_key<'k>(
-    keys: &'k [crate::agent::tool_ssh::HostPublicKey],
-) -> Option<(&'k crate::agent::tool_ssh::HostPublicKey, String)> {
+pub fn choose_host_key(
+    keys: &[crate::agent::tool_ssh::HostPublicKey],
+) -> Option<(&crate::agent::tool_ssh::HostPublicKey, String)> {
     HOST_KEY_PREFERENCE.iter().find_map(|algorithm| {
         keys.iter()
             .filter(|key| key.algorithm == *algorithm)

@@ -75,8 +75,8 @@ pub mod vm_create;
 pub mod vm_delete;
 pub mod vm_kill;
 pub mod vm_set;
-pub mod vm_start;
 pub mod vm_ssh;
+pub mod vm_start;
 pub mod vm_stop;
 
 use std::future::Future;

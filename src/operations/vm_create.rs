@@ -34,11 +34,11 @@ use banger_events::{
 };
 
 use super::store::{self, dir_handle};
-use super::vm_ssh::SshSetup;
 use super::vm_common::{
     BootState, Configure, InstanceStart, LaunchVmm, NameReservation, Network, VmHost, WaitForAgent,
     file_handle, path_in_vms, remove_file_if_present,
 };
+use super::vm_ssh::SshSetup;
 use super::{BoxFuture, Claim, OpCx, OpError, OperationKind, Runner, Step, StepError, blocking};
 use crate::api::{VmCreateParams, VmName};
 use crate::host::disk::make_work_disk;

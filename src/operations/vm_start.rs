@@ -21,10 +21,10 @@ use banger_events::{
     Event, Handle, HandleAcquired, OpId, OpKind, Owner, Target, VmState, VmStateChanged,
 };
 
-use super::vm_ssh::SshSetup;
 use super::vm_common::{
     Allocation, BootState, Configure, InstanceStart, LaunchVmm, Network, VmHost, WaitForAgent,
 };
+use super::vm_ssh::SshSetup;
 use super::{Claim, OpCx, OpError, OperationKind, Runner, Step};
 
 pub struct VmStart;

@@ -72,7 +72,11 @@ fn ssh_reaches_a_real_guest_through_its_agent_and_a_changed_host_key_is_refused(
 
     // The boot recorded the guest's host key and installed banger's key.
     let shown = lab.show("dev");
-    let key = shown.vm.host_key.clone().expect("the boot recorded a host key");
+    let key = shown
+        .vm
+        .host_key
+        .clone()
+        .expect("the boot recorded a host key");
     assert!(
         matches!(shown.ssh, Some(VmSshStatus::Ready { .. })),
         "{:?}",
@@ -122,7 +126,15 @@ fn ssh_reaches_a_real_guest_through_its_agent_and_a_changed_host_key_is_refused(
             &lab,
             &home,
             "ssh",
-            &["-F", &config_arg, "-o", "BatchMode=yes", "dev.vm", "uname", "-n"],
+            &[
+                "-F",
+                &config_arg,
+                "-o",
+                "BatchMode=yes",
+                "dev.vm",
+                "uname",
+                "-n",
+            ],
         ),
         "ssh dev.vm uname -n",
         &lab,
@@ -162,7 +174,15 @@ fn ssh_reaches_a_real_guest_through_its_agent_and_a_changed_host_key_is_refused(
     // the same run, that says what ssh's own work (its crypto, emulated here) costs.
     let started = Instant::now();
     let mut direct = Command::new(banger)
-        .args(["vm", "exec", "dev", "--", "sh", "-c", "cat > /tmp/direct.bin"])
+        .args([
+            "vm",
+            "exec",
+            "dev",
+            "--",
+            "sh",
+            "-c",
+            "cat > /tmp/direct.bin",
+        ])
         .env("BANGER_ROOT", lab.daemon.root().path())
         .env("BANGER_NO_AUTOSTART", "1")
         .stdin(Stdio::piped())
@@ -203,7 +223,10 @@ fn ssh_reaches_a_real_guest_through_its_agent_and_a_changed_host_key_is_refused(
         &["vm", "ssh", "dev", "--", "-o", "BatchMode=yes", "true"],
     );
     let said = text(&refused.stderr);
-    assert!(!refused.status.success(), "a changed host key must be refused");
+    assert!(
+        !refused.status.success(),
+        "a changed host key must be refused"
+    );
     assert!(
         said.contains("Host key verification failed")
             || said.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),

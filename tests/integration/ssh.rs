@@ -148,7 +148,11 @@ async fn a_boot_installs_banger_key_records_the_host_key_and_keeps_known_hosts()
     assert_eq!(host_keys_recorded(&guest).await, 1);
     let shown = show(&guest, "dev");
     assert_eq!(
-        shown.vm.host_key.as_ref().map(|k| k.fingerprint_sha256.as_str()),
+        shown
+            .vm
+            .host_key
+            .as_ref()
+            .map(|k| k.fingerprint_sha256.as_str()),
         Some(fingerprint.as_str())
     );
     assert_eq!(
@@ -159,8 +163,15 @@ async fn a_boot_installs_banger_key_records_the_host_key_and_keeps_known_hosts()
         })
     );
     let human = text(&guest.cli(&["vm", "show", "dev"]).stdout);
-    assert!(human.contains(&changed) && human.contains("refuse"), "{human}");
-    assert!(std::fs::read_to_string(&known_hosts).unwrap().contains(&line));
+    assert!(
+        human.contains(&changed) && human.contains("refuse"),
+        "{human}"
+    );
+    assert!(
+        std::fs::read_to_string(&known_hosts)
+            .unwrap()
+            .contains(&line)
+    );
     assert!(
         guest.daemon.output().contains("another ssh host key"),
         "bangerd warns"
@@ -228,8 +239,9 @@ async fn the_proxy_is_a_binary_safe_pipe_to_a_guest_port_and_says_when_nothing_l
         .unwrap();
     assert_eq!(refused.status.code(), Some(1));
     assert!(
-        text(&refused.stderr)
-            .contains(&format!("nothing listens on 127.0.0.1:{closed} in the guest")),
+        text(&refused.stderr).contains(&format!(
+            "nothing listens on 127.0.0.1:{closed} in the guest"
+        )),
         "{}",
         text(&refused.stderr)
     );
@@ -276,7 +288,11 @@ fn ssh_config_write_is_idempotent_in_a_throwaway_home() {
             .env("BANGER_NO_AUTOSTART", "1")
             .output()
             .unwrap();
-        assert!(output.status.success(), "{args:?}: {}", text(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            text(&output.stderr)
+        );
         text(&output.stdout)
     };
     let printed = run(&["ssh-config"]);
@@ -292,8 +308,14 @@ fn ssh_config_write_is_idempotent_in_a_throwaway_home() {
     let config = std::fs::read_to_string(home.join(".ssh/config")).unwrap();
     let second = run(&["ssh-config", "--write"]);
     assert!(second.contains("already includes it"), "{second}");
-    assert_eq!(std::fs::read_to_string(home.join(".ssh/config")).unwrap(), config);
-    assert!(config.ends_with(mine), "the user's lines stay, byte for byte: {config}");
+    assert_eq!(
+        std::fs::read_to_string(home.join(".ssh/config")).unwrap(),
+        config
+    );
+    assert!(
+        config.ends_with(mine),
+        "the user's lines stay, byte for byte: {config}"
+    );
     assert_eq!(config.matches("Include ").count(), 1);
     let entry_file = root.layout().ssh_dir().join("config");
     assert_eq!(std::fs::read_to_string(entry_file).unwrap(), printed);
