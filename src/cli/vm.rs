@@ -553,7 +553,8 @@ impl Stage {
             "launch-vmm" | "launch-firecracker" | "configure" | "instance-start" => {
                 Some(Stage::Boot)
             }
-            "wait-for-agent" => Some(Stage::Agent),
+            // The ssh setup talks to the agent that just answered: part of that stage.
+            "wait-for-agent" | "ssh-setup" => Some(Stage::Agent),
             _ => None,
         }
     }
