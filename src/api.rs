@@ -73,6 +73,10 @@ pub struct VmShowResult {
     pub handles: Vec<HandleEntry>,
     /// Operations that targeted this VM, newest last.
     pub operations: Vec<OperationView>,
+    /// How the ssh setup of the VM's latest boot went, as far as this bangerd saw it (it
+    /// keeps no record of boots before it started: `None` then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<VmSshStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -462,6 +466,28 @@ impl std::fmt::Display for VmName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// How the ssh setup at a VM's boot went (the `ssh-setup` step of `vm.create` and
+/// `vm.start`): `vm show` says it, `vm ssh` explains itself with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum VmSshStatus {
+    /// banger's key is installed for `user` and the guest's host key is the recorded one.
+    Ready {
+        user: String,
+        fingerprint_sha256: String,
+    },
+    /// The image has no ssh server (`vm exec -tt NAME` gives a shell instead).
+    NoSshd,
+    /// The setup failed; the boot went on.
+    Failed { reason: String },
+    /// The guest presented another host key than the one recorded: not recorded, and ssh
+    /// refuses it.
+    HostKeyChanged {
+        recorded_sha256: String,
+        presented_sha256: String,
+    },
 }
 
 #[cfg(test)]

@@ -126,6 +126,12 @@ impl Layout {
         self.config_dir.join("config.toml")
     }
 
+    /// banger's ssh files: its key pair, its known_hosts, its ssh client config (see
+    /// `crate::host::ssh`).
+    pub fn ssh_dir(&self) -> PathBuf {
+        self.config_dir.join("ssh")
+    }
+
     pub fn kernels_dir(&self) -> PathBuf {
         self.state_dir.join("kernels")
     }

@@ -429,6 +429,23 @@ pub struct VmBackendChosen {
     pub reason: String,
 }
 
+/// The ssh host key the guest presented at a boot, as bangerd recorded it: what banger's own
+/// known_hosts file says the VM's sshd must show, so that `banger vm ssh` knows the key
+/// instead of trusting it on first use. Appended by a boot (`vm.create`, `vm.start`) in the
+/// commit of its `OperationSucceeded`, only when the VM has no recorded key yet: a guest that
+/// later presents another key is not recorded over the first (bangerd warns, `vm show` says
+/// so, and ssh refuses the changed key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct VmHostKeyRecorded {
+    pub vm_id: VmId,
+    /// The key's type as OpenSSH names it: `ssh-ed25519`, `ecdsa-sha2-nistp256`, `ssh-rsa`.
+    pub algorithm: String,
+    /// The public key blob in base64, as in a `.pub` file and a known_hosts line.
+    pub public_key: String,
+    /// `SHA256:` and the unpadded base64 of the blob's SHA-256, as `ssh-keygen -l` prints it.
+    pub fingerprint_sha256: String,
+}
+
 /// A `vm.workspace.import` finished: the checkout at `host_path` (at `commit`, empty when it
 /// has none) is at `guest_path` in the VM. `tree_hash` is sha256 over every (path, mode,
 /// content hash) of what the guest now holds from the checkout, `files` and `bytes` what this
@@ -688,6 +705,7 @@ define_events! {
     24 => VmRemoved(VmRemoved) = "vm_removed",
     25 => VmFoundDead(VmFoundDead) = "vm_found_dead",
     26 => VmBackendChosen(VmBackendChosen) = "vm_backend_chosen",
+    27 => VmHostKeyRecorded(VmHostKeyRecorded) = "vm_host_key_recorded",
     28 => WorkspaceImported(WorkspaceImported) = "workspace_imported",
     29 => WorkspaceExported(WorkspaceExported) = "workspace_exported",
     // Images and kernels: 40..=59.
@@ -732,6 +750,7 @@ impl Event {
             Event::VmRemoved(e) => Some(e.vm_id),
             Event::VmFoundDead(e) => Some(e.vm_id),
             Event::VmBackendChosen(e) => Some(e.vm_id),
+            Event::VmHostKeyRecorded(e) => Some(e.vm_id),
             Event::WorkspaceImported(e) => Some(e.vm_id),
             Event::WorkspaceExported(e) => Some(e.vm_id),
             Event::HandleAcquired(HandleAcquired {

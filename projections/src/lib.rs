@@ -46,7 +46,7 @@ pub use daemon::{DaemonStopView, DaemonView};
 pub use handles::{HandleEntry, HandleView};
 pub use operations::{OpStatus, OperationView, StepStatus, StepView};
 pub use recovery::{RecoveryAction, RecoveryPlan, UndoStep, plan_recovery};
-pub use vms::{ExitView, ProcessRef, VmBackend, VmView, WorkspaceView};
+pub use vms::{ExitView, HostKeyView, ProcessRef, VmBackend, VmView, WorkspaceView};
 
 /// Everything folded from the log.
 ///
@@ -208,7 +208,8 @@ impl Fold for Projections {
     /// then ignored and the log replayed.
     /// 2: `VmView` gained `backend`.
     /// 3: `VmView` gained `workspace`.
-    const SNAPSHOT_FORMAT: u32 = 3;
+    /// 4: `VmView` gained `host_key`.
+    const SNAPSHOT_FORMAT: u32 = 4;
 
     fn apply(&mut self, envelope: &Envelope) {
         self.last_seq = envelope.seq;
@@ -237,6 +238,7 @@ impl Fold for Projections {
             Event::VmBackendChosen(e) => self.vm_backend_chosen(at, e),
             Event::WorkspaceImported(e) => self.workspace_imported(at, envelope.op_id, e),
             Event::WorkspaceExported(e) => self.workspace_exported(at, envelope.op_id, e),
+            Event::VmHostKeyRecorded(e) => self.vm_host_key_recorded(seq, at, e),
             // Images and kernels.
             Event::ImageRegisteredV1(old) => self.image_registered(seq, at, &old.clone().into()),
             Event::ImageRegistered(e) => self.image_registered(seq, at, e),

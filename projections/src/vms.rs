@@ -25,8 +25,9 @@
 //! No IO: whether a recorded pid is still alive is the daemon's question, not this module's.
 
 use banger_events::{
-    Handle, OpId, Owner, Seq, VmBackendChosen, VmChanged, VmDefined, VmExited, VmFoundDead, VmId,
-    VmSpec, VmState, VmStateChanged, VmmKind, WorkspaceExported, WorkspaceImported,
+    Handle, OpId, Owner, Seq, VmBackendChosen, VmChanged, VmDefined, VmExited, VmFoundDead,
+    VmHostKeyRecorded, VmId, VmSpec, VmState, VmStateChanged, VmmKind, WorkspaceExported,
+    WorkspaceImported,
 };
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,10 @@ pub struct VmView {
     /// The checkout last imported into the VM (`WorkspaceImported`), updated by exports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<WorkspaceView>,
+    /// The ssh host key recorded at the first boot whose guest presented one
+    /// (`VmHostKeyRecorded`); `None` until then (an image without sshd never has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<HostKeyView>,
 }
 
 /// A VM's workspace: which host checkout is where in the guest, as of the last import (or
@@ -75,6 +80,15 @@ pub struct WorkspaceView {
     /// bangerd keeps as a cache (`vms/<id>/workspace-<op>.json`): the base that tells guest
     /// changes from host changes.
     pub manifest_op: Option<OpId>,
+}
+
+/// A VM's recorded ssh host key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Encode, Decode)]
+pub struct HostKeyView {
+    pub algorithm: String,
+    pub public_key: String,
+    pub fingerprint_sha256: String,
+    pub recorded_seq: Seq,
 }
 
 /// Which VMM runs a VM, and why it was chosen.
@@ -153,6 +167,7 @@ impl Projections {
             found_dead: false,
             backend: None,
             workspace: None,
+            host_key: None,
         });
     }
 
@@ -191,6 +206,22 @@ impl Projections {
             vm.backend = Some(VmBackend {
                 vmm: e.vmm,
                 reason: e.reason.clone(),
+            });
+            vm.changed_at_unix_ms = at;
+        }
+    }
+
+    /// The first recorded key stands: a later event about another key (which bangerd never
+    /// appends: it refuses a changed key) does not replace it.
+    pub(crate) fn vm_host_key_recorded(&mut self, seq: Seq, at: u64, e: &VmHostKeyRecorded) {
+        if let Some(vm) = self.vms.get_mut(&e.vm_id)
+            && vm.host_key.is_none()
+        {
+            vm.host_key = Some(HostKeyView {
+                algorithm: e.algorithm.clone(),
+                public_key: e.public_key.clone(),
+                fingerprint_sha256: e.fingerprint_sha256.clone(),
+                recorded_seq: seq,
             });
             vm.changed_at_unix_ms = at;
         }
@@ -434,6 +465,33 @@ mod tests {
         log.push(op, undo_succeeded("boot"));
         let state = log.fold();
         assert!(state.vms[&VmId(1)].process.is_none());
+    }
+
+    #[test]
+    fn the_first_recorded_host_key_stands() {
+        let mut log = Log::new();
+        log.create_vm(OpId(1), VmId(1), "dev");
+        let recorded = |key: &str| {
+            Event::VmHostKeyRecorded(VmHostKeyRecorded {
+                vm_id: VmId(1),
+                algorithm: "ssh-ed25519".into(),
+                public_key: key.into(),
+                fingerprint_sha256: format!("SHA256:{key}"),
+            })
+        };
+        assert!(log.fold().vms[&VmId(1)].host_key.is_none());
+        let seq = log.push(None, recorded("AAAAfirst"));
+        log.push(None, recorded("AAAAsecond"));
+        let state = log.fold();
+        let key = state.vms[&VmId(1)].host_key.as_ref().expect("recorded");
+        assert_eq!(
+            (key.public_key.as_str(), key.recorded_seq),
+            ("AAAAfirst", seq)
+        );
+        // A key for a VM this state does not know is ignored.
+        let mut log = Log::new();
+        log.push(None, recorded("AAAAorphan"));
+        assert!(log.fold().vms.is_empty());
     }
 
     #[test]

@@ -774,7 +774,13 @@ fn random_event(rng: &mut Rng) -> Event {
         3 => Target::ImageCache,
         _ => Target::Host,
     };
-    match rng.below(31) {
+    match rng.below(32) {
+        31 => Event::VmHostKeyRecorded(VmHostKeyRecorded {
+            vm_id,
+            algorithm: "ssh-ed25519".into(),
+            public_key: format!("AAAAkey{}", rng.below(3)),
+            fingerprint_sha256: "SHA256:x".into(),
+        }),
         30 => Event::WorkspaceExported(WorkspaceExported {
             vm_id,
             host_path: "/h/app".into(),
@@ -1696,11 +1702,21 @@ impl World {
                 to: VmState::Starting,
             })],
             steps: vec![launch, StepPlan::new("wait-for-agent")],
-            success: vec![Event::VmStateChanged(VmStateChanged {
-                vm_id,
-                from: VmState::Starting,
-                to: VmState::Running,
-            })],
+            // A boot records the guest's ssh host key with its success (the projection keeps
+            // the first one: later boots of the same VM add nothing new).
+            success: vec![
+                Event::VmHostKeyRecorded(VmHostKeyRecorded {
+                    vm_id,
+                    algorithm: "ssh-ed25519".into(),
+                    public_key: format!("AAAAC3NzaC1lZDI1NTE5{}", vm_id.0),
+                    fingerprint_sha256: format!("SHA256:generated{}", vm_id.0),
+                }),
+                Event::VmStateChanged(VmStateChanged {
+                    vm_id,
+                    from: VmState::Starting,
+                    to: VmState::Running,
+                }),
+            ],
             rollback: vec![Event::VmStateChanged(VmStateChanged {
                 vm_id,
                 from: VmState::Starting,

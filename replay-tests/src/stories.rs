@@ -94,6 +94,14 @@ pub fn all() -> Vec<Story> {
             log: repaired_log(),
             snapshot_after: None,
         },
+        Story {
+            name: "vm-host-keys",
+            about: "a boot records the guest's ssh host key with its success, a later boot \
+                    with the same key records nothing, a VM without sshd has none, a deleted VM \
+                    takes its key with it",
+            log: vm_host_keys(),
+            snapshot_after: None,
+        },
     ]
 }
 
@@ -305,6 +313,103 @@ fn vmm_backends() -> Scenario {
     start_vm(&mut s, OpId(0x0e04), WEB, "tcg", process(31_337, 2_000_000));
     start_vm(&mut s, OpId(0x0e05), DB, "fc", process(31_400, 2_000_100));
     s
+}
+
+/// ssh host keys as boots record them: a create whose `ssh-setup` step saw the guest's key
+/// records it (`VmHostKeyRecorded`) in the commit of its success; a later start that sees
+/// the same key records nothing, and a VM whose image has no sshd never gets one; a deleted
+/// VM takes its key with it.
+fn vm_host_keys() -> Scenario {
+    let mut s = Scenario::new();
+    s.daemon_started("5e1f0c2a-77d4-4b0e-9c1a-2f3e4d5c6b7a", 5_050);
+    let web_net = Net::new(0);
+    let db_net = Net::new(1);
+    create_vm(&mut s, OpId(0x0f01), WEB, "web", &web_net);
+    create_vm(&mut s, OpId(0x0f02), DB, "plain", &db_net);
+    let key = VmHostKeyRecorded {
+        vm_id: WEB,
+        algorithm: "ssh-ed25519".into(),
+        public_key: "AAAAC3NzaC1lZDI1NTE5AAAAIKx8yn6Ob0i3ZRaHrXbM2Vl6m+Ej2m8cQWQ+a0b1c2d3".into(),
+        fingerprint_sha256: "SHA256:Jd8w0m3bCkqv2bT9yQ8mZ5s1lO0v7uXhY3nA4pR6cE8".into(),
+    };
+    boot_with_ssh(
+        &mut s,
+        OpId(0x0f03),
+        WEB,
+        "web",
+        process(41_000, 3_000_000),
+        Some(key.clone()),
+    );
+    boot_with_ssh(
+        &mut s,
+        OpId(0x0f04),
+        DB,
+        "plain",
+        process(41_100, 3_000_100),
+        None,
+    );
+    // The same key at the next boot is not recorded again.
+    s.push(
+        None,
+        Event::VmExited(VmExited {
+            vm_id: WEB,
+            pid: 41_000,
+            exit_code: Some(0),
+            signal: None,
+            console_tail: "reboot: Power down".into(),
+        }),
+    );
+    s.vm_state(None, WEB, VmState::Running, VmState::Stopped);
+    boot_with_ssh(
+        &mut s,
+        OpId(0x0f05),
+        WEB,
+        "web",
+        process(41_200, 3_000_200),
+        None,
+    );
+    // Deleted: its key goes with it.
+    let delete = OpId(0x0f06);
+    s.start_op(
+        delete,
+        OpKind::VmDelete,
+        vm_target(DB, "plain"),
+        r#"{"name":"plain"}"#,
+    );
+    s.vm_state(Some(delete), DB, VmState::Running, VmState::Deleting);
+    s.step(delete, "kill", vec![]);
+    s.vm_removed(Some(delete), DB);
+    s.succeed(delete);
+    s
+}
+
+/// A `vm.start` whose `ssh-setup` step ran after `wait-for-agent`; `key`: the host key it
+/// records with its success.
+fn boot_with_ssh(
+    s: &mut Scenario,
+    op: OpId,
+    vm: VmId,
+    name: &str,
+    pid: Handle,
+    key: Option<VmHostKeyRecorded>,
+) {
+    s.start_op(
+        op,
+        OpKind::VmStart,
+        vm_target(vm, name),
+        &format!(r#"{{"name":"{name}"}}"#),
+    );
+    s.vm_state(Some(op), vm, VmState::Stopped, VmState::Starting);
+    s.step_started(op, "launch-vmm", vec![api_socket(vm)]);
+    s.step_succeeded(op, "launch-vmm", vec![api_socket(vm), pid.clone()]);
+    s.acquire(Some(op), Owner::Vm(vm), pid);
+    s.step(op, "wait-for-agent", vec![]);
+    s.step(op, "ssh-setup", vec![]);
+    if let Some(key) = key {
+        s.push(Some(op), Event::VmHostKeyRecorded(key));
+    }
+    s.vm_state(Some(op), vm, VmState::Starting, VmState::Running);
+    s.succeed(op);
 }
 
 /// The steps of a successful `vm.create` after its start events.

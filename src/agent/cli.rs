@@ -30,6 +30,8 @@ Usage: banger-agent [--listen ADDR] [--cid CID]
        banger-agent --stats
        banger-agent --ports
        banger-agent --tar-receive DIR | --tar-send DIR [--paths-from-stdin] | --tree-manifest DIR
+       banger-agent --ssh-setup [USER]
+       banger-agent --tcp-connect HOST:PORT
 
 Options:
   --listen ADDR  Where to listen: vsock:PORT inside a Firecracker guest, serial:NAME (a
@@ -50,6 +52,12 @@ Options:
   --tar-send DIR  Write DIR's files and symlinks (or, with --paths-from-stdin, the
                  NUL-separated paths on stdin) as a tar on stdout
   --tree-manifest DIR  Print DIR's files and symlinks (path, mode, size, mtime) as JSON
+  --ssh-setup [USER]
+                 Install the ssh public keys read from stdin for USER (default root) in a
+                 marked block of ~USER/.ssh/authorized_keys, generate missing host keys
+                 and print the guest's ssh host keys as JSON
+  --tcp-connect HOST:PORT
+                 Connect to HOST:PORT in the guest and copy stdin to it and it to stdout
   -h, --help     Print help
   -V, --version  Print version
 
@@ -63,6 +71,14 @@ pub enum Command {
     /// A workspace tool (`tool_tree`): run once, print its result, exit.
     Tree(crate::tool_tree::Tool),
     Help,
+    /// `--ssh-setup [USER]`: see [`crate::tool_ssh`].
+    SshSetup {
+        user: String,
+    },
+    /// `--tcp-connect HOST:PORT`: see [`crate::tool_tcp`].
+    TcpConnect {
+        target: String,
+    },
     Version,
     /// `--stats`: the guest's resource use as JSON ([`crate::tool_stats`]).
     Stats,
@@ -126,6 +142,34 @@ pub fn parse(
                 } else {
                     Command::Ports
                 });
+            }
+            "--ssh-setup" => {
+                // The user is optional: the next argument, unless it is another option.
+                let user = match inline.clone() {
+                    Some(user) => user,
+                    None => match args.next() {
+                        None => "root".to_owned(),
+                        Some(user) => user
+                            .into_string()
+                            .map_err(|u| format!("the user {u:?} is not valid UTF-8"))?,
+                    },
+                };
+                if user.is_empty() || user.starts_with('-') {
+                    return Err(format!("invalid user {user:?} for --ssh-setup"));
+                }
+                return match args.next() {
+                    Some(extra) => Err(format!("unexpected argument {extra:?} after --ssh-setup")),
+                    None => Ok(Command::SshSetup { user }),
+                };
+            }
+            "--tcp-connect" => {
+                let target = value("--tcp-connect")?;
+                return match args.next() {
+                    Some(extra) => {
+                        Err(format!("unexpected argument {extra:?} after --tcp-connect"))
+                    }
+                    None => Ok(Command::TcpConnect { target }),
+                };
             }
             "--listen" => {
                 let addr = value("--listen")?;
@@ -198,6 +242,8 @@ pub fn main() -> ExitCode {
         Ok(Command::Stats) => return crate::tool_stats::main(),
         Ok(Command::Ports) => return crate::tool_ports::main(),
         Ok(Command::Tree(tool)) => return crate::tool_tree::run(tool),
+        Ok(Command::SshSetup { user }) => return crate::tool_ssh::main(&user),
+        Ok(Command::TcpConnect { target }) => return crate::tool_tcp::main(&target),
         Err(e) => {
             eprintln!("banger-agent: {e}\n\n{USAGE}");
             // The exit status clap uses for usage errors, which this command line replaced.
@@ -340,6 +386,27 @@ mod tests {
         assert_eq!(parse_strs(&["-h", "--bogus"], None), Ok(Command::Help));
         assert_eq!(parse_strs(&["--stats"], None), Ok(Command::Stats));
         assert_eq!(parse_strs(&["--ports"], Some("3")), Ok(Command::Ports));
+    }
+
+    #[test]
+    fn the_ssh_tools_take_their_arguments() {
+        let setup = |user: &str| {
+            Ok(Command::SshSetup {
+                user: user.to_owned(),
+            })
+        };
+        assert_eq!(parse_strs(&["--ssh-setup"], None), setup("root"));
+        assert_eq!(parse_strs(&["--ssh-setup", "dev"], None), setup("dev"));
+        assert_eq!(parse_strs(&["--ssh-setup=dev"], None), setup("dev"));
+        assert!(parse_strs(&["--ssh-setup", "--cid"], None).is_err());
+        assert!(parse_strs(&["--ssh-setup", "a", "b"], None).is_err());
+        assert_eq!(
+            parse_strs(&["--tcp-connect", "127.0.0.1:22"], None),
+            Ok(Command::TcpConnect {
+                target: "127.0.0.1:22".into()
+            })
+        );
+        assert!(parse_strs(&["--tcp-connect"], None).is_err());
     }
 
     #[test]

@@ -25,6 +25,9 @@
 //! - [`tool_tree`]: the workspace tools (`--tar-receive`, `--tar-send`, `--tree-manifest`),
 //!   run through `exec` as `/proc/self/exe --TOOL`, and the safe extraction the host uses
 //!   for a guest's export; [`tar_stream`]: the minimal strict tar format they speak.
+//! - Tools: modes of the agent binary that the host runs through exec
+//!   (`/proc/self/exe --TOOL`): [`tool_ssh`] (`--ssh-setup`: authorized keys in, host keys
+//!   out) and [`tool_tcp`] (`--tcp-connect`: a TCP connection in the guest as a byte pipe).
 //!
 //! - [`boot`]: the boot contract (fixed paths, the kernel command line banger writes);
 //!   [`initrd`]: the program as the kernel bundle's initrd init; [`pid1`]: the agent as the
@@ -52,7 +55,9 @@ pub mod serial;
 pub mod server;
 pub mod tar_stream;
 pub mod tool_ports;
+pub mod tool_ssh;
 pub mod tool_stats;
+pub mod tool_tcp;
 pub mod tool_tree;
 
 pub use client::{AgentClient, AgentError, AgentInfo, Exec, ExecEvent, ExecOutput, OutputStream};

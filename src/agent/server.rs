@@ -244,6 +244,14 @@ impl Agent {
             base_env.push(("USER".to_owned(), user.clone()));
             base_env.push(("LOGNAME".to_owned(), user));
         }
+        // Only the fake firecracker sets it (the agent then runs on the host): the tools the
+        // host runs through exec must find "the guest's /" there, not touch the host's.
+        if let Some(root) = std::env::var(crate::tool_ssh::GUEST_ROOT_ENV)
+            .ok()
+            .filter(|root| !root.is_empty())
+        {
+            base_env.push((crate::tool_ssh::GUEST_ROOT_ENV.to_owned(), root));
+        }
         Agent {
             state: Arc::new(State {
                 started: Instant::now(),

@@ -44,7 +44,8 @@ What comes next:
   banger dashboard --open            all of it, live, in your web browser
 
 Works today: version, completions, vm run, vm create/start/stop/restart/kill/delete/set/list/show/logs/\
-exec/health/ping/stats/ports, image list/show/pull/promote/register/delete/cache prune, kernel list \
+exec/health/ping/ssh/stats/ports/workspace, ssh-config, update, image list/show/pull/promote/register/\
+delete/cache prune, kernel list \
 [--available]/show/import/rm/pull, events (and events replay, events repair), ops, doctor (its \
 orphan check), dashboard. The other verbs print \"not implemented yet\" and exit 2.";
 
@@ -150,6 +151,7 @@ What comes next:
   banger vm list                     all VMs and their state
   banger vm show dev                 one VM: spec, state, host resources, its operations
   banger vm exec dev -- uname -a     run a command in a running VM
+  banger vm ssh dev                  ssh into it (through its agent; see banger ssh-config)
   banger vm stop dev                 graceful stop (Ctrl-Alt-Del, then force after a timeout)
   banger vm delete dev               stop it and remove its disks (irreversible)
 
@@ -159,7 +161,7 @@ stop, kill and delete told apart:
   delete   Stop a VM and remove its disks (irreversible)
 
 Works today: run, create, start, stop, restart, kill, delete, set, list, show, logs, exec, \
-health, ping, stats, ports. ssh and workspace are not implemented yet.";
+health, ping, ssh, stats, ports, workspace import/export/status: all of them.";
 
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
@@ -255,12 +257,19 @@ SIGHUP or SIGQUIT sent to banger are passed on to the program (a second SIGTERM 
 ends banger, and with it the command). When stdin is not a terminal, -t is ignored with a \
 warning, as ssh does; -tt asks for a terminal in the VM anyway.")]
     Exec(VmExecArgs),
-    /// Open an ssh session in a running VM
-    #[command(after_help = "\
+    /// Open an ssh session in a running VM (through its agent: no port open)
+    #[command(long_about = VM_SSH_LONG, after_help = "\
 Examples:
-  banger vm ssh dev
-  banger vm ssh dev -- -L 8080:localhost:8080    extra arguments go to ssh")]
+  banger vm ssh dev                              a login shell as root in dev
+  banger vm ssh dev -- cat /etc/hostname         run one command over ssh
+  banger vm ssh dev -- -L 8080:localhost:8080    extra arguments go to ssh (here: a tunnel)
+  banger ssh-config --write && ssh dev.vm        plain ssh, scp, rsync and editors, for every VM
+
+No ssh server in the image? `banger vm exec -tt dev -- bash` opens a shell through the agent.")]
     Ssh(VmSshArgs),
+    /// A byte pipe to a port of a VM through its agent (ssh's ProxyCommand)
+    #[command(name = "ssh-proxy", hide = true)]
+    SshProxy(VmSshProxyArgs),
     /// Show a VM's serial console (-f to follow it)
     #[command(after_help = "\
 Examples:
@@ -487,6 +496,23 @@ pub struct VmSshArgs {
     /// Extra arguments for ssh, after `--`
     #[arg(last = true, value_name = "SSH_ARGS")]
     pub ssh_args: Vec<String>,
+}
+
+const VM_SSH_LONG: &str = "\
+Open an ssh session in a running VM, as root, with the system's ssh client: banger's own key \
+(installed in the guest by its agent at every boot, never baked into the image), banger's own \
+known_hosts (the guest's host key as recorded at its first boot: a changed key is refused, \
+never trusted on first use), and a ProxyCommand that reaches port 22 of the guest through the \
+guest agent. So it works without a route to the VM, without DNS and with no port open to any \
+network. Arguments after `--` go to ssh: options, or a command to run.";
+
+#[derive(Debug, Args)]
+pub struct VmSshProxyArgs {
+    /// The VM's name, or NAME.vm as ssh's %n gives it
+    pub name: String,
+    /// The guest port to connect to
+    #[arg(long, default_value_t = 22)]
+    pub port: u16,
 }
 
 #[derive(Debug, Args)]
@@ -1123,22 +1149,33 @@ pub struct UpdateArgs {
 }
 
 const SSH_CONFIG_LONG: &str = "\
-Write a Host entry per VM (NAME.vm) into an ssh client config file that banger owns, and \
-include it from ~/.ssh/config, so that `ssh dev.vm`, scp and editors' remote modes reach your \
-VMs.";
+Print (or, with --write, install) an ssh client entry for every banger VM: `Host *.vm` with \
+banger's key, banger's known_hosts (kept current by bangerd as VMs come, record their host \
+keys and go), strict host key checking, and `ProxyCommand banger vm ssh-proxy %n`, which \
+reaches port 22 of the guest through its agent. Then `ssh dev.vm`, scp, `rsync -e ssh` and \
+VS Code's Remote-SSH reach every VM, with no port open to any network and no DNS needed.
+
+--write puts the entry in banger's own file (ssh/config in banger's config directory) and adds \
+one marked `Include` line at the top of ~/.ssh/config (made, 0600, when missing); running it \
+again changes nothing, and the rest of ~/.ssh/config is kept byte for byte.";
 
 const SSH_CONFIG_AFTER: &str = "\
 Examples:
-  banger ssh-config                  write the entries and the Include line
-  banger ssh-config --print          print the entries instead
+  banger ssh-config                  print the entry
+  banger ssh-config --write          install it (once is enough: the entry covers every VM)
+  ssh dev.vm                         then: a shell in the VM called dev
+  scp notes.txt dev.vm:/work/        copy a file into it
+  rsync -a -e ssh ./src/ dev.vm:/work/src/
 
-Not implemented yet: arrives with VM networking.";
+What comes next:
+  banger vm ssh dev                  the same ssh session without touching ~/.ssh/config";
 
 #[derive(Debug, Args)]
 pub struct SshConfigArgs {
-    /// Print the entries instead of writing them
+    /// Write the entry into banger's ssh config and include it from ~/.ssh/config (default:
+    /// print it)
     #[arg(long)]
-    pub print: bool,
+    pub write: bool,
 }
 
 const DASHBOARD_LONG: &str = "\

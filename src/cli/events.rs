@@ -470,6 +470,12 @@ pub fn summary(event: &Event) -> String {
             e.host_path,
             e.files_written
         ),
+        Event::VmHostKeyRecorded(e) => format!(
+            "{}: ssh host key {} {}",
+            vm(e.vm_id),
+            e.algorithm,
+            e.fingerprint_sha256
+        ),
         Event::ImageRegisteredV1(e) => format!("image {} ({})", e.name, format_bytes(e.size_bytes)),
         Event::ImageRegistered(e) => format!(
             "image {} ({}, kernel {}) from {}",

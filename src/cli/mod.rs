@@ -41,6 +41,7 @@ mod output;
 mod pull;
 mod repair;
 mod replay;
+mod ssh;
 // `vm stats` and `vm ports`.
 mod stats;
 mod terminal;
@@ -111,7 +112,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::System(command) => Err(future::system(&command)),
         Command::Doctor(args) => doctor::run(args).await,
         Command::Update(args) => update::run(args).await,
-        Command::SshConfig(_) => Err(future::ssh_config()),
+        Command::SshConfig(args) => ssh::config(args),
         Command::Dashboard(args) => dashboard::run(args).await,
         Command::Version(args) => version::run(args).await,
         Command::Completions(args) => completions(args),

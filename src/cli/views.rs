@@ -230,6 +230,15 @@ pub fn vm_details(vm: &VmView, now_unix_ms: u64) -> String {
             ),
         ),
     ];
+    if let Some(key) = &vm.host_key {
+        pairs.push((
+            "host key",
+            format!(
+                "{} {} (ssh, recorded at seq {})",
+                key.algorithm, key.fingerprint_sha256, key.recorded_seq
+            ),
+        ));
+    }
     if let Some(exit) = &vm.last_exit {
         let how = match (exit.exit_code, exit.signal) {
             (_, Some(signal)) => format!("killed by signal {signal}"),
@@ -368,6 +377,12 @@ mod tests {
                 reason: "auto: no /dev/kvm; QEMU runs it under tcg".into(),
             }),
             workspace: None,
+            host_key: Some(banger_projections::HostKeyView {
+                algorithm: "ssh-ed25519".into(),
+                public_key: "AAAA".into(),
+                fingerprint_sha256: "SHA256:abc".into(),
+                recorded_seq: Seq(8),
+            }),
         };
         let text = vm_details(&vm, 120_000);
         for wanted in [
@@ -377,6 +392,7 @@ mod tests {
             "memory:    1.5 GiB\n",
             "work disk: 8 GiB\n",
             "process:   -\n",
+            "host key:  ssh-ed25519 SHA256:abc (ssh, recorded at seq 8)\n",
             "created:   1970-01-01T00:00:00.000Z (2m ago, seq 3)\n",
             "last exit: pid 42 killed by signal 9 (seq 9)\n",
         ] {

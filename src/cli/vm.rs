@@ -17,8 +17,8 @@
 //!  stdout ◀──────────────────────────── output items ◀──────────────────────────────── bangerd
 //! ```
 //!
-//! `stats` and `ports` live in [`super::stats`]. Verbs that need networking or workspaces
-//! (ssh, workspace) still answer "not implemented yet" through [`super::future`].
+//! `stats` and `ports` live in [`super::stats`], `ssh` and `ssh-proxy` in [`super::ssh`],
+//! `workspace` in [`super::workspace`].
 
 use std::io::{IsTerminal, Read, Write};
 use std::time::{Duration, Instant};
@@ -32,7 +32,6 @@ use super::args::{
 use super::connect::{call, connect};
 use super::error::CliError;
 use super::format::{now_unix_ms, short_id};
-use super::future;
 use super::kernel_progress::{PullDisplay, Sink};
 use super::output::{json, line, out};
 use super::terminal;
@@ -73,7 +72,8 @@ pub async fn run(command: VmCommand) -> Result<(), CliError> {
         VmCommand::Stats(args) => super::stats::stats(args).await,
         VmCommand::Ports(args) => super::stats::ports(args).await,
         VmCommand::Workspace(command) => super::workspace::run(command).await,
-        other => Err(future::vm(&other)),
+        VmCommand::Ssh(args) => super::ssh::vm_ssh(args).await,
+        VmCommand::SshProxy(args) => super::ssh::vm_ssh_proxy(args).await,
     }
 }
 
@@ -104,6 +104,14 @@ async fn show(args: NameJsonArgs) -> Result<(), CliError> {
     }
     let now = now_unix_ms();
     let mut text = vm_details(&result.vm, now);
+    if let Some(ssh) = &result.ssh {
+        // Aligned with the details above (their longest label is "work disk").
+        text.push_str(&format!(
+            "{:<11}{}\n",
+            "ssh:",
+            super::ssh::status_text(&result.vm.name, ssh)
+        ));
+    }
     text.push_str("\nhost resources:\n");
     if result.handles.is_empty() {
         text.push_str("  none\n");
@@ -559,7 +567,8 @@ impl Stage {
             "launch-vmm" | "launch-firecracker" | "configure" | "instance-start" => {
                 Some(Stage::Boot)
             }
-            "wait-for-agent" => Some(Stage::Agent),
+            // The ssh setup talks to the agent that just answered: part of that stage.
+            "wait-for-agent" | "ssh-setup" => Some(Stage::Agent),
             _ => None,
         }
     }
@@ -780,7 +789,7 @@ async fn exec(args: VmExecArgs) -> Result<(), CliError> {
 
 /// How a command's stdin and terminal are set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Io {
+pub(super) enum Io {
     /// Pipes in the guest; `stdin`: this process's stdin is forwarded to the command.
     Pipes { stdin: bool },
     /// A terminal in the guest, fed with this process's stdin; `raw`: stdin is a terminal,
@@ -826,7 +835,7 @@ impl Io {
 
 /// The `vm.exec` parameters for a command set up as `io` says; a terminal in the guest gets
 /// this terminal's size (24x80 when there is none to ask) and `TERM`.
-fn exec_params(
+pub(super) fn exec_params(
     name: VmName,
     argv: Vec<String>,
     env: std::collections::BTreeMap<String, String>,
@@ -857,7 +866,7 @@ fn exec_params(
 /// Runs a command through `vm.exec` as `io` says, writing its output as it arrives; returns
 /// the status a shell would report. On a terminal in the guest, SIGINT, SIGTERM, SIGHUP and
 /// SIGQUIT are the command's for as long as it runs, and this terminal is raw meanwhile.
-async fn run_exec(params: &VmExecParams, io: Io) -> Result<i32, CliError> {
+pub(super) async fn run_exec(params: &VmExecParams, io: Io) -> Result<i32, CliError> {
     let listen = |e| CliError::failed("cannot listen for signals", e);
     // Caught before raw mode begins and until it ends: each of these would otherwise end
     // banger with this terminal left raw.

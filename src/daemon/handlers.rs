@@ -140,24 +140,30 @@ pub async fn vm_show(
     _: Cx,
     params: NameParams,
 ) -> Result<VmShowResult, RpcError> {
-    let view = daemon.journal.view();
-    let Some(vm) = view.vm_by_name(&params.name) else {
-        return Err(RpcError::not_found(format!(
-            "no VM named {}; see `banger vm list`",
-            params.name
-        )));
+    let mut result = {
+        let view = daemon.journal.view();
+        let Some(vm) = view.vm_by_name(&params.name) else {
+            return Err(RpcError::not_found(format!(
+                "no VM named {}; see `banger vm list`",
+                params.name
+            )));
+        };
+        VmShowResult {
+            vm: vm.clone(),
+            handles: view
+                .handles_of(Owner::Vm(vm.id))
+                .map(|(handle, held)| HandleEntry {
+                    handle: handle.clone(),
+                    view: held.clone(),
+                })
+                .collect(),
+            operations: view.operations_on_vm(vm.id).cloned().collect(),
+            ssh: None,
+        }
     };
-    Ok(VmShowResult {
-        vm: vm.clone(),
-        handles: view
-            .handles_of(Owner::Vm(vm.id))
-            .map(|(handle, held)| HandleEntry {
-                handle: handle.clone(),
-                view: held.clone(),
-            })
-            .collect(),
-        operations: view.operations_on_vm(vm.id).cloned().collect(),
-    })
+    // After the view guard is dropped: the status table is a lock of its own.
+    result.ssh = daemon.vms.ssh.status(result.vm.id);
+    Ok(result)
 }
 
 pub async fn image_list(

@@ -40,6 +40,7 @@ pub(crate) mod lock;
 pub mod orphans;
 pub mod progress;
 pub mod server;
+pub mod ssh;
 pub mod stats;
 pub mod supervisor;
 pub mod tap_pool;
@@ -325,6 +326,7 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
     spawn_verify(journal.clone());
     supervisor::spawn_idle_sweep(daemon.clone());
     supervisor::spawn_console_keeper(daemon.clone());
+    ssh::spawn_known_hosts_keeper(&daemon);
     if journal.health() == Health::Writable && tap_pool::in_use(&journal.view()) {
         tap_pool::spawn_top_up(&daemon);
     }

@@ -75,6 +75,7 @@ pub mod vm_create;
 pub mod vm_delete;
 pub mod vm_kill;
 pub mod vm_set;
+pub mod vm_ssh;
 pub mod vm_start;
 pub mod vm_stop;
 pub mod workspace_export;

@@ -72,6 +72,8 @@ pub struct VmHost {
     reserved: Mutex<HashMap<OpId, Allocation>>,
     /// Spare taps handed out by `allocate` steps of operations still running here.
     reserved_taps: Mutex<HashMap<OpId, String>>,
+    /// What the latest boot of each VM said about ssh (`vm show` prints it).
+    pub ssh: super::vm_ssh::SshStatuses,
 }
 
 impl VmHost {
@@ -91,6 +93,7 @@ impl VmHost {
             creating: Mutex::default(),
             reserved: Mutex::default(),
             reserved_taps: Mutex::default(),
+            ssh: Default::default(),
         }
     }
 
@@ -371,6 +374,9 @@ pub struct BootState {
     /// The VMM child this process spawned: handed to the supervisor when the operation ends
     /// well, so that its exit status is seen.
     pub child: Option<tokio::process::Child>,
+    /// Filled by `ssh-setup` when the guest presented a host key the VM has none recorded
+    /// for: recorded with the operation's success.
+    pub host_key: Option<banger_events::VmHostKeyRecorded>,
 }
 
 impl BootState {

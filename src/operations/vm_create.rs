@@ -11,13 +11,15 @@
 //! | `configure`          | —                                       | see [`super::vm_common`]                            | nothing                                 |
 //! | `instance-start`     | —                                       | see [`super::vm_common`]                            | nothing                                 |
 //! | `wait-for-agent`     | —                                       | see [`super::vm_common`]                            | nothing                                 |
+//! | `ssh-setup`          | —                                       | best effort: banger's key in, the host key learned; see [`super::vm_ssh`] | nothing                 |
 //!
 //! Domain events: `VmDefined` (state `creating`) and `VmBackendChosen` (the VMM chosen before
 //! the request was accepted: `--vmm`, else the config's `vm.vmm`, `auto` by default) go in the
 //! commit of `OperationStarted`, so the VM is listed while it is being created, its name is
 //! visibly taken, and its backend is known to every later step and to crash recovery; `HandleAcquired`
-//! (IP, MAC, CID, tap, VMM process, VM directory, all owned by the VM) and `VmStateChanged` →
-//! `running` go with `OperationSucceeded`; `VmRemoved` goes with `OperationRolledBack`, in a
+//! (IP, MAC, CID, tap, VMM process, VM directory, all owned by the VM), `VmHostKeyRecorded`
+//! (the guest's ssh host key, when `ssh-setup` learned one) and `VmStateChanged` → `running`
+//! go with `OperationSucceeded`; `VmRemoved` goes with `OperationRolledBack`, in a
 //! live rollback and in crash recovery alike (recovery rolls creates back).
 //!
 //! Networking: the tap is made by the root helper (`banger-helper`); without it, create
@@ -36,6 +38,7 @@ use super::vm_common::{
     BootState, Configure, InstanceStart, LaunchVmm, NameReservation, Network, VmHost, WaitForAgent,
     file_handle, path_in_vms, remove_file_if_present,
 };
+use super::vm_ssh::SshSetup;
 use super::{BoxFuture, Claim, OpCx, OpError, OperationKind, Runner, Step, StepError, blocking};
 use crate::api::{VmCreateParams, VmName};
 use crate::host::disk::make_work_disk;
@@ -55,6 +58,7 @@ const STEPS: &[&dyn Step<BootState>] = &[
     &Configure,
     &InstanceStart,
     &WaitForAgent,
+    &SshSetup,
 ];
 
 impl OperationKind for VmCreate {
@@ -101,6 +105,9 @@ impl OperationKind for VmCreate {
             .into_iter()
             .map(|handle| Event::HandleAcquired(HandleAcquired { owner, handle }))
             .collect();
+        if let Some(key) = &state.host_key {
+            events.push(Event::VmHostKeyRecorded(key.clone()));
+        }
         events.push(Event::VmStateChanged(VmStateChanged {
             vm_id: state.vm_id,
             from: VmState::Creating,
@@ -233,6 +240,7 @@ pub fn prepare(
         dns: Vec::new(),
         launched: None,
         child: None,
+        host_key: None,
     };
     drop(view);
     let parameters = serde_json::json!({
@@ -530,6 +538,7 @@ mod tests {
             dns: Vec::new(),
             launched: None,
             child: None,
+            host_key: None,
         }
     }
 

@@ -7,10 +7,11 @@
 //! | `configure`          | —                                | see [`super::vm_common`]       | nothing                            |
 //! | `instance-start`     | —                                | see [`super::vm_common`]       | nothing                            |
 //! | `wait-for-agent`     | —                                | see [`super::vm_common`]       | nothing                            |
+//! | `ssh-setup`          | —                                | best effort, see [`super::vm_ssh`] | nothing                        |
 //!
 //! Domain events: `VmStateChanged` stopped → starting with `OperationStarted`;
-//! `HandleAcquired` (the VMM process and the tap, owned by the VM) and starting → running with
-//! `OperationSucceeded`; starting → stopped with `OperationRolledBack` (live or in recovery,
+//! `HandleAcquired` (the VMM process and the tap, owned by the VM), `VmHostKeyRecorded` (when
+//! `ssh-setup` learned a first host key) and starting → running with `OperationSucceeded`; starting → stopped with `OperationRolledBack` (live or in recovery,
 //! which rolls starts back). The VM keeps the IP, MAC and CID it got at create.
 
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ use banger_events::{
 use super::vm_common::{
     Allocation, BootState, Configure, InstanceStart, LaunchVmm, Network, VmHost, WaitForAgent,
 };
+use super::vm_ssh::SshSetup;
 use super::{Claim, OpCx, OpError, OperationKind, Runner, Step};
 
 pub struct VmStart;
@@ -35,6 +37,7 @@ const STEPS: &[&dyn Step<BootState>] = &[
     &Configure,
     &InstanceStart,
     &WaitForAgent,
+    &SshSetup,
 ];
 
 impl OperationKind for VmStart {
@@ -71,6 +74,9 @@ impl OperationKind for VmStart {
                     start_time_ticks: launched.start_time_ticks,
                 },
             }));
+        }
+        if let Some(key) = &state.host_key {
+            events.push(Event::VmHostKeyRecorded(key.clone()));
         }
         events.push(Event::VmStateChanged(VmStateChanged {
             vm_id: state.vm_id,
@@ -187,6 +193,7 @@ fn prepare(
         dns: Vec::new(),
         launched: None,
         child: None,
+        host_key: None,
     };
     Ok((claim, state))
 }

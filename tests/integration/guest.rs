@@ -40,11 +40,18 @@ pub(crate) struct Guest {
 impl Guest {
     /// Needs root (a test network for the VM's tap): the tests are in the harness's root tier.
     pub(crate) async fn start() -> Guest {
+        Guest::start_with(&[]).await
+    }
+
+    /// [`Guest::start`] with more environment for bangerd (and so for the fake firecracker).
+    pub(crate) async fn start_with(env: &[(&str, &str)]) -> Guest {
         let fake = fake_firecracker().to_string_lossy().into_owned();
-        let daemon = Bangerd::start_with(&[
-            ("BANGER_FIRECRACKER", &fake),
+        let mut all = vec![
+            ("BANGER_FIRECRACKER", fake.as_str()),
             ("BANGER_FAKE_AGENT", env!("CARGO_BIN_EXE_banger-agent")),
-        ]);
+        ];
+        all.extend_from_slice(env);
+        let daemon = Bangerd::start_with(&all);
         let guest = Guest { daemon };
         let scratch = guest.daemon.root().scratch("inputs");
         let kernel_dir = kernel_source(&scratch.join("kernel"), "6.1.0-test", false);
@@ -109,7 +116,7 @@ impl Guest {
     }
 
     /// Runs `banger ARGS` against this daemon (never starting another one).
-    fn cli(&self, args: &[&str]) -> Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> Output {
         Command::new(BANGER)
             .args(args)
             .env("BANGER_ROOT", self.daemon.root().path())

@@ -23,10 +23,12 @@ mod kernel_pull;
 mod network;
 mod qemu;
 mod real_guest_dns;
+mod real_guest_ssh;
 mod real_guest_stats;
 mod real_guest_workspace;
 mod real_guests;
 mod registry;
+mod ssh;
 mod storage;
 mod support;
 mod tty;
@@ -51,9 +53,11 @@ fn main() {
         registry::tests(),
         storage::tests(),
         qemu::tests(),
+        real_guest_ssh::tests(),
         real_guests::tests(),
         real_guest_stats::tests(),
         real_guest_workspace::tests(),
+        ssh::tests(),
         tty::tests(),
         update::tests(),
         vm::tests(),

@@ -45,7 +45,7 @@ const BANGER: &str = env!("CARGO_BIN_EXE_banger");
 
 /// A TCG boot of a systemd guest on a loaded 2-core machine takes tens of seconds; bangerd's
 /// own boot timeout is set to this too.
-const BOOT_DEADLINE: Duration = Duration::from_secs(300);
+pub(crate) const BOOT_DEADLINE: Duration = Duration::from_secs(300);
 /// Everything else.
 pub(crate) const DEADLINE: Duration = Duration::from_secs(90);
 
@@ -98,7 +98,7 @@ impl Lab {
         }
     }
 
-    fn network(&self) -> &TestNetwork {
+    pub(crate) fn network(&self) -> &TestNetwork {
         self.daemon.root().network().unwrap()
     }
 

@@ -36,7 +36,7 @@ use crate::support::{
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// The steps of `vm.create`, in order (persisted names).
-pub const CREATE_STEPS: [&str; 8] = [
+pub const CREATE_STEPS: [&str; 9] = [
     "allocate",
     "prepare-rootfs",
     "prepare-work-disk",
@@ -45,6 +45,7 @@ pub const CREATE_STEPS: [&str; 8] = [
     "configure",
     "instance-start",
     "wait-for-agent",
+    "ssh-setup",
 ];
 
 /// A bangerd with a kernel `k` and an image `img`, and the environment to restart it with.
@@ -384,7 +385,8 @@ async fn the_whole_lifecycle_create_stop_start_restart_kill_set_delete() {
             "launch-vmm",
             "configure",
             "instance-start",
-            "wait-for-agent"
+            "wait-for-agent",
+            "ssh-setup"
         ]
     );
     let layout = lab.daemon.layout();
@@ -869,6 +871,7 @@ async fn boot_steps_twice(root: PathBuf, helper_socket: PathBuf) -> Vec<String> 
         dns: Vec::new(),
         launched: None,
         child: None,
+        host_key: None,
     };
     let target = Target::Vm {
         vm_id,

@@ -390,6 +390,7 @@ fn nested_variants(event: &Event, seen: &mut BTreeSet<String>) {
         | Event::VmFoundDead(_)
         | Event::WorkspaceImported(_)
         | Event::WorkspaceExported(_)
+        | Event::VmHostKeyRecorded(_)
         | Event::ImageRegisteredV1(_)
         | Event::ImageRegistered(_)
         | Event::ImageRemoved(_)

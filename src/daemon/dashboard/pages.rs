@@ -1076,6 +1076,7 @@ mod tests {
                 reason: HOSTILE.to_owned(),
             }),
             workspace: None,
+            host_key: None,
         }
     }
 

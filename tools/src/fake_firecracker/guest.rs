@@ -207,11 +207,25 @@ impl Guest {
         let _ = std::fs::remove_file(guest_socket);
         let mut listen = std::ffi::OsString::from("unix:");
         listen.push(guest_socket);
+        // The agent runs on the host, as root in the tests: what it does to "the guest's /"
+        // (ssh setup writes /root/.ssh and /etc/ssh) goes to a directory standing for it —
+        // `FAKE_FC_GUEST_ROOT`, or one beside the VM's sockets, removed with the VM.
+        let guest_root = std::env::var_os("FAKE_FC_GUEST_ROOT")
+            .filter(|root| !root.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                guest_socket
+                    .parent()
+                    .unwrap_or(Path::new("/nonexistent"))
+                    .join("fake-guest-root")
+            });
+        let _ = std::fs::create_dir_all(&guest_root);
         let mut command = tokio::process::Command::new(&binary);
         command
             .arg("--listen")
             .arg(listen)
             .env("BANGER_AGENT_CID", cid.to_string())
+            .env("BANGER_GUEST_ROOT", &guest_root)
             .stdin(Stdio::null())
             .kill_on_drop(false);
         let parent = std::process::id();

@@ -86,6 +86,14 @@
 //!   with fault_message "fault injected: …" and changes nothing.
 //! - `FAKE_FC_CONSOLE_FLOOD_BYTES=N`: once booted, the guest prints N bytes of numbered lines
 //!   to its console, then `console flood done` (a guest flooding its console).
+//!
+//! # The guest's `/`
+//!
+//! The agent runs on the host, so it gets `BANGER_GUEST_ROOT`: the directory its tools treat
+//! as the guest's `/` (the ssh setup writes `root/.ssh/authorized_keys` and reads
+//! `etc/ssh/ssh_host_*_key.pub` there). `FAKE_FC_GUEST_ROOT=DIR` names it (a test that plays
+//! an image with sshd prepares one); by default it is `fake-guest-root` beside the VM's
+//! sockets, an image without sshd, removed with the VM.
 
 pub mod guest;
 pub mod http;

@@ -238,6 +238,7 @@ pub fn event_name(event: &Event) -> &'static str {
         Event::VmBackendChosen(_) => "VmBackendChosen",
         Event::WorkspaceImported(_) => "WorkspaceImported",
         Event::WorkspaceExported(_) => "WorkspaceExported",
+        Event::VmHostKeyRecorded(_) => "VmHostKeyRecorded",
         Event::ImageRegisteredV1(_) => "ImageRegisteredV1",
         Event::ImageRegistered(_) => "ImageRegistered",
         Event::ImageRemoved(_) => "ImageRemoved",
@@ -338,6 +339,12 @@ fn events() -> Vec<Event> {
             vm_id: VM,
             vmm: VmmKind::Qemu,
             reason: "no usable KVM".into(),
+        }),
+        Event::VmHostKeyRecorded(VmHostKeyRecorded {
+            vm_id: VM,
+            algorithm: "ssh-ed25519".into(),
+            public_key: "AAAAC3NzaC1lZDI1NTE5AAAAIA".into(),
+            fingerprint_sha256: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".into(),
         }),
         Event::WorkspaceImported(WorkspaceImported {
             vm_id: VM,
