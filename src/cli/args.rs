@@ -1099,11 +1099,14 @@ pub enum SystemCommand {
 const DOCTOR_LONG: &str = "\
 Check banger's host and state, one line per check, each failure with what to do about it; \
 --fix repairs what a check can repair itself; the exit status is 1 when something is wrong. \
-Today's check: orphans, host resources that carry banger's names (taps, VM, kernel and image \
+The checks: orphans, host resources that carry banger's names (taps, VM, kernel and image \
 directories, VMM processes) but that the event log does not know, as a repaired log or a \
-hand-made leftover leaves them; --fix removes them and records each removal in the log. Host \
-checks (KVM, firecracker, the helper, bridge and NAT, reflink, DNS, default image and kernel, \
-security posture) arrive with their milestones.";
+hand-made leftover leaves them (--fix removes them and records each removal in the log); vmm, \
+which VMM new VMs get and why (KVM that runs stock guests and firecracker, else QEMU; fails when \
+neither can run a VM); disk, free space where banger keeps its state and whether root disks \
+there are reflink clones or sparse copies; dns, bangerd's server for NAME.vm and whether the \
+host resolves .vm too; ssh, the client `banger vm ssh` runs. Checks of the helper, bridge and \
+NAT, firecracker's version and the installed units' hardening arrive with the host milestone.";
 
 const DOCTOR_AFTER: &str = "\
 Examples:

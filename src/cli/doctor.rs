@@ -128,10 +128,218 @@ pub struct Check {
 }
 
 /// Every check, in the order they run and print.
-pub static CHECKS: &[Check] = &[Check {
-    name: "orphans",
-    run: |cx, mode| Box::pin(orphans(cx, mode)),
-}];
+pub static CHECKS: &[Check] = &[
+    Check {
+        name: "orphans",
+        run: |cx, mode| Box::pin(orphans(cx, mode)),
+    },
+    Check {
+        name: "vmm",
+        run: |_, _| Box::pin(async { vmm() }),
+    },
+    Check {
+        name: "disk",
+        run: |_, _| Box::pin(async { disk() }),
+    },
+    Check {
+        name: "dns",
+        run: |cx, _| Box::pin(dns(cx)),
+    },
+    Check {
+        name: "ssh",
+        run: |_, _| Box::pin(async { ssh_client() }),
+    },
+];
+
+/// Below this much free space in the state directory a pull or a create may fail half-way.
+const MIN_FREE_BYTES: u64 = 2 << 30;
+
+fn report(status: Status, summary: String, fix: Option<String>) -> Report {
+    Report {
+        name: "",
+        status,
+        summary,
+        fix,
+        items: Vec::new(),
+    }
+}
+
+/// The config this CLI's bangerd reads (the binaries it would run), or the report saying
+/// why it cannot be read.
+fn config() -> Result<(crate::paths::Layout, crate::config::Config), Report> {
+    let layout = super::connect::layout()
+        .map_err(|e| skipped(format!("cannot tell where banger keeps its state: {e}")))?;
+    let config = crate::config::Config::load(&layout.config_path()).map_err(|e| {
+        report(
+            Status::Fail,
+            format!("the config cannot be read: {e}"),
+            Some(format!("fix or remove {}", layout.config_path().display())),
+        )
+    })?;
+    Ok((layout, config))
+}
+
+/// Whether a new VM can run on this host, on which VMM and why: KVM (a PVM-backed KVM runs
+/// no stock guest), firecracker, QEMU — the rule `vm create --vmm auto` follows.
+fn vmm() -> Report {
+    use crate::host::backends::{HostFacts, VmmChoice, decide, find_binary};
+    let (_, config) = match config() {
+        Ok(loaded) => loaded,
+        Err(report) => return report,
+    };
+    let facts = HostFacts {
+        kvm: crate::host::kvm::probe(),
+        firecracker: find_binary(&config.firecracker, "firecracker"),
+        firecracker_from_env: std::env::var_os(crate::host::vmm::FIRECRACKER_ENV)
+            .filter(|value| !value.is_empty())
+            .map(std::path::PathBuf::from),
+        qemu: find_binary(&config.qemu, "QEMU"),
+    };
+    match decide(VmmChoice::Auto, &facts) {
+        Ok(choice) => report(
+            Status::Ok,
+            format!(
+                "new VMs run on {}: {}",
+                choice.vmm,
+                choice.reason.trim_start_matches("auto: ")
+            ),
+            None,
+        ),
+        Err(why) => report(
+            Status::Fail,
+            why,
+            Some("apt-get install qemu-system-x86".into()),
+        ),
+    }
+}
+
+/// Free space in the state directory, and whether root disks there are reflink clones.
+fn disk() -> Report {
+    let (layout, _) = match config() {
+        Ok(loaded) => loaded,
+        Err(report) => return report,
+    };
+    // The state directory may not exist before the first command: ask where it will be.
+    let mut dir = layout.state_dir.clone();
+    while !dir.exists() {
+        match dir.parent() {
+            Some(parent) => dir = parent.to_path_buf(),
+            None => break,
+        }
+    }
+    let free = match nix::sys::statvfs::statvfs(&dir) {
+        Ok(stats) => stats.blocks_available() * stats.fragment_size(),
+        Err(error) => return skipped(format!("cannot look at {}: {error}", dir.display())),
+    };
+    let copies = match reflink_works(&dir) {
+        Ok(true) => "root disks are reflink clones (instant, sharing the image's blocks)",
+        Ok(false) => {
+            "root disks are sparse copies (this filesystem cannot clone; XFS or Btrfs can)"
+        }
+        Err(_) => "whether this filesystem can clone could not be told",
+    };
+    let free_text = crate::size::format_bytes(free);
+    if free < MIN_FREE_BYTES {
+        return report(
+            Status::Fail,
+            format!(
+                "{free_text} free in {}, under {}: pulls and creates may fail half-way; {copies}",
+                dir.display(),
+                crate::size::format_bytes(MIN_FREE_BYTES)
+            ),
+            Some("free space there (`banger image cache prune`, `banger vm delete` of VMs you do not need)".into()),
+        );
+    }
+    report(
+        Status::Ok,
+        format!("{free_text} free in {}; {copies}", dir.display()),
+        None,
+    )
+}
+
+/// Tries a `FICLONE` between two scratch files in `dir` (removed again).
+fn reflink_works(dir: &std::path::Path) -> std::io::Result<bool> {
+    let scratch = tempfile::Builder::new()
+        .prefix(".banger-doctor-")
+        .tempdir_in(dir)?;
+    let source = scratch.path().join("a");
+    std::fs::write(&source, [0u8; 4096])?;
+    let copy = scratch.path().join("b");
+    Ok(
+        crate::host::disk::clone_or_copy(&source, &copy).map_err(std::io::Error::other)?
+            == crate::host::disk::CopyMethod::Reflink,
+    )
+}
+
+/// bangerd's DNS server for `NAME.vm`, and whether the host's own lookups reach it.
+async fn dns(cx: &mut Context) -> Report {
+    let client = match cx.bangerd().await {
+        Ok(client) => client,
+        Err(error) => return skipped(format!("cannot ask bangerd: {error}")),
+    };
+    let status: crate::api::DnsStatusResult = match client.call("dns.status", &NoParams {}).await {
+        Ok(status) => status,
+        Err(error) => return skipped(format!("bangerd could not say: {error}")),
+    };
+    use crate::api::DnsRouting;
+    match (status.serving, &status.error) {
+        (true, _) => {
+            let host = match &status.host_routing {
+                Some(DnsRouting::Routed) => {
+                    "the host resolves them too (systemd-resolved)".to_owned()
+                }
+                Some(DnsRouting::Skipped { reason }) => format!(
+                    "the host itself cannot resolve them ({reason}); guests can, and `banger vm ssh` needs no DNS"
+                ),
+                Some(DnsRouting::Failed { error }) => {
+                    format!("routing them on the host failed ({error}); guests resolve them")
+                }
+                None => "the host's routing of .vm is not set up yet".to_owned(),
+            };
+            report(
+                Status::Ok,
+                format!("bangerd answers NAME.vm on {}; {host}", status.address),
+                None,
+            )
+        }
+        (false, None) => report(
+            Status::Ok,
+            format!(
+                "bangerd will answer NAME.vm on {} from the first VM on",
+                status.address
+            ),
+            None,
+        ),
+        (false, Some(error)) => report(
+            Status::Fail,
+            format!(
+                "bangerd cannot answer NAME.vm on {} ({error}); guests use the host's name servers",
+                status.address
+            ),
+            Some(
+                "free port 53 on the bridge address, or run banger-helper so that it binds it"
+                    .into(),
+            ),
+        ),
+    }
+}
+
+/// The ssh client `banger vm ssh` runs.
+fn ssh_client() -> Report {
+    match crate::host::backends::find_binary(std::path::Path::new("ssh"), "the ssh client") {
+        crate::host::backends::Binary::Found(path) => report(
+            Status::Ok,
+            format!("`banger vm ssh` runs {}", path.display()),
+            None,
+        ),
+        // VMs run without it: `vm exec -tt` gives a shell too. Not a failure.
+        crate::host::backends::Binary::Missing(_) => report(
+            Status::Ok,
+            "no ssh client: `banger vm ssh` needs one (apt-get install openssh-client); `banger vm exec -tt NAME` works without".into(),
+            None,
+        ),
+    }
+}
 
 #[derive(Serialize)]
 struct Output<'a> {

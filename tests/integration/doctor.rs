@@ -337,5 +337,97 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
     banger_test_harness::tests![
         tokio orphans_are_listed_with_a_command_and_removed_only_with_fix,
         tokio a_stray_tap_is_an_orphan_and_a_running_vm_is_not needs(Root),
+        tokio host_checks_say_how_vms_run_here_and_fail_when_none_can,
     ]
+}
+
+/// The host checks: which VMM new VMs get (and a failure when none can run, with the fix),
+/// free space and how root disks are copied, bangerd's DNS server, the ssh client.
+async fn host_checks_say_how_vms_run_here_and_fail_when_none_can() {
+    let daemon = Bangerd::start_on_host_network(TestRoot::without_network());
+    let doctor = |extra_env: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_banger"));
+        command
+            .args(["doctor", "--json"])
+            .env("BANGER_ROOT", daemon.root().path())
+            .env("BANGER_NO_AUTOSTART", "1")
+            .env_remove("BANGER_FIRECRACKER")
+            .env_remove("BANGER_QEMU");
+        for (key, value) in extra_env {
+            command.env(key, value);
+        }
+        let output = command.output().unwrap();
+        let json: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("doctor --json: {e}\n{}", text(&output)));
+        (output.status.code(), json)
+    };
+    let check = |json: &Value, name: &str| -> Value {
+        json["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} check in {json}"))
+    };
+
+    let (code, json) = doctor(&[]);
+    let names: Vec<&str> = json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["orphans", "vmm", "disk", "dns", "ssh"], "{json}");
+    assert_eq!(code, Some(0), "{json}");
+    let vmm = check(&json, "vmm");
+    assert_eq!(vmm["status"], "ok", "{vmm}");
+    assert!(
+        vmm["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("new VMs run on "),
+        "{vmm}"
+    );
+    let disk = check(&json, "disk");
+    assert_eq!(disk["status"], "ok", "{disk}");
+    let summary = disk["summary"].as_str().unwrap();
+    assert!(summary.contains(" free in "), "{summary}");
+    assert!(
+        summary.contains("reflink clones") || summary.contains("sparse copies"),
+        "{summary}"
+    );
+    // No VM yet: no network, so the DNS server starts with the first VM.
+    let dns = check(&json, "dns");
+    assert_eq!(dns["status"], "ok", "{dns}");
+    assert!(
+        dns["summary"]
+            .as_str()
+            .unwrap()
+            .contains("from the first VM on"),
+        "{dns}"
+    );
+    assert_eq!(check(&json, "ssh")["status"], "ok");
+
+    // Neither VMM is where the config says: VMs cannot run, and doctor says how to fix it.
+    let config = daemon.layout().config_path();
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        "[firecracker]\nbinary = \"/nonexistent/firecracker\"\n[qemu]\nbinary = \"/nonexistent/qemu\"\n",
+    )
+    .unwrap();
+    let (code, json) = doctor(&[]);
+    assert_eq!(code, Some(1), "{json}");
+    assert_eq!(json["ok"], false);
+    let vmm = check(&json, "vmm");
+    assert_eq!(vmm["status"], "fail", "{vmm}");
+    assert!(
+        vmm["summary"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/qemu"),
+        "{vmm}"
+    );
+    assert_eq!(vmm["fix"], "apt-get install qemu-system-x86", "{vmm}");
 }

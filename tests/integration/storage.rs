@@ -22,6 +22,7 @@ pub(crate) fn tests() -> Vec<Test> {
     banger_test_harness::tests![
         sync disks_are_reflinked_on_xfs_and_btrfs_and_sparse_copied_on_ext4 needs(Root),
         tokio a_vm_root_disk_shares_its_images_blocks_where_the_state_dir_can_reflink needs(Root),
+        sync doctor_tells_whether_the_state_dir_can_reflink needs(Root),
     ]
 }
 
@@ -32,6 +33,10 @@ pub(crate) struct LoopFs {
 
 impl LoopFs {
     pub(crate) fn make(kind: &'static str) -> LoopFs {
+        Self::make_sized(kind, 512 << 20)
+    }
+
+    pub(crate) fn make_sized(kind: &'static str, bytes: u64) -> LoopFs {
         // Short: bangerd's socket ends up under it.
         let base = tempfile::Builder::new()
             .prefix("bfs-")
@@ -39,10 +44,7 @@ impl LoopFs {
             .unwrap();
         let image = base.path().join("fs.img");
         // mkfs.xfs wants at least 300 MiB; sparse, so it costs what the filesystem writes.
-        fs::File::create(&image)
-            .unwrap()
-            .set_len(512 << 20)
-            .unwrap();
+        fs::File::create(&image).unwrap().set_len(bytes).unwrap();
         let mkfs: &[&str] = match kind {
             "xfs" => &["mkfs.xfs", "-q", "-m", "reflink=1"],
             "btrfs" => &["mkfs.btrfs", "-q"],
@@ -179,4 +181,42 @@ async fn a_vm_root_disk_shares_its_images_blocks_where_the_state_dir_can_reflink
         assert_eq!(all_extents_shared(&root_disk), shared, "{kind}");
         drop(lab);
     }
+}
+
+/// `banger doctor`'s disk check says how root disks will be made where the state lives, and
+/// fails when too little space is left there.
+fn doctor_tells_whether_the_state_dir_can_reflink() {
+    let disk_check = |filesystem: &LoopFs| {
+        let root = TestRoot::new_in(&filesystem.path());
+        let output = Command::new(env!("CARGO_BIN_EXE_banger"))
+            .args(["doctor", "--json"])
+            .env("BANGER_ROOT", root.path())
+            .env("BANGER_NO_AUTOSTART", "1")
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        json["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "disk")
+            .cloned()
+            .unwrap()
+    };
+    for (kind, expected) in [("xfs", "reflink clones"), ("ext4", "sparse copies")] {
+        // Sparse images: the space is only used as the filesystem writes.
+        let disk = disk_check(&LoopFs::make_sized(kind, 4 << 30));
+        assert_eq!(disk["status"], "ok", "{kind}: {disk}");
+        assert!(
+            disk["summary"].as_str().unwrap().contains(expected),
+            "{kind}: {disk}"
+        );
+    }
+    let small = disk_check(&LoopFs::make("xfs"));
+    assert_eq!(small["status"], "fail", "{small}");
+    assert!(
+        small["summary"].as_str().unwrap().contains("under 2 GiB"),
+        "{small}"
+    );
+    assert!(small["fix"].as_str().unwrap().contains("image cache prune"));
 }
