@@ -402,6 +402,12 @@ async fn start_and_check(
             break (ping, client);
         }
         if Instant::now() >= deadline {
+            // A bangerd that runs but never answers would hold the state directory's lock
+            // against the previous one the rollback starts: it goes.
+            if let Some(child) = child.as_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
             return Err(format!("bangerd did not answer within {DAEMON_TIMEOUT:?}"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
