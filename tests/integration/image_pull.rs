@@ -27,8 +27,8 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use crate::registry::support::{
-    Body, Gate, Layer, OCI_LAYER_GZIP, Push, Route, StaticRegistry, TestRegistry, UmociImage,
-    noise, tar_with,
+    Body, Gate, Layer, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, Push, Route, StaticRegistry, TestRegistry,
+    UmociImage, noise, tar_with,
 };
 use crate::support::{Bangerd, TestRoot, dir_names, rpc_error};
 
@@ -45,9 +45,16 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
         tokio a_hardlink_outside_the_root_is_refused,
         tokio a_hardlink_to_a_missing_path_is_refused,
         tokio a_whiteout_of_dot_dot_is_refused,
+        tokio a_whiteout_outside_the_root_is_refused,
+        tokio a_name_over_255_bytes_is_refused,
+        tokio a_name_with_a_nul_byte_is_refused,
+        tokio a_path_deeper_than_the_kernel_allows_is_refused,
         tokio a_layer_whose_digest_does_not_match_is_refused,
         tokio a_layer_whose_size_does_not_match_is_refused,
         tokio a_truncated_gzip_layer_is_refused,
+        tokio a_corrupt_gzip_layer_is_refused,
+        tokio a_truncated_zstd_layer_is_refused,
+        tokio a_corrupt_zstd_layer_is_refused,
         tokio content_beyond_the_maximum_image_size_is_refused,
         tokio a_kill_during_a_download_is_rolled_back_and_the_cache_stays_sound,
         tokio two_pulls_of_one_image_at_once_download_once_and_the_second_waits,
@@ -55,6 +62,7 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
         tokio a_kill_between_the_steps_of_a_prune_is_rolled_forward,
         tokio catalog_bundles_pull_and_bad_downloads_leave_nothing,
         sync vm_create_pulls_a_catalog_image_first_and_names_the_missing_kernel,
+        sync vm_create_pulls_an_oci_reference_it_is_given,
     ]
 }
 
@@ -744,6 +752,17 @@ fn an_umoci_image_keeps_ownership_devices_and_deletions() {
             fs::set_permissions(rootfs.join("srv/su"), fs::Permissions::from_mode(0o4755)).unwrap();
             fs::hard_link(rootfs.join("srv/su"), rootfs.join("srv/su2")).unwrap();
             symlink("su", rootfs.join("srv/link")).unwrap();
+            // What setcap writes, and a user xattr: umoci carries both into the layer.
+            set_xattr(&rootfs.join("srv/su"), "security.capability", CAP_NET_RAW);
+            set_xattr(&rootfs.join("srv/high"), "user.comment", b"hello");
+            nix::sys::stat::utimensat(
+                nix::fcntl::AT_FDCWD,
+                &rootfs.join("srv/high"),
+                &nix::sys::time::TimeSpec::new(1_600_000_000, 0),
+                &nix::sys::time::TimeSpec::new(1_600_000_000, 0),
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            )
+            .unwrap();
             fs::create_dir_all(rootfs.join("dev")).unwrap();
             nix::sys::stat::mknod(
                 &rootfs.join("dev/null"),
@@ -775,14 +794,41 @@ fn an_umoci_image_keeps_ownership_devices_and_deletions() {
         (field(&high, "User"), field(&high, "Group")),
         ("70000", "70000")
     );
+    assert!(high.contains("mtime: 0x5f5e1000"), "{high}");
     let su = stat(&image, "/srv/su");
     assert_eq!((field(&su, "Mode"), field(&su, "Links")), ("04755", "2"));
+    let caps = debugfs(&image, "ea_get /srv/su security.capability");
+    let expected: String = CAP_NET_RAW.iter().map(|b| format!("{b:02x} ")).collect();
+    assert!(
+        caps.replace('\n', " ").contains(expected.trim()),
+        "security.capability of /srv/su: {caps}"
+    );
+    let comment = debugfs(&image, "ea_get /srv/high user.comment");
+    assert!(comment.contains("hello"), "{comment}");
     assert!(stat(&image, "/srv/link").contains("Type: symlink"));
     assert!(stat(&image, "/dev/null").contains("Type: character special"));
     assert!(stat(&image, "/srv/fifo").contains("Type: FIFO"));
     assert!(!exists(&image, "/etc/obsolete"));
     assert_eq!(cat(&image, "/etc/motd"), b"layer two\n");
     agent_is_in(&image);
+}
+
+/// Sets extended attribute `name` of `path` (not following a symlink), as setfattr would.
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: both strings are NUL-terminated and live across the call; value is a valid slice.
+    let rc = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "lsetxattr: {}", std::io::Error::last_os_error());
 }
 
 // ---- hostile images ----------------------------------------------------------------------------
@@ -846,6 +892,44 @@ async fn a_whiteout_of_dot_dot_is_refused() {
     hostile(&one(layer), "whiteout").await;
 }
 
+async fn a_whiteout_outside_the_root_is_refused() {
+    let mut layer = TarLayer::new();
+    layer
+        .file("etc/ok", 0o644, (0, 0), b"ok\n")
+        .file("../.wh.etc", 0o644, (0, 0), b"");
+    hostile(&one(layer), "`..` component").await;
+}
+
+/// A regular file whose PAX `path` is `path`: how a long or odd name reaches a layer.
+fn pax_named(path: &[u8]) -> Vec<Layer> {
+    let mut layer = TarLayer::new();
+    layer.file("etc/ok", 0o644, (0, 0), b"ok\n").raw(
+        tar::EntryType::Regular,
+        b"placeholder",
+        b"",
+        0o644,
+        (0, 0),
+        b"x",
+        &[("path", path)],
+    );
+    one(layer)
+}
+
+async fn a_name_over_255_bytes_is_refused() {
+    let name = format!("etc/{}", "n".repeat(256));
+    hostile(&pax_named(name.as_bytes()), "255 bytes").await;
+}
+
+async fn a_name_with_a_nul_byte_is_refused() {
+    hostile(&pax_named(b"etc/pass\0wd"), "NUL byte").await;
+}
+
+async fn a_path_deeper_than_the_kernel_allows_is_refused() {
+    // 4100 bytes: past PATH_MAX, though every component is short.
+    let deep = "abcdefg/".repeat(512) + "file";
+    hostile(&pax_named(deep.as_bytes()), "PATH_MAX").await;
+}
+
 /// A scripted registry serving `image` whose layer blob is replaced by `served`.
 async fn tampered(served: Vec<u8>, needle: &str) {
     let server = StaticRegistry::start().await;
@@ -887,6 +971,57 @@ async fn a_truncated_gzip_layer_is_refused() {
     );
     let daemon = daemon_for(&[registry.host()], "");
     refused(&daemon, &pushed.reference, "layer 0").await;
+}
+
+/// A layer of text (compressible, so a flipped byte lands in coded data, not a stored block)
+/// and random bytes: what the stream corruption tests start from.
+fn layer_tar() -> Vec<u8> {
+    let text: Vec<u8> = (0..20_000)
+        .flat_map(|i| format!("line {i} of a configuration file\n").into_bytes())
+        .collect();
+    tar_with(&[
+        ("etc/big.conf", &text),
+        ("usr/bin/tool", &noise(5, 100_000)),
+    ])
+}
+
+/// Pushes one layer of `media_type` whose bytes are `bytes` (already damaged) and insists the
+/// pull is refused naming the layer, leaving nothing.
+async fn damaged(media_type: &str, bytes: Vec<u8>, tar: &[u8], repo_tag: &str) {
+    let registry = TestRegistry::start();
+    let pushed = registry.push_image(
+        repo_tag,
+        &[Layer::raw(media_type, bytes, Digest::of(tar))],
+        "amd64",
+    );
+    let daemon = daemon_for(&[registry.host()], "");
+    refused(&daemon, &pushed.reference, "layer 0").await;
+}
+
+/// Flips one byte a third of the way in: inside the compressed data, past the header.
+fn flipped(mut bytes: Vec<u8>) -> Vec<u8> {
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x55;
+    bytes
+}
+
+async fn a_corrupt_gzip_layer_is_refused() {
+    let tar = layer_tar();
+    let corrupt = flipped(Layer::gzip(&tar).bytes);
+    damaged(OCI_LAYER_GZIP, corrupt, &tar, "hostile/gzbad:1").await;
+}
+
+async fn a_truncated_zstd_layer_is_refused() {
+    let tar = layer_tar();
+    let whole = Layer::zstd(&tar).bytes;
+    let cut = whole[..whole.len() / 2].to_vec();
+    damaged(OCI_LAYER_ZSTD, cut, &tar, "hostile/zcut:1").await;
+}
+
+async fn a_corrupt_zstd_layer_is_refused() {
+    let tar = layer_tar();
+    let corrupt = flipped(Layer::zstd(&tar).bytes);
+    damaged(OCI_LAYER_ZSTD, corrupt, &tar, "hostile/zbad:1").await;
 }
 
 async fn content_beyond_the_maximum_image_size_is_refused() {
@@ -1374,4 +1509,68 @@ fn vm_create_pulls_a_catalog_image_first_and_names_the_missing_kernel() {
     let output = banger(&root, &["vm", "create", "dev", "--image", "tiny"]);
     assert!(!String::from_utf8_lossy(&output.stdout).contains("pulled"));
     assert!(String::from_utf8_lossy(&output.stderr).contains("banger kernel pull tiny-kernel"));
+}
+
+fn vm_create_pulls_an_oci_reference_it_is_given() {
+    let registry = TestRegistry::start();
+    let pushed = registry.push_image(
+        "team/tool:2",
+        &[Layer::gzip(&tar_with(&[("etc/motd", b"tool\n")]))],
+        "amd64",
+    );
+    let root = root_for(&[registry.host()], "");
+    // An OCI reference no image is named after: pulled first, with its progress on stderr;
+    // the create then goes on and stops at the kernel it is told to use, which is not here.
+    let output = banger(
+        &root,
+        &[
+            "vm",
+            "create",
+            "dev",
+            "--image",
+            &pushed.reference,
+            "--kernel",
+            "nokernel",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("pulled tool-2") && stdout.contains(&pushed.reference),
+        "{stdout}{stderr}"
+    );
+    assert!(stderr.contains("layer 1/1"), "progress on stderr: {stderr}");
+    assert!(
+        stderr.contains("nokernel"),
+        "the error names the kernel: {stderr}"
+    );
+    let (show, _) = banger_ok(&root, &["image", "show", "tool-2", "--json"]);
+    let image: Value = serde_json::from_str(&show).unwrap();
+    let source = image["source"].as_str().unwrap_or_default();
+    assert!(
+        source.starts_with(&format!("oci:{}@sha256:", pushed.reference)),
+        "{image}"
+    );
+    e2fsck_clean(&rootfs_of(&root.layout(), "tool-2"));
+    // Asked again, nothing is downloaded: the image is already there and up to date.
+    let gets = registry.blob_gets(0);
+    let output = banger(
+        &root,
+        &[
+            "vm",
+            "create",
+            "dev",
+            "--image",
+            &pushed.reference,
+            "--kernel",
+            "nokernel",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("already pulled"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert_eq!(registry.blob_gets(0), gets, "no blob fetched twice");
 }

@@ -493,6 +493,21 @@ async fn the_whole_lifecycle_create_stop_start_restart_kill_set_delete() {
     let _: VmResult = lab.call("vm.start", json!({"name": "dev"})).await.unwrap();
     assert_eq!(vmm_machine(&lab, "dev").await, (2, 512), "after vm set");
 
+    // While the VM exists, its image stays: the delete is refused, naming the VM.
+    let (code, message) = error_of(
+        lab.call::<Value>("image.delete", json!({"name": "img"}))
+            .await,
+    );
+    assert_eq!(code, "Busy", "{message}");
+    assert!(
+        message.contains("dev") && message.contains("banger vm delete"),
+        "{message}"
+    );
+    let _: Value = lab
+        .call("image.show", json!({"name": "img"}))
+        .await
+        .expect("the refused delete left the image");
+
     // delete: files gone, handles released, name free again.
     let deleted: VmDeleteResult = lab.call("vm.delete", json!({"name": "dev"})).await.unwrap();
     assert_eq!(deleted.vm_id, vm.id);
