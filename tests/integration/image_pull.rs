@@ -38,6 +38,7 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
     banger_test_harness::tests![
         sync a_faithful_multi_layer_image_pulls_through_the_cli_and_again_from_the_cache,
         tokio a_systemd_image_gets_the_agent_unit_and_a_busybox_one_does_not,
+        tokio on_a_terminal_a_pull_draws_a_bar_in_place_and_leaves_only_lines,
         sync an_umoci_image_keeps_ownership_devices_and_deletions needs(Root),
         tokio a_dot_dot_entry_is_refused_and_leaves_nothing,
         tokio a_write_through_an_absolute_symlinked_parent_is_refused,
@@ -829,6 +830,55 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) {
         )
     };
     assert_eq!(rc, 0, "lsetxattr: {}", std::io::Error::last_os_error());
+}
+
+/// On a terminal the progress is a bar redrawn in place (`\r`, erase line), erased before each
+/// line that reports something finished and at the end: what stays on the screen is lines.
+async fn on_a_terminal_a_pull_draws_a_bar_in_place_and_leaves_only_lines() {
+    let registry = TestRegistry::start();
+    let pushed = registry.push_image(
+        "banger/bar:1",
+        &[
+            Layer::gzip(&tar_with(&[("usr/lib/one", &noise(11, 3 << 20))])),
+            Layer::gzip(&tar_with(&[("usr/lib/two", &noise(12, 3 << 20))])),
+        ],
+        "amd64",
+    );
+    let daemon = daemon_for(&[registry.host()], "");
+    let mut screen = crate::tty::Screen::spawn(
+        daemon.root().path(),
+        &["image", "pull", &pushed.reference, "--name", "bar"],
+        24,
+        120,
+    );
+    let status = screen.exit().await;
+    let text = screen.text();
+    assert!(status.success(), "{text:?}");
+    const ERASE: &str = "\r\x1b[2K";
+    let draws: Vec<&str> = text
+        .split(ERASE)
+        .skip(1)
+        .map(|frame| frame.lines().next().unwrap_or(""))
+        .collect();
+    assert!(
+        draws.iter().any(|d| d.starts_with("downloading [")
+            && d.contains('%')
+            && d.contains("layers)")),
+        "a download bar was drawn: {text:?}"
+    );
+    assert!(
+        draws
+            .iter()
+            .any(|d| d.starts_with("building ext4 [") && d.contains("layer ")),
+        "an ext4 bar was drawn: {text:?}"
+    );
+    // Every bar is erased before the next line is printed: after the last erase, no bar.
+    let last = text.rsplit(ERASE).next().unwrap();
+    assert!(!last.contains('['), "the bar stayed on the screen: {last:?}");
+    assert!(text.contains("pulled bar"), "{text:?}");
+    // Nothing of the bar went to the log or the result: it is the terminal's only.
+    let (show, _) = banger_ok(daemon.root(), &["image", "show", "bar"]);
+    assert!(!show.contains('%'), "{show}");
 }
 
 // ---- hostile images ----------------------------------------------------------------------------

@@ -363,6 +363,29 @@ fn a_debian_image_with_systemd_runs_its_whole_life_under_qemu() {
     let reference = lab.push(GuestRoot::Systemd, "banger/debian-systemd:12");
     let pulled = lab.ok(&["image", "pull", &reference, "--name", "debian-systemd"]);
     assert!(pulled.contains("debian-systemd"), "{pulled}");
+    // A whole debootstrapped Debian, flattened by banger: e2fsprogs finds nothing to fix, and
+    // the setuid programs and root-owned tree arrive as debootstrap made them.
+    let rootfs = lab.daemon.layout().image_dir("debian-systemd").join("rootfs.ext4");
+    let fsck = Command::new("e2fsck").arg("-fn").arg(&rootfs).output().unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck -fn {}:\n{}{}",
+        rootfs.display(),
+        text(&fsck.stdout),
+        text(&fsck.stderr)
+    );
+    let su = Command::new("debugfs")
+        .args(["-R", "stat /usr/bin/su"])
+        .arg(&rootfs)
+        .output()
+        .unwrap();
+    let su = text(&su.stdout);
+    let words: Vec<&str> = su.split_whitespace().collect();
+    assert!(
+        words.windows(2).any(|w| w == ["Mode:", "04755"])
+            && words.windows(2).any(|w| w == ["User:", "0"]),
+        "/usr/bin/su in the flattened root:\n{su}"
+    );
 
     // The default kernel is not here: the create pulls it first, then boots.
     let created_at = Instant::now();
