@@ -464,7 +464,32 @@ fn hostile_catalog(
     server.serve("/error.tar.zst", Reply::Status(500));
     let not_a_package = b"!<arch>\nthis is not a package".to_vec();
     server.serve("/not-a-package.deb", Reply::bytes(not_a_package.clone()));
+    server.serve(
+        "/cut.deb",
+        Reply::Truncated {
+            bytes: Arc::new(not_a_package.clone()),
+            send: not_a_package.len() / 2,
+        },
+    );
+    let package = |name: &str, url: &str, sha256: &str| {
+        json!({
+            "name": name, "kind": "debian_package",
+            "package": "linux-image-6.1.0-0-cloud-amd64", "version": "6.1.0-0",
+            "url": url, "sha256": sha256,
+            "size_bytes": not_a_package.len(), "description": "a broken download"
+        })
+    };
     let kernels = vec![
+        package(
+            "deb-bad-sha",
+            &server.url("/not-a-package.deb"),
+            &"0".repeat(64),
+        ),
+        package(
+            "deb-truncated",
+            &server.url("/cut.deb"),
+            &sha256_of(&not_a_package),
+        ),
         bundle_entry(
             "tiny",
             &server.url("/tiny.tar.zst"),
@@ -524,6 +549,8 @@ fn hostile_catalog(
         ("symlink", "a symlink to /etc/passwd"),
         ("climbing", "climbs out"),
         ("not-a-package", "not a Debian package"),
+        ("deb-bad-sha", "sha256"),
+        ("deb-truncated", "bytes"),
     ];
     (path, refusals)
 }
