@@ -28,6 +28,7 @@
 //! bridge = "banger0"                          # the bridge every VM's tap joins
 //! tap_pool = 2                                # spare taps kept ready for new VMs (0: none)
 //! guest_dns = ["1.1.1.1"]                     # name servers new VMs get instead of bangerd's on the bridge
+//! gateway = "172.30.0.1/24"                   # the bridge's address and the guests' subnet (as banger-helper gives it)
 //!
 //! [dashboard]
 //! enabled = true           # the web dashboard on 127.0.0.1 (`banger dashboard` prints its link)
@@ -140,6 +141,10 @@ pub struct NetworkConfig {
     /// on the bridge's address (`NAME.vm` names, the rest forwarded to the host's resolvers),
     /// or the host's resolvers where it cannot serve.
     pub guest_dns: Vec<std::net::Ipv4Addr>,
+    /// The bridge's address and the guests' subnet (`network.gateway`, `"172.30.0.1/24"` by
+    /// default): what banger-helper's configuration gives this user. Guests get addresses in
+    /// it; changing it leaves existing VMs with addresses of the old one (recreate them).
+    pub subnet: crate::host::network::GuestSubnet,
 }
 
 /// The most name servers `network.guest_dns` may list (what a resolv.conf honours).
@@ -147,6 +152,29 @@ pub const MAX_GUEST_DNS: usize = 3;
 
 /// The most spare taps `network.tap_pool` may ask for.
 pub const MAX_TAP_POOL: usize = 64;
+
+/// `network.gateway`: the bridge's address with the subnet's prefix (`"172.31.0.1/24"`),
+/// under the rules banger-helper applies (RFC 1918, /16 to /30, a host address).
+fn parse_gateway(text: &str, bridge: &str) -> Result<crate::host::network::GuestSubnet, String> {
+    let shape = || {
+        format!(
+            "network.gateway is {text:?}; write the bridge's address and the subnet's prefix length, as \"172.30.0.1/24\""
+        )
+    };
+    let (address, prefix) = text.split_once('/').ok_or_else(shape)?;
+    let gateway: std::net::Ipv4Addr = address.parse().map_err(|_| shape())?;
+    let prefix_len: u8 = prefix.parse().map_err(|_| shape())?;
+    banger_helper::validate::network_spec(&banger_helper::NetworkSpec {
+        bridge: bridge.to_owned(),
+        gateway,
+        prefix_len,
+    })
+    .map_err(|error| format!("network.gateway: {error}"))?;
+    Ok(crate::host::network::GuestSubnet {
+        gateway,
+        prefix_len,
+    })
+}
 
 /// Where `banger system install` puts banger-helper's socket.
 pub const DEFAULT_HELPER_SOCKET: &str = "/run/banger/helper.sock";
@@ -190,6 +218,7 @@ impl Default for Config {
                 bridge: DEFAULT_BRIDGE.to_owned(),
                 tap_pool: 2,
                 guest_dns: Vec::new(),
+                subnet: crate::host::network::GuestSubnet::default(),
             },
             dashboard: DashboardConfig {
                 enabled: true,
@@ -300,6 +329,7 @@ struct NetworkSection {
     bridge: Option<String>,
     tap_pool: Option<usize>,
     guest_dns: Option<Vec<String>>,
+    gateway: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -446,6 +476,9 @@ impl Config {
                     })
                 })
                 .collect::<Result<_, _>>()?;
+        }
+        if let Some(gateway) = file.network.gateway {
+            config.network.subnet = parse_gateway(&gateway, &config.network.bridge)?;
         }
         if let Some(enabled) = file.dashboard.enabled {
             config.dashboard.enabled = enabled;
@@ -625,6 +658,7 @@ mod tests {
             bridge = "bangerdev"
             tap_pool = 5
             guest_dns = ["10.0.0.53", "1.1.1.1"]
+            gateway = "10.44.0.1/22"
             [dashboard]
             enabled = false
             port = 8123
@@ -658,6 +692,13 @@ mod tests {
         assert_eq!(config.network.helper_socket, PathBuf::from("/run/h.sock"));
         assert_eq!(config.network.bridge, "bangerdev");
         assert_eq!(config.network.tap_pool, 5);
+        assert_eq!(
+            config.network.subnet,
+            crate::host::network::GuestSubnet {
+                gateway: std::net::Ipv4Addr::new(10, 44, 0, 1),
+                prefix_len: 22
+            }
+        );
         assert_eq!(
             config.network.guest_dns,
             [
@@ -719,6 +760,10 @@ mod tests {
             ("[network]\nbridge = \"eth0\"", "network.bridge"),
             ("[network]\nhelper_socket = \"helper.sock\"", "absolute"),
             ("[network]\ntap_pool = 100", "network.tap_pool"),
+            ("[network]\ngateway = \"8.8.8.1/24\"", "private"),
+            ("[network]\ngateway = \"172.30.0.1\"", "network.gateway"),
+            ("[network]\ngateway = \"172.30.0.0/24\"", "gateway"),
+            ("[network]\ngateway = \"172.30.0.1/8\"", "prefix length"),
             (
                 "[network]\nguest_dns = [\"dns.google\"]",
                 "network.guest_dns",

@@ -18,6 +18,11 @@ pub struct Args {
     /// Uid allowed to make requests (checked with SO_PEERCRED). Repeat for several users.
     #[arg(long = "allow-uid", required = true)]
     pub allow_uid: Vec<u32>,
+    /// The network an allowed uid may have, as UID:BRIDGE:GATEWAY/PREFIX (for example
+    /// 1000:banger0:172.30.0.1/24). Repeatable. An allowed uid without one gets banger0 at
+    /// 172.30.0.1/24; with several allowed uids, all but one need their own.
+    #[arg(long = "network", value_parser = crate::networks::parse_flag)]
+    pub network: Vec<(u32, crate::protocol::NetworkSpec)>,
 }
 
 /// Parses the command line and serves until SIGTERM or SIGINT.
@@ -46,9 +51,18 @@ async fn serve(args: Args) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    let networks = match crate::networks::Networks::new(&args.allow_uid, &args.network) {
+        Ok(networks) => networks,
+        Err(e) => {
+            eprintln!("banger-helper: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let owners = crate::networks::owners(&networks);
     let config = Config {
         socket: args.socket.clone(),
         allowed_uids: args.allow_uid.clone(),
+        networks,
     };
     let server = match Server::bind(config).await {
         Ok(server) => server,
@@ -60,7 +74,7 @@ async fn serve(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(socket = %server.socket().display(), allowed_uids = ?args.allow_uid, "banger-helper serving");
+    tracing::info!(socket = %server.socket().display(), allowed_uids = ?args.allow_uid, networks = ?owners, "banger-helper serving");
     match server.serve(shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("banger-helper stopped");

@@ -85,15 +85,18 @@ impl HelperClient {
 
     /// Bridge `spec.bridge` exists (created if absent), is up and has exactly the address
     /// gateway/prefix_len; IPv4 forwarding is on; nftables table `ip banger` holds exactly the
-    /// NAT (masquerade of the subnet leaving through any other interface) and forward rules.
-    /// Idempotent; replaces only banger's own table, atomically.
+    /// NAT (masquerade of the subnet leaving through any other interface) and forward rules of
+    /// every configured network whose bridge exists, this one included. Refused unless `spec`
+    /// is exactly one of the networks the helper's configuration gives the caller
+    /// ([`HelperClient::networks`]). Idempotent; replaces only banger's own table, atomically.
     pub async fn ensure_network(&self, spec: &NetworkSpec) -> Result<(), HelperError> {
         self.call_done(Request::EnsureNetwork { spec: spec.clone() })
             .await
     }
 
     /// A persistent tap named `tap`, owned by the caller's uid (as the helper sees it through
-    /// SO_PEERCRED), attached to `bridge`, link up. Idempotent; an existing interface of that
+    /// SO_PEERCRED), attached to `bridge` (one of the caller's bridges), link up. Idempotent; a
+    /// tap another uid owns is refused, never taken over; an existing interface of that
     /// name that is not a tap is refused.
     pub async fn ensure_tap(&self, tap: &str, bridge: &str) -> Result<(), HelperError> {
         self.call_done(Request::EnsureTap {
@@ -103,7 +106,8 @@ impl HelperClient {
         .await
     }
 
-    /// Deletes the tap; absent is success. Refuses an interface that is not a tap.
+    /// Deletes the tap; absent is success. Refuses an interface that is not a tap, and a tap
+    /// another uid owns.
     pub async fn delete_tap(&self, tap: &str) -> Result<(), HelperError> {
         self.call_done(Request::DeleteTap {
             tap: tap.to_string(),
@@ -111,7 +115,8 @@ impl HelperClient {
         .await
     }
 
-    /// Names of banger taps (tap devices whose names match the tap pattern), sorted.
+    /// Names of the caller's banger taps (tap devices whose names match the tap pattern and
+    /// whose owner is the caller's uid), sorted.
     pub async fn list_taps(&self) -> Result<Vec<String>, HelperError> {
         match self.call(Request::ListTaps).await? {
             Response::Taps { taps } => Ok(taps),
@@ -119,7 +124,17 @@ impl HelperClient {
         }
     }
 
-    /// Removes the bridge and banger's nft table (absent is fine). For uninstall and tests.
+    /// The networks banger-helper's configuration gives this caller's uid: the only ones
+    /// [`HelperClient::ensure_network`] may ask for.
+    pub async fn networks(&self) -> Result<Vec<NetworkSpec>, HelperError> {
+        match self.call(Request::Networks).await? {
+            Response::Networks { networks } => Ok(networks),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Removes the bridge and its rules from banger's nft table, leaving the other configured
+    /// networks' (absent is fine). Only one of the caller's own bridges. For uninstall and tests.
     pub async fn remove_network(&self, bridge: &str) -> Result<(), HelperError> {
         self.call_done(Request::RemoveNetwork {
             bridge: bridge.to_string(),

@@ -7,6 +7,7 @@
 //! Code map:
 //! - [`protocol`]: request/response types and the length-prefixed JSON frame codec.
 //! - [`validate`]: the naming and subnet rules, pure.
+//! - [`networks`]: which network each allowed user may have (the helper's own configuration).
 //! - [`cli`]: the `banger-helper` command line (the binary is `src/bin/banger-helper.rs` of
 //!   the `banger` package, so that one `cargo install` installs it with bangerd).
 //! - [`client`]: [`HelperClient`], what bangerd calls.
@@ -18,12 +19,14 @@
 //!
 //! Invariants: the helper knows nothing about VMs or events; there is no "run this command"
 //! request; every argument is validated before any syscall; the caller's identity comes from
-//! SO_PEERCRED, never from the request.
+//! SO_PEERCRED, never from the request; a caller gets only the networks the helper's own
+//! configuration gives its uid, and touches only the taps it owns.
 
 pub mod cli;
 pub mod client;
 pub mod fds;
 pub mod net;
+pub mod networks;
 pub mod protocol;
 pub mod sandbox;
 pub mod server;

@@ -37,6 +37,7 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 use tokio::io::AsyncWriteExt;
 
+use crate::networks::Networks;
 use crate::protocol::NetworkSpec;
 use crate::validate::{self, Subnet};
 
@@ -236,8 +237,14 @@ impl Host {
             .map_err(|e| netlink_failure(&format!("bringing up {}", link.name), e))
     }
 
-    /// See [`crate::HelperClient::ensure_network`].
-    pub async fn ensure_network(&self, spec: &NetworkSpec, subnet: Subnet) -> OpResult<()> {
+    /// See [`crate::HelperClient::ensure_network`]. `spec` is one of `networks` (the server
+    /// checked it).
+    pub async fn ensure_network(
+        &self,
+        spec: &NetworkSpec,
+        subnet: Subnet,
+        networks: &Networks,
+    ) -> OpResult<()> {
         let bridge = self.ensure_bridge(&spec.bridge).await?;
         self.set_up(&bridge, None).await?;
         self.ensure_only_address(&bridge, spec.gateway, spec.prefix_len)
@@ -247,7 +254,35 @@ impl Host {
                 "Enabling IPv4 forwarding (writing 1 to {IP_FORWARD}) failed: {e}."
             ))
         })?;
-        run_nft(&nat_ruleset(&spec.bridge, subnet)).await
+        let mut present = self.present_networks(networks, None).await?;
+        if !present.iter().any(|(bridge, _)| *bridge == spec.bridge) {
+            present.push((spec.bridge.clone(), subnet));
+        }
+        run_nft(&nat_ruleset(&present)).await
+    }
+
+    /// The configured networks whose bridge exists now (but `except`), with their subnets: the
+    /// ones whose rules banger's table holds. Derived from the kernel each time, so the helper
+    /// keeps no state across its own restarts.
+    async fn present_networks(
+        &self,
+        networks: &Networks,
+        except: Option<&str>,
+    ) -> OpResult<Vec<(String, Subnet)>> {
+        let mut present = Vec::new();
+        for assigned in networks.all() {
+            if Some(assigned.spec.bridge.as_str()) == except {
+                continue;
+            }
+            if self
+                .find_link(&assigned.spec.bridge)
+                .await?
+                .is_some_and(|link| link.is_bridge())
+            {
+                present.push((assigned.spec.bridge.clone(), assigned.subnet));
+            }
+        }
+        Ok(present)
     }
 
     async fn ensure_bridge(&self, name: &str) -> OpResult<Link> {
@@ -378,7 +413,10 @@ impl Host {
                     link.describe_kind()
                 )));
             }
-            Some(link) => link.tun.owner != Some(owner) || link.tun.persist == Some(false),
+            Some(link) => {
+                refuse_foreign_tap(&link, owner)?;
+                link.tun.owner != Some(owner) || link.tun.persist == Some(false)
+            }
             None => true,
         };
         if needs_attach {
@@ -418,8 +456,8 @@ impl Host {
         }
     }
 
-    /// See [`crate::HelperClient::delete_tap`].
-    pub async fn delete_tap(&self, tap: &str) -> OpResult<()> {
+    /// See [`crate::HelperClient::delete_tap`]. `caller` is the asker's uid.
+    pub async fn delete_tap(&self, tap: &str, caller: u32) -> OpResult<()> {
         let link = match self.find_link(tap).await? {
             None => return Ok(()),
             Some(link) if !link.is_tap() => {
@@ -430,6 +468,7 @@ impl Host {
             }
             Some(link) => link,
         };
+        refuse_foreign_tap(&link, caller)?;
         match self.handle.link().del(link.index).execute().await {
             Ok(()) => Ok(()),
             Err(e) if netlink_errno(&e) == Some(libc::ENODEV) => Ok(()),
@@ -437,21 +476,23 @@ impl Host {
         }
     }
 
-    /// See [`crate::HelperClient::list_taps`].
-    pub async fn list_taps(&self) -> OpResult<Vec<String>> {
+    /// See [`crate::HelperClient::list_taps`]: the taps `caller` owns.
+    pub async fn list_taps(&self, caller: u32) -> OpResult<Vec<String>> {
         let mut taps: Vec<String> = self
             .all_links()
             .await?
             .into_iter()
             .filter(|l| l.is_tap() && validate::is_tap_name(&l.name))
+            .filter(|l| l.tun.owner == Some(caller))
             .map(|l| l.name)
             .collect();
         taps.sort();
         Ok(taps)
     }
 
-    /// See [`crate::HelperClient::remove_network`].
-    pub async fn remove_network(&self, bridge: &str) -> OpResult<()> {
+    /// See [`crate::HelperClient::remove_network`]. `bridge` is one of `networks` (the server
+    /// checked it); the others' rules stay.
+    pub async fn remove_network(&self, bridge: &str, networks: &Networks) -> OpResult<()> {
         if self
             .find_link(bridge)
             .await?
@@ -473,9 +514,14 @@ impl Host {
                 Err(e) => return Err(netlink_failure(&format!("Deleting bridge {bridge}"), e)),
             },
         }
-        // Declaring the table first makes the delete succeed when the table is absent, in the
-        // same transaction.
-        run_nft("table ip banger {}\ndelete table ip banger\n").await
+        let remaining = self.present_networks(networks, Some(bridge)).await?;
+        if remaining.is_empty() {
+            // Declaring the table first makes the delete succeed when the table is absent, in
+            // the same transaction.
+            run_nft("table ip banger {}\ndelete table ip banger\n").await
+        } else {
+            run_nft(&nat_ruleset(&remaining)).await
+        }
     }
 
     /// The bridge `bridge` exists, is a bridge, and carries `address`: the only place
@@ -717,23 +763,53 @@ fn make_persistent_tap(name: &str, owner: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// banger's whole nftables table, replaced in one transaction. Only validated values reach
-/// this text: the bridge name matches `banger[a-z0-9]*` and the subnet is formatted from
-/// integers, so nothing in it can inject nft syntax.
-pub fn nat_ruleset(bridge: &str, subnet: Subnet) -> String {
+/// The refusal for a tap whose owner is a uid other than `caller`: one user never deletes,
+/// re-owns or opens another's tap. A tap with no owner (only root can attach to it) is not
+/// anyone's and may be claimed.
+fn refuse_foreign_tap(link: &Link, caller: u32) -> OpResult<()> {
+    match link.tun.owner {
+        Some(owner) if owner != caller => Err(OpError::Refused(format!(
+            "Tap {} belongs to uid {owner}, not to uid {caller}; banger-helper never hands one user's tap to another.",
+            link.name
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// banger's whole nftables table for the networks whose bridges exist, replaced in one
+/// transaction: each subnet masqueraded when it leaves through another interface, each bridge's
+/// traffic forwarded out and its replies back in, and nothing forwarded from one banger bridge
+/// to another (one user's guests cannot reach another's). Only validated values reach this
+/// text: bridge names match `banger[a-z0-9]*` and subnets are formatted from integers, so
+/// nothing in it can inject nft syntax.
+pub fn nat_ruleset(networks: &[(String, Subnet)]) -> String {
+    let mut postrouting = String::new();
+    let mut forward = String::new();
+    for (bridge, _) in networks {
+        for (other, _) in networks.iter().filter(|(other, _)| other != bridge) {
+            forward.push_str(&format!(
+                "\t\tiifname \"{bridge}\" oifname \"{other}\" drop\n"
+            ));
+        }
+    }
+    for (bridge, subnet) in networks {
+        postrouting.push_str(&format!(
+            "\t\tip saddr {subnet} oifname != \"{bridge}\" masquerade\n"
+        ));
+        forward.push_str(&format!(
+            "\t\tiifname \"{bridge}\" accept\n\t\toifname \"{bridge}\" ct state established,related accept\n"
+        ));
+    }
     format!(
         "table ip banger {{}}
 delete table ip banger
 table ip banger {{
 	chain postrouting {{
 		type nat hook postrouting priority srcnat; policy accept;
-		ip saddr {subnet} oifname != \"{bridge}\" masquerade
-	}}
+{postrouting}	}}
 	chain forward {{
 		type filter hook forward priority filter; policy accept;
-		iifname \"{bridge}\" accept
-		oifname \"{bridge}\" ct state established,related accept
-	}}
+{forward}	}}
 }}
 "
     )
@@ -798,12 +874,25 @@ mod tests {
             prefix_len: 24,
         })
         .unwrap();
-        let script = nat_ruleset("banger0", subnet);
+        let other = validate::network_spec(&NetworkSpec {
+            bridge: "banger1".into(),
+            gateway: Ipv4Addr::new(10, 10, 0, 1),
+            prefix_len: 24,
+        })
+        .unwrap();
+        let script = nat_ruleset(&[("banger0".into(), subnet), ("banger1".into(), other)]);
         assert!(
             script.starts_with("table ip banger {}\ndelete table ip banger\ntable ip banger {")
         );
         assert!(script.contains("ip saddr 10.9.0.0/24 oifname != \"banger0\" masquerade"));
+        assert!(script.contains("ip saddr 10.10.0.0/24 oifname != \"banger1\" masquerade"));
         assert!(script.contains("oifname \"banger0\" ct state established,related accept"));
+        // Between two networks nothing is forwarded, and the drops come before any accept.
+        let drop = script
+            .find("iifname \"banger0\" oifname \"banger1\" drop")
+            .unwrap();
+        assert!(script.contains("iifname \"banger1\" oifname \"banger0\" drop"));
+        assert!(drop < script.find("accept\n").unwrap(), "{script}");
         // Every table statement names banger's table and nothing else.
         for line in script.lines().filter(|l| l.contains("table")) {
             assert!(line.contains("table ip banger"), "{line}");

@@ -23,8 +23,10 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The protocol version this build speaks. Bump it when a request or response changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this build speaks. Bump it when a request or response changes shape
+/// or meaning. 2: networks come from the helper's configuration (`Networks`, and
+/// `ensure_network` refused for a network the caller was not given); taps are the caller's.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame body either side accepts, in bytes. Requests are tiny; the cap exists so a
 /// bad length prefix is refused instead of allocated.
@@ -92,6 +94,9 @@ pub enum Request {
         bridge: String,
         address: Ipv4Addr,
     },
+    /// The networks banger-helper's configuration gives the caller (answered
+    /// [`Response::Networks`]): what `EnsureNetwork` may ask for.
+    Networks,
 }
 
 /// The only port [`Request::BindDns`] binds: DNS.
@@ -128,6 +133,7 @@ enum WireRequest {
         bridge: String,
         address: Ipv4Addr,
     },
+    Networks {},
 }
 
 impl From<WireRequest> for Request {
@@ -149,6 +155,7 @@ impl From<WireRequest> for Request {
                 port,
             },
             WireRequest::RouteDns { bridge, address } => Request::RouteDns { bridge, address },
+            WireRequest::Networks {} => Request::Networks,
         }
     }
 }
@@ -172,6 +179,7 @@ impl From<Request> for WireRequest {
                 port,
             },
             Request::RouteDns { bridge, address } => WireRequest::RouteDns { bridge, address },
+            Request::Networks => WireRequest::Networks {},
         }
     }
 }
@@ -227,6 +235,7 @@ impl Request {
             Request::RemoveNetwork { .. } => "remove_network",
             Request::BindDns { .. } => "bind_dns",
             Request::RouteDns { .. } => "route_dns",
+            Request::Networks => "networks",
         }
     }
 }
@@ -254,6 +263,10 @@ pub enum Response {
     Skipped {
         reason: String,
     },
+    /// The answer to [`Request::Networks`].
+    Networks {
+        networks: Vec<NetworkSpec>,
+    },
 }
 
 /// How a [`Response`] travels: braces on every variant, for the reason [`WireRequest`] has them.
@@ -266,6 +279,7 @@ enum WireResponse {
     Error { kind: ErrorKind, message: String },
     DnsSockets {},
     Skipped { reason: String },
+    Networks { networks: Vec<NetworkSpec> },
 }
 
 impl From<WireResponse> for Response {
@@ -277,6 +291,7 @@ impl From<WireResponse> for Response {
             WireResponse::Error { kind, message } => Response::Error { kind, message },
             WireResponse::DnsSockets {} => Response::DnsSockets,
             WireResponse::Skipped { reason } => Response::Skipped { reason },
+            WireResponse::Networks { networks } => Response::Networks { networks },
         }
     }
 }
@@ -290,6 +305,7 @@ impl From<Response> for WireResponse {
             Response::Error { kind, message } => WireResponse::Error { kind, message },
             Response::DnsSockets => WireResponse::DnsSockets {},
             Response::Skipped { reason } => WireResponse::Skipped { reason },
+            Response::Networks { networks } => WireResponse::Networks { networks },
         }
     }
 }
@@ -536,6 +552,7 @@ mod tests {
                 bridge: "banger0".into(),
                 address: Ipv4Addr::new(10, 77, 0, 1),
             },
+            Request::Networks,
         ]
     }
 
@@ -756,6 +773,13 @@ mod tests {
             Response::DnsSockets,
             Response::Skipped {
                 reason: "no systemd-resolved".into(),
+            },
+            Response::Networks {
+                networks: vec![NetworkSpec {
+                    bridge: "banger0".into(),
+                    gateway: Ipv4Addr::new(172, 30, 0, 1),
+                    prefix_len: 24,
+                }],
             },
         ] {
             let json = serde_json::to_string(&response).unwrap();

@@ -34,6 +34,17 @@ impl Sandbox {
     /// Starts `binary` listening on `dir/helper.sock`, allowing this process's uid, with its
     /// stderr going to `stderr`, and waits until it answers.
     pub fn start(binary: &Path, dir: &Path, stderr: Stdio) -> io::Result<Sandbox> {
+        Sandbox::start_with_args(binary, dir, stderr, &[])
+    }
+
+    /// As [`Sandbox::start`], with `args` added to the helper's command line (its `--network`
+    /// configuration, say).
+    pub fn start_with_args(
+        binary: &Path,
+        dir: &Path,
+        stderr: Stdio,
+        args: &[&str],
+    ) -> io::Result<Sandbox> {
         let socket = dir.join("helper.sock");
         let mut command = Command::new(binary);
         command
@@ -41,6 +52,7 @@ impl Sandbox {
             .arg(&socket)
             .arg("--allow-uid")
             .arg(nix::unistd::geteuid().to_string())
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);

@@ -34,6 +34,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::net::{Host, OpError};
+use crate::networks::Networks;
 use crate::protocol::{
     self, ErrorKind, FrameError, PROTOCOL_VERSION, Request, RequestFrame, Response,
 };
@@ -45,6 +46,8 @@ pub struct Config {
     pub socket: PathBuf,
     /// Uids allowed to make requests (checked with SO_PEERCRED).
     pub allowed_uids: Vec<u32>,
+    /// The network each allowed uid may have (see [`crate::networks`]).
+    pub networks: Networks,
 }
 
 /// Connections open at once from callers on the allow-list.
@@ -58,6 +61,7 @@ pub const REFUSED_FRAME_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct State {
     allowed_uids: Vec<u32>,
+    networks: Networks,
     allowed_slots: Arc<Semaphore>,
     other_slots: Arc<Semaphore>,
     /// The lock serialises privileged operations; see the module invariants.
@@ -92,6 +96,7 @@ impl Server {
             socket,
             state: Arc::new(State {
                 allowed_uids: config.allowed_uids,
+                networks: config.networks,
                 allowed_slots: Arc::new(Semaphore::new(ALLOWED_CONNECTIONS)),
                 other_slots: Arc::new(Semaphore::new(OTHER_CONNECTIONS)),
                 host: Mutex::new(host),
@@ -349,6 +354,16 @@ async fn handle_request(
         }
         .into();
     }
+    if frame.request == Request::Networks {
+        return Response::Networks {
+            networks: state.networks.of(uid),
+        }
+        .into();
+    }
+    // The caller may name only its own networks and bridges: checked before the host lock.
+    if let Err(message) = authorize(&state.networks, uid, &frame.request) {
+        return refused(message).into();
+    }
     let host = state.host.lock().await;
     if asker_gone() {
         return Response::Error {
@@ -361,9 +376,13 @@ async fn handle_request(
         Request::Version => Ok(Response::Version {
             version: PROTOCOL_VERSION,
         }),
+        // Answered above, before the lock.
+        Request::Networks => Ok(Response::Networks {
+            networks: state.networks.of(uid),
+        }),
         Request::EnsureNetwork { spec } => match validate::network_spec(spec) {
             Ok(subnet) => host
-                .ensure_network(spec, subnet)
+                .ensure_network(spec, subnet, &state.networks)
                 .await
                 .map(|()| Response::Done),
             Err(invalid) => return refused(invalid.0).into(),
@@ -372,11 +391,15 @@ async fn handle_request(
             .ensure_tap(tap, bridge, uid)
             .await
             .map(|()| Response::Done),
-        Request::DeleteTap { tap } => host.delete_tap(tap).await.map(|()| Response::Done),
-        Request::ListTaps => host.list_taps().await.map(|taps| Response::Taps { taps }),
-        Request::RemoveNetwork { bridge } => {
-            host.remove_network(bridge).await.map(|()| Response::Done)
-        }
+        Request::DeleteTap { tap } => host.delete_tap(tap, uid).await.map(|()| Response::Done),
+        Request::ListTaps => host
+            .list_taps(uid)
+            .await
+            .map(|taps| Response::Taps { taps }),
+        Request::RemoveNetwork { bridge } => host
+            .remove_network(bridge, &state.networks)
+            .await
+            .map(|()| Response::Done),
         // The one request whose answer carries descriptors.
         Request::BindDns {
             bridge,
@@ -401,6 +424,22 @@ async fn handle_request(
         }
     };
     result.unwrap_or_else(op_error).into()
+}
+
+/// Whether `uid` may make `request` as far as networks go: a network spec must be exactly one
+/// the helper's configuration gives `uid`, and a bridge one of `uid`'s bridges. Taps are
+/// checked by owner under the host lock ([`Host`]), where the kernel says who owns them.
+fn authorize(networks: &Networks, uid: u32, request: &Request) -> Result<(), String> {
+    match request {
+        Request::EnsureNetwork { spec } => networks.check_spec(uid, spec),
+        Request::EnsureTap { bridge, .. }
+        | Request::RemoveNetwork { bridge }
+        | Request::BindDns { bridge, .. }
+        | Request::RouteDns { bridge, .. } => networks.check_bridge(uid, bridge),
+        Request::Version | Request::Networks | Request::DeleteTap { .. } | Request::ListTaps => {
+            Ok(())
+        }
+    }
 }
 
 fn op_error(e: OpError) -> Response {

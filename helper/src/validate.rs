@@ -132,7 +132,7 @@ pub fn dns_port(port: u16) -> Result<(), Invalid> {
 /// Every argument of every request, checked before the host is touched.
 pub fn request(request: &Request) -> Result<(), Invalid> {
     match request {
-        Request::Version | Request::ListTaps => Ok(()),
+        Request::Version | Request::ListTaps | Request::Networks => Ok(()),
         Request::EnsureNetwork { spec } => network_spec(spec).map(|_| ()),
         Request::EnsureTap { tap, bridge } => {
             tap_name(tap)?;

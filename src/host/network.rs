@@ -25,10 +25,59 @@ use banger_helper::{HelperClient, HelperError, NetworkSpec};
 
 use crate::config::NetworkConfig;
 
-/// The guest subnet: 172.30.0.0/24, its gateway .1 is the bridge's address.
-pub const GUEST_NET: [u8; 3] = [172, 30, 0];
+/// The default guest network's gateway, 172.30.0.1 (its subnet 172.30.0.0/24): the bridge's
+/// address, and what banger-helper gives a user it has no `--network` for.
 pub const GATEWAY: [u8; 4] = [172, 30, 0, 1];
 pub const GUEST_PREFIX_LEN: u8 = 24;
+
+/// The guests' subnet: the bridge's address (the guests' gateway) and the prefix length
+/// (`network.gateway` in config.toml, which must be what banger-helper gives this user).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestSubnet {
+    pub gateway: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Default for GuestSubnet {
+    fn default() -> GuestSubnet {
+        GuestSubnet {
+            gateway: Ipv4Addr::from(GATEWAY),
+            prefix_len: GUEST_PREFIX_LEN,
+        }
+    }
+}
+
+impl GuestSubnet {
+    fn mask(self) -> u32 {
+        u32::MAX << (32 - u32::from(self.prefix_len))
+    }
+
+    /// The network address.
+    pub fn network(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.gateway) & self.mask())
+    }
+
+    /// The dotted netmask (`255.255.255.0` for a /24), for the kernel's `ip=`.
+    pub fn netmask(self) -> Ipv4Addr {
+        Ipv4Addr::from(self.mask())
+    }
+
+    /// Every address a guest may have, lowest first: the subnet's hosts but the gateway.
+    pub fn guest_addresses(self) -> impl Iterator<Item = Ipv4Addr> {
+        let network = u32::from(self.network());
+        let broadcast = network | !self.mask();
+        let gateway = u32::from(self.gateway);
+        (network + 1..broadcast)
+            .filter(move |host| *host != gateway)
+            .map(Ipv4Addr::from)
+    }
+}
+
+impl std::fmt::Display for GuestSubnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network(), self.prefix_len)
+    }
+}
 
 /// The tap of VM `vm_id`: `bt` and the id's low 52 bits in hex (15 bytes at most, the kernel's
 /// limit for interface names; the helper only touches names of this shape).
@@ -66,8 +115,8 @@ impl GuestNetwork {
             helper: HelperClient::new(config.helper_socket.clone()),
             spec: NetworkSpec {
                 bridge: config.bridge.clone(),
-                gateway: Ipv4Addr::from(GATEWAY),
-                prefix_len: GUEST_PREFIX_LEN,
+                gateway: config.subnet.gateway,
+                prefix_len: config.subnet.prefix_len,
             },
             guest_dns: config.guest_dns.clone(),
             dns: OnceLock::new(),
@@ -85,6 +134,7 @@ impl GuestNetwork {
             bridge: crate::config::DEFAULT_BRIDGE.to_owned(),
             tap_pool: 0,
             guest_dns: Vec::new(),
+            subnet: GuestSubnet::default(),
         })
     }
 
@@ -96,6 +146,14 @@ impl GuestNetwork {
     /// The bridge's address: the guests' gateway, and where bangerd's DNS server listens.
     pub fn gateway(&self) -> Ipv4Addr {
         self.spec.gateway
+    }
+
+    /// The guests' subnet and gateway.
+    pub fn guest_subnet(&self) -> GuestSubnet {
+        GuestSubnet {
+            gateway: self.spec.gateway,
+            prefix_len: self.spec.prefix_len,
+        }
     }
 
     /// The bridge's subnet: network address and prefix length.
@@ -429,6 +487,47 @@ mod tests {
         assert_eq!(tap_name(VmId(0xabc)), "btabc");
         // Only the low 52 bits count.
         assert_eq!(tap_name(VmId(0xfff0_0000_0000_0abc)), "btabc");
+    }
+
+    #[test]
+    fn the_default_subnet_is_the_one_banger_helper_gives_by_default() {
+        let helper = banger_helper::networks::default_network();
+        let default = GuestSubnet::default();
+        assert_eq!(
+            (helper.gateway, helper.prefix_len),
+            (default.gateway, default.prefix_len)
+        );
+        assert_eq!(helper.bridge, crate::config::DEFAULT_BRIDGE);
+    }
+
+    #[test]
+    fn guests_get_every_host_address_but_the_gateway() {
+        let default = GuestSubnet::default();
+        let addresses: Vec<Ipv4Addr> = default.guest_addresses().collect();
+        assert_eq!(addresses.len(), 253);
+        assert_eq!(addresses[0], Ipv4Addr::new(172, 30, 0, 2));
+        assert_eq!(addresses[252], Ipv4Addr::new(172, 30, 0, 254));
+        assert_eq!(default.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(default.to_string(), "172.30.0.0/24");
+        // A gateway in the middle of a /22: every other host address, broadcast excluded.
+        let wide = GuestSubnet {
+            gateway: Ipv4Addr::new(10, 44, 1, 7),
+            prefix_len: 22,
+        };
+        let addresses: Vec<Ipv4Addr> = wide.guest_addresses().collect();
+        assert_eq!(addresses.len(), 1021);
+        assert_eq!(addresses[0], Ipv4Addr::new(10, 44, 0, 1));
+        assert!(!addresses.contains(&wide.gateway));
+        assert_eq!(*addresses.last().unwrap(), Ipv4Addr::new(10, 44, 3, 254));
+        assert_eq!(wide.netmask(), Ipv4Addr::new(255, 255, 252, 0));
+        let tiny = GuestSubnet {
+            gateway: Ipv4Addr::new(192, 168, 9, 1),
+            prefix_len: 30,
+        };
+        assert_eq!(
+            tiny.guest_addresses().collect::<Vec<_>>(),
+            [Ipv4Addr::new(192, 168, 9, 2)]
+        );
     }
 
     #[test]

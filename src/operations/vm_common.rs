@@ -45,7 +45,7 @@ use crate::agent::protocol::MIN_PROTOCOL_VERSION;
 use crate::config::Config;
 use crate::host::backends::Backends;
 use crate::host::guest_agent::{AgentEndpoint, AgentLinks};
-use crate::host::network::{GATEWAY, GUEST_NET, host_name_servers, interface_exists, tap_name};
+use crate::host::network::{GuestSubnet, host_name_servers, interface_exists, tap_name};
 use crate::host::process::Liveness;
 use crate::host::vmm::{
     AgentTransport, CONSOLE_TAIL_BYTES, DriveSpec, LaunchSpec, Launched, NetSpec, Vmm, VsockSpec,
@@ -174,7 +174,7 @@ impl VmHost {
     /// is made from a copy of the view and the reservations, then checked against a fresh view
     /// (an operation that ended in between is in it, since it gives its reservation back only
     /// after its last event is folded).
-    pub fn allocate(&self, op_id: OpId) -> Result<Allocation, StepError> {
+    pub fn allocate(&self, op_id: OpId, subnet: GuestSubnet) -> Result<Allocation, StepError> {
         if let Some(existing) = self.lock_reserved().get(&op_id) {
             return Ok(*existing);
         }
@@ -189,14 +189,15 @@ impl VmHost {
                     ips.insert(allocation.ip);
                     cids.insert(allocation.cid);
                 }
-                let ip = (2u8..=254)
-                    .map(|host| [GUEST_NET[0], GUEST_NET[1], GUEST_NET[2], host])
+                let ip = subnet
+                    .guest_addresses()
+                    .map(|address| address.octets())
                     .find(|ip| !ips.contains(ip))
                     .ok_or_else(|| {
-                        StepError::Other(
-                            "no free guest IP left in 172.30.0.0/24 (253 VMs exist); delete a VM first"
-                                .into(),
-                        )
+                        StepError::Other(format!(
+                            "no free guest IP left in {subnet} ({} VMs hold its addresses); delete a VM first, or give banger a larger subnet (network.gateway, and banger-helper's --network)",
+                            ips.len()
+                        ))
                     })?;
                 let cid = (FIRST_GUEST_CID..)
                     .find(|cid| !cids.contains(cid))
@@ -320,16 +321,23 @@ pub fn format_mac(mac: [u8; 6]) -> String {
 ///
 /// A Firecracker guest halts by rebooting (Firecracker has no ACPI power-off and ends when its
 /// guest reboots, with `reboot=k`); QEMU's microvm powers off through ACPI.
-pub fn boot_args(name: &str, ip: [u8; 4], vmm: VmmKind, dns: &[Ipv4Addr]) -> String {
+pub fn boot_args(
+    name: &str,
+    ip: [u8; 4],
+    vmm: VmmKind,
+    dns: &[Ipv4Addr],
+    subnet: GuestSubnet,
+) -> String {
     let [a, b, c, d] = ip;
-    let [g0, g1, g2, g3] = GATEWAY;
+    let gateway = subnet.gateway;
+    let netmask = subnet.netmask();
     let contract = GuestBootArgs {
         hostname: Some(name.to_owned()),
         ip: Some(Ipv4Cidr {
             address: Ipv4Addr::from(ip),
-            prefix_len: 24,
+            prefix_len: subnet.prefix_len,
         }),
-        gateway: Some(Ipv4Addr::from(GATEWAY)),
+        gateway: Some(gateway),
         dns: dns.to_vec(),
         work_device: Some(WORK_DISK_DEVICE.to_owned()),
         halt: match vmm {
@@ -339,7 +347,7 @@ pub fn boot_args(name: &str, ip: [u8; 4], vmm: VmmKind, dns: &[Ipv4Addr]) -> Str
         ..GuestBootArgs::default()
     };
     format!(
-        "console=ttyS0 reboot=k panic=1 pci=off {} ip={a}.{b}.{c}.{d}::{g0}.{g1}.{g2}.{g3}:255.255.255.0::eth0:off",
+        "console=ttyS0 reboot=k panic=1 pci=off {} ip={a}.{b}.{c}.{d}::{gateway}:{netmask}::eth0:off",
         contract.to_kernel_args()
     )
 }
@@ -382,7 +390,12 @@ pub struct BootState {
 impl BootState {
     /// What `vmm` is told to run; the guest agent is reached over the transport the backend
     /// gives the guest (vsock for Firecracker, a virtio-serial port for QEMU).
-    pub fn launch_spec(&self, layout: &Layout, vmm: &dyn Vmm) -> Result<LaunchSpec, StepError> {
+    pub fn launch_spec(
+        &self,
+        layout: &Layout,
+        vmm: &dyn Vmm,
+        subnet: GuestSubnet,
+    ) -> Result<LaunchSpec, StepError> {
         let transport = vmm.agent_transport();
         let allocation = self
             .allocation
@@ -404,7 +417,13 @@ impl BootState {
             mem_mib,
             kernel: self.kernel_path.clone(),
             initrd: self.initrd_path.clone(),
-            boot_args: boot_args(&self.name, allocation.ip, self.vmm, &self.name_servers()),
+            boot_args: boot_args(
+                &self.name,
+                allocation.ip,
+                self.vmm,
+                &self.name_servers(subnet),
+                subnet,
+            ),
             drives: vec![
                 DriveSpec {
                     id: "rootfs".into(),
@@ -435,9 +454,9 @@ impl BootState {
         })
     }
 
-    fn name_servers(&self) -> Vec<Ipv4Addr> {
+    fn name_servers(&self, subnet: GuestSubnet) -> Vec<Ipv4Addr> {
         if self.dns.is_empty() {
-            host_name_servers(&Ipv4Addr::from(GATEWAY))
+            host_name_servers(&subnet.gateway)
         } else {
             self.dns.clone()
         }
@@ -670,7 +689,7 @@ impl Step<BootState> for LaunchVmm {
             {
                 return Ok(produced(launched));
             }
-            let spec = state.launch_spec(cx.layout, cx.vmm)?;
+            let spec = state.launch_spec(cx.layout, cx.vmm, cx.network.guest_subnet())?;
             let spawned = cx
                 .vmm
                 .spawn(&spec)
@@ -709,7 +728,7 @@ impl Step<BootState> for Configure {
         state: &'a mut BootState,
     ) -> BoxFuture<'a, Result<Vec<Handle>, StepError>> {
         Box::pin(async move {
-            let spec = state.launch_spec(cx.layout, cx.vmm)?;
+            let spec = state.launch_spec(cx.layout, cx.vmm, cx.network.guest_subnet())?;
             let launched = state.launched()?;
             cx.vmm
                 .configure(launched, &spec)

@@ -330,7 +330,7 @@ impl Step<BootState> for Allocate {
         Box::pin(async move {
             let allocation = match state.allocation {
                 Some(allocation) => allocation,
-                None => state.host.allocate(cx.op_id)?,
+                None => state.host.allocate(cx.op_id, cx.network.guest_subnet())?,
             };
             state.allocation = Some(allocation);
             if state.tap.is_none() {

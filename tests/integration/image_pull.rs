@@ -861,9 +861,9 @@ async fn on_a_terminal_a_pull_draws_a_bar_in_place_and_leaves_only_lines() {
         .map(|frame| frame.lines().next().unwrap_or(""))
         .collect();
     assert!(
-        draws.iter().any(|d| d.starts_with("downloading [")
-            && d.contains('%')
-            && d.contains("layers)")),
+        draws
+            .iter()
+            .any(|d| d.starts_with("downloading [") && d.contains('%') && d.contains("layers)")),
         "a download bar was drawn: {text:?}"
     );
     assert!(
@@ -874,7 +874,10 @@ async fn on_a_terminal_a_pull_draws_a_bar_in_place_and_leaves_only_lines() {
     );
     // Every bar is erased before the next line is printed: after the last erase, no bar.
     let last = text.rsplit(ERASE).next().unwrap();
-    assert!(!last.contains('['), "the bar stayed on the screen: {last:?}");
+    assert!(
+        !last.contains('['),
+        "the bar stayed on the screen: {last:?}"
+    );
     assert!(text.contains("pulled bar"), "{text:?}");
     // Nothing of the bar went to the log or the result: it is the terminal's only.
     let (show, _) = banger_ok(daemon.root(), &["image", "show", "bar"]);

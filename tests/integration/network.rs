@@ -25,12 +25,21 @@ pub(super) async fn lab(extra_env: &[(&str, &str)]) -> Bangerd {
 
 /// As [`lab`], with `tap_pool` spare taps.
 async fn lab_with_pool(extra_env: &[(&str, &str)], tap_pool: usize) -> Bangerd {
-    let root = TestRoot::new();
+    lab_on(
+        TestRoot::new(),
+        extra_env,
+        &format!("tap_pool = {tap_pool}"),
+    )
+    .await
+}
+
+/// As [`lab`], on `root`, with `network` lines in the config's `[network]` section.
+async fn lab_on(root: TestRoot, extra_env: &[(&str, &str)], network: &str) -> Bangerd {
     let config_dir = root.layout().config_dir;
     std::fs::create_dir_all(&config_dir).expect("create the config dir");
     std::fs::write(
         config_dir.join("config.toml"),
-        format!("[network]\ntap_pool = {tap_pool}\n"),
+        format!("[network]\n{network}\n"),
     )
     .expect("write the config");
     let fake = crate::firecracker::fake_binary().display().to_string();
@@ -59,6 +68,75 @@ async fn import_kernel_and_image(daemon: &Bangerd) {
         )
         .await
         .expect("image.register");
+}
+
+/// A helper that gives this user a /22 with its gateway mid-range, and a bangerd configured
+/// for it: the bridge, NAT and the guest's address and kernel command line are that subnet's.
+/// A bangerd configured for another subnet than the helper gives is refused, saying what the
+/// helper gives, and nothing is made.
+async fn guests_live_in_the_subnet_the_helper_gives_and_another_is_refused() {
+    let given = format!("{}:banger0:10.44.1.7/22", nix::unistd::geteuid());
+    let root = TestRoot::with_helper_args(&["--network", &given]);
+    let daemon = lab_on(root, &[], "tap_pool = 0\ngateway = \"10.44.1.7/22\"").await;
+    let created: VmCreateResult = daemon
+        .client()
+        .await
+        .call("vm.create", &json!({"name": "dev", "image": "img"}))
+        .await
+        .unwrap_or_else(|e| panic!("vm.create: {e}\n{}", daemon.output()));
+    let net = network(&daemon);
+    let addresses = net.run("ip", &["-j", "addr", "show", "dev", "banger0"]);
+    assert!(
+        addresses.contains("\"local\":\"10.44.1.7\"") && addresses.contains("\"prefixlen\":22"),
+        "{addresses}"
+    );
+    let table = net.run("nft", &["list", "table", "ip", "banger"]);
+    assert!(table.contains("ip saddr 10.44.0.0/22"), "{table}");
+    let shown = show(&daemon, "dev").await;
+    assert!(
+        shown.handles.iter().any(|h| h.handle
+            == Handle::Ip {
+                addr: [10, 44, 0, 1]
+            }),
+        "the first guest address of 10.44.0.0/22: {:?}",
+        shown.handles
+    );
+    let api = banger::host::firecracker::FirecrackerClient::new(
+        daemon.layout().vm_api_socket(created.vm_id),
+    );
+    let response = api
+        .request(banger::host::firecracker::Method::Get, "/vm/config", None)
+        .await
+        .expect("GET /vm/config");
+    let config: Value = serde_json::from_slice(&response.body).unwrap();
+    let boot_args = config["boot-source"]["boot_args"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        boot_args
+            .split(' ')
+            .any(|arg| arg == "ip=10.44.0.1::10.44.1.7:255.255.252.0::eth0:off"),
+        "{boot_args}"
+    );
+
+    // bangerd left on the default subnet, the helper giving the /22: refused, nothing made.
+    let given = format!("{}:banger0:10.44.1.7/22", nix::unistd::geteuid());
+    let root = TestRoot::with_helper_args(&["--network", &given]);
+    let daemon = lab_on(root, &[], "tap_pool = 0").await;
+    let error = rpc_error(
+        daemon
+            .client()
+            .await
+            .call::<_, VmCreateResult>("vm.create", &json!({"name": "dev", "image": "img"}))
+            .await,
+    );
+    assert!(
+        error.message.contains("may not have network") && error.message.contains("10.44.1.7/22"),
+        "{error:?}"
+    );
+    let net = network(&daemon);
+    assert!(net.taps().is_empty());
+    assert!(!net.run("ip", &["-j", "link", "show"]).contains("banger0"));
 }
 
 /// bangerd's environment here: the fake firecracker, the real agent, and `extra`.
@@ -542,5 +620,6 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
         tokio spare_taps_are_made_after_the_first_vm_and_the_next_vm_takes_one needs(Root),
         tokio a_fill_interrupted_by_a_crash_is_rolled_back_and_made_again needs(Root),
         tokio a_root_bangerd_starts_banger_helper_itself_when_none_answers needs(Root),
+        tokio guests_live_in_the_subnet_the_helper_gives_and_another_is_refused needs(Root),
     ]
 }

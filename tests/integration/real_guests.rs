@@ -365,8 +365,16 @@ fn a_debian_image_with_systemd_runs_its_whole_life_under_qemu() {
     assert!(pulled.contains("debian-systemd"), "{pulled}");
     // A whole debootstrapped Debian, flattened by banger: e2fsprogs finds nothing to fix, and
     // the setuid programs and root-owned tree arrive as debootstrap made them.
-    let rootfs = lab.daemon.layout().image_dir("debian-systemd").join("rootfs.ext4");
-    let fsck = Command::new("e2fsck").arg("-fn").arg(&rootfs).output().unwrap();
+    let rootfs = lab
+        .daemon
+        .layout()
+        .image_dir("debian-systemd")
+        .join("rootfs.ext4");
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&rootfs)
+        .output()
+        .unwrap();
     assert!(
         fsck.status.success(),
         "e2fsck -fn {}:\n{}{}",

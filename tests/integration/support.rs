@@ -81,14 +81,20 @@ pub struct TestNetwork {
 
 impl TestNetwork {
     fn start() -> TestNetwork {
+        TestNetwork::start_with(&[])
+    }
+
+    /// With `helper_args` on banger-helper's command line.
+    fn start_with(helper_args: &[&str]) -> TestNetwork {
         let dir = tempfile::Builder::new()
             .prefix("banger-net-")
             .tempdir_in("/tmp")
             .expect("create the helper's directory");
         let stderr = fs::File::create(dir.path().join("banger-helper.stderr"))
             .expect("create banger-helper's output file");
-        let sandbox = Sandbox::start(helper_binary(), dir.path(), stderr.into())
-            .unwrap_or_else(|e| panic!("start banger-helper in a network namespace: {e}"));
+        let sandbox =
+            Sandbox::start_with_args(helper_binary(), dir.path(), stderr.into(), helper_args)
+                .unwrap_or_else(|e| panic!("start banger-helper in a network namespace: {e}"));
         TestNetwork { sandbox, _dir: dir }
     }
 
@@ -169,6 +175,13 @@ impl TestRoot {
             dir,
             network: OnceLock::new(),
         }
+    }
+
+    /// A root whose test network's helper gets `helper_args` too (`--network …`). Needs root.
+    pub fn with_helper_args(helper_args: &[&str]) -> TestRoot {
+        let root = TestRoot::new();
+        let _ = root.network.set(Some(TestNetwork::start_with(helper_args)));
+        root
     }
 
     /// A root whose bangerd runs in this host's network namespace, with no test network even

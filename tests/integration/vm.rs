@@ -859,6 +859,7 @@ async fn boot_steps_twice(root: PathBuf, helper_socket: PathBuf) -> Vec<String> 
         bridge: "banger0".into(),
         tap_pool: 0,
         guest_dns: Vec::new(),
+        subnet: Default::default(),
     });
     let mut state = BootState {
         host,

@@ -71,6 +71,11 @@ struct Helper {
 
 impl Helper {
     fn start(allowed: &[u32]) -> Helper {
+        Helper::start_with(allowed, &[])
+    }
+
+    /// With `--network` flags (`UID:BRIDGE:GATEWAY/PREFIX`) beside the allow-list.
+    fn start_with(allowed: &[u32], networks: &[&str]) -> Helper {
         let dir = tempfile::Builder::new()
             .prefix("banger-helper-test")
             .tempdir()
@@ -80,14 +85,22 @@ impl Helper {
             .expect("chmod temp dir");
         // A directory that does not exist yet: the helper creates it.
         let socket = dir.path().join("run").join("helper.sock");
-        Helper::start_at(dir, socket, allowed)
+        Helper::start_at(dir, socket, allowed, networks)
     }
 
-    fn start_at(dir: tempfile::TempDir, socket: PathBuf, allowed: &[u32]) -> Helper {
+    fn start_at(
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        allowed: &[u32],
+        networks: &[&str],
+    ) -> Helper {
         let mut cmd = Command::new(helper_bin());
         cmd.arg("--socket").arg(&socket);
         for uid in allowed {
             cmd.arg("--allow-uid").arg(uid.to_string());
+        }
+        for network in networks {
+            cmd.arg("--network").arg(network);
         }
         cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -276,13 +289,15 @@ fn assert_closed(stream: &mut StdUnixStream) {
 }
 
 fn network_lifecycle_is_idempotent() {
-    let helper = Helper::start(&[0]);
+    let helper = Helper::start_with(&[0], &["0:banger0:10.77.0.1/24"]);
     let client = helper.client();
     let rt = runtime();
     let net = spec("banger0", [10, 77, 0, 1], 24);
 
     // Someone else's table must survive banger replacing its own.
     helper.ns_ok(&["nft", "add", "table", "inet", "someoneelse"]);
+    // A new namespace inherits the host's forwarding setting; start from off.
+    helper.ns_ok(&["sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward"]);
     assert_eq!(
         helper
             .ns_ok(&["cat", "/proc/sys/net/ipv4/ip_forward"])
@@ -339,10 +354,29 @@ fn network_lifecycle_is_idempotent() {
             .contains("table inet someoneelse")
     );
 
-    // A new subnet replaces the old address and rules rather than adding to them.
-    let moved = spec("banger0", [192, 168, 50, 1], 28);
-    rt.block_on(client.ensure_network(&moved))
-        .expect("ensure_network with a new subnet");
+    // What the helper's configuration gives the caller is all it may ask for: another subnet
+    // for its bridge, or another bridge, is refused and changes nothing.
+    assert_eq!(
+        rt.block_on(client.networks()).unwrap(),
+        std::slice::from_ref(&net)
+    );
+    for foreign in [
+        spec("banger0", [192, 168, 50, 1], 28),
+        spec("banger5", [10, 5, 0, 1], 24),
+    ] {
+        match rt.block_on(client.ensure_network(&foreign)) {
+            Err(HelperError::Refused { message }) => assert!(
+                message.contains("may not have network") && message.contains("10.77.0.1/24"),
+                "{message}"
+            ),
+            other => panic!("expected Refused, got {other:?}"),
+        }
+    }
+    assert!(helper.link("banger5").is_none());
+
+    // A stale address (an earlier configuration's subnet) is replaced, not added to.
+    helper.ns_ok(&["ip", "addr", "add", "192.168.50.1/28", "dev", "banger0"]);
+    rt.block_on(client.ensure_network(&net)).unwrap();
     let addrs: Value =
         serde_json::from_str(&helper.ns_ok(&["ip", "-j", "-4", "addr", "show", "dev", "banger0"]))
             .unwrap();
@@ -351,13 +385,12 @@ fn network_lifecycle_is_idempotent() {
         1,
         "{addrs}"
     );
-    assert_eq!(addrs[0]["addr_info"][0]["local"], "192.168.50.1");
+    assert_eq!(addrs[0]["addr_info"][0]["local"], "10.77.0.1");
     let table = helper.nft_table().unwrap();
     assert!(
-        table.contains("192.168.50.0/28") && !table.contains("10.77.0.0"),
+        table.contains("10.77.0.0/24") && !table.contains("192.168.50.0"),
         "{table}"
     );
-    rt.block_on(client.ensure_network(&net)).unwrap();
 
     // Taps.
     rt.block_on(client.ensure_tap("bt1", "banger0"))
@@ -381,10 +414,13 @@ fn network_lifecycle_is_idempotent() {
     assert!(helper.link("bt1").is_none());
     assert_eq!(rt.block_on(client.list_taps()).unwrap(), ["bt2a"]);
 
-    // A tap on a missing bridge fails and says why.
+    // A tap on a bridge the caller was not given is refused and says why.
     match rt.block_on(client.ensure_tap("bt3", "banger9")) {
-        Err(HelperError::Failed { message }) => assert!(message.contains("banger9"), "{message}"),
-        other => panic!("expected Failed, got {other:?}"),
+        Err(HelperError::Refused { message }) => assert!(
+            message.contains("banger9") && message.contains("not uid 0's"),
+            "{message}"
+        ),
+        other => panic!("expected Refused, got {other:?}"),
     }
     assert!(helper.link("bt3").is_none());
 
@@ -432,7 +468,7 @@ fn bad_names_are_refused_before_anything_happens() {
             serde_json::json!({"op": "delete_tap", "tap": tap}),
         ] {
             let body =
-                serde_json::to_vec(&serde_json::json!({"v": 1, "request": request})).unwrap();
+                serde_json::to_vec(&serde_json::json!({"v": 2, "request": request})).unwrap();
             let answer = raw_exchange(&helper.socket, &frame(&body)).expect("an answer");
             assert_eq!(answer["result"], "error", "{tap:?}: {answer}");
             assert_eq!(answer["kind"], "refused", "{tap:?}: {answer}");
@@ -459,7 +495,7 @@ fn bad_names_are_refused_before_anything_happens() {
         "banger0\0",
     ] {
         let body = serde_json::to_vec(
-            &serde_json::json!({"v": 1, "request": {"op": "remove_network", "bridge": bridge}}),
+            &serde_json::json!({"v": 2, "request": {"op": "remove_network", "bridge": bridge}}),
         )
         .unwrap();
         let answer = raw_exchange(&helper.socket, &frame(&body)).expect("an answer");
@@ -484,7 +520,7 @@ fn bad_names_are_refused_before_anything_happens() {
         ([10, 0, 0, 1], 8),
         ([10, 0, 0, 1], 31),
     ] {
-        let body = serde_json::to_vec(&serde_json::json!({"v": 1, "request": {"op": "ensure_network",
+        let body = serde_json::to_vec(&serde_json::json!({"v": 2, "request": {"op": "ensure_network",
             "spec": {"bridge": "banger0", "gateway": std::net::Ipv4Addr::from(gateway), "prefix_len": prefix_len}}}))
         .unwrap();
         let answer = raw_exchange(&helper.socket, &frame(&body)).expect("an answer");
@@ -498,7 +534,7 @@ fn bad_names_are_refused_before_anything_happens() {
 }
 
 fn interfaces_that_are_not_taps_are_left_alone() {
-    let helper = Helper::start(&[0]);
+    let helper = Helper::start_with(&[0], &["0:banger0:10.78.0.1/24", "0:banger1:10.79.0.1/24"]);
     let client = helper.client();
     let rt = runtime();
     rt.block_on(client.ensure_network(&spec("banger0", [10, 78, 0, 1], 24)))
@@ -538,18 +574,19 @@ fn interfaces_that_are_not_taps_are_left_alone() {
         "name",
         "vethpeer1",
     ]);
-    assert!(matches!(
+    // banger1 is the caller's network by configuration: what refuses is the host check.
+    for result in [
         rt.block_on(client.ensure_network(&spec("banger1", [10, 79, 0, 1], 24))),
-        Err(HelperError::Refused { .. })
-    ));
-    assert!(matches!(
         rt.block_on(client.remove_network("banger1")),
-        Err(HelperError::Refused { .. })
-    ));
-    assert!(matches!(
         rt.block_on(client.ensure_tap("bt2", "banger1")),
-        Err(HelperError::Refused { .. })
-    ));
+    ] {
+        match result {
+            Err(HelperError::Refused { message }) => {
+                assert!(message.contains("not a bridge"), "{message}")
+            }
+            other => panic!("expected Refused, got {other:?}"),
+        }
+    }
     assert!(helper.link("banger1").is_some());
     assert!(helper.link("bt2").is_none());
 }
@@ -564,12 +601,12 @@ fn bad_frames_cost_only_their_connection() {
         .unwrap();
     for _ in 0..3 {
         stream
-            .write_all(&frame(br#"{"v":1,"request":{"op":"version"}}"#))
+            .write_all(&frame(br#"{"v":2,"request":{"op":"version"}}"#))
             .unwrap();
         let answer = read_raw_response(&mut stream).expect("answer");
         assert_eq!(
             answer,
-            serde_json::json!({"result": "version", "version": 1})
+            serde_json::json!({"result": "version", "version": 2})
         );
     }
     // A connection that is kept open while others misbehave keeps working afterwards.
@@ -598,8 +635,8 @@ fn bad_frames_cost_only_their_connection() {
 
     for garbage in [
         frame(b"this is not json"),
-        frame(br#"{"v":1,"request":{"op":"run_command","argv":["/bin/sh"]}}"#),
-        frame(br#"{"v":1,"request":{"op":"ensure_tap","tap":"bt1"}}"#),
+        frame(br#"{"v":2,"request":{"op":"run_command","argv":["/bin/sh"]}}"#),
+        frame(br#"{"v":2,"request":{"op":"ensure_tap","tap":"bt1"}}"#),
         frame(b""),
     ] {
         let mut s = StdUnixStream::connect(&helper.socket).unwrap();
@@ -631,17 +668,17 @@ fn bad_frames_cost_only_their_connection() {
         &frame(br#"{"v":99,"request":{"op":"version"}}"#),
     )
     .unwrap();
-    assert_eq!(answer["version"], 1);
+    assert_eq!(answer["version"], 2);
 
     stream
-        .write_all(&frame(br#"{"v":1,"request":{"op":"list_taps"}}"#))
+        .write_all(&frame(br#"{"v":2,"request":{"op":"list_taps"}}"#))
         .unwrap();
     assert_eq!(
         read_raw_response(&mut stream).unwrap(),
         serde_json::json!({"result": "taps", "taps": []})
     );
     let rt = runtime();
-    assert_eq!(rt.block_on(helper.client().version()).unwrap(), 1);
+    assert_eq!(rt.block_on(helper.client().version()).unwrap(), 2);
     assert!(helper.child_alive());
 }
 
@@ -716,6 +753,28 @@ fn unprivileged_client_entry(job: String) {
             .block_on(client.ensure_tap(tap, bridge))
             .map(|()| "done".to_string()),
         ["list_taps"] => rt.block_on(client.list_taps()).map(|t| t.join(",")),
+        ["delete_tap", tap] => rt
+            .block_on(client.delete_tap(tap))
+            .map(|()| "done".to_string()),
+        ["remove_network", bridge] => rt
+            .block_on(client.remove_network(bridge))
+            .map(|()| "done".to_string()),
+        ["networks"] => rt.block_on(client.networks()).map(|networks| {
+            networks
+                .iter()
+                .map(|n| format!("{} {}/{}", n.bridge, n.gateway, n.prefix_len))
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
+        ["ensure_network", bridge, address] => {
+            let (gateway, prefix_len) = address.split_once('/').expect("GATEWAY/PREFIX");
+            rt.block_on(client.ensure_network(&NetworkSpec {
+                bridge: bridge.to_string(),
+                gateway: gateway.parse().expect("gateway"),
+                prefix_len: prefix_len.parse().expect("prefix"),
+            }))
+            .map(|()| "done".to_string())
+        }
         other => panic!("unknown client op {other:?}"),
     };
     let verdict = match result {
@@ -732,7 +791,7 @@ fn callers_outside_the_allow_list_are_refused() {
     rt.block_on(
         helper
             .client()
-            .ensure_network(&spec("banger0", [10, 80, 0, 1], 24)),
+            .ensure_network(&banger_helper::networks::default_network()),
     )
     .unwrap();
     for op in ["version", "list_taps", "ensure_tap:bt7:banger0"] {
@@ -758,32 +817,146 @@ fn callers_outside_the_allow_list_are_refused() {
     assert!(helper.child_alive());
 }
 
-fn allowed_unprivileged_caller_owns_its_tap() {
-    let helper = Helper::start(&[0, NOBODY]);
+/// Two allowed users, each with the network the helper's configuration gives it: each makes
+/// and removes its own, owns its taps, and can touch nothing of the other's.
+fn allowed_users_get_only_their_own_networks_and_taps() {
+    let helper = Helper::start_with(&[0, NOBODY], &["65534:banger1:10.91.0.1/24"]);
     let rt = runtime();
-    rt.block_on(
-        helper
-            .client()
-            .ensure_network(&spec("banger0", [10, 81, 0, 1], 24)),
-    )
-    .unwrap();
-    let verdict = run_as_nobody(&helper.socket, "ensure_tap:bt65:banger0");
-    assert_eq!(verdict, format!("uid={NOBODY} ok done"));
-    assert_tap(&helper, "bt65", "banger0", NOBODY);
-    assert_eq!(
-        run_as_nobody(&helper.socket, "list_taps"),
-        format!("uid={NOBODY} ok bt65")
-    );
+    let client = helper.client();
+    let mine = banger_helper::networks::default_network();
+    let nobody = |op: &str| run_as_nobody(&helper.socket, op);
+    let refused = |op: &str, needle: &str| {
+        let verdict = nobody(op);
+        assert!(
+            verdict.starts_with(&format!("uid={NOBODY} refused")) && verdict.contains(needle),
+            "{op}: {verdict}"
+        );
+    };
 
-    // The owner follows the caller: root asking for the same tap takes it over.
-    rt.block_on(helper.client().ensure_tap("bt65", "banger0"))
-        .unwrap();
-    assert_tap(&helper, "bt65", "banger0", 0);
+    // Each is told its own network, and may make only that one.
     assert_eq!(
-        run_as_nobody(&helper.socket, "ensure_tap:bt65:banger0"),
+        rt.block_on(client.networks()).unwrap(),
+        std::slice::from_ref(&mine)
+    );
+    assert_eq!(
+        nobody("networks"),
+        format!("uid={NOBODY} ok banger1 10.91.0.1/24")
+    );
+    rt.block_on(client.ensure_network(&mine)).unwrap();
+    refused(
+        "ensure_network:banger0:172.30.0.1/24",
+        "may not have network",
+    );
+    refused(
+        "ensure_network:banger1:10.92.0.1/24",
+        "may not have network",
+    );
+    refused(
+        "ensure_network:banger1:172.30.0.1/24",
+        "may not have network",
+    );
+    assert!(helper.link("banger1").is_none(), "a refusal made nothing");
+    assert_eq!(
+        nobody("ensure_network:banger1:10.91.0.1/24"),
         format!("uid={NOBODY} ok done")
     );
-    assert_tap(&helper, "bt65", "banger0", NOBODY);
+
+    // One table holds both networks, and nothing is forwarded between them.
+    let table = helper.nft_table().expect("banger's table");
+    for rule in [
+        "ip saddr 172.30.0.0/24 oifname != \"banger0\" masquerade",
+        "ip saddr 10.91.0.0/24 oifname != \"banger1\" masquerade",
+        "iifname \"banger0\" oifname \"banger1\" drop",
+        "iifname \"banger1\" oifname \"banger0\" drop",
+    ] {
+        assert!(table.contains(rule), "{rule} missing from:\n{table}");
+    }
+
+    // Taps: each on its own bridge, owned by its maker, invisible and untouchable to the other.
+    rt.block_on(client.ensure_tap("bt1", "banger0")).unwrap();
+    assert_eq!(
+        nobody("ensure_tap:bt65:banger1"),
+        format!("uid={NOBODY} ok done")
+    );
+    assert_tap(&helper, "bt65", "banger1", NOBODY);
+    assert_eq!(nobody("list_taps"), format!("uid={NOBODY} ok bt65"));
+    assert_eq!(rt.block_on(client.list_taps()).unwrap(), ["bt1"]);
+    refused("ensure_tap:bt66:banger0", "not uid 65534's");
+    refused("ensure_tap:bt1:banger1", "belongs to uid 0");
+    refused("delete_tap:bt1", "belongs to uid 0");
+    refused("remove_network:banger0", "not uid 65534's");
+    match rt.block_on(client.ensure_tap("bt65", "banger0")) {
+        Err(HelperError::Refused { message }) => {
+            assert!(message.contains("belongs to uid 65534"), "{message}")
+        }
+        other => panic!("root took over another's tap: {other:?}"),
+    }
+    match rt.block_on(client.delete_tap("bt65")) {
+        Err(HelperError::Refused { message }) => {
+            assert!(message.contains("belongs to uid 65534"), "{message}")
+        }
+        other => panic!("root deleted another's tap: {other:?}"),
+    }
+    assert_tap(&helper, "bt1", "banger0", 0);
+    assert_tap(&helper, "bt65", "banger1", NOBODY);
+    assert!(helper.link("bt66").is_none());
+
+    // Removing one network leaves the other's bridge and rules whole.
+    assert_eq!(nobody("delete_tap:bt65"), format!("uid={NOBODY} ok done"));
+    assert_eq!(
+        nobody("remove_network:banger1"),
+        format!("uid={NOBODY} ok done")
+    );
+    assert!(helper.link("banger1").is_none());
+    let table = helper.nft_table().expect("banger0's rules remain");
+    assert!(
+        table.contains("ip saddr 172.30.0.0/24 oifname != \"banger0\" masquerade")
+            && !table.contains("banger1")
+            && !table.contains("10.91.0.0"),
+        "{table}"
+    );
+    assert_tap(&helper, "bt1", "banger0", 0);
+}
+
+/// Two allowed users and one default network: the helper refuses to start, saying how to give
+/// each its own; so does a network for a uid that is not allowed.
+fn a_configuration_that_would_share_a_network_is_refused_at_start() {
+    for (args, needle) in [
+        (
+            vec!["--allow-uid", "0", "--allow-uid", "65534"],
+            "--network",
+        ),
+        (
+            vec!["--allow-uid", "0", "--network", "7:banger7:10.7.0.1/24"],
+            "--allow-uid 7",
+        ),
+        (
+            vec![
+                "--allow-uid",
+                "0",
+                "--allow-uid",
+                "7",
+                "--network",
+                "7:banger7:172.30.0.1/16",
+            ],
+            "overlap",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let output = Command::new(helper_bin())
+            .arg("--socket")
+            .arg(dir.path().join("helper.sock"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(
+            !dir.path().join("helper.sock").exists(),
+            "{args:?} listened"
+        );
+    }
 }
 
 fn sigterm_stops_the_helper_and_removes_its_socket() {
@@ -792,14 +965,14 @@ fn sigterm_stops_the_helper_and_removes_its_socket() {
     // A stale socket left by a helper that died is replaced.
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     assert!(socket.exists());
-    let mut helper = Helper::start_at(dir, socket.clone(), &[0]);
+    let mut helper = Helper::start_at(dir, socket.clone(), &[0], &[]);
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(
         mode, 0o666,
         "access is decided by SO_PEERCRED, not the file mode"
     );
     let rt = runtime();
-    assert_eq!(rt.block_on(helper.client().version()).unwrap(), 1);
+    assert_eq!(rt.block_on(helper.client().version()).unwrap(), 2);
 
     // A second helper on the same socket refuses to start instead of stealing it.
     let second = Command::new(helper_bin())
@@ -865,7 +1038,7 @@ fn idle_connections_of_strangers_cannot_starve_allowed_callers() {
     rt.block_on(
         helper
             .client()
-            .ensure_network(&spec("banger0", [10, 81, 0, 1], 24)),
+            .ensure_network(&banger_helper::networks::default_network()),
     )
     .expect("an allowed caller is served");
     assert!(
@@ -903,10 +1076,10 @@ fn a_request_whose_asker_hung_up_is_not_carried_out() {
         .block_on(
             helper
                 .client()
-                .ensure_network(&spec("banger0", [10, 82, 0, 1], 24)),
+                .ensure_network(&banger_helper::networks::default_network()),
         )
         .unwrap();
-    let request = br#"{"v":1,"request":{"op":"ensure_tap","tap":"bt9","bridge":"banger0"}}"#;
+    let request = br#"{"v":2,"request":{"op":"ensure_tap","tap":"bt9","bridge":"banger0"}}"#;
     let mut answers = Vec::new();
     let refused = (0..20).find_map(|_| {
         let mut stream = StdUnixStream::connect(&helper.socket).expect("connect");
@@ -963,7 +1136,8 @@ fn tests() -> Vec<banger_test_harness::Test> {
         sync interfaces_that_are_not_taps_are_left_alone needs(Root),
         sync bad_frames_cost_only_their_connection needs(Root),
         sync callers_outside_the_allow_list_are_refused needs(Root),
-        sync allowed_unprivileged_caller_owns_its_tap needs(Root),
+        sync allowed_users_get_only_their_own_networks_and_taps needs(Root),
+        sync a_configuration_that_would_share_a_network_is_refused_at_start,
         sync sigterm_stops_the_helper_and_removes_its_socket needs(Root),
         sync unreachable_helper_says_what_to_do,
         sync idle_connections_of_strangers_cannot_starve_allowed_callers needs(Root),
