@@ -398,13 +398,18 @@ impl Bangerd {
                         .map_err(std::io::Error::from)
                 });
             }
-        } else if self.host_network {
+        } else if !self.host_network
+            && let Some(network) = self.root.network()
+        {
+            network.join(&mut command);
+        } else {
+            // On the host's network (asked for, or a root without a test network): no helper
+            // to reach or start, so that nothing a test does can touch the host's network (a
+            // bangerd running as root would otherwise start banger-helper on the host).
             command.env("BANGER_NO_AUTOSTART", "1").env(
                 "BANGER_HELPER_SOCKET",
                 self.root.path().join("no-helper.sock"),
             );
-        } else if let Some(network) = self.root.network() {
-            network.join(&mut command);
         }
         for (key, value) in &self.env {
             command.env(key, value);
