@@ -1136,16 +1136,22 @@ The checks: orphans, host resources that carry banger's names (taps, VM, kernel 
 directories, VMM processes) but that the event log does not know, as a repaired log or a \
 hand-made leftover leaves them (--fix removes them and records each removal in the log); vmm, \
 which VMM new VMs get and why (KVM that runs stock guests and firecracker, else QEMU; fails when \
-neither can run a VM); disk, free space where banger keeps its state and whether root disks \
-there are reflink clones or sparse copies; dns, bangerd's server for NAME.vm and whether the \
-host resolves .vm too; ssh, the client `banger vm ssh` runs. Checks of the helper, bridge and \
-NAT, firecracker's version and the installed units' hardening arrive with the host milestone.";
+neither can run a VM); firecracker, firecracker and its jailer present and at least 1.8 (only \
+information where new VMs run on QEMU); disk, free space where banger keeps its state and \
+whether root disks there are reflink clones or sparse copies; defaults, the default image and \
+its kernel, here or pulled on first use from the catalogs; dns, bangerd's server for NAME.vm and \
+whether the host resolves .vm too; ssh, the client `banger vm ssh` runs; posture, bangerd's \
+socket and state directory modes and, after `banger system install`, whether the installed \
+units are what install writes (their hardening, the helper's --allow-uid).";
 
 const DOCTOR_AFTER: &str = "\
 Examples:
   banger doctor                      every check, one line each
   banger doctor --fix                remove the orphans it lists (each removal is an event)
-  banger doctor --json               for scripts: {\"ok\": …, \"checks\": […]}";
+  banger doctor --json               for scripts: {\"ok\": …, \"checks\": […]}
+
+What comes next:
+  sudo banger system install         run bangerd and its helper as hardened systemd services";
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
