@@ -445,8 +445,8 @@ fn render_status(
             None => String::new(),
         };
         lines.push(format!(
-            "{:<11} {}: {}{service}",
-            format!("{}:", unit.check.name.trim_end_matches(".service")),
+            "unit:       {} ({}): {}{service}",
+            unit.check.name,
             unit.check.path.display(),
             unit.check.state.describe(),
         ));
