@@ -17,5 +17,6 @@ pub mod registry;
 pub mod rpc;
 pub mod size;
 pub mod static_agent;
+pub mod system;
 pub mod update;
 pub mod workspace;

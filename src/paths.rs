@@ -60,6 +60,22 @@ impl Layout {
     }
 
     pub fn user() -> Result<Layout, PathsError> {
+        Layout::user_with(&env_path)
+    }
+
+    /// The user layout bangerd computes in a service environment that sets only `HOME` and
+    /// `XDG_RUNTIME_DIR` (systemd gives a service no other XDG variable): what `banger system
+    /// install` gives bangerd, through the same code as [`Layout::user`].
+    pub fn service(home: &Path, xdg_runtime_dir: &Path) -> Layout {
+        let lookup = |var: &str| match var {
+            "HOME" => Some(home.to_path_buf()),
+            "XDG_RUNTIME_DIR" => Some(xdg_runtime_dir.to_path_buf()),
+            _ => None,
+        };
+        Layout::user_with(&lookup).unwrap_or_else(|_| Layout::rooted(home))
+    }
+
+    fn user_with(env_path: &dyn Fn(&str) -> Option<PathBuf>) -> Result<Layout, PathsError> {
         let home = env_path("HOME").ok_or(PathsError::NoHome)?;
         let xdg = |var: &str, fallback: &str| {
             env_path(var)
@@ -245,6 +261,19 @@ mod tests {
         }
         assert_eq!(layout.log_path(), Path::new("/tmp/x/state/events.redb"));
         assert_eq!(layout.socket_path(), Path::new("/tmp/x/run/bangerd.sock"));
+    }
+
+    #[test]
+    fn a_service_layout_is_the_user_layout_of_its_home() {
+        let layout = Layout::service(Path::new("/home/al"), Path::new("/run/bangerd"));
+        assert_eq!(layout.mode, Mode::User);
+        assert_eq!(layout.state_dir, Path::new("/home/al/.local/state/banger"));
+        assert_eq!(layout.cache_dir, Path::new("/home/al/.cache/banger"));
+        assert_eq!(layout.config_dir, Path::new("/home/al/.config/banger"));
+        assert_eq!(
+            layout.socket_path(),
+            Path::new("/run/bangerd/banger/bangerd.sock")
+        );
     }
 
     #[test]

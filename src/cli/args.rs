@@ -4,11 +4,6 @@
 //! what is this for, what is the 80% command, what comes next, with commands that run as
 //! typed. Near-twin verbs (start / stop / restart / kill / delete) carry one-line summaries
 //! that tell them apart at a glance in the subcommand index.
-//!
-//! Verbs whose work belongs to later milestones are here already, with their arguments and
-//! help, so that the surface can be read and scripted against; running one says "not
-//! implemented yet" and exits with status 2 (see `cli::future`). Their arguments are still
-//! parsed and validated, so a bad VM name or size is reported the same way it will be later.
 
 use std::path::PathBuf;
 
@@ -42,12 +37,8 @@ What comes next:
   banger events --follow             watch everything banger does, as it happens
   banger ops                         what is in flight right now
   banger dashboard --open            all of it, live, in your web browser
-
-Works today: version, completions, vm run, vm create/start/stop/restart/kill/delete/set/list/show/logs/\
-exec/health/ping/ssh/stats/ports/workspace, ssh-config, update, image list/show/pull/promote/register/\
-delete/cache prune, kernel list \
-[--available]/show/import/rm/pull, events (and events replay, events repair), ops, doctor (its \
-orphan check), dashboard. The other verbs print \"not implemented yet\" and exit 2.";
+  banger doctor                      can this host run VMs? each problem with its fix
+  sudo banger system install         run bangerd and its root helper as systemd services";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -1069,31 +1060,73 @@ pub struct OpsRetryArgs {
 // ---- system, doctor, update, ssh-config, version ----------------------------------------------
 
 const SYSTEM_LONG: &str = "\
-Install bangerd (running as you) and banger-helper (a narrow root helper for taps, NAT and \
-Firecracker's jailer) as systemd services, so VMs survive your terminal and no command needs \
-sudo. Without it, banger starts bangerd in user mode on demand.";
+Run bangerd and banger-helper as systemd services, so that VMs outlive your terminal and no \
+command needs sudo. bangerd runs as you (the owner), with the same state, images and VMs as \
+when banger starts it for you; banger-helper, a narrow root helper, makes the bridge, the taps \
+and the NAT for it and answers only your uid. Both units are hardened (a capability bounding set \
+limited to what the helper uses, a read-only system, no new privileges, …); `banger system \
+status` and `banger doctor` say when a unit on disk is not what install writes.
+
+install (as root) writes /etc/systemd/system/bangerd.service and banger-helper.service and \
+/etc/banger/install.json (who owns it, which programs, which files), then enables and starts \
+both. The programs must be where only root can write (banger-helper runs as root): install them \
+in /usr/local/bin first. Where systemd does not run, install writes everything, says the command \
+that starts the services, and exits with status 3. Without a system install, banger starts \
+bangerd in user mode on demand.";
 
 const SYSTEM_AFTER: &str = "\
 The 80% command:
-  sudo banger system install         install and start both services
+  sudo banger system install         install and start both services (bangerd runs as $SUDO_USER)
 
 What comes next:
-  banger system status               are the services running, which version
-  sudo banger system restart         after changing the configuration
-  sudo banger system uninstall       remove the services (your VMs and images stay)
+  banger system status               what is installed, drift of the unit files, service state
+  banger doctor                      the whole host, the installed units' hardening included
+  sudo banger system restart         after changing config.toml (running VMs keep running)
+  sudo banger system uninstall       remove the services (your VMs, images and log stay)
 
-Not implemented yet: these arrive with the systemd install.";
+Examples:
+  sudo install -m 0755 ~/.cargo/bin/banger ~/.cargo/bin/bangerd ~/.cargo/bin/banger-helper /usr/local/bin/
+  sudo /usr/local/bin/banger system install --owner alice
+  sudo banger system install --no-start       write the units, start nothing
+  banger system status --json";
 
 #[derive(Debug, Subcommand)]
 pub enum SystemCommand {
-    /// Install and start the bangerd and banger-helper systemd services
-    Install,
-    /// Show whether the services run, and their versions
-    Status,
-    /// Restart the services
+    /// Install (or update) and start the bangerd and banger-helper services (as root)
+    Install(SystemInstallArgs),
+    /// Show what is installed, whether the unit files drifted, and the services' state
+    Status(SystemStatusArgs),
+    /// Restart banger-helper, then bangerd (running VMs keep running)
     Restart,
     /// Stop and remove the services (VMs, images and the event log stay)
-    Uninstall,
+    Uninstall(SystemUninstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SystemInstallArgs {
+    /// The user bangerd runs as (default: the user who ran sudo, $SUDO_USER)
+    #[arg(long, value_name = "USER")]
+    pub owner: Option<String>,
+    /// Where to write the unit files (default: /etc/systemd/system)
+    #[arg(long, value_name = "DIR")]
+    pub unit_dir: Option<PathBuf>,
+    /// Write the units and the metadata, but do not enable or start the services
+    #[arg(long)]
+    pub no_start: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SystemStatusArgs {
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SystemUninstallArgs {
+    /// Uninstall even though VMs are running (they keep running, with no daemon)
+    #[arg(long)]
+    pub force: bool,
 }
 
 const DOCTOR_LONG: &str = "\
@@ -1103,16 +1136,22 @@ The checks: orphans, host resources that carry banger's names (taps, VM, kernel 
 directories, VMM processes) but that the event log does not know, as a repaired log or a \
 hand-made leftover leaves them (--fix removes them and records each removal in the log); vmm, \
 which VMM new VMs get and why (KVM that runs stock guests and firecracker, else QEMU; fails when \
-neither can run a VM); disk, free space where banger keeps its state and whether root disks \
-there are reflink clones or sparse copies; dns, bangerd's server for NAME.vm and whether the \
-host resolves .vm too; ssh, the client `banger vm ssh` runs. Checks of the helper, bridge and \
-NAT, firecracker's version and the installed units' hardening arrive with the host milestone.";
+neither can run a VM); firecracker, firecracker and its jailer present and at least 1.8 (only \
+information where new VMs run on QEMU); disk, free space where banger keeps its state and \
+whether root disks there are reflink clones or sparse copies; defaults, the default image and \
+its kernel, here or pulled on first use from the catalogs; dns, bangerd's server for NAME.vm and \
+whether the host resolves .vm too; ssh, the client `banger vm ssh` runs; posture, bangerd's \
+socket and state directory modes and, after `banger system install`, whether the installed \
+units are what install writes (their hardening, the helper's --allow-uid).";
 
 const DOCTOR_AFTER: &str = "\
 Examples:
   banger doctor                      every check, one line each
   banger doctor --fix                remove the orphans it lists (each removal is an event)
-  banger doctor --json               for scripts: {\"ok\": …, \"checks\": […]}";
+  banger doctor --json               for scripts: {\"ok\": …, \"checks\": […]}
+
+What comes next:
+  sudo banger system install         run bangerd and its helper as hardened systemd services";
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {

@@ -4,6 +4,9 @@
 //!  connect ──▶ socket answers? ── yes ──▶ client
 //!                  │ no (no socket file, or a stale one: connection refused)
 //!                  ▼
+//!  systemd runs this user's bangerd (`system install`)? ── yes ──▶ error: systemctl start
+//!                  │ no
+//!                  ▼
 //!  BANGER_NO_AUTOSTART=1? ── yes ──▶ error: how to start bangerd
 //!                  │ no
 //!                  ▼
@@ -16,6 +19,10 @@
 //!                  ▼
 //!  error: what happened, where its output is, how to start it by hand
 //! ```
+//!
+//! The socket is the layout's ([`layout`]): `BANGER_ROOT`'s, else that of the bangerd
+//! `banger system install` runs for this user (its metadata, `/etc/banger/install.json`,
+//! names the owner), else the user's XDG one.
 //!
 //! Two CLIs starting bangerd at the same moment are harmless: only one bangerd can hold the
 //! state directory, the other exits at once, and both CLIs then reach the one that won.
@@ -42,10 +49,27 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// One ping attempt; a daemon that accepts but never answers must not hang the wait.
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The layout this CLI talks to (from `BANGER_ROOT`, else the user's XDG directories).
+/// The layout this CLI talks to: `BANGER_ROOT`'s; else, when `banger system install` runs
+/// bangerd for this user, the service's (its socket is under `/run/bangerd`); else the
+/// user's XDG directories.
 pub fn layout() -> Result<Layout, CliError> {
+    if let Some(layout) = installed_layout() {
+        return Ok(layout);
+    }
     Layout::from_env()
         .map_err(|error| CliError::failed("cannot tell where banger keeps its state", error))
+}
+
+/// The system-installed bangerd's layout, when it runs for this user and `BANGER_ROOT` does
+/// not point elsewhere.
+fn installed_layout() -> Option<Layout> {
+    if std::env::var_os("BANGER_ROOT").is_some_and(|root| !root.is_empty()) {
+        return None;
+    }
+    crate::system::installed_layout_for(
+        &crate::system::SystemRoot::from_env(),
+        nix::unistd::getuid().as_raw(),
+    )
 }
 
 /// A connection to bangerd, starting it first if nothing answers (unless autostart is off).
@@ -56,6 +80,17 @@ pub async fn connect() -> Result<Client, CliError> {
         Ok(client) => return Ok(client),
         Err(ClientError::Connect { source, .. }) if nobody_home(&source) => {}
         Err(other) => return Err(other.into()),
+    }
+    // systemd runs this user's bangerd: one started here would not be the service (another
+    // socket, and the service would find the state directory taken when it starts).
+    if installed_layout().is_some() {
+        return Err(CliError::DaemonUnavailable {
+            message: format!(
+                "bangerd is not running (nothing answers on {}); it is installed as a systemd service: `sudo systemctl start {}`, and `banger system status` says more",
+                socket.display(),
+                crate::system::BANGERD_UNIT
+            ),
+        });
     }
     if autostart_disabled() {
         return Err(CliError::DaemonUnavailable {

@@ -138,8 +138,16 @@ pub static CHECKS: &[Check] = &[
         run: |_, _| Box::pin(async { vmm() }),
     },
     Check {
+        name: "firecracker",
+        run: |_, _| Box::pin(firecracker()),
+    },
+    Check {
         name: "disk",
         run: |_, _| Box::pin(async { disk() }),
+    },
+    Check {
+        name: "defaults",
+        run: |cx, _| Box::pin(defaults(cx)),
     },
     Check {
         name: "dns",
@@ -149,7 +157,18 @@ pub static CHECKS: &[Check] = &[
         name: "ssh",
         run: |_, _| Box::pin(async { ssh_client() }),
     },
+    Check {
+        name: "posture",
+        run: |_, _| Box::pin(async { posture() }),
+    },
 ];
+
+/// The oldest Firecracker banger boots guests with: 1.8 describes virtio-mmio devices in
+/// ACPI, which the guest kernels banger uses need.
+const MIN_FIRECRACKER: (u64, u64) = (1, 8);
+
+/// How long `firecracker --version` (and the jailer's) may take.
+const VERSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Below this much free space in the state directory a pull or a create may fail half-way.
 const MIN_FREE_BYTES: u64 = 2 << 30;
@@ -210,6 +229,402 @@ fn vmm() -> Report {
             why,
             Some("apt-get install qemu-system-x86".into()),
         ),
+    }
+}
+
+/// firecracker and its jailer: present, and at least [`MIN_FIRECRACKER`]. Only a failure
+/// where new VMs would run on Firecracker (`vm.vmm = "firecracker"`, or `auto` on a host
+/// whose KVM runs stock guests); on a QEMU host the same findings are information.
+async fn firecracker() -> Report {
+    use crate::host::backends::{Binary, VmmChoice, find_binary};
+    let (_, config) = match config() {
+        Ok(loaded) => loaded,
+        Err(report) => return report,
+    };
+    let firecracker = find_binary(&config.firecracker, "firecracker");
+    // Whether new VMs would run on it (the `auto` rule: a firecracker that KVM can run, or
+    // the one BANGER_FIRECRACKER names); else QEMU runs them and this is information.
+    let kvm = crate::host::kvm::probe();
+    let from_env =
+        std::env::var_os(crate::host::vmm::FIRECRACKER_ENV).is_some_and(|v| !v.is_empty());
+    let needed = match (config.vm.vmm, &firecracker) {
+        (VmmChoice::Firecracker, _) => Some("vm.vmm is firecracker".to_owned()),
+        (VmmChoice::Qemu, _) => None,
+        (VmmChoice::Auto, Binary::Found(_)) if from_env => Some(format!(
+            "{} names it, so new VMs run on Firecracker",
+            crate::host::vmm::FIRECRACKER_ENV
+        )),
+        (VmmChoice::Auto, Binary::Found(_)) if kvm.runs_stock_guests() => {
+            Some(format!("{}, so new VMs run on Firecracker", kvm.describe()))
+        }
+        (VmmChoice::Auto, _) => None,
+    };
+    // The jailer ships beside firecracker in every release tarball; else on PATH.
+    let jailer = match &firecracker {
+        Binary::Found(path) if path.with_file_name("jailer").is_file() => {
+            Binary::Found(path.with_file_name("jailer"))
+        }
+        _ => find_binary(std::path::Path::new("jailer"), "firecracker's jailer"),
+    };
+    let mut found = Vec::new();
+    let mut problems = Vec::new();
+    for (name, binary, banner) in [
+        ("firecracker", &firecracker, "Firecracker"),
+        ("jailer", &jailer, "Jailer"),
+    ] {
+        match binary {
+            Binary::Missing(why) => problems.push(why.clone()),
+            Binary::Found(path) => match program_version(path, banner).await {
+                Ok(version) if version >= (MIN_FIRECRACKER.0, MIN_FIRECRACKER.1, 0) => {
+                    found.push(format!(
+                        "{name} v{}.{}.{} ({})",
+                        version.0,
+                        version.1,
+                        version.2,
+                        path.display()
+                    ))
+                }
+                Ok(version) => problems.push(format!(
+                    "{name} {} is v{}.{}.{}, older than {}.{}",
+                    path.display(),
+                    version.0,
+                    version.1,
+                    version.2,
+                    MIN_FIRECRACKER.0,
+                    MIN_FIRECRACKER.1
+                )),
+                Err(why) => problems.push(format!("{name} {}: {why}", path.display())),
+            },
+        }
+    }
+    let fix = format!(
+        "install Firecracker {}.{} or newer with its jailer (the release tarball from https://github.com/firecracker-microvm/firecracker/releases: put both on PATH, or set [firecracker] binary in config.toml)",
+        MIN_FIRECRACKER.0, MIN_FIRECRACKER.1
+    );
+    match (problems.is_empty(), needed) {
+        (true, _) => report(Status::Ok, found.join(", "), None),
+        (false, Some(why)) => report(
+            Status::Fail,
+            format!("{} ({why})", problems.join("; ")),
+            Some(fix),
+        ),
+        (false, None) => {
+            let mut summary = problems.join("; ");
+            if !found.is_empty() {
+                summary = format!("{}; {summary}", found.join(", "));
+            }
+            let why = match config.vm.vmm {
+                VmmChoice::Qemu => "vm.vmm is qemu",
+                _ => "new VMs run on QEMU here",
+            };
+            report(Status::Ok, format!("not needed ({why}): {summary}"), None)
+        }
+    }
+}
+
+/// `program --version`'s `BANNER vX.Y.Z` (Firecracker and its jailer print their names so),
+/// as numbers.
+async fn program_version(
+    program: &std::path::Path,
+    banner: &str,
+) -> Result<(u64, u64, u64), String> {
+    let run = tokio::process::Command::new(program)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = match tokio::time::timeout(VERSION_TIMEOUT, run).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(error)) => return Err(format!("cannot run it ({error})")),
+        Err(_) => {
+            return Err(format!(
+                "--version did not answer within {VERSION_TIMEOUT:?}"
+            ));
+        }
+    };
+    let text = String::from_utf8_lossy(&output.stdout);
+    parse_version(&text, banner).ok_or_else(|| {
+        format!(
+            "--version printed {:?}, not `{banner} vX.Y.Z`",
+            text.lines().next().unwrap_or("").trim()
+        )
+    })
+}
+
+/// `Firecracker v1.10.1` (the first line that starts with the banner) as `(1, 10, 1)`.
+fn parse_version(text: &str, banner: &str) -> Option<(u64, u64, u64)> {
+    let version = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix(banner))?
+        .trim()
+        .strip_prefix('v')?;
+    // A suffix (`1.10.1-dev`) does not change the release.
+    let mut parts = version.split(['.', '-']);
+    let mut number = || parts.next()?.parse::<u64>().ok();
+    Some((number()?, number()?, number()?))
+}
+
+/// The default image and its kernel: here, or known to the catalogs so that `vm run` pulls
+/// them on first use (nothing is downloaded here).
+async fn defaults(cx: &mut Context) -> Report {
+    use crate::api::{ImageCatalogResult, KernelCatalogResult, KernelListResult, NameParams};
+    let configured_kernel = match config() {
+        Ok((_, config)) => config.kernels.default,
+        Err(report) => return report,
+    };
+    let client = match cx.bangerd().await {
+        Ok(client) => client,
+        Err(error) => return skipped(format!("cannot ask bangerd: {error}")),
+    };
+    let catalog: ImageCatalogResult = match client.call("image.catalog", &NoParams {}).await {
+        Ok(catalog) => catalog,
+        Err(error) => {
+            return skipped(format!("bangerd could not read the image catalog: {error}"));
+        }
+    };
+    let image = catalog.default_image.clone();
+    let shown: Result<banger_projections::ImageView, _> = client
+        .call(
+            "image.show",
+            &NameParams {
+                name: image.clone(),
+            },
+        )
+        .await;
+    let (image_text, kernel) = match shown {
+        Ok(view) => (
+            format!("default image {image} is here"),
+            view.kernel.unwrap_or(configured_kernel),
+        ),
+        Err(crate::rpc::ClientError::Rpc(error))
+            if error.code == crate::rpc::ErrorCode::NotFound =>
+        {
+            match catalog.entries.iter().find(|entry| entry.name == image) {
+                Some(entry) => (
+                    format!(
+                        "default image {image} is pulled on first use ({})",
+                        entry.source
+                    ),
+                    entry.kernel.clone(),
+                ),
+                None => {
+                    return report(
+                        Status::Fail,
+                        format!(
+                            "the default image {image} is neither here nor in the image catalog: `banger vm run` cannot boot without --image"
+                        ),
+                        Some(format!(
+                            "`banger image pull REFERENCE --name {image}`, or make default_image of the [images] catalog file an image it lists"
+                        )),
+                    );
+                }
+            }
+        }
+        Err(error) => {
+            return skipped(format!("bangerd could not show image {image}: {error}"));
+        }
+    };
+    let local: KernelListResult = match client.call("kernel.list", &NoParams {}).await {
+        Ok(list) => list,
+        Err(error) => return skipped(format!("bangerd could not list kernels: {error}")),
+    };
+    let kernel_text = if local.kernels.iter().any(|k| k.name == kernel) {
+        format!("its kernel {kernel} is here")
+    } else {
+        let available: KernelCatalogResult = match client.call("kernel.catalog", &NoParams {}).await
+        {
+            Ok(catalog) => catalog,
+            Err(error) => {
+                return skipped(format!(
+                    "bangerd could not read the kernel catalog: {error}"
+                ));
+            }
+        };
+        match available.kernels.iter().find(|k| k.name == kernel) {
+            Some(entry) => format!(
+                "its kernel {kernel} is pulled on first use ({})",
+                crate::size::format_bytes(entry.size_bytes)
+            ),
+            None => {
+                return report(
+                    Status::Fail,
+                    format!(
+                        "{image_text}, but its kernel {kernel} is neither here nor in the kernel catalog"
+                    ),
+                    Some(format!(
+                        "`banger kernel import {kernel} --from DIR`, or set [kernels] default to a kernel `banger kernel list --available` shows"
+                    )),
+                );
+            }
+        }
+    };
+    report(Status::Ok, format!("{image_text}; {kernel_text}"), None)
+}
+
+/// Security posture: bangerd's socket directory (0700) and socket (0600) belong to its owner
+/// alone, its state and config directories are not writable by group or others, and a
+/// system install's units are what `banger system install` writes now, the helper allowing
+/// exactly the owner.
+fn posture() -> Report {
+    use std::os::unix::fs::MetadataExt;
+    let layout = match super::connect::layout() {
+        Ok(layout) => layout,
+        Err(error) => {
+            return skipped(format!("cannot tell where banger keeps its state: {error}"));
+        }
+    };
+    let installed = crate::system::read_metadata(&crate::system::SystemRoot::from_env());
+    let me = nix::unistd::getuid().as_raw();
+    // The directories of a system-installed bangerd belong to its owner, whoever asks.
+    let owner = match &installed {
+        Ok(Some(metadata)) if metadata.inputs.layout() == layout => metadata.inputs.uid,
+        _ => me,
+    };
+    let mut items = Vec::new();
+    let mut finding = |what: String, fix: String, detail: serde_json::Value| {
+        items.push(Item {
+            what,
+            fix: Some(fix),
+            detail,
+        })
+    };
+    for (path, what, wanted) in [
+        (layout.runtime_dir.clone(), "socket directory", 0o700),
+        (layout.socket_path(), "socket", 0o600),
+    ] {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let mode = meta.mode() & 0o7777;
+        if mode != wanted {
+            finding(
+                format!(
+                    "bangerd's {what} {} is mode {mode:04o}, not {wanted:04o}",
+                    path.display()
+                ),
+                format!("chmod {wanted:04o} {}", path.display()),
+                serde_json::json!({ "path": path, "mode": format!("{mode:04o}") }),
+            );
+        }
+        if meta.uid() != owner {
+            finding(
+                format!(
+                    "bangerd's {what} {} belongs to uid {}, not {owner}",
+                    path.display(),
+                    meta.uid()
+                ),
+                format!("chown {owner} {}", path.display()),
+                serde_json::json!({ "path": path, "uid": meta.uid() }),
+            );
+        }
+    }
+    for (dir, what) in [
+        (&layout.state_dir, "state directory"),
+        (&layout.config_dir, "config directory"),
+    ] {
+        let Ok(meta) = std::fs::symlink_metadata(dir) else {
+            continue;
+        };
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            finding(
+                format!(
+                    "the {what} {} is writable by its group or others (mode {mode:04o})",
+                    dir.display()
+                ),
+                format!("chmod go-w {}", dir.display()),
+                serde_json::json!({ "path": dir, "mode": format!("{mode:04o}") }),
+            );
+        }
+        if meta.uid() != owner {
+            finding(
+                format!(
+                    "the {what} {} belongs to uid {}, not {owner}",
+                    dir.display(),
+                    meta.uid()
+                ),
+                format!("chown -R {owner} {}", dir.display()),
+                serde_json::json!({ "path": dir, "uid": meta.uid() }),
+            );
+        }
+    }
+    let install_text = match &installed {
+        Ok(None) => "no system install".to_owned(),
+        Err(error) => {
+            finding(
+                format!("the install metadata cannot be read: {error}"),
+                "sudo banger system install".to_owned(),
+                serde_json::Value::Null,
+            );
+            String::new()
+        }
+        Ok(Some(metadata)) => {
+            let reinstall = format!(
+                "sudo banger system install --owner {}",
+                metadata.inputs.owner
+            );
+            for check in crate::system::check_units(metadata) {
+                if check.state != crate::system::UnitState::Current {
+                    finding(
+                        format!(
+                            "{} ({}) is {}",
+                            check.name,
+                            check.path.display(),
+                            check.state.describe()
+                        ),
+                        reinstall.clone(),
+                        serde_json::json!({ "state": check.state, "diff": check.diff }),
+                    );
+                }
+                if check.name != crate::system::HELPER_UNIT {
+                    continue;
+                }
+                let Some(text) = &check.on_disk else {
+                    continue;
+                };
+                let owner_uid = metadata.inputs.uid.to_string();
+                match crate::system::units::allowed_uids(text) {
+                    Some(uids) if uids == [owner_uid.clone()] => {}
+                    Some(uids) => finding(
+                        format!(
+                            "{} lets uid(s) {} use banger-helper, not only the owner's ({owner_uid}): --allow-uid",
+                            check.name,
+                            uids.join(", ")
+                        ),
+                        reinstall.clone(),
+                        serde_json::json!({ "allowed_uids": uids, "owner_uid": metadata.inputs.uid }),
+                    ),
+                    None => finding(
+                        format!("{} does not run banger-helper", check.name),
+                        reinstall.clone(),
+                        serde_json::Value::Null,
+                    ),
+                }
+            }
+            format!(
+                "the installed units (bangerd for {}) are what `banger system install` writes",
+                metadata.inputs.owner
+            )
+        }
+    };
+    if items.is_empty() {
+        let whose = if owner == me {
+            "yours".to_owned()
+        } else {
+            format!("uid {owner}'s")
+        };
+        return report(
+            Status::Ok,
+            format!("bangerd's socket and its state are {whose} alone; {install_text}"),
+            None,
+        );
+    }
+    Report {
+        name: "",
+        status: Status::Fail,
+        summary: format!("{} security posture problem(s)", items.len()),
+        fix: Some("see each one below".into()),
+        items,
     }
 }
 
@@ -542,6 +957,23 @@ mod tests {
              \x20        directory /s/vms/00ab  rm -rf /s/vms/00ab\n\
              ok     kvm      /dev/kvm answers"
         );
+    }
+
+    #[test]
+    fn firecracker_versions_are_read_from_their_banner() {
+        assert_eq!(
+            parse_version(
+                "Firecracker v1.10.1\n\nSupported snapshot data format versions: v1.0.0\n",
+                "Firecracker"
+            ),
+            Some((1, 10, 1))
+        );
+        assert_eq!(
+            parse_version("Jailer v1.8.0-dev\n", "Jailer"),
+            Some((1, 8, 0))
+        );
+        assert_eq!(parse_version("Firecracker v1.7\n", "Firecracker"), None);
+        assert_eq!(parse_version("firecracker 1.10.1\n", "Firecracker"), None);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! What can go wrong in a CLI command, how it is printed, and which exit status it gives.
 //!
-//! Exit statuses: 0 success, 1 failure, 2 usage errors and verbs that are not implemented yet
-//! (so that a script can tell "you asked for something that does not exist (yet)" from "it
-//! failed"). An error is printed once, as one line: `banger: error: ` followed by its chain of
+//! Exit statuses: 0 success, 1 failure, 2 usage errors (so that a script can tell "you asked
+//! for something that does not exist" from "it failed"), 3 `system install` that installed
+//! but could not start the services. An error is printed once, as one line: `banger: error: ` followed by its chain of
 //! causes; an RPC error ends with its stable code in brackets, e.g. `[not_found]`.
 
 use std::error::Error as StdError;
@@ -15,12 +15,11 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    /// A verb that exists in the tree but whose work belongs to a later milestone.
-    #[error("banger {verb}: not implemented yet (arrives with {arrives_with})")]
-    NotImplemented {
-        verb: &'static str,
-        arrives_with: &'static str,
-    },
+    /// `system install` wrote the units and the metadata but could not start the services
+    /// (no systemd here): status 3, so that a script can tell "installed, not running" from
+    /// a failure.
+    #[error("{0}")]
+    NotStarted(String),
     /// Input that the command line parser could not catch (a path that does not exist, an
     /// ambiguous id prefix).
     #[error("{0}")]
@@ -86,7 +85,8 @@ impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             _ if self.is_broken_pipe() => ExitCode::SUCCESS,
-            CliError::NotImplemented { .. } | CliError::Usage(_) => ExitCode::from(2),
+            CliError::Usage(_) => ExitCode::from(2),
+            CliError::NotStarted(_) => ExitCode::from(3),
             // Statuses outside 1..=255 cannot be an exit status; they still mean failure.
             CliError::CommandStatus { code } => match u8::try_from(*code) {
                 Ok(status) if status != 0 => ExitCode::from(status),
@@ -104,8 +104,8 @@ impl CliError {
             CliError::CommandStatus { .. } => None,
             // The command's own output lists the problems.
             CliError::ProblemsFound { .. } => None,
-            // Its own format, exactly: tools and agents match on it.
-            CliError::NotImplemented { .. } => Some(self.to_string()),
+            // Not an error of banger's: the install is in place.
+            CliError::NotStarted(message) => Some(format!("banger: {message}")),
             _ => Some(format!("banger: error: {}", chain(self))),
         }
     }
@@ -160,16 +160,13 @@ mod tests {
     }
 
     #[test]
-    fn not_implemented_has_its_own_line_and_status() {
-        let error = CliError::NotImplemented {
-            verb: "vm ssh",
-            arrives_with: "ssh through the guest agent",
-        };
+    fn an_install_that_could_not_start_has_its_own_status() {
+        let error = CliError::NotStarted("installed but not started: no systemd".into());
         assert_eq!(
             error.report().as_deref(),
-            Some("banger vm ssh: not implemented yet (arrives with ssh through the guest agent)")
+            Some("banger: installed but not started: no systemd")
         );
-        assert_eq!(error.exit_code(), ExitCode::from(2));
+        assert_eq!(error.exit_code(), ExitCode::from(3));
     }
 
     #[test]

@@ -9,9 +9,8 @@
 //! - [`args`]: the clap command tree and all help text.
 //! - [`connect`]: reaching bangerd, autostart.
 //! - `vm`, `catalog` (image, kernel; `pull` shows an image pull's progress), `events`, `ops`,
-//!   `replay`, `repair`, `doctor`, `dashboard`, `version`: one module per group of commands
-//!   that work (`completions` is one function, here); `future`: the verbs that answer "not
-//!   implemented yet".
+//!   `replay`, `repair`, `doctor`, `system`, `dashboard`, `version`: one module per group of
+//!   commands (`completions` is one function, here).
 //! - `terminal`: the host terminal while a command runs on a terminal in the guest (raw mode
 //!   and its guard, the window size, `TERM`).
 //! - [`views`], [`format`](mod@format), [`size`](crate::size): how views, times and sizes read.
@@ -34,7 +33,6 @@ mod dashboard;
 mod doctor;
 // The dashboard's event page says what `banger events` says (`events::summary`).
 pub(crate) mod events;
-mod future;
 mod kernel_progress;
 mod ops;
 mod output;
@@ -44,6 +42,7 @@ mod replay;
 mod ssh;
 // `vm stats` and `vm ports`.
 mod stats;
+mod system;
 mod terminal;
 mod update;
 mod version;
@@ -109,7 +108,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             None => events::run(args.filter).await,
         },
         Command::Ops(args) => ops::run(args).await,
-        Command::System(command) => Err(future::system(&command)),
+        Command::System(command) => system::run(command).await,
         Command::Doctor(args) => doctor::run(args).await,
         Command::Update(args) => update::run(args).await,
         Command::SshConfig(args) => ssh::config(args),

@@ -246,7 +246,7 @@ fn every_group_landing_page_shows_runnable_examples() {
                 "banger vm run",
                 "banger events --follow",
                 "banger ops",
-                "not implemented yet",
+                "sudo banger system install",
             ],
         ),
         (
@@ -288,7 +288,12 @@ fn every_group_landing_page_shows_runnable_examples() {
         ),
         (
             &["system", "--help"],
-            &["sudo banger system install", "banger system status"],
+            &[
+                "sudo banger system install",
+                "banger system status",
+                "banger doctor",
+                "sudo banger system uninstall",
+            ],
         ),
         (&["doctor", "--help"], &["banger doctor --json"]),
         (&["update", "--help"], &["banger update --check"]),
@@ -358,31 +363,6 @@ fn completion_scripts_complete_verbs_in_a_real_bash() {
     assert!(
         sandbox.daemon_pid().is_none(),
         "completions never start bangerd"
-    );
-}
-
-fn unimplemented_verbs_say_so_and_exit_2_without_starting_bangerd() {
-    let sandbox = Sandbox::new();
-    let verbs: &[(&[&str], &str)] = &[
-        (&["system", "install"], "system install"),
-        (&["system", "status"], "system status"),
-        (&["system", "restart"], "system restart"),
-        (&["system", "uninstall"], "system uninstall"),
-    ];
-    for (args, verb) in verbs {
-        let run = sandbox.run(args);
-        assert_eq!(run.code(), Some(2), "{run}");
-        let prefix = format!("banger {verb}: not implemented yet (arrives with ");
-        assert!(
-            run.stderr().starts_with(&prefix),
-            "expected {prefix:?}\n{run}"
-        );
-        assert_eq!(run.stderr().lines().count(), 1, "one line only\n{run}");
-        assert!(run.stdout().is_empty(), "{run}");
-    }
-    assert!(
-        sandbox.daemon_pid().is_none(),
-        "a verb that does nothing must not start bangerd"
     );
 }
 
@@ -1548,7 +1528,6 @@ fn events_repair_gives_a_damaged_log_a_way_forward() {
 pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
     banger_test_harness::tests![
         sync every_group_landing_page_shows_runnable_examples,
-        sync unimplemented_verbs_say_so_and_exit_2_without_starting_bangerd,
         sync completion_scripts_complete_verbs_in_a_real_bash,
         sync bad_names_sizes_paths_and_ids_get_clear_errors,
         sync without_autostart_the_cli_says_how_to_start_bangerd,

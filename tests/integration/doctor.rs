@@ -338,6 +338,9 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
         tokio orphans_are_listed_with_a_command_and_removed_only_with_fix,
         tokio a_stray_tap_is_an_orphan_and_a_running_vm_is_not needs(Root),
         tokio host_checks_say_how_vms_run_here_and_fail_when_none_can,
+        sync firecracker_and_its_jailer_must_be_1_8_where_vms_run_on_them,
+        tokio the_default_image_and_kernel_are_here_or_pullable,
+        sync posture_finds_loose_modes_unit_drift_and_a_wider_allow_list needs(Root),
     ]
 }
 
@@ -378,7 +381,20 @@ async fn host_checks_say_how_vms_run_here_and_fail_when_none_can() {
         .iter()
         .filter_map(|c| c["name"].as_str())
         .collect();
-    assert_eq!(names, ["orphans", "vmm", "disk", "dns", "ssh"], "{json}");
+    assert_eq!(
+        names,
+        [
+            "orphans",
+            "vmm",
+            "firecracker",
+            "disk",
+            "defaults",
+            "dns",
+            "ssh",
+            "posture"
+        ],
+        "{json}"
+    );
     assert_eq!(code, Some(0), "{json}");
     let vmm = check(&json, "vmm");
     assert_eq!(vmm["status"], "ok", "{vmm}");
@@ -430,4 +446,263 @@ async fn host_checks_say_how_vms_run_here_and_fail_when_none_can() {
         "{vmm}"
     );
     assert_eq!(vmm["fix"], "apt-get install qemu-system-x86", "{vmm}");
+}
+
+/// `banger doctor --json` against `root` (never starting bangerd), with `env`; its status
+/// and the report of check `name`.
+fn doctor_check(root: &Path, env: &[(&str, &Path)], name: &str) -> (Option<i32>, Value) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_banger"));
+    command
+        .args(["doctor", "--json"])
+        .env("BANGER_ROOT", root)
+        .env("BANGER_NO_AUTOSTART", "1")
+        .env_remove("BANGER_FIRECRACKER")
+        .env_remove("BANGER_SYSTEM_ROOT")
+        .stdin(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().expect("run banger doctor");
+    let json: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json: {e}\n{}", text(&output)));
+    let check = json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} check in {json}"));
+    (output.status.code(), check)
+}
+
+/// A program that prints `line` for `--version`.
+fn version_script(dir: &Path, name: &str, line: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\necho '{line}'\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// firecracker and its jailer: at least 1.8 where new VMs run on Firecracker, with the fix;
+/// where they run on QEMU the same findings are information.
+fn firecracker_and_its_jailer_must_be_1_8_where_vms_run_on_them() {
+    let root = TestRoot::without_network();
+    let bin = root.scratch("fc");
+    let config = root.layout().config_path();
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    let firecracker = bin.join("firecracker");
+    std::fs::write(
+        &config,
+        format!(
+            "[vm]\nvmm = \"firecracker\"\n[firecracker]\nbinary = \"{}\"\n",
+            firecracker.display()
+        ),
+    )
+    .unwrap();
+
+    version_script(&bin, "firecracker", "Firecracker v1.7.0");
+    version_script(&bin, "jailer", "Jailer v1.7.0");
+    let (code, check) = doctor_check(root.path(), &[], "firecracker");
+    assert_eq!(code, Some(1), "{check}");
+    assert_eq!(check["status"], "fail", "{check}");
+    let summary = check["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(&format!(
+            "firecracker {} is v1.7.0, older than 1.8",
+            firecracker.display()
+        )) && summary.contains("jailer")
+            && summary.contains("(vm.vmm is firecracker)"),
+        "{check}"
+    );
+    assert!(
+        check["fix"]
+            .as_str()
+            .unwrap()
+            .starts_with("install Firecracker 1.8 or newer with its jailer"),
+        "{check}"
+    );
+
+    // The jailer is looked for beside firecracker first.
+    version_script(&bin, "firecracker", "Firecracker v1.10.1");
+    std::fs::remove_file(bin.join("jailer")).unwrap();
+    let (_, check) = doctor_check(
+        root.path(),
+        &[("PATH", Path::new("/usr/bin:/bin"))],
+        "firecracker",
+    );
+    assert_eq!(check["status"], "fail", "{check}");
+    assert!(
+        check["summary"]
+            .as_str()
+            .unwrap()
+            .contains("firecracker's jailer (jailer) is not installed"),
+        "{check}"
+    );
+    version_script(&bin, "jailer", "Jailer v1.10.1");
+    let (_, check) = doctor_check(root.path(), &[], "firecracker");
+    assert_eq!(check["status"], "ok", "{check}");
+    assert_eq!(
+        check["summary"],
+        format!(
+            "firecracker v1.10.1 ({}), jailer v1.10.1 ({})",
+            firecracker.display(),
+            bin.join("jailer").display()
+        ),
+        "{check}"
+    );
+
+    // On QEMU, an old firecracker is only information.
+    version_script(&bin, "firecracker", "Firecracker v1.7.0");
+    std::fs::write(
+        &config,
+        format!(
+            "[vm]\nvmm = \"qemu\"\n[firecracker]\nbinary = \"{}\"\n",
+            firecracker.display()
+        ),
+    )
+    .unwrap();
+    let (_, check) = doctor_check(root.path(), &[], "firecracker");
+    assert_eq!(check["status"], "ok", "{check}");
+    assert!(
+        check["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("not needed (vm.vmm is qemu): "),
+        "{check}"
+    );
+}
+
+/// The default image and its kernel: not here but in the catalogs (pulled on first use, so
+/// fine), or named by nothing (a failure with the fix).
+async fn the_default_image_and_kernel_are_here_or_pullable() {
+    let daemon = Bangerd::start_on_host_network(TestRoot::without_network());
+    let (_, check) = doctor_check(daemon.root().path(), &[], "defaults");
+    assert_eq!(check["status"], "ok", "{check}");
+    assert_eq!(
+        check["summary"],
+        "default image debian is pulled on first use (oci:docker.io/library/debian:bookworm); its kernel debian-12-cloud is pulled on first use (25.5 MiB)",
+        "{check}"
+    );
+    drop(daemon);
+
+    // A catalog whose default image is nowhere, then one whose image's kernel is nowhere.
+    for (catalog, wanted, fix) in [
+        (
+            r#"{"format":1,"default_image":"ghost"}"#,
+            "the default image ghost is neither here nor in the image catalog",
+            "banger image pull REFERENCE --name ghost",
+        ),
+        (
+            r#"{"format":1,"images":[{"name":"debian","description":"d","kernel":"nokernel","source":{"kind":"oci","reference":"docker.io/library/debian:bookworm"}}]}"#,
+            "its kernel nokernel is neither here nor in the kernel catalog",
+            "banger kernel import nokernel --from DIR",
+        ),
+    ] {
+        let root = TestRoot::without_network();
+        let file = root.scratch("catalog").join("images.json");
+        std::fs::write(&file, catalog).unwrap();
+        let config = root.layout().config_path();
+        std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+        std::fs::write(
+            &config,
+            format!("[images]\ncatalog = \"{}\"\n", file.display()),
+        )
+        .unwrap();
+        let daemon = Bangerd::start_on_host_network(root);
+        let (code, check) = doctor_check(daemon.root().path(), &[], "defaults");
+        assert_eq!(code, Some(1), "{check}");
+        assert_eq!(check["status"], "fail", "{check}");
+        assert!(
+            check["summary"].as_str().unwrap().contains(wanted),
+            "{check}"
+        );
+        assert!(check["fix"].as_str().unwrap().contains(fix), "{check}");
+    }
+}
+
+/// Security posture: loose modes on bangerd's directories, and an installed unit that is not
+/// what install writes (here: the helper allowing root too), each with its fix.
+fn posture_finds_loose_modes_unit_drift_and_a_wider_allow_list() {
+    use std::os::unix::fs::PermissionsExt;
+    let daemon = Bangerd::start_on_host_network(TestRoot::without_network());
+    let root = daemon.root().path();
+    let (_, check) = doctor_check(root, &[], "posture");
+    assert_eq!(check["status"], "ok", "{check}");
+
+    let state = daemon.layout().state_dir;
+    let run = daemon.layout().runtime_dir;
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, check) = doctor_check(root, &[], "posture");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(code, Some(1), "{check}");
+    assert_eq!(check["status"], "fail", "{check}");
+    let fixes: Vec<&str> = check["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["fix"].as_str())
+        .collect();
+    assert_eq!(
+        fixes,
+        [
+            format!("chmod 0700 {}", run.display()),
+            format!("chmod go-w {}", state.display())
+        ],
+        "{check}"
+    );
+
+    // A system install (for Debian's `daemon` account, into a throwaway system root).
+    let system = tempfile::Builder::new()
+        .prefix("banger-sysroot-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let installed = Command::new(env!("CARGO_BIN_EXE_banger"))
+        .args(["system", "install", "--owner", "daemon", "--no-start"])
+        .env("BANGER_SYSTEM_ROOT", system.path())
+        .output()
+        .unwrap();
+    assert!(installed.status.success(), "{}", text(&installed));
+    let env = [("BANGER_SYSTEM_ROOT", system.path())];
+    let (_, check) = doctor_check(root, &env, "posture");
+    assert_eq!(check["status"], "ok", "{check}");
+    assert!(
+        check["summary"].as_str().unwrap().ends_with(
+            "the installed units (bangerd for daemon) are what `banger system install` writes"
+        ),
+        "{check}"
+    );
+
+    let unit = system
+        .path()
+        .join("etc/systemd/system/banger-helper.service");
+    let text_before = std::fs::read_to_string(&unit).unwrap();
+    std::fs::write(
+        &unit,
+        text_before.replace("--allow-uid 1\n", "--allow-uid 1 --allow-uid 0\n"),
+    )
+    .unwrap();
+    let (code, check) = doctor_check(root, &env, "posture");
+    assert_eq!(code, Some(1), "{check}");
+    let items = check["items"].as_array().unwrap();
+    let whats: Vec<&str> = items.iter().filter_map(|i| i["what"].as_str()).collect();
+    assert_eq!(
+        whats,
+        [
+            format!("banger-helper.service ({}) is edited since install", unit.display()),
+            "banger-helper.service lets uid(s) 1, 0 use banger-helper, not only the owner's (1): --allow-uid".to_owned(),
+        ],
+        "{check}"
+    );
+    assert!(
+        items
+            .iter()
+            .all(|i| i["fix"] == "sudo banger system install --owner daemon"),
+        "{check}"
+    );
+    assert_eq!(
+        items[1]["detail"]["allowed_uids"],
+        serde_json::json!(["1", "0"])
+    );
 }

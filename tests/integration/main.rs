@@ -31,6 +31,7 @@ mod registry;
 mod ssh;
 mod storage;
 mod support;
+mod system;
 mod tty;
 mod update;
 mod vm;
@@ -52,6 +53,7 @@ fn main() {
         network::tests(),
         registry::tests(),
         storage::tests(),
+        system::tests(),
         qemu::tests(),
         real_guest_ssh::tests(),
         real_guests::tests(),
