@@ -717,8 +717,10 @@ fn artifacts_dir() -> PathBuf {
 
 /// Signs in with the link `banger dashboard` prints, watches a VM created through the CLI
 /// appear without a reload, stops it from its page through the confirmation, and checks
-/// through the CLI and the log that a real `vm.stop` ran; starts and deletes it from the page.
-/// Screenshots every main page.
+/// through the CLI and the log that a real `vm.stop` ran; starts it, restarts it (checked
+/// through the CLI and the log: another VMM process, and a stop then a start that succeeded,
+/// the two operations a restart is) and deletes it from the page. Screenshots every main
+/// page.
 async fn a_vm_created_through_the_cli_appears_live_and_is_stopped_from_its_page() {
     let lab = Lab::new().await;
     let links = lab.links();
@@ -805,6 +807,71 @@ async fn a_vm_created_through_the_cli_appears_live_and_is_stopped_from_its_page(
         "dev running again",
         "document.querySelector('#content h1 .state')?.textContent === 'running' && document.getElementById('flash').textContent === 'start dev: done'",
     );
+
+    // Restart it: a new VMM process, through the confirmation, as the CLI and the log see it.
+    let vmm_pid = |shown: &Value| {
+        shown["vm"]["process"]["pid"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("a running VM has a VMM process: {shown}"))
+    };
+    let before: Value = serde_json::from_str(&lab.cli_ok(&["vm", "show", "dev", "--json"]))
+        .expect("vm show --json");
+    let seen = all_events(&lab.daemon.socket()).await.len();
+    browser.wait_until(
+        "the restart button offered",
+        "document.querySelector('button[data-dialog=\"confirm-restart\"]')?.disabled === false",
+    );
+    browser.click("button[data-dialog=\"confirm-restart\"]");
+    browser.wait_until(
+        "the restart confirmation",
+        "document.getElementById('confirm-restart').open",
+    );
+    browser.screenshot("vm-confirm-restart");
+    browser.click("#confirm-restart button[type=\"submit\"]");
+    browser.wait_until(
+        "dev restarted",
+        "document.querySelector('#content h1 .state')?.textContent === 'running' && document.getElementById('flash').textContent === 'restart dev: done'",
+    );
+    browser.assert_not_reloaded();
+    let after: Value = serde_json::from_str(&lab.cli_ok(&["vm", "show", "dev", "--json"]))
+        .expect("vm show --json");
+    assert_eq!(after["vm"]["state"], json!("running"), "{after}");
+    assert_ne!(
+        vmm_pid(&before),
+        vmm_pid(&after),
+        "the restart ran the VM in another VMM process"
+    );
+    // A restart is two operations, each with its own op id: a stop, then a start.
+    let events = all_events(&lab.daemon.socket()).await;
+    let ops: Vec<(OpKind, bool)> = events[seen..]
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::OperationStarted(started) => Some((
+                started.kind,
+                events.iter().any(|end| {
+                    end.op_id == e.op_id && matches!(end.event, Event::OperationSucceeded(_))
+                }),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [(OpKind::VmStop, true), (OpKind::VmStart, true)],
+        "the page's restart in the log"
+    );
+    let kinds: Vec<&Value> = after["operations"]
+        .as_array()
+        .expect("dev's operations")
+        .iter()
+        .map(|op| &op["kind"])
+        .collect();
+    assert_eq!(
+        kinds[kinds.len() - 2..],
+        [&json!("vm.stop"), &json!("vm.start")],
+        "vm show lists the restart's operations last: {after}"
+    );
+
     browser.click("button[data-dialog=\"confirm-delete\"]");
     browser.wait_until(
         "the delete confirmation",
