@@ -1066,11 +1066,14 @@ fn seq_of(line: &str) -> Option<u64> {
 }
 
 /// The heart of `--follow`: while operations run, bangerd is killed with SIGKILL three times
-/// (each time in the middle of the stream, right after both followers printed a step of the
+/// (each time in the middle of the stream, right after the followers printed a step of the
 /// bangerd then running) and started again by the next banger command. Followers started
 /// before it all print exactly the log's sequence 1..N, as `events --json` reads it
-/// afterwards: nothing missed, nothing twice. Each says once that it lost bangerd, and once
-/// that it is back.
+/// afterwards: nothing missed, nothing twice. So do the filtered forms, against the same
+/// filter applied to the log afterwards: `--since` an RFC 3339 time (with an offset) taken
+/// after the first import, and `--op` the first import's operation (over before the first
+/// kill: on each reconnection, the follower must neither print its last event again nor
+/// anyone else's). Each says once that it lost bangerd, and once that it is back.
 fn a_follower_survives_bangerd_killed_three_times_without_gap_or_repeat() {
     let sandbox = Sandbox::new();
     let kernel_dir = sandbox.kernel_dir("kernel-build");
@@ -1090,8 +1093,42 @@ fn a_follower_survives_bangerd_killed_three_times_without_gap_or_repeat() {
         &["events", "--follow", "--json", "--since", "1h"],
         "by-time.stderr",
     );
+    // From a point in time, as an RFC 3339 timestamp with an offset (the same instant as
+    // `at_ms` in UTC): every event of the first import is before it.
+    std::thread::sleep(Duration::from_millis(5));
+    let at_ms = banger::cli::format::now_unix_ms();
+    std::thread::sleep(Duration::from_millis(5));
+    let at_text = banger::cli::format::format_timestamp(at_ms + 3_600_000).replace('Z', "+01:00");
+    let mut by_rfc3339 = spawn_follower(
+        &["events", "--follow", "--json", "--since", &at_text],
+        "by-rfc3339.stderr",
+    );
+    // One operation's events, by its full id.
+    let first_import = envelopes(&sandbox.ok(&["events", "--json"]));
+    let op = first_import
+        .iter()
+        .find_map(|e| e.op_id)
+        .expect("the first import's operation")
+        .to_string();
+    let mut by_op = spawn_follower(
+        &["events", "--follow", "--json", "--op", &op],
+        "by-op.stderr",
+    );
     let mut seq_lines = Lines::new(&mut by_seq);
     let mut time_lines = Lines::new(&mut by_time);
+    let mut rfc3339_lines = Lines::new(&mut by_rfc3339);
+    let mut op_lines = Lines::new(&mut by_op);
+    // It has printed the operation's end: it reads from the first bangerd, which runs on
+    // until the first kill.
+    let op_last = first_import
+        .iter()
+        .rfind(|e| e.op_id.is_some_and(|id| id.to_string() == op))
+        .expect("the operation's last event")
+        .seq
+        .0;
+    op_lines.wait_for(&format!("seq {op_last}"), |line| {
+        seq_of(line) == Some(op_last)
+    });
 
     // A stream of operations, from another thread: each import is its own banger command, which
     // starts bangerd again when it finds it dead. Those in flight when bangerd dies fail; that
@@ -1137,6 +1174,7 @@ fn a_follower_survives_bangerd_killed_three_times_without_gap_or_repeat() {
             );
             std::thread::sleep(Duration::from_millis(5));
         };
+        let mut step: Option<Envelope> = None;
         for lines in [&mut seq_lines, &mut time_lines] {
             let mut started = false;
             lines.wait_for(
@@ -1150,12 +1188,22 @@ fn a_follower_survives_bangerd_killed_three_times_without_gap_or_repeat() {
                             started = true;
                             false
                         }
-                        banger_events::Event::StepStarted(_) => started,
+                        banger_events::Event::StepStarted(_) if started => {
+                            step.get_or_insert(envelope);
+                            true
+                        }
                         _ => false,
                     }
                 },
             );
         }
+        let step = step.expect("a step was seen");
+        // The follower from a time has printed that step or an event after it: it reads from
+        // this bangerd too (events after the step can only have come from it).
+        rfc3339_lines.wait_for(
+            &format!("seq {} or later (kill {kill})", step.seq.0),
+            |line| seq_of(line).is_some_and(|seq| seq >= step.seq.0),
+        );
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
@@ -1176,6 +1224,7 @@ fn a_follower_survives_bangerd_killed_three_times_without_gap_or_repeat() {
     for (name, lines, follower) in [
         ("by-seq", &mut seq_lines, &mut by_seq),
         ("by-time", &mut time_lines, &mut by_time),
+        ("by-rfc3339", &mut rfc3339_lines, &mut by_rfc3339),
     ] {
         if let Some(status) = follower.try_wait().expect("poll a follower") {
             panic!(
@@ -1186,7 +1235,25 @@ fn a_follower_survives_bangerd_killed_three_times_without_gap_or_repeat() {
         }
         lines.wait_for(&format!("seq {last}"), |line| seq_of(line) == Some(last));
     }
-    for follower in [&mut by_seq, &mut by_time] {
+    // The operation's follower prints nothing after its operation ended, however far the log
+    // goes: it is done once it is back after the third kill.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let stderr = std::fs::read_to_string(sandbox.root().join("by-op.stderr")).unwrap();
+        if stderr.matches("bangerd is back").count() >= 3 {
+            break;
+        }
+        assert!(
+            by_op.try_wait().expect("poll a follower").is_none(),
+            "by-op: the follower exited: {stderr}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "by-op: not back after the third kill:\n{stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for follower in [&mut by_seq, &mut by_time, &mut by_rfc3339, &mut by_op] {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(follower.id() as i32),
             nix::sys::signal::Signal::SIGINT,
@@ -1212,16 +1279,43 @@ fn a_follower_survives_bangerd_killed_three_times_without_gap_or_repeat() {
         .filter(|e| matches!(e.event, banger_events::Event::DaemonStarted(_)))
         .count();
     assert!(kills >= 4, "bangerd started {kills} times");
-    for (name, lines) in [("by-seq", seq_lines), ("by-time", time_lines)] {
+    let since_at: Vec<Envelope> = log
+        .iter()
+        .filter(|e| e.at_unix_ms >= at_ms)
+        .cloned()
+        .collect();
+    assert!(
+        since_at.len() < log.len() && since_at.last() == log.last(),
+        "--since {at_text} leaves out the first import and nothing after it"
+    );
+    let of_op = |events: &[Envelope]| -> Vec<Envelope> {
+        events
+            .iter()
+            .filter(|e| e.op_id.is_some_and(|id| id.to_string() == op))
+            .cloned()
+            .collect()
+    };
+    let op_events = of_op(&log);
+    assert_eq!(
+        op_events,
+        of_op(&first_import),
+        "the operation was over before the kills"
+    );
+    for (name, lines, expected) in [
+        ("by-seq", seq_lines, &log),
+        ("by-time", time_lines, &log),
+        ("by-rfc3339", rfc3339_lines, &since_at),
+        ("by-op", op_lines, &op_events),
+    ] {
         let printed = envelopes(&lines.all().join("\n"));
         let printed_seqs: Vec<u64> = printed.iter().map(|e| e.seq.0).collect();
+        let expected_seqs: Vec<u64> = expected.iter().map(|e| e.seq.0).collect();
         assert_eq!(
-            printed_seqs,
-            (1..=last).collect::<Vec<_>>(),
+            printed_seqs, expected_seqs,
             "{name}: the follower's sequence"
         );
         assert!(
-            printed == log,
+            printed == *expected,
             "{name}: the follower printed other events than the log holds"
         );
         let stderr =

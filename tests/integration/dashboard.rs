@@ -1,5 +1,6 @@
 //! The web dashboard through the real bangerd: in a real browser (headless Chromium driven
-//! over the DevTools protocol), and with a plain HTTP client for what must be refused.
+//! over the DevTools protocol), and with a plain HTTP client for what must be refused and for
+//! what the pages show (checked against the CLI).
 //!
 //! Each test's bangerd serves the dashboard on a free port (`[dashboard] port = 0`) of the
 //! loopback interface of its test network namespace (the root tier's, which these tests bring
@@ -26,9 +27,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use banger::api::{VmListResult, VmShowResult};
+use banger::api::{
+    ImageView, KernelView, OperationView, OperationsListResult, VmListResult, VmShowResult,
+};
 use banger::rpc::Client;
 use banger_events::{Event, OpKind, VmState};
+use banger_projections::OpStatus;
 use base64::Engine;
 use http_body_util::BodyExt;
 use nix::sys::signal::{Signal, kill, killpg};
@@ -365,6 +369,62 @@ fn token_of(links: &Links) -> &str {
         .split_once("token=")
         .expect("the sign-in link carries the token")
         .1
+}
+
+/// The markup of the table `id` in `page`, from its start tag to its end.
+fn table<'a>(page: &'a str, id: &str) -> &'a str {
+    let start = page
+        .find(&format!("<table id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no table #{id} in the page:\n{page}"));
+    let rest = &page[start..];
+    &rest[..rest.find("</table>").expect("the table ends") + "</table>".len()]
+}
+
+/// The markup of each body row of `table` (from `<tr` to `</tr>`).
+fn rows(table: &str) -> Vec<&str> {
+    let body = table.split_once("<tbody>").map_or("", |(_, body)| body);
+    body.split("<tr")
+        .skip(1)
+        .map(|row| row.split("</tr>").next().unwrap_or(row))
+        .collect()
+}
+
+/// The text of each cell of `row`, as a browser shows it: tags dropped, entities decoded.
+fn cells(row: &str) -> Vec<String> {
+    row.split("<td")
+        .skip(1)
+        .map(|cell| {
+            let content = cell.split_once('>').map_or("", |(_, content)| content);
+            text_of(content.split("</td>").next().unwrap_or(content))
+        })
+        .collect()
+}
+
+/// `markup` without its tags, its entities (those the dashboard writes) decoded.
+fn text_of(markup: &str) -> String {
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in markup.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
+/// The row of `table` whose start tag carries `attribute` (`data-vm="dev"`).
+fn row_with<'a>(table: &'a str, attribute: &str) -> &'a str {
+    rows(table)
+        .into_iter()
+        .find(|row| row.starts_with(&format!(" {attribute}>")))
+        .unwrap_or_else(|| panic!("no row with {attribute} in:\n{table}"))
 }
 
 // ---- headless Chromium over the DevTools protocol ----------------------------------------
@@ -717,8 +777,10 @@ fn artifacts_dir() -> PathBuf {
 
 /// Signs in with the link `banger dashboard` prints, watches a VM created through the CLI
 /// appear without a reload, stops it from its page through the confirmation, and checks
-/// through the CLI and the log that a real `vm.stop` ran; starts and deletes it from the page.
-/// Screenshots every main page.
+/// through the CLI and the log that a real `vm.stop` ran; starts it, restarts it (checked
+/// through the CLI and the log: another VMM process, and a stop then a start that succeeded,
+/// the two operations a restart is) and deletes it from the page. Screenshots every main
+/// page.
 async fn a_vm_created_through_the_cli_appears_live_and_is_stopped_from_its_page() {
     let lab = Lab::new().await;
     let links = lab.links();
@@ -805,6 +867,71 @@ async fn a_vm_created_through_the_cli_appears_live_and_is_stopped_from_its_page(
         "dev running again",
         "document.querySelector('#content h1 .state')?.textContent === 'running' && document.getElementById('flash').textContent === 'start dev: done'",
     );
+
+    // Restart it: a new VMM process, through the confirmation, as the CLI and the log see it.
+    let vmm_pid = |shown: &Value| {
+        shown["vm"]["process"]["pid"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("a running VM has a VMM process: {shown}"))
+    };
+    let before: Value = serde_json::from_str(&lab.cli_ok(&["vm", "show", "dev", "--json"]))
+        .expect("vm show --json");
+    let seen = all_events(&lab.daemon.socket()).await.len();
+    browser.wait_until(
+        "the restart button offered",
+        "document.querySelector('button[data-dialog=\"confirm-restart\"]')?.disabled === false",
+    );
+    browser.click("button[data-dialog=\"confirm-restart\"]");
+    browser.wait_until(
+        "the restart confirmation",
+        "document.getElementById('confirm-restart').open",
+    );
+    browser.screenshot("vm-confirm-restart");
+    browser.click("#confirm-restart button[type=\"submit\"]");
+    browser.wait_until(
+        "dev restarted",
+        "document.querySelector('#content h1 .state')?.textContent === 'running' && document.getElementById('flash').textContent === 'restart dev: done'",
+    );
+    browser.assert_not_reloaded();
+    let after: Value = serde_json::from_str(&lab.cli_ok(&["vm", "show", "dev", "--json"]))
+        .expect("vm show --json");
+    assert_eq!(after["vm"]["state"], json!("running"), "{after}");
+    assert_ne!(
+        vmm_pid(&before),
+        vmm_pid(&after),
+        "the restart ran the VM in another VMM process"
+    );
+    // A restart is two operations, each with its own op id: a stop, then a start.
+    let events = all_events(&lab.daemon.socket()).await;
+    let ops: Vec<(OpKind, bool)> = events[seen..]
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::OperationStarted(started) => Some((
+                started.kind,
+                events.iter().any(|end| {
+                    end.op_id == e.op_id && matches!(end.event, Event::OperationSucceeded(_))
+                }),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [(OpKind::VmStop, true), (OpKind::VmStart, true)],
+        "the page's restart in the log"
+    );
+    let kinds: Vec<&Value> = after["operations"]
+        .as_array()
+        .expect("dev's operations")
+        .iter()
+        .map(|op| &op["kind"])
+        .collect();
+    assert_eq!(
+        kinds[kinds.len() - 2..],
+        [&json!("vm.stop"), &json!("vm.start")],
+        "vm show lists the restart's operations last: {after}"
+    );
+
     browser.click("button[data-dialog=\"confirm-delete\"]");
     browser.wait_until(
         "the delete confirmation",
@@ -1353,12 +1480,310 @@ async fn banger_dashboard_prints_the_link_and_opens_it_without_the_token_in_argv
     assert!(stderr.contains("the dashboard is turned off"), "{stderr}");
 }
 
+/// What the pages show, read with a plain HTTP client and checked against the CLI: the images
+/// and kernels pages list what `image list` and `kernel list` do; a VM's page lists the host
+/// resources `vm show` does (its tap and VMM process among them); and an operation stuck in
+/// its rollback (a failpoint on the undo of `prepare-rootfs`) and one held at
+/// `wait-for-agent` (a guest that takes a minute to boot) show in the VM list's operation
+/// column with their step, in the operations page's in-flight table (and not among the
+/// finished ones), and on their VM's page.
+async fn the_pages_show_what_the_cli_shows_and_operations_at_their_step() {
+    let mut lab = Lab::new().await;
+    // A second kernel (with an initrd) and image, so that the lists have more than one row.
+    let kernel_dir = kernel_source(&lab.root().scratch("kernel-2"), "6.1.0-two", true);
+    lab.call(
+        "kernel.import",
+        json!({"name": "k2", "from": kernel_dir.display().to_string()}),
+    )
+    .await;
+    let rootfs = rootfs_file(&lab.root().scratch("image-2").join("rootfs.ext4"), 2 << 20);
+    lab.call(
+        "image.register",
+        json!({"name": "img2", "rootfs": rootfs.display().to_string(), "kernel": "k2"}),
+    )
+    .await;
+    lab.cli_ok(&["vm", "create", "dev", "--image", "img"]);
+    let links = lab.links();
+    let cookie = lab.http(links.port).sign_in(token_of(&links)).await;
+    let page = async |lab: &Lab, path: &str| {
+        let reply = lab.http(links.port).get(path, &[("cookie", &cookie)]).await;
+        assert_eq!(reply.status, 200, "GET {path}: {}", reply.body);
+        reply.body
+    };
+
+    // Images and kernels: what the CLI lists, row by row.
+    let images: Vec<ImageView> =
+        serde_json::from_str(&lab.cli_ok(&["image", "list", "--json"])).expect("image list");
+    assert_eq!(images.len(), 2, "{images:?}");
+    let mut expected: Vec<Vec<String>> = images
+        .iter()
+        .map(|image| {
+            vec![
+                image.name.clone(),
+                banger::size::format_bytes(image.size_bytes),
+                image.kernel.clone().unwrap_or_else(|| "-".into()),
+                image.source.clone(),
+                image.sha256.get(..12).unwrap_or(&image.sha256).to_owned(),
+            ]
+        })
+        .collect();
+    expected.sort();
+    let body = page(&lab, "/images").await;
+    let mut shown: Vec<Vec<String>> = rows(table(&body, "images"))
+        .into_iter()
+        .map(|row| cells(row)[..5].to_vec())
+        .collect();
+    shown.sort();
+    assert_eq!(shown, expected, "the images page");
+
+    let kernels: Vec<KernelView> =
+        serde_json::from_str(&lab.cli_ok(&["kernel", "list", "--json"])).expect("kernel list");
+    assert_eq!(kernels.len(), 2, "{kernels:?}");
+    let mut expected: Vec<Vec<String>> = kernels
+        .iter()
+        .map(|kernel| {
+            vec![
+                kernel.name.clone(),
+                if kernel.version.is_empty() {
+                    "unknown".to_owned()
+                } else {
+                    kernel.version.clone()
+                },
+                if kernel.initrd_path.is_some() {
+                    "yes"
+                } else {
+                    "no"
+                }
+                .to_owned(),
+                kernel.source.clone(),
+                kernel.sha256.get(..12).unwrap_or(&kernel.sha256).to_owned(),
+            ]
+        })
+        .collect();
+    expected.sort();
+    let body = page(&lab, "/kernels").await;
+    let mut shown: Vec<Vec<String>> = rows(table(&body, "kernels"))
+        .into_iter()
+        .map(|row| cells(row)[..5].to_vec())
+        .collect();
+    shown.sort();
+    assert_eq!(shown, expected, "the kernels page");
+    assert!(
+        shown
+            .iter()
+            .any(|row| row[..3] == ["k2", "6.1.0-two", "yes"]),
+        "{shown:?}"
+    );
+
+    // The VM's host resources: those `vm show` lists, its tap and VMM process among them.
+    let dev: VmShowResult =
+        serde_json::from_str(&lab.cli_ok(&["vm", "show", "dev", "--json"])).expect("vm show");
+    let mut expected: Vec<Vec<String>> = dev
+        .handles
+        .iter()
+        .map(|entry| {
+            vec![
+                entry.handle.to_string(),
+                entry.view.acquired_seq.to_string(),
+            ]
+        })
+        .collect();
+    expected.sort();
+    let body = page(&lab, "/vms/dev").await;
+    let mut shown: Vec<Vec<String>> = rows(table(&body, "handles"))
+        .into_iter()
+        .map(cells)
+        .collect();
+    shown.sort();
+    assert_eq!(shown, expected, "dev's host resources");
+    let vmm = dev.vm.process.expect("dev runs").pid;
+    for wanted in ["tap ".to_owned(), format!("pid {vmm} ")] {
+        assert!(
+            shown.iter().any(|row| row[0].starts_with(&wanted)),
+            "no {wanted}… among dev's host resources: {shown:?}"
+        );
+    }
+
+    // An operation stuck in its rollback: the guest crashes at boot, and undoing
+    // prepare-rootfs fails.
+    lab.env.push(("FAKE_FC_CRASH_ON_BOOT".into(), "1".into()));
+    lab.env.push((
+        "BANGER_FAILPOINT".into(),
+        "vm.create:prepare-rootfs:undo-error".into(),
+    ));
+    lab.restart();
+    let failed = lab.cli(&["vm", "create", "stuck", "--image", "img"]);
+    assert!(
+        !failed.status.success() && String::from_utf8_lossy(&failed.stderr).contains("stuck"),
+        "{failed:?}"
+    );
+    // An operation in flight: a guest that takes a minute to boot, within the boot timeout.
+    lab.env
+        .retain(|(key, _)| key != "FAKE_FC_CRASH_ON_BOOT" && key != "BANGER_FAILPOINT");
+    lab.env
+        .push(("FAKE_FC_BOOT_DELAY_MS".into(), "60000".into()));
+    let config = lab.root().layout().config_dir.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("boot = \"10s\"", "boot = \"120s\"")).unwrap();
+    lab.restart();
+    assert_eq!(
+        lab.links().port,
+        links.port,
+        "the same port after a restart"
+    );
+    lab.call(
+        "vm.create",
+        json!({"name": "slow", "image": "img", "no_wait": true}),
+    )
+    .await;
+
+    // The VM list: each VM's operation and its step, as the operation's view has it.
+    let cell_of = |op: &OperationView| {
+        let step = op.current_step().expect("a step");
+        format!("{} {}: {} ({})", op.kind, op.status, step.name, step.status)
+    };
+    let operation_column = |body: &str, name: &str| {
+        cells(row_with(table(body, "vms"), &format!("data-vm=\"{name}\"")))[8].clone()
+    };
+    let deadline = Instant::now() + DEADLINE;
+    let (stuck, slow, body) = loop {
+        let listed: OperationsListResult =
+            serde_json::from_value(lab.call("daemon.operations.list", json!({})).await)
+                .expect("daemon.operations.list");
+        let on = |name: &str| {
+            listed
+                .operations
+                .iter()
+                .find(|op| op.target.to_string() == format!("vm {name}"))
+                .cloned()
+        };
+        let body = page(&lab, "/").await;
+        if let (Some(stuck), Some(slow)) = (on("stuck"), on("slow"))
+            && slow
+                .current_step()
+                .is_some_and(|step| step.name == "wait-for-agent")
+            && operation_column(&body, "slow") == cell_of(&slow)
+        {
+            break (stuck, slow, body);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slow never showed at wait-for-agent: {listed:?}\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(stuck.status, OpStatus::Stuck, "{stuck:?}");
+    assert_eq!(
+        stuck.current_step().map(|step| step.name.as_str()),
+        Some("prepare-rootfs"),
+        "{stuck:?}"
+    );
+    assert_eq!(slow.status, OpStatus::Running, "{slow:?}");
+    assert_eq!(operation_column(&body, "dev"), "-");
+    assert_eq!(operation_column(&body, "stuck"), cell_of(&stuck));
+    assert_eq!(
+        operation_column(&body, "stuck"),
+        "vm.create stuck: prepare-rootfs (undo_failed)"
+    );
+    assert_eq!(
+        operation_column(&body, "slow"),
+        "vm.create running: wait-for-agent (started)"
+    );
+    for (name, op) in [("stuck", &stuck), ("slow", &slow)] {
+        let row = row_with(table(&body, "vms"), &format!("data-vm=\"{name}\""));
+        assert!(
+            row.contains(&format!(
+                "<span class=\"op op-{}\" title=\"operation {}\">",
+                op.status, op.op_id
+            )),
+            "{row}"
+        );
+    }
+
+    // The operations page: both in the table of those in flight (and stuck), oldest first,
+    // at their step; neither among the finished ones, where dev's create is.
+    let body = page(&lab, "/operations").await;
+    let unresolved = table(&body, "ops-unresolved");
+    let shown: Vec<Vec<String>> = rows(unresolved).into_iter().map(cells).collect();
+    assert_eq!(shown.len(), 2, "{unresolved}");
+    for (row, op, target, status, step) in [
+        (
+            &shown[0],
+            &stuck,
+            "vm stuck",
+            "stuck",
+            "prepare-rootfs undo_failed",
+        ),
+        (
+            &shown[1],
+            &slow,
+            "vm slow",
+            "running",
+            "wait-for-agent started",
+        ),
+    ] {
+        assert_eq!(
+            row[..4],
+            [
+                op.op_id.to_string()[..8].to_owned(),
+                "vm.create".to_owned(),
+                target.to_owned(),
+                status.to_owned()
+            ],
+            "{unresolved}"
+        );
+        assert!(row[4].contains(step), "{row:?}");
+        assert!(
+            unresolved.contains(&format!("<tr data-op=\"{}\">", op.op_id)),
+            "{unresolved}"
+        );
+    }
+    let finished = table(&body, "ops-finished");
+    assert!(
+        !finished.contains(&stuck.op_id.to_string()) && !finished.contains(&slow.op_id.to_string()),
+        "{finished}"
+    );
+    assert!(
+        rows(finished)
+            .into_iter()
+            .map(cells)
+            .any(|row| row[1..4] == ["vm.create", "vm dev", "succeeded"]),
+        "{finished}"
+    );
+
+    // Their VMs' pages say which operation holds them, at which step, and offer no action.
+    for (path, op) in [("/vms/stuck", &stuck), ("/vms/slow", &slow)] {
+        let body = page(&lab, path).await;
+        let busy = body
+            .split_once("<p class=\"busy\">")
+            .and_then(|(_, rest)| rest.split_once("</p>"))
+            .map(|(busy, _)| text_of(busy))
+            .unwrap_or_else(|| panic!("{path} does not say what holds it:\n{body}"));
+        assert_eq!(
+            busy,
+            format!("An operation holds this VM: {}", cell_of(op)),
+            "{path}"
+        );
+        let actions = body
+            .split_once("<div class=\"actions\">")
+            .and_then(|(_, rest)| rest.split_once("</div>"))
+            .map(|(actions, _)| actions)
+            .expect("the action buttons");
+        assert_eq!(
+            actions.matches(" disabled>").count(),
+            4,
+            "{path}: {actions}"
+        );
+    }
+}
+
 pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
     banger_test_harness::tests![
         tokio a_vm_created_through_the_cli_appears_live_and_is_stopped_from_its_page needs(Root, Browser),
         tokio the_event_page_resumes_after_bangerd_is_killed_and_restarted needs(Root, Browser),
         tokio hostile_console_output_kernel_banners_and_names_stay_text needs(Root, Browser),
         tokio without_a_session_or_from_another_origin_everything_is_refused needs(Root),
+        tokio the_pages_show_what_the_cli_shows_and_operations_at_their_step needs(Root),
         tokio the_stream_starts_after_the_last_event_id_and_is_limited,
         tokio banger_dashboard_prints_the_link_and_opens_it_without_the_token_in_argv,
     ]

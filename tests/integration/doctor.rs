@@ -257,7 +257,8 @@ async fn orphans_are_listed_with_a_command_and_removed_only_with_fix() {
 
 /// With a running VM (its directory, its tap on the bridge, its VMM and the agent the fake
 /// starts, all in the log) and a tap made by hand in the test's network namespace: only the
-/// stray tap is an orphan; `--fix` removes it through banger-helper, and the VM runs on.
+/// stray tap is an orphan; `--fix` removes it through banger-helper and records that as an
+/// `orphan_found` event, and the VM runs on.
 async fn a_stray_tap_is_an_orphan_and_a_running_vm_is_not() {
     let root = TestRoot::new();
     // No spare taps: a pool topping itself up meanwhile would only blur what the test counts.
@@ -314,10 +315,25 @@ async fn a_stray_tap_is_an_orphan_and_a_running_vm_is_not() {
         net.taps().contains(&"bt5eed".to_owned()),
         "listing removed it"
     );
+    assert!(
+        orphan_events(&daemon).await.is_empty(),
+        "listing recorded events"
+    );
 
     let fixed = banger(&daemon, &["doctor", "--fix"]);
     assert!(fixed.status.success(), "{}", text(&fixed));
     assert_eq!(net.taps(), vm_tap, "only the stray tap went");
+    // The removal is in the log, as the directories' and the process's are; the VM's own tap
+    // is not.
+    assert_eq!(
+        orphan_events(&daemon).await,
+        [(
+            Handle::Tap {
+                name: "bt5eed".to_owned()
+            },
+            "removed by `banger doctor --fix`".to_owned()
+        )]
+    );
     let shown: Value = client
         .call("vm.show", &json!({"name": "dev"}))
         .await
