@@ -889,6 +889,50 @@ pub struct DnsStatusResult {
     pub host_routing: Option<DnsRouting>,
 }
 
+/// `network.status`: banger-helper as bangerd reaches it, and the network bangerd uses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkStatusResult {
+    pub helper_socket: String,
+    /// The bridge bangerd's VMs join (`network.bridge`).
+    pub bridge: String,
+    /// The bridge's address and the guests' prefix (`network.gateway`), `172.30.0.1/24`.
+    pub gateway: String,
+    /// bangerd starts banger-helper itself when none answers (it runs as root).
+    pub starts_helper: bool,
+    pub helper: HelperStatus,
+}
+
+/// What banger-helper said when bangerd asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum HelperStatus {
+    /// Nothing answers on the socket.
+    Unreachable { error: String },
+    /// It answers but refuses this user (not on its allow-list).
+    Refused { error: String },
+    /// It speaks another protocol version than this bangerd.
+    Incompatible { version: u32, wanted: u32 },
+    /// It answers, but could not say what the networks are (nft missing, say).
+    Failed { error: String },
+    /// It answers: the networks its configuration gives this user, and their state.
+    Answers {
+        version: u32,
+        networks: Vec<GivenNetwork>,
+    },
+}
+
+/// One network banger-helper gives this user, as the host has it now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GivenNetwork {
+    pub bridge: String,
+    /// `172.30.0.1/24`.
+    pub gateway: String,
+    /// The bridge exists with that address.
+    pub bridge_up: bool,
+    /// banger's nftables table holds its masquerade rule.
+    pub nat: bool,
+}
+
 /// How the host's `.vm` lookups reach bangerd's DNS server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]

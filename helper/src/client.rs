@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use tokio::net::UnixStream;
 
 use crate::protocol::{
-    self, ErrorKind, NetworkSpec, PROTOCOL_VERSION, Request, RequestFrame, Response,
+    self, ErrorKind, NetworkSpec, NetworkState, PROTOCOL_VERSION, Request, RequestFrame, Response,
 };
 use crate::validate;
 
@@ -116,7 +116,7 @@ impl HelperClient {
     }
 
     /// Names of the caller's banger taps (tap devices whose names match the tap pattern and
-    /// whose owner is the caller's uid), sorted.
+    /// whose owner is the caller's uid, or that have no owner), sorted.
     pub async fn list_taps(&self) -> Result<Vec<String>, HelperError> {
         match self.call(Request::ListTaps).await? {
             Response::Taps { taps } => Ok(taps),
@@ -124,9 +124,10 @@ impl HelperClient {
         }
     }
 
-    /// The networks banger-helper's configuration gives this caller's uid: the only ones
-    /// [`HelperClient::ensure_network`] may ask for.
-    pub async fn networks(&self) -> Result<Vec<NetworkSpec>, HelperError> {
+    /// The networks banger-helper's configuration gives this caller's uid (the only ones
+    /// [`HelperClient::ensure_network`] may ask for), with whether each one's bridge and NAT
+    /// are in place now.
+    pub async fn networks(&self) -> Result<Vec<NetworkState>, HelperError> {
         match self.call(Request::Networks).await? {
             Response::Networks { networks } => Ok(networks),
             other => Err(unexpected(&other)),

@@ -33,4 +33,4 @@ pub mod server;
 pub mod validate;
 
 pub use client::{DnsRoute, DnsSockets, HelperClient, HelperError};
-pub use protocol::NetworkSpec;
+pub use protocol::{NetworkSpec, NetworkState};

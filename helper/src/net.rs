@@ -38,7 +38,7 @@ use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 use tokio::io::AsyncWriteExt;
 
 use crate::networks::Networks;
-use crate::protocol::NetworkSpec;
+use crate::protocol::{NetworkSpec, NetworkState};
 use crate::validate::{self, Subnet};
 
 /// Why an operation was not carried out; maps onto the protocol's error kinds.
@@ -261,6 +261,35 @@ impl Host {
         run_nft(&nat_ruleset(&present)).await
     }
 
+    /// Whether each of `networks` is in place: its bridge with the gateway address, and its
+    /// masquerade rule in banger's table. Reads only; a missing nft is an error (the network
+    /// cannot be made without it).
+    pub async fn network_states(&self, networks: &[NetworkSpec]) -> OpResult<Vec<NetworkState>> {
+        let table = list_banger_table().await?;
+        let mut states = Vec::new();
+        for spec in networks {
+            let bridge = match self.find_link(&spec.bridge).await? {
+                Some(link) if link.is_bridge() => {
+                    self.ipv4_addresses(&link).await?.contains(&spec.gateway)
+                }
+                _ => false,
+            };
+            let nat = match (&table, validate::network_spec(spec)) {
+                (Some(table), Ok(subnet)) => table.contains(&format!(
+                    "ip saddr {subnet} oifname != \"{}\" masquerade",
+                    spec.bridge
+                )),
+                _ => false,
+            };
+            states.push(NetworkState {
+                spec: spec.clone(),
+                bridge,
+                nat,
+            });
+        }
+        Ok(states)
+    }
+
     /// The configured networks whose bridge exists now (but `except`), with their subnets: the
     /// ones whose rules banger's table holds. Derived from the kernel each time, so the helper
     /// keeps no state across its own restarts.
@@ -476,14 +505,15 @@ impl Host {
         }
     }
 
-    /// See [`crate::HelperClient::list_taps`]: the taps `caller` owns.
+    /// See [`crate::HelperClient::list_taps`]: the taps `caller` owns, and those nobody owns
+    /// (which [`refuse_foreign_tap`] lets anyone claim or delete: a leftover made by hand).
     pub async fn list_taps(&self, caller: u32) -> OpResult<Vec<String>> {
         let mut taps: Vec<String> = self
             .all_links()
             .await?
             .into_iter()
             .filter(|l| l.is_tap() && validate::is_tap_name(&l.name))
-            .filter(|l| l.tun.owner == Some(caller))
+            .filter(|l| l.tun.owner.is_none_or(|owner| owner == caller))
             .map(|l| l.name)
             .collect();
         taps.sort();
@@ -821,6 +851,37 @@ fn find_nft() -> Option<PathBuf> {
         .map(Path::new)
         .find(|p| p.is_file())
         .map(Path::to_path_buf)
+}
+
+/// `nft list table ip banger`: the table's text, or `None` when there is no such table.
+async fn list_banger_table() -> OpResult<Option<String>> {
+    let nft = find_nft().ok_or_else(|| {
+        OpError::Failed(format!(
+            "nft was not found (looked in {}); install nftables (for example `apt-get install nftables`).",
+            NFT_CANDIDATES.join(", ")
+        ))
+    })?;
+    let output = tokio::process::Command::new(&nft)
+        .args(["list", "table", "ip", "banger"])
+        .env_clear()
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| OpError::Failed(format!("Running {} failed: {e}.", nft.display())))?;
+    if output.status.success() {
+        return Ok(Some(String::from_utf8_lossy(&output.stdout).into_owned()));
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stderr.contains("No such file or directory") {
+        return Ok(None);
+    }
+    Err(OpError::Failed(format!(
+        "nft could not list banger's table ({}): {}",
+        output.status,
+        stderr.trim()
+    )))
 }
 
 async fn run_nft(script: &str) -> OpResult<()> {

@@ -45,6 +45,19 @@ pub struct NetworkSpec {
     pub prefix_len: u8,
 }
 
+/// One of the caller's networks as the host has it now (the answer to [`Request::Networks`]):
+/// what `banger doctor` reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkState {
+    /// The network as the helper's configuration gives it.
+    pub spec: NetworkSpec,
+    /// The bridge exists, is a bridge, and carries the gateway address.
+    pub bridge: bool,
+    /// banger's nftables table holds this network's masquerade rule.
+    pub nat: bool,
+}
+
 /// One request as it travels: the version it was written for and the request itself. The
 /// server decodes it with [`decode_request`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,8 +107,8 @@ pub enum Request {
         bridge: String,
         address: Ipv4Addr,
     },
-    /// The networks banger-helper's configuration gives the caller (answered
-    /// [`Response::Networks`]): what `EnsureNetwork` may ask for.
+    /// The networks banger-helper's configuration gives the caller, with their state on the
+    /// host (answered [`Response::Networks`]): what `EnsureNetwork` may ask for.
     Networks,
 }
 
@@ -265,7 +278,7 @@ pub enum Response {
     },
     /// The answer to [`Request::Networks`].
     Networks {
-        networks: Vec<NetworkSpec>,
+        networks: Vec<NetworkState>,
     },
 }
 
@@ -279,7 +292,7 @@ enum WireResponse {
     Error { kind: ErrorKind, message: String },
     DnsSockets {},
     Skipped { reason: String },
-    Networks { networks: Vec<NetworkSpec> },
+    Networks { networks: Vec<NetworkState> },
 }
 
 impl From<WireResponse> for Response {
@@ -775,10 +788,14 @@ mod tests {
                 reason: "no systemd-resolved".into(),
             },
             Response::Networks {
-                networks: vec![NetworkSpec {
-                    bridge: "banger0".into(),
-                    gateway: Ipv4Addr::new(172, 30, 0, 1),
-                    prefix_len: 24,
+                networks: vec![NetworkState {
+                    spec: NetworkSpec {
+                        bridge: "banger0".into(),
+                        gateway: Ipv4Addr::new(172, 30, 0, 1),
+                        prefix_len: 24,
+                    },
+                    bridge: true,
+                    nat: false,
                 }],
             },
         ] {

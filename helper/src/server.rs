@@ -354,12 +354,6 @@ async fn handle_request(
         }
         .into();
     }
-    if frame.request == Request::Networks {
-        return Response::Networks {
-            networks: state.networks.of(uid),
-        }
-        .into();
-    }
     // The caller may name only its own networks and bridges: checked before the host lock.
     if let Err(message) = authorize(&state.networks, uid, &frame.request) {
         return refused(message).into();
@@ -376,10 +370,10 @@ async fn handle_request(
         Request::Version => Ok(Response::Version {
             version: PROTOCOL_VERSION,
         }),
-        // Answered above, before the lock.
-        Request::Networks => Ok(Response::Networks {
-            networks: state.networks.of(uid),
-        }),
+        Request::Networks => host
+            .network_states(&state.networks.of(uid))
+            .await
+            .map(|networks| Response::Networks { networks }),
         Request::EnsureNetwork { spec } => match validate::network_spec(spec) {
             Ok(subnet) => host
                 .ensure_network(spec, subnet, &state.networks)

@@ -138,6 +138,10 @@ pub static CHECKS: &[Check] = &[
         run: |_, _| Box::pin(async { vmm() }),
     },
     Check {
+        name: "network",
+        run: |cx, _| Box::pin(network(cx)),
+    },
+    Check {
         name: "firecracker",
         run: |_, _| Box::pin(firecracker()),
     },
@@ -684,6 +688,124 @@ fn reflink_works(dir: &std::path::Path) -> std::io::Result<bool> {
         crate::host::disk::clone_or_copy(&source, &copy).map_err(std::io::Error::other)?
             == crate::host::disk::CopyMethod::Reflink,
     )
+}
+
+/// banger-helper as bangerd reaches it: answering, in the same protocol version, giving this
+/// user the network bangerd is configured for; and that network's bridge and NAT, made with
+/// the first VM. Without a helper (and without a root bangerd to start one) VMs get no network.
+async fn network(cx: &mut Context) -> Report {
+    use crate::api::{HelperStatus, NetworkStatusResult};
+    let client = match cx.bangerd().await {
+        Ok(client) => client,
+        Err(error) => return skipped(format!("cannot ask bangerd: {error}")),
+    };
+    let status: NetworkStatusResult = match client.call("network.status", &NoParams {}).await {
+        Ok(status) => status,
+        Err(error) => return skipped(format!("bangerd could not say: {error}")),
+    };
+    let socket = &status.helper_socket;
+    let uid = nix::unistd::geteuid();
+    let install = format!(
+        "sudo banger system install (or run `sudo banger-helper --socket {socket} --allow-uid {uid}`)"
+    );
+    let ours = format!("{} ({})", status.bridge, status.gateway);
+    match status.helper {
+        HelperStatus::Unreachable { .. } if status.starts_helper => report(
+            Status::Ok,
+            format!(
+                "no banger-helper answers at {socket}; bangerd runs as root and starts one for the first VM"
+            ),
+            None,
+        ),
+        HelperStatus::Unreachable { error } => report(
+            Status::Fail,
+            format!("VMs get no network: {error}"),
+            Some(install),
+        ),
+        HelperStatus::Refused { error } => report(
+            Status::Fail,
+            format!("VMs get no network: {error}"),
+            Some(install),
+        ),
+        HelperStatus::Incompatible { version, wanted } => report(
+            Status::Fail,
+            format!(
+                "banger-helper at {socket} speaks protocol {version}, this banger {wanted}: the two were installed apart"
+            ),
+            Some("install matching binaries, then `sudo banger system install`".into()),
+        ),
+        HelperStatus::Failed { error } => report(
+            Status::Fail,
+            format!("banger-helper at {socket} cannot set up networks: {error}"),
+            Some("apt-get install nftables iproute2".into()),
+        ),
+        HelperStatus::Answers { version, networks } => {
+            let given = networks
+                .iter()
+                .find(|n| n.bridge == status.bridge && n.gateway == status.gateway);
+            match given {
+                None => {
+                    let offered: Vec<String> = networks
+                        .iter()
+                        .map(|n| format!("{} ({})", n.bridge, n.gateway))
+                        .collect();
+                    let fix = match networks.as_slice() {
+                        [only] => format!(
+                            "set `bridge = \"{}\"` and `gateway = \"{}\"` under [network] in config.toml, or have root give you {ours} (banger-helper --network {uid}:{}:{})",
+                            only.bridge, only.gateway, status.bridge, status.gateway
+                        ),
+                        _ => format!(
+                            "have root give you {ours} (banger-helper --network {uid}:{}:{})",
+                            status.bridge, status.gateway
+                        ),
+                    };
+                    report(
+                        Status::Fail,
+                        format!(
+                            "bangerd uses {ours}, but banger-helper gives this user {}",
+                            if offered.is_empty() {
+                                "no network".to_owned()
+                            } else {
+                                offered.join(", ")
+                            }
+                        ),
+                        Some(fix),
+                    )
+                }
+                Some(n) if n.bridge_up && n.nat => report(
+                    Status::Ok,
+                    format!(
+                        "banger-helper (protocol {version}) at {socket}; bridge {ours} and its NAT are in place"
+                    ),
+                    None,
+                ),
+                Some(n) if !n.bridge_up && !n.nat => report(
+                    Status::Ok,
+                    format!(
+                        "banger-helper (protocol {version}) at {socket} gives {ours}; the bridge and NAT are made with the first VM"
+                    ),
+                    None,
+                ),
+                Some(n) => report(
+                    Status::Fail,
+                    format!(
+                        "bridge {ours} is {} but its NAT rule is {}: guests {}",
+                        if n.bridge_up { "up" } else { "missing" },
+                        if n.nat { "in place" } else { "missing" },
+                        if n.nat {
+                            "have no bridge to reach"
+                        } else {
+                            "cannot reach beyond the host"
+                        }
+                    ),
+                    Some(
+                        "restart bangerd (`banger system restart`, or stop it and run any banger command), which sets them up again"
+                            .into(),
+                    ),
+                ),
+            }
+        }
+    }
 }
 
 /// bangerd's DNS server for `NAME.vm`, and whether the host's own lookups reach it.

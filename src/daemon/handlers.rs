@@ -166,6 +166,15 @@ pub async fn vm_show(
     Ok(result)
 }
 
+/// `network.status`: banger-helper as this bangerd reaches it (for `banger doctor`).
+pub async fn network_status(
+    daemon: Arc<Daemon>,
+    _: Cx,
+    _: NoParams,
+) -> Result<crate::api::NetworkStatusResult, RpcError> {
+    Ok(daemon.runner.network().status().await)
+}
+
 pub async fn image_list(
     daemon: Arc<Daemon>,
     _: Cx,

@@ -310,6 +310,62 @@ impl GuestNetwork {
 }
 
 impl GuestNetwork {
+    /// What banger-helper says, bounded in time and never starting one: for `network.status`
+    /// (`banger doctor`).
+    pub async fn status(&self) -> crate::api::NetworkStatusResult {
+        use crate::api::{GivenNetwork, HelperStatus};
+        let wanted = banger_helper::protocol::PROTOCOL_VERSION;
+        let bounded =
+            |what: &str| format!("banger-helper did not answer {what} within {HELPER_TIMEOUT:?}");
+        let helper = match tokio::time::timeout(HELPER_TIMEOUT, self.helper.version()).await {
+            Err(_) => HelperStatus::Unreachable {
+                error: bounded("its version"),
+            },
+            Ok(Err(error @ HelperError::Unreachable { .. })) => HelperStatus::Unreachable {
+                error: error.to_string(),
+            },
+            Ok(Err(error @ HelperError::Refused { .. })) => HelperStatus::Refused {
+                error: error.to_string(),
+            },
+            Ok(Err(error)) => HelperStatus::Failed {
+                error: error.to_string(),
+            },
+            Ok(Ok(version)) if version != wanted => HelperStatus::Incompatible { version, wanted },
+            Ok(Ok(version)) => {
+                match tokio::time::timeout(HELPER_TIMEOUT, self.helper.networks()).await {
+                    Err(_) => HelperStatus::Failed {
+                        error: bounded("its networks"),
+                    },
+                    Ok(Err(error)) => HelperStatus::Failed {
+                        error: error.to_string(),
+                    },
+                    Ok(Ok(states)) => HelperStatus::Answers {
+                        version,
+                        networks: states
+                            .into_iter()
+                            .map(|state| GivenNetwork {
+                                bridge: state.spec.bridge,
+                                gateway: format!(
+                                    "{}/{}",
+                                    state.spec.gateway, state.spec.prefix_len
+                                ),
+                                bridge_up: state.bridge,
+                                nat: state.nat,
+                            })
+                            .collect(),
+                    },
+                }
+            }
+        };
+        crate::api::NetworkStatusResult {
+            helper_socket: self.helper.socket().display().to_string(),
+            bridge: self.spec.bridge.clone(),
+            gateway: format!("{}/{}", self.spec.gateway, self.spec.prefix_len),
+            starts_helper: may_start_helper(),
+            helper,
+        }
+    }
+
     /// The names of banger's taps on the host (`bt` + hex), and who said so. banger-helper
     /// lists them when one answers (it sees the namespace the taps are made in, and reports
     /// only taps); otherwise the interfaces of this process's namespace with a tap's name

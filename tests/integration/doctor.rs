@@ -112,6 +112,16 @@ async fn orphans_are_listed_with_a_command_and_removed_only_with_fix() {
     let clean = banger(&daemon, &["doctor"]);
     assert!(clean.status.success(), "{}", text(&clean));
     assert!(stdout(&clean).starts_with("ok "), "{}", text(&clean));
+    // The test network's helper answers; no VM yet, so no bridge either.
+    let network = doctor_json_check(&daemon, "network");
+    assert_eq!(network["status"], "ok", "{network}");
+    assert!(
+        network["summary"]
+            .as_str()
+            .unwrap()
+            .contains("made with the first VM"),
+        "{network}"
+    );
 
     let layout = daemon.layout();
     let vm_dir = layout.vms_dir().join("00000000deadbeef");
@@ -297,6 +307,15 @@ async fn a_stray_tap_is_an_orphan_and_a_running_vm_is_not() {
         .await
         .unwrap_or_else(|e| panic!("vm.create: {e}\n{}", daemon.output()));
     assert_eq!(created.vm.map(|vm| vm.state.as_str()), Some("running"));
+    let network = doctor_json_check(&daemon, "network");
+    assert_eq!(network["status"], "ok", "{network}");
+    assert!(
+        network["summary"]
+            .as_str()
+            .unwrap()
+            .contains("bridge banger0 (172.30.0.1/24) and its NAT are in place"),
+        "{network}"
+    );
     let net = daemon.root().network().expect("a test network");
     let vm_tap = net.taps();
     assert_eq!(vm_tap.len(), 1, "{vm_tap:?}");
@@ -351,9 +370,10 @@ async fn a_stray_tap_is_an_orphan_and_a_running_vm_is_not() {
 /// This module's tests, for the binary's harness (`banger-test-harness`).
 pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
     banger_test_harness::tests![
-        tokio orphans_are_listed_with_a_command_and_removed_only_with_fix,
+        tokio orphans_are_listed_with_a_command_and_removed_only_with_fix needs(Root),
         tokio a_stray_tap_is_an_orphan_and_a_running_vm_is_not needs(Root),
         tokio host_checks_say_how_vms_run_here_and_fail_when_none_can,
+        tokio the_network_check_follows_the_helper_and_names_what_it_gives needs(Root),
         sync firecracker_and_its_jailer_must_be_1_8_where_vms_run_on_them,
         tokio the_default_image_and_kernel_are_here_or_pullable,
         sync posture_finds_loose_modes_unit_drift_and_a_wider_allow_list needs(Root),
@@ -402,6 +422,7 @@ async fn host_checks_say_how_vms_run_here_and_fail_when_none_can() {
         [
             "orphans",
             "vmm",
+            "network",
             "firecracker",
             "disk",
             "defaults",
@@ -411,7 +432,32 @@ async fn host_checks_say_how_vms_run_here_and_fail_when_none_can() {
         ],
         "{json}"
     );
-    assert_eq!(code, Some(0), "{json}");
+    // No helper answers, and this bangerd may not start one: VMs would get no network, and
+    // that alone fails the run.
+    assert_eq!(code, Some(1), "{json}");
+    let network = check(&json, "network");
+    assert_eq!(network["status"], "fail", "{network}");
+    assert!(
+        network["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("VMs get no network: banger-helper is not reachable"),
+        "{network}"
+    );
+    assert!(
+        network["fix"]
+            .as_str()
+            .unwrap()
+            .contains("sudo banger system install"),
+        "{network}"
+    );
+    let failing: Vec<&Value> = json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "fail")
+        .collect();
+    assert_eq!(failing.len(), 1, "only the network check fails: {json}");
     let vmm = check(&json, "vmm");
     assert_eq!(vmm["status"], "ok", "{vmm}");
     assert!(
@@ -462,6 +508,56 @@ async fn host_checks_say_how_vms_run_here_and_fail_when_none_can() {
         "{vmm}"
     );
     assert_eq!(vmm["fix"], "apt-get install qemu-system-x86", "{vmm}");
+}
+
+/// The report of check `name` in `banger doctor --json` against `daemon`.
+fn doctor_json_check(daemon: &Bangerd, name: &str) -> Value {
+    let output = banger(daemon, &["doctor", "--json"]);
+    let json: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json: {e}\n{}", text(&output)));
+    json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} check in {json}"))
+}
+
+/// bangerd configured for the default network, a helper that gives this user another: the
+/// network check fails and its fix names both ways out; configured as the helper says, it
+/// passes.
+async fn the_network_check_follows_the_helper_and_names_what_it_gives() {
+    let uid = nix::unistd::geteuid();
+    let given = format!("{uid}:banger0:10.44.1.7/22");
+    let mut daemon = Bangerd::start_on(TestRoot::with_helper_args(&["--network", &given]));
+    let network = doctor_json_check(&daemon, "network");
+    assert_eq!(network["status"], "fail", "{network}");
+    assert_eq!(
+        network["summary"],
+        "bangerd uses banger0 (172.30.0.1/24), but banger-helper gives this user banger0 (10.44.1.7/22)",
+        "{network}"
+    );
+    let fix = network["fix"].as_str().unwrap();
+    assert!(
+        fix.contains("`gateway = \"10.44.1.7/22\"`")
+            && fix.contains(&format!("--network {uid}:banger0:172.30.0.1/24")),
+        "{fix}"
+    );
+    let config = daemon.layout().config_path();
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(&config, "[network]\ngateway = \"10.44.1.7/22\"\n").unwrap();
+    daemon.kill();
+    daemon.restart();
+    let network = doctor_json_check(&daemon, "network");
+    assert_eq!(network["status"], "ok", "{network}");
+    assert!(
+        network["summary"]
+            .as_str()
+            .unwrap()
+            .contains("gives banger0 (10.44.1.7/22)"),
+        "{network}"
+    );
 }
 
 /// `banger doctor --json` against `root` (never starting bangerd), with `env`; its status

@@ -21,7 +21,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use banger_helper::{HelperClient, HelperError, NetworkSpec};
+use banger_helper::{HelperClient, HelperError, NetworkSpec, NetworkState};
 use serde_json::Value;
 
 mod dns;
@@ -358,7 +358,11 @@ fn network_lifecycle_is_idempotent() {
     // for its bridge, or another bridge, is refused and changes nothing.
     assert_eq!(
         rt.block_on(client.networks()).unwrap(),
-        std::slice::from_ref(&net)
+        [NetworkState {
+            spec: net.clone(),
+            bridge: true,
+            nat: true
+        }]
     );
     for foreign in [
         spec("banger0", [192, 168, 50, 1], 28),
@@ -762,7 +766,12 @@ fn unprivileged_client_entry(job: String) {
         ["networks"] => rt.block_on(client.networks()).map(|networks| {
             networks
                 .iter()
-                .map(|n| format!("{} {}/{}", n.bridge, n.gateway, n.prefix_len))
+                .map(|n| {
+                    format!(
+                        "{} {}/{} bridge={} nat={}",
+                        n.spec.bridge, n.spec.gateway, n.spec.prefix_len, n.bridge, n.nat
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(",")
         }),
@@ -834,15 +843,21 @@ fn allowed_users_get_only_their_own_networks_and_taps() {
     };
 
     // Each is told its own network, and may make only that one.
+    let state = |bridge, nat| NetworkState {
+        spec: mine.clone(),
+        bridge,
+        nat,
+    };
     assert_eq!(
         rt.block_on(client.networks()).unwrap(),
-        std::slice::from_ref(&mine)
+        [state(false, false)]
     );
     assert_eq!(
         nobody("networks"),
-        format!("uid={NOBODY} ok banger1 10.91.0.1/24")
+        format!("uid={NOBODY} ok banger1 10.91.0.1/24 bridge=false nat=false")
     );
     rt.block_on(client.ensure_network(&mine)).unwrap();
+    assert_eq!(rt.block_on(client.networks()).unwrap(), [state(true, true)]);
     refused(
         "ensure_network:banger0:172.30.0.1/24",
         "may not have network",
@@ -859,6 +874,10 @@ fn allowed_users_get_only_their_own_networks_and_taps() {
     assert_eq!(
         nobody("ensure_network:banger1:10.91.0.1/24"),
         format!("uid={NOBODY} ok done")
+    );
+    assert_eq!(
+        nobody("networks"),
+        format!("uid={NOBODY} ok banger1 10.91.0.1/24 bridge=true nat=true")
     );
 
     // One table holds both networks, and nothing is forwarded between them.
@@ -881,6 +900,10 @@ fn allowed_users_get_only_their_own_networks_and_taps() {
     assert_tap(&helper, "bt65", "banger1", NOBODY);
     assert_eq!(nobody("list_taps"), format!("uid={NOBODY} ok bt65"));
     assert_eq!(rt.block_on(client.list_taps()).unwrap(), ["bt1"]);
+    // A banger-named tap nobody owns (made by hand) is anyone's leftover: both see it.
+    helper.ns_ok(&["ip", "tuntap", "add", "bt77", "mode", "tap"]);
+    assert_eq!(nobody("list_taps"), format!("uid={NOBODY} ok bt65,bt77"));
+    assert_eq!(rt.block_on(client.list_taps()).unwrap(), ["bt1", "bt77"]);
     refused("ensure_tap:bt66:banger0", "not uid 65534's");
     refused("ensure_tap:bt1:banger1", "belongs to uid 0");
     refused("delete_tap:bt1", "belongs to uid 0");

@@ -193,7 +193,7 @@ fn every_request_kind_refuses_unknown_fields_and_changes_nothing() {
     assert_every_distortion_refused(&helper, &networks);
     assert_eq!(
         send(&helper, &json!({"v": 2, "request": networks})),
-        json!({"result": "networks", "networks": [spec]})
+        json!({"result": "networks", "networks": [{"spec": spec, "bridge": true, "nat": true}]})
     );
 
     let list_taps = json!({"op": "list_taps"});
