@@ -124,6 +124,50 @@ impl HelperClient {
         }
     }
 
+    /// A descriptor attached to the caller's tap `tap`, opened by the helper on
+    /// `/dev/net/tun` (which the caller may not open) and passed over the socket: for a VMM
+    /// that runs as the caller (QEMU's `-netdev tap,fd=N`). What arrives is checked to be a
+    /// tap of that name (`TUNGETIFF`).
+    pub async fn open_tap(&self, tap: &str) -> Result<OwnedFd, HelperError> {
+        let (response, stream) = self
+            .exchange(Request::OpenTap {
+                tap: tap.to_owned(),
+            })
+            .await?;
+        if response != Response::TapFd {
+            return Err(unexpected(&response));
+        }
+        let mut fds = crate::fds::recv_fds(&stream)
+            .await
+            .map_err(|e| HelperError::Protocol {
+                message: format!(
+                    "banger-helper at {} answered with a tap but it did not arrive ({e})",
+                    self.socket.display()
+                ),
+            })?;
+        let fd = match (fds.pop(), fds.is_empty()) {
+            (Some(fd), true) => fd,
+            _ => {
+                return Err(HelperError::Protocol {
+                    message: format!(
+                        "banger-helper at {} passed {} descriptors for one tap",
+                        self.socket.display(),
+                        fds.len() + 1
+                    ),
+                });
+            }
+        };
+        match tap_name_of(&fd) {
+            Ok(name) if name == tap => Ok(fd),
+            Ok(name) => Err(HelperError::Protocol {
+                message: format!("banger-helper passed tap {name:?} when {tap} was asked for"),
+            }),
+            Err(e) => Err(HelperError::Protocol {
+                message: format!("banger-helper passed a descriptor that is not a tap ({e})"),
+            }),
+        }
+    }
+
     /// The networks banger-helper's configuration gives this caller's uid (the only ones
     /// [`HelperClient::ensure_network`] may ask for), with whether each one's bridge and NAT
     /// are in place now.
@@ -296,4 +340,34 @@ fn unexpected(response: &Response) -> HelperError {
             "banger-helper gave an answer that does not fit the request ({response:?}); install matching banger and banger-helper binaries (`banger system install`)."
         ),
     }
+}
+
+/// The name of the tap `fd` is attached to (`TUNGETIFF`), or an error when it is no tap.
+fn tap_name_of(fd: &OwnedFd) -> io::Result<String> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    // SAFETY: TUNGETIFF fills one ifreq, which lives across the call.
+    if unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNGETIFF,
+            &mut ifr as *mut libc::ifreq,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: reading the flags member the kernel just wrote.
+    let flags = unsafe { ifr.ifr_ifru.ifru_flags };
+    if flags & libc::IFF_TAP as libc::c_short == 0 {
+        return Err(io::Error::other("a tun device, not a tap"));
+    }
+    let name: Vec<u8> = ifr
+        .ifr_name
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    Ok(String::from_utf8_lossy(&name).into_owned())
 }

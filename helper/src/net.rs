@@ -485,6 +485,36 @@ impl Host {
         }
     }
 
+    /// See [`crate::HelperClient::open_tap`]: only a tap `caller` owns (an unowned one must be
+    /// claimed with `ensure_tap` first), attached as Firecracker and QEMU attach theirs.
+    pub async fn open_tap(&self, tap: &str, caller: u32) -> OpResult<OwnedFd> {
+        let link = match self.find_link(tap).await? {
+            Some(link) if link.is_tap() => link,
+            Some(link) => {
+                return Err(OpError::Refused(format!(
+                    "Interface {tap} is {}, not a tap.",
+                    link.describe_kind()
+                )));
+            }
+            None => {
+                return Err(OpError::Failed(format!(
+                    "Tap {tap} does not exist; make it first (ensure_tap)."
+                )));
+            }
+        };
+        if link.tun.owner != Some(caller) {
+            refuse_foreign_tap(&link, caller)?;
+            return Err(OpError::Refused(format!(
+                "Tap {tap} has no owner; claim it with ensure_tap before opening it."
+            )));
+        }
+        attach_tap(tap).map_err(|e| {
+            OpError::Failed(format!(
+                "Opening tap {tap} through /dev/net/tun failed: {e}."
+            ))
+        })
+    }
+
     /// See [`crate::HelperClient::delete_tap`]. `caller` is the asker's uid.
     pub async fn delete_tap(&self, tap: &str, caller: u32) -> OpResult<()> {
         let link = match self.find_link(tap).await? {
@@ -752,6 +782,43 @@ async fn run_resolvectl(resolvectl: &Path, args: &[String]) -> OpResult<()> {
             String::from_utf8_lossy(&output.stderr).trim()
         )))
     }
+}
+
+/// A descriptor attached to the existing tap `name` (`TUNSETIFF` with `IFF_TAP | IFF_NO_PI |
+/// IFF_VNET_HDR`, as Firecracker opens its taps; QEMU reads the flags back with
+/// `TUNGETIFF`), close-on-exec.
+fn attach_tap(name: &str) -> io::Result<OwnedFd> {
+    let tun = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/net/tun")?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value (empty name, no flags).
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= ifr.ifr_name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
+    }
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags =
+        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    // SAFETY: the descriptor is an open /dev/net/tun and ifr a valid ifreq for the call.
+    if unsafe {
+        libc::ioctl(
+            tun.as_raw_fd(),
+            libc::TUNSETIFF,
+            &mut ifr as *mut libc::ifreq,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(tun))
 }
 
 /// Creates (or re-attaches to) the tap, sets its owner and makes it persistent. The file

@@ -110,6 +110,12 @@ pub enum Request {
     /// The networks banger-helper's configuration gives the caller, with their state on the
     /// host (answered [`Response::Networks`]): what `EnsureNetwork` may ask for.
     Networks,
+    /// A descriptor of the caller's own tap `tap`, opened on `/dev/net/tun` (answered
+    /// [`Response::TapFd`], the descriptor following the frame): what a VMM running as the
+    /// caller, which may not open `/dev/net/tun` itself, is handed for the VM's NIC.
+    OpenTap {
+        tap: String,
+    },
 }
 
 /// The only port [`Request::BindDns`] binds: DNS.
@@ -147,6 +153,9 @@ enum WireRequest {
         address: Ipv4Addr,
     },
     Networks {},
+    OpenTap {
+        tap: String,
+    },
 }
 
 impl From<WireRequest> for Request {
@@ -169,6 +178,7 @@ impl From<WireRequest> for Request {
             },
             WireRequest::RouteDns { bridge, address } => Request::RouteDns { bridge, address },
             WireRequest::Networks {} => Request::Networks,
+            WireRequest::OpenTap { tap } => Request::OpenTap { tap },
         }
     }
 }
@@ -193,6 +203,7 @@ impl From<Request> for WireRequest {
             },
             Request::RouteDns { bridge, address } => WireRequest::RouteDns { bridge, address },
             Request::Networks => WireRequest::Networks {},
+            Request::OpenTap { tap } => WireRequest::OpenTap { tap },
         }
     }
 }
@@ -249,6 +260,7 @@ impl Request {
             Request::BindDns { .. } => "bind_dns",
             Request::RouteDns { .. } => "route_dns",
             Request::Networks => "networks",
+            Request::OpenTap { .. } => "open_tap",
         }
     }
 }
@@ -280,6 +292,9 @@ pub enum Response {
     Networks {
         networks: Vec<NetworkState>,
     },
+    /// The answer to [`Request::OpenTap`]: the tap's descriptor follows the frame
+    /// ([`crate::fds`]).
+    TapFd,
 }
 
 /// How a [`Response`] travels: braces on every variant, for the reason [`WireRequest`] has them.
@@ -293,6 +308,7 @@ enum WireResponse {
     DnsSockets {},
     Skipped { reason: String },
     Networks { networks: Vec<NetworkState> },
+    TapFd {},
 }
 
 impl From<WireResponse> for Response {
@@ -305,6 +321,7 @@ impl From<WireResponse> for Response {
             WireResponse::DnsSockets {} => Response::DnsSockets,
             WireResponse::Skipped { reason } => Response::Skipped { reason },
             WireResponse::Networks { networks } => Response::Networks { networks },
+            WireResponse::TapFd {} => Response::TapFd,
         }
     }
 }
@@ -319,6 +336,7 @@ impl From<Response> for WireResponse {
             Response::DnsSockets => WireResponse::DnsSockets {},
             Response::Skipped { reason } => WireResponse::Skipped { reason },
             Response::Networks { networks } => WireResponse::Networks { networks },
+            Response::TapFd => WireResponse::TapFd {},
         }
     }
 }
@@ -566,6 +584,7 @@ mod tests {
                 address: Ipv4Addr::new(10, 77, 0, 1),
             },
             Request::Networks,
+            Request::OpenTap { tap: "bt1".into() },
         ]
     }
 
@@ -798,6 +817,7 @@ mod tests {
                     nat: false,
                 }],
             },
+            Response::TapFd,
         ] {
             let json = serde_json::to_string(&response).unwrap();
             assert_eq!(serde_json::from_str::<Response>(&json).unwrap(), response);

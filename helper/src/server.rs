@@ -287,7 +287,8 @@ fn refused(message: String) -> Response {
     }
 }
 
-/// An answer, and the descriptors that follow it (only [`Response::DnsSockets`] has any).
+/// An answer, and the descriptors that follow it ([`Response::DnsSockets`] and
+/// [`Response::TapFd`] have them).
 struct Reply {
     response: Response,
     fds: Vec<std::os::fd::OwnedFd>,
@@ -408,6 +409,16 @@ async fn handle_request(
                 Err(e) => op_error(e).into(),
             };
         }
+        // Like BindDns, an answer carrying a descriptor.
+        Request::OpenTap { tap } => {
+            return match host.open_tap(tap, uid).await {
+                Ok(fd) => Reply {
+                    response: Response::TapFd,
+                    fds: vec![fd],
+                },
+                Err(e) => op_error(e).into(),
+            };
+        }
         Request::RouteDns { bridge, address } => {
             host.route_dns(bridge, *address)
                 .await
@@ -430,9 +441,11 @@ fn authorize(networks: &Networks, uid: u32, request: &Request) -> Result<(), Str
         | Request::RemoveNetwork { bridge }
         | Request::BindDns { bridge, .. }
         | Request::RouteDns { bridge, .. } => networks.check_bridge(uid, bridge),
-        Request::Version | Request::Networks | Request::DeleteTap { .. } | Request::ListTaps => {
-            Ok(())
-        }
+        Request::Version
+        | Request::Networks
+        | Request::DeleteTap { .. }
+        | Request::OpenTap { .. }
+        | Request::ListTaps => Ok(()),
     }
 }
 

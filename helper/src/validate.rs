@@ -138,7 +138,7 @@ pub fn request(request: &Request) -> Result<(), Invalid> {
             tap_name(tap)?;
             bridge_name(bridge)
         }
-        Request::DeleteTap { tap } => tap_name(tap),
+        Request::DeleteTap { tap } | Request::OpenTap { tap } => tap_name(tap),
         Request::RemoveNetwork { bridge } => bridge_name(bridge),
         Request::BindDns {
             bridge,

@@ -265,7 +265,11 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
     let network = Arc::new(GuestNetwork::new(&config.network));
     let backends = Arc::new(Backends::new(
         FirecrackerVmm::from_env_or(config.firecracker.clone()),
-        QemuVmm::from_env_or(config.qemu.clone()),
+        // QEMU gets its tap from banger-helper: bangerd need not be able to open
+        // /dev/net/tun, which is root's alone on hardened hosts.
+        QemuVmm::from_env_or(config.qemu.clone()).with_tap_opener(Arc::new(
+            crate::host::network::HelperTaps(network.helper().clone()),
+        )),
     ));
     let agents = Arc::new(AgentLinks::new());
     let runner = Arc::new(Runner::new(

@@ -85,6 +85,29 @@ pub fn tap_name(vm_id: VmId) -> String {
     format!("bt{:x}", vm_id.0 & ((1 << 52) - 1))
 }
 
+/// Opens a VM's tap for QEMU through banger-helper ([`crate::host::qemu::TapOpener`]):
+/// bangerd and the QEMU it starts run as the owner, who may not open `/dev/net/tun`.
+#[derive(Debug)]
+pub struct HelperTaps(pub HelperClient);
+
+impl crate::host::qemu::TapOpener for HelperTaps {
+    fn open_tap<'a>(
+        &'a self,
+        tap: &'a str,
+    ) -> crate::host::vmm::BoxFuture<'a, Result<std::os::fd::OwnedFd, String>> {
+        Box::pin(async move {
+            match tokio::time::timeout(HELPER_TIMEOUT, self.0.open_tap(tap)).await {
+                Ok(Ok(fd)) => Ok(fd),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err(format!(
+                    "banger-helper at {} did not answer within {HELPER_TIMEOUT:?}",
+                    self.0.socket().display()
+                )),
+            }
+        })
+    }
+}
+
 /// bangerd's DNS server, as the network sees it (`crate::daemon::dns` implements it): asked,
 /// before a guest boots, to serve on the bridge's address.
 pub trait GuestDns: Send + Sync {

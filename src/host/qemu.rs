@@ -111,6 +111,19 @@ impl Accel {
     }
 }
 
+/// Who opens a VM's tap for QEMU: banger-helper, which may open `/dev/net/tun` where bangerd
+/// and the QEMU it starts (both the owner) may not.
+pub trait TapOpener: Send + Sync + std::fmt::Debug {
+    /// A descriptor attached to tap `tap`.
+    fn open_tap<'a>(
+        &'a self,
+        tap: &'a str,
+    ) -> super::vmm::BoxFuture<'a, Result<std::os::fd::OwnedFd, String>>;
+}
+
+/// The descriptor number QEMU is told its tap has (`-netdev tap,fd=3`).
+const TAP_FD: std::os::fd::RawFd = 3;
+
 /// QEMU's microvm.
 #[derive(Clone, Debug)]
 pub struct QemuVmm {
@@ -122,6 +135,9 @@ pub struct QemuVmm {
     pub request_timeout: Duration,
     /// Added to the environment QEMU inherits.
     pub envs: Vec<(String, String)>,
+    /// When set, a VM's tap reaches QEMU as a descriptor this opens (`fd=3`), instead of QEMU
+    /// opening `/dev/net/tun` by the tap's name (which needs root or access to the device).
+    pub tap_opener: Option<std::sync::Arc<dyn TapOpener>>,
 }
 
 impl QemuVmm {
@@ -132,7 +148,14 @@ impl QemuVmm {
             api_ready_timeout: DEFAULT_API_READY_TIMEOUT,
             request_timeout: super::qmp::DEFAULT_QMP_TIMEOUT,
             envs: Vec::new(),
+            tap_opener: None,
         }
+    }
+
+    /// Taps are opened by `opener` and passed to QEMU as a descriptor.
+    pub fn with_tap_opener(mut self, opener: std::sync::Arc<dyn TapOpener>) -> QemuVmm {
+        self.tap_opener = Some(opener);
+        self
     }
 
     /// `BANGER_QEMU` when set and not empty, else `configured`; the accelerator this host
@@ -212,9 +235,16 @@ impl QemuVmm {
                 .as_ref()
                 .map(|mac| format!(",mac={mac}"))
                 .unwrap_or_default();
+            // With an opener the tap arrives as a descriptor; QEMU reads its name and flags
+            // from it (TUNGETIFF). Either way the spec alone decides the line (see above).
+            let netdev = if self.tap_opener.is_some() {
+                format!("tap,id=net0,fd={TAP_FD}")
+            } else {
+                format!("tap,id=net0,ifname={},script=no,downscript=no", net.tap)
+            };
             push(&[
                 "-netdev".as_ref(),
-                format!("tap,id=net0,ifname={},script=no,downscript=no", net.tap).as_ref(),
+                netdev.as_ref(),
                 "-device".as_ref(),
                 format!("virtio-net-device,netdev=net0{mac}").as_ref(),
             ]);
@@ -292,6 +322,18 @@ impl QemuVmm {
             path: output_log.clone(),
             source,
         })?;
+        let tap = match (&self.tap_opener, &spec.net) {
+            (Some(opener), Some(net)) => Some(opener.open_tap(&net.tap).await.map_err(
+                |reason| VmmError::Spawn {
+                    binary: self.binary.clone(),
+                    source: std::io::Error::other(format!(
+                        "the VM's tap {} could not be opened for QEMU: {reason}",
+                        net.tap
+                    )),
+                },
+            )?),
+            _ => None,
+        };
         let mut command = tokio::process::Command::new(&self.binary);
         command
             .args(&args)
@@ -302,10 +344,32 @@ impl QemuVmm {
             // Its own group, as for Firecracker: a Ctrl-C aimed at bangerd does not reach VMs.
             .process_group(0)
             .kill_on_drop(false);
+        if let Some(tap) = &tap {
+            use std::os::fd::AsRawFd;
+            let raw = tap.as_raw_fd();
+            // SAFETY: dup2 and fcntl are async-signal-safe; `raw` stays open in the parent
+            // until after the spawn (the child gets its own copy at TAP_FD, without
+            // close-on-exec, which the received descriptor has).
+            unsafe {
+                command.pre_exec(move || {
+                    let result = if raw == TAP_FD {
+                        libc::fcntl(TAP_FD, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(raw, TAP_FD)
+                    };
+                    if result < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = command.spawn().map_err(|source| VmmError::Spawn {
             binary: self.binary.clone(),
             source,
         })?;
+        // QEMU holds the tap now; bangerd keeps no copy.
+        drop(tap);
         let pid = child.id().ok_or_else(|| VmmError::Spawn {
             binary: self.binary.clone(),
             source: std::io::Error::other("the process exited at once"),
@@ -610,6 +674,41 @@ mod tests {
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    #[derive(Debug)]
+    struct NoTaps;
+
+    impl TapOpener for NoTaps {
+        fn open_tap<'a>(
+            &'a self,
+            tap: &'a str,
+        ) -> crate::host::vmm::BoxFuture<'a, Result<std::os::fd::OwnedFd, String>> {
+            Box::pin(async move { Err(format!("no tap {tap} here")) })
+        }
+    }
+
+    #[test]
+    fn with_a_tap_opener_the_tap_is_a_descriptor_and_a_failed_open_spawns_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let vmm = QemuVmm::new("/nonexistent/qemu", Accel::Tcg)
+            .with_tap_opener(std::sync::Arc::new(NoTaps));
+        let line = text(&vmm.command_line(&spec(dir.path())).unwrap());
+        assert!(line.contains("-netdev tap,id=net0,fd=3 "), "{line}");
+        assert!(!line.contains("ifname"), "{line}");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let error = runtime
+            .block_on(vmm.spawn(&spec(dir.path())))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("tap bt1 could not be opened for QEMU: no tap bt1 here"),
+            "{error}"
+        );
     }
 
     #[test]

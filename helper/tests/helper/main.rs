@@ -763,6 +763,9 @@ fn unprivileged_client_entry(job: String) {
         ["remove_network", bridge] => rt
             .block_on(client.remove_network(bridge))
             .map(|()| "done".to_string()),
+        ["open_tap", tap] => rt
+            .block_on(client.open_tap(tap))
+            .map(|_fd| "opened".to_string()),
         ["networks"] => rt.block_on(client.networks()).map(|networks| {
             networks
                 .iter()
@@ -904,6 +907,17 @@ fn allowed_users_get_only_their_own_networks_and_taps() {
     helper.ns_ok(&["ip", "tuntap", "add", "bt77", "mode", "tap"]);
     assert_eq!(nobody("list_taps"), format!("uid={NOBODY} ok bt65,bt77"));
     assert_eq!(rt.block_on(client.list_taps()).unwrap(), ["bt1", "bt77"]);
+    // A VMM running as the caller gets its own tap from the helper, and no other.
+    assert_eq!(nobody("open_tap:bt65"), format!("uid={NOBODY} ok opened"));
+    rt.block_on(client.open_tap("bt1"))
+        .expect("root opens its own tap");
+    refused("open_tap:bt1", "belongs to uid 0");
+    refused("open_tap:bt77", "has no owner");
+    let missing = nobody("open_tap:bt99");
+    assert!(
+        missing.starts_with(&format!("uid={NOBODY} error")) && missing.contains("does not exist"),
+        "{missing}"
+    );
     refused("ensure_tap:bt66:banger0", "not uid 65534's");
     refused("ensure_tap:bt1:banger1", "belongs to uid 0");
     refused("delete_tap:bt1", "belongs to uid 0");

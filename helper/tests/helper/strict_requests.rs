@@ -224,6 +224,14 @@ fn every_request_kind_refuses_unknown_fields_and_changes_nothing() {
     let routed = send(&helper, &json!({"v": 2, "request": route_dns}));
     assert_eq!(routed["result"], "skipped", "{routed}");
 
+    // Its answer is a frame and the tap's descriptor, which closes with this connection.
+    let open_tap = json!({"op": "open_tap", "tap": "bt1"});
+    assert_every_distortion_refused(&helper, &open_tap);
+    assert_eq!(
+        send(&helper, &json!({"v": 2, "request": open_tap})),
+        json!({"result": "tap_fd"})
+    );
+
     let delete_tap = json!({"op": "delete_tap", "tap": "bt1"});
     assert_every_distortion_refused(&helper, &delete_tap);
     assert!(helper.link("bt1").is_some(), "the tap is still there");
