@@ -11,6 +11,7 @@ mod agent;
 mod cli;
 mod daemon;
 mod dashboard;
+mod deployed;
 mod dns;
 mod doctor;
 mod firecracker;
@@ -42,6 +43,7 @@ fn main() {
         agent::tests(),
         cli::tests(),
         daemon::tests(),
+        deployed::tests(),
         dashboard::tests(),
         doctor::tests(),
         firecracker::tests(),

@@ -72,7 +72,24 @@ impl Lab {
     /// config (the registry reached over plain HTTP, the kernel download sent to the server,
     /// boot and stop timeouts for TCG, plus `extra`), and starts bangerd.
     pub(crate) fn start(extra: impl FnOnce(&TestRegistry) -> String) -> Lab {
-        let root = TestRoot::new();
+        Lab::start_on(TestRoot::new(), None, extra)
+    }
+
+    /// As [`Lab::start`], with bangerd running as `uid` (an ordinary user) on `root`, whose
+    /// helper must allow it.
+    pub(crate) fn start_as(
+        root: TestRoot,
+        uid: u32,
+        extra: impl FnOnce(&TestRegistry) -> String,
+    ) -> Lab {
+        Lab::start_on(root, Some(uid), extra)
+    }
+
+    fn start_on(
+        root: TestRoot,
+        run_as: Option<u32>,
+        extra: impl FnOnce(&TestRegistry) -> String,
+    ) -> Lab {
         let network = root
             .network()
             .expect("the root tier gives each root a test network");
@@ -90,7 +107,10 @@ impl Lab {
         let path = root.layout().config_path();
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, config).unwrap();
-        let daemon = Bangerd::start_on(root);
+        let daemon = match run_as {
+            Some(uid) => Bangerd::start_on_as(root, uid),
+            None => Bangerd::start_on(root),
+        };
         Lab {
             daemon,
             registry,
@@ -119,7 +139,14 @@ impl Lab {
 
     /// Runs the CLI on this root (never starting another bangerd).
     pub(crate) fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BANGER)
+        let mut command = Command::new(BANGER);
+        if let Some(uid) = self.daemon.runs_as() {
+            // The CLI runs as bangerd's user, as that user would run it.
+            std::os::unix::process::CommandExt::uid(&mut command, uid);
+            std::os::unix::process::CommandExt::gid(&mut command, uid);
+            command.env("HOME", self.daemon.root().path());
+        }
+        command
             .args(args)
             .env("BANGER_ROOT", self.daemon.root().path())
             .env("BANGER_NO_AUTOSTART", "1")
@@ -176,7 +203,7 @@ impl Lab {
 
     /// Waits until every tap in the test network is a spare of the pool (as the log says):
     /// no VM holds one, and none is left over.
-    fn taps_are_only_spares(&self) {
+    pub(crate) fn taps_are_only_spares(&self) {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let mut taps = self.network().taps();

@@ -292,6 +292,8 @@ pub struct Bangerd {
     /// Runs in the host's network namespace, never reaching or starting a helper (see
     /// [`Bangerd::start_on_host_network`]).
     host_network: bool,
+    /// Runs as this uid (and gid), as deployed: an ordinary user (see [`Bangerd::start_on_as`]).
+    run_as: Option<u32>,
 }
 
 impl Bangerd {
@@ -318,9 +320,33 @@ impl Bangerd {
             env: Vec::new(),
             isolated: false,
             host_network: false,
+            run_as: None,
         };
         daemon.restart_with(env);
         daemon
+    }
+
+    /// Starts bangerd as `uid` (gid the same, no supplementary groups) in the root's test
+    /// network, whose helper must allow that uid: banger as deployed, with bangerd an
+    /// ordinary user. The root's directory is handed to that user first.
+    pub fn start_on_as(root: TestRoot, uid: u32) -> Bangerd {
+        chown_tree(root.path(), uid);
+        let mut daemon = Bangerd {
+            root,
+            child: None,
+            starts: 0,
+            env: Vec::new(),
+            isolated: false,
+            host_network: false,
+            run_as: Some(uid),
+        };
+        daemon.restart_with(&[]);
+        daemon
+    }
+
+    /// The uid this bangerd runs as, when not the test's own.
+    pub fn runs_as(&self) -> Option<u32> {
+        self.run_as
     }
 
     /// Starts bangerd in the host's network namespace, where it can reach services the test
@@ -335,6 +361,7 @@ impl Bangerd {
             env: Vec::new(),
             isolated: false,
             host_network: true,
+            run_as: None,
         };
         daemon.restart_with(&[]);
         daemon
@@ -351,6 +378,7 @@ impl Bangerd {
             env: Vec::new(),
             isolated: true,
             host_network: false,
+            run_as: None,
         };
         daemon.restart_with(env);
         daemon
@@ -413,6 +441,21 @@ impl Bangerd {
         }
         for (key, value) in &self.env {
             command.env(key, value);
+        }
+        if let Some(uid) = self.run_as {
+            command.env("HOME", self.root.path());
+            // After the namespace is joined (that needs root), never before: pre_exec
+            // closures run in the order they were added.
+            // SAFETY: setgroups, setgid and setuid are async-signal-safe.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                    nix::unistd::setgroups(&[]).map_err(std::io::Error::from)?;
+                    nix::unistd::setgid(nix::unistd::Gid::from_raw(uid))
+                        .map_err(std::io::Error::from)?;
+                    nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))
+                        .map_err(std::io::Error::from)
+                });
+            }
         }
         command.spawn().expect("start bangerd")
     }
@@ -684,4 +727,23 @@ pub fn sha256_hex(path: &Path) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Gives `path` and everything under it to `uid` (gid the same), not following symlinks.
+pub fn chown_tree(path: &Path, uid: u32) {
+    let owner = Some(nix::unistd::Uid::from_raw(uid));
+    let group = Some(nix::unistd::Gid::from_raw(uid));
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        owner,
+        group,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+    if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        for entry in fs::read_dir(path).unwrap() {
+            chown_tree(&entry.unwrap().path(), uid);
+        }
+    }
 }

@@ -1,0 +1,112 @@
+//! banger as it is deployed: bangerd, the CLI and the VMs run as an ordinary user; only
+//! banger-helper runs as root, allowing that user (and giving root's own uid a network apart).
+//! The VMM is QEMU, whose tap banger-helper opens and passes in (`open_tap`), so the user needs
+//! no access to `/dev/net/tun` (nor to `/dev/kvm`: QEMU emulates where the user has none).
+//!
+//! The users are bare uids with no passwd entry, so the host gains no account. The test runs
+//! in the root tier (it creates the namespace, hands the state directory over, drops to the
+//! user) and the QEMU tier (a real guest boots).
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use crate::guest_images::GuestRoot;
+use crate::real_guests::{Lab, text};
+use crate::support::TestRoot;
+
+/// bangerd's user.
+const OWNER: u32 = 61001;
+/// Another ordinary user on the same host.
+const STRANGER: u32 = 61002;
+
+pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
+    banger_test_harness::tests![
+        sync an_ordinary_user_runs_bangerd_and_its_qemu_vms_with_only_the_helper_as_root needs(Root, Qemu),
+    ]
+}
+
+/// The uid `/proc/PID/status` gives process `pid` (its real uid).
+fn uid_of(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next())
+        .and_then(|uid| uid.parse().ok())
+        .unwrap_or_else(|| panic!("no Uid line for {pid}:\n{status}"))
+}
+
+/// Whether anybody but root may open `device` for writing, by its mode.
+fn open_to_others(device: &str) -> bool {
+    std::fs::metadata(device).is_ok_and(|meta| meta.permissions().mode() & 0o002 != 0)
+}
+
+fn an_ordinary_user_runs_bangerd_and_its_qemu_vms_with_only_the_helper_as_root() {
+    let root = TestRoot::with_helper_args(&[
+        "--allow-uid",
+        &OWNER.to_string(),
+        // The test itself (root) is allowed by the sandbox; it gets a network of its own so
+        // that the owner keeps the default one.
+        "--network",
+        "0:bangerroot:10.98.0.1/24",
+    ]);
+    let lab = Lab::start_as(root, OWNER, |_| String::new());
+    assert_eq!(uid_of(lab.daemon.pid()), OWNER, "bangerd runs as the owner");
+    println!(
+        "/dev/net/tun open to others: {}; /dev/kvm open to others: {}",
+        open_to_others("/dev/net/tun"),
+        open_to_others("/dev/kvm")
+    );
+
+    let reference = lab.push(GuestRoot::Container, "banger/debian-plain:12");
+    lab.ok(&["image", "pull", &reference, "--name", "plain"]);
+    lab.ok(&[
+        "vm", "create", "dev", "--image", "plain", "--vmm", "qemu", "--cpus", "1", "--memory",
+        "384M",
+    ]);
+    let qemus = lab.qemus();
+    assert_eq!(qemus.len(), 1, "{qemus:?}");
+    assert_eq!(uid_of(qemus[0]), OWNER, "QEMU runs as the owner");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", qemus[0])).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("tap,id=net0,fd=3"),
+        "QEMU got its tap from the helper"
+    );
+    // The guest's NIC works: its resolver reaches bangerd's DNS server across the bridge
+    // (whose port 53 banger-helper bound for the unprivileged bangerd).
+    let ip = lab.exec("dev", &["getent", "hosts", "dev.vm"]);
+    assert!(ip.starts_with("172.30.0."), "{ip}");
+
+    // The whole life: stop, start (QEMU again, its tap opened again), delete.
+    lab.ok(&["vm", "stop", "dev"]);
+    assert!(lab.qemus().is_empty());
+    lab.ok(&["vm", "start", "dev"]);
+    let again = lab.exec("dev", &["getent", "hosts", "dev.vm"]);
+    assert_eq!(again, ip);
+    lab.ok(&["vm", "delete", "dev"]);
+    assert!(lab.qemus().is_empty());
+    lab.taps_are_only_spares();
+
+    // Another ordinary user reaches neither the owner's bangerd nor its state.
+    let output = Command::new(env!("CARGO_BIN_EXE_banger"))
+        .args(["vm", "list"])
+        .env("BANGER_ROOT", lab.daemon.root().path())
+        .env("BANGER_NO_AUTOSTART", "1")
+        .env("HOME", "/nonexistent")
+        .uid(STRANGER)
+        .gid(STRANGER)
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "{}{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    assert!(
+        text(&output.stderr).contains("ermission denied"),
+        "{}",
+        text(&output.stderr)
+    );
+}
