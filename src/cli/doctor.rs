@@ -142,6 +142,10 @@ pub static CHECKS: &[Check] = &[
         run: |cx, _| Box::pin(network(cx)),
     },
     Check {
+        name: "devices",
+        run: |_, _| Box::pin(async { devices() }),
+    },
+    Check {
         name: "firecracker",
         run: |_, _| Box::pin(firecracker()),
     },
@@ -235,6 +239,78 @@ fn vmm() -> Report {
         ),
     }
 }
+
+/// `/dev/kvm` and `/dev/net/tun` as this user has them, against what new VMs need: QEMU gets
+/// its tap from banger-helper and emulates without KVM (slowly), so for QEMU both are
+/// information; Firecracker opens its tap by name and needs KVM, so for it a tun this user
+/// cannot open fails.
+fn devices() -> Report {
+    use crate::host::backends::{HostFacts, decide, find_binary};
+    use crate::host::kvm::KvmSupport;
+    let (_, config) = match config() {
+        Ok(loaded) => loaded,
+        Err(report) => return report,
+    };
+    let kvm = crate::host::kvm::probe();
+    let facts = HostFacts {
+        kvm: kvm.clone(),
+        firecracker: find_binary(&config.firecracker, "firecracker"),
+        firecracker_from_env: std::env::var_os(crate::host::vmm::FIRECRACKER_ENV)
+            .filter(|value| !value.is_empty())
+            .map(std::path::PathBuf::from),
+        qemu: find_binary(&config.qemu, "QEMU"),
+    };
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(TUN_DEVICE)
+        .map(drop)
+        .map_err(|e| e.to_string());
+    let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map_or_else(|| nix::unistd::geteuid().to_string(), |user| user.name);
+    let kvm_hint = match &kvm {
+        KvmSupport::NoAccess(_) => {
+            format!(" (`sudo usermod -aG kvm {user}`, then log in again, gives it KVM)")
+        }
+        _ => String::new(),
+    };
+    let tun_said = match &tun {
+        Ok(()) => format!("this user can open {TUN_DEVICE}"),
+        Err(error) => format!("this user cannot open {TUN_DEVICE} ({error})"),
+    };
+    match decide(config.vm.vmm, &facts) {
+        Ok(choice) if choice.vmm == banger_events::VmmKind::Firecracker => match tun {
+            Ok(()) => report(
+                Status::Ok,
+                format!("new VMs run on Firecracker: {}; {tun_said}", kvm.describe()),
+                None,
+            ),
+            Err(_) => report(
+                Status::Fail,
+                format!(
+                    "new VMs run on Firecracker, which opens each VM's tap itself, but {tun_said}"
+                ),
+                Some(format!(
+                    "run VMs on QEMU, whose tap banger-helper passes in (`vmm = \"qemu\"` under [vm] in config.toml), or give {user} access to {TUN_DEVICE}"
+                )),
+            ),
+        },
+        Ok(_) => report(
+            Status::Ok,
+            format!(
+                "QEMU gets each VM's tap from banger-helper, so {TUN_DEVICE} is not needed ({tun_said}); {}{kvm_hint}",
+                kvm.describe()
+            ),
+            None,
+        ),
+        Err(why) => skipped(format!("no VMM can run here ({why}); see the vmm check")),
+    }
+}
+
+/// The tun device a VMM opens its tap through when it opens it by name.
+const TUN_DEVICE: &str = "/dev/net/tun";
 
 /// firecracker and its jailer: present, and at least [`MIN_FIRECRACKER`]. Only a failure
 /// where new VMs would run on Firecracker (`vm.vmm = "firecracker"`, or `auto` on a host

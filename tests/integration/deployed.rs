@@ -59,6 +59,39 @@ fn an_ordinary_user_runs_bangerd_and_its_qemu_vms_with_only_the_helper_as_root()
         open_to_others("/dev/kvm")
     );
 
+    // doctor, as the owner: the helper answers and gives the default network; the devices
+    // this user cannot open are not needed.
+    let doctor = lab.cli(&["doctor", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json: {e}: {}", text(&doctor.stderr)));
+    let check = |name: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} check: {report}"))
+    };
+    let network = check("network");
+    assert_eq!(network["status"], "ok", "{network}");
+    assert!(
+        network["summary"]
+            .as_str()
+            .unwrap()
+            .contains("gives banger0 (172.30.0.1/24)"),
+        "{network}"
+    );
+    let devices = check("devices");
+    assert_eq!(devices["status"], "ok", "{devices}");
+    assert!(
+        devices["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("QEMU gets each VM's tap from banger-helper"),
+        "{devices}"
+    );
+
     let reference = lab.push(GuestRoot::Container, "banger/debian-plain:12");
     lab.ok(&["image", "pull", &reference, "--name", "plain"]);
     lab.ok(&[

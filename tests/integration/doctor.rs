@@ -423,6 +423,7 @@ async fn host_checks_say_how_vms_run_here_and_fail_when_none_can() {
             "orphans",
             "vmm",
             "network",
+            "devices",
             "firecracker",
             "disk",
             "defaults",
