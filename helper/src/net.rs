@@ -788,42 +788,29 @@ async fn run_resolvectl(resolvectl: &Path, args: &[String]) -> OpResult<()> {
 /// IFF_VNET_HDR`, as Firecracker opens its taps; QEMU reads the flags back with
 /// `TUNGETIFF`), close-on-exec.
 fn attach_tap(name: &str) -> io::Result<OwnedFd> {
-    let tun = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open("/dev/net/tun")?;
-    // SAFETY: ifreq is plain old data; all-zero is a valid value (empty name, no flags).
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    let bytes = name.as_bytes();
-    if bytes.len() >= ifr.ifr_name.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "interface name too long",
-        ));
-    }
-    for (dst, src) in ifr.ifr_name.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_flags =
-        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
-    // SAFETY: the descriptor is an open /dev/net/tun and ifr a valid ifreq for the call.
-    if unsafe {
-        libc::ioctl(
-            tun.as_raw_fd(),
-            libc::TUNSETIFF,
-            &mut ifr as *mut libc::ifreq,
-        )
-    } < 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(OwnedFd::from(tun))
+    tun_attached(name, libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR).map(OwnedFd::from)
 }
 
 /// Creates (or re-attaches to) the tap, sets its owner and makes it persistent. The file
 /// descriptor is closed on return; persistence keeps the device.
 fn make_persistent_tap(name: &str, owner: u32) -> io::Result<()> {
+    let tun = tun_attached(name, libc::IFF_TAP | libc::IFF_NO_PI)?;
+    let fd = tun.as_raw_fd();
+    // SAFETY: fd is an open /dev/net/tun descriptor; both ioctls take their argument by value.
+    unsafe {
+        if libc::ioctl(fd, libc::TUNSETOWNER, libc::c_ulong::from(owner)) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::ioctl(fd, libc::TUNSETPERSIST, 1 as libc::c_ulong) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// `/dev/net/tun` opened close-on-exec and attached to interface `name` with `flags`
+/// (`TUNSETIFF`: made when absent, attached to when it exists).
+fn tun_attached(name: &str, flags: libc::c_int) -> io::Result<std::fs::File> {
     let tun = OpenOptions::new()
         .read(true)
         .write(true)
@@ -842,22 +829,20 @@ fn make_persistent_tap(name: &str, owner: u32) -> io::Result<()> {
     for (dst, src) in ifr.ifr_name.iter_mut().zip(bytes) {
         *dst = *src as libc::c_char;
     }
-    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-    let fd = tun.as_raw_fd();
-    // SAFETY: fd is an open /dev/net/tun descriptor and ifr a valid, initialised ifreq that
-    // lives across the call; the two other ioctls take their argument by value.
-    unsafe {
-        if libc::ioctl(fd, libc::TUNSETIFF, &mut ifr as *mut libc::ifreq) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if libc::ioctl(fd, libc::TUNSETOWNER, libc::c_ulong::from(owner)) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if libc::ioctl(fd, libc::TUNSETPERSIST, 1 as libc::c_ulong) < 0 {
-            return Err(io::Error::last_os_error());
-        }
+    ifr.ifr_ifru.ifru_flags = flags as libc::c_short;
+    // SAFETY: the descriptor is an open /dev/net/tun and ifr a valid, initialised ifreq that
+    // lives across the call.
+    if unsafe {
+        libc::ioctl(
+            tun.as_raw_fd(),
+            libc::TUNSETIFF,
+            &mut ifr as *mut libc::ifreq,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
     }
-    Ok(())
+    Ok(tun)
 }
 
 /// The refusal for a tap whose owner is a uid other than `caller`: one user never deletes,

@@ -221,6 +221,7 @@ fn vmm() -> Report {
             .filter(|value| !value.is_empty())
             .map(std::path::PathBuf::from),
         qemu: find_binary(&config.qemu, "QEMU"),
+        tun: crate::host::backends::tun_access(),
     };
     match decide(VmmChoice::Auto, &facts) {
         Ok(choice) => report(
@@ -245,7 +246,7 @@ fn vmm() -> Report {
 /// information; Firecracker opens its tap by name and needs KVM, so for it a tun this user
 /// cannot open fails.
 fn devices() -> Report {
-    use crate::host::backends::{HostFacts, decide, find_binary};
+    use crate::host::backends::{HostFacts, TUN_DEVICE, VmmChoice, decide, find_binary};
     use crate::host::kvm::KvmSupport;
     let (_, config) = match config() {
         Ok(loaded) => loaded,
@@ -259,13 +260,8 @@ fn devices() -> Report {
             .filter(|value| !value.is_empty())
             .map(std::path::PathBuf::from),
         qemu: find_binary(&config.qemu, "QEMU"),
+        tun: crate::host::backends::tun_access(),
     };
-    let tun = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(TUN_DEVICE)
-        .map(drop)
-        .map_err(|e| e.to_string());
     let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
         .ok()
         .flatten()
@@ -276,27 +272,16 @@ fn devices() -> Report {
         }
         _ => String::new(),
     };
-    let tun_said = match &tun {
+    let tun_said = match &facts.tun {
         Ok(()) => format!("this user can open {TUN_DEVICE}"),
-        Err(error) => format!("this user cannot open {TUN_DEVICE} ({error})"),
+        Err(error) => error.clone(),
     };
     match decide(config.vm.vmm, &facts) {
-        Ok(choice) if choice.vmm == banger_events::VmmKind::Firecracker => match tun {
-            Ok(()) => report(
-                Status::Ok,
-                format!("new VMs run on Firecracker: {}; {tun_said}", kvm.describe()),
-                None,
-            ),
-            Err(_) => report(
-                Status::Fail,
-                format!(
-                    "new VMs run on Firecracker, which opens each VM's tap itself, but {tun_said}"
-                ),
-                Some(format!(
-                    "run VMs on QEMU, whose tap banger-helper passes in (`vmm = \"qemu\"` under [vm] in config.toml), or give {user} access to {TUN_DEVICE}"
-                )),
-            ),
-        },
+        Ok(choice) if choice.vmm == banger_events::VmmKind::Firecracker => report(
+            Status::Ok,
+            format!("new VMs run on Firecracker: {}; {tun_said}", kvm.describe()),
+            None,
+        ),
         Ok(_) => report(
             Status::Ok,
             format!(
@@ -305,12 +290,16 @@ fn devices() -> Report {
             ),
             None,
         ),
+        Err(why) if config.vm.vmm == VmmChoice::Firecracker && facts.tun.is_err() => report(
+            Status::Fail,
+            why,
+            Some(format!(
+                "run VMs on QEMU, whose tap banger-helper passes in (`vmm = \"qemu\"` or `\"auto\"` under [vm] in config.toml), or give {user} access to {TUN_DEVICE}"
+            )),
+        ),
         Err(why) => skipped(format!("no VMM can run here ({why}); see the vmm check")),
     }
 }
-
-/// The tun device a VMM opens its tap through when it opens it by name.
-const TUN_DEVICE: &str = "/dev/net/tun";
 
 /// firecracker and its jailer: present, and at least [`MIN_FIRECRACKER`]. Only a failure
 /// where new VMs would run on Firecracker (`vm.vmm = "firecracker"`, or `auto` on a host

@@ -12,14 +12,17 @@
 //! ```text
 //!  BANGER_FIRECRACKER is set ─────────────────────────────▶ firecracker (that binary: a
 //!                                                           deliberate choice, e.g. the fake)
-//!  KVM runs a stock guest and firecracker is installed ───▶ firecracker
+//!  KVM runs a stock guest, firecracker is installed and
+//!  this user can open /dev/net/tun ───────────────────────▶ firecracker (it opens each VM's
+//!                                                           tap itself, by name)
 //!  QEMU is installed ─────────────────────────────────────▶ qemu (KVM if it runs a stock
 //!                                                           guest, else TCG)
 //!  otherwise ─────────────────────────────────────────────▶ refused, saying why each one
 //!                                                           cannot run
 //! ```
 //!
-//! An explicit `--vmm firecracker` or `--vmm qemu` only needs the binary; the reason
+//! An explicit `--vmm firecracker` or `--vmm qemu` only needs the binary, and Firecracker a
+//! `/dev/net/tun` this user can open (QEMU gets its tap from banger-helper); the reason
 //! recorded says when KVM would not run a stock guest under Firecracker.
 
 use std::fmt;
@@ -97,7 +100,23 @@ pub struct HostFacts {
     /// `BANGER_FIRECRACKER`, when set: the firecracker binary was chosen on purpose.
     pub firecracker_from_env: Option<PathBuf>,
     pub qemu: Binary,
+    /// Whether this process can open `/dev/net/tun` (the error when it cannot): Firecracker
+    /// opens each VM's tap through it.
+    pub tun: Result<(), String>,
 }
+
+/// Whether this process can open `/dev/net/tun` for reading and writing.
+pub fn tun_access() -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(TUN_DEVICE)
+        .map(drop)
+        .map_err(|e| format!("{TUN_DEVICE} cannot be opened by this user ({e})"))
+}
+
+/// The device a VMM opens a tap through when it opens it by name.
+pub const TUN_DEVICE: &str = "/dev/net/tun";
 
 /// The `auto` rule and the checks of an explicit choice (see the module docs).
 pub fn decide(requested: VmmChoice, facts: &HostFacts) -> Result<Choice, String> {
@@ -105,6 +124,10 @@ pub fn decide(requested: VmmChoice, facts: &HostFacts) -> Result<Choice, String>
     let qemu_reason = |why: &str| format!("{why}; QEMU runs it under {}", accel.as_str());
     match requested {
         VmmChoice::Firecracker => match &facts.firecracker {
+            Binary::Found(_) if facts.tun.is_err() => Err(format!(
+                "--vmm firecracker: firecracker opens each VM's tap itself, and {}; use --vmm qemu, whose tap banger-helper passes in",
+                facts.tun.as_ref().err().map_or("", String::as_str)
+            )),
             Binary::Found(_) if facts.kvm.runs_stock_guests() => Ok(Choice {
                 vmm: VmmKind::Firecracker,
                 reason: "asked for with --vmm firecracker".to_owned(),
@@ -133,6 +156,10 @@ pub fn decide(requested: VmmChoice, facts: &HostFacts) -> Result<Choice, String>
                 });
             }
             let no_firecracker = match (&facts.firecracker, facts.kvm.runs_stock_guests()) {
+                (Binary::Found(_), true) if facts.tun.is_err() => format!(
+                    "firecracker opens each VM's tap itself, and {} (QEMU's comes from banger-helper)",
+                    facts.tun.as_ref().err().map_or("", String::as_str)
+                ),
                 (Binary::Found(path), true) => {
                     return Ok(Choice {
                         vmm: VmmKind::Firecracker,
@@ -251,6 +278,7 @@ impl Backends {
                 .filter(|value| !value.is_empty())
                 .map(PathBuf::from),
             qemu: find_binary(&self.qemu_binary, "QEMU"),
+            tun: tun_access(),
         }
     }
 
@@ -277,7 +305,28 @@ mod tests {
             firecracker: binary(firecracker, "firecracker"),
             firecracker_from_env: None,
             qemu: binary(qemu, "qemu-system-x86_64"),
+            tun: Ok(()),
         }
+    }
+
+    #[test]
+    fn firecracker_needs_a_tun_this_user_can_open_and_auto_takes_qemu_without_one() {
+        let mut host = facts(KvmSupport::Usable, true, true);
+        host.tun = Err("/dev/net/tun cannot be opened by this user (denied)".into());
+        let choice = decide(VmmChoice::Auto, &host).unwrap();
+        assert_eq!(choice.vmm, VmmKind::Qemu);
+        assert!(
+            choice.reason.contains("opens each VM's tap itself")
+                && choice.reason.contains("denied")
+                && choice.reason.ends_with("kvm"),
+            "{}",
+            choice.reason
+        );
+        let error = decide(VmmChoice::Firecracker, &host).unwrap_err();
+        assert!(
+            error.contains("denied") && error.contains("--vmm qemu"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -374,6 +374,7 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
         tokio a_stray_tap_is_an_orphan_and_a_running_vm_is_not needs(Root),
         tokio host_checks_say_how_vms_run_here_and_fail_when_none_can,
         tokio the_network_check_follows_the_helper_and_names_what_it_gives needs(Root),
+        sync firecracker_needs_a_tun_its_user_can_open_and_qemu_does_not needs(Root),
         sync firecracker_and_its_jailer_must_be_1_8_where_vms_run_on_them,
         tokio the_default_image_and_kernel_are_here_or_pullable,
         sync posture_finds_loose_modes_unit_drift_and_a_wider_allow_list needs(Root),
@@ -586,6 +587,105 @@ fn doctor_check(root: &Path, env: &[(&str, &Path)], name: &str) -> (Option<i32>,
         .cloned()
         .unwrap_or_else(|| panic!("no {name} check in {json}"));
     (output.status.code(), check)
+}
+
+/// As an ordinary user who cannot open `/dev/net/tun` (made so: the doctor runs in a mount
+/// namespace where a root-only file hides the device): with `vm.vmm = "firecracker"` the
+/// devices check fails and points at QEMU; with `auto` it is fine, QEMU getting its tap from
+/// banger-helper.
+fn firecracker_needs_a_tun_its_user_can_open_and_qemu_does_not() {
+    use std::os::unix::process::CommandExt;
+    const USER: u32 = 61003;
+    let root = TestRoot::without_network();
+    let bin = root.scratch("bin");
+    version_script(&bin, "firecracker", "Firecracker v1.12.0");
+    // Root's alone, outside the root handed to the user.
+    let hider_dir = tempfile::tempdir().unwrap();
+    let hider = hider_dir.path().join("no-tun");
+    std::fs::write(&hider, b"").unwrap();
+    std::fs::set_permissions(&hider, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let config = root.layout().config_path();
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    let devices = |vmm: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[vm]\nvmm = \"{vmm}\"\n[firecracker]\nbinary = \"{}\"\n",
+                bin.join("firecracker").display()
+            ),
+        )
+        .unwrap();
+        crate::support::chown_tree(root.path(), USER);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_banger"));
+        command
+            .args(["doctor", "--json"])
+            .env("BANGER_ROOT", root.path())
+            .env("BANGER_NO_AUTOSTART", "1")
+            .env("HOME", root.path())
+            .env_remove("BANGER_FIRECRACKER")
+            .env_remove("BANGER_SYSTEM_ROOT");
+        let hidden = std::ffi::CString::new(hider.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: unshare, mount, setgroups, setgid and setuid are async-signal-safe; the
+        // strings live in the closure.
+        unsafe {
+            command.pre_exec(move || {
+                use nix::mount::{MsFlags, mount};
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+                mount(
+                    None::<&str>,
+                    "/",
+                    None::<&str>,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None::<&str>,
+                )?;
+                if std::path::Path::new("/dev/net/tun").exists() {
+                    mount(
+                        Some(hidden.as_c_str()),
+                        "/dev/net/tun",
+                        None::<&str>,
+                        MsFlags::MS_BIND,
+                        None::<&str>,
+                    )?;
+                }
+                nix::unistd::setgroups(&[])?;
+                nix::unistd::setgid(nix::unistd::Gid::from_raw(USER))?;
+                nix::unistd::setuid(nix::unistd::Uid::from_raw(USER))?;
+                Ok(())
+            });
+        }
+        let output = command.output().unwrap();
+        let json: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("doctor --json: {e}\n{}", text(&output)));
+        json["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "devices")
+            .cloned()
+            .unwrap()
+    };
+    let check = devices("firecracker");
+    assert_eq!(check["status"], "fail", "{check}");
+    assert!(
+        check["summary"]
+            .as_str()
+            .unwrap()
+            .contains("firecracker opens each VM's tap itself"),
+        "{check}"
+    );
+    assert!(
+        check["fix"].as_str().unwrap().contains("run VMs on QEMU"),
+        "{check}"
+    );
+    let check = devices("auto");
+    assert_eq!(check["status"], "ok", "{check}");
+    assert!(
+        check["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("QEMU gets each VM's tap from banger-helper"),
+        "{check}"
+    );
 }
 
 /// A program that prints `line` for `--version`.
