@@ -706,6 +706,12 @@ pub fn resolvectl_route_args(bridge: &str, address: Ipv4Addr) -> [Vec<String>; 3
 
 /// The resolvectl to run, or why systemd-resolved cannot be told anything from here.
 fn resolved_unavailable() -> Result<PathBuf, String> {
+    // First whether there is a resolver to tell at all: the plainer reason where there is none.
+    if !Path::new(RESOLVED_RUNTIME_DIR).is_dir() {
+        return Err(format!(
+            "systemd-resolved is not running ({RESOLVED_RUNTIME_DIR} is absent); `.vm` names resolve inside VMs, and on the host only by asking the bridge's address directly"
+        ));
+    }
     // The link is named by interface name, which resolvectl turns into an index in *this*
     // namespace; resolved serves the host's. Anything but the host's namespace would point
     // resolved at an unrelated interface.
@@ -723,11 +729,6 @@ fn resolved_unavailable() -> Result<PathBuf, String> {
                 "banger-helper cannot tell whether it runs in the host's network namespace ({e}); `.vm` names are not routed from the host"
             ));
         }
-    }
-    if !Path::new(RESOLVED_RUNTIME_DIR).is_dir() {
-        return Err(format!(
-            "systemd-resolved is not running ({RESOLVED_RUNTIME_DIR} is absent); `.vm` names resolve inside VMs, and on the host only by asking the bridge's address directly"
-        ));
     }
     RESOLVECTL_CANDIDATES
         .iter()
