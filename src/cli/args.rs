@@ -1113,6 +1113,10 @@ pub struct SystemInstallArgs {
     /// Write the units and the metadata, but do not enable or start the services
     #[arg(long)]
     pub no_start: bool,
+    /// The owner's network, BRIDGE:GATEWAY/PREFIX (default: banger0:172.30.0.1/24); must match
+    /// `network.bridge` and `network.gateway` in the owner's config.toml
+    #[arg(long, value_name = "BRIDGE:GATEWAY/PREFIX")]
+    pub network: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -114,6 +114,7 @@ fn install(args: SystemInstallArgs) -> Result<(), CliError> {
         bangerd,
         helper,
         helper_socket: PathBuf::from(crate::config::DEFAULT_HELPER_SOCKET),
+        network: args.network.clone(),
     };
     inputs.check().map_err(CliError::Usage)?;
 

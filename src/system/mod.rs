@@ -105,6 +105,10 @@ pub struct UnitInputs {
     pub helper: PathBuf,
     /// banger-helper's socket (`network.helper_socket`'s default).
     pub helper_socket: PathBuf,
+    /// The owner's network as banger-helper's `--network` gives it (`BRIDGE:GATEWAY/PREFIX`),
+    /// when not the default one (`banger0:172.30.0.1/24`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 impl UnitInputs {
@@ -141,6 +145,13 @@ impl UnitInputs {
                 return Err(format!("{what} {text} is not an absolute path"));
             }
             units::unit_safe(what, text)?;
+        }
+        if let Some(network) = &self.network {
+            // Checked by the helper's own rules: a unit must never hold a network the helper
+            // refuses to start with.
+            let (uid, spec) =
+                banger_helper::networks::parse_flag(&format!("{}:{network}", self.uid))?;
+            banger_helper::networks::Networks::new(&[uid], &[(uid, spec)])?;
         }
         Ok(())
     }
@@ -450,6 +461,7 @@ mod tests {
             bangerd: PathBuf::from("/usr/local/bin/bangerd"),
             helper: PathBuf::from("/usr/local/bin/banger-helper"),
             helper_socket: PathBuf::from("/run/banger/helper.sock"),
+            network: None,
         };
         let units = inputs
             .units()

@@ -185,7 +185,7 @@ After=network.target
 [Service]
 Type=simple
 # Only the owner's uid may ask it for anything (checked with SO_PEERCRED).
-ExecStart={helper} --socket {socket} --allow-uid {uid}
+ExecStart={helper} --socket {socket} --allow-uid {uid}{network}
 RuntimeDirectory={runtime_directory}
 # The socket is open to all (mode 0666): the helper checks each caller's uid itself.
 RuntimeDirectoryMode=0755
@@ -235,6 +235,11 @@ WantedBy=multi-user.target
         helper = path(&inputs.helper),
         socket = socket,
         uid = inputs.uid,
+        network = inputs
+            .network
+            .as_ref()
+            .map(|network| format!(" --network {}:{network}", inputs.uid))
+            .unwrap_or_default(),
         runtime_directory = runtime_directory,
         capabilities = capabilities,
         names = names.join(" "),
@@ -279,6 +284,7 @@ mod tests {
             bangerd: PathBuf::from("/usr/local/bin/bangerd"),
             helper: PathBuf::from("/usr/local/bin/banger-helper"),
             helper_socket: PathBuf::from("/run/banger/helper.sock"),
+            network: None,
         }
     }
 
@@ -429,6 +435,28 @@ mod tests {
             unit.contains("--socket /run/banger-x/helper.sock "),
             "{unit}"
         );
+    }
+
+    #[test]
+    fn a_network_other_than_the_default_goes_on_the_helpers_line_and_a_bad_one_is_refused() {
+        let mut inputs = inputs();
+        inputs.network = Some("banger3:10.33.0.1/24".into());
+        assert_eq!(inputs.check(), Ok(()));
+        let unit = helper_unit(&inputs);
+        assert!(
+            unit.contains("--allow-uid 1000 --network 1000:banger3:10.33.0.1/24\n"),
+            "{unit}"
+        );
+        assert_eq!(allowed_uids(&unit), Some(vec!["1000".to_owned()]));
+        for bad in [
+            "banger3",
+            "eth0:10.33.0.1/24",
+            "banger3:8.8.8.1/24",
+            "banger3:10.0.0.1/8",
+        ] {
+            inputs.network = Some(bad.into());
+            assert!(inputs.check().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -335,6 +335,74 @@ fn a_unit_dir_elsewhere_is_recorded_and_a_reinstall_moves_the_units() {
     assert_eq!(tree(root.path()), BTreeSet::new(), "{}", text(&run));
 }
 
+/// `--network`: the helper's unit gives the owner that network (a line the helper itself
+/// accepts, and systemd too); one the helper would refuse is refused before anything is
+/// written.
+fn a_network_for_the_owner_goes_to_the_helper_and_a_bad_one_is_refused() {
+    let root = system_root();
+    let meta = install(root.path(), &["--network", "banger3:10.33.0.1/24"]);
+    assert_eq!(meta["inputs"]["network"], "banger3:10.33.0.1/24", "{meta}");
+    let uid = meta["inputs"]["uid"].as_u64().unwrap();
+    let unit = unit_dir(root.path()).join("banger-helper.service");
+    let text_of_unit = std::fs::read_to_string(&unit).unwrap();
+    assert!(
+        text_of_unit.contains(&format!(
+            "--allow-uid {uid} --network {uid}:banger3:10.33.0.1/24\n"
+        )),
+        "{text_of_unit}"
+    );
+    let verify = systemd_analyze(&["verify", &unit.display().to_string()]);
+    assert!(
+        !stderr(&verify).contains("banger-helper.service:"),
+        "{}",
+        text(&verify)
+    );
+    // The line it wrote is one banger-helper starts with: it checks the networks first, and
+    // only then fails to listen (the socket is moved under /dev/null for this run).
+    let exec = text_of_unit
+        .lines()
+        .find_map(|line| line.strip_prefix("ExecStart="))
+        .unwrap();
+    let args: Vec<&str> = exec
+        .split_whitespace()
+        .skip(1)
+        .map(|word| {
+            if word.ends_with(".sock") {
+                "/dev/null/helper.sock"
+            } else {
+                word
+            }
+        })
+        .collect();
+    let started = Command::new(env!("CARGO_BIN_EXE_banger-helper"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert_eq!(started.status.code(), Some(1), "{}", text(&started));
+    assert!(
+        stderr(&started).contains("cannot listen"),
+        "{}",
+        text(&started)
+    );
+
+    let again = system_root();
+    let run = banger(
+        again.path(),
+        &[
+            "system",
+            "install",
+            "--owner",
+            OWNER,
+            "--no-start",
+            "--network",
+            "banger3:8.8.8.1/24",
+        ],
+    );
+    assert!(!run.status.success(), "{}", text(&run));
+    assert!(stderr(&run).contains("private"), "{}", text(&run));
+    assert_eq!(tree(again.path()), BTreeSet::new(), "nothing was written");
+}
+
 fn only_root_installs_and_bad_owners_are_refused() {
     let root = system_root();
     // As nobody: refused before anything is written. Status reads what is there.
@@ -460,6 +528,7 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
     banger_test_harness::tests![
         sync install_writes_units_systemd_accepts_and_uninstall_removes_exactly_them needs(Root),
         sync a_unit_dir_elsewhere_is_recorded_and_a_reinstall_moves_the_units needs(Root),
+        sync a_network_for_the_owner_goes_to_the_helper_and_a_bad_one_is_refused needs(Root),
         sync only_root_installs_and_bad_owners_are_refused needs(Root),
         sync programs_others_could_replace_are_refused needs(Root),
     ]
