@@ -3,6 +3,11 @@
 //! The VMM is QEMU, whose tap banger-helper opens and passes in (`open_tap`), so the user needs
 //! no access to `/dev/net/tun` (nor to `/dev/kvm`: QEMU emulates where the user has none).
 //!
+//! Asked directly, the helper gives the owner only its own network and taps (another uid's
+//! tap, a foreign subnet, another's bridge are refused and change nothing) and a second
+//! ordinary user nothing at all. banger-helper takes no pids and no paths, so there is no
+//! forged pid or symlinked path to send it.
+//!
 //! The users are bare uids with no passwd entry, so the host gains no account. The test runs
 //! in the root tier (it creates the namespace, hands the state directory over, drops to the
 //! user) and the QEMU tier (a real guest boots).
@@ -35,6 +40,50 @@ fn uid_of(pid: u32) -> u32 {
         .and_then(|ids| ids.split_whitespace().next())
         .and_then(|uid| uid.parse().ok())
         .unwrap_or_else(|| panic!("no Uid line for {pid}:\n{status}"))
+}
+
+/// Runs `work` on a thread of its own whose credentials are `uid`'s (gid the same, no
+/// supplementary groups), set with the raw system calls, which change only the calling
+/// thread (glibc's wrappers would change the whole test process). A socket it connects is
+/// that user's as SO_PEERCRED sees it.
+fn as_user<T: Send>(uid: u32, work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // SAFETY: plain system calls on this thread's own credentials.
+                unsafe {
+                    assert_eq!(
+                        libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()),
+                        0
+                    );
+                    assert_eq!(libc::syscall(libc::SYS_setresgid, uid, uid, uid), 0);
+                    assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0);
+                }
+                work()
+            })
+            .join()
+            .expect("the thread as another user")
+    })
+}
+
+/// One helper request as `uid`; what it answered, or its error as text.
+fn helper_as<T: Send>(
+    uid: u32,
+    socket: &std::path::Path,
+    request: impl AsyncFnOnce(&banger_helper::HelperClient) -> Result<T, banger_helper::HelperError>
+    + Send,
+) -> Result<T, String> {
+    let socket = socket.to_path_buf();
+    as_user(uid, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = banger_helper::HelperClient::new(socket);
+        runtime
+            .block_on(request(&client))
+            .map_err(|error| error.to_string())
+    })
 }
 
 /// Whether anybody but root may open `device` for writing, by its mode.
@@ -120,6 +169,81 @@ fn an_ordinary_user_runs_bangerd_and_its_qemu_vms_with_only_the_helper_as_root()
     lab.ok(&["vm", "delete", "dev"]);
     assert!(lab.qemus().is_empty());
     lab.taps_are_only_spares();
+
+    // The helper, asked directly: the owner gets only its own network and taps; another
+    // user gets nothing at all. Nothing changes on the host for any of it.
+    let socket = lab.network().socket().to_path_buf();
+    let before = lab.network().run("ip", &["-br", "link", "show"]);
+    let table_before = lab.network().run("nft", &["list", "table", "ip", "banger"]);
+    let foreign = banger_helper::NetworkSpec {
+        bridge: "banger0".into(),
+        gateway: std::net::Ipv4Addr::new(10, 99, 0, 1),
+        prefix_len: 16,
+    };
+    let root_client = banger_helper::HelperClient::new(&socket);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(root_client.ensure_network(&banger_helper::NetworkSpec {
+            bridge: "bangerroot".into(),
+            gateway: std::net::Ipv4Addr::new(10, 98, 0, 1),
+            prefix_len: 24,
+        }))
+        .expect("root's own network");
+    runtime
+        .block_on(root_client.ensure_tap("bt0123", "bangerroot"))
+        .expect("root's own tap");
+    let before = (before, lab.network().run("ip", &["-br", "link", "show"]));
+    let refusals = [
+        helper_as(OWNER, &socket, async |c| c.ensure_network(&foreign).await),
+        helper_as(OWNER, &socket, async |c| c.delete_tap("bt0123").await),
+        helper_as(OWNER, &socket, async |c| {
+            c.open_tap("bt0123").await.map(drop)
+        }),
+        helper_as(OWNER, &socket, async |c| {
+            c.remove_network("bangerroot").await
+        }),
+        helper_as(OWNER, &socket, async |c| {
+            c.ensure_tap("bt0124", "bangerroot").await
+        }),
+        helper_as(STRANGER, &socket, async |c| c.version().await.map(drop)),
+        helper_as(STRANGER, &socket, async |c| c.list_taps().await.map(drop)),
+    ];
+    for (i, refusal) in refusals.iter().enumerate() {
+        assert!(
+            matches!(refusal, Err(message) if message.contains("refused")),
+            "request {i} was not refused: {refusal:?}"
+        );
+    }
+    assert!(
+        refusals[5]
+            .as_ref()
+            .unwrap_err()
+            .contains("uid 61002 is not allowed"),
+        "{:?}",
+        refusals[5]
+    );
+    assert_eq!(
+        lab.network().run("ip", &["-br", "link", "show"]),
+        before.1,
+        "a refused request changed the links"
+    );
+    assert!(before.0.contains("banger0"), "{}", before.0);
+    let taps = helper_as(OWNER, &socket, async |c| c.list_taps().await).unwrap();
+    assert!(!taps.contains(&"bt0123".to_owned()), "{taps:?}");
+    runtime
+        .block_on(root_client.delete_tap("bt0123"))
+        .expect("root removes its tap");
+    runtime
+        .block_on(root_client.remove_network("bangerroot"))
+        .expect("root removes its network");
+    assert_eq!(
+        lab.network().run("nft", &["list", "table", "ip", "banger"]),
+        table_before,
+        "the owner's rules are whole after root's network went"
+    );
 
     // Another ordinary user reaches neither the owner's bangerd nor its state.
     let output = Command::new(env!("CARGO_BIN_EXE_banger"))
