@@ -150,6 +150,13 @@ pub fn decide(requested: VmmChoice, facts: &HostFacts) -> Result<Choice, String>
         },
         VmmChoice::Auto => {
             if let Some(binary) = &facts.firecracker_from_env {
+                // A deliberate choice: refused, not overruled, where it cannot work.
+                if let Err(tun) = &facts.tun {
+                    return Err(format!(
+                        "{FIRECRACKER_ENV} names {}, but firecracker opens each VM's tap itself, and {tun}; unset {FIRECRACKER_ENV} to run VMs on QEMU, whose tap banger-helper passes in",
+                        binary.display()
+                    ));
+                }
                 return Ok(Choice {
                     vmm: VmmKind::Firecracker,
                     reason: format!("auto: {FIRECRACKER_ENV} names {}", binary.display()),
@@ -325,6 +332,12 @@ mod tests {
         let error = decide(VmmChoice::Firecracker, &host).unwrap_err();
         assert!(
             error.contains("denied") && error.contains("--vmm qemu"),
+            "{error}"
+        );
+        host.firecracker_from_env = Some("/opt/fake-firecracker".into());
+        let error = decide(VmmChoice::Auto, &host).unwrap_err();
+        assert!(
+            error.contains("/opt/fake-firecracker") && error.contains("denied"),
             "{error}"
         );
     }
