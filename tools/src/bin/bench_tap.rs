@@ -81,7 +81,7 @@ fn main() {
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                     busy += 1;
-                    std::thread::yield_now();
+                    std::thread::sleep(std::time::Duration::from_micros(50));
                 }
                 Err(e) => panic!("open the tap directly: {e}"),
             }
