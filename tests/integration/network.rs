@@ -139,6 +139,120 @@ async fn guests_live_in_the_subnet_the_helper_gives_and_another_is_refused() {
     assert!(!net.run("ip", &["-j", "link", "show"]).contains("banger0"));
 }
 
+/// The seqs of `events --json` lines (one envelope per line).
+fn seqs_of(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let envelope: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not an envelope ({e}): {line}"));
+            envelope["seq"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no seq in {line}"))
+        })
+        .collect()
+}
+
+/// `banger events --follow --json --vm dev` runs while the VM is stopped and started and
+/// bangerd is SIGKILLed and started again, three times: what it printed is exactly the VM's
+/// events as `events --json --vm dev` lists them afterwards (no gap, no repeat), and it said
+/// on stderr each time that it lost bangerd and got it back.
+async fn a_vm_follower_survives_three_kills_and_prints_exactly_that_vms_events() {
+    let mut daemon = lab(&[]).await;
+    let _: VmCreateResult = daemon
+        .client()
+        .await
+        .call("vm.create", &json!({"name": "dev", "image": "img"}))
+        .await
+        .unwrap_or_else(|e| panic!("vm.create: {e}\n{}", daemon.output()));
+    // Another VM's events are in the log too, and must not reach the follower.
+    let _: VmCreateResult = daemon
+        .client()
+        .await
+        .call("vm.create", &json!({"name": "other", "image": "img"}))
+        .await
+        .expect("vm.create other");
+    let out_path = daemon.root().path().join("follower.out");
+    let err_path = daemon.root().path().join("follower.err");
+    let mut follower = std::process::Command::new(env!("CARGO_BIN_EXE_banger"))
+        .args(["events", "--follow", "--json", "--vm", "dev"])
+        .env("BANGER_ROOT", daemon.root().path())
+        .env("BANGER_NO_AUTOSTART", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("spawn the follower");
+    let listed = |daemon: &Bangerd| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_banger"))
+            .args(["events", "--json", "--vm", "dev"])
+            .env("BANGER_ROOT", daemon.root().path())
+            .env("BANGER_NO_AUTOSTART", "1")
+            .output()
+            .expect("events --json");
+        assert!(output.status.success(), "{output:?}");
+        seqs_of(&String::from_utf8_lossy(&output.stdout))
+    };
+    // Waits until the follower has printed `seq`.
+    let printed = |seq: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+            if seqs_of(&text).last().is_some_and(|last| *last >= seq) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the follower never printed seq {seq}:\n{text}\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    printed(*listed(&daemon).last().unwrap());
+    for round in 0..3 {
+        let _: VmResult = daemon
+            .client()
+            .await
+            .call("vm.stop", &json!({"name": "dev"}))
+            .await
+            .expect("vm.stop");
+        // Some of the stop's events are printed, then bangerd dies under the follower.
+        printed(*listed(&daemon).last().unwrap());
+        restart(&mut daemon, &[]);
+        let _: VmResult = daemon
+            .client()
+            .await
+            .call("vm.start", &json!({"name": "dev"}))
+            .await
+            .expect("vm.start");
+        // The other VM changes too, between dev's events.
+        let toggle = if round % 2 == 0 {
+            "vm.stop"
+        } else {
+            "vm.start"
+        };
+        let _: VmResult = daemon
+            .client()
+            .await
+            .call(toggle, &json!({"name": "other"}))
+            .await
+            .unwrap_or_else(|e| panic!("{toggle} other: {e}"));
+    }
+    let all = listed(&daemon);
+    printed(*all.last().unwrap());
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let followed = seqs_of(&std::fs::read_to_string(&out_path).unwrap());
+    assert_eq!(
+        followed, all,
+        "the follower's seqs against the log's for dev"
+    );
+    let stderr = std::fs::read_to_string(&err_path).unwrap();
+    assert_eq!(stderr.matches("lost bangerd").count(), 3, "{stderr}");
+    assert_eq!(stderr.matches("bangerd is back").count(), 3, "{stderr}");
+}
+
 /// bangerd's environment here: the fake firecracker, the real agent, and `extra`.
 fn env_with<'a>(fake: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut env = vec![
@@ -621,5 +735,6 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
         tokio a_fill_interrupted_by_a_crash_is_rolled_back_and_made_again needs(Root),
         tokio a_root_bangerd_starts_banger_helper_itself_when_none_answers needs(Root),
         tokio guests_live_in_the_subnet_the_helper_gives_and_another_is_refused needs(Root),
+        tokio a_vm_follower_survives_three_kills_and_prints_exactly_that_vms_events needs(Root),
     ]
 }
