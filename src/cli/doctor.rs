@@ -209,20 +209,12 @@ fn config() -> Result<(crate::paths::Layout, crate::config::Config), Report> {
 /// Whether a new VM can run on this host, on which VMM and why: KVM (a PVM-backed KVM runs
 /// no stock guest), firecracker, QEMU — the rule `vm create --vmm auto` follows.
 fn vmm() -> Report {
-    use crate::host::backends::{HostFacts, VmmChoice, decide, find_binary};
+    use crate::host::backends::{HostFacts, VmmChoice, decide};
     let (_, config) = match config() {
         Ok(loaded) => loaded,
         Err(report) => return report,
     };
-    let facts = HostFacts {
-        kvm: crate::host::kvm::probe(),
-        firecracker: find_binary(&config.firecracker, "firecracker"),
-        firecracker_from_env: std::env::var_os(crate::host::vmm::FIRECRACKER_ENV)
-            .filter(|value| !value.is_empty())
-            .map(std::path::PathBuf::from),
-        qemu: find_binary(&config.qemu, "QEMU"),
-        tun: crate::host::backends::tun_access(),
-    };
+    let facts = HostFacts::probe(&config.firecracker, &config.qemu);
     match decide(VmmChoice::Auto, &facts) {
         Ok(choice) => report(
             Status::Ok,
@@ -246,22 +238,14 @@ fn vmm() -> Report {
 /// information; Firecracker opens its tap by name and needs KVM, so for it a tun this user
 /// cannot open fails.
 fn devices() -> Report {
-    use crate::host::backends::{HostFacts, TUN_DEVICE, VmmChoice, decide, find_binary};
+    use crate::host::backends::{HostFacts, TUN_DEVICE, VmmChoice, decide};
     use crate::host::kvm::KvmSupport;
     let (_, config) = match config() {
         Ok(loaded) => loaded,
         Err(report) => return report,
     };
-    let kvm = crate::host::kvm::probe();
-    let facts = HostFacts {
-        kvm: kvm.clone(),
-        firecracker: find_binary(&config.firecracker, "firecracker"),
-        firecracker_from_env: std::env::var_os(crate::host::vmm::FIRECRACKER_ENV)
-            .filter(|value| !value.is_empty())
-            .map(std::path::PathBuf::from),
-        qemu: find_binary(&config.qemu, "QEMU"),
-        tun: crate::host::backends::tun_access(),
-    };
+    let facts = HostFacts::probe(&config.firecracker, &config.qemu);
+    let kvm = facts.kvm.clone();
     let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
         .ok()
         .flatten()

@@ -105,6 +105,22 @@ pub struct HostFacts {
     pub tun: Result<(), String>,
 }
 
+impl HostFacts {
+    /// Looks at this host now for the `firecracker` and `qemu` binaries configured: KVM,
+    /// each binary, `BANGER_FIRECRACKER`, and `/dev/net/tun`.
+    pub fn probe(firecracker: &Path, qemu: &Path) -> HostFacts {
+        HostFacts {
+            kvm: kvm::probe(),
+            firecracker: find_binary(firecracker, "firecracker"),
+            firecracker_from_env: std::env::var_os(FIRECRACKER_ENV)
+                .filter(|value| !value.is_empty())
+                .map(PathBuf::from),
+            qemu: find_binary(qemu, "QEMU"),
+            tun: tun_access(),
+        }
+    }
+}
+
 /// Whether this process can open `/dev/net/tun` for reading and writing.
 pub fn tun_access() -> Result<(), String> {
     std::fs::OpenOptions::new()
@@ -278,15 +294,7 @@ impl Backends {
 
     /// Looks at the host now: KVM, and whether each binary is there.
     pub fn facts(&self) -> HostFacts {
-        HostFacts {
-            kvm: kvm::probe(),
-            firecracker: find_binary(&self.firecracker_binary, "firecracker"),
-            firecracker_from_env: std::env::var_os(FIRECRACKER_ENV)
-                .filter(|value| !value.is_empty())
-                .map(PathBuf::from),
-            qemu: find_binary(&self.qemu_binary, "QEMU"),
-            tun: tun_access(),
-        }
+        HostFacts::probe(&self.firecracker_binary, &self.qemu_binary)
     }
 
     /// Decides which backend a new VM gets.
