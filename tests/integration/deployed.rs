@@ -113,15 +113,7 @@ fn an_ordinary_user_runs_bangerd_and_its_qemu_vms_with_only_the_helper_as_root()
     let doctor = lab.cli(&["doctor", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&doctor.stdout)
         .unwrap_or_else(|e| panic!("doctor --json: {e}: {}", text(&doctor.stderr)));
-    let check = |name: &str| {
-        report["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("no {name} check: {report}"))
-    };
+    let check = |name: &str| crate::doctor::check_named(&report, name);
     let network = check("network");
     assert_eq!(network["status"], "ok", "{network}");
     assert!(

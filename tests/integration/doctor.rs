@@ -401,15 +401,7 @@ async fn host_checks_say_how_vms_run_here_and_fail_when_none_can() {
             .unwrap_or_else(|e| panic!("doctor --json: {e}\n{}", text(&output)));
         (output.status.code(), json)
     };
-    let check = |json: &Value, name: &str| -> Value {
-        json["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("no {name} check in {json}"))
-    };
+    let check = check_named;
 
     let (code, json) = doctor(&[]);
     let names: Vec<&str> = json["checks"]
@@ -517,6 +509,11 @@ fn doctor_json_check(daemon: &Bangerd, name: &str) -> Value {
     let output = banger(daemon, &["doctor", "--json"]);
     let json: Value = serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|e| panic!("doctor --json: {e}\n{}", text(&output)));
+    check_named(&json, name)
+}
+
+/// The report of check `name` in a `banger doctor --json` answer.
+pub(crate) fn check_named(json: &Value, name: &str) -> Value {
     json["checks"]
         .as_array()
         .unwrap()
@@ -579,14 +576,7 @@ fn doctor_check(root: &Path, env: &[(&str, &Path)], name: &str) -> (Option<i32>,
     let output = command.output().expect("run banger doctor");
     let json: Value = serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|e| panic!("doctor --json: {e}\n{}", text(&output)));
-    let check = json["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {name} check in {json}"));
-    (output.status.code(), check)
+    (output.status.code(), check_named(&json, name))
 }
 
 /// As an ordinary user who cannot open `/dev/net/tun` (made so: the doctor runs in a mount
@@ -656,13 +646,7 @@ fn firecracker_needs_a_tun_its_user_can_open_and_qemu_does_not() {
         let output = command.output().unwrap();
         let json: Value = serde_json::from_slice(&output.stdout)
             .unwrap_or_else(|e| panic!("doctor --json: {e}\n{}", text(&output)));
-        json["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == "devices")
-            .cloned()
-            .unwrap()
+        check_named(&json, "devices")
     };
     let check = devices("firecracker");
     assert_eq!(check["status"], "fail", "{check}");
