@@ -174,7 +174,11 @@ impl Step<State> for Stage {
         cx: &'a OpCx<'a>,
         handles: &'a [Handle],
     ) -> BoxFuture<'a, Result<(), StepError>> {
-        Box::pin(undo_staging(cx.layout.images_dir(), handles.to_vec()))
+        Box::pin(undo_staging(
+            cx.layout.images_dir(),
+            cx.op_id,
+            handles.to_vec(),
+        ))
     }
 }
 

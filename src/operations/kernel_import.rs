@@ -489,7 +489,11 @@ impl Step<State> for Stage {
         cx: &'a OpCx<'a>,
         handles: &'a [Handle],
     ) -> BoxFuture<'a, Result<(), StepError>> {
-        Box::pin(undo_staging(cx.layout.kernels_dir(), handles.to_vec()))
+        Box::pin(undo_staging(
+            cx.layout.kernels_dir(),
+            cx.op_id,
+            handles.to_vec(),
+        ))
     }
 }
 
@@ -595,12 +599,16 @@ fn extract_vmlinux(bzimage: &Path, dest: &Path) -> Result<(), StepError> {
         .map_err(|e| StepError::io(format!("cannot write {}", dest.display()), e))
 }
 
-/// Undo of a staging step: removes the staging directories named by `handles` (only ones
-/// directly inside `store`).
-pub(crate) async fn undo_staging(store: PathBuf, handles: Vec<Handle>) -> Result<(), StepError> {
+/// Undo of operation `op_id`'s staging step: removes the staging directories named by
+/// `handles` (only ones directly inside `store`), half-made ones included.
+pub(crate) async fn undo_staging(
+    store: PathBuf,
+    op_id: OpId,
+    handles: Vec<Handle>,
+) -> Result<(), StepError> {
     blocking("removing the staging directory", move || {
         for dir in store::dirs_in_store(&handles, &store)? {
-            store::remove_dir_if_present(&dir)?;
+            store::remove_staging(&dir, op_id)?;
         }
         Ok(())
     })

@@ -267,7 +267,11 @@ impl Step<State> for Download {
         cx: &'a OpCx<'a>,
         handles: &'a [Handle],
     ) -> BoxFuture<'a, Result<(), StepError>> {
-        Box::pin(undo_staging(cx.layout.kernels_dir(), handles.to_vec()))
+        Box::pin(undo_staging(
+            cx.layout.kernels_dir(),
+            cx.op_id,
+            handles.to_vec(),
+        ))
     }
 }
 
@@ -336,7 +340,11 @@ impl Step<State> for Unpack {
         cx: &'a OpCx<'a>,
         handles: &'a [Handle],
     ) -> BoxFuture<'a, Result<(), StepError>> {
-        Box::pin(undo_staging(cx.layout.kernels_dir(), handles.to_vec()))
+        Box::pin(undo_staging(
+            cx.layout.kernels_dir(),
+            cx.op_id,
+            handles.to_vec(),
+        ))
     }
 }
 

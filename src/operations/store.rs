@@ -218,6 +218,14 @@ pub fn move_back(aside: &Path, published: &Path) -> Result<(), StepError> {
     sync_parent(published)
 }
 
+/// Removes operation `op_id`'s own staging directory `dir`, and the sibling
+/// [`create_marked_dir`] makes it under: a crash between making that sibling and renaming it
+/// into place leaves only the sibling, which no other undo would ever find.
+pub fn remove_staging(dir: &Path, op_id: OpId) -> Result<(), StepError> {
+    remove_dir_if_present(&sibling(dir, "creating", op_id)?)?;
+    remove_dir_if_present(dir)
+}
+
 /// Removes a directory tree; a missing one is fine.
 pub fn remove_dir_if_present(dir: &Path) -> Result<(), StepError> {
     match fs::remove_dir_all(dir) {
@@ -446,6 +454,26 @@ mod tests {
         remove_if_made_by(&dir, op).unwrap();
         assert_eq!(names().len(), 2, "{:?}", names());
         assert_eq!(marker_of(&dir), Some(OpId(0x6)));
+    }
+
+    /// A staging directory is the operation's own, so its undo removes it unmarked — and must
+    /// also remove the sibling a crash mid-creation leaves (the crash storm found one left).
+    #[test]
+    fn a_staging_directory_crashed_mid_creation_is_removed_by_its_undo() {
+        let store = tempfile::tempdir().unwrap();
+        let op = OpId(0x7);
+        let staging = store.path().join(format!(".staging-{op}"));
+        let creating = sibling(&staging, "creating", op).unwrap();
+        fs::create_dir(&creating).unwrap();
+        fs::write(creating.join(MARKER), format!("{op}\n")).unwrap();
+        remove_staging(&staging, op).unwrap();
+        assert_eq!(fs::read_dir(store.path()).unwrap().count(), 0);
+
+        create_marked_dir(&staging, op).unwrap();
+        fs::write(staging.join("rootfs.ext4"), b"half a disk").unwrap();
+        remove_staging(&staging, op).unwrap();
+        remove_staging(&staging, op).unwrap();
+        assert_eq!(fs::read_dir(store.path()).unwrap().count(), 0);
     }
 
     #[test]
