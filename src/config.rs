@@ -19,6 +19,8 @@
 //!
 //! [firecracker]
 //! binary = "/usr/local/bin/firecracker"   # BANGER_FIRECRACKER overrides it
+//! launch = "auto"   # who starts Firecracker: bangerd, helper (banger-helper's jailer), or
+//!                   # auto: bangerd when it runs as root, else banger-helper
 //!
 //! [qemu]
 //! binary = "qemu-system-x86_64"           # BANGER_QEMU overrides it
@@ -74,6 +76,8 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// The firecracker binary; `BANGER_FIRECRACKER` wins over the file.
     pub firecracker: PathBuf,
+    /// Who starts Firecracker ([`FirecrackerLaunch`]).
+    pub firecracker_launch: FirecrackerLaunch,
     /// The QEMU binary (`qemu-system-x86_64`); `BANGER_QEMU` wins over the file.
     pub qemu: PathBuf,
     pub network: NetworkConfig,
@@ -212,6 +216,7 @@ impl Default for Config {
             boot_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(15),
             firecracker: PathBuf::from("firecracker"),
+            firecracker_launch: FirecrackerLaunch::Auto,
             qemu: PathBuf::from(crate::host::qemu::DEFAULT_QEMU_BINARY),
             network: NetworkConfig {
                 helper_socket: PathBuf::from(DEFAULT_HELPER_SOCKET),
@@ -314,6 +319,46 @@ struct TimeoutsSection {
 #[serde(deny_unknown_fields)]
 struct FirecrackerSection {
     binary: Option<PathBuf>,
+    launch: Option<String>,
+}
+
+/// Who starts a VM's Firecracker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FirecrackerLaunch {
+    /// bangerd, when it runs as root (it needs `/dev/kvm` and `/dev/net/tun`); else the helper.
+    #[default]
+    Auto,
+    /// bangerd itself, as its own user.
+    Bangerd,
+    /// banger-helper, through its configured jailer, as bangerd's user in a chroot: bangerd
+    /// needs no access to `/dev/kvm` or `/dev/net/tun`.
+    Helper,
+}
+
+impl FirecrackerLaunch {
+    /// Whether bangerd running as `euid` has the helper start Firecracker.
+    pub fn through_helper(self, euid: u32) -> bool {
+        match self {
+            FirecrackerLaunch::Auto => euid != 0,
+            FirecrackerLaunch::Bangerd => false,
+            FirecrackerLaunch::Helper => true,
+        }
+    }
+}
+
+impl std::str::FromStr for FirecrackerLaunch {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<FirecrackerLaunch, String> {
+        match s {
+            "auto" => Ok(FirecrackerLaunch::Auto),
+            "bangerd" => Ok(FirecrackerLaunch::Bangerd),
+            "helper" => Ok(FirecrackerLaunch::Helper),
+            other => Err(format!(
+                "{other:?} is not a launcher: use auto, bangerd or helper"
+            )),
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -433,6 +478,11 @@ impl Config {
         }
         if let Some(binary) = file.firecracker.binary {
             config.firecracker = binary;
+        }
+        if let Some(launch) = file.firecracker.launch {
+            config.firecracker_launch = launch
+                .parse()
+                .map_err(|error| format!("firecracker.launch: {error}"))?;
         }
         if let Some(binary) = file.qemu.binary {
             config.qemu = binary;
@@ -651,6 +701,7 @@ mod tests {
             stop = 20
             [firecracker]
             binary = "/opt/fc/firecracker"
+            launch = "helper"
             [qemu]
             binary = "/opt/qemu/qemu-system-x86_64"
             [network]
@@ -687,6 +738,11 @@ mod tests {
         assert_eq!(config.boot_timeout, Duration::from_secs(45));
         assert_eq!(config.stop_timeout, Duration::from_secs(20));
         assert_eq!(config.firecracker, PathBuf::from("/opt/fc/firecracker"));
+        assert_eq!(config.firecracker_launch, FirecrackerLaunch::Helper);
+        assert!(FirecrackerLaunch::Helper.through_helper(0));
+        assert!(FirecrackerLaunch::Auto.through_helper(1000));
+        assert!(!FirecrackerLaunch::Auto.through_helper(0));
+        assert!(!FirecrackerLaunch::Bangerd.through_helper(1000));
         assert_eq!(config.vm.vmm, VmmChoice::Qemu);
         assert_eq!(config.qemu, PathBuf::from("/opt/qemu/qemu-system-x86_64"));
         assert_eq!(config.network.helper_socket, PathBuf::from("/run/h.sock"));
@@ -774,6 +830,7 @@ mod tests {
             ),
             ("[vm]\nvmm = \"kvm\"", "vm.vmm: unknown VMM \"kvm\""),
             ("[qemu]\npath = \"/x\"", "unknown field"),
+            ("[firecracker]\nlaunch = \"root\"", "not a launcher"),
             ("[dashboard]\nport = 70000", "dashboard.port"),
             ("[dashboard]\naddress = \"0.0.0.0\"", "unknown field"),
             ("[kernels]\nmirror = \"127.0.0.1:80\"", "kernels.mirror"),

@@ -23,6 +23,17 @@ pub struct Args {
     /// 172.30.0.1/24; with several allowed uids, all but one need their own.
     #[arg(long = "network", value_parser = crate::networks::parse_flag)]
     pub network: Vec<(u32, crate::protocol::NetworkSpec)>,
+    /// Firecracker's jailer, run to launch Firecracker for an allowed uid (so its bangerd needs
+    /// no access to /dev/kvm or /dev/net/tun). Root's, writable by no one else.
+    #[arg(long, requires_all = ["firecracker", "jail_dir"])]
+    pub jailer: Option<PathBuf>,
+    /// The firecracker binary the jailer runs. Root's, writable by no one else.
+    #[arg(long, requires_all = ["jailer", "jail_dir"])]
+    pub firecracker: Option<PathBuf>,
+    /// Where the jails go (made root's, 0755). Put it on the filesystem of banger's state
+    /// directory: bangerd links each VM's kernel and disks into its jail.
+    #[arg(long, requires_all = ["jailer", "firecracker"])]
+    pub jail_dir: Option<PathBuf>,
 }
 
 /// Parses the command line and serves until SIGTERM or SIGINT.
@@ -59,10 +70,23 @@ async fn serve(args: Args) -> ExitCode {
         }
     };
     let owners = crate::networks::owners(&networks);
+    let jail = match (&args.jailer, &args.firecracker, &args.jail_dir) {
+        (Some(jailer), Some(firecracker), Some(dir)) => {
+            match crate::jail::JailConfig::new(jailer, firecracker, dir) {
+                Ok(jail) => Some(jail),
+                Err(e) => {
+                    eprintln!("banger-helper: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => None,
+    };
     let config = Config {
         socket: args.socket.clone(),
         allowed_uids: args.allow_uid.clone(),
         networks,
+        jail,
     };
     let server = match Server::bind(config).await {
         Ok(server) => server,

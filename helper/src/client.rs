@@ -49,6 +49,16 @@ pub struct DnsSockets {
     pub tcp: std::net::TcpListener,
 }
 
+/// A Firecracker the helper launched ([`HelperClient::launch_firecracker`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JailedLaunch {
+    pub pid: u32,
+    pub start_time_ticks: u64,
+    /// Its chroot, owned by the caller: where the caller links the kernel and disks, and
+    /// where the VMM's sockets appear.
+    pub root: PathBuf,
+}
+
 /// What [`HelperClient::route_dns`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DnsRoute {
@@ -239,6 +249,60 @@ impl HelperClient {
         }
     }
 
+    /// Firecracker for VM `vm`, launched by the helper through its configured jailer as this
+    /// caller's uid, with `console` (a file this caller owns, open for writing) as its stdout
+    /// and stderr. Returns once the process runs Firecracker; its API socket is then
+    /// [`crate::protocol::JAIL_API_SOCKET`] under [`JailedLaunch::root`], or soon will be.
+    pub async fn launch_firecracker(
+        &self,
+        vm: &str,
+        console: &std::fs::File,
+    ) -> Result<JailedLaunch, HelperError> {
+        let request = Request::LaunchFirecracker { vm: vm.to_owned() };
+        let console = console.try_clone().map_err(|e| HelperError::Protocol {
+            message: format!("cannot pass the console log to banger-helper: {e}"),
+        })?;
+        match self
+            .exchange_passing(request, vec![OwnedFd::from(console)])
+            .await?
+            .0
+        {
+            Response::Launched {
+                pid,
+                start_time_ticks,
+                root,
+            } => Ok(JailedLaunch {
+                pid,
+                start_time_ticks,
+                root,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// SIGKILLs the Firecracker the helper launched for VM `vm` if it is process `pid` started
+    /// at `start_time_ticks` (one that is gone, or a reused pid, is left alone), waits until it
+    /// is gone, and removes its jail.
+    pub async fn kill_vmm(
+        &self,
+        vm: &str,
+        pid: u32,
+        start_time_ticks: u64,
+    ) -> Result<(), HelperError> {
+        self.call_done(Request::KillVmm {
+            vm: vm.to_owned(),
+            pid,
+            start_time_ticks,
+        })
+        .await
+    }
+
+    /// Removes VM `vm`'s jail once its Firecracker is gone; refused while it runs.
+    pub async fn remove_jail(&self, vm: &str) -> Result<(), HelperError> {
+        self.call_done(Request::RemoveJail { vm: vm.to_owned() })
+            .await
+    }
+
     async fn call_done(&self, request: Request) -> Result<(), HelperError> {
         match self.call(request).await? {
             Response::Done => Ok(()),
@@ -252,6 +316,15 @@ impl HelperClient {
 
     /// One request and its answer, and the connection, which may carry more (descriptors).
     async fn exchange(&self, request: Request) -> Result<(Response, UnixStream), HelperError> {
+        self.exchange_passing(request, Vec::new()).await
+    }
+
+    /// [`HelperClient::exchange`], with `fds` sent right after the request's frame.
+    async fn exchange_passing(
+        &self,
+        request: Request,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(Response, UnixStream), HelperError> {
         // The server checks again; checking here too gives the same message without a round trip.
         validate::request(&request)
             .map_err(|invalid| HelperError::Refused { message: invalid.0 })?;
@@ -269,6 +342,11 @@ impl HelperClient {
         protocol::write_json(&mut stream, &frame)
             .await
             .map_err(|e| self.broken(e))?;
+        if !fds.is_empty() {
+            crate::fds::send_fds(&stream, &fds)
+                .await
+                .map_err(|e| self.broken(e.into()))?;
+        }
         let body = protocol::read_frame(&mut stream).await.map_err(|e| self.broken(e))?.ok_or_else(|| {
             HelperError::Protocol {
                 message: format!(

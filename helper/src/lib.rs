@@ -14,17 +14,20 @@
 //! - [`server`]: the socket server (SO_PEERCRED allow-list, validation, dispatch).
 //! - [`fds`]: descriptors passed over the socket (`SCM_RIGHTS`): the DNS sockets the helper
 //!   binds on port 53 for bangerd.
+//! - [`jail`]: Firecracker launched through the jailer for a caller, and killed only when the
+//!   pid, start time, uid and executable say it is that caller's VM's VMM.
 //! - [`net`]: the only code that touches the host network (rtnetlink, tun ioctls, nft).
 //! - [`sandbox`]: a helper in a throwaway network namespace, for tests and benchmarks.
 //!
-//! Invariants: the helper knows nothing about VMs or events; there is no "run this command"
-//! request; every argument is validated before any syscall; the caller's identity comes from
+//! Invariants: the helper knows nothing about VMs' state or events; there is no "run this
+//! command" request (the only process it starts is its own configured jailer, for a VM id); every argument is validated before any syscall; the caller's identity comes from
 //! SO_PEERCRED, never from the request; a caller gets only the networks the helper's own
 //! configuration gives its uid, and touches only the taps it owns.
 
 pub mod cli;
 pub mod client;
 pub mod fds;
+pub mod jail;
 pub mod net;
 pub mod networks;
 pub mod protocol;
@@ -32,5 +35,5 @@ pub mod sandbox;
 pub mod server;
 pub mod validate;
 
-pub use client::{DnsRoute, DnsSockets, HelperClient, HelperError};
+pub use client::{DnsRoute, DnsSockets, HelperClient, HelperError, JailedLaunch};
 pub use protocol::{NetworkSpec, NetworkState};

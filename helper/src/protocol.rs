@@ -26,7 +26,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// The protocol version this build speaks. Bump it when a request or response changes shape
 /// or meaning. 2: networks come from the helper's configuration (`Networks`, and
 /// `ensure_network` refused for a network the caller was not given); taps are the caller's.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: Firecracker launched through the jailer, and its kill and jail removal.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame body either side accepts, in bytes. Requests are tiny; the cap exists so a
 /// bad length prefix is refused instead of allocated.
@@ -116,7 +117,37 @@ pub enum Request {
     OpenTap {
         tap: String,
     },
+    /// Firecracker for the caller's VM `vm`, through the jailer configured with the helper's
+    /// `--jailer`: the caller's uid and gid, a chroot of its own under the helper's
+    /// `--jail-dir`, `/dev/kvm` and `/dev/net/tun` made inside, the API socket at
+    /// [`JAIL_API_SOCKET`] in the chroot. The frame is followed by one descriptor (as
+    /// [`crate::fds`] sends them): the console log, a regular file the caller owns, opened
+    /// for writing, which becomes the VMM's stdout and stderr. Answered
+    /// [`Response::Launched`] once the process runs Firecracker.
+    LaunchFirecracker {
+        vm: String,
+    },
+    /// SIGKILLs the Firecracker this helper launched for the caller's VM `vm`, identified by
+    /// `pid` *and* its start time (field 22 of `/proc/PID/stat`) *and* its executable being
+    /// the jail's: a process that is gone, or whose pid was reused, is left alone (answered
+    /// [`Response::Done`]); one that is not that VM's VMM, or not the caller's, is refused.
+    /// Then removes the jail ([`Request::RemoveJail`]).
+    KillVmm {
+        vm: String,
+        pid: u32,
+        start_time_ticks: u64,
+    },
+    /// Removes the caller's jail of VM `vm` (its chroot and cgroup) once no process runs from
+    /// it; an absent one is fine.
+    RemoveJail {
+        vm: String,
+    },
 }
+
+/// Where, inside its chroot, a jailed Firecracker listens for its API: relative to the
+/// chroot's root, which is the jailed process's working directory (the jailer's and the
+/// fake jailer's alike).
+pub const JAIL_API_SOCKET: &str = "firecracker.socket";
 
 /// The only port [`Request::BindDns`] binds: DNS.
 pub const DNS_PORT: u16 = 53;
@@ -156,6 +187,17 @@ enum WireRequest {
     OpenTap {
         tap: String,
     },
+    LaunchFirecracker {
+        vm: String,
+    },
+    KillVmm {
+        vm: String,
+        pid: u32,
+        start_time_ticks: u64,
+    },
+    RemoveJail {
+        vm: String,
+    },
 }
 
 impl From<WireRequest> for Request {
@@ -179,6 +221,17 @@ impl From<WireRequest> for Request {
             WireRequest::RouteDns { bridge, address } => Request::RouteDns { bridge, address },
             WireRequest::Networks {} => Request::Networks,
             WireRequest::OpenTap { tap } => Request::OpenTap { tap },
+            WireRequest::LaunchFirecracker { vm } => Request::LaunchFirecracker { vm },
+            WireRequest::KillVmm {
+                vm,
+                pid,
+                start_time_ticks,
+            } => Request::KillVmm {
+                vm,
+                pid,
+                start_time_ticks,
+            },
+            WireRequest::RemoveJail { vm } => Request::RemoveJail { vm },
         }
     }
 }
@@ -204,6 +257,17 @@ impl From<Request> for WireRequest {
             Request::RouteDns { bridge, address } => WireRequest::RouteDns { bridge, address },
             Request::Networks => WireRequest::Networks {},
             Request::OpenTap { tap } => WireRequest::OpenTap { tap },
+            Request::LaunchFirecracker { vm } => WireRequest::LaunchFirecracker { vm },
+            Request::KillVmm {
+                vm,
+                pid,
+                start_time_ticks,
+            } => WireRequest::KillVmm {
+                vm,
+                pid,
+                start_time_ticks,
+            },
+            Request::RemoveJail { vm } => WireRequest::RemoveJail { vm },
         }
     }
 }
@@ -261,6 +325,9 @@ impl Request {
             Request::RouteDns { .. } => "route_dns",
             Request::Networks => "networks",
             Request::OpenTap { .. } => "open_tap",
+            Request::LaunchFirecracker { .. } => "launch_firecracker",
+            Request::KillVmm { .. } => "kill_vmm",
+            Request::RemoveJail { .. } => "remove_jail",
         }
     }
 }
@@ -295,20 +362,43 @@ pub enum Response {
     /// The answer to [`Request::OpenTap`]: the tap's descriptor follows the frame
     /// ([`crate::fds`]).
     TapFd,
+    /// The answer to [`Request::LaunchFirecracker`]: the VMM's process, and the chroot it
+    /// sees as `/` (owned by the caller), where its API socket is [`JAIL_API_SOCKET`].
+    Launched {
+        pid: u32,
+        start_time_ticks: u64,
+        root: std::path::PathBuf,
+    },
 }
 
 /// How a [`Response`] travels: braces on every variant, for the reason [`WireRequest`] has them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case", deny_unknown_fields)]
 enum WireResponse {
-    Version { version: u32 },
+    Version {
+        version: u32,
+    },
     Done {},
-    Taps { taps: Vec<String> },
-    Error { kind: ErrorKind, message: String },
+    Taps {
+        taps: Vec<String>,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
     DnsSockets {},
-    Skipped { reason: String },
-    Networks { networks: Vec<NetworkState> },
+    Skipped {
+        reason: String,
+    },
+    Networks {
+        networks: Vec<NetworkState>,
+    },
     TapFd {},
+    Launched {
+        pid: u32,
+        start_time_ticks: u64,
+        root: std::path::PathBuf,
+    },
 }
 
 impl From<WireResponse> for Response {
@@ -322,6 +412,15 @@ impl From<WireResponse> for Response {
             WireResponse::Skipped { reason } => Response::Skipped { reason },
             WireResponse::Networks { networks } => Response::Networks { networks },
             WireResponse::TapFd {} => Response::TapFd,
+            WireResponse::Launched {
+                pid,
+                start_time_ticks,
+                root,
+            } => Response::Launched {
+                pid,
+                start_time_ticks,
+                root,
+            },
         }
     }
 }
@@ -337,6 +436,15 @@ impl From<Response> for WireResponse {
             Response::Skipped { reason } => WireResponse::Skipped { reason },
             Response::Networks { networks } => WireResponse::Networks { networks },
             Response::TapFd => WireResponse::TapFd {},
+            Response::Launched {
+                pid,
+                start_time_ticks,
+                root,
+            } => WireResponse::Launched {
+                pid,
+                start_time_ticks,
+                root,
+            },
         }
     }
 }
@@ -585,6 +693,17 @@ mod tests {
             },
             Request::Networks,
             Request::OpenTap { tap: "bt1".into() },
+            Request::LaunchFirecracker {
+                vm: "0123456789abcdef".into(),
+            },
+            Request::KillVmm {
+                vm: "0123456789abcdef".into(),
+                pid: 4242,
+                start_time_ticks: 77,
+            },
+            Request::RemoveJail {
+                vm: "0123456789abcdef".into(),
+            },
         ]
     }
 
@@ -818,6 +937,11 @@ mod tests {
                 }],
             },
             Response::TapFd,
+            Response::Launched {
+                pid: 4242,
+                start_time_ticks: 77,
+                root: "/var/lib/banger/jail/firecracker/1000-0123456789abcdef/root".into(),
+            },
         ] {
             let json = serde_json::to_string(&response).unwrap();
             assert_eq!(serde_json::from_str::<Response>(&json).unwrap(), response);

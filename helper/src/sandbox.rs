@@ -45,9 +45,22 @@ impl Sandbox {
         stderr: Stdio,
         args: &[&str],
     ) -> io::Result<Sandbox> {
+        Sandbox::start_with_args_and_env(binary, dir, stderr, args, &[])
+    }
+
+    /// As [`Sandbox::start_with_args`], with `env` added to the helper's environment (which
+    /// the VMMs it launches inherit: the fake firecracker's knobs, say).
+    pub fn start_with_args_and_env(
+        binary: &Path,
+        dir: &Path,
+        stderr: Stdio,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> io::Result<Sandbox> {
         let socket = dir.join("helper.sock");
         let mut command = Command::new(binary);
         command
+            .envs(env.iter().copied())
             .arg("--socket")
             .arg(&socket)
             .arg("--allow-uid")

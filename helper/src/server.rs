@@ -33,6 +33,7 @@ use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, Semaphore};
 
+use crate::jail::JailConfig;
 use crate::net::{Host, OpError};
 use crate::networks::Networks;
 use crate::protocol::{
@@ -48,6 +49,8 @@ pub struct Config {
     pub allowed_uids: Vec<u32>,
     /// The network each allowed uid may have (see [`crate::networks`]).
     pub networks: Networks,
+    /// What Firecracker launches run (see [`crate::jail`]); `None` refuses them.
+    pub jail: Option<JailConfig>,
 }
 
 /// Connections open at once from callers on the allow-list.
@@ -66,6 +69,7 @@ struct State {
     other_slots: Arc<Semaphore>,
     /// The lock serialises privileged operations; see the module invariants.
     host: Mutex<Host>,
+    jail: Option<JailConfig>,
 }
 
 /// A bound, not yet serving helper.
@@ -100,6 +104,7 @@ impl Server {
                 allowed_slots: Arc::new(Semaphore::new(ALLOWED_CONNECTIONS)),
                 other_slots: Arc::new(Semaphore::new(OTHER_CONNECTIONS)),
                 host: Mutex::new(host),
+                jail: config.jail,
             }),
         })
     }
@@ -238,11 +243,53 @@ async fn handle_connection(mut stream: UnixStream, uid: u32, allowed: bool, stat
                 return;
             }
         };
+        // A launch's frame is followed by the console's descriptor: always taken off the
+        // stream, even for a request about to be refused, so the next frame starts where it
+        // should.
+        let mut passed = Vec::new();
+        if matches!(frame.request, Request::LaunchFirecracker { .. }) && frame.v != PROTOCOL_VERSION
+        {
+            // Whether a descriptor follows is this version's rule; another version's frame
+            // leaves the stream at no known boundary.
+            protocol_error(
+                &mut stream,
+                uid,
+                format!(
+                    "This banger-helper speaks protocol version {PROTOCOL_VERSION}, but the request uses version {}. Install matching banger and banger-helper binaries (`banger system install`).",
+                    frame.v
+                ),
+            )
+            .await;
+            return;
+        }
+        if matches!(frame.request, Request::LaunchFirecracker { .. }) {
+            match tokio::time::timeout(timeout, crate::fds::recv_fds(&stream)).await {
+                Ok(Ok(fds)) => passed = fds,
+                Ok(Err(e)) => {
+                    protocol_error(
+                        &mut stream,
+                        uid,
+                        format!("The console descriptor did not follow the launch request: {e}."),
+                    )
+                    .await;
+                    return;
+                }
+                Err(_) => {
+                    protocol_error(
+                        &mut stream,
+                        uid,
+                        "The console descriptor did not follow the launch request in time.".into(),
+                    )
+                    .await;
+                    return;
+                }
+            }
+        }
         let op = frame.request.op_name();
         // The arguments are logged too: the helper's log is the audit trail of what root did.
         let request = format!("{:?}", frame.request);
         let Reply { response, fds } =
-            handle_request(&state, uid, frame, || asker_gone(&stream)).await;
+            handle_request(&state, uid, frame, passed, || asker_gone(&stream)).await;
         match &response {
             Response::Error { kind, message } => {
                 tracing::info!(uid, op, %request, outcome = kind.as_str(), detail = %message, "request")
@@ -329,6 +376,7 @@ async fn handle_request(
     state: &State,
     uid: u32,
     frame: RequestFrame,
+    passed: Vec<std::os::fd::OwnedFd>,
     asker_gone: impl Fn() -> bool,
 ) -> Reply {
     if !state.allowed_uids.contains(&uid) {
@@ -358,6 +406,10 @@ async fn handle_request(
     // The caller may name only its own networks and bridges: checked before the host lock.
     if let Err(message) = authorize(&state.networks, uid, &frame.request) {
         return refused(message).into();
+    }
+    if let Some(reply) = handle_jail_request(state, uid, &frame.request, passed, &asker_gone).await
+    {
+        return reply;
     }
     let host = state.host.lock().await;
     if asker_gone() {
@@ -419,6 +471,11 @@ async fn handle_request(
                 Err(e) => op_error(e).into(),
             };
         }
+        Request::LaunchFirecracker { .. }
+        | Request::KillVmm { .. }
+        | Request::RemoveJail { .. } => {
+            unreachable!("answered by handle_jail_request")
+        }
         Request::RouteDns { bridge, address } => {
             host.route_dns(bridge, *address)
                 .await
@@ -429,6 +486,89 @@ async fn handle_request(
         }
     };
     result.unwrap_or_else(op_error).into()
+}
+
+/// Answers the jail requests ([`crate::jail`]); `None` for any other request. They run on the
+/// blocking pool (the launch waits for the jailer), under the host lock like every privileged
+/// operation, and only while the asker is still connected.
+async fn handle_jail_request(
+    state: &State,
+    uid: u32,
+    request: &Request,
+    mut passed: Vec<std::os::fd::OwnedFd>,
+    asker_gone: &impl Fn() -> bool,
+) -> Option<Reply> {
+    if !matches!(
+        request,
+        Request::LaunchFirecracker { .. } | Request::KillVmm { .. } | Request::RemoveJail { .. }
+    ) {
+        return None;
+    }
+    let Some(jail) = state.jail.clone() else {
+        return Some(refused(
+            "This banger-helper launches no Firecracker: start it with --jailer, --firecracker and --jail-dir (`banger system install --jailer …`).".into(),
+        ).into());
+    };
+    let gid = match request {
+        Request::LaunchFirecracker { .. } => match caller_gid(uid) {
+            Ok(gid) => gid,
+            Err(message) => return Some(refused(message).into()),
+        },
+        _ => 0,
+    };
+    let console = match (request, passed.pop(), passed.is_empty()) {
+        (Request::LaunchFirecracker { .. }, Some(fd), true) => Some(fd),
+        (Request::LaunchFirecracker { .. }, _, _) => {
+            return Some(
+                refused("A launch takes exactly one descriptor: the console log.".into()).into(),
+            );
+        }
+        _ => None,
+    };
+    let _host = state.host.lock().await;
+    if asker_gone() {
+        return Some(
+            Response::Error {
+                kind: ErrorKind::Refused,
+                message: "The asker hung up before its request could run; nothing was done.".into(),
+            }
+            .into(),
+        );
+    }
+    let request = request.clone();
+    let result = tokio::task::spawn_blocking(move || match request {
+        Request::LaunchFirecracker { vm } => {
+            let console = console.expect("checked above");
+            jail.launch(uid, gid, &vm, console)
+                .map(|launched| Response::Launched {
+                    pid: launched.pid,
+                    start_time_ticks: launched.start_time_ticks,
+                    root: launched.root,
+                })
+        }
+        Request::KillVmm {
+            vm,
+            pid,
+            start_time_ticks,
+        } => jail
+            .kill(uid, &vm, pid, start_time_ticks)
+            .map(|()| Response::Done),
+        Request::RemoveJail { vm } => jail.remove(uid, &vm).map(|()| Response::Done),
+        _ => unreachable!("only jail requests get here"),
+    })
+    .await
+    .unwrap_or_else(|e| Err(OpError::Failed(format!("the request panicked: {e}"))));
+    Some(result.unwrap_or_else(op_error).into())
+}
+
+/// The primary group of `uid` from the user database: what its jailed VMM runs as. A uid with
+/// no entry (a bare service uid) gets the group of the same number, as `useradd` would make.
+fn caller_gid(uid: u32) -> Result<u32, String> {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => Ok(user.gid.as_raw()),
+        Ok(None) => Ok(uid),
+        Err(e) => Err(format!("cannot look uid {uid} up: {e}")),
+    }
 }
 
 /// Whether `uid` may make `request` as far as networks go: a network spec must be exactly one
@@ -445,7 +585,10 @@ fn authorize(networks: &Networks, uid: u32, request: &Request) -> Result<(), Str
         | Request::Networks
         | Request::DeleteTap { .. }
         | Request::OpenTap { .. }
-        | Request::ListTaps => Ok(()),
+        | Request::ListTaps
+        | Request::LaunchFirecracker { .. }
+        | Request::KillVmm { .. }
+        | Request::RemoveJail { .. } => Ok(()),
     }
 }
 

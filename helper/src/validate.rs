@@ -129,6 +129,27 @@ pub fn dns_port(port: u16) -> Result<(), Invalid> {
     }
 }
 
+/// The longest VM id [`vm_id`] accepts: the jail's id is `UID-VM`, and the jailer takes ids
+/// of at most 64 characters.
+pub const MAX_VM_ID: usize = 48;
+
+/// A VM's id as the jail requests name it: 1 to [`MAX_VM_ID`] lowercase letters, digits and
+/// `-` (what Firecracker's `--id` allows, and what can never climb out of a directory).
+pub fn vm_id(id: &str) -> Result<(), Invalid> {
+    if !id.is_empty()
+        && id.len() <= MAX_VM_ID
+        && id
+            .bytes()
+            .all(|b| b == b'-' || b.is_ascii_digit() || b.is_ascii_lowercase())
+    {
+        Ok(())
+    } else {
+        Err(Invalid(format!(
+            "VM id {id:?} is not valid: use 1 to {MAX_VM_ID} lowercase letters, digits and '-'."
+        )))
+    }
+}
+
 /// Every argument of every request, checked before the host is touched.
 pub fn request(request: &Request) -> Result<(), Invalid> {
     match request {
@@ -152,6 +173,20 @@ pub fn request(request: &Request) -> Result<(), Invalid> {
         Request::RouteDns { bridge, address } => {
             bridge_name(bridge)?;
             dns_address(*address)
+        }
+        Request::LaunchFirecracker { vm } | Request::RemoveJail { vm } => vm_id(vm),
+        Request::KillVmm {
+            vm,
+            pid,
+            start_time_ticks: _,
+        } => {
+            vm_id(vm)?;
+            // 0 is no process, and pids above i32::MAX do not exist (kill() takes an i32,
+            // where a negative pid names a whole process group).
+            if *pid == 0 || *pid > i32::MAX as u32 {
+                return Err(Invalid(format!("pid {pid} is not a process id.")));
+            }
+            Ok(())
         }
     }
 }

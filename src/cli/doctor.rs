@@ -214,7 +214,13 @@ fn vmm() -> Report {
         Ok(loaded) => loaded,
         Err(report) => return report,
     };
-    let facts = HostFacts::probe(&config.firecracker, &config.qemu);
+    let facts = HostFacts::probe(
+        &config.firecracker,
+        &config.qemu,
+        config
+            .firecracker_launch
+            .through_helper(nix::unistd::geteuid().as_raw()),
+    );
     match decide(VmmChoice::Auto, &facts) {
         Ok(choice) => report(
             Status::Ok,
@@ -244,7 +250,13 @@ fn devices() -> Report {
         Ok(loaded) => loaded,
         Err(report) => return report,
     };
-    let facts = HostFacts::probe(&config.firecracker, &config.qemu);
+    let facts = HostFacts::probe(
+        &config.firecracker,
+        &config.qemu,
+        config
+            .firecracker_launch
+            .through_helper(nix::unistd::geteuid().as_raw()),
+    );
     let kvm = facts.kvm.clone();
     let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
         .ok()
@@ -257,6 +269,9 @@ fn devices() -> Report {
         _ => String::new(),
     };
     let tun_said = match &facts.tun {
+        _ if facts.firecracker_via_helper => format!(
+            "banger-helper's jailer starts Firecracker and makes {TUN_DEVICE} inside each VM's jail"
+        ),
         Ok(()) => format!("this user can open {TUN_DEVICE}"),
         Err(error) => error.clone(),
     };
@@ -274,13 +289,15 @@ fn devices() -> Report {
             ),
             None,
         ),
-        Err(why) if config.vm.vmm == VmmChoice::Firecracker && facts.tun.is_err() => report(
-            Status::Fail,
-            why,
-            Some(format!(
-                "run VMs on QEMU, whose tap banger-helper passes in (`vmm = \"qemu\"` or `\"auto\"` under [vm] in config.toml), or give {user} access to {TUN_DEVICE}"
-            )),
-        ),
+        Err(why) if config.vm.vmm == VmmChoice::Firecracker && facts.firecracker_tun().is_err() => {
+            report(
+                Status::Fail,
+                why,
+                Some(format!(
+                    "run VMs on QEMU, whose tap banger-helper passes in (`vmm = \"qemu\"` or `\"auto\"` under [vm] in config.toml), or give {user} access to {TUN_DEVICE}"
+                )),
+            )
+        }
         Err(why) => skipped(format!("no VMM can run here ({why}); see the vmm check")),
     }
 }

@@ -263,14 +263,27 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
 
     let journal = Arc::new(open_journal(&layout.log_path())?);
     let network = Arc::new(GuestNetwork::new(&config.network));
-    let backends = Arc::new(Backends::new(
-        FirecrackerVmm::from_env_or(config.firecracker.clone()),
+    let firecracker = FirecrackerVmm::from_env_or(config.firecracker.clone());
+    let mut backends = Backends::new(
+        firecracker.clone(),
         // QEMU gets its tap from banger-helper: bangerd need not be able to open
         // /dev/net/tun, which is root's alone on hardened hosts.
         QemuVmm::from_env_or(config.qemu.clone()).with_tap_opener(Arc::new(
             crate::host::network::HelperTaps(network.helper().clone()),
         )),
-    ));
+    );
+    // Firecracker opens /dev/kvm and /dev/net/tun itself: an unprivileged bangerd has
+    // banger-helper start it through the jailer, which makes them inside the VM's chroot.
+    if config
+        .firecracker_launch
+        .through_helper(nix::unistd::geteuid().as_raw())
+    {
+        backends = backends.with_jailed_firecracker(crate::host::jailed::JailedFirecracker::new(
+            network.helper().clone(),
+            firecracker.binary,
+        ));
+    }
+    let backends = Arc::new(backends);
     let agents = Arc::new(AgentLinks::new());
     let runner = Arc::new(Runner::new(
         journal.clone(),

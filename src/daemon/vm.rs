@@ -210,10 +210,21 @@ async fn stop_op(
     .await
 }
 
-/// Hands the VMM a create or start launched to the supervisor.
+/// Hands the VMM a create or start launched to the supervisor: by its child handle when this
+/// process spawned it, else (banger-helper launched it) by pid and start time.
 fn supervise(daemon: &Daemon, state: BootState) {
-    if let (Some(launched), Some(child)) = (state.launched, state.child) {
-        daemon.supervisor.watch_child(state.vm_id, launched, child);
+    match (state.launched, state.child) {
+        (Some(launched), Some(child)) => {
+            daemon.supervisor.watch_child(state.vm_id, launched, child);
+        }
+        (Some(launched), None) => daemon.supervisor.watch_adopted(
+            state.vm_id,
+            banger_projections::ProcessRef {
+                pid: launched.pid,
+                start_time_ticks: launched.start_time_ticks,
+            },
+        ),
+        (None, _) => {}
     }
 }
 

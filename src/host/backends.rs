@@ -33,6 +33,7 @@ use std::sync::Arc;
 use banger_events::VmmKind;
 use serde::{Deserialize, Serialize};
 
+use super::jailed::JailedFirecracker;
 use super::kvm::{self, KvmSupport};
 use super::qemu::{Accel, QemuVmm};
 use super::vmm::{FIRECRACKER_ENV, FirecrackerVmm, Vmm};
@@ -103,12 +104,17 @@ pub struct HostFacts {
     /// Whether this process can open `/dev/net/tun` (the error when it cannot): Firecracker
     /// opens each VM's tap through it.
     pub tun: Result<(), String>,
+    /// banger-helper starts Firecracker (`firecracker.launch`), through its jailer, which
+    /// makes `/dev/net/tun` and `/dev/kvm` inside the VM's chroot: this process's own access
+    /// to them does not matter then.
+    pub firecracker_via_helper: bool,
 }
 
 impl HostFacts {
     /// Looks at this host now for the `firecracker` and `qemu` binaries configured: KVM,
-    /// each binary, `BANGER_FIRECRACKER`, and `/dev/net/tun`.
-    pub fn probe(firecracker: &Path, qemu: &Path) -> HostFacts {
+    /// each binary, `BANGER_FIRECRACKER`, and `/dev/net/tun`; `firecracker_via_helper` says
+    /// who starts Firecracker.
+    pub fn probe(firecracker: &Path, qemu: &Path, firecracker_via_helper: bool) -> HostFacts {
         HostFacts {
             kvm: kvm::probe(),
             firecracker: find_binary(firecracker, "firecracker"),
@@ -117,6 +123,16 @@ impl HostFacts {
                 .map(PathBuf::from),
             qemu: find_binary(qemu, "QEMU"),
             tun: tun_access(),
+            firecracker_via_helper,
+        }
+    }
+
+    /// Whether Firecracker can open VMs' taps: the error when it cannot.
+    pub fn firecracker_tun(&self) -> Result<(), String> {
+        if self.firecracker_via_helper {
+            Ok(())
+        } else {
+            self.tun.clone()
         }
     }
 }
@@ -137,12 +153,13 @@ pub const TUN_DEVICE: &str = "/dev/net/tun";
 /// The `auto` rule and the checks of an explicit choice (see the module docs).
 pub fn decide(requested: VmmChoice, facts: &HostFacts) -> Result<Choice, String> {
     let accel = Accel::for_host(&facts.kvm);
+    let tun = facts.firecracker_tun();
     let qemu_reason = |why: &str| format!("{why}; QEMU runs it under {}", accel.as_str());
     match requested {
         VmmChoice::Firecracker => match &facts.firecracker {
-            Binary::Found(_) if facts.tun.is_err() => Err(format!(
+            Binary::Found(_) if tun.is_err() => Err(format!(
                 "--vmm firecracker: firecracker opens each VM's tap itself, and {}; use --vmm qemu, whose tap banger-helper passes in",
-                facts.tun.as_ref().err().map_or("", String::as_str)
+                tun.as_ref().err().map_or("", String::as_str)
             )),
             Binary::Found(_) if facts.kvm.runs_stock_guests() => Ok(Choice {
                 vmm: VmmKind::Firecracker,
@@ -167,7 +184,7 @@ pub fn decide(requested: VmmChoice, facts: &HostFacts) -> Result<Choice, String>
         VmmChoice::Auto => {
             if let Some(binary) = &facts.firecracker_from_env {
                 // A deliberate choice: refused, not overruled, where it cannot work.
-                if let Err(tun) = &facts.tun {
+                if let Err(tun) = &tun {
                     return Err(format!(
                         "{FIRECRACKER_ENV} names {}, but firecracker opens each VM's tap itself, and {tun}; unset {FIRECRACKER_ENV} to run VMs on QEMU, whose tap banger-helper passes in",
                         binary.display()
@@ -179,9 +196,9 @@ pub fn decide(requested: VmmChoice, facts: &HostFacts) -> Result<Choice, String>
                 });
             }
             let no_firecracker = match (&facts.firecracker, facts.kvm.runs_stock_guests()) {
-                (Binary::Found(_), true) if facts.tun.is_err() => format!(
+                (Binary::Found(_), true) if tun.is_err() => format!(
                     "firecracker opens each VM's tap itself, and {} (QEMU's comes from banger-helper)",
-                    facts.tun.as_ref().err().map_or("", String::as_str)
+                    tun.as_ref().err().map_or("", String::as_str)
                 ),
                 (Binary::Found(path), true) => {
                     return Ok(Choice {
@@ -246,6 +263,7 @@ pub fn find_binary(binary: &Path, what: &str) -> Binary {
 pub struct Backends {
     firecracker: Arc<dyn Vmm>,
     firecracker_binary: PathBuf,
+    firecracker_via_helper: bool,
     qemu: Arc<dyn Vmm>,
     qemu_binary: PathBuf,
 }
@@ -255,6 +273,7 @@ impl Backends {
         Backends {
             firecracker_binary: firecracker.binary.clone(),
             firecracker: Arc::new(firecracker),
+            firecracker_via_helper: false,
             qemu_binary: qemu.binary.clone(),
             qemu: Arc::new(qemu),
         }
@@ -270,9 +289,19 @@ impl Backends {
         Backends {
             firecracker,
             firecracker_binary,
+            firecracker_via_helper: false,
             qemu,
             qemu_binary,
         }
+    }
+
+    /// Firecracker started by banger-helper's jailer ([`JailedFirecracker`]) instead of by
+    /// this process.
+    pub fn with_jailed_firecracker(mut self, jailed: JailedFirecracker) -> Backends {
+        self.firecracker_binary = jailed.binary().to_path_buf();
+        self.firecracker = Arc::new(jailed);
+        self.firecracker_via_helper = true;
+        self
     }
 
     /// Firecracker at `binary` (tests: the fake, or a path that does not exist), QEMU from
@@ -294,7 +323,11 @@ impl Backends {
 
     /// Looks at the host now: KVM, and whether each binary is there.
     pub fn facts(&self) -> HostFacts {
-        HostFacts::probe(&self.firecracker_binary, &self.qemu_binary)
+        HostFacts::probe(
+            &self.firecracker_binary,
+            &self.qemu_binary,
+            self.firecracker_via_helper,
+        )
     }
 
     /// Decides which backend a new VM gets.
@@ -321,6 +354,7 @@ mod tests {
             firecracker_from_env: None,
             qemu: binary(qemu, "qemu-system-x86_64"),
             tun: Ok(()),
+            firecracker_via_helper: false,
         }
     }
 
@@ -347,6 +381,17 @@ mod tests {
         assert!(
             error.contains("/opt/fake-firecracker") && error.contains("denied"),
             "{error}"
+        );
+        // With banger-helper's jailer starting Firecracker, this user's tun does not matter.
+        host.firecracker_via_helper = true;
+        assert_eq!(
+            decide(VmmChoice::Auto, &host).unwrap().vmm,
+            VmmKind::Firecracker
+        );
+        host.firecracker_from_env = None;
+        assert_eq!(
+            decide(VmmChoice::Firecracker, &host).unwrap().vmm,
+            VmmKind::Firecracker
         );
     }
 

@@ -7,6 +7,7 @@ pub mod console;
 pub mod disk;
 pub mod firecracker;
 pub mod guest_agent;
+pub mod jailed;
 pub mod kvm;
 pub mod network;
 pub mod process;

@@ -388,7 +388,10 @@ impl QemuVmm {
             api_socket: spec.api_socket.clone(),
         };
         match self.wait_qmp_ready(&mut child, spec, output_log).await {
-            Ok(()) => Ok(Spawned { launched, child }),
+            Ok(()) => Ok(Spawned {
+                launched,
+                child: Some(child),
+            }),
             Err(err) => {
                 let _ = kill_recorded(&launched, DEFAULT_KILL_TIMEOUT).await;
                 let _ = child.wait().await;

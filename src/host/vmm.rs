@@ -140,11 +140,13 @@ impl Launched {
     }
 }
 
-/// A VMM this process spawned: the record, and the child handle that yields its exit status.
+/// A VMM this process started: the record, and the child handle that yields its exit status
+/// (`None` when another process started it for us — banger-helper's jailer — so its exit is
+/// watched by pid and start time, as a re-adopted VMM's is).
 #[derive(Debug)]
 pub struct Spawned {
     pub launched: Launched,
-    pub child: tokio::process::Child,
+    pub child: Option<tokio::process::Child>,
 }
 
 /// What [`Vmm::kill`] found.
@@ -283,7 +285,9 @@ pub trait Vmm: Send + Sync {
                             "could not kill a VMM whose launch failed");
                     }
                     // Reap it now rather than leave it to tokio's orphan queue.
-                    let _ = spawned.child.wait().await;
+                    if let Some(child) = spawned.child.as_mut() {
+                        let _ = child.wait().await;
+                    }
                     // Read after the process is gone, so its last words are in the file.
                     Err(err.with_console_tail(&spec.console_log))
                 }
@@ -382,7 +386,7 @@ impl FirecrackerVmm {
         }
     }
 
-    fn client(&self, vm: &Launched) -> FirecrackerClient {
+    pub(crate) fn client(&self, vm: &Launched) -> FirecrackerClient {
         FirecrackerClient::new(&vm.api_socket).with_timeout(self.request_timeout)
     }
 
@@ -467,7 +471,10 @@ impl FirecrackerVmm {
             api_socket: spec.api_socket.clone(),
         };
         match self.wait_api_ready(&mut child, spec).await {
-            Ok(()) => Ok(Spawned { launched, child }),
+            Ok(()) => Ok(Spawned {
+                launched,
+                child: Some(child),
+            }),
             Err(err) => {
                 let _ = kill_recorded(&launched, DEFAULT_KILL_TIMEOUT).await;
                 let _ = child.wait().await;
@@ -512,6 +519,19 @@ impl FirecrackerVmm {
     }
 
     async fn configure_inner(&self, vm: &Launched, spec: &LaunchSpec) -> Result<(), VmmError> {
+        let vsock_on_host = spec.vsock.as_ref().map(|vsock| vsock.uds_path.clone());
+        self.configure_api(vm, spec, vsock_on_host.as_deref()).await
+    }
+
+    /// Configures the VMM through its API from `spec`, whose paths are as the VMM sees them
+    /// (a jailed one sees its chroot); `vsock_on_host` is where the vsock socket lies as this
+    /// process sees it, checked for a stale file first.
+    pub(crate) async fn configure_api(
+        &self,
+        vm: &Launched,
+        spec: &LaunchSpec,
+        vsock_on_host: Option<&Path>,
+    ) -> Result<(), VmmError> {
         let client = self.client(vm);
         let api = |step: &'static str| {
             let console_log = spec.console_log.clone();
@@ -562,7 +582,7 @@ impl FirecrackerVmm {
             // an earlier attempt that nobody serves is removed. A live one stays; if it is
             // this VMM's own device (configure run twice), Firecracker replaces it, and if it
             // is anybody else's, Firecracker refuses and says so.
-            remove_if_stale(&vsock.uds_path).await?;
+            remove_if_stale(vsock_on_host.unwrap_or(&vsock.uds_path)).await?;
             client
                 .put_vsock(&Vsock {
                     guest_cid: vsock.cid,

@@ -697,7 +697,7 @@ impl Step<BootState> for LaunchVmm {
                 .map_err(|e| StepError::Other(e.to_string()))?;
             let handles = produced(&spawned.launched);
             state.launched = Some(spawned.launched);
-            state.child = Some(spawned.child);
+            state.child = spawned.child;
             Ok(handles)
         })
     }

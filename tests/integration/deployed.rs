@@ -32,7 +32,7 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
 }
 
 /// The uid `/proc/PID/status` gives process `pid` (its real uid).
-fn uid_of(pid: u32) -> u32 {
+pub(crate) fn uid_of(pid: u32) -> u32 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
@@ -46,7 +46,7 @@ fn uid_of(pid: u32) -> u32 {
 /// supplementary groups), set with the raw system calls, which change only the calling
 /// thread (glibc's wrappers would change the whole test process). A socket it connects is
 /// that user's as SO_PEERCRED sees it.
-fn as_user<T: Send>(uid: u32, work: impl FnOnce() -> T + Send) -> T {
+pub(crate) fn as_user<T: Send>(uid: u32, work: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|scope| {
         scope
             .spawn(move || {
@@ -67,7 +67,7 @@ fn as_user<T: Send>(uid: u32, work: impl FnOnce() -> T + Send) -> T {
 }
 
 /// One helper request as `uid`; what it answered, or its error as text.
-fn helper_as<T: Send>(
+pub(crate) fn helper_as<T: Send>(
     uid: u32,
     socket: &std::path::Path,
     request: impl AsyncFnOnce(&banger_helper::HelperClient) -> Result<T, banger_helper::HelperError>

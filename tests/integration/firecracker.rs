@@ -174,7 +174,7 @@ impl Running {
 
     /// The exit status, waiting at most [`DEADLINE`].
     async fn wait(&mut self) -> std::process::ExitStatus {
-        let child = &mut self.spawned.as_mut().unwrap().child;
+        let child = self.spawned.as_mut().unwrap().child.as_mut().unwrap();
         tokio::time::timeout(DEADLINE, child.wait())
             .await
             .expect("the VMM exits in time")

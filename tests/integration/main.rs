@@ -19,6 +19,7 @@ mod guest;
 mod guest_images;
 mod guest_stats;
 mod image_pull;
+mod jailed;
 mod kernel;
 mod kernel_pull;
 mod network;
@@ -50,6 +51,7 @@ fn main() {
         guest::tests(),
         guest_stats::tests(),
         image_pull::tests(),
+        jailed::tests(),
         kernel::tests(),
         kernel_pull::tests(),
         network::tests(),

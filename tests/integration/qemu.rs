@@ -396,7 +396,7 @@ async fn debian_cloud_kernel_boots_and_its_agent_answers_over_virtio_serial() {
 
     // The power button (Firecracker's Ctrl-Alt-Del): the guest powers off, QEMU exits.
     vmm.shutdown(&launched).await.unwrap();
-    let status = tokio::time::timeout(DEADLINE, spawned.child.wait())
+    let status = tokio::time::timeout(DEADLINE, spawned.child.as_mut().unwrap().wait())
         .await
         .expect("QEMU exits with its guest")
         .unwrap();
@@ -440,7 +440,17 @@ async fn a_guest_that_ignores_the_power_button_is_killed_after_the_timeout() {
     );
     assert_eq!(vmm.kill(&launched).await.unwrap(), KillOutcome::Killed);
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(spawned.child.wait().await.unwrap().signal(), Some(9));
+    assert_eq!(
+        spawned
+            .child
+            .as_mut()
+            .unwrap()
+            .wait()
+            .await
+            .unwrap()
+            .signal(),
+        Some(9)
+    );
     // Its session ends with it: talking to the agent now fails fast instead of hanging. The
     // session learns of the end when its reader sees the socket close, which may come just
     // after the reap: a connect in that moment still opens a stream on the dying session,

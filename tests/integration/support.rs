@@ -86,16 +86,31 @@ impl TestNetwork {
 
     /// With `helper_args` on banger-helper's command line.
     fn start_with(helper_args: &[&str]) -> TestNetwork {
+        TestNetwork::start_with_env(helper_args, &[])
+    }
+
+    /// With `helper_args` on banger-helper's command line and `env` in its environment.
+    fn start_with_env(helper_args: &[&str], env: &[(&str, &str)]) -> TestNetwork {
         let dir = tempfile::Builder::new()
             .prefix("banger-net-")
             .tempdir_in("/tmp")
             .expect("create the helper's directory");
         let stderr = fs::File::create(dir.path().join("banger-helper.stderr"))
             .expect("create banger-helper's output file");
-        let sandbox =
-            Sandbox::start_with_args(helper_binary(), dir.path(), stderr.into(), helper_args)
-                .unwrap_or_else(|e| panic!("start banger-helper in a network namespace: {e}"));
+        let sandbox = Sandbox::start_with_args_and_env(
+            helper_binary(),
+            dir.path(),
+            stderr.into(),
+            helper_args,
+            env,
+        )
+        .unwrap_or_else(|e| panic!("start banger-helper in a network namespace: {e}"));
         TestNetwork { sandbox, _dir: dir }
+    }
+
+    /// What banger-helper wrote to its stderr so far (its log: every request, refused or not).
+    pub fn helper_log(&self) -> String {
+        fs::read_to_string(self._dir.path().join("banger-helper.stderr")).unwrap_or_default()
     }
 
     pub fn socket(&self) -> &Path {
@@ -181,6 +196,15 @@ impl TestRoot {
     pub fn with_helper_args(helper_args: &[&str]) -> TestRoot {
         let root = TestRoot::new();
         let _ = root.network.set(Some(TestNetwork::start_with(helper_args)));
+        root
+    }
+
+    /// As [`TestRoot::with_helper_args`], with `helper_env` in banger-helper's environment.
+    pub fn with_helper_args_and_env(helper_args: &[&str], helper_env: &[(&str, &str)]) -> TestRoot {
+        let root = TestRoot::new();
+        let _ = root
+            .network
+            .set(Some(TestNetwork::start_with_env(helper_args, helper_env)));
         root
     }
 
