@@ -177,8 +177,27 @@ impl JailConfig {
         console: OwnedFd,
     ) -> Result<JailedVmm, OpError> {
         check_console(&console, uid)?;
-        // A jail left by a VMM that is gone (a crash, a host reboot) is cleared first; one
-        // whose VMM still runs is that VM's, and is not launched twice.
+        // A launch is an ensure: a jail left by a VMM that is gone (a crash, a host reboot)
+        // is cleared first, and a VMM still running from it is killed. Such a VMM is this
+        // caller's VM's by construction (the caller's jail, its executable, the caller's
+        // uid), and one its bangerd launches again is one it lost track of (a crash between
+        // the launch and the record); two VMMs must never share a VM's disks.
+        if let Some(binary) = self.jailed_binary(uid, vm) {
+            for pid in processes_running(binary) {
+                if real_uid(pid).ok() != Some(uid) {
+                    continue;
+                }
+                if let Some(ticks) = start_time_ticks_or_gone(pid)? {
+                    tracing::warn!(
+                        uid,
+                        vm,
+                        pid,
+                        "killing a VMM left running in the jail of a VM launched again"
+                    );
+                    self.kill_process(pid, ticks)?;
+                }
+            }
+        }
         self.remove(uid, vm)?;
         let root = self.root_of(uid, vm);
         let console = fs::File::from(console);
@@ -293,20 +312,22 @@ impl JailConfig {
                     "process {pid} is not the Firecracker banger-helper launched for VM {vm}."
                 )));
             }
-            pidfd_kill(&pidfd)
-                .map_err(|e| OpError::Failed(format!("cannot SIGKILL process {pid}: {e}")))?;
-            let deadline = Instant::now() + KILL_TIMEOUT;
-            while start_time_ticks_or_gone(pid)? == Some(start_time_ticks) && !is_zombie(pid) {
-                if Instant::now() >= deadline {
-                    return Err(OpError::Failed(format!(
-                        "process {pid} still runs {} s after SIGKILL",
-                        KILL_TIMEOUT.as_secs()
-                    )));
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
+            kill_and_wait(&pidfd, pid, start_time_ticks)?;
         }
         self.remove(uid, vm)
+    }
+
+    /// SIGKILLs `pid` (checked by the caller to be a jail's VMM) if it still is the process
+    /// started at `start_time_ticks`, and waits until it is gone.
+    fn kill_process(&self, pid: u32, start_time_ticks: u64) -> Result<(), OpError> {
+        match pidfd_open(pid) {
+            Ok(pidfd) if start_time_ticks_or_gone(pid)? == Some(start_time_ticks) => {
+                kill_and_wait(&pidfd, pid, start_time_ticks)
+            }
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            Err(e) => Err(OpError::Failed(format!("cannot open process {pid}: {e}"))),
+        }
     }
 
     /// Removes caller `uid`'s jail of VM `vm` and its cgroup, unless a process still runs
@@ -342,6 +363,22 @@ impl JailConfig {
             ))),
         }
     }
+}
+
+/// SIGKILLs the process behind `pidfd` and waits until `pid` is gone (or a zombie).
+fn kill_and_wait(pidfd: &OwnedFd, pid: u32, start_time_ticks: u64) -> Result<(), OpError> {
+    pidfd_kill(pidfd).map_err(|e| OpError::Failed(format!("cannot SIGKILL process {pid}: {e}")))?;
+    let deadline = Instant::now() + KILL_TIMEOUT;
+    while start_time_ticks_or_gone(pid)? == Some(start_time_ticks) && !is_zombie(pid) {
+        if Instant::now() >= deadline {
+            return Err(OpError::Failed(format!(
+                "process {pid} still runs {} s after SIGKILL",
+                KILL_TIMEOUT.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
 }
 
 /// A binary root may run for others: an absolute path to an executable regular file owned

@@ -120,7 +120,7 @@ fn an_ordinary_users_firecracker_runs_through_the_helpers_jailer_which_kills_onl
     let inputs = root.scratch("inputs");
     let kernel = kernel_source(&inputs.join("kernel"), "6.1.0-test", false);
     let rootfs = rootfs_file(&inputs.join("rootfs.ext4"), 4 << 20);
-    let daemon = Bangerd::start_on_as(root, OWNER);
+    let mut daemon = Bangerd::start_on_as(root, OWNER);
     chown_tree(&inputs, OWNER);
     ok(
         &daemon,
@@ -248,14 +248,35 @@ fn an_ordinary_users_firecracker_runs_through_the_helpers_jailer_which_kills_onl
         "still"
     );
 
+    // A restarted bangerd re-adopts the jailed VMM (through the links into its jail).
+    daemon.kill();
+    daemon.restart();
+    assert_eq!(
+        ok(&daemon, &["vm", "exec", "dev", "--", "echo", "adopted"]).trim(),
+        "adopted"
+    );
+    assert_eq!(processes_running_from(&jails_root), vec![vmm]);
+
     // The whole life: stop (the jail goes with the VMM), start (a new jail), delete.
     ok(&daemon, &["vm", "stop", "dev"]);
     assert!(processes_running_from(&jails_root).is_empty());
     assert!(!jail_root.exists(), "the jail of a stopped VM is removed");
+    // A VMM left running in a VM's jail (a bangerd that crashed between the launch and its
+    // record) is replaced by the next launch, never run beside it.
+    let console = std::fs::OpenOptions::new()
+        .append(true)
+        .open(vm_dir.join("console.log"))
+        .unwrap();
+    let orphan = helper_as(OWNER, &socket, async |c| {
+        c.launch_firecracker(&vm_id, &console).await
+    })
+    .expect("the owner's own launch");
+    assert_eq!(uid_of(orphan.pid), OWNER);
     ok(&daemon, &["vm", "start", "dev"]);
     let again = processes_running_from(&jails_root);
     assert_eq!(again.len(), 1, "{again:?}");
     assert_ne!(again[0], vmm);
+    assert_ne!(again[0], orphan.pid, "the orphan was replaced");
     assert_eq!(
         ok(&daemon, &["vm", "exec", "dev", "--", "echo", "again"]).trim(),
         "again"
