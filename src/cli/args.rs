@@ -1117,6 +1117,17 @@ pub struct SystemInstallArgs {
     /// `network.bridge` and `network.gateway` in the owner's config.toml
     #[arg(long, value_name = "BRIDGE:GATEWAY/PREFIX")]
     pub network: Option<String>,
+    /// Firecracker's jailer: banger-helper then starts each VM's Firecracker through it, as the
+    /// owner in a chroot, so bangerd needs no access to /dev/kvm or /dev/net/tun
+    #[arg(long, value_name = "PATH")]
+    pub jailer: Option<PathBuf>,
+    /// The firecracker the jailer runs (default: `firecracker` beside the jailer)
+    #[arg(long, value_name = "PATH", requires = "jailer")]
+    pub firecracker: Option<PathBuf>,
+    /// Where the jails go; on the filesystem of the owner's home (default:
+    /// /var/lib/banger-jail)
+    #[arg(long, value_name = "DIR", requires = "jailer")]
+    pub jail_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -115,6 +115,20 @@ fn install(args: SystemInstallArgs) -> Result<(), CliError> {
         helper,
         helper_socket: PathBuf::from(crate::config::DEFAULT_HELPER_SOCKET),
         network: args.network.clone(),
+        jail: args
+            .jailer
+            .as_ref()
+            .map(|jailer| crate::system::JailInputs {
+                firecracker: args
+                    .firecracker
+                    .clone()
+                    .unwrap_or_else(|| jailer.with_file_name("firecracker")),
+                jailer: jailer.clone(),
+                dir: args
+                    .jail_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(crate::system::DEFAULT_JAIL_DIR)),
+            }),
     };
     inputs.check().map_err(CliError::Usage)?;
 
@@ -132,6 +146,9 @@ fn install(args: SystemInstallArgs) -> Result<(), CliError> {
         .unwrap_or_default();
     ensure_dir(&unit_dir, &mut created_dirs)?;
     ensure_dir(&root.etc_dir(), &mut created_dirs)?;
+    if let Some(jail) = &inputs.jail {
+        prepare_jail_dir(&root, jail, &inputs.home, &mut created_dirs)?;
+    }
 
     let mut units = Vec::new();
     for (name, text) in inputs.units() {
@@ -584,6 +601,36 @@ async fn running_vms(socket: &Path) -> Vec<String> {
         .ok()
         .flatten()
         .unwrap_or_default()
+}
+
+/// Makes the jail directory (root's, 0755: the helper's unit may write only there, and cannot
+/// make it under its read-only /var), under the system root in tests. A directory on another
+/// filesystem than the owner's home is allowed but warned about: bangerd links each VM's disks
+/// into its jail, which only works within one filesystem.
+fn prepare_jail_dir(
+    root: &SystemRoot,
+    jail: &crate::system::JailInputs,
+    home: &Path,
+    created: &mut Vec<PathBuf>,
+) -> Result<(), CliError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = root.path_of(&jail.dir);
+    ensure_dir(&dir, created)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| CliError::failed(format!("cannot set the mode of {}", dir.display()), e))?;
+    let device = |path: &Path| std::fs::metadata(path).map(|meta| meta.dev()).ok();
+    if root.is_host()
+        && let (Some(jails), Some(home_device)) = (device(&dir), device(home))
+        && jails != home_device
+    {
+        eprintln!(
+            "banger: warning: {} is not on the filesystem of {}: bangerd links each VM's disks into its jail, which fails across filesystems; pass --jail-dir on the filesystem of {}",
+            jail.dir.display(),
+            home.display(),
+            home.display()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -72,6 +72,11 @@ impl SystemRoot {
         self.0.join(absolute.trim_start_matches('/'))
     }
 
+    /// Where the host path `absolute` is under this root.
+    pub fn path_of(&self, absolute: &Path) -> PathBuf {
+        self.0.join(absolute.strip_prefix("/").unwrap_or(absolute))
+    }
+
     /// `/etc/banger`.
     pub fn etc_dir(&self) -> PathBuf {
         self.join("/etc/banger")
@@ -109,7 +114,24 @@ pub struct UnitInputs {
     /// when not the default one (`banger0:172.30.0.1/24`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// Firecracker launched by banger-helper through the jailer (`--jailer`), when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<JailInputs>,
 }
+
+/// What banger-helper's `--jailer`, `--firecracker` and `--jail-dir` say.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailInputs {
+    pub jailer: PathBuf,
+    pub firecracker: PathBuf,
+    /// Root's, 0755; on the filesystem of the owner's home, where bangerd's state is (it
+    /// links each VM's disks into its jail).
+    pub dir: PathBuf,
+}
+
+/// Where the jails go unless `--jail-dir` says otherwise.
+pub const DEFAULT_JAIL_DIR: &str = "/var/lib/banger-jail";
 
 impl UnitInputs {
     /// bangerd's directories under the service (the user layout of the owner's home).
@@ -145,6 +167,35 @@ impl UnitInputs {
                 return Err(format!("{what} {text} is not an absolute path"));
             }
             units::unit_safe(what, text)?;
+        }
+        if let Some(jail) = &self.jail {
+            for (what, path) in [
+                ("the jailer", &jail.jailer),
+                ("firecracker", &jail.firecracker),
+                ("the jail directory", &jail.dir),
+            ] {
+                let text = path
+                    .to_str()
+                    .ok_or_else(|| format!("{what} {} is not UTF-8", path.display()))?;
+                if !path.is_absolute() {
+                    return Err(format!("{what} {text} is not an absolute path"));
+                }
+                units::unit_safe(what, text)?;
+            }
+            // The helper's own rules: root runs them for the owner.
+            banger_helper::jail::trusted_binary(&jail.jailer, "--jailer")?;
+            banger_helper::jail::trusted_binary(&jail.firecracker, "--firecracker")?;
+            if !jail
+                .firecracker
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains("firecracker"))
+            {
+                return Err(format!(
+                    "--firecracker {}: the jailer runs only a file whose name contains \"firecracker\"",
+                    jail.firecracker.display()
+                ));
+            }
         }
         if let Some(network) = &self.network {
             // Checked by the helper's own rules: a unit must never hold a network the helper
@@ -462,6 +513,7 @@ mod tests {
             helper: PathBuf::from("/usr/local/bin/banger-helper"),
             helper_socket: PathBuf::from("/run/banger/helper.sock"),
             network: None,
+            jail: None,
         };
         let units = inputs
             .units()

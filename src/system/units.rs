@@ -13,10 +13,14 @@
 //! - banger-helper is root, so its capability bounding set is the list of privileges it
 //!   uses, each named with the request that needs it. Today that is `CAP_NET_ADMIN` (links,
 //!   addresses, taps, nftables, systemd-resolved's per-link settings) and
-//!   `CAP_NET_BIND_SERVICE` (port 53 for bangerd's DNS server). Launching VMMs through
-//!   Firecracker's jailer will need more (a chroot, device nodes, a uid change, namespaces):
-//!   that change adds them here, with its reasons, and the drift check shows installed
-//!   units that predate it.
+//!   `CAP_NET_BIND_SERVICE` (port 53 for bangerd's DNS server). An install with `--jailer`
+//!   adds what Firecracker's jailer uses ([`JAIL_CAPABILITIES`]: a mount namespace and
+//!   pivot_root, device nodes, a uid change, identity checks of other users' processes), the
+//!   system calls and devices that go with them, the jail directory as the one place it
+//!   writes, and `KillMode=process` (the VMMs it launches outlive a restart of the helper).
+//!   bangerd's unit then leaves `/var` and `/home` unmounted over (`ProtectSystem=full`, no
+//!   `ProtectHome`): it links each VM's disks from its state into the jail, and a link
+//!   between two mounts fails even on one filesystem.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -37,6 +41,49 @@ pub const HELPER_CAPABILITIES: &[(&str, &str)] = &[
     (
         "CAP_NET_BIND_SERVICE",
         "binding port 53 on the bridge's address for bangerd's DNS server (bind_dns)",
+    ),
+];
+
+/// The capabilities banger-helper also keeps when it launches Firecracker through the
+/// jailer, each with the reason.
+pub const JAIL_CAPABILITIES: &[(&str, &str)] = &[
+    (
+        "CAP_SYS_ADMIN",
+        "the jailer's mount namespace, bind mount and pivot_root into the VM's chroot",
+    ),
+    ("CAP_SYS_CHROOT", "the jailer's chroot"),
+    (
+        "CAP_MKNOD",
+        "/dev/kvm, /dev/net/tun, /dev/userfaultfd and /dev/urandom made inside the chroot",
+    ),
+    (
+        "CAP_CHOWN",
+        "the chroot and its device nodes handed to the owner",
+    ),
+    (
+        "CAP_DAC_OVERRIDE",
+        "the jailer writing the owner's chroot, and removing a jail's files",
+    ),
+    (
+        "CAP_FOWNER",
+        "modes of the owner's files in the chroot, and removing them",
+    ),
+    (
+        "CAP_SETUID",
+        "Firecracker run as the owner (the jailer's setuid)",
+    ),
+    ("CAP_SETGID", "and as the owner's group"),
+    (
+        "CAP_SYS_RESOURCE",
+        "the jailer's resource limits on Firecracker",
+    ),
+    (
+        "CAP_KILL",
+        "kill_vmm: SIGKILL to the owner's Firecracker, once its identity is checked",
+    ),
+    (
+        "CAP_SYS_PTRACE",
+        "reading /proc/PID/exe of the owner's processes, which identifies a jail's Firecracker",
     ),
 ];
 
@@ -108,10 +155,7 @@ UMask=0077
 NoNewPrivileges=yes
 CapabilityBoundingSet=
 AmbientCapabilities=
-ProtectSystem=strict
-ProtectHome=read-only
-ReadWritePaths={writable}
-PrivateTmp=yes
+{filesystem}PrivateTmp=yes
 PrivateMounts=yes
 # The VMMs open /dev/kvm and /dev/net/tun; no other device.
 DevicePolicy=closed
@@ -150,7 +194,19 @@ WantedBy=multi-user.target
         socket = layout.socket_path().display(),
         home = home,
         runtime = BANGERD_RUNTIME_DIRECTORY,
-        writable = writable.join(" "),
+        filesystem = match &inputs.jail {
+            None => format!(
+                "ProtectSystem=strict\nProtectHome=read-only\nReadWritePaths={}\n",
+                writable.join(" ")
+            ),
+            Some(jail) => format!(
+                "# bangerd links each VM's disks from its state into the VM's jail under {}: a\n\
+                 # link between two mounts fails even on one filesystem, so /var and /home stay\n\
+                 # as the host has them (not ProtectSystem=strict, ProtectHome, ReadWritePaths).\n\
+                 ProtectSystem=full\n",
+                path(&jail.dir)
+            ),
+        },
     );
     unit
 }
@@ -164,11 +220,56 @@ pub fn helper_unit(inputs: &UnitInputs) -> String {
         .and_then(|dir| dir.strip_prefix("/run").ok())
         .map(path)
         .unwrap_or_else(|| "banger".to_owned());
+    let kept: Vec<&(&str, &str)> = HELPER_CAPABILITIES
+        .iter()
+        .chain(inputs.jail.iter().flat_map(|_| JAIL_CAPABILITIES.iter()))
+        .collect();
     let mut capabilities = String::new();
-    for (name, why) in HELPER_CAPABILITIES {
+    for (name, why) in &kept {
         let _ = writeln!(capabilities, "#   {name}: {why}");
     }
-    let names: Vec<&str> = HELPER_CAPABILITIES.iter().map(|(name, _)| *name).collect();
+    let names: Vec<&str> = kept.iter().map(|(name, _)| *name).collect();
+    let jail_args = inputs
+        .jail
+        .as_ref()
+        .map(|jail| {
+            format!(
+                " --jailer {} --firecracker {} --jail-dir {}",
+                path(&jail.jailer),
+                path(&jail.firecracker),
+                path(&jail.dir)
+            )
+        })
+        .unwrap_or_default();
+    // The jailer's needs, in the places of the lines they replace.
+    let (kill_mode, devices, writable, namespaces, syscalls) = match &inputs.jail {
+        None => (
+            String::new(),
+            "# Taps are made through /dev/net/tun; no other device.\nDevicePolicy=closed\nDeviceAllow=/dev/net/tun rw\n".to_owned(),
+            String::new(),
+            "RestrictNamespaces=yes".to_owned(),
+            "SystemCallFilter=@system-service\nSystemCallFilter=~@privileged @resources".to_owned(),
+        ),
+        Some(jail) => (
+            "# The VMMs it launches live in this unit's cgroup: restarting the helper must not\n\
+             # stop them.\nKillMode=process\n"
+                .to_owned(),
+            "# Taps are made through /dev/net/tun; the jailer makes the VMM's device nodes (m),\n\
+             # which Firecracker then opens; no other device.\nDevicePolicy=closed\n\
+             DeviceAllow=/dev/net/tun rwm\nDeviceAllow=/dev/kvm rwm\n\
+             DeviceAllow=/dev/userfaultfd rwm\nDeviceAllow=/dev/urandom rm\n"
+                .to_owned(),
+            format!(
+                "# The jails: the one place it writes.\nReadWritePaths={}\n",
+                path(&jail.dir)
+            ),
+            "# The jailer's mount namespace, and no other kind.\nRestrictNamespaces=mnt".to_owned(),
+            "# The jailer's mounts, chroot, device nodes and uid change, besides a service's calls.\n\
+             SystemCallFilter=@system-service @mount chroot mknod mknodat setgroups setuid setgid\n\
+             SystemCallFilter=~@clock @cpu-emulation @debug @module @obsolete @raw-io @reboot @swap"
+                .to_owned(),
+        ),
+    };
     let mut unit = String::new();
     let _ = write!(
         unit,
@@ -185,11 +286,11 @@ After=network.target
 [Service]
 Type=simple
 # Only the owner's uid may ask it for anything (checked with SO_PEERCRED).
-ExecStart={helper} --socket {socket} --allow-uid {uid}{network}
+ExecStart={helper} --socket {socket} --allow-uid {uid}{network}{jail_args}
 RuntimeDirectory={runtime_directory}
 # The socket is open to all (mode 0666): the helper checks each caller's uid itself.
 RuntimeDirectoryMode=0755
-Restart=on-failure
+{kill_mode}Restart=on-failure
 RestartSec=2s
 UMask=0077
 
@@ -200,17 +301,14 @@ ProtectSystem=strict
 ProtectHome=yes
 PrivateTmp=yes
 PrivateMounts=yes
-# Taps are made through /dev/net/tun; no other device.
-DevicePolicy=closed
-DeviceAllow=/dev/net/tun rw
-ProtectKernelModules=yes
+{writable}{devices}ProtectKernelModules=yes
 ProtectKernelLogs=yes
 ProtectControlGroups=yes
 ProtectClock=yes
 ProtectHostname=yes
 RestrictSUIDSGID=yes
 RestrictRealtime=yes
-RestrictNamespaces=yes
+{namespaces}
 LockPersonality=yes
 MemoryDenyWriteExecute=yes
 RemoveIPC=yes
@@ -219,8 +317,7 @@ KeyringMode=private
 # sockets it binds for bangerd; AF_UNIX: its socket and systemd-resolved's D-Bus.
 RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6
 SystemCallArchitectures=native
-SystemCallFilter=@system-service
-SystemCallFilter=~@privileged @resources
+{syscalls}
 SystemCallErrorNumber=EPERM
 # Not set: ProtectKernelTunables (the helper turns on /proc/sys/net/ipv4/ip_forward for
 # NAT), ProtectProc=invisible and ProcSubset=pid (it compares its network namespace with
@@ -243,6 +340,12 @@ WantedBy=multi-user.target
         runtime_directory = runtime_directory,
         capabilities = capabilities,
         names = names.join(" "),
+        jail_args = jail_args,
+        kill_mode = kill_mode,
+        devices = devices,
+        writable = writable,
+        namespaces = namespaces,
+        syscalls = syscalls,
     );
     unit
 }
@@ -285,6 +388,7 @@ mod tests {
             helper: PathBuf::from("/usr/local/bin/banger-helper"),
             helper_socket: PathBuf::from("/run/banger/helper.sock"),
             network: None,
+            jail: None,
         }
     }
 

@@ -524,6 +524,158 @@ fn programs_others_could_replace_are_refused() {
     assert_eq!(tree(root.path()), BTreeSet::new());
 }
 
+/// `--jailer`: banger-helper's unit names the jailer, firecracker and jail directory, keeps
+/// the jailer's capabilities (and only with a jailer), writes only there, keeps its VMMs
+/// across a restart; bangerd's unit leaves /var and /home unmounted over (it links disks
+/// into the jails); systemd accepts both, and the helper starts with the line written. A
+/// jailer anyone may replace is refused and nothing is written.
+fn a_jailer_install_gives_the_helper_what_the_jailer_needs_and_no_more() {
+    let jailer = crate::support::workspace_binary("banger-tools", "fake-jailer");
+    let firecracker = crate::firecracker::fake_binary();
+    let jails = tempfile::Builder::new()
+        .prefix("banger-jail-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let jail_dir = jails.path().join("jails");
+    let root = system_root();
+    let meta = install(
+        root.path(),
+        &[
+            "--jailer",
+            jailer.to_str().unwrap(),
+            "--firecracker",
+            firecracker.to_str().unwrap(),
+            "--jail-dir",
+            jail_dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        meta["inputs"]["jail"]["jailer"],
+        jailer.display().to_string(),
+        "{meta}"
+    );
+    assert!(
+        root.path()
+            .join(jail_dir.strip_prefix("/").unwrap())
+            .is_dir(),
+        "the jail directory is made (under the system root here)"
+    );
+    let helper_unit = unit_dir(root.path()).join("banger-helper.service");
+    let helper_text = std::fs::read_to_string(&helper_unit).unwrap();
+    for line in [
+        format!(
+            " --jailer {} --firecracker {} --jail-dir {}\n",
+            jailer.display(),
+            firecracker.display(),
+            jail_dir.display()
+        ),
+        "\nKillMode=process\n".to_owned(),
+        format!("\nReadWritePaths={}\n", jail_dir.display()),
+        "\nDeviceAllow=/dev/kvm rwm\n".to_owned(),
+        "\nRestrictNamespaces=mnt\n".to_owned(),
+        "CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_SYS_ADMIN CAP_SYS_CHROOT CAP_MKNOD".to_owned(),
+    ] {
+        assert!(helper_text.contains(&line), "{line:?} in:\n{helper_text}");
+    }
+    let bangerd_unit = unit_dir(root.path()).join("bangerd.service");
+    let bangerd_text = std::fs::read_to_string(&bangerd_unit).unwrap();
+    assert!(
+        bangerd_text.contains("\nProtectSystem=full\n")
+            && !bangerd_text.contains("\nProtectHome=")
+            && !bangerd_text.contains("\nReadWritePaths="),
+        "{bangerd_text}"
+    );
+    let verify = systemd_analyze(&[
+        "verify",
+        &helper_unit.display().to_string(),
+        &bangerd_unit.display().to_string(),
+    ]);
+    assert!(verify.status.success(), "{}", text(&verify));
+    for unit in ["banger-helper.service", "bangerd.service"] {
+        assert!(
+            !stderr(&verify).contains(&format!("{unit}:")),
+            "systemd-analyze warns about {unit}\n{}",
+            text(&verify)
+        );
+    }
+    // The jailer's CAP_SYS_ADMIN and mounts cost the helper's score; still well under
+    // systemd's "exposed" (7.0), and bangerd's improves (it keeps no capability either way).
+    if let Some(score) = exposure(&helper_unit) {
+        println!("banger-helper.service with a jailer: exposure {score}");
+        assert!(score < 5.0, "banger-helper.service with a jailer: {score}");
+    }
+    if let Some(score) = exposure(&bangerd_unit) {
+        println!("bangerd.service with a jailer: exposure {score}");
+        assert!(score < MAX_BANGERD_EXPOSURE, "bangerd.service: {score}");
+    }
+    // The line written starts banger-helper: the jail configuration is checked (and the jail
+    // directory made) before it fails to listen (its socket moved under /dev/null here).
+    let exec = helper_text
+        .lines()
+        .find_map(|line| line.strip_prefix("ExecStart="))
+        .unwrap();
+    let args: Vec<&str> = exec
+        .split_whitespace()
+        .skip(1)
+        .map(|word| {
+            if word.ends_with(".sock") {
+                "/dev/null/helper.sock"
+            } else {
+                word
+            }
+        })
+        .collect();
+    let started = Command::new(env!("CARGO_BIN_EXE_banger-helper"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert_eq!(started.status.code(), Some(1), "{}", text(&started));
+    assert!(
+        stderr(&started).contains("cannot listen"),
+        "{}",
+        text(&started)
+    );
+    assert!(jail_dir.is_dir());
+
+    // Without --jailer none of it.
+    let plain = system_root();
+    install(plain.path(), &[]);
+    let plain_text =
+        std::fs::read_to_string(unit_dir(plain.path()).join("banger-helper.service")).unwrap();
+    assert!(
+        !plain_text.contains("CAP_SYS_ADMIN") && !plain_text.contains("KillMode"),
+        "{plain_text}"
+    );
+
+    // A jailer others may replace: refused, nothing written.
+    use std::os::unix::fs::PermissionsExt;
+    let loose = jails.path().join("jailer");
+    std::fs::copy(&jailer, &loose).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let refused = system_root();
+    let run = banger(
+        refused.path(),
+        &[
+            "system",
+            "install",
+            "--owner",
+            OWNER,
+            "--no-start",
+            "--jailer",
+            loose.to_str().unwrap(),
+            "--firecracker",
+            firecracker.to_str().unwrap(),
+        ],
+    );
+    assert!(!run.status.success(), "{}", text(&run));
+    assert!(
+        stderr(&run).contains("nobody else may write"),
+        "{}",
+        text(&run)
+    );
+    assert_eq!(tree(refused.path()), BTreeSet::new(), "nothing was written");
+}
+
 pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
     banger_test_harness::tests![
         sync install_writes_units_systemd_accepts_and_uninstall_removes_exactly_them needs(Root),
@@ -531,5 +683,6 @@ pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
         sync a_network_for_the_owner_goes_to_the_helper_and_a_bad_one_is_refused needs(Root),
         sync only_root_installs_and_bad_owners_are_refused needs(Root),
         sync programs_others_could_replace_are_refused needs(Root),
+        sync a_jailer_install_gives_the_helper_what_the_jailer_needs_and_no_more needs(Root),
     ]
 }
