@@ -297,6 +297,15 @@ impl HelperClient {
         .await
     }
 
+    /// Whether this helper launches Firecracker (`None`: it was started without `--jailer`),
+    /// and with which jailer and Firecracker, into which jail directory.
+    pub async fn jail(&self) -> Result<Option<crate::protocol::JailState>, HelperError> {
+        match self.call(Request::Jail).await? {
+            Response::Jail { jail } => Ok(jail),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Removes VM `vm`'s jail once its Firecracker is gone; refused while it runs.
     pub async fn remove_jail(&self, vm: &str) -> Result<(), HelperError> {
         self.call_done(Request::RemoveJail { vm: vm.to_owned() })

@@ -142,6 +142,8 @@ pub enum Request {
     RemoveJail {
         vm: String,
     },
+    /// Whether this helper launches Firecracker, and with what (answered [`Response::Jail`]).
+    Jail,
 }
 
 /// Where, inside its chroot, a jailed Firecracker listens for its API: relative to the
@@ -198,6 +200,7 @@ enum WireRequest {
     RemoveJail {
         vm: String,
     },
+    Jail {},
 }
 
 impl From<WireRequest> for Request {
@@ -232,6 +235,7 @@ impl From<WireRequest> for Request {
                 start_time_ticks,
             },
             WireRequest::RemoveJail { vm } => Request::RemoveJail { vm },
+            WireRequest::Jail {} => Request::Jail,
         }
     }
 }
@@ -268,6 +272,7 @@ impl From<Request> for WireRequest {
                 start_time_ticks,
             },
             Request::RemoveJail { vm } => WireRequest::RemoveJail { vm },
+            Request::Jail => WireRequest::Jail {},
         }
     }
 }
@@ -328,6 +333,7 @@ impl Request {
             Request::LaunchFirecracker { .. } => "launch_firecracker",
             Request::KillVmm { .. } => "kill_vmm",
             Request::RemoveJail { .. } => "remove_jail",
+            Request::Jail => "jail",
         }
     }
 }
@@ -369,6 +375,19 @@ pub enum Response {
         start_time_ticks: u64,
         root: std::path::PathBuf,
     },
+    /// The answer to [`Request::Jail`]: `None` when this helper launches no Firecracker.
+    Jail {
+        jail: Option<JailState>,
+    },
+}
+
+/// What a helper that launches Firecracker runs, and where the jails go.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailState {
+    pub jailer: std::path::PathBuf,
+    pub firecracker: std::path::PathBuf,
+    pub dir: std::path::PathBuf,
 }
 
 /// How a [`Response`] travels: braces on every variant, for the reason [`WireRequest`] has them.
@@ -399,6 +418,9 @@ enum WireResponse {
         start_time_ticks: u64,
         root: std::path::PathBuf,
     },
+    Jail {
+        jail: Option<JailState>,
+    },
 }
 
 impl From<WireResponse> for Response {
@@ -421,6 +443,7 @@ impl From<WireResponse> for Response {
                 start_time_ticks,
                 root,
             },
+            WireResponse::Jail { jail } => Response::Jail { jail },
         }
     }
 }
@@ -445,6 +468,7 @@ impl From<Response> for WireResponse {
                 start_time_ticks,
                 root,
             },
+            Response::Jail { jail } => WireResponse::Jail { jail },
         }
     }
 }
@@ -704,6 +728,7 @@ mod tests {
             Request::RemoveJail {
                 vm: "0123456789abcdef".into(),
             },
+            Request::Jail,
         ]
     }
 
@@ -941,6 +966,14 @@ mod tests {
                 pid: 4242,
                 start_time_ticks: 77,
                 root: "/var/lib/banger/jail/firecracker/1000-0123456789abcdef/root".into(),
+            },
+            Response::Jail { jail: None },
+            Response::Jail {
+                jail: Some(JailState {
+                    jailer: "/usr/local/bin/jailer".into(),
+                    firecracker: "/usr/local/bin/firecracker".into(),
+                    dir: "/var/lib/banger-jail".into(),
+                }),
             },
         ] {
             let json = serde_json::to_string(&response).unwrap();

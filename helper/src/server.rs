@@ -473,7 +473,8 @@ async fn handle_request(
         }
         Request::LaunchFirecracker { .. }
         | Request::KillVmm { .. }
-        | Request::RemoveJail { .. } => {
+        | Request::RemoveJail { .. }
+        | Request::Jail => {
             unreachable!("answered by handle_jail_request")
         }
         Request::RouteDns { bridge, address } => {
@@ -498,6 +499,18 @@ async fn handle_jail_request(
     mut passed: Vec<std::os::fd::OwnedFd>,
     asker_gone: &impl Fn() -> bool,
 ) -> Option<Reply> {
+    if *request == Request::Jail {
+        return Some(
+            Response::Jail {
+                jail: state.jail.as_ref().map(|jail| crate::protocol::JailState {
+                    jailer: jail.jailer().to_path_buf(),
+                    firecracker: jail.firecracker().to_path_buf(),
+                    dir: jail.dir().to_path_buf(),
+                }),
+            }
+            .into(),
+        );
+    }
     if !matches!(
         request,
         Request::LaunchFirecracker { .. } | Request::KillVmm { .. } | Request::RemoveJail { .. }
@@ -588,7 +601,8 @@ fn authorize(networks: &Networks, uid: u32, request: &Request) -> Result<(), Str
         | Request::ListTaps
         | Request::LaunchFirecracker { .. }
         | Request::KillVmm { .. }
-        | Request::RemoveJail { .. } => Ok(()),
+        | Request::RemoveJail { .. }
+        | Request::Jail => Ok(()),
     }
 }
 

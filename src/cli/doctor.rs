@@ -135,7 +135,7 @@ pub static CHECKS: &[Check] = &[
     },
     Check {
         name: "vmm",
-        run: |_, _| Box::pin(async { vmm() }),
+        run: |_, _| Box::pin(vmm()),
     },
     Check {
         name: "network",
@@ -143,7 +143,7 @@ pub static CHECKS: &[Check] = &[
     },
     Check {
         name: "devices",
-        run: |_, _| Box::pin(async { devices() }),
+        run: |_, _| Box::pin(devices()),
     },
     Check {
         name: "firecracker",
@@ -208,7 +208,7 @@ fn config() -> Result<(crate::paths::Layout, crate::config::Config), Report> {
 
 /// Whether a new VM can run on this host, on which VMM and why: KVM (a PVM-backed KVM runs
 /// no stock guest), firecracker, QEMU — the rule `vm create --vmm auto` follows.
-fn vmm() -> Report {
+async fn vmm() -> Report {
     use crate::host::backends::{HostFacts, VmmChoice, decide};
     let (_, config) = match config() {
         Ok(loaded) => loaded,
@@ -217,9 +217,11 @@ fn vmm() -> Report {
     let facts = HostFacts::probe(
         &config.firecracker,
         &config.qemu,
-        config
-            .firecracker_launch
-            .through_helper(nix::unistd::geteuid().as_raw()),
+        crate::host::jailed::firecracker_through_helper(
+            &config,
+            &banger_helper::HelperClient::new(&config.network.helper_socket),
+        )
+        .await,
     );
     match decide(VmmChoice::Auto, &facts) {
         Ok(choice) => report(
@@ -243,7 +245,7 @@ fn vmm() -> Report {
 /// its tap from banger-helper and emulates without KVM (slowly), so for QEMU both are
 /// information; Firecracker opens its tap by name and needs KVM, so for it a tun this user
 /// cannot open fails.
-fn devices() -> Report {
+async fn devices() -> Report {
     use crate::host::backends::{HostFacts, TUN_DEVICE, VmmChoice, decide};
     use crate::host::kvm::KvmSupport;
     let (_, config) = match config() {
@@ -253,9 +255,11 @@ fn devices() -> Report {
     let facts = HostFacts::probe(
         &config.firecracker,
         &config.qemu,
-        config
-            .firecracker_launch
-            .through_helper(nix::unistd::geteuid().as_raw()),
+        crate::host::jailed::firecracker_through_helper(
+            &config,
+            &banger_helper::HelperClient::new(&config.network.helper_socket),
+        )
+        .await,
     );
     let kvm = facts.kvm.clone();
     let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
@@ -338,6 +342,51 @@ async fn firecracker() -> Report {
     };
     let mut found = Vec::new();
     let mut problems = Vec::new();
+    // A bangerd that is not root has banger-helper start Firecracker through its jailer:
+    // what counts then is what the helper runs.
+    let mut fix_by_helper = None;
+    let (firecracker, jailer) = if config
+        .firecracker_launch
+        .through_helper(nix::unistd::geteuid().as_raw())
+    {
+        match banger_helper::HelperClient::new(&config.network.helper_socket)
+            .jail()
+            .await
+        {
+            Ok(Some(jail)) => {
+                found.push(format!(
+                    "banger-helper starts it through its jailer, jails in {}",
+                    jail.dir.display()
+                ));
+                (Binary::Found(jail.firecracker), Binary::Found(jail.jailer))
+            }
+            Ok(None) if config.firecracker_launch == crate::config::FirecrackerLaunch::Auto => {
+                found.push(
+                    "banger-helper has no jailer, so Firecracker needs this user's own /dev/kvm and /dev/net/tun"
+                        .to_owned(),
+                );
+                (firecracker, jailer)
+            }
+            Ok(None) => {
+                problems.push(
+                    "banger-helper starts no Firecracker (it has no --jailer), and firecracker.launch = \"helper\" has it start every one"
+                        .to_owned(),
+                );
+                fix_by_helper = Some(
+                    "restart banger-helper with --jailer JAILER --firecracker FIRECRACKER --jail-dir /var/lib/banger-jail (`sudo banger system install --jailer JAILER` writes it), or run VMs on QEMU".to_owned(),
+                );
+                (firecracker, jailer)
+            }
+            Err(error) => {
+                problems.push(format!(
+                    "banger-helper, which starts Firecracker for this bangerd, does not answer ({error})"
+                ));
+                (firecracker, jailer)
+            }
+        }
+    } else {
+        (firecracker, jailer)
+    };
     for (name, binary, banner) in [
         ("firecracker", &firecracker, "Firecracker"),
         ("jailer", &jailer, "Jailer"),
@@ -376,7 +425,7 @@ async fn firecracker() -> Report {
         (false, Some(why)) => report(
             Status::Fail,
             format!("{} ({why})", problems.join("; ")),
-            Some(fix),
+            Some(fix_by_helper.unwrap_or(fix)),
         ),
         (false, None) => {
             let mut summary = problems.join("; ");

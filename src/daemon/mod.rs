@@ -274,10 +274,7 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
     );
     // Firecracker opens /dev/kvm and /dev/net/tun itself: an unprivileged bangerd has
     // banger-helper start it through the jailer, which makes them inside the VM's chroot.
-    if config
-        .firecracker_launch
-        .through_helper(nix::unistd::geteuid().as_raw())
-    {
+    if crate::host::jailed::firecracker_through_helper(&config, network.helper()).await {
         backends = backends.with_jailed_firecracker(crate::host::jailed::JailedFirecracker::new(
             network.helper().clone(),
             firecracker.binary,

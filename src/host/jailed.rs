@@ -329,6 +329,43 @@ impl Vmm for JailedFirecracker {
     }
 }
 
+/// Whether banger-helper starts this bangerd's Firecracker VMs: `helper` says yes, `bangerd`
+/// no; `auto` says yes for a bangerd that is not root whose helper answers that it has a
+/// jailer (asked once, at start). Without one, Firecracker would need this user's own
+/// `/dev/net/tun`, and the `auto` VMM rule judges that.
+pub async fn firecracker_through_helper(
+    config: &crate::config::Config,
+    helper: &banger_helper::HelperClient,
+) -> bool {
+    use crate::config::FirecrackerLaunch;
+    match config.firecracker_launch {
+        FirecrackerLaunch::Helper => true,
+        FirecrackerLaunch::Bangerd => false,
+        FirecrackerLaunch::Auto if nix::unistd::geteuid().is_root() => false,
+        FirecrackerLaunch::Auto => {
+            match tokio::time::timeout(std::time::Duration::from_secs(2), helper.jail()).await {
+                Ok(Ok(Some(_))) => true,
+                Ok(Ok(None)) => {
+                    tracing::info!(
+                        "banger-helper has no jailer: Firecracker VMs need this user's own /dev/kvm and /dev/net/tun"
+                    );
+                    false
+                }
+                Ok(Err(error)) => {
+                    tracing::info!(%error, "cannot ask banger-helper whether it starts Firecracker");
+                    false
+                }
+                Err(_) => {
+                    tracing::info!(
+                        "banger-helper did not say in time whether it starts Firecracker"
+                    );
+                    false
+                }
+            }
+        }
+    }
+}
+
 /// The VM id a control socket belongs to: the name of the VM directory it lies in (the id
 /// the launch gave the helper).
 fn vm_id_of(api_socket: &Path) -> Result<String, VmmError> {

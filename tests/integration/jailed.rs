@@ -71,6 +71,11 @@ fn cli(daemon: &Bangerd, args: &[&str]) -> Output {
         .env("HOME", daemon.root().path())
         .env("BANGER_ROOT", daemon.root().path())
         .env("BANGER_NO_AUTOSTART", "1")
+        // As bangerd has it (the test network's helper), for doctor's questions to the helper.
+        .env(
+            "BANGER_HELPER_SOCKET",
+            daemon.root().network().unwrap().socket(),
+        )
         .current_dir(daemon.root().path())
         .stdin(Stdio::null())
         .output()
@@ -137,6 +142,33 @@ fn an_ordinary_users_firecracker_runs_through_the_helpers_jailer_which_kills_onl
             "--kernel",
             "k",
         ],
+    );
+
+    // doctor, as the owner: Firecracker is what banger-helper starts, and this user's lack
+    // of /dev/net/tun does not matter.
+    let doctor = cli(&daemon, &["doctor", "--json"]);
+    let report: Value = serde_json::from_slice(&doctor.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor --json: {e}: {}",
+            String::from_utf8_lossy(&doctor.stderr)
+        )
+    });
+    let firecracker_check = crate::doctor::check_named(&report, "firecracker");
+    assert_eq!(firecracker_check["status"], "ok", "{firecracker_check}");
+    let summary = firecracker_check["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("banger-helper starts it through its jailer")
+            && summary.contains("fake-jailer"),
+        "{firecracker_check}"
+    );
+    let devices = crate::doctor::check_named(&report, "devices");
+    assert_eq!(devices["status"], "ok", "{devices}");
+    assert!(
+        devices["summary"]
+            .as_str()
+            .unwrap()
+            .contains("banger-helper's jailer starts Firecracker"),
+        "{devices}"
     );
 
     ok(&daemon, &["vm", "create", "dev", "--image", "img"]);

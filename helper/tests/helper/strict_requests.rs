@@ -240,6 +240,12 @@ fn every_request_kind_refuses_unknown_fields_and_changes_nothing() {
 
     // The jail requests: this helper has no --jailer, so the well-formed ones are refused
     // saying so (a real launch, whose frame a descriptor follows, is the jailed tests').
+    let jail = json!({"op": "jail"});
+    assert_every_distortion_refused(&helper, &jail);
+    assert_eq!(
+        send(&helper, &json!({"v": 3, "request": jail})),
+        json!({"result": "jail", "jail": null})
+    );
     let launch = json!({"op": "launch_firecracker", "vm": "0123456789abcdef"});
     assert_every_distortion_refused(&helper, &launch);
     for request in [

@@ -5,9 +5,13 @@
 //! StepSucceeded timestamps the log recorded) and daemon time (everything else: RPC, claims,
 //! appends, scheduling).
 //!
+//! With `--compare-launch`: create-to-agent-ready with bangerd launching the VMM against
+//! banger-helper launching it through the jailer (`fake-jailer`), two daemons side by side,
+//! their creates alternating, and the ratio.
+//!
 //! Run (as root): `cargo build --release --workspace && target/release/bench-vm`
-//! (bangerd, banger-agent, banger-helper and fake-firecracker are taken from the directory of
-//! this binary). Each VM gets a real tap from a real banger-helper, which runs in a network
+//! (bangerd, banger-agent, banger-helper, fake-firecracker and fake-jailer are taken from the
+//! directory of this binary). Each VM gets a real tap from a real banger-helper, which runs in a network
 //! namespace of its own (bangerd joins it), so the host's network is never touched.
 
 use std::collections::HashMap;
@@ -31,6 +35,17 @@ struct Args {
     /// Creates per phase.
     #[arg(long, default_value_t = 20)]
     creates: usize,
+    /// Compare bangerd launching the VMM with banger-helper launching it through the jailer.
+    #[arg(long)]
+    compare_launch: bool,
+}
+
+/// Who starts the VMMs of a benchmark daemon.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Launch {
+    Bangerd,
+    /// banger-helper, through `fake-jailer`.
+    Helper,
 }
 
 #[tokio::main]
@@ -46,6 +61,7 @@ async fn main() {
         "banger-agent",
         "banger-helper",
         "fake-firecracker",
+        "fake-jailer",
     ] {
         assert!(
             bin_dir.join(needed).exists(),
@@ -56,7 +72,11 @@ async fn main() {
         .prefix("bench-vm-")
         .tempdir_in("/tmp")
         .expect("tempdir");
-    let mut daemon = Daemon::start(&bin_dir, root.path());
+    if args.compare_launch {
+        compare_launch(&bin_dir, args.creates).await;
+        return;
+    }
+    let mut daemon = Daemon::start(&bin_dir, root.path(), Launch::Bangerd);
     let mut client = daemon.client().await;
     prepare_image(&mut client, root.path()).await;
 
@@ -85,6 +105,62 @@ async fn main() {
     report("concurrent", &concurrent, start.elapsed(), &daemon.socket).await;
     println!("targets: at least 5 creates/s on 2 cores; daemon overhead under 10 ms per create");
     daemon.stop(&mut client).await;
+}
+
+/// Creates alternating between a daemon whose bangerd launches the VMMs and one whose
+/// banger-helper does (through the jailer), so both see the same machine at the same time.
+async fn compare_launch(bin_dir: &Path, creates: usize) {
+    let mut daemons = Vec::new();
+    let mut roots = Vec::new();
+    for launch in [Launch::Bangerd, Launch::Helper] {
+        let root = tempfile::Builder::new()
+            .prefix("bench-vm-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let daemon = Daemon::start(bin_dir, root.path(), launch);
+        let mut client = daemon.client().await;
+        prepare_image(&mut client, root.path()).await;
+        daemons.push((daemon, client));
+        roots.push(root);
+    }
+    println!(
+        "bench-vm --compare-launch: vm create to agent-ready, fake firecracker, {creates} creates each, alternating"
+    );
+    let (mut direct, mut jailed) = (Vec::new(), Vec::new());
+    for n in 0..creates {
+        direct.push(
+            create_on(&daemons[0].0.socket, &format!("d-{n}"))
+                .await
+                .latency,
+        );
+        jailed.push(
+            create_on(&daemons[1].0.socket, &format!("j-{n}"))
+                .await
+                .latency,
+        );
+    }
+    let direct = Summary::of(&mut direct);
+    let jailed = Summary::of(&mut jailed);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "  bangerd launches the VMM:                  p50 {:>7.1} ms  p99 {:>7.1} ms",
+        ms(direct.p50),
+        ms(direct.p99)
+    );
+    println!(
+        "  banger-helper launches it (jailer):        p50 {:>7.1} ms  p99 {:>7.1} ms",
+        ms(jailed.p50),
+        ms(jailed.p99)
+    );
+    println!(
+        "  helper / bangerd: p50 {:.2}x (+{:.1} ms), p99 {:.2}x",
+        ms(jailed.p50) / ms(direct.p50),
+        ms(jailed.p50) - ms(direct.p50),
+        ms(jailed.p99) / ms(direct.p99)
+    );
+    for (daemon, client) in &mut daemons {
+        daemon.stop(client).await;
+    }
 }
 
 struct Created {
@@ -239,14 +315,47 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(bin_dir: &Path, root: &Path) -> Daemon {
+    fn start(bin_dir: &Path, root: &Path, launch: Launch) -> Daemon {
         assert!(
             nix::unistd::geteuid().is_root(),
             "bench-vm runs banger-helper in a network namespace of its own: run it as root"
         );
+        let fake = bin_dir.join("fake-firecracker");
+        let jails = root.join("jails");
+        let jail_args = [
+            "--jailer".to_owned(),
+            bin_dir.join("fake-jailer").display().to_string(),
+            "--firecracker".to_owned(),
+            fake.display().to_string(),
+            "--jail-dir".to_owned(),
+            jails.display().to_string(),
+        ];
+        let helper_args: Vec<&str> = match launch {
+            Launch::Bangerd => Vec::new(),
+            Launch::Helper => jail_args.iter().map(String::as_str).collect(),
+        };
+        let agent = bin_dir.join("banger-agent").display().to_string();
         // One line per request on the helper's stderr would drown the figures.
-        let helper = Sandbox::start(&bin_dir.join("banger-helper"), root, Stdio::null())
-            .expect("start banger-helper in a network namespace");
+        let helper = Sandbox::start_with_args_and_env(
+            &bin_dir.join("banger-helper"),
+            root,
+            Stdio::null(),
+            &helper_args,
+            // The jailed fake runs the agent named here (there is none beside its jail's copy).
+            &[("BANGER_FAKE_AGENT", agent.as_str())],
+        )
+        .expect("start banger-helper in a network namespace");
+        let layout = banger::paths::Layout::rooted(root);
+        std::fs::create_dir_all(&layout.config_dir).expect("config dir");
+        let launcher = match launch {
+            Launch::Bangerd => "bangerd",
+            Launch::Helper => "helper",
+        };
+        std::fs::write(
+            layout.config_path(),
+            format!("[firecracker]\nlaunch = \"{launcher}\"\n"),
+        )
+        .expect("config");
         let mut bangerd = Command::new(bin_dir.join("bangerd"));
         bangerd
             .env("BANGER_ROOT", root)

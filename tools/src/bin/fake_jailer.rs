@@ -2,7 +2,7 @@
 //! so that banger-helper's jailed launches run end to end with the fake firecracker.
 //!
 //! Modelled on jailer v1.16.1 as observed on this project's machines:
-//! - Command line: `--id ID` (1–64 letters, digits, `-`), `--exec-file PATH` (a file whose
+//! - Command line: `--version` (`Jailer v…`, then an empty line); `--id ID` (1–64 letters, digits, `-`), `--exec-file PATH` (a file whose
 //!   name contains "firecracker"), `--uid`, `--gid`, `--chroot-base-dir DIR` (default
 //!   `/srv/jailer`), then `--` and Firecracker's own arguments. `--cgroup`, `--cgroup-version`,
 //!   `--parent-cgroup` and `--resource-limit` are accepted and ignored; `--netns`,
@@ -46,7 +46,15 @@ struct Args {
     extra: Vec<OsString>,
 }
 
+/// What `--version` prints: the fake firecracker's version, as the jailer of a release prints
+/// its own.
+const VERSION: &str = "Jailer v1.10.1-fake";
+
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "--version") {
+        println!("{VERSION}\n");
+        return ExitCode::SUCCESS;
+    }
     let args = match parse(std::env::args_os().skip(1).collect()) {
         Ok(args) => args,
         Err(message) => {
