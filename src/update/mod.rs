@@ -24,8 +24,11 @@
 //!
 //! bangerd run by systemd (`banger system install`: its cgroup is `bangerd.service`) is
 //! restarted with `systemctl`; one started by the CLI (user mode) is started again the same
-//! way the CLI starts it. banger-helper runs as root on its own: a new helper binary is used
-//! from its next start, which the update says.
+//! way the CLI starts it. `sudo banger update` on a host with a system install restarts the
+//! service's bangerd (the owner's layout from the install metadata, not root's), and then
+//! `systemctl try-restart banger-helper` (its VMMs survive: `KillMode=process`); otherwise
+//! banger-helper runs as root on its own and a new helper binary is used from its next
+//! start, which the update says.
 
 pub mod install;
 pub mod manifest;
