@@ -209,20 +209,12 @@ fn config() -> Result<(crate::paths::Layout, crate::config::Config), Report> {
 /// Whether a new VM can run on this host, on which VMM and why: KVM (a PVM-backed KVM runs
 /// no stock guest), firecracker, QEMU — the rule `vm create --vmm auto` follows.
 async fn vmm() -> Report {
-    use crate::host::backends::{HostFacts, VmmChoice, decide};
+    use crate::host::backends::{VmmChoice, decide};
     let (_, config) = match config() {
         Ok(loaded) => loaded,
         Err(report) => return report,
     };
-    let facts = HostFacts::probe(
-        &config.firecracker,
-        &config.qemu,
-        crate::host::jailed::firecracker_through_helper(
-            &config,
-            &banger_helper::HelperClient::new(&config.network.helper_socket),
-        )
-        .await,
-    );
+    let facts = host_facts(&config).await;
     match decide(VmmChoice::Auto, &facts) {
         Ok(choice) => report(
             Status::Ok,
@@ -246,21 +238,13 @@ async fn vmm() -> Report {
 /// information; Firecracker opens its tap by name and needs KVM, so for it a tun this user
 /// cannot open fails.
 async fn devices() -> Report {
-    use crate::host::backends::{HostFacts, TUN_DEVICE, VmmChoice, decide};
+    use crate::host::backends::{TUN_DEVICE, VmmChoice, decide};
     use crate::host::kvm::KvmSupport;
     let (_, config) = match config() {
         Ok(loaded) => loaded,
         Err(report) => return report,
     };
-    let facts = HostFacts::probe(
-        &config.firecracker,
-        &config.qemu,
-        crate::host::jailed::firecracker_through_helper(
-            &config,
-            &banger_helper::HelperClient::new(&config.network.helper_socket),
-        )
-        .await,
-    );
+    let facts = host_facts(&config).await;
     let kvm = facts.kvm.clone();
     let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
         .ok()
@@ -304,6 +288,20 @@ async fn devices() -> Report {
         }
         Err(why) => skipped(format!("no VMM can run here ({why}); see the vmm check")),
     }
+}
+
+/// The host as bangerd's `auto` rule sees it, with this config (and its helper: whether it
+/// starts Firecracker).
+async fn host_facts(config: &crate::config::Config) -> crate::host::backends::HostFacts {
+    crate::host::backends::HostFacts::probe(
+        &config.firecracker,
+        &config.qemu,
+        crate::host::jailed::firecracker_through_helper(
+            config,
+            &banger_helper::HelperClient::new(&config.network.helper_socket),
+        )
+        .await,
+    )
 }
 
 /// firecracker and its jailer: present, and at least [`MIN_FIRECRACKER`]. Only a failure

@@ -37,7 +37,7 @@ use super::process::{self, Liveness};
 use super::vmm::{
     AgentTransport, BoxFuture, CONSOLE_TAIL_BYTES, DriveSpec, FirecrackerVmm, KillOutcome,
     LaunchSpec, Launched, Spawned, Vmm, VmmError, VsockSpec, console_tail, kill_recorded,
-    remove_stale_socket, validate_spec,
+    prepare_firecracker_launch,
 };
 
 /// The vsock socket in the chroot, relative to its root.
@@ -71,31 +71,7 @@ impl JailedFirecracker {
     }
 
     async fn spawn_inner(&self, spec: &LaunchSpec) -> Result<Spawned, VmmError> {
-        validate_spec(spec)?;
-        if let Some(serial) = &spec.agent_serial {
-            return Err(VmmError::InvalidSpec(format!(
-                "firecracker has no virtio-serial port for the agent socket {}; its guests reach the agent over vsock",
-                serial.display()
-            )));
-        }
-        for dir in [spec.api_socket.parent(), spec.console_log.parent()]
-            .into_iter()
-            .flatten()
-        {
-            fs::create_dir_all(dir).map_err(|source| VmmError::Prepare {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
-        remove_stale_socket("the API socket", &spec.api_socket).await?;
-        let console = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spec.console_log)
-            .map_err(|source| VmmError::Prepare {
-                path: spec.console_log.clone(),
-                source,
-            })?;
+        let console = prepare_firecracker_launch(spec).await?;
         let jailed = self
             .helper
             .launch_firecracker(&spec.id, &console)

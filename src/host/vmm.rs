@@ -391,31 +391,7 @@ impl FirecrackerVmm {
     }
 
     async fn spawn_inner(&self, spec: &LaunchSpec) -> Result<Spawned, VmmError> {
-        validate_spec(spec)?;
-        if let Some(serial) = &spec.agent_serial {
-            return Err(VmmError::InvalidSpec(format!(
-                "firecracker has no virtio-serial port for the agent socket {}; its guests reach the agent over vsock",
-                serial.display()
-            )));
-        }
-        for dir in [spec.api_socket.parent(), spec.console_log.parent()]
-            .into_iter()
-            .flatten()
-        {
-            std::fs::create_dir_all(dir).map_err(|source| VmmError::Prepare {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
-        remove_stale_socket("the API socket", &spec.api_socket).await?;
-        let console = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spec.console_log)
-            .map_err(|source| VmmError::Prepare {
-                path: spec.console_log.clone(),
-                source,
-            })?;
+        let console = prepare_firecracker_launch(spec).await?;
         let console_err = console.try_clone().map_err(|source| VmmError::Prepare {
             path: spec.console_log.clone(),
             source,
@@ -682,6 +658,40 @@ impl Vmm for FirecrackerVmm {
                 .collect()
         })
     }
+}
+
+/// What every Firecracker launch does first, whoever starts the process: the spec checked
+/// (with no virtio-serial port: Firecracker's guests reach the agent over vsock), the VM's
+/// directories made, a stale API socket removed (a live one refused), and the console log
+/// opened for appending, for the VMM's stdout and stderr.
+pub(crate) async fn prepare_firecracker_launch(
+    spec: &LaunchSpec,
+) -> Result<std::fs::File, VmmError> {
+    validate_spec(spec)?;
+    if let Some(serial) = &spec.agent_serial {
+        return Err(VmmError::InvalidSpec(format!(
+            "firecracker has no virtio-serial port for the agent socket {}; its guests reach the agent over vsock",
+            serial.display()
+        )));
+    }
+    for dir in [spec.api_socket.parent(), spec.console_log.parent()]
+        .into_iter()
+        .flatten()
+    {
+        std::fs::create_dir_all(dir).map_err(|source| VmmError::Prepare {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    remove_stale_socket("the API socket", &spec.api_socket).await?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.console_log)
+        .map_err(|source| VmmError::Prepare {
+            path: spec.console_log.clone(),
+            source,
+        })
 }
 
 /// The rules every backend keeps (Firecracker's, which QEMU's limits also allow), checked

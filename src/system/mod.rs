@@ -154,34 +154,24 @@ impl UnitInputs {
     pub fn check(&self) -> Result<(), String> {
         units::unit_safe("the user name", &self.owner)?;
         units::unit_safe("the group name", &self.group)?;
-        for (what, path) in [
-            ("the owner's home", &self.home),
-            ("bangerd", &self.bangerd),
-            ("banger-helper", &self.helper),
-            ("the helper's socket", &self.helper_socket),
-        ] {
+        // An absolute path a unit can hold as it is.
+        let unit_path = |what: &str, path: &Path| -> Result<(), String> {
             let text = path
                 .to_str()
                 .ok_or_else(|| format!("{what} {} is not UTF-8", path.display()))?;
             if !path.is_absolute() {
                 return Err(format!("{what} {text} is not an absolute path"));
             }
-            units::unit_safe(what, text)?;
-        }
+            units::unit_safe(what, text)
+        };
+        unit_path("the owner's home", &self.home)?;
+        unit_path("bangerd", &self.bangerd)?;
+        unit_path("banger-helper", &self.helper)?;
+        unit_path("the helper's socket", &self.helper_socket)?;
         if let Some(jail) = &self.jail {
-            for (what, path) in [
-                ("the jailer", &jail.jailer),
-                ("firecracker", &jail.firecracker),
-                ("the jail directory", &jail.dir),
-            ] {
-                let text = path
-                    .to_str()
-                    .ok_or_else(|| format!("{what} {} is not UTF-8", path.display()))?;
-                if !path.is_absolute() {
-                    return Err(format!("{what} {text} is not an absolute path"));
-                }
-                units::unit_safe(what, text)?;
-            }
+            unit_path("the jailer", &jail.jailer)?;
+            unit_path("firecracker", &jail.firecracker)?;
+            unit_path("the jail directory", &jail.dir)?;
             // The helper's own rules: root runs them for the owner.
             banger_helper::jail::trusted_binary(&jail.jailer, "--jailer")?;
             banger_helper::jail::trusted_binary(&jail.firecracker, "--firecracker")?;

@@ -359,31 +359,7 @@ fn a_network_for_the_owner_goes_to_the_helper_and_a_bad_one_is_refused() {
     );
     // The line it wrote is one banger-helper starts with: it checks the networks first, and
     // only then fails to listen (the socket is moved under /dev/null for this run).
-    let exec = text_of_unit
-        .lines()
-        .find_map(|line| line.strip_prefix("ExecStart="))
-        .unwrap();
-    let args: Vec<&str> = exec
-        .split_whitespace()
-        .skip(1)
-        .map(|word| {
-            if word.ends_with(".sock") {
-                "/dev/null/helper.sock"
-            } else {
-                word
-            }
-        })
-        .collect();
-    let started = Command::new(env!("CARGO_BIN_EXE_banger-helper"))
-        .args(&args)
-        .output()
-        .unwrap();
-    assert_eq!(started.status.code(), Some(1), "{}", text(&started));
-    assert!(
-        stderr(&started).contains("cannot listen"),
-        "{}",
-        text(&started)
-    );
+    helper_starts_with_the_line_of(&text_of_unit);
 
     let again = system_root();
     let run = banger(
@@ -524,6 +500,36 @@ fn programs_others_could_replace_are_refused() {
     assert_eq!(tree(root.path()), BTreeSet::new());
 }
 
+/// Runs banger-helper with the `ExecStart=` line of the helper unit `unit` (its socket moved
+/// under /dev/null): it must get past its configuration checks and fail only to listen.
+fn helper_starts_with_the_line_of(unit: &str) {
+    let exec = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("ExecStart="))
+        .unwrap();
+    let args: Vec<&str> = exec
+        .split_whitespace()
+        .skip(1)
+        .map(|word| {
+            if word.ends_with(".sock") {
+                "/dev/null/helper.sock"
+            } else {
+                word
+            }
+        })
+        .collect();
+    let started = Command::new(env!("CARGO_BIN_EXE_banger-helper"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert_eq!(started.status.code(), Some(1), "{}", text(&started));
+    assert!(
+        stderr(&started).contains("cannot listen"),
+        "{}",
+        text(&started)
+    );
+}
+
 /// `--jailer`: banger-helper's unit names the jailer, firecracker and jail directory, keeps
 /// the jailer's capabilities (and only with a jailer), writes only there, keeps its VMMs
 /// across a restart; bangerd's unit leaves /var and /home unmounted over (it links disks
@@ -610,31 +616,7 @@ fn a_jailer_install_gives_the_helper_what_the_jailer_needs_and_no_more() {
     }
     // The line written starts banger-helper: the jail configuration is checked (and the jail
     // directory made) before it fails to listen (its socket moved under /dev/null here).
-    let exec = helper_text
-        .lines()
-        .find_map(|line| line.strip_prefix("ExecStart="))
-        .unwrap();
-    let args: Vec<&str> = exec
-        .split_whitespace()
-        .skip(1)
-        .map(|word| {
-            if word.ends_with(".sock") {
-                "/dev/null/helper.sock"
-            } else {
-                word
-            }
-        })
-        .collect();
-    let started = Command::new(env!("CARGO_BIN_EXE_banger-helper"))
-        .args(&args)
-        .output()
-        .unwrap();
-    assert_eq!(started.status.code(), Some(1), "{}", text(&started));
-    assert!(
-        stderr(&started).contains("cannot listen"),
-        "{}",
-        text(&started)
-    );
+    helper_starts_with_the_line_of(&helper_text);
     assert!(jail_dir.is_dir());
 
     // Without --jailer none of it.
