@@ -289,10 +289,25 @@ fn an_ordinary_users_firecracker_runs_through_the_helpers_jailer_which_kills_onl
     );
     assert_eq!(processes_running_from(&jails_root), vec![vmm]);
 
+    // The chroot is the owner's: links it puts there to root's files are removed with the
+    // jail, never followed (what they point at stays).
+    let roots_dir = daemon.root().scratch("roots-dir");
+    std::fs::write(roots_dir.join("keep"), b"root's").unwrap();
+    let planted = jail_root.join("planted");
+    let roots_dir_for_owner = roots_dir.clone();
+    crate::deployed::as_user(OWNER, move || {
+        std::os::unix::fs::symlink(&roots_dir_for_owner, &planted).unwrap();
+    });
+
     // The whole life: stop (the jail goes with the VMM), start (a new jail), delete.
     ok(&daemon, &["vm", "stop", "dev"]);
     assert!(processes_running_from(&jails_root).is_empty());
     assert!(!jail_root.exists(), "the jail of a stopped VM is removed");
+    assert_eq!(
+        std::fs::read(roots_dir.join("keep")).unwrap(),
+        b"root's",
+        "a link in the jail was not followed"
+    );
     // A VMM left running in a VM's jail (a bangerd that crashed between the launch and its
     // record) is replaced by the next launch, never run beside it.
     let console = std::fs::OpenOptions::new()
