@@ -5,8 +5,9 @@
 //!
 //! Asked directly, the helper gives the owner only its own network and taps (another uid's
 //! tap, a foreign subnet, another's bridge are refused and change nothing) and a second
-//! ordinary user nothing at all. banger-helper takes no pids and no paths, so there is no
-//! forged pid or symlinked path to send it.
+//! ordinary user nothing at all. The requests that take a pid (a forged or reused one) and
+//! the chroot an owner could fill with links are `crate::jailed`'s, where Firecracker runs
+//! through the helper's jailer for such a user.
 //!
 //! The users are bare uids with no passwd entry, so the host gains no account. The test runs
 //! in the root tier (it creates the namespace, hands the state directory over, drops to the
