@@ -154,4 +154,12 @@ impl<L: EventLog> EventLog for GatedLog<L> {
     fn latest_snapshot(&self) -> Result<Option<SnapshotRecord>, LogError> {
         self.inner.latest_snapshot()
     }
+
+    fn checkpoint_state(&self) -> CheckpointState {
+        self.inner.checkpoint_state()
+    }
+
+    fn checkpoint(&self) -> Result<(), LogError> {
+        self.inner.checkpoint()
+    }
 }
