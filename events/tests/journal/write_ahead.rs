@@ -13,12 +13,11 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use banger_events::repair::{self, Diagnosis};
 use banger_events::*;
 
-use super::{Tally, event, options};
+use super::{GatedLog, Tally, event, options};
 
 fn frames(first: u64, count: u64) -> Vec<(Seq, Vec<u8>)> {
     (first..first + count)
@@ -383,15 +382,17 @@ fn the_journal_checkpoints_when_idle_and_when_closing() {
         checkpoint_idle_ms: 20,
         ..options()
     };
-    let journal = Journal::<Tally>::open(Arc::new(RedbLog::open(&path).unwrap()), idle).unwrap();
+    let log = Arc::new(GatedLog::new(RedbLog::open(&path).unwrap()));
+    let journal = Journal::<Tally>::open(log.clone(), idle).unwrap();
     for n in 0..5 {
         journal.append_blocking(vec![event(n)]).unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while redb_alone(&std::fs::read(&path).unwrap()) < Seq(5) {
-        assert!(Instant::now() < deadline, "no idle checkpoint came");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    log.wait_for_checkpoints(1);
+    assert_eq!(
+        redb_alone(&std::fs::read(&path).unwrap()),
+        Seq(5),
+        "after the idle checkpoint redb holds every event by itself"
+    );
     journal.close();
 
     let path = dir.path().join("closing.redb");
@@ -523,24 +524,36 @@ fn write_ahead_child_writer() {
     }
 }
 
+/// SIGKILLs and reaps its child when dropped, so that a failing test leaves no process behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn acknowledged_events_survive_a_sigkill_of_their_writer() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.redb");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "write_ahead::write_ahead_child_writer",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("BANGER_WAL_TEST_LOG", &path)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "write_ahead::write_ahead_child_writer",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("BANGER_WAL_TEST_LOG", &path)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut acked = Vec::new();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+    for line in BufReader::new(child.0.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
         if let Some(seq) = line.strip_prefix("acked ") {
             acked.push(seq.parse::<u64>().unwrap());
@@ -553,8 +566,7 @@ fn acknowledged_events_survive_a_sigkill_of_their_writer() {
         acked.len() >= 300,
         "the child writer stopped early: {acked:?}"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
     let highest = *acked.iter().max().unwrap();
     let files = Files::read_from(&path);
     assert!(
