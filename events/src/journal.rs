@@ -7,9 +7,9 @@
 //!                                                  │
 //!                                                  ▼
 //!                                   commit (EventLog::commit; for redb: one record written to
-//!                                   the write-ahead file + fdatasync = durable, then a redb
-//!                                   commit that does not wait for the disk = readable; with it
-//!                                   the snapshot taken after the previous commit, if pending)
+//!                                   the write-ahead file + fdatasync = durable, kept in memory
+//!                                   until the next checkpoint = readable; with it the snapshot
+//!                                   taken after the previous commit, if pending)
 //!                                                  │
 //!                                                  ▼
 //!   ack each caller ◀── publish seq ◀── fold into projection (under the write lock)
@@ -17,7 +17,8 @@
 //!        ▼
 //!   snapshot due? encode the state at the last seq (read lock) and keep it for the next commit
 //!   checkpoint due (write-ahead file half full)? make one now, after the acks
-//!   queue empty for checkpoint_idle_ms, or closing? checkpoint (a durable redb commit)
+//!   queue empty for checkpoint_idle_ms, or closing? checkpoint (the events since the last one
+//!   stored in redb with one durable commit)
 //! ```
 //!
 //! Invariants:
@@ -36,9 +37,10 @@
 //! - Concurrent appends share one transaction (group commit): throughput grows with the number
 //!   of writers while each commit still costs one durable write.
 //! - `EventLog::commit` returns only once the batch is durable. For the redb log that point is
-//!   the fdatasync of its record in the write-ahead file; redb gets the batch right after,
-//!   without waiting for the disk, so redb never holds an event that is not durable, and a
-//!   subscriber told of a new seq (after the fold) finds it there. A checkpoint
+//!   the fdatasync of its record in the write-ahead file; the log serves the batch from memory
+//!   from then on (redb gets it at the next checkpoint), so no reader of the log finds an event
+//!   that is not durable, and a subscriber told of a new seq (after the fold) finds it. A
+//!   checkpoint
 //!   (`EventLog::checkpoint`) is never on an acknowledgement's path: the writer makes one after
 //!   acknowledging a batch that left the write-ahead file half full, when no request came for
 //!   [`JournalOptions::checkpoint_idle_ms`], and when closing. A failed checkpoint makes the

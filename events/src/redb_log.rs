@@ -9,21 +9,20 @@
 //!   `log_id` → a random u64 naming this log, which its write-ahead file repeats.
 //!
 //! In front of the redb file sits its write-ahead file ([`crate::wal`], `events.redb.wal`). A
-//! commit writes its frames there as one record and fdatasyncs it (the durability point), then
-//! commits them to redb without waiting for the disk (`Durability::None`: visible to every
-//! reader of this handle at once, made durable by the next durable commit). Now and then a
-//! *checkpoint* ([`EventLog::checkpoint`]: a durable redb commit) makes redb hold everything
-//! by itself, and the write-ahead file starts over. If the process dies in between, redb comes
-//! back at its last durable commit, and opening the log copies the write-ahead file's newer
-//! records into redb (durably) before anything else reads it. A log opened without writing
-//! reads those records in place. Either way every opener sees the same events.
+//! commit writes its frames there as one record and fdatasyncs it (the durability point), and
+//! keeps them in memory, in the *tail*: readers of this handle find them there at once. Now
+//! and then a *checkpoint* ([`EventLog::checkpoint`]) stores the tail in redb with one durable
+//! commit, and the write-ahead file starts over. If the process dies in between, redb holds
+//! everything up to the last checkpoint, and opening the log copies the write-ahead file's
+//! newer records into redb (durably) before anything else reads it. A log opened without
+//! writing reads those records in place. Either way every opener sees the same events.
 //!
 //! redb takes an exclusive lock on the file, so only one process can have a log open; a second
 //! gets [`LogError::Locked`]. The write-ahead file is only touched under that lock.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use redb::{
     Database, Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTable, ReadableTableMetadata,
@@ -52,8 +51,8 @@ pub struct RedbOptions {
     pub quick_repair: bool,
     /// redb page cache size in bytes.
     pub cache_bytes: usize,
-    /// Commit through the write-ahead file (one sequential write and fdatasync, then a redb
-    /// commit that does not wait for the disk) rather than with a durable redb commit each.
+    /// Commit through the write-ahead file (one sequential write and fdatasync; redb gets the
+    /// events at the next checkpoint) rather than with a durable redb commit each.
     /// Off, every commit is a durable redb commit, as before the write-ahead file existed
     /// (`bench-log` measures both); a write-ahead file found on open is replayed either way.
     pub write_ahead: bool,
@@ -79,22 +78,58 @@ pub struct RedbLog {
     options: RedbOptions,
     /// Where commits become durable (a writable log with `write_ahead`).
     write_ahead: Option<Mutex<WriteAhead>>,
-    /// Events that only the write-ahead file holds, read as if redb stored them: a log opened
-    /// without writing cannot move them into redb.
-    overlay: Overlay,
+    /// Events past redb's last seq that only the write-ahead file holds, read from memory as
+    /// if redb stored them. In a writable log with a write-ahead file: every commit since the
+    /// last checkpoint (the *tail*), which the checkpoint moves into redb. In a log opened
+    /// without writing: what the file held, which such a log cannot move into redb.
+    ///
+    /// Readers hold its read lock while they begin their redb transaction, and a checkpoint
+    /// empties it only after its redb commit: so a reader finds every event in one or the
+    /// other.
+    overlay: RwLock<Overlay>,
     /// Events this open copied from the write-ahead file into redb.
     replayed: u64,
 }
 
-/// The write-ahead file's events past redb's last seq, for a log that cannot replay them.
+/// Events past redb's last seq, held in memory (see [`RedbLog::overlay`]).
 #[derive(Default)]
 struct Overlay {
     /// The seq after redb's last: where the overlay's frames begin.
     from: Seq,
     scan: wal::Scan,
+    /// The snapshot committed with the tail, stored in redb at the next checkpoint.
+    snapshot: Option<SnapshotRecord>,
 }
 
 impl Overlay {
+    /// Appends a committed batch (consecutive seqs following the last).
+    fn push(&mut self, frames: &[(Seq, Vec<u8>)], snapshot: Option<&SnapshotRecord>) {
+        if self.scan.frames.is_empty()
+            && let Some((first, _)) = frames.first()
+        {
+            self.from = *first;
+        }
+        self.scan.frames.extend_from_slice(frames);
+        if let Some(snapshot) = snapshot {
+            self.snapshot = Some(snapshot.clone());
+        }
+    }
+
+    /// After a checkpoint: redb holds it all.
+    fn clear(&mut self) {
+        self.scan.frames.clear();
+        self.snapshot = None;
+    }
+
+    /// The end of a read `..=to` that redb itself serves: the rest comes from here.
+    fn redb_end(&self, to: Seq) -> Seq {
+        if self.is_empty() {
+            to
+        } else {
+            to.min(Seq(self.from.0 - 1))
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.scan.last_seq().is_none()
     }
@@ -119,10 +154,9 @@ impl Overlay {
         mut push: impl FnMut(Seq, &[u8]) -> bool,
     ) -> Result<(), LogError> {
         let mut taken = 0;
-        for (seq, frame) in &self.scan.frames {
-            if *seq < from {
-                continue;
-            }
+        // The frames hold consecutive seqs from `self.from`.
+        let skip = from.0.saturating_sub(self.from.0) as usize;
+        for (seq, frame) in self.scan.frames.iter().skip(skip) {
             if *seq > to || taken >= limit {
                 return Ok(());
             }
@@ -368,14 +402,15 @@ impl RedbLog {
                 path,
                 options,
             );
-            log.overlay = Overlay {
+            log.overlay = RwLock::new(Overlay {
                 from: stored.next(),
                 scan,
-            };
+                snapshot: None,
+            });
             return Ok(log);
         }
         if !scan.frames.is_empty() {
-            log.commit_to_redb(&scan.frames, None, Durability::Immediate)?;
+            log.commit_to_redb(&scan.frames, None)?;
             log.replayed = scan.frames.len() as u64;
             tracing::info!(
                 events = scan.frames.len(),
@@ -397,7 +432,7 @@ impl RedbLog {
             path,
             options,
             write_ahead: None,
-            overlay: Overlay::default(),
+            overlay: RwLock::default(),
             replayed: 0,
         }
     }
@@ -437,11 +472,17 @@ impl RedbLog {
         let id = self.log_id()?;
         let stored = self.stored_last_seq()?;
         let scan = wal::scan(&self.write_ahead_path(), &self.path, id, stored)?;
-        self.overlay = Overlay {
+        self.overlay = RwLock::new(Overlay {
             from: stored.next(),
             scan,
-        };
+            snapshot: None,
+        });
         Ok(())
+    }
+
+    fn overlay(&self) -> RwLockReadGuard<'_, Overlay> {
+        // Every change to it is one push or one clear: a panic cannot leave it half done.
+        self.overlay.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn write_ahead(&self) -> Option<MutexGuard<'_, WriteAhead>> {
@@ -495,22 +536,31 @@ impl RedbLog {
         Ok(Seq(last))
     }
 
-    /// One redb transaction storing `frames` and `snapshot`.
+    /// One durable redb transaction storing `frames` and `snapshot`.
     fn commit_to_redb(
         &self,
         frames: &[(Seq, Vec<u8>)],
         snapshot: Option<&SnapshotRecord>,
-        durability: Durability,
+    ) -> Result<(), LogError> {
+        self.commit_parts_to_redb(&[frames], snapshot)
+    }
+
+    /// One durable redb transaction storing the frames of every part, in order, and
+    /// `snapshot`.
+    fn commit_parts_to_redb(
+        &self,
+        parts: &[&[(Seq, Vec<u8>)]],
+        snapshot: Option<&SnapshotRecord>,
     ) -> Result<(), LogError> {
         let Store::Writable(db) = &self.store else {
             return Err(self.read_only_error());
         };
         let mut txn = db.begin_write().map_err(storage)?;
-        txn.set_durability(durability).map_err(storage)?;
+        txn.set_durability(Durability::Immediate).map_err(storage)?;
         txn.set_quick_repair(self.options.quick_repair);
-        if !frames.is_empty() {
+        if parts.iter().any(|frames| !frames.is_empty()) {
             let mut events = txn.open_table(EVENTS).map_err(storage)?;
-            for (seq, frame) in frames {
+            for (seq, frame) in parts.iter().copied().flatten() {
                 events.insert(seq.0, frame.as_slice()).map_err(storage)?;
             }
         }
@@ -621,17 +671,18 @@ fn storage(error: impl std::fmt::Display) -> LogError {
 
 impl EventLog for RedbLog {
     fn last_seq(&self) -> Result<Seq, LogError> {
-        let stored = self.stored_last_seq()?;
-        Ok(self
-            .overlay
-            .last_seq()
-            .map_or(stored, |last| last.max(stored)))
+        let overlay = self.overlay();
+        match overlay.last_seq() {
+            Some(last) => Ok(last),
+            None => self.stored_last_seq(),
+        }
     }
 
     fn len(&self) -> Result<u64, LogError> {
+        let overlay = self.overlay();
         let txn = self.begin_read()?;
         let table = txn.open_table(EVENTS).map_err(storage)?;
-        Ok(table.len().map_err(storage)? + self.overlay.len())
+        Ok(table.len().map_err(storage)? + overlay.len())
     }
 
     fn read_frames(
@@ -643,10 +694,31 @@ impl EventLog for RedbLog {
         if from > to || limit == 0 {
             return Ok(Vec::new());
         }
+        // The overlay's part is copied out, and redb's transaction begun, under one read lock
+        // (see `RedbLog::overlay`).
+        let (txn, stored_to, tail, damage) = {
+            let overlay = self.overlay();
+            let stored_to = overlay.redb_end(to);
+            let txn = if from <= stored_to {
+                Some(self.begin_read()?)
+            } else {
+                None
+            };
+            let mut tail = Vec::new();
+            let damage = if to >= overlay.from && !overlay.is_empty() {
+                overlay
+                    .read(from, to, limit, |seq, frame| {
+                        tail.push((seq, frame.to_vec()));
+                        true
+                    })
+                    .err()
+            } else {
+                None
+            };
+            (txn, stored_to, tail, damage)
+        };
         let mut out = Vec::with_capacity(limit.min(4096));
-        let stored_to = self.redb_end(to);
-        if from <= stored_to {
-            let txn = self.begin_read()?;
+        if let Some(txn) = txn {
             let table = txn.open_table(EVENTS).map_err(storage)?;
             for entry in table
                 .range(from.0..=stored_to.0)
@@ -657,20 +729,14 @@ impl EventLog for RedbLog {
                 out.push((Seq(key.value()), value.value().to_vec()));
             }
         }
-        if !self.overlay.is_empty() && to >= self.overlay.from && out.len() < limit {
-            let room = limit - out.len();
-            let read = self.overlay.read(from, to, room, |seq, frame| {
-                out.push((seq, frame.to_vec()));
-                true
-            });
-            // Damage stops the read there: an error only when nothing comes before it.
-            if let Err(error) = read
-                && out.is_empty()
-            {
-                return Err(error);
-            }
+        let room = limit - out.len();
+        let cut = tail.len() > room;
+        out.extend(tail.into_iter().take(room));
+        // Damage stops the read there: an error only when nothing comes before it.
+        match damage {
+            Some(error) if !cut && out.is_empty() => Err(error),
+            _ => Ok(out),
         }
-        Ok(out)
     }
 
     /// Decodes straight from redb's pages instead of copying each frame out first: this is the
@@ -680,12 +746,26 @@ impl EventLog for RedbLog {
         if from > to || limit == 0 {
             return run.finish();
         }
+        let (txn, stored_to, tail, damage) = {
+            let overlay = self.overlay();
+            let stored_to = overlay.redb_end(to);
+            let txn = (from <= stored_to).then(|| self.begin_read());
+            let mut tail = Vec::new();
+            let damage = if to >= overlay.from && !overlay.is_empty() {
+                overlay
+                    .read(from, to, limit, |seq, frame| {
+                        tail.push((seq, frame.to_vec()));
+                        true
+                    })
+                    .err()
+            } else {
+                None
+            };
+            (txn, stored_to, tail, damage)
+        };
         let mut taken = 0;
-        let mut going = true;
-        let stored_to = self.redb_end(to);
-        if from <= stored_to {
-            let range = self
-                .begin_read()
+        if let Some(txn) = txn {
+            let range = txn
                 .and_then(|txn| txn.open_table(EVENTS).map_err(storage))
                 .and_then(|table| table.range(from.0..=stored_to.0).map_err(storage));
             match range {
@@ -695,31 +775,31 @@ impl EventLog for RedbLog {
                             Ok((key, value)) => {
                                 taken += 1;
                                 if !run.push(Seq(key.value()), value.value()) {
-                                    going = false;
-                                    break;
+                                    return run.finish();
                                 }
                             }
                             Err(error) => {
                                 run.fail(storage(error));
-                                going = false;
-                                break;
+                                return run.finish();
                             }
                         }
                     }
                 }
                 Err(error) => {
                     run.fail(error);
-                    going = false;
+                    return run.finish();
                 }
             }
         }
-        if going
-            && !self.overlay.is_empty()
-            && to >= self.overlay.from
-            && taken < limit
-            && let Err(error) = self
-                .overlay
-                .read(from, to, limit - taken, |seq, frame| run.push(seq, frame))
+        let room = limit - taken;
+        let cut = tail.len() > room;
+        for (seq, frame) in tail.iter().take(room) {
+            if !run.push(*seq, frame) {
+                return run.finish();
+            }
+        }
+        if let Some(error) = damage
+            && !cut
         {
             run.fail(error);
         }
@@ -727,9 +807,9 @@ impl EventLog for RedbLog {
     }
 
     /// With the write-ahead file: the frames are durable once their record is fdatasynced
-    /// there; the redb commit after it only makes them readable. A batch the file has no room
-    /// for, or a snapshot alone, is committed durably to redb (a checkpoint: the file starts
-    /// over).
+    /// there, and readable from memory from then on (the tail); a checkpoint moves the tail
+    /// into redb with one durable commit. A batch the file has no room for, or a snapshot
+    /// alone, is committed durably to redb with the tail (a checkpoint: the file starts over).
     fn commit(
         &self,
         frames: &[(Seq, Vec<u8>)],
@@ -738,13 +818,13 @@ impl EventLog for RedbLog {
         if let Store::ReadOnly { .. } = &self.store {
             return Err(self.read_only_error());
         }
-        if !self.overlay.is_empty() {
-            return Err(LogError::ReadOnly {
-                reason: "this log was opened to be read: some of its events are only in its write-ahead file".into(),
-            });
-        }
         let Some(mut file) = self.write_ahead() else {
-            return self.commit_to_redb(frames, snapshot, Durability::Immediate);
+            if !self.overlay().is_empty() {
+                return Err(LogError::ReadOnly {
+                    reason: "this log was opened to be read: some of its events are only in its write-ahead file".into(),
+                });
+            }
+            return self.commit_to_redb(frames, snapshot);
         };
         let appended = file.append(frames).map_err(|error| {
             LogError::Storage(format!(
@@ -753,12 +833,14 @@ impl EventLog for RedbLog {
             ))
         })?;
         match appended {
-            Appended::Durable => self.commit_to_redb(frames, snapshot, Durability::None),
-            Appended::NoRoom => {
-                self.commit_to_redb(frames, snapshot, Durability::Immediate)?;
-                file.restart();
+            Appended::Durable => {
+                self.overlay
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(frames, snapshot);
                 Ok(())
             }
+            Appended::NoRoom => self.checkpoint_with(&mut file, frames, snapshot),
         }
     }
 
@@ -774,13 +856,10 @@ impl EventLog for RedbLog {
         let Some(mut file) = self.write_ahead() else {
             return Ok(());
         };
-        if file.records() == 0 {
+        if file.records() == 0 && self.overlay().is_empty() {
             return Ok(());
         }
-        // An empty durable commit makes every non-durable one before it durable.
-        self.commit_to_redb(&[], None, Durability::Immediate)?;
-        file.restart();
-        Ok(())
+        self.checkpoint_with(&mut file, &[], None)
     }
 
     fn read_only_reason(&self) -> Option<String> {
@@ -791,6 +870,9 @@ impl EventLog for RedbLog {
     }
 
     fn latest_snapshot(&self) -> Result<Option<SnapshotRecord>, LogError> {
+        if let Some(snapshot) = &self.overlay().snapshot {
+            return Ok(Some(snapshot.clone()));
+        }
         let txn = self.begin_read()?;
         let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
         let Some((key, value)) = table.last().map_err(storage)? else {
@@ -802,13 +884,27 @@ impl EventLog for RedbLog {
 }
 
 impl RedbLog {
-    /// The end of a read `..=to` that redb itself serves: the rest comes from the overlay.
-    fn redb_end(&self, to: Seq) -> Seq {
-        if self.overlay.is_empty() {
-            to
-        } else {
-            to.min(Seq(self.overlay.from.0 - 1))
+    /// One durable redb commit of the tail, then `frames` and the newest snapshot; then the
+    /// tail is emptied and the write-ahead file starts over.
+    fn checkpoint_with(
+        &self,
+        file: &mut WriteAhead,
+        frames: &[(Seq, Vec<u8>)],
+        snapshot: Option<&SnapshotRecord>,
+    ) -> Result<(), LogError> {
+        {
+            // Only this log's writer changes the tail, and it is here: holding the read lock
+            // across the commit keeps readers going.
+            let overlay = self.overlay();
+            let snapshot = snapshot.or(overlay.snapshot.as_ref());
+            self.commit_parts_to_redb(&[&overlay.scan.frames, frames], snapshot)?;
         }
+        self.overlay
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        file.restart();
+        Ok(())
     }
 }
 

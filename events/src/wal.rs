@@ -19,7 +19,7 @@
 //! the next free block and then fdatasynced; that is the commit's durability point.
 //!
 //! A *cycle* runs from one checkpoint (a durable redb commit of everything so far, see
-//! `RedbLog::checkpoint`) to the next: after a checkpoint the next record goes to block 1
+//! `EventLog::checkpoint` for `RedbLog`) to the next: after a checkpoint the next record goes to block 1
 //! again, over the records of the cycle before. No byte is written at a checkpoint.
 //!
 //! Reading a file back ([`scan`]) follows the chain from block 1: each record must be intact
