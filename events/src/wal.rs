@@ -19,8 +19,9 @@
 //! the next free block and then fdatasynced; that is the commit's durability point.
 //!
 //! A *cycle* runs from one checkpoint (a durable redb commit of everything so far, see
-//! `EventLog::checkpoint` for `RedbLog`) to the next: after a checkpoint the next record goes to block 1
-//! again, over the records of the cycle before. No byte is written at a checkpoint.
+//! `EventLog::checkpoint` for `RedbLog`) to the next: after a checkpoint the next record goes
+//! to block 1 again, over the records of the cycle before. No byte is written here at a
+//! checkpoint.
 //!
 //! Reading a file back ([`scan`]) follows the chain from block 1: each record must be intact
 //! (its crc covers header and payload, and it names this log's id) and continue the sequence
@@ -162,13 +163,13 @@ fn scan_records(bytes: &[u8], log_id: u64, stored_last: Seq) -> Scan {
                         record.first_seq
                     );
                 }
-                for (index, frame) in record.frames.into_iter().enumerate() {
+                for (index, frame) in record.frames.iter().enumerate() {
                     let seq = record.first_seq + index as u64;
                     if seq > stored_last.0 {
                         frames.push((Seq(seq), frame.to_vec()));
                     }
                 }
-                expected = Some(record.first_seq + record.count);
+                expected = Some(record.end());
                 offset += record.blocks * BLOCK as usize;
             }
             Parsed::Bad(why) => break format!("the record at offset {offset} {why}"),
@@ -179,8 +180,8 @@ fn scan_records(bytes: &[u8], log_id: u64, stored_last: Seq) -> Scan {
     // record that is missing there: the break is damage, not the torn end of the last write.
     let needed = expected.unwrap_or(0).max(stored_last.0 + 1);
     let beyond = later_records(bytes, offset, log_id)
-        .filter(|record| record.first_seq + record.count > needed)
-        .map(|record| (record.first_seq + record.count - 1, record.offset))
+        .filter(|record| record.end() > needed)
+        .map(|record| (record.end() - 1, record.offset))
         .max();
     // The chain must begin right after what the log stores.
     if let Some((first, _)) = frames.first()
@@ -226,6 +227,13 @@ struct Record<'a> {
     /// Blocks the record spans.
     blocks: usize,
     frames: Vec<&'a [u8]>,
+}
+
+impl Record<'_> {
+    /// The seq after its last.
+    fn end(&self) -> u64 {
+        self.first_seq.saturating_add(self.count)
+    }
 }
 
 enum Parsed<'a> {
