@@ -6,10 +6,19 @@
 //!                                 assign seqs ─▶ encode
 //!                                                  │
 //!                                                  ▼
-//!   ack each caller ◀── publish seq ◀── fold into ◀── commit (one durable txn, with the
-//!        │              (under the      projection     snapshot taken after the previous
-//!        ▼               write lock)                   commit, if one is pending)
+//!                                   commit (EventLog::commit; for redb: one record written to
+//!                                   the write-ahead file + fdatasync = durable, kept in memory
+//!                                   until the next checkpoint = readable; with it the snapshot
+//!                                   taken after the previous commit, if pending)
+//!                                                  │
+//!                                                  ▼
+//!   ack each caller ◀── publish seq ◀── fold into projection (under the write lock)
+//!        │
+//!        ▼
 //!   snapshot due? encode the state at the last seq (read lock) and keep it for the next commit
+//!   checkpoint due (write-ahead file half full)? make one now, after the acks
+//!   queue empty for checkpoint_idle_ms, or closing? checkpoint (the events since the last one
+//!   stored in redb with one durable commit)
 //! ```
 //!
 //! Invariants:
@@ -27,6 +36,15 @@
 //!   caller of the batch with the error.
 //! - Concurrent appends share one transaction (group commit): throughput grows with the number
 //!   of writers while each commit still costs one durable write.
+//! - `EventLog::commit` returns only once the batch is durable. For the redb log that point is
+//!   the fdatasync of its record in the write-ahead file; the log serves the batch from memory
+//!   from then on (redb gets it at the next checkpoint), so no reader of the log finds an event
+//!   that is not durable, and a subscriber told of a new seq (after the fold) finds it. A
+//!   checkpoint
+//!   (`EventLog::checkpoint`) is never on an acknowledgement's path: the writer makes one after
+//!   acknowledging a batch that left the write-ahead file half full, when no request came for
+//!   [`JournalOptions::checkpoint_idle_ms`], and when closing. A failed checkpoint makes the
+//!   journal read-only, like a failed commit, and changes no view.
 //! - A conditional append ([`Journal::append_if`]) is checked by the writer thread on the
 //!   projection of every durable event, right before its sequence numbers are assigned:
 //!   nothing can commit between the check and the append. It is always the first request of
@@ -52,14 +70,14 @@ use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::event::{Envelope, Event, SCHEMA_VERSION};
 use crate::frame;
 use crate::ids::{EventId, IdGenerator, OpId, Seq};
-use crate::log::{EventLog, LogError, SnapshotRecord};
+use crate::log::{CheckpointState, EventLog, LogError, SnapshotRecord};
 
 /// Something folded from the events, kept current by the journal and snapshotted beside the
 /// log. `apply` must be pure: the same events in the same order give the same state.
@@ -147,6 +165,10 @@ pub struct JournalOptions {
     pub clock: Clock,
     /// Seed of the event-id generator (None: random). Tests and replays pin it.
     pub id_seed: Option<u64>,
+    /// With commits waiting for a checkpoint ([`EventLog::checkpoint`]), the writer makes one
+    /// once no append has come for this long. It also checkpoints when the log says one is
+    /// due, and when closing.
+    pub checkpoint_idle_ms: u64,
 }
 
 impl Default for JournalOptions {
@@ -164,6 +186,9 @@ impl Default for JournalOptions {
                     .unwrap_or(0)
             }),
             id_seed: None,
+            // Long enough that a burst of appends never waits behind a checkpoint, short
+            // enough that a log left alone soon holds every event in its main file.
+            checkpoint_idle_ms: 200,
         }
     }
 }
@@ -597,11 +622,22 @@ struct Writer<F: Fold> {
 
 impl<F: Fold> Writer<F> {
     fn run(mut self) {
-        while let Some(first) = self
-            .carried
-            .take()
-            .or_else(|| self.requests.blocking_recv())
-        {
+        // Only to wait for a request with a timeout (for the idle checkpoint).
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .inspect_err(|error| {
+                tracing::warn!(%error, "the log writer cannot time its waits; it checkpoints only when due and at close");
+            })
+            .ok();
+        loop {
+            let first = match self.carried.take() {
+                Some(request) => request,
+                None => match self.next_request(runtime.as_ref()) {
+                    Some(request) => request,
+                    None => break,
+                },
+            };
             let mut batch = vec![first];
             let mut events = batch[0].events.len();
             while events < self.options.max_batch_events {
@@ -619,8 +655,46 @@ impl<F: Fold> Writer<F> {
             }
             self.commit_batch(batch);
             self.take_snapshot_if_due();
+            // After the acknowledgements: the callers of this batch do not wait for it.
+            if self.shared.log.checkpoint_state() == CheckpointState::Due {
+                self.checkpoint();
+            }
         }
         self.store_pending_snapshot();
+        self.checkpoint();
+    }
+
+    /// The next request, `None` once the journal is closed. While commits wait for a
+    /// checkpoint, one is made when no request comes for `checkpoint_idle_ms`.
+    fn next_request(&mut self, runtime: Option<&tokio::runtime::Runtime>) -> Option<Request<F>> {
+        let Some(runtime) = runtime else {
+            return self.requests.blocking_recv();
+        };
+        if self.shared.log.checkpoint_state() != CheckpointState::Clean
+            && self.shared.health() == Health::Writable
+        {
+            let idle = Duration::from_millis(self.options.checkpoint_idle_ms);
+            // Built inside `block_on`: a timer needs the runtime it runs on.
+            let requests = &mut self.requests;
+            match runtime.block_on(async { tokio::time::timeout(idle, requests.recv()).await }) {
+                Ok(request) => return request,
+                Err(_) => self.checkpoint(),
+            }
+        }
+        runtime.block_on(self.requests.recv())
+    }
+
+    /// Makes the log's main store hold every committed event. A failure turns the journal
+    /// read-only (the events are durable, but the store's state is no longer known); the
+    /// projection is unchanged.
+    fn checkpoint(&mut self) {
+        if self.shared.health() != Health::Writable {
+            return;
+        }
+        if let Err(error) = self.shared.log.checkpoint() {
+            self.shared
+                .set_read_only(format!("a checkpoint of the log failed: {error}"));
+        }
     }
 
     fn commit_batch(&mut self, mut batch: Vec<Request<F>>) {

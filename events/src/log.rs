@@ -45,6 +45,20 @@ pub trait EventLog: Send + Sync + 'static {
         snapshot: Option<&SnapshotRecord>,
     ) -> Result<(), LogError>;
 
+    /// Whether commits are waiting for a [`EventLog::checkpoint`]. A log whose commits are
+    /// each made durable in place has nothing to checkpoint.
+    fn checkpoint_state(&self) -> CheckpointState {
+        CheckpointState::Clean
+    }
+
+    /// Makes the log's main store hold every committed event by itself, so that its
+    /// write-ahead file can start over. Commits are durable without it (this is not what
+    /// makes them durable), so the journal does it off the acknowledgement path: when the
+    /// write-ahead file fills up, when idle, and when closing.
+    fn checkpoint(&self) -> Result<(), LogError> {
+        Ok(())
+    }
+
     /// `Some(why)` when this log can only be read (it was found damaged on open): commits
     /// fail, and the journal opens read-only.
     fn read_only_reason(&self) -> Option<String> {
@@ -79,6 +93,17 @@ pub trait EventLog: Send + Sync + 'static {
         }
         run.finish()
     }
+}
+
+/// How badly a log wants a checkpoint ([`EventLog::checkpoint_state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointState {
+    /// Nothing to checkpoint.
+    Clean,
+    /// Commits since the last checkpoint; one is worth doing when there is nothing else to do.
+    Pending,
+    /// The write-ahead file is filling up: checkpoint now, before a batch finds no room.
+    Due,
 }
 
 /// Decodes a run of stored frames that must hold consecutive sequence numbers from a given
@@ -171,6 +196,14 @@ pub enum LogError {
         "the event log {path} is empty: a log is never empty once created, so it was probably truncated; keep a copy for inspection and move it away to start a new log"
     )]
     EmptyFile { path: String },
+    #[error(
+        "the write-ahead file {wal} does not belong to the event log {log} ({why}), so its events were not read; nothing was changed. This happens when a log file was replaced or moved without the write-ahead file beside it, or when `banger events repair` was interrupted (its backup then has a `.wal` of its own). Keep {wal} with the log it came from; if that log is gone or already holds its events, move {wal} away"
+    )]
+    ForeignWriteAhead {
+        wal: String,
+        log: String,
+        why: String,
+    },
     #[error("event log storage failed: {0}")]
     Storage(String),
     #[error("the event log is closed")]

@@ -5,14 +5,24 @@
 //! - `snapshots`: seq → format (u32 le) ‖ crc32 (u32 le) ‖ projection bytes; only the newest is
 //!   kept, replaced in the transaction that commits the events after it (or on its own), never
 //!   before the events it covers are stored;
-//! - `meta`: `schema` → the highest envelope schema version that ever wrote to this file.
+//! - `meta`: `schema` → the highest envelope schema version that ever wrote to this file;
+//!   `log_id` → a random u64 naming this log, which its write-ahead file repeats.
+//!
+//! In front of the redb file sits its write-ahead file ([`crate::wal`], `events.redb.wal`). A
+//! commit writes its frames there as one record and fdatasyncs it (the durability point), and
+//! keeps them in memory, in the *tail*: readers of this handle find them there at once. Now
+//! and then a *checkpoint* ([`EventLog::checkpoint`]) stores the tail in redb with one durable
+//! commit, and the write-ahead file starts over. If the process dies in between, redb holds
+//! everything up to the last checkpoint, and opening the log copies the write-ahead file's
+//! newer records into redb (durably) before anything else reads it. A log opened without
+//! writing reads those records in place. Either way every opener sees the same events.
 //!
 //! redb takes an exclusive lock on the file, so only one process can have a log open; a second
-//! gets [`LogError::Locked`].
+//! gets [`LogError::Locked`]. The write-ahead file is only touched under that lock.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use redb::{
     Database, Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTable, ReadableTableMetadata,
@@ -21,13 +31,15 @@ use redb::{
 
 use crate::event::Envelope;
 use crate::event::SCHEMA_VERSION;
-use crate::ids::Seq;
-use crate::log::{CheckedRun, EventLog, LogError, SnapshotRecord};
+use crate::ids::{IdGenerator, Seq};
+use crate::log::{CheckedRun, CheckpointState, EventLog, LogError, SnapshotRecord};
+use crate::wal::{self, Appended, WriteAhead};
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const META_SCHEMA: &str = "schema";
+const META_LOG_ID: &str = "log_id";
 
 /// How a [`RedbLog`] commits.
 #[derive(Clone, Copy, Debug)]
@@ -39,6 +51,14 @@ pub struct RedbOptions {
     pub quick_repair: bool,
     /// redb page cache size in bytes.
     pub cache_bytes: usize,
+    /// Commit through the write-ahead file (one sequential write and fdatasync; redb gets the
+    /// events at the next checkpoint) rather than with a durable redb commit each.
+    /// Off, every commit is a durable redb commit, as before the write-ahead file existed
+    /// (`bench-log` measures both); a write-ahead file found on open is replayed either way.
+    pub write_ahead: bool,
+    /// Size of the write-ahead file, allocated up front. A checkpoint is due once half of it
+    /// is used; a batch bigger than a quarter of it is committed to redb directly.
+    pub write_ahead_bytes: u64,
 }
 
 impl Default for RedbOptions {
@@ -46,6 +66,8 @@ impl Default for RedbOptions {
         RedbOptions {
             quick_repair: false,
             cache_bytes: 64 * 1024 * 1024,
+            write_ahead: true,
+            write_ahead_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -54,6 +76,102 @@ pub struct RedbLog {
     store: Store,
     path: PathBuf,
     options: RedbOptions,
+    /// Where commits become durable (a writable log with `write_ahead`).
+    write_ahead: Option<Mutex<WriteAhead>>,
+    /// Events past redb's last seq that only the write-ahead file holds, read from memory as
+    /// if redb stored them. In a writable log with a write-ahead file: every commit since the
+    /// last checkpoint (the *tail*), which the checkpoint moves into redb. In a log opened
+    /// without writing: what the file held, which such a log cannot move into redb.
+    ///
+    /// Readers hold its read lock while they begin their redb transaction, and a checkpoint
+    /// empties it only after its redb commit: so a reader finds every event in one or the
+    /// other.
+    overlay: RwLock<Overlay>,
+    /// Events this open copied from the write-ahead file into redb.
+    replayed: u64,
+}
+
+/// Events past redb's last seq, held in memory (see [`RedbLog::overlay`]).
+#[derive(Default)]
+struct Overlay {
+    /// The seq after redb's last: where the overlay's frames begin.
+    from: Seq,
+    scan: wal::Scan,
+    /// The snapshot committed with the tail, stored in redb at the next checkpoint.
+    snapshot: Option<SnapshotRecord>,
+}
+
+impl Overlay {
+    /// Appends a committed batch (consecutive seqs following the last).
+    fn push(&mut self, frames: &[(Seq, Vec<u8>)], snapshot: Option<&SnapshotRecord>) {
+        if self.scan.frames.is_empty()
+            && let Some((first, _)) = frames.first()
+        {
+            self.from = *first;
+        }
+        self.scan.frames.extend_from_slice(frames);
+        if let Some(snapshot) = snapshot {
+            self.snapshot = Some(snapshot.clone());
+        }
+    }
+
+    /// After a checkpoint: redb holds it all.
+    fn clear(&mut self) {
+        self.scan.frames.clear();
+        self.snapshot = None;
+    }
+
+    /// The end of a read `..=to` that redb itself serves: the rest comes from here.
+    fn redb_end(&self, to: Seq) -> Seq {
+        if self.is_empty() {
+            to
+        } else {
+            to.min(Seq(self.from.0 - 1))
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.scan.last_seq().is_none()
+    }
+
+    fn last_seq(&self) -> Option<Seq> {
+        self.scan.last_seq()
+    }
+
+    /// Events it counts as stored, damaged ones included (as redb counts a damaged frame).
+    fn len(&self) -> u64 {
+        self.last_seq()
+            .map_or(0, |last| (last.0 + 1).saturating_sub(self.from.0))
+    }
+
+    /// Feeds the frames in `from..=to` to `push` (until it says stop or `limit` is reached);
+    /// reaching damaged events fails with their error.
+    fn read(
+        &self,
+        from: Seq,
+        to: Seq,
+        limit: usize,
+        mut push: impl FnMut(Seq, &[u8]) -> bool,
+    ) -> Result<(), LogError> {
+        let mut taken = 0;
+        // The frames hold consecutive seqs from `self.from`.
+        let skip = from.0.saturating_sub(self.from.0) as usize;
+        for (seq, frame) in self.scan.frames.iter().skip(skip) {
+            if *seq > to || taken >= limit {
+                return Ok(());
+            }
+            taken += 1;
+            if !push(*seq, frame) {
+                return Ok(());
+            }
+        }
+        match &self.scan.damage {
+            Some(damage) if damage.seq <= to && damage.seq >= from && taken < limit => {
+                Err(damage.error())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// An existing log is first opened read-only and checked; it is opened for writing only when
@@ -85,16 +203,32 @@ impl RedbLog {
         let path = path.as_ref().to_path_buf();
         match std::fs::metadata(&path) {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let wal_path = wal::path_for(&path);
+                if wal_path.exists() {
+                    // Its events belong to a log that was moved away (or deleted): starting a
+                    // new log beside them would make them look like this one's.
+                    return Err(LogError::ForeignWriteAhead {
+                        wal: wal_path.display().to_string(),
+                        log: path.display().to_string(),
+                        why: "the log it belongs to is not there, and a new log is about to be created"
+                            .into(),
+                    });
+                }
                 let db = Database::builder()
                     .set_cache_size(options.cache_bytes)
                     .create(&path)
                     .map_err(|error| cannot_open(&path, error))?;
-                let log = RedbLog {
-                    store: Store::Writable(db),
-                    path,
-                    options,
-                };
+                let mut log = RedbLog::with_store(Store::Writable(db), path, options);
                 log.stamp_schema()?;
+                let id = log.stamp_log_id()?;
+                // The log's name is durable before its write-ahead file's can be.
+                wal::sync_parent(&log.path).map_err(|error| {
+                    LogError::Storage(format!(
+                        "cannot sync the directory of {}: {error}",
+                        log.path.display()
+                    ))
+                })?;
+                log.start_write_ahead(id)?;
                 return Ok(log);
             }
             Err(error) => {
@@ -115,15 +249,17 @@ impl RedbLog {
             .open_read_only(&path)
         {
             Ok(db) => {
-                let mut log = RedbLog {
-                    store: Store::ReadOnly {
+                let mut log = RedbLog::with_store(
+                    Store::ReadOnly {
                         db,
                         reason: String::new(),
                     },
                     path,
                     options,
-                };
+                );
                 log.check_schema()?;
+                // The write-ahead file's events are checked with the rest.
+                log.load_overlay()?;
                 if let Some(damage) = log.damage_after_snapshot()? {
                     if let Store::ReadOnly { reason, .. } = &mut log.store {
                         *reason = damage.to_string();
@@ -131,12 +267,8 @@ impl RedbLog {
                     return Ok(log);
                 }
                 // Sound: reopen for writing (the read-only handle's lock goes with it).
-                let RedbLog {
-                    store,
-                    path,
-                    options,
-                } = log;
-                drop(store);
+                let path = log.path.clone();
+                drop(log);
                 Self::open_writable(path, options)
             }
             // Not closed cleanly: only a writable open may repair it.
@@ -173,15 +305,16 @@ impl RedbLog {
             .open_read_only(&path)
         {
             Ok(db) => {
-                let log = RedbLog {
-                    store: Store::ReadOnly {
+                let mut log = RedbLog::with_store(
+                    Store::ReadOnly {
                         db,
                         reason: "opened for reading only".into(),
                     },
                     path,
                     options,
-                };
+                );
                 log.check_schema()?;
+                log.load_overlay()?;
                 Ok(Some(log))
             }
             Err(redb::DatabaseError::RepairAborted) => Ok(None),
@@ -191,8 +324,10 @@ impl RedbLog {
 
     /// Opens a log whose writer was killed, letting redb repair it even when that means
     /// falling back to the commit before a damaged latest one (which [`RedbLog::open`]
-    /// refuses to do). This writes the file: use it on a copy. Returns whether redb fell
-    /// back, in which case the latest commit's events are gone from what it reads.
+    /// refuses to do). This writes the file: use it on a copy (with a copy of its write-ahead
+    /// file beside it, whose events are read in place, never written into the copy). Returns
+    /// whether redb fell back, in which case the latest commit's events are gone from what it
+    /// reads, unless the write-ahead file still holds them.
     pub fn open_repairing(path: impl AsRef<Path>) -> Result<(Self, bool), LogError> {
         let path = path.as_ref().to_path_buf();
         let options = RedbOptions::default();
@@ -207,12 +342,9 @@ impl RedbLog {
             })
             .open(&path)
             .map_err(|error| cannot_open(&path, error))?;
-        let log = RedbLog {
-            store: Store::Writable(db),
-            path,
-            options,
-        };
+        let mut log = RedbLog::with_store(Store::Writable(db), path, options);
         log.check_schema()?;
+        log.load_overlay()?;
         Ok((log, fell_back.load(Ordering::SeqCst)))
     }
 
@@ -244,19 +376,202 @@ impl RedbLog {
             }
             Err(error) => return Err(cannot_open(&path, error)),
         };
-        let log = RedbLog {
-            store: Store::Writable(db),
-            path,
-            options,
-        };
+        let mut log = RedbLog::with_store(Store::Writable(db), path, options);
         if log.check_schema()?.is_none() {
             log.stamp_schema()?;
         }
+        // Events durable only in the write-ahead file (the writer died before a checkpoint)
+        // go into redb, durably, before anyone reads the log.
+        let id = log.log_id()?;
+        let stored = log.last_seq()?;
+        let scan = wal::scan(&wal::path_for(&log.path), &log.path, id, stored)?;
+        if let Some(damage) = &scan.damage {
+            // A damaged log is never modified: read it as it is, the write-ahead file's intact
+            // events in place.
+            let path = log.path.clone();
+            drop(log);
+            let db = redb::Builder::new()
+                .set_cache_size(options.cache_bytes)
+                .open_read_only(&path)
+                .map_err(|error| cannot_open(&path, error))?;
+            let mut log = RedbLog::with_store(
+                Store::ReadOnly {
+                    db,
+                    reason: damage.error().to_string(),
+                },
+                path,
+                options,
+            );
+            log.overlay = RwLock::new(Overlay {
+                from: stored.next(),
+                scan,
+                snapshot: None,
+            });
+            return Ok(log);
+        }
+        if !scan.frames.is_empty() {
+            log.commit_to_redb(&scan.frames, None)?;
+            log.replayed = scan.frames.len() as u64;
+            tracing::info!(
+                events = scan.frames.len(),
+                last = %scan.frames[scan.frames.len() - 1].0,
+                "replayed the write-ahead file into the log"
+            );
+        }
+        let id = match id {
+            Some(id) => id,
+            None => log.stamp_log_id()?,
+        };
+        log.start_write_ahead(id)?;
         Ok(log)
+    }
+
+    fn with_store(store: Store, path: PathBuf, options: RedbOptions) -> RedbLog {
+        RedbLog {
+            store,
+            path,
+            options,
+            write_ahead: None,
+            overlay: RwLock::default(),
+            replayed: 0,
+        }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How many events opening copied from the write-ahead file into redb: those a writer
+    /// made durable there and did not live to checkpoint.
+    pub fn replayed_from_write_ahead(&self) -> u64 {
+        self.replayed
+    }
+
+    /// The write-ahead file beside this log.
+    pub fn write_ahead_path(&self) -> PathBuf {
+        wal::path_for(&self.path)
+    }
+
+    /// Starts committing through the write-ahead file (when the options say so). Whatever
+    /// the file held must be in redb already: its next record starts a new cycle.
+    fn start_write_ahead(&mut self, id: u64) -> Result<(), LogError> {
+        if self.options.write_ahead {
+            let file = WriteAhead::open(
+                &self.write_ahead_path(),
+                &self.path,
+                id,
+                self.options.write_ahead_bytes,
+            )?;
+            self.write_ahead = Some(Mutex::new(file));
+        }
+        Ok(())
+    }
+
+    /// Reads the write-ahead file's events past redb's last seq, to be read in place.
+    fn load_overlay(&mut self) -> Result<(), LogError> {
+        let id = self.log_id()?;
+        let stored = self.stored_last_seq()?;
+        let scan = wal::scan(&self.write_ahead_path(), &self.path, id, stored)?;
+        self.overlay = RwLock::new(Overlay {
+            from: stored.next(),
+            scan,
+            snapshot: None,
+        });
+        Ok(())
+    }
+
+    fn overlay(&self) -> RwLockReadGuard<'_, Overlay> {
+        // Every change to it is one push or one clear: a panic cannot leave it half done.
+        self.overlay.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_ahead(&self) -> Option<MutexGuard<'_, WriteAhead>> {
+        // Only the log's one writer takes it; a panic under it leaves at worst a record
+        // written and not committed to redb, which the next open replays.
+        self.write_ahead
+            .as_ref()
+            .map(|file| file.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// This log's id, `None` when no banger with a write-ahead file has written it.
+    fn log_id(&self) -> Result<Option<u64>, LogError> {
+        let txn = self.begin_read()?;
+        let meta = match txn.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(error) => return Err(storage(error)),
+        };
+        Ok(meta
+            .get(META_LOG_ID)
+            .map_err(storage)?
+            .and_then(|value| <[u8; 8]>::try_from(value.value()).ok())
+            .map(u64::from_le_bytes))
+    }
+
+    /// Gives the log its id, durably.
+    fn stamp_log_id(&self) -> Result<u64, LogError> {
+        let Store::Writable(db) = &self.store else {
+            return Err(self.read_only_error());
+        };
+        let id = IdGenerator::new().next_u64();
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            meta.insert(META_LOG_ID, id.to_le_bytes().as_slice())
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(id)
+    }
+
+    /// redb's own last seq, without the write-ahead file's events read in place.
+    fn stored_last_seq(&self) -> Result<Seq, LogError> {
+        let txn = self.begin_read()?;
+        let table = txn.open_table(EVENTS).map_err(storage)?;
+        let last = table
+            .last()
+            .map_err(storage)?
+            .map(|(key, _)| key.value())
+            .unwrap_or(0);
+        Ok(Seq(last))
+    }
+
+    /// One durable redb transaction storing `frames` and `snapshot`.
+    fn commit_to_redb(
+        &self,
+        frames: &[(Seq, Vec<u8>)],
+        snapshot: Option<&SnapshotRecord>,
+    ) -> Result<(), LogError> {
+        self.commit_parts_to_redb(&[frames], snapshot)
+    }
+
+    /// One durable redb transaction storing the frames of every part, in order, and
+    /// `snapshot`.
+    fn commit_parts_to_redb(
+        &self,
+        parts: &[&[(Seq, Vec<u8>)]],
+        snapshot: Option<&SnapshotRecord>,
+    ) -> Result<(), LogError> {
+        let Store::Writable(db) = &self.store else {
+            return Err(self.read_only_error());
+        };
+        let mut txn = db.begin_write().map_err(storage)?;
+        txn.set_durability(Durability::Immediate).map_err(storage)?;
+        txn.set_quick_repair(self.options.quick_repair);
+        if parts.iter().any(|frames| !frames.is_empty()) {
+            let mut events = txn.open_table(EVENTS).map_err(storage)?;
+            for (seq, frame) in parts.iter().copied().flatten() {
+                events.insert(seq.0, frame.as_slice()).map_err(storage)?;
+            }
+        }
+        if let Some(snapshot) = snapshot {
+            let mut snapshots = txn.open_table(SNAPSHOTS).map_err(storage)?;
+            snapshots.retain(|_, _| false).map_err(storage)?;
+            snapshots
+                .insert(snapshot.seq.0, encode_snapshot(snapshot).as_slice())
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
     }
 
     fn begin_read(&self) -> Result<redb::ReadTransaction, LogError> {
@@ -356,20 +671,18 @@ fn storage(error: impl std::fmt::Display) -> LogError {
 
 impl EventLog for RedbLog {
     fn last_seq(&self) -> Result<Seq, LogError> {
-        let txn = self.begin_read()?;
-        let table = txn.open_table(EVENTS).map_err(storage)?;
-        let last = table
-            .last()
-            .map_err(storage)?
-            .map(|(key, _)| key.value())
-            .unwrap_or(0);
-        Ok(Seq(last))
+        let overlay = self.overlay();
+        match overlay.last_seq() {
+            Some(last) => Ok(last),
+            None => self.stored_last_seq(),
+        }
     }
 
     fn len(&self) -> Result<u64, LogError> {
+        let overlay = self.overlay();
         let txn = self.begin_read()?;
         let table = txn.open_table(EVENTS).map_err(storage)?;
-        table.len().map_err(storage)
+        Ok(table.len().map_err(storage)? + overlay.len())
     }
 
     fn read_frames(
@@ -381,14 +694,49 @@ impl EventLog for RedbLog {
         if from > to || limit == 0 {
             return Ok(Vec::new());
         }
-        let txn = self.begin_read()?;
-        let table = txn.open_table(EVENTS).map_err(storage)?;
+        // The overlay's part is copied out, and redb's transaction begun, under one read lock
+        // (see `RedbLog::overlay`).
+        let (txn, stored_to, tail, damage) = {
+            let overlay = self.overlay();
+            let stored_to = overlay.redb_end(to);
+            let txn = if from <= stored_to {
+                Some(self.begin_read()?)
+            } else {
+                None
+            };
+            let mut tail = Vec::new();
+            let damage = if to >= overlay.from && !overlay.is_empty() {
+                overlay
+                    .read(from, to, limit, |seq, frame| {
+                        tail.push((seq, frame.to_vec()));
+                        true
+                    })
+                    .err()
+            } else {
+                None
+            };
+            (txn, stored_to, tail, damage)
+        };
         let mut out = Vec::with_capacity(limit.min(4096));
-        for entry in table.range(from.0..=to.0).map_err(storage)?.take(limit) {
-            let (key, value) = entry.map_err(storage)?;
-            out.push((Seq(key.value()), value.value().to_vec()));
+        if let Some(txn) = txn {
+            let table = txn.open_table(EVENTS).map_err(storage)?;
+            for entry in table
+                .range(from.0..=stored_to.0)
+                .map_err(storage)?
+                .take(limit)
+            {
+                let (key, value) = entry.map_err(storage)?;
+                out.push((Seq(key.value()), value.value().to_vec()));
+            }
         }
-        Ok(out)
+        let room = limit - out.len();
+        let cut = tail.len() > room;
+        out.extend(tail.into_iter().take(room));
+        // Damage stops the read there: an error only when nothing comes before it.
+        match damage {
+            Some(error) if !cut && out.is_empty() => Err(error),
+            _ => Ok(out),
+        }
     }
 
     /// Decodes straight from redb's pages instead of copying each frame out first: this is the
@@ -398,56 +746,120 @@ impl EventLog for RedbLog {
         if from > to || limit == 0 {
             return run.finish();
         }
-        let range = self
-            .begin_read()
-            .and_then(|txn| txn.open_table(EVENTS).map_err(storage))
-            .and_then(|table| table.range(from.0..=to.0).map_err(storage));
-        match range {
-            Ok(range) => {
-                for entry in range.take(limit) {
-                    match entry {
-                        Ok((key, value)) => {
-                            if !run.push(Seq(key.value()), value.value()) {
-                                break;
+        let (txn, stored_to, tail, damage) = {
+            let overlay = self.overlay();
+            let stored_to = overlay.redb_end(to);
+            let txn = (from <= stored_to).then(|| self.begin_read());
+            let mut tail = Vec::new();
+            let damage = if to >= overlay.from && !overlay.is_empty() {
+                overlay
+                    .read(from, to, limit, |seq, frame| {
+                        tail.push((seq, frame.to_vec()));
+                        true
+                    })
+                    .err()
+            } else {
+                None
+            };
+            (txn, stored_to, tail, damage)
+        };
+        let mut taken = 0;
+        if let Some(txn) = txn {
+            let range = txn
+                .and_then(|txn| txn.open_table(EVENTS).map_err(storage))
+                .and_then(|table| table.range(from.0..=stored_to.0).map_err(storage));
+            match range {
+                Ok(range) => {
+                    for entry in range.take(limit) {
+                        match entry {
+                            Ok((key, value)) => {
+                                taken += 1;
+                                if !run.push(Seq(key.value()), value.value()) {
+                                    return run.finish();
+                                }
                             }
-                        }
-                        Err(error) => {
-                            run.fail(storage(error));
-                            break;
+                            Err(error) => {
+                                run.fail(storage(error));
+                                return run.finish();
+                            }
                         }
                     }
                 }
+                Err(error) => {
+                    run.fail(error);
+                    return run.finish();
+                }
             }
-            Err(error) => run.fail(error),
+        }
+        let room = limit - taken;
+        let cut = tail.len() > room;
+        for (seq, frame) in tail.iter().take(room) {
+            if !run.push(*seq, frame) {
+                return run.finish();
+            }
+        }
+        if let Some(error) = damage
+            && !cut
+        {
+            run.fail(error);
         }
         run.finish()
     }
 
+    /// With the write-ahead file: the frames are durable once their record is fdatasynced
+    /// there, and readable from memory from then on (the tail); a checkpoint moves the tail
+    /// into redb with one durable commit. A batch the file has no room for, or a snapshot
+    /// alone, is committed durably to redb with the tail (a checkpoint: the file starts over).
     fn commit(
         &self,
         frames: &[(Seq, Vec<u8>)],
         snapshot: Option<&SnapshotRecord>,
     ) -> Result<(), LogError> {
-        let Store::Writable(db) = &self.store else {
+        if let Store::ReadOnly { .. } = &self.store {
             return Err(self.read_only_error());
-        };
-        let mut txn = db.begin_write().map_err(storage)?;
-        txn.set_durability(Durability::Immediate).map_err(storage)?;
-        txn.set_quick_repair(self.options.quick_repair);
-        {
-            let mut events = txn.open_table(EVENTS).map_err(storage)?;
-            for (seq, frame) in frames {
-                events.insert(seq.0, frame.as_slice()).map_err(storage)?;
+        }
+        let Some(mut file) = self.write_ahead() else {
+            if !self.overlay().is_empty() {
+                return Err(LogError::ReadOnly {
+                    reason: "this log was opened to be read: some of its events are only in its write-ahead file".into(),
+                });
             }
+            return self.commit_to_redb(frames, snapshot);
+        };
+        let appended = file.append(frames).map_err(|error| {
+            LogError::Storage(format!(
+                "cannot write the write-ahead file {}: {error}",
+                self.write_ahead_path().display()
+            ))
+        })?;
+        match appended {
+            Appended::Durable => {
+                self.overlay
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(frames, snapshot);
+                Ok(())
+            }
+            Appended::NoRoom => self.checkpoint_with(&mut file, frames, snapshot),
         }
-        if let Some(snapshot) = snapshot {
-            let mut snapshots = txn.open_table(SNAPSHOTS).map_err(storage)?;
-            snapshots.retain(|_, _| false).map_err(storage)?;
-            snapshots
-                .insert(snapshot.seq.0, encode_snapshot(snapshot).as_slice())
-                .map_err(storage)?;
+    }
+
+    fn checkpoint_state(&self) -> CheckpointState {
+        match self.write_ahead() {
+            Some(file) if file.half_full() => CheckpointState::Due,
+            Some(file) if file.records() > 0 => CheckpointState::Pending,
+            _ => CheckpointState::Clean,
         }
-        txn.commit().map_err(storage)
+    }
+
+    fn checkpoint(&self) -> Result<(), LogError> {
+        let Some(mut file) = self.write_ahead() else {
+            return Ok(());
+        };
+        if file.records() == 0 && self.overlay().is_empty() {
+            return Ok(());
+        }
+        self.checkpoint_with(&mut file, &[], None)
     }
 
     fn read_only_reason(&self) -> Option<String> {
@@ -458,6 +870,9 @@ impl EventLog for RedbLog {
     }
 
     fn latest_snapshot(&self) -> Result<Option<SnapshotRecord>, LogError> {
+        if let Some(snapshot) = &self.overlay().snapshot {
+            return Ok(Some(snapshot.clone()));
+        }
         let txn = self.begin_read()?;
         let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
         let Some((key, value)) = table.last().map_err(storage)? else {
@@ -465,6 +880,41 @@ impl EventLog for RedbLog {
         };
         // A damaged snapshot is only a lost shortcut: the events are still there to replay.
         Ok(decode_snapshot(Seq(key.value()), value.value()))
+    }
+}
+
+impl RedbLog {
+    /// One durable redb commit of the tail, then `frames` and the newest snapshot; then the
+    /// tail is emptied and the write-ahead file starts over.
+    fn checkpoint_with(
+        &self,
+        file: &mut WriteAhead,
+        frames: &[(Seq, Vec<u8>)],
+        snapshot: Option<&SnapshotRecord>,
+    ) -> Result<(), LogError> {
+        {
+            // Only this log's writer changes the tail, and it is here: holding the read lock
+            // across the commit keeps readers going.
+            let overlay = self.overlay();
+            let snapshot = snapshot.or(overlay.snapshot.as_ref());
+            self.commit_parts_to_redb(&[&overlay.scan.frames, frames], snapshot)?;
+        }
+        self.overlay
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        file.restart();
+        Ok(())
+    }
+}
+
+impl Drop for RedbLog {
+    /// A last checkpoint, so that a log closed without its journal (tools, tests) leaves redb
+    /// holding every event. Losing it costs nothing: the next open replays the file.
+    fn drop(&mut self) {
+        if let Err(error) = self.checkpoint() {
+            tracing::warn!(%error, log = %self.path.display(), "could not checkpoint the log as it closed");
+        }
     }
 }
 

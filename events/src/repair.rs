@@ -9,24 +9,33 @@
 //!        │                          events.redb.repairing: frames 1..K-1 copied byte for byte,
 //!        │                          then LogRepaired { first_lost_seq: K, … } at seq K
 //!        ▼                                                │
-//!  hard link to the backup name ◀─────────────────────────┘
+//!  hard links to the backup names ◀────────────────────────┘
+//!  (events.redb.wal too, when there is one)
 //!        │
 //!        ▼
-//!  rename events.redb.repairing over events.redb (atomic), fsync the directory
+//!  rename events.redb.repairing over events.redb (atomic), remove events.redb.wal (the new
+//!  log's events are all in it), fsync the directory
 //! ```
+//!
+//! A log's events include those only its write-ahead file holds (`crate::wal`: a writer killed
+//! before a checkpoint leaves them there): every way of reading the damaged log here reads
+//! them too, and the write-ahead file is kept with the damaged log as `BACKUP.wal`.
 //!
 //! Invariants:
 //! - The damaged file is never written: it is opened read-only, or, when its writer was
 //!   killed and redb must repair its bookkeeping first (which writes), copied and the copy
 //!   opened; then it only gains a second name. The backup is the original inode, byte for
-//!   byte.
+//!   byte. Its write-ahead file is only ever read, and kept under the backup's name too.
 //! - redb's repair of such a copy may have to fall back to the commit before a damaged latest
 //!   one; the events of that commit are then counted as lost (from the seq after the last one
 //!   read, their number unknown), never passed over.
 //! - At every moment the log's path names a whole log, the damaged one or the repaired one:
 //!   the backup name is linked before the repaired log is renamed over the path, so a crash
 //!   anywhere leaves either the old file (with a backup link, which a second run replaces by
-//!   another timestamped name) or the new one.
+//!   another timestamped name) or the new one. A crash after the rename and before the old
+//!   write-ahead file is removed leaves that file beside the new log, whose id it does not
+//!   name: opening refuses it ([`LogError::ForeignWriteAhead`]) rather than replay it, and its
+//!   events are in the backup's.
 //! - The repaired log's events are the damaged log's intact prefix, frame for frame, so their
 //!   event ids, timestamps and payload layouts are unchanged; it is gapless, and the one event
 //!   after them, at the first lost seq, is the `LogRepaired` that names the loss.
@@ -45,6 +54,7 @@ use crate::frame;
 use crate::ids::{EventId, IdGenerator, Seq};
 use crate::log::{EventLog, LogError, decode_checked};
 use crate::redb_log::RedbLog;
+use crate::wal;
 
 /// Frames read (and committed to the new log) at a time.
 const BATCH: usize = 4096;
@@ -97,6 +107,8 @@ pub struct Repaired {
     pub damage: Damage,
     /// Where the damaged file now is (unchanged).
     pub backup_path: PathBuf,
+    /// Where the damaged log's write-ahead file now is (unchanged), if it had one.
+    pub backup_write_ahead_path: Option<PathBuf>,
     /// The `LogRepaired` event, as stored at `damage.first_lost_seq`.
     pub event: Envelope,
 }
@@ -106,7 +118,7 @@ pub enum RepairError {
     #[error("there is no event log at {}; nothing to repair", path.display())]
     Missing { path: PathBuf },
     #[error(
-        "redb cannot open {} at all ({source}), so no event can be read from it; it was not changed. Keep it for inspection; to start over, move it away (bangerd then begins a new, empty log)",
+        "redb cannot open {} at all ({source}), so no event can be read from it; it was not changed. Keep it for inspection; to start over, move it away with its write-ahead file (`.wal`) beside it (bangerd then begins a new, empty log)",
         path.display()
     )]
     Unreadable {
@@ -116,6 +128,11 @@ pub enum RepairError {
     },
     #[error("{source}; this is not damage, so it was not repaired (nothing was changed)")]
     Newer {
+        #[source]
+        source: LogError,
+    },
+    #[error("{source}")]
+    ForeignWriteAhead {
         #[source]
         source: LogError,
     },
@@ -165,14 +182,23 @@ pub fn repair(
         Diagnosis::Intact { events } => return Ok(Outcome::Intact { events }),
         Diagnosis::Damaged(damage) => damage,
     };
-    if fs::symlink_metadata(backup_path).is_ok() {
-        return Err(RepairError::BackupExists {
-            path: backup_path.to_path_buf(),
-        });
+    let write_ahead = wal::path_for(path);
+    let has_write_ahead = fs::symlink_metadata(&write_ahead).is_ok();
+    let backup_write_ahead = wal::path_for(backup_path);
+    for taken in [backup_path, &backup_write_ahead] {
+        if fs::symlink_metadata(taken).is_ok() {
+            return Err(RepairError::BackupExists {
+                path: taken.to_path_buf(),
+            });
+        }
     }
     let staging = sibling(path, ".repairing");
     let staged = Staged::new(staging.clone());
+    // The new log's write-ahead file: empty once the new log is closed (a checkpoint), so it
+    // is removed, and the new log gets a fresh one when next opened.
+    let staged_write_ahead = Staged::new(wal::path_for(&staging));
     let _ = fs::remove_file(&staging);
+    let _ = fs::remove_file(wal::path_for(&staging));
     let new_log = RedbLog::open(&staging).map_err(|source| RepairError::Write {
         path: staging.clone(),
         source,
@@ -235,24 +261,46 @@ pub fn repair(
             });
         }
     }
+    // Closing the new log checkpoints it: redb holds every event by itself.
     drop(new_log);
+    drop(staged_write_ahead);
     drop(opened);
     sync_file(&staging)?;
 
-    // Give the damaged file its second name, then put the repaired log in its place.
-    fs::hard_link(path, backup_path).map_err(|source| match source.kind() {
-        io::ErrorKind::AlreadyExists => RepairError::BackupExists {
-            path: backup_path.to_path_buf(),
-        },
-        _ => RepairError::Io {
-            what: "keep the damaged log under a second name at",
-            path: backup_path.to_path_buf(),
-            source,
-        },
-    })?;
-    if let Err(source) = fs::rename(&staging, path) {
-        // Back to how it was: the damaged log under its own name only.
+    // Give the damaged files their second names, then put the repaired log in their place.
+    let link = |from: &Path, to: &Path, what: &'static str| {
+        fs::hard_link(from, to).map_err(|source| match source.kind() {
+            io::ErrorKind::AlreadyExists => RepairError::BackupExists {
+                path: to.to_path_buf(),
+            },
+            _ => RepairError::Io {
+                what,
+                path: to.to_path_buf(),
+                source,
+            },
+        })
+    };
+    link(
+        path,
+        backup_path,
+        "keep the damaged log under a second name at",
+    )?;
+    if has_write_ahead
+        && let Err(error) = link(
+            &write_ahead,
+            &backup_write_ahead,
+            "keep the damaged log's write-ahead file under a second name at",
+        )
+    {
         let _ = fs::remove_file(backup_path);
+        return Err(error);
+    }
+    if let Err(source) = fs::rename(&staging, path) {
+        // Back to how it was: the damaged log under its own names only.
+        let _ = fs::remove_file(backup_path);
+        if has_write_ahead {
+            let _ = fs::remove_file(&backup_write_ahead);
+        }
         return Err(RepairError::Io {
             what: "put the repaired log in place of",
             path: path.to_path_buf(),
@@ -260,12 +308,21 @@ pub fn repair(
         });
     }
     staged.keep();
+    // The old write-ahead file belongs to the damaged log (kept as the backup's).
+    if has_write_ahead {
+        fs::remove_file(&write_ahead).map_err(|source| RepairError::Io {
+            what: "remove the damaged log's write-ahead file (its backup is kept) at",
+            path: write_ahead.clone(),
+            source,
+        })?;
+    }
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
     }
     Ok(Outcome::Repaired(Box::new(Repaired {
         damage,
         backup_path: backup_path.to_path_buf(),
+        backup_write_ahead_path: has_write_ahead.then_some(backup_write_ahead),
         event,
     })))
 }
@@ -356,10 +413,11 @@ fn reason(seq: Seq, error: &LogError) -> String {
 enum Opened {
     Redb {
         // Declared first, so that it closes before its scratch copy is removed.
-        log: RedbLog,
+        log: Box<RedbLog>,
         /// redb's repair of the copy fell back to the commit before a damaged latest one.
         fell_back: bool,
-        _scratch: Option<Staged>,
+        /// The copies of the log and of its write-ahead file.
+        _scratch: Option<(Staged, Staged)>,
     },
     Raw(RawScan),
 }
@@ -374,14 +432,28 @@ impl Opened {
         let redb_error = match Self::open_redb(path) {
             Ok(opened) => return Ok(opened),
             Err(source @ LogError::NewerLog { .. }) => return Err(RepairError::Newer { source }),
+            Err(source @ LogError::ForeignWriteAhead { .. }) => {
+                return Err(RepairError::ForeignWriteAhead { source });
+            }
             Err(error) => error,
         };
-        let bytes = fs::read(path).map_err(|source| RepairError::Io {
-            what: "read",
-            path: path.to_path_buf(),
-            source,
-        })?;
-        match RawScan::new(&bytes, &redb_error)? {
+        let read = |path: &Path| {
+            fs::read(path).map_err(|source| RepairError::Io {
+                what: "read",
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let bytes = read(path)?;
+        // Frames in the write-ahead file are found the same way (its records hold them
+        // verbatim); what it holds of older cycles are copies of frames stored in the log.
+        let write_ahead = wal::path_for(path);
+        let write_ahead_bytes = if fs::symlink_metadata(&write_ahead).is_ok() {
+            read(&write_ahead)?
+        } else {
+            Vec::new()
+        };
+        match RawScan::new(&[&bytes, &write_ahead_bytes], &redb_error)? {
             Some(raw) => Ok(Opened::Raw(raw)),
             None => Err(RepairError::Unreadable {
                 path: path.to_path_buf(),
@@ -393,23 +465,37 @@ impl Opened {
     fn open_redb(path: &Path) -> Result<Opened, LogError> {
         if let Some(log) = RedbLog::open_untouched(path)? {
             return Ok(Opened::Redb {
-                log,
+                log: Box::new(log),
                 fell_back: false,
                 _scratch: None,
             });
         }
         // Its writer was killed, so redb must repair its bookkeeping before anything can be
-        // read, which writes: do that on a copy.
+        // read, which writes: do that on a copy, with a copy of its write-ahead file beside
+        // it (read in place, never replayed into the copy).
         let copy = sibling(path, ".repair-copy");
         let scratch = Staged::new(copy.clone());
-        fs::copy(path, &copy).map_err(|error| {
-            LogError::Storage(format!("cannot copy it to {}: {error}", copy.display()))
-        })?;
+        let scratch_write_ahead = Staged::new(wal::path_for(&copy));
+        let copy_to = |from: &Path, to: &Path| {
+            fs::copy(from, to).map_err(|error| {
+                LogError::Storage(format!(
+                    "cannot copy {} to {}: {error}",
+                    from.display(),
+                    to.display()
+                ))
+            })
+        };
+        let _ = fs::remove_file(wal::path_for(&copy));
+        copy_to(path, &copy)?;
+        let write_ahead = wal::path_for(path);
+        if fs::symlink_metadata(&write_ahead).is_ok() {
+            copy_to(&write_ahead, &wal::path_for(&copy))?;
+        }
         let (log, fell_back) = RedbLog::open_repairing(&copy)?;
         Ok(Opened::Redb {
-            log,
+            log: Box::new(log),
             fell_back,
-            _scratch: Some(scratch),
+            _scratch: Some((scratch, scratch_write_ahead)),
         })
     }
 
@@ -420,7 +506,7 @@ impl Opened {
         mut sink: impl FnMut((Seq, Vec<u8>)) -> Result<(), RepairError>,
     ) -> Result<(Diagnosis, u64), RepairError> {
         let (log, fell_back) = match self {
-            Opened::Redb { log, fell_back, .. } => (log, *fell_back),
+            Opened::Redb { log, fell_back, .. } => (log.as_ref(), *fell_back),
             Opened::Raw(raw) => {
                 for frame in &raw.prefix {
                     sink(frame.clone())?;
@@ -450,9 +536,12 @@ impl Opened {
 }
 
 /// The frames of a file redb cannot open, found by their magic and checked like any stored
-/// frame (crc, kind, a body that decodes, the seq it says). A copy of a frame in redb's free
-/// space is the same event (frames are never rewritten), so copies agree; two different
-/// intact frames that say the same seq cannot be told apart, and the prefix stops before them.
+/// frame (crc, kind, a body that decodes, the seq it says), in the file and in its write-ahead
+/// file. A copy of a frame in redb's free space or in an older cycle of the write-ahead file
+/// is the same event (frames are never rewritten), so copies agree; two different intact
+/// frames that say the same seq cannot be told apart (a record torn by a power cut was never
+/// acknowledged, and its seqs were given to other events after it), and the prefix stops
+/// before them.
 /// What the scan cannot know is which commit each frame belonged to: the kept prefix may end
 /// inside a batch that was written together.
 struct RawScan {
@@ -462,11 +551,21 @@ struct RawScan {
 
 impl RawScan {
     /// `None` when not one frame is found.
-    fn new(bytes: &[u8], redb_error: &LogError) -> Result<Option<RawScan>, RepairError> {
+    fn new(files: &[&[u8]], redb_error: &LogError) -> Result<Option<RawScan>, RepairError> {
         use std::collections::BTreeMap;
-        use std::collections::btree_map::Entry;
         // seq → the frame, or `None` when two different frames say that seq.
         let mut found: BTreeMap<u64, Option<&[u8]>> = BTreeMap::new();
+        for bytes in files {
+            Self::find_frames(bytes, &mut found)?;
+        }
+        Self::from_found(found, redb_error)
+    }
+
+    fn find_frames<'a>(
+        bytes: &'a [u8],
+        found: &mut std::collections::BTreeMap<u64, Option<&'a [u8]>>,
+    ) -> Result<(), RepairError> {
+        use std::collections::btree_map::Entry;
         let mut at = 0;
         while let Some(offset) = find(&bytes[at..], &frame::MAGIC) {
             let start = at + offset;
@@ -503,6 +602,13 @@ impl RawScan {
             }
             at = start + frame.len();
         }
+        Ok(())
+    }
+
+    fn from_found(
+        found: std::collections::BTreeMap<u64, Option<&[u8]>>,
+        redb_error: &LogError,
+    ) -> Result<Option<RawScan>, RepairError> {
         let Some(last) = found.keys().next_back().copied() else {
             return Ok(None);
         };

@@ -421,12 +421,21 @@ pub fn fold<F: Fold>(envelopes: &[Envelope]) -> F {
     state
 }
 
-/// A real redb log at `path` holding exactly `frames`, written in one transaction (so each
-/// frame exists once in the file). The frames are not checked: corruption tests use this to
-/// store damaged logs.
+/// A real redb log at `path` holding exactly `frames`, written in one durable redb transaction
+/// (so each frame exists once in the file, and nowhere else: no write-ahead file). The frames
+/// are not checked: corruption tests use this to store damaged logs.
 pub fn write_redb(path: &Path, frames: &[(Seq, Vec<u8>)]) -> Result<(), LogError> {
-    let log = RedbLog::open(path)?;
+    let log = RedbLog::open_with(path, redb_alone())?;
     log.commit(frames, None)
+}
+
+/// Options for a log whose every commit is a durable redb commit, with no write-ahead file:
+/// for the tests of redb's own damage and repair, which need the events in the redb file.
+pub fn redb_alone() -> banger_events::RedbOptions {
+    banger_events::RedbOptions {
+        write_ahead: false,
+        ..Default::default()
+    }
 }
 
 /// Every offset at which `needle` occurs in `haystack`.

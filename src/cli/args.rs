@@ -957,7 +957,11 @@ pub enum EventsCommand {
 Rebuild the VM, image, kernel, handle and operation views from an event log file, offline: no \
 bangerd is involved, so a log copied from another machine, or cut at any event, replays the \
 same way every time. The file must not be open in a running bangerd (redb allows one process \
-per file): replay a copy, or stop bangerd first.",
+per file): replay a copy, or stop bangerd first. A copy made while bangerd runs holds the events \
+up to its last checkpoint (it makes one after a moment without new events, and when it stops); \
+the newest ones are still only in events.redb.wal beside it, which must not be copied while \
+bangerd writes it. After bangerd was killed, copy both files (and replay the copy of \
+events.redb: its .wal is read with it).",
         after_help = "\
 Examples:
   cp ~/.local/state/banger/events.redb /tmp/events.redb
@@ -972,7 +976,8 @@ When the event log is damaged (a flipped bit, a file cut short), bangerd names t
 sequence number and refuses every write from then on. `banger events repair` is the way on: it \
 keeps every intact event before the damage in a new log, records a log_repaired event at the \
 first lost sequence number (the lost range, the reason, where the damaged file went), and keeps \
-the damaged file byte for byte beside the log as events.redb.damaged-<UTC time>. A log with \
+the damaged file byte for byte beside the log as events.redb.damaged-<UTC time> (and its \
+write-ahead file as events.redb.damaged-<UTC time>.wal). A log with \
 nothing wrong is left alone.
 
 bangerd must be stopped: the command refuses while one runs, and no bangerd can start until it \

@@ -44,6 +44,9 @@ struct Report {
     reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     backup: Option<String>,
+    /// The damaged log's write-ahead file, kept beside its backup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backup_write_ahead: Option<String>,
 }
 
 pub fn run(args: RepairArgs) -> Result<(), CliError> {
@@ -79,6 +82,7 @@ pub fn run(args: RepairArgs) -> Result<(), CliError> {
                 last_stored_seq: damage.last_stored_seq,
                 reason: Some(damage.reason),
                 backup: None,
+                backup_write_ahead: None,
             },
         }
     } else {
@@ -100,6 +104,10 @@ pub fn run(args: RepairArgs) -> Result<(), CliError> {
                     last_stored_seq: repaired.damage.last_stored_seq,
                     reason: Some(repaired.damage.reason.clone()),
                     backup: Some(repaired.backup_path.display().to_string()),
+                    backup_write_ahead: repaired
+                        .backup_write_ahead_path
+                        .as_ref()
+                        .map(|path| path.display().to_string()),
                 }
             }
         }
@@ -126,6 +134,7 @@ fn intact(log: &Path, events: u64) -> Report {
         last_stored_seq: None,
         reason: None,
         backup: None,
+        backup_write_ahead: None,
     }
 }
 
@@ -144,7 +153,11 @@ fn backup_path(log: &Path, now_unix_ms: u64) -> PathBuf {
             1 => PathBuf::from(&base),
             n => PathBuf::from(format!("{base}-{n}")),
         })
-        .find(|candidate| std::fs::symlink_metadata(candidate).is_err())
+        .find(|candidate| {
+            // The backup's write-ahead file takes the name with `.wal` after it.
+            std::fs::symlink_metadata(candidate).is_err()
+                && std::fs::symlink_metadata(banger_events::wal::path_for(candidate)).is_err()
+        })
         .unwrap_or_else(|| PathBuf::from(base))
 }
 
@@ -170,7 +183,10 @@ fn render(report: &Report) -> String {
                     seq_range(report.kept)
                 ));
             } else {
-                let backup = report.backup.as_deref().unwrap_or("?");
+                let mut backup = report.backup.as_deref().unwrap_or("?").to_owned();
+                if let Some(write_ahead) = &report.backup_write_ahead {
+                    backup.push_str(&format!(" (its write-ahead file at {write_ahead})"));
+                }
                 text.push_str(&format!(
                     "kept {} in a new log at {}\n{lost}: seq {first} is now a log_repaired event that says so\nthe damaged file is kept, unchanged, at {backup}\nnext: start bangerd (any banger command starts it); it rolls back or finishes the operations whose ends were lost, and `banger doctor` lists what they left on the host",
                     seq_range(report.kept),

@@ -25,6 +25,8 @@ struct State {
     /// Every snapshot handed to `commit`, with the last seq stored once that commit is
     /// durable.
     snapshots: Vec<(SnapshotRecord, Seq)>,
+    /// Checkpoints the inner log made.
+    checkpoints: usize,
 }
 
 impl<L: EventLog> GatedLog<L> {
@@ -83,6 +85,14 @@ impl<L: EventLog> GatedLog<L> {
 
     pub fn commits(&self) -> usize {
         self.state().commits
+    }
+
+    /// Blocks until the inner log has made `n` checkpoints.
+    pub fn wait_for_checkpoints(&self, n: usize) {
+        let mut state = self.state();
+        while state.checkpoints < n {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     pub fn snapshots(&self) -> Vec<(SnapshotRecord, Seq)> {
@@ -153,5 +163,19 @@ impl<L: EventLog> EventLog for GatedLog<L> {
 
     fn latest_snapshot(&self) -> Result<Option<SnapshotRecord>, LogError> {
         self.inner.latest_snapshot()
+    }
+
+    fn checkpoint_state(&self) -> CheckpointState {
+        self.inner.checkpoint_state()
+    }
+
+    fn checkpoint(&self) -> Result<(), LogError> {
+        let pending = self.inner.checkpoint_state() != CheckpointState::Clean;
+        self.inner.checkpoint()?;
+        if pending {
+            self.state().checkpoints += 1;
+            self.changed.notify_all();
+        }
+        Ok(())
     }
 }

@@ -6,6 +6,7 @@ mod fold_after_commit;
 mod gated;
 mod queue;
 mod subscriptions;
+mod write_ahead;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -1,8 +1,9 @@
 //! Benchmark of the event log. Prints figures, and ratios against baselines measured in the
 //! same run on the same filesystem:
 //!
-//! 1. one durable append at a time, p50/p99, next to raw write+fdatasync and to redb's commit
-//!    alone (what the journal adds on top of it);
+//! 1. one durable append at a time, p50/p99, next to raw write+fdatasync, to the log's commit
+//!    alone (what the journal adds on top of it), to a durable redb commit per append (the log
+//!    without its write-ahead file), and the checkpoints the write-ahead file needs;
 //! 2. group commit with 1, 4 and 16 concurrent writers: durable events/s and p99;
 //! 3. rebuilding projections from 1,000,000 events: events/s;
 //! 4. opening a log of 1,000,000 events after its writer was killed with SIGKILL: time until
@@ -148,16 +149,27 @@ impl Drop for RawFile {
     }
 }
 
-fn journal_at(path: &Path, quick_repair: bool) -> Journal<NoFold> {
+/// Removes the log at `path` and its write-ahead file.
+fn remove_log(path: &Path) {
     let _ = std::fs::remove_file(path);
-    let log = RedbLog::open_with(
+    let _ = std::fs::remove_file(banger_events::wal::path_for(path));
+}
+
+fn fresh_log(path: &Path, quick_repair: bool, write_ahead: bool) -> RedbLog {
+    remove_log(path);
+    RedbLog::open_with(
         path,
         RedbOptions {
             quick_repair,
+            write_ahead,
             ..Default::default()
         },
     )
-    .expect("open log");
+    .expect("open log")
+}
+
+fn journal_at(path: &Path, quick_repair: bool, write_ahead: bool) -> Journal<NoFold> {
+    let log = fresh_log(path, quick_repair, write_ahead);
     Journal::open(Arc::new(log), JournalOptions::default()).expect("open journal")
 }
 
@@ -176,16 +188,17 @@ fn single_appends(dir: &Path, count: usize) {
     // One sample of each in turn, so that disk noise hits the baseline and the logs alike.
     let mut raw = RawFile::new(dir, count, record_len, false);
     let mut appended = RawFile::new(dir, count, record_len, true);
-    let default = journal_at(&dir.join("single.redb"), false);
-    let quick = journal_at(&dir.join("single-quick-repair.redb"), true);
+    let default = journal_at(&dir.join("single.redb"), false, true);
+    let quick = journal_at(&dir.join("single-quick-repair.redb"), true, true);
+    let direct = journal_at(&dir.join("single-direct.redb"), false, false);
     // The storage alone, without the journal's queue, threads and fold: splits the ratio into
-    // what redb's commit costs and what the journal adds on top.
-    let bare_path = dir.join("single-bare.redb");
-    let _ = std::fs::remove_file(&bare_path);
-    let bare = RedbLog::open(&bare_path).expect("open log");
+    // what the log's commit costs and what the journal adds on top.
+    let bare = fresh_log(&dir.join("single-bare.redb"), false, true);
+    let bare_direct = fresh_log(&dir.join("single-bare-direct.redb"), false, false);
     let (mut raw_samples, mut append_samples) = (Vec::new(), Vec::new());
     let (mut default_samples, mut quick_samples) = (Vec::new(), Vec::new());
-    let mut bare_samples = Vec::new();
+    let (mut direct_samples, mut bare_samples) = (Vec::new(), Vec::new());
+    let (mut bare_direct_samples, mut checkpoint_samples) = (Vec::new(), Vec::new());
     for n in 0..count as u64 {
         let start = Instant::now();
         raw.durable_write();
@@ -199,6 +212,9 @@ fn single_appends(dir: &Path, count: usize) {
         let start = Instant::now();
         quick.append_blocking(vec![one_event(n)]).expect("append");
         quick_samples.push(start.elapsed());
+        let start = Instant::now();
+        direct.append_blocking(vec![one_event(n)]).expect("append");
+        direct_samples.push(start.elapsed());
         let envelope = Envelope {
             seq: Seq(n + 1),
             event_id: EventId(n as u128 + 1),
@@ -208,20 +224,31 @@ fn single_appends(dir: &Path, count: usize) {
             schema_version: SCHEMA_VERSION,
             event: one_event(n).event,
         };
+        let frames = [(envelope.seq, frame::encode(&envelope))];
         let start = Instant::now();
-        bare.commit(&[(envelope.seq, frame::encode(&envelope))], None)
-            .expect("commit");
+        bare.commit(&frames, None).expect("commit");
         bare_samples.push(start.elapsed());
+        // As the journal does, after the commit: a checkpoint when the file is half full.
+        if bare.checkpoint_state() == CheckpointState::Due {
+            let start = Instant::now();
+            bare.checkpoint().expect("checkpoint");
+            checkpoint_samples.push(start.elapsed());
+        }
+        let start = Instant::now();
+        bare_direct.commit(&frames, None).expect("commit");
+        bare_direct_samples.push(start.elapsed());
     }
     let raw = Summary::of(&mut raw_samples);
     let append = Summary::of(&mut append_samples);
     for (label, samples) in [
+        ("log (the default: write-ahead file)", &mut default_samples),
+        ("log, quick-repair", &mut quick_samples),
+        ("log, no write-ahead file", &mut direct_samples),
+        ("log commit alone, no journal", &mut bare_samples),
         (
-            "redb log (no quick-repair, the default)",
-            &mut default_samples,
+            "redb durable commit alone, no journal",
+            &mut bare_direct_samples,
         ),
-        ("redb log (quick-repair)", &mut quick_samples),
-        ("redb commit alone, no journal", &mut bare_samples),
     ] {
         let log = Summary::of(samples);
         println!(
@@ -230,6 +257,17 @@ fn single_appends(dir: &Path, count: usize) {
             us(log.p99),
             log.p50.as_secs_f64() / raw.p50.as_secs_f64(),
             log.p50.as_secs_f64() / append.p50.as_secs_f64()
+        );
+    }
+    if !checkpoint_samples.is_empty() {
+        let checkpoints = checkpoint_samples.len();
+        let summary = Summary::of(&mut checkpoint_samples);
+        println!(
+            "   {:<40} p50 {:>10}  max {:>10}   ({checkpoints} of them, one per {} commits, off the append path)",
+            "checkpoint of the write-ahead file",
+            us(summary.p50),
+            us(summary.max),
+            count / checkpoints
         );
     }
     println!(
@@ -250,7 +288,7 @@ fn single_appends(dir: &Path, count: usize) {
 fn group_commit(dir: &Path, total: usize) {
     println!("\n2. group commit ({total} single-event appends per configuration)");
     for writers in [1usize, 4, 16] {
-        let journal = Arc::new(journal_at(&dir.join("group.redb"), false));
+        let journal = Arc::new(journal_at(&dir.join("group.redb"), false, true));
         let per_writer = total / writers;
         let start = Instant::now();
         let threads: Vec<_> = (0..writers)
@@ -320,7 +358,7 @@ fn open_after_sigkill(path: &Path, events: usize, quick_repair: bool) {
         "no quick-repair, the default"
     };
     println!("\n4. open a log of {events} events after SIGKILL of its writer ({mode})");
-    let _ = std::fs::remove_file(path);
+    remove_log(path);
     let mut child = Command::new(std::env::current_exe().expect("own path"))
         .args(["writer", "--log"])
         .arg(path)
@@ -341,6 +379,7 @@ fn open_after_sigkill(path: &Path, events: usize, quick_repair: bool) {
     let start = Instant::now();
     let log = RedbLog::open(path).expect("reopen after SIGKILL");
     let opened_file = start.elapsed();
+    let from_write_ahead = log.replayed_from_write_ahead();
     let journal: Journal<Projections> =
         Journal::open(Arc::new(log), JournalOptions::default()).expect("journal");
     let opened_journal = start.elapsed();
@@ -356,7 +395,7 @@ fn open_after_sigkill(path: &Path, events: usize, quick_repair: bool) {
         ms(accepted)
     );
     println!(
-        "   log held {} events; snapshot at seq {}; {} replayed on top; {} VMs in the projection",
+        "   log held {} events ({from_write_ahead} copied from the write-ahead file into redb); snapshot at seq {}; {} replayed on top; {} VMs in the projection",
         report.last_seq,
         report
             .snapshot_seq
