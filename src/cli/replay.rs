@@ -78,7 +78,7 @@ pub fn replay(path: &Path, until: Option<u64>) -> Result<Replay, CliError> {
 fn open_error(path: &Path, error: LogError) -> CliError {
     match error {
         LogError::Locked => CliError::message(format!(
-            "{path} is open in a running bangerd (redb lets only one process open a log file): stop bangerd, or replay a copy: `cp {path} /tmp/events.redb && banger events replay --log /tmp/events.redb`",
+            "{path} is open in a running bangerd (redb lets only one process open a log file): stop bangerd, or replay a copy: `cp {path} /tmp/events.redb && banger events replay --log /tmp/events.redb` (a copy holds the events up to bangerd's last checkpoint, made a moment after the last change)",
             path = path.display()
         )),
         other => CliError::failed(

@@ -666,8 +666,15 @@ fn kernels_and_images_round_trip_through_tables_json_events_and_replay() {
         "{run}"
     );
 
-    // Offline replay of a copy shows what the daemon shows.
+    // Offline replay of a copy shows what the daemon shows: the copy of a running log is of
+    // its write-ahead file first (the newest events, not yet checkpointed into redb), then of
+    // the log (nothing is being written meanwhile).
     let copy = sandbox.root().join("copy.redb");
+    let write_ahead = PathBuf::from(format!("{}.wal", sandbox.log_file().display()));
+    if write_ahead.exists() {
+        std::fs::copy(&write_ahead, sandbox.root().join("copy.redb.wal"))
+            .expect("copy the write-ahead file");
+    }
     std::fs::copy(sandbox.log_file(), &copy).expect("copy the log");
     let copy = copy.display().to_string();
     let replay = sandbox.json(&["events", "replay", "--log", &copy, "--json"]);
@@ -1503,14 +1510,23 @@ fn events_repair_gives_a_damaged_log_a_way_forward() {
         })
         .expect("a step of k2's import")
         .clone();
-    let mut bytes = std::fs::read(sandbox.log_file()).unwrap();
+    // The damage is aimed at redb's copy of the frame, which the idle checkpoint writes a
+    // moment after the last change (until then it is in the write-ahead file).
     let frame = banger_events::frame::encode(&damaged);
-    let offsets = find_all(&bytes, &frame);
-    assert!(
-        !offsets.is_empty(),
-        "the frame of seq {} is in the file",
-        damaged.seq
-    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (mut bytes, offsets) = loop {
+        let bytes = std::fs::read(sandbox.log_file()).unwrap();
+        let offsets = find_all(&bytes, &frame);
+        if !offsets.is_empty() {
+            break (bytes, offsets);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the frame of seq {} never reached the log file",
+            damaged.seq
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     for offset in offsets {
         bytes[offset + banger_events::frame::HEADER_LEN + 2] ^= 0x04;
     }
@@ -1556,11 +1572,25 @@ fn events_repair_gives_a_damaged_log_a_way_forward() {
         text.contains(&format!("lost seq {}", damaged.seq)),
         "{text}"
     );
-    let backup: PathBuf = text
+    let kept_line = text
         .lines()
         .find_map(|line| line.strip_prefix("the damaged file is kept, unchanged, at "))
-        .map(PathBuf::from)
         .unwrap_or_else(|| panic!("no backup path in:\n{text}"));
+    // The damaged log's write-ahead file, if it had one, is kept beside its backup.
+    let (backup, backup_write_ahead) = match kept_line.split_once(" (its write-ahead file at ") {
+        Some((log, rest)) => (
+            PathBuf::from(log),
+            Some(PathBuf::from(rest.trim_end_matches(')'))),
+        ),
+        None => (PathBuf::from(kept_line), None),
+    };
+    if let Some(write_ahead) = &backup_write_ahead {
+        assert!(
+            write_ahead.is_file()
+                && write_ahead.as_os_str() == format!("{}.wal", backup.display()).as_str(),
+            "{text}"
+        );
+    }
     assert!(
         std::fs::read(&backup).unwrap() == bytes,
         "the backup is not the damaged file"
