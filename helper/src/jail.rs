@@ -143,9 +143,7 @@ impl JailConfig {
 
     /// `JAIL_DIR/EXEC/UID-VM`: what the jailer makes, and what removing the jail removes.
     pub fn jail_of(&self, uid: u32, vm: &str) -> PathBuf {
-        self.dir
-            .join(&self.exec_name)
-            .join(JailConfig::jail_id(uid, vm))
+        jail_path(&self.dir, &self.firecracker, uid, vm)
     }
 
     /// The chroot of caller `uid`'s VM `vm`.
@@ -363,6 +361,14 @@ impl JailConfig {
             ))),
         }
     }
+}
+
+/// Where the jailer puts caller `uid`'s VM `vm`'s jail, for a helper whose jails go under `dir`
+/// and which runs `firecracker` (the jailer names a directory after its file name): what a
+/// caller can know before the launch, from [`crate::protocol::JailState`].
+pub fn jail_path(dir: &Path, firecracker: &Path, uid: u32, vm: &str) -> PathBuf {
+    let exec_name = firecracker.file_name().unwrap_or(firecracker.as_os_str());
+    dir.join(exec_name).join(JailConfig::jail_id(uid, vm))
 }
 
 /// SIGKILLs the process behind `pidfd` and waits until `pid` is gone (or a zombie).

@@ -72,21 +72,40 @@ impl JailedFirecracker {
 
     async fn spawn_inner(&self, spec: &LaunchSpec) -> Result<Spawned, VmmError> {
         let console = prepare_firecracker_launch(spec).await?;
+        // The link to the jail's API socket is made before the launch (where the jail will be
+        // follows from the helper's configuration): a bangerd that dies right after the launch
+        // leaves a VM directory whose link leads recovery to the VMM (`launched_for`).
+        let helper_error = |error: banger_helper::HelperError| VmmError::Spawn {
+            binary: self.api.binary.clone(),
+            source: io::Error::other(error.to_string()),
+        };
+        let jail = self.helper.jail().await.map_err(helper_error)?.ok_or_else(|| {
+            helper_error(banger_helper::HelperError::Refused {
+                message: "this banger-helper launches no Firecracker: start it with --jailer, --firecracker and --jail-dir (`banger system install --jailer …`)".into(),
+            })
+        })?;
+        let root = banger_helper::jail::jail_path(
+            &jail.dir,
+            &jail.firecracker,
+            nix::unistd::geteuid().as_raw(),
+            &spec.id,
+        )
+        .join("root");
+        link_socket(&spec.api_socket, &root.join(JAIL_API_SOCKET))?;
         let jailed = self
             .helper
             .launch_firecracker(&spec.id, &console)
             .await
-            .map_err(|error| VmmError::Spawn {
-                binary: self.api.binary.clone(),
-                source: io::Error::other(error.to_string()),
-            })?;
+            .map_err(helper_error)?;
         let launched = Launched {
             pid: jailed.pid,
             start_time_ticks: jailed.start_time_ticks,
             api_socket: spec.api_socket.clone(),
         };
         let ready = async {
-            link_socket(&spec.api_socket, &jailed.root.join(JAIL_API_SOCKET))?;
+            if jailed.root != root {
+                link_socket(&spec.api_socket, &jailed.root.join(JAIL_API_SOCKET))?;
+            }
             self.wait_api_ready(&launched, spec).await
         }
         .await;

@@ -338,6 +338,39 @@ fn an_ordinary_users_firecracker_runs_through_the_helpers_jailer_which_kills_onl
         .map(|entries| entries.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "jails left behind: {left:?}");
+
+    // bangerd killed right after the helper launched a VM's VMM (before the step's end reached
+    // the log): recovery finds the jailed VMM through the VM directory's link, has the helper
+    // kill it, and the jail goes with it.
+    daemon.kill();
+    daemon.restart_with(&[("BANGER_FAILPOINT", "vm.create:launch-vmm:after")]);
+    let crashed = cli(&daemon, &["vm", "create", "crashy", "--image", "img"]);
+    assert!(!crashed.status.success(), "the failpoint crashed bangerd");
+    let _ = daemon.wait();
+    assert_eq!(
+        processes_running_from(&jails_root).len(),
+        1,
+        "the launch happened before the crash"
+    );
+    daemon.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !processes_running_from(&jails_root).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "recovery left the jailed VMM running:\n{}",
+            daemon.output()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let listed = ok(&daemon, &["vm", "list"]);
+    assert!(!listed.contains("crashy"), "{listed}");
+    let left: Vec<PathBuf> = std::fs::read_dir(&jails_root)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "the crashed launch's jail is left: {left:?}"
+    );
 }
 
 /// The real jailer and Firecracker (the Firecracker tier: `BANGER_FIRECRACKER`, and the
