@@ -6,8 +6,9 @@
 //! Everything else is bangerd's, as the owner of that chroot:
 //!
 //! ```text
-//!   spawn      console log opened here, its descriptor passed to the helper ─▶ launched
-//!              VM_DIR/api.sock ─symlink─▶ JAIL/root/firecracker.socket; wait until it answers
+//!   spawn      VM_DIR/api.sock ─symlink─▶ JAIL/root/firecracker.socket (where the helper's
+//!              `jail` answer says it will be); console log opened here, its descriptor
+//!              passed to the helper ─▶ launched; wait until the socket answers
 //!   configure  kernel, initrd, disks hard-linked into JAIL/root (the VM's own files: what the
 //!              guest writes lands in them), the VMM log too; the API gets paths relative to
 //!              the chroot; VM_DIR/vsock.sock ─symlink─▶ JAIL/root/vsock.sock
