@@ -144,6 +144,23 @@ impl Overlay {
             .map_or(0, |last| (last.0 + 1).saturating_sub(self.from.0))
     }
 
+    /// A copy of the frames in `from..=to` it holds (at most `limit`), and the error of damaged
+    /// events in that range: what a read takes from here, while it holds the lock under which
+    /// it also began its redb read.
+    fn copy(&self, from: Seq, to: Seq, limit: usize) -> (Vec<(Seq, Vec<u8>)>, Option<LogError>) {
+        let mut tail = Vec::new();
+        if to < self.from || self.is_empty() {
+            return (tail, None);
+        }
+        let damage = self
+            .read(from, to, limit, |seq, frame| {
+                tail.push((seq, frame.to_vec()));
+                true
+            })
+            .err();
+        (tail, damage)
+    }
+
     /// Feeds the frames in `from..=to` to `push` (until it says stop or `limit` is reached);
     /// reaching damaged events fails with their error.
     fn read(
@@ -704,17 +721,7 @@ impl EventLog for RedbLog {
             } else {
                 None
             };
-            let mut tail = Vec::new();
-            let damage = if to >= overlay.from && !overlay.is_empty() {
-                overlay
-                    .read(from, to, limit, |seq, frame| {
-                        tail.push((seq, frame.to_vec()));
-                        true
-                    })
-                    .err()
-            } else {
-                None
-            };
+            let (tail, damage) = overlay.copy(from, to, limit);
             (txn, stored_to, tail, damage)
         };
         let mut out = Vec::with_capacity(limit.min(4096));
@@ -750,17 +757,7 @@ impl EventLog for RedbLog {
             let overlay = self.overlay();
             let stored_to = overlay.redb_end(to);
             let txn = (from <= stored_to).then(|| self.begin_read());
-            let mut tail = Vec::new();
-            let damage = if to >= overlay.from && !overlay.is_empty() {
-                overlay
-                    .read(from, to, limit, |seq, frame| {
-                        tail.push((seq, frame.to_vec()));
-                        true
-                    })
-                    .err()
-            } else {
-                None
-            };
+            let (tail, damage) = overlay.copy(from, to, limit);
             (txn, stored_to, tail, damage)
         };
         let mut taken = 0;
