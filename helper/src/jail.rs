@@ -501,7 +501,12 @@ pub fn start_time_ticks(pid: u32) -> io::Result<u64> {
 fn start_time_ticks_or_gone(pid: u32) -> Result<Option<u64>, OpError> {
     match start_time_ticks(pid) {
         Ok(ticks) => Ok(Some(ticks)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        // A process in the middle of exiting answers ESRCH rather than vanishing at once (seen
+        // with a VMM's short-lived forked child, which runs the jail's executable until its
+        // exec).
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => {
+            Ok(None)
+        }
         Err(e) => Err(OpError::Failed(format!("cannot read process {pid}: {e}"))),
     }
 }
