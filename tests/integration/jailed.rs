@@ -43,6 +43,23 @@ fn jail_dir() -> tempfile::TempDir {
         .expect("create the jail directory")
 }
 
+/// banger-helper's command line for these tests: [`OWNER`] allowed (root gets a network of its
+/// own, so the owner keeps the default one), and `jailer` running `firecracker` into `jails`.
+fn helper_args(jailer: &Path, firecracker: &Path, jails: &Path) -> Vec<String> {
+    vec![
+        "--allow-uid".into(),
+        OWNER.to_string(),
+        "--network".into(),
+        "0:bangerroot:10.97.0.1/24".into(),
+        "--jailer".into(),
+        jailer.display().to_string(),
+        "--firecracker".into(),
+        firecracker.display().to_string(),
+        "--jail-dir".into(),
+        jails.display().to_string(),
+    ]
+}
+
 /// The processes whose executable file is in `dir` (by path, as root sees them).
 fn processes_running_from(dir: &Path) -> Vec<u32> {
     std::fs::read_dir("/proc")
@@ -99,19 +116,10 @@ fn an_ordinary_users_firecracker_runs_through_the_helpers_jailer_which_kills_onl
     let fake = crate::firecracker::fake_binary().display().to_string();
     let jailer = crate::support::workspace_binary("banger-tools", "fake-jailer");
     let jails = jail_dir();
+    let args = helper_args(&jailer, Path::new(&fake), jails.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let root = TestRoot::with_helper_args_and_env(
-        &[
-            "--allow-uid",
-            &OWNER.to_string(),
-            "--network",
-            "0:bangerroot:10.97.0.1/24",
-            "--jailer",
-            jailer.to_str().unwrap(),
-            "--firecracker",
-            &fake,
-            "--jail-dir",
-            jails.path().to_str().unwrap(),
-        ],
+        &args,
         // The jailed fake firecracker "boots" by running the real agent on the host.
         &[("BANGER_FAKE_AGENT", env!("CARGO_BIN_EXE_banger-agent"))],
     );
@@ -389,18 +397,9 @@ fn the_real_jailer_runs_the_real_firecracker_for_an_ordinary_user_who_configures
         jailer.display()
     );
     let jails = jail_dir();
-    let root = TestRoot::with_helper_args(&[
-        "--allow-uid",
-        &OWNER.to_string(),
-        "--network",
-        "0:bangerroot:10.97.0.1/24",
-        "--jailer",
-        jailer.to_str().unwrap(),
-        "--firecracker",
-        firecracker.to_str().unwrap(),
-        "--jail-dir",
-        jails.path().to_str().unwrap(),
-    ]);
+    let args = helper_args(&jailer, &firecracker, jails.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let root = TestRoot::with_helper_args(&args);
     let network = root.network().unwrap();
     let socket = network.socket().to_path_buf();
     let vm_dir = root.scratch("vms").join("00000000000000aa");
