@@ -178,6 +178,42 @@ impl HelperClient {
         }
     }
 
+    /// `/dev/kvm`, opened by the helper (where the caller may not open it) and passed over the
+    /// socket: for a QEMU that runs as the caller (`-accel kvm,device=/dev/fdset/N`). What
+    /// arrives is checked to be KVM's device.
+    pub async fn open_kvm(&self) -> Result<OwnedFd, HelperError> {
+        let (response, stream) = self.exchange(Request::OpenKvm).await?;
+        if response != Response::KvmFd {
+            return Err(unexpected(&response));
+        }
+        let mut fds = crate::fds::recv_fds(&stream)
+            .await
+            .map_err(|e| HelperError::Protocol {
+                message: format!(
+                    "banger-helper at {} answered with /dev/kvm but it did not arrive ({e})",
+                    self.socket.display()
+                ),
+            })?;
+        let count = fds.len();
+        match (fds.pop(), count) {
+            (Some(fd), 1) => {
+                crate::kvm::check_kvm(&fd)
+                    .map(|()| fd)
+                    .map_err(|why| HelperError::Protocol {
+                        message: format!(
+                            "banger-helper passed a descriptor for /dev/kvm, but {why}"
+                        ),
+                    })
+            }
+            _ => Err(HelperError::Protocol {
+                message: format!(
+                    "banger-helper at {} passed {count} descriptors for /dev/kvm",
+                    self.socket.display(),
+                ),
+            }),
+        }
+    }
+
     /// The networks banger-helper's configuration gives this caller's uid (the only ones
     /// [`HelperClient::ensure_network`] may ask for), with whether each one's bridge and NAT
     /// are in place now.

@@ -16,6 +16,7 @@
 //!   binds on port 53 for bangerd.
 //! - [`jail`]: Firecracker launched through the jailer for a caller, and killed only when the
 //!   pid, start time, uid and executable say it is that caller's VM's VMM.
+//! - [`kvm`]: `/dev/kvm` opened for a QEMU that runs as the caller, checked at both ends.
 //! - [`net`]: the only code that touches the host network (rtnetlink, tun ioctls, nft).
 //! - [`sandbox`]: a helper in a throwaway network namespace, for tests and benchmarks.
 //!
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod client;
 pub mod fds;
 pub mod jail;
+pub mod kvm;
 pub mod net;
 pub mod networks;
 pub mod protocol;

@@ -27,7 +27,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// or meaning. 2: networks come from the helper's configuration (`Networks`, and
 /// `ensure_network` refused for a network the caller was not given); taps are the caller's.
 /// 3: Firecracker launched through the jailer, and its kill and jail removal.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: `open_kvm`, `/dev/kvm` for a QEMU that runs as the caller.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest frame body either side accepts, in bytes. Requests are tiny; the cap exists so a
 /// bad length prefix is refused instead of allocated.
@@ -117,6 +118,12 @@ pub enum Request {
     OpenTap {
         tap: String,
     },
+    /// A descriptor of `/dev/kvm` (answered [`Response::KvmFd`], the descriptor following the
+    /// frame): what a QEMU running as the caller, who may not open `/dev/kvm` (root's alone on
+    /// hardened hosts), is handed (`-add-fd` and `-accel kvm,device=/dev/fdset/N`, QEMU 8.2+).
+    /// It gives the caller KVM and nothing else: what banger-helper exists to give an allowed
+    /// user.
+    OpenKvm,
     /// Firecracker for the caller's VM `vm`, through the jailer configured with the helper's
     /// `--jailer`: the caller's uid and gid, a chroot of its own under the helper's
     /// `--jail-dir`, `/dev/kvm` and `/dev/net/tun` made inside, the API socket at
@@ -189,6 +196,7 @@ enum WireRequest {
     OpenTap {
         tap: String,
     },
+    OpenKvm {},
     LaunchFirecracker {
         vm: String,
     },
@@ -224,6 +232,7 @@ impl From<WireRequest> for Request {
             WireRequest::RouteDns { bridge, address } => Request::RouteDns { bridge, address },
             WireRequest::Networks {} => Request::Networks,
             WireRequest::OpenTap { tap } => Request::OpenTap { tap },
+            WireRequest::OpenKvm {} => Request::OpenKvm,
             WireRequest::LaunchFirecracker { vm } => Request::LaunchFirecracker { vm },
             WireRequest::KillVmm {
                 vm,
@@ -261,6 +270,7 @@ impl From<Request> for WireRequest {
             Request::RouteDns { bridge, address } => WireRequest::RouteDns { bridge, address },
             Request::Networks => WireRequest::Networks {},
             Request::OpenTap { tap } => WireRequest::OpenTap { tap },
+            Request::OpenKvm => WireRequest::OpenKvm {},
             Request::LaunchFirecracker { vm } => WireRequest::LaunchFirecracker { vm },
             Request::KillVmm {
                 vm,
@@ -330,6 +340,7 @@ impl Request {
             Request::RouteDns { .. } => "route_dns",
             Request::Networks => "networks",
             Request::OpenTap { .. } => "open_tap",
+            Request::OpenKvm => "open_kvm",
             Request::LaunchFirecracker { .. } => "launch_firecracker",
             Request::KillVmm { .. } => "kill_vmm",
             Request::RemoveJail { .. } => "remove_jail",
@@ -368,6 +379,9 @@ pub enum Response {
     /// The answer to [`Request::OpenTap`]: the tap's descriptor follows the frame
     /// ([`crate::fds`]).
     TapFd,
+    /// The answer to [`Request::OpenKvm`]: `/dev/kvm`'s descriptor follows the frame
+    /// ([`crate::fds`]).
+    KvmFd,
     /// The answer to [`Request::LaunchFirecracker`]: the VMM's process, and the chroot it
     /// sees as `/` (owned by the caller), where its API socket is [`JAIL_API_SOCKET`].
     Launched {
@@ -413,6 +427,7 @@ enum WireResponse {
         networks: Vec<NetworkState>,
     },
     TapFd {},
+    KvmFd {},
     Launched {
         pid: u32,
         start_time_ticks: u64,
@@ -434,6 +449,7 @@ impl From<WireResponse> for Response {
             WireResponse::Skipped { reason } => Response::Skipped { reason },
             WireResponse::Networks { networks } => Response::Networks { networks },
             WireResponse::TapFd {} => Response::TapFd,
+            WireResponse::KvmFd {} => Response::KvmFd,
             WireResponse::Launched {
                 pid,
                 start_time_ticks,
@@ -459,6 +475,7 @@ impl From<Response> for WireResponse {
             Response::Skipped { reason } => WireResponse::Skipped { reason },
             Response::Networks { networks } => WireResponse::Networks { networks },
             Response::TapFd => WireResponse::TapFd {},
+            Response::KvmFd => WireResponse::KvmFd {},
             Response::Launched {
                 pid,
                 start_time_ticks,
@@ -717,6 +734,7 @@ mod tests {
             },
             Request::Networks,
             Request::OpenTap { tap: "bt1".into() },
+            Request::OpenKvm,
             Request::LaunchFirecracker {
                 vm: "0123456789abcdef".into(),
             },
@@ -962,6 +980,7 @@ mod tests {
                 }],
             },
             Response::TapFd,
+            Response::KvmFd,
             Response::Launched {
                 pid: 4242,
                 start_time_ticks: 77,

@@ -334,8 +334,8 @@ fn refused(message: String) -> Response {
     }
 }
 
-/// An answer, and the descriptors that follow it ([`Response::DnsSockets`] and
-/// [`Response::TapFd`] have them).
+/// An answer, and the descriptors that follow it ([`Response::DnsSockets`],
+/// [`Response::TapFd`] and [`Response::KvmFd`] have them).
 struct Reply {
     response: Response,
     fds: Vec<std::os::fd::OwnedFd>,
@@ -471,6 +471,20 @@ async fn handle_request(
                 Err(e) => op_error(e).into(),
             };
         }
+        // No state and no lock: the device is opened and checked, nothing else.
+        Request::OpenKvm => {
+            return match crate::kvm::open_kvm() {
+                Ok(fd) => Reply {
+                    response: Response::KvmFd,
+                    fds: vec![fd],
+                },
+                Err(e) => op_error(OpError::Failed(format!(
+                    "Opening {} failed: {e}.",
+                    crate::kvm::KVM_DEVICE
+                )))
+                .into(),
+            };
+        }
         Request::LaunchFirecracker { .. }
         | Request::KillVmm { .. }
         | Request::RemoveJail { .. }
@@ -598,6 +612,7 @@ fn authorize(networks: &Networks, uid: u32, request: &Request) -> Result<(), Str
         | Request::Networks
         | Request::DeleteTap { .. }
         | Request::OpenTap { .. }
+        | Request::OpenKvm
         | Request::ListTaps
         | Request::LaunchFirecracker { .. }
         | Request::KillVmm { .. }

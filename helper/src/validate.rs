@@ -153,7 +153,11 @@ pub fn vm_id(id: &str) -> Result<(), Invalid> {
 /// Every argument of every request, checked before the host is touched.
 pub fn request(request: &Request) -> Result<(), Invalid> {
     match request {
-        Request::Version | Request::ListTaps | Request::Networks | Request::Jail => Ok(()),
+        Request::Version
+        | Request::ListTaps
+        | Request::Networks
+        | Request::Jail
+        | Request::OpenKvm => Ok(()),
         Request::EnsureNetwork { spec } => network_spec(spec).map(|_| ()),
         Request::EnsureTap { tap, bridge } => {
             tap_name(tap)?;

@@ -245,15 +245,18 @@ async fn devices() -> Report {
         Err(report) => return report,
     };
     let facts = host_facts(&config).await;
-    let kvm = facts.kvm.clone();
     let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
         .ok()
         .flatten()
         .map_or_else(|| nix::unistd::geteuid().to_string(), |user| user.name);
-    let kvm_hint = match &kvm {
-        KvmSupport::NoAccess(_) => {
-            format!(" (`sudo usermod -aG kvm {user}`, then log in again, gives it KVM)")
-        }
+    // QEMU without KVM emulates: say how it gets KVM (the user's own access, or a QEMU that
+    // takes it from banger-helper) when KVM would run its guests.
+    let kvm_hint = match facts.qemu_kvm() {
+        KvmSupport::NoAccess(_) if facts.kvm_device.runs_stock_guests() => format!(
+            " (QEMU {}.{} or later gets it from banger-helper; or `sudo usermod -aG kvm {user}`, then log in again)",
+            crate::host::qemu::KVM_DEVICE_PROPERTY_SINCE.0,
+            crate::host::qemu::KVM_DEVICE_PROPERTY_SINCE.1
+        ),
         _ => String::new(),
     };
     let tun_said = match &facts.tun {
@@ -266,14 +269,17 @@ async fn devices() -> Report {
     match decide(config.vm.vmm, &facts) {
         Ok(choice) if choice.vmm == banger_events::VmmKind::Firecracker => report(
             Status::Ok,
-            format!("new VMs run on Firecracker: {}; {tun_said}", kvm.describe()),
+            format!(
+                "new VMs run on Firecracker: {}; {tun_said}",
+                facts.firecracker_kvm().describe()
+            ),
             None,
         ),
         Ok(_) => report(
             Status::Ok,
             format!(
                 "QEMU gets each VM's tap from banger-helper, so {TUN_DEVICE} is not needed ({tun_said}); {}{kvm_hint}",
-                kvm.describe()
+                facts.qemu_kvm().describe()
             ),
             None,
         ),
@@ -293,14 +299,19 @@ async fn devices() -> Report {
 /// The host as bangerd's `auto` rule sees it, with this config (and its helper: whether it
 /// starts Firecracker).
 async fn host_facts(config: &crate::config::Config) -> crate::host::backends::HostFacts {
+    let helper = banger_helper::HelperClient::new(&config.network.helper_socket);
+    let qemu_kvm_via_helper = crate::host::qemu::kvm_through_helper(
+        &config.qemu,
+        &crate::host::kvm::probe(),
+        &crate::host::network::HelperKvm(helper.clone()),
+    )
+    .await
+    .is_ok();
     crate::host::backends::HostFacts::probe(
         &config.firecracker,
         &config.qemu,
-        crate::host::jailed::firecracker_through_helper(
-            config,
-            &banger_helper::HelperClient::new(&config.network.helper_socket),
-        )
-        .await,
+        crate::host::jailed::firecracker_through_helper(config, &helper).await,
+        qemu_kvm_via_helper,
     )
 }
 
@@ -316,7 +327,8 @@ async fn firecracker() -> Report {
     let firecracker = find_binary(&config.firecracker, "firecracker");
     // Whether new VMs would run on it (the `auto` rule: a firecracker that KVM can run, or
     // the one BANGER_FIRECRACKER names); else QEMU runs them and this is information.
-    let kvm = crate::host::kvm::probe();
+    let facts = host_facts(&config).await;
+    let kvm = facts.firecracker_kvm();
     let from_env =
         std::env::var_os(crate::host::vmm::FIRECRACKER_ENV).is_some_and(|v| !v.is_empty());
     let needed = match (config.vm.vmm, &firecracker) {

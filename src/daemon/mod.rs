@@ -264,14 +264,25 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
     let journal = Arc::new(open_journal(&layout.log_path())?);
     let network = Arc::new(GuestNetwork::new(&config.network));
     let firecracker = FirecrackerVmm::from_env_or(config.firecracker.clone());
-    let mut backends = Backends::new(
-        firecracker.clone(),
-        // QEMU gets its tap from banger-helper: bangerd need not be able to open
-        // /dev/net/tun, which is root's alone on hardened hosts.
-        QemuVmm::from_env_or(config.qemu.clone()).with_tap_opener(Arc::new(
-            crate::host::network::HelperTaps(network.helper().clone()),
-        )),
-    );
+    // QEMU gets its tap from banger-helper: bangerd need not be able to open /dev/net/tun,
+    // which is root's alone on hardened hosts. So is /dev/kvm: a QEMU that takes it as a
+    // descriptor gets it from banger-helper too.
+    let mut qemu = QemuVmm::from_env_or(config.qemu.clone()).with_tap_opener(Arc::new(
+        crate::host::network::HelperTaps(network.helper().clone()),
+    ));
+    let own_kvm = crate::host::kvm::probe();
+    let helper_kvm = Arc::new(crate::host::network::HelperKvm(network.helper().clone()));
+    match crate::host::qemu::kvm_through_helper(&qemu.binary, &own_kvm, &*helper_kvm).await {
+        Ok(()) => {
+            tracing::info!("QEMU runs guests under KVM, its /dev/kvm opened by banger-helper");
+            qemu = qemu.with_kvm_opener(helper_kvm);
+        }
+        Err(why) if matches!(own_kvm, crate::host::kvm::KvmSupport::NoAccess(_)) => {
+            tracing::info!("QEMU emulates (TCG): {why}");
+        }
+        Err(_) => {}
+    }
+    let mut backends = Backends::new(firecracker.clone(), qemu);
     // Firecracker opens /dev/kvm and /dev/net/tun itself: an unprivileged bangerd has
     // banger-helper start it through the jailer, which makes them inside the VM's chroot.
     if crate::host::jailed::firecracker_through_helper(&config, network.helper()).await {

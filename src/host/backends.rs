@@ -108,15 +108,26 @@ pub struct HostFacts {
     /// makes `/dev/net/tun` and `/dev/kvm` inside the VM's chroot: this process's own access
     /// to them does not matter then.
     pub firecracker_via_helper: bool,
+    /// banger-helper opens `/dev/kvm` for QEMU ([`super::qemu::kvm_through_helper`]).
+    pub qemu_kvm_via_helper: bool,
+    /// KVM as a VMM that banger-helper gives `/dev/kvm` finds it ([`kvm::probe_device`]).
+    pub kvm_device: KvmSupport,
 }
 
 impl HostFacts {
     /// Looks at this host now for the `firecracker` and `qemu` binaries configured: KVM,
     /// each binary, `BANGER_FIRECRACKER`, and `/dev/net/tun`; `firecracker_via_helper` says
     /// who starts Firecracker.
-    pub fn probe(firecracker: &Path, qemu: &Path, firecracker_via_helper: bool) -> HostFacts {
+    pub fn probe(
+        firecracker: &Path,
+        qemu: &Path,
+        firecracker_via_helper: bool,
+        qemu_kvm_via_helper: bool,
+    ) -> HostFacts {
         HostFacts {
             kvm: kvm::probe(),
+            kvm_device: kvm::probe_device(),
+            qemu_kvm_via_helper,
             firecracker: find_binary(firecracker, "firecracker"),
             firecracker_from_env: std::env::var_os(FIRECRACKER_ENV)
                 .filter(|value| !value.is_empty())
@@ -124,6 +135,24 @@ impl HostFacts {
             qemu: find_binary(qemu, "QEMU"),
             tun: tun_access(),
             firecracker_via_helper,
+        }
+    }
+
+    /// KVM as Firecracker finds it: this process's, or (launched by banger-helper's jailer,
+    /// which makes `/dev/kvm` in its chroot) what root finds where this process may not open it.
+    pub fn firecracker_kvm(&self) -> &KvmSupport {
+        self.kvm_seen_by(self.firecracker_via_helper)
+    }
+
+    /// KVM as QEMU finds it, the same way (banger-helper opens it for a QEMU 8.2+).
+    pub fn qemu_kvm(&self) -> &KvmSupport {
+        self.kvm_seen_by(self.qemu_kvm_via_helper)
+    }
+
+    fn kvm_seen_by(&self, via_helper: bool) -> &KvmSupport {
+        match &self.kvm {
+            KvmSupport::NoAccess(_) if via_helper => &self.kvm_device,
+            own => own,
         }
     }
 
@@ -152,7 +181,8 @@ pub const TUN_DEVICE: &str = "/dev/net/tun";
 
 /// The `auto` rule and the checks of an explicit choice (see the module docs).
 pub fn decide(requested: VmmChoice, facts: &HostFacts) -> Result<Choice, String> {
-    let accel = Accel::for_host(&facts.kvm);
+    let accel = Accel::for_host(facts.qemu_kvm());
+    let kvm = facts.firecracker_kvm();
     let tun = facts.firecracker_tun();
     let qemu_reason = |why: &str| format!("{why}; QEMU runs it under {}", accel.as_str());
     match requested {
@@ -161,7 +191,7 @@ pub fn decide(requested: VmmChoice, facts: &HostFacts) -> Result<Choice, String>
                 "--vmm firecracker: firecracker opens each VM's tap itself, and {}; use --vmm qemu, whose tap banger-helper passes in",
                 tun.as_ref().err().map_or("", String::as_str)
             )),
-            Binary::Found(_) if facts.kvm.runs_stock_guests() => Ok(Choice {
+            Binary::Found(_) if kvm.runs_stock_guests() => Ok(Choice {
                 vmm: VmmKind::Firecracker,
                 reason: "asked for with --vmm firecracker".to_owned(),
             }),
@@ -169,7 +199,7 @@ pub fn decide(requested: VmmChoice, facts: &HostFacts) -> Result<Choice, String>
                 vmm: VmmKind::Firecracker,
                 reason: format!(
                     "asked for with --vmm firecracker (note: {}; a stock guest may not boot)",
-                    facts.kvm.describe()
+                    kvm.describe()
                 ),
             }),
             Binary::Missing(why) => Err(format!("--vmm firecracker: {why}")),
@@ -195,7 +225,7 @@ pub fn decide(requested: VmmChoice, facts: &HostFacts) -> Result<Choice, String>
                     reason: format!("auto: {FIRECRACKER_ENV} names {}", binary.display()),
                 });
             }
-            let no_firecracker = match (&facts.firecracker, facts.kvm.runs_stock_guests()) {
+            let no_firecracker = match (&facts.firecracker, kvm.runs_stock_guests()) {
                 (Binary::Found(_), true) if tun.is_err() => format!(
                     "firecracker opens each VM's tap itself, and {} (QEMU's comes from banger-helper)",
                     tun.as_ref().err().map_or("", String::as_str)
@@ -205,12 +235,12 @@ pub fn decide(requested: VmmChoice, facts: &HostFacts) -> Result<Choice, String>
                         vmm: VmmKind::Firecracker,
                         reason: format!(
                             "auto: {}, and firecracker is {}",
-                            facts.kvm.describe(),
+                            kvm.describe(),
                             path.display()
                         ),
                     });
                 }
-                (_, false) => facts.kvm.describe(),
+                (_, false) => kvm.describe(),
                 (Binary::Missing(why), true) => why.clone(),
             };
             match &facts.qemu {
@@ -266,6 +296,7 @@ pub struct Backends {
     firecracker_via_helper: bool,
     qemu: Arc<dyn Vmm>,
     qemu_binary: PathBuf,
+    qemu_kvm_via_helper: bool,
 }
 
 impl Backends {
@@ -275,6 +306,7 @@ impl Backends {
             firecracker: Arc::new(firecracker),
             firecracker_via_helper: false,
             qemu_binary: qemu.binary.clone(),
+            qemu_kvm_via_helper: qemu.kvm_opener.is_some() && qemu.accel == Accel::Kvm,
             qemu: Arc::new(qemu),
         }
     }
@@ -292,6 +324,7 @@ impl Backends {
             firecracker_via_helper: false,
             qemu,
             qemu_binary,
+            qemu_kvm_via_helper: false,
         }
     }
 
@@ -327,6 +360,7 @@ impl Backends {
             &self.firecracker_binary,
             &self.qemu_binary,
             self.firecracker_via_helper,
+            self.qemu_kvm_via_helper,
         )
     }
 
@@ -355,6 +389,8 @@ mod tests {
             qemu: binary(qemu, "qemu-system-x86_64"),
             tun: Ok(()),
             firecracker_via_helper: false,
+            qemu_kvm_via_helper: false,
+            kvm_device: KvmSupport::ThroughHelper,
         }
     }
 
@@ -393,6 +429,38 @@ mod tests {
             decide(VmmChoice::Firecracker, &host).unwrap().vmm,
             VmmKind::Firecracker
         );
+    }
+
+    #[test]
+    fn kvm_this_user_cannot_open_counts_where_banger_helper_hands_it_over() {
+        let mut host = facts(KvmSupport::NoAccess("denied".into()), true, true);
+        let choice = decide(VmmChoice::Auto, &host).unwrap();
+        assert_eq!(choice.vmm, VmmKind::Qemu);
+        assert!(choice.reason.ends_with("tcg"), "{}", choice.reason);
+        // QEMU 8.2+ with its /dev/kvm from banger-helper: KVM, still QEMU (firecracker would
+        // open /dev/kvm itself).
+        host.qemu_kvm_via_helper = true;
+        let choice = decide(VmmChoice::Auto, &host).unwrap();
+        assert_eq!(choice.vmm, VmmKind::Qemu);
+        assert!(
+            choice.reason.contains("denied") && choice.reason.ends_with("kvm"),
+            "{}",
+            choice.reason
+        );
+        // The jailer makes /dev/kvm in Firecracker's chroot: auto takes Firecracker.
+        host.firecracker_via_helper = true;
+        let choice = decide(VmmChoice::Auto, &host).unwrap();
+        assert_eq!(choice.vmm, VmmKind::Firecracker);
+        assert!(
+            choice.reason.contains("banger-helper opens it"),
+            "{}",
+            choice.reason
+        );
+        // What root finds decides then: a PVM-backed KVM runs no stock guest either way.
+        host.kvm_device = KvmSupport::Pvm;
+        let choice = decide(VmmChoice::Auto, &host).unwrap();
+        assert_eq!(choice.vmm, VmmKind::Qemu);
+        assert!(choice.reason.ends_with("tcg"), "{}", choice.reason);
     }
 
     #[test]

@@ -26,11 +26,15 @@ pub enum KvmSupport {
     NoAccess(String),
     /// KVM is backed by PVM: only PVM-aware guest kernels run.
     Pvm,
+    /// `/dev/kvm` is not this process's to open, but banger-helper hands it to the VMM (the
+    /// jailer makes it inside a Firecracker's chroot; QEMU 8.2+ takes it as a descriptor),
+    /// and it is hardware KVM: stock guests run.
+    ThroughHelper,
 }
 
 impl KvmSupport {
     pub fn runs_stock_guests(&self) -> bool {
-        *self == KvmSupport::Usable
+        matches!(self, KvmSupport::Usable | KvmSupport::ThroughHelper)
     }
 
     /// A sentence for `vm show`, `banger doctor` and errors.
@@ -41,6 +45,9 @@ impl KvmSupport {
             KvmSupport::NoAccess(why) => format!("{KVM_DEVICE} cannot be opened ({why})"),
             KvmSupport::Pvm => format!(
                 "KVM here is backed by PVM ({KVM_PVM_MODULE} is loaded), which cannot run a stock guest kernel"
+            ),
+            KvmSupport::ThroughHelper => format!(
+                "KVM can run a stock guest here ({KVM_DEVICE} is not this user's; banger-helper opens it for the VMM)"
             ),
         }
     }
@@ -69,6 +76,23 @@ pub fn probe_at(device: &Path, pvm_module: &Path) -> KvmSupport {
     KvmSupport::Usable
 }
 
+/// What a VMM that banger-helper gives `/dev/kvm` finds on this host (see [`probe_device_at`]).
+pub fn probe_device() -> KvmSupport {
+    probe_device_at(Path::new(KVM_DEVICE), Path::new(KVM_PVM_MODULE))
+}
+
+/// What a VMM that banger-helper gives `/dev/kvm` finds, without opening it (this process may
+/// not): [`KvmSupport::Absent`], [`KvmSupport::Pvm`] or [`KvmSupport::ThroughHelper`].
+pub fn probe_device_at(device: &Path, pvm_module: &Path) -> KvmSupport {
+    if !device.exists() {
+        KvmSupport::Absent
+    } else if pvm_module.exists() {
+        KvmSupport::Pvm
+    } else {
+        KvmSupport::ThroughHelper
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +111,12 @@ mod tests {
         assert!(probe_at(&device, &pvm).describe().contains("PVM"));
         let unreadable = dir.path().join("missing-dir").join("kvm");
         assert_eq!(probe_at(&unreadable, &pvm), KvmSupport::Absent);
+        // Through banger-helper: what root would find, never opened here.
+        assert_eq!(probe_device_at(&unreadable, &pvm), KvmSupport::Absent);
+        assert_eq!(probe_device_at(&device, &pvm), KvmSupport::Pvm);
+        std::fs::remove_dir(&pvm).unwrap();
+        let through = probe_device_at(&device, &pvm);
+        assert_eq!(through, KvmSupport::ThroughHelper);
+        assert!(through.runs_stock_guests() && through.describe().contains("banger-helper"));
     }
 }

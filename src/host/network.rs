@@ -108,6 +108,26 @@ impl crate::host::qemu::TapOpener for HelperTaps {
     }
 }
 
+/// Opens `/dev/kvm` for QEMU through banger-helper ([`crate::host::qemu::KvmOpener`]): bangerd
+/// and the QEMU it starts run as the owner, who may not open it on hardened hosts.
+#[derive(Debug)]
+pub struct HelperKvm(pub HelperClient);
+
+impl crate::host::qemu::KvmOpener for HelperKvm {
+    fn open_kvm(&self) -> crate::host::vmm::BoxFuture<'_, Result<std::os::fd::OwnedFd, String>> {
+        Box::pin(async move {
+            match tokio::time::timeout(HELPER_TIMEOUT, self.0.open_kvm()).await {
+                Ok(Ok(fd)) => Ok(fd),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err(format!(
+                    "banger-helper at {} did not answer within {HELPER_TIMEOUT:?}",
+                    self.0.socket().display()
+                )),
+            }
+        })
+    }
+}
+
 /// bangerd's DNS server, as the network sees it (`crate::daemon::dns` implements it): asked,
 /// before a guest boots, to serve on the bridge's address.
 pub trait GuestDns: Send + Sync {

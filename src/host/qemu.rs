@@ -121,8 +121,24 @@ pub trait TapOpener: Send + Sync + std::fmt::Debug {
     ) -> super::vmm::BoxFuture<'a, Result<std::os::fd::OwnedFd, String>>;
 }
 
+/// Who opens `/dev/kvm` for QEMU: banger-helper, where the owner may not (QEMU 8.2+ takes the
+/// device as a descriptor).
+pub trait KvmOpener: Send + Sync + std::fmt::Debug {
+    /// A descriptor of `/dev/kvm`.
+    fn open_kvm(&self) -> super::vmm::BoxFuture<'_, Result<std::os::fd::OwnedFd, String>>;
+}
+
 /// The descriptor number QEMU is told its tap has (`-netdev tap,fd=3`).
 const TAP_FD: std::os::fd::RawFd = 3;
+
+/// The descriptor number `/dev/kvm` has in QEMU, and the fd set `-add-fd` puts it in
+/// (`-accel kvm,device=/dev/fdset/4`).
+const KVM_FD: std::os::fd::RawFd = 4;
+const KVM_FDSET: u32 = 4;
+
+/// The first QEMU whose KVM accelerator takes its device by path, so by descriptor through
+/// `/dev/fdset/N` (the accelerator's `device` property).
+pub const KVM_DEVICE_PROPERTY_SINCE: (u32, u32) = (8, 2);
 
 /// QEMU's microvm.
 #[derive(Clone, Debug)]
@@ -138,6 +154,9 @@ pub struct QemuVmm {
     /// When set, a VM's tap reaches QEMU as a descriptor this opens (`fd=3`), instead of QEMU
     /// opening `/dev/net/tun` by the tap's name (which needs root or access to the device).
     pub tap_opener: Option<std::sync::Arc<dyn TapOpener>>,
+    /// When set (and the accelerator is KVM), `/dev/kvm` reaches QEMU as a descriptor this
+    /// opens (`fd=4`, fd set 4), instead of QEMU opening it (which needs root or access).
+    pub kvm_opener: Option<std::sync::Arc<dyn KvmOpener>>,
 }
 
 impl QemuVmm {
@@ -149,7 +168,20 @@ impl QemuVmm {
             request_timeout: super::qmp::DEFAULT_QMP_TIMEOUT,
             envs: Vec::new(),
             tap_opener: None,
+            kvm_opener: None,
         }
+    }
+
+    /// KVM, its device opened by `opener` and passed to QEMU as a descriptor (QEMU 8.2+).
+    pub fn with_kvm_opener(mut self, opener: std::sync::Arc<dyn KvmOpener>) -> QemuVmm {
+        self.accel = Accel::Kvm;
+        self.kvm_opener = Some(opener);
+        self
+    }
+
+    /// Whether `/dev/kvm` reaches QEMU as a descriptor.
+    fn kvm_by_descriptor(&self) -> bool {
+        self.accel == Accel::Kvm && self.kvm_opener.is_some()
     }
 
     /// Taps are opened by `opener` and passed to QEMU as a descriptor.
@@ -178,13 +210,20 @@ impl QemuVmm {
         validate_qemu_spec(spec)?;
         let mut args: Vec<OsString> = Vec::new();
         let mut push = |parts: &[&OsStr]| args.extend(parts.iter().map(|p| p.to_os_string()));
+        let kvm_from_fdset = format!("kvm,device=/dev/fdset/{KVM_FDSET}");
         let cpu = match self.accel {
+            Accel::Kvm if self.kvm_by_descriptor() => (kvm_from_fdset.as_str(), "host"),
             Accel::Kvm => ("kvm", "host"),
             Accel::Tcg => ("tcg,thread=multi", "max"),
         };
+        push(&["-name".as_ref(), spec.id.as_ref()]);
+        if self.kvm_by_descriptor() {
+            push(&[
+                "-add-fd".as_ref(),
+                format!("fd={KVM_FD},set={KVM_FDSET}").as_ref(),
+            ]);
+        }
         push(&[
-            "-name".as_ref(),
-            spec.id.as_ref(),
             "-M".as_ref(),
             MACHINE.as_ref(),
             "-accel".as_ref(),
@@ -334,6 +373,35 @@ impl QemuVmm {
             )?),
             _ => None,
         };
+        let kvm = match &self.kvm_opener {
+            Some(opener) if self.kvm_by_descriptor() => {
+                Some(opener.open_kvm().await.map_err(|reason| VmmError::Spawn {
+                    binary: self.binary.clone(),
+                    source: std::io::Error::other(format!(
+                        "{} could not be opened for QEMU: {reason}",
+                        super::kvm::KVM_DEVICE
+                    )),
+                })?)
+            }
+            _ => None,
+        };
+        // Each descriptor moves to a number above QEMU's (close-on-exec), so that the child
+        // can put every one at its place without one overwriting another.
+        let spawn_error = |source| VmmError::Spawn {
+            binary: self.binary.clone(),
+            source,
+        };
+        let mut passed = Vec::new();
+        for (fd, target) in [(tap, TAP_FD), (kvm, KVM_FD)] {
+            if let Some(fd) = fd {
+                let moved = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+                    .map_err(|errno| spawn_error(std::io::Error::from(errno)))?;
+                // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+                let moved =
+                    unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(moved) };
+                passed.push((moved, target));
+            }
+        }
         let mut command = tokio::process::Command::new(&self.binary);
         command
             .args(&args)
@@ -344,21 +412,21 @@ impl QemuVmm {
             // Its own group, as for Firecracker: a Ctrl-C aimed at bangerd does not reach VMs.
             .process_group(0)
             .kill_on_drop(false);
-        if let Some(tap) = &tap {
+        if !passed.is_empty() {
             use std::os::fd::AsRawFd;
-            let raw = tap.as_raw_fd();
-            // SAFETY: dup2 and fcntl are async-signal-safe; `raw` stays open in the parent
-            // until after the spawn (the child gets its own copy at TAP_FD, without
-            // close-on-exec, which the received descriptor has).
+            let pairs: Vec<(std::os::fd::RawFd, std::os::fd::RawFd)> = passed
+                .iter()
+                .map(|(fd, target)| (fd.as_raw_fd(), *target))
+                .collect();
+            // SAFETY: dup2 is async-signal-safe and `pairs` was allocated before the fork; the
+            // sources stay open in the parent until after the spawn, all above 9, and dup2
+            // leaves each target without close-on-exec.
             unsafe {
                 command.pre_exec(move || {
-                    let result = if raw == TAP_FD {
-                        libc::fcntl(TAP_FD, libc::F_SETFD, 0)
-                    } else {
-                        libc::dup2(raw, TAP_FD)
-                    };
-                    if result < 0 {
-                        return Err(std::io::Error::last_os_error());
+                    for &(source, target) in &pairs {
+                        if libc::dup2(source, target) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
                     Ok(())
                 });
@@ -368,8 +436,8 @@ impl QemuVmm {
             binary: self.binary.clone(),
             source,
         })?;
-        // QEMU holds the tap now; bangerd keeps no copy.
-        drop(tap);
+        // QEMU holds its tap and KVM now; bangerd keeps no copy.
+        drop(passed);
         let pid = child.id().ok_or_else(|| VmmError::Spawn {
             binary: self.binary.clone(),
             source: std::io::Error::other("the process exited at once"),
@@ -560,6 +628,66 @@ impl Vmm for QemuVmm {
     }
 }
 
+/// `binary --version`'s major and minor version ("QEMU emulator version 10.0.2 (…)").
+pub async fn version(binary: &Path) -> Result<(u32, u32), String> {
+    let output = tokio::process::Command::new(binary)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {} --version ({e})", binary.display()))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    parse_version(&text).ok_or_else(|| {
+        format!(
+            "{} --version did not say its version ({}: {:?})",
+            binary.display(),
+            output.status,
+            text.lines().next().unwrap_or("")
+        )
+    })
+}
+
+fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let rest = text.lines().next()?.split("version ").nth(1)?;
+    let mut numbers = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    Some((numbers.next()?.ok()?, numbers.next()?.ok()?))
+}
+
+/// Whether QEMU at `binary` should get KVM through banger-helper: `Ok` where this process
+/// cannot open `/dev/kvm` (`own`), the host's KVM runs stock guests, this QEMU takes its
+/// device as a descriptor (8.2+) and `opener` hands one over; else why not, as a sentence.
+pub async fn kvm_through_helper(
+    binary: &Path,
+    own: &KvmSupport,
+    opener: &dyn KvmOpener,
+) -> Result<(), String> {
+    if !matches!(own, KvmSupport::NoAccess(_)) {
+        return Err(format!(
+            "banger-helper's /dev/kvm is not needed: {}",
+            own.describe()
+        ));
+    }
+    let device = kvm::probe_device();
+    if !device.runs_stock_guests() {
+        return Err(device.describe());
+    }
+    let (major, minor) = version(binary).await?;
+    if (major, minor) < KVM_DEVICE_PROPERTY_SINCE {
+        let (since_major, since_minor) = KVM_DEVICE_PROPERTY_SINCE;
+        return Err(format!(
+            "{}; QEMU {major}.{minor} opens it itself, by its path (QEMU {since_major}.{since_minor} or later takes it from banger-helper)",
+            own.describe()
+        ));
+    }
+    opener
+        .open_kvm()
+        .await
+        .map(drop)
+        .map_err(|why| format!("banger-helper did not give /dev/kvm ({why})"))
+}
+
 /// QEMU's limits beyond the common ones: no vsock device here (the agent is on
 /// virtio-serial), and tap names and MACs that cannot break out of their option.
 fn validate_qemu_spec(spec: &LaunchSpec) -> Result<(), VmmError> {
@@ -712,6 +840,103 @@ mod tests {
             error.contains("tap bt1 could not be opened for QEMU: no tap bt1 here"),
             "{error}"
         );
+    }
+
+    /// A `/dev/kvm` stand-in: any file, for the command line and the descriptor plumbing.
+    #[derive(Debug)]
+    struct KvmFile(PathBuf);
+
+    impl KvmOpener for KvmFile {
+        fn open_kvm(
+            &self,
+        ) -> crate::host::vmm::BoxFuture<'_, Result<std::os::fd::OwnedFd, String>> {
+            Box::pin(async move {
+                std::fs::File::open(&self.0)
+                    .map(std::os::fd::OwnedFd::from)
+                    .map_err(|e| e.to_string())
+            })
+        }
+    }
+
+    #[derive(Debug)]
+    struct TapFile(PathBuf);
+
+    impl TapOpener for TapFile {
+        fn open_tap<'a>(
+            &'a self,
+            _tap: &'a str,
+        ) -> crate::host::vmm::BoxFuture<'a, Result<std::os::fd::OwnedFd, String>> {
+            Box::pin(async move {
+                std::fs::File::open(&self.0)
+                    .map(std::os::fd::OwnedFd::from)
+                    .map_err(|e| e.to_string())
+            })
+        }
+    }
+
+    #[test]
+    fn with_a_kvm_opener_kvm_is_the_descriptor_in_fd_set_4() {
+        let dir = Path::new("/v");
+        let vmm = QemuVmm::new("qemu", Accel::Tcg)
+            .with_kvm_opener(std::sync::Arc::new(KvmFile("/dev/null".into())));
+        let line = text(&vmm.command_line(&spec(dir)).unwrap());
+        assert!(
+            line.starts_with(
+                "-name vm-1 -add-fd fd=4,set=4 -M microvm,acpi=on,pit=on,pic=on,rtc=on \
+                 -accel kvm,device=/dev/fdset/4 -cpu host "
+            ),
+            "{line}"
+        );
+        assert!(
+            !line.contains("tsc_early_khz"),
+            "KVM needs no TCG timer arguments: {line}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_tap_and_kvm_reach_qemu_at_descriptors_3_and_4() {
+        let dir = tempfile::tempdir().unwrap();
+        let tap = dir.path().join("tap-stand-in");
+        let kvm = dir.path().join("kvm-stand-in");
+        std::fs::write(&tap, "").unwrap();
+        std::fs::write(&kvm, "").unwrap();
+        // A "QEMU" that says what its descriptors 3 and 4 are, then exits: spawn reports its
+        // output.
+        let fake = dir.path().join("fake-qemu");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\necho \"fd3=$(readlink /proc/$$/fd/3) fd4=$(readlink /proc/$$/fd/4)\"\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let vmm = QemuVmm::new(&fake, Accel::Tcg)
+            .with_tap_opener(std::sync::Arc::new(TapFile(tap.clone())))
+            .with_kvm_opener(std::sync::Arc::new(KvmFile(kvm.clone())));
+        let error = vmm.spawn(&spec(dir.path())).await.map(|_| ()).unwrap_err();
+        let VmmError::ExitedEarly { console_tail, .. } = error else {
+            panic!("unexpected: {error}");
+        };
+        assert!(
+            console_tail.contains(&format!("fd3={} fd4={}", tap.display(), kvm.display())),
+            "{console_tail}"
+        );
+    }
+
+    #[test]
+    fn the_version_is_read_from_qemus_first_line() {
+        assert_eq!(
+            parse_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)\nCopyright"),
+            Some((10, 0))
+        );
+        assert_eq!(
+            parse_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"),
+            Some((7, 2))
+        );
+        assert_eq!(parse_version("QEMU emulator version 8.2.0"), Some((8, 2)));
+        assert!((7, 2) < KVM_DEVICE_PROPERTY_SINCE && (8, 2) >= KVM_DEVICE_PROPERTY_SINCE);
+        assert_eq!(parse_version("cat (GNU coreutils) 9.1"), None);
+        assert_eq!(parse_version(""), None);
     }
 
     #[test]

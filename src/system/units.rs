@@ -245,7 +245,10 @@ pub fn helper_unit(inputs: &UnitInputs) -> String {
     let (kill_mode, devices, writable, namespaces, syscalls) = match &inputs.jail {
         None => (
             String::new(),
-            "# Taps are made through /dev/net/tun; no other device.\nDevicePolicy=closed\nDeviceAllow=/dev/net/tun rw\n".to_owned(),
+            "# Taps are made through /dev/net/tun, and /dev/kvm is opened for the owner's QEMU\n\
+             # (open_kvm); no other device.\nDevicePolicy=closed\nDeviceAllow=/dev/net/tun rw\n\
+             DeviceAllow=/dev/kvm rw\n"
+                .to_owned(),
             String::new(),
             "RestrictNamespaces=yes".to_owned(),
             "SystemCallFilter=@system-service\nSystemCallFilter=~@privileged @resources".to_owned(),
@@ -492,6 +495,7 @@ mod tests {
                 "PrivateMounts=yes",
                 "DevicePolicy=closed",
                 "DeviceAllow=/dev/net/tun rw",
+                "DeviceAllow=/dev/kvm rw",
                 "ProtectKernelModules=yes",
                 "ProtectKernelLogs=yes",
                 "ProtectControlGroups=yes",

@@ -9,6 +9,9 @@
 //! the chroot an owner could fill with links are `crate::jailed`'s, where Firecracker runs
 //! through the helper's jailer for such a user.
 //!
+//! `/dev/kvm` the same way: the helper opens it for the owner (`open_kvm`), and a QEMU 8.2+
+//! started by the owner takes it as a descriptor and runs its accelerator on it.
+//!
 //! The users are bare uids with no passwd entry, so the host gains no account. The test runs
 //! in the root tier (it creates the namespace, hands the state directory over, drops to the
 //! user) and the QEMU tier (a real guest boots).
@@ -29,6 +32,7 @@ const STRANGER: u32 = 61002;
 pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
     banger_test_harness::tests![
         sync an_ordinary_user_runs_bangerd_and_its_qemu_vms_with_only_the_helper_as_root needs(Root, Qemu),
+        sync an_ordinary_users_qemu_runs_under_kvm_the_helper_opened needs(Root, Qemu),
     ]
 }
 
@@ -259,4 +263,140 @@ fn an_ordinary_user_runs_bangerd_and_its_qemu_vms_with_only_the_helper_as_root()
         "{}",
         text(&output.stderr)
     );
+}
+
+/// `KVM_CREATE_VM` (`_IO(KVMIO, 0x01)`): what a VMM does first with `/dev/kvm`.
+const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
+
+fn an_ordinary_users_qemu_runs_under_kvm_the_helper_opened() {
+    use banger::host::vmm::Vmm as _;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // Root (the test) has a network apart, as above: one network per uid.
+    let root = TestRoot::with_helper_args(&[
+        "--allow-uid",
+        &OWNER.to_string(),
+        "--network",
+        "0:bangerroot:10.98.0.1/24",
+    ]);
+    let socket = root.network().expect("a helper").socket().to_path_buf();
+    let own = as_user(OWNER, || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(banger::host::kvm::KVM_DEVICE)
+            .map(drop)
+    });
+    if open_to_others(banger::host::kvm::KVM_DEVICE) {
+        println!("/dev/kvm is open to others here: the owner's own open is not refused");
+    } else {
+        let error = own.expect_err("the owner opened /dev/kvm itself");
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::PermissionDenied,
+            "{error}"
+        );
+    }
+
+    // The helper hands the owner KVM's device (checked by the client), on which the owner
+    // can make a VM; a user it does not allow gets nothing.
+    let vm_fd = helper_as(OWNER, &socket, async |c| {
+        let kvm = c.open_kvm().await?;
+        // SAFETY: KVM_CREATE_VM takes the machine type (0, the default) by value.
+        let vm = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_CREATE_VM, 0) };
+        // SAFETY: a descriptor the ioctl just returned, owned by nothing else.
+        Ok((vm >= 0).then(|| unsafe { OwnedFd::from_raw_fd(vm) }))
+    })
+    .expect("the helper opens /dev/kvm for the owner");
+    assert!(
+        vm_fd.is_some(),
+        "KVM_CREATE_VM on the helper's /dev/kvm: {}",
+        std::io::Error::last_os_error()
+    );
+    let stranger = helper_as(STRANGER, &socket, async |c| c.open_kvm().await.map(drop));
+    assert!(
+        matches!(&stranger, Err(message) if message.contains("uid 61002 is not allowed")),
+        "{stranger:?}"
+    );
+
+    // QEMU as bangerd starts it for the owner, its /dev/kvm from the helper: QEMU's own
+    // `query-kvm` says the accelerator is on. The guest is left waiting (-S): a stock kernel
+    // does not boot under a PVM-backed KVM, and the accelerator is what is tested here.
+    let qemu = crate::qemu::qemu_taking_kvm_by_descriptor();
+    let (kernel, _) = crate::qemu::debian_kernel();
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(OWNER), Some(OWNER)).unwrap();
+    let spec = banger::host::vmm::LaunchSpec {
+        id: "kvm-from-helper".into(),
+        api_socket: dir.path().join("api.sock"),
+        console_log: dir.path().join("console.log"),
+        vmm_log: Some(dir.path().join("vmm.log")),
+        vcpus: 1,
+        mem_mib: 128,
+        kernel,
+        initrd: None,
+        boot_args: "console=ttyS0".into(),
+        drives: Vec::new(),
+        net: None,
+        vsock: None,
+        agent_serial: None,
+    };
+    let (launched, kvm_state, helper_said) = as_user(OWNER, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let helper = banger_helper::HelperClient::new(&socket);
+            let opener = std::sync::Arc::new(banger::host::network::HelperKvm(helper.clone()));
+            // What bangerd asks before it gives QEMU KVM this way: here, the host's KVM.
+            let helper_said = banger::host::qemu::kvm_through_helper(
+                &qemu,
+                &banger::host::kvm::probe(),
+                &*opener,
+            )
+            .await;
+            let vmm = banger::host::qemu::QemuVmm::new(&qemu, banger::host::qemu::Accel::Tcg)
+                .with_kvm_opener(opener);
+            let spawned = vmm.spawn(&spec).await.unwrap_or_else(|e| {
+                panic!(
+                    "{e}\n{}",
+                    std::fs::read_to_string(dir.path().join("vmm.log")).unwrap_or_default()
+                )
+            });
+            let kvm_state = banger::host::qmp::QmpClient::new(&spec.api_socket)
+                .execute("query-kvm", None)
+                .await
+                .expect("query-kvm");
+            (spawned.launched, kvm_state, helper_said)
+        })
+    });
+    let reaper = crate::qemu::Reaper(Some(launched.clone()));
+    assert_eq!(uid_of(launched.pid), OWNER, "QEMU runs as the owner");
+    assert_eq!(
+        kvm_state,
+        serde_json::json!({"enabled": true, "present": true}),
+        "QEMU's accelerator"
+    );
+    let fds: Vec<_> = std::fs::read_dir(format!("/proc/{}/fd", launched.pid))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .collect();
+    assert!(
+        fds.iter()
+            .any(|target| target == std::path::Path::new("/dev/kvm")),
+        "QEMU holds /dev/kvm: {fds:?}"
+    );
+    // bangerd's own judgement: KVM through the helper where it runs a stock guest, else why
+    // not (here: PVM), never a silent TCG.
+    match banger::host::kvm::probe_device() {
+        device if device.runs_stock_guests() && !open_to_others(banger::host::kvm::KVM_DEVICE) => {
+            assert_eq!(helper_said, Ok(()))
+        }
+        device if !device.runs_stock_guests() => {
+            assert_eq!(helper_said, Err(device.describe()))
+        }
+        _ => println!("bangerd's judgement: {helper_said:?}"),
+    }
+    drop(reaper);
 }

@@ -54,7 +54,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const BANGER: &str = env!("CARGO_BIN_EXE_banger");
 
 /// The QEMU to test: `BANGER_QEMU`, else `qemu-system-x86_64` on PATH. Missing is a failure.
-fn qemu_binary() -> PathBuf {
+pub(crate) fn qemu_binary() -> PathBuf {
     let configured = std::env::var_os("BANGER_QEMU")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -83,7 +83,7 @@ fn start_time(pid: u32) -> u64 {
 
 /// Kills a VMM this test started, whatever happens to the test: QEMU runs in its own process
 /// group and would otherwise outlive a failed test.
-struct Reaper(Option<Launched>);
+pub(crate) struct Reaper(pub(crate) Option<Launched>);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
@@ -694,10 +694,26 @@ fn cache_dir() -> PathBuf {
 /// locked while it is filled.
 fn test_guest() -> TestGuest {
     let cache = cache_dir();
+    let (kernel, tree) = debian_kernel();
+    // Rebuilt every run: it carries this build's agent.
+    let initrd = cache.join(format!("initrd-{}.cpio", std::process::id()));
+    build_initrd(&tree, &initrd);
+    TestGuest { kernel, initrd }
+}
+
+/// The cache locked while this process fills it (test processes run in parallel).
+fn lock_cache(cache: &Path) -> nix::fcntl::Flock<std::fs::File> {
     let lock = std::fs::File::create(cache.join(".lock")).unwrap();
-    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+    nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| e)
-        .expect("lock the test cache");
+        .expect("lock the test cache")
+}
+
+/// Debian's cloud kernel from the cache (downloaded and unpacked on first use), and the
+/// unpacked package it is in (its modules).
+pub(crate) fn debian_kernel() -> (PathBuf, PathBuf) {
+    let cache = cache_dir();
+    let _lock = lock_cache(&cache);
     let tree = cache.join(KERNEL_PACKAGE);
     if !tree.join("boot").is_dir() {
         let deb = find_deb(&cache).unwrap_or_else(|| download_kernel(&cache));
@@ -711,10 +727,94 @@ fn test_guest() -> TestGuest {
     }
     let kernel = tree.join(format!("boot/vmlinuz-{KERNEL_RELEASE}"));
     assert!(kernel.is_file(), "{} is missing", kernel.display());
-    // Rebuilt every run: it carries this build's agent.
-    let initrd = cache.join(format!("initrd-{}.cpio", std::process::id()));
-    build_initrd(&tree, &initrd);
-    TestGuest { kernel, initrd }
+    (kernel, tree)
+}
+
+/// The package a QEMU that takes `/dev/kvm` as a descriptor (8.2+) comes from on Debian 12,
+/// whose own QEMU (7.2) opens it by path.
+const NEWER_QEMU_PACKAGE: &str = "qemu-system-x86/bookworm-backports";
+
+/// A QEMU that takes `/dev/kvm` as a descriptor (8.2+): `BANGER_TEST_QEMU_KVM_FD`, else the
+/// tiers' QEMU where it is new enough, else Debian 12's backport, downloaded once with
+/// `apt-get download` into the cache and unpacked there (it runs on the libraries the
+/// distribution's QEMU already installed). Missing is a failure that says how to get one.
+pub(crate) fn qemu_taking_kvm_by_descriptor() -> PathBuf {
+    let new_enough = |binary: &Path| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(banger::host::qemu::version(binary))
+            .is_ok_and(|version| version >= banger::host::qemu::KVM_DEVICE_PROPERTY_SINCE)
+    };
+    if let Some(named) = std::env::var_os("BANGER_TEST_QEMU_KVM_FD").filter(|v| !v.is_empty()) {
+        let named = PathBuf::from(named);
+        assert!(
+            new_enough(&named),
+            "BANGER_TEST_QEMU_KVM_FD names {}, which is not a QEMU 8.2 or later",
+            named.display()
+        );
+        return named;
+    }
+    let system = qemu_binary();
+    if new_enough(&system) {
+        return system;
+    }
+    let cache = cache_dir();
+    let _lock = lock_cache(&cache);
+    let tree = cache.join("qemu-kvm-fd");
+    let binary = tree.join("usr/bin/qemu-system-x86_64");
+    if !binary.is_file() {
+        let find = |cache: &Path| {
+            std::fs::read_dir(cache)
+                .ok()?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("qemu-system-x86_") && n.ends_with(".deb"))
+                })
+        };
+        let deb = find(&cache).unwrap_or_else(|| {
+            let output = Command::new("apt-get")
+                .args(["download", NEWER_QEMU_PACKAGE])
+                .current_dir(&cache)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run apt-get: {e}"));
+            find(&cache).unwrap_or_else(|| {
+                panic!(
+                    "{} is QEMU {:?}, which opens /dev/kvm only by path, and `apt-get download \
+                     {NEWER_QEMU_PACKAGE}` did not fetch a newer one ({}: {}); add \
+                     bookworm-backports to apt's sources (.ci/run does), or set \
+                     BANGER_TEST_QEMU_KVM_FD to a QEMU 8.2 or later",
+                    system.display(),
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap()
+                        .block_on(banger::host::qemu::version(&system)),
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            })
+        });
+        let staging = cache.join("qemu-kvm-fd.partial");
+        let _ = std::fs::remove_dir_all(&staging);
+        must_run(
+            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&staging),
+            "extract the QEMU package (dpkg-deb)",
+        );
+        let _ = std::fs::remove_dir_all(&tree);
+        std::fs::rename(&staging, &tree).unwrap();
+    }
+    assert!(
+        new_enough(&binary),
+        "{} does not run as a QEMU 8.2 or later (missing libraries?)",
+        binary.display()
+    );
+    binary
 }
 
 fn find_deb(cache: &Path) -> Option<PathBuf> {

@@ -57,7 +57,7 @@ fn dns_sockets_are_bound_on_the_bridge_address_only_and_work_in_the_caller() {
         "{error}"
     );
     for port in [54, 0, 22, 5353] {
-        let request = json!({"v": 3, "request": {"op": "bind_dns", "bridge": "banger0", "address": "10.77.0.1", "port": port}});
+        let request = json!({"v": 4, "request": {"op": "bind_dns", "bridge": "banger0", "address": "10.77.0.1", "port": port}});
         let answer = raw_exchange(&helper.socket, &frame(request.to_string().as_bytes()))
             .expect("an answer");
         assert_eq!(answer["kind"], "refused", "{answer}");
@@ -69,7 +69,7 @@ fn dns_sockets_are_bound_on_the_bridge_address_only_and_work_in_the_caller() {
             "{answer}"
         );
     }
-    let loopback = json!({"v": 3, "request": {"op": "bind_dns", "bridge": "banger0", "address": "127.0.0.1", "port": 53}});
+    let loopback = json!({"v": 4, "request": {"op": "bind_dns", "bridge": "banger0", "address": "127.0.0.1", "port": 53}});
     let answer = raw_exchange(&helper.socket, &frame(loopback.to_string().as_bytes())).unwrap();
     assert_eq!(answer["kind"], "refused", "{answer}");
     // An interface that is not a bridge, under a bridge's name.

@@ -472,7 +472,7 @@ fn bad_names_are_refused_before_anything_happens() {
             serde_json::json!({"op": "delete_tap", "tap": tap}),
         ] {
             let body =
-                serde_json::to_vec(&serde_json::json!({"v": 3, "request": request})).unwrap();
+                serde_json::to_vec(&serde_json::json!({"v": 4, "request": request})).unwrap();
             let answer = raw_exchange(&helper.socket, &frame(&body)).expect("an answer");
             assert_eq!(answer["result"], "error", "{tap:?}: {answer}");
             assert_eq!(answer["kind"], "refused", "{tap:?}: {answer}");
@@ -499,7 +499,7 @@ fn bad_names_are_refused_before_anything_happens() {
         "banger0\0",
     ] {
         let body = serde_json::to_vec(
-            &serde_json::json!({"v": 3, "request": {"op": "remove_network", "bridge": bridge}}),
+            &serde_json::json!({"v": 4, "request": {"op": "remove_network", "bridge": bridge}}),
         )
         .unwrap();
         let answer = raw_exchange(&helper.socket, &frame(&body)).expect("an answer");
@@ -524,7 +524,7 @@ fn bad_names_are_refused_before_anything_happens() {
         ([10, 0, 0, 1], 8),
         ([10, 0, 0, 1], 31),
     ] {
-        let body = serde_json::to_vec(&serde_json::json!({"v": 3, "request": {"op": "ensure_network",
+        let body = serde_json::to_vec(&serde_json::json!({"v": 4, "request": {"op": "ensure_network",
             "spec": {"bridge": "banger0", "gateway": std::net::Ipv4Addr::from(gateway), "prefix_len": prefix_len}}}))
         .unwrap();
         let answer = raw_exchange(&helper.socket, &frame(&body)).expect("an answer");
@@ -605,12 +605,12 @@ fn bad_frames_cost_only_their_connection() {
         .unwrap();
     for _ in 0..3 {
         stream
-            .write_all(&frame(br#"{"v":3,"request":{"op":"version"}}"#))
+            .write_all(&frame(br#"{"v":4,"request":{"op":"version"}}"#))
             .unwrap();
         let answer = read_raw_response(&mut stream).expect("answer");
         assert_eq!(
             answer,
-            serde_json::json!({"result": "version", "version": 3})
+            serde_json::json!({"result": "version", "version": 4})
         );
     }
     // A connection that is kept open while others misbehave keeps working afterwards.
@@ -639,8 +639,8 @@ fn bad_frames_cost_only_their_connection() {
 
     for garbage in [
         frame(b"this is not json"),
-        frame(br#"{"v":3,"request":{"op":"run_command","argv":["/bin/sh"]}}"#),
-        frame(br#"{"v":3,"request":{"op":"ensure_tap","tap":"bt1"}}"#),
+        frame(br#"{"v":4,"request":{"op":"run_command","argv":["/bin/sh"]}}"#),
+        frame(br#"{"v":4,"request":{"op":"ensure_tap","tap":"bt1"}}"#),
         frame(b""),
     ] {
         let mut s = StdUnixStream::connect(&helper.socket).unwrap();
@@ -672,10 +672,10 @@ fn bad_frames_cost_only_their_connection() {
         &frame(br#"{"v":99,"request":{"op":"version"}}"#),
     )
     .unwrap();
-    assert_eq!(answer["version"], 3);
+    assert_eq!(answer["version"], 4);
 
     stream
-        .write_all(&frame(br#"{"v":3,"request":{"op":"list_taps"}}"#))
+        .write_all(&frame(br#"{"v":4,"request":{"op":"list_taps"}}"#))
         .unwrap();
     assert_eq!(
         read_raw_response(&mut stream).unwrap(),
@@ -1122,7 +1122,7 @@ fn a_request_whose_asker_hung_up_is_not_carried_out() {
                 .ensure_network(&banger_helper::networks::default_network()),
         )
         .unwrap();
-    let request = br#"{"v":3,"request":{"op":"ensure_tap","tap":"bt9","bridge":"banger0"}}"#;
+    let request = br#"{"v":4,"request":{"op":"ensure_tap","tap":"bt9","bridge":"banger0"}}"#;
     let mut answers = Vec::new();
     let refused = (0..20).find_map(|_| {
         let mut stream = StdUnixStream::connect(&helper.socket).expect("connect");

@@ -67,10 +67,10 @@ fn assert_refused_then(helper: &Helper, body: &[u8], expected: &str, then: Then)
     if then == Then::Closes {
         assert_closed(&mut stream);
     } else {
-        let version = frame(br#"{"v":3,"request":{"op":"version"}}"#);
+        let version = frame(br#"{"v":4,"request":{"op":"version"}}"#);
         std::io::Write::write_all(&mut stream, &version).unwrap();
         let answer = read_raw_response(&mut stream).expect("the connection still serves");
-        assert_eq!(answer["version"], 3, "{answer}");
+        assert_eq!(answer["version"], 4, "{answer}");
     }
     assert_eq!(host_state(helper), before, "{shown} changed the host");
 }
@@ -94,14 +94,14 @@ fn assert_every_distortion_refused(helper: &Helper, request: &Value) {
         if request.get(stranger).is_some() {
             continue;
         }
-        let body = json!({"v": 3, "request": with(request, stranger, json!("bt2"))});
+        let body = json!({"v": 4, "request": with(request, stranger, json!("bt2"))});
         assert_refused(
             helper,
             &frame(body.to_string().as_bytes()),
             &format!("unknown field `{stranger}`"),
         );
     }
-    let body = json!({"v": 3, "request": request, "uid": 0});
+    let body = json!({"v": 4, "request": request, "uid": 0});
     assert_refused(
         helper,
         &frame(body.to_string().as_bytes()),
@@ -117,18 +117,18 @@ fn assert_every_distortion_refused(helper: &Helper, request: &Value) {
             .filter(|(k, _)| *k != "op")
             .map(|(_, v)| v.clone()),
     );
-    let body = json!({"v": 3, "request": positional});
+    let body = json!({"v": 4, "request": positional});
     assert_refused(
         helper,
         &frame(body.to_string().as_bytes()),
         "expected a JSON object",
     );
     if op != "version" {
-        let body = json!({"v": 4, "request": request});
+        let body = json!({"v": 5, "request": request});
         assert_refused_then(
             helper,
             &frame(body.to_string().as_bytes()),
-            "the request uses version 4",
+            "the request uses version 5",
             // A launch's frame is followed by a descriptor in this version; after another
             // version's, the stream is at no known boundary.
             if op == "launch_firecracker" {
@@ -138,7 +138,7 @@ fn assert_every_distortion_refused(helper: &Helper, request: &Value) {
             },
         );
         // Another version's request with an unknown field: refused either way, never run.
-        let body = json!({"v": 4, "request": with(request, "x", json!(1))});
+        let body = json!({"v": 5, "request": with(request, "x", json!(1))});
         assert_refused(
             helper,
             &frame(body.to_string().as_bytes()),
@@ -147,7 +147,7 @@ fn assert_every_distortion_refused(helper: &Helper, request: &Value) {
     }
     // A valid request padded with whitespace to one byte over the limit: refused on the
     // length prefix alone, whatever the body.
-    let mut padded = json!({"v": 3, "request": request}).to_string().into_bytes();
+    let mut padded = json!({"v": 4, "request": request}).to_string().into_bytes();
     padded.resize(MAX_FRAME_BYTES + 1, b' ');
     assert_refused(helper, &frame(&padded), "larger than");
 }
@@ -155,7 +155,7 @@ fn assert_every_distortion_refused(helper: &Helper, request: &Value) {
 /// Sends the valid `request`, padded to exactly the frame limit (the largest frame the helper
 /// reads), and returns the answer.
 fn send_at_the_limit(helper: &Helper, request: &Value) -> Value {
-    let mut padded = json!({"v": 3, "request": request}).to_string().into_bytes();
+    let mut padded = json!({"v": 4, "request": request}).to_string().into_bytes();
     padded.resize(MAX_FRAME_BYTES, b' ');
     raw_exchange(&helper.socket, &frame(&padded))
         .unwrap_or_else(|| panic!("no answer to {request} at the limit"))
@@ -168,15 +168,15 @@ fn every_request_kind_refuses_unknown_fields_and_changes_nothing() {
     let version = json!({"op": "version"});
     assert_every_distortion_refused(&helper, &version);
     assert_eq!(
-        send(&helper, &json!({"v": 3, "request": version})),
-        json!({"result": "version", "version": 3})
+        send(&helper, &json!({"v": 4, "request": version})),
+        json!({"result": "version", "version": 4})
     );
 
     let spec = json!({"bridge": "banger0", "gateway": "10.77.0.1", "prefix_len": 24});
     let ensure_network = json!({"op": "ensure_network", "spec": spec});
     assert_every_distortion_refused(&helper, &ensure_network);
     // And inside the network spec.
-    let body = json!({"v": 3, "request": {"op": "ensure_network", "spec": with(&spec, "nat", json!(false))}});
+    let body = json!({"v": 4, "request": {"op": "ensure_network", "spec": with(&spec, "nat", json!(false))}});
     assert_refused(
         &helper,
         &frame(body.to_string().as_bytes()),
@@ -192,20 +192,20 @@ fn every_request_kind_refuses_unknown_fields_and_changes_nothing() {
     let ensure_tap = json!({"op": "ensure_tap", "tap": "bt1", "bridge": "banger0"});
     assert_every_distortion_refused(&helper, &ensure_tap);
     assert!(helper.link("bt1").is_none(), "no tap was made");
-    assert_eq!(send(&helper, &json!({"v": 3, "request": ensure_tap})), done);
+    assert_eq!(send(&helper, &json!({"v": 4, "request": ensure_tap})), done);
     assert!(helper.link("bt1").is_some());
 
     let networks = json!({"op": "networks"});
     assert_every_distortion_refused(&helper, &networks);
     assert_eq!(
-        send(&helper, &json!({"v": 3, "request": networks})),
+        send(&helper, &json!({"v": 4, "request": networks})),
         json!({"result": "networks", "networks": [{"spec": spec, "bridge": true, "nat": true}]})
     );
 
     let list_taps = json!({"op": "list_taps"});
     assert_every_distortion_refused(&helper, &list_taps);
     assert_eq!(
-        send(&helper, &json!({"v": 3, "request": list_taps})),
+        send(&helper, &json!({"v": 4, "request": list_taps})),
         json!({"result": "taps", "taps": ["bt1"]})
     );
 
@@ -222,20 +222,34 @@ fn every_request_kind_refuses_unknown_fields_and_changes_nothing() {
         "nothing listens on port 53"
     );
     assert_eq!(
-        send(&helper, &json!({"v": 3, "request": bind_dns})),
+        send(&helper, &json!({"v": 4, "request": bind_dns})),
         json!({"result": "dns_sockets"})
     );
     let route_dns = json!({"op": "route_dns", "bridge": "banger0", "address": "10.77.0.1"});
     assert_every_distortion_refused(&helper, &route_dns);
-    let routed = send(&helper, &json!({"v": 3, "request": route_dns}));
+    let routed = send(&helper, &json!({"v": 4, "request": route_dns}));
     assert_eq!(routed["result"], "skipped", "{routed}");
 
     // Its answer is a frame and the tap's descriptor, which closes with this connection.
     let open_tap = json!({"op": "open_tap", "tap": "bt1"});
     assert_every_distortion_refused(&helper, &open_tap);
     assert_eq!(
-        send(&helper, &json!({"v": 3, "request": open_tap})),
+        send(&helper, &json!({"v": 4, "request": open_tap})),
         json!({"result": "tap_fd"})
+    );
+
+    // Its answer is a frame and /dev/kvm's descriptor (where the host has KVM).
+    let open_kvm = json!({"op": "open_kvm"});
+    assert_every_distortion_refused(&helper, &open_kvm);
+    let expected = if std::path::Path::new("/dev/kvm").exists() {
+        json!({"result": "kvm_fd"})
+    } else {
+        json!({"result": "error", "kind": "failed",
+               "message": "Opening /dev/kvm failed: No such file or directory (os error 2)."})
+    };
+    assert_eq!(
+        send(&helper, &json!({"v": 4, "request": open_kvm})),
+        expected
     );
 
     // The jail requests: this helper has no --jailer, so the well-formed ones are refused
@@ -243,7 +257,7 @@ fn every_request_kind_refuses_unknown_fields_and_changes_nothing() {
     let jail = json!({"op": "jail"});
     assert_every_distortion_refused(&helper, &jail);
     assert_eq!(
-        send(&helper, &json!({"v": 3, "request": jail})),
+        send(&helper, &json!({"v": 4, "request": jail})),
         json!({"result": "jail", "jail": null})
     );
     let launch = json!({"op": "launch_firecracker", "vm": "0123456789abcdef"});
@@ -253,7 +267,7 @@ fn every_request_kind_refuses_unknown_fields_and_changes_nothing() {
         json!({"op": "remove_jail", "vm": "0123456789abcdef"}),
     ] {
         assert_every_distortion_refused(&helper, &request);
-        let answer = send(&helper, &json!({"v": 3, "request": request}));
+        let answer = send(&helper, &json!({"v": 4, "request": request}));
         assert_eq!(answer["kind"], "refused", "{answer}");
         assert!(
             answer["message"]
@@ -267,7 +281,7 @@ fn every_request_kind_refuses_unknown_fields_and_changes_nothing() {
     let delete_tap = json!({"op": "delete_tap", "tap": "bt1"});
     assert_every_distortion_refused(&helper, &delete_tap);
     assert!(helper.link("bt1").is_some(), "the tap is still there");
-    assert_eq!(send(&helper, &json!({"v": 3, "request": delete_tap})), done);
+    assert_eq!(send(&helper, &json!({"v": 4, "request": delete_tap})), done);
     assert!(helper.link("bt1").is_none());
 
     let remove_network = json!({"op": "remove_network", "bridge": "banger0"});
@@ -277,15 +291,15 @@ fn every_request_kind_refuses_unknown_fields_and_changes_nothing() {
         "the network is still there"
     );
     assert_eq!(
-        send(&helper, &json!({"v": 3, "request": remove_network})),
+        send(&helper, &json!({"v": 4, "request": remove_network})),
         done
     );
     assert!(helper.link("banger0").is_none() && helper.nft_table().is_none());
 
     // Dozens of refusals later, the helper still serves.
     assert_eq!(
-        send(&helper, &json!({"v": 3, "request": {"op": "version"}})),
-        json!({"result": "version", "version": 3})
+        send(&helper, &json!({"v": 4, "request": {"op": "version"}})),
+        json!({"result": "version", "version": 4})
     );
 }
 
