@@ -52,6 +52,14 @@ pub enum OpError {
 
 type OpResult<T> = Result<T, OpError>;
 
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpError::Refused(message) | OpError::Failed(message) => f.write_str(message),
+        }
+    }
+}
+
 /// Where nft is looked up. A fixed list, not `$PATH`: a root helper must not run whatever
 /// binary the environment happens to put first.
 const NFT_CANDIDATES: &[&str] = &["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft", "/bin/nft"];

@@ -1144,9 +1144,13 @@ pub struct SystemStatusArgs {
 
 #[derive(Debug, Args)]
 pub struct SystemUninstallArgs {
-    /// Uninstall even though VMs are running (they keep running, with no daemon)
+    /// Uninstall even though VMs are running (they keep running, with no daemon, and so do
+    /// their bridge, taps and NAT)
     #[arg(long)]
     pub force: bool,
+    /// Also remove the owner's VMs, images, kernels, event log, download cache and config
+    #[arg(long, conflicts_with = "force")]
+    pub purge: bool,
 }
 
 const DOCTOR_LONG: &str = "\

@@ -531,16 +531,14 @@ async fn uninstall(args: SystemUninstallArgs) -> Result<(), CliError> {
             root.metadata_path().display()
         ));
     };
-    if !args.force {
-        let running = running_vms(&metadata.socket).await;
-        if !running.is_empty() {
-            return Err(CliError::message(format!(
-                "{} VM(s) run under the installed bangerd ({}): stop them first (as {}: `banger vm stop NAME`), or pass --force to leave them running with no daemon",
-                running.len(),
-                running.join(", "),
-                metadata.inputs.owner
-            )));
-        }
+    let running = running_vms(&metadata.socket).await;
+    if !args.force && !running.is_empty() {
+        return Err(CliError::message(format!(
+            "{} VM(s) run under the installed bangerd ({}): stop them first (as {}: `banger vm stop NAME`), or pass --force to leave them running with no daemon",
+            running.len(),
+            running.join(", "),
+            metadata.inputs.owner
+        )));
     }
     let host_systemd = root.is_host() && systemd_running();
     if host_systemd && let Err(error) = systemctl(&["disable", "--now", BANGERD_UNIT, HELPER_UNIT])
@@ -565,19 +563,88 @@ async fn uninstall(args: SystemUninstallArgs) -> Result<(), CliError> {
         line(format!("warning: {error}"))?;
     }
     let layout = metadata.inputs.layout();
-    let bridge = crate::config::Config::load(&layout.config_path())
-        .map(|config| config.network.bridge)
-        .unwrap_or_else(|_| crate::config::DEFAULT_BRIDGE.to_owned());
+    if !root.is_host() {
+        line(format!(
+            "the host's network is left alone: the units were under BANGER_SYSTEM_ROOT={}",
+            root.path_of(Path::new("/")).display()
+        ))?;
+    } else if !running.is_empty() {
+        line(format!(
+            "kept: {owner}'s network (bridge, taps, NAT), which its {} running VM(s) still use",
+            running.len(),
+            owner = metadata.inputs.owner
+        ))?;
+    } else {
+        // The helper is stopped: what it made for the owner is removed here, as root, by the
+        // helper's own code (its taps, its bridge, its rules; the table with the last rules).
+        match remove_host_network(&metadata.inputs).await {
+            Ok(removed) => {
+                for what in removed {
+                    line(format!("removed {what}"))?;
+                }
+            }
+            Err(error) => line(format!(
+                "warning: {owner}'s network could not be removed ({error}); remove the bridge and banger's nftables table by hand (ip link delete BRIDGE; nft delete table ip banger)",
+                owner = metadata.inputs.owner
+            ))?,
+        }
+    }
+    if args.purge {
+        for dir in [&layout.state_dir, &layout.cache_dir, &layout.config_dir] {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => line(format!("removed {}", dir.display()))?,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    return Err(CliError::failed(
+                        format!("cannot remove {}", dir.display()),
+                        error,
+                    ));
+                }
+            }
+        }
+        return Ok(());
+    }
     line(format!(
-        "kept: {owner}'s VMs, images, kernels and event log in {state}, the download cache in {cache}, the config in {config}; remove them by hand once you no longer want them",
+        "kept: {owner}'s VMs, images, kernels and event log in {state}, the download cache in {cache}, the config in {config}; `banger system uninstall --purge` removes them",
         owner = metadata.inputs.owner,
         state = layout.state_dir.display(),
         cache = layout.cache_dir.display(),
         config = layout.config_dir.display(),
-    ))?;
-    line(format!(
-        "kept until the next reboot: the bridge {bridge} and banger's nftables table; to remove them now: sudo ip link delete {bridge}; sudo nft delete table ip banger"
     ))
+}
+
+/// Removes what banger-helper made on this host for the owner — the owner's taps, its bridge,
+/// its NAT rules, and banger's nftables table once no other network's rules are in it —, with
+/// the helper's own code. What was removed, as phrases.
+async fn remove_host_network(inputs: &crate::system::UnitInputs) -> Result<Vec<String>, String> {
+    use banger_helper::networks::{Networks, parse_flag};
+    let explicit = match &inputs.network {
+        Some(network) => vec![parse_flag(&format!("{}:{network}", inputs.uid))?],
+        None => Vec::new(),
+    };
+    let networks = Networks::new(&[inputs.uid], &explicit)?;
+    let host = banger_helper::net::Host::connect().map_err(|e| e.to_string())?;
+    let mut removed = Vec::new();
+    for tap in host
+        .list_taps(inputs.uid)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        host.delete_tap(&tap, inputs.uid)
+            .await
+            .map_err(|e| e.to_string())?;
+        removed.push(format!("tap {tap}"));
+    }
+    for spec in networks.of(inputs.uid) {
+        host.remove_network(&spec.bridge, &networks)
+            .await
+            .map_err(|e| e.to_string())?;
+        removed.push(format!(
+            "the bridge {} and its NAT (banger's nftables table, when no other network's rules were left in it)",
+            spec.bridge
+        ));
+    }
+    Ok(removed)
 }
 
 /// The names of the VMs the bangerd on `socket` says are running (none when it does not

@@ -44,7 +44,10 @@ pub fn http_client() -> Result<reqwest::Client, KernelError> {
         .build()
         .map_err(|e| KernelError::Download {
             url: String::new(),
-            reason: format!("cannot set up HTTP: {e}"),
+            reason: format!(
+                "cannot set up HTTP: {}",
+                crate::registry::client_setup_error(&e)
+            ),
         })
 }
 

@@ -68,7 +68,9 @@ pub struct ImageHost {
     pub registry: Registry,
     pub catalog: Catalog,
     pub flatten: FlattenOptions,
-    pub http: reqwest::Client,
+    /// For bundle downloads; why there is none where it cannot be built (no CA certificates
+    /// on this host): bangerd starts anyway, and such a pull fails saying why.
+    pub http: Result<reqwest::Client, String>,
     /// One lock per image name being pulled: a second pull of the name waits on it.
     pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -90,7 +92,12 @@ impl ImageHost {
             .read_timeout(std::time::Duration::from_secs(60))
             .user_agent(concat!("banger/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "cannot set up the HTTP client: {}",
+                    crate::registry::client_setup_error(&e)
+                )
+            });
         Ok(ImageHost {
             registry,
             catalog,
@@ -772,8 +779,13 @@ impl Step<State> for Fetch {
                             total_bytes,
                         }))
                     };
+                    let http = state
+                        .host
+                        .http
+                        .as_ref()
+                        .map_err(|why| StepError::Other(why.clone()))?;
                     let manifest = bundle::fetch(
-                        &state.host.http,
+                        http,
                         &url,
                         &sha256,
                         size_bytes,

@@ -81,8 +81,9 @@ pub struct Registry {
     cache: BlobCache,
     /// The hosts oci-client reaches over plain HTTP (the `insecure` ones, as it names them).
     plain_http: Vec<String>,
-    /// banger's own client, for manifests.
-    http: reqwest::Client,
+    /// banger's own client, for manifests; why there is none where it cannot be built (no CA
+    /// certificates on this host): bangerd starts anyway, and each pull says why it fails.
+    http: Result<reqwest::Client, String>,
 }
 
 /// An image's manifest, resolved for the configured platform: what a pull would fetch.
@@ -192,8 +193,28 @@ fn oci_client(plain_http: &[String]) -> Result<oci_client::Client, PullError> {
         user_agent: USER_AGENT,
         ..ClientConfig::default()
     })
-    .map_err(|e| PullError::Client(e.to_string()))
+    .map_err(|e| PullError::Client(client_setup_error(&e)))
 }
+
+/// Why an HTTP client could not be built, with the likeliest cause spelled out: reqwest says
+/// only "builder error" when the system's CA certificates cannot be loaded.
+pub fn client_setup_error(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    if !std::path::Path::new(SYSTEM_CA_DIR).is_dir() {
+        message.push_str(&format!(
+            " (this host has no CA certificates in {SYSTEM_CA_DIR}, which HTTPS needs: install them, e.g. `apt-get install ca-certificates`)"
+        ));
+    }
+    message
+}
+
+/// Where Debian-like systems keep the CA certificates rustls' platform verifier loads.
+const SYSTEM_CA_DIR: &str = "/etc/ssl/certs";
 
 impl Registry {
     pub fn new(config: RegistryConfig, cache: BlobCache) -> Result<Registry, PullError> {
@@ -208,8 +229,11 @@ impl Registry {
             }
             plain_http.push(registry);
         }
-        // Built once here to fail early on a bad TLS setup; each pull builds its own (below).
-        oci_client(&plain_http)?;
+        // Built once here to say early that TLS cannot be set up (each pull builds its own,
+        // below, and fails saying why): bangerd must start without it, to run its VMs.
+        if let Err(error) = oci_client(&plain_http) {
+            tracing::warn!(%error, "image pulls will fail: cannot set up the registry client");
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
@@ -227,7 +251,7 @@ impl Registry {
                 }
             }))
             .build()
-            .map_err(|e| PullError::Client(e.to_string()))?;
+            .map_err(|e| client_setup_error(&e));
         Ok(Registry {
             config,
             cache,
@@ -522,6 +546,8 @@ impl Session<'_> {
         let mut request = self
             .registry
             .http
+            .as_ref()
+            .map_err(|why| PullError::Client(why.clone()))?
             .get(&url)
             .header(reqwest::header::ACCEPT, manifest::ACCEPT);
         request = match (&self.bearer, &self.credentials.credentials) {

@@ -34,6 +34,7 @@ mod ssh;
 mod storage;
 mod support;
 mod system;
+mod systemd_units;
 mod tty;
 mod update;
 mod vm;
@@ -58,6 +59,7 @@ fn main() {
         registry::tests(),
         storage::tests(),
         system::tests(),
+        systemd_units::tests(),
         qemu::tests(),
         real_guest_ssh::tests(),
         real_guests::tests(),

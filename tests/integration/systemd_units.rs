@@ -1,0 +1,563 @@
+//! `banger system install` under a real systemd: the units run, not only parse.
+//!
+//! systemd is not PID 1 where the tests run, so `system.rs` checks the units with
+//! `systemd-analyze` alone. Here a Debian with systemd as its init (the real-guest tests' root,
+//! built with debootstrap) boots as a container (`systemd-nspawn -b`, a network namespace of its
+//! own, this build's binaries bound read-only at `/opt/banger`, nftables bound in from the
+//! host), and inside it, as root: `banger system install --owner dev`. Then systemd, not the
+//! test, starts the services: bangerd as `dev` with no capabilities, banger-helper as root
+//! with exactly CAP_NET_ADMIN and CAP_NET_BIND_SERVICE, no new privileges and a seccomp
+//! filter; the helper makes the owner's bridge and NAT from inside its sandbox; `doctor` as the
+//! owner passes the helper, network and posture checks; `systemd-analyze security` scores the
+//! running units; `status`, `restart` (new processes) and `uninstall` (services gone, and the
+//! bridge and nftables table with them) do what they say.
+//!
+//! The container has no CA certificates: bangerd must start without them (it did not, once).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::guest_images::{GuestRoot, root_tarball};
+
+/// The owner inside the container.
+const OWNER: &str = "dev";
+const OWNER_UID: u32 = 61031;
+
+/// Where the container sees this build's binaries.
+const BIN_DIR: &str = "/opt/banger";
+/// And `helper-client` (tools), which asks banger-helper what bangerd would.
+const HELPER_CLIENT: &str = "/opt/banger-tools/helper-client";
+
+/// How long the container's systemd may take to boot, and a unit to settle.
+const BOOT_DEADLINE: Duration = Duration::from_secs(120);
+const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
+
+pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
+    banger_test_harness::tests![
+        sync installed_units_run_under_a_real_systemd_with_the_privileges_they_declare needs(Root),
+    ]
+}
+
+/// A booted container; powered off (then killed) when dropped.
+struct Container {
+    nspawn: Child,
+    leader: u32,
+    root: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Container {
+    /// Boots the systemd root in a container of its own, with `binds` (host path, container
+    /// path) read-only.
+    fn boot(binds: &[(PathBuf, PathBuf)]) -> Container {
+        let nspawn = ["/usr/bin/systemd-nspawn", "/bin/systemd-nspawn"]
+            .into_iter()
+            .find(|path| Path::new(path).exists())
+            .unwrap_or_else(|| {
+                panic!(
+                    "systemd-nspawn is missing: install it (`apt-get install systemd-container`; CI does)"
+                )
+            });
+        let root = tempfile::Builder::new()
+            .prefix("banger-systemd-")
+            .tempdir_in("/var/tmp")
+            .expect("a directory for the container");
+        must(
+            Command::new("tar")
+                .args(["--numeric-owner", "-xf"])
+                .arg(root_tarball(GuestRoot::Systemd))
+                .arg("-C")
+                .arg(root.path()),
+            "unpack the systemd root",
+        );
+        must(
+            Command::new("chroot").arg(root.path()).args([
+                "useradd",
+                "--create-home",
+                "--uid",
+                &OWNER_UID.to_string(),
+                "--shell",
+                "/bin/sh",
+                OWNER,
+            ]),
+            "add the owner",
+        );
+        let log = root.path().with_extension("console.log");
+        let mut command = Command::new(nspawn);
+        command
+            // No systemd on the host to register with or to make a scope for the container.
+            .args(["--register=no", "--keep-unit", "--quiet", "--boot"])
+            .args([
+                "--private-network",
+                "--console=pipe",
+                "--machine=banger-units",
+            ])
+            .arg(format!("--directory={}", root.path().display()));
+        for (host, inside) in binds {
+            command.arg(format!("--bind-ro={}:{}", host.display(), inside.display()));
+        }
+        let nspawn = command
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(log.with_extension("stderr")).unwrap())
+            .spawn()
+            .expect("start systemd-nspawn");
+        let mut container = Container {
+            leader: 0,
+            nspawn,
+            root,
+            log,
+        };
+        let until = Instant::now() + BOOT_DEADLINE;
+        loop {
+            if let Ok(Some(status)) = container.nspawn.try_wait() {
+                panic!(
+                    "systemd-nspawn exited ({status}): {}",
+                    container.output_so_far()
+                );
+            }
+            if container.leader == 0 {
+                container.leader = child_named(container.nspawn.id(), "systemd").unwrap_or(0);
+            }
+            if container.leader != 0 {
+                let state = container.run(&["systemctl", "is-system-running"]);
+                let state = String::from_utf8_lossy(&state.stdout).trim().to_owned();
+                if state == "running" || state == "degraded" {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < until,
+                "the container's systemd did not finish booting: {}",
+                container.output_so_far()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        container
+    }
+
+    fn output_so_far(&self) -> String {
+        format!(
+            "{}\n--- systemd-nspawn's stderr\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default(),
+            std::fs::read_to_string(self.log.with_extension("stderr")).unwrap_or_default()
+        )
+    }
+
+    /// `argv` inside the container (all its namespaces), as root.
+    fn run(&self, argv: &[&str]) -> Output {
+        Command::new("nsenter")
+            .args(["-t", &self.leader.to_string(), "-a", "--"])
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nsenter")
+    }
+
+    /// `argv` inside the container as root; it must succeed; its stdout.
+    fn ok(&self, argv: &[&str]) -> String {
+        let output = self.run(argv);
+        assert!(output.status.success(), "{argv:?}: {}", shown(&output));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// `argv` inside the container as the owner, with the owner's home.
+    fn as_owner(&self, argv: &[&str]) -> Output {
+        let uid = OWNER_UID.to_string();
+        let mut full = vec![
+            "setpriv",
+            "--reuid",
+            &uid,
+            "--regid",
+            &uid,
+            "--init-groups",
+            "env",
+            "HOME=/home/dev",
+        ];
+        full.extend_from_slice(argv);
+        self.run(&full)
+    }
+
+    /// Waits until the installed bangerd answers the owner's CLI (its unit is active from the
+    /// moment it runs, a little before it listens).
+    fn wait_for_bangerd(&self, banger: &str) {
+        let until = Instant::now() + SETTLE_DEADLINE;
+        loop {
+            let list = self.as_owner(&[banger, "vm", "list"]);
+            if list.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "bangerd does not answer: {}\n{}",
+                shown(&list),
+                self.ok(&["journalctl", "--no-pager", "-u", "bangerd.service"])
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A unit's main process, once it has one that runs the program (not systemd's fork
+    /// still setting up the sandbox).
+    fn main_pid(&self, unit: &str, program: &str) -> u32 {
+        let until = Instant::now() + SETTLE_DEADLINE;
+        loop {
+            let pid: u32 = self
+                .ok(&["systemctl", "show", "--property=MainPID", "--value", unit])
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            let exe =
+                std::fs::read_link(format!("/proc/{}/exe", self.host_pid(pid))).unwrap_or_default();
+            if pid != 0 && exe.ends_with(program) {
+                return pid;
+            }
+            assert!(
+                Instant::now() < until,
+                "{unit} has no running {program}: {}",
+                self.ok(&["systemctl", "status", "--no-pager", unit])
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The host's pid of the container's `pid` (the container has a pid namespace of its
+    /// own): the process in the leader's subtree whose innermost pid is `pid`.
+    fn host_pid(&self, pid: u32) -> u32 {
+        if pid == 0 {
+            return 0;
+        }
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .find(|host| {
+                status_field(*host, "NSpid:").is_some_and(|ids| {
+                    let ids: Vec<&str> = ids.split_whitespace().collect();
+                    ids.len() > 1 && ids.last() == Some(&pid.to_string().as_str())
+                }) && same_pid_namespace(*host, self.leader)
+            })
+            .unwrap_or(0)
+    }
+
+    /// A line of `/proc/PID/status` of the container's `pid`.
+    fn status(&self, pid: u32, field: &str) -> String {
+        status_field(self.host_pid(pid), field)
+            .unwrap_or_else(|| panic!("no {field} for pid {pid} in the container"))
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        // SIGTERM asks nspawn to power the container off (SIGRTMIN+3 to its systemd).
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.nspawn.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.nspawn.try_wait() {
+                let _ = std::fs::remove_file(&self.log);
+                let _ = std::fs::remove_file(self.log.with_extension("stderr"));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.nspawn.kill();
+        let _ = self.nspawn.wait();
+        let _ = self.root.path();
+    }
+}
+
+fn must(command: &mut Command, what: &str) {
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(output.status.success(), "{what}: {}", shown(&output));
+}
+
+fn shown(output: &Output) -> String {
+    format!(
+        "{}\n--- stdout\n{}--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn status_field(pid: u32, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .map(|value| value.trim().to_owned())
+}
+
+fn same_pid_namespace(a: u32, b: u32) -> bool {
+    let ns = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    ns(a).is_some() && ns(a) == ns(b)
+}
+
+/// The first child of `parent`, or its child's, whose command is `comm`.
+fn child_named(parent: u32, comm: &str) -> Option<u32> {
+    let mut frontier = vec![parent];
+    for _ in 0..3 {
+        let mut next = Vec::new();
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Some(ppid) = status_field(pid, "PPid:").and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if frontier.contains(&ppid) {
+                if status_field(pid, "Name:").as_deref() == Some(comm) {
+                    return Some(pid);
+                }
+                next.push(pid);
+            }
+        }
+        frontier = next;
+    }
+    None
+}
+
+/// nftables from the host (the systemd root has none), with the libraries it needs that the
+/// root lacks: both are Debian 12.
+fn nft_binds(root_has: impl Fn(&Path) -> bool) -> Vec<(PathBuf, PathBuf)> {
+    let nft = ["/usr/sbin/nft", "/sbin/nft"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists())
+        .expect("nft is missing: install nftables (CI does)");
+    let mut binds = vec![(nft.clone(), PathBuf::from("/usr/sbin/nft"))];
+    let ldd = Command::new("ldd").arg(&nft).output().expect("run ldd");
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let Some(path) = line
+            .split("=>")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+        else {
+            continue;
+        };
+        let library = PathBuf::from(path);
+        // Debian 12 has merged /usr: /lib/x86_64-linux-gnu is /usr/lib/x86_64-linux-gnu.
+        let inside = Path::new("/usr").join(
+            library
+                .strip_prefix("/usr")
+                .unwrap_or(&library)
+                .strip_prefix("/")
+                .unwrap(),
+        );
+        if !root_has(&inside) {
+            binds.push((library.canonicalize().unwrap(), inside));
+        }
+    }
+    binds
+}
+
+/// Capability numbers (`linux/capability.h`).
+const CAP_NET_BIND_SERVICE: u32 = 10;
+const CAP_NET_ADMIN: u32 = 12;
+
+/// The bits of a capability set (`CapBnd:` and the like) by capability number.
+fn capabilities(mask: &str) -> Vec<u32> {
+    let mask = u64::from_str_radix(mask, 16).expect("a capability mask");
+    (0..64).filter(|bit| mask & (1 << bit) != 0).collect()
+}
+
+fn installed_units_run_under_a_real_systemd_with_the_privileges_they_declare() {
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_banger"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    // The root is unpacked inside boot(); which libraries it lacks is known from the tarball's
+    // contents, read once here.
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(root_tarball(GuestRoot::Systemd))
+        .output()
+        .expect("list the systemd root");
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    let mut binds = nft_binds(|inside| {
+        let relative = inside.strip_prefix("/").unwrap().display().to_string();
+        listing
+            .lines()
+            .any(|entry| entry.trim_start_matches("./") == relative)
+    });
+    binds.push((bin_dir, PathBuf::from(BIN_DIR)));
+    binds.push((
+        crate::support::workspace_binary("banger-tools", "helper-client"),
+        PathBuf::from(HELPER_CLIENT),
+    ));
+    // KVM's device, for the helper to open for the owner (if this host has one).
+    let kvm = Path::new("/dev/kvm").exists();
+    if kvm {
+        binds.push((PathBuf::from("/dev/kvm"), PathBuf::from("/dev/kvm")));
+    }
+    let container = Container::boot(&binds);
+    let banger = format!("{BIN_DIR}/banger");
+
+    // No CA certificates here: bangerd must start all the same.
+    assert!(!container.root.path().join("etc/ssl/certs").exists());
+
+    let install = container.ok(&[&banger, "system", "install", "--owner", OWNER]);
+    assert!(
+        install.contains("started banger-helper.service and bangerd.service"),
+        "{install}"
+    );
+    let helper = container.main_pid("banger-helper.service", "banger-helper");
+    let bangerd = container.main_pid("bangerd.service", "bangerd");
+
+    // banger-helper: root, exactly the two capabilities it uses, no new privileges, seccomp.
+    assert!(container.status(helper, "Uid:").starts_with("0\t"));
+    let helper_caps = capabilities(&container.status(helper, "CapBnd:"));
+    assert_eq!(
+        helper_caps,
+        vec![CAP_NET_BIND_SERVICE, CAP_NET_ADMIN],
+        "banger-helper's bounding set"
+    );
+    assert_eq!(container.status(helper, "NoNewPrivs:"), "1");
+    assert_eq!(
+        container.status(helper, "Seccomp:"),
+        "2",
+        "a seccomp filter"
+    );
+    // bangerd: the owner, no capabilities at all.
+    let owner = format!("{OWNER_UID}\t{OWNER_UID}\t{OWNER_UID}\t{OWNER_UID}");
+    assert_eq!(container.status(bangerd, "Uid:"), owner);
+    assert_eq!(container.status(bangerd, "CapBnd:"), "0000000000000000");
+    assert_eq!(container.status(bangerd, "NoNewPrivs:"), "1");
+
+    container.wait_for_bangerd(&banger);
+
+    // The owner's view: bangerd answers, and the helper, from inside its sandbox, made the
+    // owner's bridge and its NAT in banger's nftables table.
+    let doctor = container.as_owner(&[&banger, "doctor", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json: {e}: {}", shown(&doctor)));
+    for name in ["orphans", "network", "posture"] {
+        let check = crate::doctor::check_named(&report, name);
+        assert_eq!(check["status"], "ok", "{name}: {check}");
+    }
+    // What bangerd asks of the helper for a VM, asked as the owner: the helper makes the
+    // bridge, the NAT and a tap the owner owns, and hands the tap (and /dev/kvm) over, all from
+    // inside its sandbox.
+    let helper_client = |words: &[&str]| -> serde_json::Value {
+        let mut argv = vec![HELPER_CLIENT];
+        argv.extend_from_slice(words);
+        let output = container.as_owner(&argv);
+        let answer: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("helper-client {words:?}: {e}: {}", shown(&output)));
+        assert!(
+            output.status.success(),
+            "helper-client {words:?}: {answer}\n{}",
+            container.ok(&["journalctl", "--no-pager", "-u", "banger-helper.service"])
+        );
+        answer
+    };
+    let networks = helper_client(&["networks"]);
+    assert_eq!(networks["networks"][0]["bridge"], "banger0", "{networks}");
+    helper_client(&["ensure-network"]);
+    helper_client(&["ensure-tap", "bt7"]);
+    helper_client(&["open-tap", "bt7"]);
+    let links = container.ok(&["ip", "-br", "link", "show", "master", "banger0"]);
+    assert!(links.starts_with("bt7"), "{links}");
+    let tap = container.ok(&["cat", "/sys/class/net/bt7/owner"]);
+    assert_eq!(tap.trim(), OWNER_UID.to_string());
+    let table = container.ok(&["nft", "list", "table", "ip", "banger"]);
+    assert!(table.contains("masquerade"), "{table}");
+    if kvm {
+        helper_client(&["open-kvm"]);
+    }
+    helper_client(&["delete-tap", "bt7"]);
+
+    // systemd's own judgement of the running units.
+    let security = container.ok(&[
+        "systemd-analyze",
+        "security",
+        "--no-pager",
+        "banger-helper.service",
+        "bangerd.service",
+    ]);
+    for line in security.lines().filter(|l| l.contains("Overall exposure")) {
+        println!("{line}");
+    }
+
+    let status = container.ok(&[&banger, "system", "status"]);
+    assert!(
+        status.contains("banger-helper.service") && status.contains("active (running)"),
+        "{status}"
+    );
+    container.ok(&[&banger, "system", "restart"]);
+    let helper_again = container.main_pid("banger-helper.service", "banger-helper");
+    let bangerd_again = container.main_pid("bangerd.service", "bangerd");
+    container.wait_for_bangerd(&banger);
+    assert_ne!(
+        (helper_again, bangerd_again),
+        (helper, bangerd),
+        "restart starts new processes"
+    );
+
+    // A tap left behind (as a VM killed with its bangerd would leave one): uninstall removes
+    // it with the bridge and the table.
+    helper_client(&["ensure-tap", "bt8"]);
+    let uninstall = container.ok(&[&banger, "system", "uninstall"]);
+    println!("{uninstall}");
+    assert!(uninstall.contains("removed tap bt8"), "{uninstall}");
+    assert!(
+        uninstall.contains("removed the bridge banger0"),
+        "{uninstall}"
+    );
+    for unit in ["banger-helper.service", "bangerd.service"] {
+        let state = container.run(&["systemctl", "is-active", unit]);
+        assert!(
+            !state.status.success(),
+            "{unit} still runs: {}",
+            shown(&state)
+        );
+        assert!(
+            !container
+                .root
+                .path()
+                .join("etc/systemd/system")
+                .join(unit)
+                .exists(),
+            "{unit} is still installed"
+        );
+    }
+    let bridge = container.run(&["ip", "link", "show", "banger0"]);
+    assert!(!bridge.status.success(), "the bridge is still there");
+    let table = container.run(&["nft", "list", "table", "ip", "banger"]);
+    assert!(
+        !table.status.success(),
+        "banger's nftables table is still there"
+    );
+    // The state stays (no --purge)...
+    let state = container.root.path().join("home/dev/.local/state/banger");
+    assert!(state.join("events.redb").is_file());
+    // ... until an uninstall with --purge, after a reinstall.
+    container.ok(&[&banger, "system", "install", "--owner", OWNER]);
+    container.wait_for_bangerd(&banger);
+    let purge = container.ok(&[&banger, "system", "uninstall", "--purge"]);
+    assert!(
+        purge.contains("removed /home/dev/.local/state/banger"),
+        "{purge}"
+    );
+    assert!(!state.exists(), "{purge}");
+    assert!(
+        !container
+            .root
+            .path()
+            .join("home/dev/.config/banger")
+            .exists(),
+        "{purge}"
+    );
+    assert!(
+        container.root.path().join("home/dev").is_dir(),
+        "the home stays"
+    );
+}
