@@ -49,6 +49,10 @@ pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
 pub const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the jailer makes its cgroups (v2, or the named hierarchy of a v1 host).
+/// The jailer's umask: directories 0755 and files 0644 (the jailer chowns the chroot to the
+/// owner; the rest stays root's, readable).
+const JAILER_UMASK: libc::mode_t = 0o022;
+
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// The helper's jail configuration: which jailer, which Firecracker, where the jails go.
@@ -220,7 +224,8 @@ impl JailConfig {
             .stdin(Stdio::null())
             .stdout(Stdio::from(console))
             .stderr(Stdio::from(console_err));
-        // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+        // SAFETY: setsid and umask are async-signal-safe; nothing else runs between fork and
+        // exec.
         unsafe {
             // A session of its own: the helper's terminal or service stopping does not take
             // the VMs along.
@@ -228,6 +233,11 @@ impl JailConfig {
                 if libc::setsid() < 0 {
                     return Err(io::Error::last_os_error());
                 }
+                // The jailer makes the jail's directories and copies Firecracker in with the
+                // umask it inherits. The helper's own (0077 under its unit) would leave them
+                // root's alone: the owner could not reach the jail's API socket from outside,
+                // nor (the fake jailer, which does not chroot) run its copy of Firecracker.
+                libc::umask(JAILER_UMASK);
                 Ok(())
             });
         }

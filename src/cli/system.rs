@@ -553,9 +553,11 @@ async fn uninstall(args: SystemUninstallArgs) -> Result<(), CliError> {
     if remove_if_present(&root.metadata_path())? {
         line(format!("removed {}", root.metadata_path().display()))?;
     }
-    // Only what install made, and only when empty: anything else put there stays.
+    // Only what install made, and only when nothing but empty directories is left in it
+    // (the jail directory keeps one per Firecracker binary name): anything else put there
+    // stays.
     for dir in metadata.created_dirs.iter().rev() {
-        if std::fs::remove_dir(dir).is_ok() {
+        if remove_empty_tree(dir) {
             line(format!("removed {}", dir.display()))?;
         }
     }
@@ -611,6 +613,23 @@ async fn uninstall(args: SystemUninstallArgs) -> Result<(), CliError> {
         cache = layout.cache_dir.display(),
         config = layout.config_dir.display(),
     ))
+}
+
+/// Removes `dir` if it holds nothing but (nested) empty directories; whether it did. Never
+/// follows a link, never removes a file.
+fn remove_empty_tree(dir: &Path) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return false;
+    };
+    if !meta.is_dir() {
+        return false;
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            remove_empty_tree(&entry.path());
+        }
+    }
+    std::fs::remove_dir(dir).is_ok()
 }
 
 /// Removes what banger-helper made on this host for the owner — the owner's taps, its bridge,

@@ -267,8 +267,9 @@ pub fn helper_unit(inputs: &UnitInputs) -> String {
                 path(&jail.dir)
             ),
             "# The jailer's mount namespace, and no other kind.\nRestrictNamespaces=mnt".to_owned(),
-            "# The jailer's mounts, chroot, device nodes and uid change, besides a service's calls.\n\
-             SystemCallFilter=@system-service @mount chroot mknod mknodat setgroups setuid setgid\n\
+            "# The jailer's mounts, chroot, device nodes and uid change, besides a service's calls;\n\
+             # seccomp: Firecracker, which inherits this filter, installs its own per thread.\n\
+             SystemCallFilter=@system-service @mount chroot mknod mknodat setgroups setuid setgid seccomp\n\
              SystemCallFilter=~@clock @cpu-emulation @debug @module @obsolete @raw-io @reboot @swap"
                 .to_owned(),
         ),

@@ -28,6 +28,9 @@ const OWNER_UID: u32 = 61031;
 const BIN_DIR: &str = "/opt/banger";
 /// And `helper-client` (tools), which asks banger-helper what bangerd would.
 const HELPER_CLIENT: &str = "/opt/banger-tools/helper-client";
+/// The project's fake jailer and fake firecracker, for an install with `--jailer`.
+const FAKE_JAILER: &str = "/opt/banger-tools/fake-jailer";
+const FAKE_FIRECRACKER: &str = "/opt/banger-tools/fake-firecracker";
 
 /// How long the container's systemd may take to boot, and a unit to settle.
 const BOOT_DEADLINE: Duration = Duration::from_secs(120);
@@ -36,6 +39,7 @@ const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
 pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
     banger_test_harness::tests![
         sync installed_units_run_under_a_real_systemd_with_the_privileges_they_declare needs(Root),
+        sync the_real_jailer_runs_firecracker_from_inside_the_installed_helper_unit needs(Root, Firecracker),
     ]
 }
 
@@ -196,6 +200,101 @@ impl Container {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// `helper-client WORDS` as the owner: its answer, which must not be an error.
+    fn helper_client(&self, words: &[&str]) -> serde_json::Value {
+        let mut argv = vec![HELPER_CLIENT];
+        argv.extend_from_slice(words);
+        let output = self.as_owner(&argv);
+        let answer: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("helper-client {words:?}: {e}: {}", shown(&output)));
+        assert!(
+            output.status.success(),
+            "helper-client {words:?}: {answer}\n{}\n--- the console log\n{}",
+            self.ok(&["journalctl", "--no-pager", "-u", "banger-helper.service"]),
+            std::fs::read_to_string(self.root.path().join("home/dev/console.log"))
+                .unwrap_or_default()
+        );
+        answer
+    }
+
+    /// Installs with a jailer and launches a Firecracker for the owner through it: the VMM runs
+    /// as the owner in its jail; then kills it through the helper and checks the jail is gone.
+    /// The jail's root, as the host sees it, while the VMM ran.
+    fn launch_and_kill_through_the_jailer(&self, banger: &str, jailer: &str, firecracker: &str) {
+        self.ok(&[
+            banger,
+            "system",
+            "install",
+            "--owner",
+            OWNER,
+            "--jailer",
+            jailer,
+            "--firecracker",
+            firecracker,
+        ]);
+        self.wait_for_bangerd(banger);
+        let jail = self.helper_client(&["jail"]);
+        assert_eq!(jail["jail"]["jailer"], jailer, "{jail}");
+        let console = "/home/dev/console.log";
+        assert!(self.as_owner(&["touch", console]).status.success());
+        let vm = "00000000000000ab";
+        let launched = self.helper_client(&["launch-firecracker", vm, console]);
+        let pid = launched["pid"].as_u64().expect("a pid") as u32;
+        let ticks = launched["start_time_ticks"].as_u64().expect("a start time");
+        let owner = format!("{OWNER_UID}\t{OWNER_UID}\t{OWNER_UID}\t{OWNER_UID}");
+        assert_eq!(self.status(pid, "Uid:"), owner, "the VMM runs as the owner");
+        let jail_root = self.root.path().join(
+            Path::new(launched["root"].as_str().expect("the jail's root"))
+                .strip_prefix("/")
+                .unwrap(),
+        );
+        assert!(jail_root.is_dir(), "{launched}");
+        // The VMM serves its API in the jail (a Firecracker that cannot set itself up under
+        // the unit's restrictions dies right after it starts).
+        // Through a short link: the path under the container's root is past a socket
+        // address's 108 bytes.
+        let short = tempfile::tempdir_in("/tmp").unwrap();
+        std::os::unix::fs::symlink(&jail_root, short.path().join("j")).unwrap();
+        let api = short
+            .path()
+            .join("j")
+            .join(banger_helper::protocol::JAIL_API_SOCKET);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let until = Instant::now() + SETTLE_DEADLINE;
+        let info = loop {
+            let answer = runtime.block_on(
+                banger::host::firecracker::FirecrackerClient::new(&api).request(
+                    banger::host::firecracker::Method::Get,
+                    "/",
+                    None,
+                ),
+            );
+            match answer {
+                Ok(raw) => break String::from_utf8_lossy(&raw.body).into_owned(),
+                Err(error) => assert!(
+                    Instant::now() < until && self.host_pid(pid) != 0,
+                    "the jailed VMM does not answer on {} ({error}): {}",
+                    api.display(),
+                    std::fs::read_to_string(self.root.path().join("home/dev/console.log"))
+                        .unwrap_or_default()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(info.contains("\"id\""), "GET / answered {info}");
+        self.helper_client(&["kill-vmm", vm, &pid.to_string(), &ticks.to_string()]);
+        assert_eq!(self.host_pid(pid), 0, "the VMM is gone");
+        assert!(!jail_root.exists(), "the jail is gone");
+        self.ok(&[banger, "system", "uninstall", "--purge"]);
+        assert!(
+            !self.root.path().join("var/lib/banger-jail").exists(),
+            "the jail directory install made is gone"
+        );
     }
 
     /// A unit's main process, once it has one that runs the program (not systemd's fork
@@ -369,13 +468,14 @@ fn capabilities(mask: &str) -> Vec<u32> {
     (0..64).filter(|bit| mask & (1 << bit) != 0).collect()
 }
 
-fn installed_units_run_under_a_real_systemd_with_the_privileges_they_declare() {
+/// What every container here gets: nftables, this build's binaries, `helper-client`, the
+/// fake jailer and firecracker, and `/dev/kvm` where the host has one (whether it does).
+fn standard_binds() -> (Vec<(PathBuf, PathBuf)>, bool) {
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_banger"))
         .parent()
         .unwrap()
         .to_path_buf();
-    // The root is unpacked inside boot(); which libraries it lacks is known from the tarball's
-    // contents, read once here.
+    // Which libraries the root lacks is known from the tarball's contents.
     let listing = Command::new("tar")
         .arg("-tf")
         .arg(root_tarball(GuestRoot::Systemd))
@@ -393,11 +493,24 @@ fn installed_units_run_under_a_real_systemd_with_the_privileges_they_declare() {
         crate::support::workspace_binary("banger-tools", "helper-client"),
         PathBuf::from(HELPER_CLIENT),
     ));
+    binds.push((
+        crate::support::workspace_binary("banger-tools", "fake-jailer"),
+        PathBuf::from(FAKE_JAILER),
+    ));
+    binds.push((
+        crate::firecracker::fake_binary().to_path_buf(),
+        PathBuf::from(FAKE_FIRECRACKER),
+    ));
     // KVM's device, for the helper to open for the owner (if this host has one).
     let kvm = Path::new("/dev/kvm").exists();
     if kvm {
         binds.push((PathBuf::from("/dev/kvm"), PathBuf::from("/dev/kvm")));
     }
+    (binds, kvm)
+}
+
+fn installed_units_run_under_a_real_systemd_with_the_privileges_they_declare() {
+    let (binds, kvm) = standard_binds();
     let container = Container::boot(&binds);
     let banger = format!("{BIN_DIR}/banger");
 
@@ -446,19 +559,7 @@ fn installed_units_run_under_a_real_systemd_with_the_privileges_they_declare() {
     // What bangerd asks of the helper for a VM, asked as the owner: the helper makes the
     // bridge, the NAT and a tap the owner owns, and hands the tap (and /dev/kvm) over, all from
     // inside its sandbox.
-    let helper_client = |words: &[&str]| -> serde_json::Value {
-        let mut argv = vec![HELPER_CLIENT];
-        argv.extend_from_slice(words);
-        let output = container.as_owner(&argv);
-        let answer: serde_json::Value = serde_json::from_slice(&output.stdout)
-            .unwrap_or_else(|e| panic!("helper-client {words:?}: {e}: {}", shown(&output)));
-        assert!(
-            output.status.success(),
-            "helper-client {words:?}: {answer}\n{}",
-            container.ok(&["journalctl", "--no-pager", "-u", "banger-helper.service"])
-        );
-        answer
-    };
+    let helper_client = |words: &[&str]| container.helper_client(words);
     let networks = helper_client(&["networks"]);
     assert_eq!(networks["networks"][0]["bridge"], "banger0", "{networks}");
     helper_client(&["ensure-network"]);
@@ -559,5 +660,36 @@ fn installed_units_run_under_a_real_systemd_with_the_privileges_they_declare() {
     assert!(
         container.root.path().join("home/dev").is_dir(),
         "the home stays"
+    );
+
+    // With a jailer, the helper's unit keeps what the jailer needs (its mount namespace,
+    // device nodes, chroot, uid change) and the jail directory writable: the helper launches
+    // a Firecracker for the owner from inside it, and kills it.
+    container.launch_and_kill_through_the_jailer(&banger, FAKE_JAILER, FAKE_FIRECRACKER);
+}
+
+/// The Firecracker tier: the real jailer and Firecracker (`BANGER_FIRECRACKER`, the jailer
+/// beside it or at `BANGER_JAILER`) launched by the installed helper from inside its unit's
+/// sandbox (the jailer's chroot, cgroup, device nodes and uid change under systemd's
+/// restrictions), then killed.
+fn the_real_jailer_runs_firecracker_from_inside_the_installed_helper_unit() {
+    let firecracker = banger_test_harness::firecracker().expect("the Firecracker tier");
+    let jailer = std::env::var_os("BANGER_JAILER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| firecracker.with_file_name("jailer"));
+    assert!(
+        jailer.is_file(),
+        "no jailer at {}: set BANGER_JAILER",
+        jailer.display()
+    );
+    let (mut binds, _) = standard_binds();
+    binds.push((firecracker, PathBuf::from("/opt/firecracker/firecracker")));
+    binds.push((jailer, PathBuf::from("/opt/firecracker/jailer")));
+    let container = Container::boot(&binds);
+    let banger = format!("{BIN_DIR}/banger");
+    container.launch_and_kill_through_the_jailer(
+        &banger,
+        "/opt/firecracker/jailer",
+        "/opt/firecracker/firecracker",
     );
 }

@@ -9,7 +9,12 @@
 //! helper-client [--socket PATH] version | networks | ensure-network | list-taps
 //!                               | ensure-tap TAP | open-tap TAP | delete-tap TAP
 //!                               | open-kvm | remove-network
+//!                               | jail | launch-firecracker VM CONSOLE
+//!                               | kill-vmm VM PID START_TIME_TICKS | remove-jail VM
 //! ```
+//!
+//! `launch-firecracker` passes CONSOLE (a file this user owns, opened for appending) as the
+//! VMM's output, as bangerd passes a VM's console log.
 //!
 //! `ensure-network`, `ensure-tap` and `remove-network` take this user's first configured
 //! network (what `networks` lists). `open-tap` and `open-kvm` report what arrived: the
@@ -109,9 +114,47 @@ async fn request(client: &HelperClient, words: &[&str]) -> Result<Value, String>
             client.open_kvm().await.map_err(text)?;
             Ok(json!({ "opened": banger_helper::kvm::KVM_DEVICE }))
         }
+        ["jail"] => {
+            let jail = client.jail().await.map_err(text)?;
+            Ok(json!({ "jail": jail.map(|jail| json!({
+                "jailer": jail.jailer,
+                "firecracker": jail.firecracker,
+                "dir": jail.dir,
+            })) }))
+        }
+        ["launch-firecracker", vm, console] => {
+            let console = std::fs::OpenOptions::new()
+                .append(true)
+                .open(console)
+                .map_err(|e| format!("cannot open {console}: {e}"))?;
+            let launched = client
+                .launch_firecracker(vm, &console)
+                .await
+                .map_err(text)?;
+            Ok(json!({
+                "pid": launched.pid,
+                "start_time_ticks": launched.start_time_ticks,
+                "root": launched.root,
+            }))
+        }
+        ["kill-vmm", vm, pid, ticks] => {
+            let pid = pid
+                .parse()
+                .map_err(|_| format!("pid {pid:?} is not a number"))?;
+            let ticks = ticks
+                .parse()
+                .map_err(|_| format!("start time {ticks:?} is not a number"))?;
+            client.kill_vmm(vm, pid, ticks).await.map_err(text)?;
+            Ok(json!({ "killed": pid }))
+        }
+        ["remove-jail", vm] => {
+            client.remove_jail(vm).await.map_err(text)?;
+            Ok(json!({ "removed": vm }))
+        }
         _ => Err(format!(
             "unknown request {words:?}: version, networks, ensure-network, remove-network, \
-             list-taps, ensure-tap TAP, delete-tap TAP, open-tap TAP, open-kvm"
+             list-taps, ensure-tap TAP, delete-tap TAP, open-tap TAP, open-kvm, jail, \
+             launch-firecracker VM CONSOLE, kill-vmm VM PID START_TIME_TICKS, remove-jail VM"
         )),
     }
 }
