@@ -723,16 +723,12 @@ fn resolved_unavailable() -> Result<PathBuf, String> {
     // The link is named by interface name, which resolvectl turns into an index in *this*
     // namespace; resolved serves the host's. Anything but the host's namespace would point
     // resolved at an unrelated interface.
-    let namespace = |pid: &str| {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| (m.dev(), m.ino()))
-    };
-    match (namespace("self"), namespace("1")) {
-        (Ok(own), Ok(host)) if own == host => {}
-        (Ok(_), Ok(_)) => {
+    match shares_pid1_network_namespace() {
+        Ok(true) => {}
+        Ok(false) => {
             return Err("banger-helper runs in a network namespace other than the host's (pid 1's), where systemd-resolved's links are not these; `.vm` names are not routed from the host".to_owned());
         }
-        (Err(e), _) | (_, Err(e)) => {
+        Err(e) => {
             return Err(format!(
                 "banger-helper cannot tell whether it runs in the host's network namespace ({e}); `.vm` names are not routed from the host"
             ));
@@ -749,6 +745,27 @@ fn resolved_unavailable() -> Result<PathBuf, String> {
                 RESOLVECTL_CANDIDATES.join(", ")
             )
         })
+}
+
+/// Whether this process is in pid 1's network namespace. Comparing `/proc/1/ns/net` with
+/// `/proc/self/ns/net` needs ptrace access to pid 1, which root without `CAP_SYS_PTRACE` (the
+/// helper under its unit) does not have. So: an abstract unix socket bound here under a
+/// name nothing else uses is looked for among the unix sockets of pid 1's namespace
+/// (`/proc/1/net/unix`, readable by all); abstract names live in one namespace each.
+pub fn shares_pid1_network_namespace() -> io::Result<bool> {
+    use std::os::linux::net::SocketAddrExt;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos())
+        .unwrap_or_default();
+    let name = format!("banger-helper-netns-probe-{}-{nanos:x}", std::process::id());
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    let _probe = std::os::unix::net::UnixDatagram::bind_addr(&address)?;
+    let table = std::fs::read_to_string("/proc/1/net/unix")?;
+    let listed = format!("@{name}");
+    Ok(table
+        .lines()
+        .any(|line| line.split_whitespace().last() == Some(listed.as_str())))
 }
 
 /// Forgets what [`Host::route_dns`] told systemd-resolved about `bridge`; nothing to do
@@ -986,6 +1003,25 @@ async fn run_nft(script: &str) -> OpResult<()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn pid_1s_network_namespace_is_told_apart_without_ptrace() {
+        // These tests run in pid 1's network namespace (CI's machine, a developer's host).
+        assert!(shares_pid1_network_namespace().unwrap());
+        // SAFETY: getuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        // A thread of its own in a new network namespace (root only): told apart.
+        let elsewhere = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            shares_pid1_network_namespace().unwrap()
+        })
+        .join()
+        .unwrap();
+        assert!(!elsewhere);
+    }
+
     use super::*;
 
     #[test]

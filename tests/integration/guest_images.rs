@@ -135,10 +135,10 @@ pub fn root_tarball(root: GuestRoot) -> PathBuf {
 }
 
 /// An exclusive lock on a file, released when dropped.
-struct CacheLock(fs::File);
+pub(crate) struct CacheLock(fs::File);
 
 impl CacheLock {
-    fn take(path: &Path) -> CacheLock {
+    pub(crate) fn take(path: &Path) -> CacheLock {
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -13,6 +13,8 @@
 //! bridge and nftables table with them) do what they say.
 //!
 //! The container has no CA certificates: bangerd must start without them (it did not, once).
+//! It runs systemd-resolved (from Debian's package, downloaded once into the test cache), to
+//! which the helper routes `.vm` names from inside its sandbox (which it could not, once).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -74,6 +76,33 @@ impl Container {
                 .arg("-C")
                 .arg(root.path()),
             "unpack the systemd root",
+        );
+        // systemd-resolved, which the root lacks (Debian 12 ships it apart from systemd):
+        // the helper routes `.vm` names to bangerd through it. Copied in keeping the root's
+        // merged /usr (/lib is a link to usr/lib, which a plain unpack would replace).
+        let resolved = tempfile::tempdir().unwrap();
+        must(
+            Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(systemd_resolved_deb())
+                .arg(resolved.path()),
+            "unpack systemd-resolved",
+        );
+        must(
+            Command::new("sh").arg("-c").arg(format!(
+                "tar -C '{}' -cf - . | tar -C '{}' -xf - --keep-directory-symlink",
+                resolved.path().display(),
+                root.path().display()
+            )),
+            "copy systemd-resolved into the root",
+        );
+        must(
+            Command::new("chroot").arg(root.path()).args([
+                "systemctl",
+                "enable",
+                "systemd-resolved",
+            ]),
+            "enable systemd-resolved",
         );
         must(
             Command::new("chroot").arg(root.path()).args([
@@ -369,6 +398,40 @@ impl Drop for Container {
     }
 }
 
+/// Debian 12's systemd-resolved package, downloaded once into the test cache (`apt-get
+/// download`; the same release as the root's systemd).
+fn systemd_resolved_deb() -> PathBuf {
+    let cache = crate::guest_images::cache_dir();
+    let _lock = crate::guest_images::CacheLock::take(&cache.join(".resolved.lock"));
+    let find = || {
+        std::fs::read_dir(&cache)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("systemd-resolved_") && n.ends_with(".deb"))
+            })
+    };
+    if let Some(deb) = find() {
+        return deb;
+    }
+    let output = Command::new("apt-get")
+        .args(["download", "systemd-resolved"])
+        .current_dir(&cache)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run apt-get: {e}"));
+    find().unwrap_or_else(|| {
+        panic!(
+            "`apt-get download systemd-resolved` did not fetch it ({}): {}; put the .deb in {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr),
+            cache.display()
+        )
+    })
+}
+
 fn must(command: &mut Command, what: &str) {
     let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(output.status.success(), "{what}: {}", shown(&output));
@@ -571,6 +634,16 @@ fn installed_units_run_under_a_real_systemd_with_the_privileges_they_declare() {
     assert_eq!(tap.trim(), OWNER_UID.to_string());
     let table = container.ok(&["nft", "list", "table", "ip", "banger"]);
     assert!(table.contains("masquerade"), "{table}");
+    // `.vm` names routed to bangerd's address on the bridge, told to systemd-resolved by the
+    // helper from inside its sandbox (which once could not tell its network namespace from
+    // another one there).
+    let routed = helper_client(&["route-dns"]);
+    assert_eq!(routed["route_dns"], "Routed", "{routed}");
+    let link = container.ok(&["resolvectl", "status", "--no-pager", "banger0"]);
+    assert!(
+        link.contains("DNS Servers: 172.30.0.1") && link.contains("DNS Domain: ~vm"),
+        "{link}"
+    );
     if kvm {
         helper_client(&["open-kvm"]);
     }

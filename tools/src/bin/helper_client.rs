@@ -8,7 +8,7 @@
 //! ```text
 //! helper-client [--socket PATH] version | networks | ensure-network | list-taps
 //!                               | ensure-tap TAP | open-tap TAP | delete-tap TAP
-//!                               | open-kvm | remove-network
+//!                               | open-kvm | remove-network | route-dns
 //!                               | jail | launch-firecracker VM CONSOLE
 //!                               | kill-vmm VM PID START_TIME_TICKS | remove-jail VM
 //! ```
@@ -114,6 +114,14 @@ async fn request(client: &HelperClient, words: &[&str]) -> Result<Value, String>
             client.open_kvm().await.map_err(text)?;
             Ok(json!({ "opened": banger_helper::kvm::KVM_DEVICE }))
         }
+        ["route-dns"] => {
+            let spec = network().await?;
+            let route = client
+                .route_dns(&spec.bridge, spec.gateway)
+                .await
+                .map_err(text)?;
+            Ok(json!({ "route_dns": format!("{route:?}") }))
+        }
         ["jail"] => {
             let jail = client.jail().await.map_err(text)?;
             Ok(json!({ "jail": jail.map(|jail| json!({
@@ -153,7 +161,7 @@ async fn request(client: &HelperClient, words: &[&str]) -> Result<Value, String>
         }
         _ => Err(format!(
             "unknown request {words:?}: version, networks, ensure-network, remove-network, \
-             list-taps, ensure-tap TAP, delete-tap TAP, open-tap TAP, open-kvm, jail, \
+             list-taps, ensure-tap TAP, delete-tap TAP, open-tap TAP, open-kvm, route-dns, jail, \
              launch-firecracker VM CONSOLE, kill-vmm VM PID START_TIME_TICKS, remove-jail VM"
         )),
     }
