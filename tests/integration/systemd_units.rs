@@ -121,11 +121,17 @@ impl Container {
         command
             // No systemd on the host to register with or to make a scope for the container.
             .args(["--register=no", "--keep-unit", "--quiet", "--boot"])
-            .args([
-                "--private-network",
-                "--console=pipe",
-                "--machine=banger-units",
-            ])
+            .args(["--private-network", "--console=pipe"])
+            // Its own name: nspawn keeps per-machine state under /run by it, and containers
+            // of parallel tests must not share it.
+            .arg(format!(
+                "--machine={}",
+                root.path()
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_lowercase()
+            ))
             .arg(format!("--directory={}", root.path().display()));
         for (host, inside) in binds {
             command.arg(format!("--bind-ro={}:{}", host.display(), inside.display()));
