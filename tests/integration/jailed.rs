@@ -387,15 +387,7 @@ fn an_ordinary_users_firecracker_runs_through_the_helpers_jailer_which_kills_onl
 /// disks in and configures it through the API; the helper kills it and removes the jail.
 /// This machine's KVM boots no stock guest, so nothing is started.
 fn the_real_jailer_runs_the_real_firecracker_for_an_ordinary_user_who_configures_it() {
-    let firecracker = banger_test_harness::firecracker().expect("the Firecracker tier");
-    let jailer = std::env::var_os("BANGER_JAILER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| firecracker.with_file_name("jailer"));
-    assert!(
-        jailer.is_file(),
-        "no jailer at {}: set BANGER_JAILER",
-        jailer.display()
-    );
+    let (firecracker, jailer) = real_firecracker_and_jailer();
     let jails = jail_dir();
     let args = helper_args(&jailer, &firecracker, jails.path());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -504,4 +496,19 @@ fn the_real_jailer_runs_the_real_firecracker_for_an_ordinary_user_who_configures
             .unwrap_or(true),
         "the jail is removed"
     );
+}
+
+/// The Firecracker tier's firecracker (`BANGER_FIRECRACKER`) and its jailer: beside it, or
+/// at `BANGER_JAILER`.
+pub(crate) fn real_firecracker_and_jailer() -> (PathBuf, PathBuf) {
+    let firecracker = banger_test_harness::firecracker().expect("the Firecracker tier");
+    let jailer = std::env::var_os("BANGER_JAILER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| firecracker.with_file_name("jailer"));
+    assert!(
+        jailer.is_file(),
+        "no jailer at {}: set BANGER_JAILER",
+        jailer.display()
+    );
+    (firecracker, jailer)
 }

@@ -716,7 +716,14 @@ pub(crate) fn debian_kernel() -> (PathBuf, PathBuf) {
     let _lock = lock_cache(&cache);
     let tree = cache.join(KERNEL_PACKAGE);
     if !tree.join("boot").is_dir() {
-        let deb = find_deb(&cache).unwrap_or_else(|| download_kernel(&cache));
+        let deb = cached_deb(
+            &cache,
+            KERNEL_PACKAGE,
+            &format!(
+                "put the .deb in {} (BANGER_TEST_CACHE) to run these tests offline",
+                cache.display()
+            ),
+        );
         let staging = cache.join(format!("{KERNEL_PACKAGE}.partial"));
         let _ = std::fs::remove_dir_all(&staging);
         must_run(
@@ -766,40 +773,20 @@ pub(crate) fn qemu_taking_kvm_by_descriptor() -> PathBuf {
     let tree = cache.join("qemu-kvm-fd");
     let binary = tree.join("usr/bin/qemu-system-x86_64");
     if !binary.is_file() {
-        let find = |cache: &Path| {
-            std::fs::read_dir(cache)
-                .ok()?
-                .flatten()
-                .map(|e| e.path())
-                .find(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("qemu-system-x86_") && n.ends_with(".deb"))
-                })
-        };
-        let deb = find(&cache).unwrap_or_else(|| {
-            let output = Command::new("apt-get")
-                .args(["download", NEWER_QEMU_PACKAGE])
-                .current_dir(&cache)
-                .output()
-                .unwrap_or_else(|e| panic!("cannot run apt-get: {e}"));
-            find(&cache).unwrap_or_else(|| {
-                panic!(
-                    "{} is QEMU {:?}, which opens /dev/kvm only by path, and `apt-get download \
-                     {NEWER_QEMU_PACKAGE}` did not fetch a newer one ({}: {}); add \
-                     bookworm-backports to apt's sources (.ci/run does), or set \
-                     BANGER_TEST_QEMU_KVM_FD to a QEMU 8.2 or later",
-                    system.display(),
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap()
-                        .block_on(banger::host::qemu::version(&system)),
-                    output.status,
-                    String::from_utf8_lossy(&output.stderr)
-                )
-            })
-        });
+        let deb = cached_deb(
+            &cache,
+            NEWER_QEMU_PACKAGE,
+            &format!(
+                "{} opens /dev/kvm only by path (QEMU {:?}): add bookworm-backports to apt's \
+                 sources (.ci/run does), or set BANGER_TEST_QEMU_KVM_FD to a QEMU 8.2 or later",
+                system.display(),
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(banger::host::qemu::version(&system)),
+            ),
+        );
         let staging = cache.join("qemu-kvm-fd.partial");
         let _ = std::fs::remove_dir_all(&staging);
         must_run(
@@ -817,31 +804,35 @@ pub(crate) fn qemu_taking_kvm_by_descriptor() -> PathBuf {
     binary
 }
 
-fn find_deb(cache: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(cache)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                n.starts_with(&format!("{KERNEL_PACKAGE}_")) && n.ends_with(".deb")
+/// The `.deb` of `package` (`NAME` or `NAME/RELEASE`) in `cache`, downloaded there with
+/// `apt-get download` if it is not there yet (the caller holds the cache's lock). Missing
+/// after that is a failure ending with `otherwise`, which says how else to get it.
+pub(crate) fn cached_deb(cache: &Path, package: &str, otherwise: &str) -> PathBuf {
+    let name = package.split('/').next().unwrap_or(package);
+    let find = || {
+        std::fs::read_dir(cache)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{name}_")) && n.ends_with(".deb"))
             })
-        })
-}
-
-fn download_kernel(cache: &Path) -> PathBuf {
+    };
+    if let Some(deb) = find() {
+        return deb;
+    }
     let output = Command::new("apt-get")
-        .args(["download", KERNEL_PACKAGE])
+        .args(["download", package])
         .current_dir(cache)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run apt-get to fetch {KERNEL_PACKAGE}: {e}"));
-    find_deb(cache).unwrap_or_else(|| {
+        .unwrap_or_else(|e| panic!("cannot run apt-get to fetch {package}: {e}"));
+    find().unwrap_or_else(|| {
         panic!(
-            "`apt-get download {KERNEL_PACKAGE}` did not fetch it ({}): {}\nput the .deb in {} \
-             (BANGER_TEST_CACHE) to run these tests offline",
+            "`apt-get download {package}` did not fetch it ({}): {}\n{otherwise}",
             output.status,
             String::from_utf8_lossy(&output.stderr),
-            cache.display()
         )
     })
 }

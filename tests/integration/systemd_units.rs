@@ -409,33 +409,11 @@ impl Drop for Container {
 fn systemd_resolved_deb() -> PathBuf {
     let cache = crate::guest_images::cache_dir();
     let _lock = crate::guest_images::CacheLock::take(&cache.join(".resolved.lock"));
-    let find = || {
-        std::fs::read_dir(&cache)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("systemd-resolved_") && n.ends_with(".deb"))
-            })
-    };
-    if let Some(deb) = find() {
-        return deb;
-    }
-    let output = Command::new("apt-get")
-        .args(["download", "systemd-resolved"])
-        .current_dir(&cache)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run apt-get: {e}"));
-    find().unwrap_or_else(|| {
-        panic!(
-            "`apt-get download systemd-resolved` did not fetch it ({}): {}; put the .deb in {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr),
-            cache.display()
-        )
-    })
+    crate::qemu::cached_deb(
+        &cache,
+        "systemd-resolved",
+        &format!("put the .deb in {}", cache.display()),
+    )
 }
 
 fn must(command: &mut Command, what: &str) {
@@ -752,15 +730,7 @@ fn installed_units_run_under_a_real_systemd_with_the_privileges_they_declare() {
 /// sandbox (the jailer's chroot, cgroup, device nodes and uid change under systemd's
 /// restrictions), then killed.
 fn the_real_jailer_runs_firecracker_from_inside_the_installed_helper_unit() {
-    let firecracker = banger_test_harness::firecracker().expect("the Firecracker tier");
-    let jailer = std::env::var_os("BANGER_JAILER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| firecracker.with_file_name("jailer"));
-    assert!(
-        jailer.is_file(),
-        "no jailer at {}: set BANGER_JAILER",
-        jailer.display()
-    );
+    let (firecracker, jailer) = crate::jailed::real_firecracker_and_jailer();
     let (mut binds, _) = standard_binds();
     binds.push((firecracker, PathBuf::from("/opt/firecracker/firecracker")));
     binds.push((jailer, PathBuf::from("/opt/firecracker/jailer")));
