@@ -146,23 +146,24 @@ pub async fn wait_dead(pid: u32, start_time_ticks: u64, timeout: Duration) -> io
     }
 }
 
+/// Every pid in `/proc` now (none where it cannot be read): what the scans below walk.
+pub fn all_pids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .collect()
+}
+
 /// Processes whose command line holds `flag` immediately followed by `value` (e.g.
 /// `--api-sock /path`), with their start times. It reads all of `/proc`, so async callers run
 /// it with `spawn_blocking`. Processes that vanish during the scan are skipped.
 pub fn processes_with_argument(flag: &str, value: &OsStr) -> Vec<(u32, u64)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     let wanted = value.as_encoded_bytes();
     let mut found = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in all_pids() {
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
@@ -196,23 +197,13 @@ pub struct SocketUser {
 /// them. It reads all of `/proc`; processes that vanish meanwhile are skipped, and so is the
 /// calling process.
 pub fn processes_with_sockets_under(dir: &std::path::Path) -> Vec<SocketUser> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     let mut prefix = dir.as_os_str().as_encoded_bytes().to_vec();
     if prefix.last() != Some(&b'/') {
         prefix.push(b'/');
     }
     let me = std::process::id();
     let mut found = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in all_pids() {
         if pid == me {
             continue;
         }

@@ -287,14 +287,7 @@ impl Drop for TestRoot {
 pub fn processes_mentioning(root: &Path) -> Vec<u32> {
     let needle = root.as_os_str().as_encoded_bytes();
     let mut pids = Vec::new();
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in banger::host::process::all_pids() {
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if cmdline.windows(needle.len()).any(|w| w == needle) {
             pids.push(pid);

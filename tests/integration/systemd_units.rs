@@ -362,10 +362,8 @@ impl Container {
         if pid == 0 {
             return 0;
         }
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        banger::host::process::all_pids()
+            .into_iter()
             .find(|host| {
                 status_field(*host, "NSpid:").is_some_and(|ids| {
                     let ids: Vec<&str> = ids.split_whitespace().collect();
@@ -448,14 +446,7 @@ fn child_named(parent: u32, comm: &str) -> Option<u32> {
     let mut frontier = vec![parent];
     for _ in 0..3 {
         let mut next = Vec::new();
-        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
+        for pid in banger::host::process::all_pids() {
             let Some(ppid) = status_field(pid, "PPid:").and_then(|p| p.parse::<u32>().ok()) else {
                 continue;
             };
