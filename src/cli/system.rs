@@ -591,6 +591,14 @@ async fn uninstall(args: SystemUninstallArgs) -> Result<(), CliError> {
             ))?,
         }
     }
+    if args.purge && !root.is_host() {
+        // The metadata names the owner's real directories, which a throwaway system root
+        // never made: they are not this uninstall's to remove.
+        return line(format!(
+            "kept: {owner}'s state, cache and config (the install was under BANGER_SYSTEM_ROOT)",
+            owner = metadata.inputs.owner
+        ));
+    }
     if args.purge {
         for dir in [&layout.state_dir, &layout.cache_dir, &layout.config_dir] {
             match std::fs::remove_dir_all(dir) {

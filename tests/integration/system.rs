@@ -301,6 +301,18 @@ fn install_writes_units_systemd_accepts_and_uninstall_removes_exactly_them() {
         "{out}"
     );
     assert_eq!(tree(root.path()), before, "{}", text(&run));
+    // --purge under a system root leaves the owner's real directories alone.
+    install(root.path(), &[]);
+    let purge = banger(root.path(), &["system", "uninstall", "--purge"]);
+    assert!(purge.status.success(), "{}", text(&purge));
+    assert!(
+        String::from_utf8_lossy(&purge.stdout).contains(
+            "kept: daemon's state, cache and config (the install was under BANGER_SYSTEM_ROOT)"
+        ),
+        "{}",
+        text(&purge)
+    );
+    assert_eq!(tree(root.path()), before, "{}", text(&purge));
     let again = banger(root.path(), &["system", "uninstall"]);
     assert!(again.status.success(), "{}", text(&again));
     assert!(
