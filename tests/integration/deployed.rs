@@ -32,7 +32,7 @@ const STRANGER: u32 = 61002;
 pub(crate) fn tests() -> Vec<banger_test_harness::Test> {
     banger_test_harness::tests![
         sync an_ordinary_user_runs_bangerd_and_its_qemu_vms_with_only_the_helper_as_root needs(Root, Qemu),
-        sync an_ordinary_users_qemu_runs_under_kvm_the_helper_opened needs(Root, Qemu),
+        sync an_ordinary_users_qemu_runs_under_kvm_the_helper_opened needs(Root, Qemu, Kvm),
     ]
 }
 

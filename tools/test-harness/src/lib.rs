@@ -71,10 +71,19 @@ pub enum Tier {
     /// `chromium` on `PATH` (Debian's `chromium` package). Required where root is (CI
     /// installs Chromium).
     Browser,
+    /// `/dev/kvm` exists: the tests that hand KVM's device to a VMM (whatever the KVM behind
+    /// it, PVM included). Not required: a host without KVM has nothing to hand over.
+    Kvm,
 }
 
 impl Tier {
-    pub const ALL: [Tier; 4] = [Tier::Root, Tier::Firecracker, Tier::Qemu, Tier::Browser];
+    pub const ALL: [Tier; 5] = [
+        Tier::Root,
+        Tier::Firecracker,
+        Tier::Qemu,
+        Tier::Browser,
+        Tier::Kvm,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -82,6 +91,7 @@ impl Tier {
             Tier::Firecracker => "firecracker",
             Tier::Qemu => "qemu",
             Tier::Browser => "browser",
+            Tier::Kvm => "kvm",
         }
     }
 
@@ -110,6 +120,9 @@ impl Tier {
                      (apt-get install qemu-system-x86; CI installs it)"
                 )
             }),
+            Tier::Kvm => (!std::path::Path::new(KVM_DEVICE).exists()).then(|| {
+                format!("this host has no {KVM_DEVICE}: no KVM to hand a VMM")
+            }),
             Tier::Browser => chromium().is_none().then(|| {
                 "no Chromium: install Debian's `chromium` package (apt-get install chromium), \
                  or set BANGER_CHROMIUM to a Chromium or Chrome binary"
@@ -125,6 +138,8 @@ impl Tier {
             // Setting BANGER_FIRECRACKER is what asks for the tier, so it is never missing
             // when asked for; a path that does not work fails the trials themselves.
             Tier::Firecracker => false,
+            // A machine has KVM or not; the tests cannot install it.
+            Tier::Kvm => false,
         }
     }
 }
@@ -135,6 +150,9 @@ pub fn firecracker() -> Option<std::path::PathBuf> {
         .filter(|path| !path.is_empty())
         .map(std::path::PathBuf::from)
 }
+
+/// KVM's device, which the [`Tier::Kvm`] tests need.
+pub const KVM_DEVICE: &str = "/dev/kvm";
 
 /// The QEMU binary the [`Tier::Qemu`] tests boot guests with.
 pub const QEMU: &str = "qemu-system-x86_64";
