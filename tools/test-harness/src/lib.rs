@@ -120,9 +120,8 @@ impl Tier {
                      (apt-get install qemu-system-x86; CI installs it)"
                 )
             }),
-            Tier::Kvm => (!std::path::Path::new(KVM_DEVICE).exists()).then(|| {
-                format!("this host has no {KVM_DEVICE}: no KVM to hand a VMM")
-            }),
+            Tier::Kvm => (!std::path::Path::new(KVM_DEVICE).exists())
+                .then(|| format!("this host has no {KVM_DEVICE}: no KVM to hand a VMM")),
             Tier::Browser => chromium().is_none().then(|| {
                 "no Chromium: install Debian's `chromium` package (apt-get install chromium), \
                  or set BANGER_CHROMIUM to a Chromium or Chrome binary"
