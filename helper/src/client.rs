@@ -147,26 +147,7 @@ impl HelperClient {
         if response != Response::TapFd {
             return Err(unexpected(&response));
         }
-        let mut fds = crate::fds::recv_fds(&stream)
-            .await
-            .map_err(|e| HelperError::Protocol {
-                message: format!(
-                    "banger-helper at {} answered with a tap but it did not arrive ({e})",
-                    self.socket.display()
-                ),
-            })?;
-        let fd = match (fds.pop(), fds.is_empty()) {
-            (Some(fd), true) => fd,
-            _ => {
-                return Err(HelperError::Protocol {
-                    message: format!(
-                        "banger-helper at {} passed {} descriptors for one tap",
-                        self.socket.display(),
-                        fds.len() + 1
-                    ),
-                });
-            }
-        };
+        let fd = self.one_descriptor(&stream, "a tap").await?;
         match tap_name_of(&fd) {
             Ok(name) if name == tap => Ok(fd),
             Ok(name) => Err(HelperError::Protocol {
@@ -186,29 +167,36 @@ impl HelperClient {
         if response != Response::KvmFd {
             return Err(unexpected(&response));
         }
-        let mut fds = crate::fds::recv_fds(&stream)
+        let fd = self.one_descriptor(&stream, "/dev/kvm").await?;
+        crate::kvm::check_kvm(&fd)
+            .map(|()| fd)
+            .map_err(|why| HelperError::Protocol {
+                message: format!("banger-helper passed a descriptor for /dev/kvm, but {why}"),
+            })
+    }
+
+    /// The one descriptor that follows an answer carrying `what` (a tap, /dev/kvm): exactly
+    /// one, or a protocol error saying what arrived.
+    async fn one_descriptor(
+        &self,
+        stream: &UnixStream,
+        what: &str,
+    ) -> Result<OwnedFd, HelperError> {
+        let mut fds = crate::fds::recv_fds(stream)
             .await
             .map_err(|e| HelperError::Protocol {
                 message: format!(
-                    "banger-helper at {} answered with /dev/kvm but it did not arrive ({e})",
+                    "banger-helper at {} answered with {what} but it did not arrive ({e})",
                     self.socket.display()
                 ),
             })?;
         let count = fds.len();
         match (fds.pop(), count) {
-            (Some(fd), 1) => {
-                crate::kvm::check_kvm(&fd)
-                    .map(|()| fd)
-                    .map_err(|why| HelperError::Protocol {
-                        message: format!(
-                            "banger-helper passed a descriptor for /dev/kvm, but {why}"
-                        ),
-                    })
-            }
+            (Some(fd), 1) => Ok(fd),
             _ => Err(HelperError::Protocol {
                 message: format!(
-                    "banger-helper at {} passed {count} descriptors for /dev/kvm",
-                    self.socket.display(),
+                    "banger-helper at {} passed {count} descriptors for {what}",
+                    self.socket.display()
                 ),
             }),
         }

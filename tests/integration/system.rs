@@ -109,6 +109,24 @@ fn systemd_analyze(args: &[&str]) -> Output {
         .expect("run systemd-analyze (apt-get install systemd)")
 }
 
+/// `systemd-analyze verify` of both units succeeds with no warning about either.
+fn verify_clean(helper_unit: &Path, bangerd_unit: &Path) {
+    let verify = systemd_analyze(&[
+        "verify",
+        &helper_unit.display().to_string(),
+        &bangerd_unit.display().to_string(),
+    ]);
+    println!("systemd-analyze verify:\n{}", text(&verify));
+    assert!(verify.status.success(), "{}", text(&verify));
+    for unit in ["banger-helper.service", "bangerd.service"] {
+        assert!(
+            !stderr(&verify).contains(&format!("{unit}:")),
+            "systemd-analyze warns about {unit}\n{}",
+            text(&verify)
+        );
+    }
+}
+
 /// The overall exposure `systemd-analyze security --offline=true UNIT` gives; `None` when
 /// this systemd cannot assess a unit file offline (older than 250).
 fn exposure(unit: &Path) -> Option<f64> {
@@ -209,20 +227,7 @@ fn install_writes_units_systemd_accepts_and_uninstall_removes_exactly_them() {
 
     // systemd's own checks of what it would load (the programs they name exist: the ones
     // cargo built).
-    let verify = systemd_analyze(&[
-        "verify",
-        &helper_unit.display().to_string(),
-        &bangerd_unit.display().to_string(),
-    ]);
-    println!("systemd-analyze verify:\n{}", text(&verify));
-    assert!(verify.status.success(), "{}", text(&verify));
-    for unit in ["banger-helper.service", "bangerd.service"] {
-        assert!(
-            !stderr(&verify).contains(&format!("{unit}:")),
-            "systemd-analyze warns about {unit}\n{}",
-            text(&verify)
-        );
-    }
+    verify_clean(&helper_unit, &bangerd_unit);
     if let Some(score) = exposure(&helper_unit) {
         assert!(
             score < MAX_HELPER_EXPOSURE,
@@ -603,19 +608,7 @@ fn a_jailer_install_gives_the_helper_what_the_jailer_needs_and_no_more() {
             && !bangerd_text.contains("\nReadWritePaths="),
         "{bangerd_text}"
     );
-    let verify = systemd_analyze(&[
-        "verify",
-        &helper_unit.display().to_string(),
-        &bangerd_unit.display().to_string(),
-    ]);
-    assert!(verify.status.success(), "{}", text(&verify));
-    for unit in ["banger-helper.service", "bangerd.service"] {
-        assert!(
-            !stderr(&verify).contains(&format!("{unit}:")),
-            "systemd-analyze warns about {unit}\n{}",
-            text(&verify)
-        );
-    }
+    verify_clean(&helper_unit, &bangerd_unit);
     // The jailer's CAP_SYS_ADMIN and mounts cost the helper's score; still well under
     // systemd's "exposed" (7.0), and bangerd's improves (it keeps no capability either way).
     if let Some(score) = exposure(&helper_unit) {
